@@ -396,7 +396,7 @@ cmd_up() {
   wait_for kwok 60 kubectl wait --for=condition=Ready node --all --timeout=5s
   # Pods need the default ServiceAccount; its controller makes it shortly.
   wait_for kube-controller-manager 60 kubectl -n default get serviceaccount default
-  log "up in $((SECONDS - start_time))s; $(cmd_env)"
+  log "up in $((SECONDS - start_time))s; KUBECONFIG=$KUBECONFIG_PATH"
 }
 
 # Stops every component, last started first: TERM, then KILL after 10 s.
@@ -448,7 +448,13 @@ cmd_down() {
   log "down: no control-plane process left"
 }
 
-cmd_env() { echo "export KUBECONFIG=$KUBECONFIG_PATH"; }
+# For a shell: eval "$(tests/cluster/cluster.sh env)". The test support
+# reads the first two lines.
+cmd_env() {
+  echo "export KUBECONFIG=$KUBECONFIG_PATH"
+  echo "export ROLLGATE_KUBE_BIN=$BIN_DIR"
+  echo "export PATH=\"\$ROLLGATE_KUBE_BIN:\$PATH\""
+}
 
 cmd_status() {
   local c rc=0
