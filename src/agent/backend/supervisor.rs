@@ -1,0 +1,464 @@
+//! The built-in supervisor: the agent itself runs each slot's process and restarts it by policy.
+//!
+//! One task per slot owns the child. It restarts per the [`recovery`](crate::agent::recovery)
+//! decision, backs off rapid crash loops, stops with SIGTERM then SIGKILL after the stop
+//! timeout, and copies stdout/stderr to size-rotated log files. A pid file per slot lets a
+//! restarted agent reap a process orphaned by a `kill -9` of the previous agent.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{BackendError, Observed, Result, RunSpec, ServiceBackend};
+use crate::agent::api::{BackendKind, ExitInfo, RunState};
+use crate::agent::now_unix_ms;
+use crate::agent::recovery::{self, Decision, FailureCount};
+
+type Key = (String, u32);
+
+struct Slot {
+    status: Arc<Mutex<Status>>,
+    stop: mpsc::Sender<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Status {
+    observed: Observed,
+    started: Option<Instant>,
+}
+
+/// The built-in process supervisor.
+pub struct Supervisor {
+    slots: tokio::sync::Mutex<HashMap<Key, Slot>>,
+    changes: watch::Sender<u64>,
+}
+
+impl Supervisor {
+    /// `changes` is bumped on every state change (drives long-polls).
+    pub fn new(changes: watch::Sender<u64>) -> Self {
+        Supervisor {
+            slots: tokio::sync::Mutex::new(HashMap::new()),
+            changes,
+        }
+    }
+
+    /// Stops every slot (agent shutdown), each within its own stop timeout.
+    pub async fn stop_all(&self, timeout: Duration) {
+        let keys: Vec<Key> = self.slots.lock().await.keys().cloned().collect();
+        let stops = keys
+            .iter()
+            .map(|(service, slot)| self.stop(service, *slot, timeout));
+        futures_util::future::join_all(stops).await;
+    }
+}
+
+impl ServiceBackend for Supervisor {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Supervisor
+    }
+
+    fn availability(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
+
+    async fn start(&self, spec: &RunSpec) -> Result<()> {
+        self.stop(&spec.service, spec.slot, spec.stop_timeout).await?;
+        std::fs::create_dir_all(&spec.log_dir).map_err(|source| BackendError::Write {
+            path: spec.log_dir.clone(),
+            source,
+        })?;
+        std::fs::create_dir_all(&spec.run_dir).map_err(|source| BackendError::Write {
+            path: spec.run_dir.clone(),
+            source,
+        })?;
+        reap_orphan(&pid_file(spec), spec.stop_timeout).await;
+        let status = Arc::new(Mutex::new(Status::default()));
+        let (stop_tx, stop_rx) = mpsc::channel(4);
+        let task = tokio::spawn(run_slot(
+            spec.clone(),
+            status.clone(),
+            stop_rx,
+            self.changes.clone(),
+        ));
+        self.slots.lock().await.insert(
+            (spec.service.clone(), spec.slot),
+            Slot {
+                status,
+                stop: stop_tx,
+                task,
+            },
+        );
+        Ok(())
+    }
+
+    async fn stop(&self, service: &str, slot: u32, _timeout: Duration) -> Result<()> {
+        let removed = self.slots.lock().await.remove(&(service.to_string(), slot));
+        if let Some(slot) = removed {
+            let (tx, rx) = oneshot::channel();
+            if slot.stop.send(tx).await.is_ok() {
+                let _ = rx.await;
+            }
+            let _ = slot.task.await;
+            self.changes.send_modify(|g| *g += 1);
+        }
+        Ok(())
+    }
+
+    async fn observe(&self, service: &str, slot: u32) -> Observed {
+        let slots = self.slots.lock().await;
+        match slots.get(&(service.to_string(), slot)) {
+            Some(s) => {
+                let status = s.status.lock().unwrap_or_else(|e| e.into_inner());
+                let mut o = status.observed.clone();
+                if o.state == RunState::Running {
+                    o.uptime_ms = status.started.map(|t| t.elapsed().as_millis() as u64);
+                }
+                o
+            }
+            None => Observed::default(),
+        }
+    }
+}
+
+fn pid_file(spec: &RunSpec) -> PathBuf {
+    spec.run_dir.join(format!("slot-{}.pid", spec.slot))
+}
+
+fn update(status: &Mutex<Status>, changes: &watch::Sender<u64>, f: impl FnOnce(&mut Status)) {
+    f(&mut status.lock().unwrap_or_else(|e| e.into_inner()));
+    changes.send_modify(|g| *g += 1);
+}
+
+/// The life of one slot: spawn, wait, decide, maybe restart; until told to stop.
+async fn run_slot(
+    spec: RunSpec,
+    status: Arc<Mutex<Status>>,
+    mut stop_rx: mpsc::Receiver<oneshot::Sender<()>>,
+    changes: watch::Sender<u64>,
+) {
+    let mut count = FailureCount::default();
+    let mut restarts = 0u32;
+    loop {
+        update(&status, &changes, |s| {
+            s.observed.state = RunState::Starting;
+            s.observed.next_restart_unix_ms = None;
+        });
+        let started = Instant::now();
+        let exit = match spawn(&spec) {
+            Ok(mut child) => {
+                let pid = child.id();
+                write_pid_file(&spec, pid);
+                update(&status, &changes, |s| {
+                    s.observed.state = RunState::Running;
+                    s.observed.pid = pid;
+                    s.started = Some(started);
+                    s.observed.restarts = restarts;
+                });
+                tokio::select! {
+                    exit = child.wait() => exit_info(exit),
+                    reply = stop_rx.recv() => {
+                        update(&status, &changes, |s| s.observed.state = RunState::Stopping);
+                        let exit = terminate(&mut child, spec.stop_timeout).await;
+                        let _ = std::fs::remove_file(pid_file(&spec));
+                        update(&status, &changes, |s| {
+                            s.observed.state = RunState::Stopped;
+                            s.observed.pid = None;
+                            s.observed.last_exit = Some(exit);
+                        });
+                        if let Some(reply) = reply {
+                            let _ = reply.send(());
+                        }
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(slot = %spec.what(), error = %e, "spawn failed");
+                update(&status, &changes, |s| {
+                    s.observed.detail = Some(format!("cannot start {}: {e}", spec.program.display()))
+                });
+                ExitInfo {
+                    code: Some(-1),
+                    signal: None,
+                    at_unix_ms: now_unix_ms(),
+                }
+            }
+        };
+        let _ = std::fs::remove_file(pid_file(&spec));
+        let success = exit.code == Some(0);
+        let decision = recovery::on_exit(&spec.recovery, success, started.elapsed(), &mut count);
+        tracing::info!(slot = %spec.what(), code = ?exit.code, signal = ?exit.signal, ?decision, "service exited");
+        update(&status, &changes, |s| {
+            s.observed.pid = None;
+            s.observed.last_exit = Some(exit.clone());
+            s.observed.consecutive_failures = count.consecutive;
+        });
+        match decision {
+            Decision::Restart { delay, crash_loop } => {
+                update(&status, &changes, |s| {
+                    s.observed.state = RunState::Backoff;
+                    s.observed.crash_loop = crash_loop;
+                    s.observed.next_restart_unix_ms = Some(now_unix_ms() + delay.as_millis() as u64);
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => { restarts += 1; }
+                    reply = stop_rx.recv() => {
+                        update(&status, &changes, |s| {
+                            s.observed.state = RunState::Stopped;
+                            s.observed.next_restart_unix_ms = None;
+                        });
+                        if let Some(reply) = reply { let _ = reply.send(()); }
+                        return;
+                    }
+                }
+            }
+            Decision::RunCommand(cmd) => {
+                let result = run_recovery_command(&cmd).await;
+                update(&status, &changes, |s| {
+                    s.observed.state = RunState::Failed;
+                    s.observed.detail = Some(format!("recovery command {cmd:?}: {result}"));
+                });
+                break;
+            }
+            Decision::Stay => {
+                update(&status, &changes, |s| {
+                    s.observed.state = if success { RunState::Stopped } else { RunState::Failed };
+                });
+                break;
+            }
+        }
+    }
+    // Parked until stopped, so `stop` always has someone to answer it.
+    if let Some(reply) = stop_rx.recv().await {
+        let _ = reply.send(());
+    }
+}
+
+async fn run_recovery_command(cmd: &str) -> String {
+    #[cfg(unix)]
+    let mut command = tokio::process::Command::new("/bin/sh");
+    #[cfg(unix)]
+    command.arg("-c").arg(cmd);
+    #[cfg(windows)]
+    let mut command = tokio::process::Command::new("cmd");
+    #[cfg(windows)]
+    command.arg("/C").arg(cmd);
+    match tokio::time::timeout(Duration::from_secs(60), command.status()).await {
+        Ok(Ok(status)) => format!("exited with {status}"),
+        Ok(Err(e)) => format!("could not run: {e}"),
+        Err(_) => "timed out after 60s".to_string(),
+    }
+}
+
+/// Variables passed through from the agent's own environment; nothing else leaks (tokens).
+const PASS_ENV: &[&str] = &["PATH", "HOME", "LANG", "TZ", "TMPDIR", "SYSTEMROOT", "TEMP", "TMP"];
+
+fn spawn(spec: &RunSpec) -> std::io::Result<tokio::process::Child> {
+    let mut cmd = tokio::process::Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .current_dir(&spec.cwd)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for name in PASS_ENV {
+        if let Ok(v) = std::env::var(name) {
+            cmd.env(name, v);
+        }
+    }
+    cmd.envs(&spec.env);
+    #[cfg(unix)]
+    cmd.process_group(0);
+    let mut child = cmd.spawn()?;
+    let slot = spec.slot;
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(pump(
+            out,
+            spec.log_dir.join(format!("slot-{slot}.stdout.log")),
+            spec.logs.max_bytes,
+            spec.logs.keep,
+        ));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(pump(
+            err,
+            spec.log_dir.join(format!("slot-{slot}.stderr.log")),
+            spec.logs.max_bytes,
+            spec.logs.keep,
+        ));
+    }
+    Ok(child)
+}
+
+/// Copies a pipe into `path`, rotating to `path.1`..`path.keep` past `max_bytes`.
+async fn pump(mut pipe: impl AsyncRead + Unpin, path: PathBuf, max_bytes: u64, keep: u32) {
+    let mut buf = vec![0u8; 8192];
+    let mut size = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
+    let mut file = open_append(&path).await;
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if size + n as u64 > max_bytes && size > 0 {
+            drop(file.take());
+            rotate(&path, keep);
+            size = 0;
+            file = open_append(&path).await;
+        }
+        if let Some(f) = file.as_mut() {
+            if f.write_all(&buf[..n]).await.is_err() {
+                file = None;
+            }
+            size += n as u64;
+        }
+    }
+}
+
+async fn open_append(path: &Path) -> Option<tokio::fs::File> {
+    tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+        .ok()
+}
+
+/// `log` -> `log.1` -> ... -> `log.keep` (dropped).
+pub fn rotate(path: &Path, keep: u32) {
+    let numbered = |i: u32| PathBuf::from(format!("{}.{i}", path.display()));
+    if keep == 0 {
+        let _ = std::fs::remove_file(path);
+        return;
+    }
+    let _ = std::fs::remove_file(numbered(keep));
+    for i in (1..keep).rev() {
+        let _ = std::fs::rename(numbered(i), numbered(i + 1));
+    }
+    let _ = std::fs::rename(path, numbered(1));
+}
+
+fn exit_info(exit: std::io::Result<std::process::ExitStatus>) -> ExitInfo {
+    let (code, signal) = match exit {
+        Ok(status) => {
+            #[cfg(unix)]
+            let signal = std::os::unix::process::ExitStatusExt::signal(&status);
+            #[cfg(not(unix))]
+            let signal = None;
+            (status.code(), signal)
+        }
+        Err(_) => (None, None),
+    };
+    ExitInfo {
+        code,
+        signal,
+        at_unix_ms: now_unix_ms(),
+    }
+}
+
+/// SIGTERM to the process group, then SIGKILL after `timeout`.
+async fn terminate(child: &mut tokio::process::Child, timeout: Duration) -> ExitInfo {
+    #[cfg(unix)]
+    if let Some(pid) = child.id() {
+        signal_group(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(exit) => exit_info(exit),
+        Err(_) => {
+            tracing::warn!(pid = ?child.id(), "did not stop within {timeout:?}; killing");
+            #[cfg(unix)]
+            if let Some(pid) = child.id() {
+                signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            let _ = child.start_kill();
+            exit_info(child.wait().await)
+        }
+    }
+}
+
+#[cfg(unix)]
+fn signal_group(pid: u32, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    if nix::sys::signal::killpg(pid, signal).is_err() {
+        let _ = nix::sys::signal::kill(pid, signal);
+    }
+}
+
+/// The process start time (clock ticks since boot), to tell a pid apart from a reused one.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command; starttime is field 22 overall.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn write_pid_file(spec: &RunSpec, pid: Option<u32>) {
+    if let Some(pid) = pid {
+        let text = format!("{pid} {}\n", start_time(pid).unwrap_or(0));
+        let _ = crate::agent::store::write_atomic(&pid_file(spec), text.as_bytes());
+    }
+}
+
+/// Kills the process a previous agent left running for this slot, if it is still the same one.
+async fn reap_orphan(pid_file: &Path, timeout: Duration) {
+    let Ok(text) = std::fs::read_to_string(pid_file) else {
+        return;
+    };
+    let mut parts = text.split_whitespace();
+    let (Some(Ok(pid)), Some(Ok(start))) = (
+        parts.next().map(str::parse::<u32>),
+        parts.next().map(str::parse::<u64>),
+    ) else {
+        let _ = std::fs::remove_file(pid_file);
+        return;
+    };
+    if start != 0 && start_time(pid) == Some(start) {
+        tracing::warn!(pid, "stopping a service process left by a previous agent");
+        #[cfg(unix)]
+        {
+            signal_group(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + timeout;
+            while start_time(pid) == Some(start) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if start_time(pid) == Some(start) {
+                signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = timeout;
+    }
+    let _ = std::fs::remove_file(pid_file);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_shifts_and_drops_the_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("x.log");
+        for round in 0..4 {
+            std::fs::write(&log, format!("{round}")).unwrap();
+            rotate(&log, 2);
+        }
+        assert!(!log.exists());
+        assert_eq!(std::fs::read_to_string(dir.path().join("x.log.1")).unwrap(), "3");
+        assert_eq!(std::fs::read_to_string(dir.path().join("x.log.2")).unwrap(), "2");
+        assert!(!dir.path().join("x.log.3").exists());
+    }
+
+    #[test]
+    fn start_time_of_self_is_known() {
+        assert!(start_time(std::process::id()).is_some());
+    }
+}

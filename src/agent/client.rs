@@ -1,0 +1,355 @@
+//! Async client of the agent API, used by the hosts target and the tests.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::api::{
+    self, ActivateRequest, ApiError, HealthCheckRequest, HealthReport, HostInfo, Operation,
+    PruneRequest, RollbackRequest, ServiceList, ServiceStatus, SlotRequest, StageRequest,
+    UploadParams,
+};
+
+/// What can go wrong talking to an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("reading client credentials from {path}")]
+    Credentials {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("client TLS setup failed")]
+    TlsSetup(#[source] reqwest::Error),
+    #[error("agent {url} unreachable")]
+    AgentUnreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("agent refused {url}: HTTP {status} {code}: {message}")]
+    Rejected {
+        url: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("agent answered {url} with an unreadable body")]
+    BadResponse {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("reading artifact {path}")]
+    Artifact {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("operation {id} still running after {waited_ms} ms")]
+    OperationTimeout { id: String, waited_ms: u64 },
+}
+
+impl ClientError {
+    /// HTTP status of a refusal, if the agent answered one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Rejected { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// How the client proves who it is and whom it trusts.
+#[derive(Clone, Default)]
+pub struct ClientAuth {
+    /// PEM of the CA that signed the agent's certificate (pinned: no public roots are used).
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM of the client certificate followed by its PKCS#8 key, for mTLS.
+    pub identity_pem: Option<Vec<u8>>,
+    /// Bearer token, the alternative to a client certificate.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ClientAuth {
+    // Never prints the key or the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientAuth")
+            .field("ca_pem", &self.ca_pem.is_some())
+            .field("identity_pem", &self.identity_pem.is_some())
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl ClientAuth {
+    /// mTLS from PEM files as written by [`crate::pki`]: the CA, the client cert and its key.
+    pub fn mtls_files(ca: &Path, cert: &Path, key: &Path) -> Result<Self> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| ClientError::Credentials {
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        let mut identity = read(cert)?;
+        identity.push(b'\n');
+        identity.extend(read(key)?);
+        Ok(ClientAuth {
+            ca_pem: Some(read(ca)?),
+            identity_pem: Some(identity),
+            token: None,
+        })
+    }
+}
+
+/// A client of one agent, e.g. `https://10.0.0.5:7443`.
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    base: String,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl AgentClient {
+    /// Builds a client for the agent at `base_url` (scheme, host and port; no path).
+    pub fn new(base_url: &str, auth: &ClientAuth) -> Result<Self> {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(30));
+        if let Some(ca) = &auth.ca_pem {
+            let cert = reqwest::Certificate::from_pem(ca).map_err(ClientError::TlsSetup)?;
+            builder = builder
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(cert);
+        }
+        if let Some(identity) = &auth.identity_pem {
+            let identity =
+                reqwest::Identity::from_pem(identity).map_err(ClientError::TlsSetup)?;
+            builder = builder.identity(identity);
+        }
+        let http = builder.build().map_err(ClientError::TlsSetup)?;
+        Ok(AgentClient {
+            base: base_url.trim_end_matches('/').to_string(),
+            http,
+            token: auth.token.clone(),
+        })
+    }
+
+    /// The agent's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}{}", self.base, api::PREFIX, path)
+    }
+
+    fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(&self, url: String, req: reqwest::RequestBuilder) -> Result<T> {
+        let resp = self
+            .authed(req)
+            .send()
+            .await
+            .map_err(|source| ClientError::AgentUnreachable {
+                url: url.clone(),
+                source,
+            })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.bytes().await.unwrap_or_default();
+            let (code, message) = match serde_json::from_slice::<ApiError>(&body) {
+                Ok(e) => (e.code, e.message),
+                Err(_) => (
+                    "unknown".to_string(),
+                    String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned(),
+                ),
+            };
+            return Err(ClientError::Rejected {
+                url,
+                status: status.as_u16(),
+                code,
+                message,
+            });
+        }
+        resp.json::<T>()
+            .await
+            .map_err(|source| ClientError::BadResponse { url, source })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)], timeout: Duration) -> Result<T> {
+        let url = self.url(path);
+        let req = self.http.get(&url).query(query).timeout(timeout);
+        self.send(url, req).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let url = self.url(path);
+        let req = self
+            .http
+            .post(&url)
+            .json(body)
+            .timeout(Duration::from_secs(60));
+        self.send(url, req).await
+    }
+
+    /// `GET /v1/host`.
+    pub async fn host_info(&self) -> Result<HostInfo> {
+        self.get("/host", &[], Duration::from_secs(30)).await
+    }
+
+    /// `GET /v1/services`.
+    pub async fn services(&self) -> Result<Vec<ServiceStatus>> {
+        let list: ServiceList = self.get("/services", &[], Duration::from_secs(30)).await?;
+        Ok(list.services)
+    }
+
+    /// `GET /v1/services/{name}`.
+    pub async fn service(&self, name: &str) -> Result<ServiceStatus> {
+        self.get(&format!("/services/{name}"), &[], Duration::from_secs(30))
+            .await
+    }
+
+    /// Long-polls `GET /v1/services/{name}?since=G&wait=W`: answers at the first change after
+    /// generation `since`, or after `wait` with the unchanged status.
+    pub async fn watch_service(&self, name: &str, since: u64, wait: Duration) -> Result<ServiceStatus> {
+        let query = [
+            ("since", since.to_string()),
+            ("wait", format!("{}ms", wait.as_millis())),
+        ];
+        self.get(
+            &format!("/services/{name}"),
+            &query,
+            wait + Duration::from_secs(30),
+        )
+        .await
+    }
+
+    /// `POST /v1/services/{name}/stage`: the agent fetches `url` and checks its sha256.
+    pub async fn stage_url(&self, service: &str, req: &StageRequest) -> Result<Operation> {
+        self.post(&format!("/services/{service}/stage"), req).await
+    }
+
+    /// `PUT /v1/services/{name}/artifacts/{version}`: streams a local file to the agent.
+    pub async fn stage_file(
+        &self,
+        service: &str,
+        version: &str,
+        file: &Path,
+        params: &UploadParams,
+    ) -> Result<Operation> {
+        let artifact_err = |source| ClientError::Artifact {
+            path: file.display().to_string(),
+            source,
+        };
+        let handle = tokio::fs::File::open(file).await.map_err(artifact_err)?;
+        let len = handle.metadata().await.map_err(artifact_err)?.len();
+        let stream = tokio_util::io::ReaderStream::new(handle);
+        let url = self.url(&format!("/services/{service}/artifacts/{version}"));
+        let req = self
+            .http
+            .put(&url)
+            .query(params)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(stream))
+            .timeout(Duration::from_secs(3600));
+        self.send(url, req).await
+    }
+
+    /// Streams raw bytes as an artifact (tests, and callers that hold it in memory).
+    pub async fn stage_bytes(
+        &self,
+        service: &str,
+        version: &str,
+        bytes: Vec<u8>,
+        params: &UploadParams,
+    ) -> Result<Operation> {
+        let url = self.url(&format!("/services/{service}/artifacts/{version}"));
+        let req = self
+            .http
+            .put(&url)
+            .query(params)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(bytes)
+            .timeout(Duration::from_secs(600));
+        self.send(url, req).await
+    }
+
+    /// `POST /v1/services/{name}/activate`.
+    pub async fn activate(&self, service: &str, req: &ActivateRequest) -> Result<Operation> {
+        self.post(&format!("/services/{service}/activate"), req).await
+    }
+
+    /// `POST /v1/services/{name}/rollback`.
+    pub async fn rollback(&self, service: &str, req: &RollbackRequest) -> Result<Operation> {
+        self.post(&format!("/services/{service}/rollback"), req).await
+    }
+
+    /// `POST /v1/services/{name}/prune`.
+    pub async fn prune(&self, service: &str, req: &PruneRequest) -> Result<Operation> {
+        self.post(&format!("/services/{service}/prune"), req).await
+    }
+
+    /// `POST /v1/services/{name}/stop`: stop a slot and keep it stopped.
+    pub async fn stop(&self, service: &str, req: &SlotRequest) -> Result<Operation> {
+        self.post(&format!("/services/{service}/stop"), req).await
+    }
+
+    /// `POST /v1/services/{name}/start`: start a slot's active version.
+    pub async fn start(&self, service: &str, req: &SlotRequest) -> Result<Operation> {
+        self.post(&format!("/services/{service}/start"), req).await
+    }
+
+    /// `POST /v1/services/{name}/health`: run a health check on the host now.
+    pub async fn check_health(&self, service: &str, req: &HealthCheckRequest) -> Result<HealthReport> {
+        self.post(&format!("/services/{service}/health"), req).await
+    }
+
+    /// `GET /v1/operations/{id}`.
+    pub async fn operation(&self, id: &str) -> Result<Operation> {
+        self.get(&format!("/operations/{id}"), &[], Duration::from_secs(30))
+            .await
+    }
+
+    /// One long-poll `GET /v1/operations/{id}?wait=W`: answers when done or after `wait`.
+    pub async fn poll_operation(&self, id: &str, wait: Duration) -> Result<Operation> {
+        let query = [("wait", format!("{}ms", wait.as_millis()))];
+        self.get(
+            &format!("/operations/{id}"),
+            &query,
+            wait + Duration::from_secs(30),
+        )
+        .await
+    }
+
+    /// Long-polls until the operation is done; fails after `deadline`.
+    pub async fn wait_operation(&self, id: &str, deadline: Duration) -> Result<Operation> {
+        let start = tokio::time::Instant::now();
+        loop {
+            let left = deadline.saturating_sub(start.elapsed());
+            let op = self
+                .poll_operation(id, left.min(Duration::from_secs(30)))
+                .await?;
+            if op.state.is_done() {
+                return Ok(op);
+            }
+            if start.elapsed() >= deadline {
+                return Err(ClientError::OperationTimeout {
+                    id: id.to_string(),
+                    waited_ms: start.elapsed().as_millis() as u64,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,511 @@
+//! The agent's YAML configuration: where it listens, how callers authenticate, its services.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::api::{self, BackendKind, CheckSpec};
+use super::recovery::Recovery;
+
+/// A duration written as `10s`, `500ms`, `2m`, `1h`, `1d` or integer milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Dur(pub Duration);
+
+impl Serialize for Dur {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", self.0.as_millis()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Ms(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Ms(ms) => Ok(Dur(Duration::from_millis(ms))),
+            Raw::Text(t) => api::parse_duration_ms(&t)
+                .map(|ms| Dur(Duration::from_millis(ms)))
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "expected a duration like 10s, 500ms, 2m, 1h or 1d, got {t:?}"
+                    ))
+                }),
+        }
+    }
+}
+
+/// Errors in the agent configuration, with the file and line where known.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {field}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        field: String,
+        message: String,
+    },
+    #[error("{path}:{line}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+/// TLS for the listener. With `clientCa`, callers must present a certificate it signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Where the bearer token is read from; the token itself never appears in the config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Name of an environment variable holding the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+}
+
+/// Request size limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "default_json_body")]
+    pub json_body_bytes: usize,
+    #[serde(default = "default_artifact")]
+    pub artifact_bytes: u64,
+}
+
+fn default_json_body() -> usize {
+    64 * 1024
+}
+fn default_artifact() -> u64 {
+    1 << 30
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            json_body_bytes: default_json_body(),
+            artifact_bytes: default_artifact(),
+        }
+    }
+}
+
+/// A service's health check and how activation waits on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthConfig {
+    #[serde(flatten)]
+    pub check: CheckSpec,
+    #[serde(default = "default_check_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "default_check_interval")]
+    pub interval: Dur,
+    /// How long an activation waits for running and healthy.
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout: Dur,
+}
+
+fn default_check_timeout() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+fn default_check_interval() -> Dur {
+    Dur(Duration::from_millis(500))
+}
+fn default_start_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+
+/// Size-rotated stdout/stderr logs of the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default = "default_log_bytes")]
+    pub max_bytes: u64,
+    #[serde(default = "default_log_keep")]
+    pub keep: u32,
+}
+
+fn default_log_bytes() -> u64 {
+    10 << 20
+}
+fn default_log_keep() -> u32 {
+    3
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            max_bytes: default_log_bytes(),
+            keep: default_log_keep(),
+        }
+    }
+}
+
+/// Windows SCM start type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartType {
+    #[default]
+    Auto,
+    DelayedAuto,
+    Demand,
+    Disabled,
+}
+
+/// One managed service.
+///
+/// `command` is relative to the version dir; in `args`, `env` values and the health check,
+/// `{port}`, `{slot}`, `{version}` and `{dir}` are replaced per slot at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    #[serde(default)]
+    pub backend: BackendKind,
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// One port per slot; two ports give two slots (`slotsPerHost: 2`).
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthConfig>,
+    #[serde(default)]
+    pub recovery: Recovery,
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: Dur,
+    /// Account to run as (systemd `User=`, SCM account).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub start_type: StartType,
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+    #[serde(default)]
+    pub logs: LogConfig,
+}
+
+fn default_stop_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+impl ServiceConfig {
+    /// Number of slots (at least one).
+    pub fn slots(&self) -> u32 {
+        self.ports.len().max(1) as u32
+    }
+
+    pub fn port(&self, slot: u32) -> Option<u16> {
+        self.ports.get(slot as usize).copied()
+    }
+}
+
+/// The whole agent configuration.
+///
+/// ```yaml
+/// listen: 0.0.0.0:7443
+/// dataDir: /var/lib/rollgate-agent
+/// tls: {cert: agent.pem, key: agent-key.pem, clientCa: ca.pem}
+/// services:
+///   - name: web
+///     command: rollgate-demo
+///     args: ["--listen", "127.0.0.1:{port}", "--version", "{version}"]
+///     ports: [8080, 8081]
+///     health: {type: http, url: "http://127.0.0.1:{port}/health", timeout: 2s}
+///     recovery: {restart: on-failure, actions: [{restart: 0s}, {restart: 10s}]}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    pub data_dir: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenConfig>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Allow `command` checks sent by callers (agent-configured ones always run).
+    #[serde(default)]
+    pub allow_remote_commands: bool,
+    /// How long shutdown waits for operations in flight and service stops.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: Dur,
+    /// Where the systemd backend writes units.
+    #[serde(default = "default_unit_dir")]
+    pub systemd_unit_dir: PathBuf,
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:7443".to_string()
+}
+fn default_grace() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_unit_dir() -> PathBuf {
+    PathBuf::from("/etc/systemd/system")
+}
+
+impl AgentConfig {
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Resolves relative paths (data dir, TLS files, token file) against `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        if let Some(tls) = &mut self.tls {
+            fix(&mut tls.cert);
+            fix(&mut tls.key);
+            if let Some(ca) = &mut tls.client_ca {
+                fix(ca);
+            }
+        }
+        if let Some(TokenConfig { file: Some(f), .. }) = &mut self.token {
+            fix(f);
+        }
+    }
+}
+
+/// Loads and validates one config file.
+///
+/// TODO(lead): switch to `crate::spec::source::load` once it exists, for overlays and
+/// `${VAR:-default}` expansion shared with manifests. Until then `${VAR}` and
+/// `${VAR:-default}` are expanded here from the environment.
+pub fn load(path: &Path) -> Result<AgentConfig> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates config text; `path` names it in errors and anchors relative paths.
+pub fn parse(path: &Path, text: &str) -> Result<AgentConfig> {
+    let expanded = expand_env(text, |name| std::env::var(name).ok()).map_err(|(line, message)| {
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line,
+            message,
+        }
+    })?;
+    let de = serde_yaml::Deserializer::from_str(&expanded);
+    let mut config: AgentConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        let (line, column) = inner
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        let mut message = inner.to_string();
+        // serde_yaml appends " at line L column C"; the prefix already says so.
+        if let Some(i) = message.find(" at line ") {
+            message.truncate(i);
+        }
+        ConfigError::Syntax {
+            path: path.to_path_buf(),
+            line,
+            column,
+            field,
+            message,
+        }
+    })?;
+    validate(&config).map_err(|(needle, message)| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        line: find_line(text, &needle),
+        message,
+    })?;
+    config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+    Ok(config)
+}
+
+/// Line (1-based) of the first occurrence of `needle`, or 1.
+fn find_line(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| !needle.is_empty() && l.contains(needle))
+        .map(|i| i + 1)
+        .unwrap_or(1)
+}
+
+/// Checks what serde cannot; errors carry a text to locate the line by.
+fn validate(config: &AgentConfig) -> std::result::Result<(), (String, String)> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut ports = std::collections::BTreeSet::new();
+    for (i, s) in config.services.iter().enumerate() {
+        let at = |m: String| (s.name.clone(), format!("services[{i}] ({}): {m}", s.name));
+        if !api::valid_name(&s.name) {
+            return Err(at("name must be letters, digits, '.', '_', '-' or '+'".into()));
+        }
+        if !seen.insert(s.name.clone()) {
+            return Err(at("duplicate service name".into()));
+        }
+        let cmd = Path::new(&s.command);
+        if s.command.is_empty()
+            || cmd.is_absolute()
+            || cmd
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(at(format!(
+                "command {:?} must be a relative path inside the version dir",
+                s.command
+            )));
+        }
+        for p in &s.ports {
+            if !ports.insert(*p) {
+                return Err(at(format!("port {p} is used twice")));
+            }
+        }
+        s.recovery.validate().map_err(|e| at(e.to_string()))?;
+    }
+    if let Some(TokenConfig {
+        file: None,
+        env: None,
+    }) = &config.token
+    {
+        return Err(("token".into(), "token needs `file` or `env`".into()));
+    }
+    Ok(())
+}
+
+/// Expands `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`. Errors carry the line.
+pub fn expand_env(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> std::result::Result<String, (usize, String)> {
+    let mut out = String::with_capacity(text.len());
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            if let Some(stripped) = after.strip_prefix('$') {
+                out.push('$');
+                rest = stripped;
+            } else if let Some(body) = after.strip_prefix('{') {
+                let end = body
+                    .find('}')
+                    .ok_or_else(|| (n + 1, "unclosed ${ in config".to_string()))?;
+                let expr = &body[..end];
+                let (name, default) = match expr.split_once(":-") {
+                    Some((name, d)) => (name, Some(d)),
+                    None => (expr, None),
+                };
+                match (lookup(name).filter(|v| !v.is_empty()), default) {
+                    (Some(v), _) => out.push_str(&v),
+                    (None, Some(d)) => out.push_str(d),
+                    (None, None) => {
+                        return Err((
+                            n + 1,
+                            format!("environment variable {name} is not set and has no default"),
+                        ));
+                    }
+                }
+                rest = &body[end + 1..];
+            } else {
+                out.push('$');
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+/// Replaces `{port}`, `{slot}`, `{version}` and `{dir}` in `text`.
+pub fn expand_slot(text: &str, port: Option<u16>, slot: u32, version: &str, dir: &Path) -> String {
+    text.replace("{port}", &port.map(|p| p.to_string()).unwrap_or_default())
+        .replace("{slot}", &slot.to_string())
+        .replace("{version}", version)
+        .replace("{dir}", &dir.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "listen: 127.0.0.1:0\ndataDir: ${DATA:-/tmp/x}\nservices:\n  - name: web\n    command: bin/demo\n    ports: [8080, 8081]\n    health: {type: http, url: 'http://127.0.0.1:{port}/health', timeout: 1s}\n";
+
+    #[test]
+    fn parses_with_defaults_and_env_expansion() {
+        let c = parse(Path::new("/etc/agent.yaml"), GOOD).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        let web = c.service("web").unwrap();
+        assert_eq!(web.slots(), 2);
+        assert_eq!(web.stop_timeout.0, Duration::from_secs(10));
+        let h = web.health.as_ref().unwrap();
+        assert_eq!(h.timeout.0, Duration::from_secs(1));
+        assert!(matches!(h.check, CheckSpec::Http { status: 200, .. }));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let bad = GOOD.replace("ports: [8080, 8081]", "ports: [8080, high]");
+        let e = parse(Path::new("a.yaml"), &bad).unwrap_err().to_string();
+        assert!(e.starts_with("a.yaml:6:"), "{e}");
+        assert!(e.contains("services[0].ports[1]"), "{e}");
+
+        let dup = format!("{GOOD}  - name: web\n    command: x\n");
+        let e = parse(Path::new("a.yaml"), &dup).unwrap_err().to_string();
+        assert!(e.contains("duplicate service name"), "{e}");
+
+        let escape = GOOD.replace("bin/demo", "../../bin/sh");
+        let e = parse(Path::new("a.yaml"), &escape).unwrap_err().to_string();
+        assert!(e.starts_with("a.yaml:5:"), "{e}");
+
+        let unknown = GOOD.replace("listen:", "listne:");
+        let e = parse(Path::new("a.yaml"), &unknown).unwrap_err().to_string();
+        assert!(e.starts_with("a.yaml:1:") && e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn env_expansion_rules() {
+        let env = |n: &str| (n == "A").then(|| "1".to_string());
+        assert_eq!(expand_env("x: ${A}${B:-2} $$ $5", env).unwrap(), "x: 12 $ $5");
+        assert_eq!(expand_env("a\nb: ${B}\n", env).unwrap_err().0, 2);
+    }
+
+    #[test]
+    fn slot_placeholders() {
+        assert_eq!(
+            expand_slot("--listen 127.0.0.1:{port} v{version} s{slot} {dir}/x", Some(81), 1, "2", Path::new("/v/2")),
+            "--listen 127.0.0.1:81 v2 s1 /v/2/x"
+        );
+    }
+}

@@ -1,0 +1,566 @@
+//! The agent's HTTPS server: mTLS or bearer-token auth, size limits, JSON errors, the routes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::api::{
+    self, ActivateRequest, ApiError, HealthCheckRequest, PruneRequest, RollbackRequest,
+    ServiceList, SlotRequest, StageRequest, UploadParams, WaitQuery,
+};
+use super::config::{AgentConfig, TokenConfig};
+use super::manager::{Agent, ManagerError, crate_chain};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(
+        "refusing to listen on non-loopback {addr} without TLS and a client CA or bearer token"
+    )]
+    InsecureListen { addr: SocketAddr },
+    #[error("listen address {0:?} is not host:port")]
+    BadListen(String),
+    #[error("binding {addr}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading {what} from {path}")]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("TLS setup")]
+    Tls(#[source] rustls::Error),
+    #[error("client CA verifier")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+    #[error("reading the bearer token from {0}")]
+    Token(String),
+}
+
+pub type Result<T, E = ServerError> = std::result::Result<T, E>;
+
+/// Per-connection facts handed to the handlers.
+#[derive(Clone, Copy)]
+struct Peer {
+    client_cert: bool,
+}
+
+#[derive(Clone)]
+struct AppState {
+    agent: Arc<Agent>,
+    token: Option<Arc<str>>,
+    /// With a client CA, a verified client certificate authenticates the caller.
+    mtls: bool,
+}
+
+/// A bound, not yet serving, listener.
+pub struct Server {
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: Router,
+    addr: SocketAddr,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_token(config: &Option<TokenConfig>) -> Result<Option<Arc<str>>> {
+    let Some(tc) = config else { return Ok(None) };
+    let token = if let Some(file) = &tc.file {
+        std::fs::read_to_string(file)
+            .map_err(|_| ServerError::Token(file.display().to_string()))?
+    } else if let Some(var) = &tc.env {
+        std::env::var(var).map_err(|_| ServerError::Token(format!("environment variable {var}")))?
+    } else {
+        return Ok(None);
+    };
+    let token = token.trim();
+    if token.len() < 16 {
+        return Err(ServerError::Token(
+            "token source (it must be at least 16 characters)".into(),
+        ));
+    }
+    Ok(Some(Arc::from(token)))
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
+        .map_err(|source| ServerError::Pem {
+            what: "certificates",
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn tls_config(config: &AgentConfig) -> Result<Option<tokio_rustls::TlsAcceptor>> {
+    let Some(tls) = &config.tls else {
+        return Ok(None);
+    };
+    let certs = load_certs(&tls.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|source| ServerError::Pem {
+        what: "private key",
+        path: tls.key.clone(),
+        source,
+    })?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(ServerError::Tls)?;
+    let builder = match &tls.client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in load_certs(ca)? {
+                roots.add(cert).map_err(ServerError::Tls)?;
+            }
+            // Unauthenticated handshakes are let through so that a caller without a
+            // certificate gets a clear 401 instead of a TLS alert; a certificate that is
+            // presented must chain to the pinned CA or the handshake fails.
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(ServerError::Verifier)?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut server = builder
+        .with_single_cert(certs, key)
+        .map_err(ServerError::Tls)?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(server))))
+}
+
+impl Server {
+    /// Checks the security policy, loads TLS material and binds `listen` (port 0 is fine).
+    pub async fn bind(agent: Arc<Agent>, listen: &str) -> Result<Server> {
+        let config = agent.config().clone();
+        let addr: SocketAddr = tokio::net::lookup_host(listen)
+            .await
+            .ok()
+            .and_then(|mut it| it.next())
+            .ok_or_else(|| ServerError::BadListen(listen.to_string()))?;
+        let token = read_token(&config.token)?;
+        let mtls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        let authenticated = config.tls.is_some() && (mtls || token.is_some());
+        if !addr.ip().is_loopback() && !authenticated {
+            return Err(ServerError::InsecureListen { addr });
+        }
+        if config.tls.is_none() && token.is_none() {
+            tracing::warn!(%addr, "no TLS and no token: any local process can drive this agent");
+        }
+        let tls = tls_config(&config)?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+        let state = AppState {
+            agent,
+            token,
+            mtls,
+        };
+        Ok(Server {
+            listener,
+            tls,
+            app: router(state, config.limits.json_body_bytes),
+            addr,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `https://addr` or `http://addr`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Serves until `cancel`; then waits up to `grace` for open connections.
+    pub async fn serve(self, cancel: CancellationToken, grace: Duration) {
+        let conns = TaskTracker::new();
+        loop {
+            let (tcp, _peer) = tokio::select! {
+                r = self.listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = cancel.cancelled() => break,
+            };
+            let app = self.app.clone();
+            let tls = self.tls.clone();
+            let cancel = cancel.clone();
+            conns.spawn(async move {
+                match tls {
+                    Some(acceptor) => {
+                        let stream = match tokio::time::timeout(
+                            Duration::from_secs(10),
+                            acceptor.accept(tcp),
+                        )
+                        .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake refused");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                        let client_cert = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .is_some_and(|c| !c.is_empty());
+                        serve_conn(stream, Peer { client_cert }, app, cancel).await
+                    }
+                    None => serve_conn(tcp, Peer { client_cert: false }, app, cancel).await,
+                }
+            });
+        }
+        conns.close();
+        if tokio::time::timeout(grace, conns.wait()).await.is_err() {
+            tracing::warn!("grace period ran out with connections open; closing them");
+        }
+    }
+}
+
+async fn serve_conn<I>(io: I, peer: Peer, app: Router, cancel: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(peer);
+        let app = app.clone();
+        async move {
+            tower::ServiceExt::oneshot(app, req.map(axum::body::Body::new)).await
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => { let _ = r; }
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+fn router(state: AppState, json_limit: usize) -> Router {
+    let v1 = Router::new()
+        .route("/host", get(host))
+        .route("/services", get(services))
+        .route("/services/{name}", get(service))
+        .route("/services/{name}/stage", post(stage))
+        .route(
+            "/services/{name}/artifacts/{version}",
+            put(upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/services/{name}/activate", post(activate))
+        .route("/services/{name}/rollback", post(rollback))
+        .route("/services/{name}/prune", post(prune))
+        .route("/services/{name}/stop", post(stop))
+        .route("/services/{name}/start", post(start))
+        .route("/services/{name}/health", post(check_health))
+        .route("/operations/{id}", get(operation));
+    Router::new()
+        .nest(api::PREFIX, v1)
+        .fallback(|| async { Fail::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(DefaultBodyLimit::max(json_limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .with_state(state)
+}
+
+/// A refusal as JSON: `{"code": ..., "message": ...}`.
+pub struct Fail {
+    status: StatusCode,
+    body: ApiError,
+}
+
+impl Fail {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Fail {
+            status,
+            body: ApiError {
+                code: code.to_string(),
+                message: message.into(),
+            },
+        }
+    }
+}
+
+impl IntoResponse for Fail {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<ManagerError> for Fail {
+    fn from(e: ManagerError) -> Self {
+        let (status, code) = match &e {
+            ManagerError::UnknownService(_) | ManagerError::UnknownOperation(_) => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
+            ManagerError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ManagerError::RequestIdReused(_) => (StatusCode::CONFLICT, "request_id_reused"),
+            ManagerError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ManagerError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ManagerError::Store(_) | ManagerError::Prepare { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        Fail::new(status, code, crate_chain(&e))
+    }
+}
+
+/// JSON body whose rejections are JSON too.
+struct Body<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = Fail;
+
+    async fn from_request(req: Request, state: &S) -> std::result::Result<Self, Fail> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let code = match status {
+                    StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+                    _ => "bad_request",
+                };
+                // 422 (valid JSON, wrong shape) is reported as a plain 400.
+                let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    status
+                };
+                Err(Fail::new(status, code, rejection.body_text()))
+            }
+        }
+    }
+}
+
+fn query<T: DeserializeOwned>(uri: &Uri) -> std::result::Result<T, Fail> {
+    axum::extract::Query::<T>::try_from_uri(uri)
+        .map(|q| q.0)
+        .map_err(|e| Fail::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
+}
+
+fn wait_of(q: &WaitQuery) -> std::result::Result<Duration, Fail> {
+    match &q.wait {
+        None => Ok(Duration::ZERO),
+        Some(w) => api::parse_duration_ms(w)
+            .map(|ms| Duration::from_millis(ms.min(api::MAX_WAIT_MS)))
+            .ok_or_else(|| {
+                Fail::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("wait={w:?}: expected a duration like 30s or 500ms"),
+                )
+            }),
+    }
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(state): State<AppState>, req: Request, next: axum::middleware::Next) -> Response {
+    let peer = req.extensions().get::<Peer>().copied();
+    let cert_ok = state.mtls && peer.is_some_and(|p| p.client_cert);
+    let bearer = req
+        .headers()
+        .get(api::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let token_ok = match (&state.token, bearer) {
+        (Some(expected), Some(given)) => same(expected.as_bytes(), given.trim().as_bytes()),
+        _ => false,
+    };
+    let open = !state.mtls && state.token.is_none();
+    if cert_ok || token_ok || open {
+        return next.run(req).await;
+    }
+    let message = match (bearer, state.mtls, state.token.is_some()) {
+        (Some(_), _, true) => "invalid bearer token",
+        (Some(_), _, false) => "bearer tokens are not accepted here; present a client certificate",
+        (None, true, true) => "a client certificate or a bearer token is required",
+        (None, true, false) => "a client certificate signed by the agent's CA is required",
+        (None, false, _) => "a bearer token is required",
+    };
+    tracing::info!(path = %req.uri().path(), reason = message, "refused unauthenticated request");
+    Fail::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response()
+}
+
+type Answer<T> = std::result::Result<Json<T>, Fail>;
+
+async fn host(State(s): State<AppState>) -> Json<api::HostInfo> {
+    Json(s.agent.host_info())
+}
+
+async fn services(State(s): State<AppState>) -> Json<ServiceList> {
+    Json(ServiceList {
+        services: s.agent.list().await,
+    })
+}
+
+async fn service(
+    State(s): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    uri: Uri,
+) -> Answer<api::ServiceStatus> {
+    let q: WaitQuery = query(&uri)?;
+    let wait = wait_of(&q)?;
+    Ok(Json(s.agent.watch(&name, q.since, wait).await?))
+}
+
+async fn operation(
+    State(s): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    uri: Uri,
+) -> Answer<api::Operation> {
+    let q: WaitQuery = query(&uri)?;
+    let wait = wait_of(&q)?;
+    Ok(Json(s.agent.wait_operation(&id, wait).await?))
+}
+
+fn accepted(op: api::Operation) -> Response {
+    let status = if op.state.is_done() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    tracing::info!(op = %op.id, kind = ?op.kind, service = %op.service, version = ?op.version, state = ?op.state, "operation");
+    (status, Json(op)).into_response()
+}
+
+async fn stage(
+    State(s): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    Body(req): Body<StageRequest>,
+) -> std::result::Result<Response, Fail> {
+    Ok(accepted(s.agent.stage_url(&name, req)?))
+}
+
+async fn upload(
+    State(s): State<AppState>,
+    axum::extract::Path((name, version)): axum::extract::Path<(String, String)>,
+    uri: Uri,
+    req: Request,
+) -> std::result::Result<Response, Fail> {
+    let params: UploadParams = query(&uri)?;
+    let limit = s.agent.config().limits.artifact_bytes;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Fail::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("artifact is larger than the {limit}-byte limit"),
+        ));
+    }
+    let stream = req.into_body().into_data_stream();
+    Ok(accepted(
+        s.agent.stage_upload(&name, &version, params, stream).await?,
+    ))
+}
+
+async fn activate(
+    State(s): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    Body(req): Body<ActivateRequest>,
+) -> std::result::Result<Response, Fail> {
+    Ok(accepted(s.agent.activate(&name, req)?))
+}
+
+async fn rollback(
+    State(s): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    Body(req): Body<RollbackRequest>,
+) -> std::result::Result<Response, Fail> {
+    Ok(accepted(s.agent.rollback(&name, req)?))
+}
+
+async fn prune(
+    State(s): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    Body(req): Body<PruneRequest>,
+) -> std::result::Result<Response, Fail> {
+    Ok(accepted(s.agent.prune(&name, req)?))
+}
+
+async fn stop(
+    State(s): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    Body(req): Body<SlotRequest>,
+) -> std::result::Result<Response, Fail> {
+    Ok(accepted(s.agent.stop(&name, req)?))
+}
+
+async fn start(
+    State(s): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    Body(req): Body<SlotRequest>,
+) -> std::result::Result<Response, Fail> {
+    Ok(accepted(s.agent.start(&name, req)?))
+}
+
+async fn check_health(
+    State(s): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    Body(req): Body<HealthCheckRequest>,
+) -> Answer<api::HealthReport> {
+    Ok(Json(s.agent.check_health(&name, req).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison_is_exact() {
+        assert!(same(b"secret-token-1234", b"secret-token-1234"));
+        assert!(!same(b"secret-token-1234", b"secret-token-1235"));
+        assert!(!same(b"short", b"longer"));
+    }
+}

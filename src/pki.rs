@@ -1,0 +1,236 @@
+//! A small private PKI for agent mTLS: a CA, agent server certificates, client certificates.
+//!
+//! `rollgate pki init` then `rollgate pki issue --agent HOST` / `--client NAME` write PEM files
+//! into one directory; private keys are created with mode 0600.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+/// File name of the CA certificate inside the PKI dir.
+pub const CA_CERT: &str = "ca.pem";
+/// File name of the CA key inside the PKI dir.
+pub const CA_KEY: &str = "ca-key.pem";
+
+/// What went wrong creating or using the PKI.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("a CA already exists in {0}; refusing to overwrite it")]
+    CaExists(PathBuf),
+    #[error("no CA in {0}; run `rollgate pki init` first")]
+    NoCa(PathBuf),
+    #[error("{0:?} is not a usable name (letters, digits, '.', '-', '_' only)")]
+    BadName(String),
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("generating a certificate")]
+    Generate(#[from] rcgen::Error),
+}
+
+pub type Result<T, E = PkiError> = std::result::Result<T, E>;
+
+/// Paths of an issued certificate and its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn this_year() -> i32 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    1970 + (secs / 31_556_952) as i32
+}
+
+/// The CA's parameters, rebuilt from its key so a leaf can be signed later without parsing
+/// the CA certificate: the name embeds a fingerprint of the key.
+fn ca_params(key: &KeyPair) -> Result<CertificateParams> {
+    use sha2::Digest;
+    let fp = hex::encode(&sha2::Sha256::digest(key.public_key_raw())[..6]);
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "rollgate");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("rollgate CA {fp}"));
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let year = this_year();
+    params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
+    params.not_after = rcgen::date_time_ymd(year + 10, 1, 1);
+    Ok(params)
+}
+
+/// Writes `bytes` to `path` atomically; `secret` files get mode 0600 from the start.
+fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<()> {
+    use std::io::Write;
+    let err = |source| PkiError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(if secret { 0o600 } else { 0o644 });
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    let mut file = opts.open(&tmp).map_err(err)?;
+    file.write_all(bytes).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(PkiError::BadName(name.to_string()))
+    }
+}
+
+/// Creates a CA in `dir` (`ca.pem`, `ca-key.pem`). Refuses to overwrite an existing one.
+pub fn init(dir: &Path) -> Result<Issued> {
+    let cert_path = dir.join(CA_CERT);
+    let key_path = dir.join(CA_KEY);
+    if cert_path.exists() || key_path.exists() {
+        return Err(PkiError::CaExists(dir.to_path_buf()));
+    }
+    let key = KeyPair::generate()?;
+    let cert = ca_params(&key)?.self_signed(&key)?;
+    write_file(&key_path, key.serialize_pem().as_bytes(), true)?;
+    write_file(&cert_path, cert.pem().as_bytes(), false)?;
+    Ok(Issued {
+        cert: cert_path,
+        key: key_path,
+    })
+}
+
+fn load_ca(dir: &Path) -> Result<KeyPair> {
+    let key_path = dir.join(CA_KEY);
+    if !key_path.exists() {
+        return Err(PkiError::NoCa(dir.to_path_buf()));
+    }
+    let pem = std::fs::read_to_string(&key_path).map_err(|source| PkiError::Read {
+        path: key_path,
+        source,
+    })?;
+    Ok(KeyPair::from_pem(&pem)?)
+}
+
+fn issue(dir: &Path, file_stem: &str, cn: &str, sans: Vec<SanType>, eku: ExtendedKeyUsagePurpose) -> Result<Issued> {
+    let ca_key = load_ca(dir)?;
+    let ca = Issuer::new(ca_params(&ca_key)?, ca_key);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.subject_alt_names = sans;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![eku];
+    params.use_authority_key_identifier_extension = true;
+    let year = this_year();
+    params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
+    params.not_after = rcgen::date_time_ymd(year + 3, 1, 1);
+    let cert = params.signed_by(&key, &ca)?;
+    let cert_path = dir.join(format!("{file_stem}.pem"));
+    let key_path = dir.join(format!("{file_stem}-key.pem"));
+    write_file(&key_path, key.serialize_pem().as_bytes(), true)?;
+    write_file(&cert_path, cert.pem().as_bytes(), false)?;
+    Ok(Issued {
+        cert: cert_path,
+        key: key_path,
+    })
+}
+
+/// Issues a server certificate for an agent reachable as `host` (a DNS name or an IP
+/// address): `agent-<host>.pem` and `agent-<host>-key.pem`. `localhost` also covers
+/// 127.0.0.1 and ::1.
+pub fn issue_agent(dir: &Path, host: &str) -> Result<Issued> {
+    check_name(host)?;
+    let mut sans = Vec::new();
+    match host.parse::<IpAddr>() {
+        Ok(ip) => sans.push(SanType::IpAddress(ip)),
+        Err(_) => {
+            sans.push(SanType::DnsName(host.try_into()?));
+            if host == "localhost" {
+                sans.push(SanType::IpAddress(IpAddr::from([127, 0, 0, 1])));
+                sans.push(SanType::IpAddress("::1".parse().expect("valid")));
+            }
+        }
+    }
+    let stem = format!("agent-{}", host.replace(':', "_"));
+    issue(dir, &stem, host, sans, ExtendedKeyUsagePurpose::ServerAuth)
+}
+
+/// Issues a client certificate for the CLI or a CI job: `client-<name>.pem` and
+/// `client-<name>-key.pem`.
+pub fn issue_client(dir: &Path, name: &str) -> Result<Issued> {
+    check_name(name)?;
+    issue(
+        dir,
+        &format!("client-{name}"),
+        name,
+        Vec::new(),
+        ExtendedKeyUsagePurpose::ClientAuth,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_then_issue_writes_pem_files_with_private_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = init(dir.path()).unwrap();
+        assert!(std::fs::read_to_string(&ca.cert).unwrap().contains("BEGIN CERTIFICATE"));
+        assert!(matches!(init(dir.path()), Err(PkiError::CaExists(_))));
+        let agent = issue_agent(dir.path(), "127.0.0.1").unwrap();
+        let client = issue_client(dir.path(), "ci").unwrap();
+        assert!(client.cert.ends_with("client-ci.pem"));
+        #[cfg(unix)]
+        for key in [&ca.key, &agent.key, &client.key] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(key).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", key.display());
+        }
+        assert!(matches!(issue_client(dir.path(), "../x"), Err(PkiError::BadName(_))));
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(issue_client(empty.path(), "x"), Err(PkiError::NoCa(_))));
+    }
+}
