@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::api::{self, BackendKind, CheckSpec};
 use super::recovery::Recovery;
+use crate::spec::source::{self, Sources};
 
 /// A duration written as `10s`, `500ms`, `2m`, `1h`, `1d` or integer milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -40,29 +41,11 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
-/// Errors in the agent configuration, with the file and line where known.
+/// Errors in the agent configuration, with the file, line and field path where known.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}:{line}:{column}: {field}: {message}")]
-    Syntax {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        field: String,
-        message: String,
-    },
-    #[error("{path}:{line}: {message}")]
-    Invalid {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
+    #[error(transparent)]
+    Input(#[from] crate::spec::source::InputError),
 }
 
 pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
@@ -303,77 +286,44 @@ impl AgentConfig {
     }
 }
 
-/// Loads and validates one config file.
-///
-/// TODO(lead): switch to `crate::spec::source::load` once it exists, for overlays and
-/// `${VAR:-default}` expansion shared with manifests. Until then `${VAR}` and
-/// `${VAR:-default}` are expanded here from the environment.
-pub fn load(path: &Path) -> Result<AgentConfig> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse(path, &text)
+/// Loads `files` (with `<file>.<env>.yaml` overlays and `${VAR:-default}` expansion, the
+/// same rules as manifests), validates, and resolves relative paths against the first file.
+pub fn load(files: &[PathBuf], env: Option<&str>) -> Result<AgentConfig> {
+    let sources = Sources::read(files, env, &source::process_env)?;
+    finish(&sources, files.first().map(PathBuf::as_path))
 }
 
 /// Parses and validates config text; `path` names it in errors and anchors relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<AgentConfig> {
-    let expanded = expand_env(text, |name| std::env::var(name).ok()).map_err(|(line, message)| {
-        ConfigError::Invalid {
-            path: path.to_path_buf(),
-            line,
-            message,
-        }
-    })?;
-    let de = serde_yaml::Deserializer::from_str(&expanded);
-    let mut config: AgentConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
-        let inner = e.into_inner();
-        let (line, column) = inner
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((0, 0));
-        let mut message = inner.to_string();
-        // serde_yaml appends " at line L column C"; the prefix already says so.
-        if let Some(i) = message.find(" at line ") {
-            message.truncate(i);
-        }
-        ConfigError::Syntax {
-            path: path.to_path_buf(),
-            line,
-            column,
-            field,
-            message,
-        }
-    })?;
-    validate(&config).map_err(|(needle, message)| ConfigError::Invalid {
-        path: path.to_path_buf(),
-        line: find_line(text, &needle),
-        message,
-    })?;
-    config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+    let sources = Sources::from_texts(&[(path, text)], &source::process_env)?;
+    finish(&sources, Some(path))
+}
+
+fn finish(sources: &Sources, first: Option<&Path>) -> Result<AgentConfig> {
+    let mut config: AgentConfig = sources.deserialize()?;
+    validate(&config).map_err(|(field, message)| sources.error(&field, message))?;
+    let base = first
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    config.resolve_paths(&base);
     Ok(config)
 }
 
-/// Line (1-based) of the first occurrence of `needle`, or 1.
-fn find_line(text: &str, needle: &str) -> usize {
-    text.lines()
-        .position(|l| !needle.is_empty() && l.contains(needle))
-        .map(|i| i + 1)
-        .unwrap_or(1)
-}
-
-/// Checks what serde cannot; errors carry a text to locate the line by.
+/// Checks what serde cannot; errors carry the field path they are about.
 fn validate(config: &AgentConfig) -> std::result::Result<(), (String, String)> {
     let mut seen = std::collections::BTreeSet::new();
     let mut ports = std::collections::BTreeSet::new();
     for (i, s) in config.services.iter().enumerate() {
-        let at = |m: String| (s.name.clone(), format!("services[{i}] ({}): {m}", s.name));
+        let at = |field: &str, m: String| (format!("services[{i}].{field}"), m);
         if !api::valid_name(&s.name) {
-            return Err(at("name must be letters, digits, '.', '_', '-' or '+'".into()));
+            return Err(at(
+                "name",
+                "expected letters, digits, '.', '_', '-' or '+'".into(),
+            ));
         }
         if !seen.insert(s.name.clone()) {
-            return Err(at("duplicate service name".into()));
+            return Err(at("name", format!("duplicate service name {:?}", s.name)));
         }
         let cmd = Path::new(&s.command);
         if s.command.is_empty()
@@ -382,70 +332,31 @@ fn validate(config: &AgentConfig) -> std::result::Result<(), (String, String)> {
                 .components()
                 .any(|c| !matches!(c, std::path::Component::Normal(_)))
         {
-            return Err(at(format!(
-                "command {:?} must be a relative path inside the version dir",
-                s.command
-            )));
+            return Err(at(
+                "command",
+                format!(
+                    "command {:?} must be a relative path inside the version dir",
+                    s.command
+                ),
+            ));
         }
-        for p in &s.ports {
+        for (j, p) in s.ports.iter().enumerate() {
             if !ports.insert(*p) {
-                return Err(at(format!("port {p} is used twice")));
+                return Err(at(&format!("ports[{j}]"), format!("port {p} is used twice")));
             }
         }
-        s.recovery.validate().map_err(|e| at(e.to_string()))?;
+        s.recovery
+            .validate()
+            .map_err(|e| at("recovery", e.to_string()))?;
     }
     if let Some(TokenConfig {
         file: None,
         env: None,
     }) = &config.token
     {
-        return Err(("token".into(), "token needs `file` or `env`".into()));
+        return Err(("token".into(), "expected `file` or `env`".into()));
     }
     Ok(())
-}
-
-/// Expands `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`. Errors carry the line.
-pub fn expand_env(
-    text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> std::result::Result<String, (usize, String)> {
-    let mut out = String::with_capacity(text.len());
-    for (n, line) in text.split_inclusive('\n').enumerate() {
-        let mut rest = line;
-        while let Some(i) = rest.find('$') {
-            out.push_str(&rest[..i]);
-            let after = &rest[i + 1..];
-            if let Some(stripped) = after.strip_prefix('$') {
-                out.push('$');
-                rest = stripped;
-            } else if let Some(body) = after.strip_prefix('{') {
-                let end = body
-                    .find('}')
-                    .ok_or_else(|| (n + 1, "unclosed ${ in config".to_string()))?;
-                let expr = &body[..end];
-                let (name, default) = match expr.split_once(":-") {
-                    Some((name, d)) => (name, Some(d)),
-                    None => (expr, None),
-                };
-                match (lookup(name).filter(|v| !v.is_empty()), default) {
-                    (Some(v), _) => out.push_str(&v),
-                    (None, Some(d)) => out.push_str(d),
-                    (None, None) => {
-                        return Err((
-                            n + 1,
-                            format!("environment variable {name} is not set and has no default"),
-                        ));
-                    }
-                }
-                rest = &body[end + 1..];
-            } else {
-                out.push('$');
-                rest = after;
-            }
-        }
-        out.push_str(rest);
-    }
-    Ok(out)
 }
 
 /// Replaces `{port}`, `{slot}`, `{version}` and `{dir}` in `text`.
@@ -483,22 +394,15 @@ mod tests {
 
         let dup = format!("{GOOD}  - name: web\n    command: x\n");
         let e = parse(Path::new("a.yaml"), &dup).unwrap_err().to_string();
-        assert!(e.contains("duplicate service name"), "{e}");
+        assert!(e.contains("services[1].name") && e.contains("duplicate service name"), "{e}");
 
         let escape = GOOD.replace("bin/demo", "../../bin/sh");
         let e = parse(Path::new("a.yaml"), &escape).unwrap_err().to_string();
-        assert!(e.starts_with("a.yaml:5:"), "{e}");
+        assert!(e.starts_with("a.yaml:5:") && e.contains("services[0].command"), "{e}");
 
         let unknown = GOOD.replace("listen:", "listne:");
         let e = parse(Path::new("a.yaml"), &unknown).unwrap_err().to_string();
         assert!(e.starts_with("a.yaml:1:") && e.contains("unknown field"), "{e}");
-    }
-
-    #[test]
-    fn env_expansion_rules() {
-        let env = |n: &str| (n == "A").then(|| "1".to_string());
-        assert_eq!(expand_env("x: ${A}${B:-2} $$ $5", env).unwrap(), "x: 12 $ $5");
-        assert_eq!(expand_env("a\nb: ${B}\n", env).unwrap_err().0, 2);
     }
 
     #[test]

@@ -97,7 +97,7 @@ mod tests {
         };
         let p = plan(&spec);
         assert_eq!(p.name, "rollgate-web-0");
-        assert!(p.executable.ends_with(r"versions\3\web.exe"));
+        assert!(p.executable.to_string_lossy().ends_with(r"versions\3\web.exe"));
         assert_eq!(p.start_type, StartType::DelayedAuto);
         assert_eq!(p.environment, vec!["A=1"]);
         assert_eq!(p.failure.actions.len(), 3);
