@@ -1,0 +1,8 @@
+//! rollgate: health-gated rolling, canary and blue-green rollouts on Kubernetes and host fleets.
+
+pub mod agent;
+pub mod cli;
+pub mod pki;
+pub mod plan;
+pub mod spec;
+pub mod strategy;

@@ -1,0 +1,328 @@
+//! The planner: a strategy, an instance count and the target's capacity become ordered steps.
+//!
+//! Pure and total: no I/O, no clock, no async. Every step records the counts of old and new instances
+//! once it is done, and the bounds that hold while it runs, so the plan can be checked before it runs.
+
+use serde::Serialize;
+
+use crate::spec::{IntOrPercent, Strategy};
+use crate::strategy;
+
+/// How the target can hold instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capacity {
+    /// Instances can be added freely (a Kubernetes Deployment).
+    Elastic,
+    /// A fleet of hosts with one slot each: a host is replaced in place, so surge cannot apply.
+    InPlace,
+    /// A fleet of hosts with two slots each: the new version starts beside the old one.
+    TwoSlots,
+}
+
+/// maxSurge / maxUnavailable resolved to instance counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bounds {
+    pub max_surge: u32,
+    pub max_unavailable: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum StepKind {
+    Scale,
+    Pause,
+    Analysis,
+    Promote,
+    Switch,
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    pub kind: StepKind,
+    /// Instances of the running version once the step is done.
+    pub old: u32,
+    /// Instances of the incoming version once the step is done.
+    pub new: u32,
+    /// The fewest ready instances while the step runs.
+    pub min_available: u32,
+    /// The most instances while the step runs.
+    pub max_total: u32,
+    /// The canary weight this step works towards, in percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// A timed pause, or the wait before an automatic promotion or a delayed scale-down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<u64>,
+    /// A pause or promotion that waits for `rollgate promote`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub manual: bool,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub approvals: u32,
+    /// Check names an analysis step runs; empty means all checks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<String>,
+    /// What the step is for, in a few words.
+    pub note: String,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+impl Step {
+    /// A step that changes no counts (pause, analysis, promote, switch) at `(old, new)`.
+    pub fn hold(kind: StepKind, old: u32, new: u32, note: impl Into<String>) -> Self {
+        Step {
+            kind,
+            old,
+            new,
+            min_available: old + new,
+            max_total: old + new,
+            weight: None,
+            duration_seconds: None,
+            manual: false,
+            approvals: 0,
+            checks: Vec::new(),
+            note: note.into(),
+        }
+    }
+}
+
+/// A complete plan; its JSON form is a fixed contract.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub replicas: u32,
+    pub strategy: &'static str,
+    pub max_surge: u32,
+    pub max_unavailable: u32,
+    pub min_ready_seconds: u64,
+    pub steps: Vec<Step>,
+    /// Things the user should know about how the bounds were applied.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// A plan that cannot be made; `path` is the manifest field to blame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct PlanError {
+    pub path: String,
+    pub message: String,
+}
+
+pub type Result<T, E = PlanError> = std::result::Result<T, E>;
+
+/// Resolves the bounds exactly as Kubernetes does, then applies the target's capacity.
+///
+/// surge = ceil(p·N/100), unavailable = floor(p·N/100); both 0 makes unavailable 1; unavailable is
+/// capped at N. Literal 0/0 is rejected at validation, before this is called.
+pub fn resolve_bounds(
+    surge: IntOrPercent,
+    unavailable: IntOrPercent,
+    n: u32,
+    capacity: Capacity,
+    path: &str,
+    notes: &mut Vec<String>,
+) -> Result<Bounds> {
+    let mut max_surge = surge.resolve(n, true);
+    let mut max_unavailable = unavailable.resolve(n, false).min(n);
+    match capacity {
+        Capacity::Elastic => {}
+        Capacity::InPlace => {
+            if max_surge > 0 {
+                notes.push(format!(
+                    "slotsPerHost is 1: hosts are replaced in place, so maxSurge ({surge}) does not apply; waves come from maxUnavailable alone"
+                ));
+            }
+            max_surge = 0;
+            if max_unavailable == 0 && matches!(unavailable, IntOrPercent::Int(0)) {
+                return Err(PlanError {
+                    path: format!("{path}.maxUnavailable"),
+                    message: "is 0, but hosts with slotsPerHost: 1 are replaced in place: set maxUnavailable to at least 1, or use slotsPerHost: 2".into(),
+                });
+            }
+        }
+        Capacity::TwoSlots => {
+            if max_surge > n {
+                notes.push(format!("slotsPerHost is 2: at most one extra instance per host, so maxSurge is capped at {n}"));
+                max_surge = n;
+            }
+        }
+    }
+    if max_surge == 0 && max_unavailable == 0 {
+        max_unavailable = 1.min(n.max(1));
+    }
+    Ok(Bounds { max_surge, max_unavailable })
+}
+
+/// Plans `strategy` for `n` instances on a target with `capacity`.
+pub fn plan(strategy: &Strategy, n: u32, capacity: Capacity) -> Result<Plan> {
+    let mut notes = Vec::new();
+    let (bounds, min_ready_seconds, steps) = match strategy {
+        Strategy::Rolling(r) => {
+            let b = resolve_bounds(r.max_surge, r.max_unavailable, n, capacity, "spec.strategy.rolling", &mut notes)?;
+            (b, r.min_ready_seconds, strategy::rolling::steps(n, b))
+        }
+        Strategy::Canary(c) => {
+            let b = resolve_bounds(c.max_surge, c.max_unavailable, n, capacity, "spec.strategy.canary", &mut notes)?;
+            (b, c.min_ready_seconds, strategy::canary::steps(n, b, &c.steps))
+        }
+        Strategy::BlueGreen(bg) => {
+            if capacity == Capacity::InPlace {
+                return Err(PlanError {
+                    path: "spec.strategy.blueGreen".into(),
+                    message: "needs room for both versions at once: use slotsPerHost: 2 on a host fleet".into(),
+                });
+            }
+            let b = Bounds { max_surge: n, max_unavailable: 0 };
+            (b, bg.min_ready_seconds, strategy::blue_green::steps(n, bg))
+        }
+    };
+    Ok(Plan {
+        replicas: n,
+        strategy: strategy.name(),
+        max_surge: bounds.max_surge,
+        max_unavailable: bounds.max_unavailable,
+        min_ready_seconds,
+        steps,
+        notes,
+    })
+}
+
+/// Moves from `(old, new)` to `(old_to, new_to)` in as few bounded scale steps as the bounds allow.
+///
+/// Each step first removes what availability allows (never below N − maxUnavailable), then creates
+/// (never above N + maxSurge), and once the created instances are ready removes the rest, down to the
+/// target but never below the target's total. That is how a wave of in-place host replacements and a
+/// surge-first Kubernetes rollout both come out of one rule.
+pub fn transition(n: u32, bounds: Bounds, from: (u32, u32), to: (u32, u32), weight: Option<u32>, out: &mut Vec<Step>) {
+    let floor = n.saturating_sub(bounds.max_unavailable);
+    let cap = n.saturating_add(bounds.max_surge);
+    let target_total = to.0 + to.1;
+    let (mut old, mut new) = from;
+    while (old, new) != to {
+        let start_total = old + new;
+        // Phase A: remove while everything is ready, keeping availability.
+        let mut room = start_total.saturating_sub(floor);
+        let cut_old = old.saturating_sub(to.0).min(room);
+        room -= cut_old;
+        let cut_new = new.saturating_sub(to.1).min(room);
+        let (old_a, new_a) = (old - cut_old, new - cut_new);
+        // Phase B: create up to the targets within the surge cap.
+        let mut free = cap.saturating_sub(old_a + new_a);
+        let add_new = to.1.saturating_sub(new_a).min(free);
+        free -= add_new;
+        let add_old = to.0.saturating_sub(old_a).min(free);
+        let (old_b, new_b) = (old_a + add_old, new_a + add_new);
+        // Phase C: once created instances are ready, remove the rest while availability and the
+        // target's total allow.
+        let keep = floor.max(target_total.min(old_b + new_b));
+        let mut room = (old_b + new_b).saturating_sub(keep);
+        let cut_old = old_b.saturating_sub(to.0).min(room);
+        room -= cut_old;
+        let cut_new = new_b.saturating_sub(to.1).min(room);
+        let (old_c, new_c) = (old_b - cut_old, new_b - cut_new);
+        if (old_c, new_c) == (old, new) {
+            // Cannot happen with maxSurge + maxUnavailable >= 1; guard against looping forever.
+            debug_assert!(false, "no progress from {from:?} to {to:?} with {bounds:?}");
+            break;
+        }
+        out.push(Step {
+            kind: StepKind::Scale,
+            old: old_c,
+            new: new_c,
+            min_available: old_a + new_a,
+            max_total: start_total.max(old_b + new_b),
+            weight,
+            duration_seconds: None,
+            manual: false,
+            approvals: 0,
+            checks: Vec::new(),
+            note: match weight {
+                Some(w) => format!("canary weight {w}%"),
+                None => "replace a wave".into(),
+            },
+        });
+        (old, new) = (old_c, new_c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{CanarySpec, CanaryStep, RollingSpec};
+
+    fn rolling(s: IntOrPercent, u: IntOrPercent) -> Strategy {
+        Strategy::Rolling(RollingSpec { max_surge: s, max_unavailable: u, min_ready_seconds: 0 })
+    }
+
+    fn counts(p: &Plan) -> Vec<(u32, u32)> {
+        p.steps.iter().map(|s| (s.old, s.new)).collect()
+    }
+
+    #[test]
+    fn bounds_resolve_like_kubernetes() {
+        let mut notes = vec![];
+        let b = resolve_bounds(IntOrPercent::Percent(25), IntOrPercent::Percent(25), 10, Capacity::Elastic, "x", &mut notes).unwrap();
+        assert_eq!(b, Bounds { max_surge: 3, max_unavailable: 2 });
+        // Both round to zero: unavailable becomes 1.
+        let b = resolve_bounds(IntOrPercent::Percent(1), IntOrPercent::Percent(1), 0, Capacity::Elastic, "x", &mut notes).unwrap();
+        assert_eq!(b, Bounds { max_surge: 0, max_unavailable: 1 });
+        let b = resolve_bounds(IntOrPercent::Int(0), IntOrPercent::Percent(10), 5, Capacity::Elastic, "x", &mut notes).unwrap();
+        assert_eq!(b, Bounds { max_surge: 0, max_unavailable: 1 });
+        // Unavailable is capped at N.
+        let b = resolve_bounds(IntOrPercent::Int(0), IntOrPercent::Int(50), 4, Capacity::Elastic, "x", &mut notes).unwrap();
+        assert_eq!(b.max_unavailable, 4);
+    }
+
+    #[test]
+    fn zero_downtime_rolls_one_by_one() {
+        let p = plan(&rolling(IntOrPercent::Int(1), IntOrPercent::Int(0)), 3, Capacity::Elastic).unwrap();
+        assert_eq!(counts(&p), vec![(2, 1), (1, 2), (0, 3)]);
+        assert!(p.steps.iter().all(|s| s.max_total == 4 && s.min_available == 3));
+    }
+
+    #[test]
+    fn in_place_hosts_ignore_surge_and_say_so() {
+        let p = plan(&rolling(IntOrPercent::Percent(25), IntOrPercent::Int(2)), 6, Capacity::InPlace).unwrap();
+        assert_eq!(p.max_surge, 0);
+        assert_eq!(counts(&p), vec![(4, 2), (2, 4), (0, 6)]);
+        assert!(p.steps.iter().all(|s| s.max_total == 6 && s.min_available == 4));
+        assert!(p.notes[0].contains("replaced in place"));
+        let err = plan(&rolling(IntOrPercent::Int(1), IntOrPercent::Int(0)), 6, Capacity::InPlace).unwrap_err();
+        assert!(err.message.contains("slotsPerHost: 1"), "{err}");
+    }
+
+    #[test]
+    fn canary_counts_follow_weights() {
+        let steps = vec![
+            CanaryStep { set_weight: Some(10), ..Default::default() },
+            CanaryStep { pause: Some(Default::default()), ..Default::default() },
+            CanaryStep { set_weight: Some(50), ..Default::default() },
+        ];
+        let c = Strategy::Canary(CanarySpec {
+            max_surge: IntOrPercent::Int(1),
+            max_unavailable: IntOrPercent::Int(0),
+            min_ready_seconds: 0,
+            first_group: None,
+            steps,
+        });
+        let p = plan(&c, 10, Capacity::Elastic).unwrap();
+        let c = counts(&p);
+        assert_eq!(c[0], (9, 1));
+        assert_eq!(p.steps[1].kind, StepKind::Pause);
+        assert!(p.steps[1].manual);
+        assert!(c.contains(&(5, 5)));
+        assert_eq!(*c.last().unwrap(), (0, 10));
+    }
+
+    #[test]
+    fn zero_instances_is_one_empty_step() {
+        let p = plan(&rolling(IntOrPercent::Percent(25), IntOrPercent::Percent(25)), 0, Capacity::Elastic).unwrap();
+        assert_eq!(counts(&p), vec![(0, 0)]);
+    }
+}

@@ -1,0 +1,627 @@
+//! The rollout manifest: its serde model, loading with overlays and presets, and validation.
+
+pub mod quantity;
+pub mod source;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use quantity::{Dur, IntOrPercent};
+pub use source::{InputError, Sources};
+
+pub const API_VERSION: &str = "rollgate.dev/v1";
+
+/// Presets built into the binary; files with the same name on disk take precedence.
+pub const PRESETS: &[(&str, &str)] = &[
+    ("rolling", include_str!("../strategies/rolling.yaml")),
+    ("one-at-a-time", include_str!("../strategies/one-at-a-time.yaml")),
+    ("zero-downtime", include_str!("../strategies/zero-downtime.yaml")),
+    ("canary-10-25-50", include_str!("../strategies/canary-10-25-50.yaml")),
+    ("blue-green", include_str!("../strategies/blue-green.yaml")),
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Rollout {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: RolloutSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metadata {
+    /// The application's name: history, locks and `rollback` key on it.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RolloutSpec {
+    pub version: String,
+    pub target: TargetSpec,
+    pub strategy: StrategySpec,
+    #[serde(default)]
+    pub checks: Vec<Check>,
+    #[serde(default)]
+    pub rollback: RollbackSpec,
+    /// A step that makes no progress for this long fails (Kubernetes' default is 600).
+    #[serde(default = "default_progress_deadline")]
+    pub progress_deadline_seconds: u64,
+}
+
+fn default_progress_deadline() -> u64 {
+    600
+}
+
+/// Exactly one of the fields is set.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TargetSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesTarget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<HostsTarget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubernetesTarget {
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    pub deployment: String,
+    /// The new image; with several containers, `container` names the one to change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// A Deployment YAML whose pod template is the new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HostsTarget {
+    #[serde(default = "one")]
+    pub slots_per_host: u32,
+    pub hosts: Vec<Host>,
+    /// A label (usually `zone`) whose values must never be down at the same time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread_by: Option<String>,
+    /// The service each agent runs; its shape belongs to the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<serde_yaml::Value>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Host {
+    pub name: String,
+    pub address: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+/// Exactly one of the fields is set.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StrategySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling: Option<RollingSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanarySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreenSpec>,
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RollingSpec {
+    #[serde(default = "quarter")]
+    pub max_surge: IntOrPercent,
+    #[serde(default = "quarter")]
+    pub max_unavailable: IntOrPercent,
+    #[serde(default)]
+    pub min_ready_seconds: u64,
+}
+
+fn quarter() -> IntOrPercent {
+    IntOrPercent::Percent(25)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CanarySpec {
+    #[serde(default = "one_instance")]
+    pub max_surge: IntOrPercent,
+    #[serde(default = "zero_instances")]
+    pub max_unavailable: IntOrPercent,
+    #[serde(default)]
+    pub min_ready_seconds: u64,
+    /// For host fleets: a group whose hosts take the first canary step, whatever its weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_group: Option<String>,
+    pub steps: Vec<CanaryStep>,
+}
+
+fn one_instance() -> IntOrPercent {
+    IntOrPercent::Int(1)
+}
+
+fn zero_instances() -> IntOrPercent {
+    IntOrPercent::Int(0)
+}
+
+/// Exactly one of the fields is set.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CanaryStep {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_weight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<PauseSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PauseSpec {
+    /// Without a duration the pause lasts until `rollgate promote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Dur>,
+    /// Distinct people who must `promote` before the rollout goes on.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub approvals: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AnalysisSpec {
+    /// Names from `spec.checks`; empty means all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BlueGreenSpec {
+    #[serde(default)]
+    pub auto_promotion_enabled: bool,
+    #[serde(default)]
+    pub auto_promotion_seconds: u64,
+    /// Instances of the new set before promotion; absent or 0 means full size.
+    #[serde(default)]
+    pub preview_replica_count: u32,
+    #[serde(default = "thirty")]
+    pub scale_down_delay_seconds: u64,
+    #[serde(default)]
+    pub min_ready_seconds: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_promotion_analysis: Option<AnalysisSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_promotion_analysis: Option<AnalysisSpec>,
+}
+
+fn thirty() -> u64 {
+    30
+}
+
+/// A health gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Check {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpProbe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpProbe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandProbe>,
+    /// Where the probe runs: on each `host` through its agent, or from the `cli`.
+    #[serde(default)]
+    pub run_on: RunOn,
+    #[serde(default = "five_seconds")]
+    pub interval: Dur,
+    /// Probes per gate; the gate passes when `successThreshold` consecutive probes pass.
+    #[serde(default = "one")]
+    pub count: u32,
+    /// Failed probes tolerated before the gate fails.
+    #[serde(default)]
+    pub failure_limit: u32,
+    #[serde(default = "one")]
+    pub success_threshold: u32,
+    #[serde(default)]
+    pub initial_delay: Dur,
+    #[serde(default = "two_seconds")]
+    pub timeout: Dur,
+    /// Whether this check also decides instance readiness (on hosts).
+    #[serde(default)]
+    pub readiness: bool,
+}
+
+fn five_seconds() -> Dur {
+    Dur(std::time::Duration::from_secs(5))
+}
+
+fn two_seconds() -> Dur {
+    Dur(std::time::Duration::from_secs(2))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RunOn {
+    #[default]
+    Host,
+    Cli,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpProbe {
+    /// `{{host}}` and `{{port}}` are replaced per instance.
+    pub url: String,
+    #[serde(default = "ok_status")]
+    pub expect_status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
+}
+
+fn ok_status() -> u16 {
+    200
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpProbe {
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CommandProbe {
+    pub run: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AutoRollback {
+    #[default]
+    Yes,
+    No,
+    Pause,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RollbackSpec {
+    #[serde(default, with = "auto_rollback")]
+    pub auto: AutoRollback,
+}
+
+mod auto_rollback {
+    use super::AutoRollback;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &AutoRollback, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            AutoRollback::Yes => s.serialize_bool(true),
+            AutoRollback::No => s.serialize_bool(false),
+            AutoRollback::Pause => s.serialize_str("pause"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<AutoRollback, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            B(bool),
+            S(String),
+        }
+        match Raw::deserialize(d).map_err(|_| serde::de::Error::custom("expected true, false or \"pause\""))? {
+            Raw::B(true) => Ok(AutoRollback::Yes),
+            Raw::B(false) => Ok(AutoRollback::No),
+            Raw::S(s) if s == "pause" => Ok(AutoRollback::Pause),
+            Raw::S(s) => Err(serde::de::Error::custom(format!("{s:?}: expected true, false or \"pause\""))),
+        }
+    }
+}
+
+/// A strategy with its `ref` resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Strategy {
+    Rolling(RollingSpec),
+    Canary(CanarySpec),
+    BlueGreen(BlueGreenSpec),
+}
+
+impl Strategy {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::Rolling(_) => "rolling",
+            Strategy::Canary(_) => "canary",
+            Strategy::BlueGreen(_) => "blueGreen",
+        }
+    }
+}
+
+/// A loaded, validated manifest: the document plus its resolved strategy.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub rollout: Rollout,
+    pub strategy: Strategy,
+    /// Where the strategy came from: `inline`, a file, or `builtin:NAME`.
+    pub strategy_source: String,
+    pub sources: Sources,
+}
+
+impl Manifest {
+    /// Loads `files` with overlays and the process environment, resolves the strategy and validates.
+    pub fn load(files: &[PathBuf], env: Option<&str>) -> Result<Self, InputError> {
+        Self::load_with(files, env, &source::process_env)
+    }
+
+    pub fn load_with(files: &[PathBuf], env: Option<&str>, vars: source::Vars<'_>) -> Result<Self, InputError> {
+        let sources = Sources::read(files, env, vars)?;
+        Self::from_sources(sources, vars)
+    }
+
+    pub fn from_sources(sources: Sources, vars: source::Vars<'_>) -> Result<Self, InputError> {
+        let rollout: Rollout = sources.deserialize()?;
+        if rollout.api_version != API_VERSION {
+            return Err(sources.error("apiVersion", format!("{:?} is not supported: expected {API_VERSION:?}", rollout.api_version)));
+        }
+        if rollout.kind != "Rollout" {
+            return Err(sources.error("kind", format!("{:?}: expected \"Rollout\"", rollout.kind)));
+        }
+        let base_dir = sources.files.first().and_then(|s| s.file.parent().map(Path::to_path_buf)).unwrap_or_default();
+        let (strategy, strategy_source) = resolve_strategy(&rollout.spec.strategy, &sources, &base_dir, vars)?;
+        let manifest = Manifest { rollout, strategy, strategy_source, sources };
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.rollout.metadata.name
+    }
+
+    fn validate(&self) -> Result<(), InputError> {
+        let s = &self.sources;
+        let r = &self.rollout;
+        if !valid_name(&r.metadata.name) {
+            return Err(s.error(
+                "metadata.name",
+                format!("{:?} is not a valid name: expected lowercase letters, digits and '-', starting with a letter", r.metadata.name),
+            ));
+        }
+        if r.spec.version.trim().is_empty() {
+            return Err(s.error("spec.version", "must not be empty"));
+        }
+        if r.spec.version.contains(['/', '\\']) || r.spec.version.contains("..") {
+            return Err(s.error("spec.version", format!("{:?} must not contain '/', '\\\\' or '..'", r.spec.version)));
+        }
+        match (&r.spec.target.kubernetes, &r.spec.target.hosts) {
+            (Some(_), Some(_)) => {
+                return Err(s.error("spec.target", "has both kubernetes and hosts: expected exactly one of them"));
+            }
+            (None, None) => return Err(s.error("spec.target", "is empty: expected exactly one of kubernetes, hosts")),
+            (Some(k), None) => {
+                if k.image.is_some() && k.manifest.is_some() {
+                    return Err(s.error("spec.target.kubernetes", "has both image and manifest: expected at most one"));
+                }
+            }
+            (None, Some(h)) => validate_hosts(h, s)?,
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, c) in r.spec.checks.iter().enumerate() {
+            let at = format!("spec.checks[{i}]");
+            if !names.insert(c.name.as_str()) {
+                return Err(s.error(&format!("{at}.name"), format!("{:?} is used by another check: names must be unique", c.name)));
+            }
+            let kinds = [c.http.is_some(), c.tcp.is_some(), c.command.is_some()].iter().filter(|b| **b).count();
+            if kinds != 1 {
+                return Err(s.error(&at, format!("has {kinds} probes: expected exactly one of http, tcp, command")));
+            }
+            if let Some(cmd) = &c.command
+                && cmd.run.is_empty()
+            {
+                return Err(s.error(&format!("{at}.command.run"), "is empty: expected a program and its arguments"));
+            }
+            if c.success_threshold == 0 || c.count == 0 {
+                return Err(s.error(&at, "count and successThreshold must be at least 1"));
+            }
+            if c.success_threshold > c.count {
+                return Err(s.error(&format!("{at}.successThreshold"), format!("{} is more than count ({})", c.success_threshold, c.count)));
+            }
+        }
+        self.validate_strategy()
+    }
+
+    fn validate_strategy(&self) -> Result<(), InputError> {
+        let s = &self.sources;
+        let at = |field: &str| {
+            if self.strategy_source == "inline" {
+                format!("spec.strategy.{field}")
+            } else {
+                format!("spec.strategy.ref ({}): {field}", self.strategy_source)
+            }
+        };
+        let check_analysis = |a: &AnalysisSpec, path: String| -> Result<(), InputError> {
+            for (j, name) in a.checks.iter().enumerate() {
+                if !self.rollout.spec.checks.iter().any(|c| &c.name == name) {
+                    return Err(s.error(&format!("{path}.checks[{j}]"), format!("{name:?} is not a check in spec.checks")));
+                }
+            }
+            Ok(())
+        };
+        match &self.strategy {
+            Strategy::Rolling(r) => check_bounds(r.max_surge, r.max_unavailable, &at("rolling"), s),
+            Strategy::Canary(c) => {
+                check_bounds(c.max_surge, c.max_unavailable, &at("canary"), s)?;
+                if c.steps.is_empty() {
+                    return Err(s.error(&at("canary.steps"), "is empty: expected at least one setWeight step"));
+                }
+                for (i, step) in c.steps.iter().enumerate() {
+                    let path = at(&format!("canary.steps[{i}]"));
+                    let set = [step.set_weight.is_some(), step.pause.is_some(), step.analysis.is_some()];
+                    if set.iter().filter(|b| **b).count() != 1 {
+                        return Err(s.error(&path, "expected exactly one of setWeight, pause, analysis"));
+                    }
+                    if let Some(w) = step.set_weight
+                        && w > 100
+                    {
+                        return Err(s.error(&format!("{path}.setWeight"), format!("{w} is over 100: expected a percentage 0..=100")));
+                    }
+                    if let Some(a) = &step.analysis {
+                        check_analysis(a, format!("{path}.analysis"))?;
+                    }
+                }
+                if let (Some(group), Some(h)) = (&c.first_group, &self.rollout.spec.target.hosts)
+                    && !h.hosts.iter().any(|host| host.groups.contains(group))
+                {
+                    return Err(s.error(&at("canary.firstGroup"), format!("{group:?} is not a group of any host")));
+                }
+                Ok(())
+            }
+            Strategy::BlueGreen(b) => {
+                if let Some(a) = &b.pre_promotion_analysis {
+                    check_analysis(a, at("blueGreen.prePromotionAnalysis"))?;
+                }
+                if let Some(a) = &b.post_promotion_analysis {
+                    check_analysis(a, at("blueGreen.postPromotionAnalysis"))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn check_bounds(surge: IntOrPercent, unavailable: IntOrPercent, at: &str, s: &Sources) -> Result<(), InputError> {
+    if surge.is_zero() && unavailable.is_zero() {
+        return Err(s.error(
+            &format!("{at}.maxUnavailable"),
+            "may not be 0 when maxSurge is 0: no instance could ever be replaced",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_hosts(h: &HostsTarget, s: &Sources) -> Result<(), InputError> {
+    if !(1..=2).contains(&h.slots_per_host) {
+        return Err(s.error("spec.target.hosts.slotsPerHost", format!("{}: expected 1 or 2", h.slots_per_host)));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, host) in h.hosts.iter().enumerate() {
+        if !seen.insert(host.name.as_str()) {
+            return Err(s.error(&format!("spec.target.hosts.hosts[{i}].name"), format!("{:?} is listed twice", host.name)));
+        }
+        if !host.address.contains(':') {
+            return Err(s.error(
+                &format!("spec.target.hosts.hosts[{i}].address"),
+                format!("{:?}: expected HOST:PORT, like \"10.0.0.1:7443\"", host.address),
+            ));
+        }
+    }
+    if let Some(label) = &h.spread_by {
+        for (i, host) in h.hosts.iter().enumerate() {
+            if !host.labels.contains_key(label) {
+                return Err(s.error(
+                    &format!("spec.target.hosts.hosts[{i}].labels"),
+                    format!("has no {label:?} label, which spreadBy needs on every host"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.ends_with('-')
+}
+
+fn resolve_strategy(spec: &StrategySpec, sources: &Sources, base_dir: &Path, vars: source::Vars<'_>) -> Result<(Strategy, String), InputError> {
+    let set = [spec.rolling.is_some(), spec.canary.is_some(), spec.blue_green.is_some(), spec.reference.is_some()];
+    match set.iter().filter(|b| **b).count() {
+        0 => return Err(sources.error("spec.strategy", "is empty: expected exactly one of rolling, canary, blueGreen, ref")),
+        1 => {}
+        _ => return Err(sources.error("spec.strategy", "has more than one of rolling, canary, blueGreen, ref: expected exactly one")),
+    }
+    let Some(name) = &spec.reference else {
+        return Ok((inline_strategy(spec), "inline".into()));
+    };
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(sources.error("spec.strategy.ref", format!("{name:?} is not a preset name: expected letters, digits, '-' or '_'")));
+    }
+    let file_name = format!("{name}.yaml");
+    let candidates = [base_dir.join(&file_name), PathBuf::from("strategies").join(&file_name)];
+    // A manifest named like a preset (blue-green.yaml) must not be read as its own preset.
+    let inputs: Vec<PathBuf> = sources.files.iter().filter_map(|s| s.file.canonicalize().ok()).collect();
+    let is_input = |p: &PathBuf| p.canonicalize().is_ok_and(|c| inputs.contains(&c));
+    let (preset_sources, origin) = match candidates.iter().find(|p| p.is_file() && !is_input(p)) {
+        Some(path) => (Sources::read(std::slice::from_ref(path), None, vars)?, path.display().to_string()),
+        None => match PRESETS.iter().find(|(n, _)| n == name) {
+            Some((n, text)) => {
+                let label = PathBuf::from(format!("builtin:strategies/{n}.yaml"));
+                (Sources::from_texts(&[(&label, text)], vars)?, format!("builtin:{n}"))
+            }
+            None => {
+                let known: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+                return Err(sources.error(
+                    "spec.strategy.ref",
+                    format!(
+                        "no preset {name:?}: looked for {} and {}, and the built-in presets are {}",
+                        candidates[0].display(),
+                        candidates[1].display(),
+                        known.join(", ")
+                    ),
+                ));
+            }
+        },
+    };
+    let preset: StrategySpec = preset_sources.deserialize()?;
+    if preset.reference.is_some() {
+        return Err(preset_sources.error("ref", "a preset may not refer to another preset"));
+    }
+    let count = [preset.rolling.is_some(), preset.canary.is_some(), preset.blue_green.is_some()].iter().filter(|b| **b).count();
+    if count != 1 {
+        return Err(preset_sources.error("", "expected exactly one of rolling, canary, blueGreen"));
+    }
+    Ok((inline_strategy(&preset), origin))
+}
+
+fn inline_strategy(spec: &StrategySpec) -> Strategy {
+    if let Some(r) = &spec.rolling {
+        Strategy::Rolling(r.clone())
+    } else if let Some(c) = &spec.canary {
+        Strategy::Canary(c.clone())
+    } else if let Some(b) = &spec.blue_green {
+        Strategy::BlueGreen(b.clone())
+    } else {
+        unreachable!("resolve_strategy checked that exactly one strategy is set")
+    }
+}

@@ -1,0 +1,7 @@
+//! The `rollgate` command line, run as a real process: validate, plan, and every kind of bad input.
+
+mod cli {
+    mod bad_input;
+    mod plan;
+    mod support;
+}

@@ -1,0 +1,146 @@
+//! Every kind of bad input gets one clear line naming file:line:column and the field, and exit code 2.
+
+use super::support::{BASE, rollgate, workdir};
+
+/// Plans `text` saved as web.yaml and returns the error line, asserting exit code 2 and no stdout.
+fn error_for(text: &str) -> String {
+    error_for_env(text, &[])
+}
+
+fn error_for_env(text: &str, env: &[(&str, &str)]) -> String {
+    let dir = workdir(&[("web.yaml", text)]);
+    let run = rollgate(dir.path(), &["plan", "-f", "web.yaml", "--replicas", "4", "-o", "json"], env);
+    assert_eq!(run.code, 2, "stderr: {}", run.stderr);
+    assert_eq!(run.stdout, "", "nothing is printed to stdout on bad input");
+    run.stderr.trim_end().to_string()
+}
+
+#[test]
+fn yaml_syntax() {
+    let e = error_for("apiVersion: rollgate.dev/v1\nspec: [1, 2\nkind: x\n");
+    assert!(e.starts_with("error: web.yaml:3:"), "{e}");
+    assert!(e.contains("invalid YAML"), "{e}");
+}
+
+#[test]
+fn unknown_field_points_at_the_key() {
+    let e = error_for(&BASE.replace("maxSurge: 1", "maxSurgee: 1"));
+    assert_eq!(
+        e,
+        "error: web.yaml:11:7: spec.strategy.rolling.maxSurgee: unknown field `maxSurgee`, expected one of `maxSurge`, `maxUnavailable`, `minReadySeconds`"
+    );
+}
+
+#[test]
+fn wrong_type() {
+    let e = error_for(&BASE.replace("maxUnavailable: 0", "minReadySeconds: ten"));
+    assert_eq!(e, "error: web.yaml:12:24: spec.strategy.rolling.minReadySeconds: invalid type: string \"ten\", expected a non-negative integer");
+}
+
+#[test]
+fn bad_percent() {
+    let e = error_for(&BASE.replace("maxSurge: 1", "maxSurge: \"130\""));
+    assert_eq!(e, "error: web.yaml:11:17: spec.strategy.rolling.maxSurge: \"130\" is neither an integer nor a percentage like \"25%\"");
+}
+
+#[test]
+fn zero_and_zero() {
+    let e = error_for(&BASE.replace("maxSurge: 1", "maxSurge: 0"));
+    assert_eq!(
+        e,
+        "error: web.yaml:12:23: spec.strategy.rolling.maxUnavailable: may not be 0 when maxSurge is 0: no instance could ever be replaced"
+    );
+    // "0%" is zero too, as in Kubernetes' validation.
+    let e = error_for(&BASE.replace("maxSurge: 1", "maxSurge: \"0%\""));
+    assert!(e.contains("may not be 0 when maxSurge is 0"), "{e}");
+}
+
+#[test]
+fn missing_env_var() {
+    let text = BASE.replace("deployment: web}", "deployment: web, image: \"web:${ROLLGATE_TEST_UNSET_TAG}\"}");
+    let e = error_for(&text);
+    assert_eq!(
+        e,
+        "error: web.yaml:8:62: spec.target.kubernetes.image: environment variable ROLLGATE_TEST_UNSET_TAG is not set (write \"${ROLLGATE_TEST_UNSET_TAG:-default}\" to give a default)"
+    );
+    // Set, it expands; with a default, the default is used.
+    let dir = workdir(&[("web.yaml", &text)]);
+    let run = rollgate(dir.path(), &["validate", "-f", "web.yaml"], &[("ROLLGATE_TEST_UNSET_TAG", "v9")]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
+
+#[test]
+fn missing_preset() {
+    let text = BASE.replace("    rolling:\n      maxSurge: 1\n      maxUnavailable: 0\n", "    ref: nosuch\n");
+    let e = error_for(&text);
+    assert_eq!(
+        e,
+        "error: web.yaml:10:10: spec.strategy.ref: no preset \"nosuch\": looked for nosuch.yaml and strategies/nosuch.yaml, and the built-in presets are rolling, one-at-a-time, zero-downtime, canary-10-25-50, blue-green"
+    );
+}
+
+#[test]
+fn two_targets() {
+    let text = BASE.replace("    kubernetes:", "    hosts: {hosts: []}\n    kubernetes:");
+    assert_eq!(error_for(&text), "error: web.yaml:7:3: spec.target: has both kubernetes and hosts: expected exactly one of them");
+}
+
+#[test]
+fn two_strategies() {
+    let text = BASE.replace("    rolling:", "    ref: rolling\n    rolling:");
+    assert_eq!(
+        error_for(&text),
+        "error: web.yaml:9:3: spec.strategy: has more than one of rolling, canary, blueGreen, ref: expected exactly one"
+    );
+}
+
+#[test]
+fn bad_duration_and_weight() {
+    let text = BASE.replace(
+        "    rolling:\n      maxSurge: 1\n      maxUnavailable: 0\n",
+        "    canary:\n      steps:\n        - setWeight: 120\n",
+    );
+    assert_eq!(error_for(&text), "error: web.yaml:12:22: spec.strategy.canary.steps[0].setWeight: 120 is over 100: expected a percentage 0..=100");
+    let text = BASE.replace(
+        "    rolling:\n      maxSurge: 1\n      maxUnavailable: 0\n",
+        "    canary:\n      steps:\n        - pause: {duration: 5}\n",
+    );
+    assert_eq!(
+        error_for(&text),
+        "error: web.yaml:12:29: spec.strategy.canary.steps[0].pause.duration: 5 has no unit: expected a duration like \"5s\" or \"5m\""
+    );
+}
+
+#[test]
+fn in_place_hosts_with_no_unavailability() {
+    let text = BASE.replace(
+        "    kubernetes: {namespace: default, deployment: web}",
+        "    hosts: {hosts: [{name: h1, address: \"127.0.0.1:7443\"}]}",
+    );
+    let dir = workdir(&[("web.yaml", &text)]);
+    let run = rollgate(dir.path(), &["plan", "-f", "web.yaml"], &[]);
+    assert_eq!(run.code, 2);
+    assert_eq!(
+        run.stderr.trim_end(),
+        "error: web.yaml:12:23: spec.strategy.rolling.maxUnavailable: is 0, but hosts with slotsPerHost: 1 are replaced in place: set maxUnavailable to at least 1, or use slotsPerHost: 2"
+    );
+}
+
+#[test]
+fn missing_file_and_missing_replicas() {
+    let dir = workdir(&[("web.yaml", BASE)]);
+    let run = rollgate(dir.path(), &["plan", "-f", "nope.yaml"], &[]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.starts_with("error: nope.yaml: cannot read:"), "{}", run.stderr);
+    let run = rollgate(dir.path(), &["plan", "-f", "web.yaml"], &[]);
+    assert_eq!(run.code, 2);
+    assert_eq!(run.stderr.trim_end(), "error: planning a kubernetes target offline needs its size: pass --replicas N");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = workdir(&[]);
+    let run = rollgate(dir.path(), &["plan"], &[]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("--file"), "{}", run.stderr);
+}

@@ -1,0 +1,118 @@
+//! Property tests of the planner's invariants over N in 0..=1000 and every form of the bounds.
+
+use proptest::prelude::*;
+use rollgate::plan::{Capacity, Plan, StepKind, plan, resolve_bounds};
+use rollgate::spec::{CanarySpec, CanaryStep, IntOrPercent, PauseSpec, RollingSpec, Strategy as Rollout};
+
+fn bound() -> impl Strategy<Value = IntOrPercent> {
+    prop_oneof![
+        Just(IntOrPercent::Int(0)),
+        Just(IntOrPercent::Percent(0)),
+        (0u32..=20).prop_map(IntOrPercent::Int),
+        (0u32..=2000).prop_map(IntOrPercent::Int),
+        (0u32..=100).prop_map(IntOrPercent::Percent),
+        (101u32..=300).prop_map(IntOrPercent::Percent),
+    ]
+}
+
+fn capacity() -> impl Strategy<Value = Capacity> {
+    prop_oneof![Just(Capacity::Elastic), Just(Capacity::InPlace), Just(Capacity::TwoSlots)]
+}
+
+/// The invariants every plan keeps, whatever the strategy.
+fn check_invariants(n: u32, p: &Plan, monotonic: bool) -> Result<(), TestCaseError> {
+    let (s, u) = (p.max_surge, p.max_unavailable);
+    prop_assert!(u <= n.max(1));
+    let (mut prev_old, mut prev_new) = (n, 0);
+    for step in &p.steps {
+        prop_assert!(step.max_total <= n + s, "step {:?} over N + maxSurge {}", step, n + s);
+        prop_assert!(step.min_available >= n.saturating_sub(u), "step {:?} under N - maxUnavailable", step);
+        prop_assert!(step.old + step.new <= step.max_total);
+        prop_assert!(step.min_available <= step.old + step.new || step.kind != StepKind::Scale);
+        if monotonic {
+            prop_assert!(step.new >= prev_new && step.old <= prev_old, "counts went backwards at {:?}", step);
+        }
+        (prev_old, prev_new) = (step.old, step.new);
+    }
+    let last = p.steps.last().expect("a plan has at least one step");
+    prop_assert_eq!((last.old, last.new), (0, n), "the last step is all-new");
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn rolling_keeps_bounds_in_the_fewest_steps(n in 0u32..=1000, surge in bound(), unavailable in bound(), cap in capacity()) {
+        prop_assume!(!(surge.is_zero() && unavailable.is_zero()));
+        let strategy = Rollout::Rolling(RollingSpec { max_surge: surge, max_unavailable: unavailable, min_ready_seconds: 0 });
+        let Ok(p) = plan(&strategy, n, cap) else {
+            // The only refusal: in-place hosts with a literal maxUnavailable of 0.
+            prop_assert!(cap == Capacity::InPlace && unavailable == IntOrPercent::Int(0));
+            return Ok(());
+        };
+        check_invariants(n, &p, true)?;
+        // Each step can replace at most maxSurge + maxUnavailable instances, so no plan can be shorter
+        // than ceil(N / (s + u)); the planner must reach that.
+        let per_step = p.max_surge + p.max_unavailable;
+        let floor = if n == 0 { 1 } else { n.div_ceil(per_step) as usize };
+        prop_assert_eq!(p.steps.len(), floor);
+        // Bounds are resolved as Kubernetes does.
+        let mut notes = vec![];
+        let b = resolve_bounds(surge, unavailable, n, Capacity::Elastic, "x", &mut notes).unwrap();
+        if cap == Capacity::Elastic {
+            prop_assert_eq!(b.max_surge, p.max_surge);
+            prop_assert_eq!(b.max_unavailable, p.max_unavailable);
+        }
+        prop_assert!(b.max_unavailable <= n.max(1));
+    }
+
+    #[test]
+    fn canary_keeps_bounds_and_weights(
+        n in 0u32..=1000,
+        surge in bound(),
+        unavailable in bound(),
+        mut weights in prop::collection::vec(0u32..=100, 1..8),
+        pause_every in 1usize..4,
+    ) {
+        prop_assume!(!(surge.is_zero() && unavailable.is_zero()));
+        weights.sort_unstable();
+        weights.dedup();
+        let mut steps = Vec::new();
+        for (i, w) in weights.iter().enumerate() {
+            steps.push(CanaryStep { set_weight: Some(*w), ..Default::default() });
+            if i % pause_every == 0 {
+                steps.push(CanaryStep { pause: Some(PauseSpec::default()), ..Default::default() });
+            }
+        }
+        let strategy = Rollout::Canary(CanarySpec {
+            max_surge: surge, max_unavailable: unavailable, min_ready_seconds: 0, first_group: None, steps,
+        });
+        let p = plan(&strategy, n, Capacity::Elastic).unwrap();
+        check_invariants(n, &p, true)?;
+        let per_step = (p.max_surge + p.max_unavailable).max(1);
+        for w in &weights {
+            // Every weight is reached, with a canary whenever 0 < w < 100.
+            let at: Vec<_> = p.steps.iter().filter(|s| s.weight == Some(*w) && s.kind == StepKind::Scale).collect();
+            prop_assert!(!at.is_empty());
+            let end = at.last().unwrap();
+            if n > 0 && *w > 0 && *w < 100 {
+                prop_assert!(end.new >= 1, "weight {} gave no canary: {:?}", w, end);
+            }
+        }
+        // A weight change never takes more scale steps than the instances it must replace allow.
+        let mut prev = (n, 0);
+        let mut targets = weights.clone();
+        if targets.last() != Some(&100) {
+            targets.push(100);
+        }
+        for w in &targets {
+            let scale: Vec<_> = p.steps.iter().filter(|s| s.weight == Some(*w) && s.kind == StepKind::Scale).collect();
+            if let Some(last) = scale.last() {
+                let moved = last.new.abs_diff(prev.1).max(last.old.abs_diff(prev.0));
+                prop_assert!(scale.len() <= (moved.div_ceil(per_step) as usize).max(1), "{} steps to move {} at {}", scale.len(), moved, w);
+                prev = (last.old, last.new);
+            }
+        }
+    }
+}

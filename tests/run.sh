@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every test of rollgate: unit, property, CLI, agent, host-fleet (network namespaces) and
+# Kubernetes (a real control plane built from Go modules). Installs and starts what the tests need.
+# Network-namespace tests need root; without root they skip with a message.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  need=()
+  for pkg in iproute2:ip nginx:nginx prometheus:prometheus curl:curl openssl:openssl; do
+    command -v "${pkg#*:}" >/dev/null || [ -x "/usr/sbin/${pkg#*:}" ] || need+=("${pkg%%:*}")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]} from Debian's packages"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+fi
+
+if [ -x tests/cluster/cluster.sh ]; then
+  log "Kubernetes control plane: build (cached) and start"
+  tests/cluster/cluster.sh up
+  trap 'tests/cluster/cluster.sh down || true' EXIT
+fi
+
+log "cargo test"
+cargo test --locked --all-targets -- --test-threads="${ROLLGATE_TEST_THREADS:-2}"
