@@ -304,8 +304,10 @@ fn finish(sources: &Sources, first: Option<&Path>) -> Result<AgentConfig> {
     validate(&config).map_err(|(field, message)| sources.error(&field, message))?;
     let base = first
         .and_then(Path::parent)
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // Service processes run in their version dir: every path must be absolute.
+    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
     config.resolve_paths(&base);
     Ok(config)
 }

@@ -809,10 +809,18 @@ impl Agent {
                     None => last = "running".into(),
                 },
                 RunState::Failed | RunState::Backoff => {
-                    return Err(format!("service exited during start: {}", describe_exit(&o)));
+                    return Err(format!(
+                        "service exited during start: {}{}",
+                        describe_exit(&o),
+                        stderr_tail(svc, slot)
+                    ));
                 }
                 RunState::Stopped if o.last_exit.is_some() => {
-                    return Err(format!("service stopped during start: {}", describe_exit(&o)));
+                    return Err(format!(
+                        "service stopped during start: {}{}",
+                        describe_exit(&o),
+                        stderr_tail(svc, slot)
+                    ));
                 }
                 _ => {}
             }
@@ -970,6 +978,19 @@ pub fn prune_victims(
         .filter(|v| !protected.contains(&v.version))
         .map(|v| v.version.clone())
         .collect()
+}
+
+/// The last lines the slot wrote to stderr, to say why it failed.
+fn stderr_tail(svc: &Service, slot: u32) -> String {
+    let path = svc.dirs.logs().join(format!("slot-{slot}.stderr.log"));
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+    let tail: String = tail.chars().take(400).collect();
+    format!("; stderr: {tail}")
 }
 
 fn describe_exit(o: &Observed) -> String {

@@ -266,6 +266,7 @@ where
         }
     });
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
         .serve_connection(hyper_util::rt::TokioIo::new(io), service);
     tokio::pin!(conn);

@@ -15,7 +15,7 @@ use axum::routing::get;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(name = "rollgate-demo", version, about = "Demo HTTP service for rollgate")]
+#[command(name = "rollgate-demo", about = "Demo HTTP service for rollgate", disable_version_flag = true)]
 struct Args {
     /// Address to listen on; defaults to 127.0.0.1:$PORT, else 127.0.0.1:8080.
     #[arg(long, env = "DEMO_LISTEN")]
@@ -82,7 +82,7 @@ async fn health(State(d): State<Arc<Demo>>) -> (StatusCode, &'static str) {
     }
 }
 
-async fn version(State(d): State<Arc<Demo>>) -> String {
+async fn version_text(State(d): State<Arc<Demo>>) -> String {
     format!("{}\n", d.version)
 }
 
@@ -172,7 +172,7 @@ async fn main() -> std::process::ExitCode {
     let app = Router::new()
         .route("/", get(root))
         .route("/health", get(health))
-        .route("/version", get(version))
+        .route("/version", get(version_text))
         .route("/metrics", get(metrics))
         .with_state(demo);
     println!(
