@@ -1,0 +1,13 @@
+//! The real `rollgate-agent` binary, over mTLS on loopback, managing real `rollgate-demo`
+//! processes with the supervisor backend.
+#![cfg(unix)]
+
+#[path = "support/agent.rs"]
+mod support;
+
+mod agent {
+    mod artifacts;
+    mod callers;
+    mod lifecycle;
+    mod restarts;
+}
