@@ -153,7 +153,13 @@ fn load_ca(dir: &Path) -> Result<KeyPair> {
     Ok(KeyPair::from_pem(&pem)?)
 }
 
-fn issue(dir: &Path, file_stem: &str, cn: &str, sans: Vec<SanType>, eku: ExtendedKeyUsagePurpose) -> Result<Issued> {
+fn issue(
+    dir: &Path,
+    file_stem: &str,
+    cn: &str,
+    sans: Vec<SanType>,
+    eku: ExtendedKeyUsagePurpose,
+) -> Result<Issued> {
     let ca_key = load_ca(dir)?;
     let ca = Issuer::new(ca_params(&ca_key)?, ca_key);
     let key = KeyPair::generate()?;
@@ -218,7 +224,11 @@ mod tests {
     fn init_then_issue_writes_pem_files_with_private_keys() {
         let dir = tempfile::tempdir().unwrap();
         let ca = init(dir.path()).unwrap();
-        assert!(std::fs::read_to_string(&ca.cert).unwrap().contains("BEGIN CERTIFICATE"));
+        assert!(
+            std::fs::read_to_string(&ca.cert)
+                .unwrap()
+                .contains("BEGIN CERTIFICATE")
+        );
         assert!(matches!(init(dir.path()), Err(PkiError::CaExists(_))));
         let agent = issue_agent(dir.path(), "127.0.0.1").unwrap();
         let client = issue_client(dir.path(), "ci").unwrap();
@@ -229,8 +239,14 @@ mod tests {
             let mode = std::fs::metadata(key).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", key.display());
         }
-        assert!(matches!(issue_client(dir.path(), "../x"), Err(PkiError::BadName(_))));
+        assert!(matches!(
+            issue_client(dir.path(), "../x"),
+            Err(PkiError::BadName(_))
+        ));
         let empty = tempfile::tempdir().unwrap();
-        assert!(matches!(issue_client(empty.path(), "x"), Err(PkiError::NoCa(_))));
+        assert!(matches!(
+            issue_client(empty.path(), "x"),
+            Err(PkiError::NoCa(_))
+        ));
     }
 }

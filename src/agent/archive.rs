@@ -115,10 +115,17 @@ pub fn check_link_target(rel: &Path, target: &str) -> Result<()> {
         target: target.to_string(),
     };
     let t = Path::new(target);
-    if target.is_empty() || t.is_absolute() || target.starts_with('\\') || target.get(1..2) == Some(":") {
+    if target.is_empty()
+        || t.is_absolute()
+        || target.starts_with('\\')
+        || target.get(1..2) == Some(":")
+    {
         return Err(escape());
     }
-    let mut depth: i64 = rel.parent().map(|p| p.components().count() as i64).unwrap_or(0);
+    let mut depth: i64 = rel
+        .parent()
+        .map(|p| p.components().count() as i64)
+        .unwrap_or(0);
     for part in target.split(['/', '\\']) {
         match part {
             "" | "." => {}
@@ -254,10 +261,11 @@ fn unpack_zip<R: Read + Seek>(reader: R, dest: &Path) -> Result<()> {
             0 | 0o100_000 | 0o040_000 => {}
             0o120_000 => {
                 let mut link = String::new();
-                file.read_to_string(&mut link).map_err(|source| ArchiveError::Corrupt {
-                    kind: "zip",
-                    source,
-                })?;
+                file.read_to_string(&mut link)
+                    .map_err(|source| ArchiveError::Corrupt {
+                        kind: "zip",
+                        source,
+                    })?;
                 check_link_target(&rel, &link)?;
                 if let Some(parent) = target.parent() {
                     std::fs::create_dir_all(parent).map_err(io)?;
@@ -308,7 +316,10 @@ fn make_symlink(target: &str, link: &Path) -> std::io::Result<()> {
 fn make_symlink(_target: &str, link: &Path) -> std::io::Result<()> {
     Err(std::io::Error::new(
         std::io::ErrorKind::Unsupported,
-        format!("symlinks in archives are not supported here: {}", link.display()),
+        format!(
+            "symlinks in archives are not supported here: {}",
+            link.display()
+        ),
     ))
 }
 
@@ -369,11 +380,26 @@ mod tests {
 
     #[test]
     fn entry_names_are_checked() {
-        assert_eq!(safe_relative("./bin/app").unwrap(), PathBuf::from("bin/app"));
-        assert!(matches!(safe_relative("/etc/passwd"), Err(ArchiveError::AbsolutePath { .. })));
-        assert!(matches!(safe_relative("a/../../x"), Err(ArchiveError::Traversal { .. })));
-        assert!(matches!(safe_relative("a\\..\\..\\x"), Err(ArchiveError::Traversal { .. })));
-        assert!(matches!(safe_relative("C:\\x"), Err(ArchiveError::AbsolutePath { .. })));
+        assert_eq!(
+            safe_relative("./bin/app").unwrap(),
+            PathBuf::from("bin/app")
+        );
+        assert!(matches!(
+            safe_relative("/etc/passwd"),
+            Err(ArchiveError::AbsolutePath { .. })
+        ));
+        assert!(matches!(
+            safe_relative("a/../../x"),
+            Err(ArchiveError::Traversal { .. })
+        ));
+        assert!(matches!(
+            safe_relative("a\\..\\..\\x"),
+            Err(ArchiveError::Traversal { .. })
+        ));
+        assert!(matches!(
+            safe_relative("C:\\x"),
+            Err(ArchiveError::AbsolutePath { .. })
+        ));
     }
 
     #[test]
@@ -423,7 +449,10 @@ mod tests {
         });
         let (dir, r) = unpack_bytes(&bytes);
         r.unwrap();
-        assert_eq!(std::fs::read(dir.path().join("out/current")).unwrap(), b"hello");
+        assert_eq!(
+            std::fs::read(dir.path().join("out/current")).unwrap(),
+            b"hello"
+        );
     }
 
     #[test]

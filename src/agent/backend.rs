@@ -101,7 +101,12 @@ pub trait ServiceBackend {
     /// (Re)starts the slot on `spec`'s version. The slot is stopped first if running.
     fn start(&self, spec: &RunSpec) -> impl Future<Output = Result<()>> + Send;
     /// Stops the slot gracefully, killing it after `timeout`.
-    fn stop(&self, service: &str, slot: u32, timeout: Duration) -> impl Future<Output = Result<()>> + Send;
+    fn stop(
+        &self,
+        service: &str,
+        slot: u32,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<()>> + Send;
     fn observe(&self, service: &str, slot: u32) -> impl Future<Output = Observed> + Send;
 
     fn info(&self) -> BackendInfo {
@@ -160,7 +165,13 @@ impl Backends {
         }
     }
 
-    pub async fn stop(&self, kind: BackendKind, service: &str, slot: u32, timeout: Duration) -> Result<()> {
+    pub async fn stop(
+        &self,
+        kind: BackendKind,
+        service: &str,
+        slot: u32,
+        timeout: Duration,
+    ) -> Result<()> {
         self.check(kind)?;
         match kind {
             BackendKind::Supervisor => self.supervisor.stop(service, slot, timeout).await,

@@ -128,8 +128,7 @@ impl AgentClient {
                 .add_root_certificate(cert);
         }
         if let Some(identity) = &auth.identity_pem {
-            let identity =
-                reqwest::Identity::from_pem(identity).map_err(ClientError::TlsSetup)?;
+            let identity = reqwest::Identity::from_pem(identity).map_err(ClientError::TlsSetup)?;
             builder = builder.identity(identity);
         }
         let http = builder.build().map_err(ClientError::TlsSetup)?;
@@ -156,15 +155,19 @@ impl AgentClient {
         }
     }
 
-    async fn send<T: DeserializeOwned>(&self, url: String, req: reqwest::RequestBuilder) -> Result<T> {
-        let resp = self
-            .authed(req)
-            .send()
-            .await
-            .map_err(|source| ClientError::AgentUnreachable {
-                url: url.clone(),
-                source,
-            })?;
+    async fn send<T: DeserializeOwned>(
+        &self,
+        url: String,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T> {
+        let resp =
+            self.authed(req)
+                .send()
+                .await
+                .map_err(|source| ClientError::AgentUnreachable {
+                    url: url.clone(),
+                    source,
+                })?;
         let status = resp.status();
         if !status.is_success() {
             let body = resp.bytes().await.unwrap_or_default();
@@ -187,7 +190,12 @@ impl AgentClient {
             .map_err(|source| ClientError::BadResponse { url, source })
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)], timeout: Duration) -> Result<T> {
+    async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<T> {
         let url = self.url(path);
         let req = self.http.get(&url).query(query).timeout(timeout);
         self.send(url, req).await
@@ -222,7 +230,12 @@ impl AgentClient {
 
     /// Long-polls `GET /v1/services/{name}?since=G&wait=W`: answers at the first change after
     /// generation `since`, or after `wait` with the unchanged status.
-    pub async fn watch_service(&self, name: &str, since: u64, wait: Duration) -> Result<ServiceStatus> {
+    pub async fn watch_service(
+        &self,
+        name: &str,
+        since: u64,
+        wait: Duration,
+    ) -> Result<ServiceStatus> {
         let query = [
             ("since", since.to_string()),
             ("wait", format!("{}ms", wait.as_millis())),
@@ -288,12 +301,14 @@ impl AgentClient {
 
     /// `POST /v1/services/{name}/activate`.
     pub async fn activate(&self, service: &str, req: &ActivateRequest) -> Result<Operation> {
-        self.post(&format!("/services/{service}/activate"), req).await
+        self.post(&format!("/services/{service}/activate"), req)
+            .await
     }
 
     /// `POST /v1/services/{name}/rollback`.
     pub async fn rollback(&self, service: &str, req: &RollbackRequest) -> Result<Operation> {
-        self.post(&format!("/services/{service}/rollback"), req).await
+        self.post(&format!("/services/{service}/rollback"), req)
+            .await
     }
 
     /// `POST /v1/services/{name}/prune`.
@@ -312,7 +327,11 @@ impl AgentClient {
     }
 
     /// `POST /v1/services/{name}/health`: run a health check on the host now.
-    pub async fn check_health(&self, service: &str, req: &HealthCheckRequest) -> Result<HealthReport> {
+    pub async fn check_health(
+        &self,
+        service: &str,
+        req: &HealthCheckRequest,
+    ) -> Result<HealthReport> {
         self.post(&format!("/services/{service}/health"), req).await
     }
 

@@ -344,7 +344,10 @@ fn validate(config: &AgentConfig) -> std::result::Result<(), (String, String)> {
         }
         for (j, p) in s.ports.iter().enumerate() {
             if !ports.insert(*p) {
-                return Err(at(&format!("ports[{j}]"), format!("port {p} is used twice")));
+                return Err(at(
+                    &format!("ports[{j}]"),
+                    format!("port {p} is used twice"),
+                ));
             }
         }
         s.recovery
@@ -396,21 +399,38 @@ mod tests {
 
         let dup = format!("{GOOD}  - name: web\n    command: x\n");
         let e = parse(Path::new("a.yaml"), &dup).unwrap_err().to_string();
-        assert!(e.contains("services[1].name") && e.contains("duplicate service name"), "{e}");
+        assert!(
+            e.contains("services[1].name") && e.contains("duplicate service name"),
+            "{e}"
+        );
 
         let escape = GOOD.replace("bin/demo", "../../bin/sh");
         let e = parse(Path::new("a.yaml"), &escape).unwrap_err().to_string();
-        assert!(e.starts_with("a.yaml:5:") && e.contains("services[0].command"), "{e}");
+        assert!(
+            e.starts_with("a.yaml:5:") && e.contains("services[0].command"),
+            "{e}"
+        );
 
         let unknown = GOOD.replace("listen:", "listne:");
-        let e = parse(Path::new("a.yaml"), &unknown).unwrap_err().to_string();
-        assert!(e.starts_with("a.yaml:1:") && e.contains("unknown field"), "{e}");
+        let e = parse(Path::new("a.yaml"), &unknown)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("a.yaml:1:") && e.contains("unknown field"),
+            "{e}"
+        );
     }
 
     #[test]
     fn slot_placeholders() {
         assert_eq!(
-            expand_slot("--listen 127.0.0.1:{port} v{version} s{slot} {dir}/x", Some(81), 1, "2", Path::new("/v/2")),
+            expand_slot(
+                "--listen 127.0.0.1:{port} v{version} s{slot} {dir}/x",
+                Some(81),
+                1,
+                "2",
+                Path::new("/v/2")
+            ),
             "--listen 127.0.0.1:81 v2 s1 /v/2/x"
         );
     }

@@ -36,7 +36,9 @@ pub fn http_verdict(
     if let Some(needle) = body_contains
         && !body.contains(needle)
     {
-        return Err(format!("HTTP {status} but body lacks {needle:?}: {excerpt}"));
+        return Err(format!(
+            "HTTP {status} but body lacks {needle:?}: {excerpt}"
+        ));
     }
     Ok(format!("HTTP {status}"))
 }
@@ -114,15 +116,27 @@ mod tests {
     async fn tcp_and_command_checks() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let up = run(&CheckSpec::Tcp { address: addr.clone() }, Duration::from_secs(2)).await;
+        let up = run(
+            &CheckSpec::Tcp {
+                address: addr.clone(),
+            },
+            Duration::from_secs(2),
+        )
+        .await;
         assert!(up.healthy, "{up:?}");
         drop(listener);
         let down = run(&CheckSpec::Tcp { address: addr }, Duration::from_secs(2)).await;
         assert!(!down.healthy);
 
-        let ok = CheckSpec::Command { program: "true".into(), args: vec![] };
+        let ok = CheckSpec::Command {
+            program: "true".into(),
+            args: vec![],
+        };
         assert!(run(&ok, Duration::from_secs(5)).await.healthy);
-        let slow = CheckSpec::Command { program: "sleep".into(), args: vec!["5".into()] };
+        let slow = CheckSpec::Command {
+            program: "sleep".into(),
+            args: vec!["5".into()],
+        };
         let r = run(&slow, Duration::from_millis(200)).await;
         assert!(!r.healthy && r.detail.contains("timed out"), "{r:?}");
     }

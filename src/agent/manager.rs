@@ -340,7 +340,12 @@ impl Agent {
     }
 
     /// Long-poll: answers when the generation differs from `since`, or after `wait`.
-    pub async fn watch(&self, name: &str, since: Option<u64>, wait: Duration) -> Result<ServiceStatus> {
+    pub async fn watch(
+        &self,
+        name: &str,
+        since: Option<u64>,
+        wait: Duration,
+    ) -> Result<ServiceStatus> {
         self.service(name)?;
         if let Some(since) = since {
             let mut rx = self.changes.subscribe();
@@ -367,7 +372,10 @@ impl Agent {
                 return Ok(op);
             }
             rx.borrow_and_update();
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
                 return self.operation(id);
             }
         }
@@ -502,7 +510,9 @@ impl Agent {
     }
 
     fn binary_name(svc: &Service, file_name: Option<&str>) -> String {
-        file_name.map(str::to_string).unwrap_or_else(|| svc.config.command.clone())
+        file_name
+            .map(str::to_string)
+            .unwrap_or_else(|| svc.config.command.clone())
     }
 
     /// Stages an artifact the agent downloads itself.
@@ -525,7 +535,17 @@ impl Agent {
                 let received = stage::download(&req.url, &path, limit).await;
                 let result = match received {
                     Ok((sha, size)) => {
-                        install(&svc, &req.version, &path, &req.sha256, &sha, size, req.kind, Self::binary_name(&svc, req.file_name.as_deref())).await
+                        install(
+                            &svc,
+                            &req.version,
+                            &path,
+                            &req.sha256,
+                            &sha,
+                            size,
+                            req.kind,
+                            Self::binary_name(&svc, req.file_name.as_deref()),
+                        )
+                        .await
                     }
                     Err(e) => Err(crate_chain(&e)),
                 };
@@ -577,7 +597,17 @@ impl Agent {
                 let version = version.to_string();
                 let binary = Self::binary_name(&svc, params.file_name.as_deref());
                 self.spawn_op(&op, async move {
-                    let r = install(&svc, &version, &path, &params.sha256, &sha, size, params.kind, binary).await;
+                    let r = install(
+                        &svc,
+                        &version,
+                        &path,
+                        &params.sha256,
+                        &sha,
+                        size,
+                        params.kind,
+                        binary,
+                    )
+                    .await;
                     let _ = std::fs::remove_file(&path);
                     r
                 });
@@ -716,7 +746,12 @@ impl Agent {
                     agent.set_desired(&svc, slot, |s| s.desired_running = false)?;
                     agent
                         .backends
-                        .stop(svc.config.backend, &svc.config.name, slot, svc.config.stop_timeout.0)
+                        .stop(
+                            svc.config.backend,
+                            &svc.config.name,
+                            slot,
+                            svc.config.stop_timeout.0,
+                        )
                         .await
                         .map_err(|e| crate_chain(&e))?;
                     Ok((format!("slot {slot} stopped"), vec![]))
@@ -726,7 +761,12 @@ impl Agent {
         Ok(op)
     }
 
-    fn set_desired(&self, svc: &Service, slot: u32, f: impl FnOnce(&mut SlotState)) -> std::result::Result<(), String> {
+    fn set_desired(
+        &self,
+        svc: &Service,
+        slot: u32,
+        f: impl FnOnce(&mut SlotState),
+    ) -> std::result::Result<(), String> {
         let mut desired = lock(&svc.desired);
         let mut next = desired.clone();
         f(&mut next.slots[slot as usize]);
@@ -738,9 +778,17 @@ impl Agent {
     }
 
     /// Stop, switch, start, wait until running and healthy.
-    async fn do_activate(&self, svc: &Service, slot: u32, version: &str, timeout_ms: Option<u64>) -> OpResult {
+    async fn do_activate(
+        &self,
+        svc: &Service,
+        slot: u32,
+        version: &str,
+        timeout_ms: Option<u64>,
+    ) -> OpResult {
         if stage::read_meta(&svc.dirs, version).is_none() {
-            return Err(format!("version {version} is not installed; stage it first"));
+            return Err(format!(
+                "version {version} is not installed; stage it first"
+            ));
         }
         let name = &svc.config.name;
         let kind = svc.config.backend;
@@ -781,7 +829,12 @@ impl Agent {
         ))
     }
 
-    async fn wait_ready(&self, svc: &Service, slot: u32, timeout: Duration) -> std::result::Result<(), String> {
+    async fn wait_ready(
+        &self,
+        svc: &Service,
+        slot: u32,
+        timeout: Duration,
+    ) -> std::result::Result<(), String> {
         let deadline = tokio::time::Instant::now() + timeout;
         let interval = svc
             .config
@@ -857,15 +910,21 @@ impl Agent {
     }
 
     /// Runs the service's check (or an ad-hoc one) now.
-    pub async fn check_health(&self, service: &str, req: HealthCheckRequest) -> Result<HealthReport> {
+    pub async fn check_health(
+        &self,
+        service: &str,
+        req: HealthCheckRequest,
+    ) -> Result<HealthReport> {
         let svc = self.service(service)?;
         Self::valid_slot(svc, req.slot)?;
         match req.check {
             None => Ok(self.check_slot(svc, req.slot).await),
             Some(check) => {
-                if matches!(check, CheckSpec::Command { .. }) && !self.config.allow_remote_commands {
+                if matches!(check, CheckSpec::Command { .. }) && !self.config.allow_remote_commands
+                {
                     return Err(ManagerError::Forbidden(
-                        "command checks from callers are disabled (allowRemoteCommands: false)".into(),
+                        "command checks from callers are disabled (allowRemoteCommands: false)"
+                            .into(),
                     ));
                 }
                 let version = lock(&svc.desired).slots[req.slot as usize]
@@ -879,17 +938,29 @@ impl Agent {
         }
     }
 
-    fn expand_check(&self, svc: &Service, slot: u32, version: &str, check: &CheckSpec) -> CheckSpec {
+    fn expand_check(
+        &self,
+        svc: &Service,
+        slot: u32,
+        version: &str,
+        check: &CheckSpec,
+    ) -> CheckSpec {
         let dir = svc.dirs.version(version);
         let port = svc.config.port(slot);
         let x = |s: &str| expand_slot(s, port, slot, version, &dir);
         match check {
-            CheckSpec::Http { url, status, body_contains } => CheckSpec::Http {
+            CheckSpec::Http {
+                url,
+                status,
+                body_contains,
+            } => CheckSpec::Http {
                 url: x(url),
                 status: *status,
                 body_contains: body_contains.as_deref().map(x),
             },
-            CheckSpec::Tcp { address } => CheckSpec::Tcp { address: x(address) },
+            CheckSpec::Tcp { address } => CheckSpec::Tcp {
+                address: x(address),
+            },
             CheckSpec::Command { program, args } => CheckSpec::Command {
                 program: x(program),
                 args: args.iter().map(|a| x(a)).collect(),
@@ -957,7 +1028,10 @@ async fn install(
     .map_err(|e| e.to_string())?;
     match result {
         Ok(meta) => Ok((
-            format!("staged {} ({size} bytes, sha256 {})", meta.version, meta.sha256),
+            format!(
+                "staged {} ({size} bytes, sha256 {})",
+                meta.version, meta.sha256
+            ),
             vec![],
         )),
         Err(e) => Err(crate_chain(&e)),
@@ -1084,6 +1158,9 @@ mod tests {
         assert_eq!(prune_victims(&installed, &[], 2), vec!["3", "2", "1"]);
         let protected = ["1".to_string(), "2".to_string()];
         assert_eq!(prune_victims(&installed, &protected, 2), vec!["3"]);
-        assert_eq!(prune_victims(&installed, &protected, 0), vec!["5", "4", "3"]);
+        assert_eq!(
+            prune_victims(&installed, &protected, 0),
+            vec!["5", "4", "3"]
+        );
     }
 }

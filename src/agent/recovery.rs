@@ -145,7 +145,10 @@ pub struct FailureCount {
 /// What the supervisor does after a process exits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Restart { delay: Duration, crash_loop: bool },
+    Restart {
+        delay: Duration,
+        crash_loop: bool,
+    },
     RunCommand(String),
     /// Stay stopped (`failed` if the exit was a failure).
     Stay,
@@ -203,7 +206,7 @@ pub fn on_exit(
 
 fn secs(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
@@ -344,8 +347,7 @@ mod tests {
         let bad: Recovery =
             serde_yaml::from_str("actions:\n  - run: a\n  - restart: 1s\n").unwrap();
         assert_eq!(bad.validate(), Err(RecoveryError::UnreachableAction(1)));
-        let both: Recovery =
-            serde_yaml::from_str("actions:\n  - {run: a, restart: 1s}\n").unwrap();
+        let both: Recovery = serde_yaml::from_str("actions:\n  - {run: a, restart: 1s}\n").unwrap();
         assert_eq!(both.validate(), Err(RecoveryError::AmbiguousAction(0)));
     }
 

@@ -86,8 +86,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 fn read_token(config: &Option<TokenConfig>) -> Result<Option<Arc<str>>> {
     let Some(tc) = config else { return Ok(None) };
     let token = if let Some(file) = &tc.file {
-        std::fs::read_to_string(file)
-            .map_err(|_| ServerError::Token(file.display().to_string()))?
+        std::fs::read_to_string(file).map_err(|_| ServerError::Token(file.display().to_string()))?
     } else if let Some(var) = &tc.env {
         std::env::var(var).map_err(|_| ServerError::Token(format!("environment variable {var}")))?
     } else {
@@ -134,11 +133,13 @@ fn tls_config(config: &AgentConfig) -> Result<Option<tokio_rustls::TlsAcceptor>>
             // Unauthenticated handshakes are let through so that a caller without a
             // certificate gets a clear 401 instead of a TLS alert; a certificate that is
             // presented must chain to the pinned CA or the handshake fails.
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                    .allow_unauthenticated()
-                    .build()
-                    .map_err(ServerError::Verifier)?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(ServerError::Verifier)?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -179,11 +180,7 @@ impl Server {
             addr: addr.to_string(),
             source,
         })?;
-        let state = AppState {
-            agent,
-            token,
-            mtls,
-        };
+        let state = AppState { agent, token, mtls };
         Ok(Server {
             listener,
             tls,
@@ -258,13 +255,12 @@ async fn serve_conn<I>(io: I, peer: Peer, app: Router, cancel: CancellationToken
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(peer);
-        let app = app.clone();
-        async move {
-            tower::ServiceExt::oneshot(app, req.map(axum::body::Body::new)).await
-        }
-    });
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(peer);
+            let app = app.clone();
+            async move { tower::ServiceExt::oneshot(app, req.map(axum::body::Body::new)).await }
+        });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
@@ -403,7 +399,11 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn auth(State(state): State<AppState>, req: Request, next: axum::middleware::Next) -> Response {
+async fn auth(
+    State(state): State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
     let peer = req.extensions().get::<Peer>().copied();
     let cert_ok = state.mtls && peer.is_some_and(|p| p.client_cert);
     let bearer = req
@@ -502,7 +502,9 @@ async fn upload(
     }
     let stream = req.into_body().into_data_stream();
     Ok(accepted(
-        s.agent.stage_upload(&name, &version, params, stream).await?,
+        s.agent
+            .stage_upload(&name, &version, params, stream)
+            .await?,
     ))
 }
 

@@ -97,7 +97,11 @@ impl ServiceDirs {
 
 /// Checks a sha256 text.
 pub fn check_sha(sha: &str) -> Result<()> {
-    if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if sha.len() == 64
+        && sha
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         Ok(())
     } else {
         Err(StageError::BadSha)
@@ -180,9 +184,7 @@ pub fn installed(dirs: &ServiceDirs) -> Vec<InstalledVersion> {
         .flatten()
         .filter_map(|e| read_meta(dirs, &e.file_name().to_string_lossy()))
         .collect();
-    out.sort_by(|a, b| {
-        (a.staged_unix_ms, &a.version).cmp(&(b.staged_unix_ms, &b.version))
-    });
+    out.sort_by(|a, b| (a.staged_unix_ms, &a.version).cmp(&(b.staged_unix_ms, &b.version)));
     out
 }
 
@@ -297,7 +299,16 @@ mod tests {
         dirs.prepare().unwrap();
         let art = dir.path().join("art");
         std::fs::write(&art, b"data").unwrap();
-        let e = install(&dirs, "v1", &art, &sha(b"other"), &sha(b"data"), None, "app").unwrap_err();
+        let e = install(
+            &dirs,
+            "v1",
+            &art,
+            &sha(b"other"),
+            &sha(b"data"),
+            None,
+            "app",
+        )
+        .unwrap_err();
         assert!(matches!(e, StageError::ShaMismatch { .. }));
         assert!(!dirs.version("v1").exists());
         assert_eq!(std::fs::read_dir(dirs.staging()).unwrap().count(), 0);

@@ -13,13 +13,22 @@ use rollgate::agent::{config, manager::Agent, server::Server, store};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(name = "rollgate-agent", version, about = "rollgate host agent: stages, installs, runs and switches service versions")]
+#[command(
+    name = "rollgate-agent",
+    version,
+    about = "rollgate host agent: stages, installs, runs and switches service versions"
+)]
 struct Cli {
     /// Log line format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// Log filter (tracing env-filter syntax).
-    #[arg(long, global = true, env = "ROLLGATE_AGENT_LOG", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "ROLLGATE_AGENT_LOG",
+        default_value = "info"
+    )]
     log_level: String,
     #[command(subcommand)]
     command: Command,
@@ -216,7 +225,10 @@ async fn run(
     let serving = tokio::spawn(server.serve(cancel.clone(), grace));
     let forced = Arc::new(std::sync::atomic::AtomicBool::new(false));
     wait_for_signal().await;
-    tracing::info!(grace_ms = grace.as_millis() as u64, "stopping: finishing operations in flight");
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "stopping: finishing operations in flight"
+    );
     if notify {
         sd_notify("STOPPING=1");
     }
@@ -289,8 +301,8 @@ fn sd_notify(state: &str) {
 const AGENT_UNIT: &str = "rollgate-agent.service";
 
 fn install(config: &Path, unit_dir: &Path, no_start: bool) -> anyhow::Result<()> {
-    let config = std::fs::canonicalize(config)
-        .with_context(|| format!("config {}", config.display()))?;
+    let config =
+        std::fs::canonicalize(config).with_context(|| format!("config {}", config.display()))?;
     config::load(std::slice::from_ref(&config), None)?;
     let exe = std::env::current_exe().context("locating this executable")?;
     #[cfg(windows)]
@@ -345,7 +357,11 @@ fn systemctl(args: &[&str]) -> anyhow::Result<()> {
         .args(args)
         .status()
         .with_context(|| format!("running systemctl {}", args.join(" ")))?;
-    anyhow::ensure!(status.success(), "systemctl {} failed: {status}", args.join(" "));
+    anyhow::ensure!(
+        status.success(),
+        "systemctl {} failed: {status}",
+        args.join(" ")
+    );
     Ok(())
 }
 
@@ -393,8 +409,10 @@ mod windows {
             account_name: None,
             account_password: None,
         };
-        let service = manager.create_service(&info, ServiceAccess::CHANGE_CONFIG | ServiceAccess::START)?;
-        service.set_description("Stages, installs, runs and switches service versions for rollgate")?;
+        let service =
+            manager.create_service(&info, ServiceAccess::CHANGE_CONFIG | ServiceAccess::START)?;
+        service
+            .set_description("Stages, installs, runs and switches service versions for rollgate")?;
         service.start(&[] as &[&std::ffi::OsStr])?;
         println!("installed and started the {NAME} service");
         Ok(())
@@ -445,7 +463,9 @@ mod windows {
             ServiceControl::Interrogate => ServiceControlHandlerResult::NoError,
             _ => ServiceControlHandlerResult::NotImplemented,
         };
-        let Ok(status) = service_control_handler::register(NAME, handler) else { return };
+        let Ok(status) = service_control_handler::register(NAME, handler) else {
+            return;
+        };
         let set = |state, accept, wait: Duration| {
             let _ = status.set_service_status(ServiceStatus {
                 service_type: ServiceType::OWN_PROCESS,
@@ -457,21 +477,39 @@ mod windows {
                 process_id: None,
             });
         };
-        set(ServiceState::Running, ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN, Duration::ZERO);
+        set(
+            ServiceState::Running,
+            ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN,
+            Duration::ZERO,
+        );
         let Ok(config) = super::config::load(&args.config, args.env.as_deref()) else {
-            set(ServiceState::Stopped, ServiceControlAccept::empty(), Duration::ZERO);
+            set(
+                ServiceState::Stopped,
+                ServiceControlAccept::empty(),
+                Duration::ZERO,
+            );
             return;
         };
         let grace = config.shutdown_grace.0;
-        let Ok(runtime) = tokio::runtime::Runtime::new() else { return };
+        let Ok(runtime) = tokio::runtime::Runtime::new() else {
+            return;
+        };
         let waiter = cancel.clone();
         runtime.block_on(async move {
             let agent = tokio::spawn(super::run_until(config, args, waiter));
             cancel.cancelled().await;
-            set(ServiceState::StopPending, ServiceControlAccept::empty(), grace + Duration::from_secs(5));
+            set(
+                ServiceState::StopPending,
+                ServiceControlAccept::empty(),
+                grace + Duration::from_secs(5),
+            );
             let _ = agent.await;
         });
-        set(ServiceState::Stopped, ServiceControlAccept::empty(), Duration::ZERO);
+        set(
+            ServiceState::Stopped,
+            ServiceControlAccept::empty(),
+            Duration::ZERO,
+        );
     }
 }
 

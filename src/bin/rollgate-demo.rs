@@ -15,7 +15,11 @@ use axum::routing::get;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(name = "rollgate-demo", about = "Demo HTTP service for rollgate", disable_version_flag = true)]
+#[command(
+    name = "rollgate-demo",
+    about = "Demo HTTP service for rollgate",
+    disable_version_flag = true
+)]
 struct Args {
     /// Address to listen on; defaults to 127.0.0.1:$PORT, else 127.0.0.1:8080.
     #[arg(long, env = "DEMO_LISTEN")]
@@ -177,7 +181,10 @@ async fn main() -> std::process::ExitCode {
         .with_state(demo);
     println!(
         "rollgate-demo {version} listening on {}",
-        listener.local_addr().map(|a| a.to_string()).unwrap_or(listen)
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or(listen)
     );
     let ignore = args.ignore_sigterm;
     if let Err(e) = axum::serve(listener, app)

@@ -26,30 +26,66 @@ async fn bad_artifacts_are_refused_and_nothing_is_installed() {
     let mut corrupt = good.clone();
     corrupt.truncate(good.len() / 2);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("traversal", tar_gz_raw(b"../../../escaped", tar::EntryType::Regular, None, b"x"), "climbs out"),
-        ("absolute", tar_gz_raw(abs_name.as_bytes(), tar::EntryType::Regular, None, b"x"), "absolute path"),
-        ("link-escape", tar_gz_raw(b"bin", tar::EntryType::Symlink, Some("../../../.."), b""), "points outside"),
-        ("device", tar_gz_raw(b"null", tar::EntryType::Char, None, b""), "character device"),
+        (
+            "traversal",
+            tar_gz_raw(b"../../../escaped", tar::EntryType::Regular, None, b"x"),
+            "climbs out",
+        ),
+        (
+            "absolute",
+            tar_gz_raw(abs_name.as_bytes(), tar::EntryType::Regular, None, b"x"),
+            "absolute path",
+        ),
+        (
+            "link-escape",
+            tar_gz_raw(b"bin", tar::EntryType::Symlink, Some("../../../.."), b""),
+            "points outside",
+        ),
+        (
+            "device",
+            tar_gz_raw(b"null", tar::EntryType::Char, None, b""),
+            "character device",
+        ),
         ("corrupt", corrupt, "corrupt"),
-        ("zip-traversal", zip(&[("../../escaped", 0o644, b"x")]), "climbs out"),
+        (
+            "zip-traversal",
+            zip(&[("../../escaped", 0o644, b"x")]),
+            "climbs out",
+        ),
     ];
     for (version, bytes, expected) in cases {
         let op = stage(&c, version, &bytes).await;
         assert_eq!(op.state, OperationState::Failed, "{version}: {op:#?}");
         let err = op.error.unwrap();
         assert!(err.contains(expected), "{version}: {err}");
-        assert_eq!(listing(&versions), before, "{version} left something installed");
-        assert_eq!(listing(&data.join("services/web/staging")), Vec::<String>::new(), "{version}");
+        assert_eq!(
+            listing(&versions),
+            before,
+            "{version} left something installed"
+        );
+        assert_eq!(
+            listing(&data.join("services/web/staging")),
+            Vec::<String>::new(),
+            "{version}"
+        );
     }
     assert!(!escape_target.exists());
 
     // The sha256 must match the bytes sent.
     let other = tar_gz(&[("bin/web", 0o755, b"#!/bin/sh\nexit 0\n")]);
     let op = c
-        .stage_bytes("web", "mismatch", other, &upload_params("stage-mismatch", &good, None))
+        .stage_bytes(
+            "web",
+            "mismatch",
+            other,
+            &upload_params("stage-mismatch", &good, None),
+        )
         .await
         .unwrap();
-    let op = c.wait_operation(&op.id, Duration::from_secs(30)).await.unwrap();
+    let op = c
+        .wait_operation(&op.id, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(op.state, OperationState::Failed);
     assert!(op.error.unwrap().contains("sha256 mismatch"));
     assert_eq!(listing(&versions), before);
@@ -57,12 +93,23 @@ async fn bad_artifacts_are_refused_and_nothing_is_installed() {
     // Re-staging an existing version from other bytes is refused, the original kept.
     let changed = tar_gz(&[("bin/web", 0o755, b"#!/bin/sh\n")]);
     let op = c
-        .stage_bytes("web", "good", changed.clone(), &upload_params("stage-good-2", &changed, None))
+        .stage_bytes(
+            "web",
+            "good",
+            changed.clone(),
+            &upload_params("stage-good-2", &changed, None),
+        )
         .await
         .unwrap();
-    let op = c.wait_operation(&op.id, Duration::from_secs(30)).await.unwrap();
+    let op = c
+        .wait_operation(&op.id, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert!(op.error.unwrap().contains("already installed"));
-    assert_eq!(std::fs::read(versions.join("good/bin/web")).unwrap(), demo_script(&[]));
+    assert_eq!(
+        std::fs::read(versions.join("good/bin/web")).unwrap(),
+        demo_script(&[])
+    );
 }
 
 /// Serves `body` with `status` to every request on a loopback port.
@@ -106,24 +153,49 @@ async fn stage_by_url_verifies_the_download() {
         kind: None,
         file_name: None,
     };
-    let op = c.stage_url("web", &stage_url("u1", "u1", &url, sha256(&art))).await.unwrap();
-    assert_succeeded(&c.wait_operation(&op.id, Duration::from_secs(30)).await.unwrap());
+    let op = c
+        .stage_url("web", &stage_url("u1", "u1", &url, sha256(&art)))
+        .await
+        .unwrap();
+    assert_succeeded(
+        &c.wait_operation(&op.id, Duration::from_secs(30))
+            .await
+            .unwrap(),
+    );
     assert_succeeded(&activate(&c, "a-u1", "u1", 0).await);
     assert_eq!(get_root(port).await.unwrap(), "version u1\n");
 
-    let op = c.stage_url("web", &stage_url("u2", "u2", &url, sha256(b"other"))).await.unwrap();
-    let op = c.wait_operation(&op.id, Duration::from_secs(30)).await.unwrap();
+    let op = c
+        .stage_url("web", &stage_url("u2", "u2", &url, sha256(b"other")))
+        .await
+        .unwrap();
+    let op = c
+        .wait_operation(&op.id, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert!(op.error.unwrap().contains("sha256 mismatch"));
 
     let missing = file_server(404, b"no".to_vec()).await;
-    let op = c.stage_url("web", &stage_url("u3", "u3", &missing, sha256(&art))).await.unwrap();
-    let op = c.wait_operation(&op.id, Duration::from_secs(30)).await.unwrap();
+    let op = c
+        .stage_url("web", &stage_url("u3", "u3", &missing, sha256(&art)))
+        .await
+        .unwrap();
+    let op = c
+        .wait_operation(&op.id, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert!(op.error.unwrap().contains("HTTP 404"));
 
     let err = c
-        .stage_url("web", &stage_url("u4", "u4", "file:///etc/passwd", sha256(&art)))
+        .stage_url(
+            "web",
+            &stage_url("u4", "u4", "file:///etc/passwd", sha256(&art)),
+        )
         .await;
-    let op = c.wait_operation(&err.unwrap().id, Duration::from_secs(30)).await.unwrap();
+    let op = c
+        .wait_operation(&err.unwrap().id, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert!(op.error.unwrap().contains("only http and https"));
     assert_eq!(listing(&data.join("services/web/versions")), vec!["u1"]);
 }

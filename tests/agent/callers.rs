@@ -18,7 +18,9 @@ async fn raw(url: &str, auth: &ClientAuth, body: Vec<u8>) -> (u16, serde_json::V
     let mut b = reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(auth.ca_pem.as_ref().unwrap()).unwrap());
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(auth.ca_pem.as_ref().unwrap()).unwrap(),
+        );
     if let Some(id) = &auth.identity_pem {
         b = b.identity(reqwest::Identity::from_pem(id).unwrap());
     }
@@ -44,7 +46,14 @@ async fn mtls_refuses_missing_and_foreign_certificates_and_bad_bodies() {
     let data = tmp.path().join("data");
     let agent = AgentProc::start(tmp.path(), &config(&pki, &data, &web_service(&[port], "")));
     let good = agent.client(&pki.client_auth());
-    assert_succeeded(&stage(&good, "v1", &tar_gz(&[("bin/web", 0o755, &demo_script(&[]))])).await);
+    assert_succeeded(
+        &stage(
+            &good,
+            "v1",
+            &tar_gz(&[("bin/web", 0o755, &demo_script(&[]))]),
+        )
+        .await,
+    );
     let before = snapshot(&data);
 
     // No client certificate: a clear 401.
@@ -54,7 +63,12 @@ async fn mtls_refuses_missing_and_foreign_certificates_and_bad_bodies() {
     };
     let err = agent.client(&anonymous).host_info().await.unwrap_err();
     match &err {
-        ClientError::Rejected { status, code, message, .. } => {
+        ClientError::Rejected {
+            status,
+            code,
+            message,
+            ..
+        } => {
             assert_eq!((*status, code.as_str()), (401, "unauthorized"));
             assert!(message.contains("client certificate"), "{message}");
         }
@@ -70,7 +84,11 @@ async fn mtls_refuses_missing_and_foreign_certificates_and_bad_bodies() {
     let err = agent.client(&stranger).host_info().await.unwrap_err();
     assert!(matches!(err, ClientError::AgentUnreachable { .. }), "{err}");
     // And a client pinning another CA does not trust this agent.
-    let err = agent.client(&foreign.client_auth()).host_info().await.unwrap_err();
+    let err = agent
+        .client(&foreign.client_auth())
+        .host_info()
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClientError::AgentUnreachable { .. }), "{err}");
 
     // A token is not accepted where only client certificates are configured.
@@ -86,13 +104,29 @@ async fn mtls_refuses_missing_and_foreign_certificates_and_bad_bodies() {
     let url = format!("{}/v1/services/web/activate", agent.url);
     let auth = pki.client_auth();
     let (status, body) = raw(&url, &auth, b"{\"requestId\":".to_vec()).await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("bad_request")), "{body}");
-    let (status, body) = raw(&url, &auth, br#"{"requestId":"x","version":"v1","bogus":1}"#.to_vec()).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    let (status, body) = raw(
+        &url,
+        &auth,
+        br#"{"requestId":"x","version":"v1","bogus":1}"#.to_vec(),
+    )
+    .await;
     assert_eq!(status, 400);
-    assert!(body["message"].as_str().unwrap().contains("unknown field"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("unknown field"),
+        "{body}"
+    );
     let huge = format!(r#"{{"requestId":"x","version":"{}"}}"#, "v".repeat(200_000));
     let (status, body) = raw(&url, &auth, huge.into_bytes()).await;
-    assert_eq!((status, body["code"].as_str()), (413, Some("body_too_large")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (413, Some("body_too_large")),
+        "{body}"
+    );
     let (status, body) = raw(
         &format!("{}/v1/services/nope/activate", agent.url),
         &auth,
@@ -100,10 +134,19 @@ async fn mtls_refuses_missing_and_foreign_certificates_and_bad_bodies() {
     )
     .await;
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
-    let (status, _) = raw(&url, &auth, br#"{"requestId":"z","version":"../../etc"}"#.to_vec()).await;
+    let (status, _) = raw(
+        &url,
+        &auth,
+        br#"{"requestId":"z","version":"../../etc"}"#.to_vec(),
+    )
+    .await;
     assert_eq!(status, 400);
 
-    assert_eq!(snapshot(&data), before, "a refused request changed the data dir");
+    assert_eq!(
+        snapshot(&data),
+        before,
+        "a refused request changed the data dir"
+    );
     assert_eq!(good.service("web").await.unwrap().slots[0].active, None);
 }
 
@@ -124,17 +167,27 @@ async fn bearer_token_auth_and_upload_limit() {
     let agent = AgentProc::start(tmp.path(), &cfg);
     let ca = pki.client_auth().ca_pem;
     let with = |t: Option<&str>| {
-        AgentClient::new(&agent.url, &ClientAuth {
-            ca_pem: ca.clone(),
-            identity_pem: None,
-            token: t.map(str::to_string),
-        })
+        AgentClient::new(
+            &agent.url,
+            &ClientAuth {
+                ca_pem: ca.clone(),
+                identity_pem: None,
+                token: t.map(str::to_string),
+            },
+        )
         .unwrap()
     };
     let before = snapshot(&data);
-    let err = with(Some("wrong-token-0123456789")).host_info().await.unwrap_err();
+    let err = with(Some("wrong-token-0123456789"))
+        .host_info()
+        .await
+        .unwrap_err();
     match &err {
-        ClientError::Rejected { status: 401, message, .. } => assert_eq!(message, "invalid bearer token"),
+        ClientError::Rejected {
+            status: 401,
+            message,
+            ..
+        } => assert_eq!(message, "invalid bearer token"),
         other => panic!("{other}"),
     }
     assert_eq!(with(None).services().await.unwrap_err().status(), Some(401));
@@ -148,7 +201,10 @@ async fn bearer_token_auth_and_upload_limit() {
         .unwrap_err();
     assert_eq!(err.status(), Some(413), "{err}");
     assert_eq!(snapshot(&data), before);
-    assert!(!agent.stderr_text().contains(token), "the token leaked into the log");
+    assert!(
+        !agent.stderr_text().contains(token),
+        "the token leaked into the log"
+    );
 }
 
 #[test]
@@ -157,13 +213,23 @@ fn refuses_non_loopback_listen_without_auth() {
     let cfg = tmp.path().join("agent.yaml");
     std::fs::write(
         &cfg,
-        format!("listen: 0.0.0.0:0\ndataDir: {}\nservices: []\n", tmp.path().join("d").display()),
+        format!(
+            "listen: 0.0.0.0:0\ndataDir: {}\nservices: []\n",
+            tmp.path().join("d").display()
+        ),
     )
     .unwrap();
-    let out = Command::new(AGENT).args(["run", "--config"]).arg(&cfg).output().unwrap();
+    let out = Command::new(AGENT)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("refusing to listen on non-loopback"), "{stderr}");
+    assert!(
+        stderr.contains("refusing to listen on non-loopback"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -175,14 +241,26 @@ fn check_config_names_file_line_and_field() {
         "dataDir: /tmp/x\nservices:\n  - name: web\n    command: bin/web\n    stopTimeout: soon\n",
     )
     .unwrap();
-    let out = Command::new(AGENT).args(["check-config", "-f"]).arg(&cfg).output().unwrap();
+    let out = Command::new(AGENT)
+        .args(["check-config", "-f"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("agent.yaml:5:"), "{stderr}");
     assert!(stderr.contains("services[0].stopTimeout"), "{stderr}");
 
     std::fs::write(&cfg, "dataDir: /tmp/x\nservices: []\n").unwrap();
-    let out = Command::new(AGENT).args(["check-config", "-f"]).arg(&cfg).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(AGENT)
+        .args(["check-config", "-f"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = Duration::ZERO;
 }

@@ -19,7 +19,11 @@ async fn stage_activate_rollback_prune() {
 
     let info = c.host_info().await.unwrap();
     assert_eq!(info.services, vec!["web"]);
-    assert!(info.backends.iter().any(|b| b.available && b.kind.to_string() == "supervisor"));
+    assert!(
+        info.backends
+            .iter()
+            .any(|b| b.available && b.kind.to_string() == "supervisor")
+    );
 
     // Three versions in the three artifact forms.
     let script = demo_script(&[]);
@@ -28,14 +32,30 @@ async fn stage_activate_rollback_prune() {
     assert_succeeded(&stage(&c, "v1", &v1).await);
     assert_succeeded(&stage(&c, "v2", &v2).await);
     let op = c
-        .stage_bytes("web", "v3", script.clone(), &rollgate::agent::api::UploadParams {
-            file_name: Some("bin/web".into()),
-            ..upload_params("stage-v3", &script, Some(ArtifactKind::Binary))
-        })
+        .stage_bytes(
+            "web",
+            "v3",
+            script.clone(),
+            &rollgate::agent::api::UploadParams {
+                file_name: Some("bin/web".into()),
+                ..upload_params("stage-v3", &script, Some(ArtifactKind::Binary))
+            },
+        )
         .await
         .unwrap();
-    assert_succeeded(&c.wait_operation(&op.id, Duration::from_secs(30)).await.unwrap());
-    let versions: Vec<String> = c.service("web").await.unwrap().versions.into_iter().map(|v| v.version).collect();
+    assert_succeeded(
+        &c.wait_operation(&op.id, Duration::from_secs(30))
+            .await
+            .unwrap(),
+    );
+    let versions: Vec<String> = c
+        .service("web")
+        .await
+        .unwrap()
+        .versions
+        .into_iter()
+        .map(|v| v.version)
+        .collect();
     assert_eq!(versions, vec!["v1", "v2", "v3"]);
 
     let a1 = activate(&c, "act-v1", "v1", 0).await;
@@ -47,52 +67,90 @@ async fn stage_activate_rollback_prune() {
     assert_eq!(get_root(port).await.unwrap(), "version v2\n");
     let s = c.service("web").await.unwrap();
     let slot = &s.slots[0];
-    assert_eq!((slot.active.as_deref(), slot.previous.as_deref()), (Some("v2"), Some("v1")));
+    assert_eq!(
+        (slot.active.as_deref(), slot.previous.as_deref()),
+        (Some("v2"), Some("v1"))
+    );
     assert_eq!(slot.state, RunState::Running);
     assert!(slot.health.as_ref().is_some_and(|h| h.healthy), "{slot:?}");
     let pid = slot.pid.unwrap();
 
     // A replayed request returns the same operation and does not act again.
     let replay = c
-        .activate("web", &rollgate::agent::api::ActivateRequest {
-            request_id: "act-v2".into(),
-            version: "v2".into(),
-            slot: 0,
-            timeout_ms: None,
-        })
+        .activate(
+            "web",
+            &rollgate::agent::api::ActivateRequest {
+                request_id: "act-v2".into(),
+                version: "v2".into(),
+                slot: 0,
+                timeout_ms: None,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(replay.id, a2.id);
     assert_eq!(c.service("web").await.unwrap().slots[0].pid, Some(pid));
     // The same request id for another request is refused.
     let reused = c
-        .activate("web", &rollgate::agent::api::ActivateRequest {
-            request_id: "act-v2".into(),
-            version: "v3".into(),
-            slot: 0,
-            timeout_ms: None,
-        })
+        .activate(
+            "web",
+            &rollgate::agent::api::ActivateRequest {
+                request_id: "act-v2".into(),
+                version: "v3".into(),
+                slot: 0,
+                timeout_ms: None,
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(reused.status(), Some(409), "{reused}");
 
     // Rollback goes to the previous version, which then has v2 as its previous.
     let rb = c
-        .rollback("web", &RollbackRequest { request_id: "rb-1".into(), slot: 0, to: None, timeout_ms: None })
+        .rollback(
+            "web",
+            &RollbackRequest {
+                request_id: "rb-1".into(),
+                slot: 0,
+                to: None,
+                timeout_ms: None,
+            },
+        )
         .await
         .unwrap();
-    let rb = c.wait_operation(&rb.id, Duration::from_secs(60)).await.unwrap();
+    let rb = c
+        .wait_operation(&rb.id, Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_succeeded(&rb);
     assert_eq!(get_root(port).await.unwrap(), "version v1\n");
     let slot = c.service("web").await.unwrap().slots[0].clone();
-    assert_eq!((slot.active.as_deref(), slot.previous.as_deref()), (Some("v1"), Some("v2")));
+    assert_eq!(
+        (slot.active.as_deref(), slot.previous.as_deref()),
+        (Some("v1"), Some("v2"))
+    );
 
     // Prune to zero keeps the active (v1) and previous (v2) versions only.
-    let pr = c.prune("web", &PruneRequest { request_id: "prune-1".into(), keep: 0 }).await.unwrap();
-    let pr = c.wait_operation(&pr.id, Duration::from_secs(30)).await.unwrap();
+    let pr = c
+        .prune(
+            "web",
+            &PruneRequest {
+                request_id: "prune-1".into(),
+                keep: 0,
+            },
+        )
+        .await
+        .unwrap();
+    let pr = c
+        .wait_operation(&pr.id, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_succeeded(&pr);
     assert_eq!(pr.removed, vec!["v3"]);
-    assert_eq!(listing(&data.join("services/web/versions")), vec!["v1", "v2"]);
+    assert_eq!(
+        listing(&data.join("services/web/versions")),
+        vec!["v1", "v2"]
+    );
     assert_eq!(get_root(port).await.unwrap(), "version v1\n");
 }
 
@@ -106,7 +164,14 @@ async fn two_slots_run_side_by_side_on_their_own_ports() {
     let c = agent.client(&pki.client_auth());
     let script = demo_script(&[]);
     assert_succeeded(&stage(&c, "1.0", &tar_gz(&[("bin/web", 0o755, &script)])).await);
-    assert_succeeded(&stage(&c, "2.0", &tar_gz(&[("bin/web", 0o755, &script), ("README", 0o644, b"2")])).await);
+    assert_succeeded(
+        &stage(
+            &c,
+            "2.0",
+            &tar_gz(&[("bin/web", 0o755, &script), ("README", 0o644, b"2")]),
+        )
+        .await,
+    );
 
     assert_succeeded(&activate(&c, "s0", "1.0", 0).await);
     assert_succeeded(&activate(&c, "s1", "2.0", 1).await);
@@ -114,8 +179,21 @@ async fn two_slots_run_side_by_side_on_their_own_ports() {
     assert_eq!(get_root(ports[1]).await.unwrap(), "version 2.0\n");
 
     // Then the old slot is stopped and stays stopped.
-    let stop = c.stop("web", &SlotRequest { request_id: "stop-0".into(), slot: 0 }).await.unwrap();
-    assert_succeeded(&c.wait_operation(&stop.id, Duration::from_secs(30)).await.unwrap());
+    let stop = c
+        .stop(
+            "web",
+            &SlotRequest {
+                request_id: "stop-0".into(),
+                slot: 0,
+            },
+        )
+        .await
+        .unwrap();
+    assert_succeeded(
+        &c.wait_operation(&stop.id, Duration::from_secs(30))
+            .await
+            .unwrap(),
+    );
     assert!(get_root(ports[0]).await.is_err());
     assert_eq!(get_root(ports[1]).await.unwrap(), "version 2.0\n");
     let s = c.service("web").await.unwrap();
@@ -127,12 +205,15 @@ async fn two_slots_run_side_by_side_on_their_own_ports() {
 }
 
 async fn activate_err(c: &rollgate::agent::client::AgentClient, slot: u32) -> Option<u16> {
-    c.activate("web", &rollgate::agent::api::ActivateRequest {
-        request_id: format!("bad-slot-{slot}"),
-        version: "1.0".into(),
-        slot,
-        timeout_ms: None,
-    })
+    c.activate(
+        "web",
+        &rollgate::agent::api::ActivateRequest {
+            request_id: format!("bad-slot-{slot}"),
+            version: "1.0".into(),
+            slot,
+            timeout_ms: None,
+        },
+    )
     .await
     .unwrap_err()
     .status()
@@ -164,7 +245,10 @@ async fn activation_fails_with_the_reason_and_slow_starts_succeed() {
     let op = activate(&c, "a-crash", "crash", 0).await;
     assert_eq!(op.state, OperationState::Failed);
     let err = op.error.unwrap();
-    assert!(err.contains("exit code 7") && err.contains("crashing at start"), "{err}");
+    assert!(
+        err.contains("exit code 7") && err.contains("crashing at start"),
+        "{err}"
+    );
 
     let op = activate(&c, "a-slow", "slow", 0).await;
     assert_succeeded(&op);

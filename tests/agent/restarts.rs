@@ -63,17 +63,35 @@ async fn stop_kills_after_stop_timeout_when_sigterm_is_ignored() {
     assert_succeeded(&activate(&c, "a", "stubborn", 0).await);
 
     let started = Instant::now();
-    let op = c.stop("web", &SlotRequest { request_id: "stop".into(), slot: 0 }).await.unwrap();
-    assert_succeeded(&c.wait_operation(&op.id, Duration::from_secs(30)).await.unwrap());
+    let op = c
+        .stop(
+            "web",
+            &SlotRequest {
+                request_id: "stop".into(),
+                slot: 0,
+            },
+        )
+        .await
+        .unwrap();
+    assert_succeeded(
+        &c.wait_operation(&op.id, Duration::from_secs(30))
+            .await
+            .unwrap(),
+    );
     let took = started.elapsed();
     // stopTimeout is 3s in web_service.
-    assert!(took >= Duration::from_millis(2_800), "stopped after {took:?}");
+    assert!(
+        took >= Duration::from_millis(2_800),
+        "stopped after {took:?}"
+    );
     assert!(get_root(port).await.is_err());
     let slot = c.service("web").await.unwrap().slots[0].clone();
     assert_eq!(slot.last_exit.unwrap().signal, Some(9));
-    assert!(std::fs::read_to_string(data.join("services/web/logs/slot-0.stderr.log"))
-        .unwrap()
-        .contains("ignoring SIGTERM"));
+    assert!(
+        std::fs::read_to_string(data.join("services/web/logs/slot-0.stderr.log"))
+            .unwrap()
+            .contains("ignoring SIGTERM")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,12 +108,15 @@ async fn agent_killed_mid_activation_comes_back_consistent() {
     assert_succeeded(&activate(&c, "a1", "v1", 0).await);
 
     let op = c
-        .activate("web", &ActivateRequest {
-            request_id: "a2".into(),
-            version: "v2".into(),
-            slot: 0,
-            timeout_ms: None,
-        })
+        .activate(
+            "web",
+            &ActivateRequest {
+                request_id: "a2".into(),
+                version: "v2".into(),
+                slot: 0,
+                timeout_ms: None,
+            },
+        )
         .await
         .unwrap();
     // Kill it once the new version is starting (after the switch, before it is healthy).
@@ -121,12 +142,19 @@ async fn agent_killed_mid_activation_comes_back_consistent() {
             assert_eq!(body, format!("version {active}\n"));
             break;
         }
-        assert!(Instant::now() < deadline, "service not back: {:#?}", c.service("web").await);
+        assert!(
+            Instant::now() < deadline,
+            "service not back: {:#?}",
+            c.service("web").await
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let s = c.service("web").await.unwrap();
     assert_eq!(s.slots[0].state, RunState::Running);
-    assert_eq!(s.slots[0].restarts, 0, "no crash loop from a port clash: {s:#?}");
+    assert_eq!(
+        s.slots[0].restarts, 0,
+        "no crash loop from a port clash: {s:#?}"
+    );
 
     // A graceful stop stops the service; the next start restores it from desired state.
     let mut agent = agent;
@@ -135,7 +163,10 @@ async fn agent_killed_mid_activation_comes_back_consistent() {
     let _agent = AgentProc::start_file(tmp.path(), &agent.config.clone());
     let deadline = Instant::now() + Duration::from_secs(20);
     while get_root(port).await.is_err() {
-        assert!(Instant::now() < deadline, "service not restored after agent restart");
+        assert!(
+            Instant::now() < deadline,
+            "service not restored after agent restart"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(get_root(port).await.unwrap(), format!("version {active}\n"));

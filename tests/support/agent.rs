@@ -174,10 +174,11 @@ impl Drop for AgentProc {
         }
         // Service processes a killed agent left behind.
         for pid_file in pid_files(&self.dir) {
-            if let Some(pid) = std::fs::read_to_string(&pid_file)
-                .ok()
-                .and_then(|t| t.split_whitespace().next().and_then(|p| p.parse::<i32>().ok()))
-            {
+            if let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|t| {
+                t.split_whitespace()
+                    .next()
+                    .and_then(|p| p.parse::<i32>().ok())
+            }) {
                 let _ = nix::sys::signal::killpg(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
@@ -300,7 +301,9 @@ pub async fn stage(c: &AgentClient, version: &str, bytes: &[u8]) -> Operation {
         )
         .await
         .unwrap();
-    c.wait_operation(&op.id, Duration::from_secs(60)).await.unwrap()
+    c.wait_operation(&op.id, Duration::from_secs(60))
+        .await
+        .unwrap()
 }
 
 /// Activates `version` on `slot` and waits for the outcome.
@@ -317,7 +320,9 @@ pub async fn activate(c: &AgentClient, request_id: &str, version: &str, slot: u3
         )
         .await
         .unwrap();
-    c.wait_operation(&op.id, Duration::from_secs(60)).await.unwrap()
+    c.wait_operation(&op.id, Duration::from_secs(60))
+        .await
+        .unwrap()
 }
 
 pub fn assert_succeeded(op: &Operation) {

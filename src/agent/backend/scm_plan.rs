@@ -32,7 +32,10 @@ pub fn plan(spec: &RunSpec) -> ScmServicePlan {
     ScmServicePlan {
         display_name: format!("rollgate {} (slot {})", spec.service, spec.slot),
         description: spec.description.clone().unwrap_or_else(|| {
-            format!("{} version {}, managed by rollgate-agent", spec.service, spec.version)
+            format!(
+                "{} version {}, managed by rollgate-agent",
+                spec.service, spec.version
+            )
         }),
         name,
         executable: spec.program.clone(),
@@ -97,11 +100,23 @@ mod tests {
         };
         let p = plan(&spec);
         assert_eq!(p.name, "rollgate-web-0");
-        assert!(p.executable.to_string_lossy().ends_with(r"versions\3\web.exe"));
+        assert!(
+            p.executable
+                .to_string_lossy()
+                .ends_with(r"versions\3\web.exe")
+        );
         assert_eq!(p.start_type, StartType::DelayedAuto);
         assert_eq!(p.environment, vec!["A=1"]);
         assert_eq!(p.failure.actions.len(), 3);
-        assert!(p.failure.actions.iter().all(|a| a.kind == ScmActionKind::Restart));
-        assert_eq!(run_state(ScmState::StopPending), crate::agent::api::RunState::Stopping);
+        assert!(
+            p.failure
+                .actions
+                .iter()
+                .all(|a| a.kind == ScmActionKind::Restart)
+        );
+        assert_eq!(
+            run_state(ScmState::StopPending),
+            crate::agent::api::RunState::Stopping
+        );
     }
 }

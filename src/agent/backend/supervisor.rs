@@ -23,8 +23,12 @@ type Key = (String, u32);
 
 struct Slot {
     status: Arc<Mutex<Status>>,
-    stop: mpsc::Sender<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    /// The running task and its stop channel; `None` once stopped (the status is kept, so
+    /// the last exit stays visible).
+    running: Option<(
+        mpsc::Sender<oneshot::Sender<()>>,
+        tokio::task::JoinHandle<()>,
+    )>,
 }
 
 #[derive(Default)]
@@ -68,7 +72,8 @@ impl ServiceBackend for Supervisor {
     }
 
     async fn start(&self, spec: &RunSpec) -> Result<()> {
-        self.stop(&spec.service, spec.slot, spec.stop_timeout).await?;
+        self.stop(&spec.service, spec.slot, spec.stop_timeout)
+            .await?;
         std::fs::create_dir_all(&spec.log_dir).map_err(|source| BackendError::Write {
             path: spec.log_dir.clone(),
             source,
@@ -90,21 +95,25 @@ impl ServiceBackend for Supervisor {
             (spec.service.clone(), spec.slot),
             Slot {
                 status,
-                stop: stop_tx,
-                task,
+                running: Some((stop_tx, task)),
             },
         );
         Ok(())
     }
 
     async fn stop(&self, service: &str, slot: u32, _timeout: Duration) -> Result<()> {
-        let removed = self.slots.lock().await.remove(&(service.to_string(), slot));
-        if let Some(slot) = removed {
+        let running = self
+            .slots
+            .lock()
+            .await
+            .get_mut(&(service.to_string(), slot))
+            .and_then(|s| s.running.take());
+        if let Some((stop, task)) = running {
             let (tx, rx) = oneshot::channel();
-            if slot.stop.send(tx).await.is_ok() {
+            if stop.send(tx).await.is_ok() {
                 let _ = rx.await;
             }
-            let _ = slot.task.await;
+            let _ = task.await;
             self.changes.send_modify(|g| *g += 1);
         }
         Ok(())
@@ -181,7 +190,8 @@ async fn run_slot(
             Err(e) => {
                 tracing::warn!(slot = %spec.what(), error = %e, "spawn failed");
                 update(&status, &changes, |s| {
-                    s.observed.detail = Some(format!("cannot start {}: {e}", spec.program.display()))
+                    s.observed.detail =
+                        Some(format!("cannot start {}: {e}", spec.program.display()))
                 });
                 ExitInfo {
                     code: Some(-1),
@@ -204,7 +214,8 @@ async fn run_slot(
                 update(&status, &changes, |s| {
                     s.observed.state = RunState::Backoff;
                     s.observed.crash_loop = crash_loop;
-                    s.observed.next_restart_unix_ms = Some(now_unix_ms() + delay.as_millis() as u64);
+                    s.observed.next_restart_unix_ms =
+                        Some(now_unix_ms() + delay.as_millis() as u64);
                 });
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => { restarts += 1; }
@@ -228,7 +239,11 @@ async fn run_slot(
             }
             Decision::Stay => {
                 update(&status, &changes, |s| {
-                    s.observed.state = if success { RunState::Stopped } else { RunState::Failed };
+                    s.observed.state = if success {
+                        RunState::Stopped
+                    } else {
+                        RunState::Failed
+                    };
                 });
                 break;
             }
@@ -257,7 +272,16 @@ async fn run_recovery_command(cmd: &str) -> String {
 }
 
 /// Variables passed through from the agent's own environment; nothing else leaks (tokens).
-const PASS_ENV: &[&str] = &["PATH", "HOME", "LANG", "TZ", "TMPDIR", "SYSTEMROOT", "TEMP", "TMP"];
+const PASS_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "LANG",
+    "TZ",
+    "TMPDIR",
+    "SYSTEMROOT",
+    "TEMP",
+    "TMP",
+];
 
 fn spawn(spec: &RunSpec) -> std::io::Result<tokio::process::Child> {
     let mut cmd = tokio::process::Command::new(&spec.program);
@@ -300,7 +324,10 @@ fn spawn(spec: &RunSpec) -> std::io::Result<tokio::process::Child> {
 /// Copies a pipe into `path`, rotating to `path.1`..`path.keep` past `max_bytes`.
 async fn pump(mut pipe: impl AsyncRead + Unpin, path: PathBuf, max_bytes: u64, keep: u32) {
     let mut buf = vec![0u8; 8192];
-    let mut size = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
+    let mut size = tokio::fs::metadata(&path)
+        .await
+        .map(|m| m.len())
+        .unwrap_or(0);
     let mut file = open_append(&path).await;
     loop {
         let n = match pipe.read(&mut buf).await {
@@ -452,8 +479,14 @@ mod tests {
             rotate(&log, 2);
         }
         assert!(!log.exists());
-        assert_eq!(std::fs::read_to_string(dir.path().join("x.log.1")).unwrap(), "3");
-        assert_eq!(std::fs::read_to_string(dir.path().join("x.log.2")).unwrap(), "2");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("x.log.1")).unwrap(),
+            "3"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("x.log.2")).unwrap(),
+            "2"
+        );
         assert!(!dir.path().join("x.log.3").exists());
     }
 

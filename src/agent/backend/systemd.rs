@@ -50,7 +50,10 @@ fn seconds(d: Duration) -> String {
 
 /// The unit text for a slot, and the recovery unit's text when there is a `run` action.
 pub fn unit_text(spec: &RunSpec) -> (String, Option<String>) {
-    let rec = recovery::to_systemd(&spec.recovery, &recovery_unit_name(&spec.service, spec.slot));
+    let rec = recovery::to_systemd(
+        &spec.recovery,
+        &recovery_unit_name(&spec.service, spec.slot),
+    );
     let mut u = String::new();
     u.push_str("# Written by rollgate-agent; changes are overwritten on the next activation.\n");
     u.push_str("[Unit]\n");
@@ -134,12 +137,15 @@ pub fn parse_show(text: &str) -> Observed {
     };
     let pid = get("MainPID").parse::<u32>().ok().filter(|p| *p != 0);
     let code = get("ExecMainStatus").parse::<i32>().ok();
-    let exited = get("ExecMainExitTimestampMonotonic").parse::<u64>().unwrap_or(0) != 0;
+    let exited = get("ExecMainExitTimestampMonotonic")
+        .parse::<u64>()
+        .unwrap_or(0)
+        != 0;
     Observed {
         state,
         pid,
         restarts: get("NRestarts").parse().unwrap_or(0),
-        last_exit: (exited && code.is_some()).then(|| ExitInfo {
+        last_exit: (exited && code.is_some()).then_some(ExitInfo {
             code,
             signal: None,
             at_unix_ms: 0,
@@ -284,24 +290,35 @@ mod tests {
             "TimeoutStopSec=15000ms",
             "Description=rollgate service web (slot 1, version 2.0)",
         ] {
-            assert!(unit.lines().any(|l| l == line), "missing {line:?} in\n{unit}");
+            assert!(
+                unit.lines().any(|l| l == line),
+                "missing {line:?} in\n{unit}"
+            );
         }
         let recovery = recovery.unwrap();
-        assert!(recovery.contains("ExecStart=/bin/sh -c \"/usr/bin/logger web failed\""), "{recovery}");
+        assert!(
+            recovery.contains("ExecStart=/bin/sh -c \"/usr/bin/logger web failed\""),
+            "{recovery}"
+        );
         // [Unit] settings must come before [Service].
         assert!(unit.find("OnFailure=").unwrap() < unit.find("[Service]").unwrap());
     }
 
     #[test]
     fn agent_unit_is_type_notify() {
-        let text = agent_unit_text(Path::new("/usr/bin/rollgate-agent"), Path::new("/etc/rollgate/agent.yaml"));
+        let text = agent_unit_text(
+            Path::new("/usr/bin/rollgate-agent"),
+            Path::new("/etc/rollgate/agent.yaml"),
+        );
         assert!(text.contains("Type=notify\n"));
         assert!(text.contains("ExecStart=\"/usr/bin/rollgate-agent\" service run --config \"/etc/rollgate/agent.yaml\""));
     }
 
     #[test]
     fn show_output_maps_to_states() {
-        let o = parse_show("ActiveState=activating\nSubState=auto-restart\nMainPID=0\nExecMainStatus=3\nExecMainExitTimestampMonotonic=99\nNRestarts=4\n");
+        let o = parse_show(
+            "ActiveState=activating\nSubState=auto-restart\nMainPID=0\nExecMainStatus=3\nExecMainExitTimestampMonotonic=99\nNRestarts=4\n",
+        );
         assert_eq!(o.state, RunState::Backoff);
         assert_eq!(o.restarts, 4);
         assert_eq!(o.last_exit.unwrap().code, Some(3));
