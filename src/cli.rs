@@ -1,5 +1,6 @@
 //! Command-line arguments (clap). No I/O here: `run` executes, `output` prints.
 
+pub mod demo;
 pub mod output;
 pub mod run;
 
@@ -33,6 +34,116 @@ pub enum Command {
     Validate(InputArgs),
     /// Show the steps a rollout would take, offline.
     Plan(PlanArgs),
+    /// Run a rollout.
+    Apply(ApplyArgs),
+    /// Continue a paused or interrupted rollout from its journal.
+    Resume(AppArgs),
+    /// Approve a pause (recording who approved) and continue; `--full` skips to all-new.
+    Promote(PromoteArgs),
+    /// Ask a running rollout to pause after its current step.
+    Pause(AppArgs),
+    /// Abort a rollout and roll it back.
+    Abort(AppArgs),
+    /// Retry a rollout that failed or was rolled back, with the same manifest.
+    Retry(AppArgs),
+    /// Put the previous (or given) version back on every instance.
+    Rollback(RollbackArgs),
+    /// The live state of an app's rollout.
+    Status(StatusArgs),
+    /// The audit trail of an app's rollouts.
+    History(AppArgs),
+    /// Certificates for mTLS between rollgate and its agents.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// A real local rollout: agents on loopback, v1 -> v2 by canary, then a bad v3 rolled back.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    #[arg(short = 'o', long, value_enum, default_value_t = Progress::Auto)]
+    pub output: Progress,
+}
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Progress {
+    /// Progress bars on a terminal, plain lines otherwise.
+    Auto,
+    Plain,
+    /// One JSON event per line.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct AppArgs {
+    /// The application (metadata.name).
+    pub app: String,
+    #[arg(short = 'o', long, value_enum, default_value_t = Progress::Auto)]
+    pub output: Progress,
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    #[command(flatten)]
+    pub app: AppArgs,
+    /// Skip the remaining steps and go to all-new.
+    #[arg(long)]
+    pub full: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub app: AppArgs,
+    /// The version to return to; by default the one before the last rollout.
+    #[arg(long, value_name = "VERSION")]
+    pub to: Option<String>,
+    /// Every instance at once, instead of waves of maxUnavailable.
+    #[arg(long)]
+    pub fast: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    pub app: String,
+    /// Keep printing as the rollout changes.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Create a CA in DIR.
+    Init {
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+    },
+    /// Issue a certificate signed by the CA in DIR.
+    Issue {
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+        /// An agent's server certificate for this host name or IP.
+        #[arg(long, conflicts_with = "client", required_unless_present = "client")]
+        agent: Option<String>,
+        /// A client certificate for rollgate.
+        #[arg(long)]
+        client: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the demo keeps its agents, artifacts and state (default: a new temporary dir).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// How many local hosts (agents).
+    #[arg(long, default_value_t = 4)]
+    pub hosts: usize,
+    #[arg(short = 'o', long, value_enum, default_value_t = Progress::Auto)]
+    pub output: Progress,
 }
 
 #[derive(Debug, Args)]

@@ -2,7 +2,11 @@
 
 pub mod agent;
 pub mod cli;
+pub mod engine;
+pub mod health;
 pub mod pki;
 pub mod plan;
 pub mod spec;
+pub mod state;
 pub mod strategy;
+pub mod target;

@@ -98,9 +98,48 @@ pub struct HostsTarget {
     /// A label (usually `zone`) whose values must never be down at the same time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spread_by: Option<String>,
-    /// The service each agent runs; its shape belongs to the agent.
+    /// The service, by the name it has in each agent's configuration.
+    #[serde(default = "default_service")]
+    pub service: String,
+    /// Where the new version comes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service: Option<serde_yaml::Value>,
+    pub artifact: Option<ArtifactSpec>,
+    /// How rollgate authenticates to the agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AgentAuth>,
+}
+
+fn default_service() -> String {
+    "app".into()
+}
+
+/// The artifact of the new version: a local file streamed to each agent, or a URL the agents fetch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ArtifactSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Required with `url`; computed for `file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// mTLS files (the default) or a bearer token read from a file or an environment variable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AgentAuth {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
 }
 
 fn one() -> u32 {
@@ -281,7 +320,7 @@ pub enum RunOn {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpProbe {
-    /// `{{host}}` and `{{port}}` are replaced per instance.
+    /// `{host}` and `{instance}` are replaced by rollgate, `{port}` by the agent (the slot port).
     pub url: String,
     #[serde(default = "ok_status")]
     pub expect_status: u16,
@@ -397,13 +436,55 @@ impl Manifest {
         }
         let base_dir = sources.files.first().and_then(|s| s.file.parent().map(Path::to_path_buf)).unwrap_or_default();
         let (strategy, strategy_source) = resolve_strategy(&rollout.spec.strategy, &sources, &base_dir, vars)?;
-        let manifest = Manifest { rollout, strategy, strategy_source, sources };
+        let mut manifest = Manifest { rollout, strategy, strategy_source, sources };
         manifest.validate()?;
+        manifest.absolutize(&base_dir);
         Ok(manifest)
     }
 
     pub fn name(&self) -> &str {
         &self.rollout.metadata.name
+    }
+
+    /// Relative paths in the manifest are relative to its folder; the journal keeps them absolute so
+    /// that `resume` and `rollback` work from any directory.
+    fn absolutize(&mut self, base: &Path) {
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(h) = &mut self.rollout.spec.target.hosts {
+            if let Some(a) = &mut h.artifact
+                && let Some(f) = &mut a.file
+            {
+                fix(f);
+            }
+            if let Some(auth) = &mut h.auth {
+                for p in [&mut auth.ca, &mut auth.cert, &mut auth.key, &mut auth.token_file].into_iter().flatten() {
+                    fix(p);
+                }
+            }
+        }
+    }
+
+    /// The manifest with its strategy resolved inline, as the journal stores it.
+    pub fn resolved(&self) -> Rollout {
+        let mut r = self.rollout.clone();
+        r.spec.strategy = match &self.strategy {
+            Strategy::Rolling(x) => StrategySpec { rolling: Some(x.clone()), ..Default::default() },
+            Strategy::Canary(x) => StrategySpec { canary: Some(x.clone()), ..Default::default() },
+            Strategy::BlueGreen(x) => StrategySpec { blue_green: Some(x.clone()), ..Default::default() },
+        };
+        r
+    }
+
+    /// Rebuilds a manifest from a stored, resolved rollout.
+    pub fn from_resolved(rollout: Rollout, origin: &Path) -> Result<Self, InputError> {
+        let text = serde_yaml::to_string(&rollout).map_err(|e| InputError::general(e.to_string()))?;
+        let sources = Sources::from_texts(&[(origin, &text)], &|_| None)?;
+        Self::from_sources(sources, &|_| None)
     }
 
     fn validate(&self) -> Result<(), InputError> {
@@ -541,6 +622,21 @@ fn validate_hosts(h: &HostsTarget, s: &Sources) -> Result<(), InputError> {
                 &format!("spec.target.hosts.hosts[{i}].address"),
                 format!("{:?}: expected HOST:PORT, like \"10.0.0.1:7443\"", host.address),
             ));
+        }
+    }
+    if let Some(a) = &h.artifact {
+        match (&a.file, &a.url) {
+            (Some(_), Some(_)) => return Err(s.error("spec.target.hosts.artifact", "has both file and url: expected one")),
+            (None, None) => return Err(s.error("spec.target.hosts.artifact", "expected file or url")),
+            (None, Some(_)) if a.sha256.is_none() => {
+                return Err(s.error("spec.target.hosts.artifact.sha256", "is required with url: artifacts are always verified"));
+            }
+            _ => {}
+        }
+        if let Some(sha) = &a.sha256
+            && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            return Err(s.error("spec.target.hosts.artifact.sha256", "expected 64 hex digits"));
         }
     }
     if let Some(label) = &h.spread_by {

@@ -1,23 +1,71 @@
 //! Executes parsed commands: loads inputs, calls the library, prints, and picks the exit code.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::time::Instant;
 
-use crate::cli::{Cli, Command, Format, InputArgs, PlanArgs, exit, output};
+use crate::cli::{AppArgs, ApplyArgs, Cli, Command, Format, InputArgs, PkiCommand, PlanArgs, Progress, PromoteArgs, RollbackArgs, StatusArgs, exit, output};
+use crate::engine::{Interrupts, Run, RunOutcome, current_version, error_chain};
 use crate::plan::{self, Capacity};
-use crate::spec::{InputError, Manifest};
+use crate::spec::{InputError, Manifest, Rollout};
+use crate::state::{Actor, Control, Event, Outcome, Record, RolloutSummary, Store, history};
+use crate::target::Target;
+use crate::target::hosts::Hosts;
+
+/// Errors at the command line's edge, each with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    fn code(&self) -> u8 {
+        match self {
+            CliError::Input(_) => exit::INPUT,
+            CliError::Failed(_) => exit::FAILED,
+        }
+    }
+}
+
+fn failed(e: impl std::error::Error) -> CliError {
+    CliError::Failed(error_chain(&e))
+}
 
 /// Runs a command and returns the process exit code. Errors are printed here.
 pub fn run(cli: Cli) -> u8 {
     let result = match cli.command {
         Command::Validate(args) => validate(&args),
         Command::Plan(args) => plan_cmd(&args),
+        Command::Pki(cmd) => pki(cmd),
+        other => {
+            let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+            runtime.block_on(run_async(other))
+        }
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
-            exit::INPUT
+            e.code()
         }
+    }
+}
+
+async fn run_async(command: Command) -> Result<u8, CliError> {
+    match command {
+        Command::Apply(args) => apply(&args).await,
+        Command::Resume(args) => resume(&args, None).await,
+        Command::Promote(args) => promote(&args).await,
+        Command::Pause(args) => control(&args, |actor| Control::Pause { actor }),
+        Command::Abort(args) => abort(&args).await,
+        Command::Retry(args) => retry(&args).await,
+        Command::Rollback(args) => rollback(&args).await,
+        Command::Status(args) => status(&args).await,
+        Command::History(args) => history_cmd(&args),
+        Command::Demo(args) => crate::cli::demo::run(&args).await,
+        Command::Validate(_) | Command::Plan(_) | Command::Pki(_) => unreachable!("handled synchronously"),
     }
 }
 
@@ -25,7 +73,7 @@ fn load(input: &InputArgs) -> Result<Manifest, InputError> {
     Manifest::load(&input.files, input.env.as_deref())
 }
 
-fn validate(args: &InputArgs) -> Result<u8, InputError> {
+fn validate(args: &InputArgs) -> Result<u8, CliError> {
     let m = load(args)?;
     let files: Vec<String> = m.sources.files.iter().map(|s| s.file.display().to_string()).collect();
     println!("{}: valid ({} strategy from {}; read {})", m.name(), m.strategy.name(), m.strategy_source, files.join(", "));
@@ -47,23 +95,476 @@ pub fn instance_count(m: &Manifest, replicas: Option<u32>) -> Result<(u32, Capac
     }
     match replicas {
         Some(n) => Ok((n, Capacity::Elastic)),
-        None => Err(InputError::general(
-            "planning a kubernetes target offline needs its size: pass --replicas N",
-        )),
+        None => Err(InputError::general("planning a kubernetes target offline needs its size: pass --replicas N")),
     }
 }
 
-fn plan_cmd(args: &PlanArgs) -> Result<u8, InputError> {
+fn make_plan(m: &Manifest, replicas: Option<u32>) -> Result<plan::Plan, InputError> {
+    let (n, capacity) = instance_count(m, replicas)?;
+    plan::plan(&m.strategy, n, capacity).map_err(|e| m.sources.error(&e.path, e.message))
+}
+
+fn plan_cmd(args: &PlanArgs) -> Result<u8, CliError> {
     let m = load(&args.input)?;
-    let (n, capacity) = instance_count(&m, args.replicas)?;
-    let p = plan::plan(&m.strategy, n, capacity).map_err(|e| m.sources.error(&e.path, e.message))?;
-    let mut stdout = std::io::stdout().lock();
+    let p = make_plan(&m, args.replicas)?;
     let text = match args.output {
         Format::Table => output::plan_table(m.name(), &m.rollout.spec.version, &m.strategy_source, &p),
         Format::Json => serde_json::to_string_pretty(&p).expect("a plan always serializes") + "\n",
         Format::Yaml => serde_yaml::to_string(&p).expect("a plan always serializes"),
     };
     // A closed pipe (`| head`) is not an error worth a message.
-    let _ = stdout.write_all(text.as_bytes());
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    Ok(exit::OK)
+}
+
+fn pki(cmd: PkiCommand) -> Result<u8, CliError> {
+    match cmd {
+        PkiCommand::Init { dir } => {
+            let issued = crate::pki::init(&dir).map_err(failed)?;
+            println!("CA written: {} (key {})", issued.cert.display(), issued.key.display());
+        }
+        PkiCommand::Issue { dir, agent, client } => {
+            let issued = match (agent, client) {
+                (Some(host), _) => crate::pki::issue_agent(&dir, &host),
+                (None, Some(name)) => crate::pki::issue_client(&dir, &name),
+                (None, None) => unreachable!("clap requires one"),
+            }
+            .map_err(failed)?;
+            println!("certificate: {}\nkey: {}", issued.cert.display(), issued.key.display());
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn hosts_target(m: &Manifest) -> Result<Hosts, CliError> {
+    let Some(h) = &m.rollout.spec.target.hosts else {
+        return Err(CliError::Failed(
+            "the kubernetes target is not executed by this release yet: `plan` works offline, `apply` needs a hosts target".into(),
+        ));
+    };
+    Hosts::new(h).map_err(failed)
+}
+
+/// Prints journal records as they are written: plain lines, JSON lines, or a progress bar.
+pub struct Reporter {
+    mode: Progress,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Reporter {
+    pub fn new(mode: Progress, steps: usize) -> Self {
+        let tty = std::io::stderr().is_terminal();
+        let bar = (mode == Progress::Auto && tty).then(|| {
+            let bar = indicatif::ProgressBar::new(steps as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} step {pos}/{len} {msg}")
+                    .expect("a valid template"),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        });
+        Reporter { mode, bar }
+    }
+
+    pub fn record(&self, r: &Record) {
+        if self.mode == Progress::Json {
+            println!("{}", serde_json::to_string(r).expect("records serialize"));
+            return;
+        }
+        let line = output::describe(&r.event);
+        match &self.bar {
+            Some(bar) => {
+                if let Event::StepDone { step, .. } = &r.event {
+                    bar.set_position(*step as u64 + 1);
+                }
+                bar.set_message(line.clone());
+                if !matches!(r.event, Event::InstanceChanging { .. }) {
+                    bar.println(line);
+                }
+            }
+            None => println!("{line}"),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn install_interrupts() -> Interrupts {
+    let interrupts = Interrupts::default();
+    let handle = interrupts.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        loop {
+            #[cfg(unix)]
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            #[cfg(not(unix))]
+            let _ = tokio::signal::ctrl_c().await;
+            if handle.raise() >= 2 {
+                eprintln!("second interrupt: stopping now; `rollgate resume` continues from the journal");
+                std::process::exit(i32::from(exit::INTERRUPTED));
+            }
+            eprintln!("interrupt: finishing the current step, then pausing (Ctrl-C again to stop at once)");
+        }
+    });
+    interrupts
+}
+
+fn outcome_code(outcome: &RunOutcome, app: &str, started: Instant) -> u8 {
+    let took = started.elapsed().as_secs_f64();
+    match outcome {
+        RunOutcome::Succeeded => {
+            println!("{app}: succeeded in {took:.1}s");
+            exit::OK
+        }
+        RunOutcome::RolledBack(why) => {
+            println!("{app}: rolled back in {took:.1}s: {why}");
+            exit::FAILED
+        }
+        RunOutcome::Failed(why) => {
+            println!("{app}: failed after {took:.1}s: {why}");
+            exit::FAILED
+        }
+        RunOutcome::Paused(why) => {
+            println!("{app}: paused: {why} (continue with `rollgate promote {app}`, or `rollgate abort {app}`)");
+            exit::PAUSED
+        }
+        RunOutcome::Interrupted => {
+            println!("{app}: interrupted; the rollout is paused (`rollgate resume {app}` continues)");
+            exit::INTERRUPTED
+        }
+    }
+}
+
+pub async fn apply(args: &ApplyArgs) -> Result<u8, CliError> {
+    let m = load(&args.input)?;
+    apply_manifest(&m, args.output, &Store::open_default()).await
+}
+
+pub async fn apply_manifest(m: &Manifest, mode: Progress, store: &Store) -> Result<u8, CliError> {
+    let started = Instant::now();
+    let plan = make_plan(m, None)?;
+    let target = hosts_target(m)?;
+    let actor = Actor::from_env();
+    let _lock = store.lock(m.name(), &actor).map_err(failed)?;
+    let instances = target.instances().await.map_err(failed)?;
+    let version = m.rollout.spec.version.clone();
+    if instances.iter().all(|i| i.version.as_deref() == Some(version.as_str())) {
+        println!("{}: every instance already runs {version}; nothing to do", m.name());
+        return Ok(exit::OK);
+    }
+    let from = current_version(&instances, &version);
+    let rollout = format!("{}-{}", m.name(), crate::state::now_ms());
+    store.save_manifest(m.name(), &rollout, &m.resolved()).map_err(failed)?;
+    let mut journal = store.journal(m.name()).map_err(failed)?;
+    let reporter = Reporter::new(mode, plan.steps.len());
+    let on_record = |r: &Record| reporter.record(r);
+    let event = Event::Started {
+        rollout: rollout.clone(),
+        from: from.clone(),
+        to: version.clone(),
+        strategy: m.strategy.name().into(),
+        actor: actor.clone(),
+        steps: plan.steps.len(),
+    };
+    journal.append(event.clone()).map_err(failed)?;
+    on_record(&Record { at_ms: crate::state::now_ms(), event });
+    let mut run = Run {
+        target: &target,
+        manifest: m,
+        plan: &plan,
+        store,
+        journal,
+        rollout,
+        from,
+        actor,
+        interrupts: install_interrupts(),
+        on_record: &on_record,
+        controls_seen: store.control_count(m.name()),
+    };
+    let outcome = run.execute(0, false).await;
+    reporter.finish();
+    Ok(outcome_code(&outcome.map_err(failed)?, m.name(), started))
+}
+
+/// The last rollout of `app` and its stored manifest.
+fn last_rollout(store: &Store, app: &str) -> Result<(RolloutSummary, Manifest), CliError> {
+    let records = store.read(app).map_err(failed)?;
+    let Some(last) = history(&records).pop() else {
+        return Err(CliError::Failed(format!("{app} has no rollouts in {}", store.app_dir(app).display())));
+    };
+    let rollout: Rollout = store.load_manifest(app, &last.id).map_err(failed)?;
+    let origin = store.app_dir(app).join("rollouts").join(format!("{}.json", last.id));
+    let m = Manifest::from_resolved(rollout, &origin)?;
+    Ok((last, m))
+}
+
+/// Continues the last unfinished rollout. `promoted` says a promote just approved its pause.
+async fn resume(args: &AppArgs, promoted: Option<bool>) -> Result<u8, CliError> {
+    let started = Instant::now();
+    let store = Store::open_default();
+    let (last, m) = last_rollout(&store, &args.app)?;
+    if let Some(outcome) = last.outcome {
+        println!("{}: the last rollout ({}) already {outcome}; nothing to resume", args.app, last.id);
+        return Ok(if outcome == Outcome::Succeeded { exit::OK } else { exit::FAILED });
+    }
+    let plan = make_plan(&m, None)?;
+    let target = hosts_target(&m)?;
+    let actor = Actor::from_env();
+    let _lock = store.lock(&args.app, &actor).map_err(failed)?;
+    let journal = store.journal(&args.app).map_err(failed)?;
+    let reporter = Reporter::new(args.output, plan.steps.len());
+    let on_record = |r: &Record| reporter.record(r);
+    let mut run = Run {
+        target: &target,
+        manifest: &m,
+        plan: &plan,
+        store: &store,
+        journal,
+        rollout: last.id.clone(),
+        from: last.from.clone(),
+        actor,
+        interrupts: install_interrupts(),
+        on_record: &on_record,
+        controls_seen: store.control_count(&args.app),
+    };
+    // A rollback that was cut short is finished first.
+    if let Some(reason) = &last.rollback {
+        run.rollback(reason).await.map_err(failed)?;
+        run.journal
+            .append(Event::Finished { rollout: last.id.clone(), outcome: Outcome::RolledBack, detail: reason.clone() })
+            .map_err(failed)?;
+        reporter.finish();
+        println!("{}: rollback completed", args.app);
+        return Ok(exit::FAILED);
+    }
+    let done = last.steps.iter().filter(|s| s.millis.is_some()).map(|s| s.step + 1).max().unwrap_or(0);
+    let mut next = done;
+    if let (Some(reason), Some(step)) = (&last.paused, last.steps.last())
+        && step.millis.is_none()
+    {
+        let plan_step = &plan.steps[step.step];
+        if plan_step.manual {
+            let needed = plan_step.approvals.max(1) as usize;
+            let distinct: std::collections::BTreeSet<&str> =
+                last.approvals.iter().map(|a| a.split('@').next().unwrap_or(a)).collect();
+            if promoted.is_none() || distinct.len() < needed {
+                println!(
+                    "{}: paused at step {} ({reason}); {} of {needed} approvals so far — `rollgate promote {}`",
+                    args.app,
+                    step.step + 1,
+                    distinct.len(),
+                    args.app
+                );
+                return Ok(exit::PAUSED);
+            }
+            next = step.step + 1;
+        } else {
+            next = step.step;
+        }
+    }
+    let outcome = run.execute(next, promoted == Some(true)).await;
+    reporter.finish();
+    Ok(outcome_code(&outcome.map_err(failed)?, &args.app, started))
+}
+
+async fn promote(args: &PromoteArgs) -> Result<u8, CliError> {
+    let store = Store::open_default();
+    let actor = Actor::from_env();
+    let app = &args.app.app;
+    // While a rollout runs, it owns the journal: hand it the promotion as a control request.
+    match store.lock(app, &actor) {
+        Err(crate::state::StateError::Locked { .. }) => {
+            store.send_control(app, &Control::Promote { actor, full: args.full }).map_err(failed)?;
+            println!("{app}: promotion sent to the running rollout");
+            return Ok(exit::OK);
+        }
+        Err(e) => return Err(failed(e)),
+        Ok(lock) => drop(lock),
+    }
+    let (last, _) = last_rollout(&store, app)?;
+    if last.outcome.is_some() || last.paused.is_none() {
+        return Err(CliError::Failed(format!("{app}: no paused rollout to promote")));
+    }
+    let step = last.steps.last().map_or(0, |s| s.step);
+    store
+        .journal(app)
+        .and_then(|mut j| j.append(Event::Promoted { rollout: last.id.clone(), step, actor: actor.clone(), full: args.full }))
+        .map_err(failed)?;
+    println!("{app}: promoted by {actor}");
+    resume(&args.app, Some(args.full)).await
+}
+
+fn control(args: &AppArgs, make: impl FnOnce(Actor) -> Control) -> Result<u8, CliError> {
+    let store = Store::open_default();
+    store.send_control(&args.app, &make(Actor::from_env())).map_err(failed)?;
+    println!("{}: request sent; the running rollout acts on it after its current step", args.app);
+    Ok(exit::OK)
+}
+
+async fn abort(args: &AppArgs) -> Result<u8, CliError> {
+    let store = Store::open_default();
+    let actor = Actor::from_env();
+    match store.lock(&args.app, &actor) {
+        Err(crate::state::StateError::Locked { .. }) => return control(args, |actor| Control::Abort { actor }),
+        Err(e) => return Err(failed(e)),
+        Ok(lock) => drop(lock),
+    }
+    // Nothing runs: roll the paused rollout back here.
+    let (last, m) = last_rollout(&store, &args.app)?;
+    if last.outcome.is_some() {
+        return Err(CliError::Failed(format!("{}: the last rollout already {}", args.app, last.outcome.unwrap_or(Outcome::Failed))));
+    }
+    let plan = make_plan(&m, None)?;
+    let target = hosts_target(&m)?;
+    let _lock = store.lock(&args.app, &actor).map_err(failed)?;
+    let reporter = Reporter::new(args.output, plan.steps.len());
+    let on_record = |r: &Record| reporter.record(r);
+    let mut run = Run {
+        target: &target,
+        manifest: &m,
+        plan: &plan,
+        store: &store,
+        journal: store.journal(&args.app).map_err(failed)?,
+        rollout: last.id.clone(),
+        from: last.from.clone(),
+        actor: actor.clone(),
+        interrupts: Interrupts::default(),
+        on_record: &on_record,
+        controls_seen: store.control_count(&args.app),
+    };
+    let reason = format!("aborted by {actor}");
+    run.rollback(&reason).await.map_err(failed)?;
+    run.journal.append(Event::Finished { rollout: last.id, outcome: Outcome::Aborted, detail: reason }).map_err(failed)?;
+    reporter.finish();
+    println!("{}: aborted and rolled back", args.app);
+    Ok(exit::FAILED)
+}
+
+async fn retry(args: &AppArgs) -> Result<u8, CliError> {
+    let store = Store::open_default();
+    let (last, m) = last_rollout(&store, &args.app)?;
+    match last.outcome {
+        Some(Outcome::Succeeded) => Err(CliError::Failed(format!("{}: the last rollout succeeded; nothing to retry", args.app))),
+        None => Err(CliError::Failed(format!("{}: the last rollout is unfinished; use `rollgate resume {}`", args.app, args.app))),
+        Some(_) => apply_manifest(&m, args.output, &store).await,
+    }
+}
+
+/// One-command rollback: the version before the last successful rollout, from disk, health-gated.
+async fn rollback(args: &RollbackArgs) -> Result<u8, CliError> {
+    let started = Instant::now();
+    let store = Store::open_default();
+    let app = &args.app.app;
+    let records = store.read(app).map_err(failed)?;
+    let all = history(&records);
+    let Some(last) = all.iter().rev().find(|r| r.outcome == Some(Outcome::Succeeded) && r.strategy != "rollback") else {
+        return Err(CliError::Failed(format!("{app}: no completed rollout to roll back")));
+    };
+    let to = match (&args.to, &last.from) {
+        (Some(v), _) => v.clone(),
+        (None, Some(v)) => v.clone(),
+        (None, None) => return Err(CliError::Failed(format!("{app}: the last rollout had no earlier version; pass --to VERSION"))),
+    };
+    let rollout: Rollout = store.load_manifest(app, &last.id).map_err(failed)?;
+    let mut rollout = rollout;
+    rollout.spec.version = to.clone();
+    let origin = store.app_dir(app).join("rollouts").join(format!("{}.json", last.id));
+    let m = Manifest::from_resolved(rollout, &origin)?;
+    let plan = make_plan(&m, None)?;
+    let target = hosts_target(&m)?;
+    let actor = Actor::from_env();
+    let _lock = store.lock(app, &actor).map_err(failed)?;
+    let instances = target.instances().await.map_err(failed)?;
+    let missing: Vec<&str> = instances.iter().filter(|i| !i.installed.contains(&to)).map(|i| i.name.as_str()).collect();
+    if !missing.is_empty() {
+        return Err(CliError::Failed(format!("{app}: version {to} is no longer on {}; roll forward with apply instead", missing.join(", "))));
+    }
+    let back: Vec<String> = instances.iter().filter(|i| i.version.as_deref() != Some(to.as_str())).map(|i| i.name.clone()).collect();
+    let id = format!("{app}-{}", crate::state::now_ms());
+    store.save_manifest(app, &id, &m.resolved()).map_err(failed)?;
+    let mut journal = store.journal(app).map_err(failed)?;
+    let from = instances.iter().find_map(|i| i.version.clone());
+    let reporter = Reporter::new(args.app.output, 1);
+    let log = |journal: &mut crate::state::Journal, event: Event| -> Result<(), CliError> {
+        journal.append(event.clone()).map_err(failed)?;
+        reporter.record(&Record { at_ms: crate::state::now_ms(), event });
+        Ok(())
+    };
+    log(&mut journal, Event::Started { rollout: id.clone(), from, to: to.clone(), strategy: "rollback".into(), actor, steps: 1 })?;
+    let wave = if args.fast { back.len().max(1) } else { plan.max_unavailable.max(1) as usize };
+    let deadline = std::time::Duration::from_secs(m.rollout.spec.progress_deadline_seconds);
+    let mut failures = Vec::new();
+    for chunk in back.chunks(wave) {
+        for h in chunk {
+            log(&mut journal, Event::InstanceChanging { rollout: id.clone(), instance: h.clone(), version: to.clone() })?;
+        }
+        for (h, r) in target.switch(chunk, &to, deadline).await {
+            let (ok, detail) = match &r {
+                Ok(()) => (true, "restored".to_string()),
+                Err(e) => (false, error_chain(e)),
+            };
+            if !ok {
+                failures.push(format!("{h}: {detail}"));
+            }
+            log(&mut journal, Event::InstanceChanged { rollout: id.clone(), instance: h, version: to.clone(), ok, detail })?;
+        }
+    }
+    let took = started.elapsed().as_secs_f64();
+    let (outcome, detail) = if failures.is_empty() {
+        (Outcome::Succeeded, format!("every instance back on {to} in {took:.2}s"))
+    } else {
+        (Outcome::Failed, failures.join("; "))
+    };
+    log(&mut journal, Event::Finished { rollout: id, outcome, detail: detail.clone() })?;
+    reporter.finish();
+    println!("{app}: rollback {outcome}: {detail}");
+    Ok(if failures.is_empty() { exit::OK } else { exit::FAILED })
+}
+
+async fn status(args: &StatusArgs) -> Result<u8, CliError> {
+    let store = Store::open_default();
+    loop {
+        let (last, m) = last_rollout(&store, &args.app)?;
+        print!("{}", output::summary(&last));
+        if let Ok(target) = hosts_target(&m) {
+            match target.instances().await {
+                Ok(instances) => {
+                    for i in instances {
+                        println!("  {:<12} {}", i.name, i.version.as_deref().unwrap_or("-"));
+                    }
+                }
+                Err(e) => println!("  instances: {}", error_chain(&e)),
+            }
+        }
+        if !args.watch || last.outcome.is_some() {
+            return Ok(exit::OK);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        println!();
+    }
+}
+
+fn history_cmd(args: &AppArgs) -> Result<u8, CliError> {
+    let store = Store::open_default();
+    let all = history(&store.read(&args.app).map_err(failed)?);
+    if all.is_empty() {
+        println!("{}: no rollouts recorded in {}", args.app, store.app_dir(&args.app).display());
+        return Ok(exit::OK);
+    }
+    if args.output == Progress::Json {
+        println!("{}", serde_json::to_string_pretty(&all).expect("history serializes"));
+        return Ok(exit::OK);
+    }
+    for r in &all {
+        print!("{}", output::summary(r));
+    }
     Ok(exit::OK)
 }

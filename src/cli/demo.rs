@@ -1,0 +1,214 @@
+//! `rollgate demo`: a real local rollout on loopback, with real agents and real service processes.
+//!
+//! It makes a CA and certificates, starts one `rollgate-agent` per host on 127.0.0.1 (mTLS), packages
+//! the demo service as three versioned artifacts, installs v1, rolls v2 out by canary, then rolls out
+//! a v3 whose health check fails, which is rolled back automatically.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::agent::client::{AgentClient, ClientAuth};
+use crate::cli::run::{CliError, apply_manifest};
+use crate::cli::{DemoArgs, exit};
+use crate::spec::Manifest;
+use crate::state::Store;
+
+fn fail(what: &str) -> impl FnOnce(std::io::Error) -> CliError + '_ {
+    move |e| CliError::Failed(format!("demo: {what}: {e}"))
+}
+
+fn sibling(name: &str) -> Result<PathBuf, CliError> {
+    let exe = std::env::current_exe().map_err(fail("locating rollgate"))?;
+    let path = exe.with_file_name(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(CliError::Failed(format!(
+            "demo: {} not found next to rollgate: build every binary first (`cargo build --release --bins`)",
+            path.display()
+        )))
+    }
+}
+
+fn free_ports(n: usize) -> Result<Vec<u16>, CliError> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()
+        .map_err(fail("finding free ports"))?;
+    listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<std::io::Result<_>>().map_err(fail("finding free ports"))
+}
+
+/// A versioned artifact: `bin/web` starts the demo binary with this version's behaviour.
+fn package(dir: &Path, demo_bin: &Path, version: &str, flags: &str) -> Result<PathBuf, CliError> {
+    let path = dir.join(format!("web-{version}.tar.gz"));
+    let file = std::fs::File::create(&path).map_err(fail("writing an artifact"))?;
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let script = format!("#!/bin/sh\nexec \"$(dirname \"$0\")/rollgate-demo\" --version {version} {flags} \"$@\"\n");
+    let mut header = tar::Header::new_gnu();
+    header.set_size(script.len() as u64);
+    header.set_mode(0o755);
+    header.set_cksum();
+    tar.append_data(&mut header, "bin/web", script.as_bytes()).map_err(fail("writing an artifact"))?;
+    // A plain regular entry: the agent refuses sparse files, which `append_path` may write.
+    let bytes = std::fs::read(demo_bin).map_err(fail("reading rollgate-demo"))?;
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(bytes.len() as u64);
+    header.set_mode(0o755);
+    header.set_cksum();
+    tar.append_data(&mut header, "bin/rollgate-demo", bytes.as_slice()).map_err(fail("writing an artifact"))?;
+    tar.into_inner().and_then(|gz| gz.finish()).map_err(fail("writing an artifact"))?;
+    Ok(path)
+}
+
+struct Agents(Vec<tokio::process::Child>);
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        // SIGTERM lets each agent stop its services gracefully; kill_on_drop is the backstop.
+        #[cfg(unix)]
+        for child in &self.0 {
+            if let Some(pid) = child.id() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+            }
+        }
+        for child in &mut self.0 {
+            for _ in 0..50 {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+pub async fn run(args: &DemoArgs) -> Result<u8, CliError> {
+    let agent_bin = sibling("rollgate-agent")?;
+    let demo_bin = sibling("rollgate-demo")?;
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("rollgate-demo-{}", std::process::id())),
+    };
+    if dir.join("pki").exists() {
+        return Err(CliError::Failed(format!("demo: {} already holds a demo; pass a new --dir", dir.display())));
+    }
+    std::fs::create_dir_all(&dir).map_err(fail("creating the demo dir"))?;
+    let dir = std::path::absolute(&dir).map_err(fail("creating the demo dir"))?;
+    println!("demo: working in {}", dir.display());
+
+    let pki = dir.join("pki");
+    let map = |e: crate::pki::PkiError| CliError::Failed(format!("demo: pki: {e}"));
+    let ca = crate::pki::init(&pki).map_err(map)?;
+    let server = crate::pki::issue_agent(&pki, "127.0.0.1").map_err(map)?;
+    let client = crate::pki::issue_client(&pki, "demo").map_err(map)?;
+
+    let n = args.hosts.clamp(1, 32);
+    let ports = free_ports(2 * n)?;
+    let mut children = Vec::new();
+    let mut hosts_yaml = String::new();
+    for i in 0..n {
+        let (agent_port, service_port) = (ports[2 * i], ports[2 * i + 1]);
+        let host_dir = dir.join(format!("host{}", i + 1));
+        std::fs::create_dir_all(&host_dir).map_err(fail("creating a host dir"))?;
+        let config = format!(
+            "listen: \"127.0.0.1:{agent_port}\"\ndataDir: \"{data}\"\ntls:\n  cert: \"{cert}\"\n  key: \"{key}\"\n  clientCa: \"{ca}\"\nservices:\n  - name: web\n    command: bin/web\n    args: [\"--listen\", \"127.0.0.1:{{port}}\"]\n    ports: [{service_port}]\n    stopTimeout: 5s\n    health: {{type: http, url: \"http://127.0.0.1:{{port}}/health\", timeout: 1s, interval: 100ms, startTimeout: 15s}}\n",
+            data = host_dir.join("data").display(),
+            cert = server.cert.display(),
+            key = server.key.display(),
+            ca = ca.cert.display(),
+        );
+        let config_path = host_dir.join("agent.yaml");
+        std::fs::write(&config_path, config).map_err(fail("writing an agent config"))?;
+        let log = std::fs::File::create(host_dir.join("agent.log")).map_err(fail("creating an agent log"))?;
+        let child = tokio::process::Command::new(&agent_bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(fail("agent log"))?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(fail("starting rollgate-agent"))?;
+        children.push(child);
+        let zone = ["a", "b", "c"][i % 3];
+        let group = if i == 0 { ", groups: [internal]" } else { "" };
+        hosts_yaml.push_str(&format!(
+            "        - {{name: host{}, address: \"127.0.0.1:{agent_port}\", labels: {{zone: {zone}}}{group}}}\n",
+            i + 1
+        ));
+    }
+    let _agents = Agents(children);
+
+    // Wait until every agent answers over mTLS.
+    let auth = ClientAuth::mtls_files(&ca.cert, &client.cert, &client.key).map_err(|e| CliError::Failed(format!("demo: {e}")))?;
+    for i in 0..n {
+        let client = AgentClient::new(&format!("https://127.0.0.1:{}", ports[2 * i]), &auth).map_err(|e| CliError::Failed(e.to_string()))?;
+        let mut last = String::new();
+        let mut up = false;
+        for _ in 0..100 {
+            match client.host_info().await {
+                Ok(_) => {
+                    up = true;
+                    break;
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !up {
+            return Err(CliError::Failed(format!("demo: agent host{} did not start: {last} (see its agent.log)", i + 1)));
+        }
+    }
+    println!("demo: {n} agents up on loopback, mTLS with a fresh CA");
+
+    let artifacts = dir.join("artifacts");
+    std::fs::create_dir_all(&artifacts).map_err(fail("creating the artifacts dir"))?;
+    let v1 = package(&artifacts, &demo_bin, "1.0.0", "")?;
+    let v2 = package(&artifacts, &demo_bin, "2.0.0", "")?;
+    let v3 = package(&artifacts, &demo_bin, "3.0.0", "--health-status 500")?;
+
+    let store = Store::at(dir.join("state"));
+    let manifest = |version: &str, artifact: &Path, strategy: &str| {
+        format!(
+            "apiVersion: rollgate.dev/v1\nkind: Rollout\nmetadata:\n  name: web\nspec:\n  version: \"{version}\"\n  target:\n    hosts:\n      service: web\n      spreadBy: zone\n      artifact: {{file: \"{artifact}\"}}\n      auth: {{ca: \"{ca}\", cert: \"{cert}\", key: \"{key}\"}}\n      hosts:\n{hosts_yaml}  strategy:\n{strategy}  checks:\n    - name: health\n      http: {{url: \"http://127.0.0.1:{{port}}/health\"}}\n      interval: 200ms\n      count: 3\n      successThreshold: 2\n      failureLimit: 0\n      timeout: 1s\n  rollback: {{auto: true}}\n  progressDeadlineSeconds: 8\n",
+            artifact = artifact.display(),
+            ca = ca.cert.display(),
+            cert = client.cert.display(),
+            key = client.key.display(),
+        )
+    };
+    let install = "    rolling: {maxSurge: 0, maxUnavailable: \"100%\"}\n";
+    let canary = "    canary:\n      maxUnavailable: 1\n      firstGroup: internal\n      steps:\n        - setWeight: 25\n        - pause: {duration: 1s}\n        - setWeight: 50\n        - analysis: {}\n";
+    let stages = [
+        ("install v1 everywhere", "1.0.0", &v1, install, exit::OK),
+        ("canary v1 -> v2, the internal ring first", "2.0.0", &v2, canary, exit::OK),
+        ("canary to a bad v3 (its /health answers 500): rolled back automatically", "3.0.0", &v3, canary, exit::FAILED),
+    ];
+    let mut ok = true;
+    for (title, version, artifact, strategy, expected) in stages {
+        println!("\n== {title}");
+        let path = dir.join(format!("web-{version}.yaml"));
+        std::fs::write(&path, manifest(version, artifact, strategy)).map_err(fail("writing a manifest"))?;
+        let m = Manifest::load(&[path], None)?;
+        let code = apply_manifest(&m, args.output, &store).await?;
+        if code != expected {
+            println!("demo: expected exit code {expected}, got {code}");
+            ok = false;
+            break;
+        }
+    }
+    println!("\n== history (ROLLGATE_STATE={} rollgate history web)", store_root(&dir).display());
+    for r in crate::state::history(&store.read("web").map_err(|e| CliError::Failed(e.to_string()))?) {
+        print!("{}", crate::cli::output::summary(&r));
+    }
+    println!("\ndemo: {}; stopping the agents", if ok { "done: v2 serves everywhere, v3 was rolled back" } else { "FAILED" });
+    Ok(if ok { exit::OK } else { exit::FAILED })
+}
+
+fn store_root(dir: &Path) -> PathBuf {
+    dir.join("state")
+}

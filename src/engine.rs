@@ -1,0 +1,386 @@
+//! Runs a plan against a target, step by step: apply, wait ready, gate, advance; roll back on failure.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+
+use crate::health::{Gate, Verdict};
+use crate::plan::{Plan, Step, StepKind};
+use crate::spec::{AutoRollback, Check, Manifest, Strategy};
+use crate::state::{Actor, Control, Event, Journal, Outcome, Record, Store};
+use crate::target::hosts::{split_by_zone, wave_order};
+use crate::target::{Instance, Target};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Target(#[from] crate::target::TargetError),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    Succeeded,
+    RolledBack(String),
+    Failed(String),
+    /// Waiting for a person: `promote` or `resume` continues.
+    Paused(String),
+    /// Ctrl-C: the current step finished and the rollout is paused.
+    Interrupted,
+}
+
+/// Counts Ctrl-C / SIGTERM: the first asks to stop after the current step.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupts(Arc<AtomicU8>);
+
+impl Interrupts {
+    pub fn raise(&self) -> u8 {
+        self.0.fetch_add(1, Ordering::SeqCst) + 1
+    }
+    pub fn count(&self) -> u8 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Everything one run needs.
+pub struct Run<'a, T: Target> {
+    pub target: &'a T,
+    pub manifest: &'a Manifest,
+    pub plan: &'a Plan,
+    pub store: &'a Store,
+    pub journal: Journal,
+    pub rollout: String,
+    pub from: Option<String>,
+    pub actor: Actor,
+    pub interrupts: Interrupts,
+    pub on_record: &'a (dyn Fn(&Record) + Sync),
+    /// Control requests already handled.
+    pub controls_seen: usize,
+}
+
+impl<T: Target> Run<'_, T> {
+    fn log(&mut self, event: Event) -> Result<()> {
+        self.journal.append(event.clone())?;
+        (self.on_record)(&Record { at_ms: crate::state::now_ms(), event });
+        Ok(())
+    }
+
+    fn app(&self) -> &str {
+        self.manifest.name()
+    }
+
+    fn version(&self) -> &str {
+        &self.manifest.rollout.spec.version
+    }
+
+    fn order(&self) -> Vec<String> {
+        let hosts = self.manifest.rollout.spec.target.hosts.as_ref().expect("hosts target");
+        let first = match &self.manifest.strategy {
+            Strategy::Canary(c) => c.first_group.as_deref(),
+            _ => None,
+        };
+        wave_order(hosts, first)
+    }
+
+    /// Runs steps `from_step..`; a step is journaled as started before it acts and done after.
+    pub async fn execute(&mut self, from_step: usize, full: bool) -> Result<RunOutcome> {
+        let hosts = self.manifest.rollout.spec.target.hosts.clone().expect("hosts target");
+        if hosts.slots_per_host != 1 || matches!(self.manifest.strategy, Strategy::BlueGreen(_)) {
+            return Err(EngineError::Unsupported(
+                "this release executes rolling and canary rollouts on hosts with slotsPerHost: 1; blue-green and two slots per host are planned but not executed yet".into(),
+            ));
+        }
+        let order = self.order();
+        let version = self.version().to_string();
+        // Stage everywhere ahead of the waves: staging never touches what runs.
+        self.target.prepare(&version, &order).await?;
+        let steps = self.plan.steps.clone();
+        let mut i = from_step;
+        while i < steps.len() {
+            if let Some(outcome) = self.check_controls()? {
+                return self.finish_control(outcome).await;
+            }
+            if self.interrupts.count() > 0 {
+                self.log(Event::Paused { rollout: self.rollout.clone(), step: i, reason: "interrupted (Ctrl-C)".into() })?;
+                return Ok(RunOutcome::Interrupted);
+            }
+            // `promote --full` goes straight to the last step: everything new.
+            let idx = if full { steps.len() - 1 } else { i };
+            let step = &steps[idx];
+            self.log(Event::StepStarted { rollout: self.rollout.clone(), step: idx, kind: kind_name(step), note: step.note.clone() })?;
+            let started = Instant::now();
+            let result = self.run_step(idx, step, &order).await?;
+            match result {
+                StepResult::Done => {
+                    self.log(Event::StepDone { rollout: self.rollout.clone(), step: idx, millis: started.elapsed().as_millis() as u64 })?;
+                }
+                StepResult::Pause(reason) => {
+                    self.log(Event::Paused { rollout: self.rollout.clone(), step: idx, reason: reason.clone() })?;
+                    return Ok(RunOutcome::Paused(reason));
+                }
+                StepResult::Failed(reason) => return self.on_failure(reason).await,
+            }
+            i = idx + 1;
+        }
+        self.log(Event::Finished { rollout: self.rollout.clone(), outcome: Outcome::Succeeded, detail: format!("every instance on {version}") })?;
+        Ok(RunOutcome::Succeeded)
+    }
+
+    async fn run_step(&mut self, idx: usize, step: &Step, order: &[String]) -> Result<StepResult> {
+        match step.kind {
+            StepKind::Scale => {
+                let version = self.version().to_string();
+                let instances = self.target.instances().await?;
+                let on_new: HashSet<&str> =
+                    instances.iter().filter(|i| i.version.as_deref() == Some(&version)).map(|i| i.name.as_str()).collect();
+                let want = (step.new as usize).min(order.len());
+                let wave: Vec<String> = order[..want].iter().filter(|h| !on_new.contains(h.as_str())).cloned().collect();
+                let hosts = self.manifest.rollout.spec.target.hosts.clone().expect("hosts target");
+                let deadline = Duration::from_secs(self.manifest.rollout.spec.progress_deadline_seconds);
+                for part in split_by_zone(&hosts, &wave) {
+                    for h in &part {
+                        self.log(Event::InstanceChanging { rollout: self.rollout.clone(), instance: h.clone(), version: version.clone() })?;
+                    }
+                    let results = self.target.switch(&part, &version, deadline).await;
+                    let mut failure = None;
+                    for (h, r) in results {
+                        let (ok, detail) = match &r {
+                            Ok(()) => (true, "ready".to_string()),
+                            Err(e) => (false, error_chain(e)),
+                        };
+                        self.log(Event::InstanceChanged { rollout: self.rollout.clone(), instance: h, version: version.clone(), ok, detail: detail.clone() })?;
+                        if !ok && failure.is_none() {
+                            failure = Some(detail);
+                        }
+                    }
+                    if let Some(why) = failure {
+                        return Ok(StepResult::Failed(why));
+                    }
+                }
+                let min_ready = min_ready_seconds(&self.manifest.strategy);
+                if min_ready > 0 && !wave.is_empty() {
+                    tokio::time::sleep(Duration::from_secs(min_ready)).await;
+                }
+                let checks: Vec<Check> = self.manifest.rollout.spec.checks.clone();
+                self.gate(idx, &checks).await
+            }
+            StepKind::Analysis => {
+                let checks: Vec<Check> = self
+                    .manifest
+                    .rollout
+                    .spec
+                    .checks
+                    .iter()
+                    .filter(|c| step.checks.is_empty() || step.checks.contains(&c.name))
+                    .cloned()
+                    .collect();
+                self.gate(idx, &checks).await
+            }
+            StepKind::Pause | StepKind::Promote if step.manual => Ok(StepResult::Pause(step.note.clone())),
+            StepKind::Pause | StepKind::Promote => {
+                let end = Instant::now() + Duration::from_secs(step.duration_seconds.unwrap_or(0));
+                // Sleep in short slices so promote, abort and Ctrl-C are seen during a long soak.
+                while Instant::now() < end {
+                    if self.interrupts.count() > 0 || self.store.control_count(self.app()) > self.controls_seen {
+                        break;
+                    }
+                    tokio::time::sleep((end - Instant::now()).min(Duration::from_millis(250))).await;
+                }
+                Ok(StepResult::Done)
+            }
+            StepKind::Switch => Ok(StepResult::Done),
+        }
+    }
+
+    /// Runs every check against every instance on the new version; all must pass.
+    async fn gate(&mut self, idx: usize, checks: &[Check]) -> Result<StepResult> {
+        let version = self.version().to_string();
+        let instances: Vec<String> = self
+            .target
+            .instances()
+            .await?
+            .into_iter()
+            .filter(|i| i.version.as_deref() == Some(&version))
+            .map(|i| i.name)
+            .collect();
+        for check in checks {
+            let target = self.target;
+            let runs = instances.iter().map(|inst| async move { (inst.clone(), run_gate(target, check, inst).await) });
+            let results = join_all(runs).await;
+            for (inst, verdict) in results {
+                let (passed, detail) = match &verdict {
+                    Verdict::Pass => (true, format!("on {inst}")),
+                    Verdict::Fail(why) => (false, format!("on {inst}: {why}")),
+                    Verdict::Pending => (false, format!("on {inst}: no verdict")),
+                };
+                self.log(Event::Gate { rollout: self.rollout.clone(), step: idx, check: check.name.clone(), passed, detail: detail.clone() })?;
+                if !passed {
+                    return Ok(StepResult::Failed(format!("check {} failed {detail}", check.name)));
+                }
+            }
+        }
+        Ok(StepResult::Done)
+    }
+
+    fn check_controls(&mut self) -> Result<Option<Control>> {
+        let controls = self.store.controls(self.app(), self.controls_seen);
+        self.controls_seen += controls.len();
+        for c in controls {
+            match c {
+                Control::Abort { .. } | Control::Pause { .. } => return Ok(Some(c)),
+                Control::Promote { .. } | Control::Resume { .. } => {}
+            }
+        }
+        Ok(None)
+    }
+
+    async fn finish_control(&mut self, control: Control) -> Result<RunOutcome> {
+        match control {
+            Control::Abort { actor } => {
+                let reason = format!("aborted by {actor}");
+                self.rollback(&reason).await?;
+                self.log(Event::Finished { rollout: self.rollout.clone(), outcome: Outcome::Aborted, detail: reason.clone() })?;
+                Ok(RunOutcome::RolledBack(reason))
+            }
+            Control::Pause { actor } => {
+                let reason = format!("paused by {actor}");
+                self.log(Event::Paused { rollout: self.rollout.clone(), step: 0, reason: reason.clone() })?;
+                Ok(RunOutcome::Paused(reason))
+            }
+            _ => Ok(RunOutcome::Paused("unexpected control".into())),
+        }
+    }
+
+    async fn on_failure(&mut self, reason: String) -> Result<RunOutcome> {
+        match self.manifest.rollout.spec.rollback.auto {
+            AutoRollback::Yes => {
+                self.rollback(&reason).await?;
+                self.log(Event::Finished { rollout: self.rollout.clone(), outcome: Outcome::RolledBack, detail: reason.clone() })?;
+                Ok(RunOutcome::RolledBack(reason))
+            }
+            AutoRollback::Pause => {
+                let why = format!("failed, waiting for a person (rollback.auto: pause): {reason}");
+                self.log(Event::Paused { rollout: self.rollout.clone(), step: 0, reason: why.clone() })?;
+                Ok(RunOutcome::Paused(why))
+            }
+            AutoRollback::No => {
+                self.log(Event::Finished { rollout: self.rollout.clone(), outcome: Outcome::Failed, detail: reason.clone() })?;
+                Ok(RunOutcome::Failed(reason))
+            }
+        }
+    }
+
+    /// Puts every instance that is not on the old version back on it, at once: the old version is
+    /// still on disk, so nothing is downloaded.
+    pub async fn rollback(&mut self, reason: &str) -> Result<()> {
+        let Some(from) = self.from.clone() else {
+            return Err(EngineError::Unsupported(format!("cannot roll back: no earlier version is known ({reason})")));
+        };
+        self.log(Event::RollbackStarted { rollout: self.rollout.clone(), reason: reason.to_string(), to: from.clone() })?;
+        let instances = self.target.instances().await?;
+        let back: Vec<String> = instances.iter().filter(|i| i.version.as_deref() != Some(&from)).map(|i| i.name.clone()).collect();
+        restore(self, &back, &from).await
+    }
+}
+
+async fn restore<T: Target>(run: &mut Run<'_, T>, hosts: &[String], version: &str) -> Result<()> {
+    let deadline = Duration::from_secs(run.manifest.rollout.spec.progress_deadline_seconds);
+    for h in hosts {
+        run.log(Event::InstanceChanging { rollout: run.rollout.clone(), instance: h.clone(), version: version.to_string() })?;
+    }
+    let results = run.target.switch(hosts, version, deadline).await;
+    for (h, r) in results {
+        let (ok, detail) = match &r {
+            Ok(()) => (true, "restored".to_string()),
+            Err(e) => (false, error_chain(e)),
+        };
+        run.log(Event::InstanceChanged { rollout: run.rollout.clone(), instance: h, version: version.to_string(), ok, detail })?;
+    }
+    Ok(())
+}
+
+enum StepResult {
+    Done,
+    Pause(String),
+    Failed(String),
+}
+
+async fn run_gate<T: Target>(target: &T, check: &Check, instance: &str) -> Verdict {
+    let mut gate = Gate::new(check);
+    if !check.initial_delay.0.is_zero() {
+        tokio::time::sleep(check.initial_delay.0).await;
+    }
+    loop {
+        let probe = target.probe(check, instance).await;
+        match gate.observe(probe) {
+            Verdict::Pending => tokio::time::sleep(check.interval.0).await,
+            done => return done,
+        }
+    }
+}
+
+fn min_ready_seconds(s: &Strategy) -> u64 {
+    match s {
+        Strategy::Rolling(r) => r.min_ready_seconds,
+        Strategy::Canary(c) => c.min_ready_seconds,
+        Strategy::BlueGreen(b) => b.min_ready_seconds,
+    }
+}
+
+fn kind_name(step: &Step) -> String {
+    serde_json::to_value(step.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
+/// An error with its sources, each once.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string().trim_end().to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(src.to_string().trim_end());
+        cur = src.source();
+    }
+    s
+}
+
+/// The version most instances serve, other than `target_version`: what a rollback returns to.
+pub fn current_version(instances: &[Instance], target_version: &str) -> Option<String> {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for i in instances {
+        let v = match (&i.version, &i.previous) {
+            (Some(v), _) if v != target_version => v.clone(),
+            (Some(_), Some(p)) => p.clone(),
+            _ => continue,
+        };
+        match counts.iter_mut().find(|(x, _)| *x == v) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((v, 1)),
+        }
+    }
+    counts.into_iter().max_by_key(|(_, n)| *n).map(|(v, _)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(name: &str, v: Option<&str>, p: Option<&str>) -> Instance {
+        Instance { name: name.into(), version: v.map(Into::into), previous: p.map(Into::into), installed: vec![] }
+    }
+
+    #[test]
+    fn current_version_is_the_majority_old_version() {
+        let fleet = [inst("a", Some("1"), None), inst("b", Some("2"), Some("1")), inst("c", Some("1"), None)];
+        assert_eq!(current_version(&fleet, "2").as_deref(), Some("1"));
+        assert_eq!(current_version(&[inst("a", None, None)], "2"), None);
+    }
+}

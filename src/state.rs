@@ -1,0 +1,500 @@
+//! The embedded state store: an append-only, fsynced journal per app, a lock file, and history.
+//!
+//! Layout under the state dir (`$ROLLGATE_STATE`, else `$XDG_STATE_HOME/rollgate`, else
+//! `~/.local/state/rollgate`): `<app>/journal.jsonl`, `<app>/lock`, `<app>/control.jsonl`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state store {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{app} is locked by {holder}: another rollout of it is running (remove {path} only if that process is gone)")]
+    Locked { app: String, holder: String, path: String },
+    #[error("journal {path} line {line} is corrupt: {message}")]
+    Corrupt { path: String, line: usize, message: String },
+}
+
+pub type Result<T, E = StateError> = std::result::Result<T, E>;
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io { path: path.display().to_string(), source }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Who is acting: the OS user, the host, and a CI identity when one is found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Actor {
+    pub user: String,
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci: Option<String>,
+}
+
+impl Actor {
+    /// Reads the identity from the environment (USER, and common CI variables).
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let user = var("ROLLGATE_USER").or_else(|| var("USER")).or_else(|| var("USERNAME")).unwrap_or_else(|| "unknown".into());
+        let host = var("HOSTNAME")
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+            .unwrap_or_else(|| "unknown".into());
+        let ci = if let Some(run) = var("GITHUB_RUN_ID") {
+            Some(format!("github-actions {} run {run} by {}", var("GITHUB_REPOSITORY").unwrap_or_default(), var("GITHUB_ACTOR").unwrap_or_default()))
+        } else if let Some(job) = var("CI_JOB_ID") {
+            Some(format!("gitlab {} job {job} by {}", var("CI_PROJECT_PATH").unwrap_or_default(), var("GITLAB_USER_LOGIN").unwrap_or_default()))
+        } else if let Some(build) = var("BUILD_TAG") {
+            Some(format!("jenkins {build}"))
+        } else if let Some(build) = var("BUILDKITE_BUILD_ID") {
+            Some(format!("buildkite {build}"))
+        } else if let Some(build) = var("CIRCLE_BUILD_NUM") {
+            Some(format!("circleci {build}"))
+        } else {
+            var("CI").map(|_| "ci".to_string())
+        };
+        Actor { user, host, ci }
+    }
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.user, self.host)?;
+        if let Some(ci) = &self.ci {
+            write!(f, " ({ci})")?;
+        }
+        Ok(())
+    }
+}
+
+/// One journal record. Records are only appended, each fsynced before the action it announces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "camelCase")]
+pub enum Event {
+    #[serde(rename_all = "camelCase")]
+    Started { rollout: String, from: Option<String>, to: String, strategy: String, actor: Actor, steps: usize },
+    #[serde(rename_all = "camelCase")]
+    StepStarted { rollout: String, step: usize, kind: String, note: String },
+    #[serde(rename_all = "camelCase")]
+    InstanceChanging { rollout: String, instance: String, version: String },
+    #[serde(rename_all = "camelCase")]
+    InstanceChanged { rollout: String, instance: String, version: String, ok: bool, detail: String },
+    #[serde(rename_all = "camelCase")]
+    Gate { rollout: String, step: usize, check: String, passed: bool, detail: String },
+    #[serde(rename_all = "camelCase")]
+    StepDone { rollout: String, step: usize, millis: u64 },
+    #[serde(rename_all = "camelCase")]
+    Paused { rollout: String, step: usize, reason: String },
+    #[serde(rename_all = "camelCase")]
+    Promoted { rollout: String, step: usize, actor: Actor, full: bool },
+    #[serde(rename_all = "camelCase")]
+    RollbackStarted { rollout: String, reason: String, to: String },
+    #[serde(rename_all = "camelCase")]
+    Finished { rollout: String, outcome: Outcome, detail: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Outcome {
+    Succeeded,
+    RolledBack,
+    Failed,
+    Aborted,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::RolledBack => "rolled back",
+            Outcome::Failed => "failed",
+            Outcome::Aborted => "aborted",
+        })
+    }
+}
+
+/// A journal line: the event and when it was written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub at_ms: u64,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// The state dir for all apps.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    pub fn open_default() -> Self {
+        let root = std::env::var_os("ROLLGATE_STATE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("XDG_STATE_HOME").map(|p| PathBuf::from(p).join("rollgate")))
+            .or_else(|| std::env::var_os("HOME").map(|p| PathBuf::from(p).join(".local/state/rollgate")))
+            .unwrap_or_else(|| PathBuf::from(".rollgate-state"));
+        Store { root }
+    }
+
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Store { root: root.into() }
+    }
+
+    pub fn app_dir(&self, app: &str) -> PathBuf {
+        self.root.join(app)
+    }
+
+    fn ensure(&self, app: &str) -> Result<PathBuf> {
+        let dir = self.app_dir(app);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        Ok(dir)
+    }
+
+    /// Takes the app's lock, or says who holds it.
+    pub fn lock(&self, app: &str, actor: &Actor) -> Result<Lock> {
+        let dir = self.ensure(app)?;
+        let path = dir.join("lock");
+        let holder = format!("{actor} pid {} since {}", std::process::id(), now_ms());
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut f) => {
+                f.write_all(holder.as_bytes()).and_then(|()| f.sync_all()).map_err(io(&path))?;
+                sync_dir(&dir);
+                Ok(Lock { path })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                // A lock left by a process that is gone on this host is stale: take it over.
+                if let Some(pid) = stale_pid(&text, &actor.host) {
+                    tracing::warn!(app, pid, "taking over a stale lock");
+                    std::fs::remove_file(&path).map_err(io(&path))?;
+                    return self.lock(app, actor);
+                }
+                Err(StateError::Locked { app: app.into(), holder: describe_holder(&text), path: path.display().to_string() })
+            }
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    pub fn journal(&self, app: &str) -> Result<Journal> {
+        let dir = self.ensure(app)?;
+        let path = dir.join("journal.jsonl");
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+        Ok(Journal { path, file })
+    }
+
+    /// Every record of an app's journal, in order. A torn last line (a crash mid-write) is ignored.
+    pub fn read(&self, app: &str) -> Result<Vec<Record>> {
+        read_records(&self.app_dir(app).join("journal.jsonl"))
+    }
+
+    /// Keeps the resolved manifest of a rollout, so `resume`, `promote` and `rollback` need no files.
+    pub fn save_manifest(&self, app: &str, rollout: &str, manifest: &crate::spec::Rollout) -> Result<()> {
+        let dir = self.ensure(app)?.join("rollouts");
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = dir.join(format!("{rollout}.json"));
+        let tmp = dir.join(format!(".{rollout}.json.tmp"));
+        let text = serde_json::to_vec_pretty(manifest).expect("a manifest serializes");
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&text)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(io(&path))?;
+        sync_dir(&dir);
+        Ok(())
+    }
+
+    pub fn load_manifest(&self, app: &str, rollout: &str) -> Result<crate::spec::Rollout> {
+        let path = self.app_dir(app).join("rollouts").join(format!("{rollout}.json"));
+        let text = std::fs::read(&path).map_err(io(&path))?;
+        serde_json::from_slice(&text).map_err(|e| StateError::Corrupt { path: path.display().to_string(), line: e.line(), message: e.to_string() })
+    }
+
+    /// Appends a control request (promote, pause, abort) for a running rollout to pick up.
+    pub fn send_control(&self, app: &str, control: &Control) -> Result<()> {
+        let dir = self.ensure(app)?;
+        let path = dir.join("control.jsonl");
+        let mut f = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+        let mut line = serde_json::to_string(control).expect("control serializes");
+        line.push('\n');
+        f.write_all(line.as_bytes()).and_then(|()| f.sync_all()).map_err(io(&path))
+    }
+
+    /// Control requests from index `from` on.
+    pub fn controls(&self, app: &str, from: usize) -> Vec<Control> {
+        let path = self.app_dir(app).join("control.jsonl");
+        let Ok(text) = std::fs::read_to_string(&path) else { return Vec::new() };
+        text.lines().skip(from).filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    pub fn control_count(&self, app: &str) -> usize {
+        let path = self.app_dir(app).join("control.jsonl");
+        std::fs::read_to_string(&path).map_or(0, |t| t.lines().count())
+    }
+}
+
+fn describe_holder(text: &str) -> String {
+    let mut parts = text.rsplitn(2, " since ");
+    let since = parts.next().and_then(|s| s.trim().parse::<u64>().ok());
+    let who = parts.next().unwrap_or(text);
+    match since {
+        Some(ms) => format!("{who}, for {}s", now_ms().saturating_sub(ms) / 1000),
+        None => text.trim().to_string(),
+    }
+}
+
+fn stale_pid(text: &str, host: &str) -> Option<u32> {
+    // "<user>@<host>[ (ci)] pid <pid> since <ms>"
+    let at_host = text.split_whitespace().next()?.split('@').nth(1)?;
+    if at_host != host {
+        return None;
+    }
+    let pid: u32 = text.split(" pid ").nth(1)?.split_whitespace().next()?.parse().ok()?;
+    let alive = Path::new(&format!("/proc/{pid}")).exists() || !Path::new("/proc/self").exists();
+    (!alive).then_some(pid)
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn read_records(path: &Path) -> Result<Vec<Record>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(path)(e)),
+    };
+    let lines: Vec<String> = BufReader::new(file).lines().collect::<std::io::Result<_>>().map_err(io(path))?;
+    let mut out = Vec::with_capacity(lines.len());
+    let last = lines.len();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(r) => out.push(r),
+            Err(_) if i + 1 == last => break,
+            Err(e) => return Err(StateError::Corrupt { path: path.display().to_string(), line: i + 1, message: e.to_string() }),
+        }
+    }
+    Ok(out)
+}
+
+/// A held lock; dropping it releases it.
+#[derive(Debug)]
+pub struct Lock {
+    path: PathBuf,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// An open journal; every append is fsynced before it returns.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+}
+
+impl Journal {
+    pub fn append(&mut self, event: Event) -> Result<()> {
+        let mut line = serde_json::to_string(&Record { at_ms: now_ms(), event }).expect("events serialize");
+        line.push('\n');
+        self.file.write_all(line.as_bytes()).and_then(|()| self.file.sync_data()).map_err(io(&self.path))
+    }
+}
+
+/// Requests from other `rollgate` invocations to a running rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "camelCase")]
+pub enum Control {
+    Promote { actor: Actor, full: bool },
+    Pause { actor: Actor },
+    Resume { actor: Actor },
+    Abort { actor: Actor },
+}
+
+/// One rollout as told by the journal.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSummary {
+    pub id: String,
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    pub from: Option<String>,
+    pub to: String,
+    pub strategy: String,
+    pub actor: Option<Actor>,
+    pub steps_total: usize,
+    pub steps: Vec<StepSummary>,
+    pub outcome: Option<Outcome>,
+    pub detail: String,
+    pub paused: Option<String>,
+    pub rollback: Option<String>,
+    pub approvals: Vec<String>,
+    /// Instance -> version it was last seen changing to, and whether that worked.
+    pub instances: Vec<(String, String, bool)>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepSummary {
+    pub step: usize,
+    pub kind: String,
+    pub note: String,
+    pub millis: Option<u64>,
+    pub gates: Vec<String>,
+}
+
+/// Folds a journal into one summary per rollout, oldest first.
+pub fn history(records: &[Record]) -> Vec<RolloutSummary> {
+    let mut out: Vec<RolloutSummary> = Vec::new();
+    let find = |out: &mut Vec<RolloutSummary>, id: &str| out.iter().rposition(|r| r.id == id);
+    for r in records {
+        match &r.event {
+            Event::Started { rollout, from, to, strategy, actor, steps } => out.push(RolloutSummary {
+                id: rollout.clone(),
+                started_ms: r.at_ms,
+                from: from.clone(),
+                to: to.clone(),
+                strategy: strategy.clone(),
+                actor: Some(actor.clone()),
+                steps_total: *steps,
+                ..Default::default()
+            }),
+            Event::StepStarted { rollout, step, kind, note } => {
+                if let Some(i) = find(&mut out, rollout) {
+                    out[i].paused = None;
+                    out[i].steps.push(StepSummary { step: *step, kind: kind.clone(), note: note.clone(), ..Default::default() });
+                }
+            }
+            Event::InstanceChanging { .. } => {}
+            Event::InstanceChanged { rollout, instance, version, ok, .. } => {
+                if let Some(i) = find(&mut out, rollout) {
+                    let inst = &mut out[i].instances;
+                    inst.retain(|(name, ..)| name != instance);
+                    inst.push((instance.clone(), version.clone(), *ok));
+                }
+            }
+            Event::Gate { rollout, check, passed, detail, .. } => {
+                if let Some(i) = find(&mut out, rollout)
+                    && let Some(s) = out[i].steps.last_mut()
+                {
+                    s.gates.push(format!("{check}: {} {detail}", if *passed { "passed" } else { "FAILED" }));
+                }
+            }
+            Event::StepDone { rollout, millis, .. } => {
+                if let Some(i) = find(&mut out, rollout)
+                    && let Some(s) = out[i].steps.last_mut()
+                {
+                    s.millis = Some(*millis);
+                }
+            }
+            Event::Paused { rollout, reason, .. } => {
+                if let Some(i) = find(&mut out, rollout) {
+                    out[i].paused = Some(reason.clone());
+                }
+            }
+            Event::Promoted { rollout, actor, .. } => {
+                if let Some(i) = find(&mut out, rollout) {
+                    out[i].paused = None;
+                    out[i].approvals.push(actor.to_string());
+                }
+            }
+            Event::RollbackStarted { rollout, reason, to } => {
+                if let Some(i) = find(&mut out, rollout) {
+                    out[i].rollback = Some(format!("to {to}: {reason}"));
+                }
+            }
+            Event::Finished { rollout, outcome, detail } => {
+                if let Some(i) = find(&mut out, rollout) {
+                    out[i].outcome = Some(*outcome);
+                    out[i].finished_ms = Some(r.at_ms);
+                    out[i].detail = detail.clone();
+                    out[i].paused = None;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actor() -> Actor {
+        Actor { user: "ana".into(), host: "box".into(), ci: None }
+    }
+
+    #[test]
+    fn journal_round_trips_and_folds_into_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path());
+        let mut j = store.journal("web").unwrap();
+        j.append(Event::Started { rollout: "r1".into(), from: Some("1".into()), to: "2".into(), strategy: "canary".into(), actor: actor(), steps: 2 }).unwrap();
+        j.append(Event::StepStarted { rollout: "r1".into(), step: 0, kind: "scale".into(), note: "w".into() }).unwrap();
+        j.append(Event::Gate { rollout: "r1".into(), step: 0, check: "health".into(), passed: false, detail: "500".into() }).unwrap();
+        j.append(Event::RollbackStarted { rollout: "r1".into(), reason: "gate".into(), to: "1".into() }).unwrap();
+        j.append(Event::Finished { rollout: "r1".into(), outcome: Outcome::RolledBack, detail: "".into() }).unwrap();
+        let h = history(&store.read("web").unwrap());
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].outcome, Some(Outcome::RolledBack));
+        assert_eq!(h[0].steps[0].gates, vec!["health: FAILED 500"]);
+        assert_eq!(h[0].rollback.as_deref(), Some("to 1: gate"));
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored_but_a_corrupt_middle_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path());
+        let mut j = store.journal("web").unwrap();
+        j.append(Event::StepDone { rollout: "r".into(), step: 0, millis: 1 }).unwrap();
+        let path = dir.path().join("web/journal.jsonl");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"atMs\":1,\"ev").unwrap();
+        assert_eq!(store.read("web").unwrap().len(), 1);
+        f.write_all(b"\n{}\n").unwrap();
+        assert!(matches!(store.read("web"), Err(StateError::Corrupt { line: 2, .. })));
+    }
+
+    #[test]
+    fn the_lock_names_its_holder_and_is_released_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path());
+        let held = store.lock("web", &actor()).unwrap();
+        let err = store.lock("web", &actor()).unwrap_err().to_string();
+        assert!(err.contains("web is locked by ana@box pid"), "{err}");
+        drop(held);
+        store.lock("web", &actor()).unwrap();
+    }
+
+    #[test]
+    fn a_lock_of_a_dead_process_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path());
+        std::fs::create_dir_all(dir.path().join("web")).unwrap();
+        std::fs::write(dir.path().join("web/lock"), "ana@box pid 4000000 since 1").unwrap();
+        store.lock("web", &actor()).unwrap();
+    }
+}
