@@ -10,4 +10,5 @@ mod agent {
     mod callers;
     mod lifecycle;
     mod restarts;
+    mod service;
 }

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -202,6 +201,7 @@ async fn run(
     notify: bool,
     cancel: CancellationToken,
 ) -> anyhow::Result<ExitCode> {
+    let mut signals = Signals::new();
     let grace = config.shutdown_grace.0;
     let listen = args.listen.clone().unwrap_or_else(|| config.listen.clone());
     let data_dir = config.data_dir.clone();
@@ -223,8 +223,7 @@ async fn run(
         sd_notify("READY=1");
     }
     let serving = tokio::spawn(server.serve(cancel.clone(), grace));
-    let forced = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    wait_for_signal().await;
+    signals.recv().await;
     tracing::info!(
         grace_ms = grace.as_millis() as u64,
         "stopping: finishing operations in flight"
@@ -233,15 +232,11 @@ async fn run(
         sd_notify("STOPPING=1");
     }
     cancel.cancel();
-    {
-        let forced = forced.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            forced.store(true, std::sync::atomic::Ordering::SeqCst);
-            tracing::warn!("second interrupt: aborting now");
-            std::process::exit(130);
-        });
-    }
+    tokio::spawn(async move {
+        signals.recv().await;
+        tracing::warn!("second interrupt: aborting now");
+        std::process::exit(130);
+    });
     let _ = reconcile.await;
     agent.shutdown(grace).await;
     let _ = serving.await;
@@ -249,24 +244,29 @@ async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and Ctrl-C, registered up front so a signal right after READY=1 is not lost.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        Signals {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
         }
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(term) = self.term.as_mut() {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }
