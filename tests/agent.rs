@@ -8,6 +8,7 @@ mod support;
 mod agent {
     mod artifacts;
     mod callers;
+    mod footprint;
     mod lifecycle;
     mod restarts;
     mod service;
