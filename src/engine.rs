@@ -70,7 +70,10 @@ pub struct Run<'a, T: Target> {
 impl<T: Target> Run<'_, T> {
     fn log(&mut self, event: Event) -> Result<()> {
         self.journal.append(event.clone())?;
-        (self.on_record)(&Record { at_ms: crate::state::now_ms(), event });
+        (self.on_record)(&Record {
+            at_ms: crate::state::now_ms(),
+            event,
+        });
         Ok(())
     }
 
@@ -83,7 +86,14 @@ impl<T: Target> Run<'_, T> {
     }
 
     fn order(&self) -> Vec<String> {
-        let hosts = self.manifest.rollout.spec.target.hosts.as_ref().expect("hosts target");
+        let hosts = self
+            .manifest
+            .rollout
+            .spec
+            .target
+            .hosts
+            .as_ref()
+            .expect("hosts target");
         let first = match &self.manifest.strategy {
             Strategy::Canary(c) => c.first_group.as_deref(),
             _ => None,
@@ -93,7 +103,14 @@ impl<T: Target> Run<'_, T> {
 
     /// Runs steps `from_step..`; a step is journaled as started before it acts and done after.
     pub async fn execute(&mut self, from_step: usize, full: bool) -> Result<RunOutcome> {
-        let hosts = self.manifest.rollout.spec.target.hosts.clone().expect("hosts target");
+        let hosts = self
+            .manifest
+            .rollout
+            .spec
+            .target
+            .hosts
+            .clone()
+            .expect("hosts target");
         if hosts.slots_per_host != 1 || matches!(self.manifest.strategy, Strategy::BlueGreen(_)) {
             return Err(EngineError::Unsupported(
                 "this release executes rolling and canary rollouts on hosts with slotsPerHost: 1; blue-green and two slots per host are planned but not executed yet".into(),
@@ -110,28 +127,49 @@ impl<T: Target> Run<'_, T> {
                 return self.finish_control(outcome).await;
             }
             if self.interrupts.count() > 0 {
-                self.log(Event::Paused { rollout: self.rollout.clone(), step: i, reason: "interrupted (Ctrl-C)".into() })?;
+                self.log(Event::Paused {
+                    rollout: self.rollout.clone(),
+                    step: i,
+                    reason: "interrupted (Ctrl-C)".into(),
+                })?;
                 return Ok(RunOutcome::Interrupted);
             }
             // `promote --full` goes straight to the last step: everything new.
             let idx = if full { steps.len() - 1 } else { i };
             let step = &steps[idx];
-            self.log(Event::StepStarted { rollout: self.rollout.clone(), step: idx, kind: kind_name(step), note: step.note.clone() })?;
+            self.log(Event::StepStarted {
+                rollout: self.rollout.clone(),
+                step: idx,
+                kind: kind_name(step),
+                note: step.note.clone(),
+            })?;
             let started = Instant::now();
             let result = self.run_step(idx, step, &order).await?;
             match result {
                 StepResult::Done => {
-                    self.log(Event::StepDone { rollout: self.rollout.clone(), step: idx, millis: started.elapsed().as_millis() as u64 })?;
+                    self.log(Event::StepDone {
+                        rollout: self.rollout.clone(),
+                        step: idx,
+                        millis: started.elapsed().as_millis() as u64,
+                    })?;
                 }
                 StepResult::Pause(reason) => {
-                    self.log(Event::Paused { rollout: self.rollout.clone(), step: idx, reason: reason.clone() })?;
+                    self.log(Event::Paused {
+                        rollout: self.rollout.clone(),
+                        step: idx,
+                        reason: reason.clone(),
+                    })?;
                     return Ok(RunOutcome::Paused(reason));
                 }
                 StepResult::Failed(reason) => return self.on_failure(reason).await,
             }
             i = idx + 1;
         }
-        self.log(Event::Finished { rollout: self.rollout.clone(), outcome: Outcome::Succeeded, detail: format!("every instance on {version}") })?;
+        self.log(Event::Finished {
+            rollout: self.rollout.clone(),
+            outcome: Outcome::Succeeded,
+            detail: format!("every instance on {version}"),
+        })?;
         Ok(RunOutcome::Succeeded)
     }
 
@@ -140,15 +178,34 @@ impl<T: Target> Run<'_, T> {
             StepKind::Scale => {
                 let version = self.version().to_string();
                 let instances = self.target.instances().await?;
-                let on_new: HashSet<&str> =
-                    instances.iter().filter(|i| i.version.as_deref() == Some(&version)).map(|i| i.name.as_str()).collect();
+                let on_new: HashSet<&str> = instances
+                    .iter()
+                    .filter(|i| i.version.as_deref() == Some(&version))
+                    .map(|i| i.name.as_str())
+                    .collect();
                 let want = (step.new as usize).min(order.len());
-                let wave: Vec<String> = order[..want].iter().filter(|h| !on_new.contains(h.as_str())).cloned().collect();
-                let hosts = self.manifest.rollout.spec.target.hosts.clone().expect("hosts target");
-                let deadline = Duration::from_secs(self.manifest.rollout.spec.progress_deadline_seconds);
+                let wave: Vec<String> = order[..want]
+                    .iter()
+                    .filter(|h| !on_new.contains(h.as_str()))
+                    .cloned()
+                    .collect();
+                let hosts = self
+                    .manifest
+                    .rollout
+                    .spec
+                    .target
+                    .hosts
+                    .clone()
+                    .expect("hosts target");
+                let deadline =
+                    Duration::from_secs(self.manifest.rollout.spec.progress_deadline_seconds);
                 for part in split_by_zone(&hosts, &wave) {
                     for h in &part {
-                        self.log(Event::InstanceChanging { rollout: self.rollout.clone(), instance: h.clone(), version: version.clone() })?;
+                        self.log(Event::InstanceChanging {
+                            rollout: self.rollout.clone(),
+                            instance: h.clone(),
+                            version: version.clone(),
+                        })?;
                     }
                     let results = self.target.switch(&part, &version, deadline).await;
                     let mut failure = None;
@@ -157,7 +214,13 @@ impl<T: Target> Run<'_, T> {
                             Ok(()) => (true, "ready".to_string()),
                             Err(e) => (false, error_chain(e)),
                         };
-                        self.log(Event::InstanceChanged { rollout: self.rollout.clone(), instance: h, version: version.clone(), ok, detail: detail.clone() })?;
+                        self.log(Event::InstanceChanged {
+                            rollout: self.rollout.clone(),
+                            instance: h,
+                            version: version.clone(),
+                            ok,
+                            detail: detail.clone(),
+                        })?;
                         if !ok && failure.is_none() {
                             failure = Some(detail);
                         }
@@ -185,15 +248,20 @@ impl<T: Target> Run<'_, T> {
                     .collect();
                 self.gate(idx, &checks).await
             }
-            StepKind::Pause | StepKind::Promote if step.manual => Ok(StepResult::Pause(step.note.clone())),
+            StepKind::Pause | StepKind::Promote if step.manual => {
+                Ok(StepResult::Pause(step.note.clone()))
+            }
             StepKind::Pause | StepKind::Promote => {
                 let end = Instant::now() + Duration::from_secs(step.duration_seconds.unwrap_or(0));
                 // Sleep in short slices so promote, abort and Ctrl-C are seen during a long soak.
                 while Instant::now() < end {
-                    if self.interrupts.count() > 0 || self.store.control_count(self.app()) > self.controls_seen {
+                    if self.interrupts.count() > 0
+                        || self.store.control_count(self.app()) > self.controls_seen
+                    {
                         break;
                     }
-                    tokio::time::sleep((end - Instant::now()).min(Duration::from_millis(250))).await;
+                    tokio::time::sleep((end - Instant::now()).min(Duration::from_millis(250)))
+                        .await;
                 }
                 Ok(StepResult::Done)
             }
@@ -214,7 +282,9 @@ impl<T: Target> Run<'_, T> {
             .collect();
         for check in checks {
             let target = self.target;
-            let runs = instances.iter().map(|inst| async move { (inst.clone(), run_gate(target, check, inst).await) });
+            let runs = instances
+                .iter()
+                .map(|inst| async move { (inst.clone(), run_gate(target, check, inst).await) });
             let results = join_all(runs).await;
             for (inst, verdict) in results {
                 let (passed, detail) = match &verdict {
@@ -222,9 +292,18 @@ impl<T: Target> Run<'_, T> {
                     Verdict::Fail(why) => (false, format!("on {inst}: {why}")),
                     Verdict::Pending => (false, format!("on {inst}: no verdict")),
                 };
-                self.log(Event::Gate { rollout: self.rollout.clone(), step: idx, check: check.name.clone(), passed, detail: detail.clone() })?;
+                self.log(Event::Gate {
+                    rollout: self.rollout.clone(),
+                    step: idx,
+                    check: check.name.clone(),
+                    passed,
+                    detail: detail.clone(),
+                })?;
                 if !passed {
-                    return Ok(StepResult::Failed(format!("check {} failed {detail}", check.name)));
+                    return Ok(StepResult::Failed(format!(
+                        "check {} failed {detail}",
+                        check.name
+                    )));
                 }
             }
         }
@@ -248,12 +327,20 @@ impl<T: Target> Run<'_, T> {
             Control::Abort { actor } => {
                 let reason = format!("aborted by {actor}");
                 self.rollback(&reason).await?;
-                self.log(Event::Finished { rollout: self.rollout.clone(), outcome: Outcome::Aborted, detail: reason.clone() })?;
+                self.log(Event::Finished {
+                    rollout: self.rollout.clone(),
+                    outcome: Outcome::Aborted,
+                    detail: reason.clone(),
+                })?;
                 Ok(RunOutcome::RolledBack(reason))
             }
             Control::Pause { actor } => {
                 let reason = format!("paused by {actor}");
-                self.log(Event::Paused { rollout: self.rollout.clone(), step: 0, reason: reason.clone() })?;
+                self.log(Event::Paused {
+                    rollout: self.rollout.clone(),
+                    step: 0,
+                    reason: reason.clone(),
+                })?;
                 Ok(RunOutcome::Paused(reason))
             }
             _ => Ok(RunOutcome::Paused("unexpected control".into())),
@@ -264,16 +351,28 @@ impl<T: Target> Run<'_, T> {
         match self.manifest.rollout.spec.rollback.auto {
             AutoRollback::Yes => {
                 self.rollback(&reason).await?;
-                self.log(Event::Finished { rollout: self.rollout.clone(), outcome: Outcome::RolledBack, detail: reason.clone() })?;
+                self.log(Event::Finished {
+                    rollout: self.rollout.clone(),
+                    outcome: Outcome::RolledBack,
+                    detail: reason.clone(),
+                })?;
                 Ok(RunOutcome::RolledBack(reason))
             }
             AutoRollback::Pause => {
                 let why = format!("failed, waiting for a person (rollback.auto: pause): {reason}");
-                self.log(Event::Paused { rollout: self.rollout.clone(), step: 0, reason: why.clone() })?;
+                self.log(Event::Paused {
+                    rollout: self.rollout.clone(),
+                    step: 0,
+                    reason: why.clone(),
+                })?;
                 Ok(RunOutcome::Paused(why))
             }
             AutoRollback::No => {
-                self.log(Event::Finished { rollout: self.rollout.clone(), outcome: Outcome::Failed, detail: reason.clone() })?;
+                self.log(Event::Finished {
+                    rollout: self.rollout.clone(),
+                    outcome: Outcome::Failed,
+                    detail: reason.clone(),
+                })?;
                 Ok(RunOutcome::Failed(reason))
             }
         }
@@ -283,11 +382,21 @@ impl<T: Target> Run<'_, T> {
     /// still on disk, so nothing is downloaded.
     pub async fn rollback(&mut self, reason: &str) -> Result<()> {
         let Some(from) = self.from.clone() else {
-            return Err(EngineError::Unsupported(format!("cannot roll back: no earlier version is known ({reason})")));
+            return Err(EngineError::Unsupported(format!(
+                "cannot roll back: no earlier version is known ({reason})"
+            )));
         };
-        self.log(Event::RollbackStarted { rollout: self.rollout.clone(), reason: reason.to_string(), to: from.clone() })?;
+        self.log(Event::RollbackStarted {
+            rollout: self.rollout.clone(),
+            reason: reason.to_string(),
+            to: from.clone(),
+        })?;
         let instances = self.target.instances().await?;
-        let back: Vec<String> = instances.iter().filter(|i| i.version.as_deref() != Some(&from)).map(|i| i.name.clone()).collect();
+        let back: Vec<String> = instances
+            .iter()
+            .filter(|i| i.version.as_deref() != Some(&from))
+            .map(|i| i.name.clone())
+            .collect();
         restore(self, &back, &from).await
     }
 }
@@ -295,7 +404,11 @@ impl<T: Target> Run<'_, T> {
 async fn restore<T: Target>(run: &mut Run<'_, T>, hosts: &[String], version: &str) -> Result<()> {
     let deadline = Duration::from_secs(run.manifest.rollout.spec.progress_deadline_seconds);
     for h in hosts {
-        run.log(Event::InstanceChanging { rollout: run.rollout.clone(), instance: h.clone(), version: version.to_string() })?;
+        run.log(Event::InstanceChanging {
+            rollout: run.rollout.clone(),
+            instance: h.clone(),
+            version: version.to_string(),
+        })?;
     }
     let results = run.target.switch(hosts, version, deadline).await;
     for (h, r) in results {
@@ -303,7 +416,13 @@ async fn restore<T: Target>(run: &mut Run<'_, T>, hosts: &[String], version: &st
             Ok(()) => (true, "restored".to_string()),
             Err(e) => (false, error_chain(e)),
         };
-        run.log(Event::InstanceChanged { rollout: run.rollout.clone(), instance: h, version: version.to_string(), ok, detail })?;
+        run.log(Event::InstanceChanged {
+            rollout: run.rollout.clone(),
+            instance: h,
+            version: version.to_string(),
+            ok,
+            detail,
+        })?;
     }
     Ok(())
 }
@@ -337,7 +456,10 @@ fn min_ready_seconds(s: &Strategy) -> u64 {
 }
 
 fn kind_name(step: &Step) -> String {
-    serde_json::to_value(step.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    serde_json::to_value(step.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
 }
 
 /// An error with its sources, each once.
@@ -374,12 +496,21 @@ mod tests {
     use super::*;
 
     fn inst(name: &str, v: Option<&str>, p: Option<&str>) -> Instance {
-        Instance { name: name.into(), version: v.map(Into::into), previous: p.map(Into::into), installed: vec![] }
+        Instance {
+            name: name.into(),
+            version: v.map(Into::into),
+            previous: p.map(Into::into),
+            installed: vec![],
+        }
     }
 
     #[test]
     fn current_version_is_the_majority_old_version() {
-        let fleet = [inst("a", Some("1"), None), inst("b", Some("2"), Some("1")), inst("c", Some("1"), None)];
+        let fleet = [
+            inst("a", Some("1"), None),
+            inst("b", Some("2"), Some("1")),
+            inst("c", Some("1"), None),
+        ];
         assert_eq!(current_version(&fleet, "2").as_deref(), Some("1"));
         assert_eq!(current_version(&[inst("a", None, None)], "2"), None);
     }

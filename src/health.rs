@@ -60,14 +60,29 @@ impl Gate {
     }
 
     pub fn verdict(&self) -> Verdict {
-        let why = || self.last_failure.clone().unwrap_or_else(|| "no passing probe".into());
+        let why = || {
+            self.last_failure
+                .clone()
+                .unwrap_or_else(|| "no passing probe".into())
+        };
         if self.failures > self.failure_limit {
-            Verdict::Fail(format!("{} of {} probes failed (failureLimit {}): {}", self.failures, self.probes, self.failure_limit, why()))
+            Verdict::Fail(format!(
+                "{} of {} probes failed (failureLimit {}): {}",
+                self.failures,
+                self.probes,
+                self.failure_limit,
+                why()
+            ))
         } else if self.consecutive >= self.success_threshold {
             Verdict::Pass
         } else if self.probes >= self.count {
             // Out of probes: the remaining ones could not reach the threshold.
-            Verdict::Fail(format!("{} consecutive passes needed within {} probes: {}", self.success_threshold, self.count, why()))
+            Verdict::Fail(format!(
+                "{} consecutive passes needed within {} probes: {}",
+                self.success_threshold,
+                self.count,
+                why()
+            ))
         } else {
             Verdict::Pending
         }
@@ -98,19 +113,26 @@ mod tests {
         assert_eq!(g.observe(Probe::Pass), Verdict::Pending);
         assert_eq!(g.observe(Probe::Fail("500".into())), Verdict::Pending);
         assert_eq!(g.observe(Probe::Pass), Verdict::Pending);
-        assert!(matches!(g.observe(Probe::Fail("500".into())), Verdict::Fail(m) if m.contains("2 of 4 probes failed")));
+        assert!(
+            matches!(g.observe(Probe::Fail("500".into())), Verdict::Fail(m) if m.contains("2 of 4 probes failed"))
+        );
     }
 
     #[test]
     fn runs_out_of_probes() {
         let mut g = Gate::new(&check(2, 2, 5));
         assert_eq!(g.observe(Probe::Fail("x".into())), Verdict::Pending);
-        assert!(matches!(g.observe(Probe::Pass), Verdict::Fail(m) if m.contains("2 consecutive passes")));
+        assert!(
+            matches!(g.observe(Probe::Pass), Verdict::Fail(m) if m.contains("2 consecutive passes"))
+        );
     }
 
     #[test]
     fn default_check_is_one_probe_no_failures() {
         let mut g = Gate::new(&serde_yaml::from_str("{name: c, tcp: {address: 'x:1'}}").unwrap());
-        assert!(matches!(g.observe(Probe::Fail("refused".into())), Verdict::Fail(_)));
+        assert!(matches!(
+            g.observe(Probe::Fail("refused".into())),
+            Verdict::Fail(_)
+        ));
     }
 }

@@ -154,9 +154,12 @@ pub fn resolve_bounds(
         }
     }
     if max_surge == 0 && max_unavailable == 0 {
-        max_unavailable = 1.min(n.max(1));
+        max_unavailable = 1;
     }
-    Ok(Bounds { max_surge, max_unavailable })
+    Ok(Bounds {
+        max_surge,
+        max_unavailable,
+    })
 }
 
 /// Plans `strategy` for `n` instances on a target with `capacity`.
@@ -164,21 +167,44 @@ pub fn plan(strategy: &Strategy, n: u32, capacity: Capacity) -> Result<Plan> {
     let mut notes = Vec::new();
     let (bounds, min_ready_seconds, steps) = match strategy {
         Strategy::Rolling(r) => {
-            let b = resolve_bounds(r.max_surge, r.max_unavailable, n, capacity, "spec.strategy.rolling", &mut notes)?;
+            let b = resolve_bounds(
+                r.max_surge,
+                r.max_unavailable,
+                n,
+                capacity,
+                "spec.strategy.rolling",
+                &mut notes,
+            )?;
             (b, r.min_ready_seconds, strategy::rolling::steps(n, b))
         }
         Strategy::Canary(c) => {
-            let b = resolve_bounds(c.max_surge, c.max_unavailable, n, capacity, "spec.strategy.canary", &mut notes)?;
-            (b, c.min_ready_seconds, strategy::canary::steps(n, b, &c.steps))
+            let b = resolve_bounds(
+                c.max_surge,
+                c.max_unavailable,
+                n,
+                capacity,
+                "spec.strategy.canary",
+                &mut notes,
+            )?;
+            (
+                b,
+                c.min_ready_seconds,
+                strategy::canary::steps(n, b, &c.steps),
+            )
         }
         Strategy::BlueGreen(bg) => {
             if capacity == Capacity::InPlace {
                 return Err(PlanError {
                     path: "spec.strategy.blueGreen".into(),
-                    message: "needs room for both versions at once: use slotsPerHost: 2 on a host fleet".into(),
+                    message:
+                        "needs room for both versions at once: use slotsPerHost: 2 on a host fleet"
+                            .into(),
                 });
             }
-            let b = Bounds { max_surge: n, max_unavailable: 0 };
+            let b = Bounds {
+                max_surge: n,
+                max_unavailable: 0,
+            };
             (b, bg.min_ready_seconds, strategy::blue_green::steps(n, bg))
         }
     };
@@ -199,7 +225,14 @@ pub fn plan(strategy: &Strategy, n: u32, capacity: Capacity) -> Result<Plan> {
 /// (never above N + maxSurge), and once the created instances are ready removes the rest, down to the
 /// target but never below the target's total. That is how a wave of in-place host replacements and a
 /// surge-first Kubernetes rollout both come out of one rule.
-pub fn transition(n: u32, bounds: Bounds, from: (u32, u32), to: (u32, u32), weight: Option<u32>, out: &mut Vec<Step>) {
+pub fn transition(
+    n: u32,
+    bounds: Bounds,
+    from: (u32, u32),
+    to: (u32, u32),
+    weight: Option<u32>,
+    out: &mut Vec<Step>,
+) {
     let floor = n.saturating_sub(bounds.max_unavailable);
     let cap = n.saturating_add(bounds.max_surge);
     let target_total = to.0 + to.1;
@@ -257,7 +290,11 @@ mod tests {
     use crate::spec::{CanarySpec, CanaryStep, RollingSpec};
 
     fn rolling(s: IntOrPercent, u: IntOrPercent) -> Strategy {
-        Strategy::Rolling(RollingSpec { max_surge: s, max_unavailable: u, min_ready_seconds: 0 })
+        Strategy::Rolling(RollingSpec {
+            max_surge: s,
+            max_unavailable: u,
+            min_ready_seconds: 0,
+        })
     }
 
     fn counts(p: &Plan) -> Vec<(u32, u32)> {
@@ -267,42 +304,124 @@ mod tests {
     #[test]
     fn bounds_resolve_like_kubernetes() {
         let mut notes = vec![];
-        let b = resolve_bounds(IntOrPercent::Percent(25), IntOrPercent::Percent(25), 10, Capacity::Elastic, "x", &mut notes).unwrap();
-        assert_eq!(b, Bounds { max_surge: 3, max_unavailable: 2 });
+        let b = resolve_bounds(
+            IntOrPercent::Percent(25),
+            IntOrPercent::Percent(25),
+            10,
+            Capacity::Elastic,
+            "x",
+            &mut notes,
+        )
+        .unwrap();
+        assert_eq!(
+            b,
+            Bounds {
+                max_surge: 3,
+                max_unavailable: 2
+            }
+        );
         // Both round to zero: unavailable becomes 1.
-        let b = resolve_bounds(IntOrPercent::Percent(1), IntOrPercent::Percent(1), 0, Capacity::Elastic, "x", &mut notes).unwrap();
-        assert_eq!(b, Bounds { max_surge: 0, max_unavailable: 1 });
-        let b = resolve_bounds(IntOrPercent::Int(0), IntOrPercent::Percent(10), 5, Capacity::Elastic, "x", &mut notes).unwrap();
-        assert_eq!(b, Bounds { max_surge: 0, max_unavailable: 1 });
+        let b = resolve_bounds(
+            IntOrPercent::Percent(1),
+            IntOrPercent::Percent(1),
+            0,
+            Capacity::Elastic,
+            "x",
+            &mut notes,
+        )
+        .unwrap();
+        assert_eq!(
+            b,
+            Bounds {
+                max_surge: 0,
+                max_unavailable: 1
+            }
+        );
+        let b = resolve_bounds(
+            IntOrPercent::Int(0),
+            IntOrPercent::Percent(10),
+            5,
+            Capacity::Elastic,
+            "x",
+            &mut notes,
+        )
+        .unwrap();
+        assert_eq!(
+            b,
+            Bounds {
+                max_surge: 0,
+                max_unavailable: 1
+            }
+        );
         // Unavailable is capped at N.
-        let b = resolve_bounds(IntOrPercent::Int(0), IntOrPercent::Int(50), 4, Capacity::Elastic, "x", &mut notes).unwrap();
+        let b = resolve_bounds(
+            IntOrPercent::Int(0),
+            IntOrPercent::Int(50),
+            4,
+            Capacity::Elastic,
+            "x",
+            &mut notes,
+        )
+        .unwrap();
         assert_eq!(b.max_unavailable, 4);
     }
 
     #[test]
     fn zero_downtime_rolls_one_by_one() {
-        let p = plan(&rolling(IntOrPercent::Int(1), IntOrPercent::Int(0)), 3, Capacity::Elastic).unwrap();
+        let p = plan(
+            &rolling(IntOrPercent::Int(1), IntOrPercent::Int(0)),
+            3,
+            Capacity::Elastic,
+        )
+        .unwrap();
         assert_eq!(counts(&p), vec![(2, 1), (1, 2), (0, 3)]);
-        assert!(p.steps.iter().all(|s| s.max_total == 4 && s.min_available == 3));
+        assert!(
+            p.steps
+                .iter()
+                .all(|s| s.max_total == 4 && s.min_available == 3)
+        );
     }
 
     #[test]
     fn in_place_hosts_ignore_surge_and_say_so() {
-        let p = plan(&rolling(IntOrPercent::Percent(25), IntOrPercent::Int(2)), 6, Capacity::InPlace).unwrap();
+        let p = plan(
+            &rolling(IntOrPercent::Percent(25), IntOrPercent::Int(2)),
+            6,
+            Capacity::InPlace,
+        )
+        .unwrap();
         assert_eq!(p.max_surge, 0);
         assert_eq!(counts(&p), vec![(4, 2), (2, 4), (0, 6)]);
-        assert!(p.steps.iter().all(|s| s.max_total == 6 && s.min_available == 4));
+        assert!(
+            p.steps
+                .iter()
+                .all(|s| s.max_total == 6 && s.min_available == 4)
+        );
         assert!(p.notes[0].contains("replaced in place"));
-        let err = plan(&rolling(IntOrPercent::Int(1), IntOrPercent::Int(0)), 6, Capacity::InPlace).unwrap_err();
+        let err = plan(
+            &rolling(IntOrPercent::Int(1), IntOrPercent::Int(0)),
+            6,
+            Capacity::InPlace,
+        )
+        .unwrap_err();
         assert!(err.message.contains("slotsPerHost: 1"), "{err}");
     }
 
     #[test]
     fn canary_counts_follow_weights() {
         let steps = vec![
-            CanaryStep { set_weight: Some(10), ..Default::default() },
-            CanaryStep { pause: Some(Default::default()), ..Default::default() },
-            CanaryStep { set_weight: Some(50), ..Default::default() },
+            CanaryStep {
+                set_weight: Some(10),
+                ..Default::default()
+            },
+            CanaryStep {
+                pause: Some(Default::default()),
+                ..Default::default()
+            },
+            CanaryStep {
+                set_weight: Some(50),
+                ..Default::default()
+            },
         ];
         let c = Strategy::Canary(CanarySpec {
             max_surge: IntOrPercent::Int(1),
@@ -322,7 +441,12 @@ mod tests {
 
     #[test]
     fn zero_instances_is_one_empty_step() {
-        let p = plan(&rolling(IntOrPercent::Percent(25), IntOrPercent::Percent(25)), 0, Capacity::Elastic).unwrap();
+        let p = plan(
+            &rolling(IntOrPercent::Percent(25), IntOrPercent::Percent(25)),
+            0,
+            Capacity::Elastic,
+        )
+        .unwrap();
         assert_eq!(counts(&p), vec![(0, 0)]);
     }
 }

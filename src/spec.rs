@@ -16,9 +16,18 @@ pub const API_VERSION: &str = "rollgate.dev/v1";
 /// Presets built into the binary; files with the same name on disk take precedence.
 pub const PRESETS: &[(&str, &str)] = &[
     ("rolling", include_str!("../strategies/rolling.yaml")),
-    ("one-at-a-time", include_str!("../strategies/one-at-a-time.yaml")),
-    ("zero-downtime", include_str!("../strategies/zero-downtime.yaml")),
-    ("canary-10-25-50", include_str!("../strategies/canary-10-25-50.yaml")),
+    (
+        "one-at-a-time",
+        include_str!("../strategies/one-at-a-time.yaml"),
+    ),
+    (
+        "zero-downtime",
+        include_str!("../strategies/zero-downtime.yaml"),
+    ),
+    (
+        "canary-10-25-50",
+        include_str!("../strategies/canary-10-25-50.yaml"),
+    ),
     ("blue-green", include_str!("../strategies/blue-green.yaml")),
 ];
 
@@ -378,11 +387,15 @@ mod auto_rollback {
             B(bool),
             S(String),
         }
-        match Raw::deserialize(d).map_err(|_| serde::de::Error::custom("expected true, false or \"pause\""))? {
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected true, false or \"pause\""))?
+        {
             Raw::B(true) => Ok(AutoRollback::Yes),
             Raw::B(false) => Ok(AutoRollback::No),
             Raw::S(s) if s == "pause" => Ok(AutoRollback::Pause),
-            Raw::S(s) => Err(serde::de::Error::custom(format!("{s:?}: expected true, false or \"pause\""))),
+            Raw::S(s) => Err(serde::de::Error::custom(format!(
+                "{s:?}: expected true, false or \"pause\""
+            ))),
         }
     }
 }
@@ -421,7 +434,11 @@ impl Manifest {
         Self::load_with(files, env, &source::process_env)
     }
 
-    pub fn load_with(files: &[PathBuf], env: Option<&str>, vars: source::Vars<'_>) -> Result<Self, InputError> {
+    pub fn load_with(
+        files: &[PathBuf],
+        env: Option<&str>,
+        vars: source::Vars<'_>,
+    ) -> Result<Self, InputError> {
         let sources = Sources::read(files, env, vars)?;
         Self::from_sources(sources, vars)
     }
@@ -429,14 +446,30 @@ impl Manifest {
     pub fn from_sources(sources: Sources, vars: source::Vars<'_>) -> Result<Self, InputError> {
         let rollout: Rollout = sources.deserialize()?;
         if rollout.api_version != API_VERSION {
-            return Err(sources.error("apiVersion", format!("{:?} is not supported: expected {API_VERSION:?}", rollout.api_version)));
+            return Err(sources.error(
+                "apiVersion",
+                format!(
+                    "{:?} is not supported: expected {API_VERSION:?}",
+                    rollout.api_version
+                ),
+            ));
         }
         if rollout.kind != "Rollout" {
             return Err(sources.error("kind", format!("{:?}: expected \"Rollout\"", rollout.kind)));
         }
-        let base_dir = sources.files.first().and_then(|s| s.file.parent().map(Path::to_path_buf)).unwrap_or_default();
-        let (strategy, strategy_source) = resolve_strategy(&rollout.spec.strategy, &sources, &base_dir, vars)?;
-        let mut manifest = Manifest { rollout, strategy, strategy_source, sources };
+        let base_dir = sources
+            .files
+            .first()
+            .and_then(|s| s.file.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        let (strategy, strategy_source) =
+            resolve_strategy(&rollout.spec.strategy, &sources, &base_dir, vars)?;
+        let mut manifest = Manifest {
+            rollout,
+            strategy,
+            strategy_source,
+            sources,
+        };
         manifest.validate()?;
         manifest.absolutize(&base_dir);
         Ok(manifest)
@@ -462,7 +495,15 @@ impl Manifest {
                 fix(f);
             }
             if let Some(auth) = &mut h.auth {
-                for p in [&mut auth.ca, &mut auth.cert, &mut auth.key, &mut auth.token_file].into_iter().flatten() {
+                for p in [
+                    &mut auth.ca,
+                    &mut auth.cert,
+                    &mut auth.key,
+                    &mut auth.token_file,
+                ]
+                .into_iter()
+                .flatten()
+                {
                     fix(p);
                 }
             }
@@ -473,16 +514,26 @@ impl Manifest {
     pub fn resolved(&self) -> Rollout {
         let mut r = self.rollout.clone();
         r.spec.strategy = match &self.strategy {
-            Strategy::Rolling(x) => StrategySpec { rolling: Some(x.clone()), ..Default::default() },
-            Strategy::Canary(x) => StrategySpec { canary: Some(x.clone()), ..Default::default() },
-            Strategy::BlueGreen(x) => StrategySpec { blue_green: Some(x.clone()), ..Default::default() },
+            Strategy::Rolling(x) => StrategySpec {
+                rolling: Some(x.clone()),
+                ..Default::default()
+            },
+            Strategy::Canary(x) => StrategySpec {
+                canary: Some(x.clone()),
+                ..Default::default()
+            },
+            Strategy::BlueGreen(x) => StrategySpec {
+                blue_green: Some(x.clone()),
+                ..Default::default()
+            },
         };
         r
     }
 
     /// Rebuilds a manifest from a stored, resolved rollout.
     pub fn from_resolved(rollout: Rollout, origin: &Path) -> Result<Self, InputError> {
-        let text = serde_yaml::to_string(&rollout).map_err(|e| InputError::general(e.to_string()))?;
+        let text =
+            serde_yaml::to_string(&rollout).map_err(|e| InputError::general(e.to_string()))?;
         let sources = Sources::from_texts(&[(origin, &text)], &|_| None)?;
         Self::from_sources(sources, &|_| None)
     }
@@ -500,16 +551,30 @@ impl Manifest {
             return Err(s.error("spec.version", "must not be empty"));
         }
         if r.spec.version.contains(['/', '\\']) || r.spec.version.contains("..") {
-            return Err(s.error("spec.version", format!("{:?} must not contain '/', '\\\\' or '..'", r.spec.version)));
+            return Err(s.error(
+                "spec.version",
+                format!("{:?} must not contain '/', '\\\\' or '..'", r.spec.version),
+            ));
         }
         match (&r.spec.target.kubernetes, &r.spec.target.hosts) {
             (Some(_), Some(_)) => {
-                return Err(s.error("spec.target", "has both kubernetes and hosts: expected exactly one of them"));
+                return Err(s.error(
+                    "spec.target",
+                    "has both kubernetes and hosts: expected exactly one of them",
+                ));
             }
-            (None, None) => return Err(s.error("spec.target", "is empty: expected exactly one of kubernetes, hosts")),
+            (None, None) => {
+                return Err(s.error(
+                    "spec.target",
+                    "is empty: expected exactly one of kubernetes, hosts",
+                ));
+            }
             (Some(k), None) => {
                 if k.image.is_some() && k.manifest.is_some() {
-                    return Err(s.error("spec.target.kubernetes", "has both image and manifest: expected at most one"));
+                    return Err(s.error(
+                        "spec.target.kubernetes",
+                        "has both image and manifest: expected at most one",
+                    ));
                 }
             }
             (None, Some(h)) => validate_hosts(h, s)?,
@@ -518,22 +583,40 @@ impl Manifest {
         for (i, c) in r.spec.checks.iter().enumerate() {
             let at = format!("spec.checks[{i}]");
             if !names.insert(c.name.as_str()) {
-                return Err(s.error(&format!("{at}.name"), format!("{:?} is used by another check: names must be unique", c.name)));
+                return Err(s.error(
+                    &format!("{at}.name"),
+                    format!(
+                        "{:?} is used by another check: names must be unique",
+                        c.name
+                    ),
+                ));
             }
-            let kinds = [c.http.is_some(), c.tcp.is_some(), c.command.is_some()].iter().filter(|b| **b).count();
+            let kinds = [c.http.is_some(), c.tcp.is_some(), c.command.is_some()]
+                .iter()
+                .filter(|b| **b)
+                .count();
             if kinds != 1 {
-                return Err(s.error(&at, format!("has {kinds} probes: expected exactly one of http, tcp, command")));
+                return Err(s.error(
+                    &at,
+                    format!("has {kinds} probes: expected exactly one of http, tcp, command"),
+                ));
             }
             if let Some(cmd) = &c.command
                 && cmd.run.is_empty()
             {
-                return Err(s.error(&format!("{at}.command.run"), "is empty: expected a program and its arguments"));
+                return Err(s.error(
+                    &format!("{at}.command.run"),
+                    "is empty: expected a program and its arguments",
+                ));
             }
             if c.success_threshold == 0 || c.count == 0 {
                 return Err(s.error(&at, "count and successThreshold must be at least 1"));
             }
             if c.success_threshold > c.count {
-                return Err(s.error(&format!("{at}.successThreshold"), format!("{} is more than count ({})", c.success_threshold, c.count)));
+                return Err(s.error(
+                    &format!("{at}.successThreshold"),
+                    format!("{} is more than count ({})", c.success_threshold, c.count),
+                ));
             }
         }
         self.validate_strategy()
@@ -551,7 +634,10 @@ impl Manifest {
         let check_analysis = |a: &AnalysisSpec, path: String| -> Result<(), InputError> {
             for (j, name) in a.checks.iter().enumerate() {
                 if !self.rollout.spec.checks.iter().any(|c| &c.name == name) {
-                    return Err(s.error(&format!("{path}.checks[{j}]"), format!("{name:?} is not a check in spec.checks")));
+                    return Err(s.error(
+                        &format!("{path}.checks[{j}]"),
+                        format!("{name:?} is not a check in spec.checks"),
+                    ));
                 }
             }
             Ok(())
@@ -561,18 +647,30 @@ impl Manifest {
             Strategy::Canary(c) => {
                 check_bounds(c.max_surge, c.max_unavailable, &at("canary"), s)?;
                 if c.steps.is_empty() {
-                    return Err(s.error(&at("canary.steps"), "is empty: expected at least one setWeight step"));
+                    return Err(s.error(
+                        &at("canary.steps"),
+                        "is empty: expected at least one setWeight step",
+                    ));
                 }
                 for (i, step) in c.steps.iter().enumerate() {
                     let path = at(&format!("canary.steps[{i}]"));
-                    let set = [step.set_weight.is_some(), step.pause.is_some(), step.analysis.is_some()];
+                    let set = [
+                        step.set_weight.is_some(),
+                        step.pause.is_some(),
+                        step.analysis.is_some(),
+                    ];
                     if set.iter().filter(|b| **b).count() != 1 {
-                        return Err(s.error(&path, "expected exactly one of setWeight, pause, analysis"));
+                        return Err(
+                            s.error(&path, "expected exactly one of setWeight, pause, analysis")
+                        );
                     }
                     if let Some(w) = step.set_weight
                         && w > 100
                     {
-                        return Err(s.error(&format!("{path}.setWeight"), format!("{w} is over 100: expected a percentage 0..=100")));
+                        return Err(s.error(
+                            &format!("{path}.setWeight"),
+                            format!("{w} is over 100: expected a percentage 0..=100"),
+                        ));
                     }
                     if let Some(a) = &step.analysis {
                         check_analysis(a, format!("{path}.analysis"))?;
@@ -581,7 +679,10 @@ impl Manifest {
                 if let (Some(group), Some(h)) = (&c.first_group, &self.rollout.spec.target.hosts)
                     && !h.hosts.iter().any(|host| host.groups.contains(group))
                 {
-                    return Err(s.error(&at("canary.firstGroup"), format!("{group:?} is not a group of any host")));
+                    return Err(s.error(
+                        &at("canary.firstGroup"),
+                        format!("{group:?} is not a group of any host"),
+                    ));
                 }
                 Ok(())
             }
@@ -598,7 +699,12 @@ impl Manifest {
     }
 }
 
-fn check_bounds(surge: IntOrPercent, unavailable: IntOrPercent, at: &str, s: &Sources) -> Result<(), InputError> {
+fn check_bounds(
+    surge: IntOrPercent,
+    unavailable: IntOrPercent,
+    at: &str,
+    s: &Sources,
+) -> Result<(), InputError> {
     if surge.is_zero() && unavailable.is_zero() {
         return Err(s.error(
             &format!("{at}.maxUnavailable"),
@@ -610,33 +716,55 @@ fn check_bounds(surge: IntOrPercent, unavailable: IntOrPercent, at: &str, s: &So
 
 fn validate_hosts(h: &HostsTarget, s: &Sources) -> Result<(), InputError> {
     if !(1..=2).contains(&h.slots_per_host) {
-        return Err(s.error("spec.target.hosts.slotsPerHost", format!("{}: expected 1 or 2", h.slots_per_host)));
+        return Err(s.error(
+            "spec.target.hosts.slotsPerHost",
+            format!("{}: expected 1 or 2", h.slots_per_host),
+        ));
     }
     let mut seen = std::collections::HashSet::new();
     for (i, host) in h.hosts.iter().enumerate() {
         if !seen.insert(host.name.as_str()) {
-            return Err(s.error(&format!("spec.target.hosts.hosts[{i}].name"), format!("{:?} is listed twice", host.name)));
+            return Err(s.error(
+                &format!("spec.target.hosts.hosts[{i}].name"),
+                format!("{:?} is listed twice", host.name),
+            ));
         }
         if !host.address.contains(':') {
             return Err(s.error(
                 &format!("spec.target.hosts.hosts[{i}].address"),
-                format!("{:?}: expected HOST:PORT, like \"10.0.0.1:7443\"", host.address),
+                format!(
+                    "{:?}: expected HOST:PORT, like \"10.0.0.1:7443\"",
+                    host.address
+                ),
             ));
         }
     }
     if let Some(a) = &h.artifact {
         match (&a.file, &a.url) {
-            (Some(_), Some(_)) => return Err(s.error("spec.target.hosts.artifact", "has both file and url: expected one")),
-            (None, None) => return Err(s.error("spec.target.hosts.artifact", "expected file or url")),
+            (Some(_), Some(_)) => {
+                return Err(s.error(
+                    "spec.target.hosts.artifact",
+                    "has both file and url: expected one",
+                ));
+            }
+            (None, None) => {
+                return Err(s.error("spec.target.hosts.artifact", "expected file or url"));
+            }
             (None, Some(_)) if a.sha256.is_none() => {
-                return Err(s.error("spec.target.hosts.artifact.sha256", "is required with url: artifacts are always verified"));
+                return Err(s.error(
+                    "spec.target.hosts.artifact.sha256",
+                    "is required with url: artifacts are always verified",
+                ));
             }
             _ => {}
         }
         if let Some(sha) = &a.sha256
             && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))
         {
-            return Err(s.error("spec.target.hosts.artifact.sha256", "expected 64 hex digits"));
+            return Err(s.error(
+                "spec.target.hosts.artifact.sha256",
+                "expected 64 hex digits",
+            ));
         }
     }
     if let Some(label) = &h.spread_by {
@@ -656,34 +784,76 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.ends_with('-')
 }
 
-fn resolve_strategy(spec: &StrategySpec, sources: &Sources, base_dir: &Path, vars: source::Vars<'_>) -> Result<(Strategy, String), InputError> {
-    let set = [spec.rolling.is_some(), spec.canary.is_some(), spec.blue_green.is_some(), spec.reference.is_some()];
+fn resolve_strategy(
+    spec: &StrategySpec,
+    sources: &Sources,
+    base_dir: &Path,
+    vars: source::Vars<'_>,
+) -> Result<(Strategy, String), InputError> {
+    let set = [
+        spec.rolling.is_some(),
+        spec.canary.is_some(),
+        spec.blue_green.is_some(),
+        spec.reference.is_some(),
+    ];
     match set.iter().filter(|b| **b).count() {
-        0 => return Err(sources.error("spec.strategy", "is empty: expected exactly one of rolling, canary, blueGreen, ref")),
+        0 => {
+            return Err(sources.error(
+                "spec.strategy",
+                "is empty: expected exactly one of rolling, canary, blueGreen, ref",
+            ));
+        }
         1 => {}
-        _ => return Err(sources.error("spec.strategy", "has more than one of rolling, canary, blueGreen, ref: expected exactly one")),
+        _ => {
+            return Err(sources.error(
+                "spec.strategy",
+                "has more than one of rolling, canary, blueGreen, ref: expected exactly one",
+            ));
+        }
     }
     let Some(name) = &spec.reference else {
         return Ok((inline_strategy(spec), "inline".into()));
     };
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(sources.error("spec.strategy.ref", format!("{name:?} is not a preset name: expected letters, digits, '-' or '_'")));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(sources.error(
+            "spec.strategy.ref",
+            format!("{name:?} is not a preset name: expected letters, digits, '-' or '_'"),
+        ));
     }
     let file_name = format!("{name}.yaml");
-    let candidates = [base_dir.join(&file_name), PathBuf::from("strategies").join(&file_name)];
+    let candidates = [
+        base_dir.join(&file_name),
+        PathBuf::from("strategies").join(&file_name),
+    ];
     // A manifest named like a preset (blue-green.yaml) must not be read as its own preset.
-    let inputs: Vec<PathBuf> = sources.files.iter().filter_map(|s| s.file.canonicalize().ok()).collect();
+    let inputs: Vec<PathBuf> = sources
+        .files
+        .iter()
+        .filter_map(|s| s.file.canonicalize().ok())
+        .collect();
     let is_input = |p: &PathBuf| p.canonicalize().is_ok_and(|c| inputs.contains(&c));
     let (preset_sources, origin) = match candidates.iter().find(|p| p.is_file() && !is_input(p)) {
-        Some(path) => (Sources::read(std::slice::from_ref(path), None, vars)?, path.display().to_string()),
+        Some(path) => (
+            Sources::read(std::slice::from_ref(path), None, vars)?,
+            path.display().to_string(),
+        ),
         None => match PRESETS.iter().find(|(n, _)| n == name) {
             Some((n, text)) => {
                 let label = PathBuf::from(format!("builtin:strategies/{n}.yaml"));
-                (Sources::from_texts(&[(&label, text)], vars)?, format!("builtin:{n}"))
+                (
+                    Sources::from_texts(&[(&label, text)], vars)?,
+                    format!("builtin:{n}"),
+                )
             }
             None => {
                 let known: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
@@ -703,7 +873,14 @@ fn resolve_strategy(spec: &StrategySpec, sources: &Sources, base_dir: &Path, var
     if preset.reference.is_some() {
         return Err(preset_sources.error("ref", "a preset may not refer to another preset"));
     }
-    let count = [preset.rolling.is_some(), preset.canary.is_some(), preset.blue_green.is_some()].iter().filter(|b| **b).count();
+    let count = [
+        preset.rolling.is_some(),
+        preset.canary.is_some(),
+        preset.blue_green.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
     if count != 1 {
         return Err(preset_sources.error("", "expected exactly one of rolling, canary, blueGreen"));
     }

@@ -18,20 +18,35 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{app} is locked by {holder}: another rollout of it is running (remove {path} only if that process is gone)")]
-    Locked { app: String, holder: String, path: String },
+    #[error(
+        "{app} is locked by {holder}: another rollout of it is running (remove {path} only if that process is gone)"
+    )]
+    Locked {
+        app: String,
+        holder: String,
+        path: String,
+    },
     #[error("journal {path} line {line} is corrupt: {message}")]
-    Corrupt { path: String, line: usize, message: String },
+    Corrupt {
+        path: String,
+        line: usize,
+        message: String,
+    },
 }
 
 pub type Result<T, E = StateError> = std::result::Result<T, E>;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
-    move |source| StateError::Io { path: path.display().to_string(), source }
+    move |source| StateError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Who is acting: the OS user, the host, and a CI identity when one is found.
@@ -48,14 +63,29 @@ impl Actor {
     /// Reads the identity from the environment (USER, and common CI variables).
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let user = var("ROLLGATE_USER").or_else(|| var("USER")).or_else(|| var("USERNAME")).unwrap_or_else(|| "unknown".into());
+        let user = var("ROLLGATE_USER")
+            .or_else(|| var("USER"))
+            .or_else(|| var("USERNAME"))
+            .unwrap_or_else(|| "unknown".into());
         let host = var("HOSTNAME")
-            .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            })
             .unwrap_or_else(|| "unknown".into());
         let ci = if let Some(run) = var("GITHUB_RUN_ID") {
-            Some(format!("github-actions {} run {run} by {}", var("GITHUB_REPOSITORY").unwrap_or_default(), var("GITHUB_ACTOR").unwrap_or_default()))
+            Some(format!(
+                "github-actions {} run {run} by {}",
+                var("GITHUB_REPOSITORY").unwrap_or_default(),
+                var("GITHUB_ACTOR").unwrap_or_default()
+            ))
         } else if let Some(job) = var("CI_JOB_ID") {
-            Some(format!("gitlab {} job {job} by {}", var("CI_PROJECT_PATH").unwrap_or_default(), var("GITLAB_USER_LOGIN").unwrap_or_default()))
+            Some(format!(
+                "gitlab {} job {job} by {}",
+                var("CI_PROJECT_PATH").unwrap_or_default(),
+                var("GITLAB_USER_LOGIN").unwrap_or_default()
+            ))
         } else if let Some(build) = var("BUILD_TAG") {
             Some(format!("jenkins {build}"))
         } else if let Some(build) = var("BUILDKITE_BUILD_ID") {
@@ -84,25 +114,74 @@ impl std::fmt::Display for Actor {
 #[serde(tag = "event", rename_all = "camelCase")]
 pub enum Event {
     #[serde(rename_all = "camelCase")]
-    Started { rollout: String, from: Option<String>, to: String, strategy: String, actor: Actor, steps: usize },
+    Started {
+        rollout: String,
+        from: Option<String>,
+        to: String,
+        strategy: String,
+        actor: Actor,
+        steps: usize,
+    },
     #[serde(rename_all = "camelCase")]
-    StepStarted { rollout: String, step: usize, kind: String, note: String },
+    StepStarted {
+        rollout: String,
+        step: usize,
+        kind: String,
+        note: String,
+    },
     #[serde(rename_all = "camelCase")]
-    InstanceChanging { rollout: String, instance: String, version: String },
+    InstanceChanging {
+        rollout: String,
+        instance: String,
+        version: String,
+    },
     #[serde(rename_all = "camelCase")]
-    InstanceChanged { rollout: String, instance: String, version: String, ok: bool, detail: String },
+    InstanceChanged {
+        rollout: String,
+        instance: String,
+        version: String,
+        ok: bool,
+        detail: String,
+    },
     #[serde(rename_all = "camelCase")]
-    Gate { rollout: String, step: usize, check: String, passed: bool, detail: String },
+    Gate {
+        rollout: String,
+        step: usize,
+        check: String,
+        passed: bool,
+        detail: String,
+    },
     #[serde(rename_all = "camelCase")]
-    StepDone { rollout: String, step: usize, millis: u64 },
+    StepDone {
+        rollout: String,
+        step: usize,
+        millis: u64,
+    },
     #[serde(rename_all = "camelCase")]
-    Paused { rollout: String, step: usize, reason: String },
+    Paused {
+        rollout: String,
+        step: usize,
+        reason: String,
+    },
     #[serde(rename_all = "camelCase")]
-    Promoted { rollout: String, step: usize, actor: Actor, full: bool },
+    Promoted {
+        rollout: String,
+        step: usize,
+        actor: Actor,
+        full: bool,
+    },
     #[serde(rename_all = "camelCase")]
-    RollbackStarted { rollout: String, reason: String, to: String },
+    RollbackStarted {
+        rollout: String,
+        reason: String,
+        to: String,
+    },
     #[serde(rename_all = "camelCase")]
-    Finished { rollout: String, outcome: Outcome, detail: String },
+    Finished {
+        rollout: String,
+        outcome: Outcome,
+        detail: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,8 +223,12 @@ impl Store {
     pub fn open_default() -> Self {
         let root = std::env::var_os("ROLLGATE_STATE")
             .map(PathBuf::from)
-            .or_else(|| std::env::var_os("XDG_STATE_HOME").map(|p| PathBuf::from(p).join("rollgate")))
-            .or_else(|| std::env::var_os("HOME").map(|p| PathBuf::from(p).join(".local/state/rollgate")))
+            .or_else(|| {
+                std::env::var_os("XDG_STATE_HOME").map(|p| PathBuf::from(p).join("rollgate"))
+            })
+            .or_else(|| {
+                std::env::var_os("HOME").map(|p| PathBuf::from(p).join(".local/state/rollgate"))
+            })
             .unwrap_or_else(|| PathBuf::from(".rollgate-state"));
         Store { root }
     }
@@ -171,7 +254,9 @@ impl Store {
         let holder = format!("{actor} pid {} since {}", std::process::id(), now_ms());
         match OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(mut f) => {
-                f.write_all(holder.as_bytes()).and_then(|()| f.sync_all()).map_err(io(&path))?;
+                f.write_all(holder.as_bytes())
+                    .and_then(|()| f.sync_all())
+                    .map_err(io(&path))?;
                 sync_dir(&dir);
                 Ok(Lock { path })
             }
@@ -183,7 +268,11 @@ impl Store {
                     std::fs::remove_file(&path).map_err(io(&path))?;
                     return self.lock(app, actor);
                 }
-                Err(StateError::Locked { app: app.into(), holder: describe_holder(&text), path: path.display().to_string() })
+                Err(StateError::Locked {
+                    app: app.into(),
+                    holder: describe_holder(&text),
+                    path: path.display().to_string(),
+                })
             }
             Err(e) => Err(io(&path)(e)),
         }
@@ -192,7 +281,11 @@ impl Store {
     pub fn journal(&self, app: &str) -> Result<Journal> {
         let dir = self.ensure(app)?;
         let path = dir.join("journal.jsonl");
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
         Ok(Journal { path, file })
     }
 
@@ -202,7 +295,12 @@ impl Store {
     }
 
     /// Keeps the resolved manifest of a rollout, so `resume`, `promote` and `rollback` need no files.
-    pub fn save_manifest(&self, app: &str, rollout: &str, manifest: &crate::spec::Rollout) -> Result<()> {
+    pub fn save_manifest(
+        &self,
+        app: &str,
+        rollout: &str,
+        manifest: &crate::spec::Rollout,
+    ) -> Result<()> {
         let dir = self.ensure(app)?.join("rollouts");
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let path = dir.join(format!("{rollout}.json"));
@@ -220,26 +318,44 @@ impl Store {
     }
 
     pub fn load_manifest(&self, app: &str, rollout: &str) -> Result<crate::spec::Rollout> {
-        let path = self.app_dir(app).join("rollouts").join(format!("{rollout}.json"));
+        let path = self
+            .app_dir(app)
+            .join("rollouts")
+            .join(format!("{rollout}.json"));
         let text = std::fs::read(&path).map_err(io(&path))?;
-        serde_json::from_slice(&text).map_err(|e| StateError::Corrupt { path: path.display().to_string(), line: e.line(), message: e.to_string() })
+        serde_json::from_slice(&text).map_err(|e| StateError::Corrupt {
+            path: path.display().to_string(),
+            line: e.line(),
+            message: e.to_string(),
+        })
     }
 
     /// Appends a control request (promote, pause, abort) for a running rollout to pick up.
     pub fn send_control(&self, app: &str, control: &Control) -> Result<()> {
         let dir = self.ensure(app)?;
         let path = dir.join("control.jsonl");
-        let mut f = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
         let mut line = serde_json::to_string(control).expect("control serializes");
         line.push('\n');
-        f.write_all(line.as_bytes()).and_then(|()| f.sync_all()).map_err(io(&path))
+        f.write_all(line.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(io(&path))
     }
 
     /// Control requests from index `from` on.
     pub fn controls(&self, app: &str, from: usize) -> Vec<Control> {
         let path = self.app_dir(app).join("control.jsonl");
-        let Ok(text) = std::fs::read_to_string(&path) else { return Vec::new() };
-        text.lines().skip(from).filter_map(|l| serde_json::from_str(l).ok()).collect()
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Vec::new();
+        };
+        text.lines()
+            .skip(from)
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     pub fn control_count(&self, app: &str) -> usize {
@@ -264,7 +380,13 @@ fn stale_pid(text: &str, host: &str) -> Option<u32> {
     if at_host != host {
         return None;
     }
-    let pid: u32 = text.split(" pid ").nth(1)?.split_whitespace().next()?.parse().ok()?;
+    let pid: u32 = text
+        .split(" pid ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
     let alive = Path::new(&format!("/proc/{pid}")).exists() || !Path::new("/proc/self").exists();
     (!alive).then_some(pid)
 }
@@ -281,7 +403,10 @@ fn read_records(path: &Path) -> Result<Vec<Record>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io(path)(e)),
     };
-    let lines: Vec<String> = BufReader::new(file).lines().collect::<std::io::Result<_>>().map_err(io(path))?;
+    let lines: Vec<String> = BufReader::new(file)
+        .lines()
+        .collect::<std::io::Result<_>>()
+        .map_err(io(path))?;
     let mut out = Vec::with_capacity(lines.len());
     let last = lines.len();
     for (i, line) in lines.iter().enumerate() {
@@ -291,7 +416,13 @@ fn read_records(path: &Path) -> Result<Vec<Record>> {
         match serde_json::from_str(line) {
             Ok(r) => out.push(r),
             Err(_) if i + 1 == last => break,
-            Err(e) => return Err(StateError::Corrupt { path: path.display().to_string(), line: i + 1, message: e.to_string() }),
+            Err(e) => {
+                return Err(StateError::Corrupt {
+                    path: path.display().to_string(),
+                    line: i + 1,
+                    message: e.to_string(),
+                });
+            }
         }
     }
     Ok(out)
@@ -318,9 +449,16 @@ pub struct Journal {
 
 impl Journal {
     pub fn append(&mut self, event: Event) -> Result<()> {
-        let mut line = serde_json::to_string(&Record { at_ms: now_ms(), event }).expect("events serialize");
+        let mut line = serde_json::to_string(&Record {
+            at_ms: now_ms(),
+            event,
+        })
+        .expect("events serialize");
         line.push('\n');
-        self.file.write_all(line.as_bytes()).and_then(|()| self.file.sync_data()).map_err(io(&self.path))
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.sync_data())
+            .map_err(io(&self.path))
     }
 }
 
@@ -372,7 +510,14 @@ pub fn history(records: &[Record]) -> Vec<RolloutSummary> {
     let find = |out: &mut Vec<RolloutSummary>, id: &str| out.iter().rposition(|r| r.id == id);
     for r in records {
         match &r.event {
-            Event::Started { rollout, from, to, strategy, actor, steps } => out.push(RolloutSummary {
+            Event::Started {
+                rollout,
+                from,
+                to,
+                strategy,
+                actor,
+                steps,
+            } => out.push(RolloutSummary {
                 id: rollout.clone(),
                 started_ms: r.at_ms,
                 from: from.clone(),
@@ -382,35 +527,64 @@ pub fn history(records: &[Record]) -> Vec<RolloutSummary> {
                 steps_total: *steps,
                 ..Default::default()
             }),
-            Event::StepStarted { rollout, step, kind, note } => {
+            Event::StepStarted {
+                rollout,
+                step,
+                kind,
+                note,
+            } => {
                 if let Some(i) = find(&mut out, rollout) {
                     out[i].paused = None;
-                    out[i].steps.push(StepSummary { step: *step, kind: kind.clone(), note: note.clone(), ..Default::default() });
+                    out[i].steps.push(StepSummary {
+                        step: *step,
+                        kind: kind.clone(),
+                        note: note.clone(),
+                        ..Default::default()
+                    });
                 }
             }
             Event::InstanceChanging { .. } => {}
-            Event::InstanceChanged { rollout, instance, version, ok, .. } => {
+            Event::InstanceChanged {
+                rollout,
+                instance,
+                version,
+                ok,
+                ..
+            } => {
                 if let Some(i) = find(&mut out, rollout) {
                     let inst = &mut out[i].instances;
                     inst.retain(|(name, ..)| name != instance);
                     inst.push((instance.clone(), version.clone(), *ok));
                 }
             }
-            Event::Gate { rollout, check, passed, detail, .. } => {
+            Event::Gate {
+                rollout,
+                check,
+                passed,
+                detail,
+                ..
+            } => {
                 if let Some(i) = find(&mut out, rollout)
                     && let Some(s) = out[i].steps.last_mut()
                 {
-                    s.gates.push(format!("{check}: {} {detail}", if *passed { "passed" } else { "FAILED" }));
+                    s.gates.push(format!(
+                        "{check}: {} {detail}",
+                        if *passed { "passed" } else { "FAILED" }
+                    ));
                 }
             }
-            Event::StepDone { rollout, millis, .. } => {
+            Event::StepDone {
+                rollout, millis, ..
+            } => {
                 if let Some(i) = find(&mut out, rollout)
                     && let Some(s) = out[i].steps.last_mut()
                 {
                     s.millis = Some(*millis);
                 }
             }
-            Event::Paused { rollout, reason, .. } => {
+            Event::Paused {
+                rollout, reason, ..
+            } => {
                 if let Some(i) = find(&mut out, rollout) {
                     out[i].paused = Some(reason.clone());
                 }
@@ -421,12 +595,20 @@ pub fn history(records: &[Record]) -> Vec<RolloutSummary> {
                     out[i].approvals.push(actor.to_string());
                 }
             }
-            Event::RollbackStarted { rollout, reason, to } => {
+            Event::RollbackStarted {
+                rollout,
+                reason,
+                to,
+            } => {
                 if let Some(i) = find(&mut out, rollout) {
                     out[i].rollback = Some(format!("to {to}: {reason}"));
                 }
             }
-            Event::Finished { rollout, outcome, detail } => {
+            Event::Finished {
+                rollout,
+                outcome,
+                detail,
+            } => {
                 if let Some(i) = find(&mut out, rollout) {
                     out[i].outcome = Some(*outcome);
                     out[i].finished_ms = Some(r.at_ms);
@@ -444,7 +626,11 @@ mod tests {
     use super::*;
 
     fn actor() -> Actor {
-        Actor { user: "ana".into(), host: "box".into(), ci: None }
+        Actor {
+            user: "ana".into(),
+            host: "box".into(),
+            ci: None,
+        }
     }
 
     #[test]
@@ -452,11 +638,42 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::at(dir.path());
         let mut j = store.journal("web").unwrap();
-        j.append(Event::Started { rollout: "r1".into(), from: Some("1".into()), to: "2".into(), strategy: "canary".into(), actor: actor(), steps: 2 }).unwrap();
-        j.append(Event::StepStarted { rollout: "r1".into(), step: 0, kind: "scale".into(), note: "w".into() }).unwrap();
-        j.append(Event::Gate { rollout: "r1".into(), step: 0, check: "health".into(), passed: false, detail: "500".into() }).unwrap();
-        j.append(Event::RollbackStarted { rollout: "r1".into(), reason: "gate".into(), to: "1".into() }).unwrap();
-        j.append(Event::Finished { rollout: "r1".into(), outcome: Outcome::RolledBack, detail: "".into() }).unwrap();
+        j.append(Event::Started {
+            rollout: "r1".into(),
+            from: Some("1".into()),
+            to: "2".into(),
+            strategy: "canary".into(),
+            actor: actor(),
+            steps: 2,
+        })
+        .unwrap();
+        j.append(Event::StepStarted {
+            rollout: "r1".into(),
+            step: 0,
+            kind: "scale".into(),
+            note: "w".into(),
+        })
+        .unwrap();
+        j.append(Event::Gate {
+            rollout: "r1".into(),
+            step: 0,
+            check: "health".into(),
+            passed: false,
+            detail: "500".into(),
+        })
+        .unwrap();
+        j.append(Event::RollbackStarted {
+            rollout: "r1".into(),
+            reason: "gate".into(),
+            to: "1".into(),
+        })
+        .unwrap();
+        j.append(Event::Finished {
+            rollout: "r1".into(),
+            outcome: Outcome::RolledBack,
+            detail: "".into(),
+        })
+        .unwrap();
         let h = history(&store.read("web").unwrap());
         assert_eq!(h.len(), 1);
         assert_eq!(h[0].outcome, Some(Outcome::RolledBack));
@@ -469,13 +686,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::at(dir.path());
         let mut j = store.journal("web").unwrap();
-        j.append(Event::StepDone { rollout: "r".into(), step: 0, millis: 1 }).unwrap();
+        j.append(Event::StepDone {
+            rollout: "r".into(),
+            step: 0,
+            millis: 1,
+        })
+        .unwrap();
         let path = dir.path().join("web/journal.jsonl");
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"atMs\":1,\"ev").unwrap();
         assert_eq!(store.read("web").unwrap().len(), 1);
         f.write_all(b"\n{}\n").unwrap();
-        assert!(matches!(store.read("web"), Err(StateError::Corrupt { line: 2, .. })));
+        assert!(matches!(
+            store.read("web"),
+            Err(StateError::Corrupt { line: 2, .. })
+        ));
     }
 
     #[test]

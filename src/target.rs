@@ -41,11 +41,19 @@ pub trait Target {
     /// Every instance, in the target's natural order.
     fn instances(&self) -> impl Future<Output = Result<Vec<Instance>>> + Send;
     /// Makes `version` available on `instances` ahead of their wave, without touching what runs.
-    fn prepare(&self, version: &str, instances: &[String]) -> impl Future<Output = Result<()>> + Send;
+    fn prepare(
+        &self,
+        version: &str,
+        instances: &[String],
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Switches `instances` to `version` and waits until each is running and ready, or `deadline`.
     /// Each instance's outcome is reported separately.
-    fn switch(&self, instances: &[String], version: &str, deadline: Duration)
-    -> impl Future<Output = Vec<(String, Result<()>)>> + Send;
+    fn switch(
+        &self,
+        instances: &[String],
+        version: &str,
+        deadline: Duration,
+    ) -> impl Future<Output = Vec<(String, Result<()>)>> + Send;
     /// One probe of `check` against `instance` (or from the CLI, for `runOn: cli`).
     fn probe(&self, check: &Check, instance: &str) -> impl Future<Output = Probe> + Send;
 }

@@ -2,7 +2,9 @@
 
 use proptest::prelude::*;
 use rollgate::plan::{Capacity, Plan, StepKind, plan, resolve_bounds};
-use rollgate::spec::{CanarySpec, CanaryStep, IntOrPercent, PauseSpec, RollingSpec, Strategy as Rollout};
+use rollgate::spec::{
+    CanarySpec, CanaryStep, IntOrPercent, PauseSpec, RollingSpec, Strategy as Rollout,
+};
 
 fn bound() -> impl Strategy<Value = IntOrPercent> {
     prop_oneof![
@@ -16,7 +18,11 @@ fn bound() -> impl Strategy<Value = IntOrPercent> {
 }
 
 fn capacity() -> impl Strategy<Value = Capacity> {
-    prop_oneof![Just(Capacity::Elastic), Just(Capacity::InPlace), Just(Capacity::TwoSlots)]
+    prop_oneof![
+        Just(Capacity::Elastic),
+        Just(Capacity::InPlace),
+        Just(Capacity::TwoSlots)
+    ]
 }
 
 /// The invariants every plan keeps, whatever the strategy.
@@ -25,12 +31,25 @@ fn check_invariants(n: u32, p: &Plan, monotonic: bool) -> Result<(), TestCaseErr
     prop_assert!(u <= n.max(1));
     let (mut prev_old, mut prev_new) = (n, 0);
     for step in &p.steps {
-        prop_assert!(step.max_total <= n + s, "step {:?} over N + maxSurge {}", step, n + s);
-        prop_assert!(step.min_available >= n.saturating_sub(u), "step {:?} under N - maxUnavailable", step);
+        prop_assert!(
+            step.max_total <= n + s,
+            "step {:?} over N + maxSurge {}",
+            step,
+            n + s
+        );
+        prop_assert!(
+            step.min_available >= n.saturating_sub(u),
+            "step {:?} under N - maxUnavailable",
+            step
+        );
         prop_assert!(step.old + step.new <= step.max_total);
         prop_assert!(step.min_available <= step.old + step.new || step.kind != StepKind::Scale);
         if monotonic {
-            prop_assert!(step.new >= prev_new && step.old <= prev_old, "counts went backwards at {:?}", step);
+            prop_assert!(
+                step.new >= prev_new && step.old <= prev_old,
+                "counts went backwards at {:?}",
+                step
+            );
         }
         (prev_old, prev_new) = (step.old, step.new);
     }

@@ -36,7 +36,11 @@ fn free_ports(n: usize) -> Result<Vec<u16>, CliError> {
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<std::io::Result<_>>()
         .map_err(fail("finding free ports"))?;
-    listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<std::io::Result<_>>().map_err(fail("finding free ports"))
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<std::io::Result<_>>()
+        .map_err(fail("finding free ports"))
 }
 
 /// A versioned artifact: `bin/web` starts the demo binary with this version's behaviour.
@@ -45,12 +49,15 @@ fn package(dir: &Path, demo_bin: &Path, version: &str, flags: &str) -> Result<Pa
     let file = std::fs::File::create(&path).map_err(fail("writing an artifact"))?;
     let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
     let mut tar = tar::Builder::new(gz);
-    let script = format!("#!/bin/sh\nexec \"$(dirname \"$0\")/rollgate-demo\" --version {version} {flags} \"$@\"\n");
+    let script = format!(
+        "#!/bin/sh\nexec \"$(dirname \"$0\")/rollgate-demo\" --version {version} {flags} \"$@\"\n"
+    );
     let mut header = tar::Header::new_gnu();
     header.set_size(script.len() as u64);
     header.set_mode(0o755);
     header.set_cksum();
-    tar.append_data(&mut header, "bin/web", script.as_bytes()).map_err(fail("writing an artifact"))?;
+    tar.append_data(&mut header, "bin/web", script.as_bytes())
+        .map_err(fail("writing an artifact"))?;
     // A plain regular entry: the agent refuses sparse files, which `append_path` may write.
     let bytes = std::fs::read(demo_bin).map_err(fail("reading rollgate-demo"))?;
     let mut header = tar::Header::new_gnu();
@@ -58,8 +65,11 @@ fn package(dir: &Path, demo_bin: &Path, version: &str, flags: &str) -> Result<Pa
     header.set_size(bytes.len() as u64);
     header.set_mode(0o755);
     header.set_cksum();
-    tar.append_data(&mut header, "bin/rollgate-demo", bytes.as_slice()).map_err(fail("writing an artifact"))?;
-    tar.into_inner().and_then(|gz| gz.finish()).map_err(fail("writing an artifact"))?;
+    tar.append_data(&mut header, "bin/rollgate-demo", bytes.as_slice())
+        .map_err(fail("writing an artifact"))?;
+    tar.into_inner()
+        .and_then(|gz| gz.finish())
+        .map_err(fail("writing an artifact"))?;
     Ok(path)
 }
 
@@ -71,7 +81,10 @@ impl Drop for Agents {
         #[cfg(unix)]
         for child in &self.0 {
             if let Some(pid) = child.id() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
             }
         }
         for child in &mut self.0 {
@@ -93,7 +106,10 @@ pub async fn run(args: &DemoArgs) -> Result<u8, CliError> {
         None => std::env::temp_dir().join(format!("rollgate-demo-{}", std::process::id())),
     };
     if dir.join("pki").exists() {
-        return Err(CliError::Failed(format!("demo: {} already holds a demo; pass a new --dir", dir.display())));
+        return Err(CliError::Failed(format!(
+            "demo: {} already holds a demo; pass a new --dir",
+            dir.display()
+        )));
     }
     std::fs::create_dir_all(&dir).map_err(fail("creating the demo dir"))?;
     let dir = std::path::absolute(&dir).map_err(fail("creating the demo dir"))?;
@@ -122,7 +138,8 @@ pub async fn run(args: &DemoArgs) -> Result<u8, CliError> {
         );
         let config_path = host_dir.join("agent.yaml");
         std::fs::write(&config_path, config).map_err(fail("writing an agent config"))?;
-        let log = std::fs::File::create(host_dir.join("agent.log")).map_err(fail("creating an agent log"))?;
+        let log = std::fs::File::create(host_dir.join("agent.log"))
+            .map_err(fail("creating an agent log"))?;
         let child = tokio::process::Command::new(&agent_bin)
             .arg("run")
             .arg("--config")
@@ -144,9 +161,11 @@ pub async fn run(args: &DemoArgs) -> Result<u8, CliError> {
     let _agents = Agents(children);
 
     // Wait until every agent answers over mTLS.
-    let auth = ClientAuth::mtls_files(&ca.cert, &client.cert, &client.key).map_err(|e| CliError::Failed(format!("demo: {e}")))?;
+    let auth = ClientAuth::mtls_files(&ca.cert, &client.cert, &client.key)
+        .map_err(|e| CliError::Failed(format!("demo: {e}")))?;
     for i in 0..n {
-        let client = AgentClient::new(&format!("https://127.0.0.1:{}", ports[2 * i]), &auth).map_err(|e| CliError::Failed(e.to_string()))?;
+        let client = AgentClient::new(&format!("https://127.0.0.1:{}", ports[2 * i]), &auth)
+            .map_err(|e| CliError::Failed(e.to_string()))?;
         let mut last = String::new();
         let mut up = false;
         for _ in 0..100 {
@@ -160,7 +179,10 @@ pub async fn run(args: &DemoArgs) -> Result<u8, CliError> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         if !up {
-            return Err(CliError::Failed(format!("demo: agent host{} did not start: {last} (see its agent.log)", i + 1)));
+            return Err(CliError::Failed(format!(
+                "demo: agent host{} did not start: {last} (see its agent.log)",
+                i + 1
+            )));
         }
     }
     println!("demo: {n} agents up on loopback, mTLS with a fresh CA");
@@ -185,14 +207,27 @@ pub async fn run(args: &DemoArgs) -> Result<u8, CliError> {
     let canary = "    canary:\n      maxUnavailable: 1\n      firstGroup: internal\n      steps:\n        - setWeight: 25\n        - pause: {duration: 1s}\n        - setWeight: 50\n        - analysis: {}\n";
     let stages = [
         ("install v1 everywhere", "1.0.0", &v1, install, exit::OK),
-        ("canary v1 -> v2, the internal ring first", "2.0.0", &v2, canary, exit::OK),
-        ("canary to a bad v3 (its /health answers 500): rolled back automatically", "3.0.0", &v3, canary, exit::FAILED),
+        (
+            "canary v1 -> v2, the internal ring first",
+            "2.0.0",
+            &v2,
+            canary,
+            exit::OK,
+        ),
+        (
+            "canary to a bad v3 (its /health answers 500): rolled back automatically",
+            "3.0.0",
+            &v3,
+            canary,
+            exit::FAILED,
+        ),
     ];
     let mut ok = true;
     for (title, version, artifact, strategy, expected) in stages {
         println!("\n== {title}");
         let path = dir.join(format!("web-{version}.yaml"));
-        std::fs::write(&path, manifest(version, artifact, strategy)).map_err(fail("writing a manifest"))?;
+        std::fs::write(&path, manifest(version, artifact, strategy))
+            .map_err(fail("writing a manifest"))?;
         let m = Manifest::load(&[path], None)?;
         let code = apply_manifest(&m, args.output, &store).await?;
         if code != expected {
@@ -201,11 +236,25 @@ pub async fn run(args: &DemoArgs) -> Result<u8, CliError> {
             break;
         }
     }
-    println!("\n== history (ROLLGATE_STATE={} rollgate history web)", store_root(&dir).display());
-    for r in crate::state::history(&store.read("web").map_err(|e| CliError::Failed(e.to_string()))?) {
+    println!(
+        "\n== history (ROLLGATE_STATE={} rollgate history web)",
+        store_root(&dir).display()
+    );
+    for r in crate::state::history(
+        &store
+            .read("web")
+            .map_err(|e| CliError::Failed(e.to_string()))?,
+    ) {
         print!("{}", crate::cli::output::summary(&r));
     }
-    println!("\ndemo: {}; stopping the agents", if ok { "done: v2 serves everywhere, v3 was rolled back" } else { "FAILED" });
+    println!(
+        "\ndemo: {}; stopping the agents",
+        if ok {
+            "done: v2 serves everywhere, v3 was rolled back"
+        } else {
+            "FAILED"
+        }
+    );
     Ok(if ok { exit::OK } else { exit::FAILED })
 }
 

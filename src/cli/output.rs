@@ -20,7 +20,11 @@ pub fn plan_table(app: &str, version: &str, strategy_source: &str, plan: &Plan) 
         plan.replicas.saturating_sub(plan.max_unavailable)
     );
     let _ = writeln!(out);
-    let _ = writeln!(out, "{:>4}  {:<9} {:>8} {:>8} {:>13} {:>9}  NOTE", "STEP", "KIND", "OLD", "NEW", "MIN-AVAILABLE", "MAX-TOTAL");
+    let _ = writeln!(
+        out,
+        "{:>4}  {:<9} {:>8} {:>8} {:>13} {:>9}  NOTE",
+        "STEP", "KIND", "OLD", "NEW", "MIN-AVAILABLE", "MAX-TOTAL"
+    );
     for (i, s) in plan.steps.iter().enumerate() {
         let kind = match s.kind {
             StepKind::Scale => "scale",
@@ -51,20 +55,55 @@ pub fn plan_table(app: &str, version: &str, strategy_source: &str, plan: &Plan) 
 pub fn describe(e: &crate::state::Event) -> String {
     use crate::state::Event::*;
     match e {
-        Started { from, to, strategy, actor, steps, .. } => {
-            format!("started {strategy} from {} to {to} ({steps} steps) by {actor}", from.as_deref().unwrap_or("nothing"))
+        Started {
+            from,
+            to,
+            strategy,
+            actor,
+            steps,
+            ..
+        } => {
+            format!(
+                "started {strategy} from {} to {to} ({steps} steps) by {actor}",
+                from.as_deref().unwrap_or("nothing")
+            )
         }
-        StepStarted { step, kind, note, .. } => format!("step {}: {kind} — {note}", step + 1),
-        InstanceChanging { instance, version, .. } => format!("  {instance}: switching to {version}"),
-        InstanceChanged { instance, version, ok: true, .. } => format!("  {instance}: on {version}, ready"),
-        InstanceChanged { instance, version, detail, .. } => format!("  {instance}: FAILED to switch to {version}: {detail}"),
-        Gate { check, passed: true, detail, .. } => format!("  gate {check} passed {detail}"),
+        StepStarted {
+            step, kind, note, ..
+        } => format!("step {}: {kind} — {note}", step + 1),
+        InstanceChanging {
+            instance, version, ..
+        } => format!("  {instance}: switching to {version}"),
+        InstanceChanged {
+            instance,
+            version,
+            ok: true,
+            ..
+        } => format!("  {instance}: on {version}, ready"),
+        InstanceChanged {
+            instance,
+            version,
+            detail,
+            ..
+        } => format!("  {instance}: FAILED to switch to {version}: {detail}"),
+        Gate {
+            check,
+            passed: true,
+            detail,
+            ..
+        } => format!("  gate {check} passed {detail}"),
         Gate { check, detail, .. } => format!("  gate {check} FAILED {detail}"),
-        StepDone { step, millis, .. } => format!("step {} done in {:.1}s", step + 1, *millis as f64 / 1000.0),
+        StepDone { step, millis, .. } => {
+            format!("step {} done in {:.1}s", step + 1, *millis as f64 / 1000.0)
+        }
         Paused { reason, .. } => format!("paused: {reason}"),
-        Promoted { actor, full, .. } => format!("promoted by {actor}{}", if *full { " (full)" } else { "" }),
+        Promoted { actor, full, .. } => {
+            format!("promoted by {actor}{}", if *full { " (full)" } else { "" })
+        }
         RollbackStarted { reason, to, .. } => format!("rolling back to {to}: {reason}"),
-        Finished { outcome, detail, .. } => format!("{outcome}: {detail}"),
+        Finished {
+            outcome, detail, ..
+        } => format!("{outcome}: {detail}"),
     }
 }
 
@@ -76,7 +115,10 @@ pub fn summary(r: &crate::state::RolloutSummary) -> String {
         (None, Some(p)) => format!("paused ({p})"),
         (None, None) => "in progress (or interrupted)".into(),
     };
-    let took = r.finished_ms.map(|f| format!(" in {:.1}s", f.saturating_sub(r.started_ms) as f64 / 1000.0)).unwrap_or_default();
+    let took = r
+        .finished_ms
+        .map(|f| format!(" in {:.1}s", f.saturating_sub(r.started_ms) as f64 / 1000.0))
+        .unwrap_or_default();
     let _ = writeln!(
         out,
         "{}  {} -> {}  {}  {state}{took}",
@@ -89,8 +131,18 @@ pub fn summary(r: &crate::state::RolloutSummary) -> String {
         let _ = writeln!(out, "  by {a} at {} (unix ms)", r.started_ms);
     }
     for s in &r.steps {
-        let t = s.millis.map(|m| format!("{:.1}s", m as f64 / 1000.0)).unwrap_or_else(|| "-".into());
-        let _ = writeln!(out, "  step {:>2} {:<8} {:>7}  {}", s.step + 1, s.kind, t, s.note);
+        let t = s
+            .millis
+            .map(|m| format!("{:.1}s", m as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "  step {:>2} {:<8} {:>7}  {}",
+            s.step + 1,
+            s.kind,
+            t,
+            s.note
+        );
         for g in &s.gates {
             let _ = writeln!(out, "           {g}");
         }

@@ -3,7 +3,10 @@
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
-use crate::cli::{AppArgs, ApplyArgs, Cli, Command, Format, InputArgs, PkiCommand, PlanArgs, Progress, PromoteArgs, RollbackArgs, StatusArgs, exit, output};
+use crate::cli::{
+    AppArgs, ApplyArgs, Cli, Command, Format, InputArgs, PkiCommand, PlanArgs, Progress,
+    PromoteArgs, RollbackArgs, StatusArgs, exit, output,
+};
 use crate::engine::{Interrupts, Run, RunOutcome, current_version, error_chain};
 use crate::plan::{self, Capacity};
 use crate::spec::{InputError, Manifest, Rollout};
@@ -65,7 +68,9 @@ async fn run_async(command: Command) -> Result<u8, CliError> {
         Command::Status(args) => status(&args).await,
         Command::History(args) => history_cmd(&args),
         Command::Demo(args) => crate::cli::demo::run(&args).await,
-        Command::Validate(_) | Command::Plan(_) | Command::Pki(_) => unreachable!("handled synchronously"),
+        Command::Validate(_) | Command::Plan(_) | Command::Pki(_) => {
+            unreachable!("handled synchronously")
+        }
     }
 }
 
@@ -75,8 +80,19 @@ fn load(input: &InputArgs) -> Result<Manifest, InputError> {
 
 fn validate(args: &InputArgs) -> Result<u8, CliError> {
     let m = load(args)?;
-    let files: Vec<String> = m.sources.files.iter().map(|s| s.file.display().to_string()).collect();
-    println!("{}: valid ({} strategy from {}; read {})", m.name(), m.strategy.name(), m.strategy_source, files.join(", "));
+    let files: Vec<String> = m
+        .sources
+        .files
+        .iter()
+        .map(|s| s.file.display().to_string())
+        .collect();
+    println!(
+        "{}: valid ({} strategy from {}; read {})",
+        m.name(),
+        m.strategy.name(),
+        m.strategy_source,
+        files.join(", ")
+    );
     Ok(exit::OK)
 }
 
@@ -90,12 +106,18 @@ pub fn instance_count(m: &Manifest, replicas: Option<u32>) -> Result<(u32, Capac
             ));
         }
         let n = u32::try_from(h.hosts.len()).unwrap_or(u32::MAX);
-        let cap = if h.slots_per_host >= 2 { Capacity::TwoSlots } else { Capacity::InPlace };
+        let cap = if h.slots_per_host >= 2 {
+            Capacity::TwoSlots
+        } else {
+            Capacity::InPlace
+        };
         return Ok((n, cap));
     }
     match replicas {
         Some(n) => Ok((n, Capacity::Elastic)),
-        None => Err(InputError::general("planning a kubernetes target offline needs its size: pass --replicas N")),
+        None => Err(InputError::general(
+            "planning a kubernetes target offline needs its size: pass --replicas N",
+        )),
     }
 }
 
@@ -108,7 +130,9 @@ fn plan_cmd(args: &PlanArgs) -> Result<u8, CliError> {
     let m = load(&args.input)?;
     let p = make_plan(&m, args.replicas)?;
     let text = match args.output {
-        Format::Table => output::plan_table(m.name(), &m.rollout.spec.version, &m.strategy_source, &p),
+        Format::Table => {
+            output::plan_table(m.name(), &m.rollout.spec.version, &m.strategy_source, &p)
+        }
         Format::Json => serde_json::to_string_pretty(&p).expect("a plan always serializes") + "\n",
         Format::Yaml => serde_yaml::to_string(&p).expect("a plan always serializes"),
     };
@@ -121,7 +145,11 @@ fn pki(cmd: PkiCommand) -> Result<u8, CliError> {
     match cmd {
         PkiCommand::Init { dir } => {
             let issued = crate::pki::init(&dir).map_err(failed)?;
-            println!("CA written: {} (key {})", issued.cert.display(), issued.key.display());
+            println!(
+                "CA written: {} (key {})",
+                issued.cert.display(),
+                issued.key.display()
+            );
         }
         PkiCommand::Issue { dir, agent, client } => {
             let issued = match (agent, client) {
@@ -130,7 +158,11 @@ fn pki(cmd: PkiCommand) -> Result<u8, CliError> {
                 (None, None) => unreachable!("clap requires one"),
             }
             .map_err(failed)?;
-            println!("certificate: {}\nkey: {}", issued.cert.display(), issued.key.display());
+            println!(
+                "certificate: {}\nkey: {}",
+                issued.cert.display(),
+                issued.key.display()
+            );
         }
     }
     Ok(exit::OK)
@@ -157,8 +189,10 @@ impl Reporter {
         let bar = (mode == Progress::Auto && tty).then(|| {
             let bar = indicatif::ProgressBar::new(steps as u64);
             bar.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} step {pos}/{len} {msg}")
-                    .expect("a valid template"),
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} step {pos}/{len} {msg}",
+                )
+                .expect("a valid template"),
             );
             bar.enable_steady_tick(std::time::Duration::from_millis(120));
             bar
@@ -198,7 +232,8 @@ fn install_interrupts() -> Interrupts {
     let handle = interrupts.clone();
     tokio::spawn(async move {
         #[cfg(unix)]
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         loop {
             #[cfg(unix)]
             tokio::select! {
@@ -208,10 +243,14 @@ fn install_interrupts() -> Interrupts {
             #[cfg(not(unix))]
             let _ = tokio::signal::ctrl_c().await;
             if handle.raise() >= 2 {
-                eprintln!("second interrupt: stopping now; `rollgate resume` continues from the journal");
+                eprintln!(
+                    "second interrupt: stopping now; `rollgate resume` continues from the journal"
+                );
                 std::process::exit(i32::from(exit::INTERRUPTED));
             }
-            eprintln!("interrupt: finishing the current step, then pausing (Ctrl-C again to stop at once)");
+            eprintln!(
+                "interrupt: finishing the current step, then pausing (Ctrl-C again to stop at once)"
+            );
         }
     });
     interrupts
@@ -233,11 +272,15 @@ fn outcome_code(outcome: &RunOutcome, app: &str, started: Instant) -> u8 {
             exit::FAILED
         }
         RunOutcome::Paused(why) => {
-            println!("{app}: paused: {why} (continue with `rollgate promote {app}`, or `rollgate abort {app}`)");
+            println!(
+                "{app}: paused: {why} (continue with `rollgate promote {app}`, or `rollgate abort {app}`)"
+            );
             exit::PAUSED
         }
         RunOutcome::Interrupted => {
-            println!("{app}: interrupted; the rollout is paused (`rollgate resume {app}` continues)");
+            println!(
+                "{app}: interrupted; the rollout is paused (`rollgate resume {app}` continues)"
+            );
             exit::INTERRUPTED
         }
     }
@@ -256,13 +299,21 @@ pub async fn apply_manifest(m: &Manifest, mode: Progress, store: &Store) -> Resu
     let _lock = store.lock(m.name(), &actor).map_err(failed)?;
     let instances = target.instances().await.map_err(failed)?;
     let version = m.rollout.spec.version.clone();
-    if instances.iter().all(|i| i.version.as_deref() == Some(version.as_str())) {
-        println!("{}: every instance already runs {version}; nothing to do", m.name());
+    if instances
+        .iter()
+        .all(|i| i.version.as_deref() == Some(version.as_str()))
+    {
+        println!(
+            "{}: every instance already runs {version}; nothing to do",
+            m.name()
+        );
         return Ok(exit::OK);
     }
     let from = current_version(&instances, &version);
     let rollout = format!("{}-{}", m.name(), crate::state::now_ms());
-    store.save_manifest(m.name(), &rollout, &m.resolved()).map_err(failed)?;
+    store
+        .save_manifest(m.name(), &rollout, &m.resolved())
+        .map_err(failed)?;
     let mut journal = store.journal(m.name()).map_err(failed)?;
     let reporter = Reporter::new(mode, plan.steps.len());
     let on_record = |r: &Record| reporter.record(r);
@@ -275,7 +326,10 @@ pub async fn apply_manifest(m: &Manifest, mode: Progress, store: &Store) -> Resu
         steps: plan.steps.len(),
     };
     journal.append(event.clone()).map_err(failed)?;
-    on_record(&Record { at_ms: crate::state::now_ms(), event });
+    on_record(&Record {
+        at_ms: crate::state::now_ms(),
+        event,
+    });
     let mut run = Run {
         target: &target,
         manifest: m,
@@ -298,10 +352,16 @@ pub async fn apply_manifest(m: &Manifest, mode: Progress, store: &Store) -> Resu
 fn last_rollout(store: &Store, app: &str) -> Result<(RolloutSummary, Manifest), CliError> {
     let records = store.read(app).map_err(failed)?;
     let Some(last) = history(&records).pop() else {
-        return Err(CliError::Failed(format!("{app} has no rollouts in {}", store.app_dir(app).display())));
+        return Err(CliError::Failed(format!(
+            "{app} has no rollouts in {}",
+            store.app_dir(app).display()
+        )));
     };
     let rollout: Rollout = store.load_manifest(app, &last.id).map_err(failed)?;
-    let origin = store.app_dir(app).join("rollouts").join(format!("{}.json", last.id));
+    let origin = store
+        .app_dir(app)
+        .join("rollouts")
+        .join(format!("{}.json", last.id));
     let m = Manifest::from_resolved(rollout, &origin)?;
     Ok((last, m))
 }
@@ -312,8 +372,15 @@ async fn resume(args: &AppArgs, promoted: Option<bool>) -> Result<u8, CliError> 
     let store = Store::open_default();
     let (last, m) = last_rollout(&store, &args.app)?;
     if let Some(outcome) = last.outcome {
-        println!("{}: the last rollout ({}) already {outcome}; nothing to resume", args.app, last.id);
-        return Ok(if outcome == Outcome::Succeeded { exit::OK } else { exit::FAILED });
+        println!(
+            "{}: the last rollout ({}) already {outcome}; nothing to resume",
+            args.app, last.id
+        );
+        return Ok(if outcome == Outcome::Succeeded {
+            exit::OK
+        } else {
+            exit::FAILED
+        });
     }
     let plan = make_plan(&m, None)?;
     let target = hosts_target(&m)?;
@@ -339,13 +406,23 @@ async fn resume(args: &AppArgs, promoted: Option<bool>) -> Result<u8, CliError> 
     if let Some(reason) = &last.rollback {
         run.rollback(reason).await.map_err(failed)?;
         run.journal
-            .append(Event::Finished { rollout: last.id.clone(), outcome: Outcome::RolledBack, detail: reason.clone() })
+            .append(Event::Finished {
+                rollout: last.id.clone(),
+                outcome: Outcome::RolledBack,
+                detail: reason.clone(),
+            })
             .map_err(failed)?;
         reporter.finish();
         println!("{}: rollback completed", args.app);
         return Ok(exit::FAILED);
     }
-    let done = last.steps.iter().filter(|s| s.millis.is_some()).map(|s| s.step + 1).max().unwrap_or(0);
+    let done = last
+        .steps
+        .iter()
+        .filter(|s| s.millis.is_some())
+        .map(|s| s.step + 1)
+        .max()
+        .unwrap_or(0);
     let mut next = done;
     if let (Some(reason), Some(step)) = (&last.paused, last.steps.last())
         && step.millis.is_none()
@@ -353,8 +430,11 @@ async fn resume(args: &AppArgs, promoted: Option<bool>) -> Result<u8, CliError> 
         let plan_step = &plan.steps[step.step];
         if plan_step.manual {
             let needed = plan_step.approvals.max(1) as usize;
-            let distinct: std::collections::BTreeSet<&str> =
-                last.approvals.iter().map(|a| a.split('@').next().unwrap_or(a)).collect();
+            let distinct: std::collections::BTreeSet<&str> = last
+                .approvals
+                .iter()
+                .map(|a| a.split('@').next().unwrap_or(a))
+                .collect();
             if promoted.is_none() || distinct.len() < needed {
                 println!(
                     "{}: paused at step {} ({reason}); {} of {needed} approvals so far — `rollgate promote {}`",
@@ -382,7 +462,15 @@ async fn promote(args: &PromoteArgs) -> Result<u8, CliError> {
     // While a rollout runs, it owns the journal: hand it the promotion as a control request.
     match store.lock(app, &actor) {
         Err(crate::state::StateError::Locked { .. }) => {
-            store.send_control(app, &Control::Promote { actor, full: args.full }).map_err(failed)?;
+            store
+                .send_control(
+                    app,
+                    &Control::Promote {
+                        actor,
+                        full: args.full,
+                    },
+                )
+                .map_err(failed)?;
             println!("{app}: promotion sent to the running rollout");
             return Ok(exit::OK);
         }
@@ -391,12 +479,21 @@ async fn promote(args: &PromoteArgs) -> Result<u8, CliError> {
     }
     let (last, _) = last_rollout(&store, app)?;
     if last.outcome.is_some() || last.paused.is_none() {
-        return Err(CliError::Failed(format!("{app}: no paused rollout to promote")));
+        return Err(CliError::Failed(format!(
+            "{app}: no paused rollout to promote"
+        )));
     }
     let step = last.steps.last().map_or(0, |s| s.step);
     store
         .journal(app)
-        .and_then(|mut j| j.append(Event::Promoted { rollout: last.id.clone(), step, actor: actor.clone(), full: args.full }))
+        .and_then(|mut j| {
+            j.append(Event::Promoted {
+                rollout: last.id.clone(),
+                step,
+                actor: actor.clone(),
+                full: args.full,
+            })
+        })
         .map_err(failed)?;
     println!("{app}: promoted by {actor}");
     resume(&args.app, Some(args.full)).await
@@ -404,8 +501,13 @@ async fn promote(args: &PromoteArgs) -> Result<u8, CliError> {
 
 fn control(args: &AppArgs, make: impl FnOnce(Actor) -> Control) -> Result<u8, CliError> {
     let store = Store::open_default();
-    store.send_control(&args.app, &make(Actor::from_env())).map_err(failed)?;
-    println!("{}: request sent; the running rollout acts on it after its current step", args.app);
+    store
+        .send_control(&args.app, &make(Actor::from_env()))
+        .map_err(failed)?;
+    println!(
+        "{}: request sent; the running rollout acts on it after its current step",
+        args.app
+    );
     Ok(exit::OK)
 }
 
@@ -413,14 +515,20 @@ async fn abort(args: &AppArgs) -> Result<u8, CliError> {
     let store = Store::open_default();
     let actor = Actor::from_env();
     match store.lock(&args.app, &actor) {
-        Err(crate::state::StateError::Locked { .. }) => return control(args, |actor| Control::Abort { actor }),
+        Err(crate::state::StateError::Locked { .. }) => {
+            return control(args, |actor| Control::Abort { actor });
+        }
         Err(e) => return Err(failed(e)),
         Ok(lock) => drop(lock),
     }
     // Nothing runs: roll the paused rollout back here.
     let (last, m) = last_rollout(&store, &args.app)?;
     if last.outcome.is_some() {
-        return Err(CliError::Failed(format!("{}: the last rollout already {}", args.app, last.outcome.unwrap_or(Outcome::Failed))));
+        return Err(CliError::Failed(format!(
+            "{}: the last rollout already {}",
+            args.app,
+            last.outcome.unwrap_or(Outcome::Failed)
+        )));
     }
     let plan = make_plan(&m, None)?;
     let target = hosts_target(&m)?;
@@ -442,7 +550,13 @@ async fn abort(args: &AppArgs) -> Result<u8, CliError> {
     };
     let reason = format!("aborted by {actor}");
     run.rollback(&reason).await.map_err(failed)?;
-    run.journal.append(Event::Finished { rollout: last.id, outcome: Outcome::Aborted, detail: reason }).map_err(failed)?;
+    run.journal
+        .append(Event::Finished {
+            rollout: last.id,
+            outcome: Outcome::Aborted,
+            detail: reason,
+        })
+        .map_err(failed)?;
     reporter.finish();
     println!("{}: aborted and rolled back", args.app);
     Ok(exit::FAILED)
@@ -452,8 +566,14 @@ async fn retry(args: &AppArgs) -> Result<u8, CliError> {
     let store = Store::open_default();
     let (last, m) = last_rollout(&store, &args.app)?;
     match last.outcome {
-        Some(Outcome::Succeeded) => Err(CliError::Failed(format!("{}: the last rollout succeeded; nothing to retry", args.app))),
-        None => Err(CliError::Failed(format!("{}: the last rollout is unfinished; use `rollgate resume {}`", args.app, args.app))),
+        Some(Outcome::Succeeded) => Err(CliError::Failed(format!(
+            "{}: the last rollout succeeded; nothing to retry",
+            args.app
+        ))),
+        None => Err(CliError::Failed(format!(
+            "{}: the last rollout is unfinished; use `rollgate resume {}`",
+            args.app, args.app
+        ))),
         Some(_) => apply_manifest(&m, args.output, &store).await,
     }
 }
@@ -465,46 +585,96 @@ async fn rollback(args: &RollbackArgs) -> Result<u8, CliError> {
     let app = &args.app.app;
     let records = store.read(app).map_err(failed)?;
     let all = history(&records);
-    let Some(last) = all.iter().rev().find(|r| r.outcome == Some(Outcome::Succeeded) && r.strategy != "rollback") else {
-        return Err(CliError::Failed(format!("{app}: no completed rollout to roll back")));
+    let Some(last) = all
+        .iter()
+        .rev()
+        .find(|r| r.outcome == Some(Outcome::Succeeded) && r.strategy != "rollback")
+    else {
+        return Err(CliError::Failed(format!(
+            "{app}: no completed rollout to roll back"
+        )));
     };
     let to = match (&args.to, &last.from) {
         (Some(v), _) => v.clone(),
         (None, Some(v)) => v.clone(),
-        (None, None) => return Err(CliError::Failed(format!("{app}: the last rollout had no earlier version; pass --to VERSION"))),
+        (None, None) => {
+            return Err(CliError::Failed(format!(
+                "{app}: the last rollout had no earlier version; pass --to VERSION"
+            )));
+        }
     };
     let rollout: Rollout = store.load_manifest(app, &last.id).map_err(failed)?;
     let mut rollout = rollout;
     rollout.spec.version = to.clone();
-    let origin = store.app_dir(app).join("rollouts").join(format!("{}.json", last.id));
+    let origin = store
+        .app_dir(app)
+        .join("rollouts")
+        .join(format!("{}.json", last.id));
     let m = Manifest::from_resolved(rollout, &origin)?;
     let plan = make_plan(&m, None)?;
     let target = hosts_target(&m)?;
     let actor = Actor::from_env();
     let _lock = store.lock(app, &actor).map_err(failed)?;
     let instances = target.instances().await.map_err(failed)?;
-    let missing: Vec<&str> = instances.iter().filter(|i| !i.installed.contains(&to)).map(|i| i.name.as_str()).collect();
+    let missing: Vec<&str> = instances
+        .iter()
+        .filter(|i| !i.installed.contains(&to))
+        .map(|i| i.name.as_str())
+        .collect();
     if !missing.is_empty() {
-        return Err(CliError::Failed(format!("{app}: version {to} is no longer on {}; roll forward with apply instead", missing.join(", "))));
+        return Err(CliError::Failed(format!(
+            "{app}: version {to} is no longer on {}; roll forward with apply instead",
+            missing.join(", ")
+        )));
     }
-    let back: Vec<String> = instances.iter().filter(|i| i.version.as_deref() != Some(to.as_str())).map(|i| i.name.clone()).collect();
+    let back: Vec<String> = instances
+        .iter()
+        .filter(|i| i.version.as_deref() != Some(to.as_str()))
+        .map(|i| i.name.clone())
+        .collect();
     let id = format!("{app}-{}", crate::state::now_ms());
-    store.save_manifest(app, &id, &m.resolved()).map_err(failed)?;
+    store
+        .save_manifest(app, &id, &m.resolved())
+        .map_err(failed)?;
     let mut journal = store.journal(app).map_err(failed)?;
     let from = instances.iter().find_map(|i| i.version.clone());
     let reporter = Reporter::new(args.app.output, 1);
     let log = |journal: &mut crate::state::Journal, event: Event| -> Result<(), CliError> {
         journal.append(event.clone()).map_err(failed)?;
-        reporter.record(&Record { at_ms: crate::state::now_ms(), event });
+        reporter.record(&Record {
+            at_ms: crate::state::now_ms(),
+            event,
+        });
         Ok(())
     };
-    log(&mut journal, Event::Started { rollout: id.clone(), from, to: to.clone(), strategy: "rollback".into(), actor, steps: 1 })?;
-    let wave = if args.fast { back.len().max(1) } else { plan.max_unavailable.max(1) as usize };
+    log(
+        &mut journal,
+        Event::Started {
+            rollout: id.clone(),
+            from,
+            to: to.clone(),
+            strategy: "rollback".into(),
+            actor,
+            steps: 1,
+        },
+    )?;
+    let wave = if args.fast {
+        back.len().max(1)
+    } else {
+        plan.max_unavailable.max(1) as usize
+    };
     let deadline = std::time::Duration::from_secs(m.rollout.spec.progress_deadline_seconds);
     let mut failures = Vec::new();
     for chunk in back.chunks(wave) {
         for h in chunk {
-            log(&mut journal, Event::InstanceChanging { rollout: id.clone(), instance: h.clone(), version: to.clone() })?;
+            log(
+                &mut journal,
+                Event::InstanceChanging {
+                    rollout: id.clone(),
+                    instance: h.clone(),
+                    version: to.clone(),
+                },
+            )?;
         }
         for (h, r) in target.switch(chunk, &to, deadline).await {
             let (ok, detail) = match &r {
@@ -514,19 +684,42 @@ async fn rollback(args: &RollbackArgs) -> Result<u8, CliError> {
             if !ok {
                 failures.push(format!("{h}: {detail}"));
             }
-            log(&mut journal, Event::InstanceChanged { rollout: id.clone(), instance: h, version: to.clone(), ok, detail })?;
+            log(
+                &mut journal,
+                Event::InstanceChanged {
+                    rollout: id.clone(),
+                    instance: h,
+                    version: to.clone(),
+                    ok,
+                    detail,
+                },
+            )?;
         }
     }
     let took = started.elapsed().as_secs_f64();
     let (outcome, detail) = if failures.is_empty() {
-        (Outcome::Succeeded, format!("every instance back on {to} in {took:.2}s"))
+        (
+            Outcome::Succeeded,
+            format!("every instance back on {to} in {took:.2}s"),
+        )
     } else {
         (Outcome::Failed, failures.join("; "))
     };
-    log(&mut journal, Event::Finished { rollout: id, outcome, detail: detail.clone() })?;
+    log(
+        &mut journal,
+        Event::Finished {
+            rollout: id,
+            outcome,
+            detail: detail.clone(),
+        },
+    )?;
     reporter.finish();
     println!("{app}: rollback {outcome}: {detail}");
-    Ok(if failures.is_empty() { exit::OK } else { exit::FAILED })
+    Ok(if failures.is_empty() {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
 }
 
 async fn status(args: &StatusArgs) -> Result<u8, CliError> {
@@ -556,11 +749,18 @@ fn history_cmd(args: &AppArgs) -> Result<u8, CliError> {
     let store = Store::open_default();
     let all = history(&store.read(&args.app).map_err(failed)?);
     if all.is_empty() {
-        println!("{}: no rollouts recorded in {}", args.app, store.app_dir(&args.app).display());
+        println!(
+            "{}: no rollouts recorded in {}",
+            args.app,
+            store.app_dir(&args.app).display()
+        );
         return Ok(exit::OK);
     }
     if args.output == Progress::Json {
-        println!("{}", serde_json::to_string_pretty(&all).expect("history serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&all).expect("history serializes")
+        );
         return Ok(exit::OK);
     }
     for r in &all {

@@ -25,7 +25,11 @@ impl IntOrPercent {
             IntOrPercent::Int(v) => v,
             IntOrPercent::Percent(p) => {
                 let scaled = u64::from(p) * u64::from(n);
-                let v = if round_up { scaled.div_ceil(100) } else { scaled / 100 };
+                let v = if round_up {
+                    scaled.div_ceil(100)
+                } else {
+                    scaled / 100
+                };
                 u32::try_from(v).unwrap_or(u32::MAX)
             }
         }
@@ -40,7 +44,9 @@ impl IntOrPercent {
                 .map(IntOrPercent::Percent)
                 .map_err(|_| format!("{s:?} is neither an integer nor a percentage like \"25%\""));
         }
-        Err(format!("{s:?} is neither an integer nor a percentage like \"25%\""))
+        Err(format!(
+            "{s:?} is neither an integer nor a percentage like \"25%\""
+        ))
     }
 }
 
@@ -71,16 +77,22 @@ impl<'de> Deserialize<'de> for IntOrPercent {
                 f.write_str("a non-negative integer or a percentage like \"25%\"")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                u32::try_from(v).map(IntOrPercent::Int).map_err(|_| E::custom(format!("{v} is too large")))
+                u32::try_from(v)
+                    .map(IntOrPercent::Int)
+                    .map_err(|_| E::custom(format!("{v} is too large")))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
                 if v < 0 {
-                    return Err(E::custom(format!("{v} is negative: expected a non-negative integer or a percentage like \"25%\"")));
+                    return Err(E::custom(format!(
+                        "{v} is negative: expected a non-negative integer or a percentage like \"25%\""
+                    )));
                 }
                 self.visit_u64(v as u64)
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                Err(E::custom(format!("{v} is not a whole number: expected an integer or a percentage like \"25%\"")))
+                Err(E::custom(format!(
+                    "{v} is not a whole number: expected an integer or a percentage like \"25%\""
+                )))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 IntOrPercent::parse(v).map_err(E::custom)
@@ -96,7 +108,11 @@ pub struct Dur(pub Duration);
 
 impl Dur {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let expected = || format!("{s:?} is not a duration: expected a number with a unit, like \"30s\", \"5m\" or \"1h30m\"");
+        let expected = || {
+            format!(
+                "{s:?} is not a duration: expected a number with a unit, like \"30s\", \"5m\" or \"1h30m\""
+            )
+        };
         let t = s.trim();
         if t.is_empty() {
             return Err(expected());
@@ -104,13 +120,17 @@ impl Dur {
         let mut total = Duration::ZERO;
         let mut rest = t;
         while !rest.is_empty() {
-            let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
             if digits == 0 {
                 return Err(expected());
             }
             let n: u64 = rest[..digits].parse().map_err(|_| expected())?;
             rest = &rest[digits..];
-            let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
             let unit = &rest[..unit_len];
             rest = &rest[unit_len..];
             let part = match unit {
@@ -136,13 +156,13 @@ impl fmt::Display for Dur {
         let ms = self.0.as_millis();
         if ms == 0 {
             f.write_str("0s")
-        } else if ms % 86_400_000 == 0 {
+        } else if ms.is_multiple_of(86_400_000) {
             write!(f, "{}d", ms / 86_400_000)
-        } else if ms % 3_600_000 == 0 {
+        } else if ms.is_multiple_of(3_600_000) {
             write!(f, "{}h", ms / 3_600_000)
-        } else if ms % 60_000 == 0 {
+        } else if ms.is_multiple_of(60_000) {
             write!(f, "{}m", ms / 60_000)
-        } else if ms % 1000 == 0 {
+        } else if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
@@ -168,13 +188,19 @@ impl<'de> Deserialize<'de> for Dur {
                 if v == 0 {
                     return Ok(Dur(Duration::ZERO));
                 }
-                Err(E::custom(format!("{v} has no unit: expected a duration like \"{v}s\" or \"{v}m\"")))
+                Err(E::custom(format!(
+                    "{v} has no unit: expected a duration like \"{v}s\" or \"{v}m\""
+                )))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Err(E::custom(format!("{v} has no unit: expected a duration like \"30s\" or \"5m\"")))
+                Err(E::custom(format!(
+                    "{v} has no unit: expected a duration like \"30s\" or \"5m\""
+                )))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                Err(E::custom(format!("{v} has no unit: expected a duration like \"30s\" or \"5m\"")))
+                Err(E::custom(format!(
+                    "{v} has no unit: expected a duration like \"30s\" or \"5m\""
+                )))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 Dur::parse(v).map_err(E::custom)
@@ -199,7 +225,11 @@ mod tests {
     #[test]
     fn parse_forms() {
         assert_eq!(IntOrPercent::parse("25%"), Ok(IntOrPercent::Percent(25)));
-        assert!(IntOrPercent::parse("130").unwrap_err().contains("neither an integer nor a percentage"));
+        assert!(
+            IntOrPercent::parse("130")
+                .unwrap_err()
+                .contains("neither an integer nor a percentage")
+        );
         assert!(IntOrPercent::parse("x%").is_err());
     }
 

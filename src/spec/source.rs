@@ -29,7 +29,13 @@ pub struct InputError {
 impl InputError {
     /// An error that is not tied to a position in a file (a missing file, a bad flag).
     pub fn general(message: impl Into<String>) -> Self {
-        InputError { file: None, line: 0, column: 0, path: String::new(), message: message.into() }
+        InputError {
+            file: None,
+            line: 0,
+            column: 0,
+            path: String::new(),
+            message: message.into(),
+        }
     }
 }
 
@@ -199,8 +205,14 @@ impl Sources {
 
 /// `web.yaml` with env `prod` -> `web.prod.yaml`.
 pub fn overlay_path(file: &Path, env: &str) -> PathBuf {
-    let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let ext = file.extension().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "yaml".into());
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = file
+        .extension()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "yaml".into());
     file.with_file_name(format!("{stem}.{env}.{ext}"))
 }
 
@@ -225,17 +237,29 @@ impl Source {
             Ok(v) => v,
             Err(e) => {
                 let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-                return Err(at(line, column, format!("invalid YAML: {}", strip_location(&e.to_string()))));
+                return Err(at(
+                    line,
+                    column,
+                    format!("invalid YAML: {}", strip_location(&e.to_string())),
+                ));
             }
         };
         let mut index = PositionIndex::default();
         let mut parser = Parser::new_from_str(text);
         if let Err(e) = parser.load(&mut index, false) {
             let m = e.marker();
-            return Err(at(m.line(), m.col() + 1, format!("invalid YAML: {}", e.info())));
+            return Err(at(
+                m.line(),
+                m.col() + 1,
+                format!("invalid YAML: {}", e.info()),
+            ));
         }
         let positions = index.positions;
-        let mut source = Source { file: file.to_path_buf(), value: Value::Null, positions };
+        let mut source = Source {
+            file: file.to_path_buf(),
+            value: Value::Null,
+            positions,
+        };
         let mut path = String::new();
         expand_vars(&mut value, &mut path, vars).map_err(|(path, message)| {
             let pos = source.positions.get(&path).copied();
@@ -263,7 +287,9 @@ fn strip_location(message: &str) -> String {
 fn tidy_serde_message(message: &str) -> String {
     let message = strip_location(message);
     // serde_yaml phrases type errors as "invalid type: string \"x\", expected u32".
-    message.replace("expected u32", "expected a non-negative integer").replace("expected u64", "expected a non-negative integer")
+    message
+        .replace("expected u32", "expected a non-negative integer")
+        .replace("expected u64", "expected a non-negative integer")
 }
 
 fn display_path(path: &serde_path_to_error::Path) -> String {
@@ -289,7 +315,11 @@ fn merge(into: &mut Value, from: &Value) {
 
 /// Expands `${VAR}` and `${VAR:-default}` in every string scalar. `$${` stays a literal `${`.
 /// A value that is exactly one `${...}` is re-read as YAML, so `replicas: ${N}` stays a number.
-fn expand_vars(value: &mut Value, path: &mut String, vars: Vars<'_>) -> Result<(), (String, String)> {
+fn expand_vars(
+    value: &mut Value,
+    path: &mut String,
+    vars: Vars<'_>,
+) -> Result<(), (String, String)> {
     match value {
         Value::String(s) if s.contains('$') => {
             let whole = s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1;
@@ -336,21 +366,27 @@ pub fn expand_str(s: &str, vars: Vars<'_>) -> Result<String, String> {
             out.push_str("${");
             rest = tail;
         } else if let Some(body) = after.strip_prefix('{') {
-            let end = body.find('}').ok_or_else(|| format!("unterminated \"${{\" in {s:?}: expected \"${{NAME}}\""))?;
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("unterminated \"${{\" in {s:?}: expected \"${{NAME}}\""))?;
             let inner = &body[..end];
             let (name, default) = match inner.find(":-") {
                 Some(j) => (&inner[..j], Some(&inner[j + 2..])),
                 None => (inner, None),
             };
             if !valid_var_name(name) {
-                return Err(format!("\"${{{inner}}}\" is not a variable reference: expected \"${{NAME}}\" or \"${{NAME:-default}}\""));
+                return Err(format!(
+                    "\"${{{inner}}}\" is not a variable reference: expected \"${{NAME}}\" or \"${{NAME:-default}}\""
+                ));
             }
             match (vars(name), default) {
                 (Some(v), Some(d)) if v.is_empty() => out.push_str(d),
                 (Some(v), _) => out.push_str(&v),
                 (None, Some(d)) => out.push_str(d),
                 (None, None) => {
-                    return Err(format!("environment variable {name} is not set (write \"${{{name}:-default}}\" to give a default)"));
+                    return Err(format!(
+                        "environment variable {name} is not set (write \"${{{name}:-default}}\" to give a default)"
+                    ));
                 }
             }
             rest = &body[end + 1..];
@@ -365,7 +401,8 @@ pub fn expand_str(s: &str, vars: Vars<'_>) -> Result<String, String> {
 
 fn valid_var_name(name: &str) -> bool {
     let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic()) && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
 }
 
 fn key_text(k: &Value) -> String {
@@ -373,7 +410,10 @@ fn key_text(k: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
-        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
     }
 }
 
@@ -395,14 +435,23 @@ struct PositionIndex {
 
 enum Frame {
     /// A mapping; `key` is Some while its value is awaited. `base` is the path length to restore.
-    Map { key: Option<String>, base: usize },
-    Seq { next: usize, base: usize },
+    Map {
+        key: Option<String>,
+        base: usize,
+    },
+    Seq {
+        next: usize,
+        base: usize,
+    },
 }
 
 impl PositionIndex {
     /// Called before a value (scalar, mapping or sequence) starts: sets `path` to the value's path.
     fn enter_value(&mut self, mark: Marker, collection: bool) -> bool {
-        let mut pos = Pos { line: mark.line(), column: mark.col() + 1 };
+        let mut pos = Pos {
+            line: mark.line(),
+            column: mark.col() + 1,
+        };
         match self.stack.last_mut() {
             None => {
                 self.positions.entry(String::new()).or_insert(pos);
@@ -415,7 +464,9 @@ impl PositionIndex {
             }
             Some(Frame::Map { key: Some(_), .. }) => {
                 // A nested mapping or list is reported at its key, where a reader looks for it.
-                if collection && let Some(key_pos) = self.positions.get(&format!("{}#key", self.path)) {
+                if collection
+                    && let Some(key_pos) = self.positions.get(&format!("{}#key", self.path))
+                {
                     pos = *key_pos;
                 }
                 self.positions.insert(self.path.clone(), pos);
@@ -447,12 +498,19 @@ impl MarkedEventReceiver for PositionIndex {
         }
         match ev {
             Event::Scalar(text, ..) => {
-                if let Some(Frame::Map { key: key @ None, base }) = self.stack.last_mut() {
+                if let Some(Frame::Map {
+                    key: key @ None,
+                    base,
+                }) = self.stack.last_mut()
+                {
                     let base = *base;
                     *key = Some(text.clone());
                     self.path.truncate(base);
                     push_key(&mut self.path, &text);
-                    let pos = Pos { line: mark.line(), column: mark.col() + 1 };
+                    let pos = Pos {
+                        line: mark.line(),
+                        column: mark.col() + 1,
+                    };
                     self.positions.insert(format!("{}#key", self.path), pos);
                     return;
                 }
@@ -460,7 +518,10 @@ impl MarkedEventReceiver for PositionIndex {
                 self.leave_value();
             }
             Event::Alias(_) => {
-                if let Some(Frame::Map { key: key @ None, .. }) = self.stack.last_mut() {
+                if let Some(Frame::Map {
+                    key: key @ None, ..
+                }) = self.stack.last_mut()
+                {
                     *key = Some("*alias".into());
                     return;
                 }
@@ -507,7 +568,13 @@ mod tests {
     fn positions_follow_nested_paths() {
         let s = src("a:\n  b: 1\n  c:\n    - x\n    - y: 2\n");
         assert_eq!(s.locate("a.b").1, Some(Pos { line: 2, column: 6 }));
-        assert_eq!(s.locate("a.c[1].y").1, Some(Pos { line: 5, column: 10 }));
+        assert_eq!(
+            s.locate("a.c[1].y").1,
+            Some(Pos {
+                line: 5,
+                column: 10
+            })
+        );
         assert_eq!(s.locate("a.c[0]").1, Some(Pos { line: 4, column: 7 }));
         // An unknown path falls back to its nearest known parent.
         assert_eq!(s.locate("a.c[1].zz").1.map(|p| p.line), Some(5));
@@ -516,13 +583,22 @@ mod tests {
     #[test]
     fn flow_style_positions() {
         let s = src("spec:\n  rolling: {maxSurge: \"130\", maxUnavailable: 0}\n");
-        assert_eq!(s.locate("spec.rolling.maxSurge").1, Some(Pos { line: 2, column: 23 }));
+        assert_eq!(
+            s.locate("spec.rolling.maxSurge").1,
+            Some(Pos {
+                line: 2,
+                column: 23
+            })
+        );
     }
 
     #[test]
     fn overlays_merge_deeply_and_locate_in_the_last_file() {
         let s = Sources::from_texts(
-            &[(Path::new("base.yaml"), "a: {b: 1, c: 2}\nl: [1, 2]\n"), (Path::new("prod.yaml"), "a:\n  c: 3\nl: [9]\n")],
+            &[
+                (Path::new("base.yaml"), "a: {b: 1, c: 2}\nl: [1, 2]\n"),
+                (Path::new("prod.yaml"), "a:\n  c: 3\nl: [9]\n"),
+            ],
             &no_vars,
         )
         .unwrap();
@@ -540,35 +616,56 @@ mod tests {
         assert_eq!(expand_str("img:${TAG}", &vars).unwrap(), "img:v2");
         assert_eq!(expand_str("${NOPE:-x}", &vars).unwrap(), "x");
         assert_eq!(expand_str("$${TAG} $5", &vars).unwrap(), "${TAG} $5");
-        assert!(expand_str("${NOPE}", &vars).unwrap_err().contains("NOPE is not set"));
-        assert!(expand_str("${TAG", &vars).unwrap_err().contains("unterminated"));
-        assert!(expand_str("${1X}", &vars).unwrap_err().contains("not a variable reference"));
+        assert!(
+            expand_str("${NOPE}", &vars)
+                .unwrap_err()
+                .contains("NOPE is not set")
+        );
+        assert!(
+            expand_str("${TAG", &vars)
+                .unwrap_err()
+                .contains("unterminated")
+        );
+        assert!(
+            expand_str("${1X}", &vars)
+                .unwrap_err()
+                .contains("not a variable reference")
+        );
     }
 
     #[test]
     fn whole_value_vars_keep_their_type() {
         let vars = |n: &str| (n == "N").then(|| "5".to_string());
-        let s = Sources::from_texts(&[(Path::new("t.yaml"), "n: ${N}\ns: \"x${N}\"\n")], &vars).unwrap();
+        let s = Sources::from_texts(&[(Path::new("t.yaml"), "n: ${N}\ns: \"x${N}\"\n")], &vars)
+            .unwrap();
         assert_eq!(s.merged()["n"], Value::from(5));
         assert_eq!(s.merged()["s"], Value::from("x5"));
     }
 
     #[test]
     fn missing_var_is_located() {
-        let err = Sources::from_texts(&[(Path::new("t.yaml"), "a:\n  b: \"${MISSING}\"\n")], &no_vars).unwrap_err();
+        let err = Sources::from_texts(
+            &[(Path::new("t.yaml"), "a:\n  b: \"${MISSING}\"\n")],
+            &no_vars,
+        )
+        .unwrap_err();
         assert_eq!((err.line, err.column, err.path.as_str()), (2, 6, "a.b"));
         assert!(err.message.contains("MISSING"));
     }
 
     #[test]
     fn syntax_errors_have_positions() {
-        let err = Sources::from_texts(&[(Path::new("t.yaml"), "a: [1, 2\nb: 3\n")], &no_vars).unwrap_err();
+        let err = Sources::from_texts(&[(Path::new("t.yaml"), "a: [1, 2\nb: 3\n")], &no_vars)
+            .unwrap_err();
         assert!(err.line > 0, "{err}");
         assert!(err.to_string().starts_with("t.yaml:"), "{err}");
     }
 
     #[test]
     fn overlay_path_inserts_env() {
-        assert_eq!(overlay_path(Path::new("/x/web.yaml"), "prod"), PathBuf::from("/x/web.prod.yaml"));
+        assert_eq!(
+            overlay_path(Path::new("/x/web.yaml"), "prod"),
+            PathBuf::from("/x/web.prod.yaml")
+        );
     }
 }

@@ -23,7 +23,10 @@ pub fn counts_for_weight(n: u32, weight: u32, max_surge: u32, at: (u32, u32)) ->
         // Nearest canary count, half rounding up, kept inside 1..=t-1 where possible...
         let mut c = ((w * t + 50) / 100).clamp(1, t.saturating_sub(1).max(1));
         // ...and never behind the current split, nor more than n of either version.
-        c = c.max(at_canary).max(t.saturating_sub(at_stable)).max(t.saturating_sub(u64::from(n)));
+        c = c
+            .max(at_canary)
+            .max(t.saturating_sub(at_stable))
+            .max(t.saturating_sub(u64::from(n)));
         if c > u64::from(n) || c > t {
             continue;
         }
@@ -54,7 +57,12 @@ pub fn steps(n: u32, bounds: Bounds, spec: &[CanaryStep]) -> Vec<Step> {
             let before = out.len();
             transition(n, bounds, at, to, Some(w), &mut out);
             if out.len() == before {
-                let mut hold = Step::hold(StepKind::Scale, at.0, at.1, format!("canary weight {w}% (no change in counts)"));
+                let mut hold = Step::hold(
+                    StepKind::Scale,
+                    at.0,
+                    at.1,
+                    format!("canary weight {w}% (no change in counts)"),
+                );
                 hold.weight = Some(w);
                 out.push(hold);
             }
@@ -104,7 +112,10 @@ mod tests {
         assert_eq!(counts_for_weight(10, 10, 0, (10, 0)), (9, 1));
         assert_eq!(counts_for_weight(10, 25, 0, (10, 0)), (7, 3)); // 2.5 rounds half up
         assert_eq!(counts_for_weight(10, 50, 0, (10, 0)), (5, 5));
-        assert_eq!(counts_for_weight(100_000, 1, 0, (100_000, 0)), (99_000, 1000));
+        assert_eq!(
+            counts_for_weight(100_000, 1, 0, (100_000, 0)),
+            (99_000, 1000)
+        );
     }
 
     #[test]
@@ -127,6 +138,9 @@ mod tests {
         // 44% of 451 with surge prefers a total of 475 (266 + 209); 46% would prefer 270 + 230.
         let first = counts_for_weight(451, 44, 49, (451, 0));
         let second = counts_for_weight(451, 46, 49, first);
-        assert!(second.0 <= first.0 && second.1 >= first.1, "{first:?} -> {second:?}");
+        assert!(
+            second.0 <= first.0 && second.1 >= first.1,
+            "{first:?} -> {second:?}"
+        );
     }
 }

@@ -9,7 +9,11 @@ fn error_for(text: &str) -> String {
 
 fn error_for_env(text: &str, env: &[(&str, &str)]) -> String {
     let dir = workdir(&[("web.yaml", text)]);
-    let run = rollgate(dir.path(), &["plan", "-f", "web.yaml", "--replicas", "4", "-o", "json"], env);
+    let run = rollgate(
+        dir.path(),
+        &["plan", "-f", "web.yaml", "--replicas", "4", "-o", "json"],
+        env,
+    );
     assert_eq!(run.code, 2, "stderr: {}", run.stderr);
     assert_eq!(run.stdout, "", "nothing is printed to stdout on bad input");
     run.stderr.trim_end().to_string()
@@ -34,13 +38,19 @@ fn unknown_field_points_at_the_key() {
 #[test]
 fn wrong_type() {
     let e = error_for(&BASE.replace("maxUnavailable: 0", "minReadySeconds: ten"));
-    assert_eq!(e, "error: web.yaml:12:24: spec.strategy.rolling.minReadySeconds: invalid type: string \"ten\", expected a non-negative integer");
+    assert_eq!(
+        e,
+        "error: web.yaml:12:24: spec.strategy.rolling.minReadySeconds: invalid type: string \"ten\", expected a non-negative integer"
+    );
 }
 
 #[test]
 fn bad_percent() {
     let e = error_for(&BASE.replace("maxSurge: 1", "maxSurge: \"130\""));
-    assert_eq!(e, "error: web.yaml:11:17: spec.strategy.rolling.maxSurge: \"130\" is neither an integer nor a percentage like \"25%\"");
+    assert_eq!(
+        e,
+        "error: web.yaml:11:17: spec.strategy.rolling.maxSurge: \"130\" is neither an integer nor a percentage like \"25%\""
+    );
 }
 
 #[test]
@@ -57,7 +67,10 @@ fn zero_and_zero() {
 
 #[test]
 fn missing_env_var() {
-    let text = BASE.replace("deployment: web}", "deployment: web, image: \"web:${ROLLGATE_TEST_UNSET_TAG}\"}");
+    let text = BASE.replace(
+        "deployment: web}",
+        "deployment: web, image: \"web:${ROLLGATE_TEST_UNSET_TAG}\"}",
+    );
     let e = error_for(&text);
     assert_eq!(
         e,
@@ -65,13 +78,20 @@ fn missing_env_var() {
     );
     // Set, it expands; with a default, the default is used.
     let dir = workdir(&[("web.yaml", &text)]);
-    let run = rollgate(dir.path(), &["validate", "-f", "web.yaml"], &[("ROLLGATE_TEST_UNSET_TAG", "v9")]);
+    let run = rollgate(
+        dir.path(),
+        &["validate", "-f", "web.yaml"],
+        &[("ROLLGATE_TEST_UNSET_TAG", "v9")],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
 }
 
 #[test]
 fn missing_preset() {
-    let text = BASE.replace("    rolling:\n      maxSurge: 1\n      maxUnavailable: 0\n", "    ref: nosuch\n");
+    let text = BASE.replace(
+        "    rolling:\n      maxSurge: 1\n      maxUnavailable: 0\n",
+        "    ref: nosuch\n",
+    );
     let e = error_for(&text);
     assert_eq!(
         e,
@@ -82,7 +102,10 @@ fn missing_preset() {
 #[test]
 fn two_targets() {
     let text = BASE.replace("    kubernetes:", "    hosts: {hosts: []}\n    kubernetes:");
-    assert_eq!(error_for(&text), "error: web.yaml:7:3: spec.target: has both kubernetes and hosts: expected exactly one of them");
+    assert_eq!(
+        error_for(&text),
+        "error: web.yaml:7:3: spec.target: has both kubernetes and hosts: expected exactly one of them"
+    );
 }
 
 #[test]
@@ -100,7 +123,10 @@ fn bad_duration_and_weight() {
         "    rolling:\n      maxSurge: 1\n      maxUnavailable: 0\n",
         "    canary:\n      steps:\n        - setWeight: 120\n",
     );
-    assert_eq!(error_for(&text), "error: web.yaml:12:22: spec.strategy.canary.steps[0].setWeight: 120 is over 100: expected a percentage 0..=100");
+    assert_eq!(
+        error_for(&text),
+        "error: web.yaml:12:22: spec.strategy.canary.steps[0].setWeight: 120 is over 100: expected a percentage 0..=100"
+    );
     let text = BASE.replace(
         "    rolling:\n      maxSurge: 1\n      maxUnavailable: 0\n",
         "    canary:\n      steps:\n        - pause: {duration: 5}\n",
@@ -131,10 +157,17 @@ fn missing_file_and_missing_replicas() {
     let dir = workdir(&[("web.yaml", BASE)]);
     let run = rollgate(dir.path(), &["plan", "-f", "nope.yaml"], &[]);
     assert_eq!(run.code, 2);
-    assert!(run.stderr.starts_with("error: nope.yaml: cannot read:"), "{}", run.stderr);
+    assert!(
+        run.stderr.starts_with("error: nope.yaml: cannot read:"),
+        "{}",
+        run.stderr
+    );
     let run = rollgate(dir.path(), &["plan", "-f", "web.yaml"], &[]);
     assert_eq!(run.code, 2);
-    assert_eq!(run.stderr.trim_end(), "error: planning a kubernetes target offline needs its size: pass --replicas N");
+    assert_eq!(
+        run.stderr.trim_end(),
+        "error: planning a kubernetes target offline needs its size: pass --replicas N"
+    );
 }
 
 #[test]

@@ -33,7 +33,11 @@ pub fn rollgate(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let Output { status, stdout, stderr } = cmd.output().expect("rollgate runs");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("rollgate runs");
     Run {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
