@@ -182,6 +182,7 @@ impl Agent {
     /// Brings every slot back to its persisted desired state (agent start).
     pub async fn reconcile(self: &Arc<Self>) {
         for svc in self.services.values() {
+            let _guard = svc.lock.lock().await;
             let slots = lock(&svc.desired).slots.clone();
             for (i, s) in slots.iter().enumerate() {
                 let slot = i as u32;
@@ -349,7 +350,11 @@ impl Agent {
         self.service(name)?;
         if let Some(since) = since {
             let mut rx = self.changes.subscribe();
-            let _ = tokio::time::timeout(wait, rx.wait_for(|g| *g != since)).await;
+            // Shutdown ends long-polls early so connections can close within the grace period.
+            tokio::select! {
+                _ = tokio::time::timeout(wait, rx.wait_for(|g| *g != since)) => {}
+                _ = self.cancel.cancelled() => {}
+            }
         }
         self.status(name).await
     }
@@ -372,11 +377,13 @@ impl Agent {
                 return Ok(op);
             }
             rx.borrow_and_update();
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                return self.operation(id);
+            tokio::select! {
+                changed = tokio::time::timeout_at(deadline, rx.changed()) => {
+                    if changed.is_err() {
+                        return self.operation(id);
+                    }
+                }
+                _ = self.cancel.cancelled() => return self.operation(id),
             }
         }
     }
@@ -797,6 +804,13 @@ impl Agent {
             .map(Duration::from_millis)
             .or(svc.config.health.as_ref().map(|h| h.start_timeout.0))
             .unwrap_or(Duration::from_secs(60));
+        // Already there and healthy: a new request for the same version does not bounce it.
+        if current.active.as_deref() == Some(version) && current.desired_running {
+            let o = self.backends.observe(kind, name, slot).await;
+            if o.state == RunState::Running && self.check_slot(svc, slot).await.healthy {
+                return Ok((format!("slot {slot} already running {version}"), vec![]));
+            }
+        }
         // 1. graceful stop
         self.backends
             .stop(kind, name, slot, svc.config.stop_timeout.0)

@@ -29,7 +29,18 @@ async fn stage_activate_rollback_prune() {
     let script = demo_script(&[]);
     let v1 = tar_gz(&[("bin/web", 0o755, &script)]);
     let v2 = zip(&[("bin/web", 0o755, &script)]);
-    assert_succeeded(&stage(&c, "v1", &v1).await);
+    // A local file is streamed (the hosts target's path for local artifacts).
+    let file = tmp.path().join("v1.tar.gz");
+    std::fs::write(&file, &v1).unwrap();
+    let op = c
+        .stage_file("web", "v1", &file, &upload_params("stage-v1", &v1, None))
+        .await
+        .unwrap();
+    assert_succeeded(
+        &c.wait_operation(&op.id, Duration::from_secs(30))
+            .await
+            .unwrap(),
+    );
     assert_succeeded(&stage(&c, "v2", &v2).await);
     let op = c
         .stage_bytes(
@@ -89,6 +100,11 @@ async fn stage_activate_rollback_prune() {
         .await
         .unwrap();
     assert_eq!(replay.id, a2.id);
+    assert_eq!(c.service("web").await.unwrap().slots[0].pid, Some(pid));
+    // A new request for the version already running and healthy does not restart it.
+    let again = activate(&c, "act-v2-again", "v2", 0).await;
+    assert_succeeded(&again);
+    assert!(again.message.unwrap().contains("already running"));
     assert_eq!(c.service("web").await.unwrap().slots[0].pid, Some(pid));
     // The same request id for another request is refused.
     let reused = c
