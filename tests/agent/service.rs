@@ -72,12 +72,13 @@ fn service_run_notifies_systemd_once_listening() {
         ),
     )
     .unwrap();
+    let log = tmp.path().join("agent.log");
     let mut child = Command::new(AGENT)
-        .args(["service", "run", "--config"])
+        .args(["--log-format", "json", "service", "run", "--config"])
         .arg(&cfg)
         .env("NOTIFY_SOCKET", &sock_path)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let mut buf = [0u8; 256];
@@ -94,4 +95,15 @@ fn service_run_notifies_systemd_once_listening() {
     let n = sock.recv(&mut buf).expect("STOPPING=1");
     assert_eq!(&buf[..n], b"STOPPING=1");
     assert!(child.wait().unwrap().success());
+    // `--log-format json`: every line is a JSON object with a level and a message.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|v| v["fields"]["message"] == "listening"),
+        "{text}"
+    );
+    assert!(lines.iter().all(|v| v["level"].is_string()));
 }
