@@ -19,8 +19,8 @@ async fn crashed_service_is_restarted_and_crash_loops_back_off() {
     let agent = AgentProc::start(tmp.path(), &config(&pki, &data, &svc));
     let c = agent.client(&pki.client_auth());
 
-    // Exits with code 3 one second after starting: restarted, each time with a new pid.
-    let flaky = demo_script(&[("DEMO_EXIT_AFTER_SECS", "1"), ("DEMO_EXIT_CODE", "3")]);
+    // Exits with code 3 two seconds after starting: restarted, each time with a new pid.
+    let flaky = demo_script(&[("DEMO_EXIT_AFTER_SECS", "2"), ("DEMO_EXIT_CODE", "3")]);
     assert_succeeded(&stage(&c, "flaky", &tar_gz(&[("bin/web", 0o755, &flaky)])).await);
     assert_succeeded(&activate(&c, "a-flaky", "flaky", 0).await);
     let first_pid = c.service("web").await.unwrap().slots[0].pid.unwrap();
