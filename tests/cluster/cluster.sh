@@ -224,7 +224,7 @@ start() {
   local name=$1
   shift
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDS/$name.pid" "$@" \
-    </dev/null >"$LOGS/$name.log" 2>&1 &
+    </dev/null >"$LOGS/$name.log" 2>&1 9>&- &
   local i
   for i in $(seq 50); do [[ -s $PIDS/$name.pid ]] && break; sleep 0.02; done
 }
@@ -318,6 +318,8 @@ cmd_up() {
   stop_all
   rm -rf "$STATE_DIR"
   mkdir -p "$STATE_DIR" "$LOGS" "$PIDS"
+  # A failed up leaves no process behind; the logs stay.
+  trap 'stop_all; log "up failed; logs are in $LOGS"' EXIT
   make_pki
   make_kubeconfig
 
@@ -363,6 +365,8 @@ cmd_up() {
     --authorization-kubeconfig="$KUBECONFIG_PATH"
     --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics
     --bind-address=127.0.0.1
+    --tls-cert-file="$PKI/admin.crt"
+    --tls-private-key-file="$PKI/admin.key"
     --leader-elect=false
     --kube-api-qps=5000
     --kube-api-burst=10000
@@ -396,6 +400,7 @@ cmd_up() {
   wait_for kwok 60 kubectl wait --for=condition=Ready node --all --timeout=5s
   # Pods need the default ServiceAccount; its controller makes it shortly.
   wait_for kube-controller-manager 60 kubectl -n default get serviceaccount default
+  trap - EXIT
   log "up in $((SECONDS - start_time))s; KUBECONFIG=$KUBECONFIG_PATH"
 }
 
