@@ -171,3 +171,87 @@ async fn agent_killed_mid_activation_comes_back_consistent() {
     }
     assert_eq!(get_root(port).await.unwrap(), format!("version {active}\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_runs_its_command_after_the_restarts_and_always_restarts_clean_exits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let ports = free_ports(2);
+    let data = tmp.path().join("data");
+    let marker = tmp.path().join("paged");
+    let svc = web_service(
+        &ports[..1],
+        &format!(
+            "    recovery: {{restart: on-failure, actions: [{{restart: 0s}}, {{run: \"echo paged >> {}\"}}], throttle: 10ms}}\n",
+            marker.display()
+        ),
+    );
+    let always = web_service(
+        &ports[1..],
+        "    recovery: {restart: always, throttle: 10ms}\n",
+    )
+    .replace("name: web", "name: cron");
+    let agent = AgentProc::start(tmp.path(), &config(&pki, &data, &format!("{svc}{always}")));
+    let c = agent.client(&pki.client_auth());
+
+    // First failure: restarted at once; second: the `run` action, then the slot stays failed.
+    let dies = demo_script(&[("DEMO_EXIT_AFTER_SECS", "1"), ("DEMO_EXIT_CODE", "4")]);
+    assert_succeeded(&stage(&c, "dies", &tar_gz(&[("bin/web", 0o755, &dies)])).await);
+    assert_succeeded(&activate(&c, "a-dies", "dies", 0).await);
+    let s = wait_status(&c, Duration::from_secs(20), |s| {
+        s.slots[0].state == RunState::Failed
+    })
+    .await;
+    assert_eq!(s.slots[0].restarts, 1, "{s:#?}");
+    assert_eq!(s.slots[0].consecutive_failures, 2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "recovery command did not run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // `always` restarts a process that exits cleanly.
+    let quits = demo_script(&[("DEMO_EXIT_AFTER_SECS", "1"), ("DEMO_EXIT_CODE", "0")]);
+    let op = c
+        .stage_bytes(
+            "cron",
+            "q",
+            tar_gz(&[("bin/web", 0o755, &quits)]),
+            &upload_params("stage-q", &tar_gz(&[("bin/web", 0o755, &quits)]), None),
+        )
+        .await;
+    // Two gzip runs of the same input are byte-identical, so the sha256 matches.
+    let op = c
+        .wait_operation(&op.unwrap().id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_succeeded(&op);
+    let op = c
+        .activate(
+            "cron",
+            &ActivateRequest {
+                request_id: "a-q".into(),
+                version: "q".into(),
+                slot: 0,
+                timeout_ms: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_succeeded(
+        &c.wait_operation(&op.id, Duration::from_secs(30))
+            .await
+            .unwrap(),
+    );
+    let start = Instant::now();
+    loop {
+        let s = c.service("cron").await.unwrap();
+        let slot = &s.slots[0];
+        if slot.restarts >= 2 {
+            assert_eq!(slot.last_exit.as_ref().unwrap().code, Some(0));
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{slot:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
