@@ -1,8 +1,7 @@
 //! Runs a plan against a target, step by step: apply, wait ready, gate, advance; roll back on failure.
 
-use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -11,8 +10,7 @@ use crate::health::{Gate, Verdict};
 use crate::plan::{Plan, Step, StepKind};
 use crate::spec::{AutoRollback, Check, Manifest, Strategy};
 use crate::state::{Actor, Control, Event, Journal, Outcome, Record, Store};
-use crate::target::hosts::{split_by_zone, wave_order};
-use crate::target::{Instance, Target};
+use crate::target::{Change, Instance, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -20,6 +18,8 @@ pub enum EngineError {
     State(#[from] crate::state::StateError),
     #[error(transparent)]
     Target(#[from] crate::target::TargetError),
+    #[error("rollback to {version} did not complete: {reason}")]
+    RollbackIncomplete { version: String, reason: String },
     #[error("{0}")]
     Unsupported(String),
 }
@@ -57,8 +57,9 @@ pub struct Run<'a, T: Target> {
     pub manifest: &'a Manifest,
     pub plan: &'a Plan,
     pub store: &'a Store,
-    pub journal: Journal,
+    pub journal: Mutex<Journal>,
     pub rollout: String,
+    /// The version a rollback returns to.
     pub from: Option<String>,
     pub actor: Actor,
     pub interrupts: Interrupts,
@@ -67,9 +68,19 @@ pub struct Run<'a, T: Target> {
     pub controls_seen: usize,
 }
 
+enum StepResult {
+    Done,
+    Pause(String),
+    Failed(String),
+}
+
 impl<T: Target> Run<'_, T> {
-    fn log(&mut self, event: Event) -> Result<()> {
-        self.journal.append(event.clone())?;
+    /// Appends to the journal (fsynced) and then reports the record.
+    pub fn log(&self, event: Event) -> Result<()> {
+        self.journal
+            .lock()
+            .expect("journal lock")
+            .append(event.clone())?;
         (self.on_record)(&Record {
             at_ms: crate::state::now_ms(),
             event,
@@ -85,46 +96,68 @@ impl<T: Target> Run<'_, T> {
         &self.manifest.rollout.spec.version
     }
 
-    fn order(&self) -> Vec<String> {
-        let hosts = self
+    fn deadline(&self) -> Duration {
+        Duration::from_secs(self.manifest.rollout.spec.progress_deadline_seconds)
+    }
+
+    /// Journals a target's change report. Acting without a journal would leave instances the journal
+    /// does not know, so a failed write stops the process at once; `resume` reconciles.
+    fn sink(&self) -> impl Fn(Change) + Sync + '_ {
+        move |change| {
+            let event = match change {
+                Change::Changing { instance, version } => Event::InstanceChanging {
+                    rollout: self.rollout.clone(),
+                    instance,
+                    version,
+                },
+                Change::Changed {
+                    instance,
+                    version,
+                    ok,
+                    detail,
+                } => Event::InstanceChanged {
+                    rollout: self.rollout.clone(),
+                    instance,
+                    version,
+                    ok,
+                    detail,
+                },
+            };
+            if let Err(e) = self.log(event) {
+                eprintln!("error: {}", error_chain(&e));
+                std::process::exit(1);
+            }
+        }
+    }
+
+    /// Runs steps `from_step..`; a step is journaled as started before it acts and done after.
+    /// With `full`, it goes straight to the last step (everything new).
+    pub async fn execute(&mut self, from_step: usize, full: bool) -> Result<RunOutcome> {
+        let two_slots = self
             .manifest
             .rollout
             .spec
             .target
             .hosts
             .as_ref()
-            .expect("hosts target");
-        let first = match &self.manifest.strategy {
-            Strategy::Canary(c) => c.first_group.as_deref(),
-            _ => None,
-        };
-        wave_order(hosts, first)
-    }
-
-    /// Runs steps `from_step..`; a step is journaled as started before it acts and done after.
-    pub async fn execute(&mut self, from_step: usize, full: bool) -> Result<RunOutcome> {
-        let hosts = self
-            .manifest
-            .rollout
-            .spec
-            .target
-            .hosts
-            .clone()
-            .expect("hosts target");
-        if hosts.slots_per_host != 1 || matches!(self.manifest.strategy, Strategy::BlueGreen(_)) {
+            .is_some_and(|h| h.slots_per_host != 1);
+        if two_slots || matches!(self.manifest.strategy, Strategy::BlueGreen(_)) {
             return Err(EngineError::Unsupported(
                 "this release executes rolling and canary rollouts on hosts with slotsPerHost: 1; blue-green and two slots per host are planned but not executed yet".into(),
             ));
         }
-        let order = self.order();
         let version = self.version().to_string();
         // Stage everywhere ahead of the waves: staging never touches what runs.
-        self.target.prepare(&version, &order).await?;
+        self.target.prepare(&version).await?;
         let steps = self.plan.steps.clone();
-        let mut i = from_step;
+        let mut i = if full {
+            steps.len().saturating_sub(1).max(from_step)
+        } else {
+            from_step
+        };
         while i < steps.len() {
-            if let Some(outcome) = self.check_controls()? {
-                return self.finish_control(outcome).await;
+            if let Some(control) = self.take_control() {
+                return self.finish_control(control, i).await;
             }
             if self.interrupts.count() > 0 {
                 self.log(Event::Paused {
@@ -134,36 +167,33 @@ impl<T: Target> Run<'_, T> {
                 })?;
                 return Ok(RunOutcome::Interrupted);
             }
-            // `promote --full` goes straight to the last step: everything new.
-            let idx = if full { steps.len() - 1 } else { i };
-            let step = &steps[idx];
+            let step = &steps[i];
             self.log(Event::StepStarted {
                 rollout: self.rollout.clone(),
-                step: idx,
+                step: i,
                 kind: kind_name(step),
                 note: step.note.clone(),
             })?;
             let started = Instant::now();
-            let result = self.run_step(idx, step, &order).await?;
-            match result {
+            match self.run_step(i, step).await? {
                 StepResult::Done => {
                     self.log(Event::StepDone {
                         rollout: self.rollout.clone(),
-                        step: idx,
+                        step: i,
                         millis: started.elapsed().as_millis() as u64,
                     })?;
                 }
                 StepResult::Pause(reason) => {
                     self.log(Event::Paused {
                         rollout: self.rollout.clone(),
-                        step: idx,
+                        step: i,
                         reason: reason.clone(),
                     })?;
                     return Ok(RunOutcome::Paused(reason));
                 }
-                StepResult::Failed(reason) => return self.on_failure(reason).await,
+                StepResult::Failed(reason) => return self.on_failure(i, reason).await,
             }
-            i = idx + 1;
+            i += 1;
         }
         self.log(Event::Finished {
             rollout: self.rollout.clone(),
@@ -173,67 +203,28 @@ impl<T: Target> Run<'_, T> {
         Ok(RunOutcome::Succeeded)
     }
 
-    async fn run_step(&mut self, idx: usize, step: &Step, order: &[String]) -> Result<StepResult> {
+    async fn run_step(&mut self, idx: usize, step: &Step) -> Result<StepResult> {
         match step.kind {
             StepKind::Scale => {
                 let version = self.version().to_string();
-                let instances = self.target.instances().await?;
-                let on_new: HashSet<&str> = instances
-                    .iter()
-                    .filter(|i| i.version.as_deref() == Some(&version))
-                    .map(|i| i.name.as_str())
-                    .collect();
-                let want = (step.new as usize).min(order.len());
-                let wave: Vec<String> = order[..want]
-                    .iter()
-                    .filter(|h| !on_new.contains(h.as_str()))
-                    .cloned()
-                    .collect();
-                let hosts = self
-                    .manifest
-                    .rollout
-                    .spec
-                    .target
-                    .hosts
-                    .clone()
-                    .expect("hosts target");
-                let deadline =
-                    Duration::from_secs(self.manifest.rollout.spec.progress_deadline_seconds);
-                for part in split_by_zone(&hosts, &wave) {
-                    for h in &part {
-                        self.log(Event::InstanceChanging {
-                            rollout: self.rollout.clone(),
-                            instance: h.clone(),
-                            version: version.clone(),
-                        })?;
-                    }
-                    let results = self.target.switch(&part, &version, deadline).await;
-                    let mut failure = None;
-                    for (h, r) in results {
-                        let (ok, detail) = match &r {
-                            Ok(()) => (true, "ready".to_string()),
-                            Err(e) => (false, error_chain(e)),
-                        };
-                        self.log(Event::InstanceChanged {
-                            rollout: self.rollout.clone(),
-                            instance: h,
-                            version: version.clone(),
-                            ok,
-                            detail: detail.clone(),
-                        })?;
-                        if !ok && failure.is_none() {
-                            failure = Some(detail);
-                        }
-                    }
-                    if let Some(why) = failure {
+                let before = self.target.instances().await?;
+                {
+                    let sink = self.sink();
+                    if let Err(why) = self
+                        .target
+                        .scale(step, &version, self.deadline(), &sink)
+                        .await
+                    {
                         return Ok(StepResult::Failed(why));
                     }
                 }
+                let changed = self.target.instances().await? != before;
                 let min_ready = min_ready_seconds(&self.manifest.strategy);
-                if min_ready > 0 && !wave.is_empty() {
+                if min_ready > 0 && changed {
+                    // minReadySeconds is a hold the user asked for, not a poll.
                     tokio::time::sleep(Duration::from_secs(min_ready)).await;
                 }
-                let checks: Vec<Check> = self.manifest.rollout.spec.checks.clone();
+                let checks = self.manifest.rollout.spec.checks.clone();
                 self.gate(idx, &checks).await
             }
             StepKind::Analysis => {
@@ -270,7 +261,7 @@ impl<T: Target> Run<'_, T> {
     }
 
     /// Runs every check against every instance on the new version; all must pass.
-    async fn gate(&mut self, idx: usize, checks: &[Check]) -> Result<StepResult> {
+    async fn gate(&self, idx: usize, checks: &[Check]) -> Result<StepResult> {
         let version = self.version().to_string();
         let instances: Vec<String> = self
             .target
@@ -285,8 +276,7 @@ impl<T: Target> Run<'_, T> {
             let runs = instances
                 .iter()
                 .map(|inst| async move { (inst.clone(), run_gate(target, check, inst).await) });
-            let results = join_all(runs).await;
-            for (inst, verdict) in results {
+            for (inst, verdict) in join_all(runs).await {
                 let (passed, detail) = match &verdict {
                     Verdict::Pass => (true, format!("on {inst}")),
                     Verdict::Fail(why) => (false, format!("on {inst}: {why}")),
@@ -310,19 +300,16 @@ impl<T: Target> Run<'_, T> {
         Ok(StepResult::Done)
     }
 
-    fn check_controls(&mut self) -> Result<Option<Control>> {
+    /// The first abort or pause request since the last look; promotions only cut timed pauses short.
+    fn take_control(&mut self) -> Option<Control> {
         let controls = self.store.controls(self.app(), self.controls_seen);
         self.controls_seen += controls.len();
-        for c in controls {
-            match c {
-                Control::Abort { .. } | Control::Pause { .. } => return Ok(Some(c)),
-                Control::Promote { .. } | Control::Resume { .. } => {}
-            }
-        }
-        Ok(None)
+        controls
+            .into_iter()
+            .find(|c| matches!(c, Control::Abort { .. } | Control::Pause { .. }))
     }
 
-    async fn finish_control(&mut self, control: Control) -> Result<RunOutcome> {
+    async fn finish_control(&mut self, control: Control, step: usize) -> Result<RunOutcome> {
         match control {
             Control::Abort { actor } => {
                 let reason = format!("aborted by {actor}");
@@ -338,16 +325,18 @@ impl<T: Target> Run<'_, T> {
                 let reason = format!("paused by {actor}");
                 self.log(Event::Paused {
                     rollout: self.rollout.clone(),
-                    step: 0,
+                    step,
                     reason: reason.clone(),
                 })?;
                 Ok(RunOutcome::Paused(reason))
             }
-            _ => Ok(RunOutcome::Paused("unexpected control".into())),
+            Control::Promote { .. } | Control::Resume { .. } => {
+                Ok(RunOutcome::Paused("unexpected control".into()))
+            }
         }
     }
 
-    async fn on_failure(&mut self, reason: String) -> Result<RunOutcome> {
+    async fn on_failure(&mut self, step: usize, reason: String) -> Result<RunOutcome> {
         match self.manifest.rollout.spec.rollback.auto {
             AutoRollback::Yes => {
                 self.rollback(&reason).await?;
@@ -362,7 +351,7 @@ impl<T: Target> Run<'_, T> {
                 let why = format!("failed, waiting for a person (rollback.auto: pause): {reason}");
                 self.log(Event::Paused {
                     rollout: self.rollout.clone(),
-                    step: 0,
+                    step,
                     reason: why.clone(),
                 })?;
                 Ok(RunOutcome::Paused(why))
@@ -378,8 +367,8 @@ impl<T: Target> Run<'_, T> {
         }
     }
 
-    /// Puts every instance that is not on the old version back on it, at once: the old version is
-    /// still on disk, so nothing is downloaded.
+    /// Puts every instance back on the old version at once: it is still on disk, so nothing is
+    /// downloaded. Journaled before it acts, so a crash mid-rollback is finished by `resume`.
     pub async fn rollback(&mut self, reason: &str) -> Result<()> {
         let Some(from) = self.from.clone() else {
             return Err(EngineError::Unsupported(format!(
@@ -391,46 +380,15 @@ impl<T: Target> Run<'_, T> {
             reason: reason.to_string(),
             to: from.clone(),
         })?;
-        let instances = self.target.instances().await?;
-        let back: Vec<String> = instances
-            .iter()
-            .filter(|i| i.version.as_deref() != Some(&from))
-            .map(|i| i.name.clone())
-            .collect();
-        restore(self, &back, &from).await
+        let sink = self.sink();
+        self.target
+            .restore(&from, self.deadline(), &sink)
+            .await
+            .map_err(|reason| EngineError::RollbackIncomplete {
+                version: from.clone(),
+                reason,
+            })
     }
-}
-
-async fn restore<T: Target>(run: &mut Run<'_, T>, hosts: &[String], version: &str) -> Result<()> {
-    let deadline = Duration::from_secs(run.manifest.rollout.spec.progress_deadline_seconds);
-    for h in hosts {
-        run.log(Event::InstanceChanging {
-            rollout: run.rollout.clone(),
-            instance: h.clone(),
-            version: version.to_string(),
-        })?;
-    }
-    let results = run.target.switch(hosts, version, deadline).await;
-    for (h, r) in results {
-        let (ok, detail) = match &r {
-            Ok(()) => (true, "restored".to_string()),
-            Err(e) => (false, error_chain(e)),
-        };
-        run.log(Event::InstanceChanged {
-            rollout: run.rollout.clone(),
-            instance: h,
-            version: version.to_string(),
-            ok,
-            detail,
-        })?;
-    }
-    Ok(())
-}
-
-enum StepResult {
-    Done,
-    Pause(String),
-    Failed(String),
 }
 
 async fn run_gate<T: Target>(target: &T, check: &Check, instance: &str) -> Verdict {

@@ -5,6 +5,7 @@ pub mod hosts;
 use std::time::Duration;
 
 use crate::health::Probe;
+use crate::plan::Step;
 use crate::spec::Check;
 
 /// One instance as the target sees it.
@@ -18,6 +19,24 @@ pub struct Instance {
     /// Versions already on the instance (no download needed).
     pub installed: Vec<String>,
 }
+
+/// A change to one instance, reported to the engine so the journal knows it before and after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Changing {
+        instance: String,
+        version: String,
+    },
+    Changed {
+        instance: String,
+        version: String,
+        ok: bool,
+        detail: String,
+    },
+}
+
+/// Where the target reports changes; the engine journals each one before returning.
+pub type Sink<'a> = &'a (dyn Fn(Change) + Sync);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -37,23 +56,27 @@ pub type Result<T, E = TargetError> = std::result::Result<T, E>;
 
 /// What the engine needs from a target. Implementations wait on events (long-polls, watches); the
 /// engine decides deadlines.
-pub trait Target {
+pub trait Target: Sync {
     /// Every instance, in the target's natural order.
     fn instances(&self) -> impl Future<Output = Result<Vec<Instance>>> + Send;
-    /// Makes `version` available on `instances` ahead of their wave, without touching what runs.
-    fn prepare(
+    /// Makes `version` available everywhere ahead of the waves, without touching what runs.
+    fn prepare(&self, version: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Brings the target to the step's counts of old and new (`version`) instances and waits until
+    /// the changed ones are ready. `Err` carries the reason the step failed.
+    fn scale(
         &self,
-        version: &str,
-        instances: &[String],
-    ) -> impl Future<Output = Result<()>> + Send;
-    /// Switches `instances` to `version` and waits until each is running and ready, or `deadline`.
-    /// Each instance's outcome is reported separately.
-    fn switch(
-        &self,
-        instances: &[String],
+        step: &Step,
         version: &str,
         deadline: Duration,
-    ) -> impl Future<Output = Vec<(String, Result<()>)>> + Send;
+        sink: Sink<'_>,
+    ) -> impl Future<Output = std::result::Result<(), String>> + Send;
+    /// Puts every instance back on `version` at once (a rollback from what is kept on disk).
+    fn restore(
+        &self,
+        version: &str,
+        deadline: Duration,
+        sink: Sink<'_>,
+    ) -> impl Future<Output = std::result::Result<(), String>> + Send;
     /// One probe of `check` against `instance` (or from the CLI, for `runOn: cli`).
     fn probe(&self, check: &Check, instance: &str) -> impl Future<Output = Probe> + Send;
 }

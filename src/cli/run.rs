@@ -174,7 +174,72 @@ fn hosts_target(m: &Manifest) -> Result<Hosts, CliError> {
             "the kubernetes target is not executed by this release yet: `plan` works offline, `apply` needs a hosts target".into(),
         ));
     };
-    Hosts::new(h).map_err(failed)
+    let first_group = match &m.strategy {
+        crate::spec::Strategy::Canary(c) => c.first_group.as_deref(),
+        _ => None,
+    };
+    Hosts::new(h, first_group).map_err(failed)
+}
+
+/// Where a run starts: a new rollout (with its Started event), or a step of an existing one.
+enum Start {
+    New { label: String },
+    At { step: usize, full: bool },
+}
+
+/// Runs (or continues) rollout `id` of `m` under the app's lock, reporting as `mode` says.
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    m: &Manifest,
+    target: &Hosts,
+    store: &Store,
+    id: &str,
+    from: Option<String>,
+    mode: Progress,
+    start: Start,
+    lock: crate::state::Lock,
+) -> Result<u8, CliError> {
+    let started = Instant::now();
+    let plan = make_plan(m, None)?;
+    let reporter = Reporter::new(mode, plan.steps.len());
+    let on_record = |r: &Record| reporter.record(r);
+    let actor = Actor::from_env();
+    let run = Run {
+        target,
+        manifest: m,
+        plan: &plan,
+        store,
+        journal: std::sync::Mutex::new(store.journal(m.name()).map_err(failed)?),
+        rollout: id.to_string(),
+        from: from.clone(),
+        actor: actor.clone(),
+        interrupts: install_interrupts(),
+        on_record: &on_record,
+        controls_seen: store.control_count(m.name()),
+    };
+    let mut run = run;
+    let (step, full) = match start {
+        Start::New { label } => {
+            store
+                .save_manifest(m.name(), id, &m.resolved())
+                .map_err(failed)?;
+            run.log(Event::Started {
+                rollout: id.to_string(),
+                from,
+                to: m.rollout.spec.version.clone(),
+                strategy: label,
+                actor,
+                steps: plan.steps.len(),
+            })
+            .map_err(failed)?;
+            (0, false)
+        }
+        Start::At { step, full } => (step, full),
+    };
+    let outcome = run.execute(step, full).await;
+    reporter.finish();
+    drop(lock);
+    Ok(outcome_code(&outcome.map_err(failed)?, m.name(), started))
 }
 
 /// Prints journal records as they are written: plain lines, JSON lines, or a progress bar.
@@ -292,13 +357,11 @@ pub async fn apply(args: &ApplyArgs) -> Result<u8, CliError> {
 }
 
 pub async fn apply_manifest(m: &Manifest, mode: Progress, store: &Store) -> Result<u8, CliError> {
-    let started = Instant::now();
-    let plan = make_plan(m, None)?;
+    make_plan(m, None)?;
     let target = hosts_target(m)?;
-    let actor = Actor::from_env();
-    let _lock = store.lock(m.name(), &actor).map_err(failed)?;
+    let lock = store.lock(m.name(), &Actor::from_env()).map_err(failed)?;
     let instances = target.instances().await.map_err(failed)?;
-    let version = m.rollout.spec.version.clone();
+    let version = &m.rollout.spec.version;
     if instances
         .iter()
         .all(|i| i.version.as_deref() == Some(version.as_str()))
@@ -309,43 +372,21 @@ pub async fn apply_manifest(m: &Manifest, mode: Progress, store: &Store) -> Resu
         );
         return Ok(exit::OK);
     }
-    let from = current_version(&instances, &version);
-    let rollout = format!("{}-{}", m.name(), crate::state::now_ms());
-    store
-        .save_manifest(m.name(), &rollout, &m.resolved())
-        .map_err(failed)?;
-    let mut journal = store.journal(m.name()).map_err(failed)?;
-    let reporter = Reporter::new(mode, plan.steps.len());
-    let on_record = |r: &Record| reporter.record(r);
-    let event = Event::Started {
-        rollout: rollout.clone(),
-        from: from.clone(),
-        to: version.clone(),
-        strategy: m.strategy.name().into(),
-        actor: actor.clone(),
-        steps: plan.steps.len(),
-    };
-    journal.append(event.clone()).map_err(failed)?;
-    on_record(&Record {
-        at_ms: crate::state::now_ms(),
-        event,
-    });
-    let mut run = Run {
-        target: &target,
-        manifest: m,
-        plan: &plan,
+    let from = current_version(&instances, version);
+    let id = format!("{}-{}", m.name(), crate::state::now_ms());
+    drive(
+        m,
+        &target,
         store,
-        journal,
-        rollout,
+        &id,
         from,
-        actor,
-        interrupts: install_interrupts(),
-        on_record: &on_record,
-        controls_seen: store.control_count(m.name()),
-    };
-    let outcome = run.execute(0, false).await;
-    reporter.finish();
-    Ok(outcome_code(&outcome.map_err(failed)?, m.name(), started))
+        mode,
+        Start::New {
+            label: m.strategy.name().into(),
+        },
+        lock,
+    )
+    .await
 }
 
 /// The last rollout of `app` and its stored manifest.
@@ -368,7 +409,6 @@ fn last_rollout(store: &Store, app: &str) -> Result<(RolloutSummary, Manifest), 
 
 /// Continues the last unfinished rollout. `promoted` says a promote just approved its pause.
 async fn resume(args: &AppArgs, promoted: Option<bool>) -> Result<u8, CliError> {
-    let started = Instant::now();
     let store = Store::open_default();
     let (last, m) = last_rollout(&store, &args.app)?;
     if let Some(outcome) = last.outcome {
@@ -384,34 +424,31 @@ async fn resume(args: &AppArgs, promoted: Option<bool>) -> Result<u8, CliError> 
     }
     let plan = make_plan(&m, None)?;
     let target = hosts_target(&m)?;
-    let actor = Actor::from_env();
-    let _lock = store.lock(&args.app, &actor).map_err(failed)?;
-    let journal = store.journal(&args.app).map_err(failed)?;
-    let reporter = Reporter::new(args.output, plan.steps.len());
-    let on_record = |r: &Record| reporter.record(r);
-    let mut run = Run {
-        target: &target,
-        manifest: &m,
-        plan: &plan,
-        store: &store,
-        journal,
-        rollout: last.id.clone(),
-        from: last.from.clone(),
-        actor,
-        interrupts: install_interrupts(),
-        on_record: &on_record,
-        controls_seen: store.control_count(&args.app),
-    };
+    let lock = store.lock(&args.app, &Actor::from_env()).map_err(failed)?;
     // A rollback that was cut short is finished first.
     if let Some(reason) = &last.rollback {
+        let reporter = Reporter::new(args.output, 1);
+        let on_record = |r: &Record| reporter.record(r);
+        let mut run = Run {
+            target: &target,
+            manifest: &m,
+            plan: &plan,
+            store: &store,
+            journal: std::sync::Mutex::new(store.journal(&args.app).map_err(failed)?),
+            rollout: last.id.clone(),
+            from: last.from.clone(),
+            actor: Actor::from_env(),
+            interrupts: install_interrupts(),
+            on_record: &on_record,
+            controls_seen: store.control_count(&args.app),
+        };
         run.rollback(reason).await.map_err(failed)?;
-        run.journal
-            .append(Event::Finished {
-                rollout: last.id.clone(),
-                outcome: Outcome::RolledBack,
-                detail: reason.clone(),
-            })
-            .map_err(failed)?;
+        run.log(Event::Finished {
+            rollout: last.id.clone(),
+            outcome: Outcome::RolledBack,
+            detail: reason.clone(),
+        })
+        .map_err(failed)?;
         reporter.finish();
         println!("{}: rollback completed", args.app);
         return Ok(exit::FAILED);
@@ -427,7 +464,7 @@ async fn resume(args: &AppArgs, promoted: Option<bool>) -> Result<u8, CliError> 
     if let (Some(reason), Some(step)) = (&last.paused, last.steps.last())
         && step.millis.is_none()
     {
-        let plan_step = &plan.steps[step.step];
+        let plan_step = &plan.steps[step.step.min(plan.steps.len() - 1)];
         if plan_step.manual {
             let needed = plan_step.approvals.max(1) as usize;
             let distinct: std::collections::BTreeSet<&str> = last
@@ -437,7 +474,7 @@ async fn resume(args: &AppArgs, promoted: Option<bool>) -> Result<u8, CliError> 
                 .collect();
             if promoted.is_none() || distinct.len() < needed {
                 println!(
-                    "{}: paused at step {} ({reason}); {} of {needed} approvals so far — `rollgate promote {}`",
+                    "{}: paused at step {} ({reason}); {} of {needed} approvals so far: `rollgate promote {}`",
                     args.app,
                     step.step + 1,
                     distinct.len(),
@@ -450,9 +487,21 @@ async fn resume(args: &AppArgs, promoted: Option<bool>) -> Result<u8, CliError> 
             next = step.step;
         }
     }
-    let outcome = run.execute(next, promoted == Some(true)).await;
-    reporter.finish();
-    Ok(outcome_code(&outcome.map_err(failed)?, &args.app, started))
+    let start = Start::At {
+        step: next,
+        full: promoted == Some(true),
+    };
+    drive(
+        &m,
+        &target,
+        &store,
+        &last.id,
+        last.from.clone(),
+        args.output,
+        start,
+        lock,
+    )
+    .await
 }
 
 async fn promote(args: &PromoteArgs) -> Result<u8, CliError> {
@@ -514,25 +563,23 @@ fn control(args: &AppArgs, make: impl FnOnce(Actor) -> Control) -> Result<u8, Cl
 async fn abort(args: &AppArgs) -> Result<u8, CliError> {
     let store = Store::open_default();
     let actor = Actor::from_env();
-    match store.lock(&args.app, &actor) {
+    let lock = match store.lock(&args.app, &actor) {
         Err(crate::state::StateError::Locked { .. }) => {
             return control(args, |actor| Control::Abort { actor });
         }
         Err(e) => return Err(failed(e)),
-        Ok(lock) => drop(lock),
-    }
+        Ok(lock) => lock,
+    };
     // Nothing runs: roll the paused rollout back here.
     let (last, m) = last_rollout(&store, &args.app)?;
-    if last.outcome.is_some() {
+    if let Some(outcome) = last.outcome {
         return Err(CliError::Failed(format!(
-            "{}: the last rollout already {}",
-            args.app,
-            last.outcome.unwrap_or(Outcome::Failed)
+            "{}: the last rollout already {outcome}",
+            args.app
         )));
     }
     let plan = make_plan(&m, None)?;
     let target = hosts_target(&m)?;
-    let _lock = store.lock(&args.app, &actor).map_err(failed)?;
     let reporter = Reporter::new(args.output, plan.steps.len());
     let on_record = |r: &Record| reporter.record(r);
     let mut run = Run {
@@ -540,7 +587,7 @@ async fn abort(args: &AppArgs) -> Result<u8, CliError> {
         manifest: &m,
         plan: &plan,
         store: &store,
-        journal: store.journal(&args.app).map_err(failed)?,
+        journal: std::sync::Mutex::new(store.journal(&args.app).map_err(failed)?),
         rollout: last.id.clone(),
         from: last.from.clone(),
         actor: actor.clone(),
@@ -550,14 +597,14 @@ async fn abort(args: &AppArgs) -> Result<u8, CliError> {
     };
     let reason = format!("aborted by {actor}");
     run.rollback(&reason).await.map_err(failed)?;
-    run.journal
-        .append(Event::Finished {
-            rollout: last.id,
-            outcome: Outcome::Aborted,
-            detail: reason,
-        })
-        .map_err(failed)?;
+    run.log(Event::Finished {
+        rollout: last.id,
+        outcome: Outcome::Aborted,
+        detail: reason,
+    })
+    .map_err(failed)?;
     reporter.finish();
+    drop(lock);
     println!("{}: aborted and rolled back", args.app);
     Ok(exit::FAILED)
 }
@@ -578,13 +625,12 @@ async fn retry(args: &AppArgs) -> Result<u8, CliError> {
     }
 }
 
-/// One-command rollback: the version before the last successful rollout, from disk, health-gated.
+/// One-command rollback: the version before the last successful rollout, from the versions kept on
+/// disk, as a health-gated rolling update in waves of maxUnavailable (or all at once with `--fast`).
 async fn rollback(args: &RollbackArgs) -> Result<u8, CliError> {
-    let started = Instant::now();
     let store = Store::open_default();
     let app = &args.app.app;
-    let records = store.read(app).map_err(failed)?;
-    let all = history(&records);
+    let all = history(&store.read(app).map_err(failed)?);
     let Some(last) = all
         .iter()
         .rev()
@@ -603,18 +649,32 @@ async fn rollback(args: &RollbackArgs) -> Result<u8, CliError> {
             )));
         }
     };
-    let rollout: Rollout = store.load_manifest(app, &last.id).map_err(failed)?;
-    let mut rollout = rollout;
+    let original = Manifest::from_resolved(
+        store.load_manifest(app, &last.id).map_err(failed)?,
+        &store.app_dir(app),
+    )?;
+    let unavailable = if args.fast {
+        crate::spec::IntOrPercent::Percent(100)
+    } else {
+        crate::spec::IntOrPercent::Int(make_plan(&original, None)?.max_unavailable.max(1))
+    };
+    let mut rollout = original.resolved();
     rollout.spec.version = to.clone();
-    let origin = store
-        .app_dir(app)
-        .join("rollouts")
-        .join(format!("{}.json", last.id));
-    let m = Manifest::from_resolved(rollout, &origin)?;
-    let plan = make_plan(&m, None)?;
+    rollout.spec.strategy = crate::spec::StrategySpec {
+        rolling: Some(crate::spec::RollingSpec {
+            max_surge: crate::spec::IntOrPercent::Int(0),
+            max_unavailable: unavailable,
+            min_ready_seconds: 0,
+        }),
+        ..Default::default()
+    };
+    if let Some(h) = &mut rollout.spec.target.hosts {
+        // Only what is already on disk: a rollback never downloads.
+        h.artifact = None;
+    }
+    let m = Manifest::from_resolved(rollout, &store.app_dir(app))?;
     let target = hosts_target(&m)?;
-    let actor = Actor::from_env();
-    let _lock = store.lock(app, &actor).map_err(failed)?;
+    let lock = store.lock(app, &Actor::from_env()).map_err(failed)?;
     let instances = target.instances().await.map_err(failed)?;
     let missing: Vec<&str> = instances
         .iter()
@@ -627,99 +687,23 @@ async fn rollback(args: &RollbackArgs) -> Result<u8, CliError> {
             missing.join(", ")
         )));
     }
-    let back: Vec<String> = instances
+    let from = instances
         .iter()
-        .filter(|i| i.version.as_deref() != Some(to.as_str()))
-        .map(|i| i.name.clone())
-        .collect();
+        .find_map(|i| i.version.clone().filter(|v| *v != to));
     let id = format!("{app}-{}", crate::state::now_ms());
-    store
-        .save_manifest(app, &id, &m.resolved())
-        .map_err(failed)?;
-    let mut journal = store.journal(app).map_err(failed)?;
-    let from = instances.iter().find_map(|i| i.version.clone());
-    let reporter = Reporter::new(args.app.output, 1);
-    let log = |journal: &mut crate::state::Journal, event: Event| -> Result<(), CliError> {
-        journal.append(event.clone()).map_err(failed)?;
-        reporter.record(&Record {
-            at_ms: crate::state::now_ms(),
-            event,
-        });
-        Ok(())
-    };
-    log(
-        &mut journal,
-        Event::Started {
-            rollout: id.clone(),
-            from,
-            to: to.clone(),
-            strategy: "rollback".into(),
-            actor,
-            steps: 1,
+    drive(
+        &m,
+        &target,
+        &store,
+        &id,
+        from,
+        args.app.output,
+        Start::New {
+            label: "rollback".into(),
         },
-    )?;
-    let wave = if args.fast {
-        back.len().max(1)
-    } else {
-        plan.max_unavailable.max(1) as usize
-    };
-    let deadline = std::time::Duration::from_secs(m.rollout.spec.progress_deadline_seconds);
-    let mut failures = Vec::new();
-    for chunk in back.chunks(wave) {
-        for h in chunk {
-            log(
-                &mut journal,
-                Event::InstanceChanging {
-                    rollout: id.clone(),
-                    instance: h.clone(),
-                    version: to.clone(),
-                },
-            )?;
-        }
-        for (h, r) in target.switch(chunk, &to, deadline).await {
-            let (ok, detail) = match &r {
-                Ok(()) => (true, "restored".to_string()),
-                Err(e) => (false, error_chain(e)),
-            };
-            if !ok {
-                failures.push(format!("{h}: {detail}"));
-            }
-            log(
-                &mut journal,
-                Event::InstanceChanged {
-                    rollout: id.clone(),
-                    instance: h,
-                    version: to.clone(),
-                    ok,
-                    detail,
-                },
-            )?;
-        }
-    }
-    let took = started.elapsed().as_secs_f64();
-    let (outcome, detail) = if failures.is_empty() {
-        (
-            Outcome::Succeeded,
-            format!("every instance back on {to} in {took:.2}s"),
-        )
-    } else {
-        (Outcome::Failed, failures.join("; "))
-    };
-    log(
-        &mut journal,
-        Event::Finished {
-            rollout: id,
-            outcome,
-            detail: detail.clone(),
-        },
-    )?;
-    reporter.finish();
-    println!("{app}: rollback {outcome}: {detail}");
-    Ok(if failures.is_empty() {
-        exit::OK
-    } else {
-        exit::FAILED
-    })
+        lock,
+    )
+    .await
 }
 
 async fn status(args: &StatusArgs) -> Result<u8, CliError> {

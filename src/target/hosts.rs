@@ -7,16 +7,20 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use sha2::{Digest, Sha256};
 
-use super::{Instance, Result, Target, TargetError};
+use super::{Change, Instance, Result, Sink, Target, TargetError};
 use crate::agent::api::{
     ActivateRequest, CheckSpec, HealthCheckRequest, OperationState, StageRequest, UploadParams,
 };
 use crate::agent::client::{AgentClient, ClientAuth};
 use crate::health::Probe;
+use crate::plan::Step;
 use crate::spec::{AgentAuth, Check, HostsTarget, RunOn};
 
 /// A fleet of agents serving one service.
 pub struct Hosts {
+    spec: HostsTarget,
+    /// Hosts in wave order.
+    order: Vec<String>,
     service: String,
     clients: Vec<(String, String, AgentClient)>,
     artifact: Option<Artifact>,
@@ -35,7 +39,7 @@ fn request_id(kind: &str, instance: &str, version: &str, salt: &str) -> String {
 impl Hosts {
     /// Connects (lazily) to every host of `spec`; `rollout` salts request ids so retries of the same
     /// rollout are idempotent and a new rollout is not mistaken for an old one.
-    pub fn new(spec: &HostsTarget) -> Result<Self> {
+    pub fn new(spec: &HostsTarget, first_group: Option<&str>) -> Result<Self> {
         let auth = client_auth(spec.auth.as_ref())?;
         let scheme = if auth.ca_pem.is_some() {
             "https"
@@ -82,6 +86,8 @@ impl Hosts {
             .build()
             .map_err(|e| TargetError::Setup(e.to_string()))?;
         Ok(Hosts {
+            spec: spec.clone(),
+            order: wave_order(spec, first_group),
             service: spec.service.clone(),
             clients,
             artifact,
@@ -204,6 +210,51 @@ impl Hosts {
     }
 }
 
+impl Hosts {
+    /// Switches `hosts` at once, reporting each change before and after; fails with the first reason.
+    async fn switch_all(
+        &self,
+        hosts: &[String],
+        version: &str,
+        deadline: Duration,
+        sink: Sink<'_>,
+    ) -> std::result::Result<(), String> {
+        for h in hosts {
+            sink(Change::Changing {
+                instance: h.clone(),
+                version: version.to_string(),
+            });
+        }
+        let salt = format!("{:x}", crate::state::now_ms());
+        let calls = hosts.iter().map(|name| {
+            let salt = salt.clone();
+            async move {
+                (
+                    name.clone(),
+                    self.switch_one(name, version, deadline, &salt).await,
+                )
+            }
+        });
+        let mut failure = None;
+        for (h, r) in join_all(calls).await {
+            let (ok, detail) = match &r {
+                Ok(()) => (true, "ready".to_string()),
+                Err(e) => (false, crate::engine::error_chain(e)),
+            };
+            if !ok && failure.is_none() {
+                failure = Some(detail.clone());
+            }
+            sink(Change::Changed {
+                instance: h,
+                version: version.to_string(),
+                ok,
+                detail,
+            });
+        }
+        failure.map_or(Ok(()), Err)
+    }
+}
+
 fn client_auth(auth: Option<&AgentAuth>) -> Result<ClientAuth> {
     let Some(a) = auth else {
         return Ok(ClientAuth::default());
@@ -259,28 +310,56 @@ impl Target for Hosts {
         join_all(calls).await.into_iter().collect()
     }
 
-    async fn prepare(&self, version: &str, instances: &[String]) -> Result<()> {
-        let results = join_all(instances.iter().map(|name| self.stage_one(name, version))).await;
+    async fn prepare(&self, version: &str) -> Result<()> {
+        let results = join_all(self.order.iter().map(|name| self.stage_one(name, version))).await;
         results.into_iter().collect()
     }
 
-    async fn switch(
+    async fn scale(
         &self,
-        instances: &[String],
+        step: &Step,
         version: &str,
         deadline: Duration,
-    ) -> Vec<(String, Result<()>)> {
-        let salt = format!("{:x}", crate::state::now_ms());
-        let calls = instances.iter().map(|name| {
-            let salt = salt.clone();
-            async move {
-                (
-                    name.clone(),
-                    self.switch_one(name, version, deadline, &salt).await,
-                )
-            }
-        });
-        join_all(calls).await
+        sink: Sink<'_>,
+    ) -> std::result::Result<(), String> {
+        // In place: the first `new` hosts in wave order must serve `version`.
+        let instances = self
+            .instances()
+            .await
+            .map_err(|e| crate::engine::error_chain(&e))?;
+        let on_new: std::collections::HashSet<&str> = instances
+            .iter()
+            .filter(|i| i.version.as_deref() == Some(version))
+            .map(|i| i.name.as_str())
+            .collect();
+        let want = (step.new as usize).min(self.order.len());
+        let wave: Vec<String> = self.order[..want]
+            .iter()
+            .filter(|h| !on_new.contains(h.as_str()))
+            .cloned()
+            .collect();
+        for part in split_by_zone(&self.spec, &wave) {
+            self.switch_all(&part, version, deadline, sink).await?;
+        }
+        Ok(())
+    }
+
+    async fn restore(
+        &self,
+        version: &str,
+        deadline: Duration,
+        sink: Sink<'_>,
+    ) -> std::result::Result<(), String> {
+        let instances = self
+            .instances()
+            .await
+            .map_err(|e| crate::engine::error_chain(&e))?;
+        let back: Vec<String> = instances
+            .iter()
+            .filter(|i| i.version.as_deref() != Some(version))
+            .map(|i| i.name.clone())
+            .collect();
+        self.switch_all(&back, version, deadline, sink).await
     }
 
     async fn probe(&self, check: &Check, instance: &str) -> Probe {
