@@ -43,6 +43,20 @@ pub fn http_verdict(
     Ok(format!("HTTP {status}"))
 }
 
+/// One client for every HTTP check: building one loads the TLS roots, which is not free.
+fn http_client() -> Result<&'static reqwest::Client, String> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    if let Some(c) = CLIENT.get() {
+        return Ok(c);
+    }
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(1)
+        .build()
+        .map_err(|e| format!("http client: {e}"))?;
+    Ok(CLIENT.get_or_init(|| client))
+}
+
 async fn probe(check: &CheckSpec) -> Result<String, String> {
     match check {
         CheckSpec::Http {
@@ -50,11 +64,7 @@ async fn probe(check: &CheckSpec) -> Result<String, String> {
             status,
             body_contains,
         } => {
-            let client = reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .map_err(|e| format!("http client: {e}"))?;
-            let resp = client
+            let resp = http_client()?
                 .get(url)
                 .send()
                 .await

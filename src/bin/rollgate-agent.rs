@@ -175,8 +175,11 @@ fn run_blocking(args: RunArgs, notify: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // One worker thread is plenty for an agent (unpacking runs on the blocking pool) and
+    // keeps the idle footprint small.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
+        .max_blocking_threads(8)
         .enable_all()
         .build()
     {

@@ -199,3 +199,70 @@ async fn stage_by_url_verifies_the_download() {
     assert!(op.error.unwrap().contains("only http and https"));
     assert_eq!(listing(&data.join("services/web/versions")), vec!["u1"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_mid_stage_installs_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let port = free_ports(1)[0];
+    let data = tmp.path().join("data");
+    let mut agent = AgentProc::start(tmp.path(), &config(&pki, &data, &web_service(&[port], "")));
+    let c = agent.client(&pki.client_auth());
+
+    // A server that sends half the artifact, then stalls.
+    let art = tar_gz(&[("bin/web", 0o755, &demo_script(&[]))]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/slow.tar.gz", listener.local_addr().unwrap());
+    let half = art[..art.len() / 2].to_vec();
+    let total = art.len();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let half = half.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n");
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(&half).await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    let op = c
+        .stage_url(
+            "web",
+            &StageRequest {
+                request_id: "slow".into(),
+                version: "v1".into(),
+                url,
+                sha256: sha256(&art),
+                kind: None,
+                file_name: None,
+            },
+        )
+        .await
+        .unwrap();
+    // Wait until the partial download is on disk, then kill the agent.
+    let staging = data.join("services/web/staging");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while listing(&staging).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "download never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    agent.kill9();
+
+    let agent = AgentProc::start_file(tmp.path(), &agent.config.clone());
+    let c = agent.client(&pki.client_auth());
+    let op = c.operation(&op.id).await.unwrap();
+    assert_eq!(op.state, OperationState::Failed);
+    assert!(op.error.unwrap().contains("interrupted"));
+    assert!(c.service("web").await.unwrap().versions.is_empty());
+    assert_eq!(listing(&staging), Vec::<String>::new());
+    assert_eq!(
+        listing(&data.join("services/web/versions")),
+        Vec::<String>::new()
+    );
+}
