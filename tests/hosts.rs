@@ -1,6 +1,13 @@
 //! Host-fleet rollouts end to end: the real `rollgate`, real `rollgate-agent` processes over mTLS on
 //! loopback, and real demo-service processes.
 
+#[path = "support/fleet.rs"]
+mod fleet;
+#[path = "support/netns.rs"]
+mod netns;
+
 mod hosts {
+    mod blue_green;
     mod demo;
+    mod netns_rolling;
 }

@@ -1,0 +1,754 @@
+//! A fleet of hosts on the namespace LAN: a real `rollgate-agent` in each namespace (mTLS, on the
+//! namespace's address) supervising the real demo service, versioned artifacts, manifests, the real
+//! `rollgate` CLI with a state dir of its own, and an independent availability probe.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rollgate::agent::api::ServiceStatus;
+use rollgate::agent::client::{AgentClient, ClientAuth};
+use rollgate::state::{Event, Record};
+
+use super::netns::{Lan, NetHost};
+
+pub const ROLLGATE: &str = env!("CARGO_BIN_EXE_rollgate");
+pub const AGENT: &str = env!("CARGO_BIN_EXE_rollgate-agent");
+pub const DEMO: &str = env!("CARGO_BIN_EXE_rollgate-demo");
+
+/// Every agent listens on this port of its host's address.
+pub const AGENT_PORT: u16 = 7443;
+/// Every host serves the demo service on this port (slot 0).
+pub const SERVICE_PORT: u16 = 8080;
+/// The app (and agent service) name.
+pub const APP: &str = "web";
+/// Zones, round robin over the hosts: host1 a, host2 b, host3 c, host4 a, ...
+pub const ZONES: [&str; 3] = ["a", "b", "c"];
+
+/// One host of the fleet.
+pub struct FleetHost {
+    /// Its name in manifests: `host1`, `host2`, ...
+    pub name: String,
+    pub net: NetHost,
+    pub zone: String,
+    /// Its files: agent config, log, data dir.
+    pub dir: PathBuf,
+    agent: Option<Child>,
+}
+
+impl FleetHost {
+    pub fn agent_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.net.ip, AGENT_PORT))
+    }
+    pub fn service_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.net.ip, SERVICE_PORT))
+    }
+    pub fn agent_log(&self) -> PathBuf {
+        self.dir.join("agent.log")
+    }
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+}
+
+/// The test bed: a LAN of namespaces, one agent per host, a PKI, artifacts and a state dir.
+pub struct Fleet {
+    pub hosts: Vec<FleetHost>,
+    /// Working dir of the test; manifests and artifacts go here.
+    pub dir: PathBuf,
+    pub pki: PathBuf,
+    /// `ROLLGATE_STATE` for every `rollgate` this fleet runs.
+    pub state: PathBuf,
+    demo: PathBuf,
+    // Dropped in this order: the LAN (every process in it) before the files.
+    pub lan: Lan,
+    _tmp: tempfile::TempDir,
+}
+
+/// The demo binary, stripped of debug info when `strip` is available (a much smaller artifact to
+/// stream and unpack); the unstripped one otherwise.
+fn demo_binary(dir: &Path) -> PathBuf {
+    let copy = dir.join("rollgate-demo");
+    std::fs::copy(DEMO, &copy).expect("copy rollgate-demo");
+    let stripped = Command::new("strip")
+        .arg(&copy)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        std::fs::copy(DEMO, &copy).expect("copy rollgate-demo");
+    }
+    copy
+}
+
+impl Fleet {
+    /// `n` hosts, each with its agent up and answering; no version installed yet.
+    pub fn start(n: usize) -> Fleet {
+        let lan = Lan::new(n);
+        let tmp = tempfile::Builder::new()
+            .prefix("rgt-fleet-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
+        let pki = dir.join("pki");
+        rollgate::pki::init(&pki).unwrap();
+        rollgate::pki::issue_client(&pki, "tests").unwrap();
+        let demo = demo_binary(&dir);
+        let mut hosts = Vec::new();
+        for (i, net) in lan.hosts.iter().enumerate() {
+            rollgate::pki::issue_agent(&pki, &net.ip.to_string()).unwrap();
+            let host_dir = dir.join(format!("host{}", i + 1));
+            std::fs::create_dir_all(&host_dir).unwrap();
+            hosts.push(FleetHost {
+                name: format!("host{}", i + 1),
+                net: net.clone(),
+                zone: ZONES[i % ZONES.len()].into(),
+                dir: host_dir,
+                agent: None,
+            });
+        }
+        let mut fleet = Fleet {
+            hosts,
+            state: dir.join("state"),
+            pki,
+            dir,
+            demo,
+            lan,
+            _tmp: tmp,
+        };
+        for i in 0..n {
+            fleet.write_agent_config(i);
+            fleet.start_agent(i);
+        }
+        for i in 0..n {
+            fleet.wait_agent(i, Duration::from_secs(20));
+        }
+        fleet
+    }
+
+    fn write_agent_config(&self, i: usize) {
+        let h = &self.hosts[i];
+        let config = format!(
+            "listen: \"{addr}\"\ndataDir: \"{data}\"\ntls:\n  cert: \"{pki}/agent-{ip}.pem\"\n  key: \"{pki}/agent-{ip}-key.pem\"\n  clientCa: \"{pki}/ca.pem\"\nshutdownGrace: 5s\nservices:\n  - name: {APP}\n    command: bin/web\n    args: [\"--listen\", \"0.0.0.0:{{port}}\"]\n    ports: [{SERVICE_PORT}]\n    stopTimeout: 3s\n    health: {{type: http, url: \"http://127.0.0.1:{{port}}/\", timeout: 1s, interval: 100ms, startTimeout: 5s}}\n",
+            addr = h.agent_addr(),
+            data = h.dir.join("data").display(),
+            pki = self.pki.display(),
+            ip = h.net.ip,
+        );
+        std::fs::write(h.dir.join("agent.yaml"), config).unwrap();
+    }
+
+    /// Starts host `i`'s agent inside its namespace (again, after [`kill_agent`](Self::kill_agent)).
+    pub fn start_agent(&mut self, i: usize) {
+        let h = &mut self.hosts[i];
+        assert!(h.agent.is_none(), "{}: agent already running", h.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(h.agent_log())
+            .unwrap();
+        let child = h
+            .net
+            .command(AGENT)
+            .arg("run")
+            .arg("--config")
+            .arg(h.dir.join("agent.yaml"))
+            .env("ROLLGATE_AGENT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start rollgate-agent in its namespace");
+        h.agent = Some(child);
+    }
+
+    /// Waits until host `i`'s agent answers over mTLS.
+    pub fn wait_agent(&self, i: usize, within: Duration) {
+        let h = &self.hosts[i];
+        let client = self.client(i);
+        let start = Instant::now();
+        let mut last = String::new();
+        while start.elapsed() < within {
+            match block_on(client.host_info()) {
+                Ok(_) => return,
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{}: agent did not answer at {} within {within:?}: {last}\n{}",
+            h.name,
+            h.agent_addr(),
+            tail(&h.agent_log(), 30)
+        );
+    }
+
+    /// `kill -9` host `i`'s agent: no chance to clean up. Its service keeps running.
+    pub fn kill_agent(&mut self, i: usize) {
+        let mut child = self.hosts[i].agent.take().expect("agent running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// An mTLS client of host `i`'s agent.
+    pub fn client(&self, i: usize) -> AgentClient {
+        let auth = ClientAuth::mtls_files(
+            &self.pki.join("ca.pem"),
+            &self.pki.join("client-tests.pem"),
+            &self.pki.join("client-tests-key.pem"),
+        )
+        .unwrap();
+        AgentClient::new(&format!("https://{}", self.hosts[i].agent_addr()), &auth).unwrap()
+    }
+
+    /// The agent's view of host `i`'s service.
+    pub fn agent_status(&self, i: usize) -> ServiceStatus {
+        block_on(self.client(i).service(APP))
+            .unwrap_or_else(|e| panic!("{}: agent status: {e}", self.hosts[i].name))
+    }
+
+    /// The version each host's agent has active on slot 0.
+    pub fn agent_versions(&self) -> Vec<Option<String>> {
+        (0..self.hosts.len())
+            .map(|i| {
+                self.agent_status(i)
+                    .slots
+                    .first()
+                    .and_then(|s| s.active.clone())
+            })
+            .collect()
+    }
+
+    /// What each host's service answers on `GET /version` from the root namespace, or the error.
+    pub fn served_versions(&self) -> Vec<Result<String, String>> {
+        self.hosts
+            .iter()
+            .map(|h| http_get(h.service_addr(), "/version", Duration::from_secs(2)).map(|r| r.1))
+            .collect()
+    }
+
+    /// Packages the demo service as `web-VERSION.tar.gz`: `bin/web` runs the demo binary with
+    /// `--version VERSION FLAGS` (e.g. `--health-status 500` for a version whose /health fails).
+    pub fn artifact(&self, version: &str, flags: &str) -> PathBuf {
+        let path = self.dir.join(format!("web-{version}.tar.gz"));
+        let file = std::fs::File::create(&path).unwrap();
+        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        let script = format!(
+            "#!/bin/sh\nexec \"$(dirname \"$0\")/rollgate-demo\" --version {version} {flags} \"$@\"\n"
+        );
+        let bytes = std::fs::read(&self.demo).unwrap();
+        for (name, data) in [
+            ("bin/web", script.as_bytes()),
+            ("bin/rollgate-demo", bytes.as_slice()),
+        ] {
+            // A plain regular entry: the agent refuses sparse files, which `append_path` may write.
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(data.len() as u64);
+            header.set_mode(0o755);
+            header.set_cksum();
+            tar.append_data(&mut header, name, data).unwrap();
+        }
+        tar.into_inner().unwrap().finish().unwrap();
+        path
+    }
+
+    /// The `hosts:` list of the manifest.
+    pub fn hosts_yaml(&self) -> String {
+        self.hosts
+            .iter()
+            .map(|h| {
+                format!(
+                    "        - {{name: {}, address: \"{}\", labels: {{zone: {}}}{}}}\n",
+                    h.name,
+                    h.agent_addr(),
+                    h.zone,
+                    if h.name == "host1" {
+                        ", groups: [internal]"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect()
+    }
+
+    /// Writes `web-VERSION.yaml`: the fleet, `artifact`, `strategy` (YAML under `strategy:`,
+    /// indented four spaces), the health gate (`/health` through each agent), automatic rollback
+    /// and `progressDeadlineSeconds: deadline`.
+    pub fn manifest(
+        &self,
+        version: &str,
+        artifact: &Path,
+        strategy: &str,
+        deadline: u64,
+    ) -> PathBuf {
+        let text = format!(
+            "apiVersion: rollgate.dev/v1\nkind: Rollout\nmetadata:\n  name: {APP}\nspec:\n  version: \"{version}\"\n  target:\n    hosts:\n      service: {APP}\n      spreadBy: zone\n      artifact: {{file: \"{artifact}\"}}\n      auth: {{ca: \"{pki}/ca.pem\", cert: \"{pki}/client-tests.pem\", key: \"{pki}/client-tests-key.pem\"}}\n      hosts:\n{hosts}  strategy:\n{strategy}  checks:\n    - name: health\n      http: {{url: \"http://127.0.0.1:{{port}}/health\"}}\n      interval: 100ms\n      count: 2\n      successThreshold: 2\n      failureLimit: 0\n      timeout: 1s\n  rollback: {{auto: true}}\n  progressDeadlineSeconds: {deadline}\n",
+            artifact = artifact.display(),
+            pki = self.pki.display(),
+            hosts = self.hosts_yaml(),
+        );
+        let path = self.dir.join(format!("web-{version}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// `rollgate ARGS` with this fleet's state dir, not yet started.
+    pub fn rollgate(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(ROLLGATE);
+        cmd.args(args)
+            .env("ROLLGATE_STATE", &self.state)
+            .env_remove("ROLLGATE_LOG")
+            .current_dir(&self.dir)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `rollgate ARGS` to the end.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.rollgate(args).output().expect("run rollgate")
+    }
+
+    /// Installs `version` everywhere at once (the starting point of a test) and checks it serves.
+    pub fn install(&self, version: &str) -> PathBuf {
+        let artifact = self.artifact(version, "");
+        let manifest = self.manifest(
+            version,
+            &artifact,
+            "    rolling: {maxSurge: 0, maxUnavailable: \"100%\"}\n",
+            10,
+        );
+        let out = self.run(&["apply", "-f", manifest.to_str().unwrap(), "-o", "plain"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "install {version}: {}",
+            text(&out)
+        );
+        self.assert_serving(version);
+        artifact
+    }
+
+    /// Every host's agent has `version` active and its service answers `/version` with it.
+    pub fn assert_serving(&self, version: &str) {
+        let want: Vec<Option<String>> = vec![Some(version.to_string()); self.hosts.len()];
+        assert_eq!(self.agent_versions(), want, "agents' active versions");
+        let want: Vec<Result<String, String>> = vec![Ok(version.to_string()); self.hosts.len()];
+        assert_eq!(self.served_versions(), want, "GET /version on each host");
+    }
+
+    /// The service address of every host, for a [`Probe`].
+    pub fn service_addrs(&self) -> Vec<SocketAddr> {
+        self.hosts.iter().map(FleetHost::service_addr).collect()
+    }
+
+    /// Index of the host named `name`.
+    pub fn index(&self, name: &str) -> usize {
+        self.hosts
+            .iter()
+            .position(|h| h.name == name)
+            .unwrap_or_else(|| panic!("no host {name}"))
+    }
+
+    /// The last lines of every agent's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.hosts
+            .iter()
+            .map(|h| format!("--- {} agent log\n{}", h.name, tail(&h.agent_log(), 15)))
+            .collect()
+    }
+
+    /// The app's lock file, if any.
+    pub fn lock_file(&self) -> PathBuf {
+        self.state.join(APP).join("lock")
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "test bed in {} (removed now)\n{}",
+                self.dir.display(),
+                self.logs()
+            );
+        }
+        for h in &mut self.hosts {
+            if let Some(mut child) = h.agent.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        // `lan` drops next: every service process left in the namespaces is killed with it.
+    }
+}
+
+/// Stdout and stderr of a finished command, for assertion messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let t = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = t.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n") + "\n"
+}
+
+/// Runs a future to completion on a small runtime of its own.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// A plain HTTP/1.1 GET with a deadline: (status, body) or the error. No client library, so the
+/// probe shares nothing with what it measures.
+pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), String> {
+    let deadline = Instant::now() + timeout;
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    s.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(left)).map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    let resp = String::from_utf8_lossy(&buf);
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("malformed response {resp:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("malformed status line in {head:?}"))?;
+    Ok((status, body.trim().to_string()))
+}
+
+/// One probe of one host: when it was taken, and the version if `/` answered 200.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub at: Duration,
+    /// `Some(version)` when the host served (`GET /` answered 200 "version X").
+    pub version: Option<String>,
+}
+
+/// The independent availability probe: one thread per host samples `GET /` every `interval` from
+/// the root namespace (a 250 ms deadline per request) until stopped.
+pub struct Probe {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    samples: Arc<Mutex<Vec<Vec<Sample>>>>,
+    started: Instant,
+    interval: Duration,
+}
+
+impl Probe {
+    pub fn start(addrs: Vec<SocketAddr>, interval: Duration) -> Probe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(vec![Vec::new(); addrs.len()]));
+        let started = Instant::now();
+        let threads = addrs
+            .into_iter()
+            .enumerate()
+            .map(|(i, addr)| {
+                let (stop, samples) = (stop.clone(), samples.clone());
+                std::thread::spawn(move || {
+                    let mut tick = 0u32;
+                    while !stop.load(Ordering::SeqCst) {
+                        let at = started.elapsed();
+                        let version = match http_get(addr, "/", Duration::from_millis(250)) {
+                            Ok((200, body)) => body.strip_prefix("version ").map(str::to_string),
+                            _ => None,
+                        };
+                        samples.lock().unwrap()[i].push(Sample { at, version });
+                        // The next tick on the fixed schedule; ticks missed while waiting are skipped.
+                        let now = started.elapsed();
+                        tick = tick.max((now.as_nanos() / interval.as_nanos()) as u32) + 1;
+                        std::thread::sleep((interval * tick).saturating_sub(now));
+                    }
+                })
+            })
+            .collect();
+        Probe {
+            stop,
+            threads,
+            samples,
+            started,
+            interval,
+        }
+    }
+
+    /// Stops sampling and returns what was seen.
+    pub fn stop(self) -> ProbeReport {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let samples = std::mem::take(&mut *self.samples.lock().unwrap());
+        ProbeReport {
+            samples,
+            interval: self.interval,
+            took: self.started.elapsed(),
+        }
+    }
+}
+
+/// What a [`Probe`] saw.
+#[derive(Debug)]
+pub struct ProbeReport {
+    /// Per host, in time order.
+    pub samples: Vec<Vec<Sample>>,
+    pub interval: Duration,
+    pub took: Duration,
+}
+
+impl ProbeReport {
+    /// For each tick of the schedule, each host's state then: its last sample taken at or before
+    /// the tick (a host not yet sampled counts as unavailable).
+    pub fn timeline(&self) -> Vec<(Duration, Vec<Option<String>>)> {
+        let first_all = self
+            .samples
+            .iter()
+            .map(|s| s.first().map_or(self.took, |x| x.at))
+            .max()
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        let mut t = first_all;
+        while t <= self.took {
+            let row = self
+                .samples
+                .iter()
+                .map(|s| {
+                    s.iter()
+                        .take_while(|x| x.at <= t)
+                        .last()
+                        .and_then(|x| x.version.clone())
+                })
+                .collect();
+            out.push((t, row));
+            t += self.interval;
+        }
+        out
+    }
+
+    /// The fewest hosts serving at any tick, and when.
+    pub fn min_available(&self) -> (usize, Duration) {
+        self.timeline()
+            .into_iter()
+            .map(|(t, row)| (row.iter().filter(|v| v.is_some()).count(), t))
+            .min_by_key(|(n, t)| (*n, *t))
+            .unwrap_or((0, Duration::ZERO))
+    }
+
+    /// Number of samples taken, over all hosts.
+    pub fn sample_count(&self) -> usize {
+        self.samples.iter().map(Vec::len).sum()
+    }
+
+    /// The versions host `i` served, in the order first seen.
+    pub fn versions_seen(&self, i: usize) -> Vec<String> {
+        let mut seen: Vec<String> = Vec::new();
+        for s in &self.samples[i] {
+            if let Some(v) = &s.version
+                && seen.last() != Some(v)
+            {
+                seen.push(v.clone());
+            }
+        }
+        seen
+    }
+
+    /// What host `i` served at its last sample.
+    pub fn last_version(&self, i: usize) -> Option<String> {
+        self.samples[i].last().and_then(|s| s.version.clone())
+    }
+
+    /// A compact rendering for failure messages: one line per tick where some host was down.
+    pub fn dips(&self) -> String {
+        self.timeline()
+            .into_iter()
+            .filter(|(_, row)| row.iter().any(Option::is_none))
+            .map(|(t, row)| {
+                let cells: Vec<String> = row
+                    .iter()
+                    .map(|v| v.clone().unwrap_or_else(|| "DOWN".into()))
+                    .collect();
+                format!("{:>7.2}s {}\n", t.as_secs_f64(), cells.join(" "))
+            })
+            .collect()
+    }
+}
+
+/// A `rollgate` command running in the background with `-o json`: its journal records as they come.
+pub struct Running {
+    pub child: Child,
+    rx: mpsc::Receiver<Record>,
+    pub records: Vec<Record>,
+    stdout_rest: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Running {
+    /// Starts `cmd`, which must print JSON-lines records (`-o json`).
+    pub fn spawn(mut cmd: Command) -> Running {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start rollgate");
+        let (tx, rx) = mpsc::channel();
+        let stdout_rest = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().unwrap();
+        let rest = stdout_rest.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                match serde_json::from_str::<Record>(&line) {
+                    Ok(r) => {
+                        let _ = tx.send(r);
+                    }
+                    Err(_) => {
+                        let mut rest = rest.lock().unwrap();
+                        rest.push_str(&line);
+                        rest.push('\n');
+                    }
+                }
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let errbuf = stderr.clone();
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = BufReader::new(err).read_to_string(&mut s);
+            errbuf.lock().unwrap().push_str(&s);
+        });
+        Running {
+            child,
+            rx,
+            records: Vec::new(),
+            stdout_rest,
+            stderr,
+        }
+    }
+
+    /// Waits for the first record (from now on) matching `pred`; panics after `within`.
+    pub fn wait_for(&mut self, within: Duration, pred: impl Fn(&Event) -> bool) -> Record {
+        let end = Instant::now() + within;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(r) => {
+                    self.records.push(r.clone());
+                    if pred(&r.event) {
+                        return r;
+                    }
+                }
+                Err(_) => panic!(
+                    "no matching record within {within:?}; got so far:\n{}\n{}",
+                    self.describe(),
+                    self.output()
+                ),
+            }
+        }
+    }
+
+    /// Waits for the process to exit (killing it after `within`) and drains its records.
+    pub fn finish(&mut self, within: Duration) -> Option<i32> {
+        let end = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                // Give the readers a moment to drain before panicking with the output.
+                std::thread::sleep(Duration::from_millis(200));
+                while let Ok(r) = self.rx.try_recv() {
+                    self.records.push(r);
+                }
+                panic!(
+                    "rollgate still running after {within:?}; killed\n{}\n{}",
+                    self.describe(),
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // The reader ends at EOF: collect everything.
+        while let Ok(r) = self.rx.recv_timeout(Duration::from_secs(5)) {
+            self.records.push(r);
+        }
+        status.code()
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        while let Ok(r) = self.rx.recv_timeout(Duration::from_millis(500)) {
+            self.records.push(r);
+        }
+    }
+
+    /// Non-JSON stdout and all stderr so far.
+    pub fn output(&self) -> String {
+        format!(
+            "stdout (other than records):\n{}stderr:\n{}",
+            self.stdout_rest.lock().unwrap(),
+            self.stderr.lock().unwrap()
+        )
+    }
+
+    /// Records so far, one per line.
+    pub fn describe(&self) -> String {
+        self.records
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {}\n",
+                    r.at_ms,
+                    rollgate::cli::output::describe(&r.event)
+                )
+            })
+            .collect()
+    }
+}
+
+/// Each host's version as `rollgate status APP` prints it (`  host1   2.0.0`).
+pub fn status_versions(out: &Output) -> Vec<(String, String)> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            match (words.next(), words.next(), words.next()) {
+                (Some(name), Some(version), None) if name.starts_with("host") => {
+                    Some((name.to_string(), version.to_string()))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
