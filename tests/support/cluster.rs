@@ -11,6 +11,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -80,7 +81,11 @@ fn bring_up() -> Result<Option<Cluster>, String> {
                 "{why} (CI is set, so this is an error, not a skip)"
             ));
         }
-        eprintln!("SKIPPED: {why}; see tests/cluster/README.md");
+        // Straight to stderr: libtest would hide eprintln! output of a passing test.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: {why}; see tests/cluster/README.md"
+        );
         return Ok(None);
     }
     // stderr goes straight to the terminal: a cold `up` builds for many minutes
