@@ -7,7 +7,7 @@
 #   cluster.sh build   build (or reuse) the binaries in the cache
 #   cluster.sh up      build if needed, start everything, create fake nodes
 #   cluster.sh down    stop everything in reverse order; safe when nothing runs
-#   cluster.sh env     print the export line for KUBECONFIG
+#   cluster.sh env     print export lines: KUBECONFIG, ROLLGATE_KUBE_BIN, PATH
 #   cluster.sh status  say what runs
 #
 # See README.md beside this file for the knobs, the test controls and the
