@@ -9,5 +9,7 @@ mod netns;
 mod hosts {
     mod blue_green;
     mod demo;
+    mod netns_canary;
+    mod netns_lock;
     mod netns_rolling;
 }
