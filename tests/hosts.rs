@@ -7,9 +7,10 @@ mod fleet;
 mod netns;
 
 mod hosts {
-    mod blue_green;
     mod demo;
     mod netns_canary;
+    mod netns_cli_killed;
     mod netns_lock;
+    mod netns_rollback;
     mod netns_rolling;
 }
