@@ -133,19 +133,6 @@ impl<T: Target> Run<'_, T> {
     /// Runs steps `from_step..`; a step is journaled as started before it acts and done after.
     /// With `full`, it goes straight to the last step (everything new).
     pub async fn execute(&mut self, from_step: usize, full: bool) -> Result<RunOutcome> {
-        let two_slots = self
-            .manifest
-            .rollout
-            .spec
-            .target
-            .hosts
-            .as_ref()
-            .is_some_and(|h| h.slots_per_host != 1);
-        if two_slots || matches!(self.manifest.strategy, Strategy::BlueGreen(_)) {
-            return Err(EngineError::Unsupported(
-                "this release executes rolling and canary rollouts on hosts with slotsPerHost: 1; blue-green and two slots per host are planned but not executed yet".into(),
-            ));
-        }
         let version = self.version().to_string();
         // Stage everywhere ahead of the waves: staging never touches what runs.
         self.target.prepare(&version).await?;
@@ -207,6 +194,10 @@ impl<T: Target> Run<'_, T> {
         match step.kind {
             StepKind::Scale => {
                 let version = self.version().to_string();
+                if let Some(delay) = step.duration_seconds.filter(|d| *d > 0) {
+                    // Blue-green keeps the old set this long after the switch: a switch back is instant.
+                    self.hold(Duration::from_secs(delay)).await;
+                }
                 let before = self.target.instances().await?;
                 {
                     let sink = self.sink();
@@ -224,7 +215,22 @@ impl<T: Target> Run<'_, T> {
                     // minReadySeconds is a hold the user asked for, not a poll.
                     tokio::time::sleep(Duration::from_secs(min_ready)).await;
                 }
-                let checks = self.manifest.rollout.spec.checks.clone();
+                // Checks named by an analysis step run only there; the rest gate every step.
+                let named: std::collections::HashSet<&str> = self
+                    .plan
+                    .steps
+                    .iter()
+                    .flat_map(|s| s.checks.iter().map(String::as_str))
+                    .collect();
+                let checks: Vec<Check> = self
+                    .manifest
+                    .rollout
+                    .spec
+                    .checks
+                    .iter()
+                    .filter(|c| !named.contains(c.name.as_str()))
+                    .cloned()
+                    .collect();
                 self.gate(idx, &checks).await
             }
             StepKind::Analysis => {
@@ -243,20 +249,28 @@ impl<T: Target> Run<'_, T> {
                 Ok(StepResult::Pause(step.note.clone()))
             }
             StepKind::Pause | StepKind::Promote => {
-                let end = Instant::now() + Duration::from_secs(step.duration_seconds.unwrap_or(0));
-                // Sleep in short slices so promote, abort and Ctrl-C are seen during a long soak.
-                while Instant::now() < end {
-                    if self.interrupts.count() > 0
-                        || self.store.control_count(self.app()) > self.controls_seen
-                    {
-                        break;
-                    }
-                    tokio::time::sleep((end - Instant::now()).min(Duration::from_millis(250)))
-                        .await;
-                }
+                self.hold(Duration::from_secs(step.duration_seconds.unwrap_or(0)))
+                    .await;
                 Ok(StepResult::Done)
             }
-            StepKind::Switch => Ok(StepResult::Done),
+            StepKind::Switch => match self.target.switch_traffic(self.version()).await {
+                Ok(()) => Ok(StepResult::Done),
+                Err(why) => Ok(StepResult::Failed(format!("traffic switch: {why}"))),
+            },
+        }
+    }
+
+    /// Waits `length`, cut short by a promote, abort or pause request or by Ctrl-C.
+    async fn hold(&self, length: Duration) {
+        let end = Instant::now() + length;
+        // Short slices, so a request during a long soak is seen within a quarter second.
+        while Instant::now() < end {
+            if self.interrupts.count() > 0
+                || self.store.control_count(self.app()) > self.controls_seen
+            {
+                break;
+            }
+            tokio::time::sleep((end - Instant::now()).min(Duration::from_millis(250))).await;
         }
     }
 
@@ -268,14 +282,15 @@ impl<T: Target> Run<'_, T> {
             .instances()
             .await?
             .into_iter()
-            .filter(|i| i.version.as_deref() == Some(&version))
+            .filter(|i| i.serves(&version))
             .map(|i| i.name)
             .collect();
         for check in checks {
             let target = self.target;
-            let runs = instances
-                .iter()
-                .map(|inst| async move { (inst.clone(), run_gate(target, check, inst).await) });
+            let version = version.as_str();
+            let runs = instances.iter().map(|inst| async move {
+                (inst.clone(), run_gate(target, check, inst, version).await)
+            });
             for (inst, verdict) in join_all(runs).await {
                 let (passed, detail) = match &verdict {
                     Verdict::Pass => (true, format!("on {inst}")),
@@ -391,13 +406,13 @@ impl<T: Target> Run<'_, T> {
     }
 }
 
-async fn run_gate<T: Target>(target: &T, check: &Check, instance: &str) -> Verdict {
+async fn run_gate<T: Target>(target: &T, check: &Check, instance: &str, version: &str) -> Verdict {
     let mut gate = Gate::new(check);
     if !check.initial_delay.0.is_zero() {
         tokio::time::sleep(check.initial_delay.0).await;
     }
     loop {
-        let probe = target.probe(check, instance).await;
+        let probe = target.probe(check, instance, version).await;
         match gate.observe(probe) {
             Verdict::Pending => tokio::time::sleep(check.interval.0).await,
             done => return done,
@@ -459,6 +474,7 @@ mod tests {
             version: v.map(Into::into),
             previous: p.map(Into::into),
             installed: vec![],
+            running: v.into_iter().map(Into::into).collect(),
         }
     }
 

@@ -116,6 +116,27 @@ pub struct HostsTarget {
     /// How rollgate authenticates to the agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AgentAuth>,
+    /// Called with the new active set at a blue-green switch, and with the old set on a switch back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_switch: Option<TrafficSwitch>,
+}
+
+/// A traffic switch hook: a command (given the active set as JSON on stdin and as
+/// `ROLLGATE_ACTIVE=ip:port,...`) or an HTTP webhook (the JSON as a POST body). Non-zero exit or a
+/// non-2xx answer fails the switch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TrafficSwitch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+    #[serde(default = "ten_seconds")]
+    pub timeout: Dur,
+}
+
+fn ten_seconds() -> Dur {
+    Dur(std::time::Duration::from_secs(10))
 }
 
 fn default_service() -> String {
@@ -765,6 +786,16 @@ fn validate_hosts(h: &HostsTarget, s: &Sources) -> Result<(), InputError> {
                 "spec.target.hosts.artifact.sha256",
                 "expected 64 hex digits",
             ));
+        }
+    }
+    if let Some(t) = &h.traffic_switch {
+        match (&t.command, &t.webhook) {
+            (Some(c), None) if !c.is_empty() => {}
+            (None, Some(u)) if u.starts_with("http://") || u.starts_with("https://") => {}
+            (None, Some(u)) => {
+                return Err(s.error("spec.target.hosts.trafficSwitch.webhook", format!("{u:?}: expected an http:// or https:// URL")));
+            }
+            _ => return Err(s.error("spec.target.hosts.trafficSwitch", "expected exactly one of command (a non-empty list) or webhook")),
         }
     }
     if let Some(label) = &h.spread_by {

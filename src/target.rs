@@ -18,6 +18,15 @@ pub struct Instance {
     pub previous: Option<String>,
     /// Versions already on the instance (no download needed).
     pub installed: Vec<String>,
+    /// Versions running on it now: two during a blue-green preview on a two-slot host.
+    pub running: Vec<String>,
+}
+
+impl Instance {
+    /// Whether the instance runs `version` (on any slot).
+    pub fn serves(&self, version: &str) -> bool {
+        self.running.iter().any(|v| v == version)
+    }
 }
 
 /// A change to one instance, reported to the engine so the journal knows it before and after.
@@ -77,6 +86,16 @@ pub trait Target: Sync {
         deadline: Duration,
         sink: Sink<'_>,
     ) -> impl Future<Output = std::result::Result<(), String>> + Send;
-    /// One probe of `check` against `instance` (or from the CLI, for `runOn: cli`).
-    fn probe(&self, check: &Check, instance: &str) -> impl Future<Output = Probe> + Send;
+    /// Sends traffic to the instances running `version` (the blue-green switch).
+    fn switch_traffic(
+        &self,
+        version: &str,
+    ) -> impl Future<Output = std::result::Result<(), String>> + Send;
+    /// One probe of `check` against `version` on `instance` (or from the CLI, for `runOn: cli`).
+    fn probe(
+        &self,
+        check: &Check,
+        instance: &str,
+        version: &str,
+    ) -> impl Future<Output = Probe> + Send;
 }

@@ -7,6 +7,7 @@ mod fleet;
 mod netns;
 
 mod hosts {
+    mod blue_green;
     mod demo;
     mod netns_canary;
     mod netns_cli_killed;

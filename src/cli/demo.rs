@@ -21,8 +21,12 @@ fn fail(what: &str) -> impl FnOnce(std::io::Error) -> CliError + '_ {
 fn sibling(name: &str) -> Result<PathBuf, CliError> {
     let exe = std::env::current_exe().map_err(fail("locating rollgate"))?;
     let path = exe.with_file_name(name);
+    // Test binaries live in target/<profile>/deps, one level below the binaries.
+    let above = exe.parent().and_then(Path::parent).map(|p| p.join(name));
     if path.is_file() {
         Ok(path)
+    } else if let Some(above) = above.filter(|p| p.is_file()) {
+        Ok(above)
     } else {
         Err(CliError::Failed(format!(
             "demo: {} not found next to rollgate: build every binary first (`cargo build --release --bins`)",
@@ -98,8 +102,132 @@ impl Drop for Agents {
     }
 }
 
+/// Agents on loopback, each supervising the demo service, with mTLS from a fresh CA. Tests and the
+/// demo share it; dropping it stops the agents (and so their services).
+pub struct LocalFleet {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// (name, agent port, service ports)
+    pub hosts: Vec<(String, u16, Vec<u16>)>,
+    _agents: Agents,
+}
+
+impl LocalFleet {
+    /// Starts `n` agents with `slots` service slots each, and waits until each answers over mTLS.
+    pub async fn start(dir: &Path, n: usize, slots: usize) -> Result<Self, CliError> {
+        let agent_bin = sibling("rollgate-agent")?;
+        let pki = dir.join("pki");
+        let map = |e: crate::pki::PkiError| CliError::Failed(format!("pki: {e}"));
+        let ca = crate::pki::init(&pki).map_err(map)?;
+        let server = crate::pki::issue_agent(&pki, "127.0.0.1").map_err(map)?;
+        let client = crate::pki::issue_client(&pki, "demo").map_err(map)?;
+        let ports = free_ports(n * (1 + slots))?;
+        let mut children = Vec::new();
+        let mut hosts = Vec::new();
+        for i in 0..n {
+            let agent_port = ports[i * (1 + slots)];
+            let service_ports: Vec<u16> =
+                ports[i * (1 + slots) + 1..(i + 1) * (1 + slots)].to_vec();
+            let name = format!("host{}", i + 1);
+            let host_dir = dir.join(&name);
+            std::fs::create_dir_all(&host_dir).map_err(fail("creating a host dir"))?;
+            let port_list: Vec<String> = service_ports.iter().map(u16::to_string).collect();
+            let config = format!(
+                "listen: \"127.0.0.1:{agent_port}\"\ndataDir: \"{data}\"\ntls:\n  cert: \"{cert}\"\n  key: \"{key}\"\n  clientCa: \"{ca}\"\nservices:\n  - name: web\n    command: bin/web\n    args: [\"--listen\", \"127.0.0.1:{{port}}\"]\n    ports: [{ports}]\n    stopTimeout: 5s\n    health: {{type: http, url: \"http://127.0.0.1:{{port}}/health\", timeout: 1s, interval: 100ms, startTimeout: 15s}}\n",
+                data = host_dir.join("data").display(),
+                cert = server.cert.display(),
+                key = server.key.display(),
+                ca = ca.cert.display(),
+                ports = port_list.join(", "),
+            );
+            let config_path = host_dir.join("agent.yaml");
+            std::fs::write(&config_path, config).map_err(fail("writing an agent config"))?;
+            let log = std::fs::File::create(host_dir.join("agent.log"))
+                .map_err(fail("creating an agent log"))?;
+            let child = tokio::process::Command::new(&agent_bin)
+                .arg("run")
+                .arg("--config")
+                .arg(&config_path)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().map_err(fail("agent log"))?)
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(fail("starting rollgate-agent"))?;
+            children.push(child);
+            hosts.push((name, agent_port, service_ports));
+        }
+        let fleet = LocalFleet {
+            dir: dir.to_path_buf(),
+            ca: ca.cert,
+            client_cert: client.cert,
+            client_key: client.key,
+            hosts,
+            _agents: Agents(children),
+        };
+        fleet.wait_up().await?;
+        Ok(fleet)
+    }
+
+    async fn wait_up(&self) -> Result<(), CliError> {
+        let auth = ClientAuth::mtls_files(&self.ca, &self.client_cert, &self.client_key)
+            .map_err(|e| CliError::Failed(e.to_string()))?;
+        for (name, port, _) in &self.hosts {
+            let client = AgentClient::new(&format!("https://127.0.0.1:{port}"), &auth)
+                .map_err(|e| CliError::Failed(e.to_string()))?;
+            let mut last = String::new();
+            let mut up = false;
+            for _ in 0..100 {
+                match client.host_info().await {
+                    Ok(_) => {
+                        up = true;
+                        break;
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if !up {
+                return Err(CliError::Failed(format!(
+                    "agent {name} did not start: {last} (see {}/{name}/agent.log)",
+                    self.dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `hosts:` list of a manifest, zones a, b, c in turn, host1 in group `internal`.
+    pub fn hosts_yaml(&self, indent: &str) -> String {
+        let mut out = String::new();
+        for (i, (name, port, _)) in self.hosts.iter().enumerate() {
+            let zone = ["a", "b", "c"][i % 3];
+            let group = if i == 0 { ", groups: [internal]" } else { "" };
+            out.push_str(&format!("{indent}- {{name: {name}, address: \"127.0.0.1:{port}\", labels: {{zone: {zone}}}{group}}}\n"));
+        }
+        out
+    }
+
+    /// The `auth:` value of a manifest.
+    pub fn auth_yaml(&self) -> String {
+        format!(
+            "{{ca: \"{}\", cert: \"{}\", key: \"{}\"}}",
+            self.ca.display(),
+            self.client_cert.display(),
+            self.client_key.display()
+        )
+    }
+}
+
+/// Packages the demo service as `web-<version>.tar.gz` in `dir`; `flags` select its behaviour.
+pub fn package_demo(dir: &Path, version: &str, flags: &str) -> Result<PathBuf, CliError> {
+    package(dir, &sibling("rollgate-demo")?, version, flags)
+}
+
 pub async fn run(args: &DemoArgs) -> Result<u8, CliError> {
-    let agent_bin = sibling("rollgate-agent")?;
+    sibling("rollgate-agent")?;
     let demo_bin = sibling("rollgate-demo")?;
     let dir = match &args.dir {
         Some(d) => d.clone(),
@@ -114,78 +242,11 @@ pub async fn run(args: &DemoArgs) -> Result<u8, CliError> {
     std::fs::create_dir_all(&dir).map_err(fail("creating the demo dir"))?;
     let dir = std::path::absolute(&dir).map_err(fail("creating the demo dir"))?;
     println!("demo: working in {}", dir.display());
-
-    let pki = dir.join("pki");
-    let map = |e: crate::pki::PkiError| CliError::Failed(format!("demo: pki: {e}"));
-    let ca = crate::pki::init(&pki).map_err(map)?;
-    let server = crate::pki::issue_agent(&pki, "127.0.0.1").map_err(map)?;
-    let client = crate::pki::issue_client(&pki, "demo").map_err(map)?;
-
     let n = args.hosts.clamp(1, 32);
-    let ports = free_ports(2 * n)?;
-    let mut children = Vec::new();
-    let mut hosts_yaml = String::new();
-    for i in 0..n {
-        let (agent_port, service_port) = (ports[2 * i], ports[2 * i + 1]);
-        let host_dir = dir.join(format!("host{}", i + 1));
-        std::fs::create_dir_all(&host_dir).map_err(fail("creating a host dir"))?;
-        let config = format!(
-            "listen: \"127.0.0.1:{agent_port}\"\ndataDir: \"{data}\"\ntls:\n  cert: \"{cert}\"\n  key: \"{key}\"\n  clientCa: \"{ca}\"\nservices:\n  - name: web\n    command: bin/web\n    args: [\"--listen\", \"127.0.0.1:{{port}}\"]\n    ports: [{service_port}]\n    stopTimeout: 5s\n    health: {{type: http, url: \"http://127.0.0.1:{{port}}/health\", timeout: 1s, interval: 100ms, startTimeout: 15s}}\n",
-            data = host_dir.join("data").display(),
-            cert = server.cert.display(),
-            key = server.key.display(),
-            ca = ca.cert.display(),
-        );
-        let config_path = host_dir.join("agent.yaml");
-        std::fs::write(&config_path, config).map_err(fail("writing an agent config"))?;
-        let log = std::fs::File::create(host_dir.join("agent.log"))
-            .map_err(fail("creating an agent log"))?;
-        let child = tokio::process::Command::new(&agent_bin)
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(fail("agent log"))?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(fail("starting rollgate-agent"))?;
-        children.push(child);
-        let zone = ["a", "b", "c"][i % 3];
-        let group = if i == 0 { ", groups: [internal]" } else { "" };
-        hosts_yaml.push_str(&format!(
-            "        - {{name: host{}, address: \"127.0.0.1:{agent_port}\", labels: {{zone: {zone}}}{group}}}\n",
-            i + 1
-        ));
-    }
-    let _agents = Agents(children);
-
-    // Wait until every agent answers over mTLS.
-    let auth = ClientAuth::mtls_files(&ca.cert, &client.cert, &client.key)
-        .map_err(|e| CliError::Failed(format!("demo: {e}")))?;
-    for i in 0..n {
-        let client = AgentClient::new(&format!("https://127.0.0.1:{}", ports[2 * i]), &auth)
-            .map_err(|e| CliError::Failed(e.to_string()))?;
-        let mut last = String::new();
-        let mut up = false;
-        for _ in 0..100 {
-            match client.host_info().await {
-                Ok(_) => {
-                    up = true;
-                    break;
-                }
-                Err(e) => last = e.to_string(),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if !up {
-            return Err(CliError::Failed(format!(
-                "demo: agent host{} did not start: {last} (see its agent.log)",
-                i + 1
-            )));
-        }
-    }
+    let fleet = LocalFleet::start(&dir, n, 1).await?;
     println!("demo: {n} agents up on loopback, mTLS with a fresh CA");
+    let hosts_yaml = fleet.hosts_yaml("        ");
+    let auth_yaml = fleet.auth_yaml();
 
     let artifacts = dir.join("artifacts");
     std::fs::create_dir_all(&artifacts).map_err(fail("creating the artifacts dir"))?;
@@ -196,11 +257,8 @@ pub async fn run(args: &DemoArgs) -> Result<u8, CliError> {
     let store = Store::at(dir.join("state"));
     let manifest = |version: &str, artifact: &Path, strategy: &str| {
         format!(
-            "apiVersion: rollgate.dev/v1\nkind: Rollout\nmetadata:\n  name: web\nspec:\n  version: \"{version}\"\n  target:\n    hosts:\n      service: web\n      spreadBy: zone\n      artifact: {{file: \"{artifact}\"}}\n      auth: {{ca: \"{ca}\", cert: \"{cert}\", key: \"{key}\"}}\n      hosts:\n{hosts_yaml}  strategy:\n{strategy}  checks:\n    - name: health\n      http: {{url: \"http://127.0.0.1:{{port}}/health\"}}\n      interval: 200ms\n      count: 3\n      successThreshold: 2\n      failureLimit: 0\n      timeout: 1s\n  rollback: {{auto: true}}\n  progressDeadlineSeconds: 8\n",
+            "apiVersion: rollgate.dev/v1\nkind: Rollout\nmetadata:\n  name: web\nspec:\n  version: \"{version}\"\n  target:\n    hosts:\n      service: web\n      spreadBy: zone\n      artifact: {{file: \"{artifact}\"}}\n      auth: {auth_yaml}\n      hosts:\n{hosts_yaml}  strategy:\n{strategy}  checks:\n    - name: health\n      http: {{url: \"http://127.0.0.1:{{port}}/health\"}}\n      interval: 200ms\n      count: 3\n      successThreshold: 2\n      failureLimit: 0\n      timeout: 1s\n  rollback: {{auto: true}}\n  progressDeadlineSeconds: 8\n",
             artifact = artifact.display(),
-            ca = ca.cert.display(),
-            cert = client.cert.display(),
-            key = client.key.display(),
         )
     };
     let install = "    rolling: {maxSurge: 0, maxUnavailable: \"100%\"}\n";

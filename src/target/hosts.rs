@@ -9,7 +9,8 @@ use sha2::{Digest, Sha256};
 
 use super::{Change, Instance, Result, Sink, Target, TargetError};
 use crate::agent::api::{
-    ActivateRequest, CheckSpec, HealthCheckRequest, OperationState, StageRequest, UploadParams,
+    ActivateRequest, CheckSpec, HealthCheckRequest, OperationState, RunState, SlotRequest,
+    StageRequest, UploadParams,
 };
 use crate::agent::client::{AgentClient, ClientAuth};
 use crate::health::Probe;
@@ -169,69 +170,274 @@ impl Hosts {
             ))),
         }
     }
+}
 
-    async fn switch_one(
+/// One slot of one host, as its agent reports it.
+#[derive(Debug, Clone)]
+struct SlotView {
+    slot: u32,
+    port: Option<u16>,
+    active: Option<String>,
+    previous: Option<String>,
+    running: bool,
+    uptime_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct HostView {
+    slots: Vec<SlotView>,
+    installed: Vec<String>,
+}
+
+impl HostView {
+    fn running(&self) -> impl Iterator<Item = &SlotView> {
+        self.slots.iter().filter(|s| s.running)
+    }
+
+    fn runs(&self, version: &str) -> bool {
+        self.running().any(|s| s.active.as_deref() == Some(version))
+    }
+
+    fn runs_other(&self, version: &str) -> bool {
+        self.running().any(|s| s.active.as_deref() != Some(version))
+    }
+
+    fn slot_running(&self, version: &str) -> Option<&SlotView> {
+        self.running()
+            .find(|s| s.active.as_deref() == Some(version))
+    }
+
+    /// Where to start `version`: a stopped slot (one that already holds it first), else none.
+    fn idle_slot(&self, version: &str) -> Option<u32> {
+        let stopped = || self.slots.iter().filter(|s| !s.running);
+        stopped()
+            .find(|s| s.active.as_deref() == Some(version))
+            .or_else(|| stopped().next())
+            .map(|s| s.slot)
+    }
+
+    fn instance(&self, name: &str) -> Instance {
+        // The most recently started running slot is the one a rollout last touched.
+        let newest = self
+            .running()
+            .min_by_key(|s| s.uptime_ms.unwrap_or(u64::MAX));
+        let primary = newest.or_else(|| self.slots.first());
+        let previous = if self.slots.len() > 1 {
+            self.slots
+                .iter()
+                .find(|s| Some(s.slot) != primary.map(|p| p.slot))
+                .and_then(|s| s.active.clone())
+        } else {
+            primary.and_then(|s| s.previous.clone())
+        };
+        Instance {
+            name: name.to_string(),
+            version: primary.and_then(|s| s.active.clone()),
+            previous,
+            installed: self.installed.clone(),
+            running: self.running().filter_map(|s| s.active.clone()).collect(),
+        }
+    }
+}
+
+/// What one host must end a step with.
+#[derive(Debug, Clone, Copy)]
+struct Want {
+    /// Runs the new version.
+    new: bool,
+    /// Keeps other versions running (a blue-green preview, or a surge instance).
+    keep_old: bool,
+    /// Stops other versions before starting the new one (no room for an extra instance).
+    stop_first: bool,
+}
+
+impl Hosts {
+    async fn view(&self, name: &str) -> Result<HostView> {
+        let client = self.client(name)?;
+        let status = client.service(&self.service).await.map_err(|source| {
+            TargetError::AgentUnreachable {
+                instance: name.to_string(),
+                source,
+            }
+        })?;
+        let slots = status
+            .slots
+            .iter()
+            .map(|s| SlotView {
+                slot: s.slot,
+                port: s.port,
+                active: s.active.clone(),
+                previous: s.previous.clone(),
+                running: s.desired_running
+                    && matches!(s.state, RunState::Running | RunState::Starting),
+                uptime_ms: s.uptime_ms,
+            })
+            .collect();
+        Ok(HostView {
+            slots,
+            installed: status.versions.iter().map(|v| v.version.clone()).collect(),
+        })
+    }
+
+    async fn views(&self) -> Result<Vec<(String, HostView)>> {
+        let calls = self
+            .order
+            .iter()
+            .map(|name| async move { self.view(name).await.map(|v| (name.clone(), v)) });
+        join_all(calls).await.into_iter().collect()
+    }
+
+    /// Waits for an agent operation and turns its failure into a reason.
+    async fn finish(
         &self,
         name: &str,
-        version: &str,
+        op: crate::agent::api::Operation,
+        what: &str,
         deadline: Duration,
-        salt: &str,
     ) -> Result<()> {
-        self.stage_one(name, version).await?;
         let client = self.client(name)?;
-        let unreachable = |source| TargetError::AgentUnreachable {
-            instance: name.to_string(),
-            source,
-        };
-        let req = ActivateRequest {
-            request_id: request_id("activate", name, version, salt),
-            version: version.to_string(),
-            slot: 0,
-            timeout_ms: Some(deadline.as_millis() as u64),
-        };
-        let op = client
-            .activate(&self.service, &req)
-            .await
-            .map_err(unreachable)?;
         let op = client
             .wait_operation(&op.id, deadline + Duration::from_secs(5))
             .await
-            .map_err(unreachable)?;
+            .map_err(|source| TargetError::AgentUnreachable {
+                instance: name.to_string(),
+                source,
+            })?;
         match op.state {
             OperationState::Succeeded => Ok(()),
             _ => Err(TargetError::Rejected {
                 instance: name.to_string(),
                 message: format!(
-                    "activating {version} failed: {}",
+                    "{what} failed: {}",
                     op.error.unwrap_or_else(|| "no reason given".into())
                 ),
             }),
         }
     }
-}
 
-impl Hosts {
-    /// Switches `hosts` at once, reporting each change before and after; fails with the first reason.
-    async fn switch_all(
+    /// Activates `version` on `slot` (graceful stop, switch, start) and waits until running and healthy.
+    async fn activate(
         &self,
-        hosts: &[String],
+        name: &str,
+        version: &str,
+        slot: u32,
+        deadline: Duration,
+        salt: &str,
+    ) -> Result<()> {
+        self.stage_one(name, version).await?;
+        let client = self.client(name)?;
+        let req = ActivateRequest {
+            request_id: request_id(&format!("activate{slot}"), name, version, salt),
+            version: version.to_string(),
+            slot,
+            timeout_ms: Some(deadline.as_millis() as u64),
+        };
+        let op = client
+            .activate(&self.service, &req)
+            .await
+            .map_err(|source| TargetError::AgentUnreachable {
+                instance: name.to_string(),
+                source,
+            })?;
+        self.finish(name, op, &format!("activating {version}"), deadline)
+            .await
+    }
+
+    async fn stop_slot(&self, name: &str, slot: u32, deadline: Duration, salt: &str) -> Result<()> {
+        let client = self.client(name)?;
+        let req = SlotRequest {
+            request_id: format!("stop{slot}-{name}-{salt}"),
+            slot,
+        };
+        let op = client.stop(&self.service, &req).await.map_err(|source| {
+            TargetError::AgentUnreachable {
+                instance: name.to_string(),
+                source,
+            }
+        })?;
+        self.finish(name, op, &format!("stopping slot {slot}"), deadline)
+            .await
+    }
+
+    /// Stops every running slot that does not run `version`.
+    async fn stop_others(
+        &self,
+        name: &str,
+        view: &HostView,
+        version: &str,
+        deadline: Duration,
+        salt: &str,
+    ) -> Result<()> {
+        for s in view
+            .running()
+            .filter(|s| s.active.as_deref() != Some(version))
+        {
+            self.stop_slot(name, s.slot, deadline, salt).await?;
+        }
+        Ok(())
+    }
+
+    /// Brings one host to `want`. With one slot per host, the new version replaces the old in place.
+    async fn converge(
+        &self,
+        name: &str,
+        version: &str,
+        want: Want,
+        deadline: Duration,
+        salt: &str,
+    ) -> Result<()> {
+        let view = self.view(name).await?;
+        if self.spec.slots_per_host < 2 {
+            if want.new && !view.runs(version) {
+                self.activate(name, version, 0, deadline, salt).await?;
+            }
+            return Ok(());
+        }
+        if want.new && !view.runs(version) {
+            if want.stop_first || view.idle_slot(version).is_none() {
+                self.stop_others(name, &view, version, deadline, salt)
+                    .await?;
+            }
+            let view = self.view(name).await?;
+            let slot = view
+                .idle_slot(version)
+                .ok_or_else(|| TargetError::Rejected {
+                    instance: name.to_string(),
+                    message: "no free slot for the new version".into(),
+                })?;
+            self.activate(name, version, slot, deadline, salt).await?;
+        }
+        if !want.keep_old {
+            let view = self.view(name).await?;
+            if view.runs(version) || !want.new {
+                self.stop_others(name, &view, version, deadline, salt)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Converges `hosts` at once, reporting each change before and after; fails with the first reason.
+    async fn converge_all(
+        &self,
+        hosts: &[(String, Want)],
         version: &str,
         deadline: Duration,
         sink: Sink<'_>,
     ) -> std::result::Result<(), String> {
-        for h in hosts {
+        for (h, _) in hosts {
             sink(Change::Changing {
                 instance: h.clone(),
                 version: version.to_string(),
             });
         }
         let salt = format!("{:x}", crate::state::now_ms());
-        let calls = hosts.iter().map(|name| {
+        let calls = hosts.iter().map(|(name, want)| {
             let salt = salt.clone();
             async move {
                 (
                     name.clone(),
-                    self.switch_one(name, version, deadline, &salt).await,
+                    self.converge(name, version, *want, deadline, &salt).await,
                 )
             }
         });
@@ -252,6 +458,88 @@ impl Hosts {
             });
         }
         failure.map_or(Ok(()), Err)
+    }
+
+    /// Every host running `version`, as `ip:port` of the slot that runs it.
+    async fn active_set(&self, version: &str) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for (name, view) in self.views().await? {
+            if let Some(slot) = view.slot_running(version) {
+                let ip = self
+                    .address(&name)
+                    .rsplit_once(':')
+                    .map_or("", |(h, _)| h)
+                    .to_string();
+                out.push((name.clone(), format!("{ip}:{}", slot.port.unwrap_or(0))));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn call_switch_hook(&self, version: &str) -> std::result::Result<(), String> {
+        let Some(hook) = &self.spec.traffic_switch else {
+            return Ok(());
+        };
+        let set = self
+            .active_set(version)
+            .await
+            .map_err(|e| crate::engine::error_chain(&e))?;
+        let payload = serde_json::json!({
+            "service": self.service,
+            "version": version,
+            "active": set.iter().map(|(host, address)| serde_json::json!({"host": host, "address": address})).collect::<Vec<_>>(),
+        });
+        let addresses: Vec<&str> = set.iter().map(|(_, a)| a.as_str()).collect();
+        let timeout = hook.timeout.0;
+        if let Some(cmd) = &hook.command {
+            let mut child = tokio::process::Command::new(&cmd[0])
+                .args(&cmd[1..])
+                .env("ROLLGATE_ACTIVE", addresses.join(","))
+                .env("ROLLGATE_VERSION", version)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| format!("{}: {e}", cmd[0]))?;
+            if let Some(mut stdin) = child.stdin.take() {
+                use tokio::io::AsyncWriteExt;
+                let _ = stdin.write_all(payload.to_string().as_bytes()).await;
+            }
+            let out = tokio::time::timeout(timeout, child.wait_with_output())
+                .await
+                .map_err(|_| format!("{}: no answer within {timeout:?}", cmd[0]))?
+                .map_err(|e| format!("{}: {e}", cmd[0]))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "{}: {}: {}",
+                    cmd[0],
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            return Ok(());
+        }
+        if let Some(url) = &hook.webhook {
+            let mut last = String::new();
+            for attempt in 0..3 {
+                match self
+                    .http
+                    .post(url)
+                    .json(&payload)
+                    .timeout(timeout)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => return Ok(()),
+                    Ok(r) => last = format!("{url}: status {}", r.status()),
+                    Err(e) => last = format!("{url}: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+            return Err(last);
+        }
+        Ok(())
     }
 }
 
@@ -292,22 +580,12 @@ fn client_auth(auth: Option<&AgentAuth>) -> Result<ClientAuth> {
 
 impl Target for Hosts {
     async fn instances(&self) -> Result<Vec<Instance>> {
-        let calls = self.clients.iter().map(|(name, _, client)| async move {
-            let status = client.service(&self.service).await.map_err(|source| {
-                TargetError::AgentUnreachable {
-                    instance: name.clone(),
-                    source,
-                }
-            })?;
-            let slot = status.slots.first();
-            Ok(Instance {
-                name: name.clone(),
-                version: slot.and_then(|s| s.active.clone()),
-                previous: slot.and_then(|s| s.previous.clone()),
-                installed: status.versions.iter().map(|v| v.version.clone()).collect(),
-            })
-        });
-        join_all(calls).await.into_iter().collect()
+        Ok(self
+            .views()
+            .await?
+            .iter()
+            .map(|(name, v)| v.instance(name))
+            .collect())
     }
 
     async fn prepare(&self, version: &str) -> Result<()> {
@@ -322,24 +600,39 @@ impl Target for Hosts {
         deadline: Duration,
         sink: Sink<'_>,
     ) -> std::result::Result<(), String> {
-        // In place: the first `new` hosts in wave order must serve `version`.
-        let instances = self
-            .instances()
+        // The first `new` hosts in wave order run `version`; the last `old` hosts keep the old one.
+        let views = self
+            .views()
             .await
             .map_err(|e| crate::engine::error_chain(&e))?;
-        let on_new: std::collections::HashSet<&str> = instances
-            .iter()
-            .filter(|i| i.version.as_deref() == Some(version))
-            .map(|i| i.name.as_str())
-            .collect();
-        let want = (step.new as usize).min(self.order.len());
-        let wave: Vec<String> = self.order[..want]
-            .iter()
-            .filter(|h| !on_new.contains(h.as_str()))
-            .cloned()
-            .collect();
-        for part in split_by_zone(&self.spec, &wave) {
-            self.switch_all(&part, version, deadline, sink).await?;
+        let n = self.order.len();
+        let running: usize = views.iter().map(|(_, v)| v.running().count()).sum();
+        // Room for extra instances during the step (two slots per host): beyond it, stop old first.
+        let mut room = (step.max_total as usize).saturating_sub(running);
+        let mut todo = Vec::new();
+        for (i, (name, view)) in views.iter().enumerate() {
+            let new = i < step.new as usize;
+            let keep_old = i >= n.saturating_sub(step.old as usize);
+            let start = new && !view.runs(version);
+            let stop = !keep_old && view.runs_other(version);
+            if !start && !stop {
+                continue;
+            }
+            let stop_first = start && room == 0;
+            if start && !stop_first {
+                room -= 1;
+            }
+            todo.push((
+                name.clone(),
+                Want {
+                    new,
+                    keep_old,
+                    stop_first,
+                },
+            ));
+        }
+        for part in split_by_zone_wants(&self.spec, &todo) {
+            self.converge_all(&part, version, deadline, sink).await?;
         }
         Ok(())
     }
@@ -350,19 +643,47 @@ impl Target for Hosts {
         deadline: Duration,
         sink: Sink<'_>,
     ) -> std::result::Result<(), String> {
-        let instances = self
-            .instances()
+        let views = self
+            .views()
             .await
             .map_err(|e| crate::engine::error_chain(&e))?;
-        let back: Vec<String> = instances
+        let back: Vec<(String, Want)> = views
             .iter()
-            .filter(|i| i.version.as_deref() != Some(version))
-            .map(|i| i.name.clone())
+            .filter(|(_, v)| !v.runs(version) || v.runs_other(version))
+            .map(|(name, _)| {
+                (
+                    name.clone(),
+                    Want {
+                        new: true,
+                        keep_old: true,
+                        stop_first: false,
+                    },
+                )
+            })
             .collect();
-        self.switch_all(&back, version, deadline, sink).await
+        // Old version up everywhere first, then traffic back to it, then the new one stopped.
+        self.converge_all(&back, version, deadline, sink).await?;
+        self.call_switch_hook(version).await?;
+        let salt = format!("{:x}", crate::state::now_ms());
+        for (name, view) in self
+            .views()
+            .await
+            .map_err(|e| crate::engine::error_chain(&e))?
+        {
+            if view.runs_other(version) {
+                self.stop_others(&name, &view, version, deadline, &salt)
+                    .await
+                    .map_err(|e| crate::engine::error_chain(&e))?;
+            }
+        }
+        Ok(())
     }
 
-    async fn probe(&self, check: &Check, instance: &str) -> Probe {
+    async fn switch_traffic(&self, version: &str) -> std::result::Result<(), String> {
+        self.call_switch_hook(version).await
+    }
+
+    async fn probe(&self, check: &Check, instance: &str, version: &str) -> Probe {
         let host_ip = self
             .address(instance)
             .rsplit_once(':')
@@ -397,8 +718,13 @@ impl Target for Hosts {
         let Ok(client) = self.client(instance) else {
             return Probe::Fail(format!("no host {instance}"));
         };
+        // Probe the slot that runs the version under test.
+        let slot = match self.view(instance).await {
+            Ok(view) => view.slot_running(version).map_or(0, |s| s.slot),
+            Err(e) => return Probe::Fail(crate::engine::error_chain(&e)),
+        };
         let req = HealthCheckRequest {
-            slot: 0,
+            slot,
             check: Some(spec),
             timeout_ms: Some(timeout.as_millis() as u64),
         };
@@ -476,6 +802,20 @@ pub fn wave_order(spec: &HostsTarget, first_group: Option<&str>) -> Vec<String> 
         (!in_first, zone, h.name.clone())
     });
     hosts.into_iter().map(|h| h.name.clone()).collect()
+}
+
+/// [`split_by_zone`] for hosts with what each must end with.
+fn split_by_zone_wants(spec: &HostsTarget, wave: &[(String, Want)]) -> Vec<Vec<(String, Want)>> {
+    let names: Vec<String> = wave.iter().map(|(n, _)| n.clone()).collect();
+    let mut rest = wave.iter();
+    split_by_zone(spec, &names)
+        .into_iter()
+        .map(|part| {
+            part.iter()
+                .map(|_| rest.next().expect("same hosts, same order").clone())
+                .collect()
+        })
+        .collect()
 }
 
 /// Splits a wave so that no part spans two values of the spread label: never down in two zones at once.
