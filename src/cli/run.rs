@@ -660,13 +660,29 @@ async fn rollback(args: &RollbackArgs) -> Result<u8, CliError> {
     };
     let mut rollout = original.resolved();
     rollout.spec.version = to.clone();
-    rollout.spec.strategy = crate::spec::StrategySpec {
-        rolling: Some(crate::spec::RollingSpec {
-            max_surge: crate::spec::IntOrPercent::Int(0),
-            max_unavailable: unavailable,
-            min_ready_seconds: 0,
-        }),
-        ..Default::default()
+    rollout.spec.strategy = if matches!(original.strategy, crate::spec::Strategy::BlueGreen(_)) {
+        // Blue-green goes back the way it came: old set up beside the new, one switch, then retire.
+        crate::spec::StrategySpec {
+            blue_green: Some(crate::spec::BlueGreenSpec {
+                auto_promotion_enabled: true,
+                auto_promotion_seconds: 0,
+                preview_replica_count: 0,
+                scale_down_delay_seconds: 0,
+                min_ready_seconds: 0,
+                pre_promotion_analysis: None,
+                post_promotion_analysis: None,
+            }),
+            ..Default::default()
+        }
+    } else {
+        crate::spec::StrategySpec {
+            rolling: Some(crate::spec::RollingSpec {
+                max_surge: crate::spec::IntOrPercent::Int(0),
+                max_unavailable: unavailable,
+                min_ready_seconds: 0,
+            }),
+            ..Default::default()
+        }
     };
     if let Some(h) = &mut rollout.spec.target.hosts {
         // Only what is already on disk: a rollback never downloads.
