@@ -1,4 +1,23 @@
 //! The agent's HTTPS server: mTLS or bearer-token auth, size limits, JSON errors, the routes.
+//!
+//! | route | body → answer |
+//! |---|---|
+//! | `GET /v1/host` | → `HostInfo` |
+//! | `GET /v1/services` | → `ServiceList` |
+//! | `GET /v1/services/{name}?since=G&wait=30s` | → `ServiceStatus` (long-poll on `generation`) |
+//! | `POST /v1/services/{name}/stage` | `StageRequest` → 202 `Operation` |
+//! | `PUT /v1/services/{name}/artifacts/{version}?requestId&sha256[&kind&fileName]` | raw artifact → 202 `Operation` |
+//! | `POST /v1/services/{name}/activate` | `ActivateRequest` → 202 `Operation` |
+//! | `POST /v1/services/{name}/rollback` | `RollbackRequest` → 202 `Operation` |
+//! | `POST /v1/services/{name}/prune` | `PruneRequest` → 202 `Operation` |
+//! | `POST /v1/services/{name}/stop`, `.../start` | `SlotRequest` → 202 `Operation` |
+//! | `POST /v1/services/{name}/health` | `HealthCheckRequest` → `HealthReport` |
+//! | `GET /v1/operations/{id}?wait=30s` | → `Operation` (long-poll until done) |
+//!
+//! A replayed request id answers 200 with the first operation. Refusals are JSON `ApiError`:
+//! 400 `bad_request`, 401 `unauthorized`, 403 `forbidden`, 404 `not_found`,
+//! 409 `request_id_reused`, 413 `body_too_large`, 415 `unsupported_media_type`,
+//! 503 `shutting_down`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
