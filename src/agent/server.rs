@@ -14,7 +14,7 @@
 //! | `POST /v1/services/{name}/health` | `HealthCheckRequest` → `HealthReport` |
 //! | `GET /v1/operations/{id}?wait=30s` | → `Operation` (long-poll until done) |
 //!
-//! A replayed request id answers 200 with the first operation. Refusals are JSON `ApiError`:
+//! A replayed request id answers with the first operation. Refusals are JSON `ApiError`:
 //! 400 `bad_request`, 401 `unauthorized`, 403 `forbidden`, 404 `not_found`,
 //! 409 `request_id_reused`, 413 `body_too_large`, 415 `unsupported_media_type`,
 //! 503 `shutting_down`.
