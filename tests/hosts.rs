@@ -9,8 +9,10 @@ mod netns;
 mod hosts {
     mod blue_green;
     mod demo;
+    mod netns_agent_killed;
     mod netns_canary;
     mod netns_cli_killed;
+    mod netns_cut_off;
     mod netns_lock;
     mod netns_rollback;
     mod netns_rolling;
