@@ -83,10 +83,10 @@ fn netns_rollback_after_completed_rollout_restores_v1_without_download() {
         report.dips()
     );
     // Nothing was staged again: the same versions, staged at the same moments, with the same hashes.
-    for i in 0..N {
+    for (i, before) in staged.iter().enumerate() {
         assert_eq!(
-            fleet.agent_status(i).versions,
-            staged[i],
+            &fleet.agent_status(i).versions,
+            before,
             "{}: staged versions changed during the rollback",
             fleet.hosts[i].name
         );
