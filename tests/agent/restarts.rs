@@ -195,7 +195,7 @@ async fn recovery_runs_its_command_after_the_restarts_and_always_restarts_clean_
     let c = agent.client(&pki.client_auth());
 
     // First failure: restarted at once; second: the `run` action, then the slot stays failed.
-    let dies = demo_script(&[("DEMO_EXIT_AFTER_SECS", "1"), ("DEMO_EXIT_CODE", "4")]);
+    let dies = demo_script(&[("DEMO_EXIT_AFTER_SECS", "2"), ("DEMO_EXIT_CODE", "4")]);
     assert_succeeded(&stage(&c, "dies", &tar_gz(&[("bin/web", 0o755, &dies)])).await);
     assert_succeeded(&activate(&c, "a-dies", "dies", 0).await);
     let s = wait_status(&c, Duration::from_secs(20), |s| {
@@ -211,7 +211,7 @@ async fn recovery_runs_its_command_after_the_restarts_and_always_restarts_clean_
     }
 
     // `always` restarts a process that exits cleanly.
-    let quits = demo_script(&[("DEMO_EXIT_AFTER_SECS", "1"), ("DEMO_EXIT_CODE", "0")]);
+    let quits = demo_script(&[("DEMO_EXIT_AFTER_SECS", "2"), ("DEMO_EXIT_CODE", "0")]);
     let op = c
         .stage_bytes(
             "cron",
