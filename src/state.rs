@@ -489,9 +489,29 @@ pub struct RolloutSummary {
     pub detail: String,
     pub paused: Option<String>,
     pub rollback: Option<String>,
-    pub approvals: Vec<String>,
+    /// Who promoted, at which step.
+    pub approvals: Vec<Approval>,
     /// Instance -> version it was last seen changing to, and whether that worked.
     pub instances: Vec<(String, String, bool)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Approval {
+    pub step: usize,
+    pub actor: Actor,
+    pub at_ms: u64,
+}
+
+impl RolloutSummary {
+    /// Distinct people (by user name) who approved `step`.
+    pub fn approvers(&self, step: usize) -> std::collections::BTreeSet<&str> {
+        self.approvals
+            .iter()
+            .filter(|a| a.step == step)
+            .map(|a| a.actor.user.as_str())
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -589,10 +609,18 @@ pub fn history(records: &[Record]) -> Vec<RolloutSummary> {
                     out[i].paused = Some(reason.clone());
                 }
             }
-            Event::Promoted { rollout, actor, .. } => {
+            Event::Promoted {
+                rollout,
+                actor,
+                step,
+                ..
+            } => {
                 if let Some(i) = find(&mut out, rollout) {
-                    out[i].paused = None;
-                    out[i].approvals.push(actor.to_string());
+                    out[i].approvals.push(Approval {
+                        step: *step,
+                        actor: actor.clone(),
+                        at_ms: r.at_ms,
+                    });
                 }
             }
             Event::RollbackStarted {

@@ -7,6 +7,7 @@ mod fleet;
 mod netns;
 
 mod hosts {
+    mod approvals;
     mod blue_green;
     mod demo;
     mod netns_agent_killed;

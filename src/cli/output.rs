@@ -148,7 +148,12 @@ pub fn summary(r: &crate::state::RolloutSummary) -> String {
         }
     }
     if !r.approvals.is_empty() {
-        let _ = writeln!(out, "  approved by: {}", r.approvals.join(", "));
+        let who: Vec<String> = r
+            .approvals
+            .iter()
+            .map(|a| format!("{} (step {})", a.actor, a.step + 1))
+            .collect();
+        let _ = writeln!(out, "  approved by: {}", who.join(", "));
     }
     if let Some(rb) = &r.rollback {
         let _ = writeln!(out, "  rollback {rb}");

@@ -467,11 +467,7 @@ async fn resume(args: &AppArgs, promoted: Option<bool>) -> Result<u8, CliError> 
         let plan_step = &plan.steps[step.step.min(plan.steps.len() - 1)];
         if plan_step.manual {
             let needed = plan_step.approvals.max(1) as usize;
-            let distinct: std::collections::BTreeSet<&str> = last
-                .approvals
-                .iter()
-                .map(|a| a.split('@').next().unwrap_or(a))
-                .collect();
+            let distinct = last.approvers(step.step);
             if promoted.is_none() || distinct.len() < needed {
                 println!(
                     "{}: paused at step {} ({reason}); {} of {needed} approvals so far: `rollgate promote {}`",
