@@ -162,7 +162,14 @@ impl<T: Target> Run<'_, T> {
                 note: step.note.clone(),
             })?;
             let started = Instant::now();
-            match self.run_step(i, step).await? {
+            // A target error inside a step (an agent that stopped answering) fails the step, so
+            // `rollback.auto` handles it like any other failure.
+            let result = match self.run_step(i, step).await {
+                Ok(r) => r,
+                Err(EngineError::Target(e)) => StepResult::Failed(error_chain(&e)),
+                Err(e) => return Err(e),
+            };
+            match result {
                 StepResult::Done => {
                     self.log(Event::StepDone {
                         rollout: self.rollout.clone(),
@@ -201,12 +208,21 @@ impl<T: Target> Run<'_, T> {
                 let before = self.target.instances().await?;
                 {
                     let sink = self.sink();
-                    if let Err(why) = self
-                        .target
-                        .scale(step, &version, self.deadline(), &sink)
-                        .await
-                    {
-                        return Ok(StepResult::Failed(why));
+                    // progressDeadlineSeconds bounds the step: no progress by then fails it.
+                    let deadline = self.deadline();
+                    let scaled = tokio::time::timeout(
+                        deadline + Duration::from_secs(5),
+                        self.target.scale(step, &version, deadline, &sink),
+                    );
+                    match scaled.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(why)) => return Ok(StepResult::Failed(why)),
+                        Err(_) => {
+                            return Ok(StepResult::Failed(format!(
+                                "no progress within progressDeadlineSeconds ({}s)",
+                                deadline.as_secs()
+                            )));
+                        }
                     }
                 }
                 let changed = self.target.instances().await? != before;

@@ -279,6 +279,22 @@ impl Hosts {
         })
     }
 
+    /// Every host's view, each bounded by `limit`; unreachable hosts come back as errors, so one
+    /// dead agent does not stop the others from being acted on.
+    async fn views_each(&self, limit: Duration) -> Vec<(String, Result<HostView>)> {
+        let calls = self.order.iter().map(|name| async move {
+            let view = match tokio::time::timeout(limit, self.view(name)).await {
+                Ok(v) => v,
+                Err(_) => Err(TargetError::Rejected {
+                    instance: name.clone(),
+                    message: format!("agent did not answer within {limit:?}"),
+                }),
+            };
+            (name.clone(), view)
+        });
+        join_all(calls).await
+    }
+
     async fn views(&self) -> Result<Vec<(String, HostView)>> {
         let calls = self
             .order
@@ -435,10 +451,23 @@ impl Hosts {
         let calls = hosts.iter().map(|(name, want)| {
             let salt = salt.clone();
             async move {
-                (
-                    name.clone(),
-                    self.converge(name, version, *want, deadline, &salt).await,
+                // Bounded: a host that stops answering fails within the deadline, not when TCP gives up.
+                let result = match tokio::time::timeout(
+                    deadline + Duration::from_secs(2),
+                    self.converge(name, version, *want, deadline, &salt),
                 )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(TargetError::Rejected {
+                        instance: name.clone(),
+                        message: format!(
+                            "no answer within progressDeadlineSeconds ({}s)",
+                            deadline.as_secs()
+                        ),
+                    }),
+                };
+                (name.clone(), result)
             }
         });
         let mut failure = None;
@@ -463,7 +492,9 @@ impl Hosts {
     /// Every host running `version`, as `ip:port` of the slot that runs it.
     async fn active_set(&self, version: &str) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();
-        for (name, view) in self.views().await? {
+        for (name, view) in self.views_each(Duration::from_secs(5)).await {
+            // An unreachable host is left out of the active set: the balancer must not send to it.
+            let Ok(view) = view else { continue };
             if let Some(slot) = view.slot_running(version) {
                 let ip = self
                     .address(&name)
@@ -643,40 +674,57 @@ impl Target for Hosts {
         deadline: Duration,
         sink: Sink<'_>,
     ) -> std::result::Result<(), String> {
-        let views = self
-            .views()
-            .await
-            .map_err(|e| crate::engine::error_chain(&e))?;
-        let back: Vec<(String, Want)> = views
-            .iter()
-            .filter(|(_, v)| !v.runs(version) || v.runs_other(version))
-            .map(|(name, _)| {
-                (
-                    name.clone(),
+        // Every reachable host is restored even when some are not; those are reported and fail the
+        // restore, so the journal and `resume` know which hosts still need it.
+        let mut unreachable = Vec::new();
+        let mut back = Vec::new();
+        for (name, view) in self.views_each(deadline).await {
+            match view {
+                Ok(v) if v.runs(version) && !v.runs_other(version) => {}
+                Ok(_) => back.push((
+                    name,
                     Want {
                         new: true,
                         keep_old: true,
                         stop_first: false,
                     },
-                )
-            })
-            .collect();
-        // Old version up everywhere first, then traffic back to it, then the new one stopped.
-        self.converge_all(&back, version, deadline, sink).await?;
+                )),
+                Err(e) => {
+                    let detail = crate::engine::error_chain(&e);
+                    sink(Change::Changing {
+                        instance: name.clone(),
+                        version: version.to_string(),
+                    });
+                    sink(Change::Changed {
+                        instance: name.clone(),
+                        version: version.to_string(),
+                        ok: false,
+                        detail: detail.clone(),
+                    });
+                    unreachable.push(detail);
+                }
+            }
+        }
+        // Old version up first, then traffic back to it, then the new one stopped.
+        let converged = self.converge_all(&back, version, deadline, sink).await;
         self.call_switch_hook(version).await?;
         let salt = format!("{:x}", crate::state::now_ms());
-        for (name, view) in self
-            .views()
-            .await
-            .map_err(|e| crate::engine::error_chain(&e))?
-        {
-            if view.runs_other(version) {
+        for (name, view) in self.views_each(deadline).await {
+            if let Ok(view) = view
+                && view.runs(version)
+                && view.runs_other(version)
+            {
                 self.stop_others(&name, &view, version, deadline, &salt)
                     .await
                     .map_err(|e| crate::engine::error_chain(&e))?;
             }
         }
-        Ok(())
+        converged?;
+        if unreachable.is_empty() {
+            Ok(())
+        } else {
+            Err(unreachable.join("; "))
+        }
     }
 
     async fn switch_traffic(&self, version: &str) -> std::result::Result<(), String> {
