@@ -1,11 +1,14 @@
 //! Case 8 of the test bed: `rollgate rollback APP` after a completed rollout puts every host back on
-//! the old version from what the agents keep on disk: no artifact is read or staged again.
+//! the old version from what the agents keep on disk: no artifact is read or staged again. By
+//! default in health-gated waves of maxUnavailable; with `--fast`, in one step (zone by zone, as
+//! spreadBy: zone asks).
 
 use std::time::{Duration, Instant};
 
 use rollgate::agent::api::InstalledVersion;
+use rollgate::state::Event;
 
-use crate::fleet::{APP, Fleet, Probe, text};
+use crate::fleet::{APP, Fleet, Probe, Running, ZONES, text};
 use crate::netns::root_or_skip;
 
 #[test]
@@ -92,4 +95,61 @@ fn netns_rollback_after_completed_rollout_restores_v1_without_download() {
         );
     }
     assert!(!fleet.lock_file().exists(), "the lock is released");
+
+    // Forward to 2.0.0 again (already on every host: nothing is uploaded), then `rollback --fast`:
+    // every host switches in one wave.
+    let v2 = fleet.artifact("2.0.0", "");
+    let out = fleet.run(&["apply", "-f", manifest.to_str().unwrap(), "-o", "plain"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    fleet.assert_serving("2.0.0");
+    std::fs::remove_file(&v2).unwrap();
+    let mut run = Running::spawn(fleet.rollgate(&["rollback", APP, "--fast", "-o", "json"]));
+    let code = run.finish(Duration::from_secs(60));
+    let log = run.describe();
+    assert_eq!(code, Some(0), "{log}{}", run.output());
+    fleet.assert_serving("1.0.0");
+    // One step; within it the hosts target still keeps to spreadBy: zone, so each zone's hosts
+    // switch together, one zone at a time.
+    let steps = run
+        .records
+        .iter()
+        .filter(|r| matches!(r.event, Event::StepStarted { .. }))
+        .count();
+    assert_eq!(steps, 1, "--fast is one wave\n{log}");
+    let index_of = |pred: &dyn Fn(&Event) -> bool| run.records.iter().position(|r| pred(&r.event));
+    for zone in ZONES {
+        let hosts: Vec<&str> = fleet
+            .hosts
+            .iter()
+            .filter(|h| h.zone == zone)
+            .map(|h| h.name.as_str())
+            .collect();
+        let last_start = hosts
+            .iter()
+            .map(|h| {
+                index_of(
+                    &|e| matches!(e, Event::InstanceChanging { instance, .. } if instance == h),
+                )
+                .expect("every host switches")
+            })
+            .max();
+        let first_done = hosts
+            .iter()
+            .filter_map(|h| {
+                index_of(&|e| matches!(e, Event::InstanceChanged { instance, .. } if instance == h))
+            })
+            .min();
+        assert!(
+            last_start < first_done,
+            "zone {zone}: {hosts:?} switch together\n{log}"
+        );
+    }
+    for (i, before) in staged.iter().enumerate() {
+        assert_eq!(
+            &fleet.agent_status(i).versions,
+            before,
+            "{}: staged versions changed",
+            fleet.hosts[i].name
+        );
+    }
 }

@@ -455,7 +455,9 @@ pub struct Sample {
 }
 
 /// The independent availability probe: one thread per host samples `GET /` every `interval` from
-/// the root namespace (a 250 ms deadline per request) until stopped.
+/// the root namespace until stopped. A host that is down refuses at once; the 1 s deadline only
+/// bounds a host that does not answer (cut off), and is long enough that a busy machine's stalls
+/// are not mistaken for a host down.
 pub struct Probe {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -478,7 +480,7 @@ impl Probe {
                     let mut tick = 0u32;
                     while !stop.load(Ordering::SeqCst) {
                         let at = started.elapsed();
-                        let version = match http_get(addr, "/", Duration::from_millis(250)) {
+                        let version = match http_get(addr, "/", Duration::from_secs(1)) {
                             Ok((200, body)) => body.strip_prefix("version ").map(str::to_string),
                             _ => None,
                         };
