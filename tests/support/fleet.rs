@@ -367,6 +367,18 @@ impl Fleet {
             .collect()
     }
 
+    /// The last rollout of the app, as `rollgate history APP -o json` shows it.
+    pub fn last_rollout(&self) -> serde_json::Value {
+        let out = self.run(&["history", APP, "-o", "json"]);
+        assert_eq!(out.status.code(), Some(0), "history: {}", text(&out));
+        let history: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("history is JSON ({e}): {}", text(&out)));
+        history
+            .as_array()
+            .and_then(|a| a.last().cloned())
+            .unwrap_or_else(|| panic!("no rollouts: {}", text(&out)))
+    }
+
     /// The app's lock file, if any.
     pub fn lock_file(&self) -> PathBuf {
         self.state.join(APP).join("lock")
