@@ -63,9 +63,18 @@ pub enum TargetError {
 
 pub type Result<T, E = TargetError> = std::result::Result<T, E>;
 
+/// The known targets. Kubernetes joins with its issue.
+pub enum AnyTarget {
+    Hosts(hosts::Hosts),
+}
+
 /// What the engine needs from a target. Implementations wait on events (long-polls, watches); the
 /// engine decides deadlines.
 pub trait Target: Sync {
+    /// N: the instance count the plan is made for.
+    fn size(&self) -> impl Future<Output = Result<u32>> + Send;
+    /// Whether the target can add instances beside the running ones.
+    fn capacity(&self) -> crate::plan::Capacity;
     /// Every instance, in the target's natural order.
     fn instances(&self) -> impl Future<Output = Result<Vec<Instance>>> + Send;
     /// Makes `version` available everywhere ahead of the waves, without touching what runs.
@@ -98,4 +107,65 @@ pub trait Target: Sync {
         instance: &str,
         version: &str,
     ) -> impl Future<Output = Probe> + Send;
+}
+
+impl Target for AnyTarget {
+    async fn size(&self) -> Result<u32> {
+        match self {
+            AnyTarget::Hosts(t) => t.size().await,
+        }
+    }
+
+    fn capacity(&self) -> crate::plan::Capacity {
+        match self {
+            AnyTarget::Hosts(t) => t.capacity(),
+        }
+    }
+
+    async fn instances(&self) -> Result<Vec<Instance>> {
+        match self {
+            AnyTarget::Hosts(t) => t.instances().await,
+        }
+    }
+
+    async fn prepare(&self, version: &str) -> Result<()> {
+        match self {
+            AnyTarget::Hosts(t) => t.prepare(version).await,
+        }
+    }
+
+    async fn scale(
+        &self,
+        step: &Step,
+        version: &str,
+        deadline: Duration,
+        sink: Sink<'_>,
+    ) -> std::result::Result<(), String> {
+        match self {
+            AnyTarget::Hosts(t) => t.scale(step, version, deadline, sink).await,
+        }
+    }
+
+    async fn restore(
+        &self,
+        version: &str,
+        deadline: Duration,
+        sink: Sink<'_>,
+    ) -> std::result::Result<(), String> {
+        match self {
+            AnyTarget::Hosts(t) => t.restore(version, deadline, sink).await,
+        }
+    }
+
+    async fn switch_traffic(&self, version: &str) -> std::result::Result<(), String> {
+        match self {
+            AnyTarget::Hosts(t) => t.switch_traffic(version).await,
+        }
+    }
+
+    async fn probe(&self, check: &Check, instance: &str, version: &str) -> Probe {
+        match self {
+            AnyTarget::Hosts(t) => t.probe(check, instance, version).await,
+        }
+    }
 }

@@ -11,6 +11,7 @@ use crate::engine::{Interrupts, Run, RunOutcome, current_version, error_chain};
 use crate::plan::{self, Capacity};
 use crate::spec::{InputError, Manifest, Rollout};
 use crate::state::{Actor, Control, Event, Outcome, Record, RolloutSummary, Store, history};
+use crate::target::AnyTarget;
 use crate::target::Target;
 use crate::target::hosts::Hosts;
 
@@ -168,17 +169,27 @@ fn pki(cmd: PkiCommand) -> Result<u8, CliError> {
     Ok(exit::OK)
 }
 
-fn hosts_target(m: &Manifest) -> Result<Hosts, CliError> {
-    let Some(h) = &m.rollout.spec.target.hosts else {
-        return Err(CliError::Failed(
-            "the kubernetes target is not executed by this release yet: `plan` works offline, `apply` needs a hosts target".into(),
-        ));
-    };
-    let first_group = match &m.strategy {
-        crate::spec::Strategy::Canary(c) => c.first_group.as_deref(),
-        _ => None,
-    };
-    Hosts::new(h, first_group).map_err(failed)
+/// The target a manifest names, connected lazily.
+fn target_for(m: &Manifest) -> Result<AnyTarget, CliError> {
+    if let Some(h) = &m.rollout.spec.target.hosts {
+        let first_group = match &m.strategy {
+            crate::spec::Strategy::Canary(c) => c.first_group.as_deref(),
+            _ => None,
+        };
+        return Hosts::new(h, first_group)
+            .map(AnyTarget::Hosts)
+            .map_err(failed);
+    }
+    Err(CliError::Failed(
+        "the kubernetes target is not executed by this release yet: `plan` works offline, `apply` needs a hosts target".into(),
+    ))
+}
+
+/// The plan for the target as it is now (its size read from the target).
+async fn plan_for(m: &Manifest, target: &AnyTarget) -> Result<plan::Plan, CliError> {
+    let n = target.size().await.map_err(failed)?;
+    Ok(plan::plan(&m.strategy, n, target.capacity())
+        .map_err(|e| m.sources.error(&e.path, e.message))?)
 }
 
 /// Where a run starts: a new rollout (with its Started event), or a step of an existing one.
@@ -191,7 +202,7 @@ enum Start {
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     m: &Manifest,
-    target: &Hosts,
+    target: &AnyTarget,
     store: &Store,
     id: &str,
     from: Option<String>,
@@ -200,7 +211,7 @@ async fn drive(
     lock: crate::state::Lock,
 ) -> Result<u8, CliError> {
     let started = Instant::now();
-    let plan = make_plan(m, None)?;
+    let plan = plan_for(m, target).await?;
     let reporter = Reporter::new(mode, plan.steps.len());
     let on_record = |r: &Record| reporter.record(r);
     let actor = Actor::from_env();
@@ -357,8 +368,8 @@ pub async fn apply(args: &ApplyArgs) -> Result<u8, CliError> {
 }
 
 pub async fn apply_manifest(m: &Manifest, mode: Progress, store: &Store) -> Result<u8, CliError> {
-    make_plan(m, None)?;
-    let target = hosts_target(m)?;
+    let target = target_for(m)?;
+    plan_for(m, &target).await?;
     let lock = store.lock(m.name(), &Actor::from_env()).map_err(failed)?;
     let instances = target.instances().await.map_err(failed)?;
     let version = &m.rollout.spec.version;
@@ -422,8 +433,8 @@ async fn resume(args: &AppArgs, promoted: Option<bool>) -> Result<u8, CliError> 
             exit::FAILED
         });
     }
-    let plan = make_plan(&m, None)?;
-    let target = hosts_target(&m)?;
+    let target = target_for(&m)?;
+    let plan = plan_for(&m, &target).await?;
     let lock = store.lock(&args.app, &Actor::from_env()).map_err(failed)?;
     // A rollback that was cut short is finished first.
     if let Some(reason) = &last.rollback {
@@ -574,8 +585,8 @@ async fn abort(args: &AppArgs) -> Result<u8, CliError> {
             args.app
         )));
     }
-    let plan = make_plan(&m, None)?;
-    let target = hosts_target(&m)?;
+    let target = target_for(&m)?;
+    let plan = plan_for(&m, &target).await?;
     let reporter = Reporter::new(args.output, plan.steps.len());
     let on_record = |r: &Record| reporter.record(r);
     let mut run = Run {
@@ -652,7 +663,13 @@ async fn rollback(args: &RollbackArgs) -> Result<u8, CliError> {
     let unavailable = if args.fast {
         crate::spec::IntOrPercent::Percent(100)
     } else {
-        crate::spec::IntOrPercent::Int(make_plan(&original, None)?.max_unavailable.max(1))
+        let original_target = target_for(&original)?;
+        crate::spec::IntOrPercent::Int(
+            plan_for(&original, &original_target)
+                .await?
+                .max_unavailable
+                .max(1),
+        )
     };
     let mut rollout = original.resolved();
     rollout.spec.version = to.clone();
@@ -685,7 +702,7 @@ async fn rollback(args: &RollbackArgs) -> Result<u8, CliError> {
         h.artifact = None;
     }
     let m = Manifest::from_resolved(rollout, &store.app_dir(app))?;
-    let target = hosts_target(&m)?;
+    let target = target_for(&m)?;
     let lock = store.lock(app, &Actor::from_env()).map_err(failed)?;
     let instances = target.instances().await.map_err(failed)?;
     let missing: Vec<&str> = instances
@@ -723,7 +740,7 @@ async fn status(args: &StatusArgs) -> Result<u8, CliError> {
     loop {
         let (last, m) = last_rollout(&store, &args.app)?;
         print!("{}", output::summary(&last));
-        if let Ok(target) = hosts_target(&m) {
+        if let Ok(target) = target_for(&m) {
             match target.instances().await {
                 Ok(instances) => {
                     for i in instances {

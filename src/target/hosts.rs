@@ -610,6 +610,18 @@ fn client_auth(auth: Option<&AgentAuth>) -> Result<ClientAuth> {
 }
 
 impl Target for Hosts {
+    async fn size(&self) -> Result<u32> {
+        Ok(u32::try_from(self.order.len()).unwrap_or(u32::MAX))
+    }
+
+    fn capacity(&self) -> crate::plan::Capacity {
+        if self.spec.slots_per_host >= 2 {
+            crate::plan::Capacity::TwoSlots
+        } else {
+            crate::plan::Capacity::InPlace
+        }
+    }
+
     async fn instances(&self) -> Result<Vec<Instance>> {
         Ok(self
             .views()
