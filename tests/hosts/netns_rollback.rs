@@ -54,7 +54,13 @@ fn netns_rollback_after_completed_rollout_restores_v1_without_download() {
     let back = started.elapsed();
     std::thread::sleep(Duration::from_millis(300));
     let report = probe.stop();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // The artifacts are deleted: a rollback that reads (or would download) one fails here.
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "rollback must not need the artifact files (deleted): {}",
+        text(&out)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("succeeded in"),

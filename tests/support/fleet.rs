@@ -25,7 +25,7 @@ pub const DEMO: &str = env!("CARGO_BIN_EXE_rollgate-demo");
 
 /// Every agent listens on this port of its host's address.
 pub const AGENT_PORT: u16 = 7443;
-/// Every host serves the demo service on this port (slot 0).
+/// Every host serves the demo service on this port (slot 0); slot 1, when asked for, on the next.
 pub const SERVICE_PORT: u16 = 8080;
 /// The app (and agent service) name.
 pub const APP: &str = "web";
@@ -47,8 +47,13 @@ impl FleetHost {
     pub fn agent_addr(&self) -> SocketAddr {
         SocketAddr::from((self.net.ip, AGENT_PORT))
     }
+    /// Slot 0's service address.
     pub fn service_addr(&self) -> SocketAddr {
-        SocketAddr::from((self.net.ip, SERVICE_PORT))
+        self.slot_addr(0)
+    }
+    /// The service address of `slot` (see [`Fleet::start_with_slots`]).
+    pub fn slot_addr(&self, slot: u16) -> SocketAddr {
+        SocketAddr::from((self.net.ip, SERVICE_PORT + slot))
     }
     pub fn agent_log(&self) -> PathBuf {
         self.dir.join("agent.log")
@@ -66,6 +71,8 @@ pub struct Fleet {
     pub pki: PathBuf,
     /// `ROLLGATE_STATE` for every `rollgate` this fleet runs.
     pub state: PathBuf,
+    /// Slots per host (service ports 8080, 8081, ...).
+    pub slots: u16,
     demo: PathBuf,
     // Dropped in this order: the LAN (every process in it) before the files.
     pub lan: Lan,
@@ -91,6 +98,13 @@ fn demo_binary(dir: &Path) -> PathBuf {
 impl Fleet {
     /// `n` hosts, each with its agent up and answering; no version installed yet.
     pub fn start(n: usize) -> Fleet {
+        Self::start_with_slots(n, 1)
+    }
+
+    /// Like [`start`](Self::start), with `slots` service slots per host (2 for `slotsPerHost: 2`
+    /// and blue-green on two slots), on ports 8080, 8081, ...
+    pub fn start_with_slots(n: usize, slots: u16) -> Fleet {
+        assert!((1..=8).contains(&slots), "1 to 8 slots");
         let lan = Lan::new(n);
         let tmp = tempfile::Builder::new()
             .prefix("rgt-fleet-")
@@ -117,6 +131,7 @@ impl Fleet {
         let mut fleet = Fleet {
             hosts,
             state: dir.join("state"),
+            slots,
             pki,
             dir,
             demo,
@@ -136,11 +151,15 @@ impl Fleet {
     fn write_agent_config(&self, i: usize) {
         let h = &self.hosts[i];
         let config = format!(
-            "listen: \"{addr}\"\ndataDir: \"{data}\"\ntls:\n  cert: \"{pki}/agent-{ip}.pem\"\n  key: \"{pki}/agent-{ip}-key.pem\"\n  clientCa: \"{pki}/ca.pem\"\nshutdownGrace: 5s\nservices:\n  - name: {APP}\n    command: bin/web\n    args: [\"--listen\", \"0.0.0.0:{{port}}\"]\n    ports: [{SERVICE_PORT}]\n    stopTimeout: 3s\n    health: {{type: http, url: \"http://127.0.0.1:{{port}}/\", timeout: 1s, interval: 100ms, startTimeout: 5s}}\n",
+            "listen: \"{addr}\"\ndataDir: \"{data}\"\ntls:\n  cert: \"{pki}/agent-{ip}.pem\"\n  key: \"{pki}/agent-{ip}-key.pem\"\n  clientCa: \"{pki}/ca.pem\"\nshutdownGrace: 5s\nservices:\n  - name: {APP}\n    command: bin/web\n    args: [\"--listen\", \"0.0.0.0:{{port}}\"]\n    ports: [{ports}]\n    stopTimeout: 3s\n    health: {{type: http, url: \"http://127.0.0.1:{{port}}/\", timeout: 1s, interval: 100ms, startTimeout: 5s}}\n",
             addr = h.agent_addr(),
             data = h.dir.join("data").display(),
             pki = self.pki.display(),
             ip = h.net.ip,
+            ports = (0..self.slots)
+                .map(|s| (SERVICE_PORT + s).to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
         );
         std::fs::write(h.dir.join("agent.yaml"), config).unwrap();
     }
