@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 
+use crate::health::metrics::{MetricGate, measure};
 use crate::health::{Gate, Verdict};
 use crate::plan::{Plan, Step, StepKind};
 use crate::spec::{AutoRollback, Check, Manifest, Strategy};
@@ -66,6 +67,8 @@ pub struct Run<'a, T: Target> {
     pub on_record: &'a (dyn Fn(&Record) + Sync),
     /// Control requests already handled.
     pub controls_seen: usize,
+    /// For metric checks run from the CLI.
+    pub http: reqwest::Client,
 }
 
 enum StepResult {
@@ -293,24 +296,34 @@ impl<T: Target> Run<'_, T> {
     /// Runs every check against every instance on the new version; all must pass.
     async fn gate(&self, idx: usize, checks: &[Check]) -> Result<StepResult> {
         let version = self.version().to_string();
-        let instances: Vec<String> = self
-            .target
-            .instances()
-            .await?
-            .into_iter()
+        let instances: Vec<Instance> = self.target.instances().await?;
+        let on_new: Vec<String> = instances
+            .iter()
             .filter(|i| i.serves(&version))
-            .map(|i| i.name)
+            .map(|i| i.name.clone())
             .collect();
         for check in checks {
-            let target = self.target;
-            let version = version.as_str();
-            let runs = instances.iter().map(|inst| async move {
-                (inst.clone(), run_gate(target, check, inst, version).await)
-            });
-            for (inst, verdict) in join_all(runs).await {
+            // A metric check measures the whole rollout once; a probe runs against each new instance.
+            let verdicts: Vec<(String, Verdict)> = if check.is_metric() {
+                let vars = self.metric_vars(&instances);
+                vec![(
+                    "the rollout".to_string(),
+                    run_metric_gate(&self.http, check, &vars).await,
+                )]
+            } else {
+                let target = self.target;
+                let version = version.as_str();
+                let runs = on_new.iter().map(|inst| async move {
+                    (inst.clone(), run_gate(target, check, inst, version).await)
+                });
+                join_all(runs).await
+            };
+            for (inst, verdict) in verdicts {
                 let (passed, detail) = match &verdict {
                     Verdict::Pass => (true, format!("on {inst}")),
-                    Verdict::Fail(why) => (false, format!("on {inst}: {why}")),
+                    Verdict::Fail(why) | Verdict::Inconclusive(why) => {
+                        (false, format!("on {inst}: {why}"))
+                    }
                     Verdict::Pending => (false, format!("on {inst}: no verdict")),
                 };
                 self.log(Event::Gate {
@@ -320,15 +333,51 @@ impl<T: Target> Run<'_, T> {
                     passed,
                     detail: detail.clone(),
                 })?;
-                if !passed {
-                    return Ok(StepResult::Failed(format!(
-                        "check {} failed {detail}",
-                        check.name
-                    )));
+                match verdict {
+                    Verdict::Pass => {}
+                    Verdict::Inconclusive(_) => {
+                        return Ok(StepResult::Pause(format!(
+                            "check {} is inconclusive {detail}: a person decides (promote or abort)",
+                            check.name
+                        )));
+                    }
+                    _ => {
+                        return Ok(StepResult::Failed(format!(
+                            "check {} failed {detail}",
+                            check.name
+                        )));
+                    }
                 }
             }
         }
         Ok(StepResult::Done)
+    }
+
+    /// The variables a metric query may use.
+    fn metric_vars(&self, instances: &[Instance]) -> std::collections::BTreeMap<String, String> {
+        let version = self.version().to_string();
+        let stable = self.from.clone().unwrap_or_default();
+        let hosts: Vec<&str> = instances.iter().map(|i| i.name.as_str()).collect();
+        let namespace = self
+            .manifest
+            .rollout
+            .spec
+            .target
+            .kubernetes
+            .as_ref()
+            .map(|k| k.namespace.clone())
+            .unwrap_or_default();
+        [
+            ("app", self.app().to_string()),
+            ("version", version.clone()),
+            ("canary_version", version),
+            ("stable_version", stable),
+            ("namespace", namespace),
+            ("hosts", hosts.join("|")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
     }
 
     /// The first abort or pause request since the last look; promotions only cut timed pauses short.
@@ -419,6 +468,24 @@ impl<T: Target> Run<'_, T> {
                 version: from.clone(),
                 reason,
             })
+    }
+}
+
+/// Measures a metric check every `interval` until its limits give a verdict.
+async fn run_metric_gate(
+    http: &reqwest::Client,
+    check: &Check,
+    vars: &std::collections::BTreeMap<String, String>,
+) -> Verdict {
+    let mut gate = MetricGate::new(check);
+    if !check.initial_delay.0.is_zero() {
+        tokio::time::sleep(check.initial_delay.0).await;
+    }
+    loop {
+        match gate.observe(measure(http, check, vars).await) {
+            Verdict::Pending => tokio::time::sleep(check.interval.0).await,
+            done => return done,
+        }
     }
 }
 

@@ -1,5 +1,8 @@
 //! Health gates: the pure verdict over a series of probe results. Runners live with the targets.
 
+pub mod condition;
+pub mod metrics;
+
 use crate::spec::Check;
 
 /// The result of one probe.
@@ -16,6 +19,8 @@ pub enum Verdict {
     Pending,
     Pass,
     Fail(String),
+    /// Metric checks only: too many measurements without data; a person decides.
+    Inconclusive(String),
 }
 
 /// The thresholds of one check, folded over its probes.

@@ -329,6 +329,59 @@ pub struct Check {
     /// Whether this check also decides instance readiness (on hosts).
     #[serde(default)]
     pub readiness: bool,
+    /// A PromQL query, run from the CLI at each interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusProbe>,
+    /// A JSON endpoint, with the value picked by `jsonPath`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<WebProbe>,
+    /// Metric checks: the measurement succeeds when this holds (see the condition language).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_condition: Option<String>,
+    /// Metric checks: the measurement fails when this holds; it is tried first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_condition: Option<String>,
+    /// Metric checks: measurements with no data tolerated before a person must decide.
+    #[serde(default)]
+    pub inconclusive_limit: u32,
+    /// Metric checks: query errors in a row tolerated before the check fails.
+    #[serde(default = "four")]
+    pub consecutive_error_limit: u32,
+}
+
+fn four() -> u32 {
+    4
+}
+
+impl Check {
+    /// Prometheus and web checks measure a value; the others probe instances.
+    pub fn is_metric(&self) -> bool {
+        self.prometheus.is_some() || self.web.is_some()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PrometheusProbe {
+    pub address: String,
+    /// `{{app}}`, `{{version}}`, `{{canary_version}}`, `{{stable_version}}`, `{{namespace}}` and
+    /// `{{hosts}}` are replaced before the query runs.
+    pub query: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WebProbe {
+    pub url: String,
+    #[serde(default = "get")]
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    pub json_path: String,
+}
+
+fn get() -> String {
+    "GET".into()
 }
 
 fn five_seconds() -> Dur {
@@ -612,14 +665,51 @@ impl Manifest {
                     ),
                 ));
             }
-            let kinds = [c.http.is_some(), c.tcp.is_some(), c.command.is_some()]
-                .iter()
-                .filter(|b| **b)
-                .count();
+            let kinds = [
+                c.http.is_some(),
+                c.tcp.is_some(),
+                c.command.is_some(),
+                c.prometheus.is_some(),
+                c.web.is_some(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
             if kinds != 1 {
+                return Err(s.error(&at, format!("has {kinds} probes: expected exactly one of http, tcp, command, prometheus, web")));
+            }
+            if c.is_metric() && c.success_condition.is_none() && c.failure_condition.is_none() {
                 return Err(s.error(
                     &at,
-                    format!("has {kinds} probes: expected exactly one of http, tcp, command"),
+                    "a metric check needs successCondition or failureCondition",
+                ));
+            }
+            if !c.is_metric() && (c.success_condition.is_some() || c.failure_condition.is_some()) {
+                return Err(s.error(
+                    &at,
+                    "successCondition and failureCondition apply to prometheus and web checks only",
+                ));
+            }
+            for (field, text) in [
+                ("successCondition", &c.success_condition),
+                ("failureCondition", &c.failure_condition),
+            ] {
+                if let Some(text) = text
+                    && let Err(e) = crate::health::condition::parse(text)
+                {
+                    // Point at the character: the value's column plus the offset (plus a quote, if quoted).
+                    let path = format!("{at}.{field}");
+                    let mut err = s.error(&path, format!("{text:?}: {}", e.message));
+                    err.column += e.offset + usize::from(quoted_at(s, &err));
+                    return Err(err);
+                }
+            }
+            if let Some(w) = &c.web
+                && !["GET", "POST"].contains(&w.method.as_str())
+            {
+                return Err(s.error(
+                    &format!("{at}.web.method"),
+                    format!("{:?}: expected GET or POST", w.method),
                 ));
             }
             if let Some(cmd) = &c.command
@@ -720,6 +810,21 @@ impl Manifest {
     }
 }
 
+/// Whether the value at `err`'s position starts with a quote.
+fn quoted_at(s: &Sources, err: &InputError) -> bool {
+    let Some(file) = &err.file else { return false };
+    let Some(source) = s.files.iter().find(|f| &f.file == file) else {
+        return false;
+    };
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return source.file.as_os_str().is_empty();
+    };
+    text.lines()
+        .nth(err.line.saturating_sub(1))
+        .and_then(|l| l.chars().nth(err.column.saturating_sub(1)))
+        .is_some_and(|c| c == '"' || c == '\'')
+}
+
 fn check_bounds(
     surge: IntOrPercent,
     unavailable: IntOrPercent,
@@ -793,9 +898,17 @@ fn validate_hosts(h: &HostsTarget, s: &Sources) -> Result<(), InputError> {
             (Some(c), None) if !c.is_empty() => {}
             (None, Some(u)) if u.starts_with("http://") || u.starts_with("https://") => {}
             (None, Some(u)) => {
-                return Err(s.error("spec.target.hosts.trafficSwitch.webhook", format!("{u:?}: expected an http:// or https:// URL")));
+                return Err(s.error(
+                    "spec.target.hosts.trafficSwitch.webhook",
+                    format!("{u:?}: expected an http:// or https:// URL"),
+                ));
             }
-            _ => return Err(s.error("spec.target.hosts.trafficSwitch", "expected exactly one of command (a non-empty list) or webhook")),
+            _ => {
+                return Err(s.error(
+                    "spec.target.hosts.trafficSwitch",
+                    "expected exactly one of command (a non-empty list) or webhook",
+                ));
+            }
         }
     }
     if let Some(label) = &h.spread_by {

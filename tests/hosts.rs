@@ -10,6 +10,7 @@ mod hosts {
     mod approvals;
     mod blue_green;
     mod demo;
+    mod metrics;
     mod netns_agent_killed;
     mod netns_canary;
     mod netns_cli_killed;

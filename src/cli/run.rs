@@ -227,6 +227,7 @@ async fn drive(
         interrupts: install_interrupts(),
         on_record: &on_record,
         controls_seen: store.control_count(m.name()),
+        http: reqwest::Client::new(),
     };
     let mut run = run;
     let (step, full) = match start {
@@ -452,6 +453,7 @@ async fn resume(args: &AppArgs, promoted: Option<bool>) -> Result<u8, CliError> 
             interrupts: install_interrupts(),
             on_record: &on_record,
             controls_seen: store.control_count(&args.app),
+            http: reqwest::Client::new(),
         };
         run.rollback(reason).await.map_err(failed)?;
         run.log(Event::Finished {
@@ -489,6 +491,9 @@ async fn resume(args: &AppArgs, promoted: Option<bool>) -> Result<u8, CliError> 
                 );
                 return Ok(exit::PAUSED);
             }
+            next = step.step + 1;
+        } else if promoted.is_some() {
+            // A person looked at a failed or inconclusive step and promoted: go past it.
             next = step.step + 1;
         } else {
             next = step.step;
@@ -601,6 +606,7 @@ async fn abort(args: &AppArgs) -> Result<u8, CliError> {
         interrupts: Interrupts::default(),
         on_record: &on_record,
         controls_seen: store.control_count(&args.app),
+        http: reqwest::Client::new(),
     };
     let reason = format!("aborted by {actor}");
     run.rollback(&reason).await.map_err(failed)?;

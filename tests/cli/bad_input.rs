@@ -177,3 +177,22 @@ fn usage_errors_exit_2() {
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("--file"), "{}", run.stderr);
 }
+
+#[test]
+fn condition_typo_is_located_at_the_character() {
+    let text = format!(
+        "{BASE}  checks:\n    - name: errors\n      prometheus: {{address: \"http://prom:9090\", query: \"up\"}}\n      successCondition: \"result[0] >= 0.99 && reslt < 2\"\n"
+    );
+    assert_eq!(
+        error_for(&text),
+        "error: web.yaml:16:47: spec.checks[0].successCondition: \"result[0] >= 0.99 && reslt < 2\": unknown name \"reslt\": expected \"result\""
+    );
+    let text = text.replace(
+        "successCondition: \"result[0] >= 0.99 && reslt < 2\"",
+        "successCondition: result = 1",
+    );
+    assert_eq!(
+        error_for(&text),
+        "error: web.yaml:16:32: spec.checks[0].successCondition: \"result = 1\": \"=\" is not an operator: write \"==\""
+    );
+}
