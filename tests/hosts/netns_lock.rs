@@ -16,11 +16,19 @@ fn netns_second_concurrent_rollout_is_refused_by_the_lock() {
     let fleet = Fleet::start(6);
     fleet.install("1.0.0");
     let v2 = fleet.artifact("2.0.0", "");
+    // The second: the same app, another version, from the same state store.
+    let v3 = fleet.artifact("3.0.0", "");
+    let second = fleet.manifest(
+        "3.0.0",
+        &v3,
+        "    rolling: {maxSurge: 0, maxUnavailable: 1}\n",
+        5,
+    );
     // A timed pause keeps the first rollout running while the second one tries.
     let first = fleet.manifest(
         "2.0.0",
         &v2,
-        "    canary:\n      maxUnavailable: 1\n      steps:\n        - setWeight: 34\n        - pause: {duration: 4s}\n        - setWeight: 100\n",
+        "    canary:\n      maxUnavailable: 1\n      steps:\n        - setWeight: 34\n        - pause: {duration: 5s}\n        - setWeight: 100\n",
         5,
     );
     let mut run =
@@ -31,14 +39,6 @@ fn netns_second_concurrent_rollout_is_refused_by_the_lock() {
     );
     let holder_pid = run.child.id();
 
-    // The same app, another version, from the same state store.
-    let v3 = fleet.artifact("3.0.0", "");
-    let second = fleet.manifest(
-        "3.0.0",
-        &v3,
-        "    rolling: {maxSurge: 0, maxUnavailable: 1}\n",
-        5,
-    );
     let out = fleet.run(&["apply", "-f", second.to_str().unwrap(), "-o", "plain"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
