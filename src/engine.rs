@@ -67,8 +67,10 @@ pub struct Run<'a, T: Target> {
     pub on_record: &'a (dyn Fn(&Record) + Sync),
     /// Control requests already handled.
     pub controls_seen: usize,
-    /// For metric checks run from the CLI.
+    /// For metric checks, webhooks and notifications.
     pub http: reqwest::Client,
+    /// Notifications and event webhooks in flight; drained (bounded) when the run ends.
+    pub pending: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 enum StepResult {
@@ -84,11 +86,112 @@ impl<T: Target> Run<'_, T> {
             .lock()
             .expect("journal lock")
             .append(event.clone())?;
+        self.announce(&event);
         (self.on_record)(&Record {
             at_ms: crate::state::now_ms(),
             event,
         });
         Ok(())
+    }
+
+    fn payload(&self, phase: &str, step: Option<usize>, reason: &str) -> crate::notify::Payload {
+        crate::notify::Payload {
+            app: self.app().to_string(),
+            rollout: self.rollout.clone(),
+            phase: phase.to_string(),
+            from_version: self.from.clone(),
+            to_version: self.version().to_string(),
+            step,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Sends notifications and `event` webhooks for a journal event, in the background.
+    fn announce(&self, event: &Event) {
+        let spec = &self.manifest.rollout.spec;
+        if spec.notifications.is_empty() && spec.webhooks.is_empty() {
+            return;
+        }
+        let name = crate::notify::notification_event(event);
+        let (step, reason) = match event {
+            Event::StepDone { step, .. }
+            | Event::StepStarted { step, .. }
+            | Event::Gate { step, .. } => (Some(*step), String::new()),
+            Event::Paused { step, reason, .. } => (Some(*step), reason.clone()),
+            Event::RollbackStarted { reason, .. } => (None, reason.clone()),
+            Event::Finished { detail, .. } => (None, detail.clone()),
+            _ => (None, String::new()),
+        };
+        let mut pending = self.pending.lock().expect("pending lock");
+        if let Some(name) = name {
+            let payload = self.payload(name, step, &reason);
+            for n in spec
+                .notifications
+                .iter()
+                .filter(|n| n.events.is_empty() || n.events.iter().any(|e| e == name))
+            {
+                let (http, n, payload) = (self.http.clone(), n.clone(), payload.clone());
+                pending.push(tokio::spawn(async move {
+                    if let Err(e) = crate::notify::notify(&http, &n, name, &payload).await {
+                        eprintln!("warning: {e}");
+                    }
+                }));
+            }
+        }
+        let phase = serde_json::to_value(event)
+            .ok()
+            .and_then(|v| v["event"].as_str().map(String::from))
+            .unwrap_or_default();
+        for hook in spec
+            .webhooks
+            .iter()
+            .filter(|h| h.hook_type == crate::spec::HookType::Event)
+        {
+            let (http, hook, payload) = (
+                self.http.clone(),
+                hook.clone(),
+                self.payload(&phase, step, &reason),
+            );
+            pending.push(tokio::spawn(async move {
+                if let Err(e) = crate::notify::call(&http, &hook, &payload).await {
+                    eprintln!("warning: {e}");
+                }
+            }));
+        }
+    }
+
+    /// Calls the webhooks of one type in order; the first that does not answer 2xx is the error.
+    pub async fn hooks(
+        &self,
+        kind: crate::spec::HookType,
+        step: Option<usize>,
+        reason: &str,
+    ) -> std::result::Result<(), String> {
+        let phase = crate::notify::hook_type_name(kind);
+        for hook in self
+            .manifest
+            .rollout
+            .spec
+            .webhooks
+            .iter()
+            .filter(|h| h.hook_type == kind)
+        {
+            crate::notify::call(&self.http, hook, &self.payload(phase, step, reason)).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits (bounded) for notifications still in flight.
+    pub async fn drain(&self) {
+        let pending: Vec<_> = std::mem::take(&mut *self.pending.lock().expect("pending lock"));
+        if tokio::time::timeout(Duration::from_secs(10), join_all(pending))
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "warning: some notifications were still in flight after 10s and were dropped"
+            );
+        }
     }
 
     fn app(&self) -> &str {
@@ -136,6 +239,19 @@ impl<T: Target> Run<'_, T> {
     /// Runs steps `from_step..`; a step is journaled as started before it acts and done after.
     /// With `full`, it goes straight to the last step (everything new).
     pub async fn execute(&mut self, from_step: usize, full: bool) -> Result<RunOutcome> {
+        let outcome = self.execute_steps(from_step, full).await;
+        if matches!(outcome, Ok(RunOutcome::Succeeded))
+            && let Err(e) = self
+                .hooks(crate::spec::HookType::PostRollout, None, "")
+                .await
+        {
+            eprintln!("warning: {e}");
+        }
+        self.drain().await;
+        outcome
+    }
+
+    async fn execute_steps(&mut self, from_step: usize, full: bool) -> Result<RunOutcome> {
         let version = self.version().to_string();
         // Stage everywhere ahead of the waves: staging never touches what runs.
         self.target.prepare(&version).await?;
@@ -158,6 +274,36 @@ impl<T: Target> Run<'_, T> {
                 return Ok(RunOutcome::Interrupted);
             }
             let step = &steps[i];
+            if i == 0
+                && let Err(why) = self
+                    .hooks(crate::spec::HookType::PreRollout, Some(0), "")
+                    .await
+            {
+                self.log(Event::Finished {
+                    rollout: self.rollout.clone(),
+                    outcome: Outcome::Failed,
+                    detail: why.clone(),
+                })?;
+                return Ok(RunOutcome::Failed(why));
+            }
+            // Going to everyone: the blue-green switch, or a canary's last step.
+            let promotion = step.kind == StepKind::Switch
+                || (i > 0
+                    && i + 1 == steps.len()
+                    && matches!(self.manifest.strategy, Strategy::Canary(_)));
+            if promotion
+                && let Err(why) = self
+                    .hooks(crate::spec::HookType::ConfirmPromotion, Some(i), "")
+                    .await
+            {
+                let reason = format!("promotion not confirmed: {why}");
+                self.log(Event::Paused {
+                    rollout: self.rollout.clone(),
+                    step: i,
+                    reason: reason.clone(),
+                })?;
+                return Ok(RunOutcome::Paused(reason));
+            }
             self.log(Event::StepStarted {
                 rollout: self.rollout.clone(),
                 step: i,
@@ -455,6 +601,12 @@ impl<T: Target> Run<'_, T> {
                 "cannot roll back: no earlier version is known ({reason})"
             )));
         };
+        if let Err(e) = self
+            .hooks(crate::spec::HookType::Rollback, None, reason)
+            .await
+        {
+            eprintln!("warning: {e}");
+        }
         self.log(Event::RollbackStarted {
             rollout: self.rollout.clone(),
             reason: reason.to_string(),

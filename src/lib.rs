@@ -4,6 +4,7 @@ pub mod agent;
 pub mod cli;
 pub mod engine;
 pub mod health;
+pub mod notify;
 pub mod pki;
 pub mod plan;
 pub mod spec;

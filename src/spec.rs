@@ -62,6 +62,69 @@ pub struct RolloutSpec {
     /// A step that makes no progress for this long fails (Kubernetes' default is 600).
     #[serde(default = "default_progress_deadline")]
     pub progress_deadline_seconds: u64,
+    /// Lifecycle webhooks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<Webhook>,
+    /// Where events are sent; never blocks or fails a rollout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<Notification>,
+}
+
+/// A lifecycle webhook: JSON POSTed at one point of the rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Webhook {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub hook_type: HookType,
+    pub url: String,
+    #[serde(default = "five_seconds")]
+    pub timeout: Dur,
+    /// Extra attempts after a non-2xx answer or a timeout.
+    #[serde(default = "two")]
+    pub retries: u32,
+}
+
+fn two() -> u32 {
+    2
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookType {
+    /// Before anything changes; a non-2xx answer holds the rollout (exit code 3, nothing changed).
+    ConfirmRollout,
+    /// Before the first step; a non-2xx answer fails the rollout before anything changed.
+    PreRollout,
+    /// Before going to everyone (the last canary step, or the blue-green switch); non-2xx pauses.
+    ConfirmPromotion,
+    /// After success; its failure is logged only.
+    PostRollout,
+    /// When a rollback starts; its failure is logged only.
+    Rollback,
+    /// Every journal event; never blocks, failures are logged.
+    Event,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Notification {
+    pub url: String,
+    #[serde(default)]
+    pub format: NotificationFormat,
+    /// Which events; empty means all of started, stepPassed, paused, promoted, failed, rolledBack, succeeded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+    #[serde(default = "five_seconds")]
+    pub timeout: Dur,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum NotificationFormat {
+    #[default]
+    Json,
+    Slack,
 }
 
 fn default_progress_deadline() -> u64 {
@@ -728,6 +791,25 @@ impl Manifest {
                     &format!("{at}.successThreshold"),
                     format!("{} is more than count ({})", c.success_threshold, c.count),
                 ));
+            }
+        }
+        for (i, n) in r.spec.notifications.iter().enumerate() {
+            const EVENTS: [&str; 7] = [
+                "started",
+                "stepPassed",
+                "paused",
+                "promoted",
+                "failed",
+                "rolledBack",
+                "succeeded",
+            ];
+            for (j, e) in n.events.iter().enumerate() {
+                if !EVENTS.contains(&e.as_str()) {
+                    return Err(s.error(
+                        &format!("spec.notifications[{i}].events[{j}]"),
+                        format!("{e:?}: expected one of {}", EVENTS.join(", ")),
+                    ));
+                }
             }
         }
         self.validate_strategy()

@@ -18,4 +18,5 @@ mod hosts {
     mod netns_lock;
     mod netns_rollback;
     mod netns_rolling;
+    mod webhooks;
 }

@@ -169,8 +169,8 @@ fn pki(cmd: PkiCommand) -> Result<u8, CliError> {
     Ok(exit::OK)
 }
 
-/// The target a manifest names, connected lazily.
-fn target_for(m: &Manifest) -> Result<AnyTarget, CliError> {
+/// The target a manifest names, connected lazily (Kubernetes reads its kubeconfig here).
+async fn target_for(m: &Manifest) -> Result<AnyTarget, CliError> {
     if let Some(h) = &m.rollout.spec.target.hosts {
         let first_group = match &m.strategy {
             crate::spec::Strategy::Canary(c) => c.first_group.as_deref(),
@@ -180,9 +180,26 @@ fn target_for(m: &Manifest) -> Result<AnyTarget, CliError> {
             .map(AnyTarget::Hosts)
             .map_err(failed);
     }
-    Err(CliError::Failed(
-        "the kubernetes target is not executed by this release yet: `plan` works offline, `apply` needs a hosts target".into(),
-    ))
+    let Some(k) = &m.rollout.spec.target.kubernetes else {
+        return Err(CliError::Failed("the manifest names no target".into()));
+    };
+    // A relative `manifest:` path starts at the folder of the first manifest file.
+    let base = m
+        .sources
+        .files
+        .first()
+        .and_then(|s| s.file.parent())
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let min_ready = match &m.strategy {
+        crate::spec::Strategy::Rolling(s) => s.min_ready_seconds,
+        crate::spec::Strategy::Canary(s) => s.min_ready_seconds,
+        crate::spec::Strategy::BlueGreen(s) => s.min_ready_seconds,
+    };
+    crate::target::kubernetes::Kubernetes::new(k, &base, min_ready)
+        .await
+        .map(AnyTarget::Kubernetes)
+        .map_err(failed)
 }
 
 /// The plan for the target as it is now (its size read from the target).
@@ -228,10 +245,20 @@ async fn drive(
         on_record: &on_record,
         controls_seen: store.control_count(m.name()),
         http: reqwest::Client::new(),
+        pending: Default::default(),
     };
     let mut run = run;
     let (step, full) = match start {
         Start::New { label } => {
+            // confirm-rollout: a non-2xx answer holds the rollout before anything is recorded or changed.
+            if let Err(why) = run
+                .hooks(crate::spec::HookType::ConfirmRollout, None, "")
+                .await
+            {
+                reporter.finish();
+                println!("{}: held, nothing changed: {why}", m.name());
+                return Ok(exit::PAUSED);
+            }
             store
                 .save_manifest(m.name(), id, &m.resolved())
                 .map_err(failed)?;
@@ -369,7 +396,7 @@ pub async fn apply(args: &ApplyArgs) -> Result<u8, CliError> {
 }
 
 pub async fn apply_manifest(m: &Manifest, mode: Progress, store: &Store) -> Result<u8, CliError> {
-    let target = target_for(m)?;
+    let target = target_for(m).await?;
     plan_for(m, &target).await?;
     let lock = store.lock(m.name(), &Actor::from_env()).map_err(failed)?;
     let instances = target.instances().await.map_err(failed)?;
@@ -434,7 +461,7 @@ async fn resume(args: &AppArgs, promoted: Option<bool>) -> Result<u8, CliError> 
             exit::FAILED
         });
     }
-    let target = target_for(&m)?;
+    let target = target_for(&m).await?;
     let plan = plan_for(&m, &target).await?;
     let lock = store.lock(&args.app, &Actor::from_env()).map_err(failed)?;
     // A rollback that was cut short is finished first.
@@ -454,6 +481,7 @@ async fn resume(args: &AppArgs, promoted: Option<bool>) -> Result<u8, CliError> 
             on_record: &on_record,
             controls_seen: store.control_count(&args.app),
             http: reqwest::Client::new(),
+            pending: Default::default(),
         };
         run.rollback(reason).await.map_err(failed)?;
         run.log(Event::Finished {
@@ -590,7 +618,7 @@ async fn abort(args: &AppArgs) -> Result<u8, CliError> {
             args.app
         )));
     }
-    let target = target_for(&m)?;
+    let target = target_for(&m).await?;
     let plan = plan_for(&m, &target).await?;
     let reporter = Reporter::new(args.output, plan.steps.len());
     let on_record = |r: &Record| reporter.record(r);
@@ -607,6 +635,7 @@ async fn abort(args: &AppArgs) -> Result<u8, CliError> {
         on_record: &on_record,
         controls_seen: store.control_count(&args.app),
         http: reqwest::Client::new(),
+        pending: Default::default(),
     };
     let reason = format!("aborted by {actor}");
     run.rollback(&reason).await.map_err(failed)?;
@@ -669,7 +698,7 @@ async fn rollback(args: &RollbackArgs) -> Result<u8, CliError> {
     let unavailable = if args.fast {
         crate::spec::IntOrPercent::Percent(100)
     } else {
-        let original_target = target_for(&original)?;
+        let original_target = target_for(&original).await?;
         crate::spec::IntOrPercent::Int(
             plan_for(&original, &original_target)
                 .await?
@@ -708,7 +737,7 @@ async fn rollback(args: &RollbackArgs) -> Result<u8, CliError> {
         h.artifact = None;
     }
     let m = Manifest::from_resolved(rollout, &store.app_dir(app))?;
-    let target = target_for(&m)?;
+    let target = target_for(&m).await?;
     let lock = store.lock(app, &Actor::from_env()).map_err(failed)?;
     let instances = target.instances().await.map_err(failed)?;
     let missing: Vec<&str> = instances
@@ -746,7 +775,7 @@ async fn status(args: &StatusArgs) -> Result<u8, CliError> {
     loop {
         let (last, m) = last_rollout(&store, &args.app)?;
         print!("{}", output::summary(&last));
-        if let Ok(target) = target_for(&m) {
+        if let Ok(target) = target_for(&m).await {
             match target.instances().await {
                 Ok(instances) => {
                     for i in instances {
