@@ -691,10 +691,12 @@ async fn rollback(args: &RollbackArgs) -> Result<u8, CliError> {
             )));
         }
     };
-    let original = Manifest::from_resolved(
-        store.load_manifest(app, &last.id).map_err(failed)?,
-        &store.app_dir(app),
-    )?;
+    let mut stored = store.load_manifest(app, &last.id).map_err(failed)?;
+    if let Some(h) = &mut stored.spec.target.hosts {
+        // Only what is already on disk: a rollback never reads or downloads an artifact.
+        h.artifact = None;
+    }
+    let original = Manifest::from_resolved(stored, &store.app_dir(app))?;
     let unavailable = if args.fast {
         crate::spec::IntOrPercent::Percent(100)
     } else {
