@@ -1,6 +1,7 @@
 //! The seam between the engine and what it deploys to: host fleets now, Kubernetes next.
 
 pub mod hosts;
+pub mod kubernetes;
 
 use std::time::Duration;
 
@@ -63,9 +64,12 @@ pub enum TargetError {
 
 pub type Result<T, E = TargetError> = std::result::Result<T, E>;
 
-/// The known targets. Kubernetes joins with its issue.
+/// The known targets.
+// One per process: boxing the larger variant would save nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyTarget {
     Hosts(hosts::Hosts),
+    Kubernetes(kubernetes::Kubernetes),
 }
 
 /// What the engine needs from a target. Implementations wait on events (long-polls, watches); the
@@ -113,24 +117,28 @@ impl Target for AnyTarget {
     async fn size(&self) -> Result<u32> {
         match self {
             AnyTarget::Hosts(t) => t.size().await,
+            AnyTarget::Kubernetes(t) => t.size().await,
         }
     }
 
     fn capacity(&self) -> crate::plan::Capacity {
         match self {
             AnyTarget::Hosts(t) => t.capacity(),
+            AnyTarget::Kubernetes(t) => t.capacity(),
         }
     }
 
     async fn instances(&self) -> Result<Vec<Instance>> {
         match self {
             AnyTarget::Hosts(t) => t.instances().await,
+            AnyTarget::Kubernetes(t) => t.instances().await,
         }
     }
 
     async fn prepare(&self, version: &str) -> Result<()> {
         match self {
             AnyTarget::Hosts(t) => t.prepare(version).await,
+            AnyTarget::Kubernetes(t) => t.prepare(version).await,
         }
     }
 
@@ -143,6 +151,7 @@ impl Target for AnyTarget {
     ) -> std::result::Result<(), String> {
         match self {
             AnyTarget::Hosts(t) => t.scale(step, version, deadline, sink).await,
+            AnyTarget::Kubernetes(t) => t.scale(step, version, deadline, sink).await,
         }
     }
 
@@ -154,18 +163,21 @@ impl Target for AnyTarget {
     ) -> std::result::Result<(), String> {
         match self {
             AnyTarget::Hosts(t) => t.restore(version, deadline, sink).await,
+            AnyTarget::Kubernetes(t) => t.restore(version, deadline, sink).await,
         }
     }
 
     async fn switch_traffic(&self, version: &str) -> std::result::Result<(), String> {
         match self {
             AnyTarget::Hosts(t) => t.switch_traffic(version).await,
+            AnyTarget::Kubernetes(t) => t.switch_traffic(version).await,
         }
     }
 
     async fn probe(&self, check: &Check, instance: &str, version: &str) -> Probe {
         match self {
             AnyTarget::Hosts(t) => t.probe(check, instance, version).await,
+            AnyTarget::Kubernetes(t) => t.probe(check, instance, version).await,
         }
     }
 }

@@ -1,0 +1,1059 @@
+//! The Kubernetes target: a plain Deployment, rolled by shifting replicas between its stable
+//! ReplicaSet and a rollgate-held ReplicaSet of the new template, then handed back to the Deployment.
+//!
+//! How it works, and why in this order:
+//!
+//! - At rest the user's Deployment owns everything. `prepare` pauses it, records N in the
+//!   `rollgate.dev/replicas` annotation, and creates the new ReplicaSet (the Deployment's template
+//!   with the new image and a `rollgate.dev/version` annotation) with a controller reference to a
+//!   `<deployment>-rollgate` ConfigMap, so no controller but the ReplicaSet's own touches its size.
+//! - During a step the old count is the Deployment's `spec.replicas` (its controller scales its
+//!   only active ReplicaSet to it, paused or not) and the new count is the ReplicaSet's
+//!   `spec.replicas`. Counts move as Kubernetes' rolling update moves them: remove what availability
+//!   allows, add what maxSurge allows, re-evaluate on every watch event.
+//! - The hand-over, once everything is new: the Deployment (paused) gives its ReplicaSets to the
+//!   ConfigMap, so that it owns none and its controller has nothing to scale; it gets the new
+//!   template and N; then the new ReplicaSet, and after it the old ones, are given back; then it is
+//!   unpaused. Its controller finds a ReplicaSet equal to its template (ignoring
+//!   `pod-template-hash`), adopts it as its new ReplicaSet, and creates no pod.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::{reflector, watcher};
+use kube::{Api, Client, ResourceExt};
+use sha2::{Digest, Sha256};
+
+use super::{Change, Instance, Result, Sink, Target, TargetError};
+use crate::health::Probe;
+use crate::plan::{Step, StepKind};
+use crate::spec::{Check, KubernetesTarget, RunOn};
+
+/// Pod-template annotation naming the version a pod runs.
+pub const VERSION_ANNOTATION: &str = "rollgate.dev/version";
+/// Deployment annotation holding N while a rollout has its `spec.replicas` reduced.
+pub const REPLICAS_ANNOTATION: &str = "rollgate.dev/replicas";
+/// The field manager of every write.
+pub const FIELD_MANAGER: &str = "rollgate";
+const HASH_LABEL: &str = "pod-template-hash";
+
+/// One Deployment, reached through the kubeconfig.
+pub struct Kubernetes {
+    spec: KubernetesTarget,
+    /// Where a relative `manifest:` path starts.
+    base_dir: PathBuf,
+    min_ready_seconds: i32,
+    deployments: Api<Deployment>,
+    replica_sets: Api<ReplicaSet>,
+    pods: Api<Pod>,
+    config_maps: Api<ConfigMap>,
+    http: reqwest::Client,
+}
+
+/// What the cluster holds for the Deployment right now.
+struct View {
+    deployment: Deployment,
+    uid: String,
+    selector: Selector,
+    /// The ConfigMap that holds the in-flight ReplicaSet, if a rollout is under way.
+    holder: Option<ConfigMap>,
+    sets: Vec<ReplicaSet>,
+}
+
+impl View {
+    fn owned_by<'a>(&'a self, uid: &'a str) -> impl Iterator<Item = &'a ReplicaSet> + 'a {
+        self.sets
+            .iter()
+            .filter(move |rs| controller_uid(rs) == Some(uid))
+    }
+
+    fn holder_uid(&self) -> Option<&str> {
+        self.holder.as_ref()?.metadata.uid.as_deref()
+    }
+
+    /// The ReplicaSet rollgate holds for `version`.
+    fn held(&self, version: &str, container: Option<&str>) -> Option<&ReplicaSet> {
+        let uid = self.holder_uid()?;
+        self.owned_by(uid)
+            .find(|rs| rs_version(rs, container).as_deref() == Some(version))
+    }
+}
+
+fn controller_uid(rs: &ReplicaSet) -> Option<&str> {
+    rs.metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.as_str())
+}
+
+fn replicas(rs: &ReplicaSet) -> u32 {
+    rs.spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(0)
+        .max(0) as u32
+}
+
+fn available(rs: &ReplicaSet) -> u32 {
+    rs.status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0)
+        .max(0) as u32
+}
+
+/// The version a pod template runs: its `rollgate.dev/version` annotation, else the image tag of
+/// the container (the named one, or the first).
+pub fn template_version(t: &PodTemplateSpec, container: Option<&str>) -> Option<String> {
+    if let Some(v) = t
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(VERSION_ANNOTATION))
+    {
+        return Some(v.clone());
+    }
+    let spec = t.spec.as_ref()?;
+    let c = match container {
+        Some(name) => spec.containers.iter().find(|c| c.name == name)?,
+        None => spec.containers.first()?,
+    };
+    image_tag(c.image.as_deref()?)
+}
+
+/// `registry:5000/web:1.2@sha256:...` is version `1.2`.
+pub fn image_tag(image: &str) -> Option<String> {
+    let image = image.split('@').next().unwrap_or(image);
+    let name = image.rsplit('/').next().unwrap_or(image);
+    name.split_once(':').map(|(_, tag)| tag.to_string())
+}
+
+fn rs_version(rs: &ReplicaSet, container: Option<&str>) -> Option<String> {
+    template_version(&rs.spec.as_ref()?.template.clone()?, container)
+}
+
+fn pod_version(p: &Pod, container: Option<&str>) -> Option<String> {
+    let t = PodTemplateSpec {
+        metadata: Some(p.metadata.clone()),
+        spec: p.spec.clone(),
+    };
+    template_version(&t, container).or_else(|| p.labels().get(HASH_LABEL).cloned())
+}
+
+/// Why a pod will not become available by waiting: it crashed, or its image cannot be pulled.
+pub fn pod_failure(p: &Pod) -> Option<String> {
+    let status = p.status.as_ref()?;
+    if status.phase.as_deref() == Some("Failed") {
+        return Some("phase Failed".into());
+    }
+    for c in status.container_statuses.iter().flatten() {
+        let waiting = c
+            .state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref())
+            .and_then(|w| w.reason.clone());
+        if let Some(reason) = &waiting
+            && matches!(
+                reason.as_str(),
+                "CrashLoopBackOff"
+                    | "ErrImagePull"
+                    | "ImagePullBackOff"
+                    | "InvalidImageName"
+                    | "CreateContainerConfigError"
+                    | "CreateContainerError"
+                    | "RunContainerError"
+            )
+        {
+            return Some(format!("container {} {reason}", c.name));
+        }
+        if c.restart_count > 0 {
+            return Some(format!(
+                "container {} restarted {} times",
+                c.name, c.restart_count
+            ));
+        }
+    }
+    None
+}
+
+fn owner_ref(kind: &str, api_version: &str, name: &str, uid: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: api_version.into(),
+        kind: kind.into(),
+        name: name.into(),
+        uid: uid.into(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+fn params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
+/// Where a step stands, as far as it can progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    old: u32,
+    old_available: u32,
+    new: u32,
+    new_available: u32,
+}
+
+/// The next sizes of (old, new) towards `step`, within its bounds: first remove what keeps
+/// `min_available` ready, then add what stays within `max_total`. Pure.
+fn next_sizes(step: &Step, c: Counts) -> (u32, u32) {
+    let shrink = |current: u32, target: u32, other_available: u32| {
+        if target >= current {
+            current
+        } else {
+            target
+                .max(step.min_available.saturating_sub(other_available))
+                .min(current)
+        }
+    };
+    let old = shrink(c.old, step.old, c.new_available);
+    let new = shrink(c.new, step.new, c.old_available);
+    let grow = |current: u32, target: u32, room: u32| {
+        if target <= current {
+            current
+        } else {
+            target.min(current + room)
+        }
+    };
+    let room = step
+        .max_total
+        .saturating_sub(c.old.max(old) + c.new.max(new));
+    let new = grow(new, step.new, room);
+    let room = step
+        .max_total
+        .saturating_sub(c.old.max(old) + c.new.max(new));
+    let old = grow(old, step.old, room);
+    (old, new)
+}
+
+impl Kubernetes {
+    /// Connects with the kubeconfig (`KUBECONFIG`, else `~/.kube/config`, else in-cluster).
+    pub async fn new(
+        spec: &KubernetesTarget,
+        base_dir: &Path,
+        min_ready_seconds: u64,
+    ) -> Result<Self> {
+        let config = kube::Config::infer()
+            .await
+            .map_err(|e| TargetError::Setup(format!("kubeconfig: {e}")))?;
+        let client = Client::try_from(config)
+            .map_err(|e| TargetError::Setup(format!("kubernetes client: {e}")))?;
+        let ns = spec.namespace.as_str();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| TargetError::Setup(e.to_string()))?;
+        Ok(Kubernetes {
+            spec: spec.clone(),
+            base_dir: base_dir.to_path_buf(),
+            min_ready_seconds: i32::try_from(min_ready_seconds).unwrap_or(i32::MAX),
+            deployments: Api::namespaced(client.clone(), ns),
+            replica_sets: Api::namespaced(client.clone(), ns),
+            pods: Api::namespaced(client.clone(), ns),
+            config_maps: Api::namespaced(client, ns),
+            http,
+        })
+    }
+
+    fn name(&self) -> &str {
+        &self.spec.deployment
+    }
+
+    fn holder_name(&self) -> String {
+        format!("{}-rollgate", self.spec.deployment)
+    }
+
+    fn container(&self) -> Option<&str> {
+        self.spec.container.as_deref()
+    }
+
+    fn fail(&self, what: &str, e: impl std::fmt::Display) -> TargetError {
+        TargetError::Rejected {
+            instance: format!(
+                "deployment {}/{}",
+                self.spec.namespace, self.spec.deployment
+            ),
+            message: format!("{what}: {e}"),
+        }
+    }
+
+    async fn view(&self) -> Result<View> {
+        let deployment = self
+            .deployments
+            .get(self.name())
+            .await
+            .map_err(|e| self.fail("reading it", e))?;
+        let uid = deployment.metadata.uid.clone().unwrap_or_default();
+        let selector = deployment
+            .spec
+            .as_ref()
+            .map(|s| s.selector.clone())
+            .unwrap_or_default();
+        let selector = Selector::try_from(selector).map_err(|e| self.fail("its selector", e))?;
+        let holder = self
+            .config_maps
+            .get_opt(&self.holder_name())
+            .await
+            .map_err(|e| self.fail("reading the rollout holder", e))?;
+        let sets = self
+            .replica_sets
+            .list(&ListParams::default().labels_from(&selector))
+            .await
+            .map_err(|e| self.fail("listing ReplicaSets", e))?
+            .items;
+        Ok(View {
+            deployment,
+            uid,
+            selector,
+            holder,
+            sets,
+        })
+    }
+
+    fn n_of(d: &Deployment) -> u32 {
+        d.annotations()
+            .get(REPLICAS_ANNOTATION)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as u32)
+    }
+
+    /// The pod template of `version`: the Deployment's with the new image, or the manifest's.
+    fn new_template(&self, d: &Deployment, version: &str) -> Result<PodTemplateSpec> {
+        let mut t = match &self.spec.manifest {
+            Some(path) => {
+                let path = self.base_dir.join(path);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| TargetError::Setup(format!("{}: {e}", path.display())))?;
+                let from: Deployment = serde_yaml::from_str(&text).map_err(|e| {
+                    TargetError::Setup(format!("{}: not a Deployment: {e}", path.display()))
+                })?;
+                from.spec.map(|s| s.template).ok_or_else(|| {
+                    TargetError::Setup(format!("{}: no spec.template", path.display()))
+                })?
+            }
+            None => d
+                .spec
+                .as_ref()
+                .map(|s| s.template.clone())
+                .unwrap_or_default(),
+        };
+        if let Some(image) = &self.spec.image {
+            let containers = &mut t
+                .spec
+                .as_mut()
+                .ok_or_else(|| self.fail("its template", "has no pod spec"))?
+                .containers;
+            let c = match self.container() {
+                Some(name) => containers
+                    .iter_mut()
+                    .find(|c| c.name == name)
+                    .ok_or_else(|| {
+                        self.fail(
+                            "spec.target.kubernetes.container",
+                            format!("no container {name}"),
+                        )
+                    })?,
+                None if containers.len() == 1 => &mut containers[0],
+                None => {
+                    return Err(self.fail(
+                        "spec.target.kubernetes.image",
+                        "the pod has several containers: name one with container:",
+                    ));
+                }
+            };
+            c.image = Some(image.clone());
+        }
+        let meta = t.metadata.get_or_insert_with(ObjectMeta::default);
+        meta.annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(VERSION_ANNOTATION.into(), version.into());
+        if let Some(labels) = &mut meta.labels {
+            labels.remove(HASH_LABEL);
+        }
+        Ok(t)
+    }
+
+    async fn patch_deployment(&self, patch: serde_json::Value) -> Result<Deployment> {
+        self.deployments
+            .patch(self.name(), &params(), &Patch::Merge(patch))
+            .await
+            .map_err(|e| self.fail("patching it", e))
+    }
+
+    /// Replaces the Deployment's template exactly (a merge patch would keep stale keys), with
+    /// `replicas`, still paused, and without the N annotation. Retries a write that races.
+    async fn set_template(&self, template: PodTemplateSpec, replicas: u32) -> Result<Deployment> {
+        let mut attempts = 0;
+        loop {
+            let mut d = self
+                .deployments
+                .get(self.name())
+                .await
+                .map_err(|e| self.fail("reading it", e))?;
+            if let Some(a) = d.metadata.annotations.as_mut() {
+                a.remove(REPLICAS_ANNOTATION);
+            }
+            let spec = d.spec.get_or_insert_with(Default::default);
+            spec.template = template.clone();
+            spec.replicas = Some(replicas as i32);
+            spec.paused = Some(true);
+            let post = PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PostParams::default()
+            };
+            match self.deployments.replace(self.name(), &post, &d).await {
+                Ok(d) => return Ok(d),
+                Err(kube::Error::Api(s)) if s.code == 409 && attempts < 5 => attempts += 1,
+                Err(e) => return Err(self.fail("setting its template", e)),
+            }
+        }
+    }
+
+    /// Gives `rs` to a new controlling owner (one write, so no controller sees it ownerless).
+    async fn give(&self, rs: &ReplicaSet, owner: OwnerReference) -> Result<()> {
+        let patch = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
+        self.replica_sets
+            .patch(&rs.name_any(), &params(), &Patch::Merge(patch))
+            .await
+            .map(drop)
+            .map_err(|e| self.fail(&format!("handing over ReplicaSet {}", rs.name_any()), e))
+    }
+
+    async fn ensure_holder(&self, view: &View) -> Result<ConfigMap> {
+        if let Some(cm) = &view.holder {
+            return Ok(cm.clone());
+        }
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(self.holder_name()),
+                annotations: Some(
+                    [(
+                        "rollgate.dev/purpose".to_string(),
+                        format!(
+                            "holds the new ReplicaSet of {} while rollgate rolls it out; gone when the rollout ends",
+                            self.name()
+                        ),
+                    )]
+                    .into(),
+                ),
+                ..ObjectMeta::default()
+            },
+            ..ConfigMap::default()
+        };
+        self.config_maps
+            .create(
+                &PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PostParams::default()
+                },
+                &cm,
+            )
+            .await
+            .map_err(|e| self.fail("creating the rollout holder", e))
+    }
+
+    fn holder_ref(&self, cm: &ConfigMap) -> OwnerReference {
+        owner_ref(
+            "ConfigMap",
+            "v1",
+            &self.holder_name(),
+            cm.metadata.uid.as_deref().unwrap_or_default(),
+        )
+    }
+
+    fn deployment_ref(&self, view: &View) -> OwnerReference {
+        owner_ref("Deployment", "apps/v1", self.name(), &view.uid)
+    }
+
+    /// Hands the held ReplicaSet of `version` (now at N) to the Deployment; see the module docs.
+    async fn hand_over(&self, version: &str, n: u32, deadline: Duration) -> Result<()> {
+        let view = self.view().await?;
+        let Some(new) = view.held(version, self.container()).cloned() else {
+            return Ok(()); // already handed over
+        };
+        let holder = view.holder.clone().expect("held implies a holder");
+        // 1. The Deployment, paused, gives away its ReplicaSets: it owns none, so it scales none.
+        for rs in view.owned_by(&view.uid) {
+            self.give(rs, self.holder_ref(&holder)).await?;
+        }
+        // 2. The identical template and N.
+        let mut template = new
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.clone())
+            .unwrap_or_default();
+        if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+            labels.remove(HASH_LABEL);
+        }
+        let generation = self.set_template(template, n).await?.metadata.generation;
+        // 3. The new ReplicaSet first (the only active one, already at N), then the rest.
+        let view = self.view().await?;
+        let dref = self.deployment_ref(&view);
+        if let Some(rs) = view.sets.iter().find(|rs| rs.name_any() == new.name_any()) {
+            self.give(rs, dref.clone()).await?;
+        }
+        let holder_uid = view.holder_uid().unwrap_or_default().to_string();
+        for rs in view.owned_by(&holder_uid) {
+            if rs.name_any() != new.name_any() {
+                self.give(rs, dref.clone()).await?;
+            }
+        }
+        // 4. Once its controller counts that ReplicaSet as its new one (so its cache has the
+        //    adoption and it will not create another), unpaused.
+        self.wait_status(deadline, "adopting the new ReplicaSet", move |d| {
+            let s = d.status.as_ref();
+            s.and_then(|s| s.observed_generation) >= generation
+                && s.and_then(|s| s.updated_replicas).unwrap_or(0) == n as i32
+        })
+        .await?;
+        self.patch_deployment(serde_json::json!({"spec": {"paused": false}}))
+            .await?;
+        self.config_maps
+            .delete(&self.holder_name(), &DeleteParams::background())
+            .await
+            .map_err(|e| self.fail("deleting the rollout holder", e))?;
+        self.wait_rolled_out(n, deadline).await
+    }
+
+    /// Waits (by watch) until the Deployment reports its template rolled out at `n`.
+    async fn wait_rolled_out(&self, n: u32, deadline: Duration) -> Result<()> {
+        let n = n as i32;
+        self.wait_status(deadline, "rolling out at N", move |d| {
+            let (Some(g), Some(s)) = (d.metadata.generation, d.status.as_ref()) else {
+                return false;
+            };
+            s.observed_generation >= Some(g)
+                && s.updated_replicas.unwrap_or(0) == n
+                && s.replicas.unwrap_or(0) == n
+                && s.available_replicas.unwrap_or(0) == n
+        })
+        .await
+    }
+
+    /// Waits (by watch) until the Deployment meets `cond`, at most `deadline`.
+    async fn wait_status(
+        &self,
+        deadline: Duration,
+        what: &str,
+        cond: impl Fn(&Deployment) -> bool + Send + 'static,
+    ) -> Result<()> {
+        let done = kube::runtime::wait::await_condition(
+            self.deployments.clone(),
+            self.name(),
+            move |d: Option<&Deployment>| d.is_some_and(&cond),
+        );
+        match tokio::time::timeout(deadline, done).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.fail(what, e)),
+            Err(_) => Err(self.fail(what, format!("not done within {}s", deadline.as_secs()))),
+        }
+    }
+
+    /// Moves towards `step`'s counts on every watch event until they hold, a pod fails, or nothing
+    /// progresses for `deadline`.
+    async fn converge(
+        &self,
+        step: &Step,
+        version: &str,
+        deadline: Duration,
+        sink: Sink<'_>,
+    ) -> std::result::Result<(), String> {
+        let err = |e: TargetError| crate::engine::error_chain(&e);
+        let view = self.view().await.map_err(err)?;
+        let Some(new) = view.held(version, self.container()).cloned() else {
+            return Err(format!(
+                "no ReplicaSet of {version} is held for {}: prepare did not run",
+                self.name()
+            ));
+        };
+        let new_name = new.name_any();
+        let uid = view.uid.clone();
+        let config = watcher::Config::default().labels_from(&view.selector);
+        let (sets, sets_w) = reflector::store::<ReplicaSet>();
+        let (pods, pods_w) = reflector::store::<Pod>();
+        let set_events = reflector(sets_w, watcher(self.replica_sets.clone(), config.clone()))
+            .map(|e| e.map(|e| matches!(e, watcher::Event::InitDone)))
+            .boxed();
+        let pod_events = reflector(pods_w, watcher(self.pods.clone(), config))
+            .map(|e| e.map(|e| matches!(e, watcher::Event::InitDone)))
+            .boxed();
+        let mut events = futures_util::stream::select(set_events, pod_events);
+        let mut inits = 0;
+        let mut last: Option<Counts> = None;
+        let mut last_progress = tokio::time::Instant::now();
+        let mut old_set: Option<u32> = None;
+        let mut first: Option<Counts> = None;
+        let mut announced = false;
+        loop {
+            let next = tokio::time::timeout_at(last_progress + deadline, events.next()).await;
+            match next {
+                Err(_) => {
+                    let c = last.unwrap_or(Counts {
+                        old: 0,
+                        old_available: 0,
+                        new: 0,
+                        new_available: 0,
+                    });
+                    let why = format!(
+                        "no progress within progressDeadlineSeconds ({}s): {} of {} pods of {version} available",
+                        deadline.as_secs(),
+                        c.new_available,
+                        step.new
+                    );
+                    sink(Change::Changed {
+                        instance: new_name.clone(),
+                        version: version.into(),
+                        ok: false,
+                        detail: why.clone(),
+                    });
+                    return Err(why);
+                }
+                Ok(None) => return Err("the watch ended".into()),
+                Ok(Some(Err(e))) => return Err(format!("watching {}: {e}", self.name())),
+                Ok(Some(Ok(init_done))) => {
+                    if init_done {
+                        inits += 1;
+                    }
+                }
+            }
+            if inits < 2 {
+                continue;
+            }
+            let all = sets.state();
+            let Some(new) = all.iter().find(|rs| rs.name_any() == new_name) else {
+                return Err(format!("ReplicaSet {new_name} disappeared"));
+            };
+            let new_uid = new.metadata.uid.clone().unwrap_or_default();
+            let olds: Vec<_> = all
+                .iter()
+                .filter(|rs| controller_uid(rs) == Some(uid.as_str()))
+                .collect();
+            let c = Counts {
+                old: olds.iter().map(|rs| replicas(rs)).sum(),
+                old_available: olds.iter().map(|rs| available(rs)).sum(),
+                new: replicas(new),
+                new_available: available(new),
+            };
+            // A new pod that crashed or cannot pull its image will not get better by waiting.
+            for p in pods.state() {
+                let ours = p
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|o| o.uid == new_uid);
+                if ours && let Some(why) = pod_failure(&p) {
+                    let why = format!("pod {} of {version}: {why}", p.name_any());
+                    sink(Change::Changed {
+                        instance: new_name.clone(),
+                        version: version.into(),
+                        ok: false,
+                        detail: why.clone(),
+                    });
+                    return Err(why);
+                }
+            }
+            if last != Some(c) {
+                last = Some(c);
+                last_progress = tokio::time::Instant::now();
+            }
+            // An old set that grows (a restore) must be available too; one that shrinks need not.
+            let old_grew = step.old > first.get_or_insert(c).old;
+            let old_ready = c.old == step.old && (!old_grew || c.old_available >= step.old);
+            if c.new == step.new && c.new_available >= step.new && old_ready {
+                if announced {
+                    sink(Change::Changed {
+                        instance: new_name.clone(),
+                        version: version.into(),
+                        ok: true,
+                        detail: format!("{} of {version} available, {} old", c.new, c.old),
+                    });
+                }
+                return Ok(());
+            }
+            let (old, new_size) = next_sizes(step, c);
+            if old != c.old && old_set != Some(old) {
+                self.patch_deployment(serde_json::json!({"spec": {"replicas": old}}))
+                    .await
+                    .map_err(err)?;
+                old_set = Some(old);
+            }
+            if new_size != c.new {
+                if !announced {
+                    sink(Change::Changing {
+                        instance: new_name.clone(),
+                        version: version.into(),
+                    });
+                    announced = true;
+                }
+                self.replica_sets
+                    .patch(
+                        &new_name,
+                        &params(),
+                        &Patch::Merge(serde_json::json!({"spec": {"replicas": new_size}})),
+                    )
+                    .await
+                    .map_err(|e| err(self.fail(&format!("scaling {new_name}"), e)))?;
+            }
+        }
+    }
+}
+
+impl Target for Kubernetes {
+    async fn size(&self) -> Result<u32> {
+        let d = self
+            .deployments
+            .get(self.name())
+            .await
+            .map_err(|e| self.fail("reading it", e))?;
+        Ok(Self::n_of(&d))
+    }
+
+    fn capacity(&self) -> crate::plan::Capacity {
+        crate::plan::Capacity::Elastic
+    }
+
+    async fn instances(&self) -> Result<Vec<Instance>> {
+        let view = self.view().await?;
+        let installed: Vec<String> = {
+            let mut v: Vec<String> = view
+                .sets
+                .iter()
+                .filter_map(|rs| rs_version(rs, self.container()))
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let pods = self
+            .pods
+            .list(&ListParams::default().labels_from(&view.selector))
+            .await
+            .map_err(|e| self.fail("listing pods", e))?;
+        let mut out: Vec<Instance> = pods
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| {
+                let version = pod_version(p, self.container());
+                Instance {
+                    name: p.name_any(),
+                    version: version.clone(),
+                    previous: None,
+                    installed: installed.clone(),
+                    running: version.into_iter().collect(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn prepare(&self, version: &str) -> Result<()> {
+        let view = self.view().await?;
+        let d = &view.deployment;
+        let container = self.container();
+        let current = d
+            .spec
+            .as_ref()
+            .and_then(|s| template_version(&s.template, container));
+        if view.held(version, container).is_some() || current.as_deref() == Some(version) {
+            return Ok(()); // prepared already, or nothing to prepare
+        }
+        let active = view
+            .owned_by(&view.uid)
+            .filter(|rs| replicas(rs) > 0)
+            .count();
+        if active > 1 {
+            return Err(self.fail(
+                "prepare",
+                "a rollout of its own is under way (several active ReplicaSets): wait for it, or undo it",
+            ));
+        }
+        let n = Self::n_of(d);
+        // Paused, the Deployment only ever scales its one active ReplicaSet to spec.replicas.
+        self.patch_deployment(serde_json::json!({
+            "metadata": {"annotations": {REPLICAS_ANNOTATION: n.to_string()}},
+            "spec": {"paused": true},
+        }))
+        .await?;
+        let holder = self.ensure_holder(&view).await?;
+        // A version the Deployment still keeps (a rollback) is reused: its ReplicaSet exists.
+        if let Some(rs) = view
+            .owned_by(&view.uid)
+            .find(|rs| replicas(rs) == 0 && rs_version(rs, container).as_deref() == Some(version))
+        {
+            return self.give(rs, self.holder_ref(&holder)).await;
+        }
+        let mut template = self.new_template(d, version)?;
+        let json = serde_json::to_vec(&template).unwrap_or_default();
+        let hash = format!("rg{}", &hex::encode(Sha256::digest(&json))[..8]);
+        let labels = template
+            .metadata
+            .get_or_insert_with(ObjectMeta::default)
+            .labels
+            .get_or_insert_with(BTreeMap::new);
+        if !view.selector.matches(labels) {
+            return Err(self.fail(
+                "the new pod template",
+                "its labels do not match the Deployment's selector",
+            ));
+        }
+        labels.insert(HASH_LABEL.into(), hash.clone());
+        let labels = labels.clone();
+        let mut selector: LabelSelector = d
+            .spec
+            .as_ref()
+            .map(|s| s.selector.clone())
+            .unwrap_or_default();
+        selector
+            .match_labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(HASH_LABEL.into(), hash.clone());
+        let rs = ReplicaSet {
+            metadata: ObjectMeta {
+                name: Some(format!("{}-{hash}", self.name())),
+                labels: Some(labels),
+                annotations: Some([(VERSION_ANNOTATION.to_string(), version.to_string())].into()),
+                owner_references: Some(vec![self.holder_ref(&holder)]),
+                ..ObjectMeta::default()
+            },
+            spec: Some(ReplicaSetSpec {
+                replicas: Some(0),
+                min_ready_seconds: Some(self.min_ready_seconds),
+                selector,
+                template: Some(template),
+            }),
+            status: None,
+        };
+        match self
+            .replica_sets
+            .create(
+                &PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PostParams::default()
+                },
+                &rs,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                // Left by an earlier attempt of this version: hold it again.
+                let existing = self
+                    .replica_sets
+                    .get(&rs.name_any())
+                    .await
+                    .map_err(|e| self.fail("reading the new ReplicaSet", e))?;
+                self.give(&existing, self.holder_ref(&holder)).await
+            }
+            Err(e) => Err(self.fail("creating the new ReplicaSet", e)),
+        }
+    }
+
+    async fn scale(
+        &self,
+        step: &Step,
+        version: &str,
+        deadline: Duration,
+        sink: Sink<'_>,
+    ) -> std::result::Result<(), String> {
+        let n = self
+            .size()
+            .await
+            .map_err(|e| crate::engine::error_chain(&e))?;
+        self.converge(step, version, deadline, sink).await?;
+        if step.old == 0 && step.new >= n {
+            self.hand_over(version, n, deadline)
+                .await
+                .map_err(|e| crate::engine::error_chain(&e))?;
+        }
+        Ok(())
+    }
+
+    async fn restore(
+        &self,
+        version: &str,
+        deadline: Duration,
+        sink: Sink<'_>,
+    ) -> std::result::Result<(), String> {
+        let err = |e: TargetError| crate::engine::error_chain(&e);
+        let view = self.view().await.map_err(err)?;
+        let d = &view.deployment;
+        let n = Self::n_of(d);
+        let current = d
+            .spec
+            .as_ref()
+            .and_then(|s| template_version(&s.template, self.container()));
+        if current.as_deref() != Some(version) {
+            // Already handed over: go back the way a rollout goes, all at once.
+            self.prepare(version).await.map_err(err)?;
+            let step = Step {
+                kind: StepKind::Scale,
+                old: 0,
+                new: n,
+                min_available: n,
+                max_total: 2 * n,
+                weight: None,
+                duration_seconds: None,
+                manual: false,
+                approvals: 0,
+                checks: Vec::new(),
+                note: "restore".into(),
+            };
+            return self.scale(&step, version, deadline, sink).await;
+        }
+        // The stable ReplicaSet is the Deployment's own: back to N at once, then the new one goes.
+        sink(Change::Changing {
+            instance: self.name().into(),
+            version: version.into(),
+        });
+        self.patch_deployment(serde_json::json!({"spec": {"replicas": n}}))
+            .await
+            .map_err(err)?;
+        let name = self.name().to_string();
+        let stable_back = kube::runtime::wait::await_condition(
+            self.deployments.clone(),
+            &name,
+            move |d: Option<&Deployment>| {
+                d.and_then(|d| d.status.as_ref())
+                    .is_some_and(|s| s.available_replicas.unwrap_or(0) >= n as i32)
+            },
+        );
+        let waited = tokio::time::timeout(deadline, stable_back).await;
+        if let Some(holder) = view.holder_uid() {
+            for rs in view.owned_by(holder) {
+                self.replica_sets
+                    .delete(&rs.name_any(), &DeleteParams::background())
+                    .await
+                    .map_err(|e| err(self.fail("removing the new ReplicaSet", e)))?;
+            }
+            self.config_maps
+                .delete(&self.holder_name(), &DeleteParams::background())
+                .await
+                .map_err(|e| err(self.fail("deleting the rollout holder", e)))?;
+        }
+        self.patch_deployment(serde_json::json!({
+            "metadata": {"annotations": {REPLICAS_ANNOTATION: null}},
+            "spec": {"paused": false},
+        }))
+        .await
+        .map_err(err)?;
+        let (ok, detail) = match waited {
+            Ok(Ok(_)) => (true, format!("{n} of {version} available")),
+            Ok(Err(e)) => (false, format!("watching: {e}")),
+            Err(_) => (
+                false,
+                format!("{version} not back at {n} within {}s", deadline.as_secs()),
+            ),
+        };
+        sink(Change::Changed {
+            instance: self.name().into(),
+            version: version.into(),
+            ok,
+            detail: detail.clone(),
+        });
+        if ok { Ok(()) } else { Err(detail) }
+    }
+
+    async fn switch_traffic(&self, _version: &str) -> std::result::Result<(), String> {
+        // A Service that selects the app's labels spreads traffic by replica ratio; pinning preview
+        // and active Services for blue-green is not done yet.
+        Ok(())
+    }
+
+    async fn probe(&self, check: &Check, instance: &str, _version: &str) -> Probe {
+        if check.run_on != RunOn::Cli {
+            return Probe::Pass; // host-side checks need an agent; pods have none
+        }
+        let ip = match self.pods.get(instance).await {
+            Ok(p) => p.status.and_then(|s| s.pod_ip).unwrap_or_default(),
+            Err(e) => return Probe::Fail(format!("pod {instance}: {e}")),
+        };
+        let fill = |s: &str| s.replace("{host}", &ip).replace("{instance}", instance);
+        super::hosts::cli_probe(&self.http, check, &fill, check.timeout.0).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(old: u32, new: u32, min_available: u32, max_total: u32) -> Step {
+        Step {
+            kind: StepKind::Scale,
+            old,
+            new,
+            min_available,
+            max_total,
+            weight: None,
+            duration_seconds: None,
+            manual: false,
+            approvals: 0,
+            checks: Vec::new(),
+            note: String::new(),
+        }
+    }
+
+    fn counts(old: u32, old_available: u32, new: u32, new_available: u32) -> Counts {
+        Counts {
+            old,
+            old_available,
+            new,
+            new_available,
+        }
+    }
+
+    #[test]
+    fn surge_adds_first_then_removes_what_is_replaced() {
+        // N=10, surge 3, unavailable 0: step to (7, 3).
+        let s = step(7, 3, 10, 13);
+        assert_eq!(next_sizes(&s, counts(10, 10, 0, 0)), (10, 3));
+        assert_eq!(next_sizes(&s, counts(10, 10, 3, 1)), (9, 3));
+        assert_eq!(next_sizes(&s, counts(10, 10, 3, 3)), (7, 3));
+    }
+
+    #[test]
+    fn without_surge_removes_before_adding() {
+        // N=4, surge 0, unavailable 1: step to (3, 1).
+        let s = step(3, 1, 3, 4);
+        assert_eq!(next_sizes(&s, counts(4, 4, 0, 0)), (3, 0));
+        assert_eq!(next_sizes(&s, counts(3, 3, 0, 0)), (3, 1));
+    }
+
+    #[test]
+    fn never_exceeds_max_total_while_old_shrinks_late() {
+        let s = step(0, 10, 10, 13);
+        // The old set has not shrunk yet: no room.
+        assert_eq!(next_sizes(&s, counts(10, 10, 3, 3)), (7, 3));
+        assert_eq!(next_sizes(&s, counts(7, 7, 3, 3)), (7, 6));
+    }
+
+    #[test]
+    fn image_tags() {
+        assert_eq!(image_tag("r/web:2").as_deref(), Some("2"));
+        assert_eq!(
+            image_tag("reg:5000/web:1.2@sha256:ab").as_deref(),
+            Some("1.2")
+        );
+        assert_eq!(image_tag("reg:5000/web"), None);
+    }
+}
