@@ -3,6 +3,13 @@
 #[path = "support/cluster.rs"]
 mod cluster;
 
+/// rollgate itself on the cluster: the real binary, watched through ReplicaSets and pods.
+mod kubernetes {
+    mod common;
+    mod rollback;
+    mod rolling;
+}
+
 mod smoke {
     //! Proves the test cluster is real: a Deployment is scheduled onto the fake
     //! nodes, turns Ready, and is rolled by the real Deployment controller within

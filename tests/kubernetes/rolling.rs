@@ -1,0 +1,153 @@
+//! A rolling update to a good version: the plan's bounds hold throughout, and the Deployment ends
+//! owning N ready replicas of the new template, created once, with its history intact.
+
+use kube::ResourceExt;
+
+use super::common::{self, APP, Bed, image};
+
+const N: i32 = 8;
+/// 25% of 8.
+const SURGE: i32 = 2;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn good_version_rolls_within_bounds_and_the_deployment_adopts_it() {
+    let Some(bed) = Bed::new("rolling", N, "25%", "0").await else {
+        return;
+    };
+    let rollout = bed.rollout(
+        "web.yaml",
+        "2",
+        &format!("image: \"{}\"", image("2")),
+        "  strategy:\n    rolling: {maxSurge: \"25%\", maxUnavailable: 0}\n  progressDeadlineSeconds: 60\n",
+    );
+    let observer = bed.observe(N).await;
+    let out = bed
+        .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
+        .await;
+    assert!(out.status.success(), "rollgate apply failed");
+    assert!(common::stdout(&out).contains("succeeded"));
+    // The Deployment reports the new template rolled out, so its own view agrees.
+    bed.wait_deployment("version 2 rolled out", |d| {
+        common::rolled_out(d, N, &image("2"))
+    })
+    .await;
+    let (sets, pods) = observer.stop().await;
+
+    assert!(
+        sets.max_replicas_sum <= N + SURGE,
+        "ReplicaSets asked for {} pods at once, more than {N} + maxSurge {SURGE}: {sets:?}",
+        sets.max_replicas_sum
+    );
+    assert!(
+        sets.max_replicas_sum > N,
+        "it never surged, so it was not a rolling update: {sets:?}"
+    );
+    let min_ready = pods.min_ready.expect("pods were observed");
+    assert!(
+        min_ready >= N,
+        "only {min_ready} pods were Ready at one point, fewer than {N} - maxUnavailable 0: {pods:?}"
+    );
+    // Promotion creates no extra pods: exactly N pods of the new version ever existed.
+    let created = pods.pods_by_image.get(&image("2")).map_or(0, |s| s.len());
+    assert_eq!(
+        created, N as usize,
+        "pods of version 2 created: {created}, expected {N}: {pods:?}"
+    );
+    assert_eq!(
+        sets.replica_sets.len(),
+        2,
+        "ReplicaSets seen (one old, one new, nothing else): {:?}",
+        sets.replica_sets
+    );
+
+    common::assert_at_rest(&bed).await;
+    let d = bed.deployment().await;
+    let uid = d.metadata.uid.clone().unwrap_or_default();
+    let sets_now = bed.replica_sets().await;
+    let new: Vec<_> = sets_now
+        .iter()
+        .filter(|rs| {
+            rs.spec
+                .as_ref()
+                .and_then(|s| s.template.as_ref())
+                .and_then(common::template_image)
+                == Some(image("2").as_str())
+        })
+        .collect();
+    assert_eq!(new.len(), 1, "one ReplicaSet of version 2: {sets_now:#?}");
+    assert_eq!(common::controller_uid(new[0]), Some(uid.as_str()));
+    assert_eq!(new[0].spec.as_ref().and_then(|s| s.replicas), Some(N));
+    assert_eq!(
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("rollgate.dev/version"))
+            .map(String::as_str),
+        Some("2"),
+        "the template records the version"
+    );
+
+    // kubectl still understands the Deployment: history has both revisions, and undo works.
+    let history = bed
+        .cluster
+        .kubectl()
+        .args([
+            "-n",
+            &bed.ns,
+            "rollout",
+            "history",
+            &format!("deployment/{APP}"),
+        ])
+        .output()
+        .await
+        .expect("kubectl rollout history");
+    let text = String::from_utf8_lossy(&history.stdout);
+    assert!(history.status.success(), "kubectl rollout history: {text}");
+    let revisions: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(revisions.len(), 2, "two revisions: {text}");
+    let undo = bed
+        .cluster
+        .kubectl()
+        .args([
+            "-n",
+            &bed.ns,
+            "rollout",
+            "undo",
+            &format!("deployment/{APP}"),
+        ])
+        .output()
+        .await
+        .expect("kubectl rollout undo");
+    assert!(
+        undo.status.success(),
+        "kubectl rollout undo: {}",
+        String::from_utf8_lossy(&undo.stderr)
+    );
+    bed.wait_deployment("kubectl rollout undo back to version 1", |d| {
+        common::rolled_out(d, N, &image("1"))
+    })
+    .await;
+    assert_eq!(
+        bed.replica_sets().await.len(),
+        2,
+        "undo reused the old ReplicaSet"
+    );
+    println!(
+        "rolling: at most {} pods requested, at least {min_ready} Ready, {created} pods of version 2 created; ReplicaSets {:?}",
+        sets.max_replicas_sum,
+        sets.replica_sets
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
+    let _ = d.name_any();
+}
