@@ -1,0 +1,540 @@
+//! rollgate's benchmarks: each figure is measured in the same run as its baseline or physical floor,
+//! and printed as a table row: figure, measured, baseline, ratio, target, pass/fail.
+//!
+//! `cargo bench --bench rollgate` runs them all. `ROLLGATE_BENCH=planner,hosts,fanout,recovery,agent`
+//! picks some; `ROLLGATE_BENCH_SIZES=8,32,64` sets the fleet sizes of the rollout benchmark.
+//! Under `cargo test` (no `--bench` flag) it does nothing, so the test suite stays fast.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rollgate::cli::demo::{LocalFleet, package_demo};
+use rollgate::state::{Event, Record};
+
+struct Row {
+    figure: String,
+    measured: String,
+    baseline: String,
+    ratio: String,
+    target: String,
+    pass: Option<bool>,
+}
+
+fn row(
+    figure: impl Into<String>,
+    measured: impl Into<String>,
+    baseline: impl Into<String>,
+    ratio: impl Into<String>,
+    target: impl Into<String>,
+    pass: Option<bool>,
+) -> Row {
+    Row {
+        figure: figure.into(),
+        measured: measured.into(),
+        baseline: baseline.into(),
+        ratio: ratio.into(),
+        target: target.into(),
+        pass,
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!("\n| figure | measured | baseline or floor | ratio | target | pass |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for r in rows {
+        let pass = match r.pass {
+            Some(true) => "pass",
+            Some(false) => "FAIL",
+            None => "-",
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            r.figure, r.measured, r.baseline, r.ratio, r.target, pass
+        );
+    }
+}
+
+/// Runs a command under GNU time: (wall seconds, peak RSS KiB, stdout).
+fn timed(cmd: &mut Command) -> (f64, u64, String) {
+    let program = cmd.get_program().to_owned();
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let envs: Vec<_> = cmd
+        .get_envs()
+        .map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned())))
+        .collect();
+    let mut t = Command::new("/usr/bin/time");
+    t.arg("-f").arg("TIME %e %M").arg(program).args(args);
+    for (k, v) in envs {
+        match v {
+            Some(v) => t.env(k, v),
+            None => t.env_remove(k),
+        };
+    }
+    let start = Instant::now();
+    let out = t
+        .output()
+        .expect("/usr/bin/time runs (apt-get install time)");
+    let wall = start.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("TIME "))
+        .unwrap_or_else(|| panic!("no timing in {stderr}"));
+    let rss: u64 = line
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (wall, rss, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+fn rollgate() -> &'static str {
+    env!("CARGO_BIN_EXE_rollgate")
+}
+
+fn planner(rows: &mut Vec<Row>) {
+    let dir = tempfile::tempdir().unwrap();
+    let rolling = dir.path().join("rolling.yaml");
+    std::fs::write(&rolling, "apiVersion: rollgate.dev/v1\nkind: Rollout\nmetadata: {name: web}\nspec:\n  version: \"2\"\n  target: {kubernetes: {deployment: web}}\n  strategy: {rolling: {maxSurge: \"1%\", maxUnavailable: 0}}\n").unwrap();
+    let canary = dir.path().join("canary.yaml");
+    let steps: String = (1..=10)
+        .map(|w| {
+            format!(
+                "        - setWeight: {}\n        - pause: {{duration: 1m}}\n",
+                w * 9
+            )
+        })
+        .collect();
+    std::fs::write(&canary, format!("apiVersion: rollgate.dev/v1\nkind: Rollout\nmetadata: {{name: web}}\nspec:\n  version: \"2\"\n  target: {{kubernetes: {{deployment: web}}}}\n  strategy:\n    canary:\n      maxSurge: \"1%\"\n      maxUnavailable: 0\n      steps:\n{steps}")).unwrap();
+    // The floor: starting the process at all.
+    let floor = median(
+        (0..7)
+            .map(|_| timed(Command::new(rollgate()).arg("--version")).0)
+            .collect(),
+    );
+    for (name, file) in [("rolling 1%/0", &rolling), ("canary, 10 weights", &canary)] {
+        for n in [1_000u32, 10_000, 100_000] {
+            let runs: Vec<(f64, u64)> = (0..7)
+                .map(|_| {
+                    let (t, rss, out) = timed(
+                        Command::new(rollgate())
+                            .args(["plan", "-o", "json", "--replicas", &n.to_string(), "-f"])
+                            .arg(file),
+                    );
+                    assert!(out.contains("\"steps\""), "plan printed a plan");
+                    (t, rss)
+                })
+                .collect();
+            let t = median(runs.iter().map(|r| r.0).collect());
+            let rss = runs.iter().map(|r| r.1).max().unwrap_or(0) as f64 / 1024.0;
+            let pass = (n == 100_000).then_some(t < 0.050 && rss < 50.0);
+            rows.push(row(
+                format!("planner: `plan` {name}, N={n} (wall, peak RSS)"),
+                format!("{:.1} ms, {rss:.1} MiB", t * 1000.0),
+                format!("process start {:.1} ms", floor * 1000.0),
+                format!("{:.2}", t / floor),
+                if n == 100_000 {
+                    "< 50 ms, < 50 MiB".into()
+                } else {
+                    "-".to_string()
+                },
+                pass,
+            ));
+        }
+    }
+}
+
+fn records(state: &Path) -> Vec<Record> {
+    let text = std::fs::read_to_string(state.join("web/journal.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Records of the last rollout only.
+fn last_rollout(state: &Path) -> Vec<Record> {
+    let all = records(state);
+    let start = all
+        .iter()
+        .rposition(|r| matches!(r.event, Event::Started { .. }))
+        .unwrap_or(0);
+    all[start..].to_vec()
+}
+
+fn manifest(
+    fleet: &LocalFleet,
+    version: &str,
+    artifact: &Path,
+    strategy: &str,
+    checks: &str,
+) -> String {
+    format!(
+        "apiVersion: rollgate.dev/v1\nkind: Rollout\nmetadata: {{name: web}}\nspec:\n  version: \"{version}\"\n  target:\n    hosts:\n      service: web\n      artifact: {{file: \"{artifact}\"}}\n      auth: {auth}\n      hosts:\n{hosts}  strategy:\n{strategy}  checks:\n{checks}  progressDeadlineSeconds: 60\n",
+        artifact = artifact.display(),
+        auth = fleet.auth_yaml(),
+        hosts = fleet.hosts_yaml("        "),
+    )
+}
+
+fn apply(state: &Path, file: &Path) -> (f64, u64, i32) {
+    let mut cmd = Command::new(rollgate());
+    cmd.args(["apply", "-o", "plain", "-f"])
+        .arg(file)
+        .env("ROLLGATE_STATE", state);
+    let (t, rss, _) = timed(&mut cmd);
+    let code = if last_rollout(state).iter().any(|r| {
+        matches!(
+            &r.event,
+            Event::Finished {
+                outcome: rollgate::state::Outcome::Succeeded,
+                ..
+            }
+        )
+    }) {
+        0
+    } else {
+        1
+    };
+    (t, rss, code)
+}
+
+fn at(records: &[Record], pred: impl Fn(&Event) -> bool) -> Vec<u64> {
+    records
+        .iter()
+        .filter(|r| pred(&r.event))
+        .map(|r| r.at_ms)
+        .collect()
+}
+
+async fn hosts_floor(rows: &mut Vec<Row>, sizes: &[usize]) {
+    const D_MS: u64 = 500;
+    const M_S: u64 = 1;
+    for &n in sizes {
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = LocalFleet::start_tuned(dir.path(), n, 1, Duration::from_millis(20))
+            .await
+            .unwrap();
+        let artifacts = dir.path().join("artifacts");
+        std::fs::create_dir_all(&artifacts).unwrap();
+        let flags = format!("--start-delay-ms {D_MS}");
+        let v1 = package_demo(&artifacts, "1.0.0", &flags).unwrap();
+        let v2 = package_demo(&artifacts, "2.0.0", &flags).unwrap();
+        let state = dir.path().join("state");
+        let install = "    rolling: {maxSurge: 0, maxUnavailable: \"100%\"}\n";
+        let m1 = dir.path().join("v1.yaml");
+        std::fs::write(&m1, manifest(&fleet, "1.0.0", &v1, install, "    []\n")).unwrap();
+        assert_eq!(apply(&state, &m1).2, 0, "install v1");
+        let strategy = format!(
+            "    rolling: {{maxSurge: 0, maxUnavailable: \"25%\", minReadySeconds: {M_S}}}\n"
+        );
+        let m2 = dir.path().join("v2.yaml");
+        std::fs::write(&m2, manifest(&fleet, "2.0.0", &v2, &strategy, "    []\n")).unwrap();
+        let (wall, _, code) = apply(&state, &m2);
+        assert_eq!(code, 0, "v2 rolled out");
+        let recs = last_rollout(&state);
+        let steps_started = at(&recs, |e| matches!(e, Event::StepStarted { .. }));
+        let steps_done = at(&recs, |e| matches!(e, Event::StepDone { .. }));
+        let waves = steps_started.len() as f64;
+        let floor = waves * (D_MS as f64 / 1000.0 + M_S as f64);
+        let rollout = (*steps_done.last().unwrap() - steps_started[0]) as f64 / 1000.0;
+        // Per-wave overhead: from a wave's last instance ready (its StepDone) to the next wave's first command.
+        let changing = at(&recs, |e| matches!(e, Event::InstanceChanging { .. }));
+        let gaps: Vec<f64> = steps_done
+            .iter()
+            .filter_map(|done| {
+                changing
+                    .iter()
+                    .find(|c| **c >= *done)
+                    .map(|c| (*c - *done) as f64 / 1000.0)
+            })
+            .collect();
+        let worst_gap = gaps.iter().cloned().fold(0.0, f64::max);
+        let overhead = (rollout - floor) / waves;
+        rows.push(row(
+            format!(
+                "hosts rollout N={n}, {waves} waves, d={D_MS}ms, m={M_S}s (first step to done)"
+            ),
+            format!("{rollout:.2} s (wall {wall:.2} s with staging)"),
+            format!("floor {floor:.2} s"),
+            format!("{:.3}", rollout / floor),
+            "≤ 1.05".to_string(),
+            Some(rollout / floor <= 1.05),
+        ));
+        rows.push(row(
+            format!("hosts rollout N={n}: overhead per wave (avg over floor; worst ready-to-next-command gap)"),
+            format!("{:.0} ms; gap {:.0} ms", overhead * 1000.0, worst_gap * 1000.0),
+            "0".to_string(),
+            "-".to_string(),
+            "≤ 500 ms".to_string(),
+            Some(overhead <= 0.5 && worst_gap <= 0.5),
+        ));
+        drop(fleet);
+    }
+}
+
+fn vm(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+async fn fanout(rows: &mut Vec<Row>, n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = LocalFleet::start_tuned(dir.path(), n, 1, Duration::from_millis(50))
+        .await
+        .unwrap();
+    let artifacts = dir.path().join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let v1 = package_demo(&artifacts, "1.0.0", "").unwrap();
+    let v2 = package_demo(&artifacts, "2.0.0", "").unwrap();
+    let state = dir.path().join("state");
+    let once = "    rolling: {maxSurge: 0, maxUnavailable: \"100%\"}\n";
+    // Idle: started, answering, nothing installed yet.
+    let idle: Vec<f64> = fleet
+        .agent_pids()
+        .iter()
+        .map(|p| vm(*p, "VmRSS:"))
+        .collect();
+    let m1 = dir.path().join("v1.yaml");
+    std::fs::write(&m1, manifest(&fleet, "1.0.0", &v1, once, "    []\n")).unwrap();
+    assert_eq!(apply(&state, &m1).2, 0, "install v1 on {n}");
+    let m2 = dir.path().join("v2.yaml");
+    std::fs::write(&m2, manifest(&fleet, "2.0.0", &v2, once, "    []\n")).unwrap();
+    let (wall, cli_rss_kib, code) = apply(&state, &m2);
+    assert_eq!(code, 0, "v2 on {n}");
+    let busy: Vec<f64> = fleet
+        .agent_pids()
+        .iter()
+        .map(|p| vm(*p, "VmHWM:"))
+        .collect();
+    // Acknowledgement: the agent records each operation when it accepts it.
+    let recs = last_rollout(&state);
+    let mut latencies = Vec::new();
+    for (name, ..) in &fleet.hosts {
+        let sent = recs.iter().find_map(|r| match &r.event {
+            Event::InstanceChanging { instance, .. } if instance == name => Some(r.at_ms),
+            _ => None,
+        });
+        let ops = dir.path().join(name).join("data");
+        let created = find_activate_created(&ops, "2.0.0");
+        if let (Some(s), Some(c)) = (sent, created) {
+            latencies.push(c.saturating_sub(s) as f64);
+        }
+    }
+    assert_eq!(latencies.len(), n, "every agent acknowledged");
+    let (p50, p99) = (
+        percentile(latencies.clone(), 0.5),
+        percentile(latencies, 0.99),
+    );
+    let cli = cli_rss_kib as f64 / 1024.0;
+    rows.push(row(
+        format!("fan-out: CLI peak RSS driving {n} agents"),
+        format!("{cli:.1} MiB"),
+        "-",
+        "-",
+        "≤ 100 MiB",
+        Some(cli <= 100.0),
+    ));
+    rows.push(row(
+        format!("fan-out: wave issued → agent acknowledged, {n} agents (p50 / p99)"),
+        format!("{p50:.0} / {p99:.0} ms"),
+        format!("whole rollout {wall:.1} s"),
+        "-",
+        "p99 ≤ 250 ms",
+        Some(p99 <= 250.0),
+    ));
+    let idle_max = idle.iter().cloned().fold(0.0, f64::max);
+    let busy_max = busy.iter().cloned().fold(0.0, f64::max);
+    rows.push(row(
+        "agent: idle RSS (max over the fleet)",
+        format!("{idle_max:.1} MiB"),
+        "CodeDeploy agent ~50 MB, Tentacle ~10 MB",
+        format!("{:.2} of Tentacle", idle_max / 10.0),
+        "≤ 10 MiB",
+        Some(idle_max <= 10.0),
+    ));
+    rows.push(row(
+        "agent: peak RSS through staging and activation",
+        format!("{busy_max:.1} MiB"),
+        "Tentacle 60–100 MB deploying",
+        format!("{:.2} of 60 MB", busy_max / 60.0),
+        "≤ 25 MiB",
+        Some(busy_max <= 25.0),
+    ));
+    drop(fleet);
+}
+
+fn find_activate_created(data: &Path, version: &str) -> Option<u64> {
+    let mut stack = vec![data.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.parent().is_some_and(|x| x.ends_with("operations")) {
+                let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+                let op = if v.get("op").is_some() { &v["op"] } else { &v };
+                if op["kind"] == "activate" && op["version"] == version {
+                    return op["createdUnixMs"].as_u64();
+                }
+            }
+        }
+    }
+    None
+}
+
+async fn recovery(rows: &mut Vec<Row>) {
+    const D_MS: u64 = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = LocalFleet::start_tuned(dir.path(), 8, 1, Duration::from_millis(20))
+        .await
+        .unwrap();
+    let artifacts = dir.path().join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let flags = format!("--start-delay-ms {D_MS}");
+    let v1 = package_demo(&artifacts, "1.0.0", &flags).unwrap();
+    let bad = package_demo(&artifacts, "2.0.0", &format!("{flags} --error-rate 1.0")).unwrap();
+    let state = dir.path().join("state");
+    let m1 = dir.path().join("v1.yaml");
+    std::fs::write(
+        &m1,
+        manifest(
+            &fleet,
+            "1.0.0",
+            &v1,
+            "    rolling: {maxSurge: 0, maxUnavailable: \"100%\"}\n",
+            "    []\n",
+        ),
+    )
+    .unwrap();
+    assert_eq!(apply(&state, &m1).2, 0);
+    let interval_ms = 1000;
+    let checks = format!(
+        "    - name: serves\n      http: {{url: \"http://127.0.0.1:{{port}}/\"}}\n      interval: {interval_ms}ms\n"
+    );
+    let m2 = dir.path().join("v2.yaml");
+    std::fs::write(
+        &m2,
+        manifest(
+            &fleet,
+            "2.0.0",
+            &bad,
+            "    canary:\n      maxUnavailable: 2\n      steps:\n        - setWeight: 25\n",
+            &checks,
+        ),
+    )
+    .unwrap();
+    apply(&state, &m2);
+    let recs = last_rollout(&state);
+    let failed = at(&recs, |e| matches!(e, Event::Gate { passed: false, .. }));
+    let finished = at(&recs, |e| {
+        matches!(
+            e,
+            Event::Finished {
+                outcome: rollgate::state::Outcome::RolledBack,
+                ..
+            }
+        )
+    });
+    let (Some(f), Some(done)) = (failed.first(), finished.first()) else {
+        rows.push(row(
+            "failure → recovery on hosts",
+            "the rollout did not fail as set up",
+            "-",
+            "-",
+            "-",
+            Some(false),
+        ));
+        return;
+    };
+    let took = (*done - *f) as f64;
+    let budget = (interval_ms + D_MS) as f64;
+    rows.push(row(
+        "failure → every instance on the old version (hosts, kept on disk)",
+        format!("{took:.0} ms"),
+        format!("check interval + start = {budget:.0} ms"),
+        format!("{:.2}", took / budget),
+        "≤ 1.00",
+        Some(took <= budget),
+    ));
+    drop(fleet);
+}
+
+fn binary_size(rows: &mut Vec<Row>) {
+    let agent = PathBuf::from(env!("CARGO_BIN_EXE_rollgate-agent"));
+    let size = std::fs::metadata(&agent).map(|m| m.len()).unwrap_or(0) as f64 / (1024.0 * 1024.0);
+    rows.push(row(
+        "agent: release binary size (stripped by the release profile)",
+        format!("{size:.1} MiB"),
+        "-",
+        "-",
+        "≤ 15 MiB",
+        Some(size <= 15.0),
+    ));
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("rollgate benchmarks: run them with `cargo bench --bench rollgate`");
+        return;
+    }
+    let want = std::env::var("ROLLGATE_BENCH")
+        .unwrap_or_else(|_| "planner,hosts,fanout,recovery,agent".into());
+    let sizes: Vec<usize> = std::env::var("ROLLGATE_BENCH_SIZES")
+        .unwrap_or_else(|_| "8,32,64".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let fan: usize = std::env::var("ROLLGATE_BENCH_FANOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut rows = Vec::new();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    println!(
+        "machine: {} cores, {cpu}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    if want.contains("planner") {
+        planner(&mut rows);
+    }
+    if want.contains("hosts") {
+        runtime.block_on(hosts_floor(&mut rows, &sizes));
+    }
+    if want.contains("fanout") || want.contains("agent") {
+        runtime.block_on(fanout(&mut rows, fan));
+    }
+    if want.contains("recovery") {
+        runtime.block_on(recovery(&mut rows));
+    }
+    if want.contains("agent") {
+        binary_size(&mut rows);
+    }
+    print_table(&rows);
+}
