@@ -5,6 +5,7 @@ mod cluster;
 
 /// rollgate itself on the cluster: the real binary, watched through ReplicaSets and pods.
 mod kubernetes {
+    mod bench;
     mod common;
     mod rollback;
     mod rolling;

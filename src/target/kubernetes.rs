@@ -27,7 +27,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::{Selector, SelectorExt};
-use kube::runtime::{reflector, watcher};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use sha2::{Digest, Sha256};
 
@@ -55,6 +55,24 @@ pub struct Kubernetes {
     pods: Api<Pod>,
     config_maps: Api<ConfigMap>,
     http: reqwest::Client,
+    /// ReplicaSets and pods of the Deployment, watched from first use to the end of the process.
+    cache: tokio::sync::OnceCell<Cache>,
+}
+
+/// Watched copies of the Deployment's ReplicaSets and pods: a step reads them without a request.
+struct Cache {
+    uid: String,
+    sets: reflector::Store<ReplicaSet>,
+    pods: reflector::Store<Pod>,
+    /// Bumped on every watch event.
+    changes: tokio::sync::watch::Receiver<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// What the cluster holds for the Deployment right now.
@@ -270,6 +288,7 @@ impl Kubernetes {
             pods: Api::namespaced(client.clone(), ns),
             config_maps: Api::namespaced(client, ns),
             http,
+            cache: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -293,6 +312,61 @@ impl Kubernetes {
             ),
             message: format!("{what}: {e}"),
         }
+    }
+
+    /// Starts the watches on first use and returns once both have listed.
+    async fn cache(&self) -> Result<&Cache> {
+        self.cache
+            .get_or_try_init(|| async {
+                let d = self
+                    .deployments
+                    .get(self.name())
+                    .await
+                    .map_err(|e| self.fail("reading it", e))?;
+                let selector = d
+                    .spec
+                    .as_ref()
+                    .map(|s| s.selector.clone())
+                    .unwrap_or_default();
+                let selector =
+                    Selector::try_from(selector).map_err(|e| self.fail("its selector", e))?;
+                let config = watcher::Config::default().labels_from(&selector);
+                let (sets, sets_w) = reflector::store::<ReplicaSet>();
+                let (pods, pods_w) = reflector::store::<Pod>();
+                let set_events =
+                    reflector(sets_w, watcher(self.replica_sets.clone(), config.clone()))
+                        .default_backoff()
+                        .map(|e| e.is_ok())
+                        .boxed();
+                let pod_events = reflector(pods_w, watcher(self.pods.clone(), config))
+                    .default_backoff()
+                    .map(|e| e.is_ok())
+                    .boxed();
+                let (tx, changes) = tokio::sync::watch::channel(0u64);
+                let task = tokio::spawn(async move {
+                    let mut events = futures_util::stream::select(set_events, pod_events);
+                    while let Some(ok) = events.next().await {
+                        if ok {
+                            tx.send_modify(|n| *n += 1);
+                        }
+                    }
+                });
+                let listed = async {
+                    sets.wait_until_ready().await.ok();
+                    pods.wait_until_ready().await.ok();
+                };
+                tokio::time::timeout(Duration::from_secs(60), listed)
+                    .await
+                    .map_err(|_| self.fail("watching", "no list of ReplicaSets and pods in 60s"))?;
+                Ok(Cache {
+                    uid: d.metadata.uid.clone().unwrap_or_default(),
+                    sets,
+                    pods,
+                    changes,
+                    task,
+                })
+            })
+            .await
     }
 
     async fn view(&self) -> Result<View> {
@@ -577,141 +651,118 @@ impl Kubernetes {
         sink: Sink<'_>,
     ) -> std::result::Result<(), String> {
         let err = |e: TargetError| crate::engine::error_chain(&e);
-        let view = self.view().await.map_err(err)?;
-        let Some(new) = view.held(version, self.container()).cloned() else {
-            return Err(format!(
-                "no ReplicaSet of {version} is held for {}: prepare did not run",
-                self.name()
-            ));
-        };
-        let new_name = new.name_any();
-        let uid = view.uid.clone();
-        let config = watcher::Config::default().labels_from(&view.selector);
-        let (sets, sets_w) = reflector::store::<ReplicaSet>();
-        let (pods, pods_w) = reflector::store::<Pod>();
-        let set_events = reflector(sets_w, watcher(self.replica_sets.clone(), config.clone()))
-            .map(|e| e.map(|e| matches!(e, watcher::Event::InitDone)))
-            .boxed();
-        let pod_events = reflector(pods_w, watcher(self.pods.clone(), config))
-            .map(|e| e.map(|e| matches!(e, watcher::Event::InitDone)))
-            .boxed();
-        let mut events = futures_util::stream::select(set_events, pod_events);
-        let mut inits = 0;
+        let cache = self.cache().await.map_err(err)?;
+        let mut changes = cache.changes.clone();
+        let holder = self.holder_name();
+        let container = self.container();
         let mut last: Option<Counts> = None;
         let mut last_progress = tokio::time::Instant::now();
         let mut old_set: Option<u32> = None;
+        let mut new_set: Option<u32> = None;
         let mut first: Option<Counts> = None;
-        let mut announced = false;
+        let mut announced: Option<String> = None;
         loop {
-            let next = tokio::time::timeout_at(last_progress + deadline, events.next()).await;
-            match next {
+            changes.borrow_and_update();
+            let all = cache.sets.state();
+            let held = all.iter().find(|rs| {
+                rs.metadata.owner_references.iter().flatten().any(|o| {
+                    o.controller == Some(true) && o.kind == "ConfigMap" && o.name == holder
+                }) && rs_version(rs, container).as_deref() == Some(version)
+            });
+            if let Some(new) = held {
+                let new_name = new.name_any();
+                let new_uid = new.metadata.uid.clone().unwrap_or_default();
+                let olds: Vec<_> = all
+                    .iter()
+                    .filter(|rs| controller_uid(rs) == Some(cache.uid.as_str()))
+                    .collect();
+                let c = Counts {
+                    old: olds.iter().map(|rs| replicas(rs)).sum(),
+                    old_available: olds.iter().map(|rs| available(rs)).sum(),
+                    new: replicas(new),
+                    new_available: available(new),
+                };
+                // A new pod that crashed or cannot pull its image will not get better by waiting.
+                for p in cache.pods.state() {
+                    let ours = p
+                        .metadata
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .any(|o| o.uid == new_uid);
+                    if ours && let Some(why) = pod_failure(&p) {
+                        let why = format!("pod {} of {version}: {why}", p.name_any());
+                        sink(Change::Changed {
+                            instance: new_name.clone(),
+                            version: version.into(),
+                            ok: false,
+                            detail: why.clone(),
+                        });
+                        return Err(why);
+                    }
+                }
+                if last != Some(c) {
+                    last = Some(c);
+                    last_progress = tokio::time::Instant::now();
+                }
+                // An old set that grows (a restore) must be available too; one that shrinks need not.
+                let old_grew = step.old > first.get_or_insert(c).old;
+                let old_ready = c.old == step.old && (!old_grew || c.old_available >= step.old);
+                if c.new == step.new && c.new_available >= step.new && old_ready {
+                    if announced.is_some() {
+                        sink(Change::Changed {
+                            instance: new_name.clone(),
+                            version: version.into(),
+                            ok: true,
+                            detail: format!("{} of {version} available, {} old", c.new, c.old),
+                        });
+                    }
+                    return Ok(());
+                }
+                let (old, new_size) = next_sizes(step, c);
+                if old != c.old && old_set != Some(old) {
+                    self.patch_deployment(serde_json::json!({"spec": {"replicas": old}}))
+                        .await
+                        .map_err(err)?;
+                    old_set = Some(old);
+                }
+                if new_size != c.new && new_set != Some(new_size) {
+                    if announced.is_none() {
+                        sink(Change::Changing {
+                            instance: new_name.clone(),
+                            version: version.into(),
+                        });
+                        announced = Some(new_name.clone());
+                    }
+                    self.replica_sets
+                        .patch(
+                            &new_name,
+                            &params(),
+                            &Patch::Merge(serde_json::json!({"spec": {"replicas": new_size}})),
+                        )
+                        .await
+                        .map_err(|e| err(self.fail(&format!("scaling {new_name}"), e)))?;
+                    new_set = Some(new_size);
+                }
+            }
+            match tokio::time::timeout_at(last_progress + deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(format!("the watch of {} ended", self.name())),
                 Err(_) => {
-                    let c = last.unwrap_or(Counts {
-                        old: 0,
-                        old_available: 0,
-                        new: 0,
-                        new_available: 0,
-                    });
+                    let c = last.map_or(0, |c| c.new_available);
                     let why = format!(
-                        "no progress within progressDeadlineSeconds ({}s): {} of {} pods of {version} available",
+                        "no progress within progressDeadlineSeconds ({}s): {c} of {} pods of {version} available",
                         deadline.as_secs(),
-                        c.new_available,
                         step.new
                     );
                     sink(Change::Changed {
-                        instance: new_name.clone(),
+                        instance: announced.unwrap_or_else(|| self.name().into()),
                         version: version.into(),
                         ok: false,
                         detail: why.clone(),
                     });
                     return Err(why);
                 }
-                Ok(None) => return Err("the watch ended".into()),
-                Ok(Some(Err(e))) => return Err(format!("watching {}: {e}", self.name())),
-                Ok(Some(Ok(init_done))) => {
-                    if init_done {
-                        inits += 1;
-                    }
-                }
-            }
-            if inits < 2 {
-                continue;
-            }
-            let all = sets.state();
-            let Some(new) = all.iter().find(|rs| rs.name_any() == new_name) else {
-                return Err(format!("ReplicaSet {new_name} disappeared"));
-            };
-            let new_uid = new.metadata.uid.clone().unwrap_or_default();
-            let olds: Vec<_> = all
-                .iter()
-                .filter(|rs| controller_uid(rs) == Some(uid.as_str()))
-                .collect();
-            let c = Counts {
-                old: olds.iter().map(|rs| replicas(rs)).sum(),
-                old_available: olds.iter().map(|rs| available(rs)).sum(),
-                new: replicas(new),
-                new_available: available(new),
-            };
-            // A new pod that crashed or cannot pull its image will not get better by waiting.
-            for p in pods.state() {
-                let ours = p
-                    .metadata
-                    .owner_references
-                    .iter()
-                    .flatten()
-                    .any(|o| o.uid == new_uid);
-                if ours && let Some(why) = pod_failure(&p) {
-                    let why = format!("pod {} of {version}: {why}", p.name_any());
-                    sink(Change::Changed {
-                        instance: new_name.clone(),
-                        version: version.into(),
-                        ok: false,
-                        detail: why.clone(),
-                    });
-                    return Err(why);
-                }
-            }
-            if last != Some(c) {
-                last = Some(c);
-                last_progress = tokio::time::Instant::now();
-            }
-            // An old set that grows (a restore) must be available too; one that shrinks need not.
-            let old_grew = step.old > first.get_or_insert(c).old;
-            let old_ready = c.old == step.old && (!old_grew || c.old_available >= step.old);
-            if c.new == step.new && c.new_available >= step.new && old_ready {
-                if announced {
-                    sink(Change::Changed {
-                        instance: new_name.clone(),
-                        version: version.into(),
-                        ok: true,
-                        detail: format!("{} of {version} available, {} old", c.new, c.old),
-                    });
-                }
-                return Ok(());
-            }
-            let (old, new_size) = next_sizes(step, c);
-            if old != c.old && old_set != Some(old) {
-                self.patch_deployment(serde_json::json!({"spec": {"replicas": old}}))
-                    .await
-                    .map_err(err)?;
-                old_set = Some(old);
-            }
-            if new_size != c.new {
-                if !announced {
-                    sink(Change::Changing {
-                        instance: new_name.clone(),
-                        version: version.into(),
-                    });
-                    announced = true;
-                }
-                self.replica_sets
-                    .patch(
-                        &new_name,
-                        &params(),
-                        &Patch::Merge(serde_json::json!({"spec": {"replicas": new_size}})),
-                    )
-                    .await
-                    .map_err(|e| err(self.fail(&format!("scaling {new_name}"), e)))?;
             }
         }
     }
@@ -732,24 +783,18 @@ impl Target for Kubernetes {
     }
 
     async fn instances(&self) -> Result<Vec<Instance>> {
-        let view = self.view().await?;
-        let installed: Vec<String> = {
-            let mut v: Vec<String> = view
-                .sets
-                .iter()
-                .filter_map(|rs| rs_version(rs, self.container()))
-                .collect();
-            v.sort();
-            v.dedup();
-            v
-        };
-        let pods = self
+        let cache = self.cache().await?;
+        let mut installed: Vec<String> = cache
+            .sets
+            .state()
+            .iter()
+            .filter_map(|rs| rs_version(rs, self.container()))
+            .collect();
+        installed.sort();
+        installed.dedup();
+        let mut out: Vec<Instance> = cache
             .pods
-            .list(&ListParams::default().labels_from(&view.selector))
-            .await
-            .map_err(|e| self.fail("listing pods", e))?;
-        let mut out: Vec<Instance> = pods
-            .items
+            .state()
             .iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
             .map(|p| {
@@ -906,19 +951,9 @@ impl Target for Kubernetes {
         if current.as_deref() != Some(version) {
             // Already handed over: go back the way a rollout goes, all at once.
             self.prepare(version).await.map_err(err)?;
-            let step = Step {
-                kind: StepKind::Scale,
-                old: 0,
-                new: n,
-                min_available: n,
-                max_total: 2 * n,
-                weight: None,
-                duration_seconds: None,
-                manual: false,
-                approvals: 0,
-                checks: Vec::new(),
-                note: "restore".into(),
-            };
+            let mut step = Step::hold(StepKind::Scale, 0, n, "restore");
+            step.min_available = n;
+            step.max_total = 2 * n;
             return self.scale(&step, version, deadline, sink).await;
         }
         // The stable ReplicaSet is the Deployment's own: back to N at once, then the new one goes.
@@ -998,19 +1033,10 @@ mod tests {
     use super::*;
 
     fn step(old: u32, new: u32, min_available: u32, max_total: u32) -> Step {
-        Step {
-            kind: StepKind::Scale,
-            old,
-            new,
-            min_available,
-            max_total,
-            weight: None,
-            duration_seconds: None,
-            manual: false,
-            approvals: 0,
-            checks: Vec::new(),
-            note: String::new(),
-        }
+        let mut s = Step::hold(StepKind::Scale, old, new, "");
+        s.min_available = min_available;
+        s.max_total = max_total;
+        s
     }
 
     fn counts(old: u32, old_available: u32, new: u32, new_available: u32) -> Counts {
