@@ -71,6 +71,8 @@ pub struct Run<'a, T: Target> {
     pub http: reqwest::Client,
     /// Notifications and event webhooks in flight; drained (bounded) when the run ends.
     pub pending: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Set when background analysis has reached a verdict, so long pauses end early.
+    pub background_done: Arc<std::sync::atomic::AtomicBool>,
 }
 
 enum StepResult {
@@ -251,7 +253,55 @@ impl<T: Target> Run<'_, T> {
         outcome
     }
 
+    /// The plan step from which background analysis runs, and its checks, if the strategy has one.
+    /// It starts with the first plan step at the weight in force at `startingStep`.
+    fn background_plan(&self) -> Option<(usize, Vec<Check>)> {
+        let Strategy::Canary(c) = &self.manifest.strategy else {
+            return None;
+        };
+        let bg = c.analysis.as_ref()?;
+        let weight = c.steps[..=bg.starting_step.min(c.steps.len().saturating_sub(1))]
+            .iter()
+            .filter_map(|s| s.set_weight)
+            .next_back()
+            .unwrap_or(0);
+        let start = self
+            .plan
+            .steps
+            .iter()
+            .position(|s| s.weight.unwrap_or(0) >= weight)
+            .unwrap_or(0);
+        let checks = self
+            .manifest
+            .rollout
+            .spec
+            .checks
+            .iter()
+            .filter(|x| bg.checks.contains(&x.name))
+            .cloned()
+            .collect();
+        Some((start, checks))
+    }
+
     async fn execute_steps(&mut self, from_step: usize, full: bool) -> Result<RunOutcome> {
+        let background = self.background_plan();
+        let mut running: Option<tokio::task::JoinHandle<(String, Verdict)>> = None;
+        let outcome = self
+            .execute_with_background(from_step, full, background.as_ref(), &mut running)
+            .await;
+        if let Some(task) = running {
+            task.abort();
+        }
+        outcome
+    }
+
+    async fn execute_with_background(
+        &mut self,
+        from_step: usize,
+        full: bool,
+        background: Option<&(usize, Vec<Check>)>,
+        running: &mut Option<tokio::task::JoinHandle<(String, Verdict)>>,
+    ) -> Result<RunOutcome> {
         let version = self.version().to_string();
         // Stage everywhere ahead of the waves: staging never touches what runs.
         self.target.prepare(&version).await?;
@@ -262,6 +312,55 @@ impl<T: Target> Run<'_, T> {
             from_step
         };
         while i < steps.len() {
+            if let Some((start, checks)) = background
+                && i >= *start
+                && running.is_none()
+            {
+                let vars = self.metric_vars(&self.target.instances().await?);
+                let (http, checks, done) = (
+                    self.http.clone(),
+                    checks.clone(),
+                    self.background_done.clone(),
+                );
+                *running = Some(tokio::spawn(async move {
+                    let verdict = run_background(&http, &checks, &vars).await;
+                    done.store(true, Ordering::SeqCst);
+                    verdict
+                }));
+            }
+            if let Some(task) = running.as_mut()
+                && task.is_finished()
+            {
+                let (name, verdict) = task.await.unwrap_or_else(|e| {
+                    ("background analysis".into(), Verdict::Fail(e.to_string()))
+                });
+                *running = None;
+                let detail = match &verdict {
+                    Verdict::Fail(why) | Verdict::Inconclusive(why) => why.clone(),
+                    _ => String::new(),
+                };
+                self.log(Event::Gate {
+                    rollout: self.rollout.clone(),
+                    step: i,
+                    check: name.clone(),
+                    passed: false,
+                    detail: format!("in the background: {detail}"),
+                })?;
+                if matches!(verdict, Verdict::Inconclusive(_)) {
+                    let reason = format!(
+                        "background check {name} is inconclusive: {detail}: a person decides (promote or abort)"
+                    );
+                    self.log(Event::Paused {
+                        rollout: self.rollout.clone(),
+                        step: i,
+                        reason: reason.clone(),
+                    })?;
+                    return Ok(RunOutcome::Paused(reason));
+                }
+                return self
+                    .on_failure(i, format!("background check {name} failed: {detail}"))
+                    .await;
+            }
             if let Some(control) = self.take_control() {
                 return self.finish_control(control, i).await;
             }
@@ -380,12 +479,18 @@ impl<T: Target> Run<'_, T> {
                     // minReadySeconds is a hold the user asked for, not a poll.
                     tokio::time::sleep(Duration::from_secs(min_ready)).await;
                 }
-                // Checks named by an analysis step run only there; the rest gate every step.
+                // Checks named by an analysis step (or the background analysis) run only there; the
+                // rest gate every step.
+                let background: &[String] = match &self.manifest.strategy {
+                    Strategy::Canary(c) => c.analysis.as_ref().map_or(&[], |a| a.checks.as_slice()),
+                    _ => &[],
+                };
                 let named: std::collections::HashSet<&str> = self
                     .plan
                     .steps
                     .iter()
                     .flat_map(|s| s.checks.iter().map(String::as_str))
+                    .chain(background.iter().map(String::as_str))
                     .collect();
                 let checks: Vec<Check> = self
                     .manifest
@@ -431,6 +536,7 @@ impl<T: Target> Run<'_, T> {
         // Short slices, so a request during a long soak is seen within a quarter second.
         while Instant::now() < end {
             if self.interrupts.count() > 0
+                || self.background_done.load(Ordering::SeqCst)
                 || self.store.control_count(self.app()) > self.controls_seen
             {
                 break;
@@ -621,6 +727,26 @@ impl<T: Target> Run<'_, T> {
                 reason,
             })
     }
+}
+
+/// Background analysis: every check measured at its interval for as long as the rollout runs; the
+/// first check to fail or to become inconclusive ends it with its verdict.
+async fn run_background(
+    http: &reqwest::Client,
+    checks: &[Check],
+    vars: &std::collections::BTreeMap<String, String>,
+) -> (String, Verdict) {
+    let runs = checks.iter().map(|c| {
+        Box::pin(async move {
+            let mut endless = c.clone();
+            endless.count = u32::MAX;
+            (c.name.clone(), run_metric_gate(http, &endless, vars).await)
+        })
+    });
+    if checks.is_empty() {
+        return std::future::pending().await;
+    }
+    futures_util::future::select_all(runs).await.0
 }
 
 /// Measures a metric check every `interval` until its limits give a verdict.

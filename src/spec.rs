@@ -292,6 +292,19 @@ pub struct CanarySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_group: Option<String>,
     pub steps: Vec<CanaryStep>,
+    /// Metric checks that run in the background for the rest of the rollout from `startingStep`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<BackgroundAnalysis>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BackgroundAnalysis {
+    /// Names of metric checks in `spec.checks`.
+    pub checks: Vec<String>,
+    /// The index in `steps` from which it runs.
+    #[serde(default)]
+    pub starting_step: usize,
 }
 
 fn one_instance() -> IntOrPercent {
@@ -867,6 +880,35 @@ impl Manifest {
                     }
                     if let Some(a) = &step.analysis {
                         check_analysis(a, format!("{path}.analysis"))?;
+                    }
+                }
+                if let Some(bg) = &c.analysis {
+                    if bg.starting_step >= c.steps.len() {
+                        return Err(s.error(
+                            &at("canary.analysis.startingStep"),
+                            format!(
+                                "{} is past the last step (there are {})",
+                                bg.starting_step,
+                                c.steps.len()
+                            ),
+                        ));
+                    }
+                    for (j, name) in bg.checks.iter().enumerate() {
+                        match self.rollout.spec.checks.iter().find(|x| &x.name == name) {
+                            None => {
+                                return Err(s.error(
+                                    &at(&format!("canary.analysis.checks[{j}]")),
+                                    format!("{name:?} is not a check in spec.checks"),
+                                ));
+                            }
+                            Some(x) if !x.is_metric() => {
+                                return Err(s.error(
+                                    &at(&format!("canary.analysis.checks[{j}]")),
+                                    format!("{name:?} is not a prometheus or web check: background analysis measures the rollout as a whole"),
+                                ));
+                            }
+                            Some(_) => {}
+                        }
                     }
                 }
                 if let (Some(group), Some(h)) = (&c.first_group, &self.rollout.spec.target.hosts)

@@ -246,6 +246,7 @@ async fn drive(
         controls_seen: store.control_count(m.name()),
         http: reqwest::Client::new(),
         pending: Default::default(),
+        background_done: Default::default(),
     };
     let mut run = run;
     let (step, full) = match start {
@@ -482,6 +483,7 @@ async fn resume(args: &AppArgs, promoted: Option<bool>) -> Result<u8, CliError> 
             controls_seen: store.control_count(&args.app),
             http: reqwest::Client::new(),
             pending: Default::default(),
+            background_done: Default::default(),
         };
         run.rollback(reason).await.map_err(failed)?;
         run.log(Event::Finished {
@@ -636,6 +638,7 @@ async fn abort(args: &AppArgs) -> Result<u8, CliError> {
         controls_seen: store.control_count(&args.app),
         http: reqwest::Client::new(),
         pending: Default::default(),
+        background_done: Default::default(),
     };
     let reason = format!("aborted by {actor}");
     run.rollback(&reason).await.map_err(failed)?;

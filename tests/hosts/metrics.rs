@@ -227,6 +227,26 @@ async fn metric_gates_with_a_real_prometheus() {
         "{out}"
     );
 
+    // Background analysis from the first step catches the bad canary during a long pause.
+    let m = dir.path().join("v3-background.yaml");
+    let background = manifest(&fleet, "3.0.0", &v3, &error_rate_check(&prom.address, "{{version}}", "")).replace(
+        "      steps:\n        - setWeight: 34\n        - analysis: {checks: [errors]}\n        - setWeight: 100\n",
+        "      analysis: {checks: [errors], startingStep: 0}\n      steps:\n        - setWeight: 34\n        - pause: {duration: 60s}\n        - setWeight: 100\n",
+    );
+    assert!(
+        background.contains("startingStep"),
+        "the manifest was rewritten"
+    );
+    std::fs::write(&m, background).unwrap();
+    let started = std::time::Instant::now();
+    let (code, out) = run(m).await.unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("background check errors failed"), "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "it did not wait out the 60 s pause: {out}"
+    );
+
     // A query that matches nothing is inconclusive, not success or failure: the rollout pauses.
     let m = dir.path().join("v3-empty.yaml");
     std::fs::write(
