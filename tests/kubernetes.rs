@@ -8,6 +8,7 @@ mod kubernetes {
     mod bench;
     mod canary;
     mod common;
+    mod interrupted;
     mod rollback;
     mod rolling;
 }
