@@ -429,6 +429,7 @@ mod tests {
             min_ready_seconds: 0,
             first_group: None,
             steps,
+            analysis: None,
         });
         let p = plan(&c, 10, Capacity::Elastic).unwrap();
         let c = counts(&p);

@@ -105,7 +105,7 @@ proptest! {
             }
         }
         let strategy = Rollout::Canary(CanarySpec {
-            max_surge: surge, max_unavailable: unavailable, min_ready_seconds: 0, first_group: None, steps,
+            max_surge: surge, max_unavailable: unavailable, min_ready_seconds: 0, first_group: None, steps, analysis: None,
         });
         let p = plan(&strategy, n, Capacity::Elastic).unwrap();
         check_invariants(n, &p, true)?;
