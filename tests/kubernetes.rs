@@ -6,6 +6,7 @@ mod cluster;
 /// rollgate itself on the cluster: the real binary, watched through ReplicaSets and pods.
 mod kubernetes {
     mod bench;
+    mod blue_green;
     mod canary;
     mod common;
     mod interrupted;

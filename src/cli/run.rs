@@ -196,7 +196,8 @@ async fn target_for(m: &Manifest) -> Result<AnyTarget, CliError> {
         crate::spec::Strategy::Canary(s) => s.min_ready_seconds,
         crate::spec::Strategy::BlueGreen(s) => s.min_ready_seconds,
     };
-    crate::target::kubernetes::Kubernetes::new(k, &base, min_ready)
+    let blue_green = matches!(m.strategy, crate::spec::Strategy::BlueGreen(_));
+    crate::target::kubernetes::Kubernetes::new(k, &base, min_ready, blue_green)
         .await
         .map(AnyTarget::Kubernetes)
         .map_err(failed)

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodTemplateSpec, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::{Selector, SelectorExt};
@@ -54,6 +54,9 @@ pub struct Kubernetes {
     replica_sets: Api<ReplicaSet>,
     pods: Api<Pod>,
     config_maps: Api<ConfigMap>,
+    services: Api<Service>,
+    /// Blue-green: `<deployment>-active` and `<deployment>-preview` are pinned by pod-template-hash.
+    blue_green: bool,
     http: reqwest::Client,
     /// ReplicaSets and pods of the Deployment, watched from first use to the end of the process.
     cache: tokio::sync::OnceCell<Cache>,
@@ -268,6 +271,7 @@ impl Kubernetes {
         spec: &KubernetesTarget,
         base_dir: &Path,
         min_ready_seconds: u64,
+        blue_green: bool,
     ) -> Result<Self> {
         let config = kube::Config::infer()
             .await
@@ -286,7 +290,9 @@ impl Kubernetes {
             deployments: Api::namespaced(client.clone(), ns),
             replica_sets: Api::namespaced(client.clone(), ns),
             pods: Api::namespaced(client.clone(), ns),
-            config_maps: Api::namespaced(client, ns),
+            config_maps: Api::namespaced(client.clone(), ns),
+            services: Api::namespaced(client, ns),
+            blue_green,
             http,
             cache: tokio::sync::OnceCell::new(),
         })
@@ -367,6 +373,40 @@ impl Kubernetes {
                 })
             })
             .await
+    }
+
+    fn active_service(&self) -> String {
+        format!("{}-active", self.spec.deployment)
+    }
+
+    fn preview_service(&self) -> String {
+        format!("{}-preview", self.spec.deployment)
+    }
+
+    /// Points `service` at the pods of one ReplicaSet (its pod-template-hash), or at every pod of
+    /// the app with `None`. One patch; a Service that does not exist is not an error.
+    async fn pin(&self, service: &str, hash: Option<&str>) -> Result<()> {
+        let patch = serde_json::json!({"spec": {"selector": {HASH_LABEL: hash}}});
+        match self
+            .services
+            .patch(service, &params(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(self.fail(&format!("pointing Service {service}"), e)),
+        }
+    }
+
+    async fn pinned(&self, service: &str) -> Result<Option<String>> {
+        let svc = self
+            .services
+            .get_opt(service)
+            .await
+            .map_err(|e| self.fail(&format!("reading Service {service}"), e))?;
+        Ok(svc
+            .and_then(|s| s.spec?.selector)
+            .and_then(|sel| sel.get(HASH_LABEL).cloned()))
     }
 
     async fn view(&self) -> Result<View> {
@@ -604,6 +644,11 @@ impl Kubernetes {
             .delete(&self.holder_name(), &DeleteParams::background())
             .await
             .map_err(|e| self.fail("deleting the rollout holder", e))?;
+        if self.blue_green {
+            // One ReplicaSet is left: the Services select the app's pods as the user wrote them.
+            self.pin(&self.active_service(), None).await?;
+            self.pin(&self.preview_service(), None).await?;
+        }
         self.wait_rolled_out(n, deadline).await
     }
 
@@ -638,6 +683,110 @@ impl Kubernetes {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(self.fail(what, e)),
             Err(_) => Err(self.fail(what, format!("not done within {}s", deadline.as_secs()))),
+        }
+    }
+
+    /// Pauses the Deployment, records N, and holds a ReplicaSet of `version`: an existing one of
+    /// the Deployment's (a rollback), or a new one of the new template.
+    async fn prepare_held(&self, version: &str) -> Result<()> {
+        let view = self.view().await?;
+        let d = &view.deployment;
+        let container = self.container();
+        let current = d
+            .spec
+            .as_ref()
+            .and_then(|s| template_version(&s.template, container));
+        if view.held(version, container).is_some() || current.as_deref() == Some(version) {
+            return Ok(()); // prepared already, or nothing to prepare
+        }
+        let active = view
+            .owned_by(&view.uid)
+            .filter(|rs| replicas(rs) > 0)
+            .count();
+        if active > 1 {
+            return Err(self.fail(
+                "prepare",
+                "a rollout of its own is under way (several active ReplicaSets): wait for it, or undo it",
+            ));
+        }
+        let n = Self::n_of(d);
+        // Paused, the Deployment only ever scales its one active ReplicaSet to spec.replicas.
+        self.patch_deployment(serde_json::json!({
+            "metadata": {"annotations": {REPLICAS_ANNOTATION: n.to_string()}},
+            "spec": {"paused": true},
+        }))
+        .await?;
+        let holder = self.ensure_holder(&view).await?;
+        // A version the Deployment still keeps (a rollback) is reused: its ReplicaSet exists.
+        if let Some(rs) = view
+            .owned_by(&view.uid)
+            .find(|rs| replicas(rs) == 0 && rs_version(rs, container).as_deref() == Some(version))
+        {
+            return self.give(rs, self.holder_ref(&holder)).await;
+        }
+        let mut template = self.new_template(d, version)?;
+        let json = serde_json::to_vec(&template).unwrap_or_default();
+        let hash = format!("rg{}", &hex::encode(Sha256::digest(&json))[..8]);
+        let labels = template
+            .metadata
+            .get_or_insert_with(ObjectMeta::default)
+            .labels
+            .get_or_insert_with(BTreeMap::new);
+        if !view.selector.matches(labels) {
+            return Err(self.fail(
+                "the new pod template",
+                "its labels do not match the Deployment's selector",
+            ));
+        }
+        labels.insert(HASH_LABEL.into(), hash.clone());
+        let labels = labels.clone();
+        let mut selector: LabelSelector = d
+            .spec
+            .as_ref()
+            .map(|s| s.selector.clone())
+            .unwrap_or_default();
+        selector
+            .match_labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(HASH_LABEL.into(), hash.clone());
+        let rs = ReplicaSet {
+            metadata: ObjectMeta {
+                name: Some(format!("{}-{hash}", self.name())),
+                labels: Some(labels),
+                annotations: Some([(VERSION_ANNOTATION.to_string(), version.to_string())].into()),
+                owner_references: Some(vec![self.holder_ref(&holder)]),
+                ..ObjectMeta::default()
+            },
+            spec: Some(ReplicaSetSpec {
+                replicas: Some(0),
+                min_ready_seconds: Some(self.min_ready_seconds),
+                selector,
+                template: Some(template),
+            }),
+            status: None,
+        };
+        match self
+            .replica_sets
+            .create(
+                &PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PostParams::default()
+                },
+                &rs,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                // Left by an earlier attempt of this version: hold it again.
+                let existing = self
+                    .replica_sets
+                    .get(&rs.name_any())
+                    .await
+                    .map_err(|e| self.fail("reading the new ReplicaSet", e))?;
+                self.give(&existing, self.holder_ref(&holder)).await
+            }
+            Err(e) => Err(self.fail("creating the new ReplicaSet", e)),
         }
     }
 
@@ -813,105 +962,24 @@ impl Target for Kubernetes {
     }
 
     async fn prepare(&self, version: &str) -> Result<()> {
-        let view = self.view().await?;
-        let d = &view.deployment;
-        let container = self.container();
-        let current = d
-            .spec
-            .as_ref()
-            .and_then(|s| template_version(&s.template, container));
-        if view.held(version, container).is_some() || current.as_deref() == Some(version) {
-            return Ok(()); // prepared already, or nothing to prepare
-        }
-        let active = view
-            .owned_by(&view.uid)
-            .filter(|rs| replicas(rs) > 0)
-            .count();
-        if active > 1 {
-            return Err(self.fail(
-                "prepare",
-                "a rollout of its own is under way (several active ReplicaSets): wait for it, or undo it",
-            ));
-        }
-        let n = Self::n_of(d);
-        // Paused, the Deployment only ever scales its one active ReplicaSet to spec.replicas.
-        self.patch_deployment(serde_json::json!({
-            "metadata": {"annotations": {REPLICAS_ANNOTATION: n.to_string()}},
-            "spec": {"paused": true},
-        }))
-        .await?;
-        let holder = self.ensure_holder(&view).await?;
-        // A version the Deployment still keeps (a rollback) is reused: its ReplicaSet exists.
-        if let Some(rs) = view
-            .owned_by(&view.uid)
-            .find(|rs| replicas(rs) == 0 && rs_version(rs, container).as_deref() == Some(version))
-        {
-            return self.give(rs, self.holder_ref(&holder)).await;
-        }
-        let mut template = self.new_template(d, version)?;
-        let json = serde_json::to_vec(&template).unwrap_or_default();
-        let hash = format!("rg{}", &hex::encode(Sha256::digest(&json))[..8]);
-        let labels = template
-            .metadata
-            .get_or_insert_with(ObjectMeta::default)
-            .labels
-            .get_or_insert_with(BTreeMap::new);
-        if !view.selector.matches(labels) {
-            return Err(self.fail(
-                "the new pod template",
-                "its labels do not match the Deployment's selector",
-            ));
-        }
-        labels.insert(HASH_LABEL.into(), hash.clone());
-        let labels = labels.clone();
-        let mut selector: LabelSelector = d
-            .spec
-            .as_ref()
-            .map(|s| s.selector.clone())
-            .unwrap_or_default();
-        selector
-            .match_labels
-            .get_or_insert_with(BTreeMap::new)
-            .insert(HASH_LABEL.into(), hash.clone());
-        let rs = ReplicaSet {
-            metadata: ObjectMeta {
-                name: Some(format!("{}-{hash}", self.name())),
-                labels: Some(labels),
-                annotations: Some([(VERSION_ANNOTATION.to_string(), version.to_string())].into()),
-                owner_references: Some(vec![self.holder_ref(&holder)]),
-                ..ObjectMeta::default()
-            },
-            spec: Some(ReplicaSetSpec {
-                replicas: Some(0),
-                min_ready_seconds: Some(self.min_ready_seconds),
-                selector,
-                template: Some(template),
-            }),
-            status: None,
-        };
-        match self
-            .replica_sets
-            .create(
-                &PostParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..PostParams::default()
-                },
-                &rs,
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                // Left by an earlier attempt of this version: hold it again.
-                let existing = self
-                    .replica_sets
-                    .get(&rs.name_any())
-                    .await
-                    .map_err(|e| self.fail("reading the new ReplicaSet", e))?;
-                self.give(&existing, self.holder_ref(&holder)).await
+        self.prepare_held(version).await?;
+        if self.blue_green {
+            // Active stays on the stable pods, preview shows the new ones, each by its hash.
+            let view = self.view().await?;
+            let hash = |rs: &ReplicaSet| rs.labels().get(HASH_LABEL).cloned();
+            let stable = view
+                .owned_by(&view.uid)
+                .find(|rs| replicas(rs) > 0)
+                .and_then(hash);
+            let new = view.held(version, self.container()).and_then(hash);
+            if let (Some(stable), Some(new)) = (stable, new) {
+                if self.pinned(&self.active_service()).await?.is_none() {
+                    self.pin(&self.active_service(), Some(&stable)).await?;
+                }
+                self.pin(&self.preview_service(), Some(&new)).await?;
             }
-            Err(e) => Err(self.fail("creating the new ReplicaSet", e)),
         }
+        Ok(())
     }
 
     async fn scale(
@@ -974,6 +1042,24 @@ impl Target for Kubernetes {
             },
         );
         let waited = tokio::time::timeout(deadline, stable_back).await;
+        // A blue-green switch back is one patch, while the stable set still runs.
+        if self.blue_green {
+            let stable = view
+                .owned_by(&view.uid)
+                .find(|rs| rs_version(rs, self.container()).as_deref() == Some(version))
+                .and_then(|rs| rs.labels().get(HASH_LABEL).cloned());
+            if stable.is_some()
+                && self
+                    .pinned(&self.active_service())
+                    .await
+                    .map_err(err)?
+                    .is_some()
+            {
+                self.pin(&self.active_service(), stable.as_deref())
+                    .await
+                    .map_err(err)?;
+            }
+        }
         if let Some(holder) = view.holder_uid() {
             for rs in view.owned_by(holder) {
                 self.replica_sets
@@ -992,6 +1078,10 @@ impl Target for Kubernetes {
         }))
         .await
         .map_err(err)?;
+        if self.blue_green {
+            self.pin(&self.active_service(), None).await.map_err(err)?;
+            self.pin(&self.preview_service(), None).await.map_err(err)?;
+        }
         let (ok, detail) = match waited {
             Ok(Ok(_)) => (true, format!("{n} of {version} available")),
             Ok(Err(e)) => (false, format!("watching: {e}")),
@@ -1009,10 +1099,23 @@ impl Target for Kubernetes {
         if ok { Ok(()) } else { Err(detail) }
     }
 
-    async fn switch_traffic(&self, _version: &str) -> std::result::Result<(), String> {
-        // A Service that selects the app's labels spreads traffic by replica ratio; pinning preview
-        // and active Services for blue-green is not done yet.
-        Ok(())
+    async fn switch_traffic(&self, version: &str) -> std::result::Result<(), String> {
+        // Rolling and canary need no switch: a Service that selects the app spreads traffic by
+        // replica ratio. Blue-green: one patch of the active Service's pod-template-hash.
+        let err = |e: TargetError| crate::engine::error_chain(&e);
+        let view = self.view().await.map_err(err)?;
+        let Some(hash) = view
+            .sets
+            .iter()
+            .filter(|rs| replicas(rs) > 0)
+            .find(|rs| rs_version(rs, self.container()).as_deref() == Some(version))
+            .and_then(|rs| rs.labels().get(HASH_LABEL).cloned())
+        else {
+            return Err(format!("no running ReplicaSet of {version} to switch to"));
+        };
+        self.pin(&self.active_service(), Some(&hash))
+            .await
+            .map_err(err)
     }
 
     async fn probe(&self, check: &Check, instance: &str, _version: &str) -> Probe {

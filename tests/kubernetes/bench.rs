@@ -9,7 +9,6 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::PostParams;
 
 use super::common::{self, APP, Bed, image};
 
@@ -18,8 +17,6 @@ const RUNS: usize = 3;
 
 /// A fresh namespace with `web` at N ready replicas of version 1, each pod Ready 1 s after it starts.
 async fn bed(purpose: &str) -> Option<Bed> {
-    let bed = Bed::new(purpose, 1, "25%", "0").await?;
-    // Recreate with the readiness delay in the template (Bed starts without it).
     let mut d: Deployment = common::deployment(N, "25%", "0");
     let spec = d.spec.as_mut().unwrap();
     spec.template
@@ -29,24 +26,7 @@ async fn bed(purpose: &str) -> Option<Bed> {
         .annotations
         .get_or_insert_with(Default::default)
         .insert(crate::cluster::READY_DELAY_ANNOTATION.into(), "1s".into());
-    bed.deployments
-        .delete(APP, &Default::default())
-        .await
-        .expect("deleting the first web");
-    let deployments = bed.deployments.clone();
-    let gone = kube::runtime::wait::await_condition(
-        deployments,
-        APP,
-        kube::runtime::wait::conditions::is_deleted(""),
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(60), gone).await;
-    bed.deployments
-        .create(&PostParams::default(), &d)
-        .await
-        .expect("creating web at N");
-    bed.wait_deployment("N ready", |d| common::rolled_out(d, N, &image("1")))
-        .await;
-    Some(bed)
+    Bed::with(purpose, d).await
 }
 
 async fn kubectl(bed: &Bed, args: &[&str]) -> Duration {
@@ -113,6 +93,8 @@ async fn bench_rollgate_against_kubectl() {
         );
         r_roll.push(rollgate(&r, &["apply", "-f", rollout.to_str().unwrap()]).await);
         r_back.push(rollgate(&r, &["rollback", APP]).await);
+        k.finish().await;
+        r.finish().await;
         println!(
             "run {run}: kubectl rollout {:?} undo {:?}; rollgate apply {:?} rollback {:?}",
             k_roll[run], k_undo[run], r_roll[run], r_back[run]

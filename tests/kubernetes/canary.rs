@@ -108,4 +108,5 @@ async fn canary_pauses_at_the_planned_weights_and_promotes_to_the_deployment() {
     );
     let created = pods.pods_by_image.get(&image("2")).map_or(0, |s| s.len());
     assert_eq!(created, N as usize, "each new pod created once: {pods:?}");
+    bed.finish().await;
 }

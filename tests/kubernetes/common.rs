@@ -42,6 +42,12 @@ impl Bed {
     /// A namespace with Deployment `web` at `replicas` Ready replicas of version 1, or `None` when
     /// the cluster cannot run here (the skip is printed).
     pub async fn new(purpose: &str, replicas: i32, surge: &str, unavailable: &str) -> Option<Bed> {
+        Bed::with(purpose, deployment(replicas, surge, unavailable)).await
+    }
+
+    /// A namespace with `web` as given (version 1), rolled out.
+    pub async fn with(purpose: &str, web: Deployment) -> Option<Bed> {
+        let replicas = web.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let cluster = cluster::shared()?;
         let client = cluster.client().await;
         let ns = cluster.namespace(&client, purpose).await;
@@ -55,10 +61,7 @@ impl Bed {
             dir: tempfile::tempdir().expect("a temp dir"),
         };
         bed.deployments
-            .create(
-                &PostParams::default(),
-                &deployment(replicas, surge, unavailable),
-            )
+            .create(&PostParams::default(), &web)
             .await
             .expect("creating the Deployment");
         bed.wait_deployment("version 1 rolled out", move |d| {
@@ -66,6 +69,13 @@ impl Bed {
         })
         .await;
         Some(bed)
+    }
+
+    /// Deletes the namespace of a test that passed (a failing one keeps it for inspection): the
+    /// three fake nodes hold 330 pods, which repeated runs would otherwise fill.
+    pub async fn finish(self) {
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        let _ = namespaces.delete(&self.ns, &Default::default()).await;
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

@@ -61,6 +61,7 @@ async fn abort_at_a_pause_restores_the_deployment() {
     );
     // The stable set came back to N before the canary went: never fewer Ready than at the pause.
     assert!(pods.min_ready.expect("pods") >= N / 2, "{pods:?}");
+    bed.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,4 +134,5 @@ async fn resume_after_the_cli_is_killed_keeps_the_pods_already_created() {
         created, N as usize,
         "pods of version 2 created once each: {pods:?}"
     );
+    bed.finish().await;
 }

@@ -88,6 +88,7 @@ async fn never_ready_version_rolls_back_automatically() {
         "progressDeadlineSeconds",
     )
     .await;
+    bed.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,6 +110,7 @@ async fn version_that_crashes_after_ready_rolls_back_automatically() {
         "CrashLoopBackOff",
     )
     .await;
+    bed.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,4 +175,5 @@ async fn rollback_command_after_completion_returns_to_the_previous_template() {
         "the rollback's bounds: {sets:?}"
     );
     assert!(pods.min_ready.expect("pods") >= N - 1, "{pods:?}");
+    bed.finish().await;
 }

@@ -150,4 +150,5 @@ async fn good_version_rolls_within_bounds_and_the_deployment_adopts_it() {
             .collect::<Vec<_>>()
     );
     let _ = d.name_any();
+    bed.finish().await;
 }
