@@ -11,5 +11,6 @@ mod agent {
     mod footprint;
     mod lifecycle;
     mod restarts;
+    mod security;
     mod service;
 }

@@ -166,7 +166,9 @@ fn unpack_tar_gz(file: File, dest: &Path) -> Result<()> {
         source,
     };
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
-    archive.set_preserve_permissions(true);
+    // Only the rwx bits are kept: a setuid/setgid bit from an artifact would hand whoever can
+    // run the file the agent's (often root's) rights.
+    archive.set_preserve_permissions(false);
     archive.set_unpack_xattrs(false);
     archive.set_overwrite(false);
     for entry in archive.entries().map_err(corrupt)? {
@@ -467,6 +469,32 @@ mod tests {
         });
         let (_dir, r) = unpack_bytes(&bytes);
         assert!(matches!(r, Err(ArchiveError::LinkEscape { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn setuid_and_setgid_bits_are_dropped_from_tar_entries() {
+        // Found by the `archive` fuzz target: tar entries kept their mode's 0o7000 bits
+        // (fuzz/regressions/archive/tar-entry-keeps-setuid-bit).
+        let bytes = tar_gz(|b| {
+            for (name, mode) in [("bin/suid", 0o4755), ("bin/sgid", 0o2711)] {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(2);
+                h.set_mode(mode);
+                h.set_cksum();
+                b.append_data(&mut h, name, &b"hi"[..]).unwrap();
+            }
+        });
+        let (dir, r) = unpack_bytes(&bytes);
+        r.unwrap();
+        #[cfg(unix)]
+        for (name, want) in [("bin/suid", 0o755), ("bin/sgid", 0o711)] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("out").join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o7777, want, "{name}");
+        }
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub struct TokenConfig {
     pub env: Option<String>,
 }
 
-/// Request size limits.
+/// Request size limits, and how long and how many connections the listener keeps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Limits {
@@ -79,6 +79,26 @@ pub struct Limits {
     pub json_body_bytes: usize,
     #[serde(default = "default_artifact")]
     pub artifact_bytes: u64,
+    /// Connections served at once; further ones wait in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time allowed for the TLS handshake, and for each request's headers, counted from the
+    /// connection's start or the previous answer (an idle keep-alive connection is closed then).
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Dur,
+    /// Longest pause allowed between two pieces of a request body.
+    #[serde(default = "default_body_idle_timeout")]
+    pub body_idle_timeout: Dur,
+}
+
+fn default_max_connections() -> usize {
+    256
+}
+fn default_header_read_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_body_idle_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
 }
 
 fn default_json_body() -> usize {
@@ -93,6 +113,9 @@ impl Default for Limits {
         Limits {
             json_body_bytes: default_json_body(),
             artifact_bytes: default_artifact(),
+            max_connections: default_max_connections(),
+            header_read_timeout: default_header_read_timeout(),
+            body_idle_timeout: default_body_idle_timeout(),
         }
     }
 }
@@ -237,6 +260,10 @@ pub struct AgentConfig {
     pub token: Option<TokenConfig>,
     #[serde(default)]
     pub limits: Limits,
+    /// When set, artifact URLs (and their redirects) must name one of these hosts, as `host`
+    /// or `host:port`; otherwise any http(s) host is allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_artifact_hosts: Option<Vec<String>>,
     /// Allow `command` checks sent by callers (agent-configured ones always run).
     #[serde(default)]
     pub allow_remote_commands: bool,
@@ -353,6 +380,9 @@ fn validate(config: &AgentConfig) -> std::result::Result<(), (String, String)> {
         s.recovery
             .validate()
             .map_err(|e| at("recovery", e.to_string()))?;
+    }
+    if config.limits.max_connections == 0 {
+        return Err(("limits.maxConnections".into(), "expected at least 1".into()));
     }
     if let Some(TokenConfig {
         file: None,

@@ -537,9 +537,10 @@ impl Agent {
         )?;
         if new {
             let limit = self.config.limits.artifact_bytes;
+            let allowed = self.config.allowed_artifact_hosts.clone();
             let path = svc.dirs.staging().join(format!("{}.artifact", op.id));
             self.spawn_op(&op, async move {
-                let received = stage::download(&req.url, &path, limit).await;
+                let received = stage::download(&req.url, &path, limit, allowed.as_deref()).await;
                 let result = match received {
                     Ok((sha, size)) => {
                         install(

@@ -96,6 +96,15 @@ pub struct Server {
     tls: Option<tokio_rustls::TlsAcceptor>,
     app: Router,
     addr: SocketAddr,
+    limits: ConnLimits,
+}
+
+/// What one connection may take: a slow or silent peer is cut off, and only so many are served.
+#[derive(Clone, Copy)]
+struct ConnLimits {
+    max_connections: usize,
+    header_read: Duration,
+    body_idle: Duration,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -205,7 +214,18 @@ impl Server {
             tls,
             app: router(state, config.limits.json_body_bytes),
             addr,
+            limits: ConnLimits {
+                max_connections: config.limits.max_connections.max(1),
+                header_read: config.limits.header_read_timeout.0,
+                body_idle: config.limits.body_idle_timeout.0,
+            },
         })
+    }
+
+    /// The routes behind their auth and body limits, without the listener, for in-process
+    /// callers (the `agent_request` fuzz target). Requests carry no client certificate.
+    pub fn router(&self) -> Router {
+        self.app.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -219,9 +239,21 @@ impl Server {
     }
 
     /// Serves until `cancel`; then waits up to `grace` for open connections.
+    ///
+    /// At most `limits.maxConnections` connections are served at once: the next one is not
+    /// accepted until one closes, so it waits in the kernel's listen backlog.
     pub async fn serve(self, cancel: CancellationToken, grace: Duration) {
         let conns = TaskTracker::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
+        let limits = self.limits;
         loop {
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = cancel.cancelled() => break,
+            };
             let (tcp, _peer) = tokio::select! {
                 r = self.listener.accept() => match r {
                     Ok(c) => c,
@@ -237,29 +269,31 @@ impl Server {
             let tls = self.tls.clone();
             let cancel = cancel.clone();
             conns.spawn(async move {
+                let _permit = permit;
                 match tls {
                     Some(acceptor) => {
-                        let stream = match tokio::time::timeout(
-                            Duration::from_secs(10),
-                            acceptor.accept(tcp),
-                        )
-                        .await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(error = %e, "TLS handshake refused");
-                                return;
-                            }
-                            Err(_) => return,
-                        };
+                        let stream =
+                            match tokio::time::timeout(limits.header_read, acceptor.accept(tcp))
+                                .await
+                            {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, "TLS handshake refused");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!("TLS handshake timed out");
+                                    return;
+                                }
+                            };
                         let client_cert = stream
                             .get_ref()
                             .1
                             .peer_certificates()
                             .is_some_and(|c| !c.is_empty());
-                        serve_conn(stream, Peer { client_cert }, app, cancel).await
+                        serve_conn(stream, Peer { client_cert }, app, limits, cancel).await
                     }
-                    None => serve_conn(tcp, Peer { client_cert: false }, app, cancel).await,
+                    None => serve_conn(tcp, Peer { client_cert: false }, app, limits, cancel).await,
                 }
             });
         }
@@ -270,19 +304,26 @@ impl Server {
     }
 }
 
-async fn serve_conn<I>(io: I, peer: Peer, app: Router, cancel: CancellationToken)
-where
+async fn serve_conn<I>(
+    io: I,
+    peer: Peer,
+    app: Router,
+    limits: ConnLimits,
+    cancel: CancellationToken,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(peer);
             let app = app.clone();
-            async move { tower::ServiceExt::oneshot(app, req.map(axum::body::Body::new)).await }
+            let req = req.map(|body| idle_limited(body, limits.body_idle));
+            async move { tower::ServiceExt::oneshot(app, req).await }
         });
+    // The header timer also runs while a keep-alive connection waits for its next request.
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(limits.header_read)
         .serve_connection(hyper_util::rt::TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
@@ -292,6 +333,28 @@ where
             let _ = conn.await;
         }
     }
+}
+
+/// A request body that fails once the peer sends nothing for `idle`, instead of holding its
+/// connection open forever.
+fn idle_limited(body: hyper::body::Incoming, idle: Duration) -> axum::body::Body {
+    use futures_util::StreamExt;
+    let frames = axum::body::Body::new(body).into_data_stream();
+    let limited = futures_util::stream::unfold(Some(frames), move |frames| async move {
+        let mut frames = frames?;
+        match tokio::time::timeout(idle, frames.next()).await {
+            Ok(Some(chunk)) => Some((chunk, Some(frames))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(axum::Error::new(format!(
+                    "request body stalled for {}s",
+                    idle.as_secs_f64()
+                ))),
+                None,
+            )),
+        }
+    });
+    axum::body::Body::from_stream(limited)
 }
 
 fn router(state: AppState, json_limit: usize) -> Router {

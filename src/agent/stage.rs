@@ -29,6 +29,8 @@ pub enum StageError {
     DownloadStatus { url: String, status: u16 },
     #[error("only http and https URLs can be staged, not {url}")]
     BadUrl { url: String },
+    #[error("artifact host of {url} is not in allowedArtifactHosts")]
+    HostNotAllowed { url: String },
     #[error("artifact is larger than the {limit}-byte limit")]
     TooLarge { limit: u64 },
     #[error("receiving the artifact failed: {0}")]
@@ -136,19 +138,58 @@ where
     Ok((hex::encode(hasher.finalize()), size))
 }
 
-/// Downloads `url` to `path`, hashing as it goes.
-pub async fn download(url: &str, path: &Path, limit: u64) -> Result<(String, u64)> {
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(StageError::BadUrl {
-            url: url.to_string(),
-        });
+/// Checks that `url` is http(s) and, with an allowlist, names an allowed host (`host` or
+/// `host:port`, case-insensitive).
+pub fn check_url(url: &str, allowed_hosts: Option<&[String]>) -> Result<()> {
+    let bad = || StageError::BadUrl {
+        url: url.to_string(),
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|_| bad())?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(bad());
     }
+    if let Some(allowed) = allowed_hosts {
+        let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
+        let port = parsed.port_or_known_default();
+        let ok = allowed.iter().any(|a| {
+            let a = a.to_ascii_lowercase();
+            a == host || port.is_some_and(|p| a == format!("{host}:{p}"))
+        });
+        if !ok {
+            return Err(StageError::HostNotAllowed {
+                url: url.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Downloads `url` to `path`, hashing as it goes. Redirects are followed only to URLs that
+/// pass [`check_url`] too.
+pub async fn download(
+    url: &str,
+    path: &Path,
+    limit: u64,
+    allowed_hosts: Option<&[String]>,
+) -> Result<(String, u64)> {
+    check_url(url, allowed_hosts)?;
     let err = |source| StageError::Download {
         url: url.to_string(),
         source,
     };
+    let allowed: Option<Vec<String>> = allowed_hosts.map(<[String]>::to_vec);
+    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 10 {
+            attempt.error("too many redirects")
+        } else if let Err(e) = check_url(attempt.url().as_str(), allowed.as_deref()) {
+            attempt.error(e)
+        } else {
+            attempt.follow()
+        }
+    });
     let resp = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(30))
+        .redirect(redirects)
         .build()
         .map_err(err)?
         .get(url)
@@ -312,6 +353,41 @@ mod tests {
         assert!(matches!(e, StageError::ShaMismatch { .. }));
         assert!(!dirs.version("v1").exists());
         assert_eq!(std::fs::read_dir(dirs.staging()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn artifact_urls_must_be_http_and_on_the_allowlist() {
+        assert!(check_url("https://repo.example/a.tgz", None).is_ok());
+        for url in [
+            "file:///etc/passwd",
+            "ftp://repo.example/a.tgz",
+            "FILE:///etc/passwd",
+            "http://",
+            "not a url",
+        ] {
+            assert!(
+                matches!(check_url(url, None), Err(StageError::BadUrl { .. })),
+                "{url}"
+            );
+        }
+        let allowed = vec!["Repo.Example".to_string(), "127.0.0.1:8080".to_string()];
+        let allowed = Some(allowed.as_slice());
+        assert!(check_url("https://repo.example/a.tgz", allowed).is_ok());
+        assert!(check_url("http://127.0.0.1:8080/a", allowed).is_ok());
+        for url in [
+            "http://127.0.0.1:8081/a",
+            "https://evil.example/a.tgz",
+            "https://repo.example.evil/a",
+            "https://repo.example@evil.example/a",
+        ] {
+            assert!(
+                matches!(
+                    check_url(url, allowed),
+                    Err(StageError::HostNotAllowed { .. })
+                ),
+                "{url}"
+            );
+        }
     }
 
     #[test]
