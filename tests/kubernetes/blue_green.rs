@@ -158,3 +158,71 @@ async fn blue_green_previews_then_switches_the_active_service_in_one_patch() {
     assert_eq!(created, N as usize, "each new pod created once: {pods:?}");
     bed.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_preview_that_never_gets_ready_rolls_back_and_unpins() {
+    let Some(bed) = Bed::new("blue-green-never-ready", N, "25%", "0").await else {
+        return;
+    };
+    let services: Api<Service> = Api::namespaced(bed.client.clone(), &bed.ns);
+    service(&services, "web-active").await;
+    service(&services, "web-preview").await;
+    let before = bed.deployment().await;
+    let sets_before: Vec<String> = bed
+        .replica_sets()
+        .await
+        .iter()
+        .map(|rs| rs.name_any())
+        .collect();
+    common::template_file(
+        bed.dir.path(),
+        "3",
+        &[(crate::cluster::NEVER_READY_LABEL, "true")],
+        &[],
+    );
+    let rollout = bed.rollout(
+        "web.yaml",
+        "3",
+        "manifest: deployment-3.yaml",
+        "  strategy:\n    blueGreen: {autoPromotionEnabled: true, scaleDownDelaySeconds: 1}\n  progressDeadlineSeconds: 4\n  rollback: {auto: true}\n",
+    );
+    let observer = bed.observe(N).await;
+    let out = bed
+        .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
+        .await;
+    let (_, pods) = observer.stop().await;
+    assert_eq!(out.status.code(), Some(1), "rolled back");
+    assert!(common::stdout(&out).contains("progressDeadlineSeconds"));
+    bed.wait_deployment("version 1 at N", |d| common::rolled_out(d, N, &image("1")))
+        .await;
+    common::assert_at_rest(&bed).await;
+    assert_eq!(
+        serde_json::to_value(&bed.deployment().await.spec.unwrap().template).unwrap(),
+        serde_json::to_value(&before.spec.unwrap().template).unwrap(),
+        "the template is unchanged"
+    );
+    let sets_after: Vec<String> = bed
+        .replica_sets()
+        .await
+        .iter()
+        .map(|rs| rs.name_any())
+        .collect();
+    assert_eq!(
+        sets_after, sets_before,
+        "the preview's ReplicaSet is removed"
+    );
+    for name in ["web-active", "web-preview"] {
+        let svc = services.get(name).await.expect("Service");
+        assert_eq!(
+            selector(&svc),
+            [("app".to_string(), APP.to_string())].into(),
+            "{name} is unpinned"
+        );
+    }
+    assert!(pods.min_ready.expect("pods") >= N, "{pods:?}");
+    assert!(
+        pods.pods_by_image.contains_key(&image("3")),
+        "the preview was tried: {pods:?}"
+    );
+    bed.finish().await;
+}
