@@ -452,17 +452,7 @@ impl Kubernetes {
     /// The pod template of `version`: the Deployment's with the new image, or the manifest's.
     fn new_template(&self, d: &Deployment, version: &str) -> Result<PodTemplateSpec> {
         let mut t = match &self.spec.manifest {
-            Some(path) => {
-                let path = self.base_dir.join(path);
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| TargetError::Setup(format!("{}: {e}", path.display())))?;
-                let from: Deployment = serde_yaml::from_str(&text).map_err(|e| {
-                    TargetError::Setup(format!("{}: not a Deployment: {e}", path.display()))
-                })?;
-                from.spec.map(|s| s.template).ok_or_else(|| {
-                    TargetError::Setup(format!("{}: no spec.template", path.display()))
-                })?
-            }
+            Some(path) => manifest_template(&self.base_dir.join(path))?,
             None => d
                 .spec
                 .as_ref()
@@ -1131,6 +1121,61 @@ impl Target for Kubernetes {
     }
 }
 
+/// The pod template of a Deployment YAML file (`spec.target.kubernetes.manifest`).
+pub fn manifest_template(path: &Path) -> Result<PodTemplateSpec> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| TargetError::Setup(format!("{}: {e}", path.display())))?;
+    let from: Deployment = serde_yaml::from_str(&text)
+        .map_err(|e| TargetError::Setup(format!("{}: not a Deployment: {e}", path.display())))?;
+    from.spec
+        .map(|s| s.template)
+        .ok_or_else(|| TargetError::Setup(format!("{}: no spec.template", path.display())))
+}
+
+/// Where a pod template falls short of the recommended securityContext (runAsNonRoot,
+/// privileged false, allowPrivilegeEscalation false, readOnlyRootFilesystem true), one line per
+/// container and setting, naming the field path. Pure: `validate` and `plan` can warn with it.
+pub fn pod_security_warnings(t: &PodTemplateSpec) -> Vec<String> {
+    let Some(spec) = t.spec.as_ref() else {
+        return Vec::new();
+    };
+    let pod_non_root = spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.run_as_non_root);
+    let mut out = Vec::new();
+    let kinds = [
+        (
+            "initContainers",
+            spec.init_containers.as_deref().unwrap_or(&[]),
+        ),
+        ("containers", spec.containers.as_slice()),
+    ];
+    for (kind, containers) in kinds {
+        for (i, c) in containers.iter().enumerate() {
+            let at = format!("spec.template.spec.{kind}[{i}] ({})", c.name);
+            let sc = c.security_context.as_ref();
+            if sc.and_then(|s| s.run_as_non_root).or(pod_non_root) != Some(true) {
+                out.push(format!("{at}: securityContext.runAsNonRoot is not true"));
+            }
+            if sc.and_then(|s| s.privileged) == Some(true) {
+                out.push(format!("{at}: securityContext.privileged is true"));
+            }
+            if sc.and_then(|s| s.allow_privilege_escalation) != Some(false) {
+                out.push(format!(
+                    "{at}: securityContext.allowPrivilegeEscalation is not false"
+                ));
+            }
+            if sc.and_then(|s| s.read_only_root_filesystem) != Some(true) {
+                out.push(format!(
+                    "{at}: securityContext.readOnlyRootFilesystem is not true"
+                ));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1174,6 +1219,22 @@ mod tests {
         // The old set has not shrunk yet: no room.
         assert_eq!(next_sizes(&s, counts(10, 10, 3, 3)), (7, 3));
         assert_eq!(next_sizes(&s, counts(7, 7, 3, 3)), (7, 6));
+    }
+
+    #[test]
+    fn security_warnings_name_each_missing_setting() {
+        let bare: PodTemplateSpec = serde_yaml::from_str(
+            "spec: {containers: [{name: web, image: r/web:1, securityContext: {privileged: true}}]}",
+        )
+        .unwrap();
+        let w = pod_security_warnings(&bare);
+        assert_eq!(w.len(), 4, "{w:#?}");
+        assert!(w[1].contains("containers[0] (web): securityContext.privileged is true"));
+        let hardened: PodTemplateSpec = serde_yaml::from_str(
+            "spec: {securityContext: {runAsNonRoot: true}, containers: [{name: web, securityContext: {privileged: false, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true}}]}",
+        )
+        .unwrap();
+        assert_eq!(pod_security_warnings(&hardened), Vec::<String>::new());
     }
 
     #[test]
