@@ -212,28 +212,52 @@ impl<T: Target> Run<'_, T> {
     /// does not know, so a failed write stops the process at once; `resume` reconciles.
     fn sink(&self) -> impl Fn(Change) + Sync + '_ {
         move |change| {
-            let event = match change {
-                Change::Changing { instance, version } => Event::InstanceChanging {
-                    rollout: self.rollout.clone(),
-                    instance,
-                    version,
-                },
-                Change::Changed {
-                    instance,
-                    version,
-                    ok,
-                    detail,
-                } => Event::InstanceChanged {
-                    rollout: self.rollout.clone(),
-                    instance,
-                    version,
-                    ok,
-                    detail,
-                },
-            };
-            if let Err(e) = self.log(event) {
+            let mut events = Vec::new();
+            self.change_events(change, &mut events);
+            let written = self
+                .journal
+                .lock()
+                .expect("journal lock")
+                .append_all(events.iter().cloned());
+            if let Err(e) = written {
                 eprintln!("error: {}", error_chain(&e));
                 std::process::exit(1);
+            }
+            for event in events {
+                self.announce(&event);
+                (self.on_record)(&Record {
+                    at_ms: crate::state::now_ms(),
+                    event,
+                });
+            }
+        }
+    }
+
+    fn change_events(&self, change: Change, out: &mut Vec<Event>) {
+        match change {
+            Change::Changing { instance, version } => out.push(Event::InstanceChanging {
+                rollout: self.rollout.clone(),
+                instance,
+                version,
+            }),
+            Change::Changed {
+                instance,
+                version,
+                ok,
+                detail,
+            } => {
+                out.push(Event::InstanceChanged {
+                    rollout: self.rollout.clone(),
+                    instance,
+                    version,
+                    ok,
+                    detail,
+                });
+            }
+            Change::Many(changes) => {
+                for c in changes {
+                    self.change_events(c, out);
+                }
             }
         }
     }
@@ -453,9 +477,22 @@ impl<T: Target> Run<'_, T> {
                     // Blue-green keeps the old set this long after the switch: a switch back is instant.
                     self.hold(Duration::from_secs(delay)).await;
                 }
-                let before = self.target.instances().await?;
+                // Counted from the target's own change reports: no extra round trip to every instance.
+                let changes = std::sync::atomic::AtomicUsize::new(0);
                 {
-                    let sink = self.sink();
+                    let journal = self.sink();
+                    let sink = |c: Change| {
+                        let ok = match &c {
+                            Change::Changed { ok, .. } => usize::from(*ok),
+                            Change::Many(all) => all
+                                .iter()
+                                .filter(|c| matches!(c, Change::Changed { ok: true, .. }))
+                                .count(),
+                            Change::Changing { .. } => 0,
+                        };
+                        changes.fetch_add(ok, Ordering::SeqCst);
+                        journal(c);
+                    };
                     // progressDeadlineSeconds bounds the step: no progress by then fails it.
                     let deadline = self.deadline();
                     let scaled = tokio::time::timeout(
@@ -473,7 +510,7 @@ impl<T: Target> Run<'_, T> {
                         }
                     }
                 }
-                let changed = self.target.instances().await? != before;
+                let changed = changes.load(Ordering::SeqCst) > 0;
                 let min_ready = min_ready_seconds(&self.manifest.strategy);
                 if min_ready > 0 && changed {
                     // minReadySeconds is a hold the user asked for, not a poll.
@@ -547,6 +584,9 @@ impl<T: Target> Run<'_, T> {
 
     /// Runs every check against every instance on the new version; all must pass.
     async fn gate(&self, idx: usize, checks: &[Check]) -> Result<StepResult> {
+        if checks.is_empty() {
+            return Ok(StepResult::Done);
+        }
         let version = self.version().to_string();
         let instances: Vec<Instance> = self.target.instances().await?;
         let on_new: Vec<String> = instances

@@ -43,6 +43,8 @@ pub enum Change {
         ok: bool,
         detail: String,
     },
+    /// Several changes, journaled with one flush.
+    Many(Vec<Change>),
 }
 
 /// Where the target reports changes; the engine journals each one before returning.

@@ -5,6 +5,8 @@
 mod fleet;
 #[path = "support/netns.rs"]
 mod netns;
+#[path = "support/prometheus.rs"]
+mod prometheus;
 
 mod hosts {
     mod approvals;

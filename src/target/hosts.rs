@@ -341,6 +341,19 @@ impl Hosts {
         salt: &str,
     ) -> Result<()> {
         self.stage_one(name, version).await?;
+        self.activate_staged(name, version, slot, deadline, salt)
+            .await
+    }
+
+    /// [`Hosts::activate`] for a version known to be on the host already.
+    async fn activate_staged(
+        &self,
+        name: &str,
+        version: &str,
+        slot: u32,
+        deadline: Duration,
+        salt: &str,
+    ) -> Result<()> {
         let client = self.client(name)?;
         let req = ActivateRequest {
             request_id: request_id(&format!("activate{slot}"), name, version, salt),
@@ -399,13 +412,22 @@ impl Hosts {
         name: &str,
         version: &str,
         want: Want,
+        known: Option<HostView>,
         deadline: Duration,
         salt: &str,
     ) -> Result<()> {
-        let view = self.view(name).await?;
+        // The view read when the step was planned saves a round trip per host on the hot path.
+        let view = match known {
+            Some(v) => v,
+            None => self.view(name).await?,
+        };
         if self.spec.slots_per_host < 2 {
             if want.new && !view.runs(version) {
-                self.activate(name, version, 0, deadline, salt).await?;
+                if !view.installed.iter().any(|v| v == version) {
+                    self.stage_one(name, version).await?;
+                }
+                self.activate_staged(name, version, 0, deadline, salt)
+                    .await?;
             }
             return Ok(());
         }
@@ -437,16 +459,21 @@ impl Hosts {
     async fn converge_all(
         &self,
         hosts: &[(String, Want)],
+        known: &std::collections::HashMap<String, HostView>,
         version: &str,
         deadline: Duration,
         sink: Sink<'_>,
     ) -> std::result::Result<(), String> {
-        for (h, _) in hosts {
-            sink(Change::Changing {
-                instance: h.clone(),
-                version: version.to_string(),
-            });
-        }
+        // One journal flush for the whole wave, before any host is touched.
+        sink(Change::Many(
+            hosts
+                .iter()
+                .map(|(h, _)| Change::Changing {
+                    instance: h.clone(),
+                    version: version.to_string(),
+                })
+                .collect(),
+        ));
         let salt = format!("{:x}", crate::state::now_ms());
         let calls = hosts.iter().map(|(name, want)| {
             let salt = salt.clone();
@@ -454,7 +481,14 @@ impl Hosts {
                 // Bounded: a host that stops answering fails within the deadline, not when TCP gives up.
                 let result = match tokio::time::timeout(
                     deadline + Duration::from_secs(2),
-                    self.converge(name, version, *want, deadline, &salt),
+                    self.converge(
+                        name,
+                        version,
+                        *want,
+                        known.get(name).cloned(),
+                        deadline,
+                        &salt,
+                    ),
                 )
                 .await
                 {
@@ -471,6 +505,7 @@ impl Hosts {
             }
         });
         let mut failure = None;
+        let mut changed = Vec::new();
         for (h, r) in join_all(calls).await {
             let (ok, detail) = match &r {
                 Ok(()) => (true, "ready".to_string()),
@@ -479,13 +514,14 @@ impl Hosts {
             if !ok && failure.is_none() {
                 failure = Some(detail.clone());
             }
-            sink(Change::Changed {
+            changed.push(Change::Changed {
                 instance: h,
                 version: version.to_string(),
                 ok,
                 detail,
             });
         }
+        sink(Change::Many(changed));
         failure.map_or(Ok(()), Err)
     }
 
@@ -674,8 +710,11 @@ impl Target for Hosts {
                 },
             ));
         }
+        // Hosts of later parts are untouched by earlier ones, so these views stay true for them.
+        let known: std::collections::HashMap<String, HostView> = views.into_iter().collect();
         for part in split_by_zone_wants(&self.spec, &todo) {
-            self.converge_all(&part, version, deadline, sink).await?;
+            self.converge_all(&part, &known, version, deadline, sink)
+                .await?;
         }
         Ok(())
     }
@@ -690,17 +729,21 @@ impl Target for Hosts {
         // restore, so the journal and `resume` know which hosts still need it.
         let mut unreachable = Vec::new();
         let mut back = Vec::new();
+        let mut known = std::collections::HashMap::new();
         for (name, view) in self.views_each(deadline).await {
             match view {
                 Ok(v) if v.runs(version) && !v.runs_other(version) => {}
-                Ok(_) => back.push((
-                    name,
-                    Want {
-                        new: true,
-                        keep_old: true,
-                        stop_first: false,
-                    },
-                )),
+                Ok(v) => {
+                    back.push((
+                        name.clone(),
+                        Want {
+                            new: true,
+                            keep_old: true,
+                            stop_first: false,
+                        },
+                    ));
+                    known.insert(name, v);
+                }
                 Err(e) => {
                     let detail = crate::engine::error_chain(&e);
                     sink(Change::Changing {
@@ -718,7 +761,9 @@ impl Target for Hosts {
             }
         }
         // Old version up first, then traffic back to it, then the new one stopped.
-        let converged = self.converge_all(&back, version, deadline, sink).await;
+        let converged = self
+            .converge_all(&back, &known, version, deadline, sink)
+            .await;
         self.call_switch_hook(version).await?;
         let salt = format!("{:x}", crate::state::now_ms());
         for (name, view) in self.views_each(deadline).await {
