@@ -512,7 +512,9 @@ impl<T: Target> Run<'_, T> {
                 }
                 let changed = changes.load(Ordering::SeqCst) > 0;
                 let min_ready = min_ready_seconds(&self.manifest.strategy);
-                if min_ready > 0 && changed {
+                // Kubernetes counts minReadySeconds in pod availability itself; hosts need the hold.
+                let held_by_target = self.manifest.rollout.spec.target.kubernetes.is_some();
+                if min_ready > 0 && changed && !held_by_target {
                     // minReadySeconds is a hold the user asked for, not a poll.
                     tokio::time::sleep(Duration::from_secs(min_ready)).await;
                 }

@@ -638,6 +638,12 @@ impl Manifest {
                 *p = base.join(&*p);
             }
         };
+        if let Some(k) = &mut self.rollout.spec.target.kubernetes
+            && let Some(m) = &mut k.manifest
+            && std::path::Path::new(m.as_str()).is_relative()
+        {
+            *m = base.join(m.as_str()).display().to_string();
+        }
         if let Some(h) = &mut self.rollout.spec.target.hosts {
             if let Some(a) = &mut h.artifact
                 && let Some(f) = &mut a.file

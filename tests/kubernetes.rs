@@ -2,6 +2,8 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
+#[path = "support/prometheus.rs"]
+mod prometheus;
 
 /// rollgate itself on the cluster: the real binary, watched through ReplicaSets and pods.
 mod kubernetes {
@@ -10,6 +12,7 @@ mod kubernetes {
     mod canary;
     mod common;
     mod interrupted;
+    mod metrics;
     mod rollback;
     mod rolling;
 }

@@ -308,7 +308,12 @@ impl Reporter {
 
     pub fn record(&self, r: &Record) {
         if self.mode == Progress::Json {
-            println!("{}", serde_json::to_string(r).expect("records serialize"));
+            // A closed pipe (`-o json | head`) must not stop a rollout halfway: output is best effort.
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "{}",
+                serde_json::to_string(r).expect("records serialize")
+            );
             return;
         }
         let line = output::describe(&r.event);
@@ -322,7 +327,9 @@ impl Reporter {
                     bar.println(line);
                 }
             }
-            None => println!("{line}"),
+            None => {
+                let _ = writeln!(std::io::stdout().lock(), "{line}");
+            }
         }
     }
 
@@ -729,10 +736,21 @@ async fn rollback(args: &RollbackArgs) -> Result<u8, CliError> {
             ..Default::default()
         }
     } else {
+        // Kubernetes can add pods: bring the previous set back at full size at once (surge 100%,
+        // nothing unavailable), reusing its ReplicaSet. Hosts go back in waves of maxUnavailable.
+        let elastic = original.rollout.spec.target.kubernetes.is_some();
         crate::spec::StrategySpec {
             rolling: Some(crate::spec::RollingSpec {
-                max_surge: crate::spec::IntOrPercent::Int(0),
-                max_unavailable: unavailable,
+                max_surge: if elastic {
+                    crate::spec::IntOrPercent::Percent(100)
+                } else {
+                    crate::spec::IntOrPercent::Int(0)
+                },
+                max_unavailable: if elastic {
+                    crate::spec::IntOrPercent::Int(0)
+                } else {
+                    unavailable
+                },
                 min_ready_seconds: 0,
             }),
             ..Default::default()
