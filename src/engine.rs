@@ -81,6 +81,37 @@ enum StepResult {
     Failed(String),
 }
 
+impl<'a, T: Target> Run<'a, T> {
+    /// A run of rollout `rollout` of `manifest`, journaling into the app's journal in `store`.
+    /// Ctrl-C is not watched until the caller sets `interrupts`.
+    pub fn new(
+        target: &'a T,
+        manifest: &'a Manifest,
+        plan: &'a Plan,
+        store: &'a Store,
+        rollout: &str,
+        from: Option<String>,
+        on_record: &'a (dyn Fn(&Record) + Sync),
+    ) -> Result<Self> {
+        Ok(Run {
+            target,
+            manifest,
+            plan,
+            store,
+            journal: Mutex::new(store.journal(manifest.name())?),
+            rollout: rollout.to_string(),
+            from,
+            actor: Actor::from_env(),
+            interrupts: Interrupts::default(),
+            on_record,
+            controls_seen: store.control_count(manifest.name()),
+            http: reqwest::Client::new(),
+            pending: Mutex::default(),
+            background_done: Arc::default(),
+        })
+    }
+}
+
 impl<T: Target> Run<'_, T> {
     /// Appends to the journal (fsynced) and then reports the record.
     pub fn log(&self, event: Event) -> Result<()> {

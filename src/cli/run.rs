@@ -233,23 +233,9 @@ async fn drive(
     let reporter = Reporter::new(mode, plan.steps.len());
     let on_record = |r: &Record| reporter.record(r);
     let actor = Actor::from_env();
-    let run = Run {
-        target,
-        manifest: m,
-        plan: &plan,
-        store,
-        journal: std::sync::Mutex::new(store.journal(m.name()).map_err(failed)?),
-        rollout: id.to_string(),
-        from: from.clone(),
-        actor: actor.clone(),
-        interrupts: install_interrupts(),
-        on_record: &on_record,
-        controls_seen: store.control_count(m.name()),
-        http: reqwest::Client::new(),
-        pending: Default::default(),
-        background_done: Default::default(),
-    };
-    let mut run = run;
+    let mut run =
+        Run::new(target, m, &plan, store, id, from.clone(), &on_record).map_err(failed)?;
+    run.interrupts = install_interrupts();
     let (step, full) = match start {
         Start::New { label } => {
             // confirm-rollout: a non-2xx answer holds the rollout before anything is recorded or changed.
@@ -477,22 +463,17 @@ async fn resume(args: &AppArgs, promoted: Option<bool>) -> Result<u8, CliError> 
     if let Some(reason) = &last.rollback {
         let reporter = Reporter::new(args.output, 1);
         let on_record = |r: &Record| reporter.record(r);
-        let mut run = Run {
-            target: &target,
-            manifest: &m,
-            plan: &plan,
-            store: &store,
-            journal: std::sync::Mutex::new(store.journal(&args.app).map_err(failed)?),
-            rollout: last.id.clone(),
-            from: last.from.clone(),
-            actor: Actor::from_env(),
-            interrupts: install_interrupts(),
-            on_record: &on_record,
-            controls_seen: store.control_count(&args.app),
-            http: reqwest::Client::new(),
-            pending: Default::default(),
-            background_done: Default::default(),
-        };
+        let mut run = Run::new(
+            &target,
+            &m,
+            &plan,
+            &store,
+            &last.id,
+            last.from.clone(),
+            &on_record,
+        )
+        .map_err(failed)?;
+        run.interrupts = install_interrupts();
         run.rollback(reason).await.map_err(failed)?;
         run.log(Event::Finished {
             rollout: last.id.clone(),
@@ -632,22 +613,16 @@ async fn abort(args: &AppArgs) -> Result<u8, CliError> {
     let plan = plan_for(&m, &target).await?;
     let reporter = Reporter::new(args.output, plan.steps.len());
     let on_record = |r: &Record| reporter.record(r);
-    let mut run = Run {
-        target: &target,
-        manifest: &m,
-        plan: &plan,
-        store: &store,
-        journal: std::sync::Mutex::new(store.journal(&args.app).map_err(failed)?),
-        rollout: last.id.clone(),
-        from: last.from.clone(),
-        actor: actor.clone(),
-        interrupts: Interrupts::default(),
-        on_record: &on_record,
-        controls_seen: store.control_count(&args.app),
-        http: reqwest::Client::new(),
-        pending: Default::default(),
-        background_done: Default::default(),
-    };
+    let mut run = Run::new(
+        &target,
+        &m,
+        &plan,
+        &store,
+        &last.id,
+        last.from.clone(),
+        &on_record,
+    )
+    .map_err(failed)?;
     let reason = format!("aborted by {actor}");
     run.rollback(&reason).await.map_err(failed)?;
     run.log(Event::Finished {
