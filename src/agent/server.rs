@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -459,6 +459,28 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     }
 }
 
+/// Path parameters whose rejections (say, a name that is not UTF-8 once percent-decoded) are
+/// JSON too.
+struct Params<T>(T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = Fail;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> std::result::Result<Self, Fail> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Params(v)),
+            Err(rejection) => Err(Fail::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                rejection.body_text(),
+            )),
+        }
+    }
+}
+
 fn query<T: DeserializeOwned>(uri: &Uri) -> std::result::Result<T, Fail> {
     axum::extract::Query::<T>::try_from_uri(uri)
         .map(|q| q.0)
@@ -533,7 +555,7 @@ async fn services(State(s): State<AppState>) -> Json<ServiceList> {
 
 async fn service(
     State(s): State<AppState>,
-    axum::extract::Path(name): axum::extract::Path<String>,
+    Params(name): Params<String>,
     uri: Uri,
 ) -> Answer<api::ServiceStatus> {
     let q: WaitQuery = query(&uri)?;
@@ -543,7 +565,7 @@ async fn service(
 
 async fn operation(
     State(s): State<AppState>,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    Params(id): Params<String>,
     uri: Uri,
 ) -> Answer<api::Operation> {
     let q: WaitQuery = query(&uri)?;
@@ -563,7 +585,7 @@ fn accepted(op: api::Operation) -> Response {
 
 async fn stage(
     State(s): State<AppState>,
-    axum::extract::Path(name): axum::extract::Path<String>,
+    Params(name): Params<String>,
     Body(req): Body<StageRequest>,
 ) -> std::result::Result<Response, Fail> {
     Ok(accepted(s.agent.stage_url(&name, req)?))
@@ -571,7 +593,7 @@ async fn stage(
 
 async fn upload(
     State(s): State<AppState>,
-    axum::extract::Path((name, version)): axum::extract::Path<(String, String)>,
+    Params((name, version)): Params<(String, String)>,
     uri: Uri,
     req: Request,
 ) -> std::result::Result<Response, Fail> {
@@ -599,7 +621,7 @@ async fn upload(
 
 async fn activate(
     State(s): State<AppState>,
-    axum::extract::Path(name): axum::extract::Path<String>,
+    Params(name): Params<String>,
     Body(req): Body<ActivateRequest>,
 ) -> std::result::Result<Response, Fail> {
     Ok(accepted(s.agent.activate(&name, req)?))
@@ -607,7 +629,7 @@ async fn activate(
 
 async fn rollback(
     State(s): State<AppState>,
-    axum::extract::Path(name): axum::extract::Path<String>,
+    Params(name): Params<String>,
     Body(req): Body<RollbackRequest>,
 ) -> std::result::Result<Response, Fail> {
     Ok(accepted(s.agent.rollback(&name, req)?))
@@ -615,7 +637,7 @@ async fn rollback(
 
 async fn prune(
     State(s): State<AppState>,
-    axum::extract::Path(name): axum::extract::Path<String>,
+    Params(name): Params<String>,
     Body(req): Body<PruneRequest>,
 ) -> std::result::Result<Response, Fail> {
     Ok(accepted(s.agent.prune(&name, req)?))
@@ -623,7 +645,7 @@ async fn prune(
 
 async fn stop(
     State(s): State<AppState>,
-    axum::extract::Path(name): axum::extract::Path<String>,
+    Params(name): Params<String>,
     Body(req): Body<SlotRequest>,
 ) -> std::result::Result<Response, Fail> {
     Ok(accepted(s.agent.stop(&name, req)?))
@@ -631,7 +653,7 @@ async fn stop(
 
 async fn start(
     State(s): State<AppState>,
-    axum::extract::Path(name): axum::extract::Path<String>,
+    Params(name): Params<String>,
     Body(req): Body<SlotRequest>,
 ) -> std::result::Result<Response, Fail> {
     Ok(accepted(s.agent.start(&name, req)?))
@@ -639,7 +661,7 @@ async fn start(
 
 async fn check_health(
     State(s): State<AppState>,
-    axum::extract::Path(name): axum::extract::Path<String>,
+    Params(name): Params<String>,
     Body(req): Body<HealthCheckRequest>,
 ) -> Answer<api::HealthReport> {
     Ok(Json(s.agent.check_health(&name, req).await?))
@@ -689,6 +711,40 @@ mod tests {
                 .unwrap();
             let e: ApiError = serde_json::from_slice(&body).unwrap();
             assert_eq!(e.code, "method_not_allowed");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_path_that_is_not_utf8_is_refused_as_json() {
+        // Found by the `agent_request` fuzz target: `%eb` in a path parameter answered axum's
+        // plain-text 400 instead of an `ApiError`
+        // (fuzz/regressions/agent_request/bad-percent-encoding-in-path-answers-plain-400).
+        let dir = tempfile::tempdir().unwrap();
+        for (method, uri) in [
+            ("GET", "/v1/services/%eb"),
+            ("POST", "/v1/services/%eb/health"),
+            (
+                "PUT",
+                "/v1/services/web/artifacts/%ff?requestId=r&sha256=00",
+            ),
+            ("GET", "/v1/operations/%c3%28"),
+        ] {
+            let req = axum::http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from("{}"))
+                .unwrap();
+            let resp = tower::ServiceExt::oneshot(app(dir.path()).await, req)
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{method} {uri}");
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            let e: ApiError = serde_json::from_slice(&body)
+                .unwrap_or_else(|_| panic!("{method} {uri}: {}", String::from_utf8_lossy(&body)));
+            assert_eq!(e.code, "bad_request");
         }
     }
 
