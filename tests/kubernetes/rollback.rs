@@ -170,10 +170,14 @@ async fn rollback_command_after_completion_returns_to_the_previous_template() {
         sets_after, sets_before,
         "the previous ReplicaSet is scaled back up, none is created"
     );
+    // The previous set comes back at once (surge 100%) and nothing goes unavailable.
     assert!(
-        sets.max_replicas_sum <= N,
+        sets.max_replicas_sum <= 2 * N,
         "the rollback's bounds: {sets:?}"
     );
-    assert!(pods.min_ready.expect("pods") >= N - 1, "{pods:?}");
+    assert!(
+        pods.min_ready.expect("pods") >= N,
+        "unavailable 0: {pods:?}"
+    );
     bed.finish().await;
 }
