@@ -25,5 +25,8 @@ if [ -x tests/cluster/cluster.sh ]; then
   trap 'tests/cluster/cluster.sh down || true' EXIT
 fi
 
+log "fuzz targets: build, replay the regression inputs, fuzz each briefly"
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}" fuzz/ci.sh
+
 log "cargo test"
 cargo test --locked --all-targets -- --test-threads="${ROLLGATE_TEST_THREADS:-2}"
