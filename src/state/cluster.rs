@@ -62,7 +62,7 @@ pub enum ClusterError {
         namespace: String,
         name: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error(
         "{app} is locked by {holder}: another rollout of it is running (Lease {namespace}/{name}, renewed {age}s ago; it is free {LEASE_SECONDS}s after its last renewal)"
@@ -358,7 +358,7 @@ impl Remote {
             kind,
             namespace: self.namespace.clone(),
             name: self.name.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -767,7 +767,7 @@ impl Drop for Session {
 }
 
 enum Renewal {
-    Renewed(Lease),
+    Renewed(Box<Lease>),
     Lost(String),
 }
 
@@ -783,7 +783,7 @@ async fn renew(leases: &Api<Lease>, name: &str, identity: &str) -> Result<Renewa
         }
         spec.renew_time = Some(MicroTime(Timestamp::now()));
         match leases.replace(name, &params(), &lease).await {
-            Ok(lease) => return Ok(Renewal::Renewed(lease)),
+            Ok(lease) => return Ok(Renewal::Renewed(Box::new(lease))),
             Err(e) if is_conflict(&e) => continue,
             Err(e) => return Err(e),
         }
@@ -868,7 +868,7 @@ async fn push(
         kind: "ConfigMap",
         namespace: namespace.to_string(),
         name: name.to_string(),
-        source,
+        source: Box::new(source),
     };
     for _ in 0..10 {
         let current = match last.take() {
