@@ -202,10 +202,15 @@ impl Env {
         }
     }
 
-    async fn kube(&self) -> Result<&Kube, ClusterError> {
+    /// The kubeconfig; an unknown `--context` is a usage error.
+    async fn kube(&self) -> Result<&Kube, CliError> {
         self.kube
             .get_or_try_init(|| Kube::connect(self.context.as_deref()))
             .await
+            .map_err(|e| match e {
+                ClusterError::UnknownContext { .. } => InputError::general(e.to_string()).into(),
+                e => failed(e),
+            })
     }
 
     /// `--context` or `--namespace` on an app whose target is a host fleet is a usage error.
@@ -240,7 +245,7 @@ async fn remote_for_manifest(m: &Manifest, env: &Env) -> Result<Option<Remote>, 
     let Some(k) = &m.rollout.spec.target.kubernetes else {
         return Ok(None);
     };
-    let kube = env.kube().await.map_err(failed)?;
+    let kube = env.kube().await?;
     Remote::new(kube, &k.namespace, m.name())
         .map(Some)
         .map_err(failed)
@@ -258,7 +263,7 @@ async fn remote_for_app(env: &Env, app: &str) -> Result<Option<Remote>, CliError
             return Ok(None);
         };
         let ns = env.namespace.as_ref().unwrap_or(&k.namespace);
-        let kube = env.kube().await.map_err(failed)?;
+        let kube = env.kube().await?;
         return Remote::new(kube, ns, app).map(Some).map_err(failed);
     }
     match env.kube().await {
@@ -268,7 +273,7 @@ async fn remote_for_app(env: &Env, app: &str) -> Result<Option<Remote>, CliError
         }
         // No kubeconfig at all: a machine that drives host fleets only.
         Err(_) if env.context.is_none() && env.namespace.is_none() => Ok(None),
-        Err(e) => Err(failed(e)),
+        Err(e) => Err(e),
     }
 }
 
@@ -394,7 +399,7 @@ async fn target_for(m: &Manifest, env: &Env) -> Result<AnyTarget, CliError> {
         crate::spec::Strategy::BlueGreen(s) => s.min_ready_seconds,
     };
     let blue_green = matches!(m.strategy, crate::spec::Strategy::BlueGreen(_));
-    let client = env.kube().await.map_err(failed)?.fenced().map_err(failed)?;
+    let client = env.kube().await?.fenced().map_err(failed)?;
     crate::target::kubernetes::Kubernetes::with_client(k, &base, min_ready, blue_green, client)
         .map(AnyTarget::Kubernetes)
         .map_err(failed)

@@ -55,6 +55,8 @@ pub const FIELD_MANAGER: &str = "rollgate";
 pub enum ClusterError {
     #[error("kubeconfig: {0}")]
     Config(String),
+    #[error("--context {name}: the kubeconfig has no such context (it has: {known})")]
+    UnknownContext { name: String, known: String },
     #[error("{action} {kind} {namespace}/{name}")]
     Api {
         action: &'static str,
@@ -108,12 +110,24 @@ impl Kube {
     /// when given, else at its current context.
     pub async fn connect(context: Option<&str>) -> Result<Kube> {
         let mut config = match context {
-            Some(name) => kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions {
-                context: Some(name.to_string()),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| ClusterError::Config(format!("--context {name}: {}", chain(&e))))?,
+            Some(name) => {
+                let file = kube::config::Kubeconfig::read()
+                    .map_err(|e| ClusterError::Config(chain(&e)))?;
+                if !file.contexts.iter().any(|c| c.name == name) {
+                    let known: Vec<&str> = file.contexts.iter().map(|c| c.name.as_str()).collect();
+                    return Err(ClusterError::UnknownContext {
+                        name: name.to_string(),
+                        known: known.join(", "),
+                    });
+                }
+                let options = kube::config::KubeConfigOptions {
+                    context: Some(name.to_string()),
+                    ..Default::default()
+                };
+                kube::Config::from_custom_kubeconfig(file, &options)
+                    .await
+                    .map_err(|e| ClusterError::Config(format!("--context {name}: {}", chain(&e))))?
+            }
             None => kube::Config::infer()
                 .await
                 .map_err(|e| ClusterError::Config(chain(&e)))?,
