@@ -505,7 +505,16 @@ impl<T: Target> Run<'_, T> {
             let started = Instant::now();
             // A target error inside a step (an agent that stopped answering) fails the step, so
             // `rollback.auto` handles it like any other failure.
-            let result = match self.run_step(i, step).await {
+            // A run whose Lease is gone stops mid-step at once, even while nothing happens.
+            let team = self.team;
+            let stepped = match team {
+                Some(team) => tokio::select! {
+                    r = self.run_step(i, step) => r,
+                    why = team.wait_lost() => Err(EngineError::LockLost(why)),
+                },
+                None => self.run_step(i, step).await,
+            };
+            let result = match stepped {
                 Ok(r) => r,
                 Err(EngineError::Target(e)) => StepResult::Failed(error_chain(&e)),
                 Err(e) => return Err(e),

@@ -15,6 +15,7 @@ mod kubernetes {
     mod metrics;
     mod rollback;
     mod rolling;
+    mod team_state;
 }
 
 mod smoke {

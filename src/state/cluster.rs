@@ -706,6 +706,17 @@ impl Session {
         })
     }
 
+    /// Resolves once [`Session::lost`] would say so (it looks four times a second: the check is
+    /// in memory).
+    pub async fn wait_lost(&self) -> String {
+        loop {
+            if let Some(why) = self.lost() {
+                return why;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Says the local journal grew: the mirror task pushes it.
     pub fn changed(&self) {
         self.shared.written.fetch_add(1, Ordering::SeqCst);
