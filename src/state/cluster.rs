@@ -528,7 +528,7 @@ impl Remote {
     pub async fn acquire(&self, store: &Store, actor: &Actor) -> Result<Session> {
         let identity = format!("{actor} pid {}", std::process::id());
         let started = Instant::now();
-        let (lease, took_over) = self.take_lease(&identity).await?;
+        let (lease, took_over) = self.take_lease(&identity, &actor.host).await?;
         self.fence.open_until(started + WRITE_WINDOW);
         let seen = match self.fetch().await? {
             Some(mirror) => mirror.controls.last().map_or(0, |c| c.seq),
@@ -578,7 +578,7 @@ impl Remote {
 
     /// Creates the Lease, or takes over an expired one with a resourceVersion-guarded update, so
     /// of two machines racing for it exactly one wins.
-    async fn take_lease(&self, identity: &str) -> Result<(Lease, Option<String>)> {
+    async fn take_lease(&self, identity: &str, host: &str) -> Result<(Lease, Option<String>)> {
         for _ in 0..5 {
             let now = MicroTime(Timestamp::now());
             let fresh = Lease {
@@ -612,7 +612,8 @@ impl Remote {
             let spec = current.spec.clone().unwrap_or_default();
             let age = age_seconds(&spec);
             let holder = spec.holder_identity.clone().unwrap_or_default();
-            if !expired(&spec) {
+            let gone = holder_gone(&holder, host);
+            if !expired(&spec) && !gone {
                 return Err(ClusterError::Locked {
                     app: self.app.clone(),
                     holder,
@@ -631,9 +632,13 @@ impl Remote {
             });
             match self.leases.replace(&self.name, &params(), &current).await {
                 Ok(lease) => {
-                    let note = format!(
-                        "took over the lock from {holder}: its Lease was not renewed for {age}s"
-                    );
+                    let note = if gone {
+                        format!("took over the lock from {holder}: that process is gone")
+                    } else {
+                        format!(
+                            "took over the lock from {holder}: its Lease was not renewed for {age}s"
+                        )
+                    };
                     return Ok((lease, Some(note)));
                 }
                 Err(e) if is_conflict(&e) => continue,
@@ -644,6 +649,26 @@ impl Remote {
             "Lease {}/{} changed 5 times while rollgate tried to take it: try again",
             self.namespace, self.name
         )))
+    }
+}
+
+/// Whether the holder (`user@host[ (ci)] pid N`) was a process on this host that is gone: its
+/// Lease need not run out (as with the local lock file).
+fn holder_gone(holder: &str, host: &str) -> bool {
+    let at_host = holder
+        .split_whitespace()
+        .next()
+        .and_then(|who| who.split('@').nth(1));
+    let pid = holder
+        .rsplit(" pid ")
+        .next()
+        .and_then(|p| p.trim().parse::<u32>().ok());
+    match (at_host, pid) {
+        (Some(h), Some(pid)) if h == host && holder.contains(" pid ") => {
+            std::path::Path::new("/proc/self").exists()
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        }
+        _ => false,
     }
 }
 
@@ -1183,6 +1208,16 @@ mod tests {
         fence.lose("the Lease is now held by bo@box pid 7".into());
         fence.open_until(Instant::now() + Duration::from_secs(60));
         assert!(fence.check().unwrap_err().contains("bo@box"));
+    }
+
+    #[test]
+    fn a_holder_is_gone_only_if_it_was_here_and_its_process_is_not() {
+        let me = std::process::id();
+        assert!(holder_gone("ana@box pid 4000000", "box"));
+        assert!(!holder_gone(&format!("ana@box pid {me}"), "box"));
+        assert!(!holder_gone("ana@other pid 4000000", "box"));
+        assert!(!holder_gone("ana@box (ci) pid 4000000", "other"));
+        assert!(!holder_gone("nonsense", "box"));
     }
 
     #[test]

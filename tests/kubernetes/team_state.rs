@@ -24,9 +24,10 @@ use super::common::{self, APP, Bed, image};
 
 const STATE: &str = "rollgate-web";
 
-/// One machine: its own state dir and user, the cluster's kubeconfig.
+/// One machine: its own state dir, host name and user, the cluster's kubeconfig.
 struct Machine<'a> {
     bed: &'a Bed,
+    name: String,
     state: PathBuf,
     user: &'static str,
 }
@@ -35,6 +36,7 @@ impl<'a> Machine<'a> {
     fn new(bed: &'a Bed, name: &str, user: &'static str) -> Self {
         Machine {
             bed,
+            name: name.to_string(),
             state: bed.path(name),
             user,
         }
@@ -47,6 +49,8 @@ impl<'a> Machine<'a> {
             .env("KUBECONFIG", self.bed.cluster.kubeconfig())
             .env("ROLLGATE_STATE", &self.state)
             .env("ROLLGATE_USER", self.user)
+            // Two machines: a Lease held by the other one's dead process must run out first.
+            .env("HOSTNAME", format!("machine-{}", self.name))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
