@@ -290,7 +290,17 @@ async fn records(env: &Env, app: &str, remote: Option<&Remote>) -> Result<Vec<Re
             ),
         }
     }
-    env.store.read(app).map_err(failed)
+    local_records(env, app, remote)
+}
+
+/// The local journal (pulled from the cluster under the lock), for a Kubernetes target only the
+/// rollouts in its namespace.
+fn local_records(env: &Env, app: &str, remote: Option<&Remote>) -> Result<Vec<Record>, CliError> {
+    let records = env.store.read(app).map_err(failed)?;
+    Ok(match remote {
+        Some(r) => r.scope(&env.store, records),
+        None => records,
+    })
 }
 
 /// An app's lock: the local lock file and, for a Kubernetes target, the Lease with the journal
@@ -590,7 +600,28 @@ fn outcome_code(outcome: &RunOutcome, app: &str, started: Instant) -> u8 {
 async fn apply(args: &ApplyArgs, env: &Env) -> Result<u8, CliError> {
     let mut m = load(&args.input)?;
     overrides(&mut m, env)?;
+    context_namespace(&mut m, env).await?;
     apply_with(&m, args.output, env).await
+}
+
+/// A manifest that names no namespace gets the kubeconfig context's (else `default`), as kubectl.
+async fn context_namespace(m: &mut Manifest, env: &Env) -> Result<(), CliError> {
+    let named = m
+        .sources
+        .merged()
+        .get("spec")
+        .and_then(|s| s.get("target"))
+        .and_then(|t| t.get("kubernetes"))
+        .and_then(|k| k.get("namespace"))
+        .is_some();
+    if named || env.namespace.is_some() || m.rollout.spec.target.kubernetes.is_none() {
+        return Ok(());
+    }
+    let ns = env.kube().await?.default_namespace().to_string();
+    if let Some(k) = &mut m.rollout.spec.target.kubernetes {
+        k.namespace = ns;
+    }
+    Ok(())
 }
 
 pub async fn apply_manifest(m: &Manifest, mode: Progress, store: &Store) -> Result<u8, CliError> {
@@ -694,7 +725,7 @@ async fn resume_locked(
     held: &Held,
 ) -> Result<u8, CliError> {
     let store = &env.store;
-    let records = store.read(&args.app).map_err(failed)?;
+    let records = local_records(env, &args.app, remote)?;
     let (last, m) = last_rollout(env, &args.app, &records, remote)?;
     if let Some(outcome) = last.outcome {
         println!(
@@ -821,7 +852,7 @@ async fn promote_locked(
 ) -> Result<u8, CliError> {
     let app = &args.app.app;
     let actor = Actor::from_env();
-    let records = env.store.read(app).map_err(failed)?;
+    let records = local_records(env, app, remote)?;
     let (last, _) = last_rollout(env, app, &records, remote)?;
     if last.outcome.is_some() || last.paused.is_none() {
         return Err(CliError::Failed(format!(
@@ -896,7 +927,7 @@ async fn abort_locked(
     held: &Held,
 ) -> Result<u8, CliError> {
     let actor = Actor::from_env();
-    let records = env.store.read(&args.app).map_err(failed)?;
+    let records = local_records(env, &args.app, remote)?;
     let (last, m) = last_rollout(env, &args.app, &records, remote)?;
     if let Some(outcome) = last.outcome {
         return Err(CliError::Failed(format!(

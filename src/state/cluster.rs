@@ -431,8 +431,14 @@ impl Remote {
             return Ok(None);
         };
         self.save_manifests(store, &mirror)?;
-        let local = store.read(&self.app)?;
+        let local = self.scope(store, store.read(&self.app)?);
         Ok(Some(merge(&local, &mirror.records).records))
+    }
+
+    /// The records of the app's rollouts in this namespace: the local journal is per app name, and
+    /// one name may be rolled out in several namespaces.
+    pub fn scope(&self, store: &Store, records: Vec<Record>) -> Vec<Record> {
+        in_namespace(store, &self.app, &self.namespace, records)
     }
 
     /// Brings the cluster's records into the local journal. The caller holds the app's local lock
@@ -911,7 +917,7 @@ async fn push(
     name: &str,
     last: &mut Option<ConfigMap>,
 ) -> Result<(), ClusterError> {
-    let records = store.read(app)?;
+    let records = in_namespace(store, app, namespace, store.read(app)?);
     let data = mirror_data(store, app, &records)?;
     let api = |action, source| ClusterError::Api {
         action,
@@ -1039,6 +1045,26 @@ async fn control_loop(
             }
         }
     }
+}
+
+/// Keeps the records of rollouts whose manifest targets `namespace` (and of those whose manifest
+/// is missing: nothing says they belong elsewhere).
+fn in_namespace(store: &Store, app: &str, namespace: &str, records: Vec<Record>) -> Vec<Record> {
+    let mut here: BTreeMap<String, bool> = BTreeMap::new();
+    records
+        .into_iter()
+        .filter(|r| {
+            let id = rollout_of(&r.event);
+            *here.entry(id.to_string()).or_insert_with(|| {
+                store.load_manifest(app, id).map_or(true, |m| {
+                    m.spec
+                        .target
+                        .kubernetes
+                        .is_some_and(|k| k.namespace == namespace)
+                })
+            })
+        })
+        .collect()
 }
 
 fn rollout_of(e: &Event) -> &str {

@@ -30,6 +30,7 @@ struct Machine<'a> {
     name: String,
     state: PathBuf,
     user: &'static str,
+    kubeconfig: PathBuf,
 }
 
 impl<'a> Machine<'a> {
@@ -39,6 +40,7 @@ impl<'a> Machine<'a> {
             name: name.to_string(),
             state: bed.path(name),
             user,
+            kubeconfig: bed.cluster.kubeconfig().to_path_buf(),
         }
     }
 
@@ -46,7 +48,7 @@ impl<'a> Machine<'a> {
         let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_rollgate"));
         c.args(args)
             .current_dir(self.bed.dir.path())
-            .env("KUBECONFIG", self.bed.cluster.kubeconfig())
+            .env("KUBECONFIG", &self.kubeconfig)
             .env("ROLLGATE_STATE", &self.state)
             .env("ROLLGATE_USER", self.user)
             // Two machines: a Lease held by the other one's dead process must run out first.
@@ -624,25 +626,77 @@ async fn namespace_and_context_flags_choose_where_rollgate_acts() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--namespace applies to kubernetes targets"));
 
-    let context = kube::config::Kubeconfig::read_from(bed.cluster.kubeconfig())
-        .expect("the kubeconfig")
-        .current_context
-        .expect("a current context");
+    // A context whose namespace is the second one: a manifest that names none goes there.
+    let mut config =
+        kube::config::Kubeconfig::read_from(bed.cluster.kubeconfig()).expect("the kubeconfig");
+    let current = config.current_context.clone().expect("a current context");
+    let mut team = config
+        .contexts
+        .iter()
+        .find(|c| c.name == current)
+        .expect("the current context")
+        .clone();
+    team.name = "team-y".into();
+    team.context.as_mut().expect("a context").namespace = Some(other.clone());
+    config.contexts.push(team);
+    let kubeconfig = bed.path("kubeconfig-team");
+    std::fs::write(
+        &kubeconfig,
+        serde_yaml::to_string(&config).expect("kubeconfig YAML"),
+    )
+    .expect("writing the kubeconfig");
+    let unnamed = bed.path("unnamed.yaml");
+    std::fs::write(
+        &unnamed,
+        format!(
+            "apiVersion: rollgate.dev/v1\nkind: Rollout\nmetadata: {{name: {APP}}}\nspec:\n  version: \"2\"\n  target:\n    kubernetes: {{deployment: {APP}, image: \"{}\"}}\n  strategy:\n    rolling: {{maxSurge: 1, maxUnavailable: 0}}\n  progressDeadlineSeconds: 60\n",
+            image("2")
+        ),
+    )
+    .expect("writing the rollout");
+    let mut one = one;
+    one.kubeconfig = kubeconfig;
     let out = one
         .run(&[
             "apply",
             "-f",
-            rollout,
-            "--namespace",
-            &other,
+            unnamed.to_str().unwrap(),
             "--context",
-            &context,
+            "team-y",
         ])
         .await;
-    assert!(out.status.success(), "rolled out in the second namespace");
+    assert!(
+        out.status.success(),
+        "rolled out in the context's namespace"
+    );
     tokio::time::timeout(Duration::from_secs(120), rolled("2"))
         .await
         .expect("web in the second namespace at version 2")
+        .expect("watching");
+
+    // --namespace wins over the manifest's namespace.
+    let rollout = bed.rollout(
+        "web-3.yaml",
+        "3",
+        &format!("image: \"{}\"", image("3")),
+        "  strategy:\n    rolling: {maxSurge: 1, maxUnavailable: 0}\n  progressDeadlineSeconds: 60\n",
+    );
+    let out = two
+        .run(&[
+            "apply",
+            "-f",
+            rollout.to_str().unwrap(),
+            "--namespace",
+            &other,
+        ])
+        .await;
+    assert!(
+        out.status.success(),
+        "rolled out in the namespace of the flag"
+    );
+    tokio::time::timeout(Duration::from_secs(120), rolled("3"))
+        .await
+        .expect("web in the second namespace at version 3")
         .expect("watching");
     assert_eq!(
         snapshot(&bed).await,
@@ -655,8 +709,11 @@ async fn namespace_and_context_flags_choose_where_rollgate_acts() {
         .run(&["history", "web", "-n", &other, "-o", "json"])
         .await;
     let seen = history(&out);
-    assert_eq!(seen.len(), 1, "{seen:?}");
-    assert_eq!(seen[0]["outcome"], "succeeded");
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0]["actor"]["user"], "ana");
+    assert_eq!(seen[1]["actor"]["user"], "bo");
+    assert!(seen.iter().all(|r| r["outcome"] == "succeeded"), "{seen:?}");
+    // The first namespace holds no state of web: a machine that ran it elsewhere says so too.
     let out = two.run(&["history", "web", "-n", &bed.ns]).await;
     assert!(out.status.success());
     assert!(
