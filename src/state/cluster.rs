@@ -1236,6 +1236,43 @@ mod tests {
         assert!(fence.check().unwrap_err().contains("bo@box"));
     }
 
+    #[tokio::test]
+    async fn the_fenced_client_lets_reads_through_and_writes_only_while_the_fence_is_open() {
+        use tower::{Layer, ServiceExt};
+        let fence = Fence::default();
+        let inner = tower::service_fn(|_: hyper::Request<()>| async {
+            Ok::<_, std::convert::Infallible>("sent")
+        });
+        let service = FenceLayer(fence.clone()).layer(inner);
+        let request = |method: hyper::Method| {
+            hyper::Request::builder()
+                .method(method)
+                .uri("/api/v1/namespaces/shop/configmaps/rollgate-web")
+                .body(())
+                .unwrap()
+        };
+        let get = service.clone().oneshot(request(hyper::Method::GET)).await;
+        assert_eq!(get.unwrap(), "sent");
+        for method in [
+            hyper::Method::POST,
+            hyper::Method::PUT,
+            hyper::Method::PATCH,
+            hyper::Method::DELETE,
+        ] {
+            let refused = service.clone().oneshot(request(method)).await.unwrap_err();
+            assert!(
+                refused.to_string().starts_with("write refused: "),
+                "{refused}"
+            );
+        }
+        fence.open_until(Instant::now() + Duration::from_secs(60));
+        let put = service.clone().oneshot(request(hyper::Method::PUT)).await;
+        assert_eq!(put.unwrap(), "sent");
+        fence.lose("the Lease is now held by bo@box pid 7".into());
+        let put = service.clone().oneshot(request(hyper::Method::PUT)).await;
+        assert!(put.unwrap_err().to_string().contains("bo@box"));
+    }
+
     #[test]
     fn a_holder_is_gone_only_if_it_was_here_and_its_process_is_not() {
         let me = std::process::id();
