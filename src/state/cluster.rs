@@ -90,6 +90,13 @@ pub enum ClusterError {
     TooLarge { app: String, bytes: usize },
     #[error("stopped: {0}")]
     Lost(String),
+    #[error("{app} has no rollouts in namespace {namespace} (ConfigMap {name} does not exist)")]
+    NoState {
+        app: String,
+        namespace: String,
+        name: String,
+    },
+    /// The object kept changing under optimistic concurrency.
     #[error("{0}")]
     Busy(String),
     #[error(transparent)]
@@ -495,12 +502,11 @@ impl Remote {
                 .await
                 .map_err(|e| self.api_error("reading", "ConfigMap", e))?
             else {
-                return Err(ClusterError::Busy(format!(
-                    "{} has no rollouts in namespace {} ({} does not exist)",
-                    self.app,
-                    self.namespace,
-                    self.describe()
-                )));
+                return Err(ClusterError::NoState {
+                    app: self.app.clone(),
+                    namespace: self.namespace.clone(),
+                    name: self.name.clone(),
+                });
             };
             let mut controls = self.parse(&cm)?.controls;
             let seq = controls.last().map_or(1, |c| c.seq + 1);
