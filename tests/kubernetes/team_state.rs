@@ -375,6 +375,44 @@ async fn of_two_concurrent_applies_one_is_refused_and_the_other_is_aborted_from_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_pause_running_on_one_machine_is_cut_short_by_promote_from_another() {
+    const N: i32 = 4;
+    let Some(bed) = Bed::new("team-soak", N, "25%", "0").await else {
+        return;
+    };
+    let rollout = bed.rollout(
+        "web.yaml",
+        "2",
+        &format!("image: \"{}\"", image("2")),
+        "  strategy:\n    canary: {maxSurge: 1, maxUnavailable: 0, steps: [{setWeight: 50}, {pause: {duration: 1h}}]}\n  progressDeadlineSeconds: 60\n",
+    );
+    let ns = bed.ns.clone();
+    let one = Machine::new(&bed, "one", "ana");
+    let two = Machine::new(&bed, "two", "bo");
+    let run = one.spawn(&["apply", "-f", rollout.to_str().unwrap()]);
+    wait_journal(&bed, "the run at its one-hour pause", |j| {
+        j.iter()
+            .any(|r| r["event"] == "stepStarted" && r["kind"] == "pause")
+    })
+    .await;
+    let out = two.run(&["promote", "web", "-n", &ns]).await;
+    assert!(out.status.success());
+    assert!(
+        common::stdout(&out).contains("promotion sent to the running rollout"),
+        "{}",
+        common::stdout(&out)
+    );
+    let out = finished(one.user, run).await;
+    assert!(out.status.success(), "the run went on past its pause");
+    bed.wait_deployment("version 2 rolled out", |d| {
+        common::rolled_out(d, N, &image("2"))
+    })
+    .await;
+    common::assert_at_rest(&bed).await;
+    bed.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_killed_on_one_machine_is_resumed_on_another_once_its_lease_expires() {
     const N: i32 = 6;
     let Some(bed) = Bed::new("team-kill", N, "25%", "0").await else {
