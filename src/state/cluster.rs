@@ -90,6 +90,14 @@ pub enum ClusterError {
     TooLarge { app: String, bytes: usize },
     #[error("stopped: {0}")]
     Lost(String),
+    #[error(
+        "stopped: the journal could not be written to ConfigMap {namespace}/{name} for 10s: {why}"
+    )]
+    Mirror {
+        namespace: String,
+        name: String,
+        why: String,
+    },
     #[error("{app} has no rollouts in namespace {namespace} (ConfigMap {name} does not exist)")]
     NoState {
         app: String,
@@ -760,16 +768,28 @@ impl Session {
         self.shared.wake.notify_one();
     }
 
-    /// Waits until everything journaled so far is in the cluster.
+    /// Waits until everything journaled so far is in the cluster; fails when the Lease is lost, or
+    /// when writing the ConfigMap has kept failing for [`WRITE_WINDOW`] (a rollout must not go on
+    /// where other machines cannot see it).
     pub async fn flush(&self) -> Result<()> {
         let target = self.shared.written.load(Ordering::SeqCst);
         let mut pushed = self.shared.pushed.subscribe();
+        let started = Instant::now();
         loop {
             if *pushed.borrow_and_update() >= target {
                 return Ok(());
             }
             if let Some(why) = self.lost() {
                 return Err(ClusterError::Lost(why));
+            }
+            if started.elapsed() > WRITE_WINDOW
+                && let Some(why) = self.push_error()
+            {
+                return Err(ClusterError::Mirror {
+                    namespace: self.namespace.clone(),
+                    name: self.name.clone(),
+                    why,
+                });
             }
             // Woken by the push, or after a quarter second to look at the fence again.
             let _ = tokio::time::timeout(Duration::from_millis(250), pushed.changed()).await;
