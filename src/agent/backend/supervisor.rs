@@ -429,7 +429,7 @@ fn start_time(pid: u32) -> Option<u64> {
 fn write_pid_file(spec: &RunSpec, pid: Option<u32>) {
     if let Some(pid) = pid {
         let text = format!("{pid} {}\n", start_time(pid).unwrap_or(0));
-        let _ = crate::agent::store::write_atomic(&pid_file(spec), text.as_bytes());
+        let _ = crate::agent::store::write_atomic_volatile(&pid_file(spec), text.as_bytes());
     }
 }
 
