@@ -2,6 +2,8 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
+#[path = "support/faults.rs"]
+mod faults;
 #[path = "support/prometheus.rs"]
 mod prometheus;
 
@@ -11,6 +13,7 @@ mod kubernetes {
     mod blue_green;
     mod canary;
     mod common;
+    mod faults;
     mod interrupted;
     mod metrics;
     mod rollback;
