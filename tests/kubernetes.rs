@@ -11,6 +11,7 @@ mod kubernetes {
     mod blue_green;
     mod canary;
     mod common;
+    mod failures;
     mod interrupted;
     mod metrics;
     mod rollback;
