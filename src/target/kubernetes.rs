@@ -23,6 +23,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodTemplateSpec, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -60,6 +63,8 @@ pub struct Kubernetes {
     http: reqwest::Client,
     /// ReplicaSets and pods of the Deployment, watched from first use to the end of the process.
     cache: tokio::sync::OnceCell<Cache>,
+    /// Set once the API server said the kubeconfig's user may do what a rollout does.
+    access: tokio::sync::OnceCell<()>,
 }
 
 /// Watched copies of the Deployment's ReplicaSets and pods: a step reads them without a request.
@@ -295,6 +300,7 @@ impl Kubernetes {
             blue_green,
             http,
             cache: tokio::sync::OnceCell::new(),
+            access: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -326,6 +332,62 @@ impl Kubernetes {
             ),
             message,
         }
+    }
+
+    /// Asks the API server (one SelfSubjectAccessReview per verb, which any user may make) whether
+    /// the kubeconfig's user may do everything a rollout does, and names each verb it may not.
+    async fn check_access(&self) -> Result<()> {
+        let reviews: Api<SelfSubjectAccessReview> =
+            Api::all(self.deployments.clone().into_client());
+        let ns = &self.spec.namespace;
+        let asks = required_access(self.blue_green)
+            .into_iter()
+            .map(|(group, resource, verb)| {
+                let reviews = reviews.clone();
+                let review = SelfSubjectAccessReview {
+                    spec: SelfSubjectAccessReviewSpec {
+                        resource_attributes: Some(ResourceAttributes {
+                            group: Some(group.into()),
+                            resource: Some(resource.into()),
+                            verb: Some(verb.into()),
+                            namespace: Some(ns.clone()),
+                            ..ResourceAttributes::default()
+                        }),
+                        ..SelfSubjectAccessReviewSpec::default()
+                    },
+                    ..SelfSubjectAccessReview::default()
+                };
+                async move {
+                    let answer = reviews.create(&PostParams::default(), &review).await;
+                    (group, resource, verb, answer)
+                }
+            });
+        let mut denied = Vec::new();
+        for (group, resource, verb, answer) in futures_util::future::join_all(asks).await {
+            match answer {
+                Ok(r) if r.status.as_ref().is_some_and(|s| !s.allowed) => {
+                    let resource = if group.is_empty() {
+                        resource.to_string()
+                    } else {
+                        format!("{resource}.{group}")
+                    };
+                    denied.push(format!("{verb} {resource}"));
+                }
+                Ok(_) => {}
+                // A server that answers no reviews: the requests themselves will say what fails.
+                Err(_) => return Ok(()),
+            }
+        }
+        if denied.is_empty() {
+            return Ok(());
+        }
+        Err(self.fail(
+            "checking access",
+            format!(
+                "forbidden: the kubeconfig's user may not {} in namespace {ns}; nothing was changed (the Role rollgate needs is manifests/kubernetes/rbac.yaml)",
+                denied.join(", ")
+            ),
+        ))
     }
 
     /// The Deployment's pod template as the cluster holds it; `None` when there is no Deployment.
@@ -925,8 +987,35 @@ impl Kubernetes {
     }
 }
 
+/// What a rollout asks of the API server, as (API group, resource, verb). The Role in
+/// `manifests/kubernetes/rbac.yaml` grants these; blue-green also points Services.
+pub fn required_access(blue_green: bool) -> Vec<(&'static str, &'static str, &'static str)> {
+    let mut out = Vec::new();
+    let mut grant = |group: &'static str, resource: &'static str, verbs: &[&'static str]| {
+        out.extend(verbs.iter().map(|verb| (group, resource, *verb)));
+    };
+    grant(
+        "apps",
+        "deployments",
+        &["get", "list", "watch", "patch", "update"],
+    );
+    grant(
+        "apps",
+        "replicasets",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    );
+    grant("", "pods", &["get", "list", "watch"]);
+    grant("", "configmaps", &["get", "create", "delete"]);
+    if blue_green {
+        grant("", "services", &["get", "patch"]);
+    }
+    out
+}
+
 impl Target for Kubernetes {
     async fn size(&self) -> Result<u32> {
+        // Before anything reads or changes the Deployment: the first thing every command asks.
+        self.access.get_or_try_init(|| self.check_access()).await?;
         let d = self
             .deployments
             .get(self.name())
