@@ -14,6 +14,7 @@ mod kubernetes {
     mod failures;
     mod interrupted;
     mod metrics;
+    mod pod_security;
     mod rbac;
     mod rollback;
     mod rolling;
