@@ -13,9 +13,12 @@ mod kubernetes {
     mod blue_green;
     mod canary;
     mod common;
+    mod failures;
     mod faults;
     mod interrupted;
     mod metrics;
+    mod pod_security;
+    mod rbac;
     mod rollback;
     mod rolling;
 }

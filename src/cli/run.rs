@@ -81,6 +81,7 @@ fn load(input: &InputArgs) -> Result<Manifest, InputError> {
 
 fn validate(args: &InputArgs) -> Result<u8, CliError> {
     let m = load(args)?;
+    crate::cli::security::check_blocking(&m, args.strict)?;
     let files: Vec<String> = m
         .sources
         .files
@@ -130,6 +131,7 @@ fn make_plan(m: &Manifest, replicas: Option<u32>) -> Result<plan::Plan, InputErr
 fn plan_cmd(args: &PlanArgs) -> Result<u8, CliError> {
     let m = load(&args.input)?;
     let p = make_plan(&m, args.replicas)?;
+    crate::cli::security::check_blocking(&m, args.input.strict)?;
     let text = match args.output {
         Format::Table => {
             output::plan_table(m.name(), &m.rollout.spec.version, &m.strategy_source, &p)
@@ -387,6 +389,7 @@ fn outcome_code(outcome: &RunOutcome, app: &str, started: Instant) -> u8 {
 
 pub async fn apply(args: &ApplyArgs) -> Result<u8, CliError> {
     let m = load(&args.input)?;
+    crate::cli::security::check(&m, args.input.strict).await?;
     apply_manifest(&m, args.output, &Store::open_default()).await
 }
 

@@ -25,6 +25,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodTemplateSpec, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -66,6 +69,8 @@ pub struct Kubernetes {
     reach: Arc<Reach>,
     /// The ReplicaSet held for the new version, once known: named when it goes missing.
     held_name: std::sync::Mutex<Option<String>>,
+    /// Set once the API server said the kubeconfig's user may do what a rollout does.
+    access: tokio::sync::OnceCell<()>,
 }
 
 /// Retries of requests and watches: 100 ms doubling to 2 s, so a restarted API server is found
@@ -433,6 +438,7 @@ impl Kubernetes {
             cache: tokio::sync::OnceCell::new(),
             reach: Arc::default(),
             held_name: std::sync::Mutex::default(),
+            access: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -448,14 +454,88 @@ impl Kubernetes {
         self.spec.container.as_deref()
     }
 
-    fn fail(&self, what: &str, e: impl std::fmt::Display) -> TargetError {
+    fn fail(&self, what: &str, e: impl std::fmt::Display + 'static) -> TargetError {
+        // The API server's refusal names the verb and the resource; say where the grant lives.
+        let message = match (&e as &dyn std::any::Any).downcast_ref::<kube::Error>() {
+            Some(kube::Error::Api(s)) if s.code == 403 => format!(
+                "{what}: forbidden: {} (the Role rollgate needs is manifests/kubernetes/rbac.yaml)",
+                s.message
+            ),
+            _ => format!("{what}: {e}"),
+        };
         TargetError::Rejected {
             instance: format!(
                 "deployment {}/{}",
                 self.spec.namespace, self.spec.deployment
             ),
-            message: format!("{what}: {e}"),
+            message,
         }
+    }
+
+    /// Asks the API server (one SelfSubjectAccessReview per verb, which any user may make) whether
+    /// the kubeconfig's user may do everything a rollout does, and names each verb it may not.
+    async fn check_access(&self) -> Result<()> {
+        let reviews: Api<SelfSubjectAccessReview> =
+            Api::all(self.deployments.clone().into_client());
+        let ns = &self.spec.namespace;
+        let asks = required_access(self.blue_green)
+            .into_iter()
+            .map(|(group, resource, verb)| {
+                let reviews = reviews.clone();
+                let review = SelfSubjectAccessReview {
+                    spec: SelfSubjectAccessReviewSpec {
+                        resource_attributes: Some(ResourceAttributes {
+                            group: Some(group.into()),
+                            resource: Some(resource.into()),
+                            verb: Some(verb.into()),
+                            namespace: Some(ns.clone()),
+                            ..ResourceAttributes::default()
+                        }),
+                        ..SelfSubjectAccessReviewSpec::default()
+                    },
+                    ..SelfSubjectAccessReview::default()
+                };
+                async move {
+                    let answer = reviews.create(&PostParams::default(), &review).await;
+                    (group, resource, verb, answer)
+                }
+            });
+        let mut denied = Vec::new();
+        for (group, resource, verb, answer) in futures_util::future::join_all(asks).await {
+            match answer {
+                Ok(r) if r.status.as_ref().is_some_and(|s| !s.allowed) => {
+                    let resource = if group.is_empty() {
+                        resource.to_string()
+                    } else {
+                        format!("{resource}.{group}")
+                    };
+                    denied.push(format!("{verb} {resource}"));
+                }
+                Ok(_) => {}
+                // A server that answers no reviews: the requests themselves will say what fails.
+                Err(_) => return Ok(()),
+            }
+        }
+        if denied.is_empty() {
+            return Ok(());
+        }
+        Err(self.fail(
+            "checking access",
+            format!(
+                "forbidden: the kubeconfig's user may not {} in namespace {ns}; nothing was changed (the Role rollgate needs is manifests/kubernetes/rbac.yaml)",
+                denied.join(", ")
+            ),
+        ))
+    }
+
+    /// The Deployment's pod template as the cluster holds it; `None` when there is no Deployment.
+    pub async fn live_template(&self) -> Result<Option<PodTemplateSpec>> {
+        let d = self
+            .deployments
+            .get_opt(self.name())
+            .await
+            .map_err(|e| self.fail("reading it", e))?;
+        Ok(d.and_then(|d| d.spec).map(|s| s.template))
     }
 
     /// Starts the watches on first use and returns once both have listed.
@@ -1169,8 +1249,35 @@ impl Kubernetes {
     }
 }
 
+/// What a rollout asks of the API server, as (API group, resource, verb). The Role in
+/// `manifests/kubernetes/rbac.yaml` grants these; blue-green also points Services.
+pub fn required_access(blue_green: bool) -> Vec<(&'static str, &'static str, &'static str)> {
+    let mut out = Vec::new();
+    let mut grant = |group: &'static str, resource: &'static str, verbs: &[&'static str]| {
+        out.extend(verbs.iter().map(|verb| (group, resource, *verb)));
+    };
+    grant(
+        "apps",
+        "deployments",
+        &["get", "list", "watch", "patch", "update"],
+    );
+    grant(
+        "apps",
+        "replicasets",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    );
+    grant("", "pods", &["get", "list", "watch"]);
+    grant("", "configmaps", &["get", "create", "delete"]);
+    if blue_green {
+        grant("", "services", &["get", "patch"]);
+    }
+    out
+}
+
 impl Target for Kubernetes {
     async fn size(&self) -> Result<u32> {
+        // Before anything reads or changes the Deployment: the first thing every command asks.
+        self.access.get_or_try_init(|| self.check_access()).await?;
         let d = self
             .reach
             .call(|| self.deployments.get(self.name()))
@@ -1409,10 +1516,32 @@ pub fn manifest_template(path: &Path) -> Result<PodTemplateSpec> {
         .ok_or_else(|| TargetError::Setup(format!("{}: no spec.template", path.display())))
 }
 
-/// Where a pod template falls short of the recommended securityContext (runAsNonRoot,
-/// privileged false, allowPrivilegeEscalation false, readOnlyRootFilesystem true), one line per
-/// container and setting, naming the field path. Pure: `validate` and `plan` can warn with it.
-pub fn pod_security_warnings(t: &PodTemplateSpec) -> Vec<String> {
+/// One recommended securityContext setting that a pod template does not meet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityWarning {
+    /// The field in a Deployment, like `spec.template.spec.containers[0].securityContext.privileged`.
+    pub path: String,
+    /// The container's name.
+    pub container: String,
+    /// What the setting is and what is recommended, like `not set (recommended: true)`.
+    pub message: String,
+}
+
+impl std::fmt::Display for SecurityWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: container {}: {}",
+            self.path, self.container, self.message
+        )
+    }
+}
+
+/// Where a pod template falls short of the recommended securityContext (runAsNonRoot true,
+/// privileged false, allowPrivilegeEscalation false, readOnlyRootFilesystem true): one warning per
+/// container and setting, at the field that sets it (or would). Pure: `validate`, `plan` and `apply`
+/// print them.
+pub fn pod_security_warnings(t: &PodTemplateSpec) -> Vec<SecurityWarning> {
     let Some(spec) = t.spec.as_ref() else {
         return Vec::new();
     };
@@ -1420,6 +1549,7 @@ pub fn pod_security_warnings(t: &PodTemplateSpec) -> Vec<String> {
         .security_context
         .as_ref()
         .and_then(|s| s.run_as_non_root);
+    let shown = |v: Option<bool>| v.map_or("not set".to_string(), |b| b.to_string());
     let mut out = Vec::new();
     let kinds = [
         (
@@ -1430,23 +1560,47 @@ pub fn pod_security_warnings(t: &PodTemplateSpec) -> Vec<String> {
     ];
     for (kind, containers) in kinds {
         for (i, c) in containers.iter().enumerate() {
-            let at = format!("spec.template.spec.{kind}[{i}] ({})", c.name);
+            let at = format!("spec.template.spec.{kind}[{i}].securityContext");
             let sc = c.security_context.as_ref();
-            if sc.and_then(|s| s.run_as_non_root).or(pod_non_root) != Some(true) {
-                out.push(format!("{at}: securityContext.runAsNonRoot is not true"));
+            let mut warn = |field: &str, path: String, message: String| {
+                out.push(SecurityWarning {
+                    path: format!("{path}.{field}"),
+                    container: c.name.clone(),
+                    message,
+                });
+            };
+            // The container's setting wins over the pod's.
+            let own = sc.and_then(|s| s.run_as_non_root);
+            let (value, path) = match (own, pod_non_root) {
+                (None, Some(v)) => (Some(v), "spec.template.spec.securityContext".to_string()),
+                (v, _) => (v, at.clone()),
+            };
+            if value != Some(true) {
+                warn(
+                    "runAsNonRoot",
+                    path,
+                    format!("{} (recommended: true)", shown(value)),
+                );
             }
-            if sc.and_then(|s| s.privileged) == Some(true) {
-                out.push(format!("{at}: securityContext.privileged is true"));
+            let privileged = sc.and_then(|s| s.privileged);
+            if privileged == Some(true) {
+                warn("privileged", at.clone(), "true (recommended: false)".into());
             }
-            if sc.and_then(|s| s.allow_privilege_escalation) != Some(false) {
-                out.push(format!(
-                    "{at}: securityContext.allowPrivilegeEscalation is not false"
-                ));
+            let escalation = sc.and_then(|s| s.allow_privilege_escalation);
+            if escalation != Some(false) {
+                warn(
+                    "allowPrivilegeEscalation",
+                    at.clone(),
+                    format!("{} (recommended: false)", shown(escalation)),
+                );
             }
-            if sc.and_then(|s| s.read_only_root_filesystem) != Some(true) {
-                out.push(format!(
-                    "{at}: securityContext.readOnlyRootFilesystem is not true"
-                ));
+            let read_only = sc.and_then(|s| s.read_only_root_filesystem);
+            if read_only != Some(true) {
+                warn(
+                    "readOnlyRootFilesystem",
+                    at.clone(),
+                    format!("{} (recommended: true)", shown(read_only)),
+                );
             }
         }
     }
@@ -1506,12 +1660,36 @@ mod tests {
         .unwrap();
         let w = pod_security_warnings(&bare);
         assert_eq!(w.len(), 4, "{w:#?}");
-        assert!(w[1].contains("containers[0] (web): securityContext.privileged is true"));
+        assert_eq!(
+            w[1].to_string(),
+            "spec.template.spec.containers[0].securityContext.privileged: container web: true (recommended: false)"
+        );
+        assert_eq!(
+            w[0].to_string(),
+            "spec.template.spec.containers[0].securityContext.runAsNonRoot: container web: not set (recommended: true)"
+        );
+        // A pod-level runAsNonRoot: false is reported where it is set.
+        let pod_level: PodTemplateSpec = serde_yaml::from_str(
+            "spec: {securityContext: {runAsNonRoot: false}, initContainers: [{name: init}], containers: [{name: web, securityContext: {runAsNonRoot: true, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true}}]}",
+        )
+        .unwrap();
+        let w: Vec<String> = pod_security_warnings(&pod_level)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            w,
+            [
+                "spec.template.spec.securityContext.runAsNonRoot: container init: false (recommended: true)",
+                "spec.template.spec.initContainers[0].securityContext.allowPrivilegeEscalation: container init: not set (recommended: false)",
+                "spec.template.spec.initContainers[0].securityContext.readOnlyRootFilesystem: container init: not set (recommended: true)",
+            ]
+        );
         let hardened: PodTemplateSpec = serde_yaml::from_str(
             "spec: {securityContext: {runAsNonRoot: true}, containers: [{name: web, securityContext: {privileged: false, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true}}]}",
         )
         .unwrap();
-        assert_eq!(pod_security_warnings(&hardened), Vec::<String>::new());
+        assert_eq!(pod_security_warnings(&hardened), Vec::new());
     }
 
     #[test]
