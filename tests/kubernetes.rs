@@ -21,6 +21,7 @@ mod kubernetes {
     mod rbac;
     mod rollback;
     mod rolling;
+    mod team_state;
 }
 
 mod smoke {

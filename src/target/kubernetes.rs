@@ -419,6 +419,17 @@ impl Kubernetes {
             .map_err(|e| TargetError::Setup(format!("kubeconfig: {e}")))?;
         let client = Client::try_from(config)
             .map_err(|e| TargetError::Setup(format!("kubernetes client: {e}")))?;
+        Self::with_client(spec, base_dir, min_ready_seconds, blue_green, client)
+    }
+
+    /// The same with a client already made (for `--context`, and writes fenced by the app's Lease).
+    pub fn with_client(
+        spec: &KubernetesTarget,
+        base_dir: &Path,
+        min_ready_seconds: u64,
+        blue_green: bool,
+        client: Client,
+    ) -> Result<Self> {
         let ns = spec.namespace.as_str();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
