@@ -227,7 +227,8 @@ impl Fence {
     }
 }
 
-/// Rejects mutating requests (anything but GET, HEAD and OPTIONS) while the fence is not open.
+/// Rejects mutating requests (anything but GET, HEAD and OPTIONS, and access reviews) while the
+/// fence is not open.
 #[derive(Clone)]
 struct FenceLayer(Fence);
 
@@ -269,7 +270,13 @@ where
             hyper::Method::HEAD,
             hyper::Method::OPTIONS,
         ];
+        // An access review is a question, not a change: the target asks before it takes the lock.
+        let question = request
+            .uri()
+            .path()
+            .starts_with("/apis/authorization.k8s.io/");
         if !reads.contains(request.method())
+            && !question
             && let Err(why) = self.fence.check()
         {
             let message = format!("write refused: {why}");

@@ -1278,7 +1278,19 @@ pub fn required_access(blue_green: bool) -> Vec<(&'static str, &'static str, &'s
         &["get", "list", "watch", "create", "patch", "delete"],
     );
     grant("", "pods", &["get", "list", "watch"]);
-    grant("", "configmaps", &["get", "create", "delete"]);
+    // The holder (get, create, delete) and the app's journal and controls `rollgate-<app>`
+    // (get, create, update, and list + watch for control requests from other machines).
+    grant(
+        "",
+        "configmaps",
+        &["get", "list", "watch", "create", "update", "delete"],
+    );
+    // The app's lock: the Lease `rollgate-<app>`, renewed by update, released by delete.
+    grant(
+        "coordination.k8s.io",
+        "leases",
+        &["get", "create", "update", "delete"],
+    );
     if blue_green {
         grant("", "services", &["get", "patch"]);
     }
