@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -533,7 +534,10 @@ impl Remote {
     /// Lease, mirroring the local journal, and taking control requests from the cluster. The caller
     /// holds the app's local lock.
     pub async fn acquire(&self, store: &Store, actor: &Actor) -> Result<Session> {
-        let identity = format!("{actor} pid {}", std::process::id());
+        let identity = match boot_id() {
+            Some(boot) => format!("{actor} pid {} boot {boot}", std::process::id()),
+            None => format!("{actor} pid {}", std::process::id()),
+        };
         let started = Instant::now();
         let (lease, took_over) = self.take_lease(&identity).await?;
         self.fence.open_until(started + WRITE_WINDOW);
@@ -619,7 +623,8 @@ impl Remote {
             let spec = current.spec.clone().unwrap_or_default();
             let age = age_seconds(&spec);
             let holder = spec.holder_identity.clone().unwrap_or_default();
-            if !expired(&spec) {
+            let dead = holder_gone(&holder);
+            if !expired(&spec) && !dead {
                 return Err(ClusterError::Locked {
                     app: self.app.clone(),
                     holder,
@@ -638,9 +643,13 @@ impl Remote {
             });
             match self.leases.replace(&self.name, &params(), &current).await {
                 Ok(lease) => {
-                    let note = format!(
-                        "took over the lock from {holder}: its Lease was not renewed for {age}s"
-                    );
+                    let note = if dead {
+                        format!("took over the lock from {holder}: that process is gone")
+                    } else {
+                        format!(
+                            "took over the lock from {holder}: its Lease was not renewed for {age}s"
+                        )
+                    };
                     return Ok((lease, Some(note)));
                 }
                 Err(e) if is_conflict(&e) => continue,
@@ -652,6 +661,46 @@ impl Remote {
             self.namespace, self.name
         )))
     }
+}
+
+/// Where this process runs, as far as its pids mean anything: this boot of the kernel
+/// (`/proc/sys/kernel/random/boot_id`, 12 hex digits) and this pid namespace (its inode), e.g.
+/// `1c2f3e4d5a6b.4026531836`. A Lease holder names it, so that a process of the same boot and pid
+/// namespace can be known dead; containers on one host share the boot but not the pid namespace.
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let hex: String = id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(12)
+        .collect();
+    let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let ns: String = ns
+        .to_string_lossy()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    (hex.len() == 12 && !ns.is_empty()).then(|| format!("{hex}.{ns}"))
+}
+
+/// Whether `holder` ("<actor> pid <pid> boot <boot>") is a process of this boot and pid namespace
+/// that no longer runs: its Lease may be taken at once, as a local lock left by a dead process is.
+/// A holder from another machine, boot or container (or without a boot) is never judged here: its
+/// Lease must expire.
+fn holder_gone(holder: &str) -> bool {
+    let Some(ours) = boot_id() else {
+        return false;
+    };
+    let mut words = holder.split_whitespace().rev();
+    let (Some(boot), Some("boot"), Some(pid), Some("pid")) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    boot == ours && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Seconds since the Lease was last renewed (or acquired).
@@ -1123,6 +1172,25 @@ fn write_lines(path: &std::path::Path, records: &[Record]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_dead_process_of_this_boot_gives_up_its_lease_early() {
+        let Some(boot) = boot_id() else {
+            return; // no /proc: never judged, the Lease must expire
+        };
+        // A pid above the kernel's limit (4194304) never runs.
+        let dead = format!("ana@box pid 4999999 boot {boot}");
+        assert!(holder_gone(&dead));
+        let alive = format!("ana@box pid {} boot {boot}", std::process::id());
+        assert!(!holder_gone(&alive), "this process is alive");
+        let init = format!("ana@box pid 1 boot {boot}");
+        assert!(!holder_gone(&init), "pid 1 runs");
+        assert!(
+            !holder_gone("ana@box pid 4999999 boot 000000000000.4026531836"),
+            "another machine's (or boot's) process is never judged"
+        );
+        assert!(!holder_gone("ana@box pid 4999999"), "no boot: never judged");
+    }
 
     fn rec(at_ms: u64, rollout: &str, step: usize) -> Record {
         Record {
