@@ -12,6 +12,7 @@ mod kubernetes {
     mod canary;
     mod common;
     mod failures;
+    mod hpa;
     mod interrupted;
     mod metrics;
     mod pod_security;

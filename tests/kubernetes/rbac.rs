@@ -314,7 +314,7 @@ async fn the_role_grants_little_more_and_every_verb_it_checks_is_needed() {
     let sa = client_for(&kubeconfig).await;
 
     // What the Role holds beyond what a rollout checks: the in-cluster state store's ConfigMaps and
-    // Lease, and reading a HorizontalPodAutoscaler. Nothing else.
+    // Lease. Nothing else.
     let needed: BTreeSet<(String, String, String)> =
         rollgate::target::kubernetes::required_access(true)
             .into_iter()
@@ -344,8 +344,6 @@ async fn the_role_grants_little_more_and_every_verb_it_checks_is_needed() {
         "get leases.coordination.k8s.io",
         "create leases.coordination.k8s.io",
         "update leases.coordination.k8s.io",
-        "get horizontalpodautoscalers.autoscaling",
-        "list horizontalpodautoscalers.autoscaling",
     ]
     .into_iter()
     .map(String::from)
