@@ -434,6 +434,7 @@ async fn the_role_grants_little_more_and_every_verb_it_checks_is_needed() {
                 r.verbs.retain(|v| v != verb);
             }
         }
+        rules.retain(|r| !r.verbs.is_empty());
         roles
             .patch(
                 "rollgate",
@@ -496,7 +497,7 @@ async fn the_role_grants_little_more_and_every_verb_it_checks_is_needed() {
         "a refused rollout leaves no journal"
     );
     assert_eq!(
-        refusals, 19,
+        refusals, 20,
         "every verb a blue-green rollout checks was taken away once"
     );
 
