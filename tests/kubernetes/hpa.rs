@@ -15,6 +15,7 @@ use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
     MetricTarget, ResourceMetricSource,
 };
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
@@ -278,5 +279,88 @@ async fn abort_beside_an_hpa_returns_to_the_hpas_count() {
         sets(&bed).await.values().all(|(_, _, lent)| !lent),
         "nothing is left lent"
     );
+    bed.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_beside_an_hpa_previews_switches_and_ends_at_its_count() {
+    let Some(bed) = Bed::new("hpa-blue-green", N, "25%", "0").await else {
+        return;
+    };
+    hpa(&bed, 1).await;
+    let services: Api<Service> = Api::namespaced(bed.client.clone(), &bed.ns);
+    for name in ["web-active", "web-preview"] {
+        let svc = Service {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(ServiceSpec {
+                selector: Some([("app".to_string(), APP.to_string())].into()),
+                ports: Some(vec![ServicePort {
+                    port: 80,
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        };
+        services
+            .create(&PostParams::default(), &svc)
+            .await
+            .expect("creating a Service");
+    }
+    let stable_hash = bed.replica_sets().await[0].labels()["pod-template-hash"].clone();
+    let (stop, replicas_seen) = watch_replicas(&bed).await;
+    let rollout = bed.rollout(
+        "web.yaml",
+        "2",
+        &format!("image: \"{}\"", image("2")),
+        "  strategy:\n    blueGreen: {autoPromotionEnabled: false, scaleDownDelaySeconds: 1}\n  progressDeadlineSeconds: 60\n",
+    );
+    let out = bed
+        .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
+        .await;
+    assert_eq!(out.status.code(), Some(3), "paused for promotion");
+    let s = sets(&bed).await;
+    assert_eq!(s[&image("1")].0, N, "{s:?}");
+    assert!(s[&image("1")].2, "the stable set is lent: {s:?}");
+    assert_eq!(s[&image("2")].0, N, "the preview at full size: {s:?}");
+    let active = services.get("web-active").await.expect("web-active");
+    assert_eq!(
+        active
+            .spec
+            .and_then(|s| s.selector)
+            .and_then(|s| s.get("pod-template-hash").cloned()),
+        Some(stable_hash),
+        "active stays on the stable pods"
+    );
+
+    // The HPA scales to 6 while the preview waits; promotion brings both sets to 6, then switches.
+    bed.deployments
+        .patch_scale(
+            APP,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 6}})),
+        )
+        .await
+        .expect("scaling web");
+    let out = bed.rollgate(&["promote", "web"]).await;
+    assert!(out.status.success(), "promoted to the end");
+    bed.wait_deployment("version 2 at the HPA's 6", |d| {
+        common::rolled_out(d, 6, &image("2"))
+    })
+    .await;
+    common::assert_at_rest(&bed).await;
+    for name in ["web-active", "web-preview"] {
+        let svc = services.get(name).await.expect("Service");
+        assert_eq!(
+            svc.spec.and_then(|s| s.selector),
+            Some([("app".to_string(), APP.to_string())].into()),
+            "{name} unpinned at rest"
+        );
+    }
+    let _ = stop.send(());
+    assert_eq!(replicas_seen.await.expect("watch task"), vec![N, 6]);
     bed.finish().await;
 }
