@@ -3,6 +3,8 @@
 //! Layout under the state dir (`$ROLLGATE_STATE`, else `$XDG_STATE_HOME/rollgate`, else
 //! `~/.local/state/rollgate`): `<app>/journal.jsonl`, `<app>/lock`, `<app>/control.jsonl`.
 
+pub mod cluster;
+
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

@@ -2,6 +2,8 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
+#[path = "support/faults.rs"]
+mod faults;
 #[path = "support/prometheus.rs"]
 mod prometheus;
 
@@ -12,6 +14,7 @@ mod kubernetes {
     mod canary;
     mod common;
     mod failures;
+    mod faults;
     mod hpa;
     mod interrupted;
     mod metrics;
@@ -19,6 +22,7 @@ mod kubernetes {
     mod rbac;
     mod rollback;
     mod rolling;
+    mod team_state;
 }
 
 mod smoke {

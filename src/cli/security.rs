@@ -28,11 +28,15 @@ pub fn check_blocking(m: &Manifest, strict: bool) -> Result<(), CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::Failed(format!("starting a tokio runtime: {e}")))?;
-    runtime.block_on(check(m, strict))
+    runtime.block_on(check(m, strict, None))
 }
 
 /// The checks of `apply`: the template that would be rolled out, from the file or the cluster.
-pub async fn check(m: &Manifest, strict: bool) -> Result<(), CliError> {
+pub async fn check(
+    m: &Manifest,
+    strict: bool,
+    client: Option<kube::Client>,
+) -> Result<(), CliError> {
     let Some(k) = &m.rollout.spec.target.kubernetes else {
         return Ok(());
     };
@@ -40,7 +44,7 @@ pub async fn check(m: &Manifest, strict: bool) -> Result<(), CliError> {
         return report(findings_in_file(m, k)?, strict);
     }
     let at = format!("deployment {}/{}", k.namespace, k.deployment);
-    match tokio::time::timeout(LIVE_TIMEOUT, live_template(k)).await {
+    match tokio::time::timeout(LIVE_TIMEOUT, live_template(k, client)).await {
         Ok(Ok(Some(t))) => report(findings_live(&at, &t), strict),
         Ok(Ok(None)) => {
             eprintln!("note: pod security not checked: {at} does not exist");
@@ -62,10 +66,17 @@ pub async fn check(m: &Manifest, strict: bool) -> Result<(), CliError> {
     }
 }
 
-async fn live_template(k: &KubernetesTarget) -> Result<Option<PodTemplateSpec>, String> {
-    let target = Kubernetes::new(k, Path::new("."), 0, false)
-        .await
-        .map_err(|e| crate::engine::error_chain(&e))?;
+/// The Deployment's pod template as the cluster has it, through `client` (else the kubeconfig's
+/// current context).
+async fn live_template(
+    k: &KubernetesTarget,
+    client: Option<kube::Client>,
+) -> Result<Option<PodTemplateSpec>, String> {
+    let target = match client {
+        Some(client) => Kubernetes::with_client(k, Path::new("."), 0, false, client),
+        None => Kubernetes::new(k, Path::new("."), 0, false).await,
+    }
+    .map_err(|e| crate::engine::error_chain(&e))?;
     target
         .live_template()
         .await

@@ -19,6 +19,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -69,8 +71,142 @@ pub struct Kubernetes {
     http: reqwest::Client,
     /// ReplicaSets and pods of the Deployment, watched from first use to the end of the process.
     cache: tokio::sync::OnceCell<Cache>,
+    /// Whether the API server answers, and how long a request keeps trying when it does not.
+    reach: Arc<Reach>,
+    /// The ReplicaSet held for the new version, once known: named when it goes missing.
+    held_name: std::sync::Mutex<Option<String>>,
     /// Set once the API server said the kubeconfig's user may do what a rollout does.
     access: tokio::sync::OnceCell<()>,
+}
+
+/// Retries of requests and watches: 100 ms doubling to 2 s, so a restarted API server is found
+/// again within 2 s of answering (kube's watcher default grows to 30 s, most of a step).
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MOST: Duration = Duration::from_secs(2);
+/// How long a request keeps retrying outside a step (before the first), and at least how long
+/// during a rollback: a rollback is the way back to safety.
+const PATIENCE_OUTSIDE_STEPS: Duration = Duration::from_secs(60);
+
+/// The API server's reachability, as requests and watches find it. A loss is reported once, when
+/// it begins, and its end once, with how long it lasted: a restarting API server costs a pause, and
+/// the output says so, instead of failing the step.
+struct Reach {
+    lost: std::sync::Mutex<Option<(tokio::time::Instant, String)>>,
+    /// How long a request retries connection errors and "unavailable" answers: the step's
+    /// progressDeadlineSeconds while a step runs.
+    patience_ms: AtomicU64,
+}
+
+impl Default for Reach {
+    fn default() -> Self {
+        Reach {
+            lost: std::sync::Mutex::default(),
+            patience_ms: AtomicU64::new(PATIENCE_OUTSIDE_STEPS.as_millis() as u64),
+        }
+    }
+}
+
+impl Reach {
+    fn set_patience(&self, patience: Duration) {
+        let ms = u64::try_from(patience.as_millis()).unwrap_or(u64::MAX);
+        self.patience_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn lost(&self, e: &dyn std::error::Error) {
+        let mut lost = self.lost.lock().expect("reach lock");
+        if lost.is_none() {
+            // kube's errors repeat their source in their text: the first and the root suffice.
+            let mut root = e;
+            while let Some(source) = root.source() {
+                root = source;
+            }
+            let why = if std::ptr::addr_eq(root, e) {
+                e.to_string()
+            } else {
+                format!("{e} ({root})")
+            };
+            eprintln!("warning: lost the Kubernetes API server: {why}; retrying");
+            *lost = Some((tokio::time::Instant::now(), why));
+        }
+    }
+
+    fn regained(&self) {
+        if let Some((since, _)) = self.lost.lock().expect("reach lock").take() {
+            eprintln!(
+                "the Kubernetes API server answers again, after {:.1}s",
+                since.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// Since when, and why, the API server has been out of reach.
+    fn outage(&self) -> Option<(tokio::time::Instant, String)> {
+        self.lost.lock().expect("reach lock").clone()
+    }
+
+    /// Runs `request` until the API server answers it, retrying what a restart causes (no
+    /// connection, a connection cut, 429 / 5xx) for the current patience. Requests are retried
+    /// whole, so each is idempotent or handles its own replay (409 on create, 404 on delete).
+    async fn call<T, F, Fut>(&self, mut request: F) -> kube::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = kube::Result<T>>,
+    {
+        let patience = Duration::from_millis(self.patience_ms.load(Ordering::Relaxed));
+        let started = tokio::time::Instant::now();
+        let mut pause = RETRY_FIRST;
+        loop {
+            match request().await {
+                Err(e) if transient(&e) && started.elapsed() + pause < patience => {
+                    self.lost(&e);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RETRY_MOST);
+                }
+                Err(e) if transient(&e) => return Err(e),
+                answered => {
+                    self.regained();
+                    return answered;
+                }
+            }
+        }
+    }
+}
+
+/// Whether an error is the API server being away (restarting, overloaded) rather than an answer.
+fn transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => matches!(s.code, 429 | 500 | 502 | 503 | 504),
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
+        _ => false,
+    }
+}
+
+fn watch_transient(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => transient(e),
+        watcher::Error::WatchError(s) => s.code != 403 && s.code != 401,
+        watcher::Error::NoResourceVersion => true,
+    }
+}
+
+/// The watches' backoff after an error (see `RETRY_FIRST`); reset by the next event.
+struct WatchRetry(Duration);
+
+impl Iterator for WatchRetry {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let pause = self.0;
+        self.0 = (pause * 2).min(RETRY_MOST);
+        Some(pause)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchRetry {
+    fn reset(&mut self) {
+        self.0 = RETRY_FIRST;
+    }
 }
 
 /// Watched copies of the Deployment's ReplicaSets and pods: a step reads them without a request.
@@ -327,6 +463,17 @@ impl Kubernetes {
             .map_err(|e| TargetError::Setup(format!("kubeconfig: {e}")))?;
         let client = Client::try_from(config)
             .map_err(|e| TargetError::Setup(format!("kubernetes client: {e}")))?;
+        Self::with_client(spec, base_dir, min_ready_seconds, blue_green, client)
+    }
+
+    /// The same with a client already made (for `--context`, and writes fenced by the app's Lease).
+    pub fn with_client(
+        spec: &KubernetesTarget,
+        base_dir: &Path,
+        min_ready_seconds: u64,
+        blue_green: bool,
+        client: Client,
+    ) -> Result<Self> {
         let ns = spec.namespace.as_str();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -344,6 +491,8 @@ impl Kubernetes {
             blue_green,
             http,
             cache: tokio::sync::OnceCell::new(),
+            reach: Arc::default(),
+            held_name: std::sync::Mutex::default(),
             access: tokio::sync::OnceCell::new(),
         })
     }
@@ -438,8 +587,10 @@ impl Kubernetes {
     async fn autoscaler(&self) -> Result<Option<String>> {
         let hpas: Api<HorizontalPodAutoscaler> =
             Api::namespaced(self.deployments.clone().into_client(), &self.spec.namespace);
-        let all = hpas
-            .list(&ListParams::default())
+        let lp = ListParams::default();
+        let all = self
+            .reach
+            .call(|| hpas.list(&lp))
             .await
             .map_err(|e| self.fail("listing HorizontalPodAutoscalers", e))?;
         Ok(all
@@ -467,8 +618,8 @@ impl Kubernetes {
         self.cache
             .get_or_try_init(|| async {
                 let d = self
-                    .deployments
-                    .get(self.name())
+                    .reach
+                    .call(|| self.deployments.get(self.name()))
                     .await
                     .map_err(|e| self.fail("reading it", e))?;
                 let selector = d
@@ -483,19 +634,26 @@ impl Kubernetes {
                 let (pods, pods_w) = reflector::store::<Pod>();
                 let set_events =
                     reflector(sets_w, watcher(self.replica_sets.clone(), config.clone()))
-                        .default_backoff()
-                        .map(|e| e.is_ok())
+                        .backoff(WatchRetry(RETRY_FIRST))
+                        .map(|e| e.map(drop))
                         .boxed();
                 let pod_events = reflector(pods_w, watcher(self.pods.clone(), config))
-                    .default_backoff()
-                    .map(|e| e.is_ok())
+                    .backoff(WatchRetry(RETRY_FIRST))
+                    .map(|e| e.map(drop))
                     .boxed();
                 let (tx, changes) = tokio::sync::watch::channel(0u64);
+                let reach = self.reach.clone();
                 let task = tokio::spawn(async move {
+                    // An error is retried (the watcher lists again) after a backoff; the store
+                    // keeps the last full list meanwhile.
                     let mut events = futures_util::stream::select(set_events, pod_events);
-                    while let Some(ok) = events.next().await {
-                        if ok {
-                            tx.send_modify(|n| *n += 1);
+                    while let Some(event) = events.next().await {
+                        match event {
+                            Ok(()) => {
+                                reach.regained();
+                                tx.send_modify(|n| *n += 1);
+                            }
+                            Err(e) => reach.lost(&e),
                         }
                     }
                 });
@@ -528,10 +686,11 @@ impl Kubernetes {
     /// Points `service` at the pods of one ReplicaSet (its pod-template-hash), or at every pod of
     /// the app with `None`. One patch; a Service that does not exist is not an error.
     async fn pin(&self, service: &str, hash: Option<&str>) -> Result<()> {
-        let patch = serde_json::json!({"spec": {"selector": {HASH_LABEL: hash}}});
+        let patch = Patch::Merge(serde_json::json!({"spec": {"selector": {HASH_LABEL: hash}}}));
+        let pp = params();
         match self
-            .services
-            .patch(service, &params(), &Patch::Merge(patch))
+            .reach
+            .call(|| self.services.patch(service, &pp, &patch))
             .await
         {
             Ok(_) => Ok(()),
@@ -542,8 +701,8 @@ impl Kubernetes {
 
     async fn pinned(&self, service: &str) -> Result<Option<String>> {
         let svc = self
-            .services
-            .get_opt(service)
+            .reach
+            .call(|| self.services.get_opt(service))
             .await
             .map_err(|e| self.fail(&format!("reading Service {service}"), e))?;
         Ok(svc
@@ -553,8 +712,8 @@ impl Kubernetes {
 
     async fn view(&self) -> Result<View> {
         let deployment = self
-            .deployments
-            .get(self.name())
+            .reach
+            .call(|| self.deployments.get(self.name()))
             .await
             .map_err(|e| self.fail("reading it", e))?;
         let uid = deployment.metadata.uid.clone().unwrap_or_default();
@@ -564,14 +723,16 @@ impl Kubernetes {
             .map(|s| s.selector.clone())
             .unwrap_or_default();
         let selector = Selector::try_from(selector).map_err(|e| self.fail("its selector", e))?;
+        let holder_name = self.holder_name();
         let holder = self
-            .config_maps
-            .get_opt(&self.holder_name())
+            .reach
+            .call(|| self.config_maps.get_opt(&holder_name))
             .await
             .map_err(|e| self.fail("reading the rollout holder", e))?;
+        let listed = ListParams::default().labels_from(&selector);
         let sets = self
-            .replica_sets
-            .list(&ListParams::default().labels_from(&selector))
+            .reach
+            .call(|| self.replica_sets.list(&listed))
             .await
             .map_err(|e| self.fail("listing ReplicaSets", e))?
             .items;
@@ -638,8 +799,9 @@ impl Kubernetes {
     }
 
     async fn patch_deployment(&self, patch: serde_json::Value) -> Result<Deployment> {
-        self.deployments
-            .patch(self.name(), &params(), &Patch::Merge(patch))
+        let (pp, patch) = (params(), Patch::Merge(patch));
+        self.reach
+            .call(|| self.deployments.patch(self.name(), &pp, &patch))
             .await
             .map_err(|e| self.fail("patching it", e))
     }
@@ -650,8 +812,8 @@ impl Kubernetes {
         let mut attempts = 0;
         loop {
             let mut d = self
-                .deployments
-                .get(self.name())
+                .reach
+                .call(|| self.deployments.get(self.name()))
                 .await
                 .map_err(|e| self.fail("reading it", e))?;
             if let Some(a) = d.metadata.annotations.as_mut() {
@@ -666,7 +828,12 @@ impl Kubernetes {
                 field_manager: Some(FIELD_MANAGER.into()),
                 ..PostParams::default()
             };
-            match self.deployments.replace(self.name(), &post, &d).await {
+            // A replace whose answer was lost and that is sent again conflicts: read, then again.
+            match self
+                .reach
+                .call(|| self.deployments.replace(self.name(), &post, &d))
+                .await
+            {
                 Ok(d) => return Ok(d),
                 Err(kube::Error::Api(s)) if s.code == 409 && attempts < 5 => attempts += 1,
                 Err(e) => return Err(self.fail("setting its template", e)),
@@ -678,12 +845,13 @@ impl Kubernetes {
     /// marked as lent or not.
     async fn give(&self, rs: &ReplicaSet, owner: OwnerReference, lend: bool) -> Result<()> {
         let mark = lend.then_some("true");
-        let patch = serde_json::json!({"metadata": {
+        let patch = Patch::Merge(serde_json::json!({"metadata": {
             "ownerReferences": [owner],
             "annotations": {LENT_ANNOTATION: mark},
-        }});
-        self.replica_sets
-            .patch(&rs.name_any(), &params(), &Patch::Merge(patch))
+        }}));
+        let (pp, name) = (params(), rs.name_any());
+        self.reach
+            .call(|| self.replica_sets.patch(&name, &pp, &patch))
             .await
             .map(drop)
             .map_err(|e| self.fail(&format!("handing over ReplicaSet {}", rs.name_any()), e))
@@ -710,16 +878,25 @@ impl Kubernetes {
             },
             ..ConfigMap::default()
         };
-        self.config_maps
-            .create(
-                &PostParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..PostParams::default()
-                },
-                &cm,
-            )
+        let post = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        match self
+            .reach
+            .call(|| self.config_maps.create(&post, &cm))
             .await
-            .map_err(|e| self.fail("creating the rollout holder", e))
+        {
+            // Created by this very request, sent again after its answer was lost.
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let name = self.holder_name();
+                self.reach
+                    .call(|| self.config_maps.get(&name))
+                    .await
+                    .map_err(|e| self.fail("reading the rollout holder", e))
+            }
+            created => created.map_err(|e| self.fail("creating the rollout holder", e)),
+        }
     }
 
     fn holder_ref(&self, cm: &ConfigMap) -> OwnerReference {
@@ -739,7 +916,15 @@ impl Kubernetes {
     async fn hand_over(&self, version: &str, n: u32, deadline: Duration) -> Result<()> {
         let view = self.view().await?;
         let Some(new) = view.held(version, self.container()).cloned() else {
-            return Ok(()); // already handed over
+            let current = view
+                .deployment
+                .spec
+                .as_ref()
+                .and_then(|s| template_version(&s.template, self.container()));
+            if current.as_deref() == Some(version) {
+                return Ok(()); // already handed over
+            }
+            return Err(self.fail("handing over", self.missing_held(&view, version)));
         };
         let holder = view.holder.clone().expect("held implies a holder");
         // 1. The Deployment, paused, gives away its ReplicaSets: it owns none, so it scales none.
@@ -778,10 +963,7 @@ impl Kubernetes {
         .await?;
         self.patch_deployment(serde_json::json!({"spec": {"paused": false}}))
             .await?;
-        self.config_maps
-            .delete(&self.holder_name(), &DeleteParams::background())
-            .await
-            .map_err(|e| self.fail("deleting the rollout holder", e))?;
+        self.delete_holder().await?;
         if self.blue_green {
             // One ReplicaSet is left: the Services select the app's pods as the user wrote them.
             self.pin(&self.active_service(), None).await?;
@@ -805,22 +987,89 @@ impl Kubernetes {
         .await
     }
 
-    /// Waits (by watch) until the Deployment meets `cond`, at most `deadline`.
+    /// Waits (by watch) until the Deployment meets `cond`, at most `deadline`. A watch that breaks
+    /// (the API server restarts) is started again, with the retry backoff, within the deadline.
     async fn wait_status(
         &self,
         deadline: Duration,
         what: &str,
         cond: impl Fn(&Deployment) -> bool + Send + 'static,
     ) -> Result<()> {
-        let done = kube::runtime::wait::await_condition(
-            self.deployments.clone(),
-            self.name(),
-            move |d: Option<&Deployment>| d.is_some_and(&cond),
-        );
+        let updates = watcher::watch_object(self.deployments.clone(), self.name())
+            .backoff(WatchRetry(RETRY_FIRST));
+        let done = async {
+            let mut updates = std::pin::pin!(updates);
+            while let Some(update) = updates.next().await {
+                match update {
+                    Ok(d) => {
+                        self.reach.regained();
+                        if d.as_ref().is_some_and(&cond) {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) if watch_transient(&e) => self.reach.lost(&e),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Err("the watch ended".to_string())
+        };
         match tokio::time::timeout(deadline, done).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(self.fail(what, e)),
-            Err(_) => Err(self.fail(what, format!("not done within {}s", deadline.as_secs()))),
+            Err(_) => Err(self.fail(
+                what,
+                format!(
+                    "not done within {}s{}",
+                    deadline.as_secs(),
+                    self.outage_note()
+                ),
+            )),
+        }
+    }
+
+    /// Appended to a timeout's reason while the API server is out of reach.
+    fn outage_note(&self) -> String {
+        self.reach
+            .outage()
+            .map_or_else(String::new, |(since, why)| {
+                format!(
+                    " (the Kubernetes API server has been out of reach for {:.0}s: {why})",
+                    since.elapsed().as_secs_f64()
+                )
+            })
+    }
+
+    /// Deletes the holder ConfigMap; one already gone is fine (a retried delete, or a rollback
+    /// after someone else deleted it).
+    async fn delete_holder(&self) -> Result<()> {
+        let (name, dp) = (self.holder_name(), DeleteParams::background());
+        match self
+            .reach
+            .call(|| self.config_maps.delete(&name, &dp))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(self.fail("deleting the rollout holder", e)),
+        }
+    }
+
+    /// Why the held ReplicaSet of `version` is not in `view`: someone else deleted it, or its
+    /// holder (whose garbage collection deletes it).
+    fn missing_held(&self, view: &View, version: &str) -> String {
+        let ns = &self.spec.namespace;
+        let rs = match self.held_name.lock().expect("held lock").as_deref() {
+            Some(name) => format!("ReplicaSet {ns}/{name} (version {version})"),
+            None => format!("the ReplicaSet of version {version}"),
+        };
+        match &view.holder {
+            None => format!(
+                "ConfigMap {ns}/{}, which holds {rs} during the rollout, was deleted by someone else (not rollgate); garbage collection deletes {rs} and its pods with it, and rollgate does not recreate them",
+                self.holder_name()
+            ),
+            Some(_) => format!(
+                "{rs} was deleted by someone else (not rollgate) during the rollout; rollgate does not recreate it"
+            ),
         }
     }
 
@@ -868,6 +1117,7 @@ impl Kubernetes {
             .owned_by(&view.uid)
             .find(|rs| replicas(rs) == 0 && rs_version(rs, container).as_deref() == Some(version))
         {
+            *self.held_name.lock().expect("held lock") = Some(rs.name_any());
             return self.give(rs, self.holder_ref(&holder), false).await;
         }
         let mut template = self.new_template(d, version)?;
@@ -911,23 +1161,24 @@ impl Kubernetes {
             }),
             status: None,
         };
+        *self.held_name.lock().expect("held lock") = Some(rs.name_any());
+        let post = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
         match self
-            .replica_sets
-            .create(
-                &PostParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..PostParams::default()
-                },
-                &rs,
-            )
+            .reach
+            .call(|| self.replica_sets.create(&post, &rs))
             .await
         {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 409 => {
-                // Left by an earlier attempt of this version: hold it again.
+                // Left by an earlier attempt of this version (or by this create, sent again after
+                // its answer was lost): hold it again.
+                let name = rs.name_any();
                 let existing = self
-                    .replica_sets
-                    .get(&rs.name_any())
+                    .reach
+                    .call(|| self.replica_sets.get(&name))
                     .await
                     .map_err(|e| self.fail("reading the new ReplicaSet", e))?;
                 self.give(&existing, self.holder_ref(&holder), false).await
@@ -964,9 +1215,34 @@ impl Kubernetes {
                     o.controller == Some(true) && o.kind == "ConfigMap" && o.name == holder
                 }) && !lent(rs)
                     && rs_version(rs, container).as_deref() == Some(version)
+                    && rs.metadata.deletion_timestamp.is_none()
             });
+            if held.is_none() {
+                // Not in the watched copy: not seen yet (the watch lags behind `prepare`), or gone
+                // because someone else deleted it or its holder. The API server says which; a
+                // ReplicaSet gone is never recreated behind the user's back.
+                let view = self.view().await.map_err(err)?;
+                let there = view
+                    .held(version, container)
+                    .is_some_and(|rs| rs.metadata.deletion_timestamp.is_none());
+                if !there {
+                    let why = self.missing_held(&view, version);
+                    let instance = self.held_name.lock().expect("held lock").clone();
+                    sink(Change::Changed {
+                        instance: instance.unwrap_or_else(|| self.name().into()),
+                        version: version.into(),
+                        ok: false,
+                        detail: why.clone(),
+                    });
+                    return Err(why);
+                }
+            }
             if let Some(new) = held {
                 let new_name = new.name_any();
+                self.held_name
+                    .lock()
+                    .expect("held lock")
+                    .get_or_insert_with(|| new_name.clone());
                 let new_uid = new.metadata.uid.clone().unwrap_or_default();
                 let holder_uid = new
                     .metadata
@@ -1037,12 +1313,12 @@ impl Kubernetes {
                         // Beside an HPA the stable ReplicaSet itself: spec.replicas is the HPA's.
                         Some(rs) => {
                             let rs_name = rs.name_any();
-                            self.replica_sets
-                                .patch(
-                                    &rs_name,
-                                    &params(),
-                                    &Patch::Merge(serde_json::json!({"spec": {"replicas": old}})),
-                                )
+                            let (pp, patch) = (
+                                params(),
+                                Patch::Merge(serde_json::json!({"spec": {"replicas": old}})),
+                            );
+                            self.reach
+                                .call(|| self.replica_sets.patch(&rs_name, &pp, &patch))
                                 .await
                                 .map_err(|e| err(self.fail(&format!("scaling {rs_name}"), e)))?;
                         }
@@ -1062,12 +1338,10 @@ impl Kubernetes {
                         });
                         announced = Some(new_name.clone());
                     }
-                    self.replica_sets
-                        .patch(
-                            &new_name,
-                            &params(),
-                            &Patch::Merge(serde_json::json!({"spec": {"replicas": new_size}})),
-                        )
+                    let pp = params();
+                    let patch = Patch::Merge(serde_json::json!({"spec": {"replicas": new_size}}));
+                    self.reach
+                        .call(|| self.replica_sets.patch(&new_name, &pp, &patch))
                         .await
                         .map_err(|e| err(self.fail(&format!("scaling {new_name}"), e)))?;
                     new_set = Some(new_size);
@@ -1079,9 +1353,10 @@ impl Kubernetes {
                 Err(_) => {
                     let c = last.map_or(0, |c| c.new_available);
                     let why = format!(
-                        "no progress within progressDeadlineSeconds ({}s): {c} of {} pods of {version} available",
+                        "no progress within progressDeadlineSeconds ({}s): {c} of {} pods of {version} available{}",
                         deadline.as_secs(),
-                        step.new
+                        step.new,
+                        self.outage_note()
                     );
                     sink(Change::Changed {
                         instance: announced.unwrap_or_else(|| self.name().into()),
@@ -1114,7 +1389,19 @@ pub fn required_access(blue_green: bool) -> Vec<(&'static str, &'static str, &'s
         &["get", "list", "watch", "create", "patch", "delete"],
     );
     grant("", "pods", &["get", "list", "watch"]);
-    grant("", "configmaps", &["get", "create", "delete"]);
+    // The holder (get, create, delete) and the app's journal and controls `rollgate-<app>`
+    // (get, create, update, and list + watch for control requests from other machines).
+    grant(
+        "",
+        "configmaps",
+        &["get", "list", "watch", "create", "update", "delete"],
+    );
+    // The app's lock: the Lease `rollgate-<app>`, renewed by update, released by delete.
+    grant(
+        "coordination.k8s.io",
+        "leases",
+        &["get", "create", "update", "delete"],
+    );
     grant("autoscaling", "horizontalpodautoscalers", &["list"]);
     if blue_green {
         grant("", "services", &["get", "patch"]);
@@ -1127,8 +1414,8 @@ impl Target for Kubernetes {
         // Before anything reads or changes the Deployment: the first thing every command asks.
         self.access.get_or_try_init(|| self.check_access()).await?;
         let d = self
-            .deployments
-            .get(self.name())
+            .reach
+            .call(|| self.deployments.get(self.name()))
             .await
             .map_err(|e| self.fail("reading it", e))?;
         Ok(Self::n_of(&d))
@@ -1193,13 +1480,15 @@ impl Target for Kubernetes {
         deadline: Duration,
         sink: Sink<'_>,
     ) -> std::result::Result<(), String> {
+        // A request that finds no API server keeps trying as long as the step may.
+        self.reach.set_patience(deadline);
         let planned = self
             .size()
             .await
             .map_err(|e| crate::engine::error_chain(&e))?;
         let d = self
-            .deployments
-            .get(self.name())
+            .reach
+            .call(|| self.deployments.get(self.name()))
             .await
             .map_err(|e| crate::engine::error_chain(&self.fail("reading it", e)))?;
         // Beside an HPA, N is its count at the step boundary: the step is sized for it.
@@ -1226,6 +1515,9 @@ impl Target for Kubernetes {
         sink: Sink<'_>,
     ) -> std::result::Result<(), String> {
         let err = |e: TargetError| crate::engine::error_chain(&e);
+        // The way back to safety waits longer for an API server that is away.
+        self.reach
+            .set_patience(deadline.max(PATIENCE_OUTSIDE_STEPS));
         let view = self.view().await.map_err(err)?;
         let d = &view.deployment;
         let hpa = d.annotations().contains_key(HPA_ANNOTATION);
@@ -1262,16 +1554,13 @@ impl Target for Kubernetes {
                 .await
                 .map_err(err)?;
         }
-        let name = self.name().to_string();
-        let stable_back = kube::runtime::wait::await_condition(
-            self.deployments.clone(),
-            &name,
-            move |d: Option<&Deployment>| {
-                d.and_then(|d| d.status.as_ref())
+        let waited = self
+            .wait_status(deadline, "bringing the stable pods back", move |d| {
+                d.status
+                    .as_ref()
                     .is_some_and(|s| s.available_replicas.unwrap_or(0) >= n as i32)
-            },
-        );
-        let waited = tokio::time::timeout(deadline, stable_back).await;
+            })
+            .await;
         // A blue-green switch back is one patch, while the stable set still runs.
         if self.blue_green {
             let stable = view
@@ -1293,15 +1582,18 @@ impl Target for Kubernetes {
         if let Some(holder) = view.holder_uid() {
             // Not the lent ones: they are the Deployment's again.
             for rs in view.owned_by(holder).filter(|rs| !lent(rs)) {
-                self.replica_sets
-                    .delete(&rs.name_any(), &DeleteParams::background())
+                let (name, dp) = (rs.name_any(), DeleteParams::background());
+                match self
+                    .reach
+                    .call(|| self.replica_sets.delete(&name, &dp))
                     .await
-                    .map_err(|e| err(self.fail("removing the new ReplicaSet", e)))?;
+                {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(err(self.fail("removing the new ReplicaSet", e))),
+                }
             }
-            self.config_maps
-                .delete(&self.holder_name(), &DeleteParams::background())
-                .await
-                .map_err(|e| err(self.fail("deleting the rollout holder", e)))?;
+            self.delete_holder().await.map_err(err)?;
         }
         self.patch_deployment(serde_json::json!({
             "metadata": {"annotations": {REPLICAS_ANNOTATION: null, HPA_ANNOTATION: null}},
@@ -1314,12 +1606,8 @@ impl Target for Kubernetes {
             self.pin(&self.preview_service(), None).await.map_err(err)?;
         }
         let (ok, detail) = match waited {
-            Ok(Ok(_)) => (true, format!("{n} of {version} available")),
-            Ok(Err(e)) => (false, format!("watching: {e}")),
-            Err(_) => (
-                false,
-                format!("{version} not back at {n} within {}s", deadline.as_secs()),
-            ),
+            Ok(()) => (true, format!("{n} of {version} available")),
+            Err(e) => (false, format!("{version} not back at {n}: {}", err(e))),
         };
         sink(Change::Changed {
             instance: self.name().into(),
@@ -1353,10 +1641,24 @@ impl Target for Kubernetes {
         if check.run_on != RunOn::Cli {
             return Probe::Pass; // host-side checks need an agent; pods have none
         }
-        let ip = match self.pods.get(instance).await {
-            Ok(p) => p.status.and_then(|s| s.pod_ip).unwrap_or_default(),
+        // From the watched copy: no request, and no failed probe while the API server restarts.
+        let cache = match self.cache().await {
+            Ok(cache) => cache,
             Err(e) => return Probe::Fail(format!("pod {instance}: {e}")),
         };
+        let pod = cache
+            .pods
+            .state()
+            .into_iter()
+            .find(|p| p.name_any() == instance);
+        let Some(pod) = pod else {
+            return Probe::Fail(format!("pod {instance} is gone"));
+        };
+        let ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_default();
         let fill = |s: &str| s.replace("{host}", &ip).replace("{instance}", instance);
         super::hosts::cli_probe(&self.http, check, &fill, check.timeout.0).await
     }

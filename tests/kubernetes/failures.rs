@@ -3,9 +3,6 @@
 //! replicas, Ready pods, its own ReplicaSets only, no helper object, Services unpinned).
 //! The rolling cases are in `rollback.rs`.
 
-#[path = "../support/faults.rs"]
-mod faults;
-
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -14,6 +11,7 @@ use kube::{Api, ResourceExt};
 
 use super::common::{self, APP, Bed, image};
 use crate::cluster::{FAIL_AFTER_ANNOTATION, NEVER_READY_LABEL};
+use crate::faults;
 
 const N: i32 = 4;
 
