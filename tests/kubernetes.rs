@@ -15,6 +15,7 @@ mod kubernetes {
     mod common;
     mod failures;
     mod faults;
+    mod hpa;
     mod interrupted;
     mod metrics;
     mod pod_security;

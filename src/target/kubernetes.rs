@@ -28,6 +28,7 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodTemplateSpec, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -45,6 +46,11 @@ use crate::spec::{Check, KubernetesTarget, RunOn};
 pub const VERSION_ANNOTATION: &str = "rollgate.dev/version";
 /// Deployment annotation holding N while a rollout has its `spec.replicas` reduced.
 pub const REPLICAS_ANNOTATION: &str = "rollgate.dev/replicas";
+/// Deployment annotation while a rollout runs beside a HorizontalPodAutoscaler: the HPA's name.
+/// The HPA keeps `spec.replicas`; the stable ReplicaSets are lent to the holder, scaled by rollgate.
+pub const HPA_ANNOTATION: &str = "rollgate.dev/hpa";
+/// ReplicaSet annotation: one of the Deployment's own, lent to the holder beside an HPA.
+pub const LENT_ANNOTATION: &str = "rollgate.dev/lent";
 /// The field manager of every write.
 pub const FIELD_MANAGER: &str = "rollgate";
 const HASH_LABEL: &str = "pod-template-hash";
@@ -244,8 +250,46 @@ impl View {
     fn held(&self, version: &str, container: Option<&str>) -> Option<&ReplicaSet> {
         let uid = self.holder_uid()?;
         self.owned_by(uid)
-            .find(|rs| rs_version(rs, container).as_deref() == Some(version))
+            .find(|rs| !lent(rs) && rs_version(rs, container).as_deref() == Some(version))
     }
+
+    /// The stable ReplicaSets: the Deployment's own, and those lent to the holder beside an HPA.
+    fn stable(&self) -> impl Iterator<Item = &ReplicaSet> + '_ {
+        let holder = self.holder_uid();
+        self.sets.iter().filter(move |rs| {
+            let owner = controller_uid(rs);
+            owner == Some(self.uid.as_str()) || (owner.is_some() && owner == holder && lent(rs))
+        })
+    }
+}
+
+fn lent(rs: &ReplicaSet) -> bool {
+    rs.annotations().contains_key(LENT_ANNOTATION)
+}
+
+/// A step of a plan made for `planned` instances, sized for `now` (an HPA changed the count):
+/// each count scaled by now/planned, and a step's old and new that made `planned` make `now`. Pure.
+fn resize(step: &Step, planned: u32, now: u32) -> Step {
+    if planned == now || planned == 0 {
+        return step.clone();
+    }
+    let scale = |x: u32| {
+        u32::try_from((u64::from(x) * u64::from(now) + u64::from(planned) / 2) / u64::from(planned))
+            .unwrap_or(u32::MAX)
+    };
+    let mut s = step.clone();
+    s.new = scale(step.new).min(now);
+    if step.new > 0 && now > 0 {
+        s.new = s.new.max(1);
+    }
+    s.old = if step.old + step.new == planned {
+        now - s.new
+    } else {
+        scale(step.old).min(now)
+    };
+    s.max_total = scale(step.max_total).max(s.old + s.new);
+    s.min_available = scale(step.min_available).min(s.max_total);
+    s
 }
 
 fn controller_uid(rs: &ReplicaSet) -> Option<&str> {
@@ -539,6 +583,26 @@ impl Kubernetes {
         ))
     }
 
+    /// The HorizontalPodAutoscaler (autoscaling/v2) that scales the Deployment, if any.
+    async fn autoscaler(&self) -> Result<Option<String>> {
+        let hpas: Api<HorizontalPodAutoscaler> =
+            Api::namespaced(self.deployments.clone().into_client(), &self.spec.namespace);
+        let lp = ListParams::default();
+        let all = self
+            .reach
+            .call(|| hpas.list(&lp))
+            .await
+            .map_err(|e| self.fail("listing HorizontalPodAutoscalers", e))?;
+        Ok(all
+            .items
+            .into_iter()
+            .find(|h| {
+                h.spec.scale_target_ref.kind == "Deployment"
+                    && h.spec.scale_target_ref.name == self.name()
+            })
+            .map(|h| h.name_any()))
+    }
+
     /// The Deployment's pod template as the cluster holds it; `None` when there is no Deployment.
     pub async fn live_template(&self) -> Result<Option<PodTemplateSpec>> {
         let d = self
@@ -754,6 +818,7 @@ impl Kubernetes {
                 .map_err(|e| self.fail("reading it", e))?;
             if let Some(a) = d.metadata.annotations.as_mut() {
                 a.remove(REPLICAS_ANNOTATION);
+                a.remove(HPA_ANNOTATION);
             }
             let spec = d.spec.get_or_insert_with(Default::default);
             spec.template = template.clone();
@@ -776,9 +841,14 @@ impl Kubernetes {
         }
     }
 
-    /// Gives `rs` to a new controlling owner (one write, so no controller sees it ownerless).
-    async fn give(&self, rs: &ReplicaSet, owner: OwnerReference) -> Result<()> {
-        let patch = Patch::Merge(serde_json::json!({"metadata": {"ownerReferences": [owner]}}));
+    /// Gives `rs` to a new controlling owner (one write, so no controller sees it ownerless),
+    /// marked as lent or not.
+    async fn give(&self, rs: &ReplicaSet, owner: OwnerReference, lend: bool) -> Result<()> {
+        let mark = lend.then_some("true");
+        let patch = Patch::Merge(serde_json::json!({"metadata": {
+            "ownerReferences": [owner],
+            "annotations": {LENT_ANNOTATION: mark},
+        }}));
         let (pp, name) = (params(), rs.name_any());
         self.reach
             .call(|| self.replica_sets.patch(&name, &pp, &patch))
@@ -859,7 +929,7 @@ impl Kubernetes {
         let holder = view.holder.clone().expect("held implies a holder");
         // 1. The Deployment, paused, gives away its ReplicaSets: it owns none, so it scales none.
         for rs in view.owned_by(&view.uid) {
-            self.give(rs, self.holder_ref(&holder)).await?;
+            self.give(rs, self.holder_ref(&holder), false).await?;
         }
         // 2. The identical template and N.
         let mut template = new
@@ -875,12 +945,12 @@ impl Kubernetes {
         let view = self.view().await?;
         let dref = self.deployment_ref(&view);
         if let Some(rs) = view.sets.iter().find(|rs| rs.name_any() == new.name_any()) {
-            self.give(rs, dref.clone()).await?;
+            self.give(rs, dref.clone(), false).await?;
         }
         let holder_uid = view.holder_uid().unwrap_or_default().to_string();
         for rs in view.owned_by(&holder_uid) {
             if rs.name_any() != new.name_any() {
-                self.give(rs, dref.clone()).await?;
+                self.give(rs, dref.clone(), false).await?;
             }
         }
         // 4. Once its controller counts that ReplicaSet as its new one (so its cache has the
@@ -1027,20 +1097,28 @@ impl Kubernetes {
             ));
         }
         let n = Self::n_of(d);
+        let hpa = self.autoscaler().await?;
         // Paused, the Deployment only ever scales its one active ReplicaSet to spec.replicas.
         self.patch_deployment(serde_json::json!({
-            "metadata": {"annotations": {REPLICAS_ANNOTATION: n.to_string()}},
+            "metadata": {"annotations": {REPLICAS_ANNOTATION: n.to_string(), HPA_ANNOTATION: hpa}},
             "spec": {"paused": true},
         }))
         .await?;
         let holder = self.ensure_holder(&view).await?;
+        if hpa.is_some() {
+            // The HPA keeps spec.replicas. Lent to the holder, the stable ReplicaSets are scaled by
+            // rollgate alone: the Deployment controller, owning none, scales none.
+            for rs in view.owned_by(&view.uid) {
+                self.give(rs, self.holder_ref(&holder), true).await?;
+            }
+        }
         // A version the Deployment still keeps (a rollback) is reused: its ReplicaSet exists.
         if let Some(rs) = view
             .owned_by(&view.uid)
             .find(|rs| replicas(rs) == 0 && rs_version(rs, container).as_deref() == Some(version))
         {
             *self.held_name.lock().expect("held lock") = Some(rs.name_any());
-            return self.give(rs, self.holder_ref(&holder)).await;
+            return self.give(rs, self.holder_ref(&holder), false).await;
         }
         let mut template = self.new_template(d, version)?;
         let json = serde_json::to_vec(&template).unwrap_or_default();
@@ -1103,7 +1181,7 @@ impl Kubernetes {
                     .call(|| self.replica_sets.get(&name))
                     .await
                     .map_err(|e| self.fail("reading the new ReplicaSet", e))?;
-                self.give(&existing, self.holder_ref(&holder)).await
+                self.give(&existing, self.holder_ref(&holder), false).await
             }
             Err(e) => Err(self.fail("creating the new ReplicaSet", e)),
         }
@@ -1135,7 +1213,8 @@ impl Kubernetes {
             let held = all.iter().find(|rs| {
                 rs.metadata.owner_references.iter().flatten().any(|o| {
                     o.controller == Some(true) && o.kind == "ConfigMap" && o.name == holder
-                }) && rs_version(rs, container).as_deref() == Some(version)
+                }) && !lent(rs)
+                    && rs_version(rs, container).as_deref() == Some(version)
                     && rs.metadata.deletion_timestamp.is_none()
             });
             if held.is_none() {
@@ -1165,9 +1244,20 @@ impl Kubernetes {
                     .expect("held lock")
                     .get_or_insert_with(|| new_name.clone());
                 let new_uid = new.metadata.uid.clone().unwrap_or_default();
+                let holder_uid = new
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .find(|o| o.controller == Some(true))
+                    .map(|o| o.uid.clone());
                 let olds: Vec<_> = all
                     .iter()
-                    .filter(|rs| controller_uid(rs) == Some(cache.uid.as_str()))
+                    .filter(|rs| {
+                        let owner = controller_uid(rs);
+                        owner == Some(cache.uid.as_str())
+                            || (owner.is_some() && owner == holder_uid.as_deref() && lent(rs))
+                    })
                     .collect();
                 let c = Counts {
                     old: olds.iter().map(|rs| replicas(rs)).sum(),
@@ -1214,9 +1304,30 @@ impl Kubernetes {
                 }
                 let (old, new_size) = next_sizes(step, c);
                 if old != c.old && old_set != Some(old) {
-                    self.patch_deployment(serde_json::json!({"spec": {"replicas": old}}))
-                        .await
-                        .map_err(err)?;
+                    let lent_sets: Vec<_> = olds.iter().filter(|rs| lent(rs)).collect();
+                    match lent_sets
+                        .iter()
+                        .find(|rs| replicas(rs) > 0)
+                        .or(lent_sets.first())
+                    {
+                        // Beside an HPA the stable ReplicaSet itself: spec.replicas is the HPA's.
+                        Some(rs) => {
+                            let rs_name = rs.name_any();
+                            let (pp, patch) = (
+                                params(),
+                                Patch::Merge(serde_json::json!({"spec": {"replicas": old}})),
+                            );
+                            self.reach
+                                .call(|| self.replica_sets.patch(&rs_name, &pp, &patch))
+                                .await
+                                .map_err(|e| err(self.fail(&format!("scaling {rs_name}"), e)))?;
+                        }
+                        None => {
+                            self.patch_deployment(serde_json::json!({"spec": {"replicas": old}}))
+                                .await
+                                .map_err(err)?;
+                        }
+                    }
                     old_set = Some(old);
                 }
                 if new_size != c.new && new_set != Some(new_size) {
@@ -1291,6 +1402,7 @@ pub fn required_access(blue_green: bool) -> Vec<(&'static str, &'static str, &'s
         "leases",
         &["get", "create", "update", "delete"],
     );
+    grant("autoscaling", "horizontalpodautoscalers", &["list"]);
     if blue_green {
         grant("", "services", &["get", "patch"]);
     }
@@ -1349,10 +1461,7 @@ impl Target for Kubernetes {
             // Active stays on the stable pods, preview shows the new ones, each by its hash.
             let view = self.view().await?;
             let hash = |rs: &ReplicaSet| rs.labels().get(HASH_LABEL).cloned();
-            let stable = view
-                .owned_by(&view.uid)
-                .find(|rs| replicas(rs) > 0)
-                .and_then(hash);
+            let stable = view.stable().find(|rs| replicas(rs) > 0).and_then(hash);
             let new = view.held(version, self.container()).and_then(hash);
             if let (Some(stable), Some(new)) = (stable, new) {
                 if self.pinned(&self.active_service()).await?.is_none() {
@@ -1373,10 +1482,23 @@ impl Target for Kubernetes {
     ) -> std::result::Result<(), String> {
         // A request that finds no API server keeps trying as long as the step may.
         self.reach.set_patience(deadline);
-        let n = self
+        let planned = self
             .size()
             .await
             .map_err(|e| crate::engine::error_chain(&e))?;
+        let d = self
+            .reach
+            .call(|| self.deployments.get(self.name()))
+            .await
+            .map_err(|e| crate::engine::error_chain(&self.fail("reading it", e)))?;
+        // Beside an HPA, N is its count at the step boundary: the step is sized for it.
+        let (step, n) = if d.annotations().contains_key(HPA_ANNOTATION) {
+            let now = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0).max(0) as u32;
+            (resize(step, planned, now), now)
+        } else {
+            (step.clone(), planned)
+        };
+        let step = &step;
         self.converge(step, version, deadline, sink).await?;
         if step.old == 0 && step.new >= n {
             self.hand_over(version, n, deadline)
@@ -1398,7 +1520,11 @@ impl Target for Kubernetes {
             .set_patience(deadline.max(PATIENCE_OUTSIDE_STEPS));
         let view = self.view().await.map_err(err)?;
         let d = &view.deployment;
-        let n = Self::n_of(d);
+        let hpa = d.annotations().contains_key(HPA_ANNOTATION);
+        let n = match hpa {
+            true => d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0).max(0) as u32,
+            false => Self::n_of(d),
+        };
         let current = d
             .spec
             .as_ref()
@@ -1416,9 +1542,18 @@ impl Target for Kubernetes {
             instance: self.name().into(),
             version: version.into(),
         });
-        self.patch_deployment(serde_json::json!({"spec": {"replicas": n}}))
-            .await
-            .map_err(err)?;
+        if hpa {
+            // Beside an HPA, the lent ReplicaSets go back: the paused Deployment scales its one
+            // active ReplicaSet to spec.replicas, the HPA's count.
+            let dref = self.deployment_ref(&view);
+            for rs in view.sets.iter().filter(|rs| lent(rs)) {
+                self.give(rs, dref.clone(), false).await.map_err(err)?;
+            }
+        } else {
+            self.patch_deployment(serde_json::json!({"spec": {"replicas": n}}))
+                .await
+                .map_err(err)?;
+        }
         let waited = self
             .wait_status(deadline, "bringing the stable pods back", move |d| {
                 d.status
@@ -1429,7 +1564,7 @@ impl Target for Kubernetes {
         // A blue-green switch back is one patch, while the stable set still runs.
         if self.blue_green {
             let stable = view
-                .owned_by(&view.uid)
+                .stable()
                 .find(|rs| rs_version(rs, self.container()).as_deref() == Some(version))
                 .and_then(|rs| rs.labels().get(HASH_LABEL).cloned());
             if stable.is_some()
@@ -1445,7 +1580,8 @@ impl Target for Kubernetes {
             }
         }
         if let Some(holder) = view.holder_uid() {
-            for rs in view.owned_by(holder) {
+            // Not the lent ones: they are the Deployment's again.
+            for rs in view.owned_by(holder).filter(|rs| !lent(rs)) {
                 let (name, dp) = (rs.name_any(), DeleteParams::background());
                 match self
                     .reach
@@ -1460,7 +1596,7 @@ impl Target for Kubernetes {
             self.delete_holder().await.map_err(err)?;
         }
         self.patch_deployment(serde_json::json!({
-            "metadata": {"annotations": {REPLICAS_ANNOTATION: null}},
+            "metadata": {"annotations": {REPLICAS_ANNOTATION: null, HPA_ANNOTATION: null}},
             "spec": {"paused": false},
         }))
         .await
@@ -1713,6 +1849,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(pod_security_warnings(&hardened), Vec::new());
+    }
+
+    #[test]
+    fn steps_follow_an_autoscaler_that_changed_n() {
+        // Rolling N=4, surge 1: (3, 1) within 4..5; the HPA makes it 8.
+        let r = resize(&step(3, 1, 4, 5), 4, 8);
+        assert_eq!((r.old, r.new, r.min_available, r.max_total), (6, 2, 8, 10));
+        // The last step ends at the new N exactly; a canary keeps at least one new instance.
+        let r = resize(&step(0, 4, 4, 5), 4, 6);
+        assert_eq!((r.old, r.new), (0, 6));
+        let r = resize(&step(9, 1, 10, 11), 10, 3);
+        assert_eq!((r.old, r.new), (2, 1));
+        // Blue-green's preview (old N, new N): both follow.
+        let r = resize(&step(4, 4, 4, 8), 4, 6);
+        assert_eq!((r.old, r.new, r.max_total), (6, 6, 12));
+        // Unchanged N: the step as planned.
+        assert_eq!(resize(&step(3, 1, 4, 5), 4, 4), step(3, 1, 4, 5));
     }
 
     #[test]

@@ -10,8 +10,8 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, ResourceExt};
 
 use super::common::{self, APP, Bed, image};
-use crate::faults;
 use crate::cluster::{FAIL_AFTER_ANNOTATION, NEVER_READY_LABEL};
+use crate::faults;
 
 const N: i32 = 4;
 
