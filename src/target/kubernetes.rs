@@ -66,6 +66,8 @@ pub struct Kubernetes {
     reach: Arc<Reach>,
     /// The ReplicaSet held for the new version, once known: named when it goes missing.
     held_name: std::sync::Mutex<Option<String>>,
+    /// The Deployment's selector, once read (immutable in apps/v1).
+    selector: std::sync::OnceLock<Selector>,
 }
 
 /// Retries of requests and watches: 100 ms doubling to 2 s, so a restarted API server is found
@@ -433,6 +435,7 @@ impl Kubernetes {
             cache: tokio::sync::OnceCell::new(),
             reach: Arc::default(),
             held_name: std::sync::Mutex::default(),
+            selector: std::sync::OnceLock::new(),
         })
     }
 
@@ -467,13 +470,7 @@ impl Kubernetes {
                     .call(|| self.deployments.get(self.name()))
                     .await
                     .map_err(|e| self.fail("reading it", e))?;
-                let selector = d
-                    .spec
-                    .as_ref()
-                    .map(|s| s.selector.clone())
-                    .unwrap_or_default();
-                let selector =
-                    Selector::try_from(selector).map_err(|e| self.fail("its selector", e))?;
+                let selector = self.selector_of(&d)?;
                 let config = watcher::Config::default().labels_from(&selector);
                 let (sets, sets_w) = reflector::store::<ReplicaSet>();
                 let (pods, pods_w) = reflector::store::<Pod>();
@@ -556,31 +553,39 @@ impl Kubernetes {
     }
 
     async fn view(&self) -> Result<View> {
-        let deployment = self
-            .reach
-            .call(|| self.deployments.get(self.name()))
-            .await
-            .map_err(|e| self.fail("reading it", e))?;
-        let uid = deployment.metadata.uid.clone().unwrap_or_default();
-        let selector = deployment
-            .spec
-            .as_ref()
-            .map(|s| s.selector.clone())
-            .unwrap_or_default();
-        let selector = Selector::try_from(selector).map_err(|e| self.fail("its selector", e))?;
+        // The three reads go out together once the selector is known (it is immutable in
+        // apps/v1): one round trip instead of three.
         let holder_name = self.holder_name();
-        let holder = self
-            .reach
-            .call(|| self.config_maps.get_opt(&holder_name))
-            .await
-            .map_err(|e| self.fail("reading the rollout holder", e))?;
-        let listed = ListParams::default().labels_from(&selector);
-        let sets = self
-            .reach
-            .call(|| self.replica_sets.list(&listed))
-            .await
-            .map_err(|e| self.fail("listing ReplicaSets", e))?
-            .items;
+        let read = async {
+            self.reach
+                .call(|| self.deployments.get(self.name()))
+                .await
+                .map_err(|e| self.fail("reading it", e))
+        };
+        let read_holder = async {
+            self.reach
+                .call(|| self.config_maps.get_opt(&holder_name))
+                .await
+                .map_err(|e| self.fail("reading the rollout holder", e))
+        };
+        let list = |selector: Selector| async move {
+            let listed = ListParams::default().labels_from(&selector);
+            self.reach
+                .call(|| self.replica_sets.list(&listed))
+                .await
+                .map(|l| l.items)
+                .map_err(|e| self.fail("listing ReplicaSets", e))
+        };
+        let (deployment, holder, sets) = match self.selector.get() {
+            Some(selector) => futures_util::try_join!(read, read_holder, list(selector.clone()))?,
+            None => {
+                let (deployment, holder) = futures_util::try_join!(read, read_holder)?;
+                let sets = list(self.selector_of(&deployment)?).await?;
+                (deployment, holder, sets)
+            }
+        };
+        let uid = deployment.metadata.uid.clone().unwrap_or_default();
+        let selector = self.selector_of(&deployment)?;
         Ok(View {
             deployment,
             uid,
@@ -588,6 +593,18 @@ impl Kubernetes {
             holder,
             sets,
         })
+    }
+
+    /// The Deployment's selector, remembered for the next `view`.
+    fn selector_of(&self, d: &Deployment) -> Result<Selector> {
+        let selector = d
+            .spec
+            .as_ref()
+            .map(|s| s.selector.clone())
+            .unwrap_or_default();
+        let selector = Selector::try_from(selector).map_err(|e| self.fail("its selector", e))?;
+        let _ = self.selector.set(selector.clone());
+        Ok(selector)
     }
 
     fn n_of(d: &Deployment) -> u32 {
@@ -653,14 +670,23 @@ impl Kubernetes {
 
     /// Replaces the Deployment's template exactly (a merge patch would keep stale keys), with
     /// `replicas`, still paused, and without the N annotation. Retries a write that races.
-    async fn set_template(&self, template: PodTemplateSpec, replicas: u32) -> Result<Deployment> {
+    /// `read` is a recent copy to try first (one round trip fewer when nothing changed since).
+    async fn set_template(
+        &self,
+        template: PodTemplateSpec,
+        replicas: u32,
+        mut read: Option<Deployment>,
+    ) -> Result<Deployment> {
         let mut attempts = 0;
         loop {
-            let mut d = self
-                .reach
-                .call(|| self.deployments.get(self.name()))
-                .await
-                .map_err(|e| self.fail("reading it", e))?;
+            let mut d = match read.take() {
+                Some(d) => d,
+                None => self
+                    .reach
+                    .call(|| self.deployments.get(self.name()))
+                    .await
+                    .map_err(|e| self.fail("reading it", e))?,
+            };
             if let Some(a) = d.metadata.annotations.as_mut() {
                 a.remove(REPLICAS_ANNOTATION);
             }
@@ -766,10 +792,20 @@ impl Kubernetes {
             return Err(self.fail("handing over", self.missing_held(&view, version)));
         };
         let holder = view.holder.clone().expect("held implies a holder");
+        // What the holder has once the Deployment gave it its own (below): given back in step 3.
+        let held: Vec<ReplicaSet> = view
+            .owned_by(&view.uid)
+            .chain(view.owned_by(view.holder_uid().unwrap_or_default()))
+            .filter(|rs| rs.name_any() != new.name_any())
+            .cloned()
+            .collect();
         // 1. The Deployment, paused, gives away its ReplicaSets: it owns none, so it scales none.
-        for rs in view.owned_by(&view.uid) {
-            self.give(rs, self.holder_ref(&holder)).await?;
-        }
+        let href = self.holder_ref(&holder);
+        futures_util::future::try_join_all(
+            view.owned_by(&view.uid)
+                .map(|rs| self.give(rs, href.clone())),
+        )
+        .await?;
         // 2. The identical template and N.
         let mut template = new
             .spec
@@ -779,19 +815,16 @@ impl Kubernetes {
         if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
             labels.remove(HASH_LABEL);
         }
-        let generation = self.set_template(template, n).await?.metadata.generation;
+        let generation = self
+            .set_template(template, n, Some(view.deployment.clone()))
+            .await?
+            .metadata
+            .generation;
         // 3. The new ReplicaSet first (the only active one, already at N), then the rest.
-        let view = self.view().await?;
         let dref = self.deployment_ref(&view);
-        if let Some(rs) = view.sets.iter().find(|rs| rs.name_any() == new.name_any()) {
-            self.give(rs, dref.clone()).await?;
-        }
-        let holder_uid = view.holder_uid().unwrap_or_default().to_string();
-        for rs in view.owned_by(&holder_uid) {
-            if rs.name_any() != new.name_any() {
-                self.give(rs, dref.clone()).await?;
-            }
-        }
+        self.give(&new, dref.clone()).await?;
+        futures_util::future::try_join_all(held.iter().map(|rs| self.give(rs, dref.clone())))
+            .await?;
         // 4. Once its controller counts that ReplicaSet as its new one (so its cache has the
         //    adoption and it will not create another), unpaused.
         self.wait_status(deadline, "adopting the new ReplicaSet", move |d| {
@@ -800,9 +833,10 @@ impl Kubernetes {
                 && s.and_then(|s| s.updated_replicas).unwrap_or(0) == n as i32
         })
         .await?;
-        self.patch_deployment(serde_json::json!({"spec": {"paused": false}}))
-            .await?;
-        self.delete_holder().await?;
+        futures_util::try_join!(
+            self.patch_deployment(serde_json::json!({"spec": {"paused": false}})),
+            self.delete_holder(),
+        )?;
         if self.blue_green {
             // One ReplicaSet is left: the Services select the app's pods as the user wrote them.
             self.pin(&self.active_service(), None).await?;
