@@ -931,16 +931,32 @@ impl Kubernetes {
     /// holder (whose garbage collection deletes it).
     fn missing_held(&self, view: &View, version: &str) -> String {
         let ns = &self.spec.namespace;
-        let rs = match self.held_name.lock().expect("held lock").as_deref() {
+        let name = self.held_name.lock().expect("held lock").clone();
+        let rs = match &name {
             Some(name) => format!("ReplicaSet {ns}/{name} (version {version})"),
             None => format!("the ReplicaSet of version {version}"),
         };
-        match &view.holder {
-            None => format!(
-                "ConfigMap {ns}/{}, which holds {rs} during the rollout, was deleted by someone else (not rollgate); garbage collection deletes {rs} and its pods with it, and rollgate does not recreate them",
-                self.holder_name()
+        let holder = format!("ConfigMap {ns}/{}", self.holder_name());
+        // Deleted with `--cascade=orphan`, the holder lingers until its dependents are let go.
+        let holder_gone = view
+            .holder
+            .as_ref()
+            .is_none_or(|cm| cm.metadata.deletion_timestamp.is_some());
+        let still_there = view
+            .sets
+            .iter()
+            .any(|s| Some(s.name_any()) == name && s.metadata.deletion_timestamp.is_none());
+        match (holder_gone, still_there) {
+            (true, false) => format!(
+                "{holder}, which holds {rs} during the rollout, was deleted by someone else (not rollgate); garbage collection deletes {rs} and its pods with it, and rollgate does not recreate them"
             ),
-            Some(_) => format!(
+            (true, true) => format!(
+                "{holder}, which holds {rs} during the rollout, was deleted by someone else (not rollgate), leaving {rs} without its holder; rollgate does not use it further"
+            ),
+            (false, true) => format!(
+                "{rs} was taken from {holder} by someone else (not rollgate) during the rollout; rollgate does not use it further"
+            ),
+            (false, false) => format!(
                 "{rs} was deleted by someone else (not rollgate) during the rollout; rollgate does not recreate it"
             ),
         }
@@ -1362,6 +1378,30 @@ impl Target for Kubernetes {
                 }
             }
             self.delete_holder().await.map_err(err)?;
+        }
+        // A ReplicaSet rollgate made that someone else took out of the holder (the holder deleted
+        // with its dependents orphaned, and the Deployment adopting them) goes too.
+        let made = self
+            .held_name
+            .lock()
+            .expect("held lock")
+            .clone()
+            .filter(|n| n.starts_with(&format!("{}-rg", self.name())));
+        if let Some(name) = made
+            && let Some(rs) = view.sets.iter().find(|rs| rs.name_any() == name)
+            && rs_version(rs, self.container()).as_deref() != Some(version)
+            && controller_uid(rs) != view.holder_uid()
+        {
+            let dp = DeleteParams::background();
+            match self
+                .reach
+                .call(|| self.replica_sets.delete(&name, &dp))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(err(self.fail("removing the new ReplicaSet", e))),
+            }
         }
         self.patch_deployment(serde_json::json!({
             "metadata": {"annotations": {REPLICAS_ANNOTATION: null}},
