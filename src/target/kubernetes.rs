@@ -172,16 +172,6 @@ fn transient(e: &kube::Error) -> bool {
     }
 }
 
-fn watch_transient(e: &watcher::Error) -> bool {
-    match e {
-        watcher::Error::InitialListFailed(e)
-        | watcher::Error::WatchStartFailed(e)
-        | watcher::Error::WatchFailed(e) => transient(e),
-        watcher::Error::WatchError(s) => s.code != 403 && s.code != 401,
-        watcher::Error::NoResourceVersion => true,
-    }
-}
-
 /// The watches' backoff after an error (see `RETRY_FIRST`); reset by the next event.
 struct WatchRetry(Duration);
 
@@ -203,6 +193,8 @@ impl kube::runtime::utils::Backoff for WatchRetry {
 /// Watched copies of the Deployment's ReplicaSets and pods: a step reads them without a request.
 struct Cache {
     uid: String,
+    /// The Deployment itself: its status is what the hand-over waits on.
+    deployment: reflector::Store<Deployment>,
     sets: reflector::Store<ReplicaSet>,
     pods: reflector::Store<Pod>,
     /// Bumped on every watch event.
@@ -472,8 +464,16 @@ impl Kubernetes {
                     .map_err(|e| self.fail("reading it", e))?;
                 let selector = self.selector_of(&d)?;
                 let config = watcher::Config::default().labels_from(&selector);
+                let (deployment, deployment_w) = reflector::store::<Deployment>();
                 let (sets, sets_w) = reflector::store::<ReplicaSet>();
                 let (pods, pods_w) = reflector::store::<Pod>();
+                let by_name =
+                    watcher::Config::default().fields(&format!("metadata.name={}", self.name()));
+                let deployment_events =
+                    reflector(deployment_w, watcher(self.deployments.clone(), by_name))
+                        .backoff(WatchRetry(RETRY_FIRST))
+                        .map(|e| e.map(drop))
+                        .boxed();
                 let set_events =
                     reflector(sets_w, watcher(self.replica_sets.clone(), config.clone()))
                         .backoff(WatchRetry(RETRY_FIRST))
@@ -488,7 +488,11 @@ impl Kubernetes {
                 let task = tokio::spawn(async move {
                     // An error is retried (the watcher lists again) after a backoff; the store
                     // keeps the last full list meanwhile.
-                    let mut events = futures_util::stream::select(set_events, pod_events);
+                    let mut events = futures_util::stream::select_all([
+                        deployment_events,
+                        set_events,
+                        pod_events,
+                    ]);
                     while let Some(event) = events.next().await {
                         match event {
                             Ok(()) => {
@@ -500,6 +504,7 @@ impl Kubernetes {
                     }
                 });
                 let listed = async {
+                    deployment.wait_until_ready().await.ok();
                     sets.wait_until_ready().await.ok();
                     pods.wait_until_ready().await.ok();
                 };
@@ -508,6 +513,7 @@ impl Kubernetes {
                     .map_err(|_| self.fail("watching", "no list of ReplicaSets and pods in 60s"))?;
                 Ok(Cache {
                     uid: d.metadata.uid.clone().unwrap_or_default(),
+                    deployment,
                     sets,
                     pods,
                     changes,
@@ -833,7 +839,7 @@ impl Kubernetes {
                 && s.and_then(|s| s.updated_replicas).unwrap_or(0) == n as i32
         })
         .await?;
-        futures_util::try_join!(
+        let (unpaused, ()) = futures_util::try_join!(
             self.patch_deployment(serde_json::json!({"spec": {"paused": false}})),
             self.delete_holder(),
         )?;
@@ -842,17 +848,25 @@ impl Kubernetes {
             self.pin(&self.active_service(), None).await?;
             self.pin(&self.preview_service(), None).await?;
         }
-        self.wait_rolled_out(n, deadline).await
+        self.wait_rolled_out(n, unpaused.metadata.generation, deadline)
+            .await
     }
 
-    /// Waits (by watch) until the Deployment reports its template rolled out at `n`.
-    async fn wait_rolled_out(&self, n: u32, deadline: Duration) -> Result<()> {
+    /// Waits (by watch) until the Deployment reports its template rolled out at `n`, at
+    /// `generation` (the last write's) or later.
+    async fn wait_rolled_out(
+        &self,
+        n: u32,
+        generation: Option<i64>,
+        deadline: Duration,
+    ) -> Result<()> {
         let n = n as i32;
         self.wait_status(deadline, "rolling out at N", move |d| {
             let (Some(g), Some(s)) = (d.metadata.generation, d.status.as_ref()) else {
                 return false;
             };
             s.observed_generation >= Some(g)
+                && s.observed_generation >= generation
                 && s.updated_replicas.unwrap_or(0) == n
                 && s.replicas.unwrap_or(0) == n
                 && s.available_replicas.unwrap_or(0) == n
@@ -860,35 +874,30 @@ impl Kubernetes {
         .await
     }
 
-    /// Waits (by watch) until the Deployment meets `cond`, at most `deadline`. A watch that breaks
-    /// (the API server restarts) is started again, with the retry backoff, within the deadline.
+    /// Waits (by the run's watch) until the Deployment meets `cond`, at most `deadline`. The
+    /// watched copy may trail a write just made: `cond` compares generations with the write's.
     async fn wait_status(
         &self,
         deadline: Duration,
         what: &str,
         cond: impl Fn(&Deployment) -> bool + Send + 'static,
     ) -> Result<()> {
-        let updates = watcher::watch_object(self.deployments.clone(), self.name())
-            .backoff(WatchRetry(RETRY_FIRST));
+        let cache = self.cache().await?;
+        let mut changes = cache.changes.clone();
         let done = async {
-            let mut updates = std::pin::pin!(updates);
-            while let Some(update) = updates.next().await {
-                match update {
-                    Ok(d) => {
-                        self.reach.regained();
-                        if d.as_ref().is_some_and(&cond) {
-                            return Ok(());
-                        }
-                    }
-                    Err(e) if watch_transient(&e) => self.reach.lost(&e),
-                    Err(e) => return Err(e.to_string()),
+            loop {
+                changes.borrow_and_update();
+                if cache.deployment.state().iter().any(|d| cond(d)) {
+                    return true;
+                }
+                if changes.changed().await.is_err() {
+                    return false;
                 }
             }
-            Err("the watch ended".to_string())
         };
         match tokio::time::timeout(deadline, done).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(self.fail(what, e)),
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.fail(what, "the watch ended")),
             Err(_) => Err(self.fail(
                 what,
                 format!(
