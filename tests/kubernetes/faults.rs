@@ -241,7 +241,7 @@ async fn api_server_restarted_mid_rollout_is_ridden_out() {
     );
     faults::record(faults::Case {
         bed: "kubernetes",
-        fault: "rollgate's kube-apiserver kill -9 mid-step, back ~6 s later (progressDeadlineSeconds 60)",
+        fault: "rollgate's kube-apiserver kill -9 mid-step, restarted 3 s later (ready ~6-7 s after the kill; progressDeadlineSeconds 60)",
         outcome: "watches and requests resumed; lost/regained reported on stderr; completed within bounds",
         lost: 0,
         unknown: leftovers(&bed, &image("1")).await,
