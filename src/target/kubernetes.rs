@@ -1302,10 +1302,20 @@ impl Target for Kubernetes {
     ) -> std::result::Result<(), String> {
         // A request that finds no API server keeps trying as long as the step may.
         self.reach.set_patience(deadline);
-        let n = self
-            .size()
+        // N from the watched Deployment: a copy from before `prepare` still has spec.replicas at
+        // N, and a later one has the annotation, so no request is needed between steps.
+        let cache = self
+            .cache()
             .await
             .map_err(|e| crate::engine::error_chain(&e))?;
+        let watched = cache.deployment.state().first().map(|d| Self::n_of(d));
+        let n = match watched {
+            Some(n) => n,
+            None => self
+                .size()
+                .await
+                .map_err(|e| crate::engine::error_chain(&e))?,
+        };
         self.converge(step, version, deadline, sink).await?;
         if step.old == 0 && step.new >= n {
             self.hand_over(version, n, deadline)
