@@ -77,6 +77,8 @@ pub struct Kubernetes {
     held_name: std::sync::Mutex<Option<String>>,
     /// Set once the API server said the kubeconfig's user may do what a rollout does.
     access: tokio::sync::OnceCell<()>,
+    /// The Deployment's selector, once read (immutable in apps/v1).
+    selector: std::sync::OnceLock<Selector>,
 }
 
 /// Retries of requests and watches: 100 ms doubling to 2 s, so a restarted API server is found
@@ -181,16 +183,6 @@ fn transient(e: &kube::Error) -> bool {
     }
 }
 
-fn watch_transient(e: &watcher::Error) -> bool {
-    match e {
-        watcher::Error::InitialListFailed(e)
-        | watcher::Error::WatchStartFailed(e)
-        | watcher::Error::WatchFailed(e) => transient(e),
-        watcher::Error::WatchError(s) => s.code != 403 && s.code != 401,
-        watcher::Error::NoResourceVersion => true,
-    }
-}
-
 /// The watches' backoff after an error (see `RETRY_FIRST`); reset by the next event.
 struct WatchRetry(Duration);
 
@@ -212,6 +204,8 @@ impl kube::runtime::utils::Backoff for WatchRetry {
 /// Watched copies of the Deployment's ReplicaSets and pods: a step reads them without a request.
 struct Cache {
     uid: String,
+    /// The Deployment itself: its status is what the hand-over waits on.
+    deployment: reflector::Store<Deployment>,
     sets: reflector::Store<ReplicaSet>,
     pods: reflector::Store<Pod>,
     /// Bumped on every watch event.
@@ -494,6 +488,7 @@ impl Kubernetes {
             reach: Arc::default(),
             held_name: std::sync::Mutex::default(),
             access: tokio::sync::OnceCell::new(),
+            selector: std::sync::OnceLock::new(),
         })
     }
 
@@ -622,16 +617,18 @@ impl Kubernetes {
                     .call(|| self.deployments.get(self.name()))
                     .await
                     .map_err(|e| self.fail("reading it", e))?;
-                let selector = d
-                    .spec
-                    .as_ref()
-                    .map(|s| s.selector.clone())
-                    .unwrap_or_default();
-                let selector =
-                    Selector::try_from(selector).map_err(|e| self.fail("its selector", e))?;
+                let selector = self.selector_of(&d)?;
                 let config = watcher::Config::default().labels_from(&selector);
+                let (deployment, deployment_w) = reflector::store::<Deployment>();
                 let (sets, sets_w) = reflector::store::<ReplicaSet>();
                 let (pods, pods_w) = reflector::store::<Pod>();
+                let by_name =
+                    watcher::Config::default().fields(&format!("metadata.name={}", self.name()));
+                let deployment_events =
+                    reflector(deployment_w, watcher(self.deployments.clone(), by_name))
+                        .backoff(WatchRetry(RETRY_FIRST))
+                        .map(|e| e.map(drop))
+                        .boxed();
                 let set_events =
                     reflector(sets_w, watcher(self.replica_sets.clone(), config.clone()))
                         .backoff(WatchRetry(RETRY_FIRST))
@@ -646,7 +643,11 @@ impl Kubernetes {
                 let task = tokio::spawn(async move {
                     // An error is retried (the watcher lists again) after a backoff; the store
                     // keeps the last full list meanwhile.
-                    let mut events = futures_util::stream::select(set_events, pod_events);
+                    let mut events = futures_util::stream::select_all([
+                        deployment_events,
+                        set_events,
+                        pod_events,
+                    ]);
                     while let Some(event) = events.next().await {
                         match event {
                             Ok(()) => {
@@ -658,6 +659,7 @@ impl Kubernetes {
                     }
                 });
                 let listed = async {
+                    deployment.wait_until_ready().await.ok();
                     sets.wait_until_ready().await.ok();
                     pods.wait_until_ready().await.ok();
                 };
@@ -666,6 +668,7 @@ impl Kubernetes {
                     .map_err(|_| self.fail("watching", "no list of ReplicaSets and pods in 60s"))?;
                 Ok(Cache {
                     uid: d.metadata.uid.clone().unwrap_or_default(),
+                    deployment,
                     sets,
                     pods,
                     changes,
@@ -711,31 +714,39 @@ impl Kubernetes {
     }
 
     async fn view(&self) -> Result<View> {
-        let deployment = self
-            .reach
-            .call(|| self.deployments.get(self.name()))
-            .await
-            .map_err(|e| self.fail("reading it", e))?;
-        let uid = deployment.metadata.uid.clone().unwrap_or_default();
-        let selector = deployment
-            .spec
-            .as_ref()
-            .map(|s| s.selector.clone())
-            .unwrap_or_default();
-        let selector = Selector::try_from(selector).map_err(|e| self.fail("its selector", e))?;
+        // The three reads go out together once the selector is known (it is immutable in
+        // apps/v1): one round trip instead of three.
         let holder_name = self.holder_name();
-        let holder = self
-            .reach
-            .call(|| self.config_maps.get_opt(&holder_name))
-            .await
-            .map_err(|e| self.fail("reading the rollout holder", e))?;
-        let listed = ListParams::default().labels_from(&selector);
-        let sets = self
-            .reach
-            .call(|| self.replica_sets.list(&listed))
-            .await
-            .map_err(|e| self.fail("listing ReplicaSets", e))?
-            .items;
+        let read = async {
+            self.reach
+                .call(|| self.deployments.get(self.name()))
+                .await
+                .map_err(|e| self.fail("reading it", e))
+        };
+        let read_holder = async {
+            self.reach
+                .call(|| self.config_maps.get_opt(&holder_name))
+                .await
+                .map_err(|e| self.fail("reading the rollout holder", e))
+        };
+        let list = |selector: Selector| async move {
+            let listed = ListParams::default().labels_from(&selector);
+            self.reach
+                .call(|| self.replica_sets.list(&listed))
+                .await
+                .map(|l| l.items)
+                .map_err(|e| self.fail("listing ReplicaSets", e))
+        };
+        let (deployment, holder, sets) = match self.selector.get() {
+            Some(selector) => futures_util::try_join!(read, read_holder, list(selector.clone()))?,
+            None => {
+                let (deployment, holder) = futures_util::try_join!(read, read_holder)?;
+                let sets = list(self.selector_of(&deployment)?).await?;
+                (deployment, holder, sets)
+            }
+        };
+        let uid = deployment.metadata.uid.clone().unwrap_or_default();
+        let selector = self.selector_of(&deployment)?;
         Ok(View {
             deployment,
             uid,
@@ -743,6 +754,18 @@ impl Kubernetes {
             holder,
             sets,
         })
+    }
+
+    /// The Deployment's selector, remembered for the next `view`.
+    fn selector_of(&self, d: &Deployment) -> Result<Selector> {
+        let selector = d
+            .spec
+            .as_ref()
+            .map(|s| s.selector.clone())
+            .unwrap_or_default();
+        let selector = Selector::try_from(selector).map_err(|e| self.fail("its selector", e))?;
+        let _ = self.selector.set(selector.clone());
+        Ok(selector)
     }
 
     fn n_of(d: &Deployment) -> u32 {
@@ -808,14 +831,23 @@ impl Kubernetes {
 
     /// Replaces the Deployment's template exactly (a merge patch would keep stale keys), with
     /// `replicas`, still paused, and without the N annotation. Retries a write that races.
-    async fn set_template(&self, template: PodTemplateSpec, replicas: u32) -> Result<Deployment> {
+    /// `read` is a recent copy to try first (one round trip fewer when nothing changed since).
+    async fn set_template(
+        &self,
+        template: PodTemplateSpec,
+        replicas: u32,
+        mut read: Option<Deployment>,
+    ) -> Result<Deployment> {
         let mut attempts = 0;
         loop {
-            let mut d = self
-                .reach
-                .call(|| self.deployments.get(self.name()))
-                .await
-                .map_err(|e| self.fail("reading it", e))?;
+            let mut d = match read.take() {
+                Some(d) => d,
+                None => self
+                    .reach
+                    .call(|| self.deployments.get(self.name()))
+                    .await
+                    .map_err(|e| self.fail("reading it", e))?,
+            };
             if let Some(a) = d.metadata.annotations.as_mut() {
                 a.remove(REPLICAS_ANNOTATION);
                 a.remove(HPA_ANNOTATION);
@@ -927,10 +959,20 @@ impl Kubernetes {
             return Err(self.fail("handing over", self.missing_held(&view, version)));
         };
         let holder = view.holder.clone().expect("held implies a holder");
+        // What the holder has once the Deployment gave it its own (below): given back in step 3.
+        let held: Vec<ReplicaSet> = view
+            .owned_by(&view.uid)
+            .chain(view.owned_by(view.holder_uid().unwrap_or_default()))
+            .filter(|rs| rs.name_any() != new.name_any())
+            .cloned()
+            .collect();
         // 1. The Deployment, paused, gives away its ReplicaSets: it owns none, so it scales none.
-        for rs in view.owned_by(&view.uid) {
-            self.give(rs, self.holder_ref(&holder), false).await?;
-        }
+        let href = self.holder_ref(&holder);
+        futures_util::future::try_join_all(
+            view.owned_by(&view.uid)
+                .map(|rs| self.give(rs, href.clone(), false)),
+        )
+        .await?;
         // 2. The identical template and N.
         let mut template = new
             .spec
@@ -940,19 +982,18 @@ impl Kubernetes {
         if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
             labels.remove(HASH_LABEL);
         }
-        let generation = self.set_template(template, n).await?.metadata.generation;
+        let generation = self
+            .set_template(template, n, Some(view.deployment.clone()))
+            .await?
+            .metadata
+            .generation;
         // 3. The new ReplicaSet first (the only active one, already at N), then the rest.
-        let view = self.view().await?;
         let dref = self.deployment_ref(&view);
-        if let Some(rs) = view.sets.iter().find(|rs| rs.name_any() == new.name_any()) {
-            self.give(rs, dref.clone(), false).await?;
-        }
-        let holder_uid = view.holder_uid().unwrap_or_default().to_string();
-        for rs in view.owned_by(&holder_uid) {
-            if rs.name_any() != new.name_any() {
-                self.give(rs, dref.clone(), false).await?;
-            }
-        }
+        self.give(&new, dref.clone(), false).await?;
+        futures_util::future::try_join_all(
+            held.iter().map(|rs| self.give(rs, dref.clone(), false)),
+        )
+        .await?;
         // 4. Once its controller counts that ReplicaSet as its new one (so its cache has the
         //    adoption and it will not create another), unpaused.
         self.wait_status(deadline, "adopting the new ReplicaSet", move |d| {
@@ -961,25 +1002,34 @@ impl Kubernetes {
                 && s.and_then(|s| s.updated_replicas).unwrap_or(0) == n as i32
         })
         .await?;
-        self.patch_deployment(serde_json::json!({"spec": {"paused": false}}))
-            .await?;
-        self.delete_holder().await?;
+        let (unpaused, ()) = futures_util::try_join!(
+            self.patch_deployment(serde_json::json!({"spec": {"paused": false}})),
+            self.delete_holder(),
+        )?;
         if self.blue_green {
             // One ReplicaSet is left: the Services select the app's pods as the user wrote them.
             self.pin(&self.active_service(), None).await?;
             self.pin(&self.preview_service(), None).await?;
         }
-        self.wait_rolled_out(n, deadline).await
+        self.wait_rolled_out(n, unpaused.metadata.generation, deadline)
+            .await
     }
 
-    /// Waits (by watch) until the Deployment reports its template rolled out at `n`.
-    async fn wait_rolled_out(&self, n: u32, deadline: Duration) -> Result<()> {
+    /// Waits (by watch) until the Deployment reports its template rolled out at `n`, at
+    /// `generation` (the last write's) or later.
+    async fn wait_rolled_out(
+        &self,
+        n: u32,
+        generation: Option<i64>,
+        deadline: Duration,
+    ) -> Result<()> {
         let n = n as i32;
         self.wait_status(deadline, "rolling out at N", move |d| {
             let (Some(g), Some(s)) = (d.metadata.generation, d.status.as_ref()) else {
                 return false;
             };
             s.observed_generation >= Some(g)
+                && s.observed_generation >= generation
                 && s.updated_replicas.unwrap_or(0) == n
                 && s.replicas.unwrap_or(0) == n
                 && s.available_replicas.unwrap_or(0) == n
@@ -987,35 +1037,30 @@ impl Kubernetes {
         .await
     }
 
-    /// Waits (by watch) until the Deployment meets `cond`, at most `deadline`. A watch that breaks
-    /// (the API server restarts) is started again, with the retry backoff, within the deadline.
+    /// Waits (by the run's watch) until the Deployment meets `cond`, at most `deadline`. The
+    /// watched copy may trail a write just made: `cond` compares generations with the write's.
     async fn wait_status(
         &self,
         deadline: Duration,
         what: &str,
         cond: impl Fn(&Deployment) -> bool + Send + 'static,
     ) -> Result<()> {
-        let updates = watcher::watch_object(self.deployments.clone(), self.name())
-            .backoff(WatchRetry(RETRY_FIRST));
+        let cache = self.cache().await?;
+        let mut changes = cache.changes.clone();
         let done = async {
-            let mut updates = std::pin::pin!(updates);
-            while let Some(update) = updates.next().await {
-                match update {
-                    Ok(d) => {
-                        self.reach.regained();
-                        if d.as_ref().is_some_and(&cond) {
-                            return Ok(());
-                        }
-                    }
-                    Err(e) if watch_transient(&e) => self.reach.lost(&e),
-                    Err(e) => return Err(e.to_string()),
+            loop {
+                changes.borrow_and_update();
+                if cache.deployment.state().iter().any(|d| cond(d)) {
+                    return true;
+                }
+                if changes.changed().await.is_err() {
+                    return false;
                 }
             }
-            Err("the watch ended".to_string())
         };
         match tokio::time::timeout(deadline, done).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(self.fail(what, e)),
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.fail(what, "the watch ended")),
             Err(_) => Err(self.fail(
                 what,
                 format!(
@@ -1058,16 +1103,32 @@ impl Kubernetes {
     /// holder (whose garbage collection deletes it).
     fn missing_held(&self, view: &View, version: &str) -> String {
         let ns = &self.spec.namespace;
-        let rs = match self.held_name.lock().expect("held lock").as_deref() {
+        let name = self.held_name.lock().expect("held lock").clone();
+        let rs = match &name {
             Some(name) => format!("ReplicaSet {ns}/{name} (version {version})"),
             None => format!("the ReplicaSet of version {version}"),
         };
-        match &view.holder {
-            None => format!(
-                "ConfigMap {ns}/{}, which holds {rs} during the rollout, was deleted by someone else (not rollgate); garbage collection deletes {rs} and its pods with it, and rollgate does not recreate them",
-                self.holder_name()
+        let holder = format!("ConfigMap {ns}/{}", self.holder_name());
+        // Deleted with `--cascade=orphan`, the holder lingers until its dependents are let go.
+        let holder_gone = view
+            .holder
+            .as_ref()
+            .is_none_or(|cm| cm.metadata.deletion_timestamp.is_some());
+        let still_there = view
+            .sets
+            .iter()
+            .any(|s| Some(s.name_any()) == name && s.metadata.deletion_timestamp.is_none());
+        match (holder_gone, still_there) {
+            (true, false) => format!(
+                "{holder}, which holds {rs} during the rollout, was deleted by someone else (not rollgate); garbage collection deletes {rs} and its pods with it, and rollgate does not recreate them"
             ),
-            Some(_) => format!(
+            (true, true) => format!(
+                "{holder}, which holds {rs} during the rollout, was deleted by someone else (not rollgate), leaving {rs} without its holder; rollgate does not use it further"
+            ),
+            (false, true) => format!(
+                "{rs} was taken from {holder} by someone else (not rollgate) during the rollout; rollgate does not use it further"
+            ),
+            (false, false) => format!(
                 "{rs} was deleted by someone else (not rollgate) during the rollout; rollgate does not recreate it"
             ),
         }
@@ -1482,15 +1543,26 @@ impl Target for Kubernetes {
     ) -> std::result::Result<(), String> {
         // A request that finds no API server keeps trying as long as the step may.
         self.reach.set_patience(deadline);
-        let planned = self
-            .size()
+        // The Deployment from the run's watch: a copy from before `prepare` still has spec.replicas
+        // at N, and a later one has the annotation, so no request is needed between steps.
+        let cache = self
+            .cache()
             .await
             .map_err(|e| crate::engine::error_chain(&e))?;
-        let d = self
-            .reach
-            .call(|| self.deployments.get(self.name()))
-            .await
-            .map_err(|e| crate::engine::error_chain(&self.fail("reading it", e)))?;
+        let watched = cache
+            .deployment
+            .state()
+            .first()
+            .map(|d| Deployment::clone(d));
+        let d = match watched {
+            Some(d) => d,
+            None => self
+                .reach
+                .call(|| self.deployments.get(self.name()))
+                .await
+                .map_err(|e| crate::engine::error_chain(&self.fail("reading it", e)))?,
+        };
+        let planned = Self::n_of(&d);
         // Beside an HPA, N is its count at the step boundary: the step is sized for it.
         let (step, n) = if d.annotations().contains_key(HPA_ANNOTATION) {
             let now = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0).max(0) as u32;
@@ -1594,6 +1666,30 @@ impl Target for Kubernetes {
                 }
             }
             self.delete_holder().await.map_err(err)?;
+        }
+        // A ReplicaSet rollgate made that someone else took out of the holder (the holder deleted
+        // with its dependents orphaned, and the Deployment adopting them) goes too.
+        let made = self
+            .held_name
+            .lock()
+            .expect("held lock")
+            .clone()
+            .filter(|n| n.starts_with(&format!("{}-rg", self.name())));
+        if let Some(name) = made
+            && let Some(rs) = view.sets.iter().find(|rs| rs.name_any() == name)
+            && rs_version(rs, self.container()).as_deref() != Some(version)
+            && controller_uid(rs) != view.holder_uid()
+        {
+            let dp = DeleteParams::background();
+            match self
+                .reach
+                .call(|| self.replica_sets.delete(&name, &dp))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(err(self.fail("removing the new ReplicaSet", e))),
+            }
         }
         self.patch_deployment(serde_json::json!({
             "metadata": {"annotations": {REPLICAS_ANNOTATION: null, HPA_ANNOTATION: null}},

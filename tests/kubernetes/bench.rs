@@ -368,6 +368,22 @@ async fn bench_rollgate_against_kubectl() {
             k_recover_status[run],
         );
     }
+    // The same-run ratios, whose median moves less with the machine's load than a ratio of medians.
+    let per_run = |r: &[Duration], k: &[Duration]| {
+        let mut v: Vec<f64> = r
+            .iter()
+            .zip(k)
+            .map(|(r, k)| r.as_secs_f64() / k.as_secs_f64())
+            .collect();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v)
+    };
+    let (roll_ratio, roll_ratios) = per_run(&r_roll, &k_roll);
+    let (back_ratio, back_ratios) = per_run(&r_back, &k_undo);
+    let (recover_ratio, recover_ratios) = per_run(&r_recover, &k_recover);
+    println!(
+        "per-run ratios (median): apply/kubectl {roll_ratios:.2?} ({roll_ratio:.2}); rollback/undo {back_ratios:.2?} ({back_ratio:.2}); recovery rollgate/kubectl {recover_ratios:.2?} ({recover_ratio:.2})"
+    );
     let (k_roll, k_undo, r_roll, r_back, r_fast) = (
         median(k_roll),
         median(k_undo),

@@ -241,7 +241,7 @@ async fn api_server_restarted_mid_rollout_is_ridden_out() {
     );
     faults::record(faults::Case {
         bed: "kubernetes",
-        fault: "rollgate's kube-apiserver kill -9 mid-step, back ~6 s later (progressDeadlineSeconds 60)",
+        fault: "rollgate's kube-apiserver kill -9 mid-step, restarted 3 s later (ready ~6-7 s after the kill; progressDeadlineSeconds 60)",
         outcome: "watches and requests resumed; lost/regained reported on stderr; completed within bounds",
         lost: 0,
         unknown: leftovers(&bed, &image("1")).await,
@@ -421,6 +421,34 @@ async fn holder_config_map_deleted_by_hand_rolls_back() {
         bed: "kubernetes",
         fault: "the holder ConfigMap deleted by hand (kubectl delete configmap) mid-step; garbage collection deletes the held ReplicaSet",
         outcome: "detected when the ReplicaSet went, named the ConfigMap; rolled back to the stable ReplicaSet, nothing recreated",
+        lost: 0,
+        unknown: leftovers(&bed, &image("2")).await,
+    });
+    bed.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_config_map_deleted_with_orphans_rolls_back() {
+    let Some(bed) = Bed::new("holder-orphaned", N, "25%", "0").await else {
+        return;
+    };
+    // The held ReplicaSet outlives its holder, loses its owner, and the Deployment may adopt it.
+    let why = deleted_by_hand(&bed, |_| {
+        vec![
+            "configmap".into(),
+            "web-rollgate".into(),
+            "--cascade=orphan".into(),
+        ]
+    })
+    .await;
+    assert!(
+        why.contains("ConfigMap") && why.contains("web-rollgate"),
+        "the reason names the holder: {why}"
+    );
+    faults::record(faults::Case {
+        bed: "kubernetes",
+        fault: "the holder ConfigMap deleted by hand with --cascade=orphan mid-step; the held ReplicaSet is let go (and adopted by the Deployment)",
+        outcome: "detected when the ReplicaSet left the holder, named the ConfigMap; rolled back, the orphaned ReplicaSet removed",
         lost: 0,
         unknown: leftovers(&bed, &image("2")).await,
     });
