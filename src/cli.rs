@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod output;
 pub mod run;
+pub mod security;
 
 use std::path::PathBuf;
 
@@ -161,7 +162,7 @@ pub struct InputArgs {
     /// Also load `<file>.<ENV>.yaml` next to each file, when it exists.
     #[arg(long, value_name = "ENV")]
     pub env: Option<String>,
-    /// Treat warnings as errors.
+    /// Treat warnings (pod security) as errors: exit 2 and nothing done.
     #[arg(long)]
     pub strict: bool,
 }

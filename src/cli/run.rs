@@ -96,6 +96,7 @@ fn load(input: &InputArgs) -> Result<Manifest, InputError> {
 
 fn validate(args: &InputArgs) -> Result<u8, CliError> {
     let m = load(args)?;
+    crate::cli::security::check_blocking(&m, args.strict)?;
     let files: Vec<String> = m
         .sources
         .files
@@ -145,6 +146,7 @@ fn make_plan(m: &Manifest, replicas: Option<u32>) -> Result<plan::Plan, InputErr
 fn plan_cmd(args: &PlanArgs) -> Result<u8, CliError> {
     let m = load(&args.input)?;
     let p = make_plan(&m, args.replicas)?;
+    crate::cli::security::check_blocking(&m, args.input.strict)?;
     let text = match args.output {
         Format::Table => {
             output::plan_table(m.name(), &m.rollout.spec.version, &m.strategy_source, &p)
@@ -601,6 +603,12 @@ async fn apply(args: &ApplyArgs, env: &Env) -> Result<u8, CliError> {
     let mut m = load(&args.input)?;
     overrides(&mut m, env)?;
     context_namespace(&mut m, env).await?;
+    // The live template is read through the same kubeconfig context as the rollout.
+    let client = match &m.rollout.spec.target.kubernetes {
+        Some(k) if k.manifest.is_none() => Some(env.kube().await?.client().map_err(failed)?),
+        _ => None,
+    };
+    crate::cli::security::check(&m, args.input.strict, client).await?;
     apply_with(&m, args.output, env).await
 }
 

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -242,7 +243,8 @@ impl Fence {
     }
 }
 
-/// Rejects mutating requests (anything but GET, HEAD and OPTIONS) while the fence is not open.
+/// Rejects mutating requests (anything but GET, HEAD and OPTIONS, and access reviews) while the
+/// fence is not open.
 #[derive(Clone)]
 struct FenceLayer(Fence);
 
@@ -284,7 +286,13 @@ where
             hyper::Method::HEAD,
             hyper::Method::OPTIONS,
         ];
+        // An access review is a question, not a change: the target asks before it takes the lock.
+        let question = request
+            .uri()
+            .path()
+            .starts_with("/apis/authorization.k8s.io/");
         if !reads.contains(request.method())
+            && !question
             && let Err(why) = self.fence.check()
         {
             let message = format!("write refused: {why}");
@@ -546,9 +554,12 @@ impl Remote {
     /// Lease, mirroring the local journal, and taking control requests from the cluster. The caller
     /// holds the app's local lock.
     pub async fn acquire(&self, store: &Store, actor: &Actor) -> Result<Session> {
-        let identity = format!("{actor} pid {}", std::process::id());
+        let identity = match boot_id() {
+            Some(boot) => format!("{actor} pid {} boot {boot}", std::process::id()),
+            None => format!("{actor} pid {}", std::process::id()),
+        };
         let started = Instant::now();
-        let (lease, took_over) = self.take_lease(&identity, &actor.host).await?;
+        let (lease, took_over) = self.take_lease(&identity).await?;
         self.fence.open_until(started + WRITE_WINDOW);
         let seen = match self.fetch().await? {
             Some(mirror) => mirror.controls.last().map_or(0, |c| c.seq),
@@ -598,7 +609,7 @@ impl Remote {
 
     /// Creates the Lease, or takes over an expired one with a resourceVersion-guarded update, so
     /// of two machines racing for it exactly one wins.
-    async fn take_lease(&self, identity: &str, host: &str) -> Result<(Lease, Option<String>)> {
+    async fn take_lease(&self, identity: &str) -> Result<(Lease, Option<String>)> {
         for _ in 0..5 {
             let now = MicroTime(Timestamp::now());
             let fresh = Lease {
@@ -632,8 +643,8 @@ impl Remote {
             let spec = current.spec.clone().unwrap_or_default();
             let age = age_seconds(&spec);
             let holder = spec.holder_identity.clone().unwrap_or_default();
-            let gone = holder_gone(&holder, host);
-            if !expired(&spec) && !gone {
+            let dead = holder_gone(&holder);
+            if !expired(&spec) && !dead {
                 return Err(ClusterError::Locked {
                     app: self.app.clone(),
                     holder,
@@ -652,7 +663,7 @@ impl Remote {
             });
             match self.leases.replace(&self.name, &params(), &current).await {
                 Ok(lease) => {
-                    let note = if gone {
+                    let note = if dead {
                         format!("took over the lock from {holder}: that process is gone")
                     } else {
                         format!(
@@ -672,24 +683,44 @@ impl Remote {
     }
 }
 
-/// Whether the holder (`user@host[ (ci)] pid N`) was a process on this host that is gone: its
-/// Lease need not run out (as with the local lock file).
-fn holder_gone(holder: &str, host: &str) -> bool {
-    let at_host = holder
-        .split_whitespace()
-        .next()
-        .and_then(|who| who.split('@').nth(1));
-    let pid = holder
-        .rsplit(" pid ")
-        .next()
-        .and_then(|p| p.trim().parse::<u32>().ok());
-    match (at_host, pid) {
-        (Some(h), Some(pid)) if h == host && holder.contains(" pid ") => {
-            std::path::Path::new("/proc/self").exists()
-                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-        }
-        _ => false,
-    }
+/// Where this process runs, as far as its pids mean anything: this boot of the kernel
+/// (`/proc/sys/kernel/random/boot_id`, 12 hex digits) and this pid namespace (its inode), e.g.
+/// `1c2f3e4d5a6b.4026531836`. A Lease holder names it, so that a process of the same boot and pid
+/// namespace can be known dead; containers on one host share the boot but not the pid namespace.
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let hex: String = id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(12)
+        .collect();
+    let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let ns: String = ns
+        .to_string_lossy()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    (hex.len() == 12 && !ns.is_empty()).then(|| format!("{hex}.{ns}"))
+}
+
+/// Whether `holder` ("<actor> pid <pid> boot <boot>") is a process of this boot and pid namespace
+/// that no longer runs: its Lease may be taken at once, as a local lock left by a dead process is.
+/// A holder from another machine, boot or container (or without a boot) is never judged here: its
+/// Lease must expire.
+fn holder_gone(holder: &str) -> bool {
+    let Some(ours) = boot_id() else {
+        return false;
+    };
+    let mut words = holder.split_whitespace().rev();
+    let (Some(boot), Some("boot"), Some(pid), Some("pid")) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    boot == ours && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Seconds since the Lease was last renewed (or acquired).
@@ -1194,6 +1225,25 @@ fn write_lines(path: &std::path::Path, records: &[Record]) -> Result<()> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn only_a_dead_process_of_this_boot_gives_up_its_lease_early() {
+        let Some(boot) = boot_id() else {
+            return; // no /proc: never judged, the Lease must expire
+        };
+        // A pid above the kernel's limit (4194304) never runs.
+        let dead = format!("ana@box pid 4999999 boot {boot}");
+        assert!(holder_gone(&dead));
+        let alive = format!("ana@box pid {} boot {boot}", std::process::id());
+        assert!(!holder_gone(&alive), "this process is alive");
+        let init = format!("ana@box pid 1 boot {boot}");
+        assert!(!holder_gone(&init), "pid 1 runs");
+        assert!(
+            !holder_gone("ana@box pid 4999999 boot 000000000000.4026531836"),
+            "another machine's (or boot's) process is never judged"
+        );
+        assert!(!holder_gone("ana@box pid 4999999"), "no boot: never judged");
+    }
+
     fn rec(at_ms: u64, rollout: &str, step: usize) -> Record {
         Record {
             at_ms,
@@ -1297,16 +1347,6 @@ mod tests {
         fence.lose("the Lease is now held by bo@box pid 7".into());
         let put = service.clone().oneshot(request(hyper::Method::PUT)).await;
         assert!(put.unwrap_err().to_string().contains("bo@box"));
-    }
-
-    #[test]
-    fn a_holder_is_gone_only_if_it_was_here_and_its_process_is_not() {
-        let me = std::process::id();
-        assert!(holder_gone("ana@box pid 4000000", "box"));
-        assert!(!holder_gone(&format!("ana@box pid {me}"), "box"));
-        assert!(!holder_gone("ana@other pid 4000000", "box"));
-        assert!(!holder_gone("ana@box (ci) pid 4000000", "other"));
-        assert!(!holder_gone("nonsense", "box"));
     }
 
     #[test]
