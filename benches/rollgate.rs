@@ -518,6 +518,60 @@ async fn acceptance_floor(fleet: &LocalFleet) -> (f64, f64) {
     )
 }
 
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the 14th field, stime 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// What one accepted request costs an agent: CPU time over 500 no-op operations (a prune that
+/// keeps everything) sent one after another over one warm mTLS connection.
+async fn agent_cpu(rows: &mut Vec<Row>) {
+    use rollgate::agent::api::PruneRequest;
+    use rollgate::agent::client::{AgentClient, ClientAuth};
+    const REQUESTS: usize = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = LocalFleet::start_tuned(dir.path(), 1, 1, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let auth = ClientAuth::mtls_files(&fleet.ca, &fleet.client_cert, &fleet.client_key).unwrap();
+    let (_, port, _) = &fleet.hosts[0];
+    let client = AgentClient::new(&format!("https://127.0.0.1:{port}"), &auth).unwrap();
+    client.services().await.unwrap();
+    let pid = fleet.agent_pids()[0];
+    let before = cpu_seconds(pid);
+    let start = Instant::now();
+    for i in 0..REQUESTS {
+        let req = PruneRequest {
+            request_id: format!("cpu-{i}"),
+            keep: 1000,
+        };
+        let op = client.prune("web", &req).await.unwrap();
+        client
+            .wait_operation(&op.id, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - before;
+    rows.push(row(
+        "agent: CPU per accepted operation (500 no-op prunes in a row, each waited for)",
+        format!("{:.2} ms", cpu * 1000.0 / REQUESTS as f64),
+        format!(
+            "wall {:.2} ms per operation",
+            wall * 1000.0 / REQUESTS as f64
+        ),
+        "-",
+        "-",
+        None,
+    ));
+    drop(fleet);
+}
+
 fn find_activate_created(data: &Path, version: &str) -> Option<u64> {
     let mut stack = vec![data.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -668,6 +722,9 @@ fn main() {
     }
     if want.contains("recovery") {
         runtime.block_on(recovery(&mut rows));
+    }
+    if want.contains("agentcpu") {
+        runtime.block_on(agent_cpu(&mut rows));
     }
     if want.contains("agent") {
         binary_size(&mut rows);
