@@ -213,6 +213,15 @@ pub struct Record {
     pub event: Event,
 }
 
+/// A journal line being written, borrowing its event.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RecordRef<'a> {
+    at_ms: u64,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
 /// The state dir for all apps.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -457,9 +466,10 @@ impl Journal {
     pub fn append_all(&mut self, events: impl IntoIterator<Item = Event>) -> Result<()> {
         let at_ms = now_ms();
         let mut text = String::new();
-        for event in events {
+        let events: Vec<Event> = events.into_iter().collect();
+        for event in &events {
             text.push_str(
-                &serde_json::to_string(&Record { at_ms, event }).expect("events serialize"),
+                &serde_json::to_string(&RecordRef { at_ms, event }).expect("events serialize"),
             );
             text.push('\n');
         }
@@ -469,7 +479,9 @@ impl Journal {
         self.file
             .write_all(text.as_bytes())
             .and_then(|()| self.file.sync_data())
-            .map_err(io(&self.path))
+            .map_err(io(&self.path))?;
+        crate::faults::journaled(&events);
+        Ok(())
     }
 }
 

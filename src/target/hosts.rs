@@ -158,6 +158,7 @@ impl Hosts {
                     .map_err(unreachable)?
             }
         };
+        crate::faults::point("stage", name);
         let op = client
             .wait_operation(&op.id, Duration::from_secs(600))
             .await
@@ -368,6 +369,7 @@ impl Hosts {
                 instance: name.to_string(),
                 source,
             })?;
+        crate::faults::point("activate", name);
         self.finish(name, op, &format!("activating {version}"), deadline)
             .await
     }
@@ -833,11 +835,13 @@ impl Target for Hosts {
             check: Some(spec),
             timeout_ms: Some(timeout.as_millis() as u64),
         };
-        match client.check_health(&self.service, &req).await {
+        let probe = match client.check_health(&self.service, &req).await {
             Ok(report) if report.healthy => Probe::Pass,
             Ok(report) => Probe::Fail(report.detail),
             Err(e) => Probe::Fail(format!("agent: {e}")),
-        }
+        };
+        crate::faults::point("probe", instance);
+        probe
     }
 }
 
