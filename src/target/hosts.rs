@@ -17,6 +17,10 @@ use crate::health::Probe;
 use crate::plan::Step;
 use crate::spec::{AgentAuth, Check, HostsTarget, RunOn};
 
+/// How long one call to an agent rides out network trouble (a host briefly cut off, lost packets)
+/// before it fails. A step's calls are bounded by the step's deadline as well, whichever is first.
+pub const RETRY_WINDOW: Duration = Duration::from_secs(30);
+
 /// A fleet of agents serving one service.
 pub struct Hosts {
     spec: HostsTarget,
@@ -26,6 +30,9 @@ pub struct Hosts {
     clients: Vec<(String, String, AgentClient)>,
     artifact: Option<Artifact>,
     http: reqwest::Client,
+    /// Salts staging request ids: a retry within this run is a replay, while a later run (a
+    /// `resume` after a crash) asks afresh instead of being answered with an earlier, failed try.
+    run_salt: String,
 }
 
 enum Artifact {
@@ -51,7 +58,8 @@ impl Hosts {
         for h in &spec.hosts {
             let url = format!("{scheme}://{}", h.address);
             let client = AgentClient::new(&url, &auth)
-                .map_err(|e| TargetError::Setup(format!("{}: {e}", h.name)))?;
+                .map_err(|e| TargetError::Setup(format!("{}: {e}", h.name)))?
+                .retrying(RETRY_WINDOW);
             clients.push((h.name.clone(), h.address.clone(), client));
         }
         let artifact = match &spec.artifact {
@@ -93,6 +101,7 @@ impl Hosts {
             clients,
             artifact,
             http,
+            run_salt: format!("{:x}", crate::state::now_ms()),
         })
     }
 
@@ -133,7 +142,12 @@ impl Hosts {
             }
             Some(Artifact::File { path, sha256 }) => {
                 let params = UploadParams {
-                    request_id: request_id("stage", name, version, &sha256[..12]),
+                    request_id: request_id(
+                        "stage",
+                        name,
+                        version,
+                        &format!("{}-{}", &sha256[..12], self.run_salt),
+                    ),
                     sha256: sha256.clone(),
                     kind: None,
                     file_name: path.file_name().map(|f| f.to_string_lossy().into_owned()),
@@ -145,7 +159,12 @@ impl Hosts {
             }
             Some(Artifact::Url { url, sha256 }) => {
                 let req = StageRequest {
-                    request_id: request_id("stage", name, version, &sha256[..12.min(sha256.len())]),
+                    request_id: request_id(
+                        "stage",
+                        name,
+                        version,
+                        &format!("{}-{}", &sha256[..12.min(sha256.len())], self.run_salt),
+                    ),
                     version: version.to_string(),
                     url: url.clone(),
                     sha256: sha256.clone(),
