@@ -446,6 +446,8 @@ async fn resume(args: &AppArgs, promoted: Option<bool>) -> Result<u8, CliError> 
     let store = Store::open_default();
     let (last, m) = last_rollout(&store, &args.app)?;
     if let Some(outcome) = last.outcome {
+        // A crash after the last record leaves a dead holder's lock: take it over and release it.
+        drop(store.lock(&args.app, &Actor::from_env()));
         println!(
             "{}: the last rollout ({}) already {outcome}; nothing to resume",
             args.app, last.id
