@@ -617,9 +617,11 @@ fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The journal's compaction header (if any) and its other non-empty lines, with their line numbers
-/// kept for errors by position in the file.
-fn read_lines(path: &Path) -> Result<(Option<Compacted>, Vec<(usize, String)>)> {
+/// Non-empty journal lines with their line numbers (for errors by position in the file).
+type Lines = Vec<(usize, String)>;
+
+/// The journal's compaction header (if any) and its other non-empty lines.
+fn read_lines(path: &Path) -> Result<(Option<Compacted>, Lines)> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((None, Vec::new())),
