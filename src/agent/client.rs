@@ -426,3 +426,58 @@ impl AgentClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A client of `addr` over https, trusting a fresh CA.
+    fn client(dir: &Path, addr: std::net::SocketAddr) -> AgentClient {
+        let ca = crate::pki::init(dir).unwrap();
+        let auth = ClientAuth {
+            ca_pem: Some(std::fs::read(ca.cert).unwrap()),
+            ..Default::default()
+        };
+        AgentClient::new(&format!("https://{addr}"), &auth).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_not_transient() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        // The listener is gone: nothing listens there any more.
+        let c = client(dir.path(), addr).retrying(Duration::from_secs(30));
+        let e = c.host_info().await.unwrap_err();
+        assert!(!e.is_transient(), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_dropped_before_the_handshake_is_retried_within_the_window() {
+        // Accepts and drops every connection at once, counting them.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                count.fetch_add(1, Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let once = client(&dir.path().join("a"), addr);
+        let e = once.host_info().await.unwrap_err();
+        assert!(e.is_transient(), "{e:?}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "no retry by default");
+        // Backoff from 100 ms: within a second it tries again, and it stops once the window is over.
+        let retried = client(&dir.path().join("b"), addr).retrying(Duration::from_secs(1));
+        let e = retried.host_info().await.unwrap_err();
+        assert!(e.is_transient(), "{e:?}");
+        assert!(accepted.load(Ordering::SeqCst) >= 1 + 2, "retried");
+    }
+}

@@ -40,8 +40,10 @@ enum Artifact {
     Url { url: String, sha256: String },
 }
 
-fn request_id(kind: &str, instance: &str, version: &str, salt: &str) -> String {
-    format!("{kind}-{instance}-{version}-{salt}")
+/// A request id for one mutation. The agent keeps request ids across all its services, so the
+/// service is part of it: two apps rolled at once on the same hosts never share one.
+fn request_id(kind: &str, service: &str, instance: &str, version: &str, salt: &str) -> String {
+    format!("{kind}-{service}-{instance}-{version}-{salt}")
 }
 
 impl Hosts {
@@ -144,6 +146,7 @@ impl Hosts {
                 let params = UploadParams {
                     request_id: request_id(
                         "stage",
+                        &self.service,
                         name,
                         version,
                         &format!("{}-{}", &sha256[..12], self.run_salt),
@@ -161,6 +164,7 @@ impl Hosts {
                 let req = StageRequest {
                     request_id: request_id(
                         "stage",
+                        &self.service,
                         name,
                         version,
                         &format!("{}-{}", &sha256[..12.min(sha256.len())], self.run_salt),
@@ -376,7 +380,13 @@ impl Hosts {
     ) -> Result<()> {
         let client = self.client(name)?;
         let req = ActivateRequest {
-            request_id: request_id(&format!("activate{slot}"), name, version, salt),
+            request_id: request_id(
+                &format!("activate{slot}"),
+                &self.service,
+                name,
+                version,
+                salt,
+            ),
             version: version.to_string(),
             slot,
             timeout_ms: Some(deadline.as_millis() as u64),
@@ -396,7 +406,7 @@ impl Hosts {
     async fn stop_slot(&self, name: &str, slot: u32, deadline: Duration, salt: &str) -> Result<()> {
         let client = self.client(name)?;
         let req = SlotRequest {
-            request_id: format!("stop{slot}-{name}-{salt}"),
+            request_id: format!("stop{slot}-{}-{name}-{salt}", self.service),
             slot,
         };
         let op = client.stop(&self.service, &req).await.map_err(|source| {
