@@ -1000,6 +1000,16 @@ spreadBy: zone",
         .unwrap()
     }
 
+    /// Regression: two apps rolled at once on one agent got `409 request_id_reused`, because the
+    /// agent keeps request ids across services and the ids did not name the service.
+    #[test]
+    fn request_ids_of_two_services_never_collide() {
+        assert_ne!(
+            request_id("activate0", "web", "h1", "2.0.0", "18f"),
+            request_id("activate0", "api", "h1", "2.0.0", "18f")
+        );
+    }
+
     #[test]
     fn first_group_then_zones() {
         assert_eq!(

@@ -167,7 +167,9 @@ fn load_many_apps_at_once_on_one_agent_set_without_lock_crosstalk() {
         assert_eq!(out.status.code(), Some(0), "install {app}: {}", text(&out));
     }
     // One CLI per app, each frozen by its fault hook right after its first step started: all four
-    // hold their own lock at the same moment.
+    // hold their own lock at the same moment. Let go together, their first waves start within the
+    // same millisecond, which is how this test found request ids shared across services (409
+    // request_id_reused from the agent).
     let mut runs: Vec<(String, Running)> = fleet
         .apps
         .iter()
