@@ -79,6 +79,53 @@ fn faults_host_cut_off_shorter_than_the_deadline_is_ridden_out() {
     fleet.assert_serving("2.0.0");
 }
 
+/// The other short cut: the host is already unreachable when the rollout starts, and the root
+/// namespace has forgotten its MAC address, so new connections fail at once with "no route to
+/// host" (ARP gets no answer) instead of hanging. Those errors are retried: once the host is back,
+/// 5 s later, the rollout goes on and completes.
+#[test]
+fn faults_host_unreachable_at_the_start_is_retried_until_it_is_back() {
+    if !root_or_skip("faults_host_unreachable_at_the_start") {
+        return;
+    }
+    const N: usize = 3;
+    const CUT: Duration = Duration::from_secs(5);
+    let fleet = Fleet::start(N);
+    fleet.install("1.0.0");
+    let v2 = fleet.artifact("2.0.0", "");
+    let manifest = fleet.manifest(
+        "2.0.0",
+        &v2,
+        "    rolling: {maxSurge: 0, maxUnavailable: 1}\n",
+        10,
+    );
+    let victim = &fleet.hosts[1];
+    victim.net.cut();
+    let _ = Command::new("ip")
+        .args(["neigh", "flush", "to", &victim.net.ip.to_string()])
+        .status();
+    let mut run =
+        Running::spawn(fleet.rollgate(&["apply", "-f", manifest.to_str().unwrap(), "-o", "json"]));
+    std::thread::sleep(CUT);
+    victim.net.reconnect();
+    let code = run.finish(Duration::from_secs(120));
+    let log = format!("{}{}", run.describe(), run.output());
+    let failed = failures(&run);
+    faults::record(faults::Case {
+        bed: "netns hosts",
+        fault: "host unreachable (link down, ARP flushed) for the first 5 s of a rollout",
+        outcome: &format!("exit {code:?}, {} failure records", failed.len()),
+        lost: 0,
+        unknown: 0,
+    });
+    assert_eq!(code, Some(0), "retried until the host was back\n{log}");
+    assert!(
+        failed.is_empty(),
+        "no failure was recorded: {failed:?}\n{log}"
+    );
+    fleet.assert_serving("2.0.0");
+}
+
 /// Makes every packet on `host`'s link slower and some of them lost, both ways. With `tc netem`
 /// (when the kernel has it): 40 ms ± 10 ms delay and 3% loss each way. Without it (this project's
 /// CI kernel is built without `CONFIG_NET_SCH_NETEM`): 3% loss each way with nftables inside the
