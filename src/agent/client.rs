@@ -478,6 +478,9 @@ mod tests {
         let retried = client(&dir.path().join("b"), addr).retrying(Duration::from_secs(1));
         let e = retried.host_info().await.unwrap_err();
         assert!(e.is_transient(), "{e:?}");
-        assert!(accepted.load(Ordering::SeqCst) >= 1 + 2, "retried");
+        assert!(
+            accepted.load(Ordering::SeqCst) > 2,
+            "retried: 1 + at least 2"
+        );
     }
 }
