@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod output;
 pub mod run;
+pub mod security;
 
 use std::path::PathBuf;
 
@@ -26,6 +27,13 @@ pub mod exit {
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Kubernetes targets: the kubeconfig context to use (default: its current context).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Kubernetes targets: the namespace, over the manifest's; for commands that name only the app,
+    /// where its state is looked up (default: the manifest's, else the context's, else `default`).
+    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,7 +162,7 @@ pub struct InputArgs {
     /// Also load `<file>.<ENV>.yaml` next to each file, when it exists.
     #[arg(long, value_name = "ENV")]
     pub env: Option<String>,
-    /// Treat warnings as errors.
+    /// Treat warnings (pod security) as errors: exit 2 and nothing done.
     #[arg(long)]
     pub strict: bool,
 }

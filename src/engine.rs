@@ -23,6 +23,9 @@ pub enum EngineError {
     RollbackIncomplete { version: String, reason: String },
     #[error("{0}")]
     Unsupported(String),
+    /// The app's Lease went to another machine (or could not be renewed): stop, change nothing.
+    #[error("{0}")]
+    LockLost(String),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
@@ -73,6 +76,8 @@ pub struct Run<'a, T: Target> {
     pub pending: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Set when background analysis has reached a verdict, so long pauses end early.
     pub background_done: Arc<std::sync::atomic::AtomicBool>,
+    /// The in-cluster state of a Kubernetes target: its journal mirror and Lease.
+    pub team: Option<&'a crate::state::cluster::Session>,
 }
 
 enum StepResult {
@@ -108,6 +113,7 @@ impl<'a, T: Target> Run<'a, T> {
             http: reqwest::Client::new(),
             pending: Mutex::default(),
             background_done: Arc::default(),
+            team: None,
         })
     }
 }
@@ -115,15 +121,39 @@ impl<'a, T: Target> Run<'a, T> {
 impl<T: Target> Run<'_, T> {
     /// Appends to the journal (fsynced) and then reports the record.
     pub fn log(&self, event: Event) -> Result<()> {
+        self.still_held()?;
         self.journal
             .lock()
             .expect("journal lock")
             .append(event.clone())?;
+        if let Some(team) = self.team {
+            team.changed();
+        }
         self.announce(&event);
         (self.on_record)(&Record {
             at_ms: crate::state::now_ms(),
             event,
         });
+        Ok(())
+    }
+
+    /// Every decision is journaled before it acts: a run whose Lease is gone stops there.
+    fn still_held(&self) -> Result<()> {
+        match self.team.and_then(|t| t.lost()) {
+            Some(why) => Err(EngineError::LockLost(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// At a step boundary: stop if the Lease is gone, and wait until the cluster has the journal,
+    /// so another machine never sees less than the last completed step.
+    async fn checkpoint(&self) -> Result<()> {
+        self.still_held()?;
+        if let Some(team) = self.team {
+            team.flush()
+                .await
+                .map_err(|e| EngineError::LockLost(error_chain(&e)))?;
+        }
         Ok(())
     }
 
@@ -254,6 +284,9 @@ impl<T: Target> Run<'_, T> {
                 eprintln!("error: {}", error_chain(&e));
                 std::process::exit(1);
             }
+            if let Some(team) = self.team {
+                team.changed();
+            }
             for event in events {
                 self.announce(&event);
                 (self.on_record)(&Record {
@@ -297,6 +330,10 @@ impl<T: Target> Run<'_, T> {
     /// With `full`, it goes straight to the last step (everything new).
     pub async fn execute(&mut self, from_step: usize, full: bool) -> Result<RunOutcome> {
         let outcome = self.execute_steps(from_step, full).await;
+        let outcome = match outcome {
+            Ok(o) => self.checkpoint().await.map(|()| o),
+            Err(e) => Err(e),
+        };
         if matches!(outcome, Ok(RunOutcome::Succeeded))
             && let Err(e) = self
                 .hooks(crate::spec::HookType::PostRollout, None, "")
@@ -416,6 +453,7 @@ impl<T: Target> Run<'_, T> {
                     .on_failure(i, format!("background check {name} failed: {detail}"))
                     .await;
             }
+            self.checkpoint().await?;
             if let Some(control) = self.take_control() {
                 return self.finish_control(control, i).await;
             }
@@ -467,11 +505,22 @@ impl<T: Target> Run<'_, T> {
             let started = Instant::now();
             // A target error inside a step (an agent that stopped answering) fails the step, so
             // `rollback.auto` handles it like any other failure.
-            let result = match self.run_step(i, step).await {
+            // A run whose Lease is gone stops mid-step at once, even while nothing happens.
+            let team = self.team;
+            let stepped = match team {
+                Some(team) => tokio::select! {
+                    r = self.run_step(i, step) => r,
+                    why = team.wait_lost() => Err(EngineError::LockLost(why)),
+                },
+                None => self.run_step(i, step).await,
+            };
+            let result = match stepped {
                 Ok(r) => r,
                 Err(EngineError::Target(e)) => StepResult::Failed(error_chain(&e)),
                 Err(e) => return Err(e),
             };
+            // A step cut short by a refused write is no failure of the new version.
+            self.still_held()?;
             match result {
                 StepResult::Done => {
                     self.log(Event::StepDone {
@@ -780,6 +829,7 @@ impl<T: Target> Run<'_, T> {
                 "cannot roll back: no earlier version is known ({reason})"
             )));
         };
+        self.still_held()?;
         if let Err(e) = self
             .hooks(crate::spec::HookType::Rollback, None, reason)
             .await

@@ -7,6 +7,8 @@
 //! The store stays bounded: whoever takes the lock compacts the app's journal once it holds more
 //! than twice [`KEEP_ROLLOUTS`] finished rollouts (see [`Store::compact`]).
 
+pub mod cluster;
+
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -398,6 +400,24 @@ impl Store {
             }
         }
         Ok(Some(summary))
+    }
+
+    /// Replaces the app's journal with `records` (atomically), keeping its compaction header: for
+    /// a caller that merges journals (the team state in the cluster). Hold the app's lock.
+    pub fn replace_records(&self, app: &str, records: &[Record]) -> Result<()> {
+        let path = self.ensure(app)?.join("journal.jsonl");
+        let mut text = String::new();
+        if let Some(compacted) = self.compacted(app)? {
+            text.push_str(
+                &serde_json::to_string(&Header { compacted }).expect("a header serializes"),
+            );
+            text.push('\n');
+        }
+        for r in records {
+            text.push_str(&serde_json::to_string(r).expect("records serialize"));
+            text.push('\n');
+        }
+        replace(&path, text.as_bytes())
     }
 
     /// Keeps the resolved manifest of a rollout, so `resume`, `promote` and `rollback` need no files.
@@ -1123,6 +1143,21 @@ mod tests {
         let h = history(&store.read("web").unwrap());
         assert_eq!(h.len(), KEEP_ROLLOUTS + 1);
         assert_eq!(h.last().unwrap().id, "next");
+    }
+
+    #[test]
+    fn replacing_the_records_keeps_the_compaction_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path());
+        let mut j = store.journal("web").unwrap();
+        for i in 0..5 {
+            finished(&mut j, &format!("r{i}"), Outcome::Succeeded);
+        }
+        let summary = store.compact("web", 2).unwrap().unwrap();
+        let records = store.read("web").unwrap();
+        store.replace_records("web", &records[3..]).unwrap();
+        assert_eq!(store.compacted("web").unwrap(), Some(summary));
+        assert_eq!(store.read("web").unwrap(), records[3..]);
     }
 
     #[test]

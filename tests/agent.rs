@@ -11,6 +11,7 @@ mod agent {
     mod footprint;
     mod lifecycle;
     mod restarts;
+    mod run_as;
     mod security;
     mod service;
 }

@@ -3,5 +3,6 @@
 mod cli {
     mod bad_input;
     mod plan;
+    mod pod_security;
     mod support;
 }

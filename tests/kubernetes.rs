@@ -2,6 +2,8 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
+#[path = "support/faults.rs"]
+mod faults;
 #[path = "support/prometheus.rs"]
 mod prometheus;
 
@@ -11,10 +13,16 @@ mod kubernetes {
     mod blue_green;
     mod canary;
     mod common;
+    mod failures;
+    mod faults;
+    mod hpa;
     mod interrupted;
     mod metrics;
+    mod pod_security;
+    mod rbac;
     mod rollback;
     mod rolling;
+    mod team_state;
 }
 
 mod smoke {

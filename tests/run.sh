@@ -29,4 +29,10 @@ log "fuzz targets: build, replay the regression inputs, fuzz each briefly"
 FUZZ_SECONDS="${FUZZ_SECONDS:-10}" fuzz/ci.sh
 
 log "cargo test"
-cargo test --locked --all-targets -- --test-threads="${ROLLGATE_TEST_THREADS:-2}"
+rm -f target/fault-matrix.tsv
+status=0
+cargo test --locked --all-targets -- --test-threads="${ROLLGATE_TEST_THREADS:-2}" || status=$?
+
+log "fault-injection matrix (what each fault test injected and found)"
+tests/fault-table.sh
+exit "$status"

@@ -461,7 +461,7 @@ impl Agent {
             op: op.clone(),
             fingerprint,
         };
-        store::write_json(&self.ops_dir.join(format!("{id}.json")), &rec)?;
+        store::write_json_volatile(&self.ops_dir.join(format!("{id}.json")), &rec)?;
         journal.ops.insert(id.clone(), rec);
         journal.by_request.insert(request_id.to_string(), id);
         drop(journal);
@@ -490,7 +490,8 @@ impl Agent {
             }
         }
         rec.op.finished_unix_ms = Some(now_unix_ms());
-        if let Err(e) = store::write_json(&self.ops_dir.join(format!("{id}.json")), &*rec) {
+        if let Err(e) = store::write_json_volatile(&self.ops_dir.join(format!("{id}.json")), &*rec)
+        {
             tracing::error!(op = id, error = %crate_chain(&e), "could not journal operation result");
         }
         drop(journal);

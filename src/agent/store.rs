@@ -1,4 +1,12 @@
-//! Crash-safe files: every write goes to a temp file, is fsynced, then renamed over the target.
+//! Crash-safe files: every write goes to a temp file, then is renamed over the target, so a reader
+//! sees the old or the new content, never a torn one.
+//!
+//! Two strengths. [`write_atomic`] also fsyncs the file and its dir: for what must survive a power
+//! cut (which version a slot runs, a staged version's metadata). [`write_atomic_volatile`] skips the
+//! flushes: for what only needs to survive the *agent* dying (operation records, pid files). The page
+//! cache outlives a killed process, and after a power cut the processes and operations those files
+//! describe are gone too. Each flush costs about 2 ms on this project's disk, and an activation wrote
+//! four such files, so this is most of an agent's time on the hot path.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -31,8 +39,18 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Writes `bytes` to `path` atomically: temp file in the same dir, fsync, rename, fsync dir.
+/// Writes `bytes` to `path` atomically and durably: temp file in the same dir, fsync, rename, fsync dir.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write(path, bytes, true)
+}
+
+/// Writes `bytes` to `path` atomically (temp file, rename) without flushing it to disk: it survives
+/// the agent being killed, not a power cut.
+pub fn write_atomic_volatile(path: &Path, bytes: &[u8]) -> Result<()> {
+    write(path, bytes, false)
+}
+
+fn write(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     let err = |source| StoreError::Write {
         path: path.to_path_buf(),
         source,
@@ -47,20 +65,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     {
         let mut file = std::fs::File::create(&tmp).map_err(err)?;
         file.write_all(bytes).map_err(err)?;
-        file.sync_all().map_err(err)?;
+        if durable {
+            file.sync_all().map_err(err)?;
+        }
     }
     std::fs::rename(&tmp, path).map_err(err)?;
-    sync_dir(dir).map_err(err)?;
+    if durable {
+        sync_dir(dir).map_err(err)?;
+    }
     Ok(())
 }
 
-/// Serializes `value` as pretty JSON and writes it atomically.
+/// Serializes `value` as pretty JSON and writes it atomically and durably.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value).map_err(|source| StoreError::Corrupt {
+    write_atomic(path, &to_json(path, value)?)
+}
+
+/// [`write_json`] for records that need only survive the agent dying ([`write_atomic_volatile`]).
+pub fn write_json_volatile<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    write_atomic_volatile(path, &to_json(path, value)?)
+}
+
+fn to_json<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(value).map_err(|source| StoreError::Corrupt {
         path: path.to_path_buf(),
         source,
-    })?;
-    write_atomic(path, &bytes)
+    })
 }
 
 /// Reads JSON from `path`; `Ok(None)` when the file does not exist.

@@ -128,7 +128,7 @@ pub fn summary(r: &crate::state::RolloutSummary) -> String {
         r.strategy
     );
     if let Some(a) = &r.actor {
-        let _ = writeln!(out, "  by {a} at {} (unix ms)", r.started_ms);
+        let _ = writeln!(out, "  by {a} at {}", utc(r.started_ms));
     }
     for s in &r.steps {
         let t = s
@@ -162,4 +162,41 @@ pub fn summary(r: &crate::state::RolloutSummary) -> String {
         let _ = writeln!(out, "  {}", r.detail);
     }
     out
+}
+
+/// `unix_ms` as `YYYY-MM-DD HH:MM:SS UTC` (the proleptic Gregorian calendar, days from civil).
+pub fn utc(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Shift the epoch to 0000-03-01 so that leap days end a 400-year era.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod utc_tests {
+    use super::utc;
+
+    #[test]
+    fn formats_known_instants() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        // `date -u -d @951782400` (a leap day in a year divisible by 400)
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_795_786_833_449), "2026-11-27 13:40:33 UTC");
+        assert_eq!(utc(4_107_542_399_999), "2100-02-28 23:59:59 UTC");
+        assert_eq!(utc(4_107_542_400_000), "2100-03-01 00:00:00 UTC");
+    }
 }

@@ -10,7 +10,10 @@ use crate::cli::{
 use crate::engine::{Interrupts, Run, RunOutcome, current_version, error_chain};
 use crate::plan::{self, Capacity};
 use crate::spec::{InputError, Manifest, Rollout};
-use crate::state::{Actor, Control, Event, Outcome, Record, RolloutSummary, Store, history};
+use crate::state::cluster::{ClusterError, Kube, Remote, Session};
+use crate::state::{
+    Actor, Control, Event, Outcome, Record, RolloutSummary, StateError, Store, history,
+};
 use crate::target::AnyTarget;
 use crate::target::Target;
 use crate::target::hosts::Hosts;
@@ -39,13 +42,19 @@ fn failed(e: impl std::error::Error) -> CliError {
 
 /// Runs a command and returns the process exit code. Errors are printed here.
 pub fn run(cli: Cli) -> u8 {
-    let result = match cli.command {
+    let Cli {
+        command,
+        context,
+        namespace,
+    } = cli;
+    let result = match command {
         Command::Validate(args) => validate(&args),
         Command::Plan(args) => plan_cmd(&args),
         Command::Pki(cmd) => pki(cmd),
         other => {
             let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
-            runtime.block_on(run_async(other))
+            let env = Env::new(Store::open_default(), context, namespace);
+            runtime.block_on(run_async(other, &env))
         }
     };
     match result {
@@ -57,17 +66,23 @@ pub fn run(cli: Cli) -> u8 {
     }
 }
 
-async fn run_async(command: Command) -> Result<u8, CliError> {
+async fn run_async(command: Command, env: &Env) -> Result<u8, CliError> {
     match command {
-        Command::Apply(args) => apply(&args).await,
-        Command::Resume(args) => resume(&args, None).await,
-        Command::Promote(args) => promote(&args).await,
-        Command::Pause(args) => control(&args, |actor| Control::Pause { actor }),
-        Command::Abort(args) => abort(&args).await,
-        Command::Retry(args) => retry(&args).await,
-        Command::Rollback(args) => rollback(&args).await,
-        Command::Status(args) => status(&args).await,
-        Command::History(args) => history_cmd(&args),
+        Command::Apply(args) => apply(&args, env).await,
+        Command::Resume(args) => resume(&args, None, env).await,
+        Command::Promote(args) => promote(&args, env).await,
+        Command::Pause(args) => {
+            let remote = remote_for_app(env, &args.app).await?;
+            control(&args, remote.as_ref(), env, |actor| Control::Pause {
+                actor,
+            })
+            .await
+        }
+        Command::Abort(args) => abort(&args, env).await,
+        Command::Retry(args) => retry(&args, env).await,
+        Command::Rollback(args) => rollback(&args, env).await,
+        Command::Status(args) => status(&args, env).await,
+        Command::History(args) => history_cmd(&args, env).await,
         Command::Demo(args) => crate::cli::demo::run(&args).await,
         Command::Validate(_) | Command::Plan(_) | Command::Pki(_) => {
             unreachable!("handled synchronously")
@@ -81,6 +96,7 @@ fn load(input: &InputArgs) -> Result<Manifest, InputError> {
 
 fn validate(args: &InputArgs) -> Result<u8, CliError> {
     let m = load(args)?;
+    crate::cli::security::check_blocking(&m, args.strict)?;
     let files: Vec<String> = m
         .sources
         .files
@@ -130,6 +146,7 @@ fn make_plan(m: &Manifest, replicas: Option<u32>) -> Result<plan::Plan, InputErr
 fn plan_cmd(args: &PlanArgs) -> Result<u8, CliError> {
     let m = load(&args.input)?;
     let p = make_plan(&m, args.replicas)?;
+    crate::cli::security::check_blocking(&m, args.input.strict)?;
     let text = match args.output {
         Format::Table => {
             output::plan_table(m.name(), &m.rollout.spec.version, &m.strategy_source, &p)
@@ -169,8 +186,195 @@ fn pki(cmd: PkiCommand) -> Result<u8, CliError> {
     Ok(exit::OK)
 }
 
-/// The target a manifest names, connected lazily (Kubernetes reads its kubeconfig here).
-async fn target_for(m: &Manifest) -> Result<AnyTarget, CliError> {
+/// What the commands share: the state dir, the global flags, and the kubeconfig, read on first use.
+struct Env {
+    store: Store,
+    context: Option<String>,
+    namespace: Option<String>,
+    kube: tokio::sync::OnceCell<Kube>,
+}
+
+impl Env {
+    fn new(store: Store, context: Option<String>, namespace: Option<String>) -> Self {
+        Env {
+            store,
+            context,
+            namespace,
+            kube: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The kubeconfig; an unknown `--context` is a usage error.
+    async fn kube(&self) -> Result<&Kube, CliError> {
+        self.kube
+            .get_or_try_init(|| Kube::connect(self.context.as_deref()))
+            .await
+            .map_err(|e| match e {
+                ClusterError::UnknownContext { .. } => InputError::general(e.to_string()).into(),
+                e => failed(e),
+            })
+    }
+
+    /// `--context` or `--namespace` on an app whose target is a host fleet is a usage error.
+    fn hosts_only(&self, app: &str) -> Result<(), CliError> {
+        let flag = match (&self.context, &self.namespace) {
+            (Some(_), _) => "--context",
+            (None, Some(_)) => "--namespace",
+            (None, None) => return Ok(()),
+        };
+        Err(InputError::general(format!(
+            "{flag} applies to kubernetes targets: {app} targets hosts"
+        ))
+        .into())
+    }
+}
+
+/// Applies `--namespace` to a manifest's Kubernetes target.
+fn overrides(m: &mut Manifest, env: &Env) -> Result<(), CliError> {
+    match &mut m.rollout.spec.target.kubernetes {
+        Some(k) => {
+            if let Some(ns) = &env.namespace {
+                k.namespace.clone_from(ns);
+            }
+            Ok(())
+        }
+        None => env.hosts_only(m.name()),
+    }
+}
+
+/// The cluster state of a manifest's app, for a Kubernetes target.
+async fn remote_for_manifest(m: &Manifest, env: &Env) -> Result<Option<Remote>, CliError> {
+    let Some(k) = &m.rollout.spec.target.kubernetes else {
+        return Ok(None);
+    };
+    let kube = env.kube().await?;
+    Remote::new(kube, &k.namespace, m.name())
+        .map(Some)
+        .map_err(failed)
+}
+
+/// The cluster state of an app named on the command line: in the namespace of its last rollout
+/// here (or `--namespace`) when that targeted Kubernetes; when this machine never ran it, in
+/// `--namespace`, else the kubeconfig context's namespace, if there is a kubeconfig.
+async fn remote_for_app(env: &Env, app: &str) -> Result<Option<Remote>, CliError> {
+    let local = env.store.read(app).map_err(failed)?;
+    if let Some(last) = history(&local).pop() {
+        let rollout = env.store.load_manifest(app, &last.id).map_err(failed)?;
+        let Some(k) = &rollout.spec.target.kubernetes else {
+            env.hosts_only(app)?;
+            return Ok(None);
+        };
+        let ns = env.namespace.as_ref().unwrap_or(&k.namespace);
+        let kube = env.kube().await?;
+        return Remote::new(kube, ns, app).map(Some).map_err(failed);
+    }
+    match env.kube().await {
+        Ok(kube) => {
+            let ns = env.namespace.as_deref().unwrap_or(kube.default_namespace());
+            Remote::new(kube, ns, app).map(Some).map_err(failed)
+        }
+        // No kubeconfig at all: a machine that drives host fleets only.
+        Err(_) if env.context.is_none() && env.namespace.is_none() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The app's journal: this machine's, merged (in memory) with the cluster's for a Kubernetes
+/// target. A cluster that cannot be read leaves this machine's, with a warning.
+async fn records(env: &Env, app: &str, remote: Option<&Remote>) -> Result<Vec<Record>, CliError> {
+    if let Some(r) = remote {
+        match r.records(&env.store).await {
+            Ok(Some(records)) => return Ok(records),
+            Ok(None) => {}
+            Err(e) => eprintln!(
+                "warning: {}: showing this machine's journal only",
+                error_chain(&e)
+            ),
+        }
+    }
+    env.store.read(app).map_err(failed)
+}
+
+/// An app's lock: the local lock file and, for a Kubernetes target, the Lease with the journal
+/// mirror. `release` must be called: it flushes the mirror and frees the Lease at once.
+struct Held {
+    _local: crate::state::Lock,
+    team: Option<Session>,
+}
+
+impl Held {
+    async fn release(self) -> Result<(), CliError> {
+        let Some(team) = self.team else {
+            return Ok(());
+        };
+        let flushed = match team.lost() {
+            Some(_) => Ok(()), // the engine has said so already
+            None => team.flush().await.map_err(failed),
+        };
+        team.release().await;
+        flushed
+    }
+}
+
+/// Releases the lock whatever the command's result, and reports the first error.
+async fn finish(held: Held, result: Result<u8, CliError>) -> Result<u8, CliError> {
+    let released = held.release().await;
+    let code = result?;
+    released?;
+    Ok(code)
+}
+
+enum LockError {
+    /// Another rollout of the app holds it (here, or elsewhere through the Lease).
+    Locked(String),
+    Other(CliError),
+}
+
+impl From<LockError> for CliError {
+    fn from(e: LockError) -> Self {
+        match e {
+            LockError::Locked(why) => CliError::Failed(why),
+            LockError::Other(e) => e,
+        }
+    }
+}
+
+/// Takes the app's lock here and, for a Kubernetes target, its Lease; then brings the cluster's
+/// journal into the local one.
+async fn lock_app(env: &Env, app: &str, remote: Option<&Remote>) -> Result<Held, LockError> {
+    let actor = Actor::from_env();
+    let local = match env.store.lock(app, &actor) {
+        Ok(lock) => lock,
+        Err(e @ StateError::Locked { .. }) => return Err(LockError::Locked(error_chain(&e))),
+        Err(e) => return Err(LockError::Other(failed(e))),
+    };
+    let Some(remote) = remote else {
+        return Ok(Held {
+            _local: local,
+            team: None,
+        });
+    };
+    let session = match remote.acquire(&env.store, &actor).await {
+        Ok(s) => s,
+        Err(e @ ClusterError::Locked { .. }) => return Err(LockError::Locked(error_chain(&e))),
+        Err(e) => return Err(LockError::Other(failed(e))),
+    };
+    if let Some(note) = &session.took_over {
+        eprintln!("warning: {app}: {note}");
+    }
+    if let Err(e) = remote.pull(&env.store).await {
+        session.release().await;
+        return Err(LockError::Other(failed(e)));
+    }
+    Ok(Held {
+        _local: local,
+        team: Some(session),
+    })
+}
+
+/// The target a manifest names, connected lazily (Kubernetes reads its kubeconfig here; its
+/// writes go out only while this process holds the app's Lease).
+async fn target_for(m: &Manifest, env: &Env) -> Result<AnyTarget, CliError> {
     if let Some(h) = &m.rollout.spec.target.hosts {
         let first_group = match &m.strategy {
             crate::spec::Strategy::Canary(c) => c.first_group.as_deref(),
@@ -197,8 +401,8 @@ async fn target_for(m: &Manifest) -> Result<AnyTarget, CliError> {
         crate::spec::Strategy::BlueGreen(s) => s.min_ready_seconds,
     };
     let blue_green = matches!(m.strategy, crate::spec::Strategy::BlueGreen(_));
-    crate::target::kubernetes::Kubernetes::new(k, &base, min_ready, blue_green)
-        .await
+    let client = env.kube().await?.fenced().map_err(failed)?;
+    crate::target::kubernetes::Kubernetes::with_client(k, &base, min_ready, blue_green, client)
         .map(AnyTarget::Kubernetes)
         .map_err(failed)
 }
@@ -226,7 +430,7 @@ async fn drive(
     from: Option<String>,
     mode: Progress,
     start: Start,
-    lock: crate::state::Lock,
+    held: &Held,
 ) -> Result<u8, CliError> {
     let started = Instant::now();
     let plan = plan_for(m, target).await?;
@@ -236,6 +440,7 @@ async fn drive(
     let mut run =
         Run::new(target, m, &plan, store, id, from.clone(), &on_record).map_err(failed)?;
     run.interrupts = install_interrupts();
+    run.team = held.team.as_ref();
     let (step, full) = match start {
         Start::New { label } => {
             // confirm-rollout: a non-2xx answer holds the rollout before anything is recorded or changed.
@@ -265,7 +470,6 @@ async fn drive(
     };
     let outcome = run.execute(step, full).await;
     reporter.finish();
-    drop(lock);
     Ok(outcome_code(&outcome.map_err(failed)?, m.name(), started))
 }
 
@@ -385,15 +589,38 @@ fn outcome_code(outcome: &RunOutcome, app: &str, started: Instant) -> u8 {
     }
 }
 
-pub async fn apply(args: &ApplyArgs) -> Result<u8, CliError> {
-    let m = load(&args.input)?;
-    apply_manifest(&m, args.output, &Store::open_default()).await
+async fn apply(args: &ApplyArgs, env: &Env) -> Result<u8, CliError> {
+    let mut m = load(&args.input)?;
+    overrides(&mut m, env)?;
+    // The live template is read through the same kubeconfig context as the rollout.
+    let client = match &m.rollout.spec.target.kubernetes {
+        Some(k) if k.manifest.is_none() => Some(env.kube().await?.client().map_err(failed)?),
+        _ => None,
+    };
+    crate::cli::security::check(&m, args.input.strict, client).await?;
+    apply_with(&m, args.output, env).await
 }
 
 pub async fn apply_manifest(m: &Manifest, mode: Progress, store: &Store) -> Result<u8, CliError> {
-    let target = target_for(m).await?;
+    apply_with(m, mode, &Env::new(store.clone(), None, None)).await
+}
+
+async fn apply_with(m: &Manifest, mode: Progress, env: &Env) -> Result<u8, CliError> {
+    let target = target_for(m, env).await?;
     plan_for(m, &target).await?;
-    let lock = store.lock(m.name(), &Actor::from_env()).map_err(failed)?;
+    let remote = remote_for_manifest(m, env).await?;
+    let held = lock_app(env, m.name(), remote.as_ref()).await?;
+    let result = apply_locked(m, mode, env, &target, &held).await;
+    finish(held, result).await
+}
+
+async fn apply_locked(
+    m: &Manifest,
+    mode: Progress,
+    env: &Env,
+    target: &AnyTarget,
+    held: &Held,
+) -> Result<u8, CliError> {
     let instances = target.instances().await.map_err(failed)?;
     let version = &m.rollout.spec.version;
     if instances
@@ -410,44 +637,74 @@ pub async fn apply_manifest(m: &Manifest, mode: Progress, store: &Store) -> Resu
     let id = format!("{}-{}", m.name(), crate::state::now_ms());
     drive(
         m,
-        &target,
-        store,
+        target,
+        &env.store,
         &id,
         from,
         mode,
         Start::New {
             label: m.strategy.name().into(),
         },
-        lock,
+        held,
     )
     .await
 }
 
-/// The last rollout of `app` and its stored manifest.
-fn last_rollout(store: &Store, app: &str) -> Result<(RolloutSummary, Manifest), CliError> {
-    let records = store.read(app).map_err(failed)?;
-    let Some(last) = history(&records).pop() else {
-        return Err(CliError::Failed(format!(
-            "{app} has no rollouts in {}",
-            store.app_dir(app).display()
-        )));
+/// Says an app has no rollouts, here or in the cluster.
+fn no_rollouts(env: &Env, app: &str, remote: Option<&Remote>) -> CliError {
+    let mut text = format!(
+        "{app} has no rollouts in {}",
+        env.store.app_dir(app).display()
+    );
+    if let Some(r) = remote {
+        text.push_str(&format!(
+            " nor in the cluster ({} does not exist)",
+            r.describe()
+        ));
+    }
+    CliError::Failed(text)
+}
+
+/// The last rollout in `records` and its stored manifest (with `--namespace` applied).
+fn last_rollout(
+    env: &Env,
+    app: &str,
+    records: &[Record],
+    remote: Option<&Remote>,
+) -> Result<(RolloutSummary, Manifest), CliError> {
+    let Some(last) = history(records).pop() else {
+        return Err(no_rollouts(env, app, remote));
     };
-    let rollout: Rollout = store.load_manifest(app, &last.id).map_err(failed)?;
-    let origin = store
+    let rollout: Rollout = env.store.load_manifest(app, &last.id).map_err(failed)?;
+    let origin = env
+        .store
         .app_dir(app)
         .join("rollouts")
         .join(format!("{}.json", last.id));
-    let m = Manifest::from_resolved(rollout, &origin)?;
+    let mut m = Manifest::from_resolved(rollout, &origin)?;
+    overrides(&mut m, env)?;
     Ok((last, m))
 }
 
 /// Continues the last unfinished rollout. `promoted` says a promote just approved its pause.
-async fn resume(args: &AppArgs, promoted: Option<bool>) -> Result<u8, CliError> {
-    let store = Store::open_default();
-    let (last, m) = last_rollout(&store, &args.app)?;
+async fn resume(args: &AppArgs, promoted: Option<bool>, env: &Env) -> Result<u8, CliError> {
+    let remote = remote_for_app(env, &args.app).await?;
+    let held = lock_app(env, &args.app, remote.as_ref()).await?;
+    let result = resume_locked(args, promoted, env, remote.as_ref(), &held).await;
+    finish(held, result).await
+}
+
+async fn resume_locked(
+    args: &AppArgs,
+    promoted: Option<bool>,
+    env: &Env,
+    remote: Option<&Remote>,
+    held: &Held,
+) -> Result<u8, CliError> {
+    let store = &env.store;
+    let records = store.read(&args.app).map_err(failed)?;
+    let (last, m) = last_rollout(env, &args.app, &records, remote)?;
     if let Some(outcome) = last.outcome {
-        // A crash after the last record leaves a dead holder's lock: take it over and release it.
-        drop(store.lock(&args.app, &Actor::from_env()));
         println!(
             "{}: the last rollout ({}) already {outcome}; nothing to resume",
             args.app, last.id
@@ -458,9 +715,8 @@ async fn resume(args: &AppArgs, promoted: Option<bool>) -> Result<u8, CliError> 
             exit::FAILED
         });
     }
-    let target = target_for(&m).await?;
+    let target = target_for(&m, env).await?;
     let plan = plan_for(&m, &target).await?;
-    let lock = store.lock(&args.app, &Actor::from_env()).map_err(failed)?;
     // A rollback that was cut short is finished first.
     if let Some(reason) = &last.rollback {
         let reporter = Reporter::new(args.output, 1);
@@ -469,13 +725,14 @@ async fn resume(args: &AppArgs, promoted: Option<bool>) -> Result<u8, CliError> 
             &target,
             &m,
             &plan,
-            &store,
+            store,
             &last.id,
             last.from.clone(),
             &on_record,
         )
         .map_err(failed)?;
         run.interrupts = install_interrupts();
+        run.team = held.team.as_ref();
         run.rollback(reason).await.map_err(failed)?;
         run.log(Event::Finished {
             rollout: last.id.clone(),
@@ -527,46 +784,60 @@ async fn resume(args: &AppArgs, promoted: Option<bool>) -> Result<u8, CliError> 
     drive(
         &m,
         &target,
-        &store,
+        store,
         &last.id,
         last.from.clone(),
         args.output,
         start,
-        lock,
+        held,
     )
     .await
 }
 
-async fn promote(args: &PromoteArgs) -> Result<u8, CliError> {
-    let store = Store::open_default();
-    let actor = Actor::from_env();
+async fn promote(args: &PromoteArgs, env: &Env) -> Result<u8, CliError> {
     let app = &args.app.app;
+    let remote = remote_for_app(env, app).await?;
     // While a rollout runs, it owns the journal: hand it the promotion as a control request.
-    match store.lock(app, &actor) {
-        Err(crate::state::StateError::Locked { .. }) => {
-            store
-                .send_control(
-                    app,
-                    &Control::Promote {
-                        actor,
-                        full: args.full,
-                    },
-                )
-                .map_err(failed)?;
+    let held = match lock_app(env, app, remote.as_ref()).await {
+        Err(LockError::Locked(_)) => {
+            let actor = Actor::from_env();
+            send(
+                env,
+                app,
+                remote.as_ref(),
+                &Control::Promote {
+                    actor,
+                    full: args.full,
+                },
+            )
+            .await?;
             println!("{app}: promotion sent to the running rollout");
             return Ok(exit::OK);
         }
-        Err(e) => return Err(failed(e)),
-        Ok(lock) => drop(lock),
-    }
-    let (last, _) = last_rollout(&store, app)?;
+        Err(LockError::Other(e)) => return Err(e),
+        Ok(held) => held,
+    };
+    let result = promote_locked(args, env, remote.as_ref(), &held).await;
+    finish(held, result).await
+}
+
+async fn promote_locked(
+    args: &PromoteArgs,
+    env: &Env,
+    remote: Option<&Remote>,
+    held: &Held,
+) -> Result<u8, CliError> {
+    let app = &args.app.app;
+    let actor = Actor::from_env();
+    let records = env.store.read(app).map_err(failed)?;
+    let (last, _) = last_rollout(env, app, &records, remote)?;
     if last.outcome.is_some() || last.paused.is_none() {
         return Err(CliError::Failed(format!(
             "{app}: no paused rollout to promote"
         )));
     }
     let step = last.steps.last().map_or(0, |s| s.step);
-    store
+    env.store
         .journal(app)
         .and_then(|mut j| {
             j.append(Event::Promoted {
@@ -577,15 +848,34 @@ async fn promote(args: &PromoteArgs) -> Result<u8, CliError> {
             })
         })
         .map_err(failed)?;
+    if let Some(team) = &held.team {
+        team.changed();
+    }
     println!("{app}: promoted by {actor}");
-    resume(&args.app, Some(args.full)).await
+    resume_locked(&args.app, Some(args.full), env, remote, held).await
 }
 
-fn control(args: &AppArgs, make: impl FnOnce(Actor) -> Control) -> Result<u8, CliError> {
-    let store = Store::open_default();
-    store
-        .send_control(&args.app, &make(Actor::from_env()))
-        .map_err(failed)?;
+/// Hands a control request to the running rollout: through the cluster for a Kubernetes target
+/// (it may run on another machine), else through the local state dir.
+async fn send(
+    env: &Env,
+    app: &str,
+    remote: Option<&Remote>,
+    control: &Control,
+) -> Result<(), CliError> {
+    match remote {
+        Some(r) => r.send_control(control).await.map_err(failed),
+        None => env.store.send_control(app, control).map_err(failed),
+    }
+}
+
+async fn control(
+    args: &AppArgs,
+    remote: Option<&Remote>,
+    env: &Env,
+    make: impl FnOnce(Actor) -> Control,
+) -> Result<u8, CliError> {
+    send(env, &args.app, remote, &make(Actor::from_env())).await?;
     println!(
         "{}: request sent; the running rollout acts on it after its current step",
         args.app
@@ -593,25 +883,36 @@ fn control(args: &AppArgs, make: impl FnOnce(Actor) -> Control) -> Result<u8, Cl
     Ok(exit::OK)
 }
 
-async fn abort(args: &AppArgs) -> Result<u8, CliError> {
-    let store = Store::open_default();
-    let actor = Actor::from_env();
-    let lock = match store.lock(&args.app, &actor) {
-        Err(crate::state::StateError::Locked { .. }) => {
-            return control(args, |actor| Control::Abort { actor });
+async fn abort(args: &AppArgs, env: &Env) -> Result<u8, CliError> {
+    let remote = remote_for_app(env, &args.app).await?;
+    let held = match lock_app(env, &args.app, remote.as_ref()).await {
+        Err(LockError::Locked(_)) => {
+            return control(args, remote.as_ref(), env, |actor| Control::Abort { actor }).await;
         }
-        Err(e) => return Err(failed(e)),
-        Ok(lock) => lock,
+        Err(LockError::Other(e)) => return Err(e),
+        Ok(held) => held,
     };
-    // Nothing runs: roll the paused rollout back here.
-    let (last, m) = last_rollout(&store, &args.app)?;
+    let result = abort_locked(args, env, remote.as_ref(), &held).await;
+    finish(held, result).await
+}
+
+/// Nothing runs: roll the paused rollout back here.
+async fn abort_locked(
+    args: &AppArgs,
+    env: &Env,
+    remote: Option<&Remote>,
+    held: &Held,
+) -> Result<u8, CliError> {
+    let actor = Actor::from_env();
+    let records = env.store.read(&args.app).map_err(failed)?;
+    let (last, m) = last_rollout(env, &args.app, &records, remote)?;
     if let Some(outcome) = last.outcome {
         return Err(CliError::Failed(format!(
             "{}: the last rollout already {outcome}",
             args.app
         )));
     }
-    let target = target_for(&m).await?;
+    let target = target_for(&m, env).await?;
     let plan = plan_for(&m, &target).await?;
     let reporter = Reporter::new(args.output, plan.steps.len());
     let on_record = |r: &Record| reporter.record(r);
@@ -619,12 +920,13 @@ async fn abort(args: &AppArgs) -> Result<u8, CliError> {
         &target,
         &m,
         &plan,
-        &store,
+        &env.store,
         &last.id,
         last.from.clone(),
         &on_record,
     )
     .map_err(failed)?;
+    run.team = held.team.as_ref();
     let reason = format!("aborted by {actor}");
     run.rollback(&reason).await.map_err(failed)?;
     run.log(Event::Finished {
@@ -634,14 +936,14 @@ async fn abort(args: &AppArgs) -> Result<u8, CliError> {
     })
     .map_err(failed)?;
     reporter.finish();
-    drop(lock);
     println!("{}: aborted and rolled back", args.app);
     Ok(exit::FAILED)
 }
 
-async fn retry(args: &AppArgs) -> Result<u8, CliError> {
-    let store = Store::open_default();
-    let (last, m) = last_rollout(&store, &args.app)?;
+async fn retry(args: &AppArgs, env: &Env) -> Result<u8, CliError> {
+    let remote = remote_for_app(env, &args.app).await?;
+    let records = records(env, &args.app, remote.as_ref()).await?;
+    let (last, m) = last_rollout(env, &args.app, &records, remote.as_ref())?;
     match last.outcome {
         Some(Outcome::Succeeded) => Err(CliError::Failed(format!(
             "{}: the last rollout succeeded; nothing to retry",
@@ -651,16 +953,17 @@ async fn retry(args: &AppArgs) -> Result<u8, CliError> {
             "{}: the last rollout is unfinished; use `rollgate resume {}`",
             args.app, args.app
         ))),
-        Some(_) => apply_manifest(&m, args.output, &store).await,
+        Some(_) => apply_with(&m, args.output, env).await,
     }
 }
 
 /// One-command rollback: the version before the last successful rollout, from the versions kept on
 /// disk, as a health-gated rolling update in waves of maxUnavailable (or all at once with `--fast`).
-async fn rollback(args: &RollbackArgs) -> Result<u8, CliError> {
-    let store = Store::open_default();
+async fn rollback(args: &RollbackArgs, env: &Env) -> Result<u8, CliError> {
     let app = &args.app.app;
-    let all = history(&store.read(app).map_err(failed)?);
+    let store = &env.store;
+    let remote = remote_for_app(env, app).await?;
+    let all = history(&records(env, app, remote.as_ref()).await?);
     let Some(last) = all
         .iter()
         .rev()
@@ -684,11 +987,12 @@ async fn rollback(args: &RollbackArgs) -> Result<u8, CliError> {
         // Only what is already on disk: a rollback never reads or downloads an artifact.
         h.artifact = None;
     }
-    let original = Manifest::from_resolved(stored, &store.app_dir(app))?;
+    let mut original = Manifest::from_resolved(stored, &store.app_dir(app))?;
+    overrides(&mut original, env)?;
     let unavailable = if args.fast {
         crate::spec::IntOrPercent::Percent(100)
     } else {
-        let original_target = target_for(&original).await?;
+        let original_target = target_for(&original, env).await?;
         crate::spec::IntOrPercent::Int(
             plan_for(&original, &original_target)
                 .await?
@@ -738,12 +1042,25 @@ async fn rollback(args: &RollbackArgs) -> Result<u8, CliError> {
         h.artifact = None;
     }
     let m = Manifest::from_resolved(rollout, &store.app_dir(app))?;
-    let target = target_for(&m).await?;
-    let lock = store.lock(app, &Actor::from_env()).map_err(failed)?;
+    let target = target_for(&m, env).await?;
+    let held = lock_app(env, app, remote.as_ref()).await?;
+    let result = rollback_locked(args, env, &m, &target, &to, &held).await;
+    finish(held, result).await
+}
+
+async fn rollback_locked(
+    args: &RollbackArgs,
+    env: &Env,
+    m: &Manifest,
+    target: &AnyTarget,
+    to: &str,
+    held: &Held,
+) -> Result<u8, CliError> {
+    let app = &args.app.app;
     let instances = target.instances().await.map_err(failed)?;
     let missing: Vec<&str> = instances
         .iter()
-        .filter(|i| !i.installed.contains(&to))
+        .filter(|i| !i.installed.iter().any(|v| v == to))
         .map(|i| i.name.as_str())
         .collect();
     if !missing.is_empty() {
@@ -757,26 +1074,27 @@ async fn rollback(args: &RollbackArgs) -> Result<u8, CliError> {
         .find_map(|i| i.version.clone().filter(|v| *v != to));
     let id = format!("{app}-{}", crate::state::now_ms());
     drive(
-        &m,
-        &target,
-        &store,
+        m,
+        target,
+        &env.store,
         &id,
         from,
         args.app.output,
         Start::New {
             label: "rollback".into(),
         },
-        lock,
+        held,
     )
     .await
 }
 
-async fn status(args: &StatusArgs) -> Result<u8, CliError> {
-    let store = Store::open_default();
+async fn status(args: &StatusArgs, env: &Env) -> Result<u8, CliError> {
+    let remote = remote_for_app(env, &args.app).await?;
     loop {
-        let (last, m) = last_rollout(&store, &args.app)?;
+        let records = records(env, &args.app, remote.as_ref()).await?;
+        let (last, m) = last_rollout(env, &args.app, &records, remote.as_ref())?;
         print!("{}", output::summary(&last));
-        if let Ok(target) = target_for(&m).await {
+        if let Ok(target) = target_for(&m, env).await {
             match target.instances().await {
                 Ok(instances) => {
                     for i in instances {
@@ -794,15 +1112,19 @@ async fn status(args: &StatusArgs) -> Result<u8, CliError> {
     }
 }
 
-fn history_cmd(args: &AppArgs) -> Result<u8, CliError> {
-    let store = Store::open_default();
-    let all = history(&store.read(&args.app).map_err(failed)?);
+async fn history_cmd(args: &AppArgs, env: &Env) -> Result<u8, CliError> {
+    let remote = remote_for_app(env, &args.app).await?;
+    let all = history(&records(env, &args.app, remote.as_ref()).await?);
     if all.is_empty() {
-        println!(
-            "{}: no rollouts recorded in {}",
-            args.app,
-            store.app_dir(&args.app).display()
-        );
+        let place = match &remote {
+            Some(r) => format!(
+                "{} nor in the cluster ({})",
+                env.store.app_dir(&args.app).display(),
+                r.describe()
+            ),
+            None => env.store.app_dir(&args.app).display().to_string(),
+        };
+        println!("{}: no rollouts recorded in {place}", args.app);
         return Ok(exit::OK);
     }
     if args.output == Progress::Json {

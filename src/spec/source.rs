@@ -108,7 +108,7 @@ impl Sources {
                 path: String::new(),
                 message: format!("cannot read: {e}"),
             })?;
-            out.files.push(Source::parse(file, &text, vars)?);
+            out.files.push(Source::parse(file, &text, Some(vars))?);
             if let Some(env) = env {
                 let overlay = overlay_path(file, env);
                 if overlay.exists() {
@@ -119,7 +119,7 @@ impl Sources {
                         path: String::new(),
                         message: format!("cannot read: {e}"),
                     })?;
-                    out.files.push(Source::parse(&overlay, &text, vars)?);
+                    out.files.push(Source::parse(&overlay, &text, Some(vars))?);
                 }
             }
         }
@@ -130,9 +130,24 @@ impl Sources {
     pub fn from_texts(texts: &[(&Path, &str)], vars: Vars<'_>) -> Result<Self, InputError> {
         let files = texts
             .iter()
-            .map(|(file, text)| Source::parse(file, text, vars))
+            .map(|(file, text)| Source::parse(file, text, Some(vars)))
             .collect::<Result<_, _>>()?;
         Ok(Sources { files })
+    }
+
+    /// Reads one file as written, without `${VAR}` expansion (a Kubernetes manifest, which rollgate
+    /// does not template), remembering where each field is.
+    pub fn read_literal(file: &Path) -> Result<Self, InputError> {
+        let text = std::fs::read_to_string(file).map_err(|e| InputError {
+            file: Some(file.to_path_buf()),
+            line: 0,
+            column: 0,
+            path: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Ok(Sources {
+            files: vec![Source::parse(file, &text, None)?],
+        })
     }
 
     /// The deep merge of all files: mappings merge key by key, anything else is replaced.
@@ -225,7 +240,8 @@ fn parent_path(path: &str) -> Option<String> {
 }
 
 impl Source {
-    fn parse(file: &Path, text: &str, vars: Vars<'_>) -> Result<Self, InputError> {
+    /// Parses one file; `vars: None` leaves `${...}` as written.
+    fn parse(file: &Path, text: &str, vars: Option<Vars<'_>>) -> Result<Self, InputError> {
         let at = |line: usize, column: usize, message: String| InputError {
             file: Some(file.to_path_buf()),
             line,
@@ -259,6 +275,10 @@ impl Source {
             file: file.to_path_buf(),
             value: Value::Null,
             positions,
+        };
+        let Some(vars) = vars else {
+            source.value = value;
+            return Ok(source);
         };
         let mut path = String::new();
         expand_vars(&mut value, &mut path, vars).map_err(|(path, message)| {

@@ -9,12 +9,14 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_artifacts_are_refused_and_nothing_is_installed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let port = free_ports(1)[0];
-    let data = tmp.path().join("data");
-    let agent = AgentProc::start(tmp.path(), &config(&pki, &data, &web_service(&[port], "")));
-    let c = agent.client(&pki.client_auth());
+    let WebAgent {
+        tmp,
+        pki: _pki,
+        port: _port,
+        data,
+        agent: _agent,
+        client: c,
+    } = WebAgent::start();
     let good = tar_gz(&[("bin/web", 0o755, &demo_script(&[]))]);
     assert_succeeded(&stage(&c, "good", &good).await);
     let versions = data.join("services/web/versions");
@@ -136,12 +138,14 @@ async fn file_server(status: u16, body: Vec<u8>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_by_url_verifies_the_download() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let port = free_ports(1)[0];
-    let data = tmp.path().join("data");
-    let agent = AgentProc::start(tmp.path(), &config(&pki, &data, &web_service(&[port], "")));
-    let c = agent.client(&pki.client_auth());
+    let WebAgent {
+        tmp: _tmp,
+        pki: _pki,
+        port,
+        data,
+        agent: _agent,
+        client: c,
+    } = WebAgent::start();
     let art = tar_gz(&[("bin/web", 0o755, &demo_script(&[]))]);
     let url = file_server(200, art.clone()).await;
 
@@ -202,12 +206,14 @@ async fn stage_by_url_verifies_the_download() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_killed_mid_stage_installs_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let port = free_ports(1)[0];
-    let data = tmp.path().join("data");
-    let mut agent = AgentProc::start(tmp.path(), &config(&pki, &data, &web_service(&[port], "")));
-    let c = agent.client(&pki.client_auth());
+    let WebAgent {
+        tmp,
+        pki,
+        port: _port,
+        data,
+        mut agent,
+        client: c,
+    } = WebAgent::start();
 
     // A server that sends half the artifact, then stalls.
     let art = tar_gz(&[("bin/web", 0o755, &demo_script(&[]))]);

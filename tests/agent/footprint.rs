@@ -20,11 +20,14 @@ fn proc_kib(pid: u32, field: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark; run with --release -- --ignored --nocapture"]
 async fn footprint() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let port = free_ports(1)[0];
-    let data = tmp.path().join("data");
-    let agent = AgentProc::start(tmp.path(), &config(&pki, &data, &web_service(&[port], "")));
+    let WebAgent {
+        tmp: _tmp,
+        pki,
+        port: _port,
+        data: _data,
+        agent,
+        client: _,
+    } = WebAgent::start();
     let pid = agent.child.as_ref().unwrap().id();
     let c = agent.client(&pki.client_auth());
     c.host_info().await.unwrap();

@@ -10,12 +10,14 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_activate_rollback_prune() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let port = free_ports(1)[0];
-    let data = tmp.path().join("data");
-    let agent = AgentProc::start(tmp.path(), &config(&pki, &data, &web_service(&[port], "")));
-    let c = agent.client(&pki.client_auth());
+    let WebAgent {
+        tmp,
+        pki: _pki,
+        port,
+        data,
+        agent: _agent,
+        client: c,
+    } = WebAgent::start();
 
     let info = c.host_info().await.unwrap();
     assert_eq!(info.services, vec!["web"]);

@@ -52,12 +52,14 @@ async fn crashed_service_is_restarted_and_crash_loops_back_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_kills_after_stop_timeout_when_sigterm_is_ignored() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let port = free_ports(1)[0];
-    let data = tmp.path().join("data");
-    let agent = AgentProc::start(tmp.path(), &config(&pki, &data, &web_service(&[port], "")));
-    let c = agent.client(&pki.client_auth());
+    let WebAgent {
+        tmp: _tmp,
+        pki: _pki,
+        port,
+        data,
+        agent: _agent,
+        client: c,
+    } = WebAgent::start();
     let stubborn = demo_script(&[("DEMO_IGNORE_SIGTERM", "true")]);
     assert_succeeded(&stage(&c, "stubborn", &tar_gz(&[("bin/web", 0o755, &stubborn)])).await);
     assert_succeeded(&activate(&c, "a", "stubborn", 0).await);
@@ -96,12 +98,14 @@ async fn stop_kills_after_stop_timeout_when_sigterm_is_ignored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_killed_mid_activation_comes_back_consistent() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let port = free_ports(1)[0];
-    let data = tmp.path().join("data");
-    let mut agent = AgentProc::start(tmp.path(), &config(&pki, &data, &web_service(&[port], "")));
-    let c = agent.client(&pki.client_auth());
+    let WebAgent {
+        tmp,
+        pki,
+        port,
+        data: _data,
+        mut agent,
+        client: c,
+    } = WebAgent::start();
     assert_succeeded(&stage(&c, "v1", &tar_gz(&[("bin/web", 0o755, &demo_script(&[]))])).await);
     let slow = demo_script(&[("DEMO_START_DELAY_MS", "4000")]);
     assert_succeeded(&stage(&c, "v2", &tar_gz(&[("bin/web", 0o755, &slow)])).await);

@@ -244,12 +244,14 @@ async fn wrong_and_missing_tokens_are_refused_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_mutations_run_once_and_a_reused_id_with_another_body_is_409() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let port = free_ports(1)[0];
-    let data = tmp.path().join("data");
-    let agent = AgentProc::start(tmp.path(), &config(&pki, &data, &web_service(&[port], "")));
-    let c = agent.client(&pki.client_auth());
+    let WebAgent {
+        tmp: _tmp,
+        pki: _pki,
+        port,
+        data,
+        agent: _agent,
+        client: c,
+    } = WebAgent::start();
     let v1 = tar_gz(&[("bin/web", 0o755, &demo_script(&[]))]);
     let v2 = tar_gz(&[("bin/web", 0o755, &demo_script(&[("DEMO_X", "2")]))]);
 

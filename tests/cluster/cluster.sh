@@ -9,6 +9,9 @@
 #   cluster.sh down    stop everything in reverse order; safe when nothing runs
 #   cluster.sh env     print export lines: KUBECONFIG, ROLLGATE_KUBE_BIN, PATH
 #   cluster.sh status  say what runs
+#   cluster.sh extra-apiserver start|kill|stop|pid PORT
+#                      a second kube-apiserver on the same etcd, for fault
+#                      tests that take a client's apiserver away
 #
 # See README.md beside this file for the knobs, the test controls and the
 # measured figures.
@@ -195,14 +198,16 @@ make_pki() {
     -CAcreateserial -extfile "$ext" -out "$PKI/admin.crt" 2>/dev/null
 }
 
+# A kubeconfig for the apiserver on port $1 (default: the cluster's), at
+# path $2 (default: $KUBECONFIG_PATH).
 make_kubeconfig() {
-  cat >"$KUBECONFIG_PATH" <<EOF
+  cat >"${2:-$KUBECONFIG_PATH}" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
 - name: rollgate-test
   cluster:
-    server: https://127.0.0.1:$APISERVER_PORT
+    server: https://127.0.0.1:${1:-$APISERVER_PORT}
     certificate-authority: $PKI/ca.crt
 users:
 - name: kwok-admin
@@ -304,6 +309,29 @@ status:
   kubectl apply -f - <<<"$manifest" >/dev/null
 }
 
+# The kube-apiserver's flags, one a line, for secure port $1: `up` starts
+# the cluster's apiserver with them and `extra-apiserver` a second one.
+apiserver_flags() {
+  printf '%s\n' \
+    --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
+    --etcd-prefix=/registry \
+    --bind-address=127.0.0.1 \
+    --advertise-address=127.0.0.1 \
+    --secure-port="$1" \
+    --endpoint-reconciler-type=none \
+    --service-cluster-ip-range=10.96.0.0/12 \
+    --allow-privileged=true \
+    --authorization-mode=Node,RBAC \
+    --tls-cert-file="$PKI/admin.crt" \
+    --tls-private-key-file="$PKI/admin.key" \
+    --client-ca-file="$PKI/ca.crt" \
+    --service-account-key-file="$PKI/admin.key" \
+    --service-account-signing-key-file="$PKI/admin.key" \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --proxy-client-cert-file="$PKI/admin.crt" \
+    --proxy-client-key-file="$PKI/admin.key"
+}
+
 cmd_up() {
   local start_time=$SECONDS
   mkdir -p "$(dirname "$STATE_DIR")"
@@ -339,24 +367,9 @@ cmd_up() {
   wait_for etcd 30 etcd_ok
 
   log "starting kube-apiserver on 127.0.0.1:$APISERVER_PORT"
-  start kube-apiserver "$BIN_DIR/kube-apiserver" \
-    --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
-    --etcd-prefix=/registry \
-    --bind-address=127.0.0.1 \
-    --advertise-address=127.0.0.1 \
-    --secure-port="$APISERVER_PORT" \
-    --endpoint-reconciler-type=none \
-    --service-cluster-ip-range=10.96.0.0/12 \
-    --allow-privileged=true \
-    --authorization-mode=Node,RBAC \
-    --tls-cert-file="$PKI/admin.crt" \
-    --tls-private-key-file="$PKI/admin.key" \
-    --client-ca-file="$PKI/ca.crt" \
-    --service-account-key-file="$PKI/admin.key" \
-    --service-account-signing-key-file="$PKI/admin.key" \
-    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-    --proxy-client-cert-file="$PKI/admin.crt" \
-    --proxy-client-key-file="$PKI/admin.key"
+  local flags
+  mapfile -t flags < <(apiserver_flags "$APISERVER_PORT")
+  start kube-apiserver "$BIN_DIR/kube-apiserver" "${flags[@]}"
   wait_for kube-apiserver 90 https_ok "https://127.0.0.1:$APISERVER_PORT/readyz"
 
   local common=(
@@ -467,6 +480,89 @@ cmd_down() {
   log "down: no control-plane process left"
 }
 
+# ---------------------------------------------------------------- a second apiserver
+
+# A second kube-apiserver on the same etcd, with the same flags and PKI, on
+# secure port PORT. A client pointed at it (kubeconfig
+# $STATE_DIR/kubeconfig-PORT, same admin certificate) can lose its apiserver
+# while the controllers, the scheduler and kwok carry on through the
+# cluster's own: fault tests kill and restart it mid-rollout. `down` stops it
+# with the rest (as a leftover of this state dir).
+#
+#   extra-apiserver start PORT   start it, or find it running; wait until
+#                                /readyz says ok; print the kubeconfig's path
+#   extra-apiserver kill PORT    SIGKILL, like a crash; returns once it is gone
+#   extra-apiserver stop PORT    TERM, then KILL after 10 s
+#   extra-apiserver pid PORT     print its pid (nothing if it is not running)
+
+extra_pid() {
+  local pid
+  pid=$(pid_of "kube-apiserver-$1")
+  [[ -n $pid ]] && ! exited "$pid" &&
+    [[ $(readlink "/proc/$pid/exe" 2>/dev/null) == "$BIN_DIR/kube-apiserver" ]] &&
+    echo "$pid"
+}
+
+# Whether process $1 has exited (a zombie counts: nobody may reap it soon).
+exited() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  stat=${stat##*) }
+  [[ ${stat%% *} == Z ]]
+}
+
+# Sends $2 to the extra apiserver on port $1 and waits up to $3 s for it to go.
+extra_signal() {
+  local port=$1 signal=$2 wait=$3 pid deadline
+  pid=$(extra_pid "$port") || return 0
+  kill "-$signal" "$pid" 2>/dev/null || true
+  deadline=$((SECONDS + wait))
+  until exited "$pid" || ((SECONDS >= deadline)); do sleep 0.05; done
+  if ! exited "$pid"; then
+    log "kube-apiserver-$port (pid $pid) ignored $signal for ${wait}s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+    until exited "$pid"; do sleep 0.05; done
+  fi
+  rm -f "$PIDS/kube-apiserver-$port.pid"
+  log "stopped kube-apiserver-$port (pid $pid) with $signal"
+}
+
+cmd_extra_apiserver() {
+  local action=${1:-} port=${2:-}
+  [[ $action =~ ^(start|kill|stop|pid)$ && $port =~ ^[0-9]+$ ]] ||
+    die "usage: $0 extra-apiserver start|kill|stop|pid PORT"
+  ((port != APISERVER_PORT)) || die "port $port is the cluster's own apiserver"
+  local name=kube-apiserver-$port config=$STATE_DIR/kubeconfig-$port
+  case $action in
+    start)
+      running || die "the cluster is not up (run: $0 up)"
+      if ! extra_pid "$port" >/dev/null; then
+        log "starting $name on 127.0.0.1:$port (etcd 127.0.0.1:$ETCD_CLIENT_PORT)"
+        local flags
+        mapfile -t flags < <(apiserver_flags "$port")
+        # Without an identity lease: both apiservers would use the one named
+        # after this host, and this one would delete the cluster's at start
+        # and at exit. The peer proxy needs identities, so it goes too.
+        start "$name" "$BIN_DIR/kube-apiserver" "${flags[@]}" --feature-gates=APIServerIdentity=false,UnknownVersionInteroperabilityProxy=false
+        make_kubeconfig "$port" "$config"
+      fi
+      local deadline=$((SECONDS + 90))
+      until https_ok "https://127.0.0.1:$port/readyz" 2>/dev/null; do
+        if ! extra_pid "$port" >/dev/null; then
+          tail -n 30 "$LOGS/$name.log" >&2
+          die "$name exited; log: $LOGS/$name.log"
+        fi
+        ((SECONDS < deadline)) || die "$name not ready after 90s; log: $LOGS/$name.log"
+        sleep 0.1
+      done
+      echo "$config"
+      ;;
+    kill) extra_signal "$port" KILL 10 ;;
+    stop) extra_signal "$port" TERM 10 ;;
+    pid) extra_pid "$port" || true ;;
+  esac
+}
+
 # For a shell: eval "$(tests/cluster/cluster.sh env)". The test support
 # reads the first two lines.
 cmd_env() {
@@ -490,7 +586,8 @@ main() {
     down) cmd_down ;;
     env) cmd_env ;;
     status) cmd_status ;;
-    *) die "usage: $0 build|up|down|env|status" ;;
+    extra-apiserver) cmd_extra_apiserver "${@:2}" ;;
+    *) die "usage: $0 build|up|down|env|status|extra-apiserver" ;;
   esac
 }
 

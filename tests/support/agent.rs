@@ -204,6 +204,36 @@ fn pid_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A real agent over mTLS on loopback with one `web` service (the demo, [`web_service`]) on a free
+/// port: the set-up most agent tests start from.
+pub struct WebAgent {
+    pub tmp: tempfile::TempDir,
+    pub pki: Pki,
+    pub port: u16,
+    pub data: PathBuf,
+    pub agent: AgentProc,
+    pub client: AgentClient,
+}
+
+impl WebAgent {
+    pub fn start() -> WebAgent {
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = Pki::new(&tmp.path().join("pki"));
+        let port = free_ports(1)[0];
+        let data = tmp.path().join("data");
+        let agent = AgentProc::start(tmp.path(), &config(&pki, &data, &web_service(&[port], "")));
+        let client = agent.client(&pki.client_auth());
+        WebAgent {
+            tmp,
+            pki,
+            port,
+            data,
+            agent,
+            client,
+        }
+    }
+}
+
 /// An mTLS agent config with `services` (YAML list items, indented by two spaces).
 pub fn config(pki: &Pki, data_dir: &Path, services: &str) -> String {
     format!(

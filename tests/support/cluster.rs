@@ -196,3 +196,64 @@ impl Cluster {
         name
     }
 }
+
+/// A second kube-apiserver on the cluster's etcd, on its own port (`cluster.sh extra-apiserver`):
+/// a client pointed at it can lose its API server while the controllers, the scheduler and kwok
+/// carry on through the cluster's own. Stopped when dropped.
+pub struct ExtraApiserver {
+    port: u16,
+    kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    /// Starts a second apiserver on `port` (one port per test) and waits until it is ready.
+    pub async fn extra_apiserver(&self, port: u16) -> ExtraApiserver {
+        let kubeconfig = extra_apiserver_command("start", port).await;
+        ExtraApiserver {
+            port,
+            kubeconfig: PathBuf::from(kubeconfig.trim()),
+        }
+    }
+}
+
+impl ExtraApiserver {
+    /// Its kubeconfig: the cluster's admin credentials, its port.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// SIGKILL, like a crash; returns once the process is gone.
+    pub async fn kill(&self) {
+        extra_apiserver_command("kill", self.port).await;
+    }
+
+    /// Starts it again and waits until it is ready.
+    pub async fn restart(&self) {
+        extra_apiserver_command("start", self.port).await;
+    }
+}
+
+impl Drop for ExtraApiserver {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .args(["extra-apiserver", "stop", &self.port.to_string()])
+            .output();
+    }
+}
+
+/// Runs `cluster.sh extra-apiserver ACTION PORT` and returns its stdout.
+async fn extra_apiserver_command(action: &str, port: u16) -> String {
+    let out = tokio::process::Command::new("bash")
+        .arg(script())
+        .args(["extra-apiserver", action, &port.to_string()])
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("running cluster.sh extra-apiserver {action}: {e}"));
+    assert!(
+        out.status.success(),
+        "cluster.sh extra-apiserver {action} {port}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

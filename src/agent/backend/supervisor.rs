@@ -297,6 +297,17 @@ fn spawn(spec: &RunSpec) -> std::io::Result<tokio::process::Child> {
             cmd.env(name, v);
         }
     }
+    #[cfg(unix)]
+    if let Some(user) = &spec.user {
+        let run_as = RunAs::resolve(user)?;
+        cmd.env("HOME", &run_as.home)
+            .env("USER", &run_as.name)
+            .env("LOGNAME", &run_as.name);
+        if nix::unistd::geteuid() != run_as.uid {
+            // The child sets its group, then drops its supplementary groups, then its user.
+            cmd.gid(run_as.gid.as_raw()).uid(run_as.uid.as_raw());
+        }
+    }
     cmd.envs(&spec.env);
     #[cfg(unix)]
     cmd.process_group(0);
@@ -319,6 +330,49 @@ fn spawn(spec: &RunSpec) -> std::io::Result<tokio::process::Child> {
         ));
     }
     Ok(child)
+}
+
+/// The account a service runs as (`user:`), looked up before the fork. The service gets the
+/// user's id and primary group; supplementary groups are dropped, not taken from the user database.
+#[cfg(unix)]
+struct RunAs {
+    name: String,
+    uid: nix::unistd::Uid,
+    gid: nix::unistd::Gid,
+    home: PathBuf,
+}
+
+#[cfg(unix)]
+impl RunAs {
+    /// Looks `user` (a name, or a numeric uid) up in the host's user database.
+    fn resolve(user: &str) -> std::io::Result<RunAs> {
+        use nix::unistd::{Uid, User};
+        let invalid =
+            |message: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, message);
+        let found = match user.parse::<u32>() {
+            Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+            Err(_) => User::from_name(user),
+        }
+        .map_err(|e| invalid(format!("looking up user {user:?}: {e}")))?
+        .ok_or_else(|| invalid(format!("user {user:?} does not exist on this host")))?;
+        let me = nix::unistd::geteuid();
+        if !me.is_root() && me != found.uid {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "the agent runs as uid {me} and cannot start a service as user {user:?} \
+                     (uid {}); run the agent as root, or remove `user:`",
+                    found.uid
+                ),
+            ));
+        }
+        Ok(RunAs {
+            name: found.name,
+            uid: found.uid,
+            gid: found.gid,
+            home: found.dir,
+        })
+    }
 }
 
 /// Copies a pipe into `path`, rotating to `path.1`..`path.keep` past `max_bytes`.
@@ -429,7 +483,7 @@ fn start_time(pid: u32) -> Option<u64> {
 fn write_pid_file(spec: &RunSpec, pid: Option<u32>) {
     if let Some(pid) = pid {
         let text = format!("{pid} {}\n", start_time(pid).unwrap_or(0));
-        let _ = crate::agent::store::write_atomic(&pid_file(spec), text.as_bytes());
+        let _ = crate::agent::store::write_atomic_volatile(&pid_file(spec), text.as_bytes());
     }
 }
 

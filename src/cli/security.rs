@@ -1,0 +1,150 @@
+//! Pod-security warnings for `validate`, `plan` and `apply`: where a Kubernetes target's pod
+//! template falls short of the recommended securityContext. `--strict` makes them errors (exit 2).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+
+use crate::cli::run::CliError;
+use crate::spec::{InputError, KubernetesTarget, Manifest, Sources};
+use crate::target::kubernetes::{Kubernetes, pod_security_warnings};
+
+/// How long `validate` and `plan` wait for the cluster to read a live template.
+const LIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The checks of `validate` and `plan`, which run outside a tokio runtime. A `manifest:` template
+/// is checked offline; an `image:` target's template is the live Deployment's, read when the
+/// kubeconfig reaches the cluster within 5 s (otherwise a note says it was not checked).
+pub fn check_blocking(m: &Manifest, strict: bool) -> Result<(), CliError> {
+    let Some(k) = &m.rollout.spec.target.kubernetes else {
+        return Ok(());
+    };
+    if k.manifest.is_some() {
+        return report(findings_in_file(m, k)?, strict);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("starting a tokio runtime: {e}")))?;
+    runtime.block_on(check(m, strict, None))
+}
+
+/// The checks of `apply`: the template that would be rolled out, from the file or the cluster.
+pub async fn check(
+    m: &Manifest,
+    strict: bool,
+    client: Option<kube::Client>,
+) -> Result<(), CliError> {
+    let Some(k) = &m.rollout.spec.target.kubernetes else {
+        return Ok(());
+    };
+    if k.manifest.is_some() {
+        return report(findings_in_file(m, k)?, strict);
+    }
+    let at = format!("deployment {}/{}", k.namespace, k.deployment);
+    match tokio::time::timeout(LIVE_TIMEOUT, live_template(k, client)).await {
+        Ok(Ok(Some(t))) => report(findings_live(&at, &t), strict),
+        Ok(Ok(None)) => {
+            eprintln!("note: pod security not checked: {at} does not exist");
+            Ok(())
+        }
+        Ok(Err(why)) => {
+            eprintln!(
+                "note: pod security not checked: the template of {at} is read from the cluster: {why}"
+            );
+            Ok(())
+        }
+        Err(_) => {
+            eprintln!(
+                "note: pod security not checked: the template of {at} is read from the cluster, which did not answer within {}s",
+                LIVE_TIMEOUT.as_secs()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The Deployment's pod template as the cluster has it, through `client` (else the kubeconfig's
+/// current context).
+async fn live_template(
+    k: &KubernetesTarget,
+    client: Option<kube::Client>,
+) -> Result<Option<PodTemplateSpec>, String> {
+    let target = match client {
+        Some(client) => Kubernetes::with_client(k, Path::new("."), 0, false, client),
+        None => Kubernetes::new(k, Path::new("."), 0, false).await,
+    }
+    .map_err(|e| crate::engine::error_chain(&e))?;
+    target
+        .live_template()
+        .await
+        .map_err(|e| crate::engine::error_chain(&e))
+}
+
+/// One finding, as it is printed after `warning: ` or `error: `.
+type Finding = String;
+
+fn findings_live(at: &str, t: &PodTemplateSpec) -> Vec<Finding> {
+    pod_security_warnings(t)
+        .iter()
+        .map(|w| format!("{at}: {w}"))
+        .collect()
+}
+
+/// The warnings for a `manifest:` Deployment file, each at its file, line and column. A file that
+/// cannot be read or is not a Deployment is an input error.
+fn findings_in_file(m: &Manifest, k: &KubernetesTarget) -> Result<Vec<Finding>, InputError> {
+    let written = k.manifest.as_deref().unwrap_or_default();
+    let path = shown(Path::new(written));
+    let field = "spec.target.kubernetes.manifest";
+    let sources = Sources::read_literal(&path).map_err(|e| {
+        if e.line == 0 {
+            m.sources.error(field, e.to_string())
+        } else {
+            e
+        }
+    })?;
+    let deployment: Deployment = sources.deserialize()?;
+    let Some(spec) = deployment.spec else {
+        return Err(sources.error("spec", "missing: expected a Deployment with spec.template"));
+    };
+    Ok(pod_security_warnings(&spec.template)
+        .into_iter()
+        .map(|w| {
+            let mut e = sources.error(&w.path, format!("container {}: {}", w.container, w.message));
+            e.path = w.path;
+            e.to_string()
+        })
+        .collect())
+}
+
+/// `path` relative to the working directory when it is below it (the manifest keeps it absolute).
+fn shown(path: &Path) -> PathBuf {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| path.to_path_buf())
+}
+
+/// Prints the findings as warnings; under `strict` as errors, and then fails with exit code 2.
+fn report(found: Vec<Finding>, strict: bool) -> Result<(), CliError> {
+    if !strict {
+        for f in &found {
+            eprintln!("warning: {f}");
+        }
+        return Ok(());
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    for f in &found {
+        eprintln!("error: {f}");
+    }
+    Err(CliError::Input(InputError::general(format!(
+        "{} pod-security warning{} and --strict: nothing was done",
+        found.len(),
+        if found.len() == 1 { "" } else { "s" }
+    ))))
+}
