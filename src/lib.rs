@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod cli;
 pub mod engine;
+pub mod faults;
 pub mod health;
 pub mod notify;
 pub mod pki;

@@ -1,7 +1,11 @@
 //! The embedded state store: an append-only, fsynced journal per app, a lock file, and history.
 //!
 //! Layout under the state dir (`$ROLLGATE_STATE`, else `$XDG_STATE_HOME/rollgate`, else
-//! `~/.local/state/rollgate`): `<app>/journal.jsonl`, `<app>/lock`, `<app>/control.jsonl`.
+//! `~/.local/state/rollgate`): `<app>/journal.jsonl`, `<app>/lock`, `<app>/control.jsonl`,
+//! `<app>/rollouts/<id>.json`.
+//!
+//! The store stays bounded: whoever takes the lock compacts the app's journal once it holds more
+//! than twice [`KEEP_ROLLOUTS`] finished rollouts (see [`Store::compact`]).
 
 pub mod cluster;
 
@@ -215,6 +219,15 @@ pub struct Record {
     pub event: Event,
 }
 
+/// A journal line being written, borrowing its event.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RecordRef<'a> {
+    at_ms: u64,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
 /// The state dir for all apps.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -260,7 +273,12 @@ impl Store {
                     .and_then(|()| f.sync_all())
                     .map_err(io(&path))?;
                 sync_dir(&dir);
-                Ok(Lock { path })
+                let lock = Lock { path };
+                // The lock holder is the only writer: the one moment a rewrite is safe.
+                if let Err(e) = self.compact(app, KEEP_ROLLOUTS) {
+                    tracing::warn!(app, error = %e, "journal compaction skipped");
+                }
+                Ok(lock)
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -286,14 +304,120 @@ impl Store {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .open(&path)
             .map_err(io(&path))?;
+        cut_torn_tail(&file).map_err(io(&path))?;
         Ok(Journal { path, file })
     }
 
     /// Every record of an app's journal, in order. A torn last line (a crash mid-write) is ignored.
     pub fn read(&self, app: &str) -> Result<Vec<Record>> {
         read_records(&self.app_dir(app).join("journal.jsonl"))
+    }
+
+    /// What compaction has folded away from an app's journal so far, if it ever ran.
+    pub fn compacted(&self, app: &str) -> Result<Option<Compacted>> {
+        let path = self.app_dir(app).join("journal.jsonl");
+        let first = match File::open(&path) {
+            Ok(f) => BufReader::new(f)
+                .lines()
+                .next()
+                .transpose()
+                .map_err(io(&path))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(&path)(e)),
+        };
+        Ok(first.as_deref().and_then(parse_header))
+    }
+
+    /// Rewrites the app's journal when it holds more than `2 * keep` finished rollouts: it keeps
+    /// every record of the last `keep` finished rollouts, of any unfinished one, and of the last
+    /// successful one (what `rollgate rollback` returns from); the rest are folded into a
+    /// [`Compacted`] header line and their stored manifests deleted. `control.jsonl` keeps its last
+    /// `keep` requests. Each file is replaced atomically (temp, fsync, rename, dir fsync), so a
+    /// crash leaves the old file or the new one. Call it only while holding the app's lock.
+    pub fn compact(&self, app: &str, keep: usize) -> Result<Option<Compacted>> {
+        let dir = self.app_dir(app);
+        let path = dir.join("journal.jsonl");
+        let (header, lines) = read_lines(&path)?;
+        let records = parse_lines(&path, &lines)?;
+        let all = history(&records);
+        let finished = all.iter().filter(|r| r.outcome.is_some()).count();
+        if finished <= keep.saturating_mul(2) {
+            return Ok(None);
+        }
+        let mut kept: std::collections::HashSet<&str> = all
+            .iter()
+            .filter(|r| r.outcome.is_some())
+            .rev()
+            .take(keep)
+            .chain(all.iter().filter(|r| r.outcome.is_none()))
+            .chain(
+                all.iter()
+                    .rev()
+                    .find(|r| r.outcome == Some(Outcome::Succeeded) && r.strategy != "rollback"),
+            )
+            .map(|r| r.id.as_str())
+            .collect();
+        let mut summary = header.unwrap_or_default();
+        for r in all.iter().filter(|r| !kept.contains(r.id.as_str())) {
+            summary.add(r);
+        }
+        let mut text = serde_json::to_string(&Header {
+            compacted: summary.clone(),
+        })
+        .expect("a header serializes");
+        text.push('\n');
+        // Records are kept byte for byte; a torn last line is dropped.
+        for ((_, line), record) in lines.iter().zip(&records) {
+            if kept.contains(rollout_of(&record.event)) {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        replace(&path, text.as_bytes())?;
+        // Manifests of rollouts the journal no longer holds (and temp files a crash left).
+        let rollouts = dir.join("rollouts");
+        kept.insert("");
+        if let Ok(entries) = std::fs::read_dir(&rollouts) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let id = name.strip_suffix(".json").unwrap_or("");
+                if !kept.contains(id) || name.starts_with('.') {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+            sync_dir(&rollouts);
+        }
+        let controls = dir.join("control.jsonl");
+        if let Ok(text) = std::fs::read_to_string(&controls) {
+            let all: Vec<&str> = text.lines().collect();
+            if all.len() > keep {
+                let mut rest = all[all.len() - keep..].join("\n");
+                rest.push('\n');
+                replace(&controls, rest.as_bytes())?;
+            }
+        }
+        Ok(Some(summary))
+    }
+
+    /// Replaces the app's journal with `records` (atomically), keeping its compaction header: for
+    /// a caller that merges journals (the team state in the cluster). Hold the app's lock.
+    pub fn replace_records(&self, app: &str, records: &[Record]) -> Result<()> {
+        let path = self.ensure(app)?.join("journal.jsonl");
+        let mut text = String::new();
+        if let Some(compacted) = self.compacted(app)? {
+            text.push_str(
+                &serde_json::to_string(&Header { compacted }).expect("a header serializes"),
+            );
+            text.push('\n');
+        }
+        for r in records {
+            text.push_str(&serde_json::to_string(r).expect("records serialize"));
+            text.push('\n');
+        }
+        replace(&path, text.as_bytes())
     }
 
     /// Keeps the resolved manifest of a rollout, so `resume`, `promote` and `rollback` need no files.
@@ -393,41 +517,176 @@ fn stale_pid(text: &str, host: &str) -> Option<u32> {
     (!alive).then_some(pid)
 }
 
+/// Drops a torn last line (a crash mid-write; it was never acknowledged), so the next record starts
+/// on a line of its own instead of making the torn one a corrupt line in the middle.
+fn cut_torn_tail(file: &File) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut reader = file;
+    let mut at = len;
+    let mut buf = [0u8; 4096];
+    loop {
+        let start = at.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(at - start) as usize];
+        reader.seek(SeekFrom::Start(start))?;
+        reader.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            let end = start + i as u64 + 1;
+            if end != len {
+                file.set_len(end)?;
+                file.sync_data()?;
+            }
+            return Ok(());
+        }
+        if start == 0 {
+            file.set_len(0)?;
+            return file.sync_data();
+        }
+        at = start;
+    }
+}
+
 fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
 }
 
-fn read_records(path: &Path) -> Result<Vec<Record>> {
+/// How many finished rollouts a compacted journal keeps in full (it compacts at twice this).
+pub const KEEP_ROLLOUTS: usize = 50;
+
+/// What compaction folded away: counts of the rollouts whose records are gone, by outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Compacted {
+    pub rollouts: u64,
+    pub succeeded: u64,
+    pub rolled_back: u64,
+    pub failed: u64,
+    pub aborted: u64,
+    /// When the oldest folded rollout started, and the newest one's id and start.
+    pub first_ms: Option<u64>,
+    pub last_ms: Option<u64>,
+    pub last_id: Option<String>,
+}
+
+impl Compacted {
+    fn add(&mut self, r: &RolloutSummary) {
+        self.rollouts += 1;
+        match r.outcome {
+            Some(Outcome::Succeeded) => self.succeeded += 1,
+            Some(Outcome::RolledBack) => self.rolled_back += 1,
+            Some(Outcome::Failed) => self.failed += 1,
+            Some(Outcome::Aborted) => self.aborted += 1,
+            None => {}
+        }
+        self.first_ms = Some(self.first_ms.map_or(r.started_ms, |f| f.min(r.started_ms)));
+        if self.last_ms.is_none_or(|l| r.started_ms >= l) {
+            self.last_ms = Some(r.started_ms);
+            self.last_id = Some(r.id.clone());
+        }
+    }
+}
+
+/// The first line of a compacted journal: `{"compacted": {...}}`.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    compacted: Compacted,
+}
+
+fn parse_header(line: &str) -> Option<Compacted> {
+    if !line.starts_with("{\"compacted\"") {
+        return None;
+    }
+    serde_json::from_str::<Header>(line)
+        .ok()
+        .map(|h| h.compacted)
+}
+
+fn rollout_of(event: &Event) -> &str {
+    match event {
+        Event::Started { rollout, .. }
+        | Event::StepStarted { rollout, .. }
+        | Event::InstanceChanging { rollout, .. }
+        | Event::InstanceChanged { rollout, .. }
+        | Event::Gate { rollout, .. }
+        | Event::StepDone { rollout, .. }
+        | Event::Paused { rollout, .. }
+        | Event::Promoted { rollout, .. }
+        | Event::RollbackStarted { rollout, .. }
+        | Event::Finished { rollout, .. } => rollout,
+    }
+}
+
+/// Replaces `path` with `bytes` atomically: temp file, fsync, rename, fsync of the dir.
+fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{}.tmp", name.unwrap_or_default()));
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(io(path))?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Non-empty journal lines with their line numbers (for errors by position in the file).
+type Lines = Vec<(usize, String)>;
+
+/// The journal's compaction header (if any) and its other non-empty lines.
+fn read_lines(path: &Path) -> Result<(Option<Compacted>, Lines)> {
     let file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((None, Vec::new())),
         Err(e) => return Err(io(path)(e)),
     };
-    let lines: Vec<String> = BufReader::new(file)
-        .lines()
-        .collect::<std::io::Result<_>>()
-        .map_err(io(path))?;
-    let mut out = Vec::with_capacity(lines.len());
-    let last = lines.len();
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
+    let mut header = None;
+    let mut out = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(io(path))?;
+        if i == 0
+            && let Some(h) = parse_header(&line)
+        {
+            header = Some(h);
             continue;
         }
+        if !line.trim().is_empty() {
+            out.push((i + 1, line));
+        }
+    }
+    Ok((header, out))
+}
+
+/// Parses journal lines; a torn last line (a crash mid-write) is dropped, a corrupt earlier one is
+/// an error naming its line.
+fn parse_lines(path: &Path, lines: &[(usize, String)]) -> Result<Vec<Record>> {
+    let mut out = Vec::with_capacity(lines.len());
+    for (i, (number, line)) in lines.iter().enumerate() {
         match serde_json::from_str(line) {
             Ok(r) => out.push(r),
-            Err(_) if i + 1 == last => break,
+            Err(_) if i + 1 == lines.len() => break,
             Err(e) => {
                 return Err(StateError::Corrupt {
                     path: path.display().to_string(),
-                    line: i + 1,
+                    line: *number,
                     message: e.to_string(),
                 });
             }
         }
     }
     Ok(out)
+}
+
+fn read_records(path: &Path) -> Result<Vec<Record>> {
+    let (_, lines) = read_lines(path)?;
+    parse_lines(path, &lines)
 }
 
 /// A held lock; dropping it releases it.
@@ -459,9 +718,10 @@ impl Journal {
     pub fn append_all(&mut self, events: impl IntoIterator<Item = Event>) -> Result<()> {
         let at_ms = now_ms();
         let mut text = String::new();
-        for event in events {
+        let events: Vec<Event> = events.into_iter().collect();
+        for event in &events {
             text.push_str(
-                &serde_json::to_string(&Record { at_ms, event }).expect("events serialize"),
+                &serde_json::to_string(&RecordRef { at_ms, event }).expect("events serialize"),
             );
             text.push('\n');
         }
@@ -471,7 +731,9 @@ impl Journal {
         self.file
             .write_all(text.as_bytes())
             .and_then(|()| self.file.sync_data())
-            .map_err(io(&self.path))
+            .map_err(io(&self.path))?;
+        crate::faults::journaled(&events);
+        Ok(())
     }
 }
 
@@ -753,6 +1015,165 @@ mod tests {
         assert!(err.contains("web is locked by ana@box pid"), "{err}");
         drop(held);
         store.lock("web", &actor()).unwrap();
+    }
+
+    fn finished(j: &mut Journal, id: &str, outcome: Outcome) {
+        j.append_all([
+            Event::Started {
+                rollout: id.into(),
+                from: Some("1".into()),
+                to: "2".into(),
+                strategy: "rolling".into(),
+                actor: actor(),
+                steps: 1,
+            },
+            Event::StepDone {
+                rollout: id.into(),
+                step: 0,
+                millis: 1,
+            },
+            Event::Finished {
+                rollout: id.into(),
+                outcome,
+                detail: String::new(),
+            },
+        ])
+        .unwrap();
+    }
+
+    #[test]
+    fn compaction_keeps_the_last_rollouts_byte_for_byte_and_counts_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path());
+        let mut j = store.journal("web").unwrap();
+        let manifest: crate::spec::Rollout = serde_yaml::from_str(
+            "apiVersion: rollgate.dev/v1\nkind: Rollout\nmetadata: {name: web}\nspec:\n  version: '2'\n  target: {hosts: {service: web, hosts: []}}\n  strategy: {rolling: {maxSurge: 0, maxUnavailable: 1}}\n",
+        )
+        .unwrap();
+        // r0 succeeds, then 9 rollbacks: r0 stays, as what `rollgate rollback` needs.
+        finished(&mut j, "r0", Outcome::Succeeded);
+        for i in 1..10 {
+            finished(&mut j, &format!("r{i}"), Outcome::RolledBack);
+        }
+        for i in 0..10 {
+            store
+                .save_manifest("web", &format!("r{i}"), &manifest)
+                .unwrap();
+        }
+        j.append(Event::Started {
+            rollout: "r10".into(),
+            from: Some("1".into()),
+            to: "2".into(),
+            strategy: "rolling".into(),
+            actor: actor(),
+            steps: 1,
+        })
+        .unwrap();
+        for _ in 0..5 {
+            store
+                .send_control("web", &Control::Pause { actor: actor() })
+                .unwrap();
+        }
+        let path = dir.path().join("web/journal.jsonl");
+        let before = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            store.compact("web", 5).unwrap(),
+            None,
+            "10 finished <= 2 * 5"
+        );
+        let summary = store
+            .compact("web", 4)
+            .unwrap()
+            .expect("10 finished > 2 * 4");
+        assert_eq!(summary.rollouts, 5, "r1..r5 folded");
+        assert_eq!((summary.succeeded, summary.rolled_back), (0, 5));
+        assert_eq!(summary.last_id.as_deref(), Some("r5"));
+        let after = std::fs::read_to_string(&path).unwrap();
+        let kept: Vec<&str> = before
+            .lines()
+            .filter(|l| {
+                ["r0", "r6", "r7", "r8", "r9", "r10"]
+                    .iter()
+                    .any(|id| l.contains(&format!("\"{id}\"")))
+            })
+            .collect();
+        assert_eq!(after.lines().skip(1).collect::<Vec<_>>(), kept);
+        let ids: Vec<String> = history(&store.read("web").unwrap())
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["r0", "r6", "r7", "r8", "r9", "r10"]);
+        assert_eq!(store.compacted("web").unwrap(), Some(summary));
+        let mut manifests: Vec<String> = std::fs::read_dir(dir.path().join("web/rollouts"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        manifests.sort();
+        assert_eq!(
+            manifests,
+            ["r0.json", "r6.json", "r7.json", "r8.json", "r9.json"]
+        );
+        assert_eq!(store.control_count("web"), 4);
+        // A second compaction adds to the first one's counts.
+        let mut j = store.journal("web").unwrap();
+        for i in 11..16 {
+            finished(&mut j, &format!("r{i}"), Outcome::Failed);
+        }
+        let again = store.compact("web", 4).unwrap().unwrap();
+        assert_eq!(
+            (again.rollouts, again.rolled_back, again.failed),
+            (10, 9, 1)
+        );
+    }
+
+    #[test]
+    fn taking_the_lock_compacts_and_appends_go_on_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path());
+        let mut j = store.journal("web").unwrap();
+        for i in 0..=2 * KEEP_ROLLOUTS {
+            finished(&mut j, &format!("r{i}"), Outcome::Succeeded);
+        }
+        drop(j);
+        let lock = store.lock("web", &actor()).unwrap();
+        assert_eq!(history(&store.read("web").unwrap()).len(), KEEP_ROLLOUTS);
+        let mut j = store.journal("web").unwrap();
+        finished(&mut j, "next", Outcome::Succeeded);
+        drop(lock);
+        let h = history(&store.read("web").unwrap());
+        assert_eq!(h.len(), KEEP_ROLLOUTS + 1);
+        assert_eq!(h.last().unwrap().id, "next");
+    }
+
+    #[test]
+    fn replacing_the_records_keeps_the_compaction_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path());
+        let mut j = store.journal("web").unwrap();
+        for i in 0..5 {
+            finished(&mut j, &format!("r{i}"), Outcome::Succeeded);
+        }
+        let summary = store.compact("web", 2).unwrap().unwrap();
+        let records = store.read("web").unwrap();
+        store.replace_records("web", &records[3..]).unwrap();
+        assert_eq!(store.compacted("web").unwrap(), Some(summary));
+        assert_eq!(store.read("web").unwrap(), records[3..]);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_before_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path());
+        finished(&mut store.journal("web").unwrap(), "r1", Outcome::Succeeded);
+        let path = dir.path().join("web/journal.jsonl");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"atMs\":1,\"ev").unwrap();
+        finished(&mut store.journal("web").unwrap(), "r2", Outcome::Succeeded);
+        let ids: Vec<String> = history(&store.read("web").unwrap())
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["r1", "r2"]);
     }
 
     #[test]

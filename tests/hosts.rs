@@ -1,6 +1,8 @@
 //! Host-fleet rollouts end to end: the real `rollgate`, real `rollgate-agent` processes over mTLS on
 //! loopback, and real demo-service processes.
 
+#[path = "support/faults.rs"]
+mod faults;
 #[path = "support/fleet.rs"]
 mod fleet;
 #[path = "support/netns.rs"]
@@ -12,6 +14,11 @@ mod hosts {
     mod approvals;
     mod blue_green;
     mod demo;
+    mod faults_agent_killed;
+    mod faults_cli_killed;
+    mod faults_disk;
+    mod faults_network;
+    mod load;
     mod metrics;
     mod netns_agent_killed;
     mod netns_canary;

@@ -53,6 +53,26 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether the error is the network's, not the agent's: the connection could not be made or
+    /// the agent did not answer in time. A refused connection is not: the host answered, and
+    /// nothing listens (the agent is down), so retrying would only delay the verdict.
+    pub fn is_transient(&self) -> bool {
+        let ClientError::AgentUnreachable { source, .. } = self else {
+            return false;
+        };
+        if !(source.is_connect() || source.is_timeout()) {
+            return false;
+        }
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return io.kind() != std::io::ErrorKind::ConnectionRefused;
+            }
+            cause = e.source();
+        }
+        true
+    }
+
     /// HTTP status of a refusal, if the agent answered one.
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -112,6 +132,8 @@ pub struct AgentClient {
     base: String,
     http: reqwest::Client,
     token: Option<String>,
+    /// How long a call keeps retrying transient network errors (zero: it does not).
+    retry_for: Duration,
 }
 
 impl AgentClient {
@@ -136,7 +158,17 @@ impl AgentClient {
             base: base_url.trim_end_matches('/').to_string(),
             http,
             token: auth.token.clone(),
+            retry_for: Duration::ZERO,
         })
+    }
+
+    /// Retries each call that fails with a [transient](ClientError::is_transient) error, with
+    /// backoff from 100 ms to 1 s, for up to `window`. Every call may be repeated: reads are
+    /// reads, and every mutation carries a request id the agent answers a replay of with the
+    /// first operation. A streamed upload is not retried (its body cannot be sent twice).
+    pub fn retrying(mut self, window: Duration) -> Self {
+        self.retry_for = window;
+        self
     }
 
     /// The agent's base URL.
@@ -156,6 +188,28 @@ impl AgentClient {
     }
 
     async fn send<T: DeserializeOwned>(
+        &self,
+        url: String,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T> {
+        let start = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let Some(attempt) = req.try_clone() else {
+                return self.send_once(url, req).await;
+            };
+            match self.send_once(url.clone(), attempt).await {
+                Err(e) if e.is_transient() && start.elapsed() + backoff < self.retry_for => {
+                    tracing::debug!(url = %url, error = %e, "transient network error; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn send_once<T: DeserializeOwned>(
         &self,
         url: String,
         req: reqwest::RequestBuilder,
@@ -370,5 +424,63 @@ impl AgentClient {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A client of `addr` over https, trusting a fresh CA.
+    fn client(dir: &Path, addr: std::net::SocketAddr) -> AgentClient {
+        let ca = crate::pki::init(dir).unwrap();
+        let auth = ClientAuth {
+            ca_pem: Some(std::fs::read(ca.cert).unwrap()),
+            ..Default::default()
+        };
+        AgentClient::new(&format!("https://{addr}"), &auth).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_not_transient() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        // The listener is gone: nothing listens there any more.
+        let c = client(dir.path(), addr).retrying(Duration::from_secs(30));
+        let e = c.host_info().await.unwrap_err();
+        assert!(!e.is_transient(), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_dropped_before_the_handshake_is_retried_within_the_window() {
+        // Accepts and drops every connection at once, counting them.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                count.fetch_add(1, Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let once = client(&dir.path().join("a"), addr);
+        let e = once.host_info().await.unwrap_err();
+        assert!(e.is_transient(), "{e:?}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "no retry by default");
+        // Backoff from 100 ms: within a second it tries again, and it stops once the window is over.
+        let retried = client(&dir.path().join("b"), addr).retrying(Duration::from_secs(1));
+        let e = retried.host_info().await.unwrap_err();
+        assert!(e.is_transient(), "{e:?}");
+        assert!(
+            accepted.load(Ordering::SeqCst) > 2,
+            "retried: 1 + at least 2"
+        );
     }
 }

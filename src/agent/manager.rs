@@ -6,7 +6,7 @@
 //! atomically, so after a `kill -9` the agent finds the slot on the old or the new version.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -93,6 +93,29 @@ struct Journal {
 }
 
 type OpResult = std::result::Result<(String, Vec<String>), String>;
+
+/// Fails an upload's operation if the upload is dropped before its body is received.
+struct UploadCutOff<'a> {
+    agent: &'a Agent,
+    id: &'a str,
+    path: &'a Path,
+    armed: bool,
+}
+
+impl Drop for UploadCutOff<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_file(self.path);
+            self.agent.finish(
+                self.id,
+                Err(
+                    "the upload ended before the whole artifact arrived (the caller went away)"
+                        .into(),
+                ),
+            );
+        }
+    }
+}
 
 /// The agent: owns the services, the backends and the operation journal.
 pub struct Agent {
@@ -597,7 +620,19 @@ impl Agent {
             return Ok(op);
         }
         let path = svc.dirs.staging().join(format!("{}.artifact", op.id));
-        match stage::receive(body, &path, self.config.limits.artifact_bytes).await {
+        // When the caller goes away mid-body, the server drops this future: the guard then fails
+        // the operation and removes the partial file, so a replay is not answered with an
+        // operation that never ends.
+        let mut cut_off = UploadCutOff {
+            agent: self,
+            id: &op.id,
+            path: &path,
+            armed: true,
+        };
+        let received = stage::receive(body, &path, self.config.limits.artifact_bytes).await;
+        cut_off.armed = false;
+        drop(cut_off);
+        match received {
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
                 self.finish(&op.id, Err(crate_chain(&e)));

@@ -17,6 +17,10 @@ use crate::health::Probe;
 use crate::plan::Step;
 use crate::spec::{AgentAuth, Check, HostsTarget, RunOn};
 
+/// How long one call to an agent rides out network trouble (a host briefly cut off, lost packets)
+/// before it fails. A step's calls are bounded by the step's deadline as well, whichever is first.
+pub const RETRY_WINDOW: Duration = Duration::from_secs(30);
+
 /// A fleet of agents serving one service.
 pub struct Hosts {
     spec: HostsTarget,
@@ -26,6 +30,9 @@ pub struct Hosts {
     clients: Vec<(String, String, AgentClient)>,
     artifact: Option<Artifact>,
     http: reqwest::Client,
+    /// Salts staging request ids: a retry within this run is a replay, while a later run (a
+    /// `resume` after a crash) asks afresh instead of being answered with an earlier, failed try.
+    run_salt: String,
 }
 
 enum Artifact {
@@ -33,8 +40,10 @@ enum Artifact {
     Url { url: String, sha256: String },
 }
 
-fn request_id(kind: &str, instance: &str, version: &str, salt: &str) -> String {
-    format!("{kind}-{instance}-{version}-{salt}")
+/// A request id for one mutation. The agent keeps request ids across all its services, so the
+/// service is part of it: two apps rolled at once on the same hosts never share one.
+fn request_id(kind: &str, service: &str, instance: &str, version: &str, salt: &str) -> String {
+    format!("{kind}-{service}-{instance}-{version}-{salt}")
 }
 
 impl Hosts {
@@ -51,7 +60,8 @@ impl Hosts {
         for h in &spec.hosts {
             let url = format!("{scheme}://{}", h.address);
             let client = AgentClient::new(&url, &auth)
-                .map_err(|e| TargetError::Setup(format!("{}: {e}", h.name)))?;
+                .map_err(|e| TargetError::Setup(format!("{}: {e}", h.name)))?
+                .retrying(RETRY_WINDOW);
             clients.push((h.name.clone(), h.address.clone(), client));
         }
         let artifact = match &spec.artifact {
@@ -93,6 +103,7 @@ impl Hosts {
             clients,
             artifact,
             http,
+            run_salt: format!("{:x}", crate::state::now_ms()),
         })
     }
 
@@ -133,7 +144,13 @@ impl Hosts {
             }
             Some(Artifact::File { path, sha256 }) => {
                 let params = UploadParams {
-                    request_id: request_id("stage", name, version, &sha256[..12]),
+                    request_id: request_id(
+                        "stage",
+                        &self.service,
+                        name,
+                        version,
+                        &format!("{}-{}", &sha256[..12], self.run_salt),
+                    ),
                     sha256: sha256.clone(),
                     kind: None,
                     file_name: path.file_name().map(|f| f.to_string_lossy().into_owned()),
@@ -145,7 +162,13 @@ impl Hosts {
             }
             Some(Artifact::Url { url, sha256 }) => {
                 let req = StageRequest {
-                    request_id: request_id("stage", name, version, &sha256[..12.min(sha256.len())]),
+                    request_id: request_id(
+                        "stage",
+                        &self.service,
+                        name,
+                        version,
+                        &format!("{}-{}", &sha256[..12.min(sha256.len())], self.run_salt),
+                    ),
                     version: version.to_string(),
                     url: url.clone(),
                     sha256: sha256.clone(),
@@ -158,6 +181,7 @@ impl Hosts {
                     .map_err(unreachable)?
             }
         };
+        crate::faults::point("stage", name);
         let op = client
             .wait_operation(&op.id, Duration::from_secs(600))
             .await
@@ -356,7 +380,13 @@ impl Hosts {
     ) -> Result<()> {
         let client = self.client(name)?;
         let req = ActivateRequest {
-            request_id: request_id(&format!("activate{slot}"), name, version, salt),
+            request_id: request_id(
+                &format!("activate{slot}"),
+                &self.service,
+                name,
+                version,
+                salt,
+            ),
             version: version.to_string(),
             slot,
             timeout_ms: Some(deadline.as_millis() as u64),
@@ -368,6 +398,7 @@ impl Hosts {
                 instance: name.to_string(),
                 source,
             })?;
+        crate::faults::point("activate", name);
         self.finish(name, op, &format!("activating {version}"), deadline)
             .await
     }
@@ -375,7 +406,7 @@ impl Hosts {
     async fn stop_slot(&self, name: &str, slot: u32, deadline: Duration, salt: &str) -> Result<()> {
         let client = self.client(name)?;
         let req = SlotRequest {
-            request_id: format!("stop{slot}-{name}-{salt}"),
+            request_id: format!("stop{slot}-{}-{name}-{salt}", self.service),
             slot,
         };
         let op = client.stop(&self.service, &req).await.map_err(|source| {
@@ -833,11 +864,13 @@ impl Target for Hosts {
             check: Some(spec),
             timeout_ms: Some(timeout.as_millis() as u64),
         };
-        match client.check_health(&self.service, &req).await {
+        let probe = match client.check_health(&self.service, &req).await {
             Ok(report) if report.healthy => Probe::Pass,
             Ok(report) => Probe::Fail(report.detail),
             Err(e) => Probe::Fail(format!("agent: {e}")),
-        }
+        };
+        crate::faults::point("probe", instance);
+        probe
     }
 }
 
@@ -965,6 +998,16 @@ mod tests {
 spreadBy: zone",
         )
         .unwrap()
+    }
+
+    /// Regression: two apps rolled at once on one agent got `409 request_id_reused`, because the
+    /// agent keeps request ids across services and the ids did not name the service.
+    #[test]
+    fn request_ids_of_two_services_never_collide() {
+        assert_ne!(
+            request_id("activate0", "web", "h1", "2.0.0", "18f"),
+            request_id("activate0", "api", "h1", "2.0.0", "18f")
+        );
     }
 
     #[test]

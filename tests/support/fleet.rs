@@ -73,6 +73,9 @@ pub struct Fleet {
     pub state: PathBuf,
     /// Slots per host (service ports 8080, 8081, ...).
     pub slots: u16,
+    /// The services every agent runs: [`APP`], then the extra apps of [`Fleet::start_apps`], each
+    /// on ports of its own (app `k`'s slot `s` on `8080 + 10 k + s`).
+    pub apps: Vec<String>,
     demo: PathBuf,
     // Dropped in this order: the LAN (every process in it) before the files.
     pub lan: Lan,
@@ -104,6 +107,12 @@ impl Fleet {
     /// Like [`start`](Self::start), with `slots` service slots per host (2 for `slotsPerHost: 2`
     /// and blue-green on two slots), on ports 8080, 8081, ...
     pub fn start_with_slots(n: usize, slots: u16) -> Fleet {
+        Self::start_apps(n, slots, &[])
+    }
+
+    /// Like [`start_with_slots`](Self::start_with_slots), every agent also running the services
+    /// `extra` (each its own app, on its own ports).
+    pub fn start_apps(n: usize, slots: u16, extra: &[&str]) -> Fleet {
         assert!((1..=8).contains(&slots), "1 to 8 slots");
         let lan = Lan::new(n);
         let tmp = tempfile::Builder::new()
@@ -132,6 +141,10 @@ impl Fleet {
             hosts,
             state: dir.join("state"),
             slots,
+            apps: std::iter::once(APP)
+                .chain(extra.iter().copied())
+                .map(String::from)
+                .collect(),
             pki,
             dir,
             demo,
@@ -150,17 +163,22 @@ impl Fleet {
 
     fn write_agent_config(&self, i: usize) {
         let h = &self.hosts[i];
-        let config = format!(
-            "listen: \"{addr}\"\ndataDir: \"{data}\"\ntls:\n  cert: \"{pki}/agent-{ip}.pem\"\n  key: \"{pki}/agent-{ip}-key.pem\"\n  clientCa: \"{pki}/ca.pem\"\nshutdownGrace: 5s\nservices:\n  - name: {APP}\n    command: bin/web\n    args: [\"--listen\", \"0.0.0.0:{{port}}\"]\n    ports: [{ports}]\n    stopTimeout: 3s\n    health: {{type: http, url: \"http://127.0.0.1:{{port}}/\", timeout: 1s, interval: 100ms, startTimeout: 5s}}\n",
+        let mut config = format!(
+            "listen: \"{addr}\"\ndataDir: \"{data}\"\ntls:\n  cert: \"{pki}/agent-{ip}.pem\"\n  key: \"{pki}/agent-{ip}-key.pem\"\n  clientCa: \"{pki}/ca.pem\"\nshutdownGrace: 5s\nservices:\n",
             addr = h.agent_addr(),
             data = h.dir.join("data").display(),
             pki = self.pki.display(),
             ip = h.net.ip,
-            ports = (0..self.slots)
-                .map(|s| (SERVICE_PORT + s).to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
         );
+        for (k, app) in self.apps.iter().enumerate() {
+            config.push_str(&format!(
+                "  - name: {app}\n    command: bin/web\n    args: [\"--listen\", \"0.0.0.0:{{port}}\"]\n    ports: [{ports}]\n    stopTimeout: 3s\n    health: {{type: http, url: \"http://127.0.0.1:{{port}}/\", timeout: 1s, interval: 100ms, startTimeout: 5s}}\n",
+                ports = (0..self.slots)
+                    .map(|s| (SERVICE_PORT + 10 * k as u16 + s).to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ));
+        }
         std::fs::write(h.dir.join("agent.yaml"), config).unwrap();
     }
 
@@ -229,8 +247,25 @@ impl Fleet {
 
     /// The agent's view of host `i`'s service.
     pub fn agent_status(&self, i: usize) -> ServiceStatus {
-        block_on(self.client(i).service(APP))
-            .unwrap_or_else(|e| panic!("{}: agent status: {e}", self.hosts[i].name))
+        self.app_status(APP, i)
+    }
+
+    /// The agent's view of host `i`'s service `app`.
+    pub fn app_status(&self, app: &str, i: usize) -> ServiceStatus {
+        block_on(self.client(i).service(app))
+            .unwrap_or_else(|e| panic!("{}: agent status of {app}: {e}", self.hosts[i].name))
+    }
+
+    /// The version each host's agent has active on slot 0 of `app`.
+    pub fn app_versions(&self, app: &str) -> Vec<Option<String>> {
+        (0..self.hosts.len())
+            .map(|i| {
+                self.app_status(app, i)
+                    .slots
+                    .first()
+                    .and_then(|s| s.active.clone())
+            })
+            .collect()
     }
 
     /// The version each host's agent has active on slot 0.
@@ -256,6 +291,11 @@ impl Fleet {
     /// Packages the demo service as `web-VERSION.tar.gz`: `bin/web` runs the demo binary with
     /// `--version VERSION FLAGS` (e.g. `--health-status 500` for a version whose /health fails).
     pub fn artifact(&self, version: &str, flags: &str) -> PathBuf {
+        self.artifact_with(version, flags, &[])
+    }
+
+    /// [`artifact`](Self::artifact) with extra files (name, contents) in the archive.
+    pub fn artifact_with(&self, version: &str, flags: &str, extra: &[(&str, &[u8])]) -> PathBuf {
         let path = self.dir.join(format!("web-{version}.tar.gz"));
         let file = std::fs::File::create(&path).unwrap();
         let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
@@ -264,10 +304,11 @@ impl Fleet {
             "#!/bin/sh\nexec \"$(dirname \"$0\")/rollgate-demo\" --version {version} {flags} \"$@\"\n"
         );
         let bytes = std::fs::read(&self.demo).unwrap();
-        for (name, data) in [
+        let files = [
             ("bin/web", script.as_bytes()),
             ("bin/rollgate-demo", bytes.as_slice()),
-        ] {
+        ];
+        for &(name, data) in files.iter().chain(extra) {
             // A plain regular entry: the agent refuses sparse files, which `append_path` may write.
             let mut header = tar::Header::new_gnu();
             header.set_entry_type(tar::EntryType::Regular);
@@ -310,13 +351,25 @@ impl Fleet {
         strategy: &str,
         deadline: u64,
     ) -> PathBuf {
+        self.manifest_for(APP, version, artifact, strategy, deadline)
+    }
+
+    /// [`manifest`](Self::manifest) of app (and agent service) `app`: `APP-VERSION.yaml`.
+    pub fn manifest_for(
+        &self,
+        app: &str,
+        version: &str,
+        artifact: &Path,
+        strategy: &str,
+        deadline: u64,
+    ) -> PathBuf {
         let text = format!(
-            "apiVersion: rollgate.dev/v1\nkind: Rollout\nmetadata:\n  name: {APP}\nspec:\n  version: \"{version}\"\n  target:\n    hosts:\n      service: {APP}\n      spreadBy: zone\n      artifact: {{file: \"{artifact}\"}}\n      auth: {{ca: \"{pki}/ca.pem\", cert: \"{pki}/client-tests.pem\", key: \"{pki}/client-tests-key.pem\"}}\n      hosts:\n{hosts}  strategy:\n{strategy}  checks:\n    - name: health\n      http: {{url: \"http://127.0.0.1:{{port}}/health\"}}\n      interval: 100ms\n      count: 2\n      successThreshold: 2\n      failureLimit: 0\n      timeout: 1s\n  rollback: {{auto: true}}\n  progressDeadlineSeconds: {deadline}\n",
+            "apiVersion: rollgate.dev/v1\nkind: Rollout\nmetadata:\n  name: {app}\nspec:\n  version: \"{version}\"\n  target:\n    hosts:\n      service: {app}\n      spreadBy: zone\n      artifact: {{file: \"{artifact}\"}}\n      auth: {{ca: \"{pki}/ca.pem\", cert: \"{pki}/client-tests.pem\", key: \"{pki}/client-tests-key.pem\"}}\n      hosts:\n{hosts}  strategy:\n{strategy}  checks:\n    - name: health\n      http: {{url: \"http://127.0.0.1:{{port}}/health\"}}\n      interval: 100ms\n      count: 2\n      successThreshold: 2\n      failureLimit: 0\n      timeout: 1s\n  rollback: {{auto: true}}\n  progressDeadlineSeconds: {deadline}\n",
             artifact = artifact.display(),
             pki = self.pki.display(),
             hosts = self.hosts_yaml(),
         );
-        let path = self.dir.join(format!("web-{version}.yaml"));
+        let path = self.dir.join(format!("{app}-{version}.yaml"));
         std::fs::write(&path, text).unwrap();
         path
     }
@@ -363,6 +416,16 @@ impl Fleet {
         assert_eq!(self.agent_versions(), want, "agents' active versions");
         let want: Vec<Result<String, String>> = vec![Ok(version.to_string()); self.hosts.len()];
         assert_eq!(self.served_versions(), want, "GET /version on each host");
+    }
+
+    /// Waits (bounded) until every host serves `version`, e.g. after an agent restarted its service.
+    pub fn wait_serving(&self, version: &str, within: Duration) {
+        let end = Instant::now() + within;
+        let want: Vec<Result<String, String>> = vec![Ok(version.to_string()); self.hosts.len()];
+        while self.served_versions() != want && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.assert_serving(version);
     }
 
     /// The service address of every host, for a [`Probe`].
@@ -673,9 +736,12 @@ impl Running {
         let err = child.stderr.take().unwrap();
         let errbuf = stderr.clone();
         std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = BufReader::new(err).read_to_string(&mut s);
-            errbuf.lock().unwrap().push_str(&s);
+            // Line by line, so a process that stopped itself can be read while it is stopped.
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut buf = errbuf.lock().unwrap();
+                buf.push_str(&line);
+                buf.push('\n');
+            }
         });
         Running {
             child,
@@ -737,6 +803,47 @@ impl Running {
         status.code()
     }
 
+    /// Whether the process is stopped (SIGSTOP, e.g. by its fault hook's `:stop`): state `T`.
+    pub fn stopped(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st == "T"))
+            })
+            .unwrap_or(false)
+    }
+
+    /// Waits until the process stopped itself at its fault hook's `:stop` point, and returns the
+    /// hook's line (`rollgate fault hook: POINT #N (DETAIL): SIGSTOP`).
+    pub fn wait_stopped(&self, within: Duration) -> String {
+        let end = Instant::now() + within;
+        loop {
+            let err = self.stderr.lock().unwrap().clone();
+            if let Some(line) = err.lines().find(|l| l.starts_with("rollgate fault hook:"))
+                && self.stopped()
+            {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < end,
+                "not stopped at its fault hook within {within:?}\n{}\n{}",
+                self.describe(),
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGCONT: a stopped process goes on.
+    pub fn cont(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        )
+        .unwrap();
+    }
+
     /// `kill -9`.
     pub fn kill9(&mut self) {
         self.child.kill().unwrap();
@@ -767,6 +874,16 @@ impl Running {
                 )
             })
             .collect()
+    }
+}
+
+impl Drop for Running {
+    // A test that fails while its CLI is stopped (or still running) must not leave it behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
