@@ -1,7 +1,7 @@
 //! rollgate's benchmarks: each figure is measured in the same run as its baseline or physical floor,
 //! and printed as a table row: figure, measured, baseline, ratio, target, pass/fail.
 //!
-//! `cargo bench --bench rollgate` runs them all. `ROLLGATE_BENCH=planner,hosts,fanout,recovery,agent`
+//! `cargo bench --bench rollgate` runs them all. `ROLLGATE_BENCH=planner,store,hosts,fanout,recovery,agent,agentcpu`
 //! picks some; `ROLLGATE_BENCH_SIZES=8,32,64` sets the fleet sizes of the rollout benchmark.
 //! Under `cargo test` (no `--bench` flag) it does nothing, so the test suite stays fast.
 
@@ -687,7 +687,10 @@ fn main() {
         return;
     }
     let want = std::env::var("ROLLGATE_BENCH")
-        .unwrap_or_else(|_| "planner,hosts,fanout,recovery,agent".into());
+        .unwrap_or_else(|_| "planner,store,hosts,fanout,recovery,agent,agentcpu".into());
+    let want: std::collections::BTreeSet<String> =
+        want.split(',').map(|w| w.trim().to_string()).collect();
+    let want = |name: &str| want.contains(name);
     let sizes: Vec<usize> = std::env::var("ROLLGATE_BENCH_SIZES")
         .unwrap_or_else(|_| "8,32,64".into())
         .split(',')
@@ -711,23 +714,141 @@ fn main() {
         "machine: {} cores, {cpu}",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    if want.contains("planner") {
+    if want("planner") {
         planner(&mut rows);
     }
-    if want.contains("hosts") {
+    if want("store") {
+        store(&mut rows);
+    }
+    if want("hosts") {
         runtime.block_on(hosts_floor(&mut rows, &sizes));
     }
-    if want.contains("fanout") || want.contains("agent") {
+    if want("fanout") || want("agent") {
         runtime.block_on(fanout(&mut rows, fan));
     }
-    if want.contains("recovery") {
+    if want("recovery") {
         runtime.block_on(recovery(&mut rows));
     }
-    if want.contains("agentcpu") {
+    if want("agentcpu") {
         runtime.block_on(agent_cpu(&mut rows));
     }
-    if want.contains("agent") {
+    if want("agent") {
         binary_size(&mut rows);
     }
     print_table(&rows);
+}
+
+/// The state store under 200 rollouts of one app: each "rollout" takes the lock (which compacts),
+/// writes a 4-wave rollout's records (Started, 4 x [StepStarted, 2 Changing, 2 Changed, Gate,
+/// StepDone], Finished: one fsync per record group, as the engine does) and releases the lock.
+/// Figure: mean time of the last 10 rollouts against the first 10, and the store's size at the end
+/// against its size before the first compaction.
+fn store(rows: &mut Vec<Row>) {
+    use rollgate::state::{Actor, KEEP_ROLLOUTS, Outcome, Store};
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::at(tmp.path());
+    let actor = Actor {
+        user: "bench".into(),
+        host: "bench".into(),
+        ci: None,
+    };
+    let bytes = |dir: &Path| -> u64 {
+        let mut total = 0;
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let m = e.metadata().unwrap();
+                if m.is_dir() {
+                    stack.push(e.path())
+                } else {
+                    total += m.len()
+                }
+            }
+        }
+        total
+    };
+    let mut times = Vec::new();
+    let mut sizes = Vec::new();
+    for i in 0..200 {
+        let start = Instant::now();
+        let lock = store.lock("web", &actor).unwrap();
+        let mut j = store.journal("web").unwrap();
+        let id = format!("web-{i}");
+        j.append(Event::Started {
+            rollout: id.clone(),
+            from: Some("1".into()),
+            to: "2".into(),
+            strategy: "rolling".into(),
+            actor: actor.clone(),
+            steps: 4,
+        })
+        .unwrap();
+        for step in 0..4 {
+            j.append(Event::StepStarted {
+                rollout: id.clone(),
+                step,
+                kind: "scale".into(),
+                note: "replace a wave".into(),
+            })
+            .unwrap();
+            let hosts = [format!("h{}", 2 * step), format!("h{}", 2 * step + 1)];
+            j.append_all(hosts.iter().map(|h| Event::InstanceChanging {
+                rollout: id.clone(),
+                instance: h.clone(),
+                version: "2".into(),
+            }))
+            .unwrap();
+            j.append_all(hosts.iter().map(|h| Event::InstanceChanged {
+                rollout: id.clone(),
+                instance: h.clone(),
+                version: "2".into(),
+                ok: true,
+                detail: "ready".into(),
+            }))
+            .unwrap();
+            j.append(Event::Gate {
+                rollout: id.clone(),
+                step,
+                check: "health".into(),
+                passed: true,
+                detail: "on h0".into(),
+            })
+            .unwrap();
+            j.append(Event::StepDone {
+                rollout: id.clone(),
+                step,
+                millis: 1,
+            })
+            .unwrap();
+        }
+        j.append(Event::Finished {
+            rollout: id.clone(),
+            outcome: Outcome::Succeeded,
+            detail: String::new(),
+        })
+        .unwrap();
+        drop(lock);
+        times.push(start.elapsed().as_secs_f64());
+        sizes.push(bytes(&tmp.path().join("web")));
+    }
+    let mean = |t: &[f64]| t.iter().sum::<f64>() / t.len() as f64;
+    let (first, last) = (mean(&times[..10]), mean(&times[190..]));
+    rows.push(row(
+        "state store: time per rollout, last 10 of 200 vs first 10 (lock with compaction, 30 records in 22 fsynced writes)",
+        format!("{:.2} ms", last * 1000.0),
+        format!("{:.2} ms", first * 1000.0),
+        format!("{:.2}", last / first),
+        "≤ 1.50",
+        Some(last / first <= 1.5),
+    ));
+    let peak = *sizes[..2 * KEEP_ROLLOUTS].iter().max().unwrap();
+    let end = *sizes.last().unwrap();
+    rows.push(row(
+        "state store: size after 200 rollouts vs before the first compaction",
+        format!("{} KiB", end / 1024),
+        format!("{} KiB", peak / 1024),
+        format!("{:.2}", end as f64 / peak as f64),
+        "≤ 1.00",
+        Some(end <= peak),
+    ));
 }

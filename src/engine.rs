@@ -395,8 +395,16 @@ impl<T: Target> Run<'_, T> {
         running: &mut Option<tokio::task::JoinHandle<(String, Verdict)>>,
     ) -> Result<RunOutcome> {
         let version = self.version().to_string();
-        // Stage everywhere ahead of the waves: staging never touches what runs.
-        self.target.prepare(&version).await?;
+        // Stage everywhere ahead of the waves: staging never touches what runs. A failure ends the
+        // rollout in the journal like any other (with the rollback policy, for a resumed one).
+        if let Err(e) = self.target.prepare(&version).await {
+            return self
+                .on_failure(
+                    from_step,
+                    format!("staging {version} failed: {}", error_chain(&e)),
+                )
+                .await;
+        }
         let steps = self.plan.steps.clone();
         let mut i = if full {
             steps.len().saturating_sub(1).max(from_step)

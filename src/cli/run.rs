@@ -1165,6 +1165,12 @@ async fn history_cmd(args: &AppArgs, env: &Env) -> Result<u8, CliError> {
         );
         return Ok(exit::OK);
     }
+    if let Ok(Some(c)) = env.store.compacted(&args.app) {
+        println!(
+            "({} earlier rollouts compacted: {} succeeded, {} rolled back, {} failed, {} aborted)",
+            c.rollouts, c.succeeded, c.rolled_back, c.failed, c.aborted
+        );
+    }
     for r in &all {
         print!("{}", output::summary(r));
     }

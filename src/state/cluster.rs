@@ -482,7 +482,8 @@ impl Remote {
                     &merged.discarded,
                 )?;
             }
-            write_lines(&dir.join("journal.jsonl"), &merged.records)?;
+            // Through the store, so a compacted journal keeps its header of counts.
+            store.replace_records(&self.app, &merged.records)?;
         }
         Ok(true)
     }

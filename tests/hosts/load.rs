@@ -143,6 +143,13 @@ fn load_200_rollouts_in_a_row_keep_the_store_bounded() {
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown.as_array().unwrap().len(), kept.len());
     assert_eq!(shown[kept.len() - 1]["id"], ids[ROLLOUTS - 1].as_str());
+    // The text form says how many were folded away.
+    let out = fleet.run(&["history", APP]);
+    let folded = format!(
+        "({} earlier rollouts compacted: {} succeeded,",
+        compacted.rollouts, compacted.succeeded
+    );
+    assert!(text(&out).contains(&folded), "{}", text(&out));
     fleet.assert_serving("1.0.0");
 }
 
