@@ -13,6 +13,9 @@ use crate::spec::{AutoRollback, Check, Manifest, Strategy};
 use crate::state::{Actor, Control, Event, Journal, Outcome, Record, Store};
 use crate::target::{Change, Instance, Target};
 
+/// How long a change waits for the cluster's journal (team state) to have it before it is made.
+const MIRROR_WAIT: Duration = Duration::from_secs(2);
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
@@ -286,6 +289,20 @@ impl<T: Target> Run<'_, T> {
             }
             if let Some(team) = self.team {
                 team.changed();
+                // The cluster's journal learns of a change before the target makes it, so a
+                // machine that resumes after a crash knows every change this one began. The sink
+                // is synchronous: on a multi-thread runtime (the CLI's) wait for the mirror in
+                // place, for a moment only: with the API server away the change goes on (its own
+                // retries and deadline apply) and the mirror catches up, or the run stops at its
+                // next check.
+                if tokio::runtime::Handle::try_current()
+                    .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+                {
+                    tokio::task::block_in_place(|| {
+                        let _ = tokio::runtime::Handle::current()
+                            .block_on(tokio::time::timeout(MIRROR_WAIT, team.flush()));
+                    });
+                }
             }
             for event in events {
                 self.announce(&event);
@@ -395,16 +412,9 @@ impl<T: Target> Run<'_, T> {
         running: &mut Option<tokio::task::JoinHandle<(String, Verdict)>>,
     ) -> Result<RunOutcome> {
         let version = self.version().to_string();
-        // Stage everywhere ahead of the waves: staging never touches what runs. A failure ends the
-        // rollout in the journal like any other (with the rollback policy, for a resumed one).
-        if let Err(e) = self.target.prepare(&version).await {
-            return self
-                .on_failure(
-                    from_step,
-                    format!("staging {version} failed: {}", error_chain(&e)),
-                )
-                .await;
-        }
+        // Stage everywhere ahead of the waves: staging never touches what runs. A failure leaves
+        // the rollout unfinished and changes nothing, so `resume` can stage again.
+        self.target.prepare(&version).await?;
         let steps = self.plan.steps.clone();
         let mut i = if full {
             steps.len().saturating_sub(1).max(from_step)
@@ -510,6 +520,8 @@ impl<T: Target> Run<'_, T> {
                 kind: kind_name(step),
                 note: step.note.clone(),
             })?;
+            // Another machine sees that this step began before anything of it changes.
+            self.checkpoint().await?;
             let started = Instant::now();
             // A target error inside a step (an agent that stopped answering) fails the step, so
             // `rollback.auto` handles it like any other failure.

@@ -91,16 +91,12 @@ fn faults_full_disk_on_a_host_fails_staging_cleanly() {
         Running::spawn(fleet.rollgate(&["apply", "-f", manifest.to_str().unwrap(), "-o", "json"]));
     let code = run.finish(Duration::from_secs(120));
     let log = format!("{}{}", run.describe(), run.output());
-    // The reason, as the journal's last record gives it.
     let error_line = run
-        .records
-        .iter()
-        .rev()
-        .find_map(|r| match &r.event {
-            Event::Finished { detail, .. } => Some(detail.clone()),
-            _ => None,
-        })
-        .unwrap_or_default();
+        .output()
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default()
+        .to_string();
     eprintln!("faults_full_disk: {error_line}");
     let switched = run
         .records
