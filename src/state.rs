@@ -190,6 +190,24 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The rollout the event belongs to.
+    pub fn rollout(&self) -> &str {
+        match self {
+            Event::Started { rollout, .. }
+            | Event::StepStarted { rollout, .. }
+            | Event::InstanceChanging { rollout, .. }
+            | Event::InstanceChanged { rollout, .. }
+            | Event::Gate { rollout, .. }
+            | Event::StepDone { rollout, .. }
+            | Event::Paused { rollout, .. }
+            | Event::Promoted { rollout, .. }
+            | Event::RollbackStarted { rollout, .. }
+            | Event::Finished { rollout, .. } => rollout,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Outcome {
@@ -371,7 +389,7 @@ impl Store {
         text.push('\n');
         // Records are kept byte for byte; a torn last line is dropped.
         for ((_, line), record) in lines.iter().zip(&records) {
-            if kept.contains(rollout_of(&record.event)) {
+            if kept.contains(record.event.rollout()) {
                 text.push_str(line);
                 text.push('\n');
             }
@@ -604,21 +622,6 @@ fn parse_header(line: &str) -> Option<Compacted> {
     serde_json::from_str::<Header>(line)
         .ok()
         .map(|h| h.compacted)
-}
-
-fn rollout_of(event: &Event) -> &str {
-    match event {
-        Event::Started { rollout, .. }
-        | Event::StepStarted { rollout, .. }
-        | Event::InstanceChanging { rollout, .. }
-        | Event::InstanceChanged { rollout, .. }
-        | Event::Gate { rollout, .. }
-        | Event::StepDone { rollout, .. }
-        | Event::Paused { rollout, .. }
-        | Event::Promoted { rollout, .. }
-        | Event::RollbackStarted { rollout, .. }
-        | Event::Finished { rollout, .. } => rollout,
-    }
 }
 
 /// Replaces `path` with `bytes` atomically: temp file, fsync, rename, fsync of the dir.

@@ -29,7 +29,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde::{Deserialize, Serialize};
 
-use super::{Actor, Control, Event, Record, StateError, Store};
+use super::{Actor, Control, Record, StateError, Store};
 
 /// The Lease's duration: another machine takes over a Lease not renewed for this long.
 pub const LEASE_SECONDS: i32 = 15;
@@ -1112,7 +1112,7 @@ fn in_namespace(store: &Store, app: &str, namespace: &str, records: Vec<Record>)
     records
         .into_iter()
         .filter(|r| {
-            let id = rollout_of(&r.event);
+            let id = r.event.rollout();
             *here.entry(id.to_string()).or_insert_with(|| {
                 store.load_manifest(app, id).map_or(true, |m| {
                     m.spec
@@ -1125,26 +1125,11 @@ fn in_namespace(store: &Store, app: &str, namespace: &str, records: Vec<Record>)
         .collect()
 }
 
-fn rollout_of(e: &Event) -> &str {
-    match e {
-        Event::Started { rollout, .. }
-        | Event::StepStarted { rollout, .. }
-        | Event::InstanceChanging { rollout, .. }
-        | Event::InstanceChanged { rollout, .. }
-        | Event::Gate { rollout, .. }
-        | Event::StepDone { rollout, .. }
-        | Event::Paused { rollout, .. }
-        | Event::Promoted { rollout, .. }
-        | Event::RollbackStarted { rollout, .. }
-        | Event::Finished { rollout, .. } => rollout,
-    }
-}
-
 /// Records grouped by rollout, the groups in the order their rollouts started.
 fn blocks(records: &[Record]) -> Vec<(String, Vec<Record>)> {
     let mut out: Vec<(String, Vec<Record>)> = Vec::new();
     for r in records {
-        let id = rollout_of(&r.event);
+        let id = r.event.rollout();
         match out.iter_mut().find(|(x, _)| x == id) {
             Some((_, rs)) => rs.push(r.clone()),
             None => out.push((id.to_string(), vec![r.clone()])),
@@ -1225,6 +1210,7 @@ fn write_lines(path: &std::path::Path, records: &[Record]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Event;
 
     #[test]
     fn only_a_dead_process_of_this_boot_gives_up_its_lease_early() {
