@@ -431,11 +431,15 @@ impl Store {
             );
             text.push('\n');
         }
-        for r in records {
-            text.push_str(&serde_json::to_string(r).expect("records serialize"));
-            text.push('\n');
-        }
+        text.push_str(&jsonl(records));
         replace(&path, text.as_bytes())
+    }
+
+    /// Keeps `records` aside in the app's dir as `<name>` (JSON lines, written atomically): records
+    /// a journal merge set aside, say.
+    pub fn set_aside(&self, app: &str, name: &str, records: &[Record]) -> Result<()> {
+        let path = self.ensure(app)?.join(name);
+        replace(&path, jsonl(records).as_bytes())
     }
 
     /// Keeps the resolved manifest of a rollout, so `resume`, `promote` and `rollback` need no files.
@@ -622,6 +626,14 @@ fn parse_header(line: &str) -> Option<Compacted> {
     serde_json::from_str::<Header>(line)
         .ok()
         .map(|h| h.compacted)
+}
+
+/// Records as JSON lines.
+fn jsonl(records: &[Record]) -> String {
+    records
+        .iter()
+        .map(|r| serde_json::to_string(r).expect("records serialize") + "\n")
+        .collect()
 }
 
 /// Replaces `path` with `bytes` atomically: temp file, fsync, rename, fsync of the dir.
@@ -930,6 +942,36 @@ pub fn history(records: &[Record]) -> Vec<RolloutSummary> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_set_aside_read_back_and_leave_the_journal_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::at(tmp.path());
+        let mut journal = store.journal("web").unwrap();
+        journal
+            .append(Event::StepDone {
+                rollout: "web-1".into(),
+                step: 0,
+                millis: 5,
+            })
+            .unwrap();
+        let aside = vec![Record {
+            at_ms: 7,
+            event: Event::StepDone {
+                rollout: "web-2".into(),
+                step: 1,
+                millis: 9,
+            },
+        }];
+        store
+            .set_aside("web", "journal.discarded-7.jsonl", &aside)
+            .unwrap();
+        let path = store.app_dir("web").join("journal.discarded-7.jsonl");
+        assert_eq!(read_records(&path).unwrap(), aside);
+        let kept = store.read("web").unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].event.rollout(), "web-1");
+    }
 
     fn actor() -> Actor {
         Actor {

@@ -475,10 +475,10 @@ impl Remote {
         let local = store.read(&self.app)?;
         let merged = merge(&local, &mirror.records);
         if merged.records != local {
-            let dir = store.app_dir(&self.app);
             if !merged.discarded.is_empty() {
-                write_lines(
-                    &dir.join(format!("journal.discarded-{}.jsonl", super::now_ms())),
+                store.set_aside(
+                    &self.app,
+                    &format!("journal.discarded-{}.jsonl", super::now_ms()),
                     &merged.discarded,
                 )?;
             }
@@ -1178,33 +1178,6 @@ pub fn merge(local: &[Record], remote: &[Record]) -> Merged {
         records: out.into_iter().flat_map(|(_, rs)| rs).collect(),
         discarded,
     }
-}
-
-/// Replaces a journal file: temp file, fsync, rename.
-fn write_lines(path: &std::path::Path, records: &[Record]) -> Result<()> {
-    use std::io::Write;
-    let io = |source| {
-        ClusterError::State(StateError::Io {
-            path: path.display().to_string(),
-            source,
-        })
-    };
-    let tmp = path.with_extension("jsonl.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    let text: String = records
-        .iter()
-        .map(|r| serde_json::to_string(r).expect("records serialize") + "\n")
-        .collect();
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 #[cfg(test)]
