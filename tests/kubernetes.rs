@@ -33,7 +33,6 @@ mod smoke {
     use std::collections::{BTreeMap, BTreeSet};
     use std::time::Duration;
 
-    use futures_util::StreamExt;
     use k8s_openapi::api::apps::v1::{
         Deployment, DeploymentSpec, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment,
     };
@@ -42,11 +41,11 @@ mod smoke {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
     use kube::runtime::wait::{Condition, await_condition};
-    use kube::runtime::{reflector, watcher};
+
     use kube::{Api, Client, Resource, ResourceExt};
     use tokio::sync::oneshot;
 
-    use crate::cluster;
+    use crate::cluster::{self, watch_fold};
 
     const REPLICAS: i32 = 5;
     const MAX_SURGE: i32 = 2;
@@ -147,50 +146,8 @@ mod smoke {
         old_and_new_ready_together: bool,
     }
 
-    /// Watches objects of kind `K` labelled `app=web` until `stop` fires, folding
-    /// every consistent snapshot of them into `Seen` with `observe`. Signals
-    /// `listed` once the first full list is in.
-    fn spawn_observer<K>(
-        api: Api<K>,
-        listed: oneshot::Sender<()>,
-        mut stop: oneshot::Receiver<()>,
-        observe: fn(&mut Seen, &[std::sync::Arc<K>]),
-    ) -> tokio::task::JoinHandle<Seen>
-    where
-        K: Resource<DynamicType = ()>
-            + Clone
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + serde::de::DeserializeOwned
-            + 'static,
-    {
-        tokio::spawn(async move {
-            let (reader, writer) = reflector::store();
-            let config = watcher::Config::default().labels(&format!("app={APP}"));
-            let mut events = reflector(writer, watcher(api, config)).boxed();
-            let mut listed = Some(listed);
-            let mut seen = Seen::default();
-            loop {
-                tokio::select! {
-                    _ = &mut stop => return seen,
-                    event = events.next() => {
-                        let event = event.expect("watch streams do not end").expect("watching during the rollout");
-                        if matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
-                            continue; // the store holds the previous full list until InitDone
-                        }
-                        seen.snapshots += 1;
-                        observe(&mut seen, &reader.state());
-                        if let Some(listed) = listed.take() {
-                            let _ = listed.send(());
-                        }
-                    }
-                }
-            }
-        })
-    }
-
     fn observe_replica_sets(seen: &mut Seen, sets: &[std::sync::Arc<ReplicaSet>]) {
+        seen.snapshots += 1;
         let sum = sets
             .iter()
             .filter_map(|rs| rs.spec.as_ref()?.replicas)
@@ -199,6 +156,7 @@ mod smoke {
     }
 
     fn observe_pods(seen: &mut Seen, pods: &[std::sync::Arc<Pod>]) {
+        seen.snapshots += 1;
         let ready: Vec<_> = pods.iter().filter(|p| is_ready(p)).collect();
         let count = i32::try_from(ready.len()).expect("a handful of pods");
         seen.min_ready = Some(seen.min_ready.map_or(count, |m| m.min(count)));
@@ -279,13 +237,14 @@ mod smoke {
         let (pods_listed, pods_listed_rx) = oneshot::channel();
         let (stop_rs, stop_rs_rx) = oneshot::channel();
         let (stop_pods, stop_pods_rx) = oneshot::channel();
-        let rs_seen = spawn_observer(
+        let rs_seen = watch_fold(
             replica_sets.clone(),
+            APP,
             rs_listed,
             stop_rs_rx,
             observe_replica_sets,
         );
-        let pods_seen = spawn_observer(pods.clone(), pods_listed, stop_pods_rx, observe_pods);
+        let pods_seen = watch_fold(pods.clone(), APP, pods_listed, stop_pods_rx, observe_pods);
         rs_listed_rx.await.expect("ReplicaSet observer listed");
         pods_listed_rx.await.expect("pod observer listed");
 

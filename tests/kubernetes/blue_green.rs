@@ -65,7 +65,7 @@ async fn blue_green_previews_then_switches_the_active_service_in_one_patch() {
             "  strategy:\n    blueGreen: {{autoPromotionEnabled: false, previewReplicaCount: {PREVIEW}, scaleDownDelaySeconds: 1}}\n  progressDeadlineSeconds: 60\n"
         ),
     );
-    let observer = bed.observe(N).await;
+    let observer = bed.observe().await;
     let out = bed
         .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
         .await;
@@ -186,7 +186,7 @@ async fn blue_green_preview_that_never_gets_ready_rolls_back_and_unpins() {
         "manifest: deployment-3.yaml",
         "  strategy:\n    blueGreen: {autoPromotionEnabled: true, scaleDownDelaySeconds: 1}\n  progressDeadlineSeconds: 4\n  rollback: {auto: true}\n",
     );
-    let observer = bed.observe(N).await;
+    let observer = bed.observe().await;
     let out = bed
         .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
         .await;

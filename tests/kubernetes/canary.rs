@@ -79,7 +79,7 @@ async fn canary_pauses_at_the_planned_weights_and_promotes_to_the_deployment() {
     let rollout = rollout.to_str().unwrap();
     let expected = pauses(&bed, rollout).await;
     assert_eq!(expected.len(), 2, "two pauses in the plan: {expected:?}");
-    let observer = bed.observe(N).await;
+    let observer = bed.observe().await;
 
     let out = bed.rollgate(&["apply", "-f", rollout]).await;
     assert_eq!(out.status.code(), Some(3), "paused at the first pause");

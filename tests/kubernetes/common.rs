@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment,
 };
@@ -15,11 +14,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::runtime::wait::await_condition;
-use kube::runtime::{reflector, watcher};
+
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::oneshot;
 
-use crate::cluster::{self, Cluster};
+use crate::cluster::{self, Cluster, watch_fold};
 
 pub const APP: &str = "web";
 
@@ -145,23 +144,23 @@ impl Bed {
     }
 
     /// Starts watching ReplicaSets and pods; returns once both have listed.
-    pub async fn observe(&self, replicas: i32) -> Observer {
+    pub async fn observe(&self) -> Observer {
         let (rs_listed, rs_listed_rx) = oneshot::channel();
         let (pods_listed, pods_listed_rx) = oneshot::channel();
         let (stop_rs, stop_rs_rx) = oneshot::channel();
         let (stop_pods, stop_pods_rx) = oneshot::channel();
-        let sets = spawn_watch(
+        let sets = watch_fold(
             self.replica_sets.clone(),
+            APP,
             rs_listed,
             stop_rs_rx,
-            replicas,
             observe_sets,
         );
-        let pods = spawn_watch(
+        let pods = watch_fold(
             self.pods.clone(),
+            APP,
             pods_listed,
             stop_pods_rx,
-            replicas,
             observe_pods,
         );
         rs_listed_rx.await.expect("ReplicaSet watch listed");
@@ -326,48 +325,8 @@ impl Observer {
     }
 }
 
-fn spawn_watch<K>(
-    api: Api<K>,
-    listed: oneshot::Sender<()>,
-    mut stop: oneshot::Receiver<()>,
-    _replicas: i32,
-    observe: fn(&mut Seen, &[Arc<K>]),
-) -> tokio::task::JoinHandle<Seen>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + serde::de::DeserializeOwned
-        + 'static,
-{
-    tokio::spawn(async move {
-        let (reader, writer) = reflector::store();
-        let config = watcher::Config::default().labels(&format!("app={APP}"));
-        let mut events = reflector(writer, watcher(api, config)).boxed();
-        let mut listed = Some(listed);
-        let mut seen = Seen::default();
-        loop {
-            tokio::select! {
-                _ = &mut stop => return seen,
-                event = events.next() => {
-                    let event = event.expect("watch streams do not end").expect("watching");
-                    if matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
-                        continue;
-                    }
-                    seen.snapshots += 1;
-                    observe(&mut seen, &reader.state());
-                    if let Some(listed) = listed.take() {
-                        let _ = listed.send(());
-                    }
-                }
-            }
-        }
-    })
-}
-
 fn observe_sets(seen: &mut Seen, sets: &[Arc<ReplicaSet>]) {
+    seen.snapshots += 1;
     let sum = sets
         .iter()
         .filter_map(|rs| rs.spec.as_ref()?.replicas)
@@ -378,6 +337,7 @@ fn observe_sets(seen: &mut Seen, sets: &[Arc<ReplicaSet>]) {
 }
 
 fn observe_pods(seen: &mut Seen, pods: &[Arc<Pod>]) {
+    seen.snapshots += 1;
     let ready: Vec<_> = pods.iter().filter(|p| is_ready(p)).collect();
     let count = i32::try_from(ready.len()).expect("a handful of pods");
     seen.min_ready = Some(seen.min_ready.map_or(count, |m| m.min(count)));

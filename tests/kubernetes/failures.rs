@@ -108,7 +108,7 @@ async fn rolls_back(bed: &Bed, case: Failing<'_>) {
         &format!("manifest: deployment-{version}.yaml"),
         rest,
     );
-    let observer = bed.observe(N).await;
+    let observer = bed.observe().await;
     let out = bed
         .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
         .await;

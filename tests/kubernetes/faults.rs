@@ -181,7 +181,7 @@ async fn api_server_restarted_mid_rollout_is_ridden_out() {
     };
     let api = bed.cluster.extra_apiserver(32543).await;
     let rollout = rollout_2(&bed, 60);
-    let observer = bed.observe(N).await;
+    let observer = bed.observe().await;
     let apply = spawn_apply(&bed, &rollout, api.kubeconfig());
 
     // Mid-step: the first wave is asked for; its pods take 2 s to be Ready.
@@ -259,7 +259,7 @@ async fn api_server_away_longer_than_progress_deadline_rolls_back() {
     let before = bed.deployment().await;
     let sets_before = set_names(&bed).await;
     let rollout = rollout_2(&bed, 5);
-    let observer = bed.observe(N).await;
+    let observer = bed.observe().await;
     let apply = spawn_apply(&bed, &rollout, api.kubeconfig());
 
     new_set_grown(&bed, 2).await;
@@ -324,7 +324,7 @@ async fn deleted_by_hand(bed: &Bed, what: impl Fn(&str) -> Vec<String>) -> Strin
     let before = bed.deployment().await;
     let sets_before = set_names(bed).await;
     let rollout = rollout_2(bed, 60);
-    let observer = bed.observe(N).await;
+    let observer = bed.observe().await;
     let apply = spawn_apply(bed, &rollout, bed.cluster.kubeconfig());
 
     let held = new_set_grown(bed, 2).await;

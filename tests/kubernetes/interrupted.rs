@@ -38,7 +38,7 @@ async fn abort_at_a_pause_restores_the_deployment() {
         .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
         .await;
     assert_eq!(out.status.code(), Some(3), "paused");
-    let observer = bed.observe(N).await;
+    let observer = bed.observe().await;
     let out = bed.rollgate(&["abort", "web"]).await;
     let (_, pods) = observer.stop().await;
     assert_eq!(out.status.code(), Some(1), "an abort exits 1");
@@ -82,7 +82,7 @@ async fn resume_after_the_cli_is_killed_keeps_the_pods_already_created() {
         "manifest: deployment-2.yaml",
         "  strategy:\n    rolling: {maxSurge: 1, maxUnavailable: 0}\n  progressDeadlineSeconds: 60\n",
     );
-    let observer = bed.observe(N).await;
+    let observer = bed.observe().await;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rollgate"))
         .args(["apply", "-f", rollout.to_str().unwrap()])
         .current_dir(bed.dir.path())

@@ -21,7 +21,7 @@ async fn rolls_back(bed: &Bed, version: &str, rest: &str, expect: &str) {
         .iter()
         .map(|rs| rs.metadata.name.clone().unwrap_or_default())
         .collect();
-    let observer = bed.observe(N).await;
+    let observer = bed.observe().await;
     let rollout = bed.rollout(
         "web.yaml",
         version,
@@ -136,7 +136,7 @@ async fn rollback_command_after_completion_returns_to_the_previous_template() {
         .map(|rs| rs.metadata.name.clone().unwrap_or_default())
         .collect();
 
-    let observer = bed.observe(N).await;
+    let observer = bed.observe().await;
     let out = bed.rollgate(&["rollback", "web"]).await;
     let (sets, pods) = observer.stop().await;
     assert!(out.status.success(), "rollgate rollback");

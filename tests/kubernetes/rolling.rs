@@ -20,7 +20,7 @@ async fn good_version_rolls_within_bounds_and_the_deployment_adopts_it() {
         &format!("image: \"{}\"", image("2")),
         "  strategy:\n    rolling: {maxSurge: \"25%\", maxUnavailable: 0}\n  progressDeadlineSeconds: 60\n",
     );
-    let observer = bed.observe(N).await;
+    let observer = bed.observe().await;
     let out = bed
         .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
         .await;

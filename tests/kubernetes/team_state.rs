@@ -458,7 +458,7 @@ async fn a_runner_killed_on_one_machine_is_resumed_on_another_once_its_lease_exp
     // Machine two must not see machine one's processes: on one host, a Lease left by a dead
     // process of the same pid namespace is taken at once (see `resume_after_the_cli_is_killed`).
     let two = Machine::apart(&bed, "two", "bo");
-    let observer = bed.observe(N).await;
+    let observer = bed.observe().await;
     let mut run = one.spawn(&["apply", "-f", rollout.to_str().unwrap()]);
     wait_new_set_grown(&bed, 2).await;
     run.start_kill().expect("kill -9");

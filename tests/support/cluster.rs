@@ -257,3 +257,49 @@ async fn extra_apiserver_command(action: &str, port: u16) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Watches the objects of kind `K` labelled `app=<app>` until `stop` fires, folding every
+/// consistent snapshot of them (never a half-listed one) into `S` with `observe`. Signals `listed`
+/// once the first full list is in, so a caller can start acting only once it is watched.
+pub fn watch_fold<K, S>(
+    api: Api<K>,
+    app: &str,
+    listed: tokio::sync::oneshot::Sender<()>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+    observe: fn(&mut S, &[std::sync::Arc<K>]),
+) -> tokio::task::JoinHandle<S>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + serde::de::DeserializeOwned
+        + 'static,
+    S: Default + Send + 'static,
+{
+    use futures_util::StreamExt;
+    use kube::runtime::{reflector, watcher};
+    let config = watcher::Config::default().labels(&format!("app={app}"));
+    tokio::spawn(async move {
+        let (reader, writer) = reflector::store();
+        let mut events = reflector(writer, watcher(api, config)).boxed();
+        let mut listed = Some(listed);
+        let mut seen = S::default();
+        loop {
+            tokio::select! {
+                _ = &mut stop => return seen,
+                event = events.next() => {
+                    let event = event.expect("watch streams do not end").expect("watching");
+                    if matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
+                        continue; // the store holds the previous full list until InitDone
+                    }
+                    observe(&mut seen, &reader.state());
+                    if let Some(listed) = listed.take() {
+                        let _ = listed.send(());
+                    }
+                }
+            }
+        }
+    })
+}
