@@ -454,8 +454,8 @@ fn wave_breakdown(recs: &[Record], dir: &Path, fleet: &LocalFleet, version: &str
     }
 }
 
-/// (created, finished) of the agent's activate operation for `version`.
-fn find_activate(data: &Path, version: &str) -> Option<(u64, u64)> {
+/// The agent's record of its activate operation for `version`, found under its data dir.
+fn activate_op(data: &Path, version: &str) -> Option<serde_json::Value> {
     let mut stack = vec![data.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).ok()?.flatten() {
@@ -464,17 +464,23 @@ fn find_activate(data: &Path, version: &str) -> Option<(u64, u64)> {
                 stack.push(p);
             } else if p.parent().is_some_and(|x| x.ends_with("operations")) {
                 let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
-                let op = if v.get("op").is_some() { &v["op"] } else { &v };
+                let op = v.get("op").cloned().unwrap_or(v);
                 if op["kind"] == "activate" && op["version"] == version {
-                    return Some((
-                        op["createdUnixMs"].as_u64()?,
-                        op["finishedUnixMs"].as_u64()?,
-                    ));
+                    return Some(op);
                 }
             }
         }
     }
     None
+}
+
+/// (created, finished) of the agent's activate operation for `version`.
+fn find_activate(data: &Path, version: &str) -> Option<(u64, u64)> {
+    let op = activate_op(data, version)?;
+    Some((
+        op["createdUnixMs"].as_u64()?,
+        op["finishedUnixMs"].as_u64()?,
+    ))
 }
 
 /// The floor of a fan-out on this machine: every agent of `fleet` accepting a request that does
@@ -573,22 +579,7 @@ async fn agent_cpu(rows: &mut Vec<Row>) {
 }
 
 fn find_activate_created(data: &Path, version: &str) -> Option<u64> {
-    let mut stack = vec![data.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).ok()?.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.parent().is_some_and(|x| x.ends_with("operations")) {
-                let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
-                let op = if v.get("op").is_some() { &v["op"] } else { &v };
-                if op["kind"] == "activate" && op["version"] == version {
-                    return op["createdUnixMs"].as_u64();
-                }
-            }
-        }
-    }
-    None
+    activate_op(data, version)?["createdUnixMs"].as_u64()
 }
 
 async fn recovery(rows: &mut Vec<Row>) {
