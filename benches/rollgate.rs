@@ -3,6 +3,9 @@
 //!
 //! `cargo bench --bench rollgate` runs them all. `ROLLGATE_BENCH=planner,store,hosts,fanout,recovery,agent,agentcpu`
 //! picks some; `ROLLGATE_BENCH_SIZES=8,32,64` sets the fleet sizes of the rollout benchmark.
+//! `ROLLGATE_BENCH_DETAIL=1` adds a per-wave breakdown, the fan-out latency deciles and the
+//! moment the fan-out wave was issued; `ROLLGATE_BENCH_PERF=FILE` records each timed CLI run with
+//! `perf record -a` (wall-clock timestamps) for `perf report -i FILE --time START,END`.
 //! Under `cargo test` (no `--bench` flag) it does nothing, so the test suite stays fast.
 
 use std::path::{Path, PathBuf};
@@ -64,7 +67,26 @@ fn timed(cmd: &mut Command) -> (f64, u64, String) {
         .map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned())))
         .collect();
     let mut t = Command::new("/usr/bin/time");
-    t.arg("-f").arg("TIME %e %M").arg(program).args(args);
+    t.arg("-f").arg("TIME %e %M");
+    // Profiling: the whole machine while the command runs, with wall-clock timestamps, so a
+    // window (e.g. a wave, from the detail lines) can be cut out with `perf report --time`.
+    if let Some(out) = std::env::var_os("ROLLGATE_BENCH_PERF") {
+        t.args([
+            "perf",
+            "record",
+            "-q",
+            "-a",
+            "-g",
+            "-k",
+            "CLOCK_REALTIME",
+            "-F",
+            "1999",
+            "-o",
+        ])
+        .arg(out)
+        .arg("--");
+    }
+    t.arg(program).args(args);
     for (k, v) in envs {
         match v {
             Some(v) => t.env(k, v),
@@ -345,6 +367,15 @@ async fn fanout(rows: &mut Vec<Row>, n: usize) {
     }
     assert_eq!(latencies.len(), n, "every agent acknowledged");
     if std::env::var_os("ROLLGATE_BENCH_DETAIL").is_some() {
+        if let Some(first) = recs
+            .iter()
+            .find(|r| matches!(r.event, Event::InstanceChanging { .. }))
+        {
+            println!(
+                "fan-out wave issued at unix {:.3} s",
+                first.at_ms as f64 / 1000.0
+            );
+        }
         let mut sorted = latencies.clone();
         sorted.sort_by(f64::total_cmp);
         let deciles: Vec<String> = (0..=10)
@@ -454,24 +485,15 @@ fn wave_breakdown(recs: &[Record], dir: &Path, fleet: &LocalFleet, version: &str
     }
 }
 
-/// The agent's record of its activate operation for `version`, found under its data dir.
+/// The agent's last record of its activate operation for `version`, from the operation log in
+/// its data dir.
 fn activate_op(data: &Path, version: &str) -> Option<serde_json::Value> {
-    let mut stack = vec![data.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).ok()?.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.parent().is_some_and(|x| x.ends_with("operations")) {
-                let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
-                let op = v.get("op").cloned().unwrap_or(v);
-                if op["kind"] == "activate" && op["version"] == version {
-                    return Some(op);
-                }
-            }
-        }
-    }
-    None
+    let text = std::fs::read_to_string(data.join("operations.log")).ok()?;
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["op"].clone())
+        .find(|op| op["kind"] == "activate" && op["version"] == version)
 }
 
 /// (created, finished) of the agent's activate operation for `version`.

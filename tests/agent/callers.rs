@@ -9,7 +9,7 @@ use crate::support::*;
 
 fn snapshot(data: &std::path::Path) -> (Vec<String>, Vec<String>) {
     (
-        listing(&data.join("operations")),
+        operations(data),
         listing(&data.join("services/web/versions")),
     )
 }

@@ -192,7 +192,7 @@ async fn wrong_and_missing_tokens_are_refused_and_change_nothing() {
         })
     };
     let before = (
-        listing(&data.join("operations")),
+        operations(&data),
         listing(&data.join("services/web/versions")),
     );
     let stop = SlotRequest {
@@ -231,7 +231,7 @@ async fn wrong_and_missing_tokens_are_refused_and_change_nothing() {
         Some(401)
     );
     let after = (
-        listing(&data.join("operations")),
+        operations(&data),
         listing(&data.join("services/web/versions")),
     );
     assert_eq!(before, after, "a refused request changed the data dir");
@@ -296,7 +296,7 @@ async fn replayed_mutations_run_once_and_a_reused_id_with_another_body_is_409() 
     assert_succeeded(&op);
     let running = c.service("web").await.unwrap().slots[0].clone();
     let pid = running.pid.expect("running");
-    let ops_before = listing(&data.join("operations"));
+    let ops_before = operations(&data);
 
     let replay = c.activate("web", &activate).await.unwrap();
     assert_eq!(replay.id, op.id);
@@ -334,7 +334,7 @@ async fn replayed_mutations_run_once_and_a_reused_id_with_another_body_is_409() 
     );
     assert_eq!(now.slots[0].restarts, running.restarts);
     assert_eq!(now.versions.len(), 1);
-    assert_eq!(listing(&data.join("operations")), ops_before);
+    assert_eq!(operations(&data), ops_before);
     assert!(get_root(port).await.unwrap().contains("v1"));
 }
 
@@ -441,7 +441,7 @@ async fn oversized_bodies_and_slow_connections_are_cut_off() {
         413,
         "body_too_large",
     );
-    assert!(listing(&data.join("operations")).is_empty());
+    assert!(operations(&data).is_empty());
     assert!(listing(&data.join("services/web/versions")).is_empty());
 
     // Headers trickled one line at a time: cut off at the header deadline although bytes keep

@@ -392,6 +392,19 @@ pub async fn wait_status(
 }
 
 /// Entries of `dir` (names), sorted; empty if it does not exist.
+/// The ids of the operations an agent recorded in `data/operations.log`, sorted.
+pub fn operations(data: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(data.join("operations.log")).unwrap_or_default();
+    let mut ids: Vec<String> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["op"]["id"].as_str().map(str::to_string))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
 pub fn listing(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
