@@ -1,7 +1,10 @@
 //! The demo service: a tiny HTTP server whose flags select healthy or broken behaviour.
 //!
 //! Used by the agent tests, the benchmarks and the README demo. Every flag can also be set
-//! through its `DEMO_*` environment variable so an agent service definition can set them.
+//! through its `DEMO_*` environment variable so an agent service definition can set them, or in
+//! a file beside the binary named after it with `.args` appended (`bin/web.args` for `bin/web`),
+//! whitespace-separated, so an artifact carries its version's behaviour without a wrapper script.
+//! The command line's flags come after the file's and win.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -123,9 +126,28 @@ async fn terminated(ignore_sigterm: bool) {
     }
 }
 
+/// The command line with the flags of `<binary>.args` (if there is one) inserted after the
+/// program name.
+fn command_line() -> Vec<std::ffi::OsString> {
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let file = std::env::current_exe().ok().map(|exe| {
+        let mut name = exe.into_os_string();
+        name.push(".args");
+        std::path::PathBuf::from(name)
+    });
+    if let Some(text) = file.and_then(|f| std::fs::read_to_string(f).ok()) {
+        let at = argv.len().min(1);
+        argv.splice(
+            at..at,
+            text.split_whitespace().map(std::ffi::OsString::from),
+        );
+    }
+    argv
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+    let args = Args::parse_from(command_line());
     let version = args
         .app_version
         .clone()

@@ -47,22 +47,20 @@ fn free_ports(n: usize) -> Result<Vec<u16>, CliError> {
         .map_err(fail("finding free ports"))
 }
 
-/// A versioned artifact: `bin/web` starts the demo binary with this version's behaviour. The
-/// script finds its directory by parameter expansion, not `$(dirname "$0")`: that is a fork and
-/// an exec per start, which 200 instances starting at once on two cores notice.
+/// A versioned artifact: `bin/web` is the demo binary, and `bin/web.args` holds this version's
+/// flags (the demo reads the file named after itself). No wrapper script: a shell and its
+/// subprocesses per start are work that 200 instances starting at once on two cores notice.
 fn package(dir: &Path, demo_bin: &Path, version: &str, flags: &str) -> Result<PathBuf, CliError> {
     let path = dir.join(format!("web-{version}.tar.gz"));
     let file = std::fs::File::create(&path).map_err(fail("writing an artifact"))?;
     let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
     let mut tar = tar::Builder::new(gz);
-    let script = format!(
-        "#!/bin/sh\nexec \"${{0%/*}}/rollgate-demo\" --version {version} {flags} \"$@\"\n"
-    );
+    let args = format!("--version {version} {flags}\n");
     let mut header = tar::Header::new_gnu();
-    header.set_size(script.len() as u64);
-    header.set_mode(0o755);
+    header.set_size(args.len() as u64);
+    header.set_mode(0o644);
     header.set_cksum();
-    tar.append_data(&mut header, "bin/web", script.as_bytes())
+    tar.append_data(&mut header, "bin/web.args", args.as_bytes())
         .map_err(fail("writing an artifact"))?;
     // A plain regular entry: the agent refuses sparse files, which `append_path` may write.
     let bytes = std::fs::read(demo_bin).map_err(fail("reading rollgate-demo"))?;
@@ -71,7 +69,7 @@ fn package(dir: &Path, demo_bin: &Path, version: &str, flags: &str) -> Result<Pa
     header.set_size(bytes.len() as u64);
     header.set_mode(0o755);
     header.set_cksum();
-    tar.append_data(&mut header, "bin/rollgate-demo", bytes.as_slice())
+    tar.append_data(&mut header, "bin/web", bytes.as_slice())
         .map_err(fail("writing an artifact"))?;
     tar.into_inner()
         .and_then(|gz| gz.finish())
