@@ -506,6 +506,15 @@ impl Store {
             .collect()
     }
 
+    /// Who holds the app's lock, if a live process does (`host` is this machine's name: a lock
+    /// left by a process that is gone from it does not count; one from another machine does).
+    pub fn holder(&self, app: &str, host: &str) -> Option<String> {
+        let text = std::fs::read_to_string(self.app_dir(app).join("lock")).ok()?;
+        stale_pid(&text, host)
+            .is_none()
+            .then(|| describe_holder(&text))
+    }
+
     pub fn control_count(&self, app: &str) -> usize {
         let path = self.app_dir(app).join("control.jsonl");
         std::fs::read_to_string(&path).map_or(0, |t| t.lines().count())

@@ -2,6 +2,7 @@
 
 mod cli {
     mod bad_input;
+    mod history;
     mod plan;
     mod pod_security;
     mod support;

@@ -323,7 +323,10 @@ pub async fn run(args: &DemoArgs) -> Result<u8, CliError> {
             .read("web")
             .map_err(|e| CliError::Failed(e.to_string()))?,
     ) {
-        print!("{}", crate::cli::output::summary(&r));
+        print!(
+            "{}",
+            crate::cli::output::summary(&r, &crate::cli::output::Running::Unknown)
+        );
     }
     println!(
         "\ndemo: {}; stopping the agents",

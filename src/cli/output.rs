@@ -107,13 +107,27 @@ pub fn describe(e: &crate::state::Event) -> String {
     }
 }
 
+/// Whether a rollout without an outcome is still being run.
+pub enum Running {
+    /// Not known (the lock is in the cluster, or this is not the app's last rollout).
+    Unknown,
+    /// A live process holds the app's lock: who, and for how long.
+    By(String),
+    /// No live process holds the app's lock: a crash, a kill, or a failed staging left it.
+    Interrupted,
+}
+
 /// A rollout's audit record, as `history` and `status` print it.
-pub fn summary(r: &crate::state::RolloutSummary) -> String {
+pub fn summary(r: &crate::state::RolloutSummary, running: &Running) -> String {
     let mut out = String::new();
-    let state = match (&r.outcome, &r.paused) {
-        (Some(o), _) => o.to_string(),
-        (None, Some(p)) => format!("paused ({p})"),
-        (None, None) => "in progress (or interrupted)".into(),
+    let state = match (&r.outcome, &r.paused, running) {
+        (Some(o), _, _) => o.to_string(),
+        (None, Some(p), _) => format!("paused ({p})"),
+        (None, None, Running::Unknown) => "in progress (or interrupted)".into(),
+        (None, None, Running::By(holder)) => format!("in progress ({holder})"),
+        (None, None, Running::Interrupted) => {
+            "interrupted: no process is running it; `rollgate resume` continues it".into()
+        }
     };
     let took = r
         .finished_ms

@@ -1119,12 +1119,25 @@ async fn rollback_locked(
     .await
 }
 
+/// Whether the app's last rollout, if unfinished, is being run: from the local lock (team state
+/// keeps its lock in the cluster, where this does not look).
+fn running<T>(env: &Env, app: &str, remote: Option<&T>) -> output::Running {
+    if remote.is_some() {
+        return output::Running::Unknown;
+    }
+    match env.store.holder(app, &Actor::from_env().host) {
+        Some(holder) => output::Running::By(holder),
+        None => output::Running::Interrupted,
+    }
+}
+
 async fn status(args: &StatusArgs, env: &Env) -> Result<u8, CliError> {
     let remote = remote_for_app(env, &args.app).await?;
     loop {
         let records = records(env, &args.app, remote.as_ref()).await?;
         let (last, m) = last_rollout(env, &args.app, &records, remote.as_ref())?;
-        print!("{}", output::summary(&last));
+        let running = running(env, &args.app, remote.as_ref());
+        print!("{}", output::summary(&last, &running));
         if let Ok(target) = target_for(&m, env).await {
             match target.instances().await {
                 Ok(instances) => {
@@ -1171,8 +1184,20 @@ async fn history_cmd(args: &AppArgs, env: &Env) -> Result<u8, CliError> {
             c.rollouts, c.succeeded, c.rolled_back, c.failed, c.aborted
         );
     }
-    for r in &all {
-        print!("{}", output::summary(r));
+    let running = running(env, &args.app, remote.as_ref());
+    for (i, r) in all.iter().enumerate() {
+        let last = i + 1 == all.len();
+        print!(
+            "{}",
+            output::summary(
+                r,
+                if last {
+                    &running
+                } else {
+                    &output::Running::Unknown
+                }
+            )
+        );
     }
     Ok(exit::OK)
 }
