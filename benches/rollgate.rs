@@ -1,8 +1,9 @@
 //! rollgate's benchmarks: each figure is measured in the same run as its baseline or physical floor,
 //! and printed as a table row: figure, measured, baseline, ratio, target, pass/fail.
 //!
-//! `cargo bench --bench rollgate` runs them all. `ROLLGATE_BENCH=planner,store,hosts,fanout,recovery,agent,agentcpu`
-//! picks some; `ROLLGATE_BENCH_SIZES=8,32,64` sets the fleet sizes of the rollout benchmark.
+//! `cargo bench --bench rollgate` runs them all, the Kubernetes ones on the test control plane of
+//! `tests/cluster` (brought up if it is not, and taken down after).
+//! `ROLLGATE_BENCH=planner,store,hosts,fanout,recovery,agent,agentcpu,kubernetes` picks some; `ROLLGATE_BENCH_SIZES=8,32,64` sets the fleet sizes of the rollout benchmark.
 //! `ROLLGATE_BENCH_DETAIL=1` adds a per-wave breakdown, the fan-out latency deciles and the
 //! moment the fan-out wave was issued; `ROLLGATE_BENCH_PERF=FILE` records each timed CLI run with
 //! `perf record -a` (wall-clock timestamps) for `perf report -i FILE --time START,END`.
@@ -14,6 +15,18 @@ use std::time::{Duration, Instant};
 
 use rollgate::cli::demo::{LocalFleet, package_demo};
 use rollgate::state::{Event, Record};
+
+// The Kubernetes benchmark is the Kubernetes test binary's, on the same test control plane: its
+// modules are compiled in here too, so one command runs every figure.
+#[path = "../tests/support/cluster.rs"]
+mod cluster;
+// `super::common` in the benchmark's module is this crate's `common`, as in the test binary.
+#[allow(dead_code)]
+#[path = "../tests/kubernetes/common.rs"]
+mod common;
+#[allow(dead_code)]
+#[path = "../tests/kubernetes/bench.rs"]
+mod kubernetes_bench;
 
 struct Row {
     figure: String,
@@ -730,7 +743,7 @@ fn main() {
         return;
     }
     let want = std::env::var("ROLLGATE_BENCH")
-        .unwrap_or_else(|_| "planner,store,hosts,fanout,recovery,agent,agentcpu".into());
+        .unwrap_or_else(|_| "planner,store,hosts,fanout,recovery,agent,agentcpu,kubernetes".into());
     let want: std::collections::BTreeSet<String> =
         want.split(',').map(|w| w.trim().to_string()).collect();
     let want = |name: &str| want.contains(name);
@@ -778,7 +791,58 @@ fn main() {
     if want("agent") {
         binary_size(&mut rows);
     }
+    if want("kubernetes") {
+        kubernetes_rows(&mut rows);
+    }
     print_table(&rows);
+}
+
+/// The Kubernetes figures on the test control plane (`tests/cluster`), which this brings up if it
+/// is not up (a cold cache builds it from Go modules first) and takes down again after.
+fn kubernetes_rows(rows: &mut Vec<Row>) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/cluster.sh");
+    let was_up = Command::new("bash")
+        .arg(&script)
+        .arg("status")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("kube-apiserver: running"));
+    // A runtime of its own, like the test's: kube clients belong to the runtime they were made on.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = runtime.block_on(kubernetes_bench::run());
+    drop(runtime);
+    if !was_up {
+        let _ = Command::new("bash").arg(&script).arg("down").status();
+    }
+    match result {
+        Some(found) => {
+            for [figure, measured, baseline, ratio, target, pass] in found {
+                rows.push(Row {
+                    figure,
+                    measured,
+                    baseline,
+                    ratio,
+                    target,
+                    pass: match pass.as_str() {
+                        "pass" => Some(true),
+                        "FAIL" => Some(false),
+                        _ => None,
+                    },
+                });
+            }
+        }
+        None => rows.push(row(
+            "Kubernetes figures",
+            "not measured: no test cluster here (see tests/cluster/README.md)",
+            "-",
+            "-",
+            "-",
+            None,
+        )),
+    }
 }
 
 /// The state store under 200 rollouts of one app: each "rollout" takes the lock (which compacts),

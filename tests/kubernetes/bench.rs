@@ -1,5 +1,7 @@
-//! The benchmarks of issues 6 and 8, not timed tests: `cargo test --test kubernetes bench --
-//! --ignored --nocapture` prints rollgate's times against kubectl's on the same cluster.
+//! The benchmarks of issues 6 and 8, not timed tests: `cargo bench --bench rollgate` runs them
+//! with the others (`ROLLGATE_BENCH=kubernetes` alone), and `cargo test --release --test
+//! kubernetes bench -- --ignored --nocapture` on their own; both print rollgate's times against
+//! kubectl's on the same cluster, and the table rows.
 //!
 //! N=20, maxSurge 25%, maxUnavailable 0, every pod Ready exactly 1 s after it is scheduled (kwok's
 //! `rollgate.dev/ready-delay`).
@@ -289,6 +291,17 @@ async fn kubectl_recovery(run: usize) -> Option<(Duration, Duration)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run with --ignored --nocapture"]
 async fn bench_rollgate_against_kubectl() {
+    for row in run().await.unwrap_or_default() {
+        println!("{}", row.join(" | "));
+    }
+}
+
+/// One row of the benchmark table: figure, measured, baseline, ratio, target, pass.
+pub type Row = [String; 6];
+
+/// Runs the benchmark, printing each run's figures, and returns the table rows (also run by
+/// `cargo bench --bench rollgate`); `None` when there is no cluster here.
+pub async fn run() -> Option<Vec<Row>> {
     let runs = runs();
     let deploy = format!("deployment/{APP}");
     let status = ["rollout", "status", deploy.as_str(), "--timeout=300s"];
@@ -296,9 +309,7 @@ async fn bench_rollgate_against_kubectl() {
     let (mut r_fast, mut r_recover, mut k_recover, mut k_recover_status) =
         (vec![], vec![], vec![], vec![]);
     for run in 0..runs {
-        let Some(k) = bed(&format!("bench-kubectl-{run}")).await else {
-            return;
-        };
+        let k = bed(&format!("bench-kubectl-{run}")).await?;
         let started = Instant::now();
         let set = kubectl(
             &k,
@@ -312,9 +323,7 @@ async fn bench_rollgate_against_kubectl() {
         kubectl(&k, &status).await;
         k_undo.push(started.elapsed());
 
-        let Some(r) = bed(&format!("bench-rollgate-{run}")).await else {
-            return;
-        };
+        let r = bed(&format!("bench-rollgate-{run}")).await?;
         let rollout = r.rollout(
             "web.yaml",
             "2",
@@ -347,13 +356,9 @@ async fn bench_rollgate_against_kubectl() {
         k.finish().await;
         r.finish().await;
 
-        let Some(recovered) = rollgate_recovery(run).await else {
-            return;
-        };
+        let recovered = rollgate_recovery(run).await?;
         r_recover.push(recovered);
-        let Some((recovered, status)) = kubectl_recovery(run).await else {
-            return;
-        };
+        let (recovered, status) = kubectl_recovery(run).await?;
         k_recover.push(recovered);
         k_recover_status.push(status);
         println!(
@@ -405,4 +410,66 @@ async fn bench_rollgate_against_kubectl() {
         r_recover.as_secs_f64() / floor.as_secs_f64(),
         r_recover.as_secs_f64() / k_recover.as_secs_f64(),
     );
+    let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+    let spread = |v: &[f64]| {
+        format!(
+            "{:.2}–{:.2}",
+            v.first().copied().unwrap_or(0.0),
+            v.last().copied().unwrap_or(0.0)
+        )
+    };
+    let row = |figure: String,
+               measured: String,
+               baseline: String,
+               ratio: String,
+               target: &str,
+               pass: Option<bool>|
+     -> Row {
+        [
+            figure,
+            measured,
+            baseline,
+            ratio,
+            target.to_string(),
+            pass.map_or(
+                "-".into(),
+                |p| if p { "pass".into() } else { "FAIL".into() },
+            ),
+        ]
+    };
+    let recover_floor = r_recover.as_secs_f64() / floor.as_secs_f64();
+    Some(vec![
+        row(
+            format!("Kubernetes: `rollgate apply` vs `kubectl set image` + `rollout status` (N={N}, 25%/0, ready after 1 s; median of {runs} same-run ratios)"),
+            secs(r_roll),
+            format!("{} (kubectl)", secs(k_roll)),
+            format!("{roll_ratio:.2} (runs {})", spread(&roll_ratios)),
+            "≤ 1.10",
+            Some(roll_ratio <= 1.10),
+        ),
+        row(
+            "Kubernetes: `rollgate rollback` vs `kubectl rollout undo` + `rollout status`".into(),
+            secs(r_back),
+            format!("{} (kubectl)", secs(k_undo)),
+            format!("{back_ratio:.2} (runs {})", spread(&back_ratios)),
+            "≤ 0.6",
+            Some(back_ratio <= 0.6),
+        ),
+        row(
+            "Kubernetes: failure → every pod on the old version Ready again (canary 25%, a check fails)".into(),
+            secs(r_recover),
+            format!("check interval + pod start {}", secs(floor)),
+            format!("{recover_floor:.2}"),
+            "≤ 1.00",
+            Some(recover_floor <= 1.0),
+        ),
+        row(
+            "Kubernetes: the same recovery by `kubectl rollout undo` (to `rollout status` returning)".into(),
+            format!("{} ({})", secs(k_recover), secs(k_recover_status)),
+            "-".into(),
+            format!("rollgate / kubectl {recover_ratio:.2} (runs {})", spread(&recover_ratios)),
+            "-",
+            None,
+        ),
+    ])
 }
