@@ -1,6 +1,6 @@
 //! The agent's core: services, their persisted desired state, and the operations on them.
 //!
-//! Every mutating call becomes an [`Operation`] journaled under `operations/` and keyed by its
+//! Every mutating call becomes an [`Operation`] journaled in `operations.log` and keyed by its
 //! request id, so a replay returns the same operation instead of acting twice. A slot's
 //! desired state (active, previous, running) lives in `services/<name>/state.json`, replaced
 //! atomically, so after a `kill -9` the agent finds the slot on the old or the new version.

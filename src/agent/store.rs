@@ -84,11 +84,6 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, &to_json(path, value)?)
 }
 
-/// [`write_json`] for records that need only survive the agent dying ([`write_atomic_volatile`]).
-pub fn write_json_volatile<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    write_atomic_volatile(path, &to_json(path, value)?)
-}
-
 fn to_json<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec_pretty(value).map_err(|source| StoreError::Corrupt {
         path: path.to_path_buf(),

@@ -97,6 +97,8 @@ struct Reach {
     /// How long a request retries connection errors and "unavailable" answers: the step's
     /// progressDeadlineSeconds while a step runs.
     patience_ms: AtomicU64,
+    /// Whether that patience is a step's progressDeadlineSeconds (for the reason of a failure).
+    in_step: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Reach {
@@ -104,14 +106,26 @@ impl Default for Reach {
         Reach {
             lost: std::sync::Mutex::default(),
             patience_ms: AtomicU64::new(PATIENCE_OUTSIDE_STEPS.as_millis() as u64),
+            in_step: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
 
 impl Reach {
-    fn set_patience(&self, patience: Duration) {
+    fn set_patience(&self, patience: Duration, in_step: bool) {
         let ms = u64::try_from(patience.as_millis()).unwrap_or(u64::MAX);
         self.patience_ms.store(ms, Ordering::Relaxed);
+        self.in_step.store(in_step, Ordering::Relaxed);
+    }
+
+    /// How long a request retries now, in words: "progressDeadlineSeconds (5s)" during a step.
+    fn patience_text(&self) -> String {
+        let secs = self.patience_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+        if self.in_step.load(Ordering::Relaxed) {
+            format!("progressDeadlineSeconds ({secs:.0}s)")
+        } else {
+            format!("{secs:.0}s")
+        }
     }
 
     fn lost(&self, e: &dyn std::error::Error) {
@@ -511,6 +525,20 @@ impl Kubernetes {
                 "{what}: forbidden: {} (the Role rollgate needs is manifests/kubernetes/rbac.yaml)",
                 s.message
             ),
+            // The request retried for as long as it may: say so, not only the last error.
+            Some(k) if transient(k) => {
+                let away = match self.reach.outage() {
+                    Some((since, why)) => format!(
+                        "out of reach for {:.0}s: {why}",
+                        since.elapsed().as_secs_f64()
+                    ),
+                    None => format!("out of reach: {e}"),
+                };
+                format!(
+                    "{what}: no answer from the Kubernetes API server within {}; {away}",
+                    self.reach.patience_text()
+                )
+            }
             _ => format!("{what}: {e}"),
         };
         TargetError::Rejected {
@@ -1542,7 +1570,7 @@ impl Target for Kubernetes {
         sink: Sink<'_>,
     ) -> std::result::Result<(), String> {
         // A request that finds no API server keeps trying as long as the step may.
-        self.reach.set_patience(deadline);
+        self.reach.set_patience(deadline, true);
         // The Deployment from the run's watch: a copy from before `prepare` still has spec.replicas
         // at N, and a later one has the annotation, so no request is needed between steps.
         let cache = self
@@ -1589,7 +1617,7 @@ impl Target for Kubernetes {
         let err = |e: TargetError| crate::engine::error_chain(&e);
         // The way back to safety waits longer for an API server that is away.
         self.reach
-            .set_patience(deadline.max(PATIENCE_OUTSIDE_STEPS));
+            .set_patience(deadline.max(PATIENCE_OUTSIDE_STEPS), false);
         let view = self.view().await.map_err(err)?;
         let d = &view.deployment;
         let hpa = d.annotations().contains_key(HPA_ANNOTATION);
