@@ -8,9 +8,11 @@ use crate::cli::{
     PromoteArgs, RollbackArgs, StatusArgs, exit, output,
 };
 use crate::engine::{Interrupts, Run, RunOutcome, current_version, error_chain};
+use crate::kube::{Kube, KubeError};
 use crate::plan::{self, Capacity};
 use crate::spec::{InputError, Manifest, Rollout};
-use crate::state::cluster::{ClusterError, Kube, Remote, Session};
+use crate::state::lease::Session;
+use crate::state::mirror::{ClusterError, Remote};
 use crate::state::{
     Actor, Control, Event, Outcome, Record, RolloutSummary, StateError, Store, history,
 };
@@ -210,7 +212,7 @@ impl Env {
             .get_or_try_init(|| Kube::connect(self.context.as_deref()))
             .await
             .map_err(|e| match e {
-                ClusterError::UnknownContext { .. } => InputError::general(e.to_string()).into(),
+                KubeError::UnknownContext { .. } => InputError::general(e.to_string()).into(),
                 e => failed(e),
             })
     }
