@@ -217,6 +217,42 @@ pub struct ServiceConfig {
     pub dependencies: Vec<String>,
     #[serde(default)]
     pub logs: LogConfig,
+    /// What the agent's own systemd unit must also allow for this service (supervisor backend).
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
+}
+
+/// What a service run by the supervisor needs beyond the agent's least-privilege systemd unit,
+/// whose restrictions it inherits; `rollgate-agent service install` widens the unit by these.
+///
+/// ```yaml
+/// sandbox: {readWritePaths: [/var/www], capabilities: [CAP_NET_BIND_SERVICE], umask: "0022"}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Writable paths besides the data dir (`ReadWritePaths=`).
+    #[serde(default)]
+    pub read_write_paths: Vec<PathBuf>,
+    /// Capabilities besides the agent's own (`CapabilityBoundingSet=`).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Address families besides `AF_UNIX AF_INET AF_INET6` (`RestrictAddressFamilies=`).
+    #[serde(default)]
+    pub address_families: Vec<String>,
+    /// System calls or `@groups` besides `@system-service` (`SystemCallFilter=`).
+    #[serde(default)]
+    pub system_calls: Vec<String>,
+    /// Setuid programs may raise privileges (no `NoNewPrivileges=`).
+    #[serde(default)]
+    pub new_privileges: bool,
+    /// /home, /root and /run/user are visible (no `ProtectHome=`).
+    #[serde(default)]
+    pub home: bool,
+    /// A umask wider than `0077` for the files the agent creates, as octal (`"0022"` lets a
+    /// service running as another `user:` read its version dir).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub umask: Option<String>,
 }
 
 fn default_stop_timeout() -> Dur {
@@ -380,6 +416,55 @@ fn validate(config: &AgentConfig) -> std::result::Result<(), (String, String)> {
         s.recovery
             .validate()
             .map_err(|e| at("recovery", e.to_string()))?;
+        let sb = &s.sandbox;
+        if let Some(u) = &sb.umask
+            && u32::from_str_radix(u, 8).map_or(true, |m| m > 0o777)
+        {
+            return Err(at(
+                "sandbox.umask",
+                format!("expected octal like \"0022\", got {u:?}"),
+            ));
+        }
+        for (field, names, prefix) in [
+            ("capabilities", &sb.capabilities, "CAP_"),
+            ("addressFamilies", &sb.address_families, "AF_"),
+        ] {
+            if let Some(n) = names.iter().find(|n| {
+                !n.starts_with(prefix)
+                    || !n
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            }) {
+                return Err(at(
+                    &format!("sandbox.{field}"),
+                    format!("expected a name like {prefix}…, got {n:?}"),
+                ));
+            }
+        }
+        if let Some(p) = sb.read_write_paths.iter().find(|p| {
+            !p.is_absolute()
+                || p.to_string_lossy()
+                    .contains(|c: char| c.is_whitespace() || c.is_control())
+        }) {
+            return Err(at(
+                "sandbox.readWritePaths",
+                format!(
+                    "expected an absolute path without spaces, got {:?}",
+                    p.display().to_string()
+                ),
+            ));
+        }
+        if let Some(n) = sb.system_calls.iter().find(|n| {
+            n.is_empty()
+                || !n
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '@' | '-' | '~' | ':'))
+        }) {
+            return Err(at(
+                "sandbox.systemCalls",
+                format!("expected a system call or @group name, got {n:?}"),
+            ));
+        }
     }
     if config.limits.max_connections == 0 {
         return Err(("limits.maxConnections".into(), "expected at least 1".into()));
