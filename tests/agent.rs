@@ -16,5 +16,6 @@ mod agent {
     mod run_as;
     mod security;
     mod service;
+    mod systemd_backend;
     mod systemd_unit;
 }

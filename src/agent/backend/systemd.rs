@@ -81,9 +81,11 @@ pub fn unit_text(spec: &RunSpec) -> (String, Option<String>) {
         exec.push_str(&quote(a));
     }
     u.push_str(&format!("ExecStart={exec}\n"));
+    // WorkingDirectory= takes the rest of the line as the path: no quotes (systemd refuses a
+    // quoted one as "not absolute" and will not start the unit), only specifiers escaped.
     u.push_str(&format!(
         "WorkingDirectory={}\n",
-        quote(&spec.cwd.display().to_string())
+        spec.cwd.display().to_string().replace('%', "%%")
     ));
     for (k, v) in &spec.env {
         u.push_str(&format!("Environment={}\n", quote(&format!("{k}={v}"))));
@@ -376,7 +378,7 @@ mod tests {
         let (unit, recovery) = unit_text(&spec());
         for line in [
             "ExecStart=\"/var/lib/rg/services/web/versions/2.0/bin/web\" \"--listen\" \"127.0.0.1:8081\" \"50%%\"",
-            "WorkingDirectory=\"/var/lib/rg/services/web/versions/2.0\"",
+            "WorkingDirectory=/var/lib/rg/services/web/versions/2.0",
             "Environment=\"GREETING=hi \\\"there\\\" $$HOME\"",
             "User=web",
             "Restart=on-failure",
