@@ -2,6 +2,7 @@
 //! readiness on `READY=1`, a graceful stop, uninstall, the unit's exposure rating, and the
 //! priorities its log lines reach journald with.
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use rollgate::agent::api::{ActivateRequest, OperationState};
@@ -223,5 +224,92 @@ fn the_agents_log_lines_reach_journald_with_their_priority() {
         warnings
             .iter()
             .any(|e| message(e).contains("operation failed"))
+    );
+}
+
+/// `manifests/systemd/rollgate-agent.service` is what `service install` writes for
+/// `manifests/systemd/agent.yaml` (with the binary and config at their documented paths).
+#[test]
+fn the_example_unit_is_what_service_install_writes_for_the_example_config() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/systemd");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let units = tmp.path().join("units");
+    let out = std::process::Command::new(AGENT)
+        .args(["service", "install", "--no-start", "--config"])
+        .arg(dir.join("agent.yaml"))
+        .arg("--unit-dir")
+        .arg(&units)
+        .env("ROLLGATE_AGENT_DATA", &data)
+        .output()
+        .unwrap();
+    assert_ok("service install --no-start", &out);
+    let written = std::fs::read_to_string(units.join(AGENT_UNIT))
+        .unwrap()
+        .replace(&data.display().to_string(), "/var/lib/rollgate-agent")
+        .replace(&format!("\"{AGENT}\""), "\"/usr/local/bin/rollgate-agent\"")
+        .replace(
+            &format!(
+                "\"{}\"",
+                dir.join("agent.yaml").canonicalize().unwrap().display()
+            ),
+            "\"/etc/rollgate/agent.yaml\"",
+        );
+    let example = std::fs::read_to_string(dir.join(AGENT_UNIT)).unwrap();
+    assert_eq!(
+        written, example,
+        "regenerate manifests/systemd/{AGENT_UNIT}"
+    );
+}
+
+/// A line of `/proc/<pid>/status` inside the namespace (pids there are the agent's view).
+fn proc_status(sd: &Systemd, pid: u32, key: &str) -> String {
+    let out = sd.run("cat", &[&format!("/proc/{pid}/status")]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+        .unwrap_or_else(|| panic!("no {key} for pid {pid}"))
+}
+
+#[test]
+fn supervised_services_inherit_the_agent_units_restrictions_and_sandbox_widens_them() {
+    let Some(sd) = Systemd::start("systemd_unit supervisor") else {
+        return;
+    };
+    let ports = free_ports(1);
+    // It runs as nobody: under the agent's UMask=0077 nobody could not even reach its program;
+    // its `sandbox:` widens the umask.
+    let services = format!(
+        "{}    user: nobody\n    sandbox: {{umask: '0022'}}\n",
+        web_service(&[ports[0]], ""),
+    );
+    // nobody must reach its version dir under ours.
+    std::fs::set_permissions(&sd.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let files = AgentFiles::write(&sd, &services);
+    assert_ok("service install", &files.install(&sd));
+    let unit = std::fs::read_to_string(sd.units().join(AGENT_UNIT)).unwrap();
+    assert!(unit.contains("\nUMask=0022\n"), "{unit}");
+    let c = files.client();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pid = rt.block_on(async {
+        let v1 = tar_gz(&[("bin/web", 0o755, &demo_script(&[]))]);
+        assert_succeeded(&stage(&c, "v1", &v1).await);
+        assert_succeeded(&activate(&c, "act-v1", "v1", 0).await);
+        assert!(get_root(ports[0]).await.is_ok());
+        c.service("web").await.unwrap().slots[0].pid.unwrap()
+    });
+    // The service is the agent's child under the agent's unit: its sandbox applies.
+    assert_eq!(proc_status(&sd, pid, "NoNewPrivs:"), "1");
+    assert_eq!(
+        proc_status(&sd, pid, "Seccomp:"),
+        "2",
+        "the system call filter"
+    );
+    // CAP_KILL, CAP_SETGID, CAP_SETUID: bits 5, 6, 7.
+    assert_eq!(proc_status(&sd, pid, "CapBnd:"), "00000000000000e0");
+    let cgroup = sd.run("cat", &[&format!("/proc/{pid}/cgroup")]);
+    assert!(
+        String::from_utf8_lossy(&cgroup.stdout).contains(AGENT_UNIT),
+        "in the agent's cgroup"
     );
 }
