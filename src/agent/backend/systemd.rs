@@ -468,7 +468,7 @@ mod tests {
     fn sandbox_values_that_could_break_the_unit_are_refused() {
         for (bad, field) in [
             (
-                "readWritePaths: ['/a\\nExecStartPre=/bin/evil']",
+                r#"readWritePaths: ["/a\nExecStartPre=/bin/evil"]"#,
                 "sandbox.readWritePaths",
             ),
             ("capabilities: [cap_net_raw]", "sandbox.capabilities"),
