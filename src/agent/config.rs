@@ -416,55 +416,7 @@ fn validate(config: &AgentConfig) -> std::result::Result<(), (String, String)> {
         s.recovery
             .validate()
             .map_err(|e| at("recovery", e.to_string()))?;
-        let sb = &s.sandbox;
-        if let Some(u) = &sb.umask
-            && u32::from_str_radix(u, 8).map_or(true, |m| m > 0o777)
-        {
-            return Err(at(
-                "sandbox.umask",
-                format!("expected octal like \"0022\", got {u:?}"),
-            ));
-        }
-        for (field, names, prefix) in [
-            ("capabilities", &sb.capabilities, "CAP_"),
-            ("addressFamilies", &sb.address_families, "AF_"),
-        ] {
-            if let Some(n) = names.iter().find(|n| {
-                !n.starts_with(prefix)
-                    || !n
-                        .chars()
-                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-            }) {
-                return Err(at(
-                    &format!("sandbox.{field}"),
-                    format!("expected a name like {prefix}…, got {n:?}"),
-                ));
-            }
-        }
-        if let Some(p) = sb.read_write_paths.iter().find(|p| {
-            !p.is_absolute()
-                || p.to_string_lossy()
-                    .contains(|c: char| c.is_whitespace() || c.is_control())
-        }) {
-            return Err(at(
-                "sandbox.readWritePaths",
-                format!(
-                    "expected an absolute path without spaces, got {:?}",
-                    p.display().to_string()
-                ),
-            ));
-        }
-        if let Some(n) = sb.system_calls.iter().find(|n| {
-            n.is_empty()
-                || !n
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '@' | '-' | '~' | ':'))
-        }) {
-            return Err(at(
-                "sandbox.systemCalls",
-                format!("expected a system call or @group name, got {n:?}"),
-            ));
-        }
+        super::backend::systemd::check_sandbox(&s.sandbox).map_err(|(f, m)| at(&f, m))?;
     }
     if config.limits.max_connections == 0 {
         return Err(("limits.maxConnections".into(), "expected at least 1".into()));

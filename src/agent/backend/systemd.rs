@@ -207,6 +207,60 @@ pub fn agent_unit_text(exe: &Path, config_path: &Path, config: &AgentConfig) -> 
     u
 }
 
+/// Checks a service's `sandbox:` block: each value must land in the agent's unit as one word of
+/// the setting it is meant for (a space or newline would add others). `Err((field, message))`.
+pub fn check_sandbox(sb: &SandboxConfig) -> std::result::Result<(), (String, String)> {
+    if let Some(u) = &sb.umask
+        && u32::from_str_radix(u, 8).map_or(true, |m| m > 0o777)
+    {
+        return Err((
+            "sandbox.umask".into(),
+            format!("expected octal like \"0022\", got {u:?}"),
+        ));
+    }
+    for (field, names, prefix) in [
+        ("capabilities", &sb.capabilities, "CAP_"),
+        ("addressFamilies", &sb.address_families, "AF_"),
+    ] {
+        if let Some(n) = names.iter().find(|n| {
+            !n.starts_with(prefix)
+                || !n
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        }) {
+            return Err((
+                format!("sandbox.{field}"),
+                format!("expected a name like {prefix}…, got {n:?}"),
+            ));
+        }
+    }
+    if let Some(p) = sb.read_write_paths.iter().find(|p| {
+        !p.is_absolute()
+            || p.to_string_lossy()
+                .contains(|c: char| c.is_whitespace() || c.is_control())
+    }) {
+        return Err((
+            "sandbox.readWritePaths".into(),
+            format!(
+                "expected an absolute path without spaces, got {:?}",
+                p.display().to_string()
+            ),
+        ));
+    }
+    if let Some(n) = sb.system_calls.iter().find(|n| {
+        n.is_empty()
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '@' | '-' | '~' | ':'))
+    }) {
+        return Err((
+            "sandbox.systemCalls".into(),
+            format!("expected a system call or @group name, got {n:?}"),
+        ));
+    }
+    Ok(())
+}
+
 fn dedup_keep_order(list: &mut Vec<String>) {
     let mut seen = std::collections::BTreeSet::new();
     list.retain(|x| seen.insert(x.clone()));
