@@ -4,6 +4,8 @@
 
 #[path = "support/agent.rs"]
 mod support;
+#[path = "support/systemd.rs"]
+mod systemd;
 
 mod agent {
     mod artifacts;
@@ -14,4 +16,6 @@ mod agent {
     mod run_as;
     mod security;
     mod service;
+    mod systemd_backend;
+    mod systemd_unit;
 }

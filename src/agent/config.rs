@@ -217,6 +217,42 @@ pub struct ServiceConfig {
     pub dependencies: Vec<String>,
     #[serde(default)]
     pub logs: LogConfig,
+    /// What the agent's own systemd unit must also allow for this service (supervisor backend).
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
+}
+
+/// What a service run by the supervisor needs beyond the agent's least-privilege systemd unit,
+/// whose restrictions it inherits; `rollgate-agent service install` widens the unit by these.
+///
+/// ```yaml
+/// sandbox: {readWritePaths: [/var/www], capabilities: [CAP_NET_BIND_SERVICE], umask: "0022"}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Writable paths besides the data dir (`ReadWritePaths=`).
+    #[serde(default)]
+    pub read_write_paths: Vec<PathBuf>,
+    /// Capabilities besides the agent's own (`CapabilityBoundingSet=`).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Address families besides `AF_UNIX AF_INET AF_INET6` (`RestrictAddressFamilies=`).
+    #[serde(default)]
+    pub address_families: Vec<String>,
+    /// System calls or `@groups` besides `@system-service` (`SystemCallFilter=`).
+    #[serde(default)]
+    pub system_calls: Vec<String>,
+    /// Setuid programs may raise privileges (no `NoNewPrivileges=`).
+    #[serde(default)]
+    pub new_privileges: bool,
+    /// /home, /root and /run/user are visible (no `ProtectHome=`).
+    #[serde(default)]
+    pub home: bool,
+    /// A umask wider than `0077` for the files the agent creates, as octal (`"0022"` lets a
+    /// service running as another `user:` read its version dir).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub umask: Option<String>,
 }
 
 fn default_stop_timeout() -> Dur {
@@ -380,6 +416,7 @@ fn validate(config: &AgentConfig) -> std::result::Result<(), (String, String)> {
         s.recovery
             .validate()
             .map_err(|e| at("recovery", e.to_string()))?;
+        super::backend::systemd::check_sandbox(&s.sandbox).map_err(|(f, m)| at(&f, m))?;
     }
     if config.limits.max_connections == 0 {
         return Err(("limits.maxConnections".into(), "expected at least 1".into()));

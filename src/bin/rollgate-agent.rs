@@ -101,15 +101,19 @@ fn init_logging(format: LogFormat, level: &str) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Under systemd, stderr goes to the journal, which stamps each line itself.
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    // Under systemd, stderr goes to the journal, which stamps each line itself and reads its
+    // priority from a `<N>` prefix.
+    let journald = rollgate::agent::journald::stderr_is_journal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match (format, journald) {
         (LogFormat::Json, _) => builder.json().init(),
-        (LogFormat::Text, true) => builder.without_time().init(),
+        (LogFormat::Text, true) => builder
+            .without_time()
+            .with_writer(rollgate::agent::journald::JournalStderr)
+            .init(),
         (LogFormat::Text, false) => builder.init(),
     }
 }
@@ -311,16 +315,19 @@ const AGENT_UNIT: &str = "rollgate-agent.service";
 fn install(config: &Path, unit_dir: &Path, no_start: bool) -> anyhow::Result<()> {
     let config =
         std::fs::canonicalize(config).with_context(|| format!("config {}", config.display()))?;
-    config::load(std::slice::from_ref(&config), None)?;
+    let loaded = config::load(std::slice::from_ref(&config), None)?;
     let exe = std::env::current_exe().context("locating this executable")?;
     #[cfg(windows)]
     {
-        let _ = (unit_dir, no_start);
+        let _ = (unit_dir, no_start, loaded);
         return windows::install(&exe, &config);
     }
     #[cfg(not(windows))]
     {
-        let text = rollgate::agent::backend::systemd::agent_unit_text(&exe, &config);
+        let text = rollgate::agent::backend::systemd::agent_unit_text(&exe, &config, &loaded);
+        // The unit's ReadWritePaths= needs the data dir before the agent starts.
+        std::fs::create_dir_all(&loaded.data_dir)
+            .with_context(|| format!("creating {}", loaded.data_dir.display()))?;
         let path = unit_dir.join(AGENT_UNIT);
         store::write_atomic(&path, text.as_bytes())?;
         println!("wrote {}", path.display());

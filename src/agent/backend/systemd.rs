@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::{BackendError, Observed, Result, RunSpec, ServiceBackend};
 use crate::agent::api::{BackendKind, ExitInfo, RunState};
+use crate::agent::config::{AgentConfig, SandboxConfig};
 use crate::agent::recovery;
 
 /// The systemd backend.
@@ -80,9 +81,11 @@ pub fn unit_text(spec: &RunSpec) -> (String, Option<String>) {
         exec.push_str(&quote(a));
     }
     u.push_str(&format!("ExecStart={exec}\n"));
+    // WorkingDirectory= takes the rest of the line as the path: no quotes (systemd refuses a
+    // quoted one as "not absolute" and will not start the unit), only specifiers escaped.
     u.push_str(&format!(
         "WorkingDirectory={}\n",
-        quote(&spec.cwd.display().to_string())
+        spec.cwd.display().to_string().replace('%', "%%")
     ));
     for (k, v) in &spec.env {
         u.push_str(&format!("Environment={}\n", quote(&format!("{k}={v}"))));
@@ -110,13 +113,162 @@ pub fn unit_text(spec: &RunSpec) -> (String, Option<String>) {
     (u, recovery_unit)
 }
 
-/// The unit for the agent itself (`rollgate-agent service install` on Linux).
-pub fn agent_unit_text(exe: &Path, config: &Path) -> String {
-    format!(
-        "# Written by `rollgate-agent service install`.\n[Unit]\nDescription=rollgate host agent\nAfter=network-online.target\nWants=network-online.target\n\n[Service]\nType=notify\nExecStart={} service run --config {}\nRestart=on-failure\nRestartSec=2s\nTimeoutStopSec=60s\nKillMode=process\n\n[Install]\nWantedBy=multi-user.target\n",
+/// The agent's own restrictions, kept where a test shows the agent still works with them
+/// (`tests/agent/systemd_*.rs` run it under this unit). What varies with the configuration
+/// (writable paths, capabilities, address families, system calls, umask) is added by
+/// [`agent_unit_text`].
+const AGENT_SANDBOX: &[&str] = &[
+    "ProtectSystem=strict",
+    "PrivateTmp=yes",
+    "PrivateDevices=yes",
+    "DevicePolicy=closed",
+    "PrivateMounts=yes",
+    "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectControlGroups=yes",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "RestrictNamespaces=yes",
+    "RestrictRealtime=yes",
+    "RestrictSUIDSGID=yes",
+    "LockPersonality=yes",
+    "MemoryDenyWriteExecute=yes",
+    "SystemCallArchitectures=native",
+    "SystemCallErrorNumber=EPERM",
+];
+
+/// Capabilities the agent uses: switch a service to its `user:` (set uid, gid and groups) and
+/// signal it afterwards.
+const AGENT_CAPABILITIES: &[&str] = &["CAP_SETUID", "CAP_SETGID", "CAP_KILL"];
+
+/// The unit for the agent itself (`rollgate-agent service install` on Linux): `Type=notify`
+/// (active once listening), with least privilege widened only by the configuration: its data
+/// dir is writable, the systemd unit dir too when a service uses the systemd backend, a port
+/// below 1024 adds `CAP_NET_BIND_SERVICE`, and each service's `sandbox:` adds what it needs.
+/// Services the supervisor runs inherit these restrictions; systemd-backend services do not.
+pub fn agent_unit_text(exe: &Path, config_path: &Path, config: &AgentConfig) -> String {
+    let mut u = format!(
+        "# Written by `rollgate-agent service install`.\n[Unit]\nDescription=rollgate host agent\nAfter=network-online.target\nWants=network-online.target\n\n[Service]\nType=notify\nExecStart={} service run --config {}\nRestart=on-failure\nRestartSec=2s\nTimeoutStopSec=60s\nKillMode=process\n",
         quote(&exe.display().to_string()),
-        quote(&config.display().to_string()),
-    )
+        quote(&config_path.display().to_string()),
+    );
+    let sandboxes: Vec<&SandboxConfig> = config.services.iter().map(|s| &s.sandbox).collect();
+    let mut rw = vec![config.data_dir.display().to_string()];
+    if config
+        .services
+        .iter()
+        .any(|s| s.backend == BackendKind::Systemd)
+    {
+        rw.push(config.systemd_unit_dir.display().to_string());
+    }
+    let mut caps: Vec<String> = AGENT_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+    if listen_port(&config.listen).is_some_and(|p| p < 1024) {
+        caps.push("CAP_NET_BIND_SERVICE".into());
+    }
+    let mut families: Vec<String> = ["AF_UNIX", "AF_INET", "AF_INET6"].map(String::from).into();
+    let mut calls = Vec::new();
+    let mut umask = 0o077u32;
+    for sb in &sandboxes {
+        rw.extend(sb.read_write_paths.iter().map(|p| p.display().to_string()));
+        caps.extend(sb.capabilities.iter().cloned());
+        families.extend(sb.address_families.iter().cloned());
+        calls.extend(sb.system_calls.iter().cloned());
+        if let Some(m) = sb
+            .umask
+            .as_deref()
+            .and_then(|m| u32::from_str_radix(m, 8).ok())
+        {
+            umask &= m;
+        }
+    }
+    for list in [&mut rw, &mut caps, &mut families, &mut calls] {
+        dedup_keep_order(list);
+    }
+    u.push_str(&format!("UMask={umask:04o}\n"));
+    if !sandboxes.iter().any(|s| s.new_privileges) {
+        u.push_str("NoNewPrivileges=yes\n");
+    }
+    if !sandboxes.iter().any(|s| s.home) {
+        u.push_str("ProtectHome=yes\n");
+    }
+    for line in AGENT_SANDBOX {
+        u.push_str(line);
+        u.push('\n');
+    }
+    u.push_str(&format!("ReadWritePaths={}\n", rw.join(" ")));
+    u.push_str(&format!("CapabilityBoundingSet={}\n", caps.join(" ")));
+    u.push_str(&format!("RestrictAddressFamilies={}\n", families.join(" ")));
+    u.push_str("SystemCallFilter=@system-service\nSystemCallFilter=~@resources\n");
+    if !calls.is_empty() {
+        u.push_str(&format!("SystemCallFilter={}\n", calls.join(" ")));
+    }
+    u.push_str("\n[Install]\nWantedBy=multi-user.target\n");
+    u
+}
+
+/// Checks a service's `sandbox:` block: each value must land in the agent's unit as one word of
+/// the setting it is meant for (a space or newline would add others). `Err((field, message))`.
+pub fn check_sandbox(sb: &SandboxConfig) -> std::result::Result<(), (String, String)> {
+    if let Some(u) = &sb.umask
+        && u32::from_str_radix(u, 8).map_or(true, |m| m > 0o777)
+    {
+        return Err((
+            "sandbox.umask".into(),
+            format!("expected octal like \"0022\", got {u:?}"),
+        ));
+    }
+    for (field, names, prefix) in [
+        ("capabilities", &sb.capabilities, "CAP_"),
+        ("addressFamilies", &sb.address_families, "AF_"),
+    ] {
+        if let Some(n) = names.iter().find(|n| {
+            !n.starts_with(prefix)
+                || !n
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        }) {
+            return Err((
+                format!("sandbox.{field}"),
+                format!("expected a name like {prefix}…, got {n:?}"),
+            ));
+        }
+    }
+    if let Some(p) = sb.read_write_paths.iter().find(|p| {
+        !p.is_absolute()
+            || p.to_string_lossy()
+                .contains(|c: char| c.is_whitespace() || c.is_control())
+    }) {
+        return Err((
+            "sandbox.readWritePaths".into(),
+            format!(
+                "expected an absolute path without spaces, got {:?}",
+                p.display().to_string()
+            ),
+        ));
+    }
+    if let Some(n) = sb.system_calls.iter().find(|n| {
+        n.is_empty()
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '@' | '-' | '~' | ':'))
+    }) {
+        return Err((
+            "sandbox.systemCalls".into(),
+            format!("expected a system call or @group name, got {n:?}"),
+        ));
+    }
+    Ok(())
+}
+
+fn dedup_keep_order(list: &mut Vec<String>) {
+    let mut seen = std::collections::BTreeSet::new();
+    list.retain(|x| seen.insert(x.clone()));
+}
+
+/// The port of a `listen:` address (`host:port`, `[v6]:port`).
+fn listen_port(listen: &str) -> Option<u16> {
+    listen.rsplit_once(':')?.1.parse().ok()
 }
 
 /// Parses `systemctl show` output into what the agent reports.
@@ -205,6 +357,8 @@ impl ServiceBackend for Systemd {
             )?;
         }
         systemctl(&["daemon-reload"]).await?;
+        // A start limit hit by an earlier version (its `OnFailure=` ran) would refuse this start.
+        let _ = systemctl(&["reset-failed", &name]).await;
         systemctl(&["restart", &name]).await?;
         Ok(())
     }
@@ -278,7 +432,7 @@ mod tests {
         let (unit, recovery) = unit_text(&spec());
         for line in [
             "ExecStart=\"/var/lib/rg/services/web/versions/2.0/bin/web\" \"--listen\" \"127.0.0.1:8081\" \"50%%\"",
-            "WorkingDirectory=\"/var/lib/rg/services/web/versions/2.0\"",
+            "WorkingDirectory=/var/lib/rg/services/web/versions/2.0",
             "Environment=\"GREETING=hi \\\"there\\\" $$HOME\"",
             "User=web",
             "Restart=on-failure",
@@ -304,14 +458,85 @@ mod tests {
         assert!(unit.find("OnFailure=").unwrap() < unit.find("[Service]").unwrap());
     }
 
+    fn agent_config(yaml: &str) -> AgentConfig {
+        crate::agent::config::parse(Path::new("/etc/rollgate/agent.yaml"), yaml).unwrap()
+    }
+
     #[test]
-    fn agent_unit_is_type_notify() {
+    fn agent_unit_is_type_notify_with_least_privilege() {
+        let config = agent_config("dataDir: /var/lib/rollgate-agent\nservices: []\n");
         let text = agent_unit_text(
             Path::new("/usr/bin/rollgate-agent"),
             Path::new("/etc/rollgate/agent.yaml"),
+            &config,
         );
-        assert!(text.contains("Type=notify\n"));
-        assert!(text.contains("ExecStart=\"/usr/bin/rollgate-agent\" service run --config \"/etc/rollgate/agent.yaml\""));
+        for line in [
+            "Type=notify",
+            "ExecStart=\"/usr/bin/rollgate-agent\" service run --config \"/etc/rollgate/agent.yaml\"",
+            "UMask=0077",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "ProtectHome=yes",
+            "PrivateTmp=yes",
+            "ReadWritePaths=/var/lib/rollgate-agent",
+            "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_KILL",
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+            "SystemCallFilter=@system-service",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn agent_unit_is_widened_by_the_configuration_only() {
+        let config = agent_config(
+            "listen: 0.0.0.0:443\ndataDir: /srv/agent\nsystemdUnitDir: /etc/systemd/system\nservices:\n  - name: a\n    backend: systemd\n    command: bin/a\n  - name: b\n    command: bin/b\n    sandbox: {readWritePaths: [/var/www], capabilities: [CAP_NET_RAW], addressFamilies: [AF_NETLINK], systemCalls: ['@resources'], newPrivileges: true, home: true, umask: '0022'}\n",
+        );
+        let text = agent_unit_text(Path::new("/a"), Path::new("/c"), &config);
+        for line in [
+            "ReadWritePaths=/srv/agent /etc/systemd/system /var/www",
+            "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_KILL CAP_NET_BIND_SERVICE CAP_NET_RAW",
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+            "SystemCallFilter=@resources",
+            "UMask=0022",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("NoNewPrivileges") && !text.contains("ProtectHome"),
+            "{text}"
+        );
+        // The filter that re-allows comes after the one that denies.
+        assert!(
+            text.find("SystemCallFilter=@resources") > text.find("SystemCallFilter=~@resources")
+        );
+    }
+
+    #[test]
+    fn sandbox_values_that_could_break_the_unit_are_refused() {
+        for (bad, field) in [
+            (
+                r#"readWritePaths: ["/a\nExecStartPre=/bin/evil"]"#,
+                "sandbox.readWritePaths",
+            ),
+            ("capabilities: [cap_net_raw]", "sandbox.capabilities"),
+            ("systemCalls: ['@x y']", "sandbox.systemCalls"),
+            ("umask: '999'", "sandbox.umask"),
+        ] {
+            let yaml = format!(
+                "dataDir: /d\nservices:\n  - name: a\n    command: bin/a\n    sandbox: {{{bad}}}\n"
+            );
+            let e = crate::agent::config::parse(Path::new("a.yaml"), &yaml)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{bad}: {e}");
+        }
     }
 
     #[test]
