@@ -201,6 +201,17 @@ fn regressions_where_remove_first_went_below_the_controller() {
     assert_eq!(controller(1, one, one).min_available, 1);
     let p = rolling(one, one, 1, Capacity::Elastic);
     assert_eq!(p.steps[0].min_available, 1, "N=1 1/1: {:?}", p.steps);
+    // One wave per step: fewer steps than the controller's waves, at the same lowest availability.
+    let (three, two) = (IntOrPercent::Int(3), IntOrPercent::Int(2));
+    let k = controller(10, three, two);
+    let p = rolling(three, two, 10, Capacity::Elastic);
+    assert_eq!((k.waves, k.min_available, k.max_total), (3, 8, 13));
+    assert_eq!(p.steps.len(), 2, "{:?}", p.steps);
+    assert!(
+        p.steps
+            .iter()
+            .all(|s| s.min_available == 8 && s.max_total == 13)
+    );
     for n in [1, 2, 7, 10, 100] {
         assert_eq!(controller(n, all, all).min_available, n);
         let p = rolling(all, all, n, Capacity::Elastic);
