@@ -442,3 +442,29 @@ fn new_rs_new_replicas_table() {
         );
     }
 }
+
+/// Hosts with `slotsPerHost: 1` cannot surge: their waves stay remove-first, and `plan` says so.
+#[test]
+fn in_place_hosts_stay_remove_first_and_plan_says_so() {
+    let manifest = include_str!("../../manifests/hosts/rolling.yaml");
+    let run = super::support::rollgate(manifest, &["plan", "-f", "web.yaml", "-o", "json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let notes = plan["notes"].to_string();
+    assert!(notes.contains("slotsPerHost is 1"), "{notes}");
+    assert!(notes.contains("remove-first"), "{notes}");
+    for s in plan["steps"].as_array().unwrap() {
+        // One host at a time, stopped before its replacement starts: 5 of 6 ready, never 7.
+        assert_eq!(
+            (s["minAvailable"].as_u64(), s["maxTotal"].as_u64()),
+            (Some(5), Some(6)),
+            "{s}"
+        );
+    }
+    let run = super::support::rollgate(manifest, &["plan", "-f", "web.yaml"]);
+    assert!(
+        run.stdout.contains("note: slotsPerHost is 1"),
+        "{}",
+        run.stdout
+    );
+}
