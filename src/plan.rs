@@ -204,7 +204,7 @@ pub fn plan(strategy: &Strategy, n: u32, capacity: Capacity) -> Result<Plan> {
             (
                 b,
                 c.min_ready_seconds,
-                strategy::canary::steps(n, b, &c.steps),
+                strategy::canary::steps(n, b, &c.steps, capacity != Capacity::Elastic, &mut notes),
             )
         }
         Strategy::BlueGreen(bg) => {

@@ -5,6 +5,7 @@ use rollgate::plan::{Capacity, Plan, StepKind, plan, resolve_bounds};
 use rollgate::spec::{
     CanarySpec, CanaryStep, IntOrPercent, PauseSpec, RollingSpec, Strategy as Rollout,
 };
+use rollgate::strategy::canary::counts_for_weight;
 
 fn bound() -> impl Strategy<Value = IntOrPercent> {
     prop_oneof![
@@ -106,6 +107,7 @@ proptest! {
         unavailable in bound(),
         mut weights in prop::collection::vec(0u32..=100, 1..8),
         pause_every in 1usize..4,
+        cap in capacity(),
     ) {
         prop_assume!(!(surge.is_zero() && unavailable.is_zero()));
         weights.sort_unstable();
@@ -120,7 +122,10 @@ proptest! {
         let strategy = Rollout::Canary(CanarySpec {
             max_surge: surge, max_unavailable: unavailable, min_ready_seconds: 0, first_group: None, steps, analysis: None,
         });
-        let p = plan(&strategy, n, Capacity::Elastic).unwrap();
+        let Ok(p) = plan(&strategy, n, cap) else {
+            prop_assert!(cap == Capacity::InPlace && unavailable.is_zero());
+            return Ok(());
+        };
         check_invariants(n, &p, true)?;
         let per_step = (p.max_surge + p.max_unavailable).max(1);
         for w in &weights {
@@ -152,6 +157,42 @@ proptest! {
                 let moved = last.new.abs_diff(prev.1).max(last.old.abs_diff(prev.0));
                 prop_assert!(scale.len() <= (moved.div_ceil(per_step) as usize).max(1), "{} steps to move {} at {}", scale.len(), moved, w);
                 prev = (last.old, last.new);
+            }
+        }
+    }
+
+    #[test]
+    fn canary_weights_in_any_order_settle_where_argo_does(
+        n in 0u32..=300,
+        surge in surge_bound(),
+        unavailable in bound(),
+        weights in prop::collection::vec(0u32..=100, 1..8),
+        cap in capacity(),
+    ) {
+        prop_assume!(!(surge.is_zero() && unavailable.is_zero()));
+        let steps = weights
+            .iter()
+            .flat_map(|w| {
+                [
+                    CanaryStep { set_weight: Some(*w), ..Default::default() },
+                    CanaryStep { pause: Some(PauseSpec::default()), ..Default::default() },
+                ]
+            })
+            .collect();
+        let strategy = Rollout::Canary(CanarySpec {
+            max_surge: surge, max_unavailable: unavailable, min_ready_seconds: 0, first_group: None, steps, analysis: None,
+        });
+        let Ok(p) = plan(&strategy, n, cap) else {
+            prop_assert!(cap == Capacity::InPlace && unavailable.is_zero());
+            return Ok(());
+        };
+        // Hosts never switch a host back mid-rollout: their counts only move forwards.
+        check_invariants(n, &p, cap != Capacity::Elastic)?;
+        if cap == Capacity::Elastic {
+            // Each pause holds exactly Argo's settled split for the weight before it.
+            for (i, w) in weights.iter().enumerate() {
+                let pause = p.steps.iter().filter(|s| s.kind == StepKind::Pause).nth(i).unwrap();
+                prop_assert_eq!((pause.old, pause.new), counts_for_weight(n, *w, p.max_surge), "at {}%", w);
             }
         }
     }

@@ -60,14 +60,28 @@ fn delta(w: u64, (canary, total): (u64, u64)) -> f64 {
     ((canary * 100) as f64 / total as f64 - w as f64).abs()
 }
 
-pub fn steps(n: u32, bounds: Bounds, spec: &[CanaryStep]) -> Vec<Step> {
+/// The steps of a canary. With `forward_only` (host fleets, whose hosts are never switched back to
+/// the stable version mid-rollout) counts never move back: a lower weight after a higher one keeps
+/// the current split, and a note says so.
+pub fn steps(
+    n: u32,
+    bounds: Bounds,
+    spec: &[CanaryStep],
+    forward_only: bool,
+    notes: &mut Vec<String>,
+) -> Vec<Step> {
     let mut out = Vec::new();
     let mut at = (n, 0);
     let mut weight = 0;
+    let mut held = Vec::new();
     for step in spec {
         if let Some(w) = step.set_weight {
             weight = w;
-            let to = counts_for_weight(n, w, bounds.max_surge);
+            let mut to = counts_for_weight(n, w, bounds.max_surge);
+            if forward_only && (to.0 > at.0 || to.1 < at.1) {
+                held.push(format!("{w}%"));
+                to = (to.0.min(at.0), to.1.max(at.1));
+            }
             let before = out.len();
             transition(n, bounds, at, to, Some(w), &mut out);
             if out.len() == before {
@@ -106,6 +120,12 @@ pub fn steps(n: u32, bounds: Bounds, spec: &[CanaryStep]) -> Vec<Step> {
             s.checks = a.checks.clone();
             out.push(s);
         }
+    }
+    if !held.is_empty() {
+        notes.push(format!(
+            "hosts do not scale a canary back: at {} (below an earlier weight) the canary keeps its instances",
+            held.join(", ")
+        ));
     }
     if at != (0, n) || out.is_empty() {
         let before = out.len();
@@ -168,26 +188,30 @@ mod tests {
             max_surge: 3,
             max_unavailable: 0,
         };
-        let steps = steps(
-            10,
-            bounds,
-            &[spec(50), pause.clone(), spec(25), pause, spec(0)],
-        );
-        let at = |w: u32| {
+        let plan = [spec(50), pause.clone(), spec(25), pause, spec(0)];
+        let mut notes = Vec::new();
+        let steps = steps(10, bounds, &plan, false, &mut notes);
+        assert!(notes.is_empty());
+        let at = |steps: &[Step], w: u32| {
             let s = steps
                 .iter()
                 .rfind(|s| s.weight == Some(w) && s.kind == StepKind::Scale)
                 .unwrap();
             (s.old, s.new)
         };
-        assert_eq!(at(50), (5, 5));
-        assert_eq!(at(25), (8, 3), "{steps:#?}");
-        assert_eq!(at(0), (10, 0), "{steps:#?}");
+        assert_eq!(at(&steps, 50), (5, 5));
+        assert_eq!(at(&steps, 25), (8, 3), "{steps:#?}");
+        assert_eq!(at(&steps, 0), (10, 0), "{steps:#?}");
         assert!(
             steps
                 .iter()
                 .all(|s| s.min_available >= 10 && s.max_total <= 13)
         );
         assert!(!steps.iter().any(|s| s.note.contains("no change")));
+        // Hosts hold the split instead, and the plan says so.
+        let held = super::steps(10, bounds, &plan, true, &mut notes);
+        assert_eq!(at(&held, 25), (5, 5), "{held:#?}");
+        assert_eq!(at(&held, 0), (5, 5), "{held:#?}");
+        assert!(notes[0].contains("at 25%, 0%"), "{notes:?}");
     }
 }
