@@ -116,10 +116,22 @@ pub struct PlanError {
 
 pub type Result<T, E = PlanError> = std::result::Result<T, E>;
 
+/// `ResolveFenceposts` of Kubernetes' `deployment_util.go`: surge = ⌈p·N/100⌉, unavailable =
+/// ⌊p·N/100⌋, and if both come to 0, unavailable is 1. Not capped: see [`resolve_bounds`].
+pub fn resolve_fenceposts(surge: IntOrPercent, unavailable: IntOrPercent, n: u32) -> (u32, u32) {
+    let max_surge = surge.resolve(n, true);
+    let mut max_unavailable = unavailable.resolve(n, false);
+    if max_surge == 0 && max_unavailable == 0 {
+        max_unavailable = 1;
+    }
+    (max_surge, max_unavailable)
+}
+
 /// Resolves the bounds exactly as Kubernetes does, then applies the target's capacity.
 ///
-/// surge = ceil(p·N/100), unavailable = floor(p·N/100); both 0 makes unavailable 1; unavailable is
-/// capped at N. Literal 0/0 is rejected at validation, before this is called.
+/// [`resolve_fenceposts`], then unavailable is capped at N as `MaxUnavailable` does (so N = 0
+/// resolves to 0). Literal 0/0 and a maxUnavailable over 100% are rejected at validation, before
+/// this is called.
 pub fn resolve_bounds(
     surge: IntOrPercent,
     unavailable: IntOrPercent,
@@ -128,23 +140,29 @@ pub fn resolve_bounds(
     path: &str,
     notes: &mut Vec<String>,
 ) -> Result<Bounds> {
-    let mut max_surge = surge.resolve(n, true);
-    let mut max_unavailable = unavailable.resolve(n, false).min(n);
+    let (mut max_surge, max_unavailable) = resolve_fenceposts(surge, unavailable, n);
+    let mut max_unavailable = max_unavailable.min(n);
     match capacity {
         Capacity::Elastic => {}
         Capacity::InPlace => {
-            if max_surge > 0 {
-                notes.push(format!(
-                    "slotsPerHost is 1: hosts are replaced in place, so maxSurge ({surge}) does not apply; waves come from maxUnavailable alone"
-                ));
-            }
-            max_surge = 0;
-            if max_unavailable == 0 && matches!(unavailable, IntOrPercent::Int(0)) {
+            if unavailable.is_zero() {
                 return Err(PlanError {
                     path: format!("{path}.maxUnavailable"),
                     message: "is 0, but hosts with slotsPerHost: 1 are replaced in place: set maxUnavailable to at least 1, or use slotsPerHost: 2".into(),
                 });
             }
+            let ignored = if max_surge > 0 {
+                format!(", and maxSurge ({surge}) does not apply")
+            } else {
+                String::new()
+            };
+            max_surge = 0;
+            if max_unavailable == 0 && n > 0 {
+                max_unavailable = 1;
+            }
+            notes.push(format!(
+                "slotsPerHost is 1: hosts are replaced in place, so each wave stops its old instances before it starts the new ones (remove-first, up to maxUnavailable {max_unavailable} at a time){ignored}"
+            ));
         }
         Capacity::TwoSlots => {
             if max_surge > n {
@@ -152,9 +170,6 @@ pub fn resolve_bounds(
                 max_surge = n;
             }
         }
-    }
-    if max_surge == 0 && max_unavailable == 0 {
-        max_unavailable = 1;
     }
     Ok(Bounds {
         max_surge,
@@ -189,7 +204,7 @@ pub fn plan(strategy: &Strategy, n: u32, capacity: Capacity) -> Result<Plan> {
             (
                 b,
                 c.min_ready_seconds,
-                strategy::canary::steps(n, b, &c.steps),
+                strategy::canary::steps(n, b, &c.steps, capacity != Capacity::Elastic, &mut notes),
             )
         }
         Strategy::BlueGreen(bg) => {
@@ -221,10 +236,12 @@ pub fn plan(strategy: &Strategy, n: u32, capacity: Capacity) -> Result<Plan> {
 
 /// Moves from `(old, new)` to `(old_to, new_to)` in as few bounded scale steps as the bounds allow.
 ///
-/// Each step first removes what availability allows (never below N − maxUnavailable), then creates
-/// (never above N + maxSurge), and once the created instances are ready removes the rest, down to the
-/// target but never below the target's total. That is how a wave of in-place host replacements and a
-/// surge-first Kubernetes rollout both come out of one rule.
+/// A step creates at most maxSurge + maxUnavailable instances (its wave). It uses surge before
+/// unavailability: it removes instances before creating only the part of its wave that the surge
+/// room (up to N + maxSurge) cannot hold, and never below N − maxUnavailable; once the created
+/// instances are ready it removes the rest, down to the target but never below the target's total.
+/// With no surge room (hosts replaced in place) that is remove-first; with room for the whole wave
+/// nothing is removed before its replacement is ready, as Kubernetes' Deployment controller does.
 pub fn transition(
     n: u32,
     bounds: Bounds,
@@ -235,21 +252,28 @@ pub fn transition(
 ) {
     let floor = n.saturating_sub(bounds.max_unavailable);
     let cap = n.saturating_add(bounds.max_surge);
+    let wave = cap - floor;
     let target_total = to.0 + to.1;
     let (mut old, mut new) = from;
     while (old, new) != to {
         let start_total = old + new;
-        // Phase A: remove while everything is ready, keeping availability.
-        let mut room = start_total.saturating_sub(floor);
-        let cut_old = old.saturating_sub(to.0).min(room);
-        room -= cut_old;
-        let cut_new = new.saturating_sub(to.1).min(room);
+        // What this step creates: towards the target, at most one wave, and never so much that the
+        // removals it needs would go below the floor.
+        let missing = to.0.saturating_sub(old) + to.1.saturating_sub(new);
+        let removable = old.saturating_sub(to.0) + new.saturating_sub(to.1);
+        let room = cap.saturating_sub(start_total);
+        let create = missing
+            .min(wave)
+            .min(room + removable.min(start_total.saturating_sub(floor)));
+        // Phase A: remove, while everything is ready, only what the surge room cannot hold.
+        let mut cut = create.saturating_sub(room);
+        let cut_old = old.saturating_sub(to.0).min(cut);
+        cut -= cut_old;
+        let cut_new = new.saturating_sub(to.1).min(cut);
         let (old_a, new_a) = (old - cut_old, new - cut_new);
-        // Phase B: create up to the targets within the surge cap.
-        let mut free = cap.saturating_sub(old_a + new_a);
-        let add_new = to.1.saturating_sub(new_a).min(free);
-        free -= add_new;
-        let add_old = to.0.saturating_sub(old_a).min(free);
+        // Phase B: create, new instances first.
+        let add_new = to.1.saturating_sub(new_a).min(create);
+        let add_old = to.0.saturating_sub(old_a).min(create - add_new);
         let (old_b, new_b) = (old_a + add_old, new_a + add_new);
         // Phase C: once created instances are ready, remove the rest while availability and the
         // target's total allow.
@@ -268,7 +292,7 @@ pub fn transition(
             kind: StepKind::Scale,
             old: old_c,
             new: new_c,
-            min_available: old_a + new_a,
+            min_available: (old_a + new_a).min(old_c + new_c),
             max_total: start_total.max(old_b + new_b),
             weight,
             duration_seconds: None,
@@ -320,21 +344,16 @@ mod tests {
                 max_unavailable: 2
             }
         );
-        // Both round to zero: unavailable becomes 1.
-        let b = resolve_bounds(
-            IntOrPercent::Percent(1),
-            IntOrPercent::Percent(1),
-            0,
-            Capacity::Elastic,
-            "x",
-            &mut notes,
-        )
-        .unwrap();
+        // Both round to zero: the fenceposts make unavailable 1, and MaxUnavailable caps it at
+        // N, so N = 0 resolves to 0.
+        let one = IntOrPercent::Percent(1);
+        assert_eq!(resolve_fenceposts(one, one, 0), (0, 1));
+        let b = resolve_bounds(one, one, 0, Capacity::Elastic, "x", &mut notes).unwrap();
         assert_eq!(
             b,
             Bounds {
                 max_surge: 0,
-                max_unavailable: 1
+                max_unavailable: 0
             }
         );
         let b = resolve_bounds(
@@ -383,6 +402,38 @@ mod tests {
     }
 
     #[test]
+    fn surge_is_used_before_unavailability() {
+        // Regression (issue 15): N = 1 with 1/1 planned a moment with nothing ready.
+        let p = plan(
+            &rolling(IntOrPercent::Int(1), IntOrPercent::Int(1)),
+            1,
+            Capacity::Elastic,
+        )
+        .unwrap();
+        assert_eq!(counts(&p), vec![(0, 1)]);
+        assert_eq!((p.steps[0].min_available, p.steps[0].max_total), (1, 2));
+        // Regression (issue 15): 100%/100% planned a full outage.
+        let full = IntOrPercent::Percent(100);
+        let p = plan(&rolling(full, full), 4, Capacity::TwoSlots).unwrap();
+        assert_eq!(counts(&p), vec![(0, 4)]);
+        assert_eq!((p.steps[0].min_available, p.steps[0].max_total), (4, 8));
+        // A wave that surge can hold removes nothing first; a larger one only the excess.
+        let p = plan(
+            &rolling(IntOrPercent::Int(3), IntOrPercent::Int(2)),
+            7,
+            Capacity::Elastic,
+        )
+        .unwrap();
+        assert_eq!(counts(&p), vec![(2, 5), (0, 7)]);
+        let bounds: Vec<_> = p
+            .steps
+            .iter()
+            .map(|s| (s.min_available, s.max_total))
+            .collect();
+        assert_eq!(bounds, vec![(5, 10), (7, 9)]);
+    }
+
+    #[test]
     fn in_place_hosts_ignore_surge_and_say_so() {
         let p = plan(
             &rolling(IntOrPercent::Percent(25), IntOrPercent::Int(2)),
@@ -397,7 +448,21 @@ mod tests {
                 .iter()
                 .all(|s| s.max_total == 6 && s.min_available == 4)
         );
-        assert!(p.notes[0].contains("replaced in place"));
+        assert!(p.notes[0].contains("replaced in place"), "{:?}", p.notes);
+        assert!(p.notes[0].contains("remove-first"), "{:?}", p.notes);
+        assert!(
+            p.notes[0].contains("maxSurge (25%) does not apply"),
+            "{:?}",
+            p.notes
+        );
+        // Without a surge to ignore, plan still says the waves are remove-first.
+        let p = plan(
+            &rolling(IntOrPercent::Int(0), IntOrPercent::Int(2)),
+            6,
+            Capacity::InPlace,
+        )
+        .unwrap();
+        assert!(p.notes[0].contains("remove-first"), "{:?}", p.notes);
         let err = plan(
             &rolling(IntOrPercent::Int(1), IntOrPercent::Int(0)),
             6,

@@ -967,6 +967,15 @@ fn check_bounds(
             "may not be 0 when maxSurge is 0: no instance could ever be replaced",
         ));
     }
+    // As Kubernetes' validation: maxUnavailable over 100% is an error; maxSurge has no such cap.
+    if let IntOrPercent::Percent(p) = unavailable
+        && p > 100
+    {
+        return Err(s.error(
+            &format!("{at}.maxUnavailable"),
+            format!("\"{p}%\" is over 100%: expected at most \"100%\""),
+        ));
+    }
     Ok(())
 }
 

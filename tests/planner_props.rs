@@ -5,6 +5,7 @@ use rollgate::plan::{Capacity, Plan, StepKind, plan, resolve_bounds};
 use rollgate::spec::{
     CanarySpec, CanaryStep, IntOrPercent, PauseSpec, RollingSpec, Strategy as Rollout,
 };
+use rollgate::strategy::canary::counts_for_weight;
 
 fn bound() -> impl Strategy<Value = IntOrPercent> {
     prop_oneof![
@@ -13,8 +14,13 @@ fn bound() -> impl Strategy<Value = IntOrPercent> {
         (0u32..=20).prop_map(IntOrPercent::Int),
         (0u32..=2000).prop_map(IntOrPercent::Int),
         (0u32..=100).prop_map(IntOrPercent::Percent),
-        (101u32..=300).prop_map(IntOrPercent::Percent),
+        Just(IntOrPercent::Percent(100)),
     ]
+}
+
+/// maxSurge may go over 100% (Kubernetes accepts it); maxUnavailable may not.
+fn surge_bound() -> impl Strategy<Value = IntOrPercent> {
+    prop_oneof![bound(), (101u32..=300).prop_map(IntOrPercent::Percent)]
 }
 
 fn capacity() -> impl Strategy<Value = Capacity> {
@@ -28,7 +34,7 @@ fn capacity() -> impl Strategy<Value = Capacity> {
 /// The invariants every plan keeps, whatever the strategy.
 fn check_invariants(n: u32, p: &Plan, monotonic: bool) -> Result<(), TestCaseError> {
     let (s, u) = (p.max_surge, p.max_unavailable);
-    prop_assert!(u <= n.max(1));
+    prop_assert!(u <= n, "maxUnavailable {} is capped at N {}", u, n);
     let (mut prev_old, mut prev_new) = (n, 0);
     for step in &p.steps {
         prop_assert!(
@@ -62,12 +68,12 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
-    fn rolling_keeps_bounds_in_the_fewest_steps(n in 0u32..=1000, surge in bound(), unavailable in bound(), cap in capacity()) {
+    fn rolling_keeps_bounds_in_the_fewest_steps(n in 0u32..=1000, surge in surge_bound(), unavailable in bound(), cap in capacity()) {
         prop_assume!(!(surge.is_zero() && unavailable.is_zero()));
         let strategy = Rollout::Rolling(RollingSpec { max_surge: surge, max_unavailable: unavailable, min_ready_seconds: 0 });
         let Ok(p) = plan(&strategy, n, cap) else {
-            // The only refusal: in-place hosts with a literal maxUnavailable of 0.
-            prop_assert!(cap == Capacity::InPlace && unavailable == IntOrPercent::Int(0));
+            // The only refusal: in-place hosts with a maxUnavailable of 0 (or "0%").
+            prop_assert!(cap == Capacity::InPlace && unavailable.is_zero());
             return Ok(());
         };
         check_invariants(n, &p, true)?;
@@ -83,16 +89,25 @@ proptest! {
             prop_assert_eq!(b.max_surge, p.max_surge);
             prop_assert_eq!(b.max_unavailable, p.max_unavailable);
         }
-        prop_assert!(b.max_unavailable <= n.max(1));
+        prop_assert!(b.max_unavailable <= n);
+        // Surge before unavailability: a step removes before creating only what its surge room
+        // cannot hold, so where surge covers the whole rollout nothing is ever unavailable.
+        if p.max_surge >= n {
+            prop_assert!(p.steps.iter().all(|s| s.min_available >= n), "{:?}", p.steps);
+        }
+        if cap == Capacity::InPlace {
+            prop_assert!(p.notes.iter().any(|note| note.contains("remove-first")), "{:?}", p.notes);
+        }
     }
 
     #[test]
     fn canary_keeps_bounds_and_weights(
         n in 0u32..=1000,
-        surge in bound(),
+        surge in surge_bound(),
         unavailable in bound(),
         mut weights in prop::collection::vec(0u32..=100, 1..8),
         pause_every in 1usize..4,
+        cap in capacity(),
     ) {
         prop_assume!(!(surge.is_zero() && unavailable.is_zero()));
         weights.sort_unstable();
@@ -107,7 +122,10 @@ proptest! {
         let strategy = Rollout::Canary(CanarySpec {
             max_surge: surge, max_unavailable: unavailable, min_ready_seconds: 0, first_group: None, steps, analysis: None,
         });
-        let p = plan(&strategy, n, Capacity::Elastic).unwrap();
+        let Ok(p) = plan(&strategy, n, cap) else {
+            prop_assert!(cap == Capacity::InPlace && unavailable.is_zero());
+            return Ok(());
+        };
         check_invariants(n, &p, true)?;
         let per_step = (p.max_surge + p.max_unavailable).max(1);
         for w in &weights {
@@ -115,8 +133,16 @@ proptest! {
             let at: Vec<_> = p.steps.iter().filter(|s| s.weight == Some(*w) && s.kind == StepKind::Scale).collect();
             prop_assert!(!at.is_empty());
             let end = at.last().unwrap();
-            if n > 0 && *w > 0 && *w < 100 {
+            // Argo's one exception: a single instance without surge goes to the closer version.
+            let single = n == 1 && p.max_surge == 0;
+            if n > 0 && *w > 0 && *w < 100 && !(single && *w < 50) {
                 prop_assert!(end.new >= 1, "weight {} gave no canary: {:?}", w, end);
+            }
+            // The settled total is N, or N + 1 where surge buys a closer split (as Argo): surge
+            // beyond that is for the transition only.
+            prop_assert!(end.old + end.new <= n + u32::from(p.max_surge > 0), "{:?}", end);
+            if n > 1 && *w < 100 && *w > 0 {
+                prop_assert!(end.old >= 1, "weight {} left no stable instance: {:?}", w, end);
             }
         }
         // A weight change never takes more scale steps than the instances it must replace allow.
@@ -131,6 +157,42 @@ proptest! {
                 let moved = last.new.abs_diff(prev.1).max(last.old.abs_diff(prev.0));
                 prop_assert!(scale.len() <= (moved.div_ceil(per_step) as usize).max(1), "{} steps to move {} at {}", scale.len(), moved, w);
                 prev = (last.old, last.new);
+            }
+        }
+    }
+
+    #[test]
+    fn canary_weights_in_any_order_settle_where_argo_does(
+        n in 0u32..=300,
+        surge in surge_bound(),
+        unavailable in bound(),
+        weights in prop::collection::vec(0u32..=100, 1..8),
+        cap in capacity(),
+    ) {
+        prop_assume!(!(surge.is_zero() && unavailable.is_zero()));
+        let steps = weights
+            .iter()
+            .flat_map(|w| {
+                [
+                    CanaryStep { set_weight: Some(*w), ..Default::default() },
+                    CanaryStep { pause: Some(PauseSpec::default()), ..Default::default() },
+                ]
+            })
+            .collect();
+        let strategy = Rollout::Canary(CanarySpec {
+            max_surge: surge, max_unavailable: unavailable, min_ready_seconds: 0, first_group: None, steps, analysis: None,
+        });
+        let Ok(p) = plan(&strategy, n, cap) else {
+            prop_assert!(cap == Capacity::InPlace && unavailable.is_zero());
+            return Ok(());
+        };
+        // Hosts never switch a host back mid-rollout: their counts only move forwards.
+        check_invariants(n, &p, cap != Capacity::Elastic)?;
+        if cap == Capacity::Elastic {
+            // Each pause holds exactly Argo's settled split for the weight before it.
+            for (i, w) in weights.iter().enumerate() {
+                let pause = p.steps.iter().filter(|s| s.kind == StepKind::Pause).nth(i).unwrap();
+                prop_assert_eq!((pause.old, pause.new), counts_for_weight(n, *w, p.max_surge), "at {}%", w);
             }
         }
     }

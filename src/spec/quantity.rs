@@ -35,18 +35,19 @@ impl IntOrPercent {
         }
     }
 
+    /// Parses a percentage exactly as Kubernetes' `IsValidPercent` reads one: digits, then `%`,
+    /// nothing else (no sign, no spaces).
     pub fn parse(s: &str) -> Result<Self, String> {
-        let t = s.trim();
-        if let Some(num) = t.strip_suffix('%') {
-            return num
-                .trim()
-                .parse::<u32>()
-                .map(IntOrPercent::Percent)
-                .map_err(|_| format!("{s:?} is neither an integer nor a percentage like \"25%\""));
+        if s.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "{s:?} has spaces: expected an integer or a percentage like \"25%\""
+            ));
         }
-        Err(format!(
-            "{s:?} is neither an integer nor a percentage like \"25%\""
-        ))
+        s.strip_suffix('%')
+            .filter(|num| !num.is_empty() && num.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|num| num.parse::<u32>().ok())
+            .map(IntOrPercent::Percent)
+            .ok_or_else(|| format!("{s:?} is neither an integer nor a percentage like \"25%\""))
     }
 }
 
@@ -231,6 +232,17 @@ mod tests {
                 .contains("neither an integer nor a percentage")
         );
         assert!(IntOrPercent::parse("x%").is_err());
+        // As Kubernetes' IsValidPercent: digits and '%' only.
+        for bad in ["+5%", "-5%", "%", "5 %", " 5%", "5% ", "5.5%", "20Percent"] {
+            assert!(IntOrPercent::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            IntOrPercent::parse(" 5%")
+                .unwrap_err()
+                .contains("has spaces")
+        );
+        assert_eq!(IntOrPercent::parse("05%"), Ok(IntOrPercent::Percent(5)));
+        assert_eq!(IntOrPercent::parse("110%"), Ok(IntOrPercent::Percent(110)));
     }
 
     #[test]

@@ -3,57 +3,85 @@
 use crate::plan::{Bounds, Step, StepKind, transition};
 use crate::spec::CanaryStep;
 
-/// Stable and canary counts for `weight` percent of `n`: the achievable split closest to the weight,
-/// with at least one canary whenever 0 < weight < 100. Totals up to `n + max_surge` are considered,
-/// so surge buys a closer split; ties go to the smaller total. `at` is the current split: the result
-/// never has fewer canaries or more stable instances than it, so counts only move forwards.
-pub fn counts_for_weight(n: u32, weight: u32, max_surge: u32, at: (u32, u32)) -> (u32, u32) {
-    if n == 0 || weight >= 100 {
-        return (0, n);
+/// Stable and canary counts that `weight` percent of `n` settles at, as Argo Rollouts' basic canary
+/// (`approximateWeightedCanaryStableReplicaCounts`) computes them: the canary count is ⌈n·w/100⌉ or
+/// ⌊n·w/100⌋, over a total of n or, when `max_surge` > 0, n + 1; the option closest to the weight
+/// wins, earlier options on a tie. Between 1% and 99% neither version drops to 0, except that one
+/// instance without surge goes to whichever version the weight is closer to.
+///
+/// One deliberate difference: where Argo finds no option (a tie at n − ½ without surge, like 95% of
+/// 10 or 75% of 2) it returns 0 canaries; this returns n − 1 canaries and 1 stable instance.
+pub fn counts_for_weight(n: u32, weight: u32, max_surge: u32) -> (u32, u32) {
+    if n == 0 {
+        return (0, 0);
     }
-    if weight == 0 {
-        return at;
+    let weight = weight.min(100);
+    let (n64, w) = (u64::from(n), u64::from(weight));
+    let ceil = (n64 * w).div_ceil(100);
+    let floor = n64 * w / 100;
+    let zero_allowed = weight == 100 || weight == 0 || (n == 1 && max_surge == 0);
+    let mut options: Vec<(u64, u64)> = Vec::with_capacity(4); // (canary, total)
+    if ceil < n64 || zero_allowed {
+        options.push((ceil, n64));
     }
-    let w = u64::from(weight);
-    let (at_stable, at_canary) = (u64::from(at.0), u64::from(at.1));
-    let mut best: Option<(u64, u64, u64, u64)> = None; // (error numerator, total, stable, canary)
-    let extra = max_surge.min(n);
-    for total in n..=n + extra {
-        let t = u64::from(total);
-        // Nearest canary count, half rounding up, kept inside 1..=t-1 where possible...
-        let mut c = ((w * t + 50) / 100).clamp(1, t.saturating_sub(1).max(1));
-        // ...and never behind the current split, nor more than n of either version.
-        c = c
-            .max(at_canary)
-            .max(t.saturating_sub(at_stable))
-            .max(t.saturating_sub(u64::from(n)));
-        if c > u64::from(n) || c > t {
-            continue;
-        }
-        let err = (c * 100).abs_diff(w * t);
-        // Compare err/t across totals without floating point.
-        let better = match best {
-            None => true,
-            Some((be, bt, ..)) => u128::from(err) * u128::from(bt) < u128::from(be) * u128::from(t),
-        };
-        if better {
-            best = Some((err, t, t - c, c));
+    if !tied(n64, w) && (floor != 0 || zero_allowed) {
+        options.push((floor, n64));
+    }
+    if max_surge > 0 {
+        options.push((ceil, n64 + 1));
+        if !tied(n64 + 1, w) && (floor != 0 || zero_allowed) {
+            options.push((floor, n64 + 1));
         }
     }
-    match best {
-        Some((_, _, stable, canary)) => (stable as u32, canary as u32),
-        None => (0, n),
-    }
+    let best = options
+        .iter()
+        .copied()
+        .reduce(|best, o| {
+            if delta(w, o) < delta(w, best) {
+                o
+            } else {
+                best
+            }
+        })
+        // Argo returns (0 canaries, n stable) here; the tie at n − ½ goes to n − 1 canaries.
+        .unwrap_or((n64 - 1, n64));
+    let (canary, total) = best;
+    ((total - canary) as u32, canary as u32)
 }
 
-pub fn steps(n: u32, bounds: Bounds, spec: &[CanaryStep]) -> Vec<Step> {
+/// Whether `total`·w/100 lies exactly halfway between two counts. Computed in f64 as Argo does
+/// (`math.Modf`), so the same inputs tie the same way.
+fn tied(total: u64, w: u64) -> bool {
+    (total as f64 * (w as f64 / 100.0)).fract() == 0.5
+}
+
+/// How far `canary` of `total` is from the weight, in percentage points, computed as Argo does.
+fn delta(w: u64, (canary, total): (u64, u64)) -> f64 {
+    ((canary * 100) as f64 / total as f64 - w as f64).abs()
+}
+
+/// The steps of a canary. With `forward_only` (host fleets, whose hosts are never switched back to
+/// the stable version mid-rollout) counts never move back: a lower weight after a higher one keeps
+/// the current split, and a note says so.
+pub fn steps(
+    n: u32,
+    bounds: Bounds,
+    spec: &[CanaryStep],
+    forward_only: bool,
+    notes: &mut Vec<String>,
+) -> Vec<Step> {
     let mut out = Vec::new();
     let mut at = (n, 0);
     let mut weight = 0;
+    let mut held = Vec::new();
     for step in spec {
         if let Some(w) = step.set_weight {
             weight = w;
-            let to = counts_for_weight(n, w, bounds.max_surge, at);
+            let mut to = counts_for_weight(n, w, bounds.max_surge);
+            if forward_only && (to.0 > at.0 || to.1 < at.1) {
+                held.push(format!("{w}%"));
+                to = (to.0.min(at.0), to.1.max(at.1));
+            }
             let before = out.len();
             transition(n, bounds, at, to, Some(w), &mut out);
             if out.len() == before {
@@ -93,6 +121,12 @@ pub fn steps(n: u32, bounds: Bounds, spec: &[CanaryStep]) -> Vec<Step> {
             out.push(s);
         }
     }
+    if !held.is_empty() {
+        notes.push(format!(
+            "hosts do not scale a canary back: at {} (below an earlier weight) the canary keeps its instances",
+            held.join(", ")
+        ));
+    }
     if at != (0, n) || out.is_empty() {
         let before = out.len();
         transition(n, bounds, at, (0, n), Some(100), &mut out);
@@ -106,41 +140,78 @@ pub fn steps(n: u32, bounds: Bounds, spec: &[CanaryStep]) -> Vec<Step> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::PauseSpec;
 
     #[test]
-    fn weights_round_to_the_nearest_count() {
-        assert_eq!(counts_for_weight(10, 10, 0, (10, 0)), (9, 1));
-        assert_eq!(counts_for_weight(10, 25, 0, (10, 0)), (7, 3)); // 2.5 rounds half up
-        assert_eq!(counts_for_weight(10, 50, 0, (10, 0)), (5, 5));
-        assert_eq!(
-            counts_for_weight(100_000, 1, 0, (100_000, 0)),
-            (99_000, 1000)
-        );
+    fn weights_settle_at_the_closest_split_over_n_or_n_plus_one() {
+        assert_eq!(counts_for_weight(10, 10, 0), (9, 1));
+        // 2.5 of 10 is a tie: the first option, ⌈2.5⌉ of 10, wins.
+        assert_eq!(counts_for_weight(10, 25, 0), (7, 3));
+        assert_eq!(counts_for_weight(10, 50, 0), (5, 5));
+        assert_eq!(counts_for_weight(100_000, 1, 0), (99_000, 1000));
+        // Surge buys a closer split, one instance over N at most, whatever maxSurge is.
+        assert_eq!(counts_for_weight(10, 25, 3), (8, 3));
+        assert_eq!(counts_for_weight(4, 20, 1), (4, 1));
+        assert_eq!(counts_for_weight(4, 20, 0), (3, 1));
     }
 
     #[test]
-    fn at_least_one_canary() {
-        assert_eq!(counts_for_weight(10, 1, 0, (10, 0)), (9, 1));
-        assert_eq!(counts_for_weight(1, 50, 0, (1, 0)), (0, 1));
-        assert_eq!(counts_for_weight(1, 50, 1, (1, 0)), (1, 1));
-        assert_eq!(counts_for_weight(3, 99, 0, (3, 0)), (1, 2));
+    fn one_instance_follows_argo() {
+        // Without surge the single instance goes to the closer version...
+        assert_eq!(counts_for_weight(1, 49, 0), (1, 0));
+        assert_eq!(counts_for_weight(1, 50, 0), (0, 1));
+        // ...with surge both run from 1% to 99%.
+        assert_eq!(counts_for_weight(1, 1, 1), (1, 1));
+        assert_eq!(counts_for_weight(1, 99, 1), (1, 1));
+        assert_eq!(counts_for_weight(1, 100, 1), (0, 1));
     }
 
     #[test]
-    fn surge_buys_a_closer_split() {
-        // 20% of 4 is 0.8: one of four is 25%, one of five is exactly 20%.
-        assert_eq!(counts_for_weight(4, 20, 1, (4, 0)), (4, 1));
-        assert_eq!(counts_for_weight(4, 20, 0, (4, 0)), (3, 1));
+    fn a_tie_at_n_minus_a_half_keeps_one_stable_instance() {
+        // Argo returns 0 canaries here (no option passes its filters); rollgate keeps n - 1.
+        assert_eq!(counts_for_weight(10, 95, 0), (1, 9));
+        assert_eq!(counts_for_weight(2, 75, 0), (1, 1));
+        assert_eq!(counts_for_weight(5, 90, 0), (1, 4));
     }
 
     #[test]
-    fn counts_never_move_backwards() {
-        // 44% of 451 with surge prefers a total of 475 (266 + 209); 46% would prefer 270 + 230.
-        let first = counts_for_weight(451, 44, 49, (451, 0));
-        let second = counts_for_weight(451, 46, 49, first);
+    fn a_lower_weight_scales_the_canary_back() {
+        let spec = |w: u32| CanaryStep {
+            set_weight: Some(w),
+            ..Default::default()
+        };
+        let pause = CanaryStep {
+            pause: Some(PauseSpec::default()),
+            ..Default::default()
+        };
+        let bounds = Bounds {
+            max_surge: 3,
+            max_unavailable: 0,
+        };
+        let plan = [spec(50), pause.clone(), spec(25), pause, spec(0)];
+        let mut notes = Vec::new();
+        let steps = steps(10, bounds, &plan, false, &mut notes);
+        assert!(notes.is_empty());
+        let at = |steps: &[Step], w: u32| {
+            let s = steps
+                .iter()
+                .rfind(|s| s.weight == Some(w) && s.kind == StepKind::Scale)
+                .unwrap();
+            (s.old, s.new)
+        };
+        assert_eq!(at(&steps, 50), (5, 5));
+        assert_eq!(at(&steps, 25), (8, 3), "{steps:#?}");
+        assert_eq!(at(&steps, 0), (10, 0), "{steps:#?}");
         assert!(
-            second.0 <= first.0 && second.1 >= first.1,
-            "{first:?} -> {second:?}"
+            steps
+                .iter()
+                .all(|s| s.min_available >= 10 && s.max_total <= 13)
         );
+        assert!(!steps.iter().any(|s| s.note.contains("no change")));
+        // Hosts hold the split instead, and the plan says so.
+        let held = super::steps(10, bounds, &plan, true, &mut notes);
+        assert_eq!(at(&held, 25), (5, 5), "{held:#?}");
+        assert_eq!(at(&held, 0), (5, 5), "{held:#?}");
+        assert!(notes[0].contains("at 25%, 0%"), "{notes:?}");
     }
 }
