@@ -7,6 +7,7 @@ mod support;
 
 mod agent {
     mod artifacts;
+    mod attacks;
     mod callers;
     mod footprint;
     mod lifecycle;

@@ -89,6 +89,31 @@ pub struct Limits {
     /// Longest pause allowed between two pieces of a request body.
     #[serde(default = "default_body_idle_timeout")]
     pub body_idle_timeout: Dur,
+    /// Connections not yet authenticated (TLS handshake, first request) kept at once, apart
+    /// from `maxConnections`; past it the oldest is closed, so they never delay authenticated callers.
+    #[serde(default = "default_max_unauthenticated")]
+    pub max_unauthenticated: usize,
+    /// Bytes an archive may unpack to; default 4 × `artifactBytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unpacked_bytes: Option<u64>,
+    /// Entries an archive may hold.
+    #[serde(default = "default_archive_entries")]
+    pub archive_entries: u64,
+}
+
+fn default_max_unauthenticated() -> usize {
+    64
+}
+fn default_archive_entries() -> u64 {
+    100_000
+}
+
+impl Limits {
+    /// What an archive may unpack to: `unpackedBytes`, or 4 × `artifactBytes`.
+    pub fn unpacked_bytes(&self) -> u64 {
+        self.unpacked_bytes
+            .unwrap_or(self.artifact_bytes.saturating_mul(4))
+    }
 }
 
 fn default_max_connections() -> usize {
@@ -116,6 +141,9 @@ impl Default for Limits {
             max_connections: default_max_connections(),
             header_read_timeout: default_header_read_timeout(),
             body_idle_timeout: default_body_idle_timeout(),
+            max_unauthenticated: default_max_unauthenticated(),
+            unpacked_bytes: None,
+            archive_entries: default_archive_entries(),
         }
     }
 }
@@ -383,6 +411,12 @@ fn validate(config: &AgentConfig) -> std::result::Result<(), (String, String)> {
     }
     if config.limits.max_connections == 0 {
         return Err(("limits.maxConnections".into(), "expected at least 1".into()));
+    }
+    if config.limits.max_unauthenticated == 0 {
+        return Err((
+            "limits.maxUnauthenticated".into(),
+            "expected at least 1".into(),
+        ));
     }
     if let Some(TokenConfig {
         file: None,
