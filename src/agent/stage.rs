@@ -232,6 +232,7 @@ pub fn installed(dirs: &ServiceDirs) -> Vec<InstalledVersion> {
 /// Verifies and installs a received artifact as `version` (blocking: run off the runtime).
 ///
 /// Re-staging the same version with the same sha256 is a no-op; with another sha256 it fails.
+#[allow(clippy::too_many_arguments)]
 pub fn install(
     dirs: &ServiceDirs,
     version: &str,
@@ -240,6 +241,7 @@ pub fn install(
     actual_sha: &str,
     kind: Option<ArtifactKind>,
     binary_name: &str,
+    caps: archive::Caps,
 ) -> Result<InstalledVersion> {
     if expected_sha != actual_sha {
         return Err(StageError::ShaMismatch {
@@ -277,7 +279,7 @@ pub fn install(
         .join(format!("{version}.{}.unpack", now_unix_ms()));
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let result = (|| {
-        archive::unpack(kind, artifact, &tmp, binary_name)?;
+        archive::unpack(kind, artifact, &tmp, binary_name, caps)?;
         let meta = InstalledVersion {
             version: version.to_string(),
             sha256: actual_sha.to_string(),
@@ -323,12 +325,22 @@ mod tests {
         let art = dir.path().join("art");
         std::fs::write(&art, b"#!/bin/sh\necho hi\n").unwrap();
         let s = sha(b"#!/bin/sh\necho hi\n");
-        let first = install(&dirs, "v1", &art, &s, &s, None, "app").unwrap();
+        let first = install(&dirs, "v1", &art, &s, &s, None, "app", Default::default()).unwrap();
         assert!(dirs.version("v1").join("app").exists());
-        let again = install(&dirs, "v1", &art, &s, &s, None, "app").unwrap();
+        let again = install(&dirs, "v1", &art, &s, &s, None, "app", Default::default()).unwrap();
         assert_eq!(first, again);
         let other = sha(b"x");
-        let e = install(&dirs, "v1", &art, &other, &other, None, "app").unwrap_err();
+        let e = install(
+            &dirs,
+            "v1",
+            &art,
+            &other,
+            &other,
+            None,
+            "app",
+            Default::default(),
+        )
+        .unwrap_err();
         assert!(matches!(e, StageError::Conflict { .. }), "{e}");
         assert_eq!(installed(&dirs).len(), 1);
     }
@@ -348,6 +360,7 @@ mod tests {
             &sha(b"data"),
             None,
             "app",
+            Default::default(),
         )
         .unwrap_err();
         assert!(matches!(e, StageError::ShaMismatch { .. }));
