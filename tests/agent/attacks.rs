@@ -392,3 +392,136 @@ async fn w9_zip_duplicates_are_refused() {
     assert_failed_with(&op, "appears twice");
     assert!(c.service("web").await.unwrap().versions.is_empty());
 }
+
+/// An HTTP server answering every request with 200 and a body that never ends; its port.
+async fn endless_body_server() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head =
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n";
+                if s.write_all(head).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 1 << 20];
+                while s.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    port
+}
+
+/// W4: health-check bodies were read whole: an endless `/health` body took the agent from
+/// 15 MiB to 6.2 GB. Now at most 64 KiB of a body is read: the check answers at once
+/// (unhealthy: the text it wants is not in what was read) and the agent stays in its budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn w4_an_endless_health_body_is_read_only_up_to_its_cap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, agent) = bomb_agent(tmp.path(), "");
+    let c = agent.client(&pki.client_auth());
+    let port = endless_body_server().await;
+    let started = Instant::now();
+    let report = c
+        .check_health(
+            "web",
+            &rollgate::agent::api::HealthCheckRequest {
+                slot: 0,
+                check: Some(rollgate::agent::api::CheckSpec::Http {
+                    url: format!("http://127.0.0.1:{port}/health"),
+                    status: 200,
+                    body_contains: Some("ready".into()),
+                }),
+                timeout_ms: Some(10_000),
+            },
+        )
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let peak = peak_mib(&agent);
+    println!(
+        "W4: check answered in {took:?}, peak RSS {peak:.1} MiB: {}",
+        report.detail
+    );
+    assert!(!report.healthy, "{report:?}");
+    assert!(report.detail.contains("body lacks"), "{report:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the check read on for {took:?}"
+    );
+    assert!(peak < rss_budget_mib(), "peak RSS {peak:.1} MiB");
+}
+
+/// W5 and W12: a configured `command` check of a `user: nobody` service ran as the agent's
+/// user (root) with the agent's whole environment (its token) and inherited descriptors; and
+/// the service itself inherited a descriptor the agent had inherited (fd 9 on a root-only
+/// file). Now the check runs like the service: as its user, with the service's environment
+/// only; and neither the check nor the service gets the agent's inherited descriptors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn w5_w12_a_command_check_runs_like_its_service_and_no_descriptor_leaks() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: running a check as another user needs root (run as root)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let secret = tmp.path().join("root-only");
+    std::fs::write(&secret, "root-only-secret\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let port = free_ports(1)[0];
+    let service = format!(
+        "  - name: web\n    command: bin/web\n    args: [\"--listen\", \"127.0.0.1:{{port}}\", \"--version\", \"{{version}}\"]\n    ports: [{port}]\n    user: nobody\n    health: {{type: command, program: \"{{dir}}/bin/check\", timeout: 5s, interval: 200ms, startTimeout: 20s}}\n"
+    );
+    let cfg_text = config(&pki, &tmp.path().join("data"), &service);
+    let cfg = tmp.path().join("agent.yaml");
+    std::fs::write(&cfg, cfg_text).unwrap();
+    let agent = AgentProc::start_with(
+        tmp.path(),
+        &cfg,
+        Some(&format!("exec 9<'{}'", secret.display())),
+        &[("ROLLGATE_AGENT_TOKEN", "agent-token-must-not-leak")],
+    );
+    let c = agent.client(&pki.client_auth());
+    let o = out.display();
+    let check = format!(
+        "#!/bin/sh\n{{ id -u; echo \"token=${{ROLLGATE_AGENT_TOKEN:-none}}\"; echo \"service=${{ROLLGATE_SERVICE:-none}}\"; cat <&9 2>/dev/null || echo nofd; }} > '{o}/check.txt'\nexit 0\n"
+    );
+    let web = format!(
+        "#!/bin/sh\n{{ cat <&9 2>/dev/null || echo nofd; }} > '{o}/service.txt'\nexec '{DEMO}' \"$@\"\n"
+    );
+    let v1 = tar_gz(&[
+        ("bin/web", 0o755, web.as_bytes()),
+        ("bin/check", 0o755, check.as_bytes()),
+    ]);
+    assert_succeeded(&stage(&c, "v1", &v1).await);
+    assert_succeeded(&activate(&c, "act-v1", "v1", 0).await);
+
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let seen = std::fs::read_to_string(out.join("check.txt")).unwrap();
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            nobody.uid.to_string().as_str(),
+            "token=none",
+            "service=web",
+            "nofd"
+        ],
+        "the check ran as nobody, with the service's environment and no inherited descriptor"
+    );
+    let service_saw = std::fs::read_to_string(out.join("service.txt")).unwrap();
+    assert_eq!(
+        service_saw.trim(),
+        "nofd",
+        "the service read the agent's fd 9"
+    );
+}
