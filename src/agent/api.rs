@@ -389,9 +389,34 @@ pub fn parse_duration_ms(text: &str) -> Option<u64> {
     n.checked_mul(factor)
 }
 
-/// Whether `name` is usable as a service name or version: it becomes a directory name.
+/// Whether `address` (`host:port`, `[v6]:port`, or a URL's authority) names this machine:
+/// `localhost` or a loopback IP. A bearer token may go over plain HTTP only there.
+pub fn is_loopback_address(address: &str) -> bool {
+    let host = match address.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => address,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether `name` is usable as a service name or version: it becomes a directory name, on
+/// Windows hosts too (so not `CON`, `NUL`, `COM1`, ... with or without an extension).
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
+    let stem = name
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_uppercase();
+    let reserved = matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
+        || ((stem.starts_with("COM") || stem.starts_with("LPT"))
+            && stem.len() == 4
+            && stem.as_bytes()[3].is_ascii_digit());
+    !reserved
+        && !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')
         && !name.starts_with('-')

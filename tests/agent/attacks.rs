@@ -525,3 +525,82 @@ async fn w5_w12_a_command_check_runs_like_its_service_and_no_descriptor_leaks() 
         "the service read the agent's fd 9"
     );
 }
+
+/// W6: the CLI sent the bearer token over plain HTTP when a hosts manifest had a token but no
+/// `ca`. Now neither side does it to anything but loopback: the agent client refuses, the hosts
+/// target picks TLS, `rollgate validate` names the file, line and column; and the agent itself
+/// refuses to listen beyond loopback with a token and no TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn w6_a_token_never_goes_over_plain_http_beyond_loopback() {
+    use rollgate::agent::client::{AgentClient, ClientError};
+    let token = ClientAuth {
+        token: Some("w6-token-0123456789abcdef".into()),
+        ..ClientAuth::default()
+    };
+    for url in ["http://10.20.0.1:7443", "http://agent.example:7443"] {
+        let err = AgentClient::new(url, &token).unwrap_err();
+        assert!(
+            matches!(err, ClientError::PlainToken { .. }),
+            "{url}: {err}"
+        );
+    }
+    for url in [
+        "http://127.0.0.1:7443",
+        "http://localhost:7443",
+        "http://[::1]:7443",
+    ] {
+        assert!(AgentClient::new(url, &token).is_ok(), "{url}");
+    }
+    assert!(AgentClient::new("http://10.20.0.1:7443", &ClientAuth::default()).is_ok());
+
+    // `rollgate validate`.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("token"), "w6-token-0123456789abcdef").unwrap();
+    let manifest = |address: &str| {
+        format!(
+            "apiVersion: rollgate.dev/v1\nkind: Rollout\nmetadata:\n  name: web\nspec:\n  version: \"1\"\n  target:\n    hosts:\n      auth: {{tokenFile: token}}\n      hosts:\n        - {{name: h1, address: \"127.0.0.1:7443\"}}\n        - {{name: h2, address: \"{address}\"}}\n  strategy:\n    ref: one-at-a-time\n"
+        )
+    };
+    let validate = |text: String| {
+        let path = tmp.path().join("web.yaml");
+        std::fs::write(&path, text).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_rollgate"))
+            .args(["validate", "-f"])
+            .arg(&path)
+            .current_dir(tmp.path())
+            .output()
+            .unwrap()
+    };
+    let out = validate(manifest("10.20.0.2:7443"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("web.yaml:12:") && stderr.contains("plain HTTP"),
+        "expected file:line:column and why: {stderr}"
+    );
+    let out = validate(manifest("localhost:7444"));
+    assert!(
+        out.status.success(),
+        "a loopback agent may take a token over HTTP: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The agent: a token without TLS is served on loopback only.
+    let cfg = tmp.path().join("agent.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 0.0.0.0:0\ndataDir: {}\ntoken: {{file: {}}}\nservices: []\n",
+            tmp.path().join("d").display(),
+            tmp.path().join("token").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(AGENT)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to listen on non-loopback"));
+}
