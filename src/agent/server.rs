@@ -44,6 +44,8 @@ use super::api::{
 use super::config::{AgentConfig, TokenConfig};
 use super::manager::{Agent, ManagerError, crate_chain};
 
+mod client_usage;
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -169,7 +171,10 @@ fn tls_config(config: &AgentConfig) -> Result<Option<tokio_rustls::TlsAcceptor>>
             .allow_unauthenticated()
             .build()
             .map_err(ServerError::Verifier)?;
-            builder.with_client_cert_verifier(verifier)
+            // A certificate without any extended key usage passes webpki for every purpose;
+            // a client certificate must say it is one (SECURITY.md).
+            builder
+                .with_client_cert_verifier(Arc::new(client_usage::RequireClientAuthUsage(verifier)))
         }
         None => builder.with_no_client_auth(),
     };

@@ -604,3 +604,91 @@ async fn w6_a_token_never_goes_over_plain_http_beyond_loopback() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to listen on non-loopback"));
 }
+
+/// W10: `timeoutMs` of an activation was unbounded: `1e15` held the service's lock, so stop
+/// and rollback waited until the agent restarted. Now more than 10 minutes is refused, for
+/// activate and rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn w10_an_activation_timeout_past_ten_minutes_is_refused() {
+    use rollgate::agent::api::{ActivateRequest, RollbackRequest};
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, agent) = bomb_agent(tmp.path(), "");
+    let c = agent.client(&pki.client_auth());
+    let err = c
+        .activate(
+            "web",
+            &ActivateRequest {
+                request_id: "w10-a".into(),
+                version: "v1".into(),
+                slot: 0,
+                timeout_ms: Some(1_000_000_000_000_000),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err}");
+    assert!(err.to_string().contains("10 min"), "{err}");
+    let err = c
+        .rollback(
+            "web",
+            &RollbackRequest {
+                request_id: "w10-r".into(),
+                slot: 0,
+                to: None,
+                timeout_ms: Some(600_001),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err}");
+    assert!(operations(&tmp.path().join("data")).is_empty());
+}
+
+/// W11: pruning a 100k-file version stalled every API call for 2.6 s (`remove_dir_all` on the
+/// runtime's only worker). Now the removal runs off the async workers: calls made while it runs
+/// answer in a fraction of the prune's time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn w11_a_large_prune_does_not_stall_the_api() {
+    use rollgate::agent::api::PruneRequest;
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, agent) = bomb_agent(tmp.path(), "");
+    let c = agent.client(&pki.client_auth());
+    let files: Vec<(String, Vec<u8>)> = (0..60_000)
+        .map(|i| (format!("d{}/f{i}", i % 100), vec![b'x'; 8]))
+        .collect();
+    let entries: Vec<(&str, u32, &[u8])> = files
+        .iter()
+        .map(|(n, d)| (n.as_str(), 0o644, d.as_slice()))
+        .collect();
+    assert_succeeded(&stage_as(&c, "many", &tar_gz(&entries)).await);
+    assert_succeeded(&stage_as(&c, "small", &tar_gz(&[("bin/web", 0o755, b"x")])).await);
+    let started = Instant::now();
+    let op = c
+        .prune(
+            "web",
+            &PruneRequest {
+                request_id: "w11".into(),
+                keep: 1,
+            },
+        )
+        .await
+        .unwrap();
+    let mut slowest = Duration::ZERO;
+    loop {
+        let t = Instant::now();
+        let now = c.operation(&op.id).await.unwrap();
+        slowest = slowest.max(t.elapsed());
+        if now.state.is_done() {
+            assert_succeeded(&now);
+            assert_eq!(now.removed, ["many"]);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pruning = started.elapsed();
+    println!("W11: prune took {pruning:?}; the slowest call meanwhile {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(250).max(pruning / 3),
+        "a call waited {slowest:?} during a {pruning:?} prune"
+    );
+}

@@ -77,6 +77,25 @@ impl TestCa {
         (c, k)
     }
 
+    /// Issues `<stem>.pem` and `<stem>-key.pem` with no extended key usage at all.
+    fn issue_without_eku(&self, stem: &str) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, stem);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = rcgen::date_time_ymd(VALID.0, 1, 1);
+        params.not_after = rcgen::date_time_ymd(VALID.1, 1, 1);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (
+            self.dir.join(format!("{stem}.pem")),
+            self.dir.join(format!("{stem}-key.pem")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
     fn client(&self, stem: &str, valid: (i32, i32)) -> ClientAuth {
         let (c, k) = self.issue(stem, ExtendedKeyUsagePurpose::ClientAuth, valid);
         ClientAuth::mtls_files(&self.ca(), &c, &k).unwrap()
@@ -168,6 +187,27 @@ async fn tls_admits_only_current_certificates_of_the_pinned_ca_used_for_their_pu
         chain.to_lowercase().contains("certificate"),
         "the client should say why it refused: {chain}"
     );
+}
+
+/// W7 (issue 17): a certificate of the pinned CA without any extended key usage was accepted
+/// as a client certificate; SECURITY.md says the client-auth usage is required.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn w7_a_client_certificate_without_client_auth_usage_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(&tmp.path().join("ca"), "pinned");
+    let server = ca.issue("server", ExtendedKeyUsagePurpose::ServerAuth, VALID);
+    let agent = AgentProc::start(
+        tmp.path(),
+        &ca.config(&server, &tmp.path().join("data"), ""),
+    );
+    let good = ca.client("client", VALID);
+    assert_eq!(
+        agent.client(&good).host_info().await.unwrap().services,
+        ["web"]
+    );
+    let (c, k) = ca.issue_without_eku("no-eku");
+    let no_eku = ClientAuth::mtls_files(&ca.ca(), &c, &k).unwrap();
+    unreachable(&agent.client(&no_eku).host_info().await.unwrap_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
