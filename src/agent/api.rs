@@ -389,6 +389,28 @@ pub fn parse_duration_ms(text: &str) -> Option<u64> {
     n.checked_mul(factor)
 }
 
+/// `url` as it may be logged or stored: without credentials (`user:pass@`) and without its
+/// query (`X-Amz-Signature=...`) or fragment, which are replaced by `…`.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, url),
+    };
+    let end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let (before, tail) = rest.split_at(end);
+    let authority_end = before.find('/').unwrap_or(before.len());
+    let (authority, path) = before.split_at(authority_end);
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("…@{host}"),
+        None => authority.to_string(),
+    };
+    let tail = if tail.is_empty() { "" } else { "?…" };
+    match scheme {
+        Some(s) => format!("{s}://{host}{path}{tail}"),
+        None => format!("{host}{path}{tail}"),
+    }
+}
+
 /// Whether `address` (`host:port`, `[v6]:port`, or a URL's authority) names this machine:
 /// `localhost` or a loopback IP. A bearer token may go over plain HTTP only there.
 pub fn is_loopback_address(address: &str) -> bool {
@@ -428,6 +450,16 @@ pub fn valid_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_credentials_and_queries() {
+        assert_eq!(
+            redact_url("https://user:pass@art.example:8443/a/b.tgz?X-Amz-Signature=abc#f"),
+            "https://…@art.example:8443/a/b.tgz?…"
+        );
+        assert_eq!(redact_url("http://h/x.tgz"), "http://h/x.tgz");
+        assert_eq!(redact_url("not a url?secret"), "not a url?…");
+    }
 
     #[test]
     fn durations_parse_with_units() {

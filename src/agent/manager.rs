@@ -129,6 +129,23 @@ impl Agent {
             path: config.data_dir.clone(),
             source,
         })?;
+        // The data dir holds the journal, state and logs: the agent's alone. A service run as
+        // another user must still reach its version dir inside, so then others may pass
+        // through (0711) but not list it.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = if config.services.iter().any(|s| s.user.is_some()) {
+                0o711
+            } else {
+                0o700
+            };
+            std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(mode))
+                .map_err(|source| ManagerError::Prepare {
+                    path: config.data_dir.clone(),
+                    source,
+                })?;
+        }
         let mut services = BTreeMap::new();
         for sc in &config.services {
             let dirs = ServiceDirs::new(&config.data_dir, &sc.name);
@@ -495,12 +512,15 @@ impl Agent {
         });
     }
 
+    /// What a request asked for, as a sha256: the journal keeps it to recognise a replay, and
+    /// must not keep the request itself (a stage URL can carry credentials).
     fn fingerprint<T: Serialize>(kind: OperationKind, service: &str, body: &T) -> String {
+        use sha2::Digest;
         let mut value = serde_json::to_value(body).unwrap_or_default();
         if let Some(map) = value.as_object_mut() {
             map.remove("requestId");
         }
-        format!("{kind:?}|{service}|{value}")
+        hex::encode(sha2::Sha256::digest(format!("{kind:?}|{service}|{value}")))
     }
 
     fn check_version(version: &str) -> Result<()> {

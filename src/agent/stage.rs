@@ -7,7 +7,7 @@ use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::api::{ArtifactKind, InstalledVersion};
+use super::api::{ArtifactKind, InstalledVersion, redact_url};
 use super::archive::{self, ArchiveError};
 use super::{now_unix_ms, store};
 
@@ -142,7 +142,7 @@ where
 /// `host:port`, case-insensitive).
 pub fn check_url(url: &str, allowed_hosts: Option<&[String]>) -> Result<()> {
     let bad = || StageError::BadUrl {
-        url: url.to_string(),
+        url: redact_url(url),
     };
     let parsed = reqwest::Url::parse(url).map_err(|_| bad())?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
@@ -157,7 +157,7 @@ pub fn check_url(url: &str, allowed_hosts: Option<&[String]>) -> Result<()> {
         });
         if !ok {
             return Err(StageError::HostNotAllowed {
-                url: url.to_string(),
+                url: redact_url(url),
             });
         }
     }
@@ -173,9 +173,11 @@ pub async fn download(
     allowed_hosts: Option<&[String]>,
 ) -> Result<(String, u64)> {
     check_url(url, allowed_hosts)?;
-    let err = |source| StageError::Download {
-        url: url.to_string(),
-        source,
+    // Errors name the URL without its credentials or query (a presigned URL's signature), and
+    // reqwest's own errors, which would quote it whole, without it.
+    let err = |source: reqwest::Error| StageError::Download {
+        url: redact_url(url),
+        source: source.without_url(),
     };
     let allowed: Option<Vec<String>> = allowed_hosts.map(<[String]>::to_vec);
     let redirects = reqwest::redirect::Policy::custom(move |attempt| {
@@ -198,7 +200,7 @@ pub async fn download(
         .map_err(err)?;
     if !resp.status().is_success() {
         return Err(StageError::DownloadStatus {
-            url: url.to_string(),
+            url: redact_url(url),
             status: resp.status().as_u16(),
         });
     }

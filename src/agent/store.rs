@@ -66,7 +66,12 @@ fn write(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     {
-        let mut file = std::fs::File::create(&tmp).map_err(err)?;
+        // Agent state is the agent's alone (0600 from the start, not narrowed after).
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut file = opts.open(&tmp).map_err(err)?;
         file.write_all(bytes).map_err(err)?;
         if durable {
             file.sync_all().map_err(err)?;
@@ -230,13 +235,13 @@ impl JsonLog {
         };
         let file = match &mut self.file {
             Some(f) => f,
-            None => self.file.insert(
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .open(&self.path)
-                    .map_err(err)?,
-            ),
+            None => {
+                let mut opts = std::fs::OpenOptions::new();
+                opts.append(true).create(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+                self.file.insert(opts.open(&self.path).map_err(err)?)
+            }
         };
         if let Err(source) = file.write_all(&bytes) {
             let _ = file.set_len(self.len);

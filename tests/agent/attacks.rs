@@ -692,3 +692,81 @@ async fn w11_a_large_prune_does_not_stall_the_api() {
         "a call waited {slowest:?} during a {pruning:?} prune"
     );
 }
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// W13: credentials in a stage URL (`user:pass@`, `X-Amz-Signature=`) reached the agent log and
+/// `operations.log`; the data dir was 0755, `operations.log`, `state.json` and service logs
+/// 0644. Now URLs are redacted in every error and record (the journal keeps a hash of the
+/// request, not the request), the data dir is 0700 and those files 0600.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn w13_url_secrets_never_reach_logs_or_records_and_state_is_private() {
+    use rollgate::agent::api::StageRequest;
+    let WebAgent {
+        tmp,
+        pki: _pki,
+        port: _,
+        data,
+        agent,
+        client: c,
+    } = WebAgent::start();
+    let dead = free_ports(1)[0];
+    let url = format!(
+        "http://builder:hunter2-pass@127.0.0.1:{dead}/web.tgz?X-Amz-Signature=sig-0badc0ffee&X-Amz-Credential=AKIAEXAMPLE"
+    );
+    let op = c
+        .stage_url(
+            "web",
+            &StageRequest {
+                request_id: "w13".into(),
+                version: "v0".into(),
+                url,
+                sha256: "0".repeat(64),
+                kind: None,
+                file_name: None,
+            },
+        )
+        .await
+        .unwrap();
+    let op = c
+        .wait_operation(&op.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let error = op.error.clone().unwrap_or_default();
+    assert!(
+        error.contains(&format!("127.0.0.1:{dead}/web.tgz")),
+        "{error}"
+    );
+    // A real service, so that its logs and state exist.
+    let script = demo_script(&[]);
+    assert_succeeded(&stage(&c, "v1", &tar_gz(&[("bin/web", 0o755, &script)])).await);
+    assert_succeeded(&activate(&c, "act-v1", "v1", 0).await);
+
+    let journal = std::fs::read_to_string(data.join("operations.log")).unwrap();
+    let log = agent.stderr_text();
+    for secret in ["hunter2-pass", "sig-0badc0ffee", "AKIAEXAMPLE", "builder:"] {
+        assert!(
+            !error.contains(secret),
+            "{secret} in the operation's error: {error}"
+        );
+        assert!(!journal.contains(secret), "{secret} in operations.log");
+        assert!(!log.contains(secret), "{secret} in the agent log");
+    }
+    assert_eq!(mode_of(&data), 0o700, "data dir");
+    for file in [
+        "operations.log",
+        "services/web/state.json",
+        "services/web/logs/slot-0.stdout.log",
+        "services/web/logs/slot-0.stderr.log",
+    ] {
+        assert_eq!(mode_of(&data.join(file)), 0o600, "{file}");
+    }
+    drop(tmp);
+}

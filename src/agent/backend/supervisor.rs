@@ -458,13 +458,13 @@ async fn pump(mut pipe: impl AsyncRead + Unpin, path: PathBuf, max_bytes: u64, k
     }
 }
 
+/// Opens a service log for appending; a new one is readable by the agent's user only.
 async fn open_append(path: &Path) -> Option<tokio::fs::File> {
-    tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .await
-        .ok()
+    let mut opts = tokio::fs::OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    opts.open(path).await.ok()
 }
 
 /// `log` -> `log.1` -> ... -> `log.keep` (dropped).
