@@ -447,7 +447,7 @@ async fn oversized_bodies_and_slow_connections_are_cut_off() {
     let pki = Pki::new(&tmp.path().join("pki"));
     let data = tmp.path().join("data");
     let cfg = format!(
-        "listen: 127.0.0.1:0\ndataDir: {}\n{}limits: {{jsonBodyBytes: 1024, artifactBytes: 4096, maxConnections: 3, headerReadTimeout: 1s, bodyIdleTimeout: 1s}}\nservices:\n{}",
+        "listen: 127.0.0.1:0\ndataDir: {}\n{}limits: {{jsonBodyBytes: 1024, artifactBytes: 4096, maxConnections: 3, maxUnauthenticated: 3, headerReadTimeout: 1s, bodyIdleTimeout: 1s}}\nservices:\n{}",
         data.display(),
         pki.tls_yaml(true),
         web_service(&[free_ports(1)[0]], "")
@@ -542,10 +542,10 @@ async fn oversized_bodies_and_slow_connections_are_cut_off() {
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
     assert!(started.elapsed() < Duration::from_secs(3));
 
-    // Connections that never start TLS: at most 3 are served at once, so a 4th caller waits
-    // until the handshake deadline frees a slot, then is served.
+    // Connections that never start TLS are unauthenticated: past `maxUnauthenticated` (3) the
+    // oldest is closed, and none of them holds back an authenticated caller (issue 17, W1).
     let mut silent = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         silent.push(
             tokio::net::TcpStream::connect(agent.url.trim_start_matches("https://"))
                 .await
@@ -554,7 +554,29 @@ async fn oversized_bodies_and_slow_connections_are_cut_off() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
-    let info = c.host_info().await.unwrap();
+    let info = agent.client(&auth).host_info().await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(info.services, ["web"]);
+    assert!(
+        waited < Duration::from_millis(600),
+        "silent connections held back an authenticated caller for {waited:?}"
+    );
+    let started = Instant::now();
+    read_to_close(&mut silent[0], Duration::from_secs(3)).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "the oldest unauthenticated connection was not closed when the budget ran out"
+    );
+
+    // Authenticated connections: at most 3 are served at once, so a 4th caller waits until
+    // the header deadline frees a slot, then is served.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tls_connect(&agent.url, &pki.ca(), identity).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let info = agent.client(&auth).host_info().await.unwrap();
     let waited = started.elapsed();
     assert_eq!(info.services, ["web"]);
     assert!(
@@ -562,9 +584,13 @@ async fn oversized_bodies_and_slow_connections_are_cut_off() {
         "served at once ({waited:?}): the connection limit did not hold"
     );
     assert!(waited < Duration::from_secs(8), "waited {waited:?}");
-    for mut s in silent {
+    for mut s in held {
         read_to_close(&mut s, Duration::from_secs(3)).await;
     }
+    for mut s in silent.into_iter().skip(1) {
+        read_to_close(&mut s, Duration::from_secs(3)).await;
+    }
+    drop(c);
 }
 
 /// An HTTP server answering every request with `status`, `headers` and `body`.
