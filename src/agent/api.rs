@@ -370,23 +370,16 @@ pub struct ApiError {
     pub message: String,
 }
 
-/// Parses `30s`, `500ms`, `2m`, `1h`, `1d` or a bare number of milliseconds.
+/// Parses a wire duration (`wait=`): a bare number of milliseconds, or the manifests' grammar
+/// ([`Dur::parse`](crate::spec::quantity::Dur::parse): `500ms`, `30s`, `1h30m`, `1d`).
 pub fn parse_duration_ms(text: &str) -> Option<u64> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    let factor = match unit.trim() {
-        "" | "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return None,
-    };
-    n.checked_mul(factor)
+    match text.parse::<u64>() {
+        Ok(ms) => Some(ms),
+        Err(_) => crate::spec::quantity::Dur::parse(text)
+            .ok()
+            .and_then(|d| u64::try_from(d.0.as_millis()).ok()),
+    }
 }
 
 /// `url` as it may be logged or stored: without credentials (`user:pass@`) and without its

@@ -10,36 +10,9 @@ use super::api::{self, BackendKind, CheckSpec};
 use super::recovery::Recovery;
 use crate::spec::source::{self, Sources};
 
-/// A duration written as `10s`, `500ms`, `2m`, `1h`, `1d` or integer milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Dur(pub Duration);
-
-impl Serialize for Dur {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{}ms", self.0.as_millis()))
-    }
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Ms(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Ms(ms) => Ok(Dur(Duration::from_millis(ms))),
-            Raw::Text(t) => api::parse_duration_ms(&t)
-                .map(|ms| Dur(Duration::from_millis(ms)))
-                .ok_or_else(|| {
-                    serde::de::Error::custom(format!(
-                        "expected a duration like 10s, 500ms, 2m, 1h or 1d, got {t:?}"
-                    ))
-                }),
-        }
-    }
-}
+/// Durations in the agent config have the manifests' grammar (`500ms`, `30s`, `5m`, `1h30m`,
+/// `1d`): one parser for both.
+pub use crate::spec::quantity::Dur;
 
 /// Errors in the agent configuration, with the file, line and field path where known.
 #[derive(Debug, thiserror::Error)]
