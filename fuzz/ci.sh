@@ -6,7 +6,8 @@
 #   FUZZ_SECONDS=600 fuzz/ci.sh
 #
 # Needs the nightly toolchain and cargo-fuzz; without them it says so and exits 0. Run as
-# root (as CI does), it installs a missing cargo-fuzz first.
+# root (as CI does), it installs a missing cargo-fuzz first. No single allocation may pass
+# 64 MiB (-malloc_limit_mb): the unpacker reads names and headers within its caps.
 set -eu
 cd "$(dirname "$0")"
 seconds=${FUZZ_SECONDS:-20}
@@ -41,7 +42,7 @@ for t in $targets; do
     mkdir -p "corpus/$t" "artifacts/$t"
     echo "fuzz/ci.sh: $t: fuzzing for ${seconds}s"
     cargo +nightly fuzz run -O "$t" "corpus/$t" "seeds/$t" -- \
-        -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=30 \
+        -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=64 -timeout=30 \
         -artifact_prefix="artifacts/$t/" -print_final_stats=1 2>&1 |
         grep -E '^(#[0-9]+.*(INITED|DONE)|stat::|==[0-9]+== ERROR|SUMMARY|.*panicked)' || true
     # `|| true` above only guards grep: a crash makes the run fail here.

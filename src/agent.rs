@@ -9,6 +9,7 @@ pub mod backend;
 pub mod client;
 pub mod config;
 pub mod health;
+mod journal;
 pub mod journald;
 pub mod manager;
 pub mod recovery;

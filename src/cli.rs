@@ -139,6 +139,9 @@ pub enum PkiCommand {
         /// A client certificate for rollgate.
         #[arg(long)]
         client: Option<String>,
+        /// Replace an existing certificate and key of that name.
+        #[arg(long)]
+        force: bool,
     },
 }
 

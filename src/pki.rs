@@ -21,6 +21,8 @@ pub const CA_KEY: &str = "ca-key.pem";
 pub enum PkiError {
     #[error("a CA already exists in {0}; refusing to overwrite it")]
     CaExists(PathBuf),
+    #[error("{0} already exists; refusing to overwrite it (--force replaces it)")]
+    Exists(PathBuf),
     #[error("no CA in {0}; run `rollgate pki init` first")]
     NoCa(PathBuf),
     #[error("{0:?} is not a usable name (letters, digits, '.', '-', '_' only)")]
@@ -82,7 +84,10 @@ fn ca_params(key: &KeyPair) -> Result<CertificateParams> {
     Ok(params)
 }
 
-/// Writes `bytes` to `path` atomically; `secret` files get mode 0600 from the start.
+/// Writes `bytes` to `path` atomically; `secret` files get mode 0600 from the start. The temp
+/// file has a name of its own and is created exclusively, never through a link
+/// (`O_EXCL | O_NOFOLLOW`): a file or link planted in its place makes the write fail instead of
+/// leaving the key readable or writing it elsewhere.
 fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<()> {
     use std::io::Write;
     let err = |source| PkiError::Write {
@@ -91,23 +96,34 @@ fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<()> {
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(err)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy()
+        ".{}.tmp-{}-{nanos}",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
     ));
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(if secret { 0o600 } else { 0o644 });
+        opts.mode(if secret { 0o600 } else { 0o644 })
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits());
     }
     #[cfg(not(unix))]
     let _ = secret;
     let mut file = opts.open(&tmp).map_err(err)?;
-    file.write_all(bytes).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(err)
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -153,13 +169,30 @@ fn load_ca(dir: &Path) -> Result<KeyPair> {
     Ok(KeyPair::from_pem(&pem)?)
 }
 
+/// What issuing does when the certificate or key it would write exists already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    Refuse,
+    Replace,
+}
+
 fn issue(
     dir: &Path,
     file_stem: &str,
     cn: &str,
     sans: Vec<SanType>,
     eku: ExtendedKeyUsagePurpose,
+    existing: Existing,
 ) -> Result<Issued> {
+    let cert_path = dir.join(format!("{file_stem}.pem"));
+    let key_path = dir.join(format!("{file_stem}-key.pem"));
+    if existing == Existing::Refuse {
+        for p in [&cert_path, &key_path] {
+            if std::fs::symlink_metadata(p).is_ok() {
+                return Err(PkiError::Exists(p.clone()));
+            }
+        }
+    }
     let ca_key = load_ca(dir)?;
     let ca = Issuer::new(ca_params(&ca_key)?, ca_key);
     let key = KeyPair::generate()?;
@@ -173,8 +206,6 @@ fn issue(
     params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
     params.not_after = rcgen::date_time_ymd(year + 3, 1, 1);
     let cert = params.signed_by(&key, &ca)?;
-    let cert_path = dir.join(format!("{file_stem}.pem"));
-    let key_path = dir.join(format!("{file_stem}-key.pem"));
     write_file(&key_path, key.serialize_pem().as_bytes(), true)?;
     write_file(&cert_path, cert.pem().as_bytes(), false)?;
     Ok(Issued {
@@ -185,8 +216,13 @@ fn issue(
 
 /// Issues a server certificate for an agent reachable as `host` (a DNS name or an IP
 /// address): `agent-<host>.pem` and `agent-<host>-key.pem`. `localhost` also covers
-/// 127.0.0.1 and ::1.
+/// 127.0.0.1 and ::1. Refuses to replace existing ones.
 pub fn issue_agent(dir: &Path, host: &str) -> Result<Issued> {
+    issue_agent_with(dir, host, Existing::Refuse)
+}
+
+/// [`issue_agent`], replacing existing files when asked to.
+pub fn issue_agent_with(dir: &Path, host: &str, existing: Existing) -> Result<Issued> {
     check_name(host)?;
     let mut sans = Vec::new();
     match host.parse::<IpAddr>() {
@@ -200,12 +236,24 @@ pub fn issue_agent(dir: &Path, host: &str) -> Result<Issued> {
         }
     }
     let stem = format!("agent-{}", host.replace(':', "_"));
-    issue(dir, &stem, host, sans, ExtendedKeyUsagePurpose::ServerAuth)
+    issue(
+        dir,
+        &stem,
+        host,
+        sans,
+        ExtendedKeyUsagePurpose::ServerAuth,
+        existing,
+    )
 }
 
 /// Issues a client certificate for the CLI or a CI job: `client-<name>.pem` and
-/// `client-<name>-key.pem`.
+/// `client-<name>-key.pem`. Refuses to replace existing ones.
 pub fn issue_client(dir: &Path, name: &str) -> Result<Issued> {
+    issue_client_with(dir, name, Existing::Refuse)
+}
+
+/// [`issue_client`], replacing existing files when asked to.
+pub fn issue_client_with(dir: &Path, name: &str, existing: Existing) -> Result<Issued> {
     check_name(name)?;
     issue(
         dir,
@@ -213,6 +261,7 @@ pub fn issue_client(dir: &Path, name: &str) -> Result<Issued> {
         name,
         Vec::new(),
         ExtendedKeyUsagePurpose::ClientAuth,
+        existing,
     )
 }
 
@@ -248,5 +297,41 @@ mod tests {
             issue_client(empty.path(), "x"),
             Err(PkiError::NoCa(_))
         ));
+        // Issuing again refuses to replace, unless told to (issue 17, "also seen").
+        let before = std::fs::read(&client.key).unwrap();
+        assert!(matches!(
+            issue_client(dir.path(), "ci"),
+            Err(PkiError::Exists(_))
+        ));
+        assert_eq!(std::fs::read(&client.key).unwrap(), before);
+        issue_client_with(dir.path(), "ci", Existing::Replace).unwrap();
+        assert_ne!(std::fs::read(&client.key).unwrap(), before);
+    }
+
+    /// W14 (issue 17): keys were written through a predictable temp file without
+    /// `O_EXCL`/`O_NOFOLLOW`: a planted 0644 `.ca-key.pem.tmp` left the CA key 0644, a planted
+    /// link wrote it elsewhere. Now what is planted is never written through.
+    #[cfg(unix)]
+    #[test]
+    fn keys_are_not_written_through_planted_temp_files_or_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "").unwrap();
+        let pki = dir.path().join("pki");
+        std::fs::create_dir(&pki).unwrap();
+        // Both forms an attacker could plant, at the old predictable name.
+        std::fs::write(pki.join(".ca-key.pem.tmp"), "").unwrap();
+        std::fs::set_permissions(
+            pki.join(".ca-key.pem.tmp"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&elsewhere, pki.join(".ca.pem.tmp")).unwrap();
+        let ca = init(&pki).unwrap();
+        let mode = std::fs::metadata(&ca.key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(!std::fs::symlink_metadata(&ca.key).unwrap().is_symlink());
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "");
     }
 }

@@ -1004,6 +1004,24 @@ fn validate_hosts(h: &HostsTarget, s: &Sources) -> Result<(), InputError> {
             ));
         }
     }
+    // A bearer token without a CA would go over plain HTTP (issue 17, W6).
+    if let Some(a) = &h.auth
+        && a.ca.is_none()
+        && (a.token_file.is_some() || a.token_env.is_some())
+        && let Some((i, host)) = h
+            .hosts
+            .iter()
+            .enumerate()
+            .find(|(_, host)| !crate::agent::api::is_loopback_address(&host.address))
+    {
+        return Err(s.error(
+            &format!("spec.target.hosts.hosts[{i}].address"),
+            format!(
+                "{:?}: a bearer token (auth.tokenFile/tokenEnv) without auth.ca would go over plain HTTP; expected auth.ca (the agent's CA) or a loopback address",
+                host.address
+            ),
+        ));
+    }
     if let Some(a) = &h.artifact {
         match (&a.file, &a.url) {
             (Some(_), Some(_)) => {

@@ -9,6 +9,7 @@ mod systemd;
 
 mod agent {
     mod artifacts;
+    mod attacks;
     mod callers;
     mod footprint;
     mod lifecycle;

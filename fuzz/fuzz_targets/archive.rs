@@ -15,6 +15,13 @@ use libfuzzer_sys::fuzz_target;
 use rollgate::agent::api::ArtifactKind;
 use rollgate::agent::archive;
 
+/// Small caps, so that an input exceeding them is found quickly; `fuzz/ci.sh` also caps each
+/// allocation (`-malloc_limit_mb`), so a name or header read past the caps fails the run.
+const CAPS: archive::Caps = archive::Caps {
+    bytes: 8 << 20,
+    entries: 1000,
+};
+
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
@@ -57,7 +64,15 @@ fn check(kind: ArtifactKind, bytes: &[u8], binary_name: &str) {
     std::fs::write(&artifact, bytes).unwrap();
     let before = outside(root, &dest);
 
-    let result = archive::unpack(kind, &artifact, &dest, binary_name);
+    let result = archive::unpack(kind, &artifact, &dest, binary_name, CAPS);
+    if result.is_ok() {
+        let unpacked: u64 = walk(&dest)
+            .iter()
+            .filter(|(_, m)| m.is_file())
+            .map(|(_, m)| m.len())
+            .sum();
+        assert!(unpacked <= CAPS.bytes, "unpacked {unpacked} bytes past the cap");
+    }
 
     let after = outside(root, &dest);
     assert_eq!(

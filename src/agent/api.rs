@@ -370,28 +370,68 @@ pub struct ApiError {
     pub message: String,
 }
 
-/// Parses `30s`, `500ms`, `2m`, `1h`, `1d` or a bare number of milliseconds.
+/// Parses a wire duration (`wait=`): a bare number of milliseconds, or the manifests' grammar
+/// ([`Dur::parse`](crate::spec::quantity::Dur::parse): `500ms`, `30s`, `1h30m`, `1d`).
 pub fn parse_duration_ms(text: &str) -> Option<u64> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    let factor = match unit.trim() {
-        "" | "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return None,
-    };
-    n.checked_mul(factor)
+    match text.parse::<u64>() {
+        Ok(ms) => Some(ms),
+        Err(_) => crate::spec::quantity::Dur::parse(text)
+            .ok()
+            .and_then(|d| u64::try_from(d.0.as_millis()).ok()),
+    }
 }
 
-/// Whether `name` is usable as a service name or version: it becomes a directory name.
+/// `url` as it may be logged or stored: without credentials (`user:pass@`) and without its
+/// query (`X-Amz-Signature=...`) or fragment, which are replaced by `…`.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, url),
+    };
+    let end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let (before, tail) = rest.split_at(end);
+    let authority_end = before.find('/').unwrap_or(before.len());
+    let (authority, path) = before.split_at(authority_end);
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("…@{host}"),
+        None => authority.to_string(),
+    };
+    let tail = if tail.is_empty() { "" } else { "?…" };
+    match scheme {
+        Some(s) => format!("{s}://{host}{path}{tail}"),
+        None => format!("{host}{path}{tail}"),
+    }
+}
+
+/// Whether `address` (`host:port`, `[v6]:port`, or a URL's authority) names this machine:
+/// `localhost` or a loopback IP. A bearer token may go over plain HTTP only there.
+pub fn is_loopback_address(address: &str) -> bool {
+    let host = match address.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => address,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether `name` is usable as a service name or version: it becomes a directory name, on
+/// Windows hosts too (so not `CON`, `NUL`, `COM1`, ... with or without an extension).
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
+    let stem = name
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_uppercase();
+    let reserved = matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
+        || ((stem.starts_with("COM") || stem.starts_with("LPT"))
+            && stem.len() == 4
+            && stem.as_bytes()[3].is_ascii_digit());
+    !reserved
+        && !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')
         && !name.starts_with('-')
@@ -403,6 +443,16 @@ pub fn valid_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_credentials_and_queries() {
+        assert_eq!(
+            redact_url("https://user:pass@art.example:8443/a/b.tgz?X-Amz-Signature=abc#f"),
+            "https://…@art.example:8443/a/b.tgz?…"
+        );
+        assert_eq!(redact_url("http://h/x.tgz"), "http://h/x.tgz");
+        assert_eq!(redact_url("not a url?secret"), "not a url?…");
+    }
 
     #[test]
     fn durations_parse_with_units() {

@@ -1,11 +1,13 @@
 //! Checked unpacking of `.zip`, `.tar.gz` and single-binary artifacts into an empty directory.
 //!
 //! Every entry is checked before it is written: absolute paths, `..`, links pointing outside
-//! the directory, writes through links, and device files are refused. The caller unpacks into
-//! a temp dir and discards it on any error, so nothing is installed from a bad artifact.
+//! the directory, writes through links, and device files are refused; every size is capped
+//! before it is read ([`Caps`]: names and link targets, entries, unpacked bytes). The caller
+//! unpacks into a temp dir and discards it on any error, so nothing is installed from a bad
+//! artifact.
 
 use std::fs::File;
-use std::io::{Read, Seek};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
 
 use super::api::ArtifactKind;
@@ -23,6 +25,14 @@ pub enum ArchiveError {
     SpecialFile { entry: String, kind: String },
     #[error("entry {entry:?} appears twice")]
     Duplicate { entry: String },
+    #[error("an entry name or link target of {len} bytes is longer than the {MAX_NAME}-byte limit")]
+    NameTooLong { len: u64 },
+    #[error("the archive unpacks to more than {limit} bytes (limits.unpackedBytes)")]
+    TooLarge { limit: u64 },
+    #[error("the archive has more than {limit} entries (limits.archiveEntries)")]
+    TooManyEntries { limit: u64 },
+    #[error("{what} in a tar archive is not supported")]
+    Unsupported { what: &'static str },
     #[error("corrupt {kind} archive")]
     Corrupt {
         kind: &'static str,
@@ -39,6 +49,100 @@ pub enum ArchiveError {
 
 pub type Result<T, E = ArchiveError> = std::result::Result<T, E>;
 
+/// Longest entry name or link target read from an archive.
+pub const MAX_NAME: usize = 4096;
+
+/// Longest pax extended header read from a tar archive.
+const MAX_PAX: u64 = 64 * 1024;
+
+/// How much an archive may unpack to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// Bytes of file contents, all entries together.
+    pub bytes: u64,
+    /// Entries of any kind.
+    pub entries: u64,
+}
+
+impl Default for Caps {
+    /// The agent's defaults: 4 × the 1 GiB artifact limit, 100,000 entries.
+    fn default() -> Self {
+        Caps {
+            bytes: 4 << 30,
+            entries: 100_000,
+        }
+    }
+}
+
+/// What is left of the caps while unpacking.
+struct Budget {
+    caps: Caps,
+    bytes: u64,
+    entries: u64,
+}
+
+impl Budget {
+    fn new(caps: Caps) -> Budget {
+        Budget {
+            caps,
+            bytes: 0,
+            entries: 0,
+        }
+    }
+
+    fn entry(&mut self) -> Result<()> {
+        self.entries += 1;
+        if self.entries > self.caps.entries {
+            return Err(ArchiveError::TooManyEntries {
+                limit: self.caps.entries,
+            });
+        }
+        Ok(())
+    }
+
+    /// Copies `from` into the new file `to`, counting against the byte cap, whatever the
+    /// archive declared.
+    fn copy(&mut self, from: &mut impl Read, to: &Path, kind: &'static str) -> Result<()> {
+        let io = |source| ArchiveError::Io {
+            path: to.to_path_buf(),
+            source,
+        };
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(to)
+            .map_err(io)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => return Err(ArchiveError::Corrupt { kind, source }),
+            };
+            self.bytes += n as u64;
+            if self.bytes > self.caps.bytes {
+                return Err(ArchiveError::TooLarge {
+                    limit: self.caps.bytes,
+                });
+            }
+            out.write_all(&buf[..n]).map_err(io)?;
+        }
+    }
+}
+
+/// Reads at most `cap` bytes of an extension record whose declared size is `size`.
+fn read_capped(from: &mut impl Read, size: u64, cap: u64, kind: &'static str) -> Result<Vec<u8>> {
+    if size > cap {
+        return Err(ArchiveError::NameTooLong { len: size });
+    }
+    let mut out = Vec::with_capacity(size as usize);
+    from.take(cap)
+        .read_to_end(&mut out)
+        .map_err(|source| ArchiveError::Corrupt { kind, source })?;
+    Ok(out)
+}
+
 /// Detects the artifact kind from its first bytes.
 pub fn detect(head: &[u8]) -> ArtifactKind {
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
@@ -50,8 +154,15 @@ pub fn detect(head: &[u8]) -> ArtifactKind {
     }
 }
 
-/// Unpacks `artifact` into the existing empty dir `dest`. A binary becomes `dest/binary_name`.
-pub fn unpack(kind: ArtifactKind, artifact: &Path, dest: &Path, binary_name: &str) -> Result<()> {
+/// Unpacks `artifact` into the existing empty dir `dest`, within `caps`. A binary becomes
+/// `dest/binary_name`.
+pub fn unpack(
+    kind: ArtifactKind,
+    artifact: &Path,
+    dest: &Path,
+    binary_name: &str,
+    caps: Caps,
+) -> Result<()> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ArchiveError::Io { path, source }
@@ -68,11 +179,11 @@ pub fn unpack(kind: ArtifactKind, artifact: &Path, dest: &Path, binary_name: &st
         }
         ArtifactKind::TarGz => {
             let file = File::open(artifact).map_err(io(artifact))?;
-            unpack_tar_gz(file, dest)?;
+            unpack_tar_gz(file, dest, caps)?;
         }
         ArtifactKind::Zip => {
             let file = File::open(artifact).map_err(io(artifact))?;
-            unpack_zip(file, dest)?;
+            unpack_zip(file, dest, caps)?;
         }
     }
     check_links(dest)
@@ -114,10 +225,12 @@ pub fn check_link_target(rel: &Path, target: &str) -> Result<()> {
         entry: rel.display().to_string(),
         target: target.to_string(),
     };
-    let t = Path::new(target);
+    // A root-relative target (`/etc/passwd`) is refused on every platform: on Windows `/` is
+    // not "absolute" to `Path`, yet it names the root of the current drive.
     if target.is_empty()
-        || t.is_absolute()
-        || target.starts_with('\\')
+        || target.len() > MAX_NAME
+        || Path::new(target).is_absolute()
+        || target.starts_with(['/', '\\'])
         || target.get(1..2) == Some(":")
     {
         return Err(escape());
@@ -160,44 +273,106 @@ fn no_link_in_parents(dest: &Path, rel: &Path, entry: &str) -> Result<()> {
     Ok(())
 }
 
-fn unpack_tar_gz(file: File, dest: &Path) -> Result<()> {
+/// Long names, long link targets and pax paths of the next tar entry, read within the caps.
+#[derive(Default)]
+struct TarExtensions {
+    name: Option<Vec<u8>>,
+    link: Option<Vec<u8>>,
+}
+
+impl TarExtensions {
+    /// Takes in an extension entry (GNU `L`/`K`, pax `x`/`g`); false for any other entry.
+    fn take_in<R: Read>(&mut self, entry: &mut tar::Entry<R>) -> Result<bool> {
+        use tar::EntryType as T;
+        let kind = entry.header().entry_type();
+        let size = entry.size();
+        match kind {
+            T::GNULongName | T::GNULongLink => {
+                let mut bytes = read_capped(entry, size, MAX_NAME as u64, "tar.gz")?;
+                while bytes.last() == Some(&0) {
+                    bytes.pop();
+                }
+                if kind == T::GNULongName {
+                    self.name = Some(bytes);
+                } else {
+                    self.link = Some(bytes);
+                }
+            }
+            T::XHeader | T::XGlobalHeader => {
+                let bytes = read_capped(entry, size, MAX_PAX, "tar.gz")?;
+                if kind == T::XGlobalHeader {
+                    return Ok(true);
+                }
+                for ext in tar::PaxExtensions::new(&bytes) {
+                    let ext = ext.map_err(|source| ArchiveError::Corrupt {
+                        kind: "tar.gz",
+                        source,
+                    })?;
+                    let value = ext.value_bytes();
+                    match ext.key_bytes() {
+                        b"path" => self.name = Some(value.to_vec()),
+                        b"linkpath" => self.link = Some(value.to_vec()),
+                        // Raw iteration does not apply a pax size; sizes that need one are
+                        // far past the caps anyway.
+                        b"size" => {
+                            return Err(ArchiveError::Unsupported {
+                                what: "a pax size record",
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+fn unpack_tar_gz(file: File, dest: &Path, caps: Caps) -> Result<()> {
     let corrupt = |source| ArchiveError::Corrupt {
         kind: "tar.gz",
         source,
     };
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
-    // Only the rwx bits are kept: a setuid/setgid bit from an artifact would hand whoever can
-    // run the file the agent's (often root's) rights.
-    archive.set_preserve_permissions(false);
-    archive.set_unpack_xattrs(false);
-    archive.set_overwrite(false);
-    for entry in archive.entries().map_err(corrupt)? {
+    let mut archive =
+        tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
+    let mut budget = Budget::new(caps);
+    let mut ext = TarExtensions::default();
+    // Raw entries: the tar crate would read a GNU long name or a pax header whole, whatever
+    // its size (a 256 MiB name took the agent to 3 GB); here they are read within the caps.
+    for entry in archive.entries().map_err(corrupt)?.raw(true) {
         let mut entry = entry.map_err(corrupt)?;
-        let raw = entry.path().map_err(corrupt)?;
-        let name = raw.to_string_lossy().into_owned();
+        budget.entry()?;
+        if ext.take_in(&mut entry)? {
+            continue;
+        }
+        let taken = std::mem::take(&mut ext);
+        let raw_name = match taken.name {
+            Some(n) => n,
+            None => entry.header().path_bytes().into_owned(),
+        };
+        let name = String::from_utf8_lossy(&raw_name).into_owned();
         let rel = safe_relative(&name)?;
         if rel.as_os_str().is_empty() {
             continue;
         }
         let kind = entry.header().entry_type();
+        let link = match taken.link {
+            Some(l) => Some(l),
+            None => entry.header().link_name_bytes().map(|l| l.into_owned()),
+        }
+        .map(|l| String::from_utf8_lossy(&l).into_owned())
+        .unwrap_or_default();
         use tar::EntryType as T;
         match kind {
             T::Regular | T::Continuous | T::Directory => {}
-            T::Symlink | T::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(corrupt)?
-                    .map(|t| t.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                if kind == T::Symlink {
-                    check_link_target(&rel, &target)?;
-                } else {
-                    // A hard link names another entry of the archive.
-                    safe_relative(&target).map_err(|_| ArchiveError::LinkEscape {
-                        entry: name.clone(),
-                        target: target.clone(),
-                    })?;
-                }
+            T::Symlink => check_link_target(&rel, &link)?,
+            // A hard link names another entry of the archive.
+            T::Link => {
+                safe_relative(&link).map_err(|_| ArchiveError::LinkEscape {
+                    entry: name.clone(),
+                    target: link.clone(),
+                })?;
             }
             T::Char => return Err(special(&name, "character device")),
             T::Block => return Err(special(&name, "block device")),
@@ -205,27 +380,41 @@ fn unpack_tar_gz(file: File, dest: &Path) -> Result<()> {
             other => return Err(special(&name, &format!("{other:?} entry"))),
         }
         no_link_in_parents(dest, &rel, &name)?;
-        if std::fs::symlink_metadata(dest.join(&rel)).is_ok() && kind != T::Directory {
+        let target = dest.join(&rel);
+        let io = |source| ArchiveError::Io {
+            path: target.clone(),
+            source,
+        };
+        if std::fs::symlink_metadata(&target).is_ok() && kind != T::Directory {
             return Err(ArchiveError::Duplicate { entry: name });
         }
-        let unpacked = entry.unpack_in(dest).map_err(|source| {
-            // unpack_in reports both I/O trouble and truncated data as io errors.
-            if source.kind() == std::io::ErrorKind::UnexpectedEof
-                || source.kind() == std::io::ErrorKind::InvalidData
-            {
-                ArchiveError::Corrupt {
-                    kind: "tar.gz",
-                    source,
-                }
-            } else {
-                ArchiveError::Io {
-                    path: dest.join(&rel),
-                    source,
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        // Only the rwx bits, without group or world write: a setuid/setgid bit from an
+        // artifact would hand whoever can run the file the agent's (often root's) rights.
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o755;
+        match kind {
+            T::Directory => std::fs::create_dir_all(&target).map_err(io)?,
+            T::Symlink => make_symlink(&link, &target).map_err(io)?,
+            T::Link => {
+                let src_rel = safe_relative(&link)?;
+                no_link_in_parents(dest, &src_rel, &name)?;
+                let src = dest.join(&src_rel);
+                match std::fs::symlink_metadata(&src) {
+                    Ok(m) if m.is_file() => std::fs::hard_link(&src, &target).map_err(io)?,
+                    _ => {
+                        return Err(ArchiveError::LinkEscape {
+                            entry: name,
+                            target: link,
+                        });
+                    }
                 }
             }
-        })?;
-        if !unpacked {
-            return Err(ArchiveError::Traversal { entry: name });
+            _ => {
+                budget.copy(&mut entry, &target, "tar.gz")?;
+                set_mode(&target, mode).map_err(io)?;
+            }
         }
     }
     Ok(())
@@ -238,15 +427,31 @@ fn special(entry: &str, kind: &str) -> ArchiveError {
     }
 }
 
-fn unpack_zip<R: Read + Seek>(reader: R, dest: &Path) -> Result<()> {
+fn unpack_zip(mut reader: File, dest: &Path, caps: Caps) -> Result<()> {
     let corrupt = |e: zip::result::ZipError| ArchiveError::Corrupt {
         kind: "zip",
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
     };
+    // The zip crate keeps one entry per name, the last one: duplicates would install silently.
+    if let Some(entry) = zip_duplicate(&mut reader) {
+        return Err(ArchiveError::Duplicate { entry });
+    }
     let mut zip = zip::ZipArchive::new(reader).map_err(corrupt)?;
+    if zip.len() as u64 > caps.entries {
+        return Err(ArchiveError::TooManyEntries {
+            limit: caps.entries,
+        });
+    }
+    let mut budget = Budget::new(caps);
     for i in 0..zip.len() {
         let mut file = zip.by_index(i).map_err(corrupt)?;
+        budget.entry()?;
         let name = file.name().to_string();
+        if name.len() > MAX_NAME {
+            return Err(ArchiveError::NameTooLong {
+                len: name.len() as u64,
+            });
+        }
         let rel = safe_relative(&name)?;
         if rel.as_os_str().is_empty() {
             continue;
@@ -262,17 +467,22 @@ fn unpack_zip<R: Read + Seek>(reader: R, dest: &Path) -> Result<()> {
         match fmt {
             0 | 0o100_000 | 0o040_000 => {}
             0o120_000 => {
-                let mut link = String::new();
-                file.read_to_string(&mut link)
-                    .map_err(|source| ArchiveError::Corrupt {
-                        kind: "zip",
-                        source,
-                    })?;
+                let size = file.size();
+                let link = read_capped(&mut file, size, MAX_NAME as u64, "zip")?;
+                let link = String::from_utf8_lossy(&link).into_owned();
                 check_link_target(&rel, &link)?;
                 if let Some(parent) = target.parent() {
                     std::fs::create_dir_all(parent).map_err(io)?;
                 }
-                make_symlink(&link, &target).map_err(io)?;
+                make_symlink(&link, &target).map_err(|source| {
+                    if source.kind() == std::io::ErrorKind::AlreadyExists {
+                        ArchiveError::Duplicate {
+                            entry: name.clone(),
+                        }
+                    } else {
+                        io(source)
+                    }
+                })?;
                 continue;
             }
             0o020_000 => return Err(special(&name, "character device")),
@@ -287,26 +497,58 @@ fn unpack_zip<R: Read + Seek>(reader: R, dest: &Path) -> Result<()> {
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&target)
-            .map_err(|source| {
-                if source.kind() == std::io::ErrorKind::AlreadyExists {
+        budget
+            .copy(&mut file, &target, "zip")
+            .map_err(|e| match e {
+                ArchiveError::Io { source, .. }
+                    if source.kind() == std::io::ErrorKind::AlreadyExists =>
+                {
                     ArchiveError::Duplicate {
                         entry: name.clone(),
                     }
-                } else {
-                    io(source)
                 }
+                e => e,
             })?;
-        std::io::copy(&mut file, &mut out).map_err(|source| ArchiveError::Corrupt {
-            kind: "zip",
-            source,
-        })?;
-        set_mode(&target, mode.map(|m| m & 0o777).unwrap_or(0o644)).map_err(io)?;
+        set_mode(&target, mode.map(|m| m & 0o755).unwrap_or(0o644)).map_err(io)?;
     }
     Ok(())
+}
+
+/// The first name the zip's central directory lists twice. Reads the end record and walks the
+/// directory's fixed-size headers; an archive it cannot walk is left to the zip crate to judge.
+fn zip_duplicate(file: &mut File) -> Option<String> {
+    let len = file.seek(SeekFrom::End(0)).ok()?;
+    let tail_len = len.min(65_557);
+    file.seek(SeekFrom::Start(len - tail_len)).ok()?;
+    let mut tail = vec![0u8; tail_len as usize];
+    file.read_exact(&mut tail).ok()?;
+    let at = (0..tail.len().saturating_sub(21))
+        .rev()
+        .find(|&i| tail[i..].starts_with(b"PK\x05\x06"))?;
+    let le32 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64;
+    let le16 = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]) as usize;
+    let (size, offset) = (le32(&tail[at + 12..]), le32(&tail[at + 16..]));
+    if offset == 0xFFFF_FFFF || size > len {
+        return None;
+    }
+    file.seek(SeekFrom::Start(offset)).ok()?;
+    let mut dir = Vec::new();
+    file.take(size).read_to_end(&mut dir).ok()?;
+    let mut seen = std::collections::HashSet::new();
+    let mut i = 0;
+    while i + 46 <= dir.len() && dir[i..].starts_with(b"PK\x01\x02") {
+        let (n, x, c) = (
+            le16(&dir[i + 28..]),
+            le16(&dir[i + 30..]),
+            le16(&dir[i + 32..]),
+        );
+        let name = dir.get(i + 46..i + 46 + n)?;
+        if !seen.insert(name.to_vec()) {
+            return Some(String::from_utf8_lossy(name).into_owned());
+        }
+        i += 46 + n + x + c;
+    }
+    None
 }
 
 #[cfg(unix)]
@@ -336,44 +578,93 @@ fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// After unpacking: every link that resolves must resolve inside `dest`. This catches chains
-/// (`a -> .`, `b -> a/..`) that each look harmless alone.
+/// After unpacking, with every entry in place: every link must stay inside `dest` when
+/// followed, whether or not what it names exists. This catches chains (`a -> .`, `b -> a/..`)
+/// that each look harmless alone, and links that dangle now but would resolve outside once the
+/// dir is moved beside other versions (`p -> a/../other-version`).
 fn check_links(dest: &Path) -> Result<()> {
-    let root = dest.canonicalize().map_err(|source| ArchiveError::Io {
-        path: dest.to_path_buf(),
-        source,
-    })?;
-    let mut stack = vec![dest.to_path_buf()];
+    let mut stack = vec![PathBuf::new()];
     while let Some(dir) = stack.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|source| ArchiveError::Io {
-            path: dir.clone(),
+        let full = dest.join(&dir);
+        let entries = std::fs::read_dir(&full).map_err(|source| ArchiveError::Io {
+            path: full.clone(),
             source,
         })?;
         for entry in entries.flatten() {
-            let path = entry.path();
+            let rel = dir.join(entry.file_name());
             let Ok(ft) = entry.file_type() else { continue };
             if ft.is_symlink() {
-                if let Ok(real) = path.canonicalize()
-                    && !real.starts_with(&root)
-                {
-                    let target = std::fs::read_link(&path)
+                if escapes(dest, &rel) {
+                    let target = std::fs::read_link(dest.join(&rel))
                         .map(|t| t.display().to_string())
                         .unwrap_or_default();
                     return Err(ArchiveError::LinkEscape {
-                        entry: path
-                            .strip_prefix(dest)
-                            .unwrap_or(&path)
-                            .display()
-                            .to_string(),
+                        entry: rel.display().to_string(),
                         target,
                     });
                 }
             } else if ft.is_dir() {
-                stack.push(path);
+                stack.push(rel);
             }
         }
     }
     Ok(())
+}
+
+/// Whether following the link at `rel` (inside `dest`) ever leaves `dest`: its target is walked
+/// component by component, links inside expanded as they come, `..` above `dest` an escape.
+/// A loop (more than 40 links) counts as an escape.
+fn escapes(dest: &Path, rel: &Path) -> bool {
+    let mut at: Vec<std::ffi::OsString> = rel
+        .components()
+        .map(|c| c.as_os_str().to_os_string())
+        .collect();
+    let mut todo: std::collections::VecDeque<std::ffi::OsString> = Default::default();
+    let mut hops = 0;
+    let mut expand = |at: &mut Vec<std::ffi::OsString>,
+                      todo: &mut std::collections::VecDeque<std::ffi::OsString>|
+     -> bool {
+        let here: PathBuf = at.iter().collect();
+        let Ok(target) = std::fs::read_link(dest.join(&here)) else {
+            return true;
+        };
+        hops += 1;
+        let text = target.to_string_lossy().into_owned();
+        if hops > 40 || text.is_empty() {
+            return true;
+        }
+        if target.is_absolute() || text.starts_with(['/', '\\']) || text.get(1..2) == Some(":") {
+            return true;
+        }
+        at.pop();
+        for part in text.split(['/', '\\']).rev() {
+            todo.push_front(part.into());
+        }
+        false
+    };
+    if expand(&mut at, &mut todo) {
+        return true;
+    }
+    while let Some(part) = todo.pop_front() {
+        match part.to_str() {
+            Some("") | Some(".") => {}
+            Some("..") => {
+                if at.pop().is_none() {
+                    return true;
+                }
+            }
+            _ => {
+                at.push(part);
+                let here: PathBuf = at.iter().collect();
+                let is_link = std::fs::symlink_metadata(dest.join(&here))
+                    .is_ok_and(|m| m.file_type().is_symlink());
+                if is_link && expand(&mut at, &mut todo) {
+                    return true;
+                }
+            }
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -432,7 +723,7 @@ mod tests {
         std::fs::write(&art, bytes).unwrap();
         let dest = dir.path().join("out");
         std::fs::create_dir(&dest).unwrap();
-        let r = unpack(detect(bytes), &art, &dest, "app");
+        let r = unpack(detect(bytes), &art, &dest, "app", Caps::default());
         (dir, r)
     }
 

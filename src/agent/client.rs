@@ -23,6 +23,10 @@ pub enum ClientError {
     },
     #[error("client TLS setup failed")]
     TlsSetup(#[source] reqwest::Error),
+    #[error(
+        "refusing to send the bearer token over plain HTTP to {url}: use https (give the agent's CA) or reach the agent on loopback"
+    )]
+    PlainToken { url: String },
     #[error("agent {url} unreachable")]
     AgentUnreachable {
         url: String,
@@ -139,6 +143,14 @@ pub struct AgentClient {
 impl AgentClient {
     /// Builds a client for the agent at `base_url` (scheme, host and port; no path).
     pub fn new(base_url: &str, auth: &ClientAuth) -> Result<Self> {
+        if auth.token.is_some()
+            && let Some(authority) = base_url.strip_prefix("http://")
+            && !api::is_loopback_address(authority.split('/').next().unwrap_or_default())
+        {
+            return Err(ClientError::PlainToken {
+                url: base_url.to_string(),
+            });
+        }
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .connect_timeout(Duration::from_secs(10))

@@ -10,36 +10,9 @@ use super::api::{self, BackendKind, CheckSpec};
 use super::recovery::Recovery;
 use crate::spec::source::{self, Sources};
 
-/// A duration written as `10s`, `500ms`, `2m`, `1h`, `1d` or integer milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Dur(pub Duration);
-
-impl Serialize for Dur {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{}ms", self.0.as_millis()))
-    }
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Ms(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Ms(ms) => Ok(Dur(Duration::from_millis(ms))),
-            Raw::Text(t) => api::parse_duration_ms(&t)
-                .map(|ms| Dur(Duration::from_millis(ms)))
-                .ok_or_else(|| {
-                    serde::de::Error::custom(format!(
-                        "expected a duration like 10s, 500ms, 2m, 1h or 1d, got {t:?}"
-                    ))
-                }),
-        }
-    }
-}
+/// Durations in the agent config have the manifests' grammar (`500ms`, `30s`, `5m`, `1h30m`,
+/// `1d`): one parser for both.
+pub use crate::spec::quantity::Dur;
 
 /// Errors in the agent configuration, with the file, line and field path where known.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +62,31 @@ pub struct Limits {
     /// Longest pause allowed between two pieces of a request body.
     #[serde(default = "default_body_idle_timeout")]
     pub body_idle_timeout: Dur,
+    /// Connections not yet authenticated (TLS handshake, first request) kept at once, apart
+    /// from `maxConnections`; past it the oldest is closed, so they never delay authenticated callers.
+    #[serde(default = "default_max_unauthenticated")]
+    pub max_unauthenticated: usize,
+    /// Bytes an archive may unpack to; default 4 × `artifactBytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unpacked_bytes: Option<u64>,
+    /// Entries an archive may hold.
+    #[serde(default = "default_archive_entries")]
+    pub archive_entries: u64,
+}
+
+fn default_max_unauthenticated() -> usize {
+    64
+}
+fn default_archive_entries() -> u64 {
+    100_000
+}
+
+impl Limits {
+    /// What an archive may unpack to: `unpackedBytes`, or 4 × `artifactBytes`.
+    pub fn unpacked_bytes(&self) -> u64 {
+        self.unpacked_bytes
+            .unwrap_or(self.artifact_bytes.saturating_mul(4))
+    }
 }
 
 fn default_max_connections() -> usize {
@@ -116,6 +114,9 @@ impl Default for Limits {
             max_connections: default_max_connections(),
             header_read_timeout: default_header_read_timeout(),
             body_idle_timeout: default_body_idle_timeout(),
+            max_unauthenticated: default_max_unauthenticated(),
+            unpacked_bytes: None,
+            archive_entries: default_archive_entries(),
         }
     }
 }
@@ -420,6 +421,12 @@ fn validate(config: &AgentConfig) -> std::result::Result<(), (String, String)> {
     }
     if config.limits.max_connections == 0 {
         return Err(("limits.maxConnections".into(), "expected at least 1".into()));
+    }
+    if config.limits.max_unauthenticated == 0 {
+        return Err((
+            "limits.maxUnauthenticated".into(),
+            "expected at least 1".into(),
+        ));
     }
     if let Some(TokenConfig {
         file: None,

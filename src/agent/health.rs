@@ -1,14 +1,29 @@
-//! Local health checks (HTTP, TCP, command), each bounded by a timeout.
+//! Local health checks (HTTP, TCP, command), each bounded by a timeout and by what it reads.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::api::{CheckSpec, HealthReport};
 use super::now_unix_ms;
 
+/// Most of an HTTP check's body that is read; the rest is not (an endless body took the agent
+/// to 6 GB).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// How a `command` check runs: like the service it checks, as its user, in its version dir,
+/// with its environment and nothing of the agent's (no token, no inherited descriptors).
+#[derive(Debug, Clone, Default)]
+pub struct CommandContext {
+    pub user: Option<String>,
+    pub cwd: PathBuf,
+    pub env: BTreeMap<String, String>,
+}
+
 /// Runs `check` once; never takes longer than `timeout`.
-pub async fn run(check: &CheckSpec, timeout: Duration) -> HealthReport {
+pub async fn run(check: &CheckSpec, timeout: Duration, ctx: &CommandContext) -> HealthReport {
     let started = Instant::now();
-    let result = tokio::time::timeout(timeout, probe(check)).await;
+    let result = tokio::time::timeout(timeout, probe(check, ctx)).await;
     let (healthy, detail) = match result {
         Ok(Ok(detail)) => (true, detail),
         Ok(Err(detail)) => (false, detail),
@@ -57,7 +72,20 @@ fn http_client() -> Result<&'static reqwest::Client, String> {
     Ok(CLIENT.get_or_init(|| client))
 }
 
-async fn probe(check: &CheckSpec) -> Result<String, String> {
+/// At most [`MAX_BODY`] bytes of the body, read as it comes.
+async fn capped_body(mut resp: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = MAX_BODY - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX_BODY {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+async fn probe(check: &CheckSpec, ctx: &CommandContext) -> Result<String, String> {
     match check {
         CheckSpec::Http {
             url,
@@ -70,7 +98,7 @@ async fn probe(check: &CheckSpec) -> Result<String, String> {
                 .await
                 .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
             let code = resp.status().as_u16();
-            let body = resp.text().await.unwrap_or_default();
+            let body = capped_body(resp).await;
             http_verdict(*status, body_contains.as_deref(), code, &body)
         }
         CheckSpec::Tcp { address } => tokio::net::TcpStream::connect(address.as_str())
@@ -78,13 +106,22 @@ async fn probe(check: &CheckSpec) -> Result<String, String> {
             .map(|_| format!("connected to {address}"))
             .map_err(|e| format!("connect {address}: {e}")),
         CheckSpec::Command { program, args } => {
-            let out = tokio::process::Command::new(program)
-                .args(args)
-                .stdin(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .output()
-                .await
-                .map_err(|e| format!("running {program}: {e}"))?;
+            let cwd = if ctx.cwd.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                &ctx.cwd
+            };
+            let out = super::backend::supervisor::service_command(
+                Path::new(program),
+                args,
+                cwd,
+                ctx.user.as_deref(),
+                &ctx.env,
+            )
+            .map_err(|e| format!("running {program}: {e}"))?
+            .output()
+            .await
+            .map_err(|e| format!("running {program}: {e}"))?;
             let stderr: String = String::from_utf8_lossy(&out.stderr)
                 .chars()
                 .take(200)
@@ -131,23 +168,33 @@ mod tests {
                 address: addr.clone(),
             },
             Duration::from_secs(2),
+            &CommandContext::default(),
         )
         .await;
         assert!(up.healthy, "{up:?}");
         drop(listener);
-        let down = run(&CheckSpec::Tcp { address: addr }, Duration::from_secs(2)).await;
+        let down = run(
+            &CheckSpec::Tcp { address: addr },
+            Duration::from_secs(2),
+            &CommandContext::default(),
+        )
+        .await;
         assert!(!down.healthy);
 
         let ok = CheckSpec::Command {
             program: "true".into(),
             args: vec![],
         };
-        assert!(run(&ok, Duration::from_secs(5)).await.healthy);
+        let ctx = CommandContext {
+            env: [("PATH".to_string(), "/usr/bin:/bin".to_string())].into(),
+            ..CommandContext::default()
+        };
+        assert!(run(&ok, Duration::from_secs(5), &ctx).await.healthy);
         let slow = CheckSpec::Command {
             program: "sleep".into(),
             args: vec!["5".into()],
         };
-        let r = run(&slow, Duration::from_millis(200)).await;
+        let r = run(&slow, Duration::from_millis(200), &ctx).await;
         assert!(!r.healthy && r.detail.contains("timed out"), "{r:?}");
     }
 }

@@ -44,6 +44,8 @@ use super::api::{
 use super::config::{AgentConfig, TokenConfig};
 use super::manager::{Agent, ManagerError, crate_chain};
 
+mod client_usage;
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -103,6 +105,7 @@ pub struct Server {
 #[derive(Clone, Copy)]
 struct ConnLimits {
     max_connections: usize,
+    max_unauthenticated: usize,
     header_read: Duration,
     body_idle: Duration,
 }
@@ -168,7 +171,10 @@ fn tls_config(config: &AgentConfig) -> Result<Option<tokio_rustls::TlsAcceptor>>
             .allow_unauthenticated()
             .build()
             .map_err(ServerError::Verifier)?;
-            builder.with_client_cert_verifier(verifier)
+            // A certificate without any extended key usage passes webpki for every purpose;
+            // a client certificate must say it is one (SECURITY.md).
+            builder
+                .with_client_cert_verifier(Arc::new(client_usage::RequireClientAuthUsage(verifier)))
         }
         None => builder.with_no_client_auth(),
     };
@@ -216,6 +222,7 @@ impl Server {
             addr,
             limits: ConnLimits {
                 max_connections: config.limits.max_connections.max(1),
+                max_unauthenticated: config.limits.max_unauthenticated.max(1),
                 header_read: config.limits.header_read_timeout.0,
                 body_idle: config.limits.body_idle_timeout.0,
             },
@@ -240,20 +247,20 @@ impl Server {
 
     /// Serves until `cancel`; then waits up to `grace` for open connections.
     ///
-    /// At most `limits.maxConnections` connections are served at once: the next one is not
-    /// accepted until one closes, so it waits in the kernel's listen backlog.
+    /// A connection is *pending* from its accept until a request on it authenticates (with
+    /// mTLS, until its handshake presents a certificate). Pending connections share a budget of
+    /// `limits.maxUnauthenticated`, the oldest closed when a new one would exceed it; a request
+    /// that fails authentication is answered 401 and its connection closed. Authenticated
+    /// connections take one of `limits.maxConnections` slots, waiting for one when all are held.
+    /// So callers that never authenticate cannot hold what authenticated callers need.
     pub async fn serve(self, cancel: CancellationToken, grace: Duration) {
         let conns = TaskTracker::new();
-        let slots = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
+        let gate = Arc::new(Gate::new(
+            self.limits.max_connections,
+            self.limits.max_unauthenticated,
+        ));
         let limits = self.limits;
         loop {
-            let permit = tokio::select! {
-                p = slots.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-                _ = cancel.cancelled() => break,
-            };
             let (tcp, _peer) = tokio::select! {
                 r = self.listener.accept() => match r {
                     Ok(c) => c,
@@ -268,32 +275,14 @@ impl Server {
             let app = self.app.clone();
             let tls = self.tls.clone();
             let cancel = cancel.clone();
+            let conn = Arc::new(gate.admit());
             conns.spawn(async move {
-                let _permit = permit;
-                match tls {
-                    Some(acceptor) => {
-                        let stream =
-                            match tokio::time::timeout(limits.header_read, acceptor.accept(tcp))
-                                .await
-                            {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(error = %e, "TLS handshake refused");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!("TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                        let client_cert = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .is_some_and(|c| !c.is_empty());
-                        serve_conn(stream, Peer { client_cert }, app, limits, cancel).await
+                let evicted = conn.evict.clone();
+                tokio::select! {
+                    _ = evicted.cancelled() => {
+                        tracing::debug!("closed an unauthenticated connection: too many pending");
                     }
-                    None => serve_conn(tcp, Peer { client_cert: false }, app, limits, cancel).await,
+                    _ = handle(tcp, tls, conn, app, limits, cancel) => {}
                 }
             });
         }
@@ -304,9 +293,118 @@ impl Server {
     }
 }
 
+/// Handshake (with TLS), then serve one connection.
+async fn handle(
+    tcp: tokio::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    conn: Arc<ConnAuth>,
+    app: Router,
+    limits: ConnLimits,
+    cancel: CancellationToken,
+) {
+    let Some(acceptor) = tls else {
+        let peer = Peer { client_cert: false };
+        return serve_conn(tcp, peer, conn, app, limits, cancel).await;
+    };
+    let stream = match tokio::time::timeout(limits.header_read, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    let client_cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .is_some_and(|c| !c.is_empty());
+    if client_cert {
+        // The verifier accepted the certificate: the connection is authenticated.
+        conn.promote().await;
+    }
+    serve_conn(stream, Peer { client_cert }, conn, app, limits, cancel).await
+}
+
+/// Admission of connections: slots for authenticated ones, a budget for pending ones.
+struct Gate {
+    authenticated: Arc<tokio::sync::Semaphore>,
+    pending: std::sync::Mutex<std::collections::VecDeque<(u64, CancellationToken)>>,
+    max_pending: usize,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Gate {
+    fn new(max_connections: usize, max_pending: usize) -> Gate {
+        Gate {
+            authenticated: Arc::new(tokio::sync::Semaphore::new(max_connections.max(1))),
+            pending: Default::default(),
+            max_pending: max_pending.max(1),
+            next: Default::default(),
+        }
+    }
+
+    /// A new pending connection; closes the oldest pending one past the budget.
+    fn admit(self: &Arc<Self>) -> ConnAuth {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let evict = CancellationToken::new();
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.push_back((id, evict.clone()));
+        while pending.len() > self.max_pending {
+            if let Some((_, oldest)) = pending.pop_front() {
+                oldest.cancel();
+            }
+        }
+        ConnAuth {
+            gate: self.clone(),
+            id,
+            evict,
+            slot: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    fn leave_pending(&self, id: u64) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = pending.iter().position(|(p, _)| *p == id) {
+            pending.remove(i);
+        }
+    }
+}
+
+/// One connection's standing: pending until authenticated, then holding a slot until it closes.
+struct ConnAuth {
+    gate: Arc<Gate>,
+    id: u64,
+    evict: CancellationToken,
+    slot: tokio::sync::OnceCell<Option<tokio::sync::OwnedSemaphorePermit>>,
+}
+
+impl ConnAuth {
+    /// Moves the connection from the pending budget to an authenticated slot (waiting for one).
+    async fn promote(&self) {
+        self.slot
+            .get_or_init(|| async {
+                let permit = self.gate.authenticated.clone().acquire_owned().await.ok();
+                self.gate.leave_pending(self.id);
+                permit
+            })
+            .await;
+    }
+}
+
+impl Drop for ConnAuth {
+    fn drop(&mut self) {
+        self.gate.leave_pending(self.id);
+    }
+}
+
 async fn serve_conn<I>(
     io: I,
     peer: Peer,
+    conn: Arc<ConnAuth>,
     app: Router,
     limits: ConnLimits,
     cancel: CancellationToken,
@@ -316,6 +414,7 @@ async fn serve_conn<I>(
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(peer);
+            req.extensions_mut().insert(conn.clone());
             let app = app.clone();
             let req = req.map(|body| idle_limited(body, limits.body_idle));
             async move { tower::ServiceExt::oneshot(app, req).await }
@@ -523,11 +622,15 @@ async fn auth(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let token_ok = match (&state.token, bearer) {
-        (Some(expected), Some(given)) => same(expected.as_bytes(), given.trim().as_bytes()),
+        // Exact: `Bearer  <t>` or `<t>\t` is not the token.
+        (Some(expected), Some(given)) => same(expected.as_bytes(), given.as_bytes()),
         _ => false,
     };
     let open = !state.mtls && state.token.is_none();
     if cert_ok || token_ok || open {
+        if let Some(conn) = req.extensions().get::<Arc<ConnAuth>>().cloned() {
+            conn.promote().await;
+        }
         return next.run(req).await;
     }
     let message = match (bearer, state.mtls, state.token.is_some()) {
@@ -538,7 +641,14 @@ async fn auth(
         (None, false, _) => "a bearer token is required",
     };
     tracing::info!(path = %req.uri().path(), reason = message, "refused unauthenticated request");
-    Fail::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response()
+    // A connection that failed authentication is closed after the answer: it must not keep a
+    // place that callers with credentials need.
+    let mut resp = Fail::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    resp
 }
 
 type Answer<T> = std::result::Result<Json<T>, Fail>;

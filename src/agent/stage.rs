@@ -7,7 +7,7 @@ use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::api::{ArtifactKind, InstalledVersion};
+use super::api::{ArtifactKind, InstalledVersion, redact_url};
 use super::archive::{self, ArchiveError};
 use super::{now_unix_ms, store};
 
@@ -142,7 +142,7 @@ where
 /// `host:port`, case-insensitive).
 pub fn check_url(url: &str, allowed_hosts: Option<&[String]>) -> Result<()> {
     let bad = || StageError::BadUrl {
-        url: url.to_string(),
+        url: redact_url(url),
     };
     let parsed = reqwest::Url::parse(url).map_err(|_| bad())?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
@@ -157,7 +157,7 @@ pub fn check_url(url: &str, allowed_hosts: Option<&[String]>) -> Result<()> {
         });
         if !ok {
             return Err(StageError::HostNotAllowed {
-                url: url.to_string(),
+                url: redact_url(url),
             });
         }
     }
@@ -173,9 +173,11 @@ pub async fn download(
     allowed_hosts: Option<&[String]>,
 ) -> Result<(String, u64)> {
     check_url(url, allowed_hosts)?;
-    let err = |source| StageError::Download {
-        url: url.to_string(),
-        source,
+    // Errors name the URL without its credentials or query (a presigned URL's signature), and
+    // reqwest's own errors, which would quote it whole, without it.
+    let err = |source: reqwest::Error| StageError::Download {
+        url: redact_url(url),
+        source: source.without_url(),
     };
     let allowed: Option<Vec<String>> = allowed_hosts.map(<[String]>::to_vec);
     let redirects = reqwest::redirect::Policy::custom(move |attempt| {
@@ -198,7 +200,7 @@ pub async fn download(
         .map_err(err)?;
     if !resp.status().is_success() {
         return Err(StageError::DownloadStatus {
-            url: url.to_string(),
+            url: redact_url(url),
             status: resp.status().as_u16(),
         });
     }
@@ -232,6 +234,7 @@ pub fn installed(dirs: &ServiceDirs) -> Vec<InstalledVersion> {
 /// Verifies and installs a received artifact as `version` (blocking: run off the runtime).
 ///
 /// Re-staging the same version with the same sha256 is a no-op; with another sha256 it fails.
+#[allow(clippy::too_many_arguments)]
 pub fn install(
     dirs: &ServiceDirs,
     version: &str,
@@ -240,6 +243,7 @@ pub fn install(
     actual_sha: &str,
     kind: Option<ArtifactKind>,
     binary_name: &str,
+    caps: archive::Caps,
 ) -> Result<InstalledVersion> {
     if expected_sha != actual_sha {
         return Err(StageError::ShaMismatch {
@@ -277,7 +281,7 @@ pub fn install(
         .join(format!("{version}.{}.unpack", now_unix_ms()));
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let result = (|| {
-        archive::unpack(kind, artifact, &tmp, binary_name)?;
+        archive::unpack(kind, artifact, &tmp, binary_name, caps)?;
         let meta = InstalledVersion {
             version: version.to_string(),
             sha256: actual_sha.to_string(),
@@ -323,12 +327,22 @@ mod tests {
         let art = dir.path().join("art");
         std::fs::write(&art, b"#!/bin/sh\necho hi\n").unwrap();
         let s = sha(b"#!/bin/sh\necho hi\n");
-        let first = install(&dirs, "v1", &art, &s, &s, None, "app").unwrap();
+        let first = install(&dirs, "v1", &art, &s, &s, None, "app", Default::default()).unwrap();
         assert!(dirs.version("v1").join("app").exists());
-        let again = install(&dirs, "v1", &art, &s, &s, None, "app").unwrap();
+        let again = install(&dirs, "v1", &art, &s, &s, None, "app", Default::default()).unwrap();
         assert_eq!(first, again);
         let other = sha(b"x");
-        let e = install(&dirs, "v1", &art, &other, &other, None, "app").unwrap_err();
+        let e = install(
+            &dirs,
+            "v1",
+            &art,
+            &other,
+            &other,
+            None,
+            "app",
+            Default::default(),
+        )
+        .unwrap_err();
         assert!(matches!(e, StageError::Conflict { .. }), "{e}");
         assert_eq!(installed(&dirs).len(), 1);
     }
@@ -348,6 +362,7 @@ mod tests {
             &sha(b"data"),
             None,
             "app",
+            Default::default(),
         )
         .unwrap_err();
         assert!(matches!(e, StageError::ShaMismatch { .. }));

@@ -66,7 +66,12 @@ fn write(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     {
-        let mut file = std::fs::File::create(&tmp).map_err(err)?;
+        // Agent state is the agent's alone (0600 from the start, not narrowed after).
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut file = opts.open(&tmp).map_err(err)?;
         file.write_all(bytes).map_err(err)?;
         if durable {
             file.sync_all().map_err(err)?;
@@ -122,7 +127,8 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 #[derive(Debug)]
 pub struct JsonLog {
     path: PathBuf,
-    file: std::fs::File,
+    /// None once [`JsonLog::close`]d; the next append reopens it.
+    file: Option<std::fs::File>,
     len: u64,
     lines: usize,
     base: usize,
@@ -130,27 +136,65 @@ pub struct JsonLog {
 
 impl JsonLog {
     /// Every whole, parseable record in the log at `path`, oldest first, and how many lines were
-    /// skipped (torn or not a record). A missing log is empty.
-    pub fn read<T: DeserializeOwned>(path: &Path) -> Result<(Vec<T>, usize)> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-            Err(source) => {
-                return Err(StoreError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                });
-            }
+    /// skipped (torn, not a record, or longer than `max_line` bytes, which is not held in
+    /// memory). A missing log is empty.
+    pub fn read<T: DeserializeOwned>(path: &Path, max_line: usize) -> Result<(Vec<T>, usize)> {
+        use std::io::BufRead;
+        let err = |source| StoreError::Read {
+            path: path.to_path_buf(),
+            source,
         };
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(source) => return Err(err(source)),
+        };
+        let mut reader = std::io::BufReader::new(file);
         let mut records = Vec::new();
         let mut skipped = 0;
-        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            match serde_json::from_slice(line) {
-                Ok(r) => records.push(r),
-                Err(_) => skipped += 1,
+        let mut line = Vec::new();
+        let mut too_long = false;
+        loop {
+            let buf = reader.fill_buf().map_err(err)?;
+            if buf.is_empty() {
+                break;
+            }
+            let (chunk, ends) = match buf.iter().position(|b| *b == b'\n') {
+                Some(i) => (&buf[..i], Some(i + 1)),
+                None => (buf, None),
+            };
+            if !too_long && line.len() + chunk.len() <= max_line {
+                line.extend_from_slice(chunk);
+            } else {
+                too_long = true;
+                line.clear();
+            }
+            let used = ends.unwrap_or(buf.len());
+            reader.consume(used);
+            if ends.is_some() {
+                Self::take(&mut line, &mut too_long, &mut records, &mut skipped);
             }
         }
+        Self::take(&mut line, &mut too_long, &mut records, &mut skipped);
         Ok((records, skipped))
+    }
+
+    fn take<T: DeserializeOwned>(
+        line: &mut Vec<u8>,
+        too_long: &mut bool,
+        records: &mut Vec<T>,
+        skipped: &mut usize,
+    ) {
+        if *too_long {
+            *skipped += 1;
+        } else if !line.is_empty() {
+            match serde_json::from_slice(line) {
+                Ok(r) => records.push(r),
+                Err(_) => *skipped += 1,
+            }
+        }
+        line.clear();
+        *too_long = false;
     }
 
     /// Replaces the log at `path` with exactly `records` (temp file, fsync, rename) and opens it
@@ -175,7 +219,7 @@ impl JsonLog {
             })?;
         Ok(JsonLog {
             path: path.to_path_buf(),
-            file,
+            file: Some(file),
             len: bytes.len() as u64,
             lines,
             base: lines,
@@ -185,16 +229,33 @@ impl JsonLog {
     /// Appends `record` as one line. On failure the log is cut back to its last whole line.
     pub fn append<T: Serialize>(&mut self, record: &T) -> Result<()> {
         let bytes = line(&self.path, record)?;
-        if let Err(source) = self.file.write_all(&bytes) {
-            let _ = self.file.set_len(self.len);
-            return Err(StoreError::Write {
-                path: self.path.clone(),
-                source,
-            });
+        let err = |source| StoreError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => {
+                let mut opts = std::fs::OpenOptions::new();
+                opts.append(true).create(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+                self.file.insert(opts.open(&self.path).map_err(err)?)
+            }
+        };
+        if let Err(source) = file.write_all(&bytes) {
+            let _ = file.set_len(self.len);
+            return Err(err(source));
         }
         self.len += bytes.len() as u64;
         self.lines += 1;
         Ok(())
+    }
+
+    /// Closes the append handle (before the file is replaced: Windows refuses to rename over a
+    /// file that is open). The next append reopens it.
+    pub fn close(&mut self) {
+        self.file = None;
     }
 
     /// Where the log is.
@@ -263,12 +324,12 @@ mod tests {
     fn json_log_appends_whole_lines_skips_torn_ones_and_rewrites() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ops.log");
-        assert_eq!(JsonLog::read::<Vec<i32>>(&path).unwrap(), (vec![], 0));
+        assert_eq!(JsonLog::read::<Vec<i32>>(&path, 1024).unwrap(), (vec![], 0));
         let mut log = JsonLog::rewrite(&path, &[vec![1], vec![2, 3]]).unwrap();
         log.append(&vec![4]).unwrap();
         assert_eq!(log.lines(), 3);
         assert_eq!(
-            JsonLog::read::<Vec<i32>>(&path).unwrap(),
+            JsonLog::read::<Vec<i32>>(&path, 1024).unwrap(),
             (vec![vec![1], vec![2, 3], vec![4]], 0)
         );
         drop(log);
@@ -276,7 +337,7 @@ mod tests {
         let mut torn = std::fs::read(&path).unwrap();
         torn.extend(b"[5, 6");
         std::fs::write(&path, &torn).unwrap();
-        let (records, skipped) = JsonLog::read::<Vec<i32>>(&path).unwrap();
+        let (records, skipped) = JsonLog::read::<Vec<i32>>(&path, 1024).unwrap();
         assert_eq!((records.len(), skipped), (3, 1));
         // A rewrite keeps exactly what it is given; appends go after it on a line of their own.
         let mut log = JsonLog::rewrite(&path, &records[1..]).unwrap();

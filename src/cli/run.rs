@@ -171,10 +171,20 @@ fn pki(cmd: PkiCommand) -> Result<u8, CliError> {
                 issued.key.display()
             );
         }
-        PkiCommand::Issue { dir, agent, client } => {
+        PkiCommand::Issue {
+            dir,
+            agent,
+            client,
+            force,
+        } => {
+            let existing = if force {
+                crate::pki::Existing::Replace
+            } else {
+                crate::pki::Existing::Refuse
+            };
             let issued = match (agent, client) {
-                (Some(host), _) => crate::pki::issue_agent(&dir, &host),
-                (None, Some(name)) => crate::pki::issue_client(&dir, &name),
+                (Some(host), _) => crate::pki::issue_agent_with(&dir, &host, existing),
+                (None, Some(name)) => crate::pki::issue_client_with(&dir, &name, existing),
                 (None, None) => unreachable!("clap requires one"),
             }
             .map_err(failed)?;

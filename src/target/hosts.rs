@@ -51,13 +51,16 @@ impl Hosts {
     /// rollout are idempotent and a new rollout is not mistaken for an old one.
     pub fn new(spec: &HostsTarget, first_group: Option<&str>) -> Result<Self> {
         let auth = client_auth(spec.auth.as_ref())?;
-        let scheme = if auth.ca_pem.is_some() {
-            "https"
-        } else {
-            "http"
-        };
         let mut clients = Vec::new();
         for h in &spec.hosts {
+            // TLS with a CA, and for a token to anything but loopback (never plain HTTP).
+            let plain_ok =
+                auth.token.is_none() || crate::agent::api::is_loopback_address(&h.address);
+            let scheme = if auth.ca_pem.is_some() || !plain_ok {
+                "https"
+            } else {
+                "http"
+            };
             let url = format!("{scheme}://{}", h.address);
             let client = AgentClient::new(&url, &auth)
                 .map_err(|e| TargetError::Setup(format!("{}: {e}", h.name)))?

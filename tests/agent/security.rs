@@ -77,6 +77,25 @@ impl TestCa {
         (c, k)
     }
 
+    /// Issues `<stem>.pem` and `<stem>-key.pem` with no extended key usage at all.
+    fn issue_without_eku(&self, stem: &str) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, stem);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = rcgen::date_time_ymd(VALID.0, 1, 1);
+        params.not_after = rcgen::date_time_ymd(VALID.1, 1, 1);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (
+            self.dir.join(format!("{stem}.pem")),
+            self.dir.join(format!("{stem}-key.pem")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
     fn client(&self, stem: &str, valid: (i32, i32)) -> ClientAuth {
         let (c, k) = self.issue(stem, ExtendedKeyUsagePurpose::ClientAuth, valid);
         ClientAuth::mtls_files(&self.ca(), &c, &k).unwrap()
@@ -168,6 +187,27 @@ async fn tls_admits_only_current_certificates_of_the_pinned_ca_used_for_their_pu
         chain.to_lowercase().contains("certificate"),
         "the client should say why it refused: {chain}"
     );
+}
+
+/// W7 (issue 17): a certificate of the pinned CA without any extended key usage was accepted
+/// as a client certificate; SECURITY.md says the client-auth usage is required.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn w7_a_client_certificate_without_client_auth_usage_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(&tmp.path().join("ca"), "pinned");
+    let server = ca.issue("server", ExtendedKeyUsagePurpose::ServerAuth, VALID);
+    let agent = AgentProc::start(
+        tmp.path(),
+        &ca.config(&server, &tmp.path().join("data"), ""),
+    );
+    let good = ca.client("client", VALID);
+    assert_eq!(
+        agent.client(&good).host_info().await.unwrap().services,
+        ["web"]
+    );
+    let (c, k) = ca.issue_without_eku("no-eku");
+    let no_eku = ClientAuth::mtls_files(&ca.ca(), &c, &k).unwrap();
+    unreachable(&agent.client(&no_eku).host_info().await.unwrap_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,7 +447,7 @@ async fn oversized_bodies_and_slow_connections_are_cut_off() {
     let pki = Pki::new(&tmp.path().join("pki"));
     let data = tmp.path().join("data");
     let cfg = format!(
-        "listen: 127.0.0.1:0\ndataDir: {}\n{}limits: {{jsonBodyBytes: 1024, artifactBytes: 4096, maxConnections: 3, headerReadTimeout: 1s, bodyIdleTimeout: 1s}}\nservices:\n{}",
+        "listen: 127.0.0.1:0\ndataDir: {}\n{}limits: {{jsonBodyBytes: 1024, artifactBytes: 4096, maxConnections: 3, maxUnauthenticated: 3, headerReadTimeout: 1s, bodyIdleTimeout: 1s}}\nservices:\n{}",
         data.display(),
         pki.tls_yaml(true),
         web_service(&[free_ports(1)[0]], "")
@@ -502,10 +542,10 @@ async fn oversized_bodies_and_slow_connections_are_cut_off() {
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
     assert!(started.elapsed() < Duration::from_secs(3));
 
-    // Connections that never start TLS: at most 3 are served at once, so a 4th caller waits
-    // until the handshake deadline frees a slot, then is served.
+    // Connections that never start TLS are unauthenticated: past `maxUnauthenticated` (3) the
+    // oldest is closed, and none of them holds back an authenticated caller (issue 17, W1).
     let mut silent = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         silent.push(
             tokio::net::TcpStream::connect(agent.url.trim_start_matches("https://"))
                 .await
@@ -514,7 +554,29 @@ async fn oversized_bodies_and_slow_connections_are_cut_off() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
-    let info = c.host_info().await.unwrap();
+    let info = agent.client(&auth).host_info().await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(info.services, ["web"]);
+    assert!(
+        waited < Duration::from_millis(600),
+        "silent connections held back an authenticated caller for {waited:?}"
+    );
+    let started = Instant::now();
+    read_to_close(&mut silent[0], Duration::from_secs(3)).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "the oldest unauthenticated connection was not closed when the budget ran out"
+    );
+
+    // Authenticated connections: at most 3 are served at once, so a 4th caller waits until
+    // the header deadline frees a slot, then is served.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tls_connect(&agent.url, &pki.ca(), identity).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let info = agent.client(&auth).host_info().await.unwrap();
     let waited = started.elapsed();
     assert_eq!(info.services, ["web"]);
     assert!(
@@ -522,9 +584,13 @@ async fn oversized_bodies_and_slow_connections_are_cut_off() {
         "served at once ({waited:?}): the connection limit did not hold"
     );
     assert!(waited < Duration::from_secs(8), "waited {waited:?}");
-    for mut s in silent {
+    for mut s in held {
         read_to_close(&mut s, Duration::from_secs(3)).await;
     }
+    for mut s in silent.into_iter().skip(1) {
+        read_to_close(&mut s, Duration::from_secs(3)).await;
+    }
+    drop(c);
 }
 
 /// An HTTP server answering every request with `status`, `headers` and `body`.

@@ -84,15 +84,40 @@ impl AgentProc {
     }
 
     pub fn start_file(dir: &Path, config: &Path) -> AgentProc {
+        Self::start_with(dir, config, None, &[])
+    }
+
+    /// Starts the agent through `sh -c '<shell_prefix>; exec rollgate-agent ...'` (say, to hand
+    /// it an inherited descriptor: `exec 9<file`), with `env` added to its environment.
+    pub fn start_with(
+        dir: &Path,
+        config: &Path,
+        shell_prefix: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> AgentProc {
         let stderr = dir.join(format!("agent-{}.stderr", std::process::id()));
         let err = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&stderr)
             .unwrap();
-        let mut child = Command::new(AGENT)
-            .args(["run", "--config"])
-            .arg(config)
+        let mut command = match shell_prefix {
+            Some(prefix) => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c")
+                    .arg(format!("{prefix}; exec \"$0\" run --config \"$1\""))
+                    .arg(AGENT)
+                    .arg(config);
+                c
+            }
+            None => {
+                let mut c = Command::new(AGENT);
+                c.args(["run", "--config"]).arg(config);
+                c
+            }
+        };
+        let mut child = command
+            .envs(env.iter().copied())
             .env("ROLLGATE_AGENT_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

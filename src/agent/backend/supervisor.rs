@@ -283,14 +283,23 @@ const PASS_ENV: &[&str] = &[
     "TMP",
 ];
 
-fn spawn(spec: &RunSpec) -> std::io::Result<tokio::process::Child> {
-    let mut cmd = tokio::process::Command::new(&spec.program);
-    cmd.args(&spec.args)
-        .current_dir(&spec.cwd)
+/// A command run the way a service runs: in `cwd`, as `user` (when set), with a cleared
+/// environment (only [`PASS_ENV`] and `env`), stdin from /dev/null, in its own process group, and
+/// with none of the agent's inherited descriptors. Health-check commands run this way too.
+pub(crate) fn service_command(
+    program: &Path,
+    args: &[String],
+    cwd: &Path,
+    user: Option<&str>,
+    env: &std::collections::BTreeMap<String, String>,
+) -> std::io::Result<tokio::process::Command> {
+    #[cfg(unix)]
+    cloexec_inherited();
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .current_dir(cwd)
         .env_clear()
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .kill_on_drop(true);
     for name in PASS_ENV {
         if let Ok(v) = std::env::var(name) {
@@ -298,7 +307,7 @@ fn spawn(spec: &RunSpec) -> std::io::Result<tokio::process::Child> {
         }
     }
     #[cfg(unix)]
-    if let Some(user) = &spec.user {
+    if let Some(user) = user {
         let run_as = RunAs::resolve(user)?;
         cmd.env("HOME", &run_as.home)
             .env("USER", &run_as.name)
@@ -308,9 +317,55 @@ fn spawn(spec: &RunSpec) -> std::io::Result<tokio::process::Child> {
             cmd.gid(run_as.gid.as_raw()).uid(run_as.uid.as_raw());
         }
     }
-    cmd.envs(&spec.env);
+    #[cfg(not(unix))]
+    let _ = user;
+    cmd.envs(env);
     #[cfg(unix)]
     cmd.process_group(0);
+    Ok(cmd)
+}
+
+/// Marks every descriptor above stderr close-on-exec. What the agent opens itself already is
+/// (Rust opens everything `O_CLOEXEC`); this catches descriptors the agent *inherited* (a
+/// root-only file on fd 9), which children would otherwise inherit in turn.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn cloexec_inherited() {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: `fd` was listed open in /proc/self/fd and is only borrowed for the two
+        // fcntl calls; if it was closed since (the listing's own descriptor), fcntl fails
+        // with EBADF and nothing happens.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        if let Ok(flags) = fcntl(borrowed, FcntlArg::F_GETFD) {
+            let flags = FdFlag::from_bits_truncate(flags);
+            if !flags.contains(FdFlag::FD_CLOEXEC) {
+                let _ = fcntl(borrowed, FcntlArg::F_SETFD(flags | FdFlag::FD_CLOEXEC));
+            }
+        }
+    }
+}
+
+#[cfg(all(unix, not(target_os = "linux")))]
+fn cloexec_inherited() {}
+
+fn spawn(spec: &RunSpec) -> std::io::Result<tokio::process::Child> {
+    let mut cmd = service_command(
+        &spec.program,
+        &spec.args,
+        &spec.cwd,
+        spec.user.as_deref(),
+        &spec.env,
+    )?;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
     let slot = spec.slot;
     if let Some(out) = child.stdout.take() {
@@ -403,13 +458,13 @@ async fn pump(mut pipe: impl AsyncRead + Unpin, path: PathBuf, max_bytes: u64, k
     }
 }
 
+/// Opens a service log for appending; a new one is readable by the agent's user only.
 async fn open_append(path: &Path) -> Option<tokio::fs::File> {
-    tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .await
-        .ok()
+    let mut opts = tokio::fs::OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    opts.open(path).await.ok()
 }
 
 /// `log` -> `log.1` -> ... -> `log.keep` (dropped).
