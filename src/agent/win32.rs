@@ -10,7 +10,9 @@ use std::os::windows::ffi::OsStrExt;
 
 use super::eventlog::EventLevel;
 use windows_sys::Win32::Foundation::{CloseHandle, ERROR_FILE_NOT_FOUND, ERROR_SUCCESS, FILETIME};
-use windows_sys::Win32::System::Console::{CTRL_BREAK_EVENT, GenerateConsoleCtrlEvent};
+use windows_sys::Win32::System::Console::{
+    AllocConsole, CTRL_BREAK_EVENT, GenerateConsoleCtrlEvent,
+};
 use windows_sys::Win32::System::EventLog::{
     DeregisterEventSource, EVENTLOG_ERROR_TYPE, EVENTLOG_INFORMATION_TYPE, EVENTLOG_WARNING_TYPE,
     RegisterEventSourceW, ReportEventW,
@@ -208,6 +210,13 @@ pub fn ctrl_break(pid: u32) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Gives this process a console when it has none (a service), so that the console programs it
+/// starts share it and [`ctrl_break`] reaches them.
+pub fn ensure_console() {
+    // SAFETY: no arguments; fails harmlessly when a console is already attached.
+    unsafe { AllocConsole() };
 }
 
 /// Terminates process `pid` with exit code 1.

@@ -96,26 +96,45 @@ enum ServiceAction {
     Run(RunArgs),
 }
 
-fn init_logging(format: LogFormat, level: &str) {
+fn init_logging(format: LogFormat, level: &str, event_log: bool) {
     use std::io::IsTerminal;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Under systemd, stderr goes to the journal, which stamps each line itself.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match (format, journald) {
-        (LogFormat::Json, _) => builder.json().init(),
-        (LogFormat::Text, true) => builder.without_time().init(),
-        (LogFormat::Text, false) => builder.init(),
-    }
+    let fmt = match (format, journald) {
+        (LogFormat::Json, _) => fmt.json().boxed(),
+        (LogFormat::Text, true) => fmt.without_time().boxed(),
+        (LogFormat::Text, false) => fmt.boxed(),
+    };
+    // The agent as a Windows service also writes to the Application Event Log.
+    #[cfg(windows)]
+    let event_log = event_log.then_some(rollgate::agent::eventlog::EventLogLayer);
+    #[cfg(not(windows))]
+    let event_log = event_log.then_some(tracing_subscriber::layer::Identity::new());
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(event_log)
+        .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, &cli.log_level);
+    let as_windows_service = cfg!(windows)
+        && matches!(
+            cli.command,
+            Command::Service {
+                action: ServiceAction::Run(_)
+            }
+        );
+    init_logging(cli.log_format, &cli.log_level, as_windows_service);
     match cli.command {
         Command::CheckConfig { files, env } => match config::load(&files, env.as_deref()) {
             Ok(c) => {
@@ -380,7 +399,7 @@ mod windows {
     use std::time::Duration;
 
     use anyhow::Context;
-    use rollgate::agent::{config, daemon};
+    use rollgate::agent::{config, daemon, eventlog, win32};
     use tokio_util::sync::CancellationToken;
     use windows_service::service::{
         ServiceAccess, ServiceControl, ServiceControlAccept, ServiceErrorControl, ServiceExitCode,
@@ -393,6 +412,10 @@ mod windows {
     use windows_service::{define_windows_service, service_dispatcher};
 
     const NAME: &str = "rollgate-agent";
+    /// Renders any event id as its one string (.NET's generic message table, present on every
+    /// Windows with .NET Framework 4); the entries' text is the agent's log line.
+    const EVENT_MESSAGE_FILE: &str =
+        r"%SystemRoot%\Microsoft.NET\Framework64\v4.0.30319\EventLogMessages.dll";
     static ARGS: OnceLock<super::RunArgs> = OnceLock::new();
 
     pub fn install(exe: &Path, config: &Path) -> anyhow::Result<()> {
@@ -421,6 +444,8 @@ mod windows {
             manager.create_service(&info, ServiceAccess::CHANGE_CONFIG | ServiceAccess::START)?;
         service
             .set_description("Stages, installs, runs and switches service versions for rollgate")?;
+        win32::register_event_source(eventlog::SOURCE, EVENT_MESSAGE_FILE)
+            .context("registering the Event Log source")?;
         service.start(&[] as &[&std::ffi::OsStr])?;
         println!("installed and started the {NAME} service");
         Ok(())
@@ -436,7 +461,9 @@ mod windows {
             let _ = service.stop();
         }
         service.delete()?;
-        println!("removed the {NAME} service");
+        win32::deregister_event_source(eventlog::SOURCE)
+            .context("removing the Event Log source")?;
+        println!("removed the {NAME} service and its Event Log source");
         Ok(())
     }
 
@@ -456,8 +483,15 @@ mod windows {
     /// The SCM's entry point: everything that can fail is in [`run_service`], whose error is
     /// logged here (the SCM has already been told STOPPED with its exit code).
     fn service_main(_arguments: Vec<OsString>) {
-        if let Err(e) = run_service() {
-            tracing::error!("the {NAME} service stopped: {e:#}");
+        match run_service() {
+            Ok(()) => tracing::info!(
+                event_id = eventlog::ids::STOPPED,
+                "the {NAME} service stopped"
+            ),
+            Err(e) => tracing::error!(
+                event_id = eventlog::ids::FAILED,
+                "the {NAME} service could not serve: {e:#}"
+            ),
         }
     }
 
@@ -495,7 +529,7 @@ mod windows {
 
     impl daemon::Hooks for Status {
         fn ready(&mut self, url: &str) {
-            tracing::info!(%url, "the {NAME} service is running");
+            tracing::info!(event_id = eventlog::ids::STARTED, %url, "the {NAME} service is running");
             self.set(
                 ServiceState::Running,
                 ServiceExitCode::Win32(0),
@@ -531,6 +565,8 @@ mod windows {
         };
         let handle = service_control_handler::register(NAME, handler)
             .context("registering the service control handler")?;
+        // The supervisor stops its services with CTRL_BREAK, which needs a shared console.
+        win32::ensure_console();
         let mut status = Status {
             handle,
             checkpoint: 0,
