@@ -32,6 +32,24 @@ fn scm_err(what: &str, e: windows_service::Error) -> BackendError {
     }
 }
 
+/// `ERROR_INVALID_LEVEL`: an SCM without this `ChangeServiceConfig2W` level.
+const ERROR_INVALID_LEVEL: i32 = 124;
+
+/// A `ChangeServiceConfig2W` call that an SCM lacking its level refuses is warned about, not
+/// fatal: Wine's SCM has neither the delayed auto-start level nor the failure-actions flag's;
+/// every Windows since Vista has both.
+fn unimplemented_level(what: &str, result: windows_service::Result<()>) -> Result<()> {
+    match result {
+        Err(windows_service::Error::Winapi(e)) if e.raw_os_error() == Some(ERROR_INVALID_LEVEL) => {
+            tracing::warn!(
+                "{what}: this service control manager does not implement it (Win32 error 124); left as it is"
+            );
+            Ok(())
+        }
+        other => other.map_err(|e| scm_err(what, e)),
+    }
+}
+
 fn service_info(plan: &ScmServicePlan) -> ServiceInfo {
     ServiceInfo {
         name: OsString::from(&plan.name),
@@ -132,15 +150,17 @@ fn install_and_start(plan: ScmServicePlan) -> Result<()> {
             detail: scm_plan::win32_detail(&e),
         }
     })?;
-    service
-        .set_delayed_auto_start(plan.start_type == StartType::DelayedAuto)
-        .map_err(|e| scm_err("set delayed auto start", e))?;
+    unimplemented_level(
+        "set delayed auto start",
+        service.set_delayed_auto_start(plan.start_type == StartType::DelayedAuto),
+    )?;
     service
         .update_failure_actions(failure_actions(&plan))
         .map_err(|e| scm_err("set failure actions", e))?;
-    service
-        .set_failure_actions_on_non_crash_failures(plan.failure.non_crash_failures)
-        .map_err(|e| scm_err("set failure actions flag", e))?;
+    unimplemented_level(
+        "set failure actions flag",
+        service.set_failure_actions_on_non_crash_failures(plan.failure.non_crash_failures),
+    )?;
     service
         .start(&[] as &[&std::ffi::OsStr])
         .map_err(|e| scm_err("StartService", e))?;
