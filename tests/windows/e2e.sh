@@ -2,7 +2,8 @@
 # End to end under Wine, driven by the Linux CLI: rollgate-agent.exe installed as a Windows service
 # (`service install`, mTLS on loopback) under Wine's SCM; the Linux `rollgate apply` stages
 # rollgate-demo.exe v1 and activates it through the windows-scm backend and the supervisor
-# backend, then v2 behind a health gate, then a bad v3 (its /health answers 500) rolled back
+# backend (its `env:` written to the service's registry `Environment` value), then v2 behind a
+# health gate, then a bad v3 (its /health answers 500) rolled back
 # automatically, then `rollgate rollback`; `sc query` after each step. Then the agent is stopped
 # and uninstalled, the services it created are removed, and nothing is left running.
 # Also: with its port taken, the agent service ends STOPPED with service-specific exit code 1.
@@ -94,13 +95,13 @@ agent_port=$(free_port)
 scm_port=$(free_port)
 sup_port=$(free_port)
 mkdir -p "$W/art"
-# The version comes from ROLLGATE_VERSION, which the agent puts in the service's environment: a
-# v1 answering "1.0.0" under the SCM proves `env:` reached it. v3's /health answers 500.
+# Each version's flags travel in bin/web.exe.args (the demo reads the file named after itself).
+# v3's /health answers 500.
 package() { # version flags
   local d="$W/art/$1"
   mkdir -p "$d/bin"
   cp "$WIN/rollgate-demo.exe" "$d/bin/web.exe"
-  printf '%s\n' "$2" >"$d/bin/web.exe.args"
+  printf '%s\n' "--version $1 $2" >"$d/bin/web.exe.args"
   tar -C "$d" -czf "$W/art/web-$1.tar.gz" bin
 }
 package 1.0.0 ""
@@ -202,10 +203,23 @@ apply() { # service version strategy expected-exit
   echo "rollgate apply $1 $2: exit $rc"
 }
 
+# The service's environment (`env:`, PORT, ROLLGATE_VERSION) in its registry `Environment` value.
+# Wine's SCM starts every service with one environment and ignores that value: that the
+# process sees it is for a real Windows host to confirm.
+expect_environment() { # version
+  local env
+  env=$(wine_ reg query 'HKLM\System\CurrentControlSet\Services\rollgate-web-0' /v Environment | tr -d '\r')
+  for want in "DEMO_START_DELAY_MS=0" "PORT=$scm_port" "ROLLGATE_VERSION=$1"; do
+    grep -q -- "$want" <<<"$env" || fail "rollgate-web-0's Environment lacks $want: $env"
+  done
+  echo "rollgate-web-0 Environment: $(grep -o 'REG_MULTI_SZ.*' <<<"$env")"
+}
+
 step "v1 through the windows-scm backend"
 apply web 1.0.0 "$INSTALL" 0
 expect_state rollgate-web-0 RUNNING
 expect_version "$scm_port" 1.0.0
+expect_environment 1.0.0
 
 step "v1 through the supervisor backend"
 apply websup 1.0.0 "$INSTALL" 0
@@ -215,6 +229,7 @@ step "v2 with its health gate"
 apply web 2.0.0 "$INSTALL" 0
 expect_state rollgate-web-0 RUNNING
 expect_version "$scm_port" 2.0.0
+expect_environment 2.0.0
 apply websup 2.0.0 "$INSTALL" 0
 expect_version "$sup_port" 2.0.0
 
