@@ -320,6 +320,7 @@ fn sd_notify(state: &str) {
     let _ = state;
 }
 
+#[cfg(not(windows))]
 const AGENT_UNIT: &str = "rollgate-agent.service";
 
 fn install(config: &Path, unit_dir: &Path, no_start: bool) -> anyhow::Result<()> {
@@ -459,6 +460,16 @@ mod windows {
         )?;
         if service.query_status()?.current_state != ServiceState::Stopped {
             let _ = service.stop();
+            // The agent drains within its shutdown grace; the SCM deletes a service only
+            // once it has stopped.
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while service.query_status()?.current_state != ServiceState::Stopped {
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "the {NAME} service did not stop within 120s"
+                );
+                std::thread::sleep(Duration::from_millis(250));
+            }
         }
         service.delete()?;
         win32::deregister_event_source(eventlog::SOURCE)

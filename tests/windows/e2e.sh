@@ -152,7 +152,7 @@ echo "sc query rollgate-agent: STOPPED, WIN32_EXIT_CODE 1066, SERVICE_EXIT_CODE 
 kill "$squatter"
 wait "$squatter" 2>/dev/null || true
 wine_ "$WIN/rollgate-agent.exe" service uninstall
-[ "$(sc_state rollgate-agent)" = NONE ] || fail "rollgate-agent still registered after uninstall"
+expect_state rollgate-agent NONE
 
 step "service install: the agent as a Windows service, mTLS on 127.0.0.1:$agent_port"
 wine_ "$WIN/rollgate-agent.exe" service install -c "$(winpath "$W/agent.yaml")"
@@ -254,14 +254,14 @@ expect_version "$sup_port" 1.0.0
 
 step "stop and uninstall: nothing left running"
 wine_ "$WIN/rollgate-agent.exe" service uninstall
-[ "$(sc_state rollgate-agent)" = NONE ] || fail "rollgate-agent still registered"
+expect_state rollgate-agent NONE
 # The supervisor's service stops with the agent; the SCM's service is the SCM's own.
 for _ in $(seq 1 40); do curl -fsS "http://127.0.0.1:$sup_port/health" >/dev/null 2>&1 || break; sleep 0.5; done
 curl -fsS "http://127.0.0.1:$sup_port/health" >/dev/null 2>&1 && fail "the supervisor's service outlived the agent"
 wine_ sc stop rollgate-web-0 >/dev/null
 expect_state rollgate-web-0 STOPPED
 wine_ sc delete rollgate-web-0 >/dev/null
-[ "$(sc_state rollgate-web-0)" = NONE ] || fail "rollgate-web-0 still registered"
+expect_state rollgate-web-0 NONE
 for _ in $(seq 1 40); do pgrep -f 'rollgate-(agent|demo)\.exe|bin.web\.exe' >/dev/null || break; sleep 0.5; done
 if pgrep -af 'rollgate-agent\.exe|bin.web\.exe'; then fail "processes left running"; fi
 echo "e2e: passed"
