@@ -8,6 +8,8 @@ pub mod archive;
 pub mod backend;
 pub mod client;
 pub mod config;
+pub mod daemon;
+pub mod eventlog;
 pub mod health;
 mod journal;
 pub mod journald;
@@ -16,6 +18,8 @@ pub mod recovery;
 pub mod server;
 pub mod stage;
 pub mod store;
+#[cfg(windows)]
+pub mod win32;
 
 /// Milliseconds since the Unix epoch, as carried on the wire.
 pub fn now_unix_ms() -> u64 {

@@ -1,5 +1,7 @@
 //! Host-fleet rollouts end to end: the real `rollgate`, real `rollgate-agent` processes over mTLS on
 //! loopback, and real demo-service processes.
+// tests/support uses nix (signals, process groups) throughout: Unix only.
+#![cfg(unix)]
 
 #[path = "support/faults.rs"]
 mod faults;

@@ -1,4 +1,6 @@
 //! Integration tests against the real Kubernetes control plane of `tests/cluster` (kwok fakes the nodes).
+// tests/support uses nix (signals, process groups) throughout: Unix only.
+#![cfg(unix)]
 
 #[path = "support/cluster.rs"]
 mod cluster;

@@ -33,6 +33,9 @@ rm -f target/fault-matrix.tsv
 status=0
 cargo test --locked --all-targets -- --test-threads="${ROLLGATE_TEST_THREADS:-2}" || status=$?
 
+log "Windows: the agent built for Windows, its unit tests and a rollout under Wine's SCM"
+tests/windows/run.sh || status=$?
+
 log "fault-injection matrix (what each fault test injected and found)"
 tests/fault-table.sh
 exit "$status"

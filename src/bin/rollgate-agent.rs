@@ -8,8 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use rollgate::agent::{config, manager::Agent, server::Server, store};
-use tokio_util::sync::CancellationToken;
+use rollgate::agent::{config, daemon};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -97,30 +96,47 @@ enum ServiceAction {
     Run(RunArgs),
 }
 
-fn init_logging(format: LogFormat, level: &str) {
+fn init_logging(format: LogFormat, level: &str, event_log: bool) {
     use std::io::IsTerminal;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Under systemd, stderr goes to the journal, which stamps each line itself and reads its
     // priority from a `<N>` prefix.
     let journald = rollgate::agent::journald::stderr_is_journal();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match (format, journald) {
-        (LogFormat::Json, _) => builder.json().init(),
-        (LogFormat::Text, true) => builder
+    let fmt = tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal());
+    let fmt = match (format, journald) {
+        (LogFormat::Json, _) => fmt.with_writer(std::io::stderr).json().boxed(),
+        (LogFormat::Text, true) => fmt
             .without_time()
             .with_writer(rollgate::agent::journald::JournalStderr)
-            .init(),
-        (LogFormat::Text, false) => builder.init(),
-    }
+            .boxed(),
+        (LogFormat::Text, false) => fmt.with_writer(std::io::stderr).boxed(),
+    };
+    // The agent as a Windows service also writes to the Application Event Log.
+    #[cfg(windows)]
+    let event_log = event_log.then_some(rollgate::agent::eventlog::EventLogLayer);
+    #[cfg(not(windows))]
+    let event_log = event_log.then_some(tracing_subscriber::layer::Identity::new());
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(event_log)
+        .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, &cli.log_level);
+    let as_windows_service = cfg!(windows)
+        && matches!(
+            cli.command,
+            Command::Service {
+                action: ServiceAction::Run(_)
+            }
+        );
+    init_logging(cli.log_format, &cli.log_level, as_windows_service);
     match cli.command {
         Command::CheckConfig { files, env } => match config::load(&files, env.as_deref()) {
             Ok(c) => {
@@ -171,6 +187,24 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+/// The lifecycle's overrides from the command line.
+fn options(args: &RunArgs) -> daemon::Options {
+    daemon::Options {
+        listen: args.listen.clone(),
+        addr_file: args.addr_file.clone(),
+    }
+}
+
+/// The agent's runtime: one worker thread is plenty for an agent (unpacking runs on the
+/// blocking pool) and keeps the idle footprint small.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+}
+
 fn run_blocking(args: RunArgs, notify: bool) -> ExitCode {
     let config = match config::load(&args.config, args.env.as_deref()) {
         Ok(c) => c,
@@ -179,81 +213,59 @@ fn run_blocking(args: RunArgs, notify: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // One worker thread is plenty for an agent (unpacking runs on the blocking pool) and
-    // keeps the idle footprint small.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .max_blocking_threads(8)
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let cancel = CancellationToken::new();
-    let result = runtime.block_on(run(config, args, notify, cancel));
+    let mut hooks = Foreground { notify };
+    let result = runtime.block_on(async {
+        let mut signals = Signals::new();
+        let stop = async move {
+            signals.recv().await;
+            tokio::spawn(async move {
+                signals.recv().await;
+                tracing::warn!("second interrupt: aborting now");
+                std::process::exit(130);
+            });
+        };
+        daemon::run(config, options(&args), stop, &mut hooks).await
+    });
     // Do not wait for stray blocking tasks (a stuck download) past the grace period.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
-        Ok(code) => code,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let code = e.exit_code();
+            let e = anyhow::Error::from(e);
             tracing::error!("{e:#}");
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(code)
         }
     }
 }
 
-async fn run(
-    config: config::AgentConfig,
-    args: RunArgs,
+/// The foreground agent's announcements: a line on stdout, and systemd's notifications when
+/// run by systemd (`service run`).
+struct Foreground {
     notify: bool,
-    cancel: CancellationToken,
-) -> anyhow::Result<ExitCode> {
-    let mut signals = Signals::new();
-    let grace = config.shutdown_grace.0;
-    let listen = args.listen.clone().unwrap_or_else(|| config.listen.clone());
-    let data_dir = config.data_dir.clone();
-    let agent = Agent::open(config).context("opening the agent's data dir")?;
-    let server = Server::bind(agent.clone(), &listen).await?;
-    let url = server.url();
-    store::write_atomic(&data_dir.join("agent.addr"), url.as_bytes())?;
-    if let Some(path) = &args.addr_file {
-        store::write_atomic(path, url.as_bytes())?;
+}
+
+impl daemon::Hooks for Foreground {
+    fn ready(&mut self, url: &str) {
+        println!("rollgate-agent listening on {url}");
+        if self.notify {
+            sd_notify("READY=1");
+        }
     }
-    println!("rollgate-agent listening on {url}");
-    tracing::info!(%url, data_dir = %data_dir.display(), "listening");
-    let reconcile = {
-        let agent = agent.clone();
-        tokio::spawn(async move { agent.reconcile().await })
-    };
-    agent.spawn_health_loop();
-    if notify {
-        sd_notify("READY=1");
+
+    fn stopping(&mut self, _grace: std::time::Duration) {
+        if self.notify {
+            sd_notify("STOPPING=1");
+        }
     }
-    let serving = tokio::spawn(server.serve(cancel.clone(), grace));
-    signals.recv().await;
-    tracing::info!(
-        grace_ms = grace.as_millis() as u64,
-        "stopping: finishing operations in flight"
-    );
-    if notify {
-        sd_notify("STOPPING=1");
-    }
-    cancel.cancel();
-    tokio::spawn(async move {
-        signals.recv().await;
-        tracing::warn!("second interrupt: aborting now");
-        std::process::exit(130);
-    });
-    let _ = reconcile.await;
-    agent.shutdown(grace).await;
-    let _ = serving.await;
-    tracing::info!("stopped");
-    Ok(ExitCode::SUCCESS)
 }
 
 /// SIGTERM and Ctrl-C, registered up front so a signal right after READY=1 is not lost.
@@ -310,6 +322,7 @@ fn sd_notify(state: &str) {
     let _ = state;
 }
 
+#[cfg(not(windows))]
 const AGENT_UNIT: &str = "rollgate-agent.service";
 
 fn install(config: &Path, unit_dir: &Path, no_start: bool) -> anyhow::Result<()> {
@@ -329,7 +342,7 @@ fn install(config: &Path, unit_dir: &Path, no_start: bool) -> anyhow::Result<()>
         std::fs::create_dir_all(&loaded.data_dir)
             .with_context(|| format!("creating {}", loaded.data_dir.display()))?;
         let path = unit_dir.join(AGENT_UNIT);
-        store::write_atomic(&path, text.as_bytes())?;
+        rollgate::agent::store::write_atomic(&path, text.as_bytes())?;
         println!("wrote {}", path.display());
         if !no_start {
             systemctl(&["daemon-reload"])?;
@@ -381,7 +394,7 @@ fn systemctl(args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// The agent as a Windows service: SCM registration and the service dispatcher.
-/// Not compiled on the Linux CI; kept to the calls the `windows-service` crate documents.
+/// Built and run under Wine by `tests/windows/run.sh`.
 #[cfg(windows)]
 #[allow(unsafe_code)] // define_windows_service! expands to an `extern "system"` entry point.
 mod windows {
@@ -391,15 +404,24 @@ mod windows {
     use std::sync::OnceLock;
     use std::time::Duration;
 
+    use anyhow::Context;
+    use rollgate::agent::{config, daemon, eventlog, win32};
+    use tokio_util::sync::CancellationToken;
     use windows_service::service::{
         ServiceAccess, ServiceControl, ServiceControlAccept, ServiceErrorControl, ServiceExitCode,
         ServiceInfo, ServiceStartType, ServiceState, ServiceStatus, ServiceType,
     };
-    use windows_service::service_control_handler::{self, ServiceControlHandlerResult};
+    use windows_service::service_control_handler::{
+        self, ServiceControlHandlerResult, ServiceStatusHandle,
+    };
     use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
     use windows_service::{define_windows_service, service_dispatcher};
 
     const NAME: &str = "rollgate-agent";
+    /// Renders any event id as its one string (.NET's generic message table, present on every
+    /// Windows with .NET Framework 4); the entries' text is the agent's log line.
+    const EVENT_MESSAGE_FILE: &str =
+        r"%SystemRoot%\Microsoft.NET\Framework64\v4.0.30319\EventLogMessages.dll";
     static ARGS: OnceLock<super::RunArgs> = OnceLock::new();
 
     pub fn install(exe: &Path, config: &Path) -> anyhow::Result<()> {
@@ -428,6 +450,8 @@ mod windows {
             manager.create_service(&info, ServiceAccess::CHANGE_CONFIG | ServiceAccess::START)?;
         service
             .set_description("Stages, installs, runs and switches service versions for rollgate")?;
+        win32::register_event_source(eventlog::SOURCE, EVENT_MESSAGE_FILE)
+            .context("registering the Event Log source")?;
         service.start(&[] as &[&std::ffi::OsStr])?;
         println!("installed and started the {NAME} service");
         Ok(())
@@ -441,9 +465,21 @@ mod windows {
         )?;
         if service.query_status()?.current_state != ServiceState::Stopped {
             let _ = service.stop();
+            // The agent drains within its shutdown grace; the SCM deletes a service only
+            // once it has stopped.
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while service.query_status()?.current_state != ServiceState::Stopped {
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "the {NAME} service did not stop within 120s"
+                );
+                std::thread::sleep(Duration::from_millis(250));
+            }
         }
         service.delete()?;
-        println!("removed the {NAME} service");
+        win32::deregister_event_source(eventlog::SOURCE)
+            .context("removing the Event Log source")?;
+        println!("removed the {NAME} service and its Event Log source");
         Ok(())
     }
 
@@ -460,15 +496,80 @@ mod windows {
         }
     }
 
+    /// The SCM's entry point: everything that can fail is in [`run_service`], whose error is
+    /// logged here (the SCM has already been told STOPPED with its exit code).
     fn service_main(_arguments: Vec<OsString>) {
-        let Some(args) = ARGS.get() else { return };
-        let args = super::RunArgs {
-            config: args.config.clone(),
-            env: args.env.clone(),
-            listen: args.listen.clone(),
-            addr_file: args.addr_file.clone(),
-        };
-        let cancel = tokio_util::sync::CancellationToken::new();
+        match run_service() {
+            Ok(()) => tracing::info!(
+                event_id = eventlog::ids::STOPPED,
+                "the {NAME} service stopped"
+            ),
+            Err(e) => tracing::error!(
+                event_id = eventlog::ids::FAILED,
+                "the {NAME} service could not serve: {e:#}"
+            ),
+        }
+    }
+
+    /// A service status reporter: the checkpoint advances with each pending report.
+    struct Status {
+        handle: ServiceStatusHandle,
+        checkpoint: u32,
+    }
+
+    impl Status {
+        fn set(&mut self, state: ServiceState, exit_code: ServiceExitCode, wait_hint: Duration) {
+            let pending = matches!(
+                state,
+                ServiceState::StartPending | ServiceState::StopPending
+            );
+            self.checkpoint = if pending { self.checkpoint + 1 } else { 0 };
+            let controls_accepted = if state == ServiceState::Running {
+                ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN
+            } else {
+                ServiceControlAccept::empty()
+            };
+            if let Err(e) = self.handle.set_service_status(ServiceStatus {
+                service_type: ServiceType::OWN_PROCESS,
+                current_state: state,
+                controls_accepted,
+                exit_code,
+                checkpoint: self.checkpoint,
+                wait_hint,
+                process_id: None,
+            }) {
+                tracing::warn!("reporting {state:?} to the service control manager: {e}");
+            }
+        }
+    }
+
+    impl daemon::Hooks for Status {
+        fn ready(&mut self, url: &str) {
+            tracing::info!(event_id = eventlog::ids::STARTED, %url, "the {NAME} service is running");
+            self.set(
+                ServiceState::Running,
+                ServiceExitCode::Win32(0),
+                Duration::ZERO,
+            );
+        }
+
+        fn stopping(&mut self, grace: Duration) {
+            self.set(
+                ServiceState::StopPending,
+                ServiceExitCode::Win32(0),
+                grace + Duration::from_secs(10),
+            );
+        }
+    }
+
+    /// START_PENDING while the config is loaded and the port bound, RUNNING once listening,
+    /// STOPPED at the end: with exit code 0 after a stop, with a service-specific exit code
+    /// (2: the configuration, 1: anything else) when it could not serve.
+    fn run_service() -> anyhow::Result<()> {
+        let args = ARGS
+            .get()
+            .context("service_main ran without the service's arguments")?;
+        let cancel = CancellationToken::new();
         let stop = cancel.clone();
         let handler = move |control| match control {
             ServiceControl::Stop | ServiceControl::Shutdown => {
@@ -478,72 +579,48 @@ mod windows {
             ServiceControl::Interrogate => ServiceControlHandlerResult::NoError,
             _ => ServiceControlHandlerResult::NotImplemented,
         };
-        let Ok(status) = service_control_handler::register(NAME, handler) else {
-            return;
+        let handle = service_control_handler::register(NAME, handler)
+            .context("registering the service control handler")?;
+        // The supervisor stops its services with CTRL_BREAK, which needs a shared console.
+        win32::ensure_console();
+        let mut status = Status {
+            handle,
+            checkpoint: 0,
         };
-        let set = |state, accept, wait: Duration| {
-            let _ = status.set_service_status(ServiceStatus {
-                service_type: ServiceType::OWN_PROCESS,
-                current_state: state,
-                controls_accepted: accept,
-                exit_code: ServiceExitCode::Win32(0),
-                checkpoint: 0,
-                wait_hint: wait,
-                process_id: None,
-            });
-        };
-        set(
-            ServiceState::Running,
-            ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN,
-            Duration::ZERO,
+        status.set(
+            ServiceState::StartPending,
+            ServiceExitCode::Win32(0),
+            Duration::from_secs(30),
         );
-        let Ok(config) = super::config::load(&args.config, args.env.as_deref()) else {
-            set(
-                ServiceState::Stopped,
-                ServiceControlAccept::empty(),
-                Duration::ZERO,
-            );
-            return;
+        let result = serve(args, cancel, &mut status);
+        let exit_code = match &result {
+            Ok(()) => ServiceExitCode::Win32(0),
+            Err((code, _)) => ServiceExitCode::ServiceSpecific(u32::from(*code)),
         };
-        let grace = config.shutdown_grace.0;
-        let Ok(runtime) = tokio::runtime::Runtime::new() else {
-            return;
-        };
-        let waiter = cancel.clone();
-        runtime.block_on(async move {
-            let agent = tokio::spawn(super::run_until(config, args, waiter));
-            cancel.cancelled().await;
-            set(
-                ServiceState::StopPending,
-                ServiceControlAccept::empty(),
-                grace + Duration::from_secs(5),
-            );
-            let _ = agent.await;
-        });
-        set(
-            ServiceState::Stopped,
-            ServiceControlAccept::empty(),
-            Duration::ZERO,
-        );
+        status.set(ServiceState::Stopped, exit_code, Duration::ZERO);
+        result.map_err(|(_, e)| e)
     }
-}
 
-/// Runs the agent until `cancel` fires (the Windows service's stop control).
-#[cfg(windows)]
-async fn run_until(
-    config: config::AgentConfig,
-    args: RunArgs,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    let grace = config.shutdown_grace.0;
-    let listen = args.listen.clone().unwrap_or_else(|| config.listen.clone());
-    let agent = Agent::open(config)?;
-    let server = Server::bind(agent.clone(), &listen).await?;
-    let serving = tokio::spawn(server.serve(cancel.clone(), grace));
-    agent.reconcile().await;
-    agent.spawn_health_loop();
-    cancel.cancelled().await;
-    agent.shutdown(grace).await;
-    let _ = serving.await;
-    Ok(())
+    fn serve(
+        args: &super::RunArgs,
+        cancel: CancellationToken,
+        status: &mut Status,
+    ) -> Result<(), (u8, anyhow::Error)> {
+        let config = config::load(&args.config, args.env.as_deref()).map_err(|e| {
+            (
+                2,
+                anyhow::Error::from(e).context("loading the configuration"),
+            )
+        })?;
+        let runtime = super::runtime()
+            .map_err(|e| (1, anyhow::Error::from(e).context("starting the runtime")))?;
+        let result = runtime.block_on(daemon::run(
+            config,
+            super::options(args),
+            cancel.cancelled_owned(),
+            status,
+        ));
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        result.map_err(|e| (e.exit_code(), anyhow::Error::from(e)))
+    }
 }

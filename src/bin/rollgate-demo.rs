@@ -119,10 +119,22 @@ async fn terminated(ignore_sigterm: bool) {
             eprintln!("rollgate-demo: ignoring SIGTERM as asked");
         }
     }
-    #[cfg(not(unix))]
+    #[cfg(windows)]
     {
+        // The supervisor stops a Windows process group with CTRL_BREAK (CTRL_C is disabled in
+        // a new process group).
         let _ = ignore_sigterm;
-        let _ = tokio::signal::ctrl_c().await;
+        match tokio::signal::windows::ctrl_break() {
+            Ok(mut brk) => {
+                tokio::select! {
+                    _ = brk.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
     }
 }
 
@@ -145,9 +157,36 @@ fn command_line() -> Vec<std::ffi::OsString> {
     argv
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // Started by the Windows SCM (the windows-scm backend), the demo speaks the service
+    // protocol; anywhere else the dispatcher call fails at once and it runs as a console program.
+    #[cfg(windows)]
+    if let Some(code) = service::dispatch() {
+        return code;
+    }
     let args = Args::parse_from(command_line());
+    let ignore = args.ignore_sigterm;
+    match runtime() {
+        Ok(rt) => rt.block_on(run(args, terminated(ignore), |_| {})),
+        Err(e) => {
+            eprintln!("rollgate-demo: starting the runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// Serves until `stop`; `ready` is called once listening.
+async fn run(
+    args: Args,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(SocketAddr),
+) -> std::process::ExitCode {
     let version = args
         .app_version
         .clone()
@@ -208,15 +247,92 @@ async fn main() -> std::process::ExitCode {
             .map(|a| a.to_string())
             .unwrap_or(listen)
     );
-    let ignore = args.ignore_sigterm;
+    if let Ok(addr) = listener.local_addr() {
+        ready(addr);
+    }
     if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(terminated(ignore))
+        .with_graceful_shutdown(stop)
         .await
     {
         eprintln!("rollgate-demo: {e}");
         return std::process::ExitCode::FAILURE;
     }
     std::process::ExitCode::SUCCESS
+}
+
+/// The demo as a Windows service: RUNNING once listening, STOPPED with its exit code.
+#[cfg(windows)]
+#[allow(unsafe_code)] // define_windows_service! expands to an `extern "system"` entry point.
+mod service {
+    use std::ffi::OsString;
+    use std::process::ExitCode;
+    use std::time::Duration;
+
+    use clap::Parser;
+    use windows_service::service::{
+        ServiceControl, ServiceControlAccept, ServiceExitCode, ServiceState, ServiceStatus,
+        ServiceType,
+    };
+    use windows_service::service_control_handler::{self, ServiceControlHandlerResult};
+    use windows_service::{define_windows_service, service_dispatcher};
+
+    define_windows_service!(ffi_service_main, service_main);
+
+    /// Runs the demo as a service when the SCM started it; `None` otherwise.
+    pub fn dispatch() -> Option<ExitCode> {
+        // For an own-process service the name is not checked.
+        service_dispatcher::start("rollgate-demo", ffi_service_main)
+            .ok()
+            .map(|()| ExitCode::SUCCESS)
+    }
+
+    fn service_main(_arguments: Vec<OsString>) {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let stop_tx = std::sync::Mutex::new(Some(stop_tx));
+        let handler = move |control| match control {
+            ServiceControl::Stop | ServiceControl::Shutdown => {
+                if let Some(tx) = stop_tx.lock().ok().and_then(|mut t| t.take()) {
+                    let _ = tx.send(());
+                }
+                ServiceControlHandlerResult::NoError
+            }
+            ServiceControl::Interrogate => ServiceControlHandlerResult::NoError,
+            _ => ServiceControlHandlerResult::NotImplemented,
+        };
+        let Ok(handle) = service_control_handler::register("rollgate-demo", handler) else {
+            return;
+        };
+        let set = |state: ServiceState, code: u32| {
+            let _ = handle.set_service_status(ServiceStatus {
+                service_type: ServiceType::OWN_PROCESS,
+                current_state: state,
+                controls_accepted: if state == ServiceState::Running {
+                    ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN
+                } else {
+                    ServiceControlAccept::empty()
+                },
+                exit_code: if code == 0 {
+                    ServiceExitCode::Win32(0)
+                } else {
+                    ServiceExitCode::ServiceSpecific(code)
+                },
+                checkpoint: 0,
+                wait_hint: Duration::from_secs(10),
+                process_id: None,
+            });
+        };
+        set(ServiceState::StartPending, 0);
+        let args = super::Args::parse_from(super::command_line());
+        let stop = async move {
+            let _ = stop_rx.await;
+        };
+        let code = match super::runtime() {
+            Ok(rt) => rt.block_on(super::run(args, stop, |_| set(ServiceState::Running, 0))),
+            Err(_) => ExitCode::FAILURE,
+        };
+        let code = if code == ExitCode::SUCCESS { 0 } else { 1 };
+        set(ServiceState::Stopped, code);
+    }
 }
 
 #[cfg(test)]

@@ -49,6 +49,21 @@ pub fn plan(spec: &RunSpec) -> ScmServicePlan {
     }
 }
 
+/// An error's message with the Win32 error code found in its chain (`Win32 error 5: Access is
+/// denied. (os error 5)`), or its plain message when the chain holds none.
+pub fn win32_detail(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(code) = io.raw_os_error()
+        {
+            return format!("Win32 error {code}: {io}");
+        }
+        next = err.source();
+    }
+    e.to_string()
+}
+
 /// SCM states as the agent reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScmState {
@@ -77,6 +92,20 @@ mod tests {
     use super::*;
     use crate::agent::config::LogConfig;
     use crate::agent::recovery::{Recovery, ScmActionKind};
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("IO error in winapi call")]
+    struct Wrapped(#[source] std::io::Error);
+
+    #[test]
+    fn win32_detail_keeps_the_code_and_its_message() {
+        let e = Wrapped(std::io::Error::from_raw_os_error(5));
+        let detail = win32_detail(&e);
+        assert!(detail.starts_with("Win32 error 5: "), "{detail}");
+        assert!(detail.contains("(os error 5)"), "{detail}");
+        let plain = std::io::Error::other("no code");
+        assert_eq!(win32_detail(&Wrapped(plain)), "IO error in winapi call");
+    }
 
     #[test]
     fn plan_points_binary_into_version_dir_and_maps_recovery() {

@@ -322,6 +322,9 @@ pub(crate) fn service_command(
     cmd.envs(env);
     #[cfg(unix)]
     cmd.process_group(0);
+    // CREATE_NEW_PROCESS_GROUP: `terminate` sends CTRL_BREAK to the service's own group.
+    #[cfg(windows)]
+    cmd.creation_flags(0x0000_0200);
     Ok(cmd)
 }
 
@@ -505,6 +508,12 @@ async fn terminate(child: &mut tokio::process::Child, timeout: Duration) -> Exit
     if let Some(pid) = child.id() {
         signal_group(pid, nix::sys::signal::Signal::SIGTERM);
     }
+    #[cfg(windows)]
+    if let Some(pid) = child.id()
+        && let Err(e) = crate::agent::win32::ctrl_break(pid)
+    {
+        tracing::warn!(pid, "CTRL_BREAK failed ({e}); waiting, then killing");
+    }
     match tokio::time::timeout(timeout, child.wait()).await {
         Ok(exit) => exit_info(exit),
         Err(_) => {
@@ -527,7 +536,15 @@ fn signal_group(pid: u32, signal: nix::sys::signal::Signal) {
     }
 }
 
+/// The process start time (clock ticks since boot; on Windows the creation time), to tell a
+/// pid apart from a reused one.
+#[cfg(windows)]
+fn start_time(pid: u32) -> Option<u64> {
+    crate::agent::win32::process_start_time(pid)
+}
+
 /// The process start time (clock ticks since boot), to tell a pid apart from a reused one.
+#[cfg(not(windows))]
 fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command; starttime is field 22 overall.
@@ -569,8 +586,15 @@ async fn reap_orphan(pid_file: &Path, timeout: Duration) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        #[cfg(not(unix))]
-        let _ = timeout;
+        #[cfg(windows)]
+        {
+            // Not in this agent's console: no CTRL_BREAK to send; terminate it.
+            let _ = crate::agent::win32::terminate(pid);
+            let deadline = Instant::now() + timeout;
+            while start_time(pid) == Some(start) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
     let _ = std::fs::remove_file(pid_file);
 }
@@ -602,5 +626,28 @@ mod tests {
     #[test]
     fn start_time_of_self_is_known() {
         assert!(start_time(std::process::id()).is_some());
+    }
+
+    /// The Windows stop: CTRL_BREAK to the child's own process group ends it well before the
+    /// stop timeout, not killed (a kill's exit code is 1).
+    #[cfg(windows)]
+    #[tokio::test]
+    async fn terminate_sends_ctrl_break_to_the_group_before_killing() {
+        let mut child = tokio::process::Command::new("ping")
+            .args(["-n", "120", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .creation_flags(0x0000_0200)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        let exit = terminate(&mut child, Duration::from_secs(30)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_ne!(exit.code, Some(1), "killed, not stopped: {exit:?}");
     }
 }

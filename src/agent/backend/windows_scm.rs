@@ -1,7 +1,8 @@
 //! The Windows SCM backend: a thin shell over `windows-service`; the logic is in `scm_plan`.
 //!
-//! Not compiled on the Linux CI. The registered executable must itself speak the service
-//! protocol (call the service dispatcher), as the SCM requires of any service binary.
+//! Built and tested under Wine by `tests/windows/run.sh`. The registered executable must itself
+//! speak the service protocol (call the service dispatcher), as the SCM requires of any service
+//! binary.
 
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
@@ -22,10 +23,30 @@ use crate::agent::recovery::ScmActionKind;
 /// The SCM backend.
 pub struct WindowsScm;
 
+/// An SCM call that failed, with its Win32 error code and the system's message for it
+/// (`windows_service::Error` alone prints "IO error in winapi call").
 fn scm_err(what: &str, e: windows_service::Error) -> BackendError {
     BackendError::CommandFailed {
         command: what.to_string(),
-        detail: e.to_string(),
+        detail: scm_plan::win32_detail(&e),
+    }
+}
+
+/// `ERROR_INVALID_LEVEL`: an SCM without this `ChangeServiceConfig2W` level.
+const ERROR_INVALID_LEVEL: i32 = 124;
+
+/// A `ChangeServiceConfig2W` call that an SCM lacking its level refuses is warned about, not
+/// fatal: Wine's SCM has neither the delayed auto-start level nor the failure-actions flag's;
+/// every Windows since Vista has both.
+fn unimplemented_level(what: &str, result: windows_service::Result<()>) -> Result<()> {
+    match result {
+        Err(windows_service::Error::Winapi(e)) if e.raw_os_error() == Some(ERROR_INVALID_LEVEL) => {
+            tracing::warn!(
+                "{what}: this service control manager does not implement it (Win32 error 124); left as it is"
+            );
+            Ok(())
+        }
+        other => other.map_err(|e| scm_err(what, e)),
     }
 }
 
@@ -122,15 +143,24 @@ fn install_and_start(plan: ScmServicePlan) -> Result<()> {
     service
         .set_description(&plan.description)
         .map_err(|e| scm_err("set description", e))?;
-    service
-        .set_delayed_auto_start(plan.start_type == StartType::DelayedAuto)
-        .map_err(|e| scm_err("set delayed auto start", e))?;
+    // The service's `env:`: the SCM adds the `Environment` value to the process's environment.
+    crate::agent::win32::set_service_environment(&plan.name, &plan.environment).map_err(|e| {
+        BackendError::CommandFailed {
+            command: "set the service's Environment value".to_string(),
+            detail: scm_plan::win32_detail(&e),
+        }
+    })?;
+    unimplemented_level(
+        "set delayed auto start",
+        service.set_delayed_auto_start(plan.start_type == StartType::DelayedAuto),
+    )?;
     service
         .update_failure_actions(failure_actions(&plan))
         .map_err(|e| scm_err("set failure actions", e))?;
-    service
-        .set_failure_actions_on_non_crash_failures(plan.failure.non_crash_failures)
-        .map_err(|e| scm_err("set failure actions flag", e))?;
+    unimplemented_level(
+        "set failure actions flag",
+        service.set_failure_actions_on_non_crash_failures(plan.failure.non_crash_failures),
+    )?;
     service
         .start(&[] as &[&std::ffi::OsStr])
         .map_err(|e| scm_err("StartService", e))?;
@@ -227,4 +257,26 @@ async fn stop_blocking_async(name: String, timeout: Duration) -> Result<()> {
     tokio::task::spawn_blocking(move || stop_blocking(name, timeout))
         .await
         .map_err(join_err)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scm_errors_keep_the_win32_code_and_message() {
+        let manager = ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT)
+            .expect("the SCM (Wine's services.exe under Wine)");
+        let e = manager
+            .open_service("rollgate-no-such-service", ServiceAccess::QUERY_STATUS)
+            .err()
+            .expect("no such service");
+        let BackendError::CommandFailed { command, detail } = scm_err("OpenService", e) else {
+            panic!("not CommandFailed");
+        };
+        assert_eq!(command, "OpenService");
+        // ERROR_SERVICE_DOES_NOT_EXIST
+        assert!(detail.starts_with("Win32 error 1060: "), "{detail}");
+        assert!(detail.contains("(os error 1060)"), "{detail}");
+    }
 }
