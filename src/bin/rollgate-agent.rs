@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser, Debug)]
 #[command(
     name = "rollgate-agent",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ROLLGATE_GIT_COMMIT"), ")"),
     about = "rollgate host agent: stages, installs, runs and switches service versions"
 )]
 struct Cli {
