@@ -23,7 +23,7 @@ pub mod exit {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "rollgate", version, about = "Health-gated rolling, canary and blue-green rollouts", long_about = None)]
+#[command(name = "rollgate", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ROLLGATE_GIT_COMMIT"), ")"), about = "Health-gated rolling, canary and blue-green rollouts", long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -19,6 +19,13 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   fi
 fi
 
+# tests/packaging.rs builds the .deb with cargo-deb (pinned: it warns that --profile dev, which
+# spares CI a release build, will become an error).
+if [ "$(id -u)" = 0 ] && ! command -v cargo-deb >/dev/null; then
+  log "installing cargo-deb"
+  cargo install --locked --quiet cargo-deb --version 3.8.0
+fi
+
 if [ -x tests/cluster/cluster.sh ]; then
   log "Kubernetes control plane: build (cached) and start"
   tests/cluster/cluster.sh up

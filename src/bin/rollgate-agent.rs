@@ -13,7 +13,7 @@ use rollgate::agent::{config, daemon};
 #[derive(Parser, Debug)]
 #[command(
     name = "rollgate-agent",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ROLLGATE_GIT_COMMIT"), ")"),
     about = "rollgate host agent: stages, installs, runs and switches service versions"
 )]
 struct Cli {

@@ -1,0 +1,60 @@
+#!/bin/sh
+# Installs a rollgate .deb with the real dpkg into a throwaway root and checks it; run by
+# tests/packaging.rs as `unshare --mount --propagation private packaging/install-test.sh DEB WORKDIR`.
+# /usr, /etc and /var are overlays whose upper dirs live on a tmpfs in WORKDIR: the host's
+# dpkg database, /usr/bin, /etc/passwd and /var/lib stay as they were when the namespace ends.
+set -eu
+deb=$1
+work=$2
+step() { echo "== $*"; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+mkdir -p "$work/ov"
+mount -t tmpfs tmpfs "$work/ov"
+for d in usr etc var; do
+    mkdir -p "$work/ov/$d.up" "$work/ov/$d.work"
+    mount -t overlay overlay -o "lowerdir=/$d,upperdir=$work/ov/$d.up,workdir=$work/ov/$d.work" "/$d"
+done
+
+step "dpkg -i"
+dpkg -i "$deb"
+[ -x /usr/bin/rollgate ] && [ -x /usr/bin/rollgate-agent ] || fail "binaries not in /usr/bin"
+
+step "rollgate --version"
+v=$(/usr/bin/rollgate --version)
+echo "$v"
+echo "$v" | grep -Eq '^rollgate [0-9]+\.[0-9]+\.[0-9]+ \(([0-9a-f]{7,40}|unknown)\)$' || fail "version line: $v"
+
+step "check-config"
+/usr/bin/rollgate-agent check-config -f /etc/rollgate/agent.yaml
+dpkg-query -W -f='${Conffiles}\n' rollgate | grep -q '^ /etc/rollgate/agent.yaml ' || fail "agent.yaml is not a conffile"
+
+step "unit"
+unit=/usr/lib/systemd/system/rollgate-agent.service
+grep -qx 'Type=notify' "$unit" || fail "unit is not Type=notify"
+systemd-analyze verify "$unit" || fail "systemd-analyze verify $unit"
+# One source: the packaged unit is what the installed agent writes for the installed config.
+mkdir -p "$work/gen"
+/usr/bin/rollgate-agent service install -c /etc/rollgate/agent.yaml --unit-dir "$work/gen" --no-start
+cmp "$unit" "$work/gen/rollgate-agent.service" || fail "packaged unit differs from service install's"
+
+step "data dir"
+getent passwd rollgate >/dev/null || fail "no rollgate user"
+owner=$(stat -c '%U:%G %a' /var/lib/rollgate-agent)
+echo "/var/lib/rollgate-agent $owner"
+[ "$owner" = "rollgate:rollgate 700" ] || fail "data dir is $owner"
+
+step "docs"
+for f in copyright CHANGELOG.md; do [ -f "/usr/share/doc/rollgate/$f" ] || fail "no /usr/share/doc/rollgate/$f"; done
+
+step "dpkg -r"
+dpkg -r rollgate
+[ ! -e /usr/bin/rollgate ] && [ ! -e /usr/bin/rollgate-agent ] && [ ! -e "$unit" ] || fail "remove left binaries or unit"
+[ -f /etc/rollgate/agent.yaml ] || fail "remove deleted the config"
+
+step "dpkg --purge"
+dpkg --purge rollgate
+[ ! -e /etc/rollgate ] || fail "purge left /etc/rollgate"
+[ ! -e /var/lib/rollgate-agent ] || fail "purge left the data dir"
+! getent passwd rollgate >/dev/null || fail "purge left the rollgate user"
+echo "OK"
