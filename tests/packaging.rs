@@ -78,7 +78,7 @@ fn deb_installs_runs_removes_and_purges() {
         eprintln!("SKIP deb_installs_runs_removes_and_purges: needs root (dpkg, mount namespace)");
         return;
     }
-    for tool in ["cargo-deb", "dpkg", "unshare", "systemd-analyze", "adduser"] {
+    for tool in ["cargo-deb", "dpkg", "unshare", "systemd-analyze"] {
         if !on_path(tool) {
             eprintln!(
                 "SKIP deb_installs_runs_removes_and_purges: {tool} is not installed (tests/run.sh installs it)"
