@@ -44,7 +44,10 @@ use super::api::{
 use super::config::{AgentConfig, TokenConfig};
 use super::manager::{Agent, ManagerError, crate_chain};
 
+mod admission;
 mod client_usage;
+
+use admission::{ConnAuth, Gate};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -327,78 +330,6 @@ async fn handle(
         conn.promote().await;
     }
     serve_conn(stream, Peer { client_cert }, conn, app, limits, cancel).await
-}
-
-/// Admission of connections: slots for authenticated ones, a budget for pending ones.
-struct Gate {
-    authenticated: Arc<tokio::sync::Semaphore>,
-    pending: std::sync::Mutex<std::collections::VecDeque<(u64, CancellationToken)>>,
-    max_pending: usize,
-    next: std::sync::atomic::AtomicU64,
-}
-
-impl Gate {
-    fn new(max_connections: usize, max_pending: usize) -> Gate {
-        Gate {
-            authenticated: Arc::new(tokio::sync::Semaphore::new(max_connections.max(1))),
-            pending: Default::default(),
-            max_pending: max_pending.max(1),
-            next: Default::default(),
-        }
-    }
-
-    /// A new pending connection; closes the oldest pending one past the budget.
-    fn admit(self: &Arc<Self>) -> ConnAuth {
-        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let evict = CancellationToken::new();
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.push_back((id, evict.clone()));
-        while pending.len() > self.max_pending {
-            if let Some((_, oldest)) = pending.pop_front() {
-                oldest.cancel();
-            }
-        }
-        ConnAuth {
-            gate: self.clone(),
-            id,
-            evict,
-            slot: tokio::sync::OnceCell::new(),
-        }
-    }
-
-    fn leave_pending(&self, id: u64) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = pending.iter().position(|(p, _)| *p == id) {
-            pending.remove(i);
-        }
-    }
-}
-
-/// One connection's standing: pending until authenticated, then holding a slot until it closes.
-struct ConnAuth {
-    gate: Arc<Gate>,
-    id: u64,
-    evict: CancellationToken,
-    slot: tokio::sync::OnceCell<Option<tokio::sync::OwnedSemaphorePermit>>,
-}
-
-impl ConnAuth {
-    /// Moves the connection from the pending budget to an authenticated slot (waiting for one).
-    async fn promote(&self) {
-        self.slot
-            .get_or_init(|| async {
-                let permit = self.gate.authenticated.clone().acquire_owned().await.ok();
-                self.gate.leave_pending(self.id);
-                permit
-            })
-            .await;
-    }
-}
-
-impl Drop for ConnAuth {
-    fn drop(&mut self) {
-        self.gate.leave_pending(self.id);
-    }
 }
 
 async fn serve_conn<I>(
