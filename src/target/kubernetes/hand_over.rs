@@ -9,6 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PostParams};
 use kube::core::SelectorExt;
@@ -31,6 +32,47 @@ fn owner_ref(kind: &str, api_version: &str, name: &str, uid: &str) -> OwnerRefer
         uid: uid.into(),
         controller: Some(true),
         block_owner_deletion: Some(true),
+    }
+}
+
+/// The Deployment controller's annotations on its ReplicaSets: the Deployment's replicas, and
+/// those plus maxSurge, when it last scaled the set.
+const DESIRED_REPLICAS: &str = "deployment.kubernetes.io/desired-replicas";
+const MAX_REPLICAS: &str = "deployment.kubernetes.io/max-replicas";
+
+/// The annotations of a ReplicaSet that rollgate gives (back) to the Deployment at `n` pods, as
+/// the controller would leave them: desired-replicas N, max-replicas N + maxSurge, and none of
+/// rollgate's. A stale desired-replicas (a set last scaled while the paused Deployment had fewer
+/// replicas) is a scaling event to the controller on every sync, so it never rolls out again; a
+/// rollgate annotation copied onto the set from the paused Deployment would be copied back to the
+/// Deployment by `kubectl rollout undo`.
+pub(super) fn settled(d: &Deployment, n: u32) -> serde_json::Value {
+    serde_json::json!({
+        DESIRED_REPLICAS: n.to_string(),
+        MAX_REPLICAS: (n + max_surge(d, n)).to_string(),
+        REPLICAS_ANNOTATION: null,
+        HPA_ANNOTATION: null,
+        LENT_ANNOTATION: null,
+    })
+}
+
+/// The Deployment's maxSurge at `n` pods, resolved as its controller does: a percentage rounds up,
+/// 25% when unset, none for Recreate.
+fn max_surge(d: &Deployment, n: u32) -> u32 {
+    let strategy = d.spec.as_ref().and_then(|s| s.strategy.as_ref());
+    if strategy.and_then(|s| s.type_.as_deref()) == Some("Recreate") {
+        return 0;
+    }
+    let surge = strategy
+        .and_then(|s| s.rolling_update.as_ref())
+        .and_then(|r| r.max_surge.clone())
+        .unwrap_or(IntOrString::String("25%".into()));
+    match surge {
+        IntOrString::Int(i) => i.max(0) as u32,
+        IntOrString::String(s) => {
+            let percent: u64 = s.trim_end_matches('%').trim().parse().unwrap_or(0);
+            u32::try_from((percent * u64::from(n)).div_ceil(100)).unwrap_or(u32::MAX)
+        }
     }
 }
 
@@ -137,9 +179,21 @@ impl Kubernetes {
     /// marked as lent or not.
     async fn give(&self, rs: &ReplicaSet, owner: OwnerReference, lend: bool) -> Result<()> {
         let mark = lend.then_some("true");
+        self.give_annotated(rs, owner, serde_json::json!({LENT_ANNOTATION: mark}))
+            .await
+    }
+
+    /// Gives `rs` to a new controlling owner with `annotations` merged (a null removes one), in
+    /// one write.
+    async fn give_annotated(
+        &self,
+        rs: &ReplicaSet,
+        owner: OwnerReference,
+        annotations: serde_json::Value,
+    ) -> Result<()> {
         let patch = Patch::Merge(serde_json::json!({"metadata": {
             "ownerReferences": [owner],
-            "annotations": {LENT_ANNOTATION: mark},
+            "annotations": annotations,
         }}));
         let (pp, name) = (params(), rs.name_any());
         self.reach
@@ -248,10 +302,14 @@ impl Kubernetes {
             .metadata
             .generation;
         // 3. The new ReplicaSet first (the only active one, already at N), then the rest.
+        //    Each with the annotations the controller would leave at N (see `settled`).
         let dref = self.deployment_ref(&view);
-        self.give(&new, dref.clone(), false).await?;
+        let settled = settled(&view.deployment, n);
+        self.give_annotated(&new, dref.clone(), settled.clone())
+            .await?;
         futures_util::future::try_join_all(
-            held.iter().map(|rs| self.give(rs, dref.clone(), false)),
+            held.iter()
+                .map(|rs| self.give_annotated(rs, dref.clone(), settled.clone())),
         )
         .await?;
         // 4. Once its controller counts that ReplicaSet as its new one (so its cache has the
@@ -439,6 +497,40 @@ impl Kubernetes {
         }
     }
 
+    /// Gives the annotations of `sets` (the Deployment's own) the values the controller would
+    /// leave at `n` (see `settled`), where they differ.
+    async fn settle(
+        &self,
+        sets: impl Iterator<Item = &ReplicaSet>,
+        d: &Deployment,
+        n: u32,
+    ) -> Result<()> {
+        let want = settled(d, n);
+        let want = want.as_object().expect("an object");
+        let pp = params();
+        for rs in sets {
+            let have = rs.annotations();
+            let differs = want
+                .iter()
+                .any(|(k, v)| have.get(k).map(String::as_str) != v.as_str());
+            if !differs {
+                continue;
+            }
+            let name = rs.name_any();
+            let patch = Patch::Merge(serde_json::json!({"metadata": {"annotations": want}}));
+            match self
+                .reach
+                .call(|| self.replica_sets.patch(&name, &pp, &patch))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(self.fail(&format!("annotating ReplicaSet {name}"), e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Puts every pod back on `version` (the stable ReplicaSet) and removes what the rollout made.
     pub(super) async fn restore_stable(
         &self,
@@ -479,7 +571,9 @@ impl Kubernetes {
             // active ReplicaSet to spec.replicas, the HPA's count.
             let dref = self.deployment_ref(&view);
             for rs in view.sets.iter().filter(|rs| lent(rs)) {
-                self.give(rs, dref.clone(), false).await.map_err(err)?;
+                self.give_annotated(rs, dref.clone(), settled(d, n))
+                    .await
+                    .map_err(err)?;
             }
         } else {
             self.patch_deployment(serde_json::json!({"spec": {"replicas": n}}))
@@ -557,6 +651,10 @@ impl Kubernetes {
         }))
         .await
         .map_err(err)?;
+        // What the controller copied from the paused Deployment, or scaled while it was paused.
+        self.settle(view.owned_by(&view.uid), d, n)
+            .await
+            .map_err(err)?;
         if self.blue_green {
             self.pin(&self.active_service(), None).await.map_err(err)?;
             self.pin(&self.preview_service(), None).await.map_err(err)?;
@@ -584,4 +682,27 @@ pub fn manifest_template(path: &Path) -> Result<PodTemplateSpec> {
     from.spec
         .map(|s| s.template)
         .ok_or_else(|| TargetError::Setup(format!("{}: no spec.template", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_surge_resolves_as_the_deployment_controller_does() {
+        let d = |strategy: &str| -> Deployment {
+            serde_yaml::from_str(&format!(
+                "metadata: {{name: web}}\nspec: {{selector: {{}}, template: {{}}, strategy: {strategy}}}"
+            ))
+            .unwrap()
+        };
+        assert_eq!(max_surge(&d("{rollingUpdate: {maxSurge: 2}}"), 8), 2);
+        assert_eq!(max_surge(&d("{rollingUpdate: {maxSurge: \"25%\"}}"), 6), 2);
+        assert_eq!(max_surge(&d("{}"), 3), 1);
+        assert_eq!(max_surge(&d("{type: Recreate}"), 3), 0);
+        let s = settled(&d("{rollingUpdate: {maxSurge: 1}}"), 3);
+        assert_eq!(s[DESIRED_REPLICAS], "3");
+        assert_eq!(s[MAX_REPLICAS], "4");
+        assert!(s[REPLICAS_ANNOTATION].is_null());
+    }
 }

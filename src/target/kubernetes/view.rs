@@ -371,9 +371,14 @@ impl Kubernetes {
         Ok(selector)
     }
 
+    /// N: the Deployment's replicas, or while a rollout has them reduced (paused), the annotation
+    /// that holds N. On a Deployment that is not paused the annotation is stale (`kubectl rollout
+    /// undo` copies it back from a ReplicaSet) and `kubectl scale` may have changed N since.
     pub(super) fn n_of(d: &Deployment) -> u32 {
+        let paused = d.spec.as_ref().and_then(|s| s.paused) == Some(true);
         d.annotations()
             .get(REPLICAS_ANNOTATION)
+            .filter(|_| paused)
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as u32)
     }
