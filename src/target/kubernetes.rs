@@ -62,6 +62,9 @@ pub const REPLICAS_ANNOTATION: &str = "rollgate.dev/replicas";
 pub const HPA_ANNOTATION: &str = "rollgate.dev/hpa";
 /// ReplicaSet annotation: one of the Deployment's own, lent to the holder beside an HPA.
 pub const LENT_ANNOTATION: &str = "rollgate.dev/lent";
+/// Deployment annotation while a rollout runs on a Deployment that was paused before it: the
+/// rollout leaves it paused, as it found it.
+pub const PAUSED_ANNOTATION: &str = "rollgate.dev/paused";
 const HASH_LABEL: &str = "pod-template-hash";
 
 /// One Deployment, reached through the kubeconfig.

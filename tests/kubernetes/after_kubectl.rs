@@ -2,8 +2,9 @@
 //! its own rollouts afterwards, and nothing rollgate leaves on the Deployment or its ReplicaSets
 //! is read differently by the controller or by `kubectl` than what they would leave themselves.
 
-use k8s_openapi::api::apps::v1::ReplicaSet;
-use kube::ResourceExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{Api, ResourceExt};
 
 use crate::kube_bed::{self, Bed, image};
 
@@ -131,5 +132,134 @@ async fn after_rollout_undo_and_scale_the_next_rollout_keeps_the_new_count() {
     .await;
     kube_bed::assert_at_rest(&bed).await;
     assert_annotations_as_the_controller_leaves_them(&bed, 5, 1).await;
+    bed.finish().await;
+}
+
+/// The Deployment rolled out at N on `image`, paused.
+fn rolled_out_paused(d: &Deployment, image: &str) -> bool {
+    let (Some(generation), Some(status), Some(spec)) =
+        (d.metadata.generation, d.status.as_ref(), d.spec.as_ref())
+    else {
+        return false;
+    };
+    status.observed_generation >= Some(generation)
+        && spec.paused == Some(true)
+        && spec.replicas == Some(N)
+        && kube_bed::template_image(&spec.template) == Some(image)
+        && status.updated_replicas == Some(N)
+        && status.replicas == Some(N)
+        && status.available_replicas == Some(N)
+}
+
+async fn assert_no_rollgate_leftovers(bed: &Bed) {
+    let d = bed.deployment().await;
+    assert!(
+        !d.annotations()
+            .keys()
+            .any(|k| k.starts_with("rollgate.dev/")),
+        "rollgate annotations left on the Deployment: {:?}",
+        d.annotations()
+    );
+    let holders: Api<ConfigMap> = Api::namespaced(bed.client.clone(), &bed.ns);
+    assert!(
+        holders.get_opt("web-rollgate").await.unwrap().is_none(),
+        "the holder ConfigMap is left"
+    );
+}
+
+/// Issue 16, bug 5: a paused Deployment. Without a staged change it is rolled (and rolled back)
+/// and left paused; with a staged change (a template its controller has not rolled out) rollgate
+/// refuses before changing anything, since both rolling and rolling back would release it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_deployment_stays_paused_and_one_with_a_staged_change_is_refused() {
+    let Some(bed) = Bed::new("paused", N, "1", "0").await else {
+        return;
+    };
+    bed.kubectl(&["rollout", "pause", "deployment/web"]).await;
+    let rest = "  strategy:\n    rolling: {maxSurge: 1, maxUnavailable: 0}\n  progressDeadlineSeconds: 4\n  rollback: {auto: true}\n";
+    let rollout = bed.rollout("web.yaml", "2", &format!("image: \"{}\"", image("2")), rest);
+    let out = bed
+        .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
+        .await;
+    assert!(
+        out.status.success(),
+        "rollgate apply on a paused Deployment"
+    );
+    bed.wait_deployment("version 2 at N, still paused", |d| {
+        rolled_out_paused(d, &image("2"))
+    })
+    .await;
+    assert_no_rollgate_leftovers(&bed).await;
+
+    // A failed rollout rolls back and leaves it paused too.
+    kube_bed::template_file(
+        bed.dir.path(),
+        "3",
+        &[(crate::cluster::NEVER_READY_LABEL, "true")],
+        &[],
+    );
+    let rollout = bed.rollout("web.yaml", "3", "manifest: deployment-3.yaml", rest);
+    let out = bed
+        .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "rolled back");
+    assert!(kube_bed::stdout(&out).contains("rolled back"));
+    bed.wait_deployment("version 2 back at N, still paused", |d| {
+        rolled_out_paused(d, &image("2"))
+    })
+    .await;
+    assert_no_rollgate_leftovers(&bed).await;
+
+    // A staged change: refused, nothing changed.
+    bed.kubectl(&[
+        "set",
+        "image",
+        "deployment/web",
+        &format!("web={}", image("9")),
+    ])
+    .await;
+    let sets_before: Vec<(String, i32)> = bed
+        .replica_sets()
+        .await
+        .iter()
+        .map(|rs| (rs.name_any(), replicas(rs)))
+        .collect();
+    let rollout = bed.rollout("web.yaml", "4", &format!("image: \"{}\"", image("4")), rest);
+    let out = bed
+        .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
+        .await;
+    let text = format!(
+        "{}{}",
+        kube_bed::stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "refused: {text}");
+    assert!(
+        text.contains("paused with a change of its pod template"),
+        "the refusal says why: {text}"
+    );
+    let d = bed.deployment().await;
+    let spec = d.spec.as_ref().unwrap();
+    assert_eq!(spec.paused, Some(true), "still paused");
+    assert_eq!(
+        kube_bed::template_image(&spec.template),
+        Some(image("9").as_str()),
+        "the staged change is kept"
+    );
+    assert_no_rollgate_leftovers(&bed).await;
+    let sets_after: Vec<(String, i32)> = bed
+        .replica_sets()
+        .await
+        .iter()
+        .map(|rs| (rs.name_any(), replicas(rs)))
+        .collect();
+    assert_eq!(sets_after, sets_before, "no ReplicaSet created or scaled");
+
+    // Resumed, the controller releases the user's change as it would have.
+    bed.kubectl(&["rollout", "resume", "deployment/web"]).await;
+    bed.wait_deployment("the staged version 9 rolled out by the controller", |d| {
+        kube_bed::rolled_out(d, N, &image("9"))
+    })
+    .await;
     bed.finish().await;
 }

@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 use super::reach::{PATIENCE_OUTSIDE_STEPS, params};
 use super::view::{View, controller_uid, lent, replicas, rs_version, template_version};
 use super::{
-    FIELD_MANAGER, HASH_LABEL, HPA_ANNOTATION, Kubernetes, LENT_ANNOTATION, REPLICAS_ANNOTATION,
-    VERSION_ANNOTATION,
+    FIELD_MANAGER, HASH_LABEL, HPA_ANNOTATION, Kubernetes, LENT_ANNOTATION, PAUSED_ANNOTATION,
+    REPLICAS_ANNOTATION, VERSION_ANNOTATION,
 };
 use crate::plan::{Step, StepKind};
 use crate::target::{Change, Result, Sink, Target, TargetError};
@@ -53,6 +53,7 @@ pub(super) fn settled(d: &Deployment, n: u32) -> serde_json::Value {
         REPLICAS_ANNOTATION: null,
         HPA_ANNOTATION: null,
         LENT_ANNOTATION: null,
+        PAUSED_ANNOTATION: null,
     })
 }
 
@@ -153,6 +154,7 @@ impl Kubernetes {
             if let Some(a) = d.metadata.annotations.as_mut() {
                 a.remove(REPLICAS_ANNOTATION);
                 a.remove(HPA_ANNOTATION);
+                a.remove(PAUSED_ANNOTATION);
             }
             let spec = d.spec.get_or_insert_with(Default::default);
             spec.template = template.clone();
@@ -320,8 +322,13 @@ impl Kubernetes {
                 && s.and_then(|s| s.updated_replicas).unwrap_or(0) == n as i32
         })
         .await?;
+        // A Deployment paused before the rollout stays paused (as `set_template` left it).
+        let paused = view
+            .deployment
+            .annotations()
+            .contains_key(PAUSED_ANNOTATION);
         let (unpaused, ()) = futures_util::try_join!(
-            self.patch_deployment(serde_json::json!({"spec": {"paused": false}})),
+            self.patch_deployment(serde_json::json!({"spec": {"paused": paused}})),
             self.delete_holder(),
         )?;
         if self.blue_green {
@@ -383,6 +390,34 @@ impl Kubernetes {
         }
     }
 
+    /// Refuses a Deployment paused with a change of its template that its controller has not
+    /// rolled out (its template differs from its active ReplicaSet's): rolling it, or rolling
+    /// back and unpausing, would release that change. Nothing is changed.
+    fn refuse_staged_change(&self, view: &View) -> Result<()> {
+        let Some(active) = view.owned_by(&view.uid).find(|rs| replicas(rs) > 0) else {
+            return Ok(());
+        };
+        let without_hash = |t: Option<&PodTemplateSpec>| {
+            let mut t = t.cloned().unwrap_or_default();
+            if let Some(labels) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+                labels.remove(HASH_LABEL);
+            }
+            serde_json::to_value(t).unwrap_or_default()
+        };
+        let staged = without_hash(view.deployment.spec.as_ref().map(|s| &s.template));
+        let running = without_hash(active.spec.as_ref().and_then(|s| s.template.as_ref()));
+        if staged == running {
+            return Ok(());
+        }
+        Err(self.fail(
+            "prepare",
+            format!(
+                "it is paused with a change of its pod template that is not rolled out (its template differs from its active ReplicaSet {}); nothing was changed: release that change first (kubectl rollout resume), or set the template back to the running one, then run rollgate again",
+                active.name_any()
+            ),
+        ))
+    }
+
     /// Pauses the Deployment, records N, and holds a ReplicaSet of `version`: an existing one of
     /// the Deployment's (a rollback), or a new one of the new template.
     pub(super) async fn prepare_held(&self, version: &str) -> Result<()> {
@@ -406,11 +441,25 @@ impl Kubernetes {
                 "a rollout of its own is under way (several active ReplicaSets): wait for it, or undo it",
             ));
         }
+        // Paused by someone else (rollgate's own pause records N): it is left paused at the end,
+        // and refused when the pause holds back a change of its template.
+        let ours = d.annotations().contains_key(REPLICAS_ANNOTATION);
+        let was_paused = match ours {
+            true => d.annotations().contains_key(PAUSED_ANNOTATION),
+            false => d.spec.as_ref().and_then(|s| s.paused) == Some(true),
+        };
+        if was_paused && !ours {
+            self.refuse_staged_change(&view)?;
+        }
         let n = Self::n_of(d);
         let hpa = self.autoscaler().await?;
         // Paused, the Deployment only ever scales its one active ReplicaSet to spec.replicas.
         self.patch_deployment(serde_json::json!({
-            "metadata": {"annotations": {REPLICAS_ANNOTATION: n.to_string(), HPA_ANNOTATION: hpa}},
+            "metadata": {"annotations": {
+                REPLICAS_ANNOTATION: n.to_string(),
+                HPA_ANNOTATION: hpa,
+                PAUSED_ANNOTATION: was_paused.then_some("true"),
+            }},
             "spec": {"paused": true},
         }))
         .await?;
@@ -646,8 +695,12 @@ impl Kubernetes {
             }
         }
         self.patch_deployment(serde_json::json!({
-            "metadata": {"annotations": {REPLICAS_ANNOTATION: null, HPA_ANNOTATION: null}},
-            "spec": {"paused": false},
+            "metadata": {"annotations": {
+                REPLICAS_ANNOTATION: null,
+                HPA_ANNOTATION: null,
+                PAUSED_ANNOTATION: null,
+            }},
+            "spec": {"paused": d.annotations().contains_key(PAUSED_ANNOTATION)},
         }))
         .await
         .map_err(err)?;
