@@ -263,3 +263,76 @@ async fn a_paused_deployment_stays_paused_and_one_with_a_staged_change_is_refuse
     .await;
     bed.finish().await;
 }
+
+/// Issue 16, bug 6: a failure before the first step (an ambiguous `image:` target, a template the
+/// API server rejects) leaves the Deployment as it was: not paused, no rollgate annotation, no
+/// holder, no ReplicaSet; `kubectl set image` still rolls it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_before_the_first_step_leaves_the_deployment_as_it_was() {
+    let mut web = kube_bed::deployment(N, "1", "0");
+    let pod = web
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .unwrap();
+    let mut sidecar = pod.containers[0].clone();
+    sidecar.name = "sidecar".into();
+    sidecar.image = Some("registry.invalid/rollgate/sidecar:1".into());
+    pod.containers.push(sidecar);
+    let Some(bed) = Bed::with("prepare-fails", web).await else {
+        return;
+    };
+    let sets_before: Vec<String> = bed
+        .replica_sets()
+        .await
+        .iter()
+        .map(|rs| rs.name_any())
+        .collect();
+    let rest = "  strategy:\n    rolling: {maxSurge: 1, maxUnavailable: 0}\n  progressDeadlineSeconds: 30\n";
+    let rollout = bed.rollout("web.yaml", "2", &format!("image: \"{}\"", image("2")), rest);
+    let out = bed
+        .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
+        .await;
+    let text = format!(
+        "{}{}",
+        kube_bed::stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "an ambiguous target fails: {text}");
+    assert!(
+        text.contains("web, sidecar"),
+        "the failure names the containers: {text}"
+    );
+    kube_bed::assert_at_rest(&bed).await;
+    assert_no_rollgate_leftovers(&bed).await;
+
+    // A template the API server refuses (an invalid label value) fails after the pause: undone.
+    kube_bed::template_file(bed.dir.path(), "5", &[("tier", "not valid!")], &[]);
+    let rollout = bed.rollout("web.yaml", "5", "manifest: deployment-5.yaml", rest);
+    let out = bed
+        .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
+        .await;
+    assert!(!out.status.success(), "a refused template fails");
+    kube_bed::assert_at_rest(&bed).await;
+    assert_no_rollgate_leftovers(&bed).await;
+    let sets_after: Vec<String> = bed
+        .replica_sets()
+        .await
+        .iter()
+        .map(|rs| rs.name_any())
+        .collect();
+    assert_eq!(sets_after, sets_before, "no ReplicaSet left");
+
+    bed.kubectl(&[
+        "set",
+        "image",
+        "deployment/web",
+        &format!("web={}", image("3")),
+    ])
+    .await;
+    bed.wait_deployment("kubectl set image rolled out by the controller", |d| {
+        kube_bed::rolled_out(d, N, &image("3"))
+    })
+    .await;
+    bed.finish().await;
+}

@@ -89,26 +89,37 @@ impl Kubernetes {
                 .unwrap_or_default(),
         };
         if let Some(image) = &self.spec.image {
-            let containers = &mut t
+            let spec = t
                 .spec
                 .as_mut()
-                .ok_or_else(|| self.fail("its template", "has no pod spec"))?
-                .containers;
+                .ok_or_else(|| self.fail("its template", "has no pod spec"))?;
+            let names: Vec<String> = spec.containers.iter().map(|c| c.name.clone()).collect();
+            // Native sidecars (init containers that keep running) can be named too.
+            let sidecars = spec
+                .init_containers
+                .iter_mut()
+                .flatten()
+                .filter(|c| c.restart_policy.as_deref() == Some("Always"));
             let c = match self.container() {
-                Some(name) => containers
+                Some(name) => spec
+                    .containers
                     .iter_mut()
+                    .chain(sidecars)
                     .find(|c| c.name == name)
                     .ok_or_else(|| {
                         self.fail(
                             "spec.target.kubernetes.container",
-                            format!("no container {name}"),
+                            format!("no container {name} (it has: {})", names.join(", ")),
                         )
                     })?,
-                None if containers.len() == 1 => &mut containers[0],
+                None if spec.containers.len() == 1 => &mut spec.containers[0],
                 None => {
                     return Err(self.fail(
                         "spec.target.kubernetes.image",
-                        "the pod has several containers: name one with container:",
+                        format!(
+                            "the pod has several containers ({}): name the one to update with container:",
+                            names.join(", ")
+                        ),
                     ));
                 }
             };
@@ -451,6 +462,16 @@ impl Kubernetes {
         if was_paused && !ours {
             self.refuse_staged_change(&view)?;
         }
+        // Everything that can be refused is decided before the first write: the ReplicaSet to
+        // reuse (a version the Deployment still keeps: a rollback), else the new template.
+        let reuse = view
+            .owned_by(&view.uid)
+            .find(|rs| replicas(rs) == 0 && rs_version(rs, container).as_deref() == Some(version))
+            .cloned();
+        let template = match reuse {
+            Some(_) => None,
+            None => Some(self.labelled_template(&view, version)?),
+        };
         let n = Self::n_of(d);
         let hpa = self.autoscaler().await?;
         // Paused, the Deployment only ever scales its one active ReplicaSet to spec.replicas.
@@ -463,22 +484,25 @@ impl Kubernetes {
             "spec": {"paused": true},
         }))
         .await?;
-        let holder = self.ensure_holder(&view).await?;
-        if hpa.is_some() {
-            // The HPA keeps spec.replicas. Lent to the holder, the stable ReplicaSets are scaled by
-            // rollgate alone: the Deployment controller, owning none, scales none.
-            for rs in view.owned_by(&view.uid) {
-                self.give(rs, self.holder_ref(&holder), true).await?;
+        let held = self
+            .hold(&view, version, hpa.is_some(), reuse, template)
+            .await;
+        if let Err(e) = &held {
+            // Nothing ran yet: the Deployment goes back to how prepare found it.
+            if let Err(undo) = self.undo_prepare().await {
+                eprintln!(
+                    "warning: undoing what prepare did after `{}`: {}",
+                    crate::engine::error_chain(e),
+                    crate::engine::error_chain(&undo)
+                );
             }
         }
-        // A version the Deployment still keeps (a rollback) is reused: its ReplicaSet exists.
-        if let Some(rs) = view
-            .owned_by(&view.uid)
-            .find(|rs| replicas(rs) == 0 && rs_version(rs, container).as_deref() == Some(version))
-        {
-            *self.held_name.lock().expect("held lock") = Some(rs.name_any());
-            return self.give(rs, self.holder_ref(&holder), false).await;
-        }
+        held
+    }
+
+    /// The new pod template of `version` with its own pod-template-hash, and that hash.
+    fn labelled_template(&self, view: &View, version: &str) -> Result<(PodTemplateSpec, String)> {
+        let d = &view.deployment;
         let mut template = self.new_template(d, version)?;
         let json = serde_json::to_vec(&template).unwrap_or_default();
         let hash = format!("rg{}", &hex::encode(Sha256::digest(&json))[..8]);
@@ -494,7 +518,67 @@ impl Kubernetes {
             ));
         }
         labels.insert(HASH_LABEL.into(), hash.clone());
-        let labels = labels.clone();
+        Ok((template, hash))
+    }
+
+    /// Undoes what `prepare` did before any step ran: the ReplicaSets the holder holds go back
+    /// to the Deployment (lent ones, a reused one) and the holder is deleted; the Deployment loses
+    /// rollgate's annotations and is paused only if it was before.
+    async fn undo_prepare(&self) -> Result<()> {
+        let view = self.view().await?;
+        let d = &view.deployment;
+        let n = Self::n_of(d);
+        if let Some(holder) = view.holder_uid() {
+            let dref = self.deployment_ref(&view);
+            for rs in view.owned_by(holder) {
+                self.give_annotated(rs, dref.clone(), settled(d, n)).await?;
+            }
+            self.delete_holder().await?;
+        }
+        self.patch_deployment(serde_json::json!({
+            "metadata": {"annotations": {
+                REPLICAS_ANNOTATION: null,
+                HPA_ANNOTATION: null,
+                PAUSED_ANNOTATION: null,
+            }},
+            "spec": {"paused": d.annotations().contains_key(PAUSED_ANNOTATION)},
+        }))
+        .await
+        .map(drop)
+    }
+
+    /// Holds the ReplicaSet of `version` under the holder (created with the paused Deployment):
+    /// `reuse`, or a new one of `template`; beside an HPA, lends the stable ones.
+    async fn hold(
+        &self,
+        view: &View,
+        version: &str,
+        hpa: bool,
+        reuse: Option<ReplicaSet>,
+        template: Option<(PodTemplateSpec, String)>,
+    ) -> Result<()> {
+        let d = &view.deployment;
+        let holder = self.ensure_holder(view).await?;
+        if hpa {
+            // The HPA keeps spec.replicas. Lent to the holder, the stable ReplicaSets are scaled by
+            // rollgate alone: the Deployment controller, owning none, scales none.
+            for rs in view.owned_by(&view.uid) {
+                self.give(rs, self.holder_ref(&holder), true).await?;
+            }
+        }
+        if let Some(rs) = reuse {
+            *self.held_name.lock().expect("held lock") = Some(rs.name_any());
+            return self.give(&rs, self.holder_ref(&holder), false).await;
+        }
+        let Some((mut template, hash)) = template else {
+            return Ok(());
+        };
+        let labels = template
+            .metadata
+            .get_or_insert_with(ObjectMeta::default)
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .clone();
         let mut selector: LabelSelector = d
             .spec
             .as_ref()
