@@ -46,7 +46,7 @@ use crate::spec::{Check, KubernetesTarget};
 
 pub use crate::kube::FIELD_MANAGER;
 pub use access::required_access;
-pub use hand_over::manifest_template;
+pub use hand_over::{container_problem, manifest_template};
 pub use pod_security::{SecurityWarning, pod_security_warnings};
 pub use view::{image_tag, pod_failure, template_version};
 

@@ -305,6 +305,16 @@ async fn a_failure_before_the_first_step_leaves_the_deployment_as_it_was() {
     );
     kube_bed::assert_at_rest(&bed).await;
     assert_no_rollgate_leftovers(&bed).await;
+    // `validate` reads the live Deployment and says the same, as a usage error.
+    let out = bed
+        .rollgate(&["validate", "-f", rollout.to_str().unwrap()])
+        .await;
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "validate: {text}");
+    assert!(
+        text.contains("web, sidecar"),
+        "validate names the containers: {text}"
+    );
 
     // A template the API server refuses (an invalid label value) fails after the pause: undone.
     kube_bed::template_file(bed.dir.path(), "5", &[("tier", "not valid!")], &[]);

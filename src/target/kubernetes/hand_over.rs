@@ -22,6 +22,7 @@ use super::{
     REPLICAS_ANNOTATION, VERSION_ANNOTATION,
 };
 use crate::plan::{Step, StepKind};
+use crate::spec::KubernetesTarget;
 use crate::target::{Change, Result, Sink, Target, TargetError};
 
 fn owner_ref(kind: &str, api_version: &str, name: &str, uid: &str) -> OwnerReference {
@@ -807,6 +808,39 @@ impl Kubernetes {
             detail: detail.clone(),
         });
         if ok { Ok(()) } else { Err(detail) }
+    }
+}
+
+/// Why `spec.target.kubernetes` cannot name the container its `image:` replaces in `t` (the field
+/// and the reason, naming the containers there are), if it cannot: pure, for `validate` and `plan`
+/// on the live template. Native sidecars (init containers that keep running) can be named.
+pub fn container_problem(
+    k: &KubernetesTarget,
+    t: &PodTemplateSpec,
+) -> Option<(&'static str, String)> {
+    k.image.as_ref()?;
+    let spec = t.spec.as_ref()?;
+    let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    let sidecars = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+        .map(|c| c.name.as_str());
+    match k.container.as_deref() {
+        Some(name) if names.iter().copied().chain(sidecars).any(|c| c == name) => None,
+        Some(name) => Some((
+            "spec.target.kubernetes.container",
+            format!("no container {name} (it has: {})", names.join(", ")),
+        )),
+        None if names.len() <= 1 => None,
+        None => Some((
+            "spec.target.kubernetes.image",
+            format!(
+                "the pod has several containers ({}): name the one to update with container:",
+                names.join(", ")
+            ),
+        )),
     }
 }
 
