@@ -55,6 +55,9 @@ use view::Cache;
 
 /// Pod-template annotation naming the version a pod runs.
 pub const VERSION_ANNOTATION: &str = "rollgate.dev/version";
+/// Pod-template annotation: the image (of the container a version is read from) that
+/// `rollgate.dev/version` was written for; once the image differs, the image tag is the version.
+pub const IMAGE_ANNOTATION: &str = "rollgate.dev/image";
 /// Deployment annotation holding N while a rollout has its `spec.replicas` reduced.
 pub const REPLICAS_ANNOTATION: &str = "rollgate.dev/replicas";
 /// Deployment annotation while a rollout runs beside a HorizontalPodAutoscaler: the HPA's name.

@@ -346,3 +346,46 @@ async fn a_failure_before_the_first_step_leaves_the_deployment_as_it_was() {
     .await;
     bed.finish().await;
 }
+
+/// Issue 16, bugs 2 and 4: after `kubectl set image` the pods ran 6-hotfix while the template kept
+/// `rollgate.dev/version: 5`, and `apply` of 5 said "every instance already runs 5; nothing to
+/// do". The image that runs outranks an annotation kubectl does not update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kubectl_set_image_the_running_image_is_the_version() {
+    let Some(bed) = Bed::new("after-set-image", N, "1", "0").await else {
+        return;
+    };
+    let rollout = bed.rollout(
+        "web.yaml",
+        "5",
+        &format!("image: \"{}\"", image("5")),
+        "  strategy:\n    rolling: {maxSurge: 1, maxUnavailable: 0}\n  progressDeadlineSeconds: 60\n",
+    );
+    let out = bed
+        .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
+        .await;
+    assert!(out.status.success(), "rollgate apply 5");
+    bed.kubectl(&[
+        "set",
+        "image",
+        "deployment/web",
+        &format!("web={}", image("6-hotfix")),
+    ])
+    .await;
+    bed.wait_deployment("kubectl set image rolled out by the controller", |d| {
+        kube_bed::rolled_out(d, N, &image("6-hotfix"))
+    })
+    .await;
+    let out = bed
+        .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
+        .await;
+    let text = kube_bed::stdout(&out);
+    assert!(out.status.success(), "rollgate apply 5 again: {text}");
+    assert!(!text.contains("nothing to do"), "{text}");
+    bed.wait_deployment("version 5 again", |d| {
+        kube_bed::rolled_out(d, N, &image("5"))
+    })
+    .await;
+    kube_bed::assert_at_rest(&bed).await;
+    bed.finish().await;
+}

@@ -16,10 +16,12 @@ use kube::core::SelectorExt;
 use sha2::{Digest, Sha256};
 
 use super::reach::{PATIENCE_OUTSIDE_STEPS, params};
-use super::view::{View, controller_uid, lent, replicas, rs_version, template_version};
+use super::view::{
+    View, controller_uid, lent, replicas, rs_version, template_image, template_version,
+};
 use super::{
-    FIELD_MANAGER, HASH_LABEL, HPA_ANNOTATION, Kubernetes, LENT_ANNOTATION, PAUSED_ANNOTATION,
-    REPLICAS_ANNOTATION, VERSION_ANNOTATION,
+    FIELD_MANAGER, HASH_LABEL, HPA_ANNOTATION, IMAGE_ANNOTATION, Kubernetes, LENT_ANNOTATION,
+    PAUSED_ANNOTATION, REPLICAS_ANNOTATION, VERSION_ANNOTATION,
 };
 use crate::plan::{Step, StepKind};
 use crate::spec::KubernetesTarget;
@@ -126,10 +128,14 @@ impl Kubernetes {
             };
             c.image = Some(image.clone());
         }
+        let image = template_image(&t, self.container()).map(str::to_string);
         let meta = t.metadata.get_or_insert_with(ObjectMeta::default);
-        meta.annotations
-            .get_or_insert_with(BTreeMap::new)
-            .insert(VERSION_ANNOTATION.into(), version.into());
+        let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
+        annotations.insert(VERSION_ANNOTATION.into(), version.into());
+        match image {
+            Some(image) => annotations.insert(IMAGE_ANNOTATION.into(), image),
+            None => annotations.remove(IMAGE_ANNOTATION),
+        };
         if let Some(labels) = &mut meta.labels {
             labels.remove(HASH_LABEL);
         }
