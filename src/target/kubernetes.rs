@@ -19,13 +19,14 @@
 //!
 //! The `impl` is split by concern, one file each: `reach` (requests, retries, the API server's
 //! reachability), `view` (the watched cache and what it derives), `sizes` (a step's counts),
-//! `hand_over` (prepare, hand-over, restore), `traffic` (blue-green Services), `access` (the
+//! `hand_over` (prepare, hand-over), `restore`, `traffic` (blue-green Services), `access` (the
 //! access reviews), `pod_security` (the recommended securityContext).
 
 mod access;
 mod hand_over;
 mod pod_security;
 mod reach;
+mod restore;
 mod sizes;
 mod traffic;
 mod view;
