@@ -13,6 +13,7 @@ mod prometheus;
 
 /// rollgate itself on the cluster: the real binary, watched through ReplicaSets and pods.
 mod kubernetes {
+    mod after_kubectl;
     mod bench;
     mod blue_green;
     mod canary;

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 
 use crate::cli::run::CliError;
 use crate::spec::{InputError, KubernetesTarget, Manifest, Sources};
-use crate::target::kubernetes::{Kubernetes, pod_security_warnings};
+use crate::target::kubernetes::{Kubernetes, container_problem, pod_security_warnings};
 
 /// How long `validate` and `plan` wait for the cluster to read a live template.
 const LIVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,7 +45,11 @@ pub async fn check(
     }
     let at = format!("deployment {}/{}", k.namespace, k.deployment);
     match tokio::time::timeout(LIVE_TIMEOUT, live_template(k, client)).await {
-        Ok(Ok(Some(t))) => report(findings_live(&at, &t), strict),
+        Ok(Ok(Some(t))) => match container_problem(k, &t) {
+            // The live template decides which container `image:` replaces.
+            Some((field, why)) => Err(m.sources.error(field, format!("{at}: {why}")).into()),
+            None => report(findings_live(&at, &t), strict),
+        },
         Ok(Ok(None)) => {
             eprintln!("note: pod security not checked: {at} does not exist");
             Ok(())

@@ -19,13 +19,14 @@
 //!
 //! The `impl` is split by concern, one file each: `reach` (requests, retries, the API server's
 //! reachability), `view` (the watched cache and what it derives), `sizes` (a step's counts),
-//! `hand_over` (prepare, hand-over, restore), `traffic` (blue-green Services), `access` (the
+//! `hand_over` (prepare, hand-over), `restore`, `traffic` (blue-green Services), `access` (the
 //! access reviews), `pod_security` (the recommended securityContext).
 
 mod access;
 mod hand_over;
 mod pod_security;
 mod reach;
+mod restore;
 mod sizes;
 mod traffic;
 mod view;
@@ -46,7 +47,7 @@ use crate::spec::{Check, KubernetesTarget};
 
 pub use crate::kube::FIELD_MANAGER;
 pub use access::required_access;
-pub use hand_over::manifest_template;
+pub use hand_over::{container_problem, manifest_template};
 pub use pod_security::{SecurityWarning, pod_security_warnings};
 pub use view::{image_tag, pod_failure, template_version};
 
@@ -55,6 +56,9 @@ use view::Cache;
 
 /// Pod-template annotation naming the version a pod runs.
 pub const VERSION_ANNOTATION: &str = "rollgate.dev/version";
+/// Pod-template annotation: the image (of the container a version is read from) that
+/// `rollgate.dev/version` was written for; once the image differs, the image tag is the version.
+pub const IMAGE_ANNOTATION: &str = "rollgate.dev/image";
 /// Deployment annotation holding N while a rollout has its `spec.replicas` reduced.
 pub const REPLICAS_ANNOTATION: &str = "rollgate.dev/replicas";
 /// Deployment annotation while a rollout runs beside a HorizontalPodAutoscaler: the HPA's name.
@@ -62,6 +66,9 @@ pub const REPLICAS_ANNOTATION: &str = "rollgate.dev/replicas";
 pub const HPA_ANNOTATION: &str = "rollgate.dev/hpa";
 /// ReplicaSet annotation: one of the Deployment's own, lent to the holder beside an HPA.
 pub const LENT_ANNOTATION: &str = "rollgate.dev/lent";
+/// Deployment annotation while a rollout runs on a Deployment that was paused before it: the
+/// rollout leaves it paused, as it found it.
+pub const PAUSED_ANNOTATION: &str = "rollgate.dev/paused";
 const HASH_LABEL: &str = "pod-template-hash";
 
 /// One Deployment, reached through the kubeconfig.

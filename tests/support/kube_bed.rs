@@ -115,6 +115,24 @@ impl Bed {
         out
     }
 
+    /// Runs the control plane's kubectl in this namespace; panics when it fails.
+    pub async fn kubectl(&self, args: &[&str]) -> String {
+        let out = self
+            .cluster
+            .kubectl()
+            .args(["-n", &self.ns])
+            .args(args)
+            .output()
+            .await
+            .expect("running kubectl");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub async fn wait_deployment(
         &self,
         what: &str,

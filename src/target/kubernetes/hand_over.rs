@@ -1,6 +1,6 @@
-//! Hand-over: `prepare` holds a ReplicaSet of the new version under the holder ConfigMap, the
-//! hand-over gives it (and the old ones) back to the Deployment, and `restore` goes back to the
-//! stable ReplicaSet; see the target's module docs for the order and why.
+//! Hand-over: `prepare` holds a ReplicaSet of the new version under the holder ConfigMap (and
+//! undoes itself when it fails), and the hand-over gives it (and the old ones) back to the
+//! Deployment; see the target's module docs for the order and why.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,19 +9,20 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PostParams};
 use kube::core::SelectorExt;
 use sha2::{Digest, Sha256};
 
-use super::reach::{PATIENCE_OUTSIDE_STEPS, params};
-use super::view::{View, controller_uid, lent, replicas, rs_version, template_version};
+use super::reach::params;
+use super::view::{View, replicas, rs_version, template_image, template_version};
 use super::{
-    FIELD_MANAGER, HASH_LABEL, HPA_ANNOTATION, Kubernetes, LENT_ANNOTATION, REPLICAS_ANNOTATION,
-    VERSION_ANNOTATION,
+    FIELD_MANAGER, HASH_LABEL, HPA_ANNOTATION, IMAGE_ANNOTATION, Kubernetes, LENT_ANNOTATION,
+    PAUSED_ANNOTATION, REPLICAS_ANNOTATION, VERSION_ANNOTATION,
 };
-use crate::plan::{Step, StepKind};
-use crate::target::{Change, Result, Sink, Target, TargetError};
+use crate::spec::KubernetesTarget;
+use crate::target::{Result, TargetError};
 
 fn owner_ref(kind: &str, api_version: &str, name: &str, uid: &str) -> OwnerReference {
     OwnerReference {
@@ -31,6 +32,48 @@ fn owner_ref(kind: &str, api_version: &str, name: &str, uid: &str) -> OwnerRefer
         uid: uid.into(),
         controller: Some(true),
         block_owner_deletion: Some(true),
+    }
+}
+
+/// The Deployment controller's annotations on its ReplicaSets: the Deployment's replicas, and
+/// those plus maxSurge, when it last scaled the set.
+const DESIRED_REPLICAS: &str = "deployment.kubernetes.io/desired-replicas";
+const MAX_REPLICAS: &str = "deployment.kubernetes.io/max-replicas";
+
+/// The annotations of a ReplicaSet that rollgate gives (back) to the Deployment at `n` pods, as
+/// the controller would leave them: desired-replicas N, max-replicas N + maxSurge, and none of
+/// rollgate's. A stale desired-replicas (a set last scaled while the paused Deployment had fewer
+/// replicas) is a scaling event to the controller on every sync, so it never rolls out again; a
+/// rollgate annotation copied onto the set from the paused Deployment would be copied back to the
+/// Deployment by `kubectl rollout undo`.
+pub(super) fn settled(d: &Deployment, n: u32) -> serde_json::Value {
+    serde_json::json!({
+        DESIRED_REPLICAS: n.to_string(),
+        MAX_REPLICAS: (n + max_surge(d, n)).to_string(),
+        REPLICAS_ANNOTATION: null,
+        HPA_ANNOTATION: null,
+        LENT_ANNOTATION: null,
+        PAUSED_ANNOTATION: null,
+    })
+}
+
+/// The Deployment's maxSurge at `n` pods, resolved as its controller does: a percentage rounds up,
+/// 25% when unset, none for Recreate.
+fn max_surge(d: &Deployment, n: u32) -> u32 {
+    let strategy = d.spec.as_ref().and_then(|s| s.strategy.as_ref());
+    if strategy.and_then(|s| s.type_.as_deref()) == Some("Recreate") {
+        return 0;
+    }
+    let surge = strategy
+        .and_then(|s| s.rolling_update.as_ref())
+        .and_then(|r| r.max_surge.clone())
+        .unwrap_or(IntOrString::String("25%".into()));
+    match surge {
+        IntOrString::Int(i) => i.max(0) as u32,
+        IntOrString::String(s) => {
+            let percent: u64 = s.trim_end_matches('%').trim().parse().unwrap_or(0);
+            u32::try_from((percent * u64::from(n)).div_ceil(100)).unwrap_or(u32::MAX)
+        }
     }
 }
 
@@ -46,35 +89,50 @@ impl Kubernetes {
                 .unwrap_or_default(),
         };
         if let Some(image) = &self.spec.image {
-            let containers = &mut t
+            let spec = t
                 .spec
                 .as_mut()
-                .ok_or_else(|| self.fail("its template", "has no pod spec"))?
-                .containers;
+                .ok_or_else(|| self.fail("its template", "has no pod spec"))?;
+            let names: Vec<String> = spec.containers.iter().map(|c| c.name.clone()).collect();
+            // Native sidecars (init containers that keep running) can be named too.
+            let sidecars = spec
+                .init_containers
+                .iter_mut()
+                .flatten()
+                .filter(|c| c.restart_policy.as_deref() == Some("Always"));
             let c = match self.container() {
-                Some(name) => containers
+                Some(name) => spec
+                    .containers
                     .iter_mut()
+                    .chain(sidecars)
                     .find(|c| c.name == name)
                     .ok_or_else(|| {
                         self.fail(
                             "spec.target.kubernetes.container",
-                            format!("no container {name}"),
+                            format!("no container {name} (it has: {})", names.join(", ")),
                         )
                     })?,
-                None if containers.len() == 1 => &mut containers[0],
+                None if spec.containers.len() == 1 => &mut spec.containers[0],
                 None => {
                     return Err(self.fail(
                         "spec.target.kubernetes.image",
-                        "the pod has several containers: name one with container:",
+                        format!(
+                            "the pod has several containers ({}): name the one to update with container:",
+                            names.join(", ")
+                        ),
                     ));
                 }
             };
             c.image = Some(image.clone());
         }
+        let image = template_image(&t, self.container()).map(str::to_string);
         let meta = t.metadata.get_or_insert_with(ObjectMeta::default);
-        meta.annotations
-            .get_or_insert_with(BTreeMap::new)
-            .insert(VERSION_ANNOTATION.into(), version.into());
+        let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
+        annotations.insert(VERSION_ANNOTATION.into(), version.into());
+        match image {
+            Some(image) => annotations.insert(IMAGE_ANNOTATION.into(), image),
+            None => annotations.remove(IMAGE_ANNOTATION),
+        };
         if let Some(labels) = &mut meta.labels {
             labels.remove(HASH_LABEL);
         }
@@ -111,6 +169,7 @@ impl Kubernetes {
             if let Some(a) = d.metadata.annotations.as_mut() {
                 a.remove(REPLICAS_ANNOTATION);
                 a.remove(HPA_ANNOTATION);
+                a.remove(PAUSED_ANNOTATION);
             }
             let spec = d.spec.get_or_insert_with(Default::default);
             spec.template = template.clone();
@@ -135,11 +194,28 @@ impl Kubernetes {
 
     /// Gives `rs` to a new controlling owner (one write, so no controller sees it ownerless),
     /// marked as lent or not.
-    async fn give(&self, rs: &ReplicaSet, owner: OwnerReference, lend: bool) -> Result<()> {
+    pub(super) async fn give(
+        &self,
+        rs: &ReplicaSet,
+        owner: OwnerReference,
+        lend: bool,
+    ) -> Result<()> {
         let mark = lend.then_some("true");
+        self.give_annotated(rs, owner, serde_json::json!({LENT_ANNOTATION: mark}))
+            .await
+    }
+
+    /// Gives `rs` to a new controlling owner with `annotations` merged (a null removes one), in
+    /// one write.
+    pub(super) async fn give_annotated(
+        &self,
+        rs: &ReplicaSet,
+        owner: OwnerReference,
+        annotations: serde_json::Value,
+    ) -> Result<()> {
         let patch = Patch::Merge(serde_json::json!({"metadata": {
             "ownerReferences": [owner],
-            "annotations": {LENT_ANNOTATION: mark},
+            "annotations": annotations,
         }}));
         let (pp, name) = (params(), rs.name_any());
         self.reach
@@ -200,7 +276,7 @@ impl Kubernetes {
         )
     }
 
-    fn deployment_ref(&self, view: &View) -> OwnerReference {
+    pub(super) fn deployment_ref(&self, view: &View) -> OwnerReference {
         owner_ref("Deployment", "apps/v1", self.name(), &view.uid)
     }
 
@@ -248,10 +324,14 @@ impl Kubernetes {
             .metadata
             .generation;
         // 3. The new ReplicaSet first (the only active one, already at N), then the rest.
+        //    Each with the annotations the controller would leave at N (see `settled`).
         let dref = self.deployment_ref(&view);
-        self.give(&new, dref.clone(), false).await?;
+        let settled = settled(&view.deployment, n);
+        self.give_annotated(&new, dref.clone(), settled.clone())
+            .await?;
         futures_util::future::try_join_all(
-            held.iter().map(|rs| self.give(rs, dref.clone(), false)),
+            held.iter()
+                .map(|rs| self.give_annotated(rs, dref.clone(), settled.clone())),
         )
         .await?;
         // 4. Once its controller counts that ReplicaSet as its new one (so its cache has the
@@ -262,8 +342,13 @@ impl Kubernetes {
                 && s.and_then(|s| s.updated_replicas).unwrap_or(0) == n as i32
         })
         .await?;
+        // A Deployment paused before the rollout stays paused (as `set_template` left it).
+        let paused = view
+            .deployment
+            .annotations()
+            .contains_key(PAUSED_ANNOTATION);
         let (unpaused, ()) = futures_util::try_join!(
-            self.patch_deployment(serde_json::json!({"spec": {"paused": false}})),
+            self.patch_deployment(serde_json::json!({"spec": {"paused": paused}})),
             self.delete_holder(),
         )?;
         if self.blue_green {
@@ -277,7 +362,7 @@ impl Kubernetes {
 
     /// Deletes the holder ConfigMap; one already gone is fine (a retried delete, or a rollback
     /// after someone else deleted it).
-    async fn delete_holder(&self) -> Result<()> {
+    pub(super) async fn delete_holder(&self) -> Result<()> {
         let (name, dp) = (self.holder_name(), DeleteParams::background());
         match self
             .reach
@@ -325,6 +410,34 @@ impl Kubernetes {
         }
     }
 
+    /// Refuses a Deployment paused with a change of its template that its controller has not
+    /// rolled out (its template differs from its active ReplicaSet's): rolling it, or rolling
+    /// back and unpausing, would release that change. Nothing is changed.
+    fn refuse_staged_change(&self, view: &View) -> Result<()> {
+        let Some(active) = view.owned_by(&view.uid).find(|rs| replicas(rs) > 0) else {
+            return Ok(());
+        };
+        let without_hash = |t: Option<&PodTemplateSpec>| {
+            let mut t = t.cloned().unwrap_or_default();
+            if let Some(labels) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+                labels.remove(HASH_LABEL);
+            }
+            serde_json::to_value(t).unwrap_or_default()
+        };
+        let staged = without_hash(view.deployment.spec.as_ref().map(|s| &s.template));
+        let running = without_hash(active.spec.as_ref().and_then(|s| s.template.as_ref()));
+        if staged == running {
+            return Ok(());
+        }
+        Err(self.fail(
+            "prepare",
+            format!(
+                "it is paused with a change of its pod template that is not rolled out (its template differs from its active ReplicaSet {}); nothing was changed: release that change first (kubectl rollout resume), or set the template back to the running one, then run rollgate again",
+                active.name_any()
+            ),
+        ))
+    }
+
     /// Pauses the Deployment, records N, and holds a ReplicaSet of `version`: an existing one of
     /// the Deployment's (a rollback), or a new one of the new template.
     pub(super) async fn prepare_held(&self, version: &str) -> Result<()> {
@@ -348,30 +461,57 @@ impl Kubernetes {
                 "a rollout of its own is under way (several active ReplicaSets): wait for it, or undo it",
             ));
         }
+        // Paused by someone else (rollgate's own pause records N): it is left paused at the end,
+        // and refused when the pause holds back a change of its template.
+        let ours = d.annotations().contains_key(REPLICAS_ANNOTATION);
+        let was_paused = match ours {
+            true => d.annotations().contains_key(PAUSED_ANNOTATION),
+            false => d.spec.as_ref().and_then(|s| s.paused) == Some(true),
+        };
+        if was_paused && !ours {
+            self.refuse_staged_change(&view)?;
+        }
+        // Everything that can be refused is decided before the first write: the ReplicaSet to
+        // reuse (a version the Deployment still keeps: a rollback), else the new template.
+        let reuse = view
+            .owned_by(&view.uid)
+            .find(|rs| replicas(rs) == 0 && rs_version(rs, container).as_deref() == Some(version))
+            .cloned();
+        let template = match reuse {
+            Some(_) => None,
+            None => Some(self.labelled_template(&view, version)?),
+        };
         let n = Self::n_of(d);
         let hpa = self.autoscaler().await?;
         // Paused, the Deployment only ever scales its one active ReplicaSet to spec.replicas.
         self.patch_deployment(serde_json::json!({
-            "metadata": {"annotations": {REPLICAS_ANNOTATION: n.to_string(), HPA_ANNOTATION: hpa}},
+            "metadata": {"annotations": {
+                REPLICAS_ANNOTATION: n.to_string(),
+                HPA_ANNOTATION: hpa,
+                PAUSED_ANNOTATION: was_paused.then_some("true"),
+            }},
             "spec": {"paused": true},
         }))
         .await?;
-        let holder = self.ensure_holder(&view).await?;
-        if hpa.is_some() {
-            // The HPA keeps spec.replicas. Lent to the holder, the stable ReplicaSets are scaled by
-            // rollgate alone: the Deployment controller, owning none, scales none.
-            for rs in view.owned_by(&view.uid) {
-                self.give(rs, self.holder_ref(&holder), true).await?;
+        let held = self
+            .hold(&view, version, hpa.is_some(), reuse, template)
+            .await;
+        if let Err(e) = &held {
+            // Nothing ran yet: the Deployment goes back to how prepare found it.
+            if let Err(undo) = self.undo_prepare().await {
+                eprintln!(
+                    "warning: undoing what prepare did after `{}`: {}",
+                    crate::engine::error_chain(e),
+                    crate::engine::error_chain(&undo)
+                );
             }
         }
-        // A version the Deployment still keeps (a rollback) is reused: its ReplicaSet exists.
-        if let Some(rs) = view
-            .owned_by(&view.uid)
-            .find(|rs| replicas(rs) == 0 && rs_version(rs, container).as_deref() == Some(version))
-        {
-            *self.held_name.lock().expect("held lock") = Some(rs.name_any());
-            return self.give(rs, self.holder_ref(&holder), false).await;
-        }
+        held
+    }
+
+    /// The new pod template of `version` with its own pod-template-hash, and that hash.
+    fn labelled_template(&self, view: &View, version: &str) -> Result<(PodTemplateSpec, String)> {
+        let d = &view.deployment;
         let mut template = self.new_template(d, version)?;
         let json = serde_json::to_vec(&template).unwrap_or_default();
         let hash = format!("rg{}", &hex::encode(Sha256::digest(&json))[..8]);
@@ -387,7 +527,67 @@ impl Kubernetes {
             ));
         }
         labels.insert(HASH_LABEL.into(), hash.clone());
-        let labels = labels.clone();
+        Ok((template, hash))
+    }
+
+    /// Undoes what `prepare` did before any step ran: the ReplicaSets the holder holds go back
+    /// to the Deployment (lent ones, a reused one) and the holder is deleted; the Deployment loses
+    /// rollgate's annotations and is paused only if it was before.
+    async fn undo_prepare(&self) -> Result<()> {
+        let view = self.view().await?;
+        let d = &view.deployment;
+        let n = Self::n_of(d);
+        if let Some(holder) = view.holder_uid() {
+            let dref = self.deployment_ref(&view);
+            for rs in view.owned_by(holder) {
+                self.give_annotated(rs, dref.clone(), settled(d, n)).await?;
+            }
+            self.delete_holder().await?;
+        }
+        self.patch_deployment(serde_json::json!({
+            "metadata": {"annotations": {
+                REPLICAS_ANNOTATION: null,
+                HPA_ANNOTATION: null,
+                PAUSED_ANNOTATION: null,
+            }},
+            "spec": {"paused": d.annotations().contains_key(PAUSED_ANNOTATION)},
+        }))
+        .await
+        .map(drop)
+    }
+
+    /// Holds the ReplicaSet of `version` under the holder (created with the paused Deployment):
+    /// `reuse`, or a new one of `template`; beside an HPA, lends the stable ones.
+    async fn hold(
+        &self,
+        view: &View,
+        version: &str,
+        hpa: bool,
+        reuse: Option<ReplicaSet>,
+        template: Option<(PodTemplateSpec, String)>,
+    ) -> Result<()> {
+        let d = &view.deployment;
+        let holder = self.ensure_holder(view).await?;
+        if hpa {
+            // The HPA keeps spec.replicas. Lent to the holder, the stable ReplicaSets are scaled by
+            // rollgate alone: the Deployment controller, owning none, scales none.
+            for rs in view.owned_by(&view.uid) {
+                self.give(rs, self.holder_ref(&holder), true).await?;
+            }
+        }
+        if let Some(rs) = reuse {
+            *self.held_name.lock().expect("held lock") = Some(rs.name_any());
+            return self.give(&rs, self.holder_ref(&holder), false).await;
+        }
+        let Some((mut template, hash)) = template else {
+            return Ok(());
+        };
+        let labels = template
+            .metadata
+            .get_or_insert_with(ObjectMeta::default)
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .clone();
         let mut selector: LabelSelector = d
             .spec
             .as_ref()
@@ -438,140 +638,38 @@ impl Kubernetes {
             Err(e) => Err(self.fail("creating the new ReplicaSet", e)),
         }
     }
+}
 
-    /// Puts every pod back on `version` (the stable ReplicaSet) and removes what the rollout made.
-    pub(super) async fn restore_stable(
-        &self,
-        version: &str,
-        deadline: Duration,
-        sink: Sink<'_>,
-    ) -> std::result::Result<(), String> {
-        let err = |e: TargetError| crate::engine::error_chain(&e);
-        // The way back to safety waits longer for an API server that is away.
-        self.reach
-            .set_patience(deadline.max(PATIENCE_OUTSIDE_STEPS), false);
-        let view = self.view().await.map_err(err)?;
-        let d = &view.deployment;
-        let hpa = d.annotations().contains_key(HPA_ANNOTATION);
-        let n = match hpa {
-            true => d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0).max(0) as u32,
-            false => Self::n_of(d),
-        };
-        let current = d
-            .spec
-            .as_ref()
-            .and_then(|s| template_version(&s.template, self.container()));
-        if current.as_deref() != Some(version) {
-            // Already handed over: go back the way a rollout goes, all at once.
-            self.prepare(version).await.map_err(err)?;
-            let mut step = Step::hold(StepKind::Scale, 0, n, "restore");
-            step.min_available = n;
-            step.max_total = 2 * n;
-            return self.scale(&step, version, deadline, sink).await;
-        }
-        // The stable ReplicaSet is the Deployment's own: back to N at once, then the new one goes.
-        sink(Change::Changing {
-            instance: self.name().into(),
-            version: version.into(),
-        });
-        if hpa {
-            // Beside an HPA, the lent ReplicaSets go back: the paused Deployment scales its one
-            // active ReplicaSet to spec.replicas, the HPA's count.
-            let dref = self.deployment_ref(&view);
-            for rs in view.sets.iter().filter(|rs| lent(rs)) {
-                self.give(rs, dref.clone(), false).await.map_err(err)?;
-            }
-        } else {
-            self.patch_deployment(serde_json::json!({"spec": {"replicas": n}}))
-                .await
-                .map_err(err)?;
-        }
-        let waited = self
-            .wait_status(deadline, "bringing the stable pods back", move |d| {
-                d.status
-                    .as_ref()
-                    .is_some_and(|s| s.available_replicas.unwrap_or(0) >= n as i32)
-            })
-            .await;
-        // A blue-green switch back is one patch, while the stable set still runs.
-        if self.blue_green {
-            let stable = view
-                .stable()
-                .find(|rs| rs_version(rs, self.container()).as_deref() == Some(version))
-                .and_then(|rs| rs.labels().get(HASH_LABEL).cloned());
-            if stable.is_some()
-                && self
-                    .pinned(&self.active_service())
-                    .await
-                    .map_err(err)?
-                    .is_some()
-            {
-                self.pin(&self.active_service(), stable.as_deref())
-                    .await
-                    .map_err(err)?;
-            }
-        }
-        if let Some(holder) = view.holder_uid() {
-            // Not the lent ones: they are the Deployment's again.
-            for rs in view.owned_by(holder).filter(|rs| !lent(rs)) {
-                let (name, dp) = (rs.name_any(), DeleteParams::background());
-                match self
-                    .reach
-                    .call(|| self.replica_sets.delete(&name, &dp))
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => return Err(err(self.fail("removing the new ReplicaSet", e))),
-                }
-            }
-            self.delete_holder().await.map_err(err)?;
-        }
-        // A ReplicaSet rollgate made that someone else took out of the holder (the holder deleted
-        // with its dependents orphaned, and the Deployment adopting them) goes too.
-        let made = self
-            .held_name
-            .lock()
-            .expect("held lock")
-            .clone()
-            .filter(|n| n.starts_with(&format!("{}-rg", self.name())));
-        if let Some(name) = made
-            && let Some(rs) = view.sets.iter().find(|rs| rs.name_any() == name)
-            && rs_version(rs, self.container()).as_deref() != Some(version)
-            && controller_uid(rs) != view.holder_uid()
-        {
-            let dp = DeleteParams::background();
-            match self
-                .reach
-                .call(|| self.replica_sets.delete(&name, &dp))
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(err(self.fail("removing the new ReplicaSet", e))),
-            }
-        }
-        self.patch_deployment(serde_json::json!({
-            "metadata": {"annotations": {REPLICAS_ANNOTATION: null, HPA_ANNOTATION: null}},
-            "spec": {"paused": false},
-        }))
-        .await
-        .map_err(err)?;
-        if self.blue_green {
-            self.pin(&self.active_service(), None).await.map_err(err)?;
-            self.pin(&self.preview_service(), None).await.map_err(err)?;
-        }
-        let (ok, detail) = match waited {
-            Ok(()) => (true, format!("{n} of {version} available")),
-            Err(e) => (false, format!("{version} not back at {n}: {}", err(e))),
-        };
-        sink(Change::Changed {
-            instance: self.name().into(),
-            version: version.into(),
-            ok,
-            detail: detail.clone(),
-        });
-        if ok { Ok(()) } else { Err(detail) }
+/// Why `spec.target.kubernetes` cannot name the container its `image:` replaces in `t` (the field
+/// and the reason, naming the containers there are), if it cannot: pure, for `validate` and `plan`
+/// on the live template. Native sidecars (init containers that keep running) can be named.
+pub fn container_problem(
+    k: &KubernetesTarget,
+    t: &PodTemplateSpec,
+) -> Option<(&'static str, String)> {
+    k.image.as_ref()?;
+    let spec = t.spec.as_ref()?;
+    let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    let sidecars = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+        .map(|c| c.name.as_str());
+    match k.container.as_deref() {
+        Some(name) if names.iter().copied().chain(sidecars).any(|c| c == name) => None,
+        Some(name) => Some((
+            "spec.target.kubernetes.container",
+            format!("no container {name} (it has: {})", names.join(", ")),
+        )),
+        None if names.len() <= 1 => None,
+        None => Some((
+            "spec.target.kubernetes.image",
+            format!(
+                "the pod has several containers ({}): name the one to update with container:",
+                names.join(", ")
+            ),
+        )),
     }
 }
 
@@ -584,4 +682,27 @@ pub fn manifest_template(path: &Path) -> Result<PodTemplateSpec> {
     from.spec
         .map(|s| s.template)
         .ok_or_else(|| TargetError::Setup(format!("{}: no spec.template", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_surge_resolves_as_the_deployment_controller_does() {
+        let d = |strategy: &str| -> Deployment {
+            serde_yaml::from_str(&format!(
+                "metadata: {{name: web}}\nspec: {{selector: {{}}, template: {{}}, strategy: {strategy}}}"
+            ))
+            .unwrap()
+        };
+        assert_eq!(max_surge(&d("{rollingUpdate: {maxSurge: 2}}"), 8), 2);
+        assert_eq!(max_surge(&d("{rollingUpdate: {maxSurge: \"25%\"}}"), 6), 2);
+        assert_eq!(max_surge(&d("{}"), 3), 1);
+        assert_eq!(max_surge(&d("{type: Recreate}"), 3), 0);
+        let s = settled(&d("{rollingUpdate: {maxSurge: 1}}"), 3);
+        assert_eq!(s[DESIRED_REPLICAS], "3");
+        assert_eq!(s[MAX_REPLICAS], "4");
+        assert!(s[REPLICAS_ANNOTATION].is_null());
+    }
 }

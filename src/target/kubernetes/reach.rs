@@ -119,10 +119,15 @@ impl Reach {
 /// Whether an error is the API server being away (restarting, overloaded) rather than an answer.
 pub(super) fn transient(e: &kube::Error) -> bool {
     match e {
-        kube::Error::Api(s) => matches!(s.code, 429 | 500 | 502 | 503 | 504),
+        kube::Error::Api(s) => transient_status(s.code),
         kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
         _ => false,
     }
+}
+
+/// Whether an HTTP status is the API server being away or overloaded.
+fn transient_status(code: u16) -> bool {
+    matches!(code, 429 | 500 | 502 | 503 | 504)
 }
 
 /// The watches' backoff after an error (see `RETRY_FIRST`); reset by the next event.
@@ -171,6 +176,10 @@ impl Kubernetes {
                     "{what}: no answer from the Kubernetes API server within {}; {away}",
                     self.reach.patience_text()
                 )
+            }
+            // The API server's own words, not the debug text of its Status.
+            Some(kube::Error::Api(s)) if !transient_status(s.code) => {
+                format!("{what}: {} ({} {})", s.message, s.code, s.reason)
             }
             _ => format!("{what}: {e}"),
         };

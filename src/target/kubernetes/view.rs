@@ -13,7 +13,10 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, ResourceExt};
 
 use super::reach::{RETRY_FIRST, WatchRetry};
-use super::{HASH_LABEL, Kubernetes, LENT_ANNOTATION, REPLICAS_ANNOTATION, VERSION_ANNOTATION};
+use super::{
+    HASH_LABEL, IMAGE_ANNOTATION, Kubernetes, LENT_ANNOTATION, REPLICAS_ANNOTATION,
+    VERSION_ANNOTATION,
+};
 use crate::health::Probe;
 use crate::spec::{Check, RunOn};
 use crate::target::{Instance, Result};
@@ -141,23 +144,38 @@ pub(super) fn available(rs: &ReplicaSet) -> u32 {
         .max(0) as u32
 }
 
-/// The version a pod template runs: its `rollgate.dev/version` annotation, else the image tag of
-/// the container (the named one, or the first).
+/// The version a pod template runs: its `rollgate.dev/version` annotation while the container
+/// (the named one, or the first) still runs the image `rollgate.dev/image` says it was written for,
+/// else that container's image tag. What runs outranks an annotation that `kubectl set image`
+/// leaves unchanged.
 pub fn template_version(t: &PodTemplateSpec, container: Option<&str>) -> Option<String> {
-    if let Some(v) = t
-        .metadata
-        .as_ref()
-        .and_then(|m| m.annotations.as_ref())
-        .and_then(|a| a.get(VERSION_ANNOTATION))
-    {
-        return Some(v.clone());
+    let image = template_image(t, container);
+    let annotations = t.metadata.as_ref().and_then(|m| m.annotations.as_ref());
+    if let Some(v) = annotations.and_then(|a| a.get(VERSION_ANNOTATION)) {
+        let written_for = annotations.and_then(|a| a.get(IMAGE_ANNOTATION));
+        if written_for.is_none_or(|w| Some(w.as_str()) == image) {
+            return Some(v.clone());
+        }
     }
+    image_tag(image?)
+}
+
+/// The image of the container a version is read from: the named one (a native sidecar too), or
+/// the first.
+pub(super) fn template_image<'a>(
+    t: &'a PodTemplateSpec,
+    container: Option<&str>,
+) -> Option<&'a str> {
     let spec = t.spec.as_ref()?;
     let c = match container {
-        Some(name) => spec.containers.iter().find(|c| c.name == name)?,
+        Some(name) => spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .find(|c| c.name == name)?,
         None => spec.containers.first()?,
     };
-    image_tag(c.image.as_deref()?)
+    c.image.as_deref()
 }
 
 /// `registry:5000/web:1.2@sha256:...` is version `1.2`.
@@ -371,9 +389,14 @@ impl Kubernetes {
         Ok(selector)
     }
 
+    /// N: the Deployment's replicas, or while a rollout has them reduced (paused), the annotation
+    /// that holds N. On a Deployment that is not paused the annotation is stale (`kubectl rollout
+    /// undo` copies it back from a ReplicaSet) and `kubectl scale` may have changed N since.
     pub(super) fn n_of(d: &Deployment) -> u32 {
+        let paused = d.spec.as_ref().and_then(|s| s.paused) == Some(true);
         d.annotations()
             .get(REPLICAS_ANNOTATION)
+            .filter(|_| paused)
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as u32)
     }
@@ -497,6 +520,32 @@ impl Kubernetes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_version_annotation_counts_only_for_the_image_it_was_written_for() {
+        let t = |image: &str, annotations: &str| -> PodTemplateSpec {
+            serde_yaml::from_str(&format!(
+                "metadata: {{annotations: {{{annotations}}}}}\nspec: {{containers: [{{name: web, image: \"{image}\"}}]}}"
+            ))
+            .unwrap()
+        };
+        let written = "rollgate.dev/version: \"5\", rollgate.dev/image: \"r/web:5-build\"";
+        assert_eq!(
+            template_version(&t("r/web:5-build", written), None).as_deref(),
+            Some("5")
+        );
+        // `kubectl set image` changed the image, not the annotations.
+        assert_eq!(
+            template_version(&t("r/web:6-hotfix", written), None).as_deref(),
+            Some("6-hotfix")
+        );
+        // Written by an older rollgate, without the image: the annotation counts.
+        let older = "rollgate.dev/version: \"5\"";
+        assert_eq!(
+            template_version(&t("r/web:6", older), None).as_deref(),
+            Some("5")
+        );
+    }
 
     #[test]
     fn image_tags() {

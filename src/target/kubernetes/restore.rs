@@ -1,0 +1,196 @@
+//! Restore: back to the stable ReplicaSet at N (a rollback mid-rollout, or after the hand-over
+//! the way a rollout goes), then what the rollout made is removed and the Deployment settled.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use kube::ResourceExt;
+use kube::api::{DeleteParams, Patch};
+
+use super::hand_over::settled;
+use super::reach::{PATIENCE_OUTSIDE_STEPS, params};
+use super::view::{controller_uid, lent, rs_version, template_version};
+use super::{HASH_LABEL, HPA_ANNOTATION, Kubernetes, PAUSED_ANNOTATION, REPLICAS_ANNOTATION};
+use crate::plan::{Step, StepKind};
+use crate::target::{Change, Result, Sink, Target, TargetError};
+
+impl Kubernetes {
+    /// Gives the annotations of `sets` (the Deployment's own) the values the controller would
+    /// leave at `n` (see `settled`), where they differ.
+    async fn settle(
+        &self,
+        sets: impl Iterator<Item = &ReplicaSet>,
+        d: &Deployment,
+        n: u32,
+    ) -> Result<()> {
+        let want = settled(d, n);
+        let want = want.as_object().expect("an object");
+        let pp = params();
+        for rs in sets {
+            let have = rs.annotations();
+            let differs = want
+                .iter()
+                .any(|(k, v)| have.get(k).map(String::as_str) != v.as_str());
+            if !differs {
+                continue;
+            }
+            let name = rs.name_any();
+            let patch = Patch::Merge(serde_json::json!({"metadata": {"annotations": want}}));
+            match self
+                .reach
+                .call(|| self.replica_sets.patch(&name, &pp, &patch))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(self.fail(&format!("annotating ReplicaSet {name}"), e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts every pod back on `version` (the stable ReplicaSet) and removes what the rollout made.
+    pub(super) async fn restore_stable(
+        &self,
+        version: &str,
+        deadline: Duration,
+        sink: Sink<'_>,
+    ) -> std::result::Result<(), String> {
+        let err = |e: TargetError| crate::engine::error_chain(&e);
+        // The way back to safety waits longer for an API server that is away.
+        self.reach
+            .set_patience(deadline.max(PATIENCE_OUTSIDE_STEPS), false);
+        let view = self.view().await.map_err(err)?;
+        let d = &view.deployment;
+        let hpa = d.annotations().contains_key(HPA_ANNOTATION);
+        let n = match hpa {
+            true => d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0).max(0) as u32,
+            false => Self::n_of(d),
+        };
+        let current = d
+            .spec
+            .as_ref()
+            .and_then(|s| template_version(&s.template, self.container()));
+        if current.as_deref() != Some(version) {
+            // Already handed over: go back the way a rollout goes, all at once.
+            self.prepare(version).await.map_err(err)?;
+            let mut step = Step::hold(StepKind::Scale, 0, n, "restore");
+            step.min_available = n;
+            step.max_total = 2 * n;
+            return self.scale(&step, version, deadline, sink).await;
+        }
+        // The stable ReplicaSet is the Deployment's own: back to N at once, then the new one goes.
+        sink(Change::Changing {
+            instance: self.name().into(),
+            version: version.into(),
+        });
+        if hpa {
+            // Beside an HPA, the lent ReplicaSets go back: the paused Deployment scales its one
+            // active ReplicaSet to spec.replicas, the HPA's count.
+            let dref = self.deployment_ref(&view);
+            for rs in view.sets.iter().filter(|rs| lent(rs)) {
+                self.give_annotated(rs, dref.clone(), settled(d, n))
+                    .await
+                    .map_err(err)?;
+            }
+        } else {
+            self.patch_deployment(serde_json::json!({"spec": {"replicas": n}}))
+                .await
+                .map_err(err)?;
+        }
+        let waited = self
+            .wait_status(deadline, "bringing the stable pods back", move |d| {
+                d.status
+                    .as_ref()
+                    .is_some_and(|s| s.available_replicas.unwrap_or(0) >= n as i32)
+            })
+            .await;
+        // A blue-green switch back is one patch, while the stable set still runs.
+        if self.blue_green {
+            let stable = view
+                .stable()
+                .find(|rs| rs_version(rs, self.container()).as_deref() == Some(version))
+                .and_then(|rs| rs.labels().get(HASH_LABEL).cloned());
+            if stable.is_some()
+                && self
+                    .pinned(&self.active_service())
+                    .await
+                    .map_err(err)?
+                    .is_some()
+            {
+                self.pin(&self.active_service(), stable.as_deref())
+                    .await
+                    .map_err(err)?;
+            }
+        }
+        if let Some(holder) = view.holder_uid() {
+            // Not the lent ones: they are the Deployment's again.
+            for rs in view.owned_by(holder).filter(|rs| !lent(rs)) {
+                let (name, dp) = (rs.name_any(), DeleteParams::background());
+                match self
+                    .reach
+                    .call(|| self.replica_sets.delete(&name, &dp))
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(err(self.fail("removing the new ReplicaSet", e))),
+                }
+            }
+            self.delete_holder().await.map_err(err)?;
+        }
+        // A ReplicaSet rollgate made that someone else took out of the holder (the holder deleted
+        // with its dependents orphaned, and the Deployment adopting them) goes too.
+        let made = self
+            .held_name
+            .lock()
+            .expect("held lock")
+            .clone()
+            .filter(|n| n.starts_with(&format!("{}-rg", self.name())));
+        if let Some(name) = made
+            && let Some(rs) = view.sets.iter().find(|rs| rs.name_any() == name)
+            && rs_version(rs, self.container()).as_deref() != Some(version)
+            && controller_uid(rs) != view.holder_uid()
+        {
+            let dp = DeleteParams::background();
+            match self
+                .reach
+                .call(|| self.replica_sets.delete(&name, &dp))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(err(self.fail("removing the new ReplicaSet", e))),
+            }
+        }
+        self.patch_deployment(serde_json::json!({
+            "metadata": {"annotations": {
+                REPLICAS_ANNOTATION: null,
+                HPA_ANNOTATION: null,
+                PAUSED_ANNOTATION: null,
+            }},
+            "spec": {"paused": d.annotations().contains_key(PAUSED_ANNOTATION)},
+        }))
+        .await
+        .map_err(err)?;
+        // What the controller copied from the paused Deployment, or scaled while it was paused.
+        self.settle(view.owned_by(&view.uid), d, n)
+            .await
+            .map_err(err)?;
+        if self.blue_green {
+            self.pin(&self.active_service(), None).await.map_err(err)?;
+            self.pin(&self.preview_service(), None).await.map_err(err)?;
+        }
+        let (ok, detail) = match waited {
+            Ok(()) => (true, format!("{n} of {version} available")),
+            Err(e) => (false, format!("{version} not back at {n}: {}", err(e))),
+        };
+        sink(Change::Changed {
+            instance: self.name().into(),
+            version: version.into(),
+            ok,
+            detail: detail.clone(),
+        });
+        if ok { Ok(()) } else { Err(detail) }
+    }
+}
