@@ -1,4 +1,4 @@
-//! Command-line arguments (clap). No I/O here: `run` executes, `output` prints.
+//! Command-line arguments (clap) and the dispatch to `run` (commands) and `demo`; `output` prints.
 
 pub mod demo;
 pub mod output;
@@ -8,6 +8,78 @@ pub mod security;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::engine::error_chain;
+use crate::spec::InputError;
+
+/// Runs a command and returns the process exit code. Errors are printed here.
+pub fn run(cli: Cli) -> u8 {
+    let result = match cli.command {
+        Command::Demo(args) => match tokio::runtime::Runtime::new() {
+            Ok(runtime) => runtime.block_on(demo::run(&args)),
+            Err(e) => Err(CliError::Failed(format!("starting a tokio runtime: {e}"))),
+        },
+        command => run::command(command, cli.context, cli.namespace),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.code()
+        }
+    }
+}
+
+/// Errors at the command line's edge, each with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    pub fn code(&self) -> u8 {
+        match self {
+            CliError::Input(_) => exit::INPUT,
+            CliError::Failed(_) => exit::FAILED,
+        }
+    }
+}
+
+/// A failure, printed with its sources.
+pub(crate) fn failed(e: impl std::error::Error) -> CliError {
+    CliError::Failed(error_chain(&e))
+}
+
+impl From<crate::target::TargetError> for CliError {
+    fn from(e: crate::target::TargetError) -> Self {
+        failed(e)
+    }
+}
+
+impl From<crate::state::cluster::ClusterError> for CliError {
+    /// An unknown `--context` is a usage error.
+    fn from(e: crate::state::cluster::ClusterError) -> Self {
+        match e {
+            crate::state::cluster::ClusterError::UnknownContext { .. } => {
+                InputError::general(e.to_string()).into()
+            }
+            e => failed(e),
+        }
+    }
+}
+
+impl From<crate::hold::HoldError> for CliError {
+    fn from(e: crate::hold::HoldError) -> Self {
+        match e {
+            crate::hold::HoldError::Usage(why) => InputError::general(why).into(),
+            crate::hold::HoldError::Cluster(e) => e.into(),
+            e => failed(e),
+        }
+    }
+}
 
 /// Exit codes, documented in the README.
 pub mod exit {

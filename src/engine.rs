@@ -2,11 +2,15 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod announce;
+
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures_util::future::join_all;
 
-use crate::health::metrics::{MetricGate, measure};
+use crate::health::run::until_verdict;
 use crate::health::{Gate, Verdict};
 use crate::plan::{Plan, Step, StepKind};
 use crate::spec::{AutoRollback, Check, Manifest, Strategy};
@@ -83,6 +87,9 @@ pub struct Run<'a, T: Target> {
     pub team: Option<&'a crate::state::cluster::Session>,
 }
 
+/// Background analysis in flight: the first check to reach a verdict, with its name.
+type Background = tokio::task::JoinHandle<(String, Verdict)>;
+
 enum StepResult {
     Done,
     Pause(String),
@@ -158,106 +165,6 @@ impl<T: Target> Run<'_, T> {
                 .map_err(|e| EngineError::LockLost(error_chain(&e)))?;
         }
         Ok(())
-    }
-
-    fn payload(&self, phase: &str, step: Option<usize>, reason: &str) -> crate::notify::Payload {
-        crate::notify::Payload {
-            app: self.app().to_string(),
-            rollout: self.rollout.clone(),
-            phase: phase.to_string(),
-            from_version: self.from.clone(),
-            to_version: self.version().to_string(),
-            step,
-            reason: reason.to_string(),
-        }
-    }
-
-    /// Sends notifications and `event` webhooks for a journal event, in the background.
-    fn announce(&self, event: &Event) {
-        let spec = &self.manifest.rollout.spec;
-        if spec.notifications.is_empty() && spec.webhooks.is_empty() {
-            return;
-        }
-        let name = crate::notify::notification_event(event);
-        let (step, reason) = match event {
-            Event::StepDone { step, .. }
-            | Event::StepStarted { step, .. }
-            | Event::Gate { step, .. } => (Some(*step), String::new()),
-            Event::Paused { step, reason, .. } => (Some(*step), reason.clone()),
-            Event::RollbackStarted { reason, .. } => (None, reason.clone()),
-            Event::Finished { detail, .. } => (None, detail.clone()),
-            _ => (None, String::new()),
-        };
-        let mut pending = self.pending.lock().expect("pending lock");
-        if let Some(name) = name {
-            let payload = self.payload(name, step, &reason);
-            for n in spec
-                .notifications
-                .iter()
-                .filter(|n| n.events.is_empty() || n.events.iter().any(|e| e == name))
-            {
-                let (http, n, payload) = (self.http.clone(), n.clone(), payload.clone());
-                pending.push(tokio::spawn(async move {
-                    if let Err(e) = crate::notify::notify(&http, &n, name, &payload).await {
-                        eprintln!("warning: {e}");
-                    }
-                }));
-            }
-        }
-        let phase = serde_json::to_value(event)
-            .ok()
-            .and_then(|v| v["event"].as_str().map(String::from))
-            .unwrap_or_default();
-        for hook in spec
-            .webhooks
-            .iter()
-            .filter(|h| h.hook_type == crate::spec::HookType::Event)
-        {
-            let (http, hook, payload) = (
-                self.http.clone(),
-                hook.clone(),
-                self.payload(&phase, step, &reason),
-            );
-            pending.push(tokio::spawn(async move {
-                if let Err(e) = crate::notify::call(&http, &hook, &payload).await {
-                    eprintln!("warning: {e}");
-                }
-            }));
-        }
-    }
-
-    /// Calls the webhooks of one type in order; the first that does not answer 2xx is the error.
-    pub async fn hooks(
-        &self,
-        kind: crate::spec::HookType,
-        step: Option<usize>,
-        reason: &str,
-    ) -> std::result::Result<(), String> {
-        let phase = crate::notify::hook_type_name(kind);
-        for hook in self
-            .manifest
-            .rollout
-            .spec
-            .webhooks
-            .iter()
-            .filter(|h| h.hook_type == kind)
-        {
-            crate::notify::call(&self.http, hook, &self.payload(phase, step, reason)).await?;
-        }
-        Ok(())
-    }
-
-    /// Waits (bounded) for notifications still in flight.
-    pub async fn drain(&self) {
-        let pending: Vec<_> = std::mem::take(&mut *self.pending.lock().expect("pending lock"));
-        if tokio::time::timeout(Duration::from_secs(10), join_all(pending))
-            .await
-            .is_err()
-        {
-            eprintln!(
-                "warning: some notifications were still in flight after 10s and were dropped"
-            );
-        }
     }
 
     fn app(&self) -> &str {
@@ -394,7 +301,7 @@ impl<T: Target> Run<'_, T> {
 
     async fn execute_steps(&mut self, from_step: usize, full: bool) -> Result<RunOutcome> {
         let background = self.background_plan();
-        let mut running: Option<tokio::task::JoinHandle<(String, Verdict)>> = None;
+        let mut running: Option<Background> = None;
         let outcome = self
             .execute_with_background(from_step, full, background.as_ref(), &mut running)
             .await;
@@ -409,7 +316,7 @@ impl<T: Target> Run<'_, T> {
         from_step: usize,
         full: bool,
         background: Option<&(usize, Vec<Check>)>,
-        running: &mut Option<tokio::task::JoinHandle<(String, Verdict)>>,
+        running: &mut Option<Background>,
     ) -> Result<RunOutcome> {
         let version = self.version().to_string();
         // Stage everywhere ahead of the waves: staging never touches what runs. A failure leaves
@@ -426,94 +333,21 @@ impl<T: Target> Run<'_, T> {
                 && i >= *start
                 && running.is_none()
             {
-                let vars = self.metric_vars(&self.target.instances().await?);
-                let (http, checks, done) = (
-                    self.http.clone(),
-                    checks.clone(),
-                    self.background_done.clone(),
-                );
-                *running = Some(tokio::spawn(async move {
-                    let verdict = run_background(&http, &checks, &vars).await;
-                    done.store(true, Ordering::SeqCst);
-                    verdict
-                }));
+                *running = Some(self.start_background(checks.clone()).await?);
             }
             if let Some(task) = running.as_mut()
                 && task.is_finished()
             {
-                let (name, verdict) = task.await.unwrap_or_else(|e| {
+                let verdict = task.await.unwrap_or_else(|e| {
                     ("background analysis".into(), Verdict::Fail(e.to_string()))
                 });
                 *running = None;
-                let detail = match &verdict {
-                    Verdict::Fail(why) | Verdict::Inconclusive(why) => why.clone(),
-                    _ => String::new(),
-                };
-                self.log(Event::Gate {
-                    rollout: self.rollout.clone(),
-                    step: i,
-                    check: name.clone(),
-                    passed: false,
-                    detail: format!("in the background: {detail}"),
-                })?;
-                if matches!(verdict, Verdict::Inconclusive(_)) {
-                    let reason = format!(
-                        "background check {name} is inconclusive: {detail}: a person decides (promote or abort)"
-                    );
-                    self.log(Event::Paused {
-                        rollout: self.rollout.clone(),
-                        step: i,
-                        reason: reason.clone(),
-                    })?;
-                    return Ok(RunOutcome::Paused(reason));
-                }
-                return self
-                    .on_failure(i, format!("background check {name} failed: {detail}"))
-                    .await;
+                return self.background_ended(i, verdict).await;
             }
-            self.checkpoint().await?;
-            if let Some(control) = self.take_control() {
-                return self.finish_control(control, i).await;
-            }
-            if self.interrupts.count() > 0 {
-                self.log(Event::Paused {
-                    rollout: self.rollout.clone(),
-                    step: i,
-                    reason: "interrupted (Ctrl-C)".into(),
-                })?;
-                return Ok(RunOutcome::Interrupted);
+            if let Some(outcome) = self.before_step(i, &steps).await? {
+                return Ok(outcome);
             }
             let step = &steps[i];
-            if i == 0
-                && let Err(why) = self
-                    .hooks(crate::spec::HookType::PreRollout, Some(0), "")
-                    .await
-            {
-                self.log(Event::Finished {
-                    rollout: self.rollout.clone(),
-                    outcome: Outcome::Failed,
-                    detail: why.clone(),
-                })?;
-                return Ok(RunOutcome::Failed(why));
-            }
-            // Going to everyone: the blue-green switch, or a canary's last step.
-            let promotion = step.kind == StepKind::Switch
-                || (i > 0
-                    && i + 1 == steps.len()
-                    && matches!(self.manifest.strategy, Strategy::Canary(_)));
-            if promotion
-                && let Err(why) = self
-                    .hooks(crate::spec::HookType::ConfirmPromotion, Some(i), "")
-                    .await
-            {
-                let reason = format!("promotion not confirmed: {why}");
-                self.log(Event::Paused {
-                    rollout: self.rollout.clone(),
-                    step: i,
-                    reason: reason.clone(),
-                })?;
-                return Ok(RunOutcome::Paused(reason));
-            }
             self.log(Event::StepStarted {
                 rollout: self.rollout.clone(),
                 step: i,
@@ -523,25 +357,7 @@ impl<T: Target> Run<'_, T> {
             // Another machine sees that this step began before anything of it changes.
             self.checkpoint().await?;
             let started = Instant::now();
-            // A target error inside a step (an agent that stopped answering) fails the step, so
-            // `rollback.auto` handles it like any other failure.
-            // A run whose Lease is gone stops mid-step at once, even while nothing happens.
-            let team = self.team;
-            let stepped = match team {
-                Some(team) => tokio::select! {
-                    r = self.run_step(i, step) => r,
-                    why = team.wait_lost() => Err(EngineError::LockLost(why)),
-                },
-                None => self.run_step(i, step).await,
-            };
-            let result = match stepped {
-                Ok(r) => r,
-                Err(EngineError::Target(e)) => StepResult::Failed(error_chain(&e)),
-                Err(e) => return Err(e),
-            };
-            // A step cut short by a refused write is no failure of the new version.
-            self.still_held()?;
-            match result {
+            match self.run_step_held(i, step).await? {
                 StepResult::Done => {
                     self.log(Event::StepDone {
                         rollout: self.rollout.clone(),
@@ -567,6 +383,121 @@ impl<T: Target> Run<'_, T> {
             detail: format!("every instance on {version}"),
         })?;
         Ok(RunOutcome::Succeeded)
+    }
+
+    /// Starts background analysis of `checks`; it sets `background_done` when it has a verdict.
+    async fn start_background(&self, checks: Vec<Check>) -> Result<Background> {
+        let vars = self.metric_vars(&self.target.instances().await?);
+        let (http, done) = (self.http.clone(), self.background_done.clone());
+        Ok(tokio::spawn(async move {
+            let verdict = crate::health::run::background(&http, &checks, &vars).await;
+            done.store(true, Ordering::SeqCst);
+            verdict
+        }))
+    }
+
+    /// Background analysis reached a verdict at step `i`: an inconclusive one pauses, a failure
+    /// fails the rollout.
+    async fn background_ended(
+        &mut self,
+        i: usize,
+        (name, verdict): (String, Verdict),
+    ) -> Result<RunOutcome> {
+        let detail = match &verdict {
+            Verdict::Fail(why) | Verdict::Inconclusive(why) => why.clone(),
+            _ => String::new(),
+        };
+        self.log(Event::Gate {
+            rollout: self.rollout.clone(),
+            step: i,
+            check: name.clone(),
+            passed: false,
+            detail: format!("in the background: {detail}"),
+        })?;
+        if matches!(verdict, Verdict::Inconclusive(_)) {
+            let reason = format!(
+                "background check {name} is inconclusive: {detail}: a person decides (promote or abort)"
+            );
+            self.log(Event::Paused {
+                rollout: self.rollout.clone(),
+                step: i,
+                reason: reason.clone(),
+            })?;
+            return Ok(RunOutcome::Paused(reason));
+        }
+        self.on_failure(i, format!("background check {name} failed: {detail}"))
+            .await
+    }
+
+    /// What stops a run before step `i` begins: a lost Lease, a control request, Ctrl-C, or a
+    /// webhook that says no (`pre-rollout` before the first step, `confirm-promotion` before going
+    /// to everyone).
+    async fn before_step(&mut self, i: usize, steps: &[Step]) -> Result<Option<RunOutcome>> {
+        self.checkpoint().await?;
+        if let Some(control) = self.take_control() {
+            return self.finish_control(control, i).await.map(Some);
+        }
+        if self.interrupts.count() > 0 {
+            self.log(Event::Paused {
+                rollout: self.rollout.clone(),
+                step: i,
+                reason: "interrupted (Ctrl-C)".into(),
+            })?;
+            return Ok(Some(RunOutcome::Interrupted));
+        }
+        if i == 0
+            && let Err(why) = self
+                .hooks(crate::spec::HookType::PreRollout, Some(0), "")
+                .await
+        {
+            self.log(Event::Finished {
+                rollout: self.rollout.clone(),
+                outcome: Outcome::Failed,
+                detail: why.clone(),
+            })?;
+            return Ok(Some(RunOutcome::Failed(why)));
+        }
+        // Going to everyone: the blue-green switch, or a canary's last step.
+        let promotion = steps[i].kind == StepKind::Switch
+            || (i > 0
+                && i + 1 == steps.len()
+                && matches!(self.manifest.strategy, Strategy::Canary(_)));
+        if promotion
+            && let Err(why) = self
+                .hooks(crate::spec::HookType::ConfirmPromotion, Some(i), "")
+                .await
+        {
+            let reason = format!("promotion not confirmed: {why}");
+            self.log(Event::Paused {
+                rollout: self.rollout.clone(),
+                step: i,
+                reason: reason.clone(),
+            })?;
+            return Ok(Some(RunOutcome::Paused(reason)));
+        }
+        Ok(None)
+    }
+
+    /// Runs step `i` while the app's Lease holds: a run whose Lease is gone stops mid-step at
+    /// once, even while nothing happens. A target error inside a step (an agent that stopped
+    /// answering) fails the step, so `rollback.auto` handles it like any other failure.
+    async fn run_step_held(&mut self, i: usize, step: &Step) -> Result<StepResult> {
+        let team = self.team;
+        let stepped = match team {
+            Some(team) => tokio::select! {
+                r = self.run_step(i, step) => r,
+                why = team.wait_lost() => Err(EngineError::LockLost(why)),
+            },
+            None => self.run_step(i, step).await,
+        };
+        let result = match stepped {
+            Ok(r) => r,
+            Err(EngineError::Target(e)) => StepResult::Failed(error_chain(&e)),
+            Err(e) => return Err(e),
+        };
+        // A step cut short by a refused write is no failure of the new version.
+        self.still_held()?;
+        Ok(result)
     }
 
     async fn run_step(&mut self, idx: usize, step: &Step) -> Result<StepResult> {
@@ -611,10 +542,8 @@ impl<T: Target> Run<'_, T> {
                     }
                 }
                 let changed = changes.load(Ordering::SeqCst) > 0;
-                let min_ready = min_ready_seconds(&self.manifest.strategy);
-                // Kubernetes counts minReadySeconds in pod availability itself; hosts need the hold.
-                let held_by_target = self.manifest.rollout.spec.target.kubernetes.is_some();
-                if min_ready > 0 && changed && !held_by_target {
+                let min_ready = self.manifest.strategy.min_ready_seconds();
+                if min_ready > 0 && changed && !self.target.holds_min_ready() {
                     // minReadySeconds is a hold the user asked for, not a poll.
                     tokio::time::sleep(Duration::from_secs(min_ready)).await;
                 }
@@ -702,13 +631,15 @@ impl<T: Target> Run<'_, T> {
                 let vars = self.metric_vars(&instances);
                 vec![(
                     "the rollout".to_string(),
-                    run_metric_gate(&self.http, check, &vars).await,
+                    crate::health::run::metric(&self.http, check, &vars).await,
                 )]
             } else {
                 let target = self.target;
                 let version = version.as_str();
                 let runs = on_new.iter().map(|inst| async move {
-                    (inst.clone(), run_gate(target, check, inst, version).await)
+                    let probe = || target.probe(check, inst, version);
+                    let verdict = until_verdict(Gate::new(check), check, probe).await;
+                    (inst.clone(), verdict)
                 });
                 join_all(runs).await
             };
@@ -752,26 +683,25 @@ impl<T: Target> Run<'_, T> {
         let version = self.version().to_string();
         let stable = self.from.clone().unwrap_or_default();
         let hosts: Vec<&str> = instances.iter().map(|i| i.name.as_str()).collect();
-        let namespace = self
-            .manifest
-            .rollout
-            .spec
-            .target
-            .kubernetes
-            .as_ref()
-            .map(|k| k.namespace.clone())
-            .unwrap_or_default();
-        [
+        let mut vars: std::collections::BTreeMap<String, String> = [
             ("app", self.app().to_string()),
             ("version", version.clone()),
             ("canary_version", version),
             ("stable_version", stable),
-            ("namespace", namespace),
+            // Empty unless the target names one: a query may use ${namespace} on any target.
+            ("namespace", String::new()),
             ("hosts", hosts.join("|")),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        .collect();
+        vars.extend(
+            self.target
+                .metric_labels()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v)),
+        );
+        vars
     }
 
     /// The first abort or pause request since the last look; promotions only cut timed pauses short.
@@ -787,12 +717,7 @@ impl<T: Target> Run<'_, T> {
         match control {
             Control::Abort { actor } => {
                 let reason = format!("aborted by {actor}");
-                self.rollback(&reason).await?;
-                self.log(Event::Finished {
-                    rollout: self.rollout.clone(),
-                    outcome: Outcome::Aborted,
-                    detail: reason.clone(),
-                })?;
+                self.roll_back_and_finish(&reason, Outcome::Aborted).await?;
                 Ok(RunOutcome::RolledBack(reason))
             }
             Control::Pause { actor } => {
@@ -813,12 +738,8 @@ impl<T: Target> Run<'_, T> {
     async fn on_failure(&mut self, step: usize, reason: String) -> Result<RunOutcome> {
         match self.manifest.rollout.spec.rollback.auto {
             AutoRollback::Yes => {
-                self.rollback(&reason).await?;
-                self.log(Event::Finished {
-                    rollout: self.rollout.clone(),
-                    outcome: Outcome::RolledBack,
-                    detail: reason.clone(),
-                })?;
+                self.roll_back_and_finish(&reason, Outcome::RolledBack)
+                    .await?;
                 Ok(RunOutcome::RolledBack(reason))
             }
             AutoRollback::Pause => {
@@ -839,6 +760,16 @@ impl<T: Target> Run<'_, T> {
                 Ok(RunOutcome::Failed(reason))
             }
         }
+    }
+
+    /// Rolls back (see [`Run::rollback`]) and journals the rollout as finished with `outcome`.
+    pub async fn roll_back_and_finish(&mut self, reason: &str, outcome: Outcome) -> Result<()> {
+        self.rollback(reason).await?;
+        self.log(Event::Finished {
+            rollout: self.rollout.clone(),
+            outcome,
+            detail: reason.to_string(),
+        })
     }
 
     /// Puts every instance back on the old version at once: it is still on disk, so nothing is
@@ -869,66 +800,6 @@ impl<T: Target> Run<'_, T> {
                 version: from.clone(),
                 reason,
             })
-    }
-}
-
-/// Background analysis: every check measured at its interval for as long as the rollout runs; the
-/// first check to fail or to become inconclusive ends it with its verdict.
-async fn run_background(
-    http: &reqwest::Client,
-    checks: &[Check],
-    vars: &std::collections::BTreeMap<String, String>,
-) -> (String, Verdict) {
-    let runs = checks.iter().map(|c| {
-        Box::pin(async move {
-            let mut endless = c.clone();
-            endless.count = u32::MAX;
-            (c.name.clone(), run_metric_gate(http, &endless, vars).await)
-        })
-    });
-    if checks.is_empty() {
-        return std::future::pending().await;
-    }
-    futures_util::future::select_all(runs).await.0
-}
-
-/// Measures a metric check every `interval` until its limits give a verdict.
-async fn run_metric_gate(
-    http: &reqwest::Client,
-    check: &Check,
-    vars: &std::collections::BTreeMap<String, String>,
-) -> Verdict {
-    let mut gate = MetricGate::new(check);
-    if !check.initial_delay.0.is_zero() {
-        tokio::time::sleep(check.initial_delay.0).await;
-    }
-    loop {
-        match gate.observe(measure(http, check, vars).await) {
-            Verdict::Pending => tokio::time::sleep(check.interval.0).await,
-            done => return done,
-        }
-    }
-}
-
-async fn run_gate<T: Target>(target: &T, check: &Check, instance: &str, version: &str) -> Verdict {
-    let mut gate = Gate::new(check);
-    if !check.initial_delay.0.is_zero() {
-        tokio::time::sleep(check.initial_delay.0).await;
-    }
-    loop {
-        let probe = target.probe(check, instance, version).await;
-        match gate.observe(probe) {
-            Verdict::Pending => tokio::time::sleep(check.interval.0).await,
-            done => return done,
-        }
-    }
-}
-
-fn min_ready_seconds(s: &Strategy) -> u64 {
-    match s {
-        Strategy::Rolling(r) => r.min_ready_seconds,
-        Strategy::Canary(c) => c.min_ready_seconds,
-        Strategy::BlueGreen(b) => b.min_ready_seconds,
     }
 }
 

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod engine;
 pub mod faults;
 pub mod health;
+pub mod hold;
 pub mod notify;
 pub mod pki;
 pub mod plan;

@@ -1,4 +1,4 @@
-//! The seam between the engine and what it deploys to: host fleets now, Kubernetes next.
+//! The seam between the engine and what it deploys to: a host fleet or a Kubernetes Deployment.
 
 pub mod hosts;
 pub mod kubernetes;
@@ -6,8 +6,8 @@ pub mod kubernetes;
 use std::time::Duration;
 
 use crate::health::Probe;
-use crate::plan::Step;
-use crate::spec::Check;
+use crate::plan::{Capacity, Step};
+use crate::spec::{Check, Manifest, TargetSpec};
 
 /// One instance as the target sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,13 +74,81 @@ pub enum AnyTarget {
     Kubernetes(kubernetes::Kubernetes),
 }
 
+impl AnyTarget {
+    /// The target `m` names, decided once. A Kubernetes target gets its client from `client`
+    /// (called only for one; its writes go out only while this process holds the app's Lease).
+    pub async fn for_manifest<E: From<TargetError>>(
+        m: &Manifest,
+        client: impl AsyncFnOnce() -> std::result::Result<kube::Client, E>,
+    ) -> std::result::Result<AnyTarget, E> {
+        match &m.rollout.spec.target {
+            TargetSpec::Hosts(h) => {
+                let first_group = match &m.strategy {
+                    crate::spec::Strategy::Canary(c) => c.first_group.as_deref(),
+                    _ => None,
+                };
+                Ok(AnyTarget::Hosts(hosts::Hosts::new(h, first_group)?))
+            }
+            TargetSpec::Kubernetes(k) => {
+                // A relative `manifest:` path starts at the folder of the first manifest file.
+                let base = m
+                    .sources
+                    .files
+                    .first()
+                    .and_then(|s| s.file.parent())
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_default();
+                let blue_green = matches!(m.strategy, crate::spec::Strategy::BlueGreen(_));
+                let client = client().await?;
+                Ok(AnyTarget::Kubernetes(kubernetes::Kubernetes::with_client(
+                    k,
+                    &base,
+                    m.strategy.min_ready_seconds(),
+                    blue_green,
+                    client,
+                )?))
+            }
+        }
+    }
+}
+
+/// N and capacity of a target as its manifest gives them, for planning without reaching it: a
+/// host fleet's size is the hosts it lists; a Kubernetes Deployment's is `replicas`.
+pub fn offline_size(
+    spec: &TargetSpec,
+    replicas: Option<u32>,
+) -> std::result::Result<(u32, Capacity), &'static str> {
+    match (spec, replicas) {
+        (TargetSpec::Hosts(_), Some(_)) => Err(
+            "--replicas applies to kubernetes targets: a host fleet's size is the number of hosts it lists",
+        ),
+        (TargetSpec::Hosts(h), None) => Ok((
+            u32::try_from(h.hosts.len()).unwrap_or(u32::MAX),
+            hosts::capacity(h),
+        )),
+        (TargetSpec::Kubernetes(_), Some(n)) => Ok((n, Capacity::Elastic)),
+        (TargetSpec::Kubernetes(_), None) => {
+            Err("planning a kubernetes target offline needs its size: pass --replicas N")
+        }
+    }
+}
+
 /// What the engine needs from a target. Implementations wait on events (long-polls, watches); the
 /// engine decides deadlines.
 pub trait Target: Sync {
     /// N: the instance count the plan is made for.
     fn size(&self) -> impl Future<Output = Result<u32>> + Send;
     /// Whether the target can add instances beside the running ones.
-    fn capacity(&self) -> crate::plan::Capacity;
+    fn capacity(&self) -> Capacity;
+    /// Whether the target itself holds a changed instance `minReadySeconds` before counting it
+    /// ready (Kubernetes does); otherwise the engine holds it.
+    fn holds_min_ready(&self) -> bool {
+        false
+    }
+    /// Labels a metric query may use besides the rollout's own (`namespace` on Kubernetes).
+    fn metric_labels(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
     /// Every instance, in the target's natural order.
     fn instances(&self) -> impl Future<Output = Result<Vec<Instance>>> + Send;
     /// Makes `version` available everywhere ahead of the waves, without touching what runs.
@@ -123,10 +191,25 @@ impl Target for AnyTarget {
         }
     }
 
-    fn capacity(&self) -> crate::plan::Capacity {
+    fn capacity(&self) -> Capacity {
         match self {
             AnyTarget::Hosts(t) => t.capacity(),
             AnyTarget::Kubernetes(t) => t.capacity(),
+        }
+    }
+
+    fn holds_min_ready(&self) -> bool {
+        match self {
+            AnyTarget::Hosts(t) => t.holds_min_ready(),
+            // Kubernetes counts minReadySeconds in pod availability itself.
+            AnyTarget::Kubernetes(_) => true,
+        }
+    }
+
+    fn metric_labels(&self) -> Vec<(&'static str, String)> {
+        match self {
+            AnyTarget::Hosts(t) => t.metric_labels(),
+            AnyTarget::Kubernetes(t) => vec![("namespace", t.namespace().to_string())],
         }
     }
 

@@ -14,6 +14,8 @@ use crate::agent::api::{
 };
 use crate::agent::client::{AgentClient, ClientAuth};
 use crate::health::Probe;
+// The Kubernetes target probes `runOn: cli` checks through here too.
+pub use crate::health::run::cli_probe;
 use crate::plan::Step;
 use crate::spec::{AgentAuth, Check, HostsTarget, RunOn};
 
@@ -682,11 +684,7 @@ impl Target for Hosts {
     }
 
     fn capacity(&self) -> crate::plan::Capacity {
-        if self.spec.slots_per_host >= 2 {
-            crate::plan::Capacity::TwoSlots
-        } else {
-            crate::plan::Capacity::InPlace
-        }
+        capacity(&self.spec)
     }
 
     async fn instances(&self) -> Result<Vec<Instance>> {
@@ -874,57 +872,13 @@ impl Target for Hosts {
     }
 }
 
-/// A probe run from where rollgate runs.
-pub async fn cli_probe(
-    http: &reqwest::Client,
-    check: &Check,
-    fill: &(dyn Fn(&str) -> String + Sync),
-    timeout: Duration,
-) -> Probe {
-    if let Some(h) = &check.http {
-        let url = fill(&h.url);
-        return match http.get(&url).timeout(timeout).send().await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let body = resp.text().await.unwrap_or_default();
-                if status != h.expect_status {
-                    Probe::Fail(format!(
-                        "GET {url}: status {status}, expected {}",
-                        h.expect_status
-                    ))
-                } else if let Some(want) = &h.body_contains
-                    && !body.contains(want.as_str())
-                {
-                    Probe::Fail(format!("GET {url}: body lacks {want:?}"))
-                } else {
-                    Probe::Pass
-                }
-            }
-            Err(e) => Probe::Fail(format!("GET {url}: {e}")),
-        };
+/// Whether a fleet can start a version beside the running one: only with two slots per host.
+pub fn capacity(spec: &HostsTarget) -> crate::plan::Capacity {
+    if spec.slots_per_host >= 2 {
+        crate::plan::Capacity::TwoSlots
+    } else {
+        crate::plan::Capacity::InPlace
     }
-    if let Some(t) = &check.tcp {
-        let addr = fill(&t.address);
-        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
-            Ok(Ok(_)) => Probe::Pass,
-            Ok(Err(e)) => Probe::Fail(format!("connect {addr}: {e}")),
-            Err(_) => Probe::Fail(format!("connect {addr}: timed out after {timeout:?}")),
-        };
-    }
-    if let Some(c) = &check.command {
-        let args: Vec<String> = c.run.iter().map(|a| fill(a)).collect();
-        let run = tokio::process::Command::new(&args[0])
-            .args(&args[1..])
-            .kill_on_drop(true)
-            .output();
-        return match tokio::time::timeout(timeout, run).await {
-            Ok(Ok(out)) if out.status.success() => Probe::Pass,
-            Ok(Ok(out)) => Probe::Fail(format!("{}: {}", args[0], out.status)),
-            Ok(Err(e)) => Probe::Fail(format!("{}: {e}", args[0])),
-            Err(_) => Probe::Fail(format!("{}: timed out after {timeout:?}", args[0])),
-        };
-    }
-    Probe::Fail("check has no probe".into())
 }
 
 /// Orders hosts for waves: the first group's hosts first, then by the spread label, then by name.

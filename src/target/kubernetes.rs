@@ -510,6 +510,11 @@ impl Kubernetes {
         &self.spec.deployment
     }
 
+    /// The Deployment's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.spec.namespace
+    }
+
     fn holder_name(&self) -> String {
         format!("{}-rollgate", self.spec.deployment)
     }
