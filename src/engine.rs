@@ -49,6 +49,14 @@ pub enum RunOutcome {
     Interrupted,
 }
 
+/// How a run goes through the plan's steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Course {
+    StepByStep,
+    /// `promote --full`: straight to the last step (everything new).
+    StraightToLast,
+}
+
 /// Counts Ctrl-C / SIGTERM: the first asks to stop after the current step.
 #[derive(Debug, Clone, Default)]
 pub struct Interrupts(Arc<AtomicU8>);
@@ -251,9 +259,9 @@ impl<T: Target> Run<'_, T> {
     }
 
     /// Runs steps `from_step..`; a step is journaled as started before it acts and done after.
-    /// With `full`, it goes straight to the last step (everything new).
-    pub async fn execute(&mut self, from_step: usize, full: bool) -> Result<RunOutcome> {
-        let outcome = self.execute_steps(from_step, full).await;
+    /// With [`Course::StraightToLast`], it goes straight to the last step (everything new).
+    pub async fn execute(&mut self, from_step: usize, course: Course) -> Result<RunOutcome> {
+        let outcome = self.execute_steps(from_step, course).await;
         let outcome = match outcome {
             Ok(o) => self.checkpoint().await.map(|()| o),
             Err(e) => Err(e),
@@ -299,11 +307,11 @@ impl<T: Target> Run<'_, T> {
         Some((start, checks))
     }
 
-    async fn execute_steps(&mut self, from_step: usize, full: bool) -> Result<RunOutcome> {
+    async fn execute_steps(&mut self, from_step: usize, course: Course) -> Result<RunOutcome> {
         let background = self.background_plan();
         let mut running: Option<Background> = None;
         let outcome = self
-            .execute_with_background(from_step, full, background.as_ref(), &mut running)
+            .execute_with_background(from_step, course, background.as_ref(), &mut running)
             .await;
         if let Some(task) = running {
             task.abort();
@@ -314,7 +322,7 @@ impl<T: Target> Run<'_, T> {
     async fn execute_with_background(
         &mut self,
         from_step: usize,
-        full: bool,
+        course: Course,
         background: Option<&(usize, Vec<Check>)>,
         running: &mut Option<Background>,
     ) -> Result<RunOutcome> {
@@ -323,7 +331,7 @@ impl<T: Target> Run<'_, T> {
         // the rollout unfinished and changes nothing, so `resume` can stage again.
         self.target.prepare(&version).await?;
         let steps = self.plan.steps.clone();
-        let mut i = if full {
+        let mut i = if course == Course::StraightToLast {
             steps.len().saturating_sub(1).max(from_step)
         } else {
             from_step
@@ -840,27 +848,4 @@ pub fn current_version(instances: &[Instance], target_version: &str) -> Option<S
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn inst(name: &str, v: Option<&str>, p: Option<&str>) -> Instance {
-        Instance {
-            name: name.into(),
-            version: v.map(Into::into),
-            previous: p.map(Into::into),
-            installed: vec![],
-            running: v.into_iter().map(Into::into).collect(),
-        }
-    }
-
-    #[test]
-    fn current_version_is_the_majority_old_version() {
-        let fleet = [
-            inst("a", Some("1"), None),
-            inst("b", Some("2"), Some("1")),
-            inst("c", Some("1"), None),
-        ];
-        assert_eq!(current_version(&fleet, "2").as_deref(), Some("1"));
-        assert_eq!(current_version(&[inst("a", None, None)], "2"), None);
-    }
-}
+mod tests;

@@ -1,5 +1,6 @@
 //! The hold on an app while a command changes it (local lock, Lease, journal mirror) and where an unfinished rollout resumes.
 
+use crate::engine::Course;
 use crate::plan::Plan;
 use crate::spec::Manifest;
 use crate::state::cluster::{ClusterError, Kube, Remote, Session};
@@ -172,8 +173,8 @@ impl Hold {
 pub enum ResumePoint {
     /// A rollback was cut short: finish it.
     FinishRollback { reason: String },
-    /// Run from `step`; with `full`, straight to the last step.
-    At { step: usize, full: bool },
+    /// Run from `step`, as `course` says.
+    At { step: usize, course: Course },
     /// A manual pause without enough approvals yet.
     AwaitingApprovals {
         step: usize,
@@ -183,9 +184,9 @@ pub enum ResumePoint {
     },
 }
 
-/// Where `last` resumes under `plan`; `promoted` says a promote (`Some(full)`) just approved its
-/// pause. A pure function of the history.
-pub fn resume_point(last: &RolloutSummary, plan: &Plan, promoted: Option<bool>) -> ResumePoint {
+/// Where `last` resumes under `plan`; `promoted` says a promote just approved its pause, and how far
+/// it goes. A pure function of the history.
+pub fn resume_point(last: &RolloutSummary, plan: &Plan, promoted: Option<Course>) -> ResumePoint {
     if let Some(reason) = &last.rollback {
         return ResumePoint::FinishRollback {
             reason: reason.clone(),
@@ -226,6 +227,6 @@ pub fn resume_point(last: &RolloutSummary, plan: &Plan, promoted: Option<bool>) 
     }
     ResumePoint::At {
         step: next,
-        full: promoted == Some(true),
+        course: promoted.unwrap_or(Course::StepByStep),
     }
 }

@@ -1,6 +1,8 @@
 //! Host-fleet rollouts end to end: the real `rollgate`, real `rollgate-agent` processes over mTLS on
 //! loopback, and real demo-service processes.
 
+#[path = "support/availability.rs"]
+mod availability;
 #[path = "support/faults.rs"]
 mod faults;
 #[path = "support/fleet.rs"]
@@ -9,6 +11,8 @@ mod fleet;
 mod netns;
 #[path = "support/prometheus.rs"]
 mod prometheus;
+#[path = "support/running.rs"]
+mod running;
 
 mod hosts {
     mod approvals;

@@ -8,7 +8,7 @@ use crate::cli::{
     AppArgs, ApplyArgs, CliError, Command, Format, InputArgs, PkiCommand, PlanArgs, Progress,
     PromoteArgs, RollbackArgs, StatusArgs, exit, failed, output,
 };
-use crate::engine::{Interrupts, Run, RunOutcome, current_version, error_chain};
+use crate::engine::{Course, Interrupts, Run, RunOutcome, current_version, error_chain};
 use crate::hold::{Env, Hold, ResumePoint, resume_point};
 use crate::plan;
 use crate::spec::{InputError, Manifest, Rollout};
@@ -198,7 +198,7 @@ async fn plan_for(m: &Manifest, target: &AnyTarget) -> Result<plan::Plan, CliErr
 /// Where a run starts: a new rollout (with its Started event), or a step of an existing one.
 enum Start {
     New { label: String },
-    At { step: usize, full: bool },
+    At { step: usize, course: Course },
 }
 
 /// Runs (or continues) rollout `id` of `m` under the app's lock, reporting as `mode` says.
@@ -222,7 +222,7 @@ async fn drive(
         Run::new(target, m, &plan, store, id, from.clone(), &on_record).map_err(failed)?;
     run.interrupts = install_interrupts();
     run.team = held.team();
-    let (step, full) = match start {
+    let (step, course) = match start {
         Start::New { label } => {
             // confirm-rollout: a non-2xx answer holds the rollout before anything is recorded or changed.
             if let Err(why) = run
@@ -245,11 +245,11 @@ async fn drive(
                 steps: plan.steps.len(),
             })
             .map_err(failed)?;
-            (0, false)
+            (0, Course::StepByStep)
         }
-        Start::At { step, full } => (step, full),
+        Start::At { step, course } => (step, course),
     };
-    let outcome = run.execute(step, full).await;
+    let outcome = run.execute(step, course).await;
     reporter.finish();
     Ok(outcome_code(&outcome.map_err(failed)?, m.name(), started))
 }
@@ -432,7 +432,7 @@ fn last_rollout(
 }
 
 /// Continues the last unfinished rollout. `promoted` says a promote just approved its pause.
-async fn resume(args: &AppArgs, promoted: Option<bool>, env: &Env) -> Result<u8, CliError> {
+async fn resume(args: &AppArgs, promoted: Option<Course>, env: &Env) -> Result<u8, CliError> {
     let remote = env.remote_for_app(&args.app).await?;
     let held = Hold::take(&env.store, &args.app, remote.as_ref()).await?;
     let result = resume_locked(args, promoted, env, remote.as_ref(), &held).await;
@@ -441,7 +441,7 @@ async fn resume(args: &AppArgs, promoted: Option<bool>, env: &Env) -> Result<u8,
 
 async fn resume_locked(
     args: &AppArgs,
-    promoted: Option<bool>,
+    promoted: Option<Course>,
     env: &Env,
     remote: Option<&Remote>,
     held: &Hold,
@@ -462,8 +462,8 @@ async fn resume_locked(
     }
     let target = target_for(&m, env).await?;
     let plan = plan_for(&m, &target).await?;
-    let (step, full) = match resume_point(&last, &plan, promoted) {
-        ResumePoint::At { step, full } => (step, full),
+    let (step, course) = match resume_point(&last, &plan, promoted) {
+        ResumePoint::At { step, course } => (step, course),
         ResumePoint::AwaitingApprovals {
             step,
             reason,
@@ -502,7 +502,7 @@ async fn resume_locked(
             return Ok(exit::FAILED);
         }
     };
-    let start = Start::At { step, full };
+    let start = Start::At { step, course };
     drive(
         &m,
         &target,
@@ -572,7 +572,12 @@ async fn promote_locked(
         .map_err(failed)?;
     held.changed();
     println!("{app}: promoted by {actor}");
-    resume_locked(&args.app, Some(args.full), env, remote, held).await
+    let course = if args.full {
+        Course::StraightToLast
+    } else {
+        Course::StepByStep
+    };
+    resume_locked(&args.app, Some(course), env, remote, held).await
 }
 
 /// Hands a control request to the running rollout: through the cluster for a Kubernetes target
