@@ -166,7 +166,7 @@ async fn a_timed_pause_and_min_ready_seconds_run_on_tokio_time() {
     assert_eq!(outcome, RunOutcome::Succeeded);
     // On a paused clock the hour-long parts take no real time, and each is measured in full.
     assert!(
-        wall.elapsed() < Duration::from_secs(20),
+        wall.elapsed() < Duration::from_secs(120),
         "{:?}",
         wall.elapsed()
     );
