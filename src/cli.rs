@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::engine::error_chain;
+use crate::error_chain;
 use crate::spec::InputError;
 
 /// Runs a command and returns the process exit code. Errors are printed here.

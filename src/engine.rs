@@ -818,17 +818,7 @@ fn kind_name(step: &Step) -> String {
         .unwrap_or_default()
 }
 
-/// An error with its sources, each once.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string().trim_end().to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(src.to_string().trim_end());
-        cur = src.source();
-    }
-    s
-}
+pub use crate::error_chain;
 
 /// The version most instances serve, other than `target_version`: what a rollback returns to.
 pub fn current_version(instances: &[Instance], target_version: &str) -> Option<String> {

@@ -8,7 +8,8 @@ use crate::cli::{
     AppArgs, ApplyArgs, CliError, Command, Format, InputArgs, PkiCommand, PlanArgs, Progress,
     PromoteArgs, RollbackArgs, StatusArgs, exit, failed, output,
 };
-use crate::engine::{Course, Interrupts, Run, RunOutcome, current_version, error_chain};
+use crate::engine::{Course, Interrupts, Run, RunOutcome, current_version};
+use crate::error_chain;
 use crate::hold::{Env, Hold, ResumePoint, resume_point};
 use crate::plan;
 use crate::spec::{InputError, Manifest, Rollout};

@@ -76,11 +76,11 @@ async fn live_template(
         Some(client) => Kubernetes::with_client(k, Path::new("."), 0, false, client),
         None => Kubernetes::new(k, Path::new("."), 0, false).await,
     }
-    .map_err(|e| crate::engine::error_chain(&e))?;
+    .map_err(|e| crate::error_chain(&e))?;
     target
         .live_template()
         .await
-        .map_err(|e| crate::engine::error_chain(&e))
+        .map_err(|e| crate::error_chain(&e))
 }
 
 /// One finding, as it is printed after `warning: ` or `error: `.

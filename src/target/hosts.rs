@@ -542,7 +542,7 @@ impl Hosts {
         for (h, r) in join_all(calls).await {
             let (ok, detail) = match &r {
                 Ok(()) => (true, "ready".to_string()),
-                Err(e) => (false, crate::engine::error_chain(e)),
+                Err(e) => (false, crate::error_chain(e)),
             };
             if !ok && failure.is_none() {
                 failure = Some(detail.clone());
@@ -583,7 +583,7 @@ impl Hosts {
         let set = self
             .active_set(version)
             .await
-            .map_err(|e| crate::engine::error_chain(&e))?;
+            .map_err(|e| crate::error_chain(&e))?;
         let payload = serde_json::json!({
             "service": self.service,
             "version": version,
@@ -709,10 +709,7 @@ impl Target for Hosts {
         sink: Sink<'_>,
     ) -> std::result::Result<(), String> {
         // The first `new` hosts in wave order run `version`; the last `old` hosts keep the old one.
-        let views = self
-            .views()
-            .await
-            .map_err(|e| crate::engine::error_chain(&e))?;
+        let views = self.views().await.map_err(|e| crate::error_chain(&e))?;
         let n = self.order.len();
         let running: usize = views.iter().map(|(_, v)| v.running().count()).sum();
         // Room for extra instances during the step (two slots per host): beyond it, stop old first.
@@ -774,7 +771,7 @@ impl Target for Hosts {
                     known.insert(name, v);
                 }
                 Err(e) => {
-                    let detail = crate::engine::error_chain(&e);
+                    let detail = crate::error_chain(&e);
                     sink(Change::Changing {
                         instance: name.clone(),
                         version: version.to_string(),
@@ -802,7 +799,7 @@ impl Target for Hosts {
             {
                 self.stop_others(&name, &view, version, deadline, &salt)
                     .await
-                    .map_err(|e| crate::engine::error_chain(&e))?;
+                    .map_err(|e| crate::error_chain(&e))?;
             }
         }
         converged?;
@@ -855,7 +852,7 @@ impl Target for Hosts {
         // Probe the slot that runs the version under test.
         let slot = match self.view(instance).await {
             Ok(view) => view.slot_running(version).map_or(0, |s| s.slot),
-            Err(e) => return Probe::Fail(crate::engine::error_chain(&e)),
+            Err(e) => return Probe::Fail(crate::error_chain(&e)),
         };
         let req = HealthCheckRequest {
             slot,
