@@ -20,10 +20,10 @@ use rollgate::state::{Event, Record};
 // modules are compiled in here too, so one command runs every figure.
 #[path = "../tests/support/cluster.rs"]
 mod cluster;
-// `super::common` in the benchmark's module is this crate's `common`, as in the test binary.
+// `crate::kube_bed` in the benchmark's module is this crate's `kube_bed`, as in the test binary.
 #[allow(dead_code)]
-#[path = "../tests/kubernetes/common.rs"]
-mod common;
+#[path = "../tests/support/kube_bed.rs"]
+mod kube_bed;
 #[allow(dead_code)]
 #[path = "../tests/kubernetes/bench.rs"]
 mod kubernetes_bench;
@@ -851,7 +851,7 @@ fn kubernetes_rows(rows: &mut Vec<Row>) {
 /// Figure: mean time of the last 10 rollouts against the first 10, and the store's size at the end
 /// against its size before the first compaction.
 fn store(rows: &mut Vec<Row>) {
-    use rollgate::state::{Actor, KEEP_ROLLOUTS, Outcome, Store};
+    use rollgate::state::{Actor, LOCAL_KEEP_ROLLOUTS, Outcome, Store};
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::at(tmp.path());
     let actor = Actor {
@@ -939,10 +939,10 @@ fn store(rows: &mut Vec<Row>) {
         sizes.push(bytes(&tmp.path().join("web")));
     }
     let mean = |t: &[f64]| t.iter().sum::<f64>() / t.len() as f64;
-    // The journal grows to 2 x KEEP_ROLLOUTS rollouts, is compacted to KEEP_ROLLOUTS, grows again:
-    // a saw tooth of KEEP_ROLLOUTS rollouts. Not creeping up means the last 10 cost what the same
+    // The journal grows to 2 x LOCAL_KEEP_ROLLOUTS rollouts, is compacted to LOCAL_KEEP_ROLLOUTS, grows again:
+    // a saw tooth of LOCAL_KEEP_ROLLOUTS rollouts. Not creeping up means the last 10 cost what the same
     // phase of the tooth cost one cycle earlier. The first 10, on an empty store, are context.
-    let cycle = KEEP_ROLLOUTS;
+    let cycle = LOCAL_KEEP_ROLLOUTS;
     let (first, settled, last) = (
         mean(&times[..10]),
         mean(&times[190 - cycle..200 - cycle]),
@@ -961,7 +961,7 @@ fn store(rows: &mut Vec<Row>) {
         "≤ 1.20",
         Some(last / settled <= 1.2),
     ));
-    let peak = *sizes[..2 * KEEP_ROLLOUTS].iter().max().unwrap();
+    let peak = *sizes[..2 * LOCAL_KEEP_ROLLOUTS].iter().max().unwrap();
     let end = *sizes.last().unwrap();
     rows.push(row(
         "state store: size after 200 rollouts vs before the first compaction",

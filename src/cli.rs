@@ -59,13 +59,22 @@ impl From<crate::target::TargetError> for CliError {
     }
 }
 
-impl From<crate::state::cluster::ClusterError> for CliError {
+impl From<crate::kube::KubeError> for CliError {
     /// An unknown `--context` is a usage error.
-    fn from(e: crate::state::cluster::ClusterError) -> Self {
+    fn from(e: crate::kube::KubeError) -> Self {
         match e {
-            crate::state::cluster::ClusterError::UnknownContext { .. } => {
+            crate::kube::KubeError::UnknownContext { .. } => {
                 InputError::general(e.to_string()).into()
             }
+            e => failed(e),
+        }
+    }
+}
+
+impl From<crate::state::mirror::ClusterError> for CliError {
+    fn from(e: crate::state::mirror::ClusterError) -> Self {
+        match e {
+            crate::state::mirror::ClusterError::Kube(e) => e.into(),
             e => failed(e),
         }
     }
@@ -75,6 +84,7 @@ impl From<crate::hold::HoldError> for CliError {
     fn from(e: crate::hold::HoldError) -> Self {
         match e {
             crate::hold::HoldError::Usage(why) => InputError::general(why).into(),
+            crate::hold::HoldError::Kube(e) => e.into(),
             crate::hold::HoldError::Cluster(e) => e.into(),
             e => failed(e),
         }

@@ -92,7 +92,7 @@ pub struct Run<'a, T: Target> {
     /// Set when background analysis has reached a verdict, so long pauses end early.
     pub background_done: Arc<std::sync::atomic::AtomicBool>,
     /// The in-cluster state of a Kubernetes target: its journal mirror and Lease.
-    pub team: Option<&'a crate::state::cluster::Session>,
+    pub team: Option<&'a crate::state::lease::Session>,
 }
 
 /// Background analysis in flight: the first check to reach a verdict, with its name.

@@ -1,15 +1,19 @@
 //! The hold on an app while a command changes it (local lock, Lease, journal mirror) and where an unfinished rollout resumes.
 
 use crate::engine::Course;
+use crate::kube::{Kube, KubeError};
 use crate::plan::Plan;
 use crate::spec::Manifest;
-use crate::state::cluster::{ClusterError, Kube, Remote, Session};
+use crate::state::lease::Session;
+use crate::state::mirror::{ClusterError, Remote};
 use crate::state::{Actor, Lock, RolloutSummary, StateError, Store, history};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HoldError {
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     /// A flag that does not apply to the app's target (`--context` on a host fleet).
@@ -50,7 +54,7 @@ impl Env {
     }
 
     /// The kubeconfig, read once.
-    pub async fn kube(&self) -> Result<&Kube, ClusterError> {
+    pub async fn kube(&self) -> Result<&Kube, KubeError> {
         self.kube
             .get_or_try_init(|| Kube::connect(self.context.as_deref()))
             .await

@@ -6,6 +6,7 @@ pub mod engine;
 pub mod faults;
 pub mod health;
 pub mod hold;
+pub mod kube;
 pub mod notify;
 pub mod pki;
 pub mod plan;

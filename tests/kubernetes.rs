@@ -4,6 +4,8 @@
 mod cluster;
 #[path = "support/faults.rs"]
 mod faults;
+#[path = "support/kube_bed.rs"]
+mod kube_bed;
 #[path = "support/prometheus.rs"]
 mod prometheus;
 
@@ -12,7 +14,6 @@ mod kubernetes {
     mod bench;
     mod blue_green;
     mod canary;
-    mod common;
     mod failures;
     mod faults;
     mod hpa;

@@ -11,9 +11,10 @@ use crate::cli::{
 use crate::engine::{Course, Interrupts, Run, RunOutcome, current_version};
 use crate::error_chain;
 use crate::hold::{Env, Hold, ResumePoint, resume_point};
+use crate::kube::Kube;
 use crate::plan;
 use crate::spec::{InputError, Manifest, Rollout};
-use crate::state::cluster::{Kube, Remote};
+use crate::state::mirror::Remote;
 use crate::state::{Actor, Control, Event, Outcome, Record, RolloutSummary, Store, history};
 use crate::target::AnyTarget;
 use crate::target::Target;

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rollgate::state::{Event, KEEP_ROLLOUTS, Record, Store, history};
+use rollgate::state::{Event, LOCAL_KEEP_ROLLOUTS, Record, Store, history};
 
 use crate::fleet::{APP, Fleet, Running, text};
 use crate::netns::root_or_skip;
@@ -93,10 +93,10 @@ fn load_200_rollouts_in_a_row_keep_the_store_bounded() {
     // Bounded: never more than 2 x KEEP + 1 rollouts held (the install counts too), and the store
     // after 200 rollouts no bigger than it was at its largest before the first compaction.
     assert!(
-        most_kept <= 2 * KEEP_ROLLOUTS + 1,
+        most_kept <= 2 * LOCAL_KEEP_ROLLOUTS + 1,
         "the journal held {most_kept} rollouts"
     );
-    let before_first_compaction = *sizes[..2 * KEEP_ROLLOUTS].iter().max().unwrap();
+    let before_first_compaction = *sizes[..2 * LOCAL_KEEP_ROLLOUTS].iter().max().unwrap();
     assert!(
         *sizes.last().unwrap() <= before_first_compaction,
         "store {} bytes at the end, {before_first_compaction} before compacting",
@@ -104,7 +104,7 @@ fn load_200_rollouts_in_a_row_keep_the_store_bounded() {
     );
     let manifests_kept = std::fs::read_dir(app_dir.join("rollouts")).unwrap().count();
     assert!(
-        manifests_kept <= 2 * KEEP_ROLLOUTS + 1,
+        manifests_kept <= 2 * LOCAL_KEEP_ROLLOUTS + 1,
         "{manifests_kept} manifests kept"
     );
 

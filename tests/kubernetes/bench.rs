@@ -27,7 +27,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{reflector, watcher};
 
-use super::common::{self, APP, Bed, image};
+use crate::kube_bed::{self, APP, Bed, image};
 
 const N: i32 = 20;
 /// kwok's ready delay of every pod, and the failing check's interval.
@@ -50,7 +50,7 @@ fn now_ms() -> u64 {
 
 /// A fresh namespace with `web` at N ready replicas of version 1, each pod Ready 1 s after it starts.
 async fn bed(purpose: &str) -> Option<Bed> {
-    let mut d: Deployment = common::deployment(N, "25%", "0");
+    let mut d: Deployment = kube_bed::deployment(N, "25%", "0");
     let spec = d.spec.as_mut().unwrap();
     spec.template
         .metadata
@@ -93,7 +93,7 @@ async fn rollgate(
     let took = started.elapsed();
     let ended_ms = now_ms();
     assert_eq!(out.status.code(), Some(expect), "rollgate {args:?}");
-    let records = common::stdout(&out)
+    let records = kube_bed::stdout(&out)
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
@@ -172,7 +172,7 @@ impl Recovery {
                 let pods = reader.state();
                 let ready = |img: &str| {
                     pods.iter()
-                        .filter(|p| common::is_ready(p) && common::pod_image(p) == Some(img))
+                        .filter(|p| kube_bed::is_ready(p) && kube_bed::pod_image(p) == Some(img))
                         .count() as i32
                 };
                 let recovered = ready(&old) >= N && ready(&new) == 0;
@@ -224,7 +224,7 @@ async fn ready_pods_of(bed: &Bed, image: &str, count: i32) {
             let n = reader
                 .state()
                 .iter()
-                .filter(|p| common::is_ready(p) && common::pod_image(p) == Some(image))
+                .filter(|p| kube_bed::is_ready(p) && kube_bed::pod_image(p) == Some(image))
                 .count() as i32;
             if n >= count {
                 return;

@@ -11,7 +11,7 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio::sync::oneshot;
 
-use super::common::{self, APP, Bed, image};
+use crate::kube_bed::{self, APP, Bed, image};
 
 const N: i32 = 4;
 const PREVIEW: i32 = 2;
@@ -131,7 +131,7 @@ async fn blue_green_previews_then_switches_the_active_service_in_one_patch() {
     let out = bed.rollgate(&["promote", "web"]).await;
     assert!(out.status.success(), "promoted to the end");
     bed.wait_deployment("version 2 rolled out", |d| {
-        common::rolled_out(d, N, &image("2"))
+        kube_bed::rolled_out(d, N, &image("2"))
     })
     .await;
     let _ = stop.send(());
@@ -143,7 +143,7 @@ async fn blue_green_previews_then_switches_the_active_service_in_one_patch() {
         vec![Some(stable_hash.clone()), Some(new_hash.clone()), None],
         "active: stable, then the new pods in one switch, then unpinned at rest"
     );
-    common::assert_at_rest(&bed).await;
+    kube_bed::assert_at_rest(&bed).await;
     for name in ["web-active", "web-preview"] {
         let svc = services.get(name).await.expect("Service");
         assert_eq!(
@@ -174,7 +174,7 @@ async fn blue_green_preview_that_never_gets_ready_rolls_back_and_unpins() {
         .iter()
         .map(|rs| rs.name_any())
         .collect();
-    common::template_file(
+    kube_bed::template_file(
         bed.dir.path(),
         "3",
         &[(crate::cluster::NEVER_READY_LABEL, "true")],
@@ -192,10 +192,12 @@ async fn blue_green_preview_that_never_gets_ready_rolls_back_and_unpins() {
         .await;
     let (_, pods) = observer.stop().await;
     assert_eq!(out.status.code(), Some(1), "rolled back");
-    assert!(common::stdout(&out).contains("progressDeadlineSeconds"));
-    bed.wait_deployment("version 1 at N", |d| common::rolled_out(d, N, &image("1")))
-        .await;
-    common::assert_at_rest(&bed).await;
+    assert!(kube_bed::stdout(&out).contains("progressDeadlineSeconds"));
+    bed.wait_deployment("version 1 at N", |d| {
+        kube_bed::rolled_out(d, N, &image("1"))
+    })
+    .await;
+    kube_bed::assert_at_rest(&bed).await;
     assert_eq!(
         serde_json::to_value(&bed.deployment().await.spec.unwrap().template).unwrap(),
         serde_json::to_value(&before.spec.unwrap().template).unwrap(),

@@ -2,7 +2,7 @@
 //! exactly the plan's counts, `promote` continues from another process, and the finished rollout
 //! created each new pod once.
 
-use super::common::{self, Bed, image};
+use crate::kube_bed::{self, Bed, image};
 
 const N: i32 = 8;
 
@@ -43,7 +43,7 @@ async fn counts(bed: &Bed) -> ((i32, i32), (i32, i32)) {
     let mut sets = (0, 0);
     for rs in bed.replica_sets().await {
         let n = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-        if common::controller_uid(&rs) == Some(uid.as_str()) {
+        if kube_bed::controller_uid(&rs) == Some(uid.as_str()) {
             sets.0 += n;
         } else {
             sets.1 += n;
@@ -55,8 +55,8 @@ async fn counts(bed: &Bed) -> ((i32, i32), (i32, i32)) {
         .list(&Default::default())
         .await
         .expect("listing pods");
-    for p in pods.items.iter().filter(|p| common::is_ready(p)) {
-        if common::pod_image(p) == Some(image("2").as_str()) {
+    for p in pods.items.iter().filter(|p| kube_bed::is_ready(p)) {
+        if kube_bed::pod_image(p) == Some(image("2").as_str()) {
             ready.1 += 1;
         } else {
             ready.0 += 1;
@@ -96,11 +96,11 @@ async fn canary_pauses_at_the_planned_weights_and_promotes_to_the_deployment() {
     let out = bed.rollgate(&["promote", "web"]).await;
     assert!(out.status.success(), "promoted to the end");
     bed.wait_deployment("version 2 rolled out", |d| {
-        common::rolled_out(d, N, &image("2"))
+        kube_bed::rolled_out(d, N, &image("2"))
     })
     .await;
     let (sets, pods) = observer.stop().await;
-    common::assert_at_rest(&bed).await;
+    kube_bed::assert_at_rest(&bed).await;
     assert!(sets.max_replicas_sum <= N + 1, "maxSurge 1: {sets:?}");
     assert!(
         pods.min_ready.expect("pods") >= N,

@@ -9,9 +9,9 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, ResourceExt};
 
-use super::common::{self, APP, Bed, image};
 use crate::cluster::{FAIL_AFTER_ANNOTATION, NEVER_READY_LABEL};
 use crate::faults;
+use crate::kube_bed::{self, APP, Bed, image};
 
 const N: i32 = 4;
 
@@ -101,7 +101,7 @@ async fn rolls_back(bed: &Bed, case: Failing<'_>) {
         None
     };
     let before = snapshot(bed).await;
-    common::template_file(bed.dir.path(), version, labels, annotations);
+    kube_bed::template_file(bed.dir.path(), version, labels, annotations);
     let rollout = bed.rollout(
         "web.yaml",
         version,
@@ -113,16 +113,16 @@ async fn rolls_back(bed: &Bed, case: Failing<'_>) {
         .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
         .await;
     let (sets, pods) = observer.stop().await;
-    let text = common::stdout(&out);
+    let text = kube_bed::stdout(&out);
     assert_eq!(out.status.code(), Some(1), "exit code 1 for a rollback");
     assert!(text.contains("rolled back"), "stdout: {text}");
     assert!(text.contains(expect), "the reason names {expect:?}: {text}");
 
     bed.wait_deployment("version 1 back at N", |d| {
-        common::rolled_out(d, N, &image("1"))
+        kube_bed::rolled_out(d, N, &image("1"))
     })
     .await;
-    common::assert_at_rest(bed).await;
+    kube_bed::assert_at_rest(bed).await;
     let after = snapshot(bed).await;
     assert_eq!(after.0, before.0, "the Deployment's template changed");
     assert_eq!(after.1, before.1, "the Deployment's replicas changed");
@@ -140,7 +140,7 @@ async fn rolls_back(bed: &Bed, case: Failing<'_>) {
         .expect("listing pods")
         .items
         .iter()
-        .filter(|p| common::is_ready(p) && common::pod_image(p) == Some(image("1").as_str()))
+        .filter(|p| kube_bed::is_ready(p) && kube_bed::pod_image(p) == Some(image("1").as_str()))
         .count();
     assert_eq!(ready_old, N as usize, "Ready pods of version 1 at the end");
     if let Some(api) = &services {

@@ -15,8 +15,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 
-use super::common::{self, Bed, image};
 use crate::faults;
+use crate::kube_bed::{self, Bed, image};
 
 const N: i32 = 6;
 
@@ -35,7 +35,7 @@ async fn set_names(bed: &Bed) -> Vec<String> {
 /// Version 2 from `manifest:`, each new pod Ready 2 s after it starts, so that a fault lands
 /// mid-step; maxSurge 2, maxUnavailable 0 (three steps).
 fn rollout_2(bed: &Bed, progress_deadline: u32) -> std::path::PathBuf {
-    common::template_file(
+    kube_bed::template_file(
         bed.dir.path(),
         "2",
         &[],
@@ -121,7 +121,7 @@ async fn no_pods_of(bed: &Bed, image: &str) {
             if !reader
                 .state()
                 .iter()
-                .any(|p| common::pod_image(p) == Some(image))
+                .any(|p| kube_bed::pod_image(p) == Some(image))
             {
                 return;
             }
@@ -134,7 +134,7 @@ async fn no_pods_of(bed: &Bed, image: &str) {
 
 /// The JSON-lines journal records rollgate printed.
 fn records(out: &std::process::Output) -> Vec<serde_json::Value> {
-    common::stdout(out)
+    kube_bed::stdout(out)
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
@@ -153,7 +153,7 @@ async fn leftovers(bed: &Bed, image: &str) -> u32 {
         .replica_sets()
         .await
         .iter()
-        .filter(|rs| common::controller_uid(rs) != Some(uid.as_str()))
+        .filter(|rs| kube_bed::controller_uid(rs) != Some(uid.as_str()))
         .count();
     let holders: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
         kube::Api::namespaced(bed.client.clone(), &bed.ns);
@@ -169,7 +169,9 @@ async fn leftovers(bed: &Bed, image: &str) -> u32 {
         .expect("listing pods")
         .items
         .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none() && common::pod_image(p) == Some(image))
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none() && kube_bed::pod_image(p) == Some(image)
+        })
         .count();
     (foreign + usize::from(holder) + pods) as u32
 }
@@ -222,10 +224,10 @@ async fn api_server_restarted_mid_rollout_is_ridden_out() {
     );
 
     bed.wait_deployment("version 2 rolled out", |d| {
-        common::rolled_out(d, N, &image("2"))
+        kube_bed::rolled_out(d, N, &image("2"))
     })
     .await;
-    common::assert_at_rest(&bed).await;
+    kube_bed::assert_at_rest(&bed).await;
     assert!(
         sets.max_replicas_sum <= N + 2,
         "maxSurge 2 across the restart: {sets:?}"
@@ -290,10 +292,10 @@ async fn api_server_away_longer_than_progress_deadline_rolls_back() {
     );
 
     bed.wait_deployment("version 1 back at N", |d| {
-        common::rolled_out(d, N, &image("1"))
+        kube_bed::rolled_out(d, N, &image("1"))
     })
     .await;
-    common::assert_at_rest(&bed).await;
+    kube_bed::assert_at_rest(&bed).await;
     assert_eq!(template(&bed.deployment().await), template(&before));
     no_pods_of(&bed, &image("2")).await;
     assert_eq!(
@@ -363,11 +365,11 @@ async fn deleted_by_hand(bed: &Bed, what: impl Fn(&str) -> Vec<String>) -> Strin
     );
 
     bed.wait_deployment("version 1 back at N", |d| {
-        common::rolled_out(d, N, &image("1"))
+        kube_bed::rolled_out(d, N, &image("1"))
     })
     .await;
     no_pods_of(bed, &image("2")).await;
-    common::assert_at_rest(bed).await;
+    kube_bed::assert_at_rest(bed).await;
     assert_eq!(template(&bed.deployment().await), template(&before));
     assert_eq!(set_names(bed).await, sets_before, "nothing recreated");
     // Nothing was recreated behind the user's back: the first wave's pods only, and the deleted

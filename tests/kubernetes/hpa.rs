@@ -21,7 +21,7 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio::sync::oneshot;
 
-use super::common::{self, APP, Bed, image};
+use crate::kube_bed::{self, APP, Bed, image};
 
 const N: i32 = 4;
 
@@ -106,7 +106,7 @@ async fn sets(bed: &Bed) -> BTreeMap<String, (i32, i32, bool)> {
                 .spec
                 .as_ref()
                 .and_then(|s| s.template.as_ref())
-                .and_then(common::template_image)
+                .and_then(kube_bed::template_image)
                 .unwrap_or_default()
                 .to_string();
             let replicas = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
@@ -194,10 +194,10 @@ async fn canary_follows_the_hpa_and_never_fights_it() {
     let out = bed.rollgate(&["promote", "web"]).await;
     assert!(out.status.success(), "promoted to the end");
     bed.wait_deployment("version 2 rolled out at the HPA's 6", |d| {
-        common::rolled_out(d, 6, &image("2"))
+        kube_bed::rolled_out(d, 6, &image("2"))
     })
     .await;
-    common::assert_at_rest(&bed).await;
+    kube_bed::assert_at_rest(&bed).await;
     let d = bed.deployment().await;
     assert!(!d.annotations().contains_key("rollgate.dev/hpa"));
     assert!(
@@ -257,10 +257,10 @@ async fn abort_beside_an_hpa_returns_to_the_hpas_count() {
     let out = bed.rollgate(&["abort", "web"]).await;
     assert_eq!(out.status.code(), Some(1), "aborted and rolled back");
     bed.wait_deployment("version 1 back at the HPA's 5", |d| {
-        common::rolled_out(d, 5, &image("1"))
+        kube_bed::rolled_out(d, 5, &image("1"))
     })
     .await;
-    common::assert_at_rest(&bed).await;
+    kube_bed::assert_at_rest(&bed).await;
     let after = bed.deployment().await;
     assert_eq!(
         serde_json::to_value(&after.spec.as_ref().unwrap().template).unwrap(),
@@ -348,10 +348,10 @@ async fn blue_green_beside_an_hpa_previews_switches_and_ends_at_its_count() {
     let out = bed.rollgate(&["promote", "web"]).await;
     assert!(out.status.success(), "promoted to the end");
     bed.wait_deployment("version 2 at the HPA's 6", |d| {
-        common::rolled_out(d, 6, &image("2"))
+        kube_bed::rolled_out(d, 6, &image("2"))
     })
     .await;
-    common::assert_at_rest(&bed).await;
+    kube_bed::assert_at_rest(&bed).await;
     for name in ["web-active", "web-preview"] {
         let svc = services.get(name).await.expect("Service");
         assert_eq!(

@@ -8,7 +8,7 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::ResourceExt;
 use kube::runtime::watcher;
 
-use super::common::{self, Bed, image};
+use crate::kube_bed::{self, Bed, image};
 
 const N: i32 = 6;
 
@@ -42,12 +42,12 @@ async fn abort_at_a_pause_restores_the_deployment() {
     let out = bed.rollgate(&["abort", "web"]).await;
     let (_, pods) = observer.stop().await;
     assert_eq!(out.status.code(), Some(1), "an abort exits 1");
-    assert!(common::stdout(&out).contains("aborted"));
+    assert!(kube_bed::stdout(&out).contains("aborted"));
     bed.wait_deployment("version 1 back at N", |d| {
-        common::rolled_out(d, N, &image("1"))
+        kube_bed::rolled_out(d, N, &image("1"))
     })
     .await;
-    common::assert_at_rest(&bed).await;
+    kube_bed::assert_at_rest(&bed).await;
     assert_eq!(template(&bed.deployment().await), template(&before));
     let sets_after: Vec<String> = bed
         .replica_sets()
@@ -70,7 +70,7 @@ async fn resume_after_the_cli_is_killed_keeps_the_pods_already_created() {
         return;
     };
     // Each new pod takes 2 s to be Ready, so the kill lands mid-step.
-    common::template_file(
+    kube_bed::template_file(
         bed.dir.path(),
         "2",
         &[],
@@ -116,11 +116,11 @@ async fn resume_after_the_cli_is_killed_keeps_the_pods_already_created() {
     let out = bed.rollgate(&["resume", "web"]).await;
     assert!(out.status.success(), "rollgate resume");
     bed.wait_deployment("version 2 rolled out", |d| {
-        common::rolled_out(d, N, &image("2"))
+        kube_bed::rolled_out(d, N, &image("2"))
     })
     .await;
     let (sets, pods) = observer.stop().await;
-    common::assert_at_rest(&bed).await;
+    kube_bed::assert_at_rest(&bed).await;
     assert!(
         sets.max_replicas_sum <= N + 1,
         "maxSurge 1 across the kill: {sets:?}"

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::common::{self, Bed, image};
+use crate::kube_bed::{self, Bed, image};
 use crate::prometheus::{Prometheus, prometheus_bin};
 
 struct Exporter(Child);
@@ -100,15 +100,15 @@ async fn canary_analysed_by_prometheus_promotes_or_rolls_back() {
     assert!(
         out.status.success(),
         "a healthy canary promotes: {}",
-        common::stdout(&out)
+        kube_bed::stdout(&out)
     );
     assert!(
-        common::stdout(&out).contains("gate errors passed"),
+        kube_bed::stdout(&out).contains("gate errors passed"),
         "{}",
-        common::stdout(&out)
+        kube_bed::stdout(&out)
     );
     bed.wait_deployment("version 2 rolled out", |d| {
-        common::rolled_out(d, 4, &image("2"))
+        kube_bed::rolled_out(d, 4, &image("2"))
     })
     .await;
 
@@ -125,15 +125,15 @@ async fn canary_analysed_by_prometheus_promotes_or_rolls_back() {
         out.status.code(),
         Some(1),
         "30% errors rolls back: {}",
-        common::stdout(&out)
+        kube_bed::stdout(&out)
     );
     assert!(
-        common::stdout(&out).contains("successCondition"),
+        kube_bed::stdout(&out).contains("successCondition"),
         "{}",
-        common::stdout(&out)
+        kube_bed::stdout(&out)
     );
     bed.wait_deployment("back on version 2", |d| {
-        common::rolled_out(d, 4, &image("2"))
+        kube_bed::rolled_out(d, 4, &image("2"))
     })
     .await;
 

@@ -5,7 +5,7 @@
 use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
 
-use super::common::{self, Bed, image};
+use crate::kube_bed::{self, Bed, image};
 
 const N: i32 = 2;
 
@@ -74,14 +74,14 @@ async fn live_template_warnings_and_strict_refusal() {
         .await
         .expect("hardening the template");
     bed.wait_deployment("the hardened template rolled out", |d| {
-        common::rolled_out(d, N, &image("1"))
+        kube_bed::rolled_out(d, N, &image("1"))
     })
     .await;
     let out = bed.rollgate(&["apply", "-f", rollout, "--strict"]).await;
     assert!(out.status.success());
     assert!(warnings(&out, "warning: ").is_empty());
     bed.wait_deployment("version 2 rolled out", |d| {
-        common::rolled_out(d, N, &image("2"))
+        kube_bed::rolled_out(d, N, &image("2"))
     })
     .await;
     bed.finish().await;

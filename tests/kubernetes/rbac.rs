@@ -19,7 +19,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 use tokio::io::AsyncWriteExt;
 
-use super::common::{self, APP, Bed, image};
+use crate::kube_bed::{self, APP, Bed, image};
 
 const N: i32 = 4;
 
@@ -296,10 +296,10 @@ async fn the_service_account_is_enough_for_every_strategy_and_a_rollback() {
         );
         outputs.push(out);
         bed.wait_deployment(&format!("version {version} rolled out"), move |d| {
-            common::rolled_out(d, N, &image(version))
+            kube_bed::rolled_out(d, N, &image(version))
         })
         .await;
-        common::assert_at_rest(&bed).await;
+        kube_bed::assert_at_rest(&bed).await;
     }
     let out = rollgate_as(&bed, &kubeconfig, &["rollback", "web"]).await;
     assert!(
@@ -308,10 +308,10 @@ async fn the_service_account_is_enough_for_every_strategy_and_a_rollback() {
     );
     outputs.push(out);
     bed.wait_deployment("back on version 3", |d| {
-        common::rolled_out(d, N, &image("3"))
+        kube_bed::rolled_out(d, N, &image("3"))
     })
     .await;
-    common::assert_at_rest(&bed).await;
+    kube_bed::assert_at_rest(&bed).await;
     let out = rollgate_as(&bed, &kubeconfig, &["status", "web"]).await;
     assert!(
         out.status.success(),
@@ -547,7 +547,7 @@ async fn the_role_grants_little_more_and_every_verb_it_checks_is_needed() {
     .await;
     assert!(out.status.success(), "with the full Role");
     bed.wait_deployment("version 2 rolled out", |d| {
-        common::rolled_out(d, 2, &image("2"))
+        kube_bed::rolled_out(d, 2, &image("2"))
     })
     .await;
     other.finish().await;

@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 
-use super::common::{self, Bed, image};
+use crate::kube_bed::{self, Bed, image};
 
 const N: i32 = 6;
 
@@ -32,16 +32,16 @@ async fn rolls_back(bed: &Bed, version: &str, rest: &str, expect: &str) {
         .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
         .await;
     let (sets, pods) = observer.stop().await;
-    let text = common::stdout(&out);
+    let text = kube_bed::stdout(&out);
     assert_eq!(out.status.code(), Some(1), "exit code 1 for a rollback");
     assert!(text.contains("rolled back"), "stdout: {text}");
     assert!(text.contains(expect), "the reason names {expect:?}: {text}");
 
     bed.wait_deployment("version 1 back at N", |d| {
-        common::rolled_out(d, N, &image("1"))
+        kube_bed::rolled_out(d, N, &image("1"))
     })
     .await;
-    common::assert_at_rest(bed).await;
+    kube_bed::assert_at_rest(bed).await;
     let after = bed.deployment().await;
     assert_eq!(
         template(&after),
@@ -75,7 +75,7 @@ async fn never_ready_version_rolls_back_automatically() {
     let Some(bed) = Bed::new("never-ready", N, "25%", "0").await else {
         return;
     };
-    common::template_file(
+    kube_bed::template_file(
         bed.dir.path(),
         "3",
         &[(crate::cluster::NEVER_READY_LABEL, "true")],
@@ -97,7 +97,7 @@ async fn version_that_crashes_after_ready_rolls_back_automatically() {
         return;
     };
     // Ready, then the container crashes a second later, before minReadySeconds makes it available.
-    common::template_file(
+    kube_bed::template_file(
         bed.dir.path(),
         "4",
         &[],
@@ -141,10 +141,10 @@ async fn rollback_command_after_completion_returns_to_the_previous_template() {
     let (sets, pods) = observer.stop().await;
     assert!(out.status.success(), "rollgate rollback");
     bed.wait_deployment("back on version 1", |d| {
-        common::rolled_out(d, N, &image("1"))
+        kube_bed::rolled_out(d, N, &image("1"))
     })
     .await;
-    common::assert_at_rest(&bed).await;
+    kube_bed::assert_at_rest(&bed).await;
     let mut after = template(&bed.deployment().await);
     // The version annotation is rollgate's only addition; the rest is the template from before.
     let mut expected = template(&before);

@@ -3,7 +3,7 @@
 
 use kube::ResourceExt;
 
-use super::common::{self, APP, Bed, image};
+use crate::kube_bed::{self, APP, Bed, image};
 
 const N: i32 = 8;
 /// 25% of 8.
@@ -25,10 +25,10 @@ async fn good_version_rolls_within_bounds_and_the_deployment_adopts_it() {
         .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
         .await;
     assert!(out.status.success(), "rollgate apply failed");
-    assert!(common::stdout(&out).contains("succeeded"));
+    assert!(kube_bed::stdout(&out).contains("succeeded"));
     // The Deployment reports the new template rolled out, so its own view agrees.
     bed.wait_deployment("version 2 rolled out", |d| {
-        common::rolled_out(d, N, &image("2"))
+        kube_bed::rolled_out(d, N, &image("2"))
     })
     .await;
     let (sets, pods) = observer.stop().await;
@@ -60,7 +60,7 @@ async fn good_version_rolls_within_bounds_and_the_deployment_adopts_it() {
         sets.replica_sets
     );
 
-    common::assert_at_rest(&bed).await;
+    kube_bed::assert_at_rest(&bed).await;
     let d = bed.deployment().await;
     let uid = d.metadata.uid.clone().unwrap_or_default();
     let sets_now = bed.replica_sets().await;
@@ -70,12 +70,12 @@ async fn good_version_rolls_within_bounds_and_the_deployment_adopts_it() {
             rs.spec
                 .as_ref()
                 .and_then(|s| s.template.as_ref())
-                .and_then(common::template_image)
+                .and_then(kube_bed::template_image)
                 == Some(image("2").as_str())
         })
         .collect();
     assert_eq!(new.len(), 1, "one ReplicaSet of version 2: {sets_now:#?}");
-    assert_eq!(common::controller_uid(new[0]), Some(uid.as_str()));
+    assert_eq!(kube_bed::controller_uid(new[0]), Some(uid.as_str()));
     assert_eq!(new[0].spec.as_ref().and_then(|s| s.replicas), Some(N));
     assert_eq!(
         d.spec
@@ -133,7 +133,7 @@ async fn good_version_rolls_within_bounds_and_the_deployment_adopts_it() {
         String::from_utf8_lossy(&undo.stderr)
     );
     bed.wait_deployment("kubectl rollout undo back to version 1", |d| {
-        common::rolled_out(d, N, &image("1"))
+        kube_bed::rolled_out(d, N, &image("1"))
     })
     .await;
     assert_eq!(

@@ -19,7 +19,7 @@ use kube::{Api, ResourceExt};
 use crate::faults;
 use serde_json::Value;
 
-use super::common::{self, APP, Bed, image};
+use crate::kube_bed::{self, APP, Bed, image};
 
 const STATE: &str = "rollgate-web";
 
@@ -257,7 +257,7 @@ async fn a_canary_paused_on_one_machine_is_seen_and_promoted_from_another() {
     // Machine two never ran web: status and history come from the cluster.
     let out = two.run(&["status", "web", "-n", &ns]).await;
     assert!(out.status.success(), "status from machine two");
-    let text = common::stdout(&out);
+    let text = kube_bed::stdout(&out);
     assert!(text.contains("paused"), "{text}");
     assert!(text.contains("by ana@"), "{text}");
     let out = two.run(&["history", "web", "-n", &ns, "-o", "json"]).await;
@@ -270,10 +270,10 @@ async fn a_canary_paused_on_one_machine_is_seen_and_promoted_from_another() {
     let out = two.run(&["promote", "web", "-n", &ns]).await;
     assert!(out.status.success(), "promoted from machine two");
     bed.wait_deployment("version 2 rolled out", |d| {
-        common::rolled_out(d, N, &image("2"))
+        kube_bed::rolled_out(d, N, &image("2"))
     })
     .await;
-    common::assert_at_rest(&bed).await;
+    kube_bed::assert_at_rest(&bed).await;
 
     // Machine one sees what machine two did, without being told the namespace.
     let out = one.run(&["history", "web", "-o", "json"]).await;
@@ -377,14 +377,16 @@ async fn of_two_concurrent_applies_one_is_refused_and_the_other_is_aborted_from_
     assert!(out.status.success(), "the abort request is sent");
     let out = finished(holder.user, winner_run).await;
     assert_eq!(out.status.code(), Some(1), "an aborted rollout exits 1");
-    let text = common::stdout(&out);
+    let text = kube_bed::stdout(&out);
     assert!(
         text.contains(&format!("aborted by {}@", loser.user)),
         "{text}"
     );
-    bed.wait_deployment("version 1 back", |d| common::rolled_out(d, N, &image("1")))
-        .await;
-    common::assert_at_rest(&bed).await;
+    bed.wait_deployment("version 1 back", |d| {
+        kube_bed::rolled_out(d, N, &image("1"))
+    })
+    .await;
+    kube_bed::assert_at_rest(&bed).await;
     let out = loser
         .run(&["history", "web", "-n", &ns, "-o", "json"])
         .await;
@@ -416,17 +418,17 @@ async fn a_timed_pause_running_on_one_machine_is_cut_short_by_promote_from_anoth
     let out = two.run(&["promote", "web", "-n", &ns]).await;
     assert!(out.status.success());
     assert!(
-        common::stdout(&out).contains("promotion sent to the running rollout"),
+        kube_bed::stdout(&out).contains("promotion sent to the running rollout"),
         "{}",
-        common::stdout(&out)
+        kube_bed::stdout(&out)
     );
     let out = finished(one.user, run).await;
     assert!(out.status.success(), "the run went on past its pause");
     bed.wait_deployment("version 2 rolled out", |d| {
-        common::rolled_out(d, N, &image("2"))
+        kube_bed::rolled_out(d, N, &image("2"))
     })
     .await;
-    common::assert_at_rest(&bed).await;
+    kube_bed::assert_at_rest(&bed).await;
     bed.finish().await;
 }
 
@@ -441,7 +443,7 @@ async fn a_runner_killed_on_one_machine_is_resumed_on_another_once_its_lease_exp
         return;
     };
     // Each new pod takes 2 s to be Ready, so the kill lands mid-step.
-    common::template_file(
+    kube_bed::template_file(
         bed.dir.path(),
         "2",
         &[],
@@ -481,11 +483,11 @@ async fn a_runner_killed_on_one_machine_is_resumed_on_another_once_its_lease_exp
         stderr(&out)
     );
     bed.wait_deployment("version 2 rolled out", |d| {
-        common::rolled_out(d, N, &image("2"))
+        kube_bed::rolled_out(d, N, &image("2"))
     })
     .await;
     let (sets, pods) = observer.stop().await;
-    common::assert_at_rest(&bed).await;
+    kube_bed::assert_at_rest(&bed).await;
     assert!(
         sets.max_replicas_sum <= N + 1,
         "maxSurge 1 across machines: {sets:?}"
@@ -525,7 +527,7 @@ async fn a_runner_frozen_past_its_lease_is_taken_over_and_stops_by_itself_when_i
     let Some(bed) = Bed::new("team-frozen", N, "25%", "0").await else {
         return;
     };
-    common::template_file(
+    kube_bed::template_file(
         bed.dir.path(),
         "2",
         &[],
@@ -554,10 +556,10 @@ async fn a_runner_frozen_past_its_lease_is_taken_over_and_stops_by_itself_when_i
         stderr(&out)
     );
     bed.wait_deployment("version 2 rolled out", |d| {
-        common::rolled_out(d, N, &image("2"))
+        kube_bed::rolled_out(d, N, &image("2"))
     })
     .await;
-    common::assert_at_rest(&bed).await;
+    kube_bed::assert_at_rest(&bed).await;
 
     // Watch the Deployment and its ReplicaSets while the frozen runner wakes.
     let before = snapshot(&bed).await;
@@ -637,7 +639,7 @@ async fn namespace_and_context_flags_choose_where_rollgate_acts() {
     let other = bed.cluster.namespace(&bed.client, "team-ns-y").await;
     let other_deployments: Api<Deployment> = Api::namespaced(bed.client.clone(), &other);
     other_deployments
-        .create(&PostParams::default(), &common::deployment(N, "25%", "0"))
+        .create(&PostParams::default(), &kube_bed::deployment(N, "25%", "0"))
         .await
         .expect("creating web in the second namespace");
     let rolled = |version: &'static str| {
@@ -645,7 +647,7 @@ async fn namespace_and_context_flags_choose_where_rollgate_acts() {
             other_deployments.clone(),
             APP,
             move |d: Option<&Deployment>| {
-                d.is_some_and(|d| common::rolled_out(d, N, &image(version)))
+                d.is_some_and(|d| kube_bed::rolled_out(d, N, &image(version)))
             },
         )
     };
@@ -779,9 +781,9 @@ async fn namespace_and_context_flags_choose_where_rollgate_acts() {
     let out = two.run(&["history", "web", "-n", &bed.ns]).await;
     assert!(out.status.success());
     assert!(
-        common::stdout(&out).contains("no rollouts recorded"),
+        kube_bed::stdout(&out).contains("no rollouts recorded"),
         "{}",
-        common::stdout(&out)
+        kube_bed::stdout(&out)
     );
     let namespaces: Api<Namespace> = Api::all(bed.client.clone());
     let _ = namespaces.delete(&other, &Default::default()).await;

@@ -1,5 +1,5 @@
-//! What the rollgate-on-Kubernetes tests share: a Deployment to start from, the real `rollgate`
-//! binary run against the test cluster, and an observer that watches ReplicaSets and pods.
+//! What the rollgate-on-Kubernetes tests and benchmark share: a Deployment to start from, the real
+//! `rollgate` binary run against the test cluster, and an observer that watches ReplicaSets and pods.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,212 @@
+//! Events: what the journal records, who acted, and the requests sent to a running rollout.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Who is acting: the OS user, the host, and a CI identity when one is found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Actor {
+    pub user: String,
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci: Option<String>,
+}
+
+impl Actor {
+    /// Reads the identity from the environment (USER, and common CI variables).
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let user = var("ROLLGATE_USER")
+            .or_else(|| var("USER"))
+            .or_else(|| var("USERNAME"))
+            .unwrap_or_else(|| "unknown".into());
+        let host = var("HOSTNAME")
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let ci = if let Some(run) = var("GITHUB_RUN_ID") {
+            Some(format!(
+                "github-actions {} run {run} by {}",
+                var("GITHUB_REPOSITORY").unwrap_or_default(),
+                var("GITHUB_ACTOR").unwrap_or_default()
+            ))
+        } else if let Some(job) = var("CI_JOB_ID") {
+            Some(format!(
+                "gitlab {} job {job} by {}",
+                var("CI_PROJECT_PATH").unwrap_or_default(),
+                var("GITLAB_USER_LOGIN").unwrap_or_default()
+            ))
+        } else if let Some(build) = var("BUILD_TAG") {
+            Some(format!("jenkins {build}"))
+        } else if let Some(build) = var("BUILDKITE_BUILD_ID") {
+            Some(format!("buildkite {build}"))
+        } else if let Some(build) = var("CIRCLE_BUILD_NUM") {
+            Some(format!("circleci {build}"))
+        } else {
+            var("CI").map(|_| "ci".to_string())
+        };
+        Actor { user, host, ci }
+    }
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.user, self.host)?;
+        if let Some(ci) = &self.ci {
+            write!(f, " ({ci})")?;
+        }
+        Ok(())
+    }
+}
+
+/// One journal record. Records are only appended, each fsynced before the action it announces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "camelCase")]
+pub enum Event {
+    #[serde(rename_all = "camelCase")]
+    Started {
+        rollout: String,
+        from: Option<String>,
+        to: String,
+        strategy: String,
+        actor: Actor,
+        steps: usize,
+    },
+    #[serde(rename_all = "camelCase")]
+    StepStarted {
+        rollout: String,
+        step: usize,
+        kind: String,
+        note: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    InstanceChanging {
+        rollout: String,
+        instance: String,
+        version: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    InstanceChanged {
+        rollout: String,
+        instance: String,
+        version: String,
+        ok: bool,
+        detail: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    Gate {
+        rollout: String,
+        step: usize,
+        check: String,
+        passed: bool,
+        detail: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    StepDone {
+        rollout: String,
+        step: usize,
+        millis: u64,
+    },
+    #[serde(rename_all = "camelCase")]
+    Paused {
+        rollout: String,
+        step: usize,
+        reason: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    Promoted {
+        rollout: String,
+        step: usize,
+        actor: Actor,
+        full: bool,
+    },
+    #[serde(rename_all = "camelCase")]
+    RollbackStarted {
+        rollout: String,
+        reason: String,
+        to: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    Finished {
+        rollout: String,
+        outcome: Outcome,
+        detail: String,
+    },
+}
+
+impl Event {
+    /// The rollout the event belongs to.
+    pub fn rollout(&self) -> &str {
+        match self {
+            Event::Started { rollout, .. }
+            | Event::StepStarted { rollout, .. }
+            | Event::InstanceChanging { rollout, .. }
+            | Event::InstanceChanged { rollout, .. }
+            | Event::Gate { rollout, .. }
+            | Event::StepDone { rollout, .. }
+            | Event::Paused { rollout, .. }
+            | Event::Promoted { rollout, .. }
+            | Event::RollbackStarted { rollout, .. }
+            | Event::Finished { rollout, .. } => rollout,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Outcome {
+    Succeeded,
+    RolledBack,
+    Failed,
+    Aborted,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::RolledBack => "rolled back",
+            Outcome::Failed => "failed",
+            Outcome::Aborted => "aborted",
+        })
+    }
+}
+
+/// A journal line: the event and when it was written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub at_ms: u64,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// A journal line being written, borrowing its event.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct RecordRef<'a> {
+    pub(super) at_ms: u64,
+    #[serde(flatten)]
+    pub(super) event: &'a Event,
+}
+
+/// Requests from other `rollgate` invocations to a running rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "camelCase")]
+pub enum Control {
+    Promote { actor: Actor, full: bool },
+    Pause { actor: Actor },
+    Resume { actor: Actor },
+    Abort { actor: Actor },
+}

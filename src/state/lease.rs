@@ -1,0 +1,448 @@
+//! The app's lock in the cluster: the Lease `rollgate-<app>`, taken (or taken over once expired),
+//! renewed, and released; while it is held, the [`Fence`] lets this process's writes out only within
+//! [`WRITE_WINDOW`] of the start of the last successful renewal, so a process frozen past its Lease
+//! writes nothing when it wakes, not even before its renewal task has run.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::{DeleteParams, ObjectMeta, Preconditions};
+
+use super::mirror::{
+    ClusterError, Remote, Result, control_loop, is_already_exists, is_conflict, labels, params,
+    push_loop,
+};
+use super::{Actor, Store};
+use crate::kube::{Fence, WRITE_WINDOW, chain};
+
+/// The Lease's duration: another machine takes over a Lease not renewed for this long.
+pub const LEASE_SECONDS: i32 = 15;
+/// How often the holder renews its Lease.
+pub const RENEW_EVERY: Duration = Duration::from_secs(5);
+
+impl Remote {
+    /// Takes the app's Lease (or says who holds it), opens the fence, and starts renewing the
+    /// Lease, mirroring the local journal, and taking control requests from the cluster. The caller
+    /// holds the app's local lock.
+    pub async fn acquire(&self, store: &Store, actor: &Actor) -> Result<Session> {
+        let identity = match boot_id() {
+            Some(boot) => format!("{actor} pid {} boot {boot}", std::process::id()),
+            None => format!("{actor} pid {}", std::process::id()),
+        };
+        let started = Instant::now();
+        let (lease, took_over) = self.take_lease(&identity).await?;
+        self.fence.open_until(started + WRITE_WINDOW);
+        let seen = match self.fetch().await? {
+            Some(mirror) => mirror.controls.last().map_or(0, |c| c.seq),
+            None => 0,
+        };
+        let (pushed, _) = tokio::sync::watch::channel(0);
+        let shared = Arc::new(Shared {
+            app: self.app.clone(),
+            namespace: self.namespace.clone(),
+            identity,
+            fence: self.fence.clone(),
+            written: AtomicU64::new(0),
+            wake: tokio::sync::Notify::new(),
+            pushed,
+            push_error: Mutex::new(None),
+            lease: Mutex::new((lease.metadata.uid.clone(), lease.metadata.resource_version)),
+        });
+        let tasks = vec![
+            tokio::spawn(renew_loop(
+                shared.clone(),
+                self.leases.clone(),
+                self.name.clone(),
+            )),
+            tokio::spawn(push_loop(
+                shared.clone(),
+                store.clone(),
+                self.fenced_maps.clone(),
+                self.name.clone(),
+            )),
+            tokio::spawn(control_loop(
+                shared.clone(),
+                store.clone(),
+                self.config_maps.clone(),
+                self.name.clone(),
+                seen,
+            )),
+        ];
+        Ok(Session {
+            shared,
+            tasks,
+            leases: self.leases.clone(),
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            took_over,
+        })
+    }
+
+    /// Creates the Lease, or takes over an expired one with a resourceVersion-guarded update, so
+    /// of two machines racing for it exactly one wins.
+    async fn take_lease(&self, identity: &str) -> Result<(Lease, Option<String>)> {
+        for _ in 0..5 {
+            let now = MicroTime(Timestamp::now());
+            let fresh = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    labels: Some(labels(&self.app)),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(identity.to_string()),
+                    lease_duration_seconds: Some(LEASE_SECONDS),
+                    acquire_time: Some(now.clone()),
+                    renew_time: Some(now.clone()),
+                    lease_transitions: Some(0),
+                    ..LeaseSpec::default()
+                }),
+            };
+            match self.leases.create(&params(), &fresh).await {
+                Ok(lease) => return Ok((lease, None)),
+                Err(e) if is_already_exists(&e) => {}
+                Err(e) => return Err(self.api_error("creating", "Lease", e)),
+            }
+            let Some(mut current) = self
+                .leases
+                .get_opt(&self.name)
+                .await
+                .map_err(|e| self.api_error("reading", "Lease", e))?
+            else {
+                continue; // released in between: create it again
+            };
+            let spec = current.spec.clone().unwrap_or_default();
+            let age = age_seconds(&spec);
+            let holder = spec.holder_identity.clone().unwrap_or_default();
+            let dead = holder_gone(&holder);
+            if !expired(&spec) && !dead {
+                return Err(ClusterError::Locked {
+                    app: self.app.clone(),
+                    holder,
+                    namespace: self.namespace.clone(),
+                    name: self.name.clone(),
+                    age,
+                });
+            }
+            current.spec = Some(LeaseSpec {
+                holder_identity: Some(identity.to_string()),
+                lease_duration_seconds: Some(LEASE_SECONDS),
+                acquire_time: Some(now.clone()),
+                renew_time: Some(now),
+                lease_transitions: Some(spec.lease_transitions.unwrap_or(0) + 1),
+                ..LeaseSpec::default()
+            });
+            match self.leases.replace(&self.name, &params(), &current).await {
+                Ok(lease) => {
+                    let note = if dead {
+                        format!("took over the lock from {holder}: that process is gone")
+                    } else {
+                        format!(
+                            "took over the lock from {holder}: its Lease was not renewed for {age}s"
+                        )
+                    };
+                    return Ok((lease, Some(note)));
+                }
+                Err(e) if is_conflict(&e) => continue,
+                Err(e) => return Err(self.api_error("taking over", "Lease", e)),
+            }
+        }
+        Err(ClusterError::Busy(format!(
+            "Lease {}/{} changed 5 times while rollgate tried to take it: try again",
+            self.namespace, self.name
+        )))
+    }
+}
+
+/// Where this process runs, as far as its pids mean anything: this boot of the kernel
+/// (`/proc/sys/kernel/random/boot_id`, 12 hex digits) and this pid namespace (its inode), e.g.
+/// `1c2f3e4d5a6b.4026531836`. A Lease holder names it, so that a process of the same boot and pid
+/// namespace can be known dead; containers on one host share the boot but not the pid namespace.
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let hex: String = id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(12)
+        .collect();
+    let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let ns: String = ns
+        .to_string_lossy()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    (hex.len() == 12 && !ns.is_empty()).then(|| format!("{hex}.{ns}"))
+}
+
+/// Whether `holder` ("<actor> pid <pid> boot <boot>") is a process of this boot and pid namespace
+/// that no longer runs: its Lease may be taken at once, as a local lock left by a dead process is.
+/// A holder from another machine, boot or container (or without a boot) is never judged here: its
+/// Lease must expire.
+fn holder_gone(holder: &str) -> bool {
+    let Some(ours) = boot_id() else {
+        return false;
+    };
+    let mut words = holder.split_whitespace().rev();
+    let (Some(boot), Some("boot"), Some(pid), Some("pid")) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    boot == ours && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Seconds since the Lease was last renewed (or acquired).
+fn age_seconds(spec: &LeaseSpec) -> i64 {
+    let at = spec.renew_time.as_ref().or(spec.acquire_time.as_ref());
+    at.map_or(i64::MAX / 2000, |t| {
+        (Timestamp::now().as_millisecond() - t.0.as_millisecond()) / 1000
+    })
+}
+
+/// A Lease is free when it names no holder, or when its holder has not renewed it for its duration
+/// (by this machine's clock: clocks must agree within the 5 s margin of [`WRITE_WINDOW`]).
+fn expired(spec: &LeaseSpec) -> bool {
+    if spec.holder_identity.as_deref().is_none_or(str::is_empty) {
+        return true;
+    }
+    let Some(at) = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) else {
+        return true;
+    };
+    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(LEASE_SECONDS));
+    Timestamp::now().as_millisecond() > at.0.as_millisecond() + duration * 1000
+}
+
+/// What a session's tasks share.
+pub(super) struct Shared {
+    pub(super) app: String,
+    pub(super) namespace: String,
+    pub(super) identity: String,
+    pub(super) fence: Fence,
+    /// Bumped after each local append.
+    pub(super) written: AtomicU64,
+    pub(super) wake: tokio::sync::Notify,
+    /// The last `written` value mirrored to the cluster.
+    pub(super) pushed: tokio::sync::watch::Sender<u64>,
+    pub(super) push_error: Mutex<Option<String>>,
+    /// The Lease's uid and resourceVersion as last written by this process.
+    pub(super) lease: Mutex<(Option<String>, Option<String>)>,
+}
+
+/// A held Lease with its background tasks: renewal, the journal mirror, control requests.
+pub struct Session {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    leases: Api<Lease>,
+    name: String,
+    namespace: String,
+    /// Set when the Lease was taken over from a holder that stopped renewing it.
+    pub took_over: Option<String>,
+}
+
+impl Session {
+    /// Why this process may no longer act for the app, if it may not.
+    pub fn lost(&self) -> Option<String> {
+        self.shared.fence.check().err().map(|why| {
+            format!(
+                "the lock on {} (Lease {}/{}) is no longer this process's: {why}; nothing more was written",
+                self.shared.app, self.namespace, self.name
+            )
+        })
+    }
+
+    /// Resolves once [`Session::lost`] would say so (it looks four times a second: the check is
+    /// in memory).
+    pub async fn wait_lost(&self) -> String {
+        loop {
+            if let Some(why) = self.lost() {
+                return why;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Says the local journal grew: the mirror task pushes it.
+    pub fn changed(&self) {
+        self.shared.written.fetch_add(1, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+    }
+
+    /// Waits until everything journaled so far is in the cluster; fails when the Lease is lost, or
+    /// when writing the ConfigMap has kept failing for [`WRITE_WINDOW`] (a rollout must not go on
+    /// where other machines cannot see it).
+    pub async fn flush(&self) -> Result<()> {
+        let target = self.shared.written.load(Ordering::SeqCst);
+        let mut pushed = self.shared.pushed.subscribe();
+        let started = Instant::now();
+        loop {
+            if *pushed.borrow_and_update() >= target {
+                return Ok(());
+            }
+            if let Some(why) = self.lost() {
+                return Err(ClusterError::Lost(why));
+            }
+            if started.elapsed() > WRITE_WINDOW
+                && let Some(why) = self.push_error()
+            {
+                return Err(ClusterError::Mirror {
+                    namespace: self.namespace.clone(),
+                    name: self.name.clone(),
+                    why,
+                });
+            }
+            // Woken by the push, or after a quarter second to look at the fence again.
+            let _ = tokio::time::timeout(Duration::from_millis(250), pushed.changed()).await;
+        }
+    }
+
+    /// The last error of the mirror task, if its last push failed.
+    pub fn push_error(&self) -> Option<String> {
+        self.shared.push_error.lock().expect("push error").clone()
+    }
+
+    /// Stops the tasks and deletes the Lease, only if it is still this process's (preconditions
+    /// on its uid and resourceVersion).
+    pub async fn release(mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+        if self.shared.fence.is_lost() {
+            return;
+        }
+        self.shared.fence.shut();
+        for _ in 0..3 {
+            let (uid, resource_version) = self.shared.lease.lock().expect("lease").clone();
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid,
+                    resource_version,
+                }),
+                ..DeleteParams::default()
+            };
+            match self.leases.delete(&self.name, &params).await {
+                Err(e) if is_conflict(&e) => {
+                    // A renewal we cut short may have landed: delete it only if it is still ours.
+                    let Ok(Some(lease)) = self.leases.get_opt(&self.name).await else {
+                        return;
+                    };
+                    let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.clone());
+                    if holder.as_deref() != Some(self.shared.identity.as_str()) {
+                        return;
+                    }
+                    *self.shared.lease.lock().expect("lease") =
+                        (lease.metadata.uid, lease.metadata.resource_version);
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+enum Renewal {
+    Renewed(Box<Lease>),
+    Lost(String),
+}
+
+async fn renew(leases: &Api<Lease>, name: &str, identity: &str) -> Result<Renewal, kube::Error> {
+    loop {
+        let Some(mut lease) = leases.get_opt(name).await? else {
+            return Ok(Renewal::Lost("the Lease was deleted".into()));
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        if holder != identity {
+            return Ok(Renewal::Lost(format!("the Lease is now held by {holder}")));
+        }
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        match leases.replace(name, &params(), &lease).await {
+            Ok(lease) => return Ok(Renewal::Renewed(Box::new(lease))),
+            Err(e) if is_conflict(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn renew_loop(shared: Arc<Shared>, leases: Api<Lease>, name: String) {
+    loop {
+        tokio::time::sleep(RENEW_EVERY).await;
+        let started = Instant::now();
+        match renew(&leases, &name, &shared.identity).await {
+            Ok(Renewal::Renewed(lease)) => {
+                *shared.lease.lock().expect("lease") =
+                    (lease.metadata.uid, lease.metadata.resource_version);
+                shared.fence.open_until(started + WRITE_WINDOW);
+            }
+            Ok(Renewal::Lost(why)) => {
+                shared.fence.lose(why);
+                return;
+            }
+            // Transient: the fence closes by itself if renewals keep failing.
+            Err(e) => eprintln!(
+                "warning: renewing the lock on {}: {}",
+                shared.app,
+                chain(&e)
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_dead_process_of_this_boot_gives_up_its_lease_early() {
+        let Some(boot) = boot_id() else {
+            return; // no /proc: never judged, the Lease must expire
+        };
+        // A pid above the kernel's limit (4194304) never runs.
+        let dead = format!("ana@box pid 4999999 boot {boot}");
+        assert!(holder_gone(&dead));
+        let alive = format!("ana@box pid {} boot {boot}", std::process::id());
+        assert!(!holder_gone(&alive), "this process is alive");
+        let init = format!("ana@box pid 1 boot {boot}");
+        assert!(!holder_gone(&init), "pid 1 runs");
+        assert!(
+            !holder_gone("ana@box pid 4999999 boot 000000000000.4026531836"),
+            "another machine's (or boot's) process is never judged"
+        );
+        assert!(!holder_gone("ana@box pid 4999999"), "no boot: never judged");
+    }
+
+    #[test]
+    fn a_lease_expires_its_duration_after_its_last_renewal() {
+        let at = |ago_s: i64| {
+            Some(MicroTime(
+                Timestamp::from_millisecond(Timestamp::now().as_millisecond() - ago_s * 1000)
+                    .unwrap(),
+            ))
+        };
+        let spec = |ago_s| LeaseSpec {
+            holder_identity: Some("ana@box pid 1".into()),
+            lease_duration_seconds: Some(15),
+            renew_time: at(ago_s),
+            ..LeaseSpec::default()
+        };
+        assert!(!expired(&spec(3)));
+        assert!(expired(&spec(16)));
+        assert!(expired(&LeaseSpec::default()));
+    }
+}

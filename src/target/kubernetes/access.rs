@@ -1,0 +1,106 @@
+//! Access: whether the kubeconfig's user may do what a rollout does, asked before anything changes.
+
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use kube::Api;
+use kube::api::PostParams;
+
+use super::Kubernetes;
+use crate::target::Result;
+
+impl Kubernetes {
+    /// Asks the API server (one SelfSubjectAccessReview per verb, which any user may make) whether
+    /// the kubeconfig's user may do everything a rollout does, and names each verb it may not.
+    pub(super) async fn check_access(&self) -> Result<()> {
+        let reviews: Api<SelfSubjectAccessReview> =
+            Api::all(self.deployments.clone().into_client());
+        let ns = &self.spec.namespace;
+        let asks = required_access(self.blue_green)
+            .into_iter()
+            .map(|(group, resource, verb)| {
+                let reviews = reviews.clone();
+                let review = SelfSubjectAccessReview {
+                    spec: SelfSubjectAccessReviewSpec {
+                        resource_attributes: Some(ResourceAttributes {
+                            group: Some(group.into()),
+                            resource: Some(resource.into()),
+                            verb: Some(verb.into()),
+                            namespace: Some(ns.clone()),
+                            ..ResourceAttributes::default()
+                        }),
+                        ..SelfSubjectAccessReviewSpec::default()
+                    },
+                    ..SelfSubjectAccessReview::default()
+                };
+                async move {
+                    let answer = reviews.create(&PostParams::default(), &review).await;
+                    (group, resource, verb, answer)
+                }
+            });
+        let mut denied = Vec::new();
+        for (group, resource, verb, answer) in futures_util::future::join_all(asks).await {
+            match answer {
+                Ok(r) if r.status.as_ref().is_some_and(|s| !s.allowed) => {
+                    let resource = if group.is_empty() {
+                        resource.to_string()
+                    } else {
+                        format!("{resource}.{group}")
+                    };
+                    denied.push(format!("{verb} {resource}"));
+                }
+                Ok(_) => {}
+                // A server that answers no reviews: the requests themselves will say what fails.
+                Err(_) => return Ok(()),
+            }
+        }
+        if denied.is_empty() {
+            return Ok(());
+        }
+        Err(self.fail(
+            "checking access",
+            format!(
+                "forbidden: the kubeconfig's user may not {} in namespace {ns}; nothing was changed (the Role rollgate needs is manifests/kubernetes/rbac.yaml)",
+                denied.join(", ")
+            ),
+        ))
+    }
+}
+
+/// What a rollout asks of the API server, as (API group, resource, verb). The Role in
+/// `manifests/kubernetes/rbac.yaml` grants these; blue-green also points Services.
+pub fn required_access(blue_green: bool) -> Vec<(&'static str, &'static str, &'static str)> {
+    let mut out = Vec::new();
+    let mut grant = |group: &'static str, resource: &'static str, verbs: &[&'static str]| {
+        out.extend(verbs.iter().map(|verb| (group, resource, *verb)));
+    };
+    grant(
+        "apps",
+        "deployments",
+        &["get", "list", "watch", "patch", "update"],
+    );
+    grant(
+        "apps",
+        "replicasets",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    );
+    grant("", "pods", &["get", "list", "watch"]);
+    // The holder (get, create, delete) and the app's journal and controls `rollgate-<app>`
+    // (get, create, update, and list + watch for control requests from other machines).
+    grant(
+        "",
+        "configmaps",
+        &["get", "list", "watch", "create", "update", "delete"],
+    );
+    // The app's lock: the Lease `rollgate-<app>`, renewed by update, released by delete.
+    grant(
+        "coordination.k8s.io",
+        "leases",
+        &["get", "create", "update", "delete"],
+    );
+    grant("autoscaling", "horizontalpodautoscalers", &["list"]);
+    if blue_green {
+        grant("", "services", &["get", "patch"]);
+    }
+    out
+}

@@ -1,0 +1,372 @@
+//! Sizes: a step's counts of old and new pods, moved within its bounds as the watch reports
+//! progress (as Kubernetes' own rolling update moves them), and resized beside an autoscaler.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use kube::ResourceExt;
+use kube::api::Patch;
+
+use super::reach::params;
+use super::view::{available, held_in, holder_uid_in, lent, pod_failure, replicas, stable_in};
+use super::{HPA_ANNOTATION, Kubernetes};
+use crate::plan::Step;
+use crate::target::{Change, Sink, TargetError};
+
+/// A step of a plan made for `planned` instances, sized for `now` (an HPA changed the count):
+/// each count scaled by now/planned, and a step's old and new that made `planned` make `now`. Pure.
+fn resize(step: &Step, planned: u32, now: u32) -> Step {
+    if planned == now || planned == 0 {
+        return step.clone();
+    }
+    let scale = |x: u32| {
+        u32::try_from((u64::from(x) * u64::from(now) + u64::from(planned) / 2) / u64::from(planned))
+            .unwrap_or(u32::MAX)
+    };
+    let mut s = step.clone();
+    s.new = scale(step.new).min(now);
+    if step.new > 0 && now > 0 {
+        s.new = s.new.max(1);
+    }
+    s.old = if step.old + step.new == planned {
+        now - s.new
+    } else {
+        scale(step.old).min(now)
+    };
+    s.max_total = scale(step.max_total).max(s.old + s.new);
+    s.min_available = scale(step.min_available).min(s.max_total);
+    s
+}
+
+/// Where a step stands, as far as it can progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    old: u32,
+    old_available: u32,
+    new: u32,
+    new_available: u32,
+}
+
+/// The next sizes of (old, new) towards `step`, within its bounds: first remove what keeps
+/// `min_available` ready, then add what stays within `max_total`. Pure.
+fn next_sizes(step: &Step, c: Counts) -> (u32, u32) {
+    let shrink = |current: u32, target: u32, other_available: u32| {
+        if target >= current {
+            current
+        } else {
+            target
+                .max(step.min_available.saturating_sub(other_available))
+                .min(current)
+        }
+    };
+    let old = shrink(c.old, step.old, c.new_available);
+    let new = shrink(c.new, step.new, c.old_available);
+    let grow = |current: u32, target: u32, room: u32| {
+        if target <= current {
+            current
+        } else {
+            target.min(current + room)
+        }
+    };
+    let room = step
+        .max_total
+        .saturating_sub(c.old.max(old) + c.new.max(new));
+    let new = grow(new, step.new, room);
+    let room = step
+        .max_total
+        .saturating_sub(c.old.max(old) + c.new.max(new));
+    let old = grow(old, step.old, room);
+    (old, new)
+}
+
+impl Kubernetes {
+    /// Moves towards `step`'s counts on every watch event until they hold, a pod fails, or nothing
+    /// progresses for `deadline`.
+    async fn converge(
+        &self,
+        step: &Step,
+        version: &str,
+        deadline: Duration,
+        sink: Sink<'_>,
+    ) -> std::result::Result<(), String> {
+        let err = |e: TargetError| crate::engine::error_chain(&e);
+        let cache = self.cache().await.map_err(err)?;
+        let mut changes = cache.changes.clone();
+        let holder = self.holder_name();
+        let container = self.container();
+        let mut last: Option<Counts> = None;
+        let mut last_progress = tokio::time::Instant::now();
+        let mut old_set: Option<u32> = None;
+        let mut new_set: Option<u32> = None;
+        let mut first: Option<Counts> = None;
+        let mut announced: Option<String> = None;
+        loop {
+            changes.borrow_and_update();
+            let all = cache.sets.state();
+            // The view's held and stable sets, in the watched copy (which has no holder ConfigMap:
+            // its uid is the one the held ReplicaSets name).
+            let live = || {
+                all.iter()
+                    .map(AsRef::as_ref)
+                    .filter(|rs: &&ReplicaSet| rs.metadata.deletion_timestamp.is_none())
+            };
+            let holder_uid = holder_uid_in(live(), &holder);
+            let held = holder_uid
+                .as_deref()
+                .and_then(|uid| held_in(live(), uid, version, container));
+            if held.is_none() {
+                // Not in the watched copy: not seen yet (the watch lags behind `prepare`), or gone
+                // because someone else deleted it or its holder. The API server says which; a
+                // ReplicaSet gone is never recreated behind the user's back.
+                let view = self.view().await.map_err(err)?;
+                let there = view
+                    .held(version, container)
+                    .is_some_and(|rs| rs.metadata.deletion_timestamp.is_none());
+                if !there {
+                    let why = self.missing_held(&view, version);
+                    let instance = self.held_name.lock().expect("held lock").clone();
+                    sink(Change::Changed {
+                        instance: instance.unwrap_or_else(|| self.name().into()),
+                        version: version.into(),
+                        ok: false,
+                        detail: why.clone(),
+                    });
+                    return Err(why);
+                }
+            }
+            if let Some(new) = held {
+                let new_name = new.name_any();
+                self.held_name
+                    .lock()
+                    .expect("held lock")
+                    .get_or_insert_with(|| new_name.clone());
+                let new_uid = new.metadata.uid.clone().unwrap_or_default();
+                let olds: Vec<_> = stable_in(
+                    all.iter().map(AsRef::as_ref),
+                    &cache.uid,
+                    holder_uid.as_deref(),
+                )
+                .collect();
+                let c = Counts {
+                    old: olds.iter().map(|rs| replicas(rs)).sum(),
+                    old_available: olds.iter().map(|rs| available(rs)).sum(),
+                    new: replicas(new),
+                    new_available: available(new),
+                };
+                // A new pod that crashed or cannot pull its image will not get better by waiting.
+                for p in cache.pods.state() {
+                    let ours = p
+                        .metadata
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .any(|o| o.uid == new_uid);
+                    if ours && let Some(why) = pod_failure(&p) {
+                        let why = format!("pod {} of {version}: {why}", p.name_any());
+                        sink(Change::Changed {
+                            instance: new_name.clone(),
+                            version: version.into(),
+                            ok: false,
+                            detail: why.clone(),
+                        });
+                        return Err(why);
+                    }
+                }
+                if last != Some(c) {
+                    last = Some(c);
+                    last_progress = tokio::time::Instant::now();
+                }
+                // An old set that grows (a restore) must be available too; one that shrinks need not.
+                let old_grew = step.old > first.get_or_insert(c).old;
+                let old_ready = c.old == step.old && (!old_grew || c.old_available >= step.old);
+                if c.new == step.new && c.new_available >= step.new && old_ready {
+                    if announced.is_some() {
+                        sink(Change::Changed {
+                            instance: new_name.clone(),
+                            version: version.into(),
+                            ok: true,
+                            detail: format!("{} of {version} available, {} old", c.new, c.old),
+                        });
+                    }
+                    return Ok(());
+                }
+                let (old, new_size) = next_sizes(step, c);
+                if old != c.old && old_set != Some(old) {
+                    let lent_sets: Vec<_> = olds.iter().filter(|rs| lent(rs)).collect();
+                    match lent_sets
+                        .iter()
+                        .find(|rs| replicas(rs) > 0)
+                        .or(lent_sets.first())
+                    {
+                        // Beside an HPA the stable ReplicaSet itself: spec.replicas is the HPA's.
+                        Some(rs) => {
+                            let rs_name = rs.name_any();
+                            let (pp, patch) = (
+                                params(),
+                                Patch::Merge(serde_json::json!({"spec": {"replicas": old}})),
+                            );
+                            self.reach
+                                .call(|| self.replica_sets.patch(&rs_name, &pp, &patch))
+                                .await
+                                .map_err(|e| err(self.fail(&format!("scaling {rs_name}"), e)))?;
+                        }
+                        None => {
+                            self.patch_deployment(serde_json::json!({"spec": {"replicas": old}}))
+                                .await
+                                .map_err(err)?;
+                        }
+                    }
+                    old_set = Some(old);
+                }
+                if new_size != c.new && new_set != Some(new_size) {
+                    if announced.is_none() {
+                        sink(Change::Changing {
+                            instance: new_name.clone(),
+                            version: version.into(),
+                        });
+                        announced = Some(new_name.clone());
+                    }
+                    let pp = params();
+                    let patch = Patch::Merge(serde_json::json!({"spec": {"replicas": new_size}}));
+                    self.reach
+                        .call(|| self.replica_sets.patch(&new_name, &pp, &patch))
+                        .await
+                        .map_err(|e| err(self.fail(&format!("scaling {new_name}"), e)))?;
+                    new_set = Some(new_size);
+                }
+            }
+            match tokio::time::timeout_at(last_progress + deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(format!("the watch of {} ended", self.name())),
+                Err(_) => {
+                    let c = last.map_or(0, |c| c.new_available);
+                    let why = format!(
+                        "no progress within progressDeadlineSeconds ({}s): {c} of {} pods of {version} available{}",
+                        deadline.as_secs(),
+                        step.new,
+                        self.outage_note()
+                    );
+                    sink(Change::Changed {
+                        instance: announced.unwrap_or_else(|| self.name().into()),
+                        version: version.into(),
+                        ok: false,
+                        detail: why.clone(),
+                    });
+                    return Err(why);
+                }
+            }
+        }
+    }
+
+    /// Sizes `step` for N as it is now (beside an HPA, its count), converges on it, and hands over
+    /// once everything is new.
+    pub(super) async fn scale_step(
+        &self,
+        step: &Step,
+        version: &str,
+        deadline: Duration,
+        sink: Sink<'_>,
+    ) -> std::result::Result<(), String> {
+        // A request that finds no API server keeps trying as long as the step may.
+        self.reach.set_patience(deadline, true);
+        // The Deployment from the run's watch: a copy from before `prepare` still has spec.replicas
+        // at N, and a later one has the annotation, so no request is needed between steps.
+        let cache = self
+            .cache()
+            .await
+            .map_err(|e| crate::engine::error_chain(&e))?;
+        let watched = cache
+            .deployment
+            .state()
+            .first()
+            .map(|d| Deployment::clone(d));
+        let d = match watched {
+            Some(d) => d,
+            None => self
+                .reach
+                .call(|| self.deployments.get(self.name()))
+                .await
+                .map_err(|e| crate::engine::error_chain(&self.fail("reading it", e)))?,
+        };
+        let planned = Self::n_of(&d);
+        // Beside an HPA, N is its count at the step boundary: the step is sized for it.
+        let (step, n) = if d.annotations().contains_key(HPA_ANNOTATION) {
+            let now = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0).max(0) as u32;
+            (resize(step, planned, now), now)
+        } else {
+            (step.clone(), planned)
+        };
+        let step = &step;
+        self.converge(step, version, deadline, sink).await?;
+        if step.old == 0 && step.new >= n {
+            self.hand_over(version, n, deadline)
+                .await
+                .map_err(|e| crate::engine::error_chain(&e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::StepKind;
+
+    fn step(old: u32, new: u32, min_available: u32, max_total: u32) -> Step {
+        let mut s = Step::hold(StepKind::Scale, old, new, "");
+        s.min_available = min_available;
+        s.max_total = max_total;
+        s
+    }
+
+    fn counts(old: u32, old_available: u32, new: u32, new_available: u32) -> Counts {
+        Counts {
+            old,
+            old_available,
+            new,
+            new_available,
+        }
+    }
+
+    #[test]
+    fn surge_adds_first_then_removes_what_is_replaced() {
+        // N=10, surge 3, unavailable 0: step to (7, 3).
+        let s = step(7, 3, 10, 13);
+        assert_eq!(next_sizes(&s, counts(10, 10, 0, 0)), (10, 3));
+        assert_eq!(next_sizes(&s, counts(10, 10, 3, 1)), (9, 3));
+        assert_eq!(next_sizes(&s, counts(10, 10, 3, 3)), (7, 3));
+    }
+
+    #[test]
+    fn without_surge_removes_before_adding() {
+        // N=4, surge 0, unavailable 1: step to (3, 1).
+        let s = step(3, 1, 3, 4);
+        assert_eq!(next_sizes(&s, counts(4, 4, 0, 0)), (3, 0));
+        assert_eq!(next_sizes(&s, counts(3, 3, 0, 0)), (3, 1));
+    }
+
+    #[test]
+    fn never_exceeds_max_total_while_old_shrinks_late() {
+        let s = step(0, 10, 10, 13);
+        // The old set has not shrunk yet: no room.
+        assert_eq!(next_sizes(&s, counts(10, 10, 3, 3)), (7, 3));
+        assert_eq!(next_sizes(&s, counts(7, 7, 3, 3)), (7, 6));
+    }
+
+    #[test]
+    fn steps_follow_an_autoscaler_that_changed_n() {
+        // Rolling N=4, surge 1: (3, 1) within 4..5; the HPA makes it 8.
+        let r = resize(&step(3, 1, 4, 5), 4, 8);
+        assert_eq!((r.old, r.new, r.min_available, r.max_total), (6, 2, 8, 10));
+        // The last step ends at the new N exactly; a canary keeps at least one new instance.
+        let r = resize(&step(0, 4, 4, 5), 4, 6);
+        assert_eq!((r.old, r.new), (0, 6));
+        let r = resize(&step(9, 1, 10, 11), 10, 3);
+        assert_eq!((r.old, r.new), (2, 1));
+        // Blue-green's preview (old N, new N): both follow.
+        let r = resize(&step(4, 4, 4, 8), 4, 6);
+        assert_eq!((r.old, r.new, r.max_total), (6, 6, 12));
+        // Unchanged N: the step as planned.
+        assert_eq!(resize(&step(3, 1, 4, 5), 4, 4), step(3, 1, 4, 5));
+    }
+}

@@ -1,0 +1,510 @@
+//! View: the Deployment, its ReplicaSets and pods as the cluster holds them (watched, or read at
+//! once), and what is derived from them: N, versions, the held and the stable ReplicaSets.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodTemplateSpec};
+use kube::api::ListParams;
+use kube::core::Selector;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, ResourceExt};
+
+use super::reach::{RETRY_FIRST, WatchRetry};
+use super::{HASH_LABEL, Kubernetes, LENT_ANNOTATION, REPLICAS_ANNOTATION, VERSION_ANNOTATION};
+use crate::health::Probe;
+use crate::spec::{Check, RunOn};
+use crate::target::{Instance, Result};
+
+/// Watched copies of the Deployment's ReplicaSets and pods: a step reads them without a request.
+pub(super) struct Cache {
+    pub(super) uid: String,
+    /// The Deployment itself: its status is what the hand-over waits on.
+    pub(super) deployment: reflector::Store<Deployment>,
+    pub(super) sets: reflector::Store<ReplicaSet>,
+    pub(super) pods: reflector::Store<Pod>,
+    /// Bumped on every watch event.
+    pub(super) changes: tokio::sync::watch::Receiver<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What the cluster holds for the Deployment right now.
+pub(super) struct View {
+    pub(super) deployment: Deployment,
+    pub(super) uid: String,
+    pub(super) selector: Selector,
+    /// The ConfigMap that holds the in-flight ReplicaSet, if a rollout is under way.
+    pub(super) holder: Option<ConfigMap>,
+    pub(super) sets: Vec<ReplicaSet>,
+}
+
+impl View {
+    pub(super) fn owned_by<'a>(
+        &'a self,
+        uid: &'a str,
+    ) -> impl Iterator<Item = &'a ReplicaSet> + 'a {
+        self.sets
+            .iter()
+            .filter(move |rs| controller_uid(rs) == Some(uid))
+    }
+
+    pub(super) fn holder_uid(&self) -> Option<&str> {
+        self.holder.as_ref()?.metadata.uid.as_deref()
+    }
+
+    /// The ReplicaSet rollgate holds for `version`.
+    pub(super) fn held(&self, version: &str, container: Option<&str>) -> Option<&ReplicaSet> {
+        held_in(&self.sets, self.holder_uid()?, version, container)
+    }
+
+    /// The stable ReplicaSets: the Deployment's own, and those lent to the holder beside an HPA.
+    pub(super) fn stable(&self) -> impl Iterator<Item = &ReplicaSet> + '_ {
+        stable_in(&self.sets, &self.uid, self.holder_uid())
+    }
+}
+
+/// Among `sets`, the one the holder (`holder_uid`) holds for `version`: not a lent one.
+pub(super) fn held_in<'a>(
+    sets: impl IntoIterator<Item = &'a ReplicaSet>,
+    holder_uid: &str,
+    version: &str,
+    container: Option<&str>,
+) -> Option<&'a ReplicaSet> {
+    sets.into_iter().find(|rs| {
+        controller_uid(rs) == Some(holder_uid)
+            && !lent(rs)
+            && rs_version(rs, container).as_deref() == Some(version)
+    })
+}
+
+/// The uid of the holder ConfigMap `name`, as the ReplicaSets among `sets` that it controls name it.
+pub(super) fn holder_uid_in<'a>(
+    sets: impl IntoIterator<Item = &'a ReplicaSet>,
+    name: &str,
+) -> Option<String> {
+    sets.into_iter().find_map(|rs| {
+        rs.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true) && o.kind == "ConfigMap" && o.name == name)
+            .map(|o| o.uid.clone())
+    })
+}
+
+/// Among `sets`, the stable ones: the Deployment's (`uid`) own, and those lent to the holder.
+pub(super) fn stable_in<'a>(
+    sets: impl IntoIterator<Item = &'a ReplicaSet> + 'a,
+    uid: &'a str,
+    holder_uid: Option<&'a str>,
+) -> impl Iterator<Item = &'a ReplicaSet> + 'a {
+    sets.into_iter().filter(move |rs| {
+        let owner = controller_uid(rs);
+        owner == Some(uid) || (owner.is_some() && owner == holder_uid && lent(rs))
+    })
+}
+
+pub(super) fn lent(rs: &ReplicaSet) -> bool {
+    rs.annotations().contains_key(LENT_ANNOTATION)
+}
+
+pub(super) fn controller_uid(rs: &ReplicaSet) -> Option<&str> {
+    rs.metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.as_str())
+}
+
+pub(super) fn replicas(rs: &ReplicaSet) -> u32 {
+    rs.spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(0)
+        .max(0) as u32
+}
+
+pub(super) fn available(rs: &ReplicaSet) -> u32 {
+    rs.status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0)
+        .max(0) as u32
+}
+
+/// The version a pod template runs: its `rollgate.dev/version` annotation, else the image tag of
+/// the container (the named one, or the first).
+pub fn template_version(t: &PodTemplateSpec, container: Option<&str>) -> Option<String> {
+    if let Some(v) = t
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(VERSION_ANNOTATION))
+    {
+        return Some(v.clone());
+    }
+    let spec = t.spec.as_ref()?;
+    let c = match container {
+        Some(name) => spec.containers.iter().find(|c| c.name == name)?,
+        None => spec.containers.first()?,
+    };
+    image_tag(c.image.as_deref()?)
+}
+
+/// `registry:5000/web:1.2@sha256:...` is version `1.2`.
+pub fn image_tag(image: &str) -> Option<String> {
+    let image = image.split('@').next().unwrap_or(image);
+    let name = image.rsplit('/').next().unwrap_or(image);
+    name.split_once(':').map(|(_, tag)| tag.to_string())
+}
+
+pub(super) fn rs_version(rs: &ReplicaSet, container: Option<&str>) -> Option<String> {
+    template_version(&rs.spec.as_ref()?.template.clone()?, container)
+}
+
+pub(super) fn pod_version(p: &Pod, container: Option<&str>) -> Option<String> {
+    let t = PodTemplateSpec {
+        metadata: Some(p.metadata.clone()),
+        spec: p.spec.clone(),
+    };
+    template_version(&t, container).or_else(|| p.labels().get(HASH_LABEL).cloned())
+}
+
+/// Why a pod will not become available by waiting: it crashed, or its image cannot be pulled.
+pub fn pod_failure(p: &Pod) -> Option<String> {
+    let status = p.status.as_ref()?;
+    if status.phase.as_deref() == Some("Failed") {
+        return Some("phase Failed".into());
+    }
+    for c in status.container_statuses.iter().flatten() {
+        let waiting = c
+            .state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref())
+            .and_then(|w| w.reason.clone());
+        if let Some(reason) = &waiting
+            && matches!(
+                reason.as_str(),
+                "CrashLoopBackOff"
+                    | "ErrImagePull"
+                    | "ImagePullBackOff"
+                    | "InvalidImageName"
+                    | "CreateContainerConfigError"
+                    | "CreateContainerError"
+                    | "RunContainerError"
+            )
+        {
+            return Some(format!("container {} {reason}", c.name));
+        }
+        if c.restart_count > 0 {
+            return Some(format!(
+                "container {} restarted {} times",
+                c.name, c.restart_count
+            ));
+        }
+    }
+    None
+}
+
+impl Kubernetes {
+    /// The HorizontalPodAutoscaler (autoscaling/v2) that scales the Deployment, if any.
+    pub(super) async fn autoscaler(&self) -> Result<Option<String>> {
+        let hpas: Api<HorizontalPodAutoscaler> =
+            Api::namespaced(self.deployments.clone().into_client(), &self.spec.namespace);
+        let lp = ListParams::default();
+        let all = self
+            .reach
+            .call(|| hpas.list(&lp))
+            .await
+            .map_err(|e| self.fail("listing HorizontalPodAutoscalers", e))?;
+        Ok(all
+            .items
+            .into_iter()
+            .find(|h| {
+                h.spec.scale_target_ref.kind == "Deployment"
+                    && h.spec.scale_target_ref.name == self.name()
+            })
+            .map(|h| h.name_any()))
+    }
+
+    /// The Deployment's pod template as the cluster holds it; `None` when there is no Deployment.
+    pub async fn live_template(&self) -> Result<Option<PodTemplateSpec>> {
+        let d = self
+            .deployments
+            .get_opt(self.name())
+            .await
+            .map_err(|e| self.fail("reading it", e))?;
+        Ok(d.and_then(|d| d.spec).map(|s| s.template))
+    }
+
+    /// Starts the watches on first use and returns once both have listed.
+    pub(super) async fn cache(&self) -> Result<&Cache> {
+        self.cache
+            .get_or_try_init(|| async {
+                let d = self
+                    .reach
+                    .call(|| self.deployments.get(self.name()))
+                    .await
+                    .map_err(|e| self.fail("reading it", e))?;
+                let selector = self.selector_of(&d)?;
+                let config = watcher::Config::default().labels_from(&selector);
+                let (deployment, deployment_w) = reflector::store::<Deployment>();
+                let (sets, sets_w) = reflector::store::<ReplicaSet>();
+                let (pods, pods_w) = reflector::store::<Pod>();
+                let by_name =
+                    watcher::Config::default().fields(&format!("metadata.name={}", self.name()));
+                let deployment_events =
+                    reflector(deployment_w, watcher(self.deployments.clone(), by_name))
+                        .backoff(WatchRetry(RETRY_FIRST))
+                        .map(|e| e.map(drop))
+                        .boxed();
+                let set_events =
+                    reflector(sets_w, watcher(self.replica_sets.clone(), config.clone()))
+                        .backoff(WatchRetry(RETRY_FIRST))
+                        .map(|e| e.map(drop))
+                        .boxed();
+                let pod_events = reflector(pods_w, watcher(self.pods.clone(), config))
+                    .backoff(WatchRetry(RETRY_FIRST))
+                    .map(|e| e.map(drop))
+                    .boxed();
+                let (tx, changes) = tokio::sync::watch::channel(0u64);
+                let reach = self.reach.clone();
+                let task = tokio::spawn(async move {
+                    // An error is retried (the watcher lists again) after a backoff; the store
+                    // keeps the last full list meanwhile.
+                    let mut events = futures_util::stream::select_all([
+                        deployment_events,
+                        set_events,
+                        pod_events,
+                    ]);
+                    while let Some(event) = events.next().await {
+                        match event {
+                            Ok(()) => {
+                                reach.regained();
+                                tx.send_modify(|n| *n += 1);
+                            }
+                            Err(e) => reach.lost(&e),
+                        }
+                    }
+                });
+                let listed = async {
+                    deployment.wait_until_ready().await.ok();
+                    sets.wait_until_ready().await.ok();
+                    pods.wait_until_ready().await.ok();
+                };
+                tokio::time::timeout(Duration::from_secs(60), listed)
+                    .await
+                    .map_err(|_| self.fail("watching", "no list of ReplicaSets and pods in 60s"))?;
+                Ok(Cache {
+                    uid: d.metadata.uid.clone().unwrap_or_default(),
+                    deployment,
+                    sets,
+                    pods,
+                    changes,
+                    task,
+                })
+            })
+            .await
+    }
+
+    pub(super) async fn view(&self) -> Result<View> {
+        // The three reads go out together once the selector is known (it is immutable in
+        // apps/v1): one round trip instead of three.
+        let holder_name = self.holder_name();
+        let read = async {
+            self.reach
+                .call(|| self.deployments.get(self.name()))
+                .await
+                .map_err(|e| self.fail("reading it", e))
+        };
+        let read_holder = async {
+            self.reach
+                .call(|| self.config_maps.get_opt(&holder_name))
+                .await
+                .map_err(|e| self.fail("reading the rollout holder", e))
+        };
+        let list = |selector: Selector| async move {
+            let listed = ListParams::default().labels_from(&selector);
+            self.reach
+                .call(|| self.replica_sets.list(&listed))
+                .await
+                .map(|l| l.items)
+                .map_err(|e| self.fail("listing ReplicaSets", e))
+        };
+        let (deployment, holder, sets) = match self.selector.get() {
+            Some(selector) => futures_util::try_join!(read, read_holder, list(selector.clone()))?,
+            None => {
+                let (deployment, holder) = futures_util::try_join!(read, read_holder)?;
+                let sets = list(self.selector_of(&deployment)?).await?;
+                (deployment, holder, sets)
+            }
+        };
+        let uid = deployment.metadata.uid.clone().unwrap_or_default();
+        let selector = self.selector_of(&deployment)?;
+        Ok(View {
+            deployment,
+            uid,
+            selector,
+            holder,
+            sets,
+        })
+    }
+
+    /// The Deployment's selector, remembered for the next `view`.
+    pub(super) fn selector_of(&self, d: &Deployment) -> Result<Selector> {
+        let selector = d
+            .spec
+            .as_ref()
+            .map(|s| s.selector.clone())
+            .unwrap_or_default();
+        let selector = Selector::try_from(selector).map_err(|e| self.fail("its selector", e))?;
+        let _ = self.selector.set(selector.clone());
+        Ok(selector)
+    }
+
+    pub(super) fn n_of(d: &Deployment) -> u32 {
+        d.annotations()
+            .get(REPLICAS_ANNOTATION)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as u32)
+    }
+
+    /// Waits (by watch) until the Deployment reports its template rolled out at `n`, at
+    /// `generation` (the last write's) or later.
+    pub(super) async fn wait_rolled_out(
+        &self,
+        n: u32,
+        generation: Option<i64>,
+        deadline: Duration,
+    ) -> Result<()> {
+        let n = n as i32;
+        self.wait_status(deadline, "rolling out at N", move |d| {
+            let (Some(g), Some(s)) = (d.metadata.generation, d.status.as_ref()) else {
+                return false;
+            };
+            s.observed_generation >= Some(g)
+                && s.observed_generation >= generation
+                && s.updated_replicas.unwrap_or(0) == n
+                && s.replicas.unwrap_or(0) == n
+                && s.available_replicas.unwrap_or(0) == n
+        })
+        .await
+    }
+
+    /// Waits (by the run's watch) until the Deployment meets `cond`, at most `deadline`. The
+    /// watched copy may trail a write just made: `cond` compares generations with the write's.
+    pub(super) async fn wait_status(
+        &self,
+        deadline: Duration,
+        what: &str,
+        cond: impl Fn(&Deployment) -> bool + Send + 'static,
+    ) -> Result<()> {
+        let cache = self.cache().await?;
+        let mut changes = cache.changes.clone();
+        let done = async {
+            loop {
+                changes.borrow_and_update();
+                if cache.deployment.state().iter().any(|d| cond(d)) {
+                    return true;
+                }
+                if changes.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        match tokio::time::timeout(deadline, done).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.fail(what, "the watch ended")),
+            Err(_) => Err(self.fail(
+                what,
+                format!(
+                    "not done within {}s{}",
+                    deadline.as_secs(),
+                    self.outage_note()
+                ),
+            )),
+        }
+    }
+
+    /// Every pod of the Deployment, from the watched copy, with the version it runs.
+    pub(super) async fn instances_now(&self) -> Result<Vec<Instance>> {
+        let cache = self.cache().await?;
+        let mut installed: Vec<String> = cache
+            .sets
+            .state()
+            .iter()
+            .filter_map(|rs| rs_version(rs, self.container()))
+            .collect();
+        installed.sort();
+        installed.dedup();
+        let mut out: Vec<Instance> = cache
+            .pods
+            .state()
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| {
+                let version = pod_version(p, self.container());
+                Instance {
+                    name: p.name_any(),
+                    version: version.clone(),
+                    previous: None,
+                    installed: installed.clone(),
+                    running: version.into_iter().collect(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// One `runOn: cli` probe of a pod, at its IP from the watched copy.
+    pub(super) async fn probe_pod(&self, check: &Check, instance: &str) -> Probe {
+        if check.run_on != RunOn::Cli {
+            return Probe::Pass; // host-side checks need an agent; pods have none
+        }
+        // From the watched copy: no request, and no failed probe while the API server restarts.
+        let cache = match self.cache().await {
+            Ok(cache) => cache,
+            Err(e) => return Probe::Fail(format!("pod {instance}: {e}")),
+        };
+        let pod = cache
+            .pods
+            .state()
+            .into_iter()
+            .find(|p| p.name_any() == instance);
+        let Some(pod) = pod else {
+            return Probe::Fail(format!("pod {instance} is gone"));
+        };
+        let ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_default();
+        let fill = |s: &str| s.replace("{host}", &ip).replace("{instance}", instance);
+        crate::target::hosts::cli_probe(&self.http, check, &fill, check.timeout.0).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_tags() {
+        assert_eq!(image_tag("r/web:2").as_deref(), Some("2"));
+        assert_eq!(
+            image_tag("reg:5000/web:1.2@sha256:ab").as_deref(),
+            Some("1.2")
+        );
+        assert_eq!(image_tag("reg:5000/web"), None);
+    }
+}
