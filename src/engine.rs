@@ -1,6 +1,6 @@
 //! Runs a plan against a target, step by step: apply, wait ready, gate, advance; roll back on failure.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 mod announce;
 
@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use futures_util::future::join_all;
+use futures_util::future::{BoxFuture, join_all};
 
 use crate::health::run::until_verdict;
 use crate::health::{Gate, Verdict};
 use crate::plan::{Plan, Step, StepKind};
 use crate::spec::{AutoRollback, Check, Manifest, Strategy};
 use crate::state::{Actor, Control, Event, Journal, Outcome, Record, Store};
-use crate::target::{Change, Instance, Target};
+use crate::target::{Change, Instance, Report, Target, TargetError};
 
 /// How long a change waits for the cluster's journal (team state) to have it before it is made.
 const MIRROR_WAIT: Duration = Duration::from_secs(2);
@@ -30,6 +30,9 @@ pub enum EngineError {
     RollbackIncomplete { version: String, reason: String },
     #[error("{0}")]
     Unsupported(String),
+    /// A change could not be journaled before it was made: the run stops at once.
+    #[error("{0}")]
+    Journal(String),
     /// The app's Lease went to another machine (or could not be renewed): stop, change nothing.
     #[error("{0}")]
     LockLost(String),
@@ -93,6 +96,34 @@ pub struct Run<'a, T: Target> {
     pub background_done: Arc<std::sync::atomic::AtomicBool>,
     /// The in-cluster state of a Kubernetes target: its journal mirror and Lease.
     pub team: Option<&'a crate::state::lease::Session>,
+}
+
+impl<T: Target> Report for Run<'_, T> {
+    fn report(&self, change: Change) -> BoxFuture<'_, crate::target::Result<()>> {
+        Box::pin(self.journal_change(change))
+    }
+}
+
+/// Counts the instances a step changed successfully, from the target's own change reports (no
+/// extra round trip to every instance), and passes the reports on.
+struct Counting<'r> {
+    inner: &'r dyn Report,
+    ok: AtomicUsize,
+}
+
+impl Report for Counting<'_> {
+    fn report(&self, change: Change) -> BoxFuture<'_, crate::target::Result<()>> {
+        let ok = match &change {
+            Change::Changed { ok, .. } => usize::from(*ok),
+            Change::Many(all) => all
+                .iter()
+                .filter(|c| matches!(c, Change::Changed { ok: true, .. }))
+                .count(),
+            Change::Changing { .. } => 0,
+        };
+        self.ok.fetch_add(ok, Ordering::SeqCst);
+        self.inner.report(change)
+    }
 }
 
 /// Background analysis in flight: the first check to reach a verdict, with its name.
@@ -187,46 +218,36 @@ impl<T: Target> Run<'_, T> {
         Duration::from_secs(self.manifest.rollout.spec.progress_deadline_seconds)
     }
 
-    /// Journals a target's change report. Acting without a journal would leave instances the journal
-    /// does not know, so a failed write stops the process at once; `resume` reconciles.
-    fn sink(&self) -> impl Fn(Change) + Sync + '_ {
-        move |change| {
-            let mut events = Vec::new();
-            self.change_events(change, &mut events);
-            let written = self
-                .journal
-                .lock()
-                .expect("journal lock")
-                .append_all(events.iter().cloned());
-            if let Err(e) = written {
-                eprintln!("error: {}", error_chain(&e));
-                std::process::exit(1);
-            }
-            if let Some(team) = self.team {
-                team.changed();
-                // The cluster's journal learns of a change before the target makes it, so a
-                // machine that resumes after a crash knows every change this one began. The sink
-                // is synchronous: on a multi-thread runtime (the CLI's) wait for the mirror in
-                // place, for a moment only: with the API server away the change goes on (its own
-                // retries and deadline apply) and the mirror catches up, or the run stops at its
-                // next check.
-                if tokio::runtime::Handle::try_current()
-                    .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-                {
-                    tokio::task::block_in_place(|| {
-                        let _ = tokio::runtime::Handle::current()
-                            .block_on(tokio::time::timeout(MIRROR_WAIT, team.flush()));
-                    });
-                }
-            }
-            for event in events {
-                self.announce(&event);
-                (self.on_record)(&Record {
-                    at_ms: crate::state::now_ms(),
-                    event,
-                });
-            }
+    /// Journals a target's change report before the target acts on it (its [`Report`]). Acting without a journal
+    /// would leave instances the journal does not know, so a failed write is
+    /// [`TargetError::Journal`]: the target stops, and so does the run (`resume` reconciles).
+    async fn journal_change(&self, change: Change) -> crate::target::Result<()> {
+        let mut events = Vec::new();
+        self.change_events(change, &mut events);
+        let written = self
+            .journal
+            .lock()
+            .expect("journal lock")
+            .append_all(events.iter().cloned());
+        if let Err(e) = written {
+            return Err(TargetError::Journal(error_chain(&e)));
         }
+        if let Some(team) = self.team {
+            team.changed();
+            // The cluster's journal learns of a change before the target makes it, so a machine
+            // that resumes after a crash knows every change this one began. For a moment only:
+            // with the API server away the change goes on (its own retries and deadline apply)
+            // and the mirror catches up, or the run stops at its next check.
+            let _ = tokio::time::timeout(MIRROR_WAIT, team.flush()).await;
+        }
+        for event in events {
+            self.announce(&event);
+            (self.on_record)(&Record {
+                at_ms: crate::state::now_ms(),
+                event,
+            });
+        }
+        Ok(())
     }
 
     fn change_events(&self, change: Change, out: &mut Vec<Event>) {
@@ -516,22 +537,11 @@ impl<T: Target> Run<'_, T> {
                     // Blue-green keeps the old set this long after the switch: a switch back is instant.
                     self.hold(Duration::from_secs(delay)).await;
                 }
-                // Counted from the target's own change reports: no extra round trip to every instance.
-                let changes = std::sync::atomic::AtomicUsize::new(0);
+                let sink = Counting {
+                    inner: &*self,
+                    ok: AtomicUsize::new(0),
+                };
                 {
-                    let journal = self.sink();
-                    let sink = |c: Change| {
-                        let ok = match &c {
-                            Change::Changed { ok, .. } => usize::from(*ok),
-                            Change::Many(all) => all
-                                .iter()
-                                .filter(|c| matches!(c, Change::Changed { ok: true, .. }))
-                                .count(),
-                            Change::Changing { .. } => 0,
-                        };
-                        changes.fetch_add(ok, Ordering::SeqCst);
-                        journal(c);
-                    };
                     // progressDeadlineSeconds bounds the step: no progress by then fails it.
                     let deadline = self.deadline();
                     let scaled = tokio::time::timeout(
@@ -540,7 +550,10 @@ impl<T: Target> Run<'_, T> {
                     );
                     match scaled.await {
                         Ok(Ok(())) => {}
-                        Ok(Err(why)) => return Ok(StepResult::Failed(why)),
+                        Ok(Err(TargetError::Journal(why))) => {
+                            return Err(EngineError::Journal(why));
+                        }
+                        Ok(Err(why)) => return Ok(StepResult::Failed(error_chain(&why))),
                         Err(_) => {
                             return Ok(StepResult::Failed(format!(
                                 "no progress within progressDeadlineSeconds ({}s)",
@@ -549,7 +562,7 @@ impl<T: Target> Run<'_, T> {
                         }
                     }
                 }
-                let changed = changes.load(Ordering::SeqCst) > 0;
+                let changed = sink.ok.load(Ordering::SeqCst) > 0;
                 let min_ready = self.manifest.strategy.min_ready_seconds();
                 if min_ready > 0 && changed && !self.target.holds_min_ready() {
                     // minReadySeconds is a hold the user asked for, not a poll.
@@ -601,7 +614,10 @@ impl<T: Target> Run<'_, T> {
             }
             StepKind::Switch => match self.target.switch_traffic(self.version()).await {
                 Ok(()) => Ok(StepResult::Done),
-                Err(why) => Ok(StepResult::Failed(format!("traffic switch: {why}"))),
+                Err(why) => Ok(StepResult::Failed(format!(
+                    "traffic switch: {}",
+                    error_chain(&why)
+                ))),
             },
         }
     }
@@ -800,13 +816,15 @@ impl<T: Target> Run<'_, T> {
             reason: reason.to_string(),
             to: from.clone(),
         })?;
-        let sink = self.sink();
         self.target
-            .restore(&from, self.deadline(), &sink)
+            .restore(&from, self.deadline(), &*self)
             .await
-            .map_err(|reason| EngineError::RollbackIncomplete {
-                version: from.clone(),
-                reason,
+            .map_err(|e| match e {
+                TargetError::Journal(why) => EngineError::Journal(why),
+                e => EngineError::RollbackIncomplete {
+                    version: from.clone(),
+                    reason: error_chain(&e),
+                },
             })
     }
 }

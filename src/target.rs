@@ -47,8 +47,15 @@ pub enum Change {
     Many(Vec<Change>),
 }
 
-/// Where the target reports changes; the engine journals each one before returning.
-pub type Sink<'a> = &'a (dyn Fn(Change) + Sync);
+/// Where the target reports changes: the engine journals each one (and gives the cluster's copy of
+/// the journal a moment to have it) before the returned future completes. An error means the
+/// journal could not be written: the target must not make the change.
+pub type Sink<'a> = &'a dyn Report;
+
+/// The engine's side of [`Sink`].
+pub trait Report: Sync {
+    fn report(&self, change: Change) -> futures_util::future::BoxFuture<'_, Result<()>>;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -62,6 +69,12 @@ pub enum TargetError {
     Rejected { instance: String, message: String },
     #[error("target setup: {0}")]
     Setup(String),
+    /// A step or switch that did not complete, in the target's words.
+    #[error("{0}")]
+    Failed(String),
+    /// The engine could not journal a change: nothing more may change.
+    #[error("journal: {0}")]
+    Journal(String),
 }
 
 pub type Result<T, E = TargetError> = std::result::Result<T, E>;
@@ -161,19 +174,16 @@ pub trait Target: Sync {
         version: &str,
         deadline: Duration,
         sink: Sink<'_>,
-    ) -> impl Future<Output = std::result::Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Puts every instance back on `version` at once (a rollback from what is kept on disk).
     fn restore(
         &self,
         version: &str,
         deadline: Duration,
         sink: Sink<'_>,
-    ) -> impl Future<Output = std::result::Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Sends traffic to the instances running `version` (the blue-green switch).
-    fn switch_traffic(
-        &self,
-        version: &str,
-    ) -> impl Future<Output = std::result::Result<(), String>> + Send;
+    fn switch_traffic(&self, version: &str) -> impl Future<Output = Result<()>> + Send;
     /// One probe of `check` against `version` on `instance` (or from the CLI, for `runOn: cli`).
     fn probe(
         &self,
@@ -233,26 +243,21 @@ impl Target for AnyTarget {
         version: &str,
         deadline: Duration,
         sink: Sink<'_>,
-    ) -> std::result::Result<(), String> {
+    ) -> Result<()> {
         match self {
             AnyTarget::Hosts(t) => t.scale(step, version, deadline, sink).await,
             AnyTarget::Kubernetes(t) => t.scale(step, version, deadline, sink).await,
         }
     }
 
-    async fn restore(
-        &self,
-        version: &str,
-        deadline: Duration,
-        sink: Sink<'_>,
-    ) -> std::result::Result<(), String> {
+    async fn restore(&self, version: &str, deadline: Duration, sink: Sink<'_>) -> Result<()> {
         match self {
             AnyTarget::Hosts(t) => t.restore(version, deadline, sink).await,
             AnyTarget::Kubernetes(t) => t.restore(version, deadline, sink).await,
         }
     }
 
-    async fn switch_traffic(&self, version: &str) -> std::result::Result<(), String> {
+    async fn switch_traffic(&self, version: &str) -> Result<()> {
         match self {
             AnyTarget::Hosts(t) => t.switch_traffic(version).await,
             AnyTarget::Kubernetes(t) => t.switch_traffic(version).await,

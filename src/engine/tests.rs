@@ -46,30 +46,42 @@ impl Fleet {
         }
     }
 
-    fn set(&self, new: u32, version: &str, sink: Sink<'_>) {
-        let mut all = self.instances.lock().unwrap();
-        for (i, instance) in all.iter_mut().enumerate() {
+    async fn set(&self, new: u32, version: &str, sink: Sink<'_>) -> crate::target::Result<()> {
+        let names: Vec<String> = self
+            .instances
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|i| i.name.clone())
+            .collect();
+        for (i, name) in names.into_iter().enumerate() {
             let want = if (i as u32) < new {
                 version
             } else {
                 &self.from
             };
-            if instance.version.as_deref() == Some(want) {
+            if self.instances.lock().unwrap()[i].version.as_deref() == Some(want) {
                 continue;
             }
-            sink(Change::Changing {
-                instance: instance.name.clone(),
+            sink.report(Change::Changing {
+                instance: name.clone(),
                 version: want.to_string(),
-            });
-            instance.previous = instance.version.replace(want.to_string());
-            instance.running = vec![want.to_string()];
-            sink(Change::Changed {
-                instance: instance.name.clone(),
+            })
+            .await?;
+            {
+                let mut all = self.instances.lock().unwrap();
+                all[i].previous = all[i].version.replace(want.to_string());
+                all[i].running = vec![want.to_string()];
+            }
+            sink.report(Change::Changed {
+                instance: name,
                 version: want.to_string(),
                 ok: true,
                 detail: String::new(),
-            });
+            })
+            .await?;
         }
+        Ok(())
     }
 }
 
@@ -92,21 +104,19 @@ impl Target for Fleet {
         version: &str,
         _deadline: Duration,
         sink: Sink<'_>,
-    ) -> std::result::Result<(), String> {
-        self.set(step.new, version, sink);
-        Ok(())
+    ) -> crate::target::Result<()> {
+        self.set(step.new, version, sink).await
     }
     async fn restore(
         &self,
         version: &str,
         _deadline: Duration,
         sink: Sink<'_>,
-    ) -> std::result::Result<(), String> {
+    ) -> crate::target::Result<()> {
         let n = self.instances.lock().unwrap().len() as u32;
-        self.set(n, version, sink);
-        Ok(())
+        self.set(n, version, sink).await
     }
-    async fn switch_traffic(&self, _version: &str) -> std::result::Result<(), String> {
+    async fn switch_traffic(&self, _version: &str) -> crate::target::Result<()> {
         Ok(())
     }
     async fn probe(&self, _check: &Check, _instance: &str, _version: &str) -> Probe {

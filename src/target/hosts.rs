@@ -14,8 +14,7 @@ use crate::agent::api::{
 };
 use crate::agent::client::{AgentClient, ClientAuth};
 use crate::health::Probe;
-// The Kubernetes target probes `runOn: cli` checks through here too.
-pub use crate::health::run::cli_probe;
+use crate::health::run::cli_probe;
 use crate::plan::Step;
 use crate::spec::{AgentAuth, Check, HostsTarget, RunOn};
 
@@ -496,9 +495,9 @@ impl Hosts {
         version: &str,
         deadline: Duration,
         sink: Sink<'_>,
-    ) -> std::result::Result<(), String> {
+    ) -> Result<()> {
         // One journal flush for the whole wave, before any host is touched.
-        sink(Change::Many(
+        sink.report(Change::Many(
             hosts
                 .iter()
                 .map(|(h, _)| Change::Changing {
@@ -506,7 +505,8 @@ impl Hosts {
                     version: version.to_string(),
                 })
                 .collect(),
-        ));
+        ))
+        .await?;
         let salt = format!("{:x}", crate::state::now_ms());
         let calls = hosts.iter().map(|(name, want)| {
             let salt = salt.clone();
@@ -554,8 +554,8 @@ impl Hosts {
                 detail,
             });
         }
-        sink(Change::Many(changed));
-        failure.map_or(Ok(()), Err)
+        sink.report(Change::Many(changed)).await?;
+        failure.map_or(Ok(()), |why| Err(TargetError::Failed(why)))
     }
 
     /// Every host running `version`, as `ip:port` of the slot that runs it.
@@ -707,9 +707,9 @@ impl Target for Hosts {
         version: &str,
         deadline: Duration,
         sink: Sink<'_>,
-    ) -> std::result::Result<(), String> {
+    ) -> Result<()> {
         // The first `new` hosts in wave order run `version`; the last `old` hosts keep the old one.
-        let views = self.views().await.map_err(|e| crate::error_chain(&e))?;
+        let views = self.views().await?;
         let n = self.order.len();
         let running: usize = views.iter().map(|(_, v)| v.running().count()).sum();
         // Room for extra instances during the step (two slots per host): beyond it, stop old first.
@@ -745,12 +745,7 @@ impl Target for Hosts {
         Ok(())
     }
 
-    async fn restore(
-        &self,
-        version: &str,
-        deadline: Duration,
-        sink: Sink<'_>,
-    ) -> std::result::Result<(), String> {
+    async fn restore(&self, version: &str, deadline: Duration, sink: Sink<'_>) -> Result<()> {
         // Every reachable host is restored even when some are not; those are reported and fail the
         // restore, so the journal and `resume` know which hosts still need it.
         let mut unreachable = Vec::new();
@@ -772,16 +767,18 @@ impl Target for Hosts {
                 }
                 Err(e) => {
                     let detail = crate::error_chain(&e);
-                    sink(Change::Changing {
+                    sink.report(Change::Changing {
                         instance: name.clone(),
                         version: version.to_string(),
-                    });
-                    sink(Change::Changed {
+                    })
+                    .await?;
+                    sink.report(Change::Changed {
                         instance: name.clone(),
                         version: version.to_string(),
                         ok: false,
                         detail: detail.clone(),
-                    });
+                    })
+                    .await?;
                     unreachable.push(detail);
                 }
             }
@@ -790,7 +787,9 @@ impl Target for Hosts {
         let converged = self
             .converge_all(&back, &known, version, deadline, sink)
             .await;
-        self.call_switch_hook(version).await?;
+        self.call_switch_hook(version)
+            .await
+            .map_err(TargetError::Failed)?;
         let salt = format!("{:x}", crate::state::now_ms());
         for (name, view) in self.views_each(deadline).await {
             if let Ok(view) = view
@@ -798,20 +797,21 @@ impl Target for Hosts {
                 && view.runs_other(version)
             {
                 self.stop_others(&name, &view, version, deadline, &salt)
-                    .await
-                    .map_err(|e| crate::error_chain(&e))?;
+                    .await?;
             }
         }
         converged?;
         if unreachable.is_empty() {
             Ok(())
         } else {
-            Err(unreachable.join("; "))
+            Err(TargetError::Failed(unreachable.join("; ")))
         }
     }
 
-    async fn switch_traffic(&self, version: &str) -> std::result::Result<(), String> {
-        self.call_switch_hook(version).await
+    async fn switch_traffic(&self, version: &str) -> Result<()> {
+        self.call_switch_hook(version)
+            .await
+            .map_err(TargetError::Failed)
     }
 
     async fn probe(&self, check: &Check, instance: &str, version: &str) -> Probe {

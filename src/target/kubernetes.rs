@@ -189,20 +189,15 @@ impl Target for Kubernetes {
         version: &str,
         deadline: Duration,
         sink: Sink<'_>,
-    ) -> std::result::Result<(), String> {
+    ) -> Result<()> {
         self.scale_step(step, version, deadline, sink).await
     }
 
-    async fn restore(
-        &self,
-        version: &str,
-        deadline: Duration,
-        sink: Sink<'_>,
-    ) -> std::result::Result<(), String> {
+    async fn restore(&self, version: &str, deadline: Duration, sink: Sink<'_>) -> Result<()> {
         self.restore_stable(version, deadline, sink).await
     }
 
-    async fn switch_traffic(&self, version: &str) -> std::result::Result<(), String> {
+    async fn switch_traffic(&self, version: &str) -> Result<()> {
         self.switch_to(version).await
     }
 
