@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::engine::Interrupts;
 use crate::error_chain;
 use crate::spec::InputError;
 
@@ -28,6 +29,37 @@ pub fn run(cli: Cli) -> u8 {
             e.code()
         }
     }
+}
+
+/// Counts Ctrl-C / SIGTERM for a run: the first asks it to pause after the current step, the
+/// second exits at once (`resume` continues from the journal).
+pub(crate) fn install_interrupts() -> Interrupts {
+    let interrupts = Interrupts::default();
+    let handle = interrupts.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        loop {
+            #[cfg(unix)]
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            #[cfg(not(unix))]
+            let _ = tokio::signal::ctrl_c().await;
+            if handle.raise() >= 2 {
+                eprintln!(
+                    "second interrupt: stopping now; `rollgate resume` continues from the journal"
+                );
+                std::process::exit(i32::from(exit::INTERRUPTED));
+            }
+            eprintln!(
+                "interrupt: finishing the current step, then pausing (Ctrl-C again to stop at once)"
+            );
+        }
+    });
+    interrupts
 }
 
 /// Errors at the command line's edge, each with its exit code.

@@ -1,17 +1,17 @@
 //! Runs a plan against a target, step by step: apply, wait ready, gate, advance; roll back on failure.
 
+mod announce;
+mod gate;
+
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-mod announce;
-
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use futures_util::future::{BoxFuture, join_all};
+use futures_util::future::BoxFuture;
 
-use crate::health::run::until_verdict;
-use crate::health::{Gate, Verdict};
+use crate::health::Verdict;
 use crate::plan::{Plan, Step, StepKind};
 use crate::spec::{AutoRollback, Check, Manifest, Strategy};
 use crate::state::{Actor, Control, Event, Journal, Outcome, Record, Store};
@@ -637,97 +637,6 @@ impl<T: Target> Run<'_, T> {
         }
     }
 
-    /// Runs every check against every instance on the new version; all must pass.
-    async fn gate(&self, idx: usize, checks: &[Check]) -> Result<StepResult> {
-        if checks.is_empty() {
-            return Ok(StepResult::Done);
-        }
-        let version = self.version().to_string();
-        let instances: Vec<Instance> = self.target.instances().await?;
-        let on_new: Vec<String> = instances
-            .iter()
-            .filter(|i| i.serves(&version))
-            .map(|i| i.name.clone())
-            .collect();
-        for check in checks {
-            // A metric check measures the whole rollout once; a probe runs against each new instance.
-            let verdicts: Vec<(String, Verdict)> = if check.is_metric() {
-                let vars = self.metric_vars(&instances);
-                vec![(
-                    "the rollout".to_string(),
-                    crate::health::run::metric(&self.http, check, &vars).await,
-                )]
-            } else {
-                let target = self.target;
-                let version = version.as_str();
-                let runs = on_new.iter().map(|inst| async move {
-                    let probe = || target.probe(check, inst, version);
-                    let verdict = until_verdict(Gate::new(check), check, probe).await;
-                    (inst.clone(), verdict)
-                });
-                join_all(runs).await
-            };
-            for (inst, verdict) in verdicts {
-                let (passed, detail) = match &verdict {
-                    Verdict::Pass => (true, format!("on {inst}")),
-                    Verdict::Fail(why) | Verdict::Inconclusive(why) => {
-                        (false, format!("on {inst}: {why}"))
-                    }
-                    Verdict::Pending => (false, format!("on {inst}: no verdict")),
-                };
-                self.log(Event::Gate {
-                    rollout: self.rollout.clone(),
-                    step: idx,
-                    check: check.name.clone(),
-                    passed,
-                    detail: detail.clone(),
-                })?;
-                match verdict {
-                    Verdict::Pass => {}
-                    Verdict::Inconclusive(_) => {
-                        return Ok(StepResult::Pause(format!(
-                            "check {} is inconclusive {detail}: a person decides (promote or abort)",
-                            check.name
-                        )));
-                    }
-                    _ => {
-                        return Ok(StepResult::Failed(format!(
-                            "check {} failed {detail}",
-                            check.name
-                        )));
-                    }
-                }
-            }
-        }
-        Ok(StepResult::Done)
-    }
-
-    /// The variables a metric query may use.
-    fn metric_vars(&self, instances: &[Instance]) -> std::collections::BTreeMap<String, String> {
-        let version = self.version().to_string();
-        let stable = self.from.clone().unwrap_or_default();
-        let hosts: Vec<&str> = instances.iter().map(|i| i.name.as_str()).collect();
-        let mut vars: std::collections::BTreeMap<String, String> = [
-            ("app", self.app().to_string()),
-            ("version", version.clone()),
-            ("canary_version", version),
-            ("stable_version", stable),
-            // Empty unless the target names one: a query may use ${namespace} on any target.
-            ("namespace", String::new()),
-            ("hosts", hosts.join("|")),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        vars.extend(
-            self.target
-                .metric_labels()
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v)),
-        );
-        vars
-    }
-
     /// The first abort or pause request since the last look; promotions only cut timed pauses short.
     fn take_control(&mut self) -> Option<Control> {
         let controls = self.store.controls(self.app(), self.controls_seen);
@@ -753,9 +662,7 @@ impl<T: Target> Run<'_, T> {
                 })?;
                 Ok(RunOutcome::Paused(reason))
             }
-            Control::Promote { .. } | Control::Resume { .. } => {
-                Ok(RunOutcome::Paused("unexpected control".into()))
-            }
+            Control::Promote { .. } => Ok(RunOutcome::Paused("unexpected control".into())),
         }
     }
 

@@ -6,7 +6,7 @@ use crate::plan::Plan;
 use crate::spec::Manifest;
 use crate::state::lease::Session;
 use crate::state::mirror::{ClusterError, Remote};
-use crate::state::{Actor, Lock, RolloutSummary, StateError, Store, history};
+use crate::state::{Actor, Control, Lock, RolloutSummary, StateError, Store, history};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HoldError {
@@ -70,6 +70,15 @@ impl Env {
         Err(HoldError::Usage(format!(
             "{flag} applies to kubernetes targets: {app} targets hosts"
         )))
+    }
+
+    /// Hands a control request to the running rollout: through the cluster for a Kubernetes target
+    /// (it may run on another machine), else through the local state dir.
+    pub async fn send(&self, app: &str, remote: Option<&Remote>, control: &Control) -> Result<()> {
+        match remote {
+            Some(r) => Ok(r.send_control(control).await?),
+            None => Ok(self.store.send_control(app, control)?),
+        }
     }
 
     /// The cluster state of a manifest's app, for a Kubernetes target.

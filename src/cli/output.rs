@@ -2,8 +2,10 @@
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
+use std::time::Instant;
 
-use crate::cli::Progress;
+use crate::cli::{Progress, exit};
+use crate::engine::RunOutcome;
 use crate::state::{Event, Record};
 
 use crate::plan::{Plan, StepKind};
@@ -257,6 +259,37 @@ impl Reporter {
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+        }
+    }
+}
+
+/// Prints how a run ended and returns its exit code.
+pub fn outcome_code(outcome: &RunOutcome, app: &str, started: Instant) -> u8 {
+    let took = started.elapsed().as_secs_f64();
+    match outcome {
+        RunOutcome::Succeeded => {
+            println!("{app}: succeeded in {took:.1}s");
+            exit::OK
+        }
+        RunOutcome::RolledBack(why) => {
+            println!("{app}: rolled back in {took:.1}s: {why}");
+            exit::FAILED
+        }
+        RunOutcome::Failed(why) => {
+            println!("{app}: failed after {took:.1}s: {why}");
+            exit::FAILED
+        }
+        RunOutcome::Paused(why) => {
+            println!(
+                "{app}: paused: {why} (continue with `rollgate promote {app}`, or `rollgate abort {app}`)"
+            );
+            exit::PAUSED
+        }
+        RunOutcome::Interrupted => {
+            println!(
+                "{app}: interrupted; the rollout is paused (`rollgate resume {app}` continues)"
+            );
+            exit::INTERRUPTED
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::cli::{
     AppArgs, ApplyArgs, CliError, Command, Format, InputArgs, PkiCommand, PlanArgs, Progress,
     PromoteArgs, RollbackArgs, StatusArgs, exit, failed, output,
 };
-use crate::engine::{Course, Interrupts, Run, RunOutcome, current_version};
+use crate::engine::{Course, Run, current_version};
 use crate::error_chain;
 use crate::hold::{Env, Hold, ResumePoint, resume_point};
 use crate::kube::Kube;
@@ -222,7 +222,7 @@ async fn drive(
     let actor = Actor::from_env();
     let mut run =
         Run::new(target, m, &plan, store, id, from.clone(), &on_record).map_err(failed)?;
-    run.interrupts = install_interrupts();
+    run.interrupts = crate::cli::install_interrupts();
     run.team = held.team();
     let (step, course) = match start {
         Start::New { label } => {
@@ -253,66 +253,11 @@ async fn drive(
     };
     let outcome = run.execute(step, course).await;
     reporter.finish();
-    Ok(outcome_code(&outcome.map_err(failed)?, m.name(), started))
-}
-
-fn install_interrupts() -> Interrupts {
-    let interrupts = Interrupts::default();
-    let handle = interrupts.clone();
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        loop {
-            #[cfg(unix)]
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            #[cfg(not(unix))]
-            let _ = tokio::signal::ctrl_c().await;
-            if handle.raise() >= 2 {
-                eprintln!(
-                    "second interrupt: stopping now; `rollgate resume` continues from the journal"
-                );
-                std::process::exit(i32::from(exit::INTERRUPTED));
-            }
-            eprintln!(
-                "interrupt: finishing the current step, then pausing (Ctrl-C again to stop at once)"
-            );
-        }
-    });
-    interrupts
-}
-
-fn outcome_code(outcome: &RunOutcome, app: &str, started: Instant) -> u8 {
-    let took = started.elapsed().as_secs_f64();
-    match outcome {
-        RunOutcome::Succeeded => {
-            println!("{app}: succeeded in {took:.1}s");
-            exit::OK
-        }
-        RunOutcome::RolledBack(why) => {
-            println!("{app}: rolled back in {took:.1}s: {why}");
-            exit::FAILED
-        }
-        RunOutcome::Failed(why) => {
-            println!("{app}: failed after {took:.1}s: {why}");
-            exit::FAILED
-        }
-        RunOutcome::Paused(why) => {
-            println!(
-                "{app}: paused: {why} (continue with `rollgate promote {app}`, or `rollgate abort {app}`)"
-            );
-            exit::PAUSED
-        }
-        RunOutcome::Interrupted => {
-            println!(
-                "{app}: interrupted; the rollout is paused (`rollgate resume {app}` continues)"
-            );
-            exit::INTERRUPTED
-        }
-    }
+    Ok(output::outcome_code(
+        &outcome.map_err(failed)?,
+        m.name(),
+        started,
+    ))
 }
 
 async fn apply(args: &ApplyArgs, env: &Env) -> Result<u8, CliError> {
@@ -494,7 +439,7 @@ async fn resume_locked(
                 &on_record,
             )
             .map_err(failed)?;
-            run.interrupts = install_interrupts();
+            run.interrupts = crate::cli::install_interrupts();
             run.team = held.team();
             run.roll_back_and_finish(&reason, Outcome::RolledBack)
                 .await
@@ -525,8 +470,7 @@ async fn promote(args: &PromoteArgs, env: &Env) -> Result<u8, CliError> {
     let held = match Hold::take(&env.store, app, remote.as_ref()).await {
         Err(e) if e.is_locked() => {
             let actor = Actor::from_env();
-            send(
-                env,
+            env.send(
                 app,
                 remote.as_ref(),
                 &Control::Promote {
@@ -534,7 +478,8 @@ async fn promote(args: &PromoteArgs, env: &Env) -> Result<u8, CliError> {
                     full: args.full,
                 },
             )
-            .await?;
+            .await
+            .map_err(failed)?;
             println!("{app}: promotion sent to the running rollout");
             return Ok(exit::OK);
         }
@@ -582,27 +527,15 @@ async fn promote_locked(
     resume_locked(&args.app, Some(course), env, remote, held).await
 }
 
-/// Hands a control request to the running rollout: through the cluster for a Kubernetes target
-/// (it may run on another machine), else through the local state dir.
-async fn send(
-    env: &Env,
-    app: &str,
-    remote: Option<&Remote>,
-    control: &Control,
-) -> Result<(), CliError> {
-    match remote {
-        Some(r) => r.send_control(control).await.map_err(failed),
-        None => env.store.send_control(app, control).map_err(failed),
-    }
-}
-
 async fn control(
     args: &AppArgs,
     remote: Option<&Remote>,
     env: &Env,
     make: impl FnOnce(Actor) -> Control,
 ) -> Result<u8, CliError> {
-    send(env, &args.app, remote, &make(Actor::from_env())).await?;
+    env.send(&args.app, remote, &make(Actor::from_env()))
+        .await
+        .map_err(failed)?;
     println!(
         "{}: request sent; the running rollout acts on it after its current step",
         args.app

@@ -58,10 +58,7 @@ impl<T: Target> Run<'_, T> {
                 }));
             }
         }
-        let phase = serde_json::to_value(event)
-            .ok()
-            .and_then(|v| v["event"].as_str().map(String::from))
-            .unwrap_or_default();
+        let phase = event.kind();
         for hook in spec
             .webhooks
             .iter()
@@ -70,7 +67,7 @@ impl<T: Target> Run<'_, T> {
             let (http, hook, payload) = (
                 self.http.clone(),
                 hook.clone(),
-                self.payload(&phase, step, &reason),
+                self.payload(phase, step, &reason),
             );
             pending.push(tokio::spawn(async move {
                 if let Err(e) = crate::notify::call(&http, &hook, &payload).await {

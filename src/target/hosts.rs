@@ -1,11 +1,16 @@
 //! The host-fleet target: each host runs `rollgate-agent`; rollgate drives it over HTTPS.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use sha2::{Digest, Sha256};
+
+mod traffic;
+mod waves;
+
+use waves::split_by_zone_wants;
+pub use waves::{capacity, split_by_zone, wave_order};
 
 use super::{Change, Instance, Result, Sink, Target, TargetError};
 use crate::agent::api::{
@@ -48,8 +53,7 @@ fn request_id(kind: &str, service: &str, instance: &str, version: &str, salt: &s
 }
 
 impl Hosts {
-    /// Connects (lazily) to every host of `spec`; `rollout` salts request ids so retries of the same
-    /// rollout are idempotent and a new rollout is not mistaken for an old one.
+    /// Connects (lazily) to every host of `spec`, ordered for waves with `first_group` first.
     pub fn new(spec: &HostsTarget, first_group: Option<&str>) -> Result<Self> {
         let auth = client_auth(spec.auth.as_ref())?;
         let scheme = if auth.ca_pem.is_some() {
@@ -557,90 +561,6 @@ impl Hosts {
         sink.report(Change::Many(changed)).await?;
         failure.map_or(Ok(()), |why| Err(TargetError::Failed(why)))
     }
-
-    /// Every host running `version`, as `ip:port` of the slot that runs it.
-    async fn active_set(&self, version: &str) -> Result<Vec<(String, String)>> {
-        let mut out = Vec::new();
-        for (name, view) in self.views_each(Duration::from_secs(5)).await {
-            // An unreachable host is left out of the active set: the balancer must not send to it.
-            let Ok(view) = view else { continue };
-            if let Some(slot) = view.slot_running(version) {
-                let ip = self
-                    .address(&name)
-                    .rsplit_once(':')
-                    .map_or("", |(h, _)| h)
-                    .to_string();
-                out.push((name.clone(), format!("{ip}:{}", slot.port.unwrap_or(0))));
-            }
-        }
-        Ok(out)
-    }
-
-    async fn call_switch_hook(&self, version: &str) -> std::result::Result<(), String> {
-        let Some(hook) = &self.spec.traffic_switch else {
-            return Ok(());
-        };
-        let set = self
-            .active_set(version)
-            .await
-            .map_err(|e| crate::error_chain(&e))?;
-        let payload = serde_json::json!({
-            "service": self.service,
-            "version": version,
-            "active": set.iter().map(|(host, address)| serde_json::json!({"host": host, "address": address})).collect::<Vec<_>>(),
-        });
-        let addresses: Vec<&str> = set.iter().map(|(_, a)| a.as_str()).collect();
-        let timeout = hook.timeout.0;
-        if let Some(cmd) = &hook.command {
-            let mut child = tokio::process::Command::new(&cmd[0])
-                .args(&cmd[1..])
-                .env("ROLLGATE_ACTIVE", addresses.join(","))
-                .env("ROLLGATE_VERSION", version)
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| format!("{}: {e}", cmd[0]))?;
-            if let Some(mut stdin) = child.stdin.take() {
-                use tokio::io::AsyncWriteExt;
-                let _ = stdin.write_all(payload.to_string().as_bytes()).await;
-            }
-            let out = tokio::time::timeout(timeout, child.wait_with_output())
-                .await
-                .map_err(|_| format!("{}: no answer within {timeout:?}", cmd[0]))?
-                .map_err(|e| format!("{}: {e}", cmd[0]))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "{}: {}: {}",
-                    cmd[0],
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-            return Ok(());
-        }
-        if let Some(url) = &hook.webhook {
-            let mut last = String::new();
-            for attempt in 0..3 {
-                match self
-                    .http
-                    .post(url)
-                    .json(&payload)
-                    .timeout(timeout)
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status().is_success() => return Ok(()),
-                    Ok(r) => last = format!("{url}: status {}", r.status()),
-                    Err(e) => last = format!("{url}: {e}"),
-                }
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-            }
-            return Err(last);
-        }
-        Ok(())
-    }
 }
 
 fn client_auth(auth: Option<&AgentAuth>) -> Result<ClientAuth> {
@@ -869,87 +789,9 @@ impl Target for Hosts {
     }
 }
 
-/// Whether a fleet can start a version beside the running one: only with two slots per host.
-pub fn capacity(spec: &HostsTarget) -> crate::plan::Capacity {
-    if spec.slots_per_host >= 2 {
-        crate::plan::Capacity::TwoSlots
-    } else {
-        crate::plan::Capacity::InPlace
-    }
-}
-
-/// Orders hosts for waves: the first group's hosts first, then by the spread label, then by name.
-pub fn wave_order(spec: &HostsTarget, first_group: Option<&str>) -> Vec<String> {
-    let mut hosts: Vec<_> = spec.hosts.iter().collect();
-    let label = spec.spread_by.as_deref();
-    hosts.sort_by_key(|h| {
-        let in_first = first_group.is_some_and(|g| h.groups.iter().any(|x| x == g));
-        let zone = label
-            .and_then(|l| h.labels.get(l))
-            .cloned()
-            .unwrap_or_default();
-        (!in_first, zone, h.name.clone())
-    });
-    hosts.into_iter().map(|h| h.name.clone()).collect()
-}
-
-/// [`split_by_zone`] for hosts with what each must end with.
-fn split_by_zone_wants(spec: &HostsTarget, wave: &[(String, Want)]) -> Vec<Vec<(String, Want)>> {
-    let names: Vec<String> = wave.iter().map(|(n, _)| n.clone()).collect();
-    let mut rest = wave.iter();
-    split_by_zone(spec, &names)
-        .into_iter()
-        .map(|part| {
-            part.iter()
-                .map(|_| rest.next().expect("same hosts, same order").clone())
-                .collect()
-        })
-        .collect()
-}
-
-/// Splits a wave so that no part spans two values of the spread label: never down in two zones at once.
-pub fn split_by_zone(spec: &HostsTarget, wave: &[String]) -> Vec<Vec<String>> {
-    let Some(label) = spec.spread_by.as_deref() else {
-        return vec![wave.to_vec()];
-    };
-    let zone_of: HashMap<&str, &str> = spec
-        .hosts
-        .iter()
-        .map(|h| {
-            (
-                h.name.as_str(),
-                h.labels.get(label).map_or("", String::as_str),
-            )
-        })
-        .collect();
-    let mut parts: Vec<Vec<String>> = Vec::new();
-    let mut last_zone = None;
-    for host in wave {
-        let zone = zone_of.get(host.as_str()).copied();
-        if parts.is_empty() || zone != last_zone {
-            parts.push(Vec::new());
-            last_zone = zone;
-        }
-        parts.last_mut().expect("pushed above").push(host.clone());
-    }
-    parts
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fleet() -> HostsTarget {
-        serde_yaml::from_str(
-            "hosts:
-  - {name: h3, address: 'a:1', labels: {zone: b}}
-  - {name: h1, address: 'a:1', labels: {zone: a}}
-  - {name: h2, address: 'a:1', labels: {zone: a}, groups: [internal]}
-  - {name: h4, address: 'a:1', labels: {zone: b}, groups: [internal]}
-spreadBy: zone",
-        )
-        .unwrap()
-    }
 
     /// Regression: two apps rolled at once on one agent got `409 request_id_reused`, because the
     /// agent keeps request ids across services and the ids did not name the service.
@@ -958,27 +800,6 @@ spreadBy: zone",
         assert_ne!(
             request_id("activate0", "web", "h1", "2.0.0", "18f"),
             request_id("activate0", "api", "h1", "2.0.0", "18f")
-        );
-    }
-
-    #[test]
-    fn first_group_then_zones() {
-        assert_eq!(
-            wave_order(&fleet(), Some("internal")),
-            ["h2", "h4", "h1", "h3"]
-        );
-        assert_eq!(wave_order(&fleet(), None), ["h1", "h2", "h3", "h4"]);
-    }
-
-    #[test]
-    fn waves_never_span_two_zones() {
-        let parts = split_by_zone(&fleet(), &["h1".into(), "h2".into(), "h3".into()]);
-        assert_eq!(
-            parts,
-            vec![
-                vec!["h1".to_string(), "h2".to_string()],
-                vec!["h3".to_string()]
-            ]
         );
     }
 }
