@@ -211,15 +211,14 @@ impl Target for AnyTarget {
     fn holds_min_ready(&self) -> bool {
         match self {
             AnyTarget::Hosts(t) => t.holds_min_ready(),
-            // Kubernetes counts minReadySeconds in pod availability itself.
-            AnyTarget::Kubernetes(_) => true,
+            AnyTarget::Kubernetes(t) => t.holds_min_ready(),
         }
     }
 
     fn metric_labels(&self) -> Vec<(&'static str, String)> {
         match self {
             AnyTarget::Hosts(t) => t.metric_labels(),
-            AnyTarget::Kubernetes(t) => vec![("namespace", t.namespace().to_string())],
+            AnyTarget::Kubernetes(t) => t.metric_labels(),
         }
     }
 

@@ -171,6 +171,15 @@ impl Target for Kubernetes {
         crate::plan::Capacity::Elastic
     }
 
+    /// Kubernetes counts minReadySeconds in pod availability itself.
+    fn holds_min_ready(&self) -> bool {
+        true
+    }
+
+    fn metric_labels(&self) -> Vec<(&'static str, String)> {
+        vec![("namespace", self.namespace().to_string())]
+    }
+
     async fn instances(&self) -> Result<Vec<Instance>> {
         self.instances_now().await
     }
