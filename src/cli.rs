@@ -1,4 +1,4 @@
-//! Command-line arguments (clap). No I/O here: `run` executes, `output` prints.
+//! Command-line arguments (clap) and the dispatch to `run` (commands) and `demo`; `output` prints.
 
 pub mod demo;
 pub mod output;
@@ -8,6 +8,120 @@ pub mod security;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::engine::Interrupts;
+use crate::error_chain;
+use crate::spec::InputError;
+
+/// Runs a command and returns the process exit code. Errors are printed here.
+pub fn run(cli: Cli) -> u8 {
+    let result = match cli.command {
+        Command::Demo(args) => match tokio::runtime::Runtime::new() {
+            Ok(runtime) => runtime.block_on(demo::run(&args)),
+            Err(e) => Err(CliError::Failed(format!("starting a tokio runtime: {e}"))),
+        },
+        command => run::command(command, cli.context, cli.namespace),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.code()
+        }
+    }
+}
+
+/// Counts Ctrl-C / SIGTERM for a run: the first asks it to pause after the current step, the
+/// second exits at once (`resume` continues from the journal).
+pub(crate) fn install_interrupts() -> Interrupts {
+    let interrupts = Interrupts::default();
+    let handle = interrupts.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        loop {
+            #[cfg(unix)]
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            #[cfg(not(unix))]
+            let _ = tokio::signal::ctrl_c().await;
+            if handle.raise() >= 2 {
+                eprintln!(
+                    "second interrupt: stopping now; `rollgate resume` continues from the journal"
+                );
+                std::process::exit(i32::from(exit::INTERRUPTED));
+            }
+            eprintln!(
+                "interrupt: finishing the current step, then pausing (Ctrl-C again to stop at once)"
+            );
+        }
+    });
+    interrupts
+}
+
+/// Errors at the command line's edge, each with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    pub fn code(&self) -> u8 {
+        match self {
+            CliError::Input(_) => exit::INPUT,
+            CliError::Failed(_) => exit::FAILED,
+        }
+    }
+}
+
+/// A failure, printed with its sources.
+pub(crate) fn failed(e: impl std::error::Error) -> CliError {
+    CliError::Failed(error_chain(&e))
+}
+
+impl From<crate::target::TargetError> for CliError {
+    fn from(e: crate::target::TargetError) -> Self {
+        failed(e)
+    }
+}
+
+impl From<crate::kube::KubeError> for CliError {
+    /// An unknown `--context` is a usage error.
+    fn from(e: crate::kube::KubeError) -> Self {
+        match e {
+            crate::kube::KubeError::UnknownContext { .. } => {
+                InputError::general(e.to_string()).into()
+            }
+            e => failed(e),
+        }
+    }
+}
+
+impl From<crate::state::mirror::ClusterError> for CliError {
+    fn from(e: crate::state::mirror::ClusterError) -> Self {
+        match e {
+            crate::state::mirror::ClusterError::Kube(e) => e.into(),
+            e => failed(e),
+        }
+    }
+}
+
+impl From<crate::hold::HoldError> for CliError {
+    fn from(e: crate::hold::HoldError) -> Self {
+        match e {
+            crate::hold::HoldError::Usage(why) => InputError::general(why).into(),
+            crate::hold::HoldError::Kube(e) => e.into(),
+            crate::hold::HoldError::Cluster(e) => e.into(),
+            e => failed(e),
+        }
+    }
+}
 
 /// Exit codes, documented in the README.
 pub mod exit {

@@ -1,17 +1,21 @@
 //! Runs a plan against a target, step by step: apply, wait ready, gate, advance; roll back on failure.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+mod announce;
+mod gate;
+
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures_util::future::join_all;
+use tokio::time::Instant;
 
-use crate::health::metrics::{MetricGate, measure};
-use crate::health::{Gate, Verdict};
+use futures_util::future::BoxFuture;
+
+use crate::health::Verdict;
 use crate::plan::{Plan, Step, StepKind};
 use crate::spec::{AutoRollback, Check, Manifest, Strategy};
 use crate::state::{Actor, Control, Event, Journal, Outcome, Record, Store};
-use crate::target::{Change, Instance, Target};
+use crate::target::{Change, Instance, Report, Target, TargetError};
 
 /// How long a change waits for the cluster's journal (team state) to have it before it is made.
 const MIRROR_WAIT: Duration = Duration::from_secs(2);
@@ -26,6 +30,9 @@ pub enum EngineError {
     RollbackIncomplete { version: String, reason: String },
     #[error("{0}")]
     Unsupported(String),
+    /// A change could not be journaled before it was made: the run stops at once.
+    #[error("{0}")]
+    Journal(String),
     /// The app's Lease went to another machine (or could not be renewed): stop, change nothing.
     #[error("{0}")]
     LockLost(String),
@@ -43,6 +50,14 @@ pub enum RunOutcome {
     Paused(String),
     /// Ctrl-C: the current step finished and the rollout is paused.
     Interrupted,
+}
+
+/// How a run goes through the plan's steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Course {
+    StepByStep,
+    /// `promote --full`: straight to the last step (everything new).
+    StraightToLast,
 }
 
 /// Counts Ctrl-C / SIGTERM: the first asks to stop after the current step.
@@ -82,6 +97,37 @@ pub struct Run<'a, T: Target> {
     /// The in-cluster state of a Kubernetes target: its journal mirror and Lease.
     pub team: Option<&'a crate::state::lease::Session>,
 }
+
+impl<T: Target> Report for Run<'_, T> {
+    fn report(&self, change: Change) -> BoxFuture<'_, crate::target::Result<()>> {
+        Box::pin(self.journal_change(change))
+    }
+}
+
+/// Counts the instances a step changed successfully, from the target's own change reports (no
+/// extra round trip to every instance), and passes the reports on.
+struct Counting<'r> {
+    inner: &'r dyn Report,
+    ok: AtomicUsize,
+}
+
+impl Report for Counting<'_> {
+    fn report(&self, change: Change) -> BoxFuture<'_, crate::target::Result<()>> {
+        let ok = match &change {
+            Change::Changed { ok, .. } => usize::from(*ok),
+            Change::Many(all) => all
+                .iter()
+                .filter(|c| matches!(c, Change::Changed { ok: true, .. }))
+                .count(),
+            Change::Changing { .. } => 0,
+        };
+        self.ok.fetch_add(ok, Ordering::SeqCst);
+        self.inner.report(change)
+    }
+}
+
+/// Background analysis in flight: the first check to reach a verdict, with its name.
+type Background = tokio::task::JoinHandle<(String, Verdict)>;
 
 enum StepResult {
     Done,
@@ -160,106 +206,6 @@ impl<T: Target> Run<'_, T> {
         Ok(())
     }
 
-    fn payload(&self, phase: &str, step: Option<usize>, reason: &str) -> crate::notify::Payload {
-        crate::notify::Payload {
-            app: self.app().to_string(),
-            rollout: self.rollout.clone(),
-            phase: phase.to_string(),
-            from_version: self.from.clone(),
-            to_version: self.version().to_string(),
-            step,
-            reason: reason.to_string(),
-        }
-    }
-
-    /// Sends notifications and `event` webhooks for a journal event, in the background.
-    fn announce(&self, event: &Event) {
-        let spec = &self.manifest.rollout.spec;
-        if spec.notifications.is_empty() && spec.webhooks.is_empty() {
-            return;
-        }
-        let name = crate::notify::notification_event(event);
-        let (step, reason) = match event {
-            Event::StepDone { step, .. }
-            | Event::StepStarted { step, .. }
-            | Event::Gate { step, .. } => (Some(*step), String::new()),
-            Event::Paused { step, reason, .. } => (Some(*step), reason.clone()),
-            Event::RollbackStarted { reason, .. } => (None, reason.clone()),
-            Event::Finished { detail, .. } => (None, detail.clone()),
-            _ => (None, String::new()),
-        };
-        let mut pending = self.pending.lock().expect("pending lock");
-        if let Some(name) = name {
-            let payload = self.payload(name, step, &reason);
-            for n in spec
-                .notifications
-                .iter()
-                .filter(|n| n.events.is_empty() || n.events.iter().any(|e| e == name))
-            {
-                let (http, n, payload) = (self.http.clone(), n.clone(), payload.clone());
-                pending.push(tokio::spawn(async move {
-                    if let Err(e) = crate::notify::notify(&http, &n, name, &payload).await {
-                        eprintln!("warning: {e}");
-                    }
-                }));
-            }
-        }
-        let phase = serde_json::to_value(event)
-            .ok()
-            .and_then(|v| v["event"].as_str().map(String::from))
-            .unwrap_or_default();
-        for hook in spec
-            .webhooks
-            .iter()
-            .filter(|h| h.hook_type == crate::spec::HookType::Event)
-        {
-            let (http, hook, payload) = (
-                self.http.clone(),
-                hook.clone(),
-                self.payload(&phase, step, &reason),
-            );
-            pending.push(tokio::spawn(async move {
-                if let Err(e) = crate::notify::call(&http, &hook, &payload).await {
-                    eprintln!("warning: {e}");
-                }
-            }));
-        }
-    }
-
-    /// Calls the webhooks of one type in order; the first that does not answer 2xx is the error.
-    pub async fn hooks(
-        &self,
-        kind: crate::spec::HookType,
-        step: Option<usize>,
-        reason: &str,
-    ) -> std::result::Result<(), String> {
-        let phase = crate::notify::hook_type_name(kind);
-        for hook in self
-            .manifest
-            .rollout
-            .spec
-            .webhooks
-            .iter()
-            .filter(|h| h.hook_type == kind)
-        {
-            crate::notify::call(&self.http, hook, &self.payload(phase, step, reason)).await?;
-        }
-        Ok(())
-    }
-
-    /// Waits (bounded) for notifications still in flight.
-    pub async fn drain(&self) {
-        let pending: Vec<_> = std::mem::take(&mut *self.pending.lock().expect("pending lock"));
-        if tokio::time::timeout(Duration::from_secs(10), join_all(pending))
-            .await
-            .is_err()
-        {
-            eprintln!(
-                "warning: some notifications were still in flight after 10s and were dropped"
-            );
-        }
-    }
-
     fn app(&self) -> &str {
         self.manifest.name()
     }
@@ -272,46 +218,36 @@ impl<T: Target> Run<'_, T> {
         Duration::from_secs(self.manifest.rollout.spec.progress_deadline_seconds)
     }
 
-    /// Journals a target's change report. Acting without a journal would leave instances the journal
-    /// does not know, so a failed write stops the process at once; `resume` reconciles.
-    fn sink(&self) -> impl Fn(Change) + Sync + '_ {
-        move |change| {
-            let mut events = Vec::new();
-            self.change_events(change, &mut events);
-            let written = self
-                .journal
-                .lock()
-                .expect("journal lock")
-                .append_all(events.iter().cloned());
-            if let Err(e) = written {
-                eprintln!("error: {}", error_chain(&e));
-                std::process::exit(1);
-            }
-            if let Some(team) = self.team {
-                team.changed();
-                // The cluster's journal learns of a change before the target makes it, so a
-                // machine that resumes after a crash knows every change this one began. The sink
-                // is synchronous: on a multi-thread runtime (the CLI's) wait for the mirror in
-                // place, for a moment only: with the API server away the change goes on (its own
-                // retries and deadline apply) and the mirror catches up, or the run stops at its
-                // next check.
-                if tokio::runtime::Handle::try_current()
-                    .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-                {
-                    tokio::task::block_in_place(|| {
-                        let _ = tokio::runtime::Handle::current()
-                            .block_on(tokio::time::timeout(MIRROR_WAIT, team.flush()));
-                    });
-                }
-            }
-            for event in events {
-                self.announce(&event);
-                (self.on_record)(&Record {
-                    at_ms: crate::state::now_ms(),
-                    event,
-                });
-            }
+    /// Journals a target's change report before the target acts on it (its [`Report`]). Acting without a journal
+    /// would leave instances the journal does not know, so a failed write is
+    /// [`TargetError::Journal`]: the target stops, and so does the run (`resume` reconciles).
+    async fn journal_change(&self, change: Change) -> crate::target::Result<()> {
+        let mut events = Vec::new();
+        self.change_events(change, &mut events);
+        let written = self
+            .journal
+            .lock()
+            .expect("journal lock")
+            .append_all(events.iter().cloned());
+        if let Err(e) = written {
+            return Err(TargetError::Journal(error_chain(&e)));
         }
+        if let Some(team) = self.team {
+            team.changed();
+            // The cluster's journal learns of a change before the target makes it, so a machine
+            // that resumes after a crash knows every change this one began. For a moment only:
+            // with the API server away the change goes on (its own retries and deadline apply)
+            // and the mirror catches up, or the run stops at its next check.
+            let _ = tokio::time::timeout(MIRROR_WAIT, team.flush()).await;
+        }
+        for event in events {
+            self.announce(&event);
+            (self.on_record)(&Record {
+                at_ms: crate::state::now_ms(),
+                event,
+            });
+        }
+        Ok(())
     }
 
     fn change_events(&self, change: Change, out: &mut Vec<Event>) {
@@ -344,9 +280,9 @@ impl<T: Target> Run<'_, T> {
     }
 
     /// Runs steps `from_step..`; a step is journaled as started before it acts and done after.
-    /// With `full`, it goes straight to the last step (everything new).
-    pub async fn execute(&mut self, from_step: usize, full: bool) -> Result<RunOutcome> {
-        let outcome = self.execute_steps(from_step, full).await;
+    /// With [`Course::StraightToLast`], it goes straight to the last step (everything new).
+    pub async fn execute(&mut self, from_step: usize, course: Course) -> Result<RunOutcome> {
+        let outcome = self.execute_steps(from_step, course).await;
         let outcome = match outcome {
             Ok(o) => self.checkpoint().await.map(|()| o),
             Err(e) => Err(e),
@@ -392,11 +328,11 @@ impl<T: Target> Run<'_, T> {
         Some((start, checks))
     }
 
-    async fn execute_steps(&mut self, from_step: usize, full: bool) -> Result<RunOutcome> {
+    async fn execute_steps(&mut self, from_step: usize, course: Course) -> Result<RunOutcome> {
         let background = self.background_plan();
-        let mut running: Option<tokio::task::JoinHandle<(String, Verdict)>> = None;
+        let mut running: Option<Background> = None;
         let outcome = self
-            .execute_with_background(from_step, full, background.as_ref(), &mut running)
+            .execute_with_background(from_step, course, background.as_ref(), &mut running)
             .await;
         if let Some(task) = running {
             task.abort();
@@ -407,16 +343,16 @@ impl<T: Target> Run<'_, T> {
     async fn execute_with_background(
         &mut self,
         from_step: usize,
-        full: bool,
+        course: Course,
         background: Option<&(usize, Vec<Check>)>,
-        running: &mut Option<tokio::task::JoinHandle<(String, Verdict)>>,
+        running: &mut Option<Background>,
     ) -> Result<RunOutcome> {
         let version = self.version().to_string();
         // Stage everywhere ahead of the waves: staging never touches what runs. A failure leaves
         // the rollout unfinished and changes nothing, so `resume` can stage again.
         self.target.prepare(&version).await?;
         let steps = self.plan.steps.clone();
-        let mut i = if full {
+        let mut i = if course == Course::StraightToLast {
             steps.len().saturating_sub(1).max(from_step)
         } else {
             from_step
@@ -426,94 +362,21 @@ impl<T: Target> Run<'_, T> {
                 && i >= *start
                 && running.is_none()
             {
-                let vars = self.metric_vars(&self.target.instances().await?);
-                let (http, checks, done) = (
-                    self.http.clone(),
-                    checks.clone(),
-                    self.background_done.clone(),
-                );
-                *running = Some(tokio::spawn(async move {
-                    let verdict = run_background(&http, &checks, &vars).await;
-                    done.store(true, Ordering::SeqCst);
-                    verdict
-                }));
+                *running = Some(self.start_background(checks.clone()).await?);
             }
             if let Some(task) = running.as_mut()
                 && task.is_finished()
             {
-                let (name, verdict) = task.await.unwrap_or_else(|e| {
+                let verdict = task.await.unwrap_or_else(|e| {
                     ("background analysis".into(), Verdict::Fail(e.to_string()))
                 });
                 *running = None;
-                let detail = match &verdict {
-                    Verdict::Fail(why) | Verdict::Inconclusive(why) => why.clone(),
-                    _ => String::new(),
-                };
-                self.log(Event::Gate {
-                    rollout: self.rollout.clone(),
-                    step: i,
-                    check: name.clone(),
-                    passed: false,
-                    detail: format!("in the background: {detail}"),
-                })?;
-                if matches!(verdict, Verdict::Inconclusive(_)) {
-                    let reason = format!(
-                        "background check {name} is inconclusive: {detail}: a person decides (promote or abort)"
-                    );
-                    self.log(Event::Paused {
-                        rollout: self.rollout.clone(),
-                        step: i,
-                        reason: reason.clone(),
-                    })?;
-                    return Ok(RunOutcome::Paused(reason));
-                }
-                return self
-                    .on_failure(i, format!("background check {name} failed: {detail}"))
-                    .await;
+                return self.background_ended(i, verdict).await;
             }
-            self.checkpoint().await?;
-            if let Some(control) = self.take_control() {
-                return self.finish_control(control, i).await;
-            }
-            if self.interrupts.count() > 0 {
-                self.log(Event::Paused {
-                    rollout: self.rollout.clone(),
-                    step: i,
-                    reason: "interrupted (Ctrl-C)".into(),
-                })?;
-                return Ok(RunOutcome::Interrupted);
+            if let Some(outcome) = self.before_step(i, &steps).await? {
+                return Ok(outcome);
             }
             let step = &steps[i];
-            if i == 0
-                && let Err(why) = self
-                    .hooks(crate::spec::HookType::PreRollout, Some(0), "")
-                    .await
-            {
-                self.log(Event::Finished {
-                    rollout: self.rollout.clone(),
-                    outcome: Outcome::Failed,
-                    detail: why.clone(),
-                })?;
-                return Ok(RunOutcome::Failed(why));
-            }
-            // Going to everyone: the blue-green switch, or a canary's last step.
-            let promotion = step.kind == StepKind::Switch
-                || (i > 0
-                    && i + 1 == steps.len()
-                    && matches!(self.manifest.strategy, Strategy::Canary(_)));
-            if promotion
-                && let Err(why) = self
-                    .hooks(crate::spec::HookType::ConfirmPromotion, Some(i), "")
-                    .await
-            {
-                let reason = format!("promotion not confirmed: {why}");
-                self.log(Event::Paused {
-                    rollout: self.rollout.clone(),
-                    step: i,
-                    reason: reason.clone(),
-                })?;
-                return Ok(RunOutcome::Paused(reason));
-            }
             self.log(Event::StepStarted {
                 rollout: self.rollout.clone(),
                 step: i,
@@ -523,25 +386,7 @@ impl<T: Target> Run<'_, T> {
             // Another machine sees that this step began before anything of it changes.
             self.checkpoint().await?;
             let started = Instant::now();
-            // A target error inside a step (an agent that stopped answering) fails the step, so
-            // `rollback.auto` handles it like any other failure.
-            // A run whose Lease is gone stops mid-step at once, even while nothing happens.
-            let team = self.team;
-            let stepped = match team {
-                Some(team) => tokio::select! {
-                    r = self.run_step(i, step) => r,
-                    why = team.wait_lost() => Err(EngineError::LockLost(why)),
-                },
-                None => self.run_step(i, step).await,
-            };
-            let result = match stepped {
-                Ok(r) => r,
-                Err(EngineError::Target(e)) => StepResult::Failed(error_chain(&e)),
-                Err(e) => return Err(e),
-            };
-            // A step cut short by a refused write is no failure of the new version.
-            self.still_held()?;
-            match result {
+            match self.run_step_held(i, step).await? {
                 StepResult::Done => {
                     self.log(Event::StepDone {
                         rollout: self.rollout.clone(),
@@ -569,6 +414,121 @@ impl<T: Target> Run<'_, T> {
         Ok(RunOutcome::Succeeded)
     }
 
+    /// Starts background analysis of `checks`; it sets `background_done` when it has a verdict.
+    async fn start_background(&self, checks: Vec<Check>) -> Result<Background> {
+        let vars = self.metric_vars(&self.target.instances().await?);
+        let (http, done) = (self.http.clone(), self.background_done.clone());
+        Ok(tokio::spawn(async move {
+            let verdict = crate::health::run::background(&http, &checks, &vars).await;
+            done.store(true, Ordering::SeqCst);
+            verdict
+        }))
+    }
+
+    /// Background analysis reached a verdict at step `i`: an inconclusive one pauses, a failure
+    /// fails the rollout.
+    async fn background_ended(
+        &mut self,
+        i: usize,
+        (name, verdict): (String, Verdict),
+    ) -> Result<RunOutcome> {
+        let detail = match &verdict {
+            Verdict::Fail(why) | Verdict::Inconclusive(why) => why.clone(),
+            _ => String::new(),
+        };
+        self.log(Event::Gate {
+            rollout: self.rollout.clone(),
+            step: i,
+            check: name.clone(),
+            passed: false,
+            detail: format!("in the background: {detail}"),
+        })?;
+        if matches!(verdict, Verdict::Inconclusive(_)) {
+            let reason = format!(
+                "background check {name} is inconclusive: {detail}: a person decides (promote or abort)"
+            );
+            self.log(Event::Paused {
+                rollout: self.rollout.clone(),
+                step: i,
+                reason: reason.clone(),
+            })?;
+            return Ok(RunOutcome::Paused(reason));
+        }
+        self.on_failure(i, format!("background check {name} failed: {detail}"))
+            .await
+    }
+
+    /// What stops a run before step `i` begins: a lost Lease, a control request, Ctrl-C, or a
+    /// webhook that says no (`pre-rollout` before the first step, `confirm-promotion` before going
+    /// to everyone).
+    async fn before_step(&mut self, i: usize, steps: &[Step]) -> Result<Option<RunOutcome>> {
+        self.checkpoint().await?;
+        if let Some(control) = self.take_control() {
+            return self.finish_control(control, i).await.map(Some);
+        }
+        if self.interrupts.count() > 0 {
+            self.log(Event::Paused {
+                rollout: self.rollout.clone(),
+                step: i,
+                reason: "interrupted (Ctrl-C)".into(),
+            })?;
+            return Ok(Some(RunOutcome::Interrupted));
+        }
+        if i == 0
+            && let Err(why) = self
+                .hooks(crate::spec::HookType::PreRollout, Some(0), "")
+                .await
+        {
+            self.log(Event::Finished {
+                rollout: self.rollout.clone(),
+                outcome: Outcome::Failed,
+                detail: why.clone(),
+            })?;
+            return Ok(Some(RunOutcome::Failed(why)));
+        }
+        // Going to everyone: the blue-green switch, or a canary's last step.
+        let promotion = steps[i].kind == StepKind::Switch
+            || (i > 0
+                && i + 1 == steps.len()
+                && matches!(self.manifest.strategy, Strategy::Canary(_)));
+        if promotion
+            && let Err(why) = self
+                .hooks(crate::spec::HookType::ConfirmPromotion, Some(i), "")
+                .await
+        {
+            let reason = format!("promotion not confirmed: {why}");
+            self.log(Event::Paused {
+                rollout: self.rollout.clone(),
+                step: i,
+                reason: reason.clone(),
+            })?;
+            return Ok(Some(RunOutcome::Paused(reason)));
+        }
+        Ok(None)
+    }
+
+    /// Runs step `i` while the app's Lease holds: a run whose Lease is gone stops mid-step at
+    /// once, even while nothing happens. A target error inside a step (an agent that stopped
+    /// answering) fails the step, so `rollback.auto` handles it like any other failure.
+    async fn run_step_held(&mut self, i: usize, step: &Step) -> Result<StepResult> {
+        let team = self.team;
+        let stepped = match team {
+            Some(team) => tokio::select! {
+                r = self.run_step(i, step) => r,
+                why = team.wait_lost() => Err(EngineError::LockLost(why)),
+            },
+            None => self.run_step(i, step).await,
+        };
+        let result = match stepped {
+            Ok(r) => r,
+            Err(EngineError::Target(e)) => StepResult::Failed(error_chain(&e)),
+            Err(e) => return Err(e),
+        };
+        // A step cut short by a refused write is no failure of the new version.
+        self.still_held()?;
+        Ok(result)
+    }
+
     async fn run_step(&mut self, idx: usize, step: &Step) -> Result<StepResult> {
         match step.kind {
             StepKind::Scale => {
@@ -577,22 +537,11 @@ impl<T: Target> Run<'_, T> {
                     // Blue-green keeps the old set this long after the switch: a switch back is instant.
                     self.hold(Duration::from_secs(delay)).await;
                 }
-                // Counted from the target's own change reports: no extra round trip to every instance.
-                let changes = std::sync::atomic::AtomicUsize::new(0);
+                let sink = Counting {
+                    inner: &*self,
+                    ok: AtomicUsize::new(0),
+                };
                 {
-                    let journal = self.sink();
-                    let sink = |c: Change| {
-                        let ok = match &c {
-                            Change::Changed { ok, .. } => usize::from(*ok),
-                            Change::Many(all) => all
-                                .iter()
-                                .filter(|c| matches!(c, Change::Changed { ok: true, .. }))
-                                .count(),
-                            Change::Changing { .. } => 0,
-                        };
-                        changes.fetch_add(ok, Ordering::SeqCst);
-                        journal(c);
-                    };
                     // progressDeadlineSeconds bounds the step: no progress by then fails it.
                     let deadline = self.deadline();
                     let scaled = tokio::time::timeout(
@@ -601,7 +550,10 @@ impl<T: Target> Run<'_, T> {
                     );
                     match scaled.await {
                         Ok(Ok(())) => {}
-                        Ok(Err(why)) => return Ok(StepResult::Failed(why)),
+                        Ok(Err(TargetError::Journal(why))) => {
+                            return Err(EngineError::Journal(why));
+                        }
+                        Ok(Err(why)) => return Ok(StepResult::Failed(error_chain(&why))),
                         Err(_) => {
                             return Ok(StepResult::Failed(format!(
                                 "no progress within progressDeadlineSeconds ({}s)",
@@ -610,11 +562,9 @@ impl<T: Target> Run<'_, T> {
                         }
                     }
                 }
-                let changed = changes.load(Ordering::SeqCst) > 0;
-                let min_ready = min_ready_seconds(&self.manifest.strategy);
-                // Kubernetes counts minReadySeconds in pod availability itself; hosts need the hold.
-                let held_by_target = self.manifest.rollout.spec.target.kubernetes.is_some();
-                if min_ready > 0 && changed && !held_by_target {
+                let changed = sink.ok.load(Ordering::SeqCst) > 0;
+                let min_ready = self.manifest.strategy.min_ready_seconds();
+                if min_ready > 0 && changed && !self.target.holds_min_ready() {
                     // minReadySeconds is a hold the user asked for, not a poll.
                     tokio::time::sleep(Duration::from_secs(min_ready)).await;
                 }
@@ -664,7 +614,10 @@ impl<T: Target> Run<'_, T> {
             }
             StepKind::Switch => match self.target.switch_traffic(self.version()).await {
                 Ok(()) => Ok(StepResult::Done),
-                Err(why) => Ok(StepResult::Failed(format!("traffic switch: {why}"))),
+                Err(why) => Ok(StepResult::Failed(format!(
+                    "traffic switch: {}",
+                    error_chain(&why)
+                ))),
             },
         }
     }
@@ -684,96 +637,6 @@ impl<T: Target> Run<'_, T> {
         }
     }
 
-    /// Runs every check against every instance on the new version; all must pass.
-    async fn gate(&self, idx: usize, checks: &[Check]) -> Result<StepResult> {
-        if checks.is_empty() {
-            return Ok(StepResult::Done);
-        }
-        let version = self.version().to_string();
-        let instances: Vec<Instance> = self.target.instances().await?;
-        let on_new: Vec<String> = instances
-            .iter()
-            .filter(|i| i.serves(&version))
-            .map(|i| i.name.clone())
-            .collect();
-        for check in checks {
-            // A metric check measures the whole rollout once; a probe runs against each new instance.
-            let verdicts: Vec<(String, Verdict)> = if check.is_metric() {
-                let vars = self.metric_vars(&instances);
-                vec![(
-                    "the rollout".to_string(),
-                    run_metric_gate(&self.http, check, &vars).await,
-                )]
-            } else {
-                let target = self.target;
-                let version = version.as_str();
-                let runs = on_new.iter().map(|inst| async move {
-                    (inst.clone(), run_gate(target, check, inst, version).await)
-                });
-                join_all(runs).await
-            };
-            for (inst, verdict) in verdicts {
-                let (passed, detail) = match &verdict {
-                    Verdict::Pass => (true, format!("on {inst}")),
-                    Verdict::Fail(why) | Verdict::Inconclusive(why) => {
-                        (false, format!("on {inst}: {why}"))
-                    }
-                    Verdict::Pending => (false, format!("on {inst}: no verdict")),
-                };
-                self.log(Event::Gate {
-                    rollout: self.rollout.clone(),
-                    step: idx,
-                    check: check.name.clone(),
-                    passed,
-                    detail: detail.clone(),
-                })?;
-                match verdict {
-                    Verdict::Pass => {}
-                    Verdict::Inconclusive(_) => {
-                        return Ok(StepResult::Pause(format!(
-                            "check {} is inconclusive {detail}: a person decides (promote or abort)",
-                            check.name
-                        )));
-                    }
-                    _ => {
-                        return Ok(StepResult::Failed(format!(
-                            "check {} failed {detail}",
-                            check.name
-                        )));
-                    }
-                }
-            }
-        }
-        Ok(StepResult::Done)
-    }
-
-    /// The variables a metric query may use.
-    fn metric_vars(&self, instances: &[Instance]) -> std::collections::BTreeMap<String, String> {
-        let version = self.version().to_string();
-        let stable = self.from.clone().unwrap_or_default();
-        let hosts: Vec<&str> = instances.iter().map(|i| i.name.as_str()).collect();
-        let namespace = self
-            .manifest
-            .rollout
-            .spec
-            .target
-            .kubernetes
-            .as_ref()
-            .map(|k| k.namespace.clone())
-            .unwrap_or_default();
-        [
-            ("app", self.app().to_string()),
-            ("version", version.clone()),
-            ("canary_version", version),
-            ("stable_version", stable),
-            ("namespace", namespace),
-            ("hosts", hosts.join("|")),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
-    }
-
     /// The first abort or pause request since the last look; promotions only cut timed pauses short.
     fn take_control(&mut self) -> Option<Control> {
         let controls = self.store.controls(self.app(), self.controls_seen);
@@ -787,12 +650,7 @@ impl<T: Target> Run<'_, T> {
         match control {
             Control::Abort { actor } => {
                 let reason = format!("aborted by {actor}");
-                self.rollback(&reason).await?;
-                self.log(Event::Finished {
-                    rollout: self.rollout.clone(),
-                    outcome: Outcome::Aborted,
-                    detail: reason.clone(),
-                })?;
+                self.roll_back_and_finish(&reason, Outcome::Aborted).await?;
                 Ok(RunOutcome::RolledBack(reason))
             }
             Control::Pause { actor } => {
@@ -804,21 +662,15 @@ impl<T: Target> Run<'_, T> {
                 })?;
                 Ok(RunOutcome::Paused(reason))
             }
-            Control::Promote { .. } | Control::Resume { .. } => {
-                Ok(RunOutcome::Paused("unexpected control".into()))
-            }
+            Control::Promote { .. } => Ok(RunOutcome::Paused("unexpected control".into())),
         }
     }
 
     async fn on_failure(&mut self, step: usize, reason: String) -> Result<RunOutcome> {
         match self.manifest.rollout.spec.rollback.auto {
             AutoRollback::Yes => {
-                self.rollback(&reason).await?;
-                self.log(Event::Finished {
-                    rollout: self.rollout.clone(),
-                    outcome: Outcome::RolledBack,
-                    detail: reason.clone(),
-                })?;
+                self.roll_back_and_finish(&reason, Outcome::RolledBack)
+                    .await?;
                 Ok(RunOutcome::RolledBack(reason))
             }
             AutoRollback::Pause => {
@@ -841,6 +693,16 @@ impl<T: Target> Run<'_, T> {
         }
     }
 
+    /// Rolls back (see [`Run::rollback`]) and journals the rollout as finished with `outcome`.
+    pub async fn roll_back_and_finish(&mut self, reason: &str, outcome: Outcome) -> Result<()> {
+        self.rollback(reason).await?;
+        self.log(Event::Finished {
+            rollout: self.rollout.clone(),
+            outcome,
+            detail: reason.to_string(),
+        })
+    }
+
     /// Puts every instance back on the old version at once: it is still on disk, so nothing is
     /// downloaded. Journaled before it acts, so a crash mid-rollback is finished by `resume`.
     pub async fn rollback(&mut self, reason: &str) -> Result<()> {
@@ -861,74 +723,16 @@ impl<T: Target> Run<'_, T> {
             reason: reason.to_string(),
             to: from.clone(),
         })?;
-        let sink = self.sink();
         self.target
-            .restore(&from, self.deadline(), &sink)
+            .restore(&from, self.deadline(), &*self)
             .await
-            .map_err(|reason| EngineError::RollbackIncomplete {
-                version: from.clone(),
-                reason,
+            .map_err(|e| match e {
+                TargetError::Journal(why) => EngineError::Journal(why),
+                e => EngineError::RollbackIncomplete {
+                    version: from.clone(),
+                    reason: error_chain(&e),
+                },
             })
-    }
-}
-
-/// Background analysis: every check measured at its interval for as long as the rollout runs; the
-/// first check to fail or to become inconclusive ends it with its verdict.
-async fn run_background(
-    http: &reqwest::Client,
-    checks: &[Check],
-    vars: &std::collections::BTreeMap<String, String>,
-) -> (String, Verdict) {
-    let runs = checks.iter().map(|c| {
-        Box::pin(async move {
-            let mut endless = c.clone();
-            endless.count = u32::MAX;
-            (c.name.clone(), run_metric_gate(http, &endless, vars).await)
-        })
-    });
-    if checks.is_empty() {
-        return std::future::pending().await;
-    }
-    futures_util::future::select_all(runs).await.0
-}
-
-/// Measures a metric check every `interval` until its limits give a verdict.
-async fn run_metric_gate(
-    http: &reqwest::Client,
-    check: &Check,
-    vars: &std::collections::BTreeMap<String, String>,
-) -> Verdict {
-    let mut gate = MetricGate::new(check);
-    if !check.initial_delay.0.is_zero() {
-        tokio::time::sleep(check.initial_delay.0).await;
-    }
-    loop {
-        match gate.observe(measure(http, check, vars).await) {
-            Verdict::Pending => tokio::time::sleep(check.interval.0).await,
-            done => return done,
-        }
-    }
-}
-
-async fn run_gate<T: Target>(target: &T, check: &Check, instance: &str, version: &str) -> Verdict {
-    let mut gate = Gate::new(check);
-    if !check.initial_delay.0.is_zero() {
-        tokio::time::sleep(check.initial_delay.0).await;
-    }
-    loop {
-        let probe = target.probe(check, instance, version).await;
-        match gate.observe(probe) {
-            Verdict::Pending => tokio::time::sleep(check.interval.0).await,
-            done => return done,
-        }
-    }
-}
-
-fn min_ready_seconds(s: &Strategy) -> u64 {
-    match s {
-        Strategy::Rolling(r) => r.min_ready_seconds,
-        Strategy::Canary(c) => c.min_ready_seconds,
-        Strategy::BlueGreen(b) => b.min_ready_seconds,
     }
 }
 
@@ -939,17 +743,7 @@ fn kind_name(step: &Step) -> String {
         .unwrap_or_default()
 }
 
-/// An error with its sources, each once.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string().trim_end().to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(src.to_string().trim_end());
-        cur = src.source();
-    }
-    s
-}
+pub use crate::error_chain;
 
 /// The version most instances serve, other than `target_version`: what a rollback returns to.
 pub fn current_version(instances: &[Instance], target_version: &str) -> Option<String> {
@@ -969,27 +763,4 @@ pub fn current_version(instances: &[Instance], target_version: &str) -> Option<S
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn inst(name: &str, v: Option<&str>, p: Option<&str>) -> Instance {
-        Instance {
-            name: name.into(),
-            version: v.map(Into::into),
-            previous: p.map(Into::into),
-            installed: vec![],
-            running: v.into_iter().map(Into::into).collect(),
-        }
-    }
-
-    #[test]
-    fn current_version_is_the_majority_old_version() {
-        let fleet = [
-            inst("a", Some("1"), None),
-            inst("b", Some("2"), Some("1")),
-            inst("c", Some("1"), None),
-        ];
-        assert_eq!(current_version(&fleet, "2").as_deref(), Some("1"));
-        assert_eq!(current_version(&[inst("a", None, None)], "2"), None);
-    }
-}
+mod tests;

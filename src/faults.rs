@@ -94,18 +94,15 @@ fn raise(point: &str, nth: u64, detail: &str, _stop: bool) {
     std::process::abort();
 }
 
-/// Passes the point of every record in a journal write.
-pub fn journaled<'a>(kinds: impl IntoIterator<Item = &'a crate::state::Event>) {
+/// Passes the point of one journal record of `kind` (`Event::kind`), once its write is fsynced.
+pub fn journaled(kind: &str, rollout: &str, instance: Option<&str>) {
     if armed().is_none() {
         return;
     }
-    for event in kinds {
-        let value = serde_json::to_value(event).unwrap_or_default();
-        let kind = value["event"].as_str().unwrap_or_default();
-        let rollout = value["rollout"].as_str().unwrap_or_default();
-        let instance = value["instance"].as_str().unwrap_or_default();
-        point(kind, format!("{rollout} {instance}").trim_end());
-    }
+    point(
+        kind,
+        format!("{rollout} {}", instance.unwrap_or_default()).trim_end(),
+    );
 }
 
 #[cfg(test)]

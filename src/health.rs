@@ -1,7 +1,8 @@
-//! Health gates: the pure verdict over a series of probe results. Runners live with the targets.
+//! Health gates: the pure verdict over a series of probe results; `run` observes until a verdict.
 
 pub mod condition;
 pub mod metrics;
+pub mod run;
 
 use crate::spec::Check;
 

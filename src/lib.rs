@@ -5,6 +5,7 @@ pub mod cli;
 pub mod engine;
 pub mod faults;
 pub mod health;
+pub mod hold;
 pub mod kube;
 pub mod notify;
 pub mod pki;
@@ -13,3 +14,15 @@ pub mod spec;
 pub mod state;
 pub mod strategy;
 pub mod target;
+
+/// An error with its sources, each once: how every error is printed.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string().trim_end().to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(src.to_string().trim_end());
+        cur = src.source();
+    }
+    s
+}

@@ -6,5 +6,5 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = rollgate::cli::Cli::parse();
-    ExitCode::from(rollgate::cli::run::run(cli))
+    ExitCode::from(rollgate::cli::run(cli))
 }

@@ -3,6 +3,10 @@
 //! Pure and total: no I/O, no clock, no async. Every step records the counts of old and new instances
 //! once it is done, and the bounds that hold while it runs, so the plan can be checked before it runs.
 
+mod rollback;
+
+pub use rollback::rollback_strategy;
+
 use serde::Serialize;
 
 use crate::spec::{IntOrPercent, Strategy};

@@ -1,7 +1,9 @@
 //! The rollout manifest: its serde model, loading with overlays and presets, and validation.
 
 pub mod quantity;
+mod resolve;
 pub mod source;
+mod validate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -131,14 +133,84 @@ fn default_progress_deadline() -> u64 {
     600
 }
 
-/// Exactly one of the fields is set.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+/// What a rollout deploys to: written `target: {kubernetes: ...}` or `target: {hosts: ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "TargetFields", into = "TargetFields")]
+// One per manifest: boxing the larger variant would save nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum TargetSpec {
+    Kubernetes(KubernetesTarget),
+    Hosts(HostsTarget),
+}
+
+impl TargetSpec {
+    pub fn kubernetes(&self) -> Option<&KubernetesTarget> {
+        match self {
+            TargetSpec::Kubernetes(k) => Some(k),
+            TargetSpec::Hosts(_) => None,
+        }
+    }
+
+    pub fn hosts(&self) -> Option<&HostsTarget> {
+        match self {
+            TargetSpec::Hosts(h) => Some(h),
+            TargetSpec::Kubernetes(_) => None,
+        }
+    }
+
+    pub fn kubernetes_mut(&mut self) -> Option<&mut KubernetesTarget> {
+        match self {
+            TargetSpec::Kubernetes(k) => Some(k),
+            TargetSpec::Hosts(_) => None,
+        }
+    }
+
+    pub fn hosts_mut(&mut self) -> Option<&mut HostsTarget> {
+        match self {
+            TargetSpec::Hosts(h) => Some(h),
+            TargetSpec::Kubernetes(_) => None,
+        }
+    }
+}
+
+/// The manifest's shape of [`TargetSpec`]: one key naming the target.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct TargetSpec {
+struct TargetFields {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kubernetes: Option<KubernetesTarget>,
+    kubernetes: Option<KubernetesTarget>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hosts: Option<HostsTarget>,
+    hosts: Option<HostsTarget>,
+}
+
+impl TryFrom<TargetFields> for TargetSpec {
+    type Error = &'static str;
+
+    fn try_from(f: TargetFields) -> Result<Self, Self::Error> {
+        match (f.kubernetes, f.hosts) {
+            (Some(k), None) => Ok(TargetSpec::Kubernetes(k)),
+            (None, Some(h)) => Ok(TargetSpec::Hosts(h)),
+            (Some(_), Some(_)) => {
+                Err("has both kubernetes and hosts: expected exactly one of them")
+            }
+            (None, None) => Err("is empty: expected exactly one of kubernetes, hosts"),
+        }
+    }
+}
+
+impl From<TargetSpec> for TargetFields {
+    fn from(t: TargetSpec) -> Self {
+        match t {
+            TargetSpec::Kubernetes(k) => TargetFields {
+                kubernetes: Some(k),
+                hosts: None,
+            },
+            TargetSpec::Hosts(h) => TargetFields {
+                kubernetes: None,
+                hosts: Some(h),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -559,6 +631,15 @@ pub enum Strategy {
 }
 
 impl Strategy {
+    /// How long a changed instance stays ready before it counts as available.
+    pub fn min_ready_seconds(&self) -> u64 {
+        match self {
+            Strategy::Rolling(r) => r.min_ready_seconds,
+            Strategy::Canary(c) => c.min_ready_seconds,
+            Strategy::BlueGreen(b) => b.min_ready_seconds,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Strategy::Rolling(_) => "rolling",
@@ -613,7 +694,7 @@ impl Manifest {
             .and_then(|s| s.file.parent().map(Path::to_path_buf))
             .unwrap_or_default();
         let (strategy, strategy_source) =
-            resolve_strategy(&rollout.spec.strategy, &sources, &base_dir, vars)?;
+            resolve::resolve_strategy(&rollout.spec.strategy, &sources, &base_dir, vars)?;
         let mut manifest = Manifest {
             rollout,
             strategy,
@@ -638,13 +719,13 @@ impl Manifest {
                 *p = base.join(&*p);
             }
         };
-        if let Some(k) = &mut self.rollout.spec.target.kubernetes
+        if let Some(k) = self.rollout.spec.target.kubernetes_mut()
             && let Some(m) = &mut k.manifest
             && std::path::Path::new(m.as_str()).is_relative()
         {
             *m = base.join(m.as_str()).display().to_string();
         }
-        if let Some(h) = &mut self.rollout.spec.target.hosts {
+        if let Some(h) = self.rollout.spec.target.hosts_mut() {
             if let Some(a) = &mut h.artifact
                 && let Some(f) = &mut a.file
             {
@@ -692,510 +773,5 @@ impl Manifest {
             serde_yaml::to_string(&rollout).map_err(|e| InputError::general(e.to_string()))?;
         let sources = Sources::from_texts(&[(origin, &text)], &|_| None)?;
         Self::from_sources(sources, &|_| None)
-    }
-
-    fn validate(&self) -> Result<(), InputError> {
-        let s = &self.sources;
-        let r = &self.rollout;
-        if !valid_name(&r.metadata.name) {
-            return Err(s.error(
-                "metadata.name",
-                format!("{:?} is not a valid name: expected lowercase letters, digits and '-', starting with a letter", r.metadata.name),
-            ));
-        }
-        if r.spec.version.trim().is_empty() {
-            return Err(s.error("spec.version", "must not be empty"));
-        }
-        if r.spec.version.contains(['/', '\\']) || r.spec.version.contains("..") {
-            return Err(s.error(
-                "spec.version",
-                format!("{:?} must not contain '/', '\\\\' or '..'", r.spec.version),
-            ));
-        }
-        match (&r.spec.target.kubernetes, &r.spec.target.hosts) {
-            (Some(_), Some(_)) => {
-                return Err(s.error(
-                    "spec.target",
-                    "has both kubernetes and hosts: expected exactly one of them",
-                ));
-            }
-            (None, None) => {
-                return Err(s.error(
-                    "spec.target",
-                    "is empty: expected exactly one of kubernetes, hosts",
-                ));
-            }
-            (Some(k), None) => {
-                if k.image.is_some() && k.manifest.is_some() {
-                    return Err(s.error(
-                        "spec.target.kubernetes",
-                        "has both image and manifest: expected at most one",
-                    ));
-                }
-            }
-            (None, Some(h)) => validate_hosts(h, s)?,
-        }
-        let mut names = std::collections::HashSet::new();
-        for (i, c) in r.spec.checks.iter().enumerate() {
-            let at = format!("spec.checks[{i}]");
-            if !names.insert(c.name.as_str()) {
-                return Err(s.error(
-                    &format!("{at}.name"),
-                    format!(
-                        "{:?} is used by another check: names must be unique",
-                        c.name
-                    ),
-                ));
-            }
-            let kinds = [
-                c.http.is_some(),
-                c.tcp.is_some(),
-                c.command.is_some(),
-                c.prometheus.is_some(),
-                c.web.is_some(),
-            ]
-            .iter()
-            .filter(|b| **b)
-            .count();
-            if kinds != 1 {
-                return Err(s.error(&at, format!("has {kinds} probes: expected exactly one of http, tcp, command, prometheus, web")));
-            }
-            if c.is_metric() && c.success_condition.is_none() && c.failure_condition.is_none() {
-                return Err(s.error(
-                    &at,
-                    "a metric check needs successCondition or failureCondition",
-                ));
-            }
-            if !c.is_metric() && (c.success_condition.is_some() || c.failure_condition.is_some()) {
-                return Err(s.error(
-                    &at,
-                    "successCondition and failureCondition apply to prometheus and web checks only",
-                ));
-            }
-            for (field, text) in [
-                ("successCondition", &c.success_condition),
-                ("failureCondition", &c.failure_condition),
-            ] {
-                if let Some(text) = text
-                    && let Err(e) = crate::health::condition::parse(text)
-                {
-                    // Point at the character: the value's column plus the offset (plus a quote, if quoted).
-                    let path = format!("{at}.{field}");
-                    let mut err = s.error(&path, format!("{text:?}: {}", e.message));
-                    err.column += e.offset + usize::from(quoted_at(s, &err));
-                    return Err(err);
-                }
-            }
-            if let Some(w) = &c.web
-                && !["GET", "POST"].contains(&w.method.as_str())
-            {
-                return Err(s.error(
-                    &format!("{at}.web.method"),
-                    format!("{:?}: expected GET or POST", w.method),
-                ));
-            }
-            if let Some(cmd) = &c.command
-                && cmd.run.is_empty()
-            {
-                return Err(s.error(
-                    &format!("{at}.command.run"),
-                    "is empty: expected a program and its arguments",
-                ));
-            }
-            if c.success_threshold == 0 || c.count == 0 {
-                return Err(s.error(&at, "count and successThreshold must be at least 1"));
-            }
-            if c.success_threshold > c.count {
-                return Err(s.error(
-                    &format!("{at}.successThreshold"),
-                    format!("{} is more than count ({})", c.success_threshold, c.count),
-                ));
-            }
-        }
-        for (i, n) in r.spec.notifications.iter().enumerate() {
-            const EVENTS: [&str; 7] = [
-                "started",
-                "stepPassed",
-                "paused",
-                "promoted",
-                "failed",
-                "rolledBack",
-                "succeeded",
-            ];
-            for (j, e) in n.events.iter().enumerate() {
-                if !EVENTS.contains(&e.as_str()) {
-                    return Err(s.error(
-                        &format!("spec.notifications[{i}].events[{j}]"),
-                        format!("{e:?}: expected one of {}", EVENTS.join(", ")),
-                    ));
-                }
-            }
-        }
-        self.validate_strategy()
-    }
-
-    fn validate_strategy(&self) -> Result<(), InputError> {
-        let s = &self.sources;
-        let at = |field: &str| {
-            if self.strategy_source == "inline" {
-                format!("spec.strategy.{field}")
-            } else {
-                format!("spec.strategy.ref ({}): {field}", self.strategy_source)
-            }
-        };
-        let check_analysis = |a: &AnalysisSpec, path: String| -> Result<(), InputError> {
-            for (j, name) in a.checks.iter().enumerate() {
-                if !self.rollout.spec.checks.iter().any(|c| &c.name == name) {
-                    return Err(s.error(
-                        &format!("{path}.checks[{j}]"),
-                        format!("{name:?} is not a check in spec.checks"),
-                    ));
-                }
-            }
-            Ok(())
-        };
-        match &self.strategy {
-            Strategy::Rolling(r) => check_bounds(r.max_surge, r.max_unavailable, &at("rolling"), s),
-            Strategy::Canary(c) => {
-                check_bounds(c.max_surge, c.max_unavailable, &at("canary"), s)?;
-                if c.steps.is_empty() {
-                    return Err(s.error(
-                        &at("canary.steps"),
-                        "is empty: expected at least one setWeight step",
-                    ));
-                }
-                for (i, step) in c.steps.iter().enumerate() {
-                    let path = at(&format!("canary.steps[{i}]"));
-                    let set = [
-                        step.set_weight.is_some(),
-                        step.pause.is_some(),
-                        step.analysis.is_some(),
-                    ];
-                    if set.iter().filter(|b| **b).count() != 1 {
-                        return Err(
-                            s.error(&path, "expected exactly one of setWeight, pause, analysis")
-                        );
-                    }
-                    if let Some(w) = step.set_weight
-                        && w > 100
-                    {
-                        return Err(s.error(
-                            &format!("{path}.setWeight"),
-                            format!("{w} is over 100: expected a percentage 0..=100"),
-                        ));
-                    }
-                    if let Some(a) = &step.analysis {
-                        check_analysis(a, format!("{path}.analysis"))?;
-                    }
-                }
-                if let Some(bg) = &c.analysis {
-                    if bg.starting_step >= c.steps.len() {
-                        return Err(s.error(
-                            &at("canary.analysis.startingStep"),
-                            format!(
-                                "{} is past the last step (there are {})",
-                                bg.starting_step,
-                                c.steps.len()
-                            ),
-                        ));
-                    }
-                    for (j, name) in bg.checks.iter().enumerate() {
-                        match self.rollout.spec.checks.iter().find(|x| &x.name == name) {
-                            None => {
-                                return Err(s.error(
-                                    &at(&format!("canary.analysis.checks[{j}]")),
-                                    format!("{name:?} is not a check in spec.checks"),
-                                ));
-                            }
-                            Some(x) if !x.is_metric() => {
-                                return Err(s.error(
-                                    &at(&format!("canary.analysis.checks[{j}]")),
-                                    format!("{name:?} is not a prometheus or web check: background analysis measures the rollout as a whole"),
-                                ));
-                            }
-                            Some(_) => {}
-                        }
-                    }
-                }
-                if let (Some(group), Some(h)) = (&c.first_group, &self.rollout.spec.target.hosts)
-                    && !h.hosts.iter().any(|host| host.groups.contains(group))
-                {
-                    return Err(s.error(
-                        &at("canary.firstGroup"),
-                        format!("{group:?} is not a group of any host"),
-                    ));
-                }
-                Ok(())
-            }
-            Strategy::BlueGreen(b) => {
-                if let Some(a) = &b.pre_promotion_analysis {
-                    check_analysis(a, at("blueGreen.prePromotionAnalysis"))?;
-                }
-                if let Some(a) = &b.post_promotion_analysis {
-                    check_analysis(a, at("blueGreen.postPromotionAnalysis"))?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-/// Whether the value at `err`'s position starts with a quote.
-fn quoted_at(s: &Sources, err: &InputError) -> bool {
-    let Some(file) = &err.file else { return false };
-    let Some(source) = s.files.iter().find(|f| &f.file == file) else {
-        return false;
-    };
-    let Ok(text) = std::fs::read_to_string(file) else {
-        return source.file.as_os_str().is_empty();
-    };
-    text.lines()
-        .nth(err.line.saturating_sub(1))
-        .and_then(|l| l.chars().nth(err.column.saturating_sub(1)))
-        .is_some_and(|c| c == '"' || c == '\'')
-}
-
-fn check_bounds(
-    surge: IntOrPercent,
-    unavailable: IntOrPercent,
-    at: &str,
-    s: &Sources,
-) -> Result<(), InputError> {
-    if surge.is_zero() && unavailable.is_zero() {
-        return Err(s.error(
-            &format!("{at}.maxUnavailable"),
-            "may not be 0 when maxSurge is 0: no instance could ever be replaced",
-        ));
-    }
-    // As Kubernetes' validation: maxUnavailable over 100% is an error; maxSurge has no such cap.
-    if let IntOrPercent::Percent(p) = unavailable
-        && p > 100
-    {
-        return Err(s.error(
-            &format!("{at}.maxUnavailable"),
-            format!("\"{p}%\" is over 100%: expected at most \"100%\""),
-        ));
-    }
-    Ok(())
-}
-
-fn validate_hosts(h: &HostsTarget, s: &Sources) -> Result<(), InputError> {
-    if !(1..=2).contains(&h.slots_per_host) {
-        return Err(s.error(
-            "spec.target.hosts.slotsPerHost",
-            format!("{}: expected 1 or 2", h.slots_per_host),
-        ));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for (i, host) in h.hosts.iter().enumerate() {
-        if !seen.insert(host.name.as_str()) {
-            return Err(s.error(
-                &format!("spec.target.hosts.hosts[{i}].name"),
-                format!("{:?} is listed twice", host.name),
-            ));
-        }
-        if !host.address.contains(':') {
-            return Err(s.error(
-                &format!("spec.target.hosts.hosts[{i}].address"),
-                format!(
-                    "{:?}: expected HOST:PORT, like \"10.0.0.1:7443\"",
-                    host.address
-                ),
-            ));
-        }
-    }
-    // A bearer token without a CA would go over plain HTTP (issue 17, W6).
-    if let Some(a) = &h.auth
-        && a.ca.is_none()
-        && (a.token_file.is_some() || a.token_env.is_some())
-        && let Some((i, host)) = h
-            .hosts
-            .iter()
-            .enumerate()
-            .find(|(_, host)| !crate::agent::api::is_loopback_address(&host.address))
-    {
-        return Err(s.error(
-            &format!("spec.target.hosts.hosts[{i}].address"),
-            format!(
-                "{:?}: a bearer token (auth.tokenFile/tokenEnv) without auth.ca would go over plain HTTP; expected auth.ca (the agent's CA) or a loopback address",
-                host.address
-            ),
-        ));
-    }
-    if let Some(a) = &h.artifact {
-        match (&a.file, &a.url) {
-            (Some(_), Some(_)) => {
-                return Err(s.error(
-                    "spec.target.hosts.artifact",
-                    "has both file and url: expected one",
-                ));
-            }
-            (None, None) => {
-                return Err(s.error("spec.target.hosts.artifact", "expected file or url"));
-            }
-            (None, Some(_)) if a.sha256.is_none() => {
-                return Err(s.error(
-                    "spec.target.hosts.artifact.sha256",
-                    "is required with url: artifacts are always verified",
-                ));
-            }
-            _ => {}
-        }
-        if let Some(sha) = &a.sha256
-            && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))
-        {
-            return Err(s.error(
-                "spec.target.hosts.artifact.sha256",
-                "expected 64 hex digits",
-            ));
-        }
-    }
-    if let Some(t) = &h.traffic_switch {
-        match (&t.command, &t.webhook) {
-            (Some(c), None) if !c.is_empty() => {}
-            (None, Some(u)) if u.starts_with("http://") || u.starts_with("https://") => {}
-            (None, Some(u)) => {
-                return Err(s.error(
-                    "spec.target.hosts.trafficSwitch.webhook",
-                    format!("{u:?}: expected an http:// or https:// URL"),
-                ));
-            }
-            _ => {
-                return Err(s.error(
-                    "spec.target.hosts.trafficSwitch",
-                    "expected exactly one of command (a non-empty list) or webhook",
-                ));
-            }
-        }
-    }
-    if let Some(label) = &h.spread_by {
-        for (i, host) in h.hosts.iter().enumerate() {
-            if !host.labels.contains_key(label) {
-                return Err(s.error(
-                    &format!("spec.target.hosts.hosts[{i}].labels"),
-                    format!("has no {label:?} label, which spreadBy needs on every host"),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.ends_with('-')
-}
-
-fn resolve_strategy(
-    spec: &StrategySpec,
-    sources: &Sources,
-    base_dir: &Path,
-    vars: source::Vars<'_>,
-) -> Result<(Strategy, String), InputError> {
-    let set = [
-        spec.rolling.is_some(),
-        spec.canary.is_some(),
-        spec.blue_green.is_some(),
-        spec.reference.is_some(),
-    ];
-    match set.iter().filter(|b| **b).count() {
-        0 => {
-            return Err(sources.error(
-                "spec.strategy",
-                "is empty: expected exactly one of rolling, canary, blueGreen, ref",
-            ));
-        }
-        1 => {}
-        _ => {
-            return Err(sources.error(
-                "spec.strategy",
-                "has more than one of rolling, canary, blueGreen, ref: expected exactly one",
-            ));
-        }
-    }
-    let Some(name) = &spec.reference else {
-        return Ok((inline_strategy(spec), "inline".into()));
-    };
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(sources.error(
-            "spec.strategy.ref",
-            format!("{name:?} is not a preset name: expected letters, digits, '-' or '_'"),
-        ));
-    }
-    let file_name = format!("{name}.yaml");
-    let candidates = [
-        base_dir.join(&file_name),
-        PathBuf::from("strategies").join(&file_name),
-    ];
-    // A manifest named like a preset (blue-green.yaml) must not be read as its own preset.
-    let inputs: Vec<PathBuf> = sources
-        .files
-        .iter()
-        .filter_map(|s| s.file.canonicalize().ok())
-        .collect();
-    let is_input = |p: &PathBuf| p.canonicalize().is_ok_and(|c| inputs.contains(&c));
-    let (preset_sources, origin) = match candidates.iter().find(|p| p.is_file() && !is_input(p)) {
-        Some(path) => (
-            Sources::read(std::slice::from_ref(path), None, vars)?,
-            path.display().to_string(),
-        ),
-        None => match PRESETS.iter().find(|(n, _)| n == name) {
-            Some((n, text)) => {
-                let label = PathBuf::from(format!("builtin:strategies/{n}.yaml"));
-                (
-                    Sources::from_texts(&[(&label, text)], vars)?,
-                    format!("builtin:{n}"),
-                )
-            }
-            None => {
-                let known: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
-                return Err(sources.error(
-                    "spec.strategy.ref",
-                    format!(
-                        "no preset {name:?}: looked for {} and {}, and the built-in presets are {}",
-                        candidates[0].display(),
-                        candidates[1].display(),
-                        known.join(", ")
-                    ),
-                ));
-            }
-        },
-    };
-    let preset: StrategySpec = preset_sources.deserialize()?;
-    if preset.reference.is_some() {
-        return Err(preset_sources.error("ref", "a preset may not refer to another preset"));
-    }
-    let count = [
-        preset.rolling.is_some(),
-        preset.canary.is_some(),
-        preset.blue_green.is_some(),
-    ]
-    .iter()
-    .filter(|b| **b)
-    .count();
-    if count != 1 {
-        return Err(preset_sources.error("", "expected exactly one of rolling, canary, blueGreen"));
-    }
-    Ok((inline_strategy(&preset), origin))
-}
-
-fn inline_strategy(spec: &StrategySpec) -> Strategy {
-    if let Some(r) = &spec.rolling {
-        Strategy::Rolling(r.clone())
-    } else if let Some(c) = &spec.canary {
-        Strategy::Canary(c.clone())
-    } else if let Some(b) = &spec.blue_green {
-        Strategy::BlueGreen(b.clone())
-    } else {
-        unreachable!("resolve_strategy checked that exactly one strategy is set")
     }
 }

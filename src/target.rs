@@ -1,4 +1,4 @@
-//! The seam between the engine and what it deploys to: host fleets now, Kubernetes next.
+//! The seam between the engine and what it deploys to: a host fleet or a Kubernetes Deployment.
 
 pub mod hosts;
 pub mod kubernetes;
@@ -6,8 +6,8 @@ pub mod kubernetes;
 use std::time::Duration;
 
 use crate::health::Probe;
-use crate::plan::Step;
-use crate::spec::Check;
+use crate::plan::{Capacity, Step};
+use crate::spec::{Check, Manifest, TargetSpec};
 
 /// One instance as the target sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +47,15 @@ pub enum Change {
     Many(Vec<Change>),
 }
 
-/// Where the target reports changes; the engine journals each one before returning.
-pub type Sink<'a> = &'a (dyn Fn(Change) + Sync);
+/// Where the target reports changes: the engine journals each one (and gives the cluster's copy of
+/// the journal a moment to have it) before the returned future completes. An error means the
+/// journal could not be written: the target must not make the change.
+pub type Sink<'a> = &'a dyn Report;
+
+/// The engine's side of [`Sink`].
+pub trait Report: Sync {
+    fn report(&self, change: Change) -> futures_util::future::BoxFuture<'_, Result<()>>;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -62,6 +69,12 @@ pub enum TargetError {
     Rejected { instance: String, message: String },
     #[error("target setup: {0}")]
     Setup(String),
+    /// A step or switch that did not complete, in the target's words.
+    #[error("{0}")]
+    Failed(String),
+    /// The engine could not journal a change: nothing more may change.
+    #[error("journal: {0}")]
+    Journal(String),
 }
 
 pub type Result<T, E = TargetError> = std::result::Result<T, E>;
@@ -74,13 +87,81 @@ pub enum AnyTarget {
     Kubernetes(kubernetes::Kubernetes),
 }
 
+impl AnyTarget {
+    /// The target `m` names, decided once. A Kubernetes target gets its client from `client`
+    /// (called only for one; its writes go out only while this process holds the app's Lease).
+    pub async fn for_manifest<E: From<TargetError>>(
+        m: &Manifest,
+        client: impl AsyncFnOnce() -> std::result::Result<kube::Client, E>,
+    ) -> std::result::Result<AnyTarget, E> {
+        match &m.rollout.spec.target {
+            TargetSpec::Hosts(h) => {
+                let first_group = match &m.strategy {
+                    crate::spec::Strategy::Canary(c) => c.first_group.as_deref(),
+                    _ => None,
+                };
+                Ok(AnyTarget::Hosts(hosts::Hosts::new(h, first_group)?))
+            }
+            TargetSpec::Kubernetes(k) => {
+                // A relative `manifest:` path starts at the folder of the first manifest file.
+                let base = m
+                    .sources
+                    .files
+                    .first()
+                    .and_then(|s| s.file.parent())
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_default();
+                let blue_green = matches!(m.strategy, crate::spec::Strategy::BlueGreen(_));
+                let client = client().await?;
+                Ok(AnyTarget::Kubernetes(kubernetes::Kubernetes::with_client(
+                    k,
+                    &base,
+                    m.strategy.min_ready_seconds(),
+                    blue_green,
+                    client,
+                )?))
+            }
+        }
+    }
+}
+
+/// N and capacity of a target as its manifest gives them, for planning without reaching it: a
+/// host fleet's size is the hosts it lists; a Kubernetes Deployment's is `replicas`.
+pub fn offline_size(
+    spec: &TargetSpec,
+    replicas: Option<u32>,
+) -> std::result::Result<(u32, Capacity), &'static str> {
+    match (spec, replicas) {
+        (TargetSpec::Hosts(_), Some(_)) => Err(
+            "--replicas applies to kubernetes targets: a host fleet's size is the number of hosts it lists",
+        ),
+        (TargetSpec::Hosts(h), None) => Ok((
+            u32::try_from(h.hosts.len()).unwrap_or(u32::MAX),
+            hosts::capacity(h),
+        )),
+        (TargetSpec::Kubernetes(_), Some(n)) => Ok((n, Capacity::Elastic)),
+        (TargetSpec::Kubernetes(_), None) => {
+            Err("planning a kubernetes target offline needs its size: pass --replicas N")
+        }
+    }
+}
+
 /// What the engine needs from a target. Implementations wait on events (long-polls, watches); the
 /// engine decides deadlines.
 pub trait Target: Sync {
     /// N: the instance count the plan is made for.
     fn size(&self) -> impl Future<Output = Result<u32>> + Send;
     /// Whether the target can add instances beside the running ones.
-    fn capacity(&self) -> crate::plan::Capacity;
+    fn capacity(&self) -> Capacity;
+    /// Whether the target itself holds a changed instance `minReadySeconds` before counting it
+    /// ready (Kubernetes does); otherwise the engine holds it.
+    fn holds_min_ready(&self) -> bool {
+        false
+    }
+    /// Labels a metric query may use besides the rollout's own (`namespace` on Kubernetes).
+    fn metric_labels(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
     /// Every instance, in the target's natural order.
     fn instances(&self) -> impl Future<Output = Result<Vec<Instance>>> + Send;
     /// Makes `version` available everywhere ahead of the waves, without touching what runs.
@@ -93,19 +174,16 @@ pub trait Target: Sync {
         version: &str,
         deadline: Duration,
         sink: Sink<'_>,
-    ) -> impl Future<Output = std::result::Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Puts every instance back on `version` at once (a rollback from what is kept on disk).
     fn restore(
         &self,
         version: &str,
         deadline: Duration,
         sink: Sink<'_>,
-    ) -> impl Future<Output = std::result::Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Sends traffic to the instances running `version` (the blue-green switch).
-    fn switch_traffic(
-        &self,
-        version: &str,
-    ) -> impl Future<Output = std::result::Result<(), String>> + Send;
+    fn switch_traffic(&self, version: &str) -> impl Future<Output = Result<()>> + Send;
     /// One probe of `check` against `version` on `instance` (or from the CLI, for `runOn: cli`).
     fn probe(
         &self,
@@ -123,10 +201,24 @@ impl Target for AnyTarget {
         }
     }
 
-    fn capacity(&self) -> crate::plan::Capacity {
+    fn capacity(&self) -> Capacity {
         match self {
             AnyTarget::Hosts(t) => t.capacity(),
             AnyTarget::Kubernetes(t) => t.capacity(),
+        }
+    }
+
+    fn holds_min_ready(&self) -> bool {
+        match self {
+            AnyTarget::Hosts(t) => t.holds_min_ready(),
+            AnyTarget::Kubernetes(t) => t.holds_min_ready(),
+        }
+    }
+
+    fn metric_labels(&self) -> Vec<(&'static str, String)> {
+        match self {
+            AnyTarget::Hosts(t) => t.metric_labels(),
+            AnyTarget::Kubernetes(t) => t.metric_labels(),
         }
     }
 
@@ -150,26 +242,21 @@ impl Target for AnyTarget {
         version: &str,
         deadline: Duration,
         sink: Sink<'_>,
-    ) -> std::result::Result<(), String> {
+    ) -> Result<()> {
         match self {
             AnyTarget::Hosts(t) => t.scale(step, version, deadline, sink).await,
             AnyTarget::Kubernetes(t) => t.scale(step, version, deadline, sink).await,
         }
     }
 
-    async fn restore(
-        &self,
-        version: &str,
-        deadline: Duration,
-        sink: Sink<'_>,
-    ) -> std::result::Result<(), String> {
+    async fn restore(&self, version: &str, deadline: Duration, sink: Sink<'_>) -> Result<()> {
         match self {
             AnyTarget::Hosts(t) => t.restore(version, deadline, sink).await,
             AnyTarget::Kubernetes(t) => t.restore(version, deadline, sink).await,
         }
     }
 
-    async fn switch_traffic(&self, version: &str) -> std::result::Result<(), String> {
+    async fn switch_traffic(&self, version: &str) -> Result<()> {
         match self {
             AnyTarget::Hosts(t) => t.switch_traffic(version).await,
             AnyTarget::Kubernetes(t) => t.switch_traffic(version).await,

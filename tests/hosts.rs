@@ -3,6 +3,8 @@
 // tests/support uses nix (signals, process groups) throughout: Unix only.
 #![cfg(unix)]
 
+#[path = "support/availability.rs"]
+mod availability;
 #[path = "support/faults.rs"]
 mod faults;
 #[path = "support/fleet.rs"]
@@ -11,6 +13,8 @@ mod fleet;
 mod netns;
 #[path = "support/prometheus.rs"]
 mod prometheus;
+#[path = "support/running.rs"]
+mod running;
 
 mod hosts {
     mod approvals;

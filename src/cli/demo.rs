@@ -9,7 +9,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::agent::client::{AgentClient, ClientAuth};
-use crate::cli::run::{CliError, apply_manifest};
+use crate::cli::CliError;
+use crate::cli::run::apply_manifest;
 use crate::cli::{DemoArgs, exit};
 use crate::spec::Manifest;
 use crate::state::Store;

@@ -1,6 +1,12 @@
 //! Rendering for people (tables) and for tools (JSON, YAML).
 
 use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
+use std::time::Instant;
+
+use crate::cli::{Progress, exit};
+use crate::engine::RunOutcome;
+use crate::state::{Event, Record};
 
 use crate::plan::{Plan, StepKind};
 
@@ -198,6 +204,94 @@ pub fn utc(unix_ms: u64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// Prints journal records as they are written: plain lines, JSON lines, or a progress bar.
+pub struct Reporter {
+    mode: Progress,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Reporter {
+    pub fn new(mode: Progress, steps: usize) -> Self {
+        let tty = std::io::stderr().is_terminal();
+        let bar = (mode == Progress::Auto && tty).then(|| {
+            let bar = indicatif::ProgressBar::new(steps as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} step {pos}/{len} {msg}",
+                )
+                .expect("a valid template"),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        });
+        Reporter { mode, bar }
+    }
+
+    pub fn record(&self, r: &Record) {
+        if self.mode == Progress::Json {
+            // A closed pipe (`-o json | head`) must not stop a rollout halfway: output is best effort.
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "{}",
+                serde_json::to_string(r).expect("records serialize")
+            );
+            return;
+        }
+        let line = describe(&r.event);
+        match &self.bar {
+            Some(bar) => {
+                if let Event::StepDone { step, .. } = &r.event {
+                    bar.set_position(*step as u64 + 1);
+                }
+                bar.set_message(line.clone());
+                if !matches!(r.event, Event::InstanceChanging { .. }) {
+                    bar.println(line);
+                }
+            }
+            None => {
+                let _ = writeln!(std::io::stdout().lock(), "{line}");
+            }
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Prints how a run ended and returns its exit code.
+pub fn outcome_code(outcome: &RunOutcome, app: &str, started: Instant) -> u8 {
+    let took = started.elapsed().as_secs_f64();
+    match outcome {
+        RunOutcome::Succeeded => {
+            println!("{app}: succeeded in {took:.1}s");
+            exit::OK
+        }
+        RunOutcome::RolledBack(why) => {
+            println!("{app}: rolled back in {took:.1}s: {why}");
+            exit::FAILED
+        }
+        RunOutcome::Failed(why) => {
+            println!("{app}: failed after {took:.1}s: {why}");
+            exit::FAILED
+        }
+        RunOutcome::Paused(why) => {
+            println!(
+                "{app}: paused: {why} (continue with `rollgate promote {app}`, or `rollgate abort {app}`)"
+            );
+            exit::PAUSED
+        }
+        RunOutcome::Interrupted => {
+            println!(
+                "{app}: interrupted; the rollout is paused (`rollgate resume {app}` continues)"
+            );
+            exit::INTERRUPTED
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,55 +1,31 @@
 //! Executes parsed commands: loads inputs, calls the library, prints, and picks the exit code.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::time::Instant;
 
+use crate::cli::output::Reporter;
 use crate::cli::{
-    AppArgs, ApplyArgs, Cli, Command, Format, InputArgs, PkiCommand, PlanArgs, Progress,
-    PromoteArgs, RollbackArgs, StatusArgs, exit, output,
+    AppArgs, ApplyArgs, CliError, Command, Format, InputArgs, PkiCommand, PlanArgs, Progress,
+    PromoteArgs, RollbackArgs, StatusArgs, exit, failed, output,
 };
-use crate::engine::{Interrupts, Run, RunOutcome, current_version, error_chain};
-use crate::kube::{Kube, KubeError};
-use crate::plan::{self, Capacity};
+use crate::engine::{Course, Run, current_version};
+use crate::error_chain;
+use crate::hold::{Env, Hold, ResumePoint, resume_point};
+use crate::kube::Kube;
+use crate::plan;
 use crate::spec::{InputError, Manifest, Rollout};
-use crate::state::lease::Session;
-use crate::state::mirror::{ClusterError, Remote};
-use crate::state::{
-    Actor, Control, Event, Outcome, Record, RolloutSummary, StateError, Store, history,
-};
+use crate::state::mirror::Remote;
+use crate::state::{Actor, Control, Event, Outcome, Record, RolloutSummary, Store, history};
 use crate::target::AnyTarget;
 use crate::target::Target;
-use crate::target::hosts::Hosts;
 
-/// Errors at the command line's edge, each with its exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    #[error(transparent)]
-    Input(#[from] InputError),
-    #[error("{0}")]
-    Failed(String),
-}
-
-impl CliError {
-    fn code(&self) -> u8 {
-        match self {
-            CliError::Input(_) => exit::INPUT,
-            CliError::Failed(_) => exit::FAILED,
-        }
-    }
-}
-
-fn failed(e: impl std::error::Error) -> CliError {
-    CliError::Failed(error_chain(&e))
-}
-
-/// Runs a command and returns the process exit code. Errors are printed here.
-pub fn run(cli: Cli) -> u8 {
-    let Cli {
-        command,
-        context,
-        namespace,
-    } = cli;
-    let result = match command {
+/// Runs a command (any but `demo`) and returns its exit code.
+pub fn command(
+    command: Command,
+    context: Option<String>,
+    namespace: Option<String>,
+) -> Result<u8, CliError> {
+    match command {
         Command::Validate(args) => validate(&args),
         Command::Plan(args) => plan_cmd(&args),
         Command::Pki(cmd) => pki(cmd),
@@ -57,13 +33,6 @@ pub fn run(cli: Cli) -> u8 {
             let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
             let env = Env::new(Store::open_default(), context, namespace);
             runtime.block_on(run_async(other, &env))
-        }
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e}");
-            e.code()
         }
     }
 }
@@ -74,7 +43,7 @@ async fn run_async(command: Command, env: &Env) -> Result<u8, CliError> {
         Command::Resume(args) => resume(&args, None, env).await,
         Command::Promote(args) => promote(&args, env).await,
         Command::Pause(args) => {
-            let remote = remote_for_app(env, &args.app).await?;
+            let remote = env.remote_for_app(&args.app).await?;
             control(&args, remote.as_ref(), env, |actor| Control::Pause {
                 actor,
             })
@@ -85,9 +54,8 @@ async fn run_async(command: Command, env: &Env) -> Result<u8, CliError> {
         Command::Rollback(args) => rollback(&args, env).await,
         Command::Status(args) => status(&args, env).await,
         Command::History(args) => history_cmd(&args, env).await,
-        Command::Demo(args) => crate::cli::demo::run(&args).await,
-        Command::Validate(_) | Command::Plan(_) | Command::Pki(_) => {
-            unreachable!("handled synchronously")
+        Command::Validate(_) | Command::Plan(_) | Command::Pki(_) | Command::Demo(_) => {
+            unreachable!("handled before")
         }
     }
 }
@@ -115,33 +83,9 @@ fn validate(args: &InputArgs) -> Result<u8, CliError> {
     Ok(exit::OK)
 }
 
-/// N and capacity for the manifest's target.
-pub fn instance_count(m: &Manifest, replicas: Option<u32>) -> Result<(u32, Capacity), InputError> {
-    let t = &m.rollout.spec.target;
-    if let Some(h) = &t.hosts {
-        if replicas.is_some() {
-            return Err(InputError::general(
-                "--replicas applies to kubernetes targets: a host fleet's size is the number of hosts it lists",
-            ));
-        }
-        let n = u32::try_from(h.hosts.len()).unwrap_or(u32::MAX);
-        let cap = if h.slots_per_host >= 2 {
-            Capacity::TwoSlots
-        } else {
-            Capacity::InPlace
-        };
-        return Ok((n, cap));
-    }
-    match replicas {
-        Some(n) => Ok((n, Capacity::Elastic)),
-        None => Err(InputError::general(
-            "planning a kubernetes target offline needs its size: pass --replicas N",
-        )),
-    }
-}
-
 fn make_plan(m: &Manifest, replicas: Option<u32>) -> Result<plan::Plan, InputError> {
-    let (n, capacity) = instance_count(m, replicas)?;
+    let (n, capacity) = crate::target::offline_size(&m.rollout.spec.target, replicas)
+        .map_err(InputError::general)?;
     plan::plan(&m.strategy, n, capacity).map_err(|e| m.sources.error(&e.path, e.message))
 }
 
@@ -198,96 +142,16 @@ fn pki(cmd: PkiCommand) -> Result<u8, CliError> {
     Ok(exit::OK)
 }
 
-/// What the commands share: the state dir, the global flags, and the kubeconfig, read on first use.
-struct Env {
-    store: Store,
-    context: Option<String>,
-    namespace: Option<String>,
-    kube: tokio::sync::OnceCell<Kube>,
-}
-
-impl Env {
-    fn new(store: Store, context: Option<String>, namespace: Option<String>) -> Self {
-        Env {
-            store,
-            context,
-            namespace,
-            kube: tokio::sync::OnceCell::new(),
-        }
-    }
-
-    /// The kubeconfig; an unknown `--context` is a usage error.
-    async fn kube(&self) -> Result<&Kube, CliError> {
-        self.kube
-            .get_or_try_init(|| Kube::connect(self.context.as_deref()))
-            .await
-            .map_err(|e| match e {
-                KubeError::UnknownContext { .. } => InputError::general(e.to_string()).into(),
-                e => failed(e),
-            })
-    }
-
-    /// `--context` or `--namespace` on an app whose target is a host fleet is a usage error.
-    fn hosts_only(&self, app: &str) -> Result<(), CliError> {
-        let flag = match (&self.context, &self.namespace) {
-            (Some(_), _) => "--context",
-            (None, Some(_)) => "--namespace",
-            (None, None) => return Ok(()),
-        };
-        Err(InputError::general(format!(
-            "{flag} applies to kubernetes targets: {app} targets hosts"
-        ))
-        .into())
-    }
-}
-
 /// Applies `--namespace` to a manifest's Kubernetes target.
 fn overrides(m: &mut Manifest, env: &Env) -> Result<(), CliError> {
-    match &mut m.rollout.spec.target.kubernetes {
+    match m.rollout.spec.target.kubernetes_mut() {
         Some(k) => {
             if let Some(ns) = &env.namespace {
                 k.namespace.clone_from(ns);
             }
             Ok(())
         }
-        None => env.hosts_only(m.name()),
-    }
-}
-
-/// The cluster state of a manifest's app, for a Kubernetes target.
-async fn remote_for_manifest(m: &Manifest, env: &Env) -> Result<Option<Remote>, CliError> {
-    let Some(k) = &m.rollout.spec.target.kubernetes else {
-        return Ok(None);
-    };
-    let kube = env.kube().await?;
-    Remote::new(kube, &k.namespace, m.name())
-        .map(Some)
-        .map_err(failed)
-}
-
-/// The cluster state of an app named on the command line: in the namespace of its last rollout
-/// here (or `--namespace`) when that targeted Kubernetes; when this machine never ran it, in
-/// `--namespace`, else the kubeconfig context's namespace, if there is a kubeconfig.
-async fn remote_for_app(env: &Env, app: &str) -> Result<Option<Remote>, CliError> {
-    let local = env.store.read(app).map_err(failed)?;
-    if let Some(last) = history(&local).pop() {
-        let rollout = env.store.load_manifest(app, &last.id).map_err(failed)?;
-        let Some(k) = &rollout.spec.target.kubernetes else {
-            env.hosts_only(app)?;
-            return Ok(None);
-        };
-        let ns = env.namespace.as_ref().unwrap_or(&k.namespace);
-        let kube = env.kube().await?;
-        return Remote::new(kube, ns, app).map(Some).map_err(failed);
-    }
-    match env.kube().await {
-        Ok(kube) => {
-            let ns = env.namespace.as_deref().unwrap_or(kube.default_namespace());
-            Remote::new(kube, ns, app).map(Some).map_err(failed)
-        }
-        // No kubeconfig at all: a machine that drives host fleets only.
-        Err(_) if env.context.is_none() && env.namespace.is_none() => Ok(None),
-        Err(e) => Err(e),
+        None => Ok(env.hosts_only(m.name())?),
     }
 }
 
@@ -317,116 +181,23 @@ fn local_records(env: &Env, app: &str, remote: Option<&Remote>) -> Result<Vec<Re
     })
 }
 
-/// An app's lock: the local lock file and, for a Kubernetes target, the Lease with the journal
-/// mirror. `release` must be called: it flushes the mirror and frees the Lease at once.
-struct Held {
-    _local: crate::state::Lock,
-    team: Option<Session>,
+/// The kubeconfig; an unknown `--context` is a usage error.
+async fn kube(env: &Env) -> Result<&Kube, CliError> {
+    Ok(env.kube().await?)
 }
 
-impl Held {
-    async fn release(self) -> Result<(), CliError> {
-        let Some(team) = self.team else {
-            return Ok(());
-        };
-        let flushed = match team.lost() {
-            Some(_) => Ok(()), // the engine has said so already
-            None => team.flush().await.map_err(failed),
-        };
-        team.release().await;
-        flushed
-    }
-}
-
-/// Releases the lock whatever the command's result, and reports the first error.
-async fn finish(held: Held, result: Result<u8, CliError>) -> Result<u8, CliError> {
+/// Releases the hold whatever the command's result, and reports the first error.
+async fn finish(held: Hold, result: Result<u8, CliError>) -> Result<u8, CliError> {
     let released = held.release().await;
     let code = result?;
-    released?;
+    released.map_err(failed)?;
     Ok(code)
-}
-
-enum LockError {
-    /// Another rollout of the app holds it (here, or elsewhere through the Lease).
-    Locked(String),
-    Other(CliError),
-}
-
-impl From<LockError> for CliError {
-    fn from(e: LockError) -> Self {
-        match e {
-            LockError::Locked(why) => CliError::Failed(why),
-            LockError::Other(e) => e,
-        }
-    }
-}
-
-/// Takes the app's lock here and, for a Kubernetes target, its Lease; then brings the cluster's
-/// journal into the local one.
-async fn lock_app(env: &Env, app: &str, remote: Option<&Remote>) -> Result<Held, LockError> {
-    let actor = Actor::from_env();
-    let local = match env.store.lock(app, &actor) {
-        Ok(lock) => lock,
-        Err(e @ StateError::Locked { .. }) => return Err(LockError::Locked(error_chain(&e))),
-        Err(e) => return Err(LockError::Other(failed(e))),
-    };
-    let Some(remote) = remote else {
-        return Ok(Held {
-            _local: local,
-            team: None,
-        });
-    };
-    let session = match remote.acquire(&env.store, &actor).await {
-        Ok(s) => s,
-        Err(e @ ClusterError::Locked { .. }) => return Err(LockError::Locked(error_chain(&e))),
-        Err(e) => return Err(LockError::Other(failed(e))),
-    };
-    if let Some(note) = &session.took_over {
-        eprintln!("warning: {app}: {note}");
-    }
-    if let Err(e) = remote.pull(&env.store).await {
-        session.release().await;
-        return Err(LockError::Other(failed(e)));
-    }
-    Ok(Held {
-        _local: local,
-        team: Some(session),
-    })
 }
 
 /// The target a manifest names, connected lazily (Kubernetes reads its kubeconfig here; its
 /// writes go out only while this process holds the app's Lease).
 async fn target_for(m: &Manifest, env: &Env) -> Result<AnyTarget, CliError> {
-    if let Some(h) = &m.rollout.spec.target.hosts {
-        let first_group = match &m.strategy {
-            crate::spec::Strategy::Canary(c) => c.first_group.as_deref(),
-            _ => None,
-        };
-        return Hosts::new(h, first_group)
-            .map(AnyTarget::Hosts)
-            .map_err(failed);
-    }
-    let Some(k) = &m.rollout.spec.target.kubernetes else {
-        return Err(CliError::Failed("the manifest names no target".into()));
-    };
-    // A relative `manifest:` path starts at the folder of the first manifest file.
-    let base = m
-        .sources
-        .files
-        .first()
-        .and_then(|s| s.file.parent())
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default();
-    let min_ready = match &m.strategy {
-        crate::spec::Strategy::Rolling(s) => s.min_ready_seconds,
-        crate::spec::Strategy::Canary(s) => s.min_ready_seconds,
-        crate::spec::Strategy::BlueGreen(s) => s.min_ready_seconds,
-    };
-    let blue_green = matches!(m.strategy, crate::spec::Strategy::BlueGreen(_));
-    let client = env.kube().await?.fenced().map_err(failed)?;
-    crate::target::kubernetes::Kubernetes::with_client(k, &base, min_ready, blue_green, client)
-        .map(AnyTarget::Kubernetes)
-        .map_err(failed)
+    AnyTarget::for_manifest(m, async || kube(env).await?.fenced().map_err(failed)).await
 }
 
 /// The plan for the target as it is now (its size read from the target).
@@ -439,7 +210,7 @@ async fn plan_for(m: &Manifest, target: &AnyTarget) -> Result<plan::Plan, CliErr
 /// Where a run starts: a new rollout (with its Started event), or a step of an existing one.
 enum Start {
     New { label: String },
-    At { step: usize, full: bool },
+    At { step: usize, course: Course },
 }
 
 /// Runs (or continues) rollout `id` of `m` under the app's lock, reporting as `mode` says.
@@ -452,7 +223,7 @@ async fn drive(
     from: Option<String>,
     mode: Progress,
     start: Start,
-    held: &Held,
+    held: &Hold,
 ) -> Result<u8, CliError> {
     let started = Instant::now();
     let plan = plan_for(m, target).await?;
@@ -461,9 +232,9 @@ async fn drive(
     let actor = Actor::from_env();
     let mut run =
         Run::new(target, m, &plan, store, id, from.clone(), &on_record).map_err(failed)?;
-    run.interrupts = install_interrupts();
-    run.team = held.team.as_ref();
-    let (step, full) = match start {
+    run.interrupts = crate::cli::install_interrupts();
+    run.team = held.team();
+    let (step, course) = match start {
         Start::New { label } => {
             // confirm-rollout: a non-2xx answer holds the rollout before anything is recorded or changed.
             if let Err(why) = run
@@ -486,129 +257,17 @@ async fn drive(
                 steps: plan.steps.len(),
             })
             .map_err(failed)?;
-            (0, false)
+            (0, Course::StepByStep)
         }
-        Start::At { step, full } => (step, full),
+        Start::At { step, course } => (step, course),
     };
-    let outcome = run.execute(step, full).await;
+    let outcome = run.execute(step, course).await;
     reporter.finish();
-    Ok(outcome_code(&outcome.map_err(failed)?, m.name(), started))
-}
-
-/// Prints journal records as they are written: plain lines, JSON lines, or a progress bar.
-pub struct Reporter {
-    mode: Progress,
-    bar: Option<indicatif::ProgressBar>,
-}
-
-impl Reporter {
-    pub fn new(mode: Progress, steps: usize) -> Self {
-        let tty = std::io::stderr().is_terminal();
-        let bar = (mode == Progress::Auto && tty).then(|| {
-            let bar = indicatif::ProgressBar::new(steps as u64);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {bar:30} step {pos}/{len} {msg}",
-                )
-                .expect("a valid template"),
-            );
-            bar.enable_steady_tick(std::time::Duration::from_millis(120));
-            bar
-        });
-        Reporter { mode, bar }
-    }
-
-    pub fn record(&self, r: &Record) {
-        if self.mode == Progress::Json {
-            // A closed pipe (`-o json | head`) must not stop a rollout halfway: output is best effort.
-            let _ = writeln!(
-                std::io::stdout().lock(),
-                "{}",
-                serde_json::to_string(r).expect("records serialize")
-            );
-            return;
-        }
-        let line = output::describe(&r.event);
-        match &self.bar {
-            Some(bar) => {
-                if let Event::StepDone { step, .. } = &r.event {
-                    bar.set_position(*step as u64 + 1);
-                }
-                bar.set_message(line.clone());
-                if !matches!(r.event, Event::InstanceChanging { .. }) {
-                    bar.println(line);
-                }
-            }
-            None => {
-                let _ = writeln!(std::io::stdout().lock(), "{line}");
-            }
-        }
-    }
-
-    pub fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-    }
-}
-
-fn install_interrupts() -> Interrupts {
-    let interrupts = Interrupts::default();
-    let handle = interrupts.clone();
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        loop {
-            #[cfg(unix)]
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            #[cfg(not(unix))]
-            let _ = tokio::signal::ctrl_c().await;
-            if handle.raise() >= 2 {
-                eprintln!(
-                    "second interrupt: stopping now; `rollgate resume` continues from the journal"
-                );
-                std::process::exit(i32::from(exit::INTERRUPTED));
-            }
-            eprintln!(
-                "interrupt: finishing the current step, then pausing (Ctrl-C again to stop at once)"
-            );
-        }
-    });
-    interrupts
-}
-
-fn outcome_code(outcome: &RunOutcome, app: &str, started: Instant) -> u8 {
-    let took = started.elapsed().as_secs_f64();
-    match outcome {
-        RunOutcome::Succeeded => {
-            println!("{app}: succeeded in {took:.1}s");
-            exit::OK
-        }
-        RunOutcome::RolledBack(why) => {
-            println!("{app}: rolled back in {took:.1}s: {why}");
-            exit::FAILED
-        }
-        RunOutcome::Failed(why) => {
-            println!("{app}: failed after {took:.1}s: {why}");
-            exit::FAILED
-        }
-        RunOutcome::Paused(why) => {
-            println!(
-                "{app}: paused: {why} (continue with `rollgate promote {app}`, or `rollgate abort {app}`)"
-            );
-            exit::PAUSED
-        }
-        RunOutcome::Interrupted => {
-            println!(
-                "{app}: interrupted; the rollout is paused (`rollgate resume {app}` continues)"
-            );
-            exit::INTERRUPTED
-        }
-    }
+    Ok(output::outcome_code(
+        &outcome.map_err(failed)?,
+        m.name(),
+        started,
+    ))
 }
 
 async fn apply(args: &ApplyArgs, env: &Env) -> Result<u8, CliError> {
@@ -616,8 +275,8 @@ async fn apply(args: &ApplyArgs, env: &Env) -> Result<u8, CliError> {
     overrides(&mut m, env)?;
     context_namespace(&mut m, env).await?;
     // The live template is read through the same kubeconfig context as the rollout.
-    let client = match &m.rollout.spec.target.kubernetes {
-        Some(k) if k.manifest.is_none() => Some(env.kube().await?.client().map_err(failed)?),
+    let client = match m.rollout.spec.target.kubernetes() {
+        Some(k) if k.manifest.is_none() => Some(kube(env).await?.client().map_err(failed)?),
         _ => None,
     };
     crate::cli::security::check(&m, args.input.strict, client).await?;
@@ -634,11 +293,11 @@ async fn context_namespace(m: &mut Manifest, env: &Env) -> Result<(), CliError> 
         .and_then(|t| t.get("kubernetes"))
         .and_then(|k| k.get("namespace"))
         .is_some();
-    if named || env.namespace.is_some() || m.rollout.spec.target.kubernetes.is_none() {
+    if named || env.namespace.is_some() || m.rollout.spec.target.kubernetes().is_none() {
         return Ok(());
     }
-    let ns = env.kube().await?.default_namespace().to_string();
-    if let Some(k) = &mut m.rollout.spec.target.kubernetes {
+    let ns = kube(env).await?.default_namespace().to_string();
+    if let Some(k) = m.rollout.spec.target.kubernetes_mut() {
         k.namespace = ns;
     }
     Ok(())
@@ -651,8 +310,8 @@ pub async fn apply_manifest(m: &Manifest, mode: Progress, store: &Store) -> Resu
 async fn apply_with(m: &Manifest, mode: Progress, env: &Env) -> Result<u8, CliError> {
     let target = target_for(m, env).await?;
     plan_for(m, &target).await?;
-    let remote = remote_for_manifest(m, env).await?;
-    let held = lock_app(env, m.name(), remote.as_ref()).await?;
+    let remote = env.remote_for_manifest(m).await?;
+    let held = Hold::take(&env.store, m.name(), remote.as_ref()).await?;
     let result = apply_locked(m, mode, env, &target, &held).await;
     finish(held, result).await
 }
@@ -662,7 +321,7 @@ async fn apply_locked(
     mode: Progress,
     env: &Env,
     target: &AnyTarget,
-    held: &Held,
+    held: &Hold,
 ) -> Result<u8, CliError> {
     let instances = target.instances().await.map_err(failed)?;
     let version = &m.rollout.spec.version;
@@ -730,19 +389,19 @@ fn last_rollout(
 }
 
 /// Continues the last unfinished rollout. `promoted` says a promote just approved its pause.
-async fn resume(args: &AppArgs, promoted: Option<bool>, env: &Env) -> Result<u8, CliError> {
-    let remote = remote_for_app(env, &args.app).await?;
-    let held = lock_app(env, &args.app, remote.as_ref()).await?;
+async fn resume(args: &AppArgs, promoted: Option<Course>, env: &Env) -> Result<u8, CliError> {
+    let remote = env.remote_for_app(&args.app).await?;
+    let held = Hold::take(&env.store, &args.app, remote.as_ref()).await?;
     let result = resume_locked(args, promoted, env, remote.as_ref(), &held).await;
     finish(held, result).await
 }
 
 async fn resume_locked(
     args: &AppArgs,
-    promoted: Option<bool>,
+    promoted: Option<Course>,
     env: &Env,
     remote: Option<&Remote>,
-    held: &Held,
+    held: &Hold,
 ) -> Result<u8, CliError> {
     let store = &env.store;
     let records = local_records(env, &args.app, remote)?;
@@ -760,70 +419,47 @@ async fn resume_locked(
     }
     let target = target_for(&m, env).await?;
     let plan = plan_for(&m, &target).await?;
-    // A rollback that was cut short is finished first.
-    if let Some(reason) = &last.rollback {
-        let reporter = Reporter::new(args.output, 1);
-        let on_record = |r: &Record| reporter.record(r);
-        let mut run = Run::new(
-            &target,
-            &m,
-            &plan,
-            store,
-            &last.id,
-            last.from.clone(),
-            &on_record,
-        )
-        .map_err(failed)?;
-        run.interrupts = install_interrupts();
-        run.team = held.team.as_ref();
-        run.rollback(reason).await.map_err(failed)?;
-        run.log(Event::Finished {
-            rollout: last.id.clone(),
-            outcome: Outcome::RolledBack,
-            detail: reason.clone(),
-        })
-        .map_err(failed)?;
-        reporter.finish();
-        println!("{}: rollback completed", args.app);
-        return Ok(exit::FAILED);
-    }
-    let done = last
-        .steps
-        .iter()
-        .filter(|s| s.millis.is_some())
-        .map(|s| s.step + 1)
-        .max()
-        .unwrap_or(0);
-    let mut next = done;
-    if let (Some(reason), Some(step)) = (&last.paused, last.steps.last())
-        && step.millis.is_none()
-    {
-        let plan_step = &plan.steps[step.step.min(plan.steps.len() - 1)];
-        if plan_step.manual {
-            let needed = plan_step.approvals.max(1) as usize;
-            let distinct = last.approvers(step.step);
-            if promoted.is_none() || distinct.len() < needed {
-                println!(
-                    "{}: paused at step {} ({reason}); {} of {needed} approvals so far: `rollgate promote {}`",
-                    args.app,
-                    step.step + 1,
-                    distinct.len(),
-                    args.app
-                );
-                return Ok(exit::PAUSED);
-            }
-            next = step.step + 1;
-        } else if promoted.is_some() {
-            // A person looked at a failed or inconclusive step and promoted: go past it.
-            next = step.step + 1;
-        } else {
-            next = step.step;
+    let (step, course) = match resume_point(&last, &plan, promoted) {
+        ResumePoint::At { step, course } => (step, course),
+        ResumePoint::AwaitingApprovals {
+            step,
+            reason,
+            approvals,
+            needed,
+        } => {
+            println!(
+                "{}: paused at step {} ({reason}); {approvals} of {needed} approvals so far: `rollgate promote {}`",
+                args.app,
+                step + 1,
+                args.app
+            );
+            return Ok(exit::PAUSED);
         }
-    }
-    let start = Start::At {
-        step: next,
-        full: promoted == Some(true),
+        // A rollback that was cut short is finished first.
+        ResumePoint::FinishRollback { reason } => {
+            let reporter = Reporter::new(args.output, 1);
+            let on_record = |r: &Record| reporter.record(r);
+            let mut run = Run::new(
+                &target,
+                &m,
+                &plan,
+                store,
+                &last.id,
+                last.from.clone(),
+                &on_record,
+            )
+            .map_err(failed)?;
+            run.interrupts = crate::cli::install_interrupts();
+            run.team = held.team();
+            run.roll_back_and_finish(&reason, Outcome::RolledBack)
+                .await
+                .map_err(failed)?;
+            reporter.finish();
+            println!("{}: rollback completed", args.app);
+            return Ok(exit::FAILED);
+        }
     };
+    let start = Start::At { step, course };
     drive(
         &m,
         &target,
@@ -839,13 +475,12 @@ async fn resume_locked(
 
 async fn promote(args: &PromoteArgs, env: &Env) -> Result<u8, CliError> {
     let app = &args.app.app;
-    let remote = remote_for_app(env, app).await?;
+    let remote = env.remote_for_app(app).await?;
     // While a rollout runs, it owns the journal: hand it the promotion as a control request.
-    let held = match lock_app(env, app, remote.as_ref()).await {
-        Err(LockError::Locked(_)) => {
+    let held = match Hold::take(&env.store, app, remote.as_ref()).await {
+        Err(e) if e.is_locked() => {
             let actor = Actor::from_env();
-            send(
-                env,
+            env.send(
                 app,
                 remote.as_ref(),
                 &Control::Promote {
@@ -853,11 +488,12 @@ async fn promote(args: &PromoteArgs, env: &Env) -> Result<u8, CliError> {
                     full: args.full,
                 },
             )
-            .await?;
+            .await
+            .map_err(failed)?;
             println!("{app}: promotion sent to the running rollout");
             return Ok(exit::OK);
         }
-        Err(LockError::Other(e)) => return Err(e),
+        Err(e) => return Err(e.into()),
         Ok(held) => held,
     };
     let result = promote_locked(args, env, remote.as_ref(), &held).await;
@@ -868,7 +504,7 @@ async fn promote_locked(
     args: &PromoteArgs,
     env: &Env,
     remote: Option<&Remote>,
-    held: &Held,
+    held: &Hold,
 ) -> Result<u8, CliError> {
     let app = &args.app.app;
     let actor = Actor::from_env();
@@ -891,25 +527,14 @@ async fn promote_locked(
             })
         })
         .map_err(failed)?;
-    if let Some(team) = &held.team {
-        team.changed();
-    }
+    held.changed();
     println!("{app}: promoted by {actor}");
-    resume_locked(&args.app, Some(args.full), env, remote, held).await
-}
-
-/// Hands a control request to the running rollout: through the cluster for a Kubernetes target
-/// (it may run on another machine), else through the local state dir.
-async fn send(
-    env: &Env,
-    app: &str,
-    remote: Option<&Remote>,
-    control: &Control,
-) -> Result<(), CliError> {
-    match remote {
-        Some(r) => r.send_control(control).await.map_err(failed),
-        None => env.store.send_control(app, control).map_err(failed),
-    }
+    let course = if args.full {
+        Course::StraightToLast
+    } else {
+        Course::StepByStep
+    };
+    resume_locked(&args.app, Some(course), env, remote, held).await
 }
 
 async fn control(
@@ -918,7 +543,9 @@ async fn control(
     env: &Env,
     make: impl FnOnce(Actor) -> Control,
 ) -> Result<u8, CliError> {
-    send(env, &args.app, remote, &make(Actor::from_env())).await?;
+    env.send(&args.app, remote, &make(Actor::from_env()))
+        .await
+        .map_err(failed)?;
     println!(
         "{}: request sent; the running rollout acts on it after its current step",
         args.app
@@ -927,12 +554,12 @@ async fn control(
 }
 
 async fn abort(args: &AppArgs, env: &Env) -> Result<u8, CliError> {
-    let remote = remote_for_app(env, &args.app).await?;
-    let held = match lock_app(env, &args.app, remote.as_ref()).await {
-        Err(LockError::Locked(_)) => {
+    let remote = env.remote_for_app(&args.app).await?;
+    let held = match Hold::take(&env.store, &args.app, remote.as_ref()).await {
+        Err(e) if e.is_locked() => {
             return control(args, remote.as_ref(), env, |actor| Control::Abort { actor }).await;
         }
-        Err(LockError::Other(e)) => return Err(e),
+        Err(e) => return Err(e.into()),
         Ok(held) => held,
     };
     let result = abort_locked(args, env, remote.as_ref(), &held).await;
@@ -944,7 +571,7 @@ async fn abort_locked(
     args: &AppArgs,
     env: &Env,
     remote: Option<&Remote>,
-    held: &Held,
+    held: &Hold,
 ) -> Result<u8, CliError> {
     let actor = Actor::from_env();
     let records = local_records(env, &args.app, remote)?;
@@ -969,22 +596,18 @@ async fn abort_locked(
         &on_record,
     )
     .map_err(failed)?;
-    run.team = held.team.as_ref();
+    run.team = held.team();
     let reason = format!("aborted by {actor}");
-    run.rollback(&reason).await.map_err(failed)?;
-    run.log(Event::Finished {
-        rollout: last.id,
-        outcome: Outcome::Aborted,
-        detail: reason,
-    })
-    .map_err(failed)?;
+    run.roll_back_and_finish(&reason, Outcome::Aborted)
+        .await
+        .map_err(failed)?;
     reporter.finish();
     println!("{}: aborted and rolled back", args.app);
     Ok(exit::FAILED)
 }
 
 async fn retry(args: &AppArgs, env: &Env) -> Result<u8, CliError> {
-    let remote = remote_for_app(env, &args.app).await?;
+    let remote = env.remote_for_app(&args.app).await?;
     let records = records(env, &args.app, remote.as_ref()).await?;
     let (last, m) = last_rollout(env, &args.app, &records, remote.as_ref())?;
     match last.outcome {
@@ -1005,7 +628,7 @@ async fn retry(args: &AppArgs, env: &Env) -> Result<u8, CliError> {
 async fn rollback(args: &RollbackArgs, env: &Env) -> Result<u8, CliError> {
     let app = &args.app.app;
     let store = &env.store;
-    let remote = remote_for_app(env, app).await?;
+    let remote = env.remote_for_app(app).await?;
     let all = history(&records(env, app, remote.as_ref()).await?);
     let Some(last) = all
         .iter()
@@ -1026,16 +649,16 @@ async fn rollback(args: &RollbackArgs, env: &Env) -> Result<u8, CliError> {
         }
     };
     let mut stored = store.load_manifest(app, &last.id).map_err(failed)?;
-    if let Some(h) = &mut stored.spec.target.hosts {
+    if let Some(h) = stored.spec.target.hosts_mut() {
         // Only what is already on disk: a rollback never reads or downloads an artifact.
         h.artifact = None;
     }
     let mut original = Manifest::from_resolved(stored, &store.app_dir(app))?;
     overrides(&mut original, env)?;
+    let original_target = target_for(&original, env).await?;
     let unavailable = if args.fast {
         crate::spec::IntOrPercent::Percent(100)
     } else {
-        let original_target = target_for(&original, env).await?;
         crate::spec::IntOrPercent::Int(
             plan_for(&original, &original_target)
                 .await?
@@ -1045,48 +668,15 @@ async fn rollback(args: &RollbackArgs, env: &Env) -> Result<u8, CliError> {
     };
     let mut rollout = original.resolved();
     rollout.spec.version = to.clone();
-    rollout.spec.strategy = if matches!(original.strategy, crate::spec::Strategy::BlueGreen(_)) {
-        // Blue-green goes back the way it came: old set up beside the new, one switch, then retire.
-        crate::spec::StrategySpec {
-            blue_green: Some(crate::spec::BlueGreenSpec {
-                auto_promotion_enabled: true,
-                auto_promotion_seconds: 0,
-                preview_replica_count: 0,
-                scale_down_delay_seconds: 0,
-                min_ready_seconds: 0,
-                pre_promotion_analysis: None,
-                post_promotion_analysis: None,
-            }),
-            ..Default::default()
-        }
-    } else {
-        // Kubernetes can add pods: bring the previous set back at full size at once (surge 100%,
-        // nothing unavailable), reusing its ReplicaSet. Hosts go back in waves of maxUnavailable.
-        let elastic = original.rollout.spec.target.kubernetes.is_some();
-        crate::spec::StrategySpec {
-            rolling: Some(crate::spec::RollingSpec {
-                max_surge: if elastic {
-                    crate::spec::IntOrPercent::Percent(100)
-                } else {
-                    crate::spec::IntOrPercent::Int(0)
-                },
-                max_unavailable: if elastic {
-                    crate::spec::IntOrPercent::Int(0)
-                } else {
-                    unavailable
-                },
-                min_ready_seconds: 0,
-            }),
-            ..Default::default()
-        }
-    };
-    if let Some(h) = &mut rollout.spec.target.hosts {
+    rollout.spec.strategy =
+        plan::rollback_strategy(&original.strategy, original_target.capacity(), unavailable);
+    if let Some(h) = rollout.spec.target.hosts_mut() {
         // Only what is already on disk: a rollback never downloads.
         h.artifact = None;
     }
     let m = Manifest::from_resolved(rollout, &store.app_dir(app))?;
     let target = target_for(&m, env).await?;
-    let held = lock_app(env, app, remote.as_ref()).await?;
+    let held = Hold::take(&env.store, app, remote.as_ref()).await?;
     let result = rollback_locked(args, env, &m, &target, &to, &held).await;
     finish(held, result).await
 }
@@ -1097,7 +687,7 @@ async fn rollback_locked(
     m: &Manifest,
     target: &AnyTarget,
     to: &str,
-    held: &Held,
+    held: &Hold,
 ) -> Result<u8, CliError> {
     let app = &args.app.app;
     let instances = target.instances().await.map_err(failed)?;
@@ -1144,7 +734,7 @@ fn running<T>(env: &Env, app: &str, remote: Option<&T>) -> output::Running {
 }
 
 async fn status(args: &StatusArgs, env: &Env) -> Result<u8, CliError> {
-    let remote = remote_for_app(env, &args.app).await?;
+    let remote = env.remote_for_app(&args.app).await?;
     loop {
         let records = records(env, &args.app, remote.as_ref()).await?;
         let (last, m) = last_rollout(env, &args.app, &records, remote.as_ref())?;
@@ -1169,7 +759,7 @@ async fn status(args: &StatusArgs, env: &Env) -> Result<u8, CliError> {
 }
 
 async fn history_cmd(args: &AppArgs, env: &Env) -> Result<u8, CliError> {
-    let remote = remote_for_app(env, &args.app).await?;
+    let remote = env.remote_for_app(&args.app).await?;
     let all = history(&records(env, &args.app, remote.as_ref()).await?);
     if all.is_empty() {
         let place = match &remote {

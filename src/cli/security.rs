@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 
-use crate::cli::run::CliError;
+use crate::cli::CliError;
 use crate::spec::{InputError, KubernetesTarget, Manifest, Sources};
 use crate::target::kubernetes::{Kubernetes, container_problem, pod_security_warnings};
 
@@ -18,7 +18,7 @@ const LIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// is checked offline; an `image:` target's template is the live Deployment's, read when the
 /// kubeconfig reaches the cluster within 5 s (otherwise a note says it was not checked).
 pub fn check_blocking(m: &Manifest, strict: bool) -> Result<(), CliError> {
-    let Some(k) = &m.rollout.spec.target.kubernetes else {
+    let Some(k) = m.rollout.spec.target.kubernetes() else {
         return Ok(());
     };
     if k.manifest.is_some() {
@@ -37,7 +37,7 @@ pub async fn check(
     strict: bool,
     client: Option<kube::Client>,
 ) -> Result<(), CliError> {
-    let Some(k) = &m.rollout.spec.target.kubernetes else {
+    let Some(k) = m.rollout.spec.target.kubernetes() else {
         return Ok(());
     };
     if k.manifest.is_some() {
@@ -80,11 +80,11 @@ async fn live_template(
         Some(client) => Kubernetes::with_client(k, Path::new("."), 0, false, client),
         None => Kubernetes::new(k, Path::new("."), 0, false).await,
     }
-    .map_err(|e| crate::engine::error_chain(&e))?;
+    .map_err(|e| crate::error_chain(&e))?;
     target
         .live_template()
         .await
-        .map_err(|e| crate::engine::error_chain(&e))
+        .map_err(|e| crate::error_chain(&e))
 }
 
 /// One finding, as it is printed after `warning: ` or `error: `.

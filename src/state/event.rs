@@ -146,6 +146,32 @@ pub enum Event {
 }
 
 impl Event {
+    /// The record's kind, as its JSON `event` field names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Started { .. } => "started",
+            Event::StepStarted { .. } => "stepStarted",
+            Event::InstanceChanging { .. } => "instanceChanging",
+            Event::InstanceChanged { .. } => "instanceChanged",
+            Event::Gate { .. } => "gate",
+            Event::StepDone { .. } => "stepDone",
+            Event::Paused { .. } => "paused",
+            Event::Promoted { .. } => "promoted",
+            Event::RollbackStarted { .. } => "rollbackStarted",
+            Event::Finished { .. } => "finished",
+        }
+    }
+
+    /// The instance an instance record names.
+    pub fn instance(&self) -> Option<&str> {
+        match self {
+            Event::InstanceChanging { instance, .. } | Event::InstanceChanged { instance, .. } => {
+                Some(instance)
+            }
+            _ => None,
+        }
+    }
+
     /// The rollout the event belongs to.
     pub fn rollout(&self) -> &str {
         match self {
@@ -207,6 +233,85 @@ pub(super) struct RecordRef<'a> {
 pub enum Control {
     Promote { actor: Actor, full: bool },
     Pause { actor: Actor },
-    Resume { actor: Actor },
     Abort { actor: Actor },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_is_the_json_event_name() {
+        let actor = Actor {
+            user: "u".into(),
+            host: "h".into(),
+            ci: None,
+        };
+        let r = || "r".to_string();
+        let all = [
+            Event::Started {
+                rollout: r(),
+                from: None,
+                to: r(),
+                strategy: r(),
+                actor: actor.clone(),
+                steps: 1,
+            },
+            Event::StepStarted {
+                rollout: r(),
+                step: 0,
+                kind: r(),
+                note: r(),
+            },
+            Event::InstanceChanging {
+                rollout: r(),
+                instance: r(),
+                version: r(),
+            },
+            Event::InstanceChanged {
+                rollout: r(),
+                instance: r(),
+                version: r(),
+                ok: true,
+                detail: r(),
+            },
+            Event::Gate {
+                rollout: r(),
+                step: 0,
+                check: r(),
+                passed: true,
+                detail: r(),
+            },
+            Event::StepDone {
+                rollout: r(),
+                step: 0,
+                millis: 0,
+            },
+            Event::Paused {
+                rollout: r(),
+                step: 0,
+                reason: r(),
+            },
+            Event::Promoted {
+                rollout: r(),
+                step: 0,
+                actor,
+                full: false,
+            },
+            Event::RollbackStarted {
+                rollout: r(),
+                reason: r(),
+                to: r(),
+            },
+            Event::Finished {
+                rollout: r(),
+                outcome: Outcome::Succeeded,
+                detail: r(),
+            },
+        ];
+        for e in &all {
+            let json = serde_json::to_value(e).unwrap();
+            assert_eq!(json["event"].as_str(), Some(e.kind()), "{e:?}");
+        }
+    }
 }

@@ -541,7 +541,7 @@ fn in_namespace(store: &Store, app: &str, namespace: &str, records: Vec<Record>)
                 store.load_manifest(app, id).map_or(true, |m| {
                     m.spec
                         .target
-                        .kubernetes
+                        .kubernetes()
                         .is_some_and(|k| k.namespace == namespace)
                 })
             })

@@ -520,7 +520,9 @@ impl Journal {
             .write_all(text.as_bytes())
             .and_then(|()| self.file.sync_data())
             .map_err(io(&self.path))?;
-        crate::faults::journaled(&events);
+        for event in &events {
+            crate::faults::journaled(event.kind(), event.rollout(), event.instance());
+        }
         Ok(())
     }
 }

@@ -1,11 +1,16 @@
 //! The host-fleet target: each host runs `rollgate-agent`; rollgate drives it over HTTPS.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use sha2::{Digest, Sha256};
+
+mod traffic;
+mod waves;
+
+use waves::split_by_zone_wants;
+pub use waves::{capacity, split_by_zone, wave_order};
 
 use super::{Change, Instance, Result, Sink, Target, TargetError};
 use crate::agent::api::{
@@ -14,6 +19,7 @@ use crate::agent::api::{
 };
 use crate::agent::client::{AgentClient, ClientAuth};
 use crate::health::Probe;
+use crate::health::run::cli_probe;
 use crate::plan::Step;
 use crate::spec::{AgentAuth, Check, HostsTarget, RunOn};
 
@@ -47,8 +53,7 @@ fn request_id(kind: &str, service: &str, instance: &str, version: &str, salt: &s
 }
 
 impl Hosts {
-    /// Connects (lazily) to every host of `spec`; `rollout` salts request ids so retries of the same
-    /// rollout are idempotent and a new rollout is not mistaken for an old one.
+    /// Connects (lazily) to every host of `spec`, ordered for waves with `first_group` first.
     pub fn new(spec: &HostsTarget, first_group: Option<&str>) -> Result<Self> {
         let auth = client_auth(spec.auth.as_ref())?;
         let mut clients = Vec::new();
@@ -497,9 +502,9 @@ impl Hosts {
         version: &str,
         deadline: Duration,
         sink: Sink<'_>,
-    ) -> std::result::Result<(), String> {
+    ) -> Result<()> {
         // One journal flush for the whole wave, before any host is touched.
-        sink(Change::Many(
+        sink.report(Change::Many(
             hosts
                 .iter()
                 .map(|(h, _)| Change::Changing {
@@ -507,7 +512,8 @@ impl Hosts {
                     version: version.to_string(),
                 })
                 .collect(),
-        ));
+        ))
+        .await?;
         let salt = format!("{:x}", crate::state::now_ms());
         let calls = hosts.iter().map(|(name, want)| {
             let salt = salt.clone();
@@ -543,7 +549,7 @@ impl Hosts {
         for (h, r) in join_all(calls).await {
             let (ok, detail) = match &r {
                 Ok(()) => (true, "ready".to_string()),
-                Err(e) => (false, crate::engine::error_chain(e)),
+                Err(e) => (false, crate::error_chain(e)),
             };
             if !ok && failure.is_none() {
                 failure = Some(detail.clone());
@@ -555,92 +561,8 @@ impl Hosts {
                 detail,
             });
         }
-        sink(Change::Many(changed));
-        failure.map_or(Ok(()), Err)
-    }
-
-    /// Every host running `version`, as `ip:port` of the slot that runs it.
-    async fn active_set(&self, version: &str) -> Result<Vec<(String, String)>> {
-        let mut out = Vec::new();
-        for (name, view) in self.views_each(Duration::from_secs(5)).await {
-            // An unreachable host is left out of the active set: the balancer must not send to it.
-            let Ok(view) = view else { continue };
-            if let Some(slot) = view.slot_running(version) {
-                let ip = self
-                    .address(&name)
-                    .rsplit_once(':')
-                    .map_or("", |(h, _)| h)
-                    .to_string();
-                out.push((name.clone(), format!("{ip}:{}", slot.port.unwrap_or(0))));
-            }
-        }
-        Ok(out)
-    }
-
-    async fn call_switch_hook(&self, version: &str) -> std::result::Result<(), String> {
-        let Some(hook) = &self.spec.traffic_switch else {
-            return Ok(());
-        };
-        let set = self
-            .active_set(version)
-            .await
-            .map_err(|e| crate::engine::error_chain(&e))?;
-        let payload = serde_json::json!({
-            "service": self.service,
-            "version": version,
-            "active": set.iter().map(|(host, address)| serde_json::json!({"host": host, "address": address})).collect::<Vec<_>>(),
-        });
-        let addresses: Vec<&str> = set.iter().map(|(_, a)| a.as_str()).collect();
-        let timeout = hook.timeout.0;
-        if let Some(cmd) = &hook.command {
-            let mut child = tokio::process::Command::new(&cmd[0])
-                .args(&cmd[1..])
-                .env("ROLLGATE_ACTIVE", addresses.join(","))
-                .env("ROLLGATE_VERSION", version)
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| format!("{}: {e}", cmd[0]))?;
-            if let Some(mut stdin) = child.stdin.take() {
-                use tokio::io::AsyncWriteExt;
-                let _ = stdin.write_all(payload.to_string().as_bytes()).await;
-            }
-            let out = tokio::time::timeout(timeout, child.wait_with_output())
-                .await
-                .map_err(|_| format!("{}: no answer within {timeout:?}", cmd[0]))?
-                .map_err(|e| format!("{}: {e}", cmd[0]))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "{}: {}: {}",
-                    cmd[0],
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-            return Ok(());
-        }
-        if let Some(url) = &hook.webhook {
-            let mut last = String::new();
-            for attempt in 0..3 {
-                match self
-                    .http
-                    .post(url)
-                    .json(&payload)
-                    .timeout(timeout)
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status().is_success() => return Ok(()),
-                    Ok(r) => last = format!("{url}: status {}", r.status()),
-                    Err(e) => last = format!("{url}: {e}"),
-                }
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-            }
-            return Err(last);
-        }
-        Ok(())
+        sink.report(Change::Many(changed)).await?;
+        failure.map_or(Ok(()), |why| Err(TargetError::Failed(why)))
     }
 }
 
@@ -685,11 +607,7 @@ impl Target for Hosts {
     }
 
     fn capacity(&self) -> crate::plan::Capacity {
-        if self.spec.slots_per_host >= 2 {
-            crate::plan::Capacity::TwoSlots
-        } else {
-            crate::plan::Capacity::InPlace
-        }
+        capacity(&self.spec)
     }
 
     async fn instances(&self) -> Result<Vec<Instance>> {
@@ -712,12 +630,9 @@ impl Target for Hosts {
         version: &str,
         deadline: Duration,
         sink: Sink<'_>,
-    ) -> std::result::Result<(), String> {
+    ) -> Result<()> {
         // The first `new` hosts in wave order run `version`; the last `old` hosts keep the old one.
-        let views = self
-            .views()
-            .await
-            .map_err(|e| crate::engine::error_chain(&e))?;
+        let views = self.views().await?;
         let n = self.order.len();
         let running: usize = views.iter().map(|(_, v)| v.running().count()).sum();
         // Room for extra instances during the step (two slots per host): beyond it, stop old first.
@@ -753,12 +668,7 @@ impl Target for Hosts {
         Ok(())
     }
 
-    async fn restore(
-        &self,
-        version: &str,
-        deadline: Duration,
-        sink: Sink<'_>,
-    ) -> std::result::Result<(), String> {
+    async fn restore(&self, version: &str, deadline: Duration, sink: Sink<'_>) -> Result<()> {
         // Every reachable host is restored even when some are not; those are reported and fail the
         // restore, so the journal and `resume` know which hosts still need it.
         let mut unreachable = Vec::new();
@@ -779,17 +689,19 @@ impl Target for Hosts {
                     known.insert(name, v);
                 }
                 Err(e) => {
-                    let detail = crate::engine::error_chain(&e);
-                    sink(Change::Changing {
+                    let detail = crate::error_chain(&e);
+                    sink.report(Change::Changing {
                         instance: name.clone(),
                         version: version.to_string(),
-                    });
-                    sink(Change::Changed {
+                    })
+                    .await?;
+                    sink.report(Change::Changed {
                         instance: name.clone(),
                         version: version.to_string(),
                         ok: false,
                         detail: detail.clone(),
-                    });
+                    })
+                    .await?;
                     unreachable.push(detail);
                 }
             }
@@ -798,7 +710,9 @@ impl Target for Hosts {
         let converged = self
             .converge_all(&back, &known, version, deadline, sink)
             .await;
-        self.call_switch_hook(version).await?;
+        self.call_switch_hook(version)
+            .await
+            .map_err(TargetError::Failed)?;
         let salt = format!("{:x}", crate::state::now_ms());
         for (name, view) in self.views_each(deadline).await {
             if let Ok(view) = view
@@ -806,20 +720,21 @@ impl Target for Hosts {
                 && view.runs_other(version)
             {
                 self.stop_others(&name, &view, version, deadline, &salt)
-                    .await
-                    .map_err(|e| crate::engine::error_chain(&e))?;
+                    .await?;
             }
         }
         converged?;
         if unreachable.is_empty() {
             Ok(())
         } else {
-            Err(unreachable.join("; "))
+            Err(TargetError::Failed(unreachable.join("; ")))
         }
     }
 
-    async fn switch_traffic(&self, version: &str) -> std::result::Result<(), String> {
-        self.call_switch_hook(version).await
+    async fn switch_traffic(&self, version: &str) -> Result<()> {
+        self.call_switch_hook(version)
+            .await
+            .map_err(TargetError::Failed)
     }
 
     async fn probe(&self, check: &Check, instance: &str, version: &str) -> Probe {
@@ -860,7 +775,7 @@ impl Target for Hosts {
         // Probe the slot that runs the version under test.
         let slot = match self.view(instance).await {
             Ok(view) => view.slot_running(version).map_or(0, |s| s.slot),
-            Err(e) => return Probe::Fail(crate::engine::error_chain(&e)),
+            Err(e) => return Probe::Fail(crate::error_chain(&e)),
         };
         let req = HealthCheckRequest {
             slot,
@@ -877,131 +792,9 @@ impl Target for Hosts {
     }
 }
 
-/// A probe run from where rollgate runs.
-pub async fn cli_probe(
-    http: &reqwest::Client,
-    check: &Check,
-    fill: &(dyn Fn(&str) -> String + Sync),
-    timeout: Duration,
-) -> Probe {
-    if let Some(h) = &check.http {
-        let url = fill(&h.url);
-        return match http.get(&url).timeout(timeout).send().await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let body = resp.text().await.unwrap_or_default();
-                if status != h.expect_status {
-                    Probe::Fail(format!(
-                        "GET {url}: status {status}, expected {}",
-                        h.expect_status
-                    ))
-                } else if let Some(want) = &h.body_contains
-                    && !body.contains(want.as_str())
-                {
-                    Probe::Fail(format!("GET {url}: body lacks {want:?}"))
-                } else {
-                    Probe::Pass
-                }
-            }
-            Err(e) => Probe::Fail(format!("GET {url}: {e}")),
-        };
-    }
-    if let Some(t) = &check.tcp {
-        let addr = fill(&t.address);
-        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
-            Ok(Ok(_)) => Probe::Pass,
-            Ok(Err(e)) => Probe::Fail(format!("connect {addr}: {e}")),
-            Err(_) => Probe::Fail(format!("connect {addr}: timed out after {timeout:?}")),
-        };
-    }
-    if let Some(c) = &check.command {
-        let args: Vec<String> = c.run.iter().map(|a| fill(a)).collect();
-        let run = tokio::process::Command::new(&args[0])
-            .args(&args[1..])
-            .kill_on_drop(true)
-            .output();
-        return match tokio::time::timeout(timeout, run).await {
-            Ok(Ok(out)) if out.status.success() => Probe::Pass,
-            Ok(Ok(out)) => Probe::Fail(format!("{}: {}", args[0], out.status)),
-            Ok(Err(e)) => Probe::Fail(format!("{}: {e}", args[0])),
-            Err(_) => Probe::Fail(format!("{}: timed out after {timeout:?}", args[0])),
-        };
-    }
-    Probe::Fail("check has no probe".into())
-}
-
-/// Orders hosts for waves: the first group's hosts first, then by the spread label, then by name.
-pub fn wave_order(spec: &HostsTarget, first_group: Option<&str>) -> Vec<String> {
-    let mut hosts: Vec<_> = spec.hosts.iter().collect();
-    let label = spec.spread_by.as_deref();
-    hosts.sort_by_key(|h| {
-        let in_first = first_group.is_some_and(|g| h.groups.iter().any(|x| x == g));
-        let zone = label
-            .and_then(|l| h.labels.get(l))
-            .cloned()
-            .unwrap_or_default();
-        (!in_first, zone, h.name.clone())
-    });
-    hosts.into_iter().map(|h| h.name.clone()).collect()
-}
-
-/// [`split_by_zone`] for hosts with what each must end with.
-fn split_by_zone_wants(spec: &HostsTarget, wave: &[(String, Want)]) -> Vec<Vec<(String, Want)>> {
-    let names: Vec<String> = wave.iter().map(|(n, _)| n.clone()).collect();
-    let mut rest = wave.iter();
-    split_by_zone(spec, &names)
-        .into_iter()
-        .map(|part| {
-            part.iter()
-                .map(|_| rest.next().expect("same hosts, same order").clone())
-                .collect()
-        })
-        .collect()
-}
-
-/// Splits a wave so that no part spans two values of the spread label: never down in two zones at once.
-pub fn split_by_zone(spec: &HostsTarget, wave: &[String]) -> Vec<Vec<String>> {
-    let Some(label) = spec.spread_by.as_deref() else {
-        return vec![wave.to_vec()];
-    };
-    let zone_of: HashMap<&str, &str> = spec
-        .hosts
-        .iter()
-        .map(|h| {
-            (
-                h.name.as_str(),
-                h.labels.get(label).map_or("", String::as_str),
-            )
-        })
-        .collect();
-    let mut parts: Vec<Vec<String>> = Vec::new();
-    let mut last_zone = None;
-    for host in wave {
-        let zone = zone_of.get(host.as_str()).copied();
-        if parts.is_empty() || zone != last_zone {
-            parts.push(Vec::new());
-            last_zone = zone;
-        }
-        parts.last_mut().expect("pushed above").push(host.clone());
-    }
-    parts
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fleet() -> HostsTarget {
-        serde_yaml::from_str(
-            "hosts:
-  - {name: h3, address: 'a:1', labels: {zone: b}}
-  - {name: h1, address: 'a:1', labels: {zone: a}}
-  - {name: h2, address: 'a:1', labels: {zone: a}, groups: [internal]}
-  - {name: h4, address: 'a:1', labels: {zone: b}, groups: [internal]}
-spreadBy: zone",
-        )
-        .unwrap()
-    }
 
     /// Regression: two apps rolled at once on one agent got `409 request_id_reused`, because the
     /// agent keeps request ids across services and the ids did not name the service.
@@ -1010,27 +803,6 @@ spreadBy: zone",
         assert_ne!(
             request_id("activate0", "web", "h1", "2.0.0", "18f"),
             request_id("activate0", "api", "h1", "2.0.0", "18f")
-        );
-    }
-
-    #[test]
-    fn first_group_then_zones() {
-        assert_eq!(
-            wave_order(&fleet(), Some("internal")),
-            ["h2", "h4", "h1", "h3"]
-        );
-        assert_eq!(wave_order(&fleet(), None), ["h1", "h2", "h3", "h4"]);
-    }
-
-    #[test]
-    fn waves_never_span_two_zones() {
-        let parts = split_by_zone(&fleet(), &["h1".into(), "h2".into(), "h3".into()]);
-        assert_eq!(
-            parts,
-            vec![
-                vec!["h1".to_string(), "h2".to_string()],
-                vec!["h3".to_string()]
-            ]
         );
     }
 }

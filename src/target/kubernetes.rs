@@ -148,6 +148,11 @@ impl Kubernetes {
         &self.spec.deployment
     }
 
+    /// The Deployment's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.spec.namespace
+    }
+
     fn holder_name(&self) -> String {
         format!("{}-rollgate", self.spec.deployment)
     }
@@ -173,6 +178,15 @@ impl Target for Kubernetes {
         crate::plan::Capacity::Elastic
     }
 
+    /// Kubernetes counts minReadySeconds in pod availability itself.
+    fn holds_min_ready(&self) -> bool {
+        true
+    }
+
+    fn metric_labels(&self) -> Vec<(&'static str, String)> {
+        vec![("namespace", self.namespace().to_string())]
+    }
+
     async fn instances(&self) -> Result<Vec<Instance>> {
         self.instances_now().await
     }
@@ -191,20 +205,15 @@ impl Target for Kubernetes {
         version: &str,
         deadline: Duration,
         sink: Sink<'_>,
-    ) -> std::result::Result<(), String> {
+    ) -> Result<()> {
         self.scale_step(step, version, deadline, sink).await
     }
 
-    async fn restore(
-        &self,
-        version: &str,
-        deadline: Duration,
-        sink: Sink<'_>,
-    ) -> std::result::Result<(), String> {
+    async fn restore(&self, version: &str, deadline: Duration, sink: Sink<'_>) -> Result<()> {
         self.restore_stable(version, deadline, sink).await
     }
 
-    async fn switch_traffic(&self, version: &str) -> std::result::Result<(), String> {
+    async fn switch_traffic(&self, version: &str) -> Result<()> {
         self.switch_to(version).await
     }
 

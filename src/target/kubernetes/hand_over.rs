@@ -501,8 +501,8 @@ impl Kubernetes {
             if let Err(undo) = self.undo_prepare().await {
                 eprintln!(
                     "warning: undoing what prepare did after `{}`: {}",
-                    crate::engine::error_chain(e),
-                    crate::engine::error_chain(&undo)
+                    crate::error_chain(e),
+                    crate::error_chain(&undo)
                 );
             }
         }

@@ -55,12 +55,11 @@ impl Kubernetes {
         version: &str,
         deadline: Duration,
         sink: Sink<'_>,
-    ) -> std::result::Result<(), String> {
-        let err = |e: TargetError| crate::engine::error_chain(&e);
+    ) -> Result<()> {
         // The way back to safety waits longer for an API server that is away.
         self.reach
             .set_patience(deadline.max(PATIENCE_OUTSIDE_STEPS), false);
-        let view = self.view().await.map_err(err)?;
+        let view = self.view().await?;
         let d = &view.deployment;
         let hpa = d.annotations().contains_key(HPA_ANNOTATION);
         let n = match hpa {
@@ -73,30 +72,29 @@ impl Kubernetes {
             .and_then(|s| template_version(&s.template, self.container()));
         if current.as_deref() != Some(version) {
             // Already handed over: go back the way a rollout goes, all at once.
-            self.prepare(version).await.map_err(err)?;
+            self.prepare(version).await?;
             let mut step = Step::hold(StepKind::Scale, 0, n, "restore");
             step.min_available = n;
             step.max_total = 2 * n;
             return self.scale(&step, version, deadline, sink).await;
         }
         // The stable ReplicaSet is the Deployment's own: back to N at once, then the new one goes.
-        sink(Change::Changing {
+        sink.report(Change::Changing {
             instance: self.name().into(),
             version: version.into(),
-        });
+        })
+        .await?;
         if hpa {
             // Beside an HPA, the lent ReplicaSets go back: the paused Deployment scales its one
             // active ReplicaSet to spec.replicas, the HPA's count.
             let dref = self.deployment_ref(&view);
             for rs in view.sets.iter().filter(|rs| lent(rs)) {
                 self.give_annotated(rs, dref.clone(), settled(d, n))
-                    .await
-                    .map_err(err)?;
+                    .await?;
             }
         } else {
             self.patch_deployment(serde_json::json!({"spec": {"replicas": n}}))
-                .await
-                .map_err(err)?;
+                .await?;
         }
         let waited = self
             .wait_status(deadline, "bringing the stable pods back", move |d| {
@@ -114,13 +112,11 @@ impl Kubernetes {
             if stable.is_some()
                 && self
                     .pinned(&self.active_service())
-                    .await
-                    .map_err(err)?
+                    .await?
                     .is_some()
             {
                 self.pin(&self.active_service(), stable.as_deref())
-                    .await
-                    .map_err(err)?;
+                    .await?;
             }
         }
         if let Some(holder) = view.holder_uid() {
@@ -134,10 +130,10 @@ impl Kubernetes {
                 {
                     Ok(_) => {}
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => return Err(err(self.fail("removing the new ReplicaSet", e))),
+                    Err(e) => return Err(self.fail("removing the new ReplicaSet", e)),
                 }
             }
-            self.delete_holder().await.map_err(err)?;
+            self.delete_holder().await?;
         }
         // A ReplicaSet rollgate made that someone else took out of the holder (the holder deleted
         // with its dependents orphaned, and the Deployment adopting them) goes too.
@@ -160,7 +156,7 @@ impl Kubernetes {
             {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(err(self.fail("removing the new ReplicaSet", e))),
+                Err(e) => return Err(self.fail("removing the new ReplicaSet", e)),
             }
         }
         self.patch_deployment(serde_json::json!({
@@ -171,26 +167,32 @@ impl Kubernetes {
             }},
             "spec": {"paused": d.annotations().contains_key(PAUSED_ANNOTATION)},
         }))
-        .await
-        .map_err(err)?;
+        .await?;
         // What the controller copied from the paused Deployment, or scaled while it was paused.
         self.settle(view.owned_by(&view.uid), d, n)
-            .await
-            .map_err(err)?;
+            .await?;
         if self.blue_green {
-            self.pin(&self.active_service(), None).await.map_err(err)?;
-            self.pin(&self.preview_service(), None).await.map_err(err)?;
+            self.pin(&self.active_service(), None).await?;
+            self.pin(&self.preview_service(), None).await?;
         }
         let (ok, detail) = match waited {
             Ok(()) => (true, format!("{n} of {version} available")),
-            Err(e) => (false, format!("{version} not back at {n}: {}", err(e))),
+            Err(e) => (
+                false,
+                format!("{version} not back at {n}: {}", crate::error_chain(&e)),
+            ),
         };
-        sink(Change::Changed {
+        sink.report(Change::Changed {
             instance: self.name().into(),
             version: version.into(),
             ok,
             detail: detail.clone(),
-        });
-        if ok { Ok(()) } else { Err(detail) }
+        })
+        .await?;
+        if ok {
+            Ok(())
+        } else {
+            Err(TargetError::Failed(detail))
+        }
     }
 }

@@ -11,7 +11,7 @@ use super::reach::params;
 use super::view::{available, held_in, holder_uid_in, lent, pod_failure, replicas, stable_in};
 use super::{HPA_ANNOTATION, Kubernetes};
 use crate::plan::Step;
-use crate::target::{Change, Sink, TargetError};
+use crate::target::{Change, Result, Sink, TargetError};
 
 /// A step of a plan made for `planned` instances, sized for `now` (an HPA changed the count):
 /// each count scaled by now/planned, and a step's old and new that made `planned` make `now`. Pure.
@@ -88,9 +88,8 @@ impl Kubernetes {
         version: &str,
         deadline: Duration,
         sink: Sink<'_>,
-    ) -> std::result::Result<(), String> {
-        let err = |e: TargetError| crate::engine::error_chain(&e);
-        let cache = self.cache().await.map_err(err)?;
+    ) -> Result<()> {
+        let cache = self.cache().await?;
         let mut changes = cache.changes.clone();
         let holder = self.holder_name();
         let container = self.container();
@@ -118,20 +117,21 @@ impl Kubernetes {
                 // Not in the watched copy: not seen yet (the watch lags behind `prepare`), or gone
                 // because someone else deleted it or its holder. The API server says which; a
                 // ReplicaSet gone is never recreated behind the user's back.
-                let view = self.view().await.map_err(err)?;
+                let view = self.view().await?;
                 let there = view
                     .held(version, container)
                     .is_some_and(|rs| rs.metadata.deletion_timestamp.is_none());
                 if !there {
                     let why = self.missing_held(&view, version);
                     let instance = self.held_name.lock().expect("held lock").clone();
-                    sink(Change::Changed {
+                    sink.report(Change::Changed {
                         instance: instance.unwrap_or_else(|| self.name().into()),
                         version: version.into(),
                         ok: false,
                         detail: why.clone(),
-                    });
-                    return Err(why);
+                    })
+                    .await?;
+                    return Err(TargetError::Failed(why));
                 }
             }
             if let Some(new) = held {
@@ -163,13 +163,14 @@ impl Kubernetes {
                         .any(|o| o.uid == new_uid);
                     if ours && let Some(why) = pod_failure(&p) {
                         let why = format!("pod {} of {version}: {why}", p.name_any());
-                        sink(Change::Changed {
+                        sink.report(Change::Changed {
                             instance: new_name.clone(),
                             version: version.into(),
                             ok: false,
                             detail: why.clone(),
-                        });
-                        return Err(why);
+                        })
+                        .await?;
+                        return Err(TargetError::Failed(why));
                     }
                 }
                 if last != Some(c) {
@@ -181,12 +182,13 @@ impl Kubernetes {
                 let old_ready = c.old == step.old && (!old_grew || c.old_available >= step.old);
                 if c.new == step.new && c.new_available >= step.new && old_ready {
                     if announced.is_some() {
-                        sink(Change::Changed {
+                        sink.report(Change::Changed {
                             instance: new_name.clone(),
                             version: version.into(),
                             ok: true,
                             detail: format!("{} of {version} available, {} old", c.new, c.old),
-                        });
+                        })
+                        .await?;
                     }
                     return Ok(());
                 }
@@ -208,22 +210,22 @@ impl Kubernetes {
                             self.reach
                                 .call(|| self.replica_sets.patch(&rs_name, &pp, &patch))
                                 .await
-                                .map_err(|e| err(self.fail(&format!("scaling {rs_name}"), e)))?;
+                                .map_err(|e| self.fail(&format!("scaling {rs_name}"), e))?;
                         }
                         None => {
                             self.patch_deployment(serde_json::json!({"spec": {"replicas": old}}))
-                                .await
-                                .map_err(err)?;
+                                .await?;
                         }
                     }
                     old_set = Some(old);
                 }
                 if new_size != c.new && new_set != Some(new_size) {
                     if announced.is_none() {
-                        sink(Change::Changing {
+                        sink.report(Change::Changing {
                             instance: new_name.clone(),
                             version: version.into(),
-                        });
+                        })
+                        .await?;
                         announced = Some(new_name.clone());
                     }
                     let pp = params();
@@ -231,13 +233,18 @@ impl Kubernetes {
                     self.reach
                         .call(|| self.replica_sets.patch(&new_name, &pp, &patch))
                         .await
-                        .map_err(|e| err(self.fail(&format!("scaling {new_name}"), e)))?;
+                        .map_err(|e| self.fail(&format!("scaling {new_name}"), e))?;
                     new_set = Some(new_size);
                 }
             }
             match tokio::time::timeout_at(last_progress + deadline, changes.changed()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(format!("the watch of {} ended", self.name())),
+                Ok(Err(_)) => {
+                    return Err(TargetError::Failed(format!(
+                        "the watch of {} ended",
+                        self.name()
+                    )));
+                }
                 Err(_) => {
                     let c = last.map_or(0, |c| c.new_available);
                     let why = format!(
@@ -246,13 +253,14 @@ impl Kubernetes {
                         step.new,
                         self.outage_note()
                     );
-                    sink(Change::Changed {
+                    sink.report(Change::Changed {
                         instance: announced.unwrap_or_else(|| self.name().into()),
                         version: version.into(),
                         ok: false,
                         detail: why.clone(),
-                    });
-                    return Err(why);
+                    })
+                    .await?;
+                    return Err(TargetError::Failed(why));
                 }
             }
         }
@@ -266,15 +274,12 @@ impl Kubernetes {
         version: &str,
         deadline: Duration,
         sink: Sink<'_>,
-    ) -> std::result::Result<(), String> {
+    ) -> Result<()> {
         // A request that finds no API server keeps trying as long as the step may.
         self.reach.set_patience(deadline, true);
         // The Deployment from the run's watch: a copy from before `prepare` still has spec.replicas
         // at N, and a later one has the annotation, so no request is needed between steps.
-        let cache = self
-            .cache()
-            .await
-            .map_err(|e| crate::engine::error_chain(&e))?;
+        let cache = self.cache().await?;
         let watched = cache
             .deployment
             .state()
@@ -286,7 +291,7 @@ impl Kubernetes {
                 .reach
                 .call(|| self.deployments.get(self.name()))
                 .await
-                .map_err(|e| crate::engine::error_chain(&self.fail("reading it", e)))?,
+                .map_err(|e| self.fail("reading it", e))?,
         };
         let planned = Self::n_of(&d);
         // Beside an HPA, N is its count at the step boundary: the step is sized for it.
@@ -299,9 +304,7 @@ impl Kubernetes {
         let step = &step;
         self.converge(step, version, deadline, sink).await?;
         if step.old == 0 && step.new >= n {
-            self.hand_over(version, n, deadline)
-                .await
-                .map_err(|e| crate::engine::error_chain(&e))?;
+            self.hand_over(version, n, deadline).await?;
         }
         Ok(())
     }

@@ -62,11 +62,10 @@ impl Kubernetes {
     }
 
     /// The blue-green switch: the active Service to the running ReplicaSet of `version`.
-    pub(super) async fn switch_to(&self, version: &str) -> std::result::Result<(), String> {
+    pub(super) async fn switch_to(&self, version: &str) -> Result<()> {
         // Rolling and canary need no switch: a Service that selects the app spreads traffic by
         // replica ratio. Blue-green: one patch of the active Service's pod-template-hash.
-        let err = |e: TargetError| crate::engine::error_chain(&e);
-        let view = self.view().await.map_err(err)?;
+        let view = self.view().await?;
         let Some(hash) = view
             .sets
             .iter()
@@ -74,10 +73,10 @@ impl Kubernetes {
             .find(|rs| rs_version(rs, self.container()).as_deref() == Some(version))
             .and_then(|rs| rs.labels().get(HASH_LABEL).cloned())
         else {
-            return Err(format!("no running ReplicaSet of {version} to switch to"));
+            return Err(TargetError::Failed(format!(
+                "no running ReplicaSet of {version} to switch to"
+            )));
         };
-        self.pin(&self.active_service(), Some(&hash))
-            .await
-            .map_err(err)
+        self.pin(&self.active_service(), Some(&hash)).await
     }
 }

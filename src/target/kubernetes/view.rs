@@ -513,7 +513,7 @@ impl Kubernetes {
             .and_then(|s| s.pod_ip.clone())
             .unwrap_or_default();
         let fill = |s: &str| s.replace("{host}", &ip).replace("{instance}", instance);
-        crate::target::hosts::cli_probe(&self.http, check, &fill, check.timeout.0).await
+        crate::health::run::cli_probe(&self.http, check, &fill, check.timeout.0).await
     }
 }
 
