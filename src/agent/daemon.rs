@@ -20,7 +20,7 @@ use super::store::{self, StoreError};
 pub enum DaemonError {
     #[error("opening the agent's data dir")]
     Open(#[source] ManagerError),
-    #[error("listening")]
+    #[error("binding the listen address")]
     Bind(#[source] ServerError),
     #[error("writing the agent's address to {path}")]
     WriteAddr {

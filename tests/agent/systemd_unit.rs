@@ -210,7 +210,7 @@ fn the_agents_log_lines_reach_journald_with_their_priority() {
     };
     assert_eq!(priority("ERROR"), "3", "ERROR -> err");
     assert_eq!(priority("operation failed"), "4", "WARN -> warning");
-    assert_eq!(priority("listening"), "6", "INFO -> info");
+    assert_eq!(priority("listening url="), "6", "INFO -> info");
     // So `journalctl -p warning` shows warnings and errors only.
     let warnings = sd.journal(&["-u", AGENT_UNIT, "-p", "warning"]);
     assert!(
