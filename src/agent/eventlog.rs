@@ -144,7 +144,8 @@ mod tests {
     }
 
     /// A layer that keeps what `Fields` saw, to test the visitor through real `tracing` events.
-    struct Keep(std::sync::Arc<std::sync::Mutex<Vec<(String, Option<u32>)>>>);
+    type Kept = std::sync::Arc<std::sync::Mutex<Vec<(String, Option<u32>)>>>;
+    struct Keep(Kept);
 
     impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Keep {
         fn on_event(

@@ -89,8 +89,7 @@ impl Kubernetes {
             // active ReplicaSet to spec.replicas, the HPA's count.
             let dref = self.deployment_ref(&view);
             for rs in view.sets.iter().filter(|rs| lent(rs)) {
-                self.give_annotated(rs, dref.clone(), settled(d, n))
-                    .await?;
+                self.give_annotated(rs, dref.clone(), settled(d, n)).await?;
             }
         } else {
             self.patch_deployment(serde_json::json!({"spec": {"replicas": n}}))
@@ -109,14 +108,8 @@ impl Kubernetes {
                 .stable()
                 .find(|rs| rs_version(rs, self.container()).as_deref() == Some(version))
                 .and_then(|rs| rs.labels().get(HASH_LABEL).cloned());
-            if stable.is_some()
-                && self
-                    .pinned(&self.active_service())
-                    .await?
-                    .is_some()
-            {
-                self.pin(&self.active_service(), stable.as_deref())
-                    .await?;
+            if stable.is_some() && self.pinned(&self.active_service()).await?.is_some() {
+                self.pin(&self.active_service(), stable.as_deref()).await?;
             }
         }
         if let Some(holder) = view.holder_uid() {
@@ -169,8 +162,7 @@ impl Kubernetes {
         }))
         .await?;
         // What the controller copied from the paused Deployment, or scaled while it was paused.
-        self.settle(view.owned_by(&view.uid), d, n)
-            .await?;
+        self.settle(view.owned_by(&view.uid), d, n).await?;
         if self.blue_green {
             self.pin(&self.active_service(), None).await?;
             self.pin(&self.preview_service(), None).await?;
