@@ -138,15 +138,30 @@ mod tests {
         let down = run(&CheckSpec::Tcp { address: addr }, Duration::from_secs(2)).await;
         assert!(!down.healthy);
 
-        let ok = CheckSpec::Command {
-            program: "true".into(),
-            args: vec![],
-        };
+        // `true` and `sleep 5`, in their Windows forms there.
+        #[cfg(unix)]
+        let (ok, slow) = (
+            CheckSpec::Command {
+                program: "true".into(),
+                args: vec![],
+            },
+            CheckSpec::Command {
+                program: "sleep".into(),
+                args: vec!["5".into()],
+            },
+        );
+        #[cfg(windows)]
+        let (ok, slow) = (
+            CheckSpec::Command {
+                program: "cmd".into(),
+                args: vec!["/c".into(), "exit 0".into()],
+            },
+            CheckSpec::Command {
+                program: "ping".into(),
+                args: vec!["-n".into(), "6".into(), "127.0.0.1".into()],
+            },
+        );
         assert!(run(&ok, Duration::from_secs(5)).await.healthy);
-        let slow = CheckSpec::Command {
-            program: "sleep".into(),
-            args: vec!["5".into()],
-        };
         let r = run(&slow, Duration::from_millis(200)).await;
         assert!(!r.healthy && r.detail.contains("timed out"), "{r:?}");
     }
