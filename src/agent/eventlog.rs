@@ -144,8 +144,9 @@ mod tests {
     }
 
     /// A layer that keeps what `Fields` saw, to test the visitor through real `tracing` events.
-    type Kept = std::sync::Arc<std::sync::Mutex<Vec<(String, Option<u32>)>>>;
-    struct Keep(Kept);
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Option<u32>)>>>;
+
+    struct Keep(Seen);
 
     impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Keep {
         fn on_event(
@@ -165,7 +166,7 @@ mod tests {
     #[test]
     fn the_entry_text_holds_the_message_and_fields_and_the_id_is_read() {
         use tracing_subscriber::layer::SubscriberExt;
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+        let seen: Seen = Default::default();
         let subscriber = tracing_subscriber::registry().with(Keep(seen.clone()));
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(

@@ -181,19 +181,42 @@ mod tests {
         .await;
         assert!(!down.healthy);
 
-        let ok = CheckSpec::Command {
-            program: "true".into(),
-            args: vec![],
-        };
+        // `true` and `sleep 5`, in their Windows forms there.
+        #[cfg(unix)]
+        let (ok, slow) = (
+            CheckSpec::Command {
+                program: "true".into(),
+                args: vec![],
+            },
+            CheckSpec::Command {
+                program: "sleep".into(),
+                args: vec!["5".into()],
+            },
+        );
+        #[cfg(windows)]
+        let (ok, slow) = (
+            CheckSpec::Command {
+                program: "cmd".into(),
+                args: vec!["/c".into(), "exit 0".into()],
+            },
+            CheckSpec::Command {
+                program: "ping".into(),
+                args: vec!["-n".into(), "6".into(), "127.0.0.1".into()],
+            },
+        );
+        // A command check runs with a cleared environment: give it what finds the programs.
+        #[cfg(unix)]
+        let env = [("PATH".to_string(), "/usr/bin:/bin".to_string())].into();
+        #[cfg(windows)]
+        let env = ["PATH", "SystemRoot"]
+            .into_iter()
+            .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
+            .collect();
         let ctx = CommandContext {
-            env: [("PATH".to_string(), "/usr/bin:/bin".to_string())].into(),
+            env,
             ..CommandContext::default()
         };
         assert!(run(&ok, Duration::from_secs(5), &ctx).await.healthy);
-        let slow = CheckSpec::Command {
-            program: "sleep".into(),
-            args: vec!["5".into()],
-        };
         let r = run(&slow, Duration::from_millis(200), &ctx).await;
         assert!(!r.healthy && r.detail.contains("timed out"), "{r:?}");
     }

@@ -28,10 +28,11 @@ skip() {
   exit 0
 }
 timed() {
-  local what=$1 start=$SECONDS
+  local what=$1 start=$SECONDS rc=0
   shift
-  "$@"
+  "$@" || rc=$?
   printf '== windows: %s took %ss\n' "$what" $((SECONDS - start))
+  return "$rc"
 }
 
 have_tools() {
@@ -114,9 +115,12 @@ case "${1:-all}" in
     timed "package setup" setup_packages
     build
     setup_prefix
-    unit
-    e2e
-    printf '== windows: all done in %ss\n' $((SECONDS - start))
+    # The end-to-end test runs even when a unit test fails; either fails the run.
+    rc=0
+    unit || rc=$?
+    e2e || rc=$?
+    printf '== windows: all done in %ss (exit %s)\n' $((SECONDS - start)) "$rc"
+    exit "$rc"
     ;;
   *)
     echo "usage: $0 [all|setup|build|unit|e2e]" >&2
