@@ -27,6 +27,7 @@ use super::journal::{Journal, OpRecord, load_journal};
 use super::stage::{self, ServiceDirs, StageError};
 use super::store::{self, StoreError};
 use super::{health, now_unix_ms};
+use crate::error_chain;
 
 /// Why a call was refused before any operation started.
 #[derive(Debug, thiserror::Error)]
@@ -232,7 +233,7 @@ impl Agent {
                     .start(svc.config.backend, &self.run_spec(svc, slot, version))
                     .await
                 {
-                    tracing::error!(service = %svc.config.name, slot, error = %crate_chain(&e), "could not start");
+                    tracing::error!(service = %svc.config.name, slot, error = %error_chain(&e), "could not start");
                 }
             }
         }
@@ -494,7 +495,7 @@ impl Agent {
         }
         rec.op.finished_unix_ms = Some(now_unix_ms());
         if let Err(e) = journal.record(id) {
-            tracing::error!(op = id, error = %crate_chain(&e), "could not journal operation result");
+            tracing::error!(op = id, error = %error_chain(&e), "could not journal operation result");
         }
         drop(journal);
         self.bump();
@@ -605,7 +606,7 @@ impl Agent {
                         )
                         .await
                     }
-                    Err(e) => Err(crate_chain(&e)),
+                    Err(e) => Err(error_chain(&e)),
                 };
                 let _ = std::fs::remove_file(&path);
                 result
@@ -661,7 +662,7 @@ impl Agent {
         match received {
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
-                self.finish(&op.id, Err(crate_chain(&e)));
+                self.finish(&op.id, Err(error_chain(&e)));
             }
             Ok((sha, size)) => {
                 let version = version.to_string();
@@ -834,7 +835,7 @@ impl Agent {
                             svc.config.stop_timeout.0,
                         )
                         .await
-                        .map_err(|e| crate_chain(&e))?;
+                        .map_err(|e| error_chain(&e))?;
                     Ok((format!("slot {slot} stopped"), vec![]))
                 }
             });
@@ -851,7 +852,7 @@ impl Agent {
         let mut desired = lock(&svc.desired);
         let mut next = desired.clone();
         f(&mut next.slots[slot as usize]);
-        store::write_json(&svc.dirs.state_file(), &next).map_err(|e| crate_chain(&e))?;
+        store::write_json(&svc.dirs.state_file(), &next).map_err(|e| error_chain(&e))?;
         *desired = next;
         drop(desired);
         self.bump();
@@ -889,7 +890,7 @@ impl Agent {
         self.backends
             .stop(kind, name, slot, svc.config.stop_timeout.0)
             .await
-            .map_err(|e| format!("stopping the running version: {}", crate_chain(&e)))?;
+            .map_err(|e| format!("stopping the running version: {}", error_chain(&e)))?;
         // 2. switch: one atomic write decides old or new after a crash
         let from = current.active.clone();
         self.set_desired(svc, slot, |s| {
@@ -905,7 +906,7 @@ impl Agent {
         self.backends
             .start(kind, &self.run_spec(svc, slot, version))
             .await
-            .map_err(|e| format!("starting version {version}: {}", crate_chain(&e)))?;
+            .map_err(|e| format!("starting version {version}: {}", error_chain(&e)))?;
         // 4. wait until running and healthy
         self.wait_ready(svc, slot, timeout).await?;
         Ok((
@@ -1146,7 +1147,7 @@ async fn install(
             ),
             vec![],
         )),
-        Err(e) => Err(crate_chain(&e)),
+        Err(e) => Err(error_chain(&e)),
     }
 }
 
@@ -1213,18 +1214,6 @@ fn describe_exit(o: &Observed) -> String {
     text
 }
 
-/// An error and its sources on one line.
-pub fn crate_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -1236,7 +1225,7 @@ fn hostname() -> String {
 
 impl From<StageError> for ManagerError {
     fn from(e: StageError) -> Self {
-        ManagerError::BadRequest(crate_chain(&e))
+        ManagerError::BadRequest(error_chain(&e))
     }
 }
 
