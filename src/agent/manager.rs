@@ -81,6 +81,13 @@ struct Service {
     health: Mutex<Vec<Option<HealthReport>>>,
 }
 
+/// What a start or stop request does to its slot.
+#[derive(Debug, Clone, Copy)]
+enum SlotAction {
+    Start,
+    Stop,
+}
+
 type OpResult = std::result::Result<(String, Vec<String>), String>;
 
 /// Fails an upload's operation if the upload is dropped before its body is received.
@@ -790,20 +797,24 @@ impl Agent {
     }
 
     pub fn stop(self: &Arc<Self>, service: &str, req: SlotRequest) -> Result<Operation> {
-        self.slot_op(service, req, false)
+        self.slot_op(service, req, SlotAction::Stop)
     }
 
     pub fn start(self: &Arc<Self>, service: &str, req: SlotRequest) -> Result<Operation> {
-        self.slot_op(service, req, true)
+        self.slot_op(service, req, SlotAction::Start)
     }
 
-    fn slot_op(self: &Arc<Self>, service: &str, req: SlotRequest, run: bool) -> Result<Operation> {
+    fn slot_op(
+        self: &Arc<Self>,
+        service: &str,
+        req: SlotRequest,
+        action: SlotAction,
+    ) -> Result<Operation> {
         let svc = self.service(service)?.clone();
         Self::valid_slot(&svc, req.slot)?;
-        let kind = if run {
-            OperationKind::Start
-        } else {
-            OperationKind::Stop
+        let kind = match action {
+            SlotAction::Start => OperationKind::Start,
+            SlotAction::Stop => OperationKind::Stop,
         };
         let (op, new) = self.begin(
             kind,
@@ -818,25 +829,28 @@ impl Agent {
             self.spawn_op(&op, async move {
                 let _guard = svc.lock.lock().await;
                 let slot = req.slot;
-                if run {
-                    let version = lock(&svc.desired).slots[slot as usize]
-                        .active
-                        .clone()
-                        .ok_or_else(|| format!("slot {slot} has no active version to start"))?;
-                    agent.do_activate(&svc, slot, &version, None).await
-                } else {
-                    agent.set_desired(&svc, slot, |s| s.desired_running = false)?;
-                    agent
-                        .backends
-                        .stop(
-                            svc.config.backend,
-                            &svc.config.name,
-                            slot,
-                            svc.config.stop_timeout.0,
-                        )
-                        .await
-                        .map_err(|e| error_chain(&e))?;
-                    Ok((format!("slot {slot} stopped"), vec![]))
+                match action {
+                    SlotAction::Start => {
+                        let version = lock(&svc.desired).slots[slot as usize]
+                            .active
+                            .clone()
+                            .ok_or_else(|| format!("slot {slot} has no active version to start"))?;
+                        agent.do_activate(&svc, slot, &version, None).await
+                    }
+                    SlotAction::Stop => {
+                        agent.set_desired(&svc, slot, |s| s.desired_running = false)?;
+                        agent
+                            .backends
+                            .stop(
+                                svc.config.backend,
+                                &svc.config.name,
+                                slot,
+                                svc.config.stop_timeout.0,
+                            )
+                            .await
+                            .map_err(|e| error_chain(&e))?;
+                        Ok((format!("slot {slot} stopped"), vec![]))
+                    }
                 }
             });
         }
