@@ -9,7 +9,7 @@ pub use rollback::rollback_strategy;
 
 use serde::Serialize;
 
-use crate::spec::{IntOrPercent, Strategy};
+use crate::spec::{IntOrPercent, Rounding, Strategy};
 use crate::strategy;
 
 /// How the target can hold instances.
@@ -123,8 +123,8 @@ pub type Result<T, E = PlanError> = std::result::Result<T, E>;
 /// `ResolveFenceposts` of Kubernetes' `deployment_util.go`: surge = ⌈p·N/100⌉, unavailable =
 /// ⌊p·N/100⌋, and if both come to 0, unavailable is 1. Not capped: see [`resolve_bounds`].
 pub fn resolve_fenceposts(surge: IntOrPercent, unavailable: IntOrPercent, n: u32) -> (u32, u32) {
-    let max_surge = surge.resolve(n, true);
-    let mut max_unavailable = unavailable.resolve(n, false);
+    let max_surge = surge.resolve(n, Rounding::Up);
+    let mut max_unavailable = unavailable.resolve(n, Rounding::Down);
     if max_surge == 0 && max_unavailable == 0 {
         max_unavailable = 1;
     }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use quantity::{Dur, IntOrPercent};
+pub use quantity::{Dur, IntOrPercent, Rounding};
 pub use source::{InputError, Sources};
 
 pub const API_VERSION: &str = "rollgate.dev/v1";

@@ -96,7 +96,7 @@ async fn probe(check: &CheckSpec, ctx: &CommandContext) -> Result<String, String
                 .get(url)
                 .send()
                 .await
-                .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+                .map_err(|e| format!("GET {url}: {}", crate::error_chain(&e)))?;
             let code = resp.status().as_u16();
             let body = capped_body(resp).await;
             http_verdict(*status, body_contains.as_deref(), code, &body)
@@ -133,17 +133,6 @@ async fn probe(check: &CheckSpec, ctx: &CommandContext) -> Result<String, String
             }
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

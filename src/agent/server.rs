@@ -42,7 +42,8 @@ use super::api::{
     ServiceList, SlotRequest, StageRequest, UploadParams, WaitQuery,
 };
 use super::config::{AgentConfig, TokenConfig};
-use super::manager::{Agent, ManagerError, crate_chain};
+use super::manager::{Agent, ManagerError};
+use crate::error_chain;
 
 mod admission;
 mod client_usage;
@@ -457,7 +458,7 @@ impl From<ManagerError> for Fail {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
         };
-        Fail::new(status, code, crate_chain(&e))
+        Fail::new(status, code, error_chain(&e))
     }
 }
 

@@ -184,6 +184,49 @@ pub fn summary(r: &crate::state::RolloutSummary, running: &Running) -> String {
     out
 }
 
+/// The target's instances and the version each runs, one a line, or why they could not be read.
+pub fn instances(instances: &crate::target::Result<Vec<crate::target::Instance>>) -> String {
+    let mut out = String::new();
+    match instances {
+        Ok(instances) => {
+            for i in instances {
+                let _ = writeln!(
+                    out,
+                    "  {:<12} {}",
+                    i.name,
+                    i.version.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(out, "  instances: {}", crate::error_chain(e));
+        }
+    }
+    out
+}
+
+/// An app's rollouts, oldest first, after a line on those compacted away; only the last one
+/// says whether it is being run.
+pub fn history(
+    all: &[crate::state::RolloutSummary],
+    compacted: Option<&crate::state::Compacted>,
+    running: &Running,
+) -> String {
+    let mut out = String::new();
+    if let Some(c) = compacted {
+        let _ = writeln!(
+            out,
+            "({} earlier rollouts compacted: {} succeeded, {} rolled back, {} failed, {} aborted)",
+            c.rollouts, c.succeeded, c.rolled_back, c.failed, c.aborted
+        );
+    }
+    for (i, r) in all.iter().enumerate() {
+        let last = i + 1 == all.len();
+        out.push_str(&summary(r, if last { running } else { &Running::Unknown }));
+    }
+    out
+}
+
 /// `unix_ms` as `YYYY-MM-DD HH:MM:SS UTC` (the proleptic Gregorian calendar, days from civil).
 pub fn utc(unix_ms: u64) -> String {
     let secs = unix_ms / 1000;

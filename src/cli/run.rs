@@ -741,14 +741,7 @@ async fn status(args: &StatusArgs, env: &Env) -> Result<u8, CliError> {
         let running = running(env, &args.app, remote.as_ref());
         print!("{}", output::summary(&last, &running));
         if let Ok(target) = target_for(&m, env).await {
-            match target.instances().await {
-                Ok(instances) => {
-                    for i in instances {
-                        println!("  {:<12} {}", i.name, i.version.as_deref().unwrap_or("-"));
-                    }
-                }
-                Err(e) => println!("  instances: {}", error_chain(&e)),
-            }
+            print!("{}", output::instances(&target.instances().await));
         }
         if !args.watch || last.outcome.is_some() {
             return Ok(exit::OK);
@@ -780,26 +773,8 @@ async fn history_cmd(args: &AppArgs, env: &Env) -> Result<u8, CliError> {
         );
         return Ok(exit::OK);
     }
-    if let Ok(Some(c)) = env.store.compacted(&args.app) {
-        println!(
-            "({} earlier rollouts compacted: {} succeeded, {} rolled back, {} failed, {} aborted)",
-            c.rollouts, c.succeeded, c.rolled_back, c.failed, c.aborted
-        );
-    }
+    let compacted = env.store.compacted(&args.app).ok().flatten();
     let running = running(env, &args.app, remote.as_ref());
-    for (i, r) in all.iter().enumerate() {
-        let last = i + 1 == all.len();
-        print!(
-            "{}",
-            output::summary(
-                r,
-                if last {
-                    &running
-                } else {
-                    &output::Running::Unknown
-                }
-            )
-        );
-    }
+    print!("{}", output::history(&all, compacted.as_ref(), &running));
     Ok(exit::OK)
 }

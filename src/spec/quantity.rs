@@ -6,6 +6,15 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
+/// Which way [`IntOrPercent::resolve`] rounds a percentage of a count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rounding {
+    /// Up, as Kubernetes resolves `maxSurge`.
+    Up,
+    /// Down, as Kubernetes resolves `maxUnavailable`.
+    Down,
+}
+
 /// `maxSurge` / `maxUnavailable`: a plain count or a percentage like `"25%"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IntOrPercent {
@@ -20,15 +29,14 @@ impl IntOrPercent {
     }
 
     /// Resolves against `n` instances, rounding up (surge) or down (unavailable) as Kubernetes does.
-    pub fn resolve(self, n: u32, round_up: bool) -> u32 {
+    pub fn resolve(self, n: u32, rounding: Rounding) -> u32 {
         match self {
             IntOrPercent::Int(v) => v,
             IntOrPercent::Percent(p) => {
                 let scaled = u64::from(p) * u64::from(n);
-                let v = if round_up {
-                    scaled.div_ceil(100)
-                } else {
-                    scaled / 100
+                let v = match rounding {
+                    Rounding::Up => scaled.div_ceil(100),
+                    Rounding::Down => scaled / 100,
                 };
                 u32::try_from(v).unwrap_or(u32::MAX)
             }
@@ -217,10 +225,13 @@ mod tests {
 
     #[test]
     fn percent_rounding_matches_kubernetes() {
-        assert_eq!(IntOrPercent::Percent(25).resolve(10, true), 3);
-        assert_eq!(IntOrPercent::Percent(25).resolve(10, false), 2);
-        assert_eq!(IntOrPercent::Percent(1).resolve(100_000, true), 1000);
-        assert_eq!(IntOrPercent::Int(7).resolve(3, false), 7);
+        assert_eq!(IntOrPercent::Percent(25).resolve(10, Rounding::Up), 3);
+        assert_eq!(IntOrPercent::Percent(25).resolve(10, Rounding::Down), 2);
+        assert_eq!(
+            IntOrPercent::Percent(1).resolve(100_000, Rounding::Up),
+            1000
+        );
+        assert_eq!(IntOrPercent::Int(7).resolve(3, Rounding::Down), 7);
     }
 
     #[test]

@@ -7,15 +7,17 @@ use futures_util::future::join_all;
 use sha2::{Digest, Sha256};
 
 mod traffic;
+mod view;
 mod waves;
 
+use view::HostView;
 use waves::split_by_zone_wants;
 pub use waves::{capacity, split_by_zone, wave_order};
 
 use super::{Change, Instance, Result, Sink, Target, TargetError};
 use crate::agent::api::{
-    ActivateRequest, CheckSpec, HealthCheckRequest, OperationState, RunState, SlotRequest,
-    StageRequest, UploadParams,
+    ActivateRequest, CheckSpec, HealthCheckRequest, OperationState, SlotRequest, StageRequest,
+    UploadParams,
 };
 use crate::agent::client::{AgentClient, ClientAuth};
 use crate::health::Probe;
@@ -204,74 +206,6 @@ impl Hosts {
     }
 }
 
-/// One slot of one host, as its agent reports it.
-#[derive(Debug, Clone)]
-struct SlotView {
-    slot: u32,
-    port: Option<u16>,
-    active: Option<String>,
-    previous: Option<String>,
-    running: bool,
-    uptime_ms: Option<u64>,
-}
-
-#[derive(Debug, Clone)]
-struct HostView {
-    slots: Vec<SlotView>,
-    installed: Vec<String>,
-}
-
-impl HostView {
-    fn running(&self) -> impl Iterator<Item = &SlotView> {
-        self.slots.iter().filter(|s| s.running)
-    }
-
-    fn runs(&self, version: &str) -> bool {
-        self.running().any(|s| s.active.as_deref() == Some(version))
-    }
-
-    fn runs_other(&self, version: &str) -> bool {
-        self.running().any(|s| s.active.as_deref() != Some(version))
-    }
-
-    fn slot_running(&self, version: &str) -> Option<&SlotView> {
-        self.running()
-            .find(|s| s.active.as_deref() == Some(version))
-    }
-
-    /// Where to start `version`: a stopped slot (one that already holds it first), else none.
-    fn idle_slot(&self, version: &str) -> Option<u32> {
-        let stopped = || self.slots.iter().filter(|s| !s.running);
-        stopped()
-            .find(|s| s.active.as_deref() == Some(version))
-            .or_else(|| stopped().next())
-            .map(|s| s.slot)
-    }
-
-    fn instance(&self, name: &str) -> Instance {
-        // The most recently started running slot is the one a rollout last touched.
-        let newest = self
-            .running()
-            .min_by_key(|s| s.uptime_ms.unwrap_or(u64::MAX));
-        let primary = newest.or_else(|| self.slots.first());
-        let previous = if self.slots.len() > 1 {
-            self.slots
-                .iter()
-                .find(|s| Some(s.slot) != primary.map(|p| p.slot))
-                .and_then(|s| s.active.clone())
-        } else {
-            primary.and_then(|s| s.previous.clone())
-        };
-        Instance {
-            name: name.to_string(),
-            version: primary.and_then(|s| s.active.clone()),
-            previous,
-            installed: self.installed.clone(),
-            running: self.running().filter_map(|s| s.active.clone()).collect(),
-        }
-    }
-}
-
 /// What one host must end a step with.
 #[derive(Debug, Clone, Copy)]
 struct Want {
@@ -284,57 +218,6 @@ struct Want {
 }
 
 impl Hosts {
-    async fn view(&self, name: &str) -> Result<HostView> {
-        let client = self.client(name)?;
-        let status = client.service(&self.service).await.map_err(|source| {
-            TargetError::AgentUnreachable {
-                instance: name.to_string(),
-                source,
-            }
-        })?;
-        let slots = status
-            .slots
-            .iter()
-            .map(|s| SlotView {
-                slot: s.slot,
-                port: s.port,
-                active: s.active.clone(),
-                previous: s.previous.clone(),
-                running: s.desired_running
-                    && matches!(s.state, RunState::Running | RunState::Starting),
-                uptime_ms: s.uptime_ms,
-            })
-            .collect();
-        Ok(HostView {
-            slots,
-            installed: status.versions.iter().map(|v| v.version.clone()).collect(),
-        })
-    }
-
-    /// Every host's view, each bounded by `limit`; unreachable hosts come back as errors, so one
-    /// dead agent does not stop the others from being acted on.
-    async fn views_each(&self, limit: Duration) -> Vec<(String, Result<HostView>)> {
-        let calls = self.order.iter().map(|name| async move {
-            let view = match tokio::time::timeout(limit, self.view(name)).await {
-                Ok(v) => v,
-                Err(_) => Err(TargetError::Rejected {
-                    instance: name.clone(),
-                    message: format!("agent did not answer within {limit:?}"),
-                }),
-            };
-            (name.clone(), view)
-        });
-        join_all(calls).await
-    }
-
-    async fn views(&self) -> Result<Vec<(String, HostView)>> {
-        let calls = self
-            .order
-            .iter()
-            .map(|name| async move { self.view(name).await.map(|v| (name.clone(), v)) });
-        join_all(calls).await.into_iter().collect()
-    }
-
     /// Waits for an agent operation and turns its failure into a reason.
     async fn finish(
         &self,
