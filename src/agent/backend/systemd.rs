@@ -462,6 +462,8 @@ mod tests {
         crate::agent::config::parse(Path::new("/etc/rollgate/agent.yaml"), yaml).unwrap()
     }
 
+    // systemd units and their absolute paths are a Linux matter.
+    #[cfg(unix)]
     #[test]
     fn agent_unit_is_type_notify_with_least_privilege() {
         let config = agent_config("dataDir: /var/lib/rollgate-agent\nservices: []\n");
@@ -490,6 +492,8 @@ mod tests {
         }
     }
 
+    // systemd units and their absolute paths are a Linux matter.
+    #[cfg(unix)]
     #[test]
     fn agent_unit_is_widened_by_the_configuration_only() {
         let config = agent_config(
