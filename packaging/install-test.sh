@@ -39,10 +39,27 @@ mkdir -p "$work/gen"
 cmp "$unit" "$work/gen/rollgate-agent.service" || fail "packaged unit differs from service install's"
 
 step "data dir"
-getent passwd rollgate >/dev/null || fail "no rollgate user"
 owner=$(stat -c '%U:%G %a' /var/lib/rollgate-agent)
 echo "/var/lib/rollgate-agent $owner"
-[ "$owner" = "rollgate:rollgate 700" ] || fail "data dir is $owner"
+[ "$owner" = "root:root 700" ] || fail "data dir is $owner"
+
+step "the agent starts under the unit's capability bounding set"
+# The unit runs the agent as root with only these capabilities; it must still reach its data dir.
+caps=$(sed -n 's/^CapabilityBoundingSet=//p' "$unit" | tr 'A-Z' 'a-z' | sed 's/cap_//g; s/ \+/,+/g')
+[ -n "$caps" ] || fail "the unit has no CapabilityBoundingSet"
+unshare --net sh -c '
+  ip link set lo up
+  setpriv --bounding-set "-all,+$1" /usr/bin/rollgate-agent run -c /etc/rollgate/agent.yaml >"$2/agent.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do
+    code=$(curl -s -o /dev/null -w "%{http_code}" http://127.0.0.1:7443/v1/host || true)
+    [ "$code" != 000 ] && [ -n "$code" ] && { kill $pid; wait $pid 2>/dev/null; exit 0; }
+    kill -0 $pid 2>/dev/null || break
+    sleep 0.1
+  done
+  kill $pid 2>/dev/null
+  exit 1
+' sh "$caps" "$work" || { cat "$work/agent.log" >&2; fail "the agent did not start with bounding set $caps"; }
 
 step "docs"
 for f in copyright CHANGELOG.md; do [ -f "/usr/share/doc/rollgate/$f" ] || fail "no /usr/share/doc/rollgate/$f"; done
@@ -56,5 +73,5 @@ step "dpkg --purge"
 dpkg --purge rollgate
 [ ! -e /etc/rollgate ] || fail "purge left /etc/rollgate"
 [ ! -e /var/lib/rollgate-agent ] || fail "purge left the data dir"
-! getent passwd rollgate >/dev/null || fail "purge left the rollgate user"
+! getent passwd rollgate >/dev/null || fail "the package made a rollgate user"
 echo "OK"
