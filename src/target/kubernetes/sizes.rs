@@ -8,7 +8,9 @@ use kube::ResourceExt;
 use kube::api::Patch;
 
 use super::reach::params;
-use super::view::{available, held_in, holder_uid_in, lent, pod_failure, replicas, stable_in};
+use super::view::{
+    available, held_in, holder_uid_in, lent, pod_failure, pods_left, replicas, stable_in,
+};
 use super::{HPA_ANNOTATION, Kubernetes};
 use crate::plan::Step;
 use crate::target::{Change, Result, Sink, TargetError};
@@ -43,8 +45,11 @@ fn resize(step: &Step, planned: u32, now: u32) -> Step {
 struct Counts {
     old: u32,
     old_available: u32,
+    /// Pods the old sets still have: above `old` while their controller deletes the surplus.
+    old_live: u32,
     new: u32,
     new_available: u32,
+    new_live: u32,
 }
 
 /// The next sizes of (old, new) towards `step`, within its bounds: first remove what keeps
@@ -150,8 +155,10 @@ impl Kubernetes {
                 let c = Counts {
                     old: olds.iter().map(|rs| replicas(rs)).sum(),
                     old_available: olds.iter().map(|rs| available(rs)).sum(),
+                    old_live: olds.iter().map(|rs| pods_left(rs)).sum(),
                     new: replicas(new),
                     new_available: available(new),
+                    new_live: pods_left(new),
                 };
                 // A new pod that crashed or cannot pull its image will not get better by waiting.
                 for p in cache.pods.state() {
@@ -177,10 +184,16 @@ impl Kubernetes {
                     last = Some(c);
                     last_progress = tokio::time::Instant::now();
                 }
-                // An old set that grows (a restore) must be available too; one that shrinks need not.
+                // An old set that grows (a restore) must be available too; one that shrinks must
+                // have let its pods go, so that a pause shows the step's counts and the next step
+                // adds pods only beside what is really left.
                 let old_grew = step.old > first.get_or_insert(c).old;
-                let old_ready = c.old == step.old && (!old_grew || c.old_available >= step.old);
-                if c.new == step.new && c.new_available >= step.new && old_ready {
+                let old_ready = c.old == step.old
+                    && c.old_live <= step.old
+                    && (!old_grew || c.old_available >= step.old);
+                let new_ready =
+                    c.new == step.new && c.new_live <= step.new && c.new_available >= step.new;
+                if new_ready && old_ready {
                     if announced.is_some() {
                         sink.report(Change::Changed {
                             instance: new_name.clone(),
@@ -326,8 +339,10 @@ mod tests {
         Counts {
             old,
             old_available,
+            old_live: old,
             new,
             new_available,
+            new_live: new,
         }
     }
 

@@ -136,6 +136,12 @@ pub(super) fn replicas(rs: &ReplicaSet) -> u32 {
         .max(0) as u32
 }
 
+/// Pods the ReplicaSet still has (terminating ones excluded, as its controller counts them). A
+/// set scaled down holds its old pods until its controller has deleted them.
+pub(super) fn pods_left(rs: &ReplicaSet) -> u32 {
+    rs.status.as_ref().map_or(0, |s| s.replicas).max(0) as u32
+}
+
 pub(super) fn available(rs: &ReplicaSet) -> u32 {
     rs.status
         .as_ref()
