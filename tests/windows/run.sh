@@ -4,7 +4,7 @@
 # mingw), runs the unit tests under Wine, then the end-to-end test: the Linux `rollgate` CLI
 # against rollgate-agent.exe running as a service under Wine's SCM.
 #
-# Usage: tests/windows/run.sh [all|setup|build|unit|e2e]   (default: all)
+# Usage: tests/windows/run.sh [all|setup|build|unit|e2e|zip]   (default: all)
 # Skips with a message (exit 0) where Debian's packages cannot be installed (not root, no apt).
 # The Windows target dir is cached in ~/.cache/rollgate/windows-target (ROLLGATE_WINDOWS_TARGET);
 # the Wine prefix lives in ~/.cache/rollgate/wine-prefix (ROLLGATE_WINEPREFIX).
@@ -53,23 +53,15 @@ setup_packages() {
   have_tools || skip "the installed packages do not provide rustc 1.9x with rust-src, mingw and wine"
 }
 
-# Debian's cargo and rustc by full path (rustup's toolchains have no rust-src; rustup stays the
-# default for everything else), std rebuilt for the target from rust-web-src.
+# Debian's cargo and rustc, std rebuilt for the target (packaging/windows/cargo.sh says how).
 wcargo() {
-  local sub=$1
-  shift
-  RUSTC_BOOTSTRAP=1 RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc CARGO_TARGET_DIR="$WIN_TARGET" \
-    CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER=x86_64-w64-mingw32-gcc \
-    CC_x86_64_pc_windows_gnu=x86_64-w64-mingw32-gcc \
-    AR_x86_64_pc_windows_gnu=x86_64-w64-mingw32-ar \
-    CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER="$ROOT/tests/windows/wine-run.sh" \
-    nice -n 19 /usr/bin/cargo "$sub" --locked -Zbuild-std=std,panic_abort --target "$TRIPLE" "$@"
+  ROLLGATE_WINDOWS_TARGET="$WIN_TARGET" "$ROOT/packaging/windows/cargo.sh" "$@"
 }
 
 build() {
   mkdir -p "$WIN_TARGET"
-  log "building rollgate-agent.exe and rollgate-demo.exe (cached in $WIN_TARGET)"
-  timed "the Windows build of the agent and the demo" wcargo build --bin rollgate-agent --bin rollgate-demo
+  log "building rollgate-agent.exe, rollgate.exe and rollgate-demo.exe (cached in $WIN_TARGET)"
+  timed "the Windows build of the binaries" wcargo build --bin rollgate-agent --bin rollgate --bin rollgate-demo
   log "building the library's unit tests for Windows"
   timed "the Windows build of the lib tests" wcargo test --lib --no-run
 }
@@ -105,11 +97,21 @@ e2e() {
     "$WIN_TARGET/$TRIPLE/debug"
 }
 
+# The Windows zip (packaging/windows/zip.sh) of this build's .exe files, unpacked and used under Wine.
+zip_test() {
+  log "the Windows zip: built from this build's .exe files, installed under Wine from its README"
+  local zip
+  zip=$("$ROOT/packaging/windows/zip.sh" "$WIN_TARGET/$TRIPLE/debug" "$WIN_TARGET/zip" | tail -n 1)
+  timed "the zip test under Wine" "$ROOT/tests/windows/zip-test.sh" "$zip" \
+    "$WIN_TARGET/wine-processprng/bcryptprimitives.dll"
+}
+
 case "${1:-all}" in
   setup) setup_packages && setup_prefix ;;
   build) setup_packages && build ;;
   unit) setup_packages && setup_prefix && unit ;;
   e2e) setup_packages && setup_prefix && e2e ;;
+  zip) setup_packages && setup_prefix && zip_test ;;
   all)
     start=$SECONDS
     timed "package setup" setup_packages
@@ -119,11 +121,12 @@ case "${1:-all}" in
     rc=0
     unit || rc=$?
     e2e || rc=$?
+    zip_test || rc=$?
     printf '== windows: all done in %ss (exit %s)\n' $((SECONDS - start)) "$rc"
     exit "$rc"
     ;;
   *)
-    echo "usage: $0 [all|setup|build|unit|e2e]" >&2
+    echo "usage: $0 [all|setup|build|unit|e2e|zip]" >&2
     exit 2
     ;;
 esac
