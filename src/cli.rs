@@ -248,11 +248,18 @@ pub enum PkiCommand {
         #[arg(long, default_value = "pki")]
         dir: PathBuf,
         /// An agent's server certificate for this host name or IP.
-        #[arg(long, conflicts_with = "client", required_unless_present = "client")]
+        #[arg(
+            long,
+            conflicts_with_all = ["client", "approver"],
+            required_unless_present_any = ["client", "approver"]
+        )]
         agent: Option<String>,
         /// A client certificate for rollgate.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "approver")]
         client: Option<String>,
+        /// A person's approver certificate, for signed `promote` (only the approver usage).
+        #[arg(long, value_name = "NAME")]
+        approver: Option<String>,
         /// Replace an existing certificate and key of that name.
         #[arg(long)]
         force: bool,

@@ -1,6 +1,7 @@
 //! rollgate: health-gated rolling, canary and blue-green rollouts on Kubernetes and host fleets.
 
 pub mod agent;
+pub mod approval;
 pub mod cli;
 pub mod engine;
 pub mod faults;

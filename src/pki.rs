@@ -1,13 +1,14 @@
-//! A small private PKI for agent mTLS: a CA, agent server certificates, client certificates.
+//! A small private PKI for agent mTLS and change approval: a CA, agent server certificates,
+//! client certificates, approver certificates.
 //!
-//! `rollgate pki init` then `rollgate pki issue --agent HOST` / `--client NAME` write PEM files
-//! into one directory; private keys are created with mode 0600.
+//! `rollgate pki init` then `rollgate pki issue --agent HOST` / `--client NAME` / `--approver NAME`
+//! write PEM files into one directory; private keys are created with mode 0600.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    BasicConstraints, CertificateParams, CustomExtension, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
 
@@ -169,6 +170,13 @@ fn load_ca(dir: &Path) -> Result<KeyPair> {
     Ok(KeyPair::from_pem(&pem)?)
 }
 
+/// The extended key usage of an issued certificate.
+enum Usage {
+    Tls(ExtendedKeyUsagePurpose),
+    /// [`crate::approval::APPROVER_EKU`], which the TLS usages of rcgen cannot name.
+    Approver,
+}
+
 /// What issuing does when the certificate or key it would write exists already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Existing {
@@ -181,7 +189,7 @@ fn issue(
     file_stem: &str,
     cn: &str,
     sans: Vec<SanType>,
-    eku: ExtendedKeyUsagePurpose,
+    eku: Usage,
     existing: Existing,
 ) -> Result<Issued> {
     let cert_path = dir.join(format!("{file_stem}.pem"));
@@ -200,7 +208,14 @@ fn issue(
     params.distinguished_name.push(DnType::CommonName, cn);
     params.subject_alt_names = sans;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![eku];
+    match eku {
+        Usage::Tls(eku) => params.extended_key_usages = vec![eku],
+        // Only the approver usage: such a certificate cannot serve TLS, nor sign in as a client.
+        Usage::Approver => params.custom_extensions.push(CustomExtension::from_oid_content(
+            &[2, 5, 29, 37],
+            crate::approval::eku_extension_content(),
+        )),
+    }
     params.use_authority_key_identifier_extension = true;
     let year = this_year();
     params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
@@ -241,7 +256,7 @@ pub fn issue_agent_with(dir: &Path, host: &str, existing: Existing) -> Result<Is
         &stem,
         host,
         sans,
-        ExtendedKeyUsagePurpose::ServerAuth,
+        Usage::Tls(ExtendedKeyUsagePurpose::ServerAuth),
         existing,
     )
 }
@@ -260,7 +275,26 @@ pub fn issue_client_with(dir: &Path, name: &str, existing: Existing) -> Result<I
         &format!("client-{name}"),
         name,
         Vec::new(),
-        ExtendedKeyUsagePurpose::ClientAuth,
+        Usage::Tls(ExtendedKeyUsagePurpose::ClientAuth),
+        existing,
+    )
+}
+
+/// Issues an approver certificate for a person: `approver-<name>.pem` and
+/// `approver-<name>-key.pem`, with the approver usage only (see [`crate::approval`]).
+pub fn issue_approver(dir: &Path, name: &str) -> Result<Issued> {
+    issue_approver_with(dir, name, Existing::Refuse)
+}
+
+/// [`issue_approver`], replacing existing files when asked to.
+pub fn issue_approver_with(dir: &Path, name: &str, existing: Existing) -> Result<Issued> {
+    check_name(name)?;
+    issue(
+        dir,
+        &format!("approver-{name}"),
+        name,
+        Vec::new(),
+        Usage::Approver,
         existing,
     )
 }

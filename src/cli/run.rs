@@ -119,6 +119,7 @@ fn pki(cmd: PkiCommand) -> Result<u8, CliError> {
             dir,
             agent,
             client,
+            approver,
             force,
         } => {
             let existing = if force {
@@ -126,10 +127,13 @@ fn pki(cmd: PkiCommand) -> Result<u8, CliError> {
             } else {
                 crate::pki::Existing::Refuse
             };
-            let issued = match (agent, client) {
-                (Some(host), _) => crate::pki::issue_agent_with(&dir, &host, existing),
-                (None, Some(name)) => crate::pki::issue_client_with(&dir, &name, existing),
-                (None, None) => unreachable!("clap requires one"),
+            let issued = match (agent, client, approver) {
+                (Some(host), ..) => crate::pki::issue_agent_with(&dir, &host, existing),
+                (None, Some(name), _) => crate::pki::issue_client_with(&dir, &name, existing),
+                (None, None, Some(name)) => {
+                    crate::pki::issue_approver_with(&dir, &name, existing)
+                }
+                (None, None, None) => unreachable!("clap requires one"),
             }
             .map_err(failed)?;
             println!(
