@@ -858,6 +858,8 @@ fn store(rows: &mut Vec<Row>) {
         user: "bench".into(),
         host: "bench".into(),
         ci: None,
+        client: None,
+        signed: None,
     };
     let bytes = |dir: &Path| -> u64 {
         let mut total = 0;

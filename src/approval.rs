@@ -7,6 +7,9 @@
 use serde::{Deserialize, Serialize};
 
 use rcgen::{KeyPair, PublicKeyData, SigningKey};
+
+use crate::spec::ApproversSpec;
+use crate::state::RolloutSummary;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
 
@@ -245,6 +248,83 @@ pub fn verify(
                 claim.step + 1
             )
         })
+}
+
+/// How an approval in the journal was verified.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "camelCase")]
+pub enum Check {
+    /// No `approvers` rule at its step: counted by the environment's user name, verified by nothing.
+    #[default]
+    Unverified,
+    /// Signed by an allowed approver certificate of the rule's CA.
+    Verified { subject: String, fingerprint: String },
+    /// Not counted, and why.
+    Refused { reason: String },
+}
+
+/// A step's approval rule, with its CA certificate read (or why it could not be).
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub approvers: ApproversSpec,
+    pub ca_pem: Result<String, String>,
+    pub approvals: u32,
+    pub allow_self_approval: bool,
+}
+
+/// Who started `r`, as far as certificates tell: the subject their approver certificate claims,
+/// and the subject of their client certificate. Claims are enough here: the set only refuses.
+pub fn starters(r: &RolloutSummary) -> Vec<String> {
+    let Some(actor) = &r.actor else {
+        return Vec::new();
+    };
+    let signed = actor.signed.as_ref().map(|s| s.subject.clone());
+    signed.into_iter().chain(actor.client.clone()).collect()
+}
+
+/// Verifies every approval of `r` under the rule of its step (`rule_for`), setting
+/// `verification`. Under a rule, only a signed approval from an allowed approver certificate who
+/// did not start the rollout (with two or more approvals, unless allowed) is counted.
+pub fn check(app: &str, r: &mut RolloutSummary, rule_for: &dyn Fn(usize) -> Option<Rule>) {
+    let starters = starters(r);
+    let id = r.id.clone();
+    for a in &mut r.approvals {
+        let Some(rule) = rule_for(a.step) else {
+            a.verification = Check::Unverified;
+            continue;
+        };
+        let claim = Claim {
+            app,
+            rollout: &id,
+            step: a.step,
+        };
+        let verdict = match (&a.actor.signed, &rule.ca_pem) {
+            (None, _) => Err(format!(
+                "not signed (the name {:?} from the environment is not an identity)",
+                a.actor.user
+            )),
+            (Some(_), Err(why)) => Err(why.clone()),
+            (Some(signed), Ok(ca)) => verify(ca, claim, "approve", signed).and_then(|subject| {
+                if !rule.approvers.allowed.is_empty() && !rule.approvers.allowed.contains(&subject)
+                {
+                    Err(format!("{subject} is not in approvers.allowed"))
+                } else if rule.approvals >= 2
+                    && !rule.allow_self_approval
+                    && starters.contains(&subject)
+                {
+                    Err(format!(
+                        "{subject} started this rollout and cannot approve it (allowSelfApproval: false)"
+                    ))
+                } else {
+                    Ok(Check::Verified {
+                        subject,
+                        fingerprint: signed.fingerprint.clone(),
+                    })
+                }
+            }),
+        };
+        a.verification = verdict.unwrap_or_else(|reason| Check::Refused { reason });
+    }
 }
 
 /// Reads one DER TLV from `input`: (tag, contents, rest).

@@ -1,5 +1,6 @@
 //! Command-line arguments (clap) and the dispatch to `run` (commands) and `demo`; `output` prints.
 
+pub mod approve;
 pub mod demo;
 pub mod output;
 pub mod run;
@@ -173,7 +174,7 @@ pub enum Command {
     /// The live state of an app's rollout.
     Status(StatusArgs),
     /// The audit trail of an app's rollouts.
-    History(AppArgs),
+    History(HistoryArgs),
     /// Certificates for mTLS between rollgate and its agents.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -214,6 +215,28 @@ pub struct PromoteArgs {
     /// Skip the remaining steps and go to all-new.
     #[arg(long)]
     pub full: bool,
+    #[command(flatten)]
+    pub signer: SignerArgs,
+}
+
+/// An approver certificate and its key, to sign an approval (README "Change approval").
+#[derive(Debug, Args)]
+pub struct SignerArgs {
+    /// The approver's private key (PEM); its contents are never printed.
+    #[arg(long, env = "ROLLGATE_APPROVER_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// The approver's certificate (`rollgate pki issue --approver NAME`).
+    #[arg(long, env = "ROLLGATE_APPROVER_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub app: AppArgs,
+    /// Re-verify every signed record; exit 1 naming any that fails.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 #[derive(Debug, Args)]

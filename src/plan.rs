@@ -65,6 +65,11 @@ pub struct Step {
     pub manual: bool,
     #[serde(skip_serializing_if = "is_zero")]
     pub approvals: u32,
+    /// Who may approve, when approvals must be signed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<crate::spec::ApproversSpec>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_self_approval: bool,
     /// Check names an analysis step runs; empty means all checks.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<String>,
@@ -89,6 +94,8 @@ impl Step {
             duration_seconds: None,
             manual: false,
             approvals: 0,
+            approvers: None,
+            allow_self_approval: false,
             checks: Vec::new(),
             note: note.into(),
         }
@@ -302,6 +309,8 @@ pub fn transition(
             duration_seconds: None,
             manual: false,
             approvals: 0,
+            approvers: None,
+            allow_self_approval: false,
             checks: Vec::new(),
             note: match weight {
                 Some(w) => format!("canary weight {w}%"),

@@ -408,6 +408,23 @@ pub struct PauseSpec {
     /// Distinct people who must `promote` before the rollout goes on.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub approvals: u32,
+    /// Only approvals signed with approver certificates from this CA count (README "Change approval").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<ApproversSpec>,
+    /// Whether the person who started the rollout may be one of two or more approvers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_self_approval: bool,
+}
+
+/// Who may approve a pause: certificates from `ca` with the approver usage, named in `allowed`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApproversSpec {
+    /// The CA certificate (PEM), relative to the manifest's folder.
+    pub ca: PathBuf,
+    /// Certificate subjects (common names) that may approve; empty means any approver of the CA.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed: Vec<String>,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -702,6 +719,7 @@ impl Manifest {
             sources,
         };
         manifest.validate()?;
+        manifest.check_approver_cas(&base_dir)?;
         manifest.absolutize(&base_dir);
         Ok(manifest)
     }
@@ -724,6 +742,13 @@ impl Manifest {
             && std::path::Path::new(m.as_str()).is_relative()
         {
             *m = base.join(m.as_str()).display().to_string();
+        }
+        if let Strategy::Canary(c) = &mut self.strategy {
+            for step in &mut c.steps {
+                if let Some(a) = step.pause.as_mut().and_then(|p| p.approvers.as_mut()) {
+                    fix(&mut a.ca);
+                }
+            }
         }
         if let Some(h) = self.rollout.spec.target.hosts_mut() {
             if let Some(a) = &mut h.artifact

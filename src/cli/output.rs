@@ -171,7 +171,19 @@ pub fn summary(r: &crate::state::RolloutSummary, running: &Running) -> String {
         let who: Vec<String> = r
             .approvals
             .iter()
-            .map(|a| format!("{} (step {})", a.actor, a.step + 1))
+            .map(|a| match &a.verification {
+                crate::approval::Check::Unverified => {
+                    format!("{} (step {}, unverified)", a.actor, a.step + 1)
+                }
+                crate::approval::Check::Verified { subject, .. } => {
+                    format!("{subject} (step {}, signed)", a.step + 1)
+                }
+                crate::approval::Check::Refused { reason } => format!(
+                    "{} (step {}, REFUSED: {reason})",
+                    a.actor,
+                    a.step + 1
+                ),
+            })
             .collect();
         let _ = writeln!(out, "  approved by: {}", who.join(", "));
     }

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use crate::cli::output::Reporter;
 use crate::cli::{
-    AppArgs, ApplyArgs, CliError, Command, Format, InputArgs, PkiCommand, PlanArgs, Progress,
-    PromoteArgs, RollbackArgs, StatusArgs, exit, failed, output,
+    AppArgs, ApplyArgs, CliError, Command, Format, HistoryArgs, InputArgs, PkiCommand, PlanArgs,
+    Progress, PromoteArgs, RollbackArgs, StatusArgs, approve, exit, failed, output,
 };
 use crate::engine::{Course, Run, current_version};
 use crate::error_chain;
@@ -233,7 +233,6 @@ async fn drive(
     let plan = plan_for(m, target).await?;
     let reporter = Reporter::new(mode, plan.steps.len());
     let on_record = |r: &Record| reporter.record(r);
-    let actor = Actor::from_env();
     let mut run =
         Run::new(target, m, &plan, store, id, from.clone(), &on_record).map_err(failed)?;
     run.interrupts = crate::cli::install_interrupts();
@@ -249,6 +248,7 @@ async fn drive(
                 println!("{}: held, nothing changed: {why}", m.name());
                 return Ok(exit::PAUSED);
             }
+            let actor = approve::starter(m, id)?;
             store
                 .save_manifest(m.name(), id, &m.resolved())
                 .map_err(failed)?;
@@ -409,7 +409,7 @@ async fn resume_locked(
 ) -> Result<u8, CliError> {
     let store = &env.store;
     let records = local_records(env, &args.app, remote)?;
-    let (last, m) = last_rollout(env, &args.app, &records, remote)?;
+    let (mut last, m) = last_rollout(env, &args.app, &records, remote)?;
     if let Some(outcome) = last.outcome {
         println!(
             "{}: the last rollout ({}) already {outcome}; nothing to resume",
@@ -423,6 +423,7 @@ async fn resume_locked(
     }
     let target = target_for(&m, env).await?;
     let plan = plan_for(&m, &target).await?;
+    crate::approval::check(&args.app, &mut last, &approve::rules(&plan));
     let (step, course) = match resume_point(&last, &plan, promoted) {
         ResumePoint::At { step, course } => (step, course),
         ResumePoint::AwaitingApprovals {
@@ -437,6 +438,7 @@ async fn resume_locked(
                 step + 1,
                 args.app
             );
+            print!("{}", approve::refused_lines(&last, step));
             return Ok(exit::PAUSED);
         }
         // A rollback that was cut short is finished first.
@@ -511,7 +513,8 @@ async fn promote_locked(
     held: &Hold,
 ) -> Result<u8, CliError> {
     let app = &args.app.app;
-    let actor = Actor::from_env();
+    let mut actor = Actor::from_env();
+    let signer = approve::signer(&args.signer)?;
     let records = local_records(env, app, remote)?;
     let (last, _) = last_rollout(env, app, &records, remote)?;
     if last.outcome.is_some() || last.paused.is_none() {
@@ -520,6 +523,14 @@ async fn promote_locked(
         )));
     }
     let step = last.steps.last().map_or(0, |s| s.step);
+    if let Some(signer) = &signer {
+        let claim = crate::approval::Claim {
+            app,
+            rollout: &last.id,
+            step,
+        };
+        actor.signed = Some(signer.sign(claim, "approve", crate::state::now_ms()));
+    }
     env.store
         .journal(app)
         .and_then(|mut j| {
@@ -532,7 +543,10 @@ async fn promote_locked(
         })
         .map_err(failed)?;
     held.changed();
-    println!("{app}: promoted by {actor}");
+    match &signer {
+        Some(s) => println!("{app}: promoted by {actor}, signed as {}", s.subject()),
+        None => println!("{app}: promoted by {actor}"),
+    }
     let course = if args.full {
         Course::StraightToLast
     } else {
@@ -741,7 +755,8 @@ async fn status(args: &StatusArgs, env: &Env) -> Result<u8, CliError> {
     let remote = env.remote_for_app(&args.app).await?;
     loop {
         let records = records(env, &args.app, remote.as_ref()).await?;
-        let (last, m) = last_rollout(env, &args.app, &records, remote.as_ref())?;
+        let (mut last, m) = last_rollout(env, &args.app, &records, remote.as_ref())?;
+        let _ = approve::check_stored(&env.store, &args.app, &mut last);
         let running = running(env, &args.app, remote.as_ref());
         print!("{}", output::summary(&last, &running));
         if let Ok(target) = target_for(&m, env).await {
@@ -755,9 +770,16 @@ async fn status(args: &StatusArgs, env: &Env) -> Result<u8, CliError> {
     }
 }
 
-async fn history_cmd(args: &AppArgs, env: &Env) -> Result<u8, CliError> {
+async fn history_cmd(h: &HistoryArgs, env: &Env) -> Result<u8, CliError> {
+    let args = &h.app;
     let remote = env.remote_for_app(&args.app).await?;
-    let all = history(&records(env, &args.app, remote.as_ref()).await?);
+    let mut all = history(&records(env, &args.app, remote.as_ref()).await?);
+    if h.verify {
+        return Ok(approve::verify_history(&env.store, &args.app, &mut all));
+    }
+    for r in &mut all {
+        let _ = approve::check_stored(&env.store, &args.app, r);
+    }
     if all.is_empty() {
         let place = match &remote {
             Some(r) => format!(

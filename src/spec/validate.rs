@@ -3,6 +3,48 @@
 use super::*;
 
 impl Manifest {
+    /// An `approvers` block needs approvals and a readable CA certificate: a gate that cannot be
+    /// passed is an error here, not a rollout that waits forever.
+    pub(super) fn check_approver_cas(&self, base: &Path) -> Result<(), InputError> {
+        let Strategy::Canary(c) = &self.strategy else {
+            return Ok(());
+        };
+        let at = |field: &str| {
+            if self.strategy_source == "inline" {
+                format!("spec.strategy.canary.{field}")
+            } else {
+                format!("spec.strategy.ref ({}): canary.{field}", self.strategy_source)
+            }
+        };
+        for (i, step) in c.steps.iter().enumerate() {
+            let Some(p) = &step.pause else { continue };
+            let Some(a) = &p.approvers else { continue };
+            let path = at(&format!("steps[{i}].pause"));
+            if p.approvals == 0 {
+                return Err(self.sources.error(
+                    &format!("{path}.approvers"),
+                    "needs approvals: 1 or more (a pause nobody has to approve checks no signatures)",
+                ));
+            }
+            let file = base.join(&a.ca);
+            let ok = std::fs::read_to_string(&file)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| {
+                    use rustls_pki_types::pem::PemObject;
+                    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+                        .map(|_| ())
+                        .map_err(|_| "not a PEM certificate".to_string())
+                });
+            if let Err(why) = ok {
+                return Err(self.sources.error(
+                    &format!("{path}.approvers.ca"),
+                    format!("{}: {why}", file.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn validate(&self) -> Result<(), InputError> {
         let s = &self.sources;
         let r = &self.rollout;

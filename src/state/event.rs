@@ -10,7 +10,9 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Who is acting: the OS user, the host, and a CI identity when one is found.
+/// Who is acting: the OS user, the host, and a CI identity when one is found. These names come
+/// from the environment and are display hints only; `signed` (an approver certificate's signature)
+/// and `client` (the subject of the CLI's client certificate) are what identify a person.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Actor {
@@ -18,6 +20,10 @@ pub struct Actor {
     pub host: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ci: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<crate::approval::Signed>,
 }
 
 impl Actor {
@@ -56,7 +62,13 @@ impl Actor {
         } else {
             var("CI").map(|_| "ci".to_string())
         };
-        Actor { user, host, ci }
+        Actor {
+            user,
+            host,
+            ci,
+            client: None,
+            signed: None,
+        }
     }
 }
 
@@ -246,6 +258,8 @@ mod tests {
             user: "u".into(),
             host: "h".into(),
             ci: None,
+            client: None,
+            signed: None,
         };
         let r = || "r".to_string();
         let all = [

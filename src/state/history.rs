@@ -66,15 +66,23 @@ pub struct Approval {
     pub step: usize,
     pub actor: Actor,
     pub at_ms: u64,
+    /// How the approval was verified; `unverified` until [`crate::approval::check`] looks.
+    pub verification: crate::approval::Check,
 }
 
 impl RolloutSummary {
-    /// Distinct people (by user name) who approved `step`.
+    /// Distinct people who approved `step`: verified certificate subjects, or for a step without
+    /// an `approvers` rule the user names (unverified); refused approvals do not count.
     pub fn approvers(&self, step: usize) -> std::collections::BTreeSet<&str> {
+        use crate::approval::Check;
         self.approvals
             .iter()
             .filter(|a| a.step == step)
-            .map(|a| a.actor.user.as_str())
+            .filter_map(|a| match &a.verification {
+                Check::Verified { subject, .. } => Some(subject.as_str()),
+                Check::Unverified => Some(a.actor.user.as_str()),
+                Check::Refused { .. } => None,
+            })
             .collect()
     }
 }
@@ -185,6 +193,7 @@ pub fn history(records: &[Record]) -> Vec<RolloutSummary> {
                         step: *step,
                         actor: actor.clone(),
                         at_ms: r.at_ms,
+                        verification: Default::default(),
                     });
                 }
             }
@@ -224,6 +233,8 @@ mod tests {
             user: "ana".into(),
             host: "box".into(),
             ci: None,
+            client: None,
+            signed: None,
         }
     }
 

@@ -536,6 +536,8 @@ mod tests {
             user: "ana".into(),
             host: "box".into(),
             ci: None,
+            client: None,
+            signed: None,
         }
     }
 

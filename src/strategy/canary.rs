@@ -99,6 +99,8 @@ pub fn steps(
             let mut s = Step::hold(StepKind::Pause, at.0, at.1, "");
             s.weight = Some(weight);
             s.approvals = p.approvals;
+            s.approvers = p.approvers.clone();
+            s.allow_self_approval = p.allow_self_approval;
             match p.duration {
                 Some(d) if p.approvals == 0 => {
                     s.duration_seconds = Some(d.0.as_secs());

@@ -1,0 +1,197 @@
+//! Signed approvals at the command line: loading the approver's key and certificate, naming who
+//! starts a rollout, and checking a rollout's approvals against its manifest's `approvers` rules.
+
+use std::path::{Path, PathBuf};
+
+use crate::approval::{Check, Claim, Rule, Signer};
+use crate::cli::{CliError, SignerArgs, exit};
+use crate::plan::Plan;
+use crate::spec::{InputError, Manifest};
+use crate::state::{Actor, RolloutSummary, Store, now_ms};
+
+/// Environment variables naming the approver's files (never their contents).
+pub const KEY_ENV: &str = "ROLLGATE_APPROVER_KEY";
+pub const CERT_ENV: &str = "ROLLGATE_APPROVER_CERT";
+
+/// The approver's signer, from `--key`/`--cert` (or the variables naming the files), if given.
+pub(crate) fn signer(args: &SignerArgs) -> Result<Option<Signer>, CliError> {
+    match (&args.key, &args.cert) {
+        (None, None) => Ok(None),
+        (Some(key), Some(cert)) => load(key, cert).map(Some),
+        _ => Err(InputError::general(format!(
+            "--key ({KEY_ENV}) and --cert ({CERT_ENV}) go together"
+        ))
+        .into()),
+    }
+}
+
+fn load(key: &Path, cert: &Path) -> Result<Signer, CliError> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| CliError::from(InputError::general(format!("{}: {e}", p.display()))))
+    };
+    let (k, c) = (read(key)?, read(cert)?);
+    Signer::from_pem(&k, &key.display().to_string(), &c, &cert.display().to_string())
+        .map_err(|e| InputError::general(e.to_string()).into())
+}
+
+/// Who starts rollout `id` of `m`: the environment's names, the subject of the client certificate
+/// the CLI uses for a host fleet, and, when `ROLLGATE_APPROVER_KEY`/`_CERT` name an approver
+/// certificate, its signature on the start.
+pub(crate) fn starter(m: &Manifest, id: &str) -> Result<Actor, CliError> {
+    let mut actor = Actor::from_env();
+    actor.client = m
+        .rollout
+        .spec
+        .target
+        .hosts()
+        .and_then(|h| h.auth.as_ref())
+        .and_then(|a| a.cert.as_ref())
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|pem| crate::approval::cert_subject(&pem));
+    let from_env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let args = SignerArgs {
+        key: from_env(KEY_ENV),
+        cert: from_env(CERT_ENV),
+    };
+    if let Some(signer) = signer(&args)? {
+        let claim = Claim {
+            app: m.name(),
+            rollout: id,
+            step: 0,
+        };
+        actor.signed = Some(signer.sign(claim, "start", now_ms()));
+    }
+    Ok(actor)
+}
+
+/// The approval rule of each plan step, with its CA read now.
+pub(crate) fn rules(plan: &Plan) -> impl Fn(usize) -> Option<Rule> + '_ {
+    |step| {
+        let s = plan.steps.get(step)?;
+        let approvers = s.approvers.clone()?;
+        let ca_pem = std::fs::read_to_string(&approvers.ca).map_err(|e| {
+            format!(
+                "the approvers CA {} cannot be read: {e}",
+                approvers.ca.display()
+            )
+        });
+        Some(Rule {
+            approvers,
+            ca_pem,
+            approvals: s.approvals,
+            allow_self_approval: s.allow_self_approval,
+        })
+    }
+}
+
+/// Checks the approvals of a rollout from the journal, under the manifest it stored (planned
+/// offline). Without a plan (a Kubernetes target sized by its cluster) they stay unverified.
+pub(crate) fn check_stored(store: &Store, app: &str, r: &mut RolloutSummary) -> Result<(), String> {
+    if r.approvals.is_empty() && r.actor.as_ref().is_none_or(|a| a.signed.is_none()) {
+        return Ok(());
+    }
+    let rollout = store
+        .load_manifest(app, &r.id)
+        .map_err(|e| crate::error_chain(&e))?;
+    let origin = store.app_dir(app).join("rollouts").join(format!("{}.json", r.id));
+    let m = Manifest::from_resolved(rollout, &origin).map_err(|e| e.to_string())?;
+    let Ok((n, capacity)) = crate::target::offline_size(&m.rollout.spec.target, None) else {
+        return Ok(());
+    };
+    let plan = crate::plan::plan(&m.strategy, n, capacity).map_err(|e| e.message)?;
+    crate::approval::check(app, r, &rules(&plan));
+    Ok(())
+}
+
+/// Lines naming the refused approvals of `step`, for a paused rollout.
+pub(crate) fn refused_lines(r: &RolloutSummary, step: usize) -> String {
+    r.approvals
+        .iter()
+        .filter(|a| a.step == step)
+        .filter_map(|a| match &a.verification {
+            Check::Refused { reason } => Some(format!(
+                "  refused: the approval by {} at {} (not counted): {reason}\n",
+                a.actor,
+                crate::cli::output::utc(a.at_ms)
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `history --verify`: re-verifies every signed record (and every approval a rule requires to be
+/// signed) and names each that fails; exit 1 when any does.
+pub(crate) fn verify_history(store: &Store, app: &str, all: &mut [RolloutSummary]) -> u8 {
+    let (mut ok, mut failed) = (0, 0);
+    for r in all.iter_mut() {
+        if let Err(why) = check_stored(store, app, r) {
+            println!("FAILED {}: cannot verify: {why}", r.id);
+            failed += 1;
+            continue;
+        }
+        if let Some(signed) = r.actor.as_ref().and_then(|a| a.signed.as_ref()) {
+            // The start is signed with an approver certificate: verified against the first rule's CA.
+            let origin = store.app_dir(app).join("rollouts").join(format!("{}.json", r.id));
+            let ca = store
+                .load_manifest(app, &r.id)
+                .ok()
+                .and_then(|m| Manifest::from_resolved(m, &origin).ok())
+                .and_then(|m| first_ca(&m));
+            let claim = Claim {
+                app,
+                rollout: &r.id,
+                step: 0,
+            };
+            match ca.map(|ca| crate::approval::verify(&ca, claim, "start", signed)) {
+                Some(Ok(subject)) => {
+                    ok += 1;
+                    println!("ok     {}: started by {subject} (signed)", r.id);
+                }
+                Some(Err(why)) => {
+                    failed += 1;
+                    println!("FAILED {}: the start signed as {}: {why}", r.id, signed.subject);
+                }
+                None => println!(
+                    "-      {}: the start is signed by {}, but no approvers CA is named to check it",
+                    r.id, signed.subject
+                ),
+            }
+        }
+        for a in &r.approvals {
+            let at = format!("{} step {}", r.id, a.step + 1);
+            match &a.verification {
+                Check::Verified {
+                    subject,
+                    fingerprint,
+                } => {
+                    ok += 1;
+                    println!(
+                        "ok     {at}: approved by {subject} (certificate sha256 {})",
+                        &fingerprint[..16.min(fingerprint.len())]
+                    );
+                }
+                Check::Refused { reason } => {
+                    failed += 1;
+                    println!("FAILED {at}: the approval by {}: {reason}", a.actor);
+                }
+                Check::Unverified => println!(
+                    "-      {at}: approved by {} (unverified: no approvers rule)",
+                    a.actor
+                ),
+            }
+        }
+    }
+    println!("{app}: {ok} signed records verified, {failed} failed");
+    if failed > 0 { exit::FAILED } else { exit::OK }
+}
+
+fn first_ca(m: &Manifest) -> Option<String> {
+    let crate::spec::Strategy::Canary(c) = &m.strategy else {
+        return None;
+    };
+    c.steps
+        .iter()
+        .find_map(|s| s.pause.as_ref()?.approvers.as_ref())
+        .and_then(|a| std::fs::read_to_string(&a.ca).ok())
+}
