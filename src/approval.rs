@@ -4,11 +4,12 @@
 //! An approver certificate carries its own extended key usage, [`APPROVER_EKU`], and only that,
 //! so an agent's server certificate or the CLI's client certificate cannot approve.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use rcgen::{KeyPair, PublicKeyData, SigningKey};
 
-use crate::spec::ApproversSpec;
 use crate::state::RolloutSummary;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
@@ -250,6 +251,17 @@ pub fn verify(
         })
 }
 
+/// Who may approve a pause: certificates from `ca` with the approver usage, named in `allowed`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApproversSpec {
+    /// The CA certificate (PEM), relative to the manifest's folder.
+    pub ca: PathBuf,
+    /// Certificate subjects (common names) that may approve; empty means any approver of the CA.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed: Vec<String>,
+}
+
 /// How an approval in the journal was verified.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", rename_all = "camelCase")]
@@ -258,7 +270,10 @@ pub enum Check {
     #[default]
     Unverified,
     /// Signed by an allowed approver certificate of the rule's CA.
-    Verified { subject: String, fingerprint: String },
+    Verified {
+        subject: String,
+        fingerprint: String,
+    },
     /// Not counted, and why.
     Refused { reason: String },
 }
@@ -413,7 +428,10 @@ mod tests {
                 rollout: "r2",
                 ..claim
             },
-            Claim { app: "api", ..claim },
+            Claim {
+                app: "api",
+                ..claim
+            },
         ] {
             let err = verify(&ca, other, "approve", &s).unwrap_err();
             assert!(err.contains("does not cover"), "{err}");

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CustomExtension, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 /// File name of the CA certificate inside the PKI dir.
@@ -211,10 +211,12 @@ fn issue(
     match eku {
         Usage::Tls(eku) => params.extended_key_usages = vec![eku],
         // Only the approver usage: such a certificate cannot serve TLS, nor sign in as a client.
-        Usage::Approver => params.custom_extensions.push(CustomExtension::from_oid_content(
-            &[2, 5, 29, 37],
-            crate::approval::eku_extension_content(),
-        )),
+        Usage::Approver => params
+            .custom_extensions
+            .push(CustomExtension::from_oid_content(
+                &[2, 5, 29, 37],
+                crate::approval::eku_extension_content(),
+            )),
     }
     params.use_authority_key_identifier_extension = true;
     let year = this_year();

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::approval::ApproversSpec;
+
 pub use quantity::{Dur, IntOrPercent, Rounding};
 pub use source::{InputError, Sources};
 
@@ -414,17 +416,6 @@ pub struct PauseSpec {
     /// Whether the person who started the rollout may be one of two or more approvers.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_self_approval: bool,
-}
-
-/// Who may approve a pause: certificates from `ca` with the approver usage, named in `allowed`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ApproversSpec {
-    /// The CA certificate (PEM), relative to the manifest's folder.
-    pub ca: PathBuf,
-    /// Certificate subjects (common names) that may approve; empty means any approver of the CA.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub allowed: Vec<String>,
 }
 
 fn is_zero(v: &u32) -> bool {

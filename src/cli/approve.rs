@@ -31,8 +31,30 @@ fn load(key: &Path, cert: &Path) -> Result<Signer, CliError> {
             .map_err(|e| CliError::from(InputError::general(format!("{}: {e}", p.display()))))
     };
     let (k, c) = (read(key)?, read(cert)?);
-    Signer::from_pem(&k, &key.display().to_string(), &c, &cert.display().to_string())
-        .map_err(|e| InputError::general(e.to_string()).into())
+    Signer::from_pem(
+        &k,
+        &key.display().to_string(),
+        &c,
+        &cert.display().to_string(),
+    )
+    .map_err(|e| InputError::general(e.to_string()).into())
+}
+
+/// Signs `actor`'s approval of `step` of rollout `id`, when there is a signer.
+pub(crate) fn sign(signer: Option<&Signer>, app: &str, id: &str, step: usize, actor: &mut Actor) {
+    if let Some(signer) = signer {
+        let claim = Claim {
+            app,
+            rollout: id,
+            step,
+        };
+        actor.signed = Some(signer.sign(claim, "approve", now_ms()));
+    }
+}
+
+/// ", signed as NAME" for a signed promotion.
+pub(crate) fn signed_as(signer: Option<&Signer>) -> String {
+    signer.map_or(String::new(), |s| format!(", signed as {}", s.subject()))
 }
 
 /// Who starts rollout `id` of `m`: the environment's names, the subject of the client certificate
@@ -49,7 +71,11 @@ pub(crate) fn starter(m: &Manifest, id: &str) -> Result<Actor, CliError> {
         .and_then(|a| a.cert.as_ref())
         .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|pem| crate::approval::cert_subject(&pem));
-    let from_env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let from_env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     let args = SignerArgs {
         key: from_env(KEY_ENV),
         cert: from_env(CERT_ENV),
@@ -94,7 +120,10 @@ pub(crate) fn check_stored(store: &Store, app: &str, r: &mut RolloutSummary) -> 
     let rollout = store
         .load_manifest(app, &r.id)
         .map_err(|e| crate::error_chain(&e))?;
-    let origin = store.app_dir(app).join("rollouts").join(format!("{}.json", r.id));
+    let origin = store
+        .app_dir(app)
+        .join("rollouts")
+        .join(format!("{}.json", r.id));
     let m = Manifest::from_resolved(rollout, &origin).map_err(|e| e.to_string())?;
     let Ok((n, capacity)) = crate::target::offline_size(&m.rollout.spec.target, None) else {
         return Ok(());
@@ -132,7 +161,10 @@ pub(crate) fn verify_history(store: &Store, app: &str, all: &mut [RolloutSummary
         }
         if let Some(signed) = r.actor.as_ref().and_then(|a| a.signed.as_ref()) {
             // The start is signed with an approver certificate: verified against the first rule's CA.
-            let origin = store.app_dir(app).join("rollouts").join(format!("{}.json", r.id));
+            let origin = store
+                .app_dir(app)
+                .join("rollouts")
+                .join(format!("{}.json", r.id));
             let ca = store
                 .load_manifest(app, &r.id)
                 .ok()
@@ -150,7 +182,10 @@ pub(crate) fn verify_history(store: &Store, app: &str, all: &mut [RolloutSummary
                 }
                 Some(Err(why)) => {
                     failed += 1;
-                    println!("FAILED {}: the start signed as {}: {why}", r.id, signed.subject);
+                    println!(
+                        "FAILED {}: the start signed as {}: {why}",
+                        r.id, signed.subject
+                    );
                 }
                 None => println!(
                     "-      {}: the start is signed by {}, but no approvers CA is named to check it",

@@ -130,9 +130,7 @@ fn pki(cmd: PkiCommand) -> Result<u8, CliError> {
             let issued = match (agent, client, approver) {
                 (Some(host), ..) => crate::pki::issue_agent_with(&dir, &host, existing),
                 (None, Some(name), _) => crate::pki::issue_client_with(&dir, &name, existing),
-                (None, None, Some(name)) => {
-                    crate::pki::issue_approver_with(&dir, &name, existing)
-                }
+                (None, None, Some(name)) => crate::pki::issue_approver_with(&dir, &name, existing),
                 (None, None, None) => unreachable!("clap requires one"),
             }
             .map_err(failed)?;
@@ -523,14 +521,7 @@ async fn promote_locked(
         )));
     }
     let step = last.steps.last().map_or(0, |s| s.step);
-    if let Some(signer) = &signer {
-        let claim = crate::approval::Claim {
-            app,
-            rollout: &last.id,
-            step,
-        };
-        actor.signed = Some(signer.sign(claim, "approve", crate::state::now_ms()));
-    }
+    approve::sign(signer.as_ref(), app, &last.id, step, &mut actor);
     env.store
         .journal(app)
         .and_then(|mut j| {
@@ -543,10 +534,10 @@ async fn promote_locked(
         })
         .map_err(failed)?;
     held.changed();
-    match &signer {
-        Some(s) => println!("{app}: promoted by {actor}, signed as {}", s.subject()),
-        None => println!("{app}: promoted by {actor}"),
-    }
+    println!(
+        "{app}: promoted by {actor}{}",
+        approve::signed_as(signer.as_ref())
+    );
     let course = if args.full {
         Course::StraightToLast
     } else {

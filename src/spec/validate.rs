@@ -13,7 +13,10 @@ impl Manifest {
             if self.strategy_source == "inline" {
                 format!("spec.strategy.canary.{field}")
             } else {
-                format!("spec.strategy.ref ({}): canary.{field}", self.strategy_source)
+                format!(
+                    "spec.strategy.ref ({}): canary.{field}",
+                    self.strategy_source
+                )
             }
         };
         for (i, step) in c.steps.iter().enumerate() {
