@@ -1,5 +1,6 @@
 //! The rollout manifest: its serde model, loading with overlays and presets, and validation.
 
+pub mod on_pod;
 pub mod quantity;
 mod resolve;
 pub mod source;

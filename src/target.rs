@@ -113,13 +113,16 @@ impl AnyTarget {
                     .unwrap_or_default();
                 let blue_green = matches!(m.strategy, crate::spec::Strategy::BlueGreen(_));
                 let client = client().await?;
-                Ok(AnyTarget::Kubernetes(kubernetes::Kubernetes::with_client(
-                    k,
-                    &base,
-                    m.strategy.min_ready_seconds(),
-                    blue_green,
-                    client,
-                )?))
+                Ok(AnyTarget::Kubernetes(
+                    kubernetes::Kubernetes::with_client(
+                        k,
+                        &base,
+                        m.strategy.min_ready_seconds(),
+                        blue_green,
+                        client,
+                    )?
+                    .probing_pods(&m.rollout.spec.checks),
+                ))
             }
         }
     }

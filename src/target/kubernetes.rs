@@ -20,11 +20,12 @@
 //! The `impl` is split by concern, one file each: `reach` (requests, retries, the API server's
 //! reachability), `view` (the watched cache and what it derives), `sizes` (a step's counts),
 //! `hand_over` (prepare, hand-over), `restore`, `traffic` (blue-green Services), `access` (the
-//! access reviews), `pod_security` (the recommended securityContext).
+//! access reviews), `pod_security` (the recommended securityContext), `probe` (checks on pods).
 
 mod access;
 mod hand_over;
 mod pod_security;
+mod probe;
 mod reach;
 mod restore;
 mod sizes;
@@ -84,6 +85,8 @@ pub struct Kubernetes {
     services: Api<Service>,
     /// Blue-green: `<deployment>-active` and `<deployment>-preview` are pinned by pod-template-hash.
     blue_green: bool,
+    /// Whether a `runOn: host` check probes pods through the API server (`get pods/proxy`).
+    probes_pods: bool,
     http: reqwest::Client,
     /// ReplicaSets and pods of the Deployment, watched from first use to the end of the process.
     cache: tokio::sync::OnceCell<Cache>,
@@ -135,6 +138,7 @@ impl Kubernetes {
             config_maps: Api::namespaced(client.clone(), ns),
             services: Api::namespaced(client, ns),
             blue_green,
+            probes_pods: false,
             http,
             cache: tokio::sync::OnceCell::new(),
             reach: Arc::default(),
@@ -142,6 +146,13 @@ impl Kubernetes {
             access: tokio::sync::OnceCell::new(),
             selector: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The same, probing pods for `checks`: a `runOn: host` http check goes through the API
+    /// server's pod proxy, which the access review then asks for.
+    pub fn probing_pods(mut self, checks: &[Check]) -> Self {
+        self.probes_pods = checks.iter().any(crate::spec::on_pod::through_proxy);
+        self
     }
 
     fn name(&self) -> &str {
