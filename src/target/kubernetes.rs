@@ -85,8 +85,9 @@ pub struct Kubernetes {
     services: Api<Service>,
     /// Blue-green: `<deployment>-active` and `<deployment>-preview` are pinned by pod-template-hash.
     blue_green: bool,
-    /// Whether a `runOn: host` check probes pods through the API server (`get pods/proxy`).
-    probes_pods: bool,
+    /// For `runOn: host` checks, which probe pods through the API server (`get pods/proxy`): a
+    /// client that sends each request once. `None` when the rollout has no such check.
+    pod_prober: Option<Client>,
     http: reqwest::Client,
     /// ReplicaSets and pods of the Deployment, watched from first use to the end of the process.
     cache: tokio::sync::OnceCell<Cache>,
@@ -138,7 +139,7 @@ impl Kubernetes {
             config_maps: Api::namespaced(client.clone(), ns),
             services: Api::namespaced(client, ns),
             blue_green,
-            probes_pods: false,
+            pod_prober: None,
             http,
             cache: tokio::sync::OnceCell::new(),
             reach: Arc::default(),
@@ -148,10 +149,14 @@ impl Kubernetes {
         })
     }
 
-    /// The same, probing pods for `checks`: a `runOn: host` http check goes through the API
-    /// server's pod proxy, which the access review then asks for.
-    pub fn probing_pods(mut self, checks: &[Check]) -> Self {
-        self.probes_pods = checks.iter().any(crate::spec::on_pod::through_proxy);
+    /// The same, probing pods for `checks` with `client` (one that does not retry): a `runOn:
+    /// host` http check goes through the API server's pod proxy, which the access review then
+    /// asks for.
+    pub fn probing_pods(mut self, checks: &[Check], client: Client) -> Self {
+        self.pod_prober = checks
+            .iter()
+            .any(crate::spec::on_pod::through_proxy)
+            .then_some(client);
         self
     }
 

@@ -16,7 +16,7 @@ impl Kubernetes {
         let reviews: Api<SelfSubjectAccessReview> =
             Api::all(self.deployments.clone().into_client());
         let ns = &self.spec.namespace;
-        let asks = required_access(self.blue_green, self.probes_pods)
+        let asks = required_access(self.blue_green, self.pod_prober.is_some())
             .into_iter()
             .map(|(group, resource, verb)| {
                 let reviews = reviews.clone();

@@ -65,7 +65,12 @@ impl Kubernetes {
             Ok(request) => request.map(Body::from),
             Err(e) => return Probe::Fail(format!("{what}: {e}")),
         };
-        let client = self.pods.clone().into_client();
+        // Not the target's own client: that one retries a 503, which may be the pod's answer.
+        let Some(client) = &self.pod_prober else {
+            return Probe::Fail(format!(
+                "{what}: the target was made without a probe client"
+            ));
+        };
         let answer = async {
             let response = client.send(request).await?;
             let status = response.status().as_u16();
