@@ -1,5 +1,6 @@
 //! The rollout manifest: its serde model, loading with overlays and presets, and validation.
 
+pub mod on_pod;
 pub mod quantity;
 mod resolve;
 pub mod source;
@@ -551,7 +552,8 @@ pub enum RunOn {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpProbe {
-    /// `{host}` and `{instance}` are replaced by rollgate, `{port}` by the agent (the slot port).
+    /// `{host}` and `{instance}` are replaced by rollgate, `{port}` by the agent (the slot port);
+    /// on a Kubernetes pod with `runOn: host`, see `spec::on_pod`.
     pub url: String,
     #[serde(default = "ok_status")]
     pub expect_status: u16,

@@ -88,11 +88,12 @@ pub enum AnyTarget {
 }
 
 impl AnyTarget {
-    /// The target `m` names, decided once. A Kubernetes target gets its client from `client`
-    /// (called only for one; its writes go out only while this process holds the app's Lease).
+    /// The target `m` names, decided once. A Kubernetes target gets its clients from `clients`
+    /// (called only for one): the client for everything, whose writes go out only while this
+    /// process holds the app's Lease, and one that sends each request once, for probes.
     pub async fn for_manifest<E: From<TargetError>>(
         m: &Manifest,
-        client: impl AsyncFnOnce() -> std::result::Result<kube::Client, E>,
+        clients: impl AsyncFnOnce() -> std::result::Result<(kube::Client, kube::Client), E>,
     ) -> std::result::Result<AnyTarget, E> {
         match &m.rollout.spec.target {
             TargetSpec::Hosts(h) => {
@@ -112,14 +113,17 @@ impl AnyTarget {
                     .map(std::path::Path::to_path_buf)
                     .unwrap_or_default();
                 let blue_green = matches!(m.strategy, crate::spec::Strategy::BlueGreen(_));
-                let client = client().await?;
-                Ok(AnyTarget::Kubernetes(kubernetes::Kubernetes::with_client(
-                    k,
-                    &base,
-                    m.strategy.min_ready_seconds(),
-                    blue_green,
-                    client,
-                )?))
+                let (client, probes) = clients().await?;
+                Ok(AnyTarget::Kubernetes(
+                    kubernetes::Kubernetes::with_client(
+                        k,
+                        &base,
+                        m.strategy.min_ready_seconds(),
+                        blue_green,
+                        client,
+                    )?
+                    .probing_pods(&m.rollout.spec.checks, probes),
+                ))
             }
         }
     }

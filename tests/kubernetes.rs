@@ -23,6 +23,7 @@ mod kubernetes {
     mod interrupted;
     mod metrics;
     mod pod_security;
+    mod probes;
     mod rbac;
     mod rollback;
     mod rolling;

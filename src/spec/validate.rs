@@ -99,6 +99,13 @@ impl Manifest {
                     "is empty: expected a program and its arguments",
                 ));
             }
+            // A pod has no agent: what cannot reach it through the API server is refused here,
+            // never passed unprobed.
+            if matches!(r.spec.target, TargetSpec::Kubernetes(_))
+                && let Some((field, why)) = on_pod::refusal(c)
+            {
+                return Err(s.error(&format!("{at}.{field}"), why));
+            }
             if c.success_threshold == 0 || c.count == 0 {
                 return Err(s.error(&at, "count and successThreshold must be at least 1"));
             }

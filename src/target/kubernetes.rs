@@ -20,11 +20,12 @@
 //! The `impl` is split by concern, one file each: `reach` (requests, retries, the API server's
 //! reachability), `view` (the watched cache and what it derives), `sizes` (a step's counts),
 //! `hand_over` (prepare, hand-over), `restore`, `traffic` (blue-green Services), `access` (the
-//! access reviews), `pod_security` (the recommended securityContext).
+//! access reviews), `pod_security` (the recommended securityContext), `probe` (checks on pods).
 
 mod access;
 mod hand_over;
 mod pod_security;
+mod probe;
 mod reach;
 mod restore;
 mod sizes;
@@ -84,6 +85,9 @@ pub struct Kubernetes {
     services: Api<Service>,
     /// Blue-green: `<deployment>-active` and `<deployment>-preview` are pinned by pod-template-hash.
     blue_green: bool,
+    /// For `runOn: host` checks, which probe pods through the API server (`get pods/proxy`): a
+    /// client that sends each request once. `None` when the rollout has no such check.
+    pod_prober: Option<Client>,
     http: reqwest::Client,
     /// ReplicaSets and pods of the Deployment, watched from first use to the end of the process.
     cache: tokio::sync::OnceCell<Cache>,
@@ -135,6 +139,7 @@ impl Kubernetes {
             config_maps: Api::namespaced(client.clone(), ns),
             services: Api::namespaced(client, ns),
             blue_green,
+            pod_prober: None,
             http,
             cache: tokio::sync::OnceCell::new(),
             reach: Arc::default(),
@@ -142,6 +147,17 @@ impl Kubernetes {
             access: tokio::sync::OnceCell::new(),
             selector: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The same, probing pods for `checks` with `client` (one that does not retry): a `runOn:
+    /// host` http check goes through the API server's pod proxy, which the access review then
+    /// asks for.
+    pub fn probing_pods(mut self, checks: &[Check], client: Client) -> Self {
+        self.pod_prober = checks
+            .iter()
+            .any(crate::spec::on_pod::through_proxy)
+            .then_some(client);
+        self
     }
 
     fn name(&self) -> &str {

@@ -17,8 +17,6 @@ use super::{
     HASH_LABEL, IMAGE_ANNOTATION, Kubernetes, LENT_ANNOTATION, REPLICAS_ANNOTATION,
     VERSION_ANNOTATION,
 };
-use crate::health::Probe;
-use crate::spec::{Check, RunOn};
 use crate::target::{Instance, Result};
 
 /// Watched copies of the Deployment's ReplicaSets and pods: a step reads them without a request.
@@ -493,33 +491,6 @@ impl Kubernetes {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
-    }
-
-    /// One `runOn: cli` probe of a pod, at its IP from the watched copy.
-    pub(super) async fn probe_pod(&self, check: &Check, instance: &str) -> Probe {
-        if check.run_on != RunOn::Cli {
-            return Probe::Pass; // host-side checks need an agent; pods have none
-        }
-        // From the watched copy: no request, and no failed probe while the API server restarts.
-        let cache = match self.cache().await {
-            Ok(cache) => cache,
-            Err(e) => return Probe::Fail(format!("pod {instance}: {e}")),
-        };
-        let pod = cache
-            .pods
-            .state()
-            .into_iter()
-            .find(|p| p.name_any() == instance);
-        let Some(pod) = pod else {
-            return Probe::Fail(format!("pod {instance} is gone"));
-        };
-        let ip = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.clone())
-            .unwrap_or_default();
-        let fill = |s: &str| s.replace("{host}", &ip).replace("{instance}", instance);
-        crate::health::run::cli_probe(&self.http, check, &fill, check.timeout.0).await
     }
 }
 
