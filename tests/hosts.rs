@@ -17,6 +17,7 @@ mod prometheus;
 mod running;
 
 mod hosts {
+    mod agent_health;
     mod approvals;
     mod blue_green;
     mod demo;

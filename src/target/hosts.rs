@@ -280,7 +280,9 @@ impl Hosts {
             ),
             version: version.to_string(),
             slot,
-            timeout_ms: Some(deadline.as_millis() as u64),
+            // The agent's own `health.startTimeout` and `failureThreshold` decide how long a
+            // start may take; the step's deadline still bounds the wait here.
+            timeout_ms: None,
         };
         let op = client
             .activate(&self.service, &req)
