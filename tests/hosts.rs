@@ -34,5 +34,6 @@ mod hosts {
     mod netns_lock;
     mod netns_rollback;
     mod netns_rolling;
+    mod relative_manifest;
     mod webhooks;
 }
