@@ -715,6 +715,13 @@ impl Manifest {
     /// Relative paths in the manifest are relative to its folder; the journal keeps them absolute so
     /// that `resume` and `rollback` work from any directory.
     fn absolutize(&mut self, base: &Path) {
+        // `-f web.yaml` has the empty path as its parent, which `absolute` refuses: that is the
+        // current directory (issue 15 §5: the paths stayed relative, and `rollback` failed).
+        let base = if base.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            base
+        };
         let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
