@@ -23,6 +23,7 @@
 //! access reviews), `pod_security` (the recommended securityContext).
 
 mod access;
+mod gone;
 mod hand_over;
 mod pod_security;
 mod reach;
@@ -47,7 +48,7 @@ use crate::spec::{Check, KubernetesTarget};
 
 pub use crate::kube::FIELD_MANAGER;
 pub use access::required_access;
-pub use hand_over::{container_problem, manifest_template};
+pub use hand_over::{container_problem, deployment_problem, manifest_template};
 pub use pod_security::{SecurityWarning, pod_security_warnings};
 pub use view::{image_tag, pod_failure, template_version};
 
@@ -95,6 +96,9 @@ pub struct Kubernetes {
     access: tokio::sync::OnceCell<()>,
     /// The Deployment's selector, once read (immutable in apps/v1).
     selector: std::sync::OnceLock<Selector>,
+    /// The widest maxSurge and maxUnavailable of the steps this process ran: a rollback keeps
+    /// within them.
+    bounds: std::sync::Mutex<Option<(u32, u32)>>,
 }
 
 impl Kubernetes {
@@ -141,6 +145,7 @@ impl Kubernetes {
             held_name: std::sync::Mutex::default(),
             access: tokio::sync::OnceCell::new(),
             selector: std::sync::OnceLock::new(),
+            bounds: std::sync::Mutex::default(),
         })
     }
 

@@ -436,17 +436,23 @@ impl Kubernetes {
         let done = async {
             loop {
                 changes.borrow_and_update();
-                if cache.deployment.state().iter().any(|d| cond(d)) {
-                    return true;
+                let watched = cache.deployment.state();
+                if watched.iter().any(|d| cond(d)) {
+                    return Some(true);
+                }
+                // Deleted by someone else (the watch sees it go, the API server confirms).
+                if watched.is_empty() && self.deployment_deleted().await.unwrap_or(false) {
+                    return None;
                 }
                 if changes.changed().await.is_err() {
-                    return false;
+                    return Some(false);
                 }
             }
         };
         match tokio::time::timeout(deadline, done).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(self.fail(what, "the watch ended")),
+            Ok(Some(true)) => Ok(()),
+            Ok(None) => Err(self.deployment_gone().await),
+            Ok(Some(false)) => Err(self.fail(what, "the watch ended")),
             Err(_) => Err(self.fail(
                 what,
                 format!(
