@@ -173,10 +173,15 @@ impl Target for Kubernetes {
         self.access.get_or_try_init(|| self.check_access()).await?;
         let d = self
             .reach
-            .call(|| self.deployments.get(self.name()))
+            .call(|| self.deployments.get_opt(self.name()))
             .await
             .map_err(|e| self.fail("reading it", e))?;
-        Ok(Self::n_of(&d))
+        match d {
+            Some(d) => Ok(Self::n_of(&d)),
+            // Deleted during a rollout (`abort`, `resume`): what rollgate made for it goes too.
+            None if self.rollout_made().await? => Err(self.deployment_gone().await),
+            None => Err(self.fail("reading it", "not found: it does not exist")),
+        }
     }
 
     fn capacity(&self) -> crate::plan::Capacity {

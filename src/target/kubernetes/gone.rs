@@ -21,6 +21,16 @@ impl Kubernetes {
         Ok(d.is_none_or(|d| d.metadata.deletion_timestamp.is_some()))
     }
 
+    /// Whether a rollout of rollgate's left its holder ConfigMap here.
+    pub(super) async fn rollout_made(&self) -> Result<bool> {
+        let holder = self.holder_name();
+        self.reach
+            .call(|| self.config_maps.get_opt(&holder))
+            .await
+            .map(|cm| cm.is_some())
+            .map_err(|e| self.fail("reading the rollout holder", e))
+    }
+
     /// The failure of a rollout whose Deployment was deleted: what rollgate made for it is
     /// deleted first, and the reason says so in one line.
     pub(super) async fn deployment_gone(&self) -> TargetError {

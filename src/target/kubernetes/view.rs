@@ -256,12 +256,19 @@ impl Kubernetes {
 
     /// The Deployment's pod template as the cluster holds it; `None` when there is no Deployment.
     pub async fn live_template(&self) -> Result<Option<PodTemplateSpec>> {
-        let d = self
-            .deployments
+        Ok(self
+            .live_deployment()
+            .await?
+            .and_then(|d| d.spec)
+            .map(|s| s.template))
+    }
+
+    /// The Deployment as the cluster holds it; `None` when there is none.
+    pub async fn live_deployment(&self) -> Result<Option<Deployment>> {
+        self.deployments
             .get_opt(self.name())
             .await
-            .map_err(|e| self.fail("reading it", e))?;
-        Ok(d.and_then(|d| d.spec).map(|s| s.template))
+            .map_err(|e| self.fail("reading it", e))
     }
 
     /// Starts the watches on first use and returns once both have listed.
