@@ -133,6 +133,8 @@ enum StepResult {
     Done,
     Pause(String),
     Failed(String),
+    /// The target was deleted by someone else: the rollout fails with nothing to roll back.
+    Gone(String),
 }
 
 impl<'a, T: Target> Run<'a, T> {
@@ -403,6 +405,14 @@ impl<T: Target> Run<'_, T> {
                     return Ok(RunOutcome::Paused(reason));
                 }
                 StepResult::Failed(reason) => return self.on_failure(i, reason).await,
+                StepResult::Gone(reason) => {
+                    self.log(Event::Finished {
+                        rollout: self.rollout.clone(),
+                        outcome: Outcome::Failed,
+                        detail: reason.clone(),
+                    })?;
+                    return Ok(RunOutcome::Failed(reason));
+                }
             }
             i += 1;
         }
@@ -521,6 +531,7 @@ impl<T: Target> Run<'_, T> {
         };
         let result = match stepped {
             Ok(r) => r,
+            Err(EngineError::Target(TargetError::Gone(why))) => StepResult::Gone(why),
             Err(EngineError::Target(e)) => StepResult::Failed(error_chain(&e)),
             Err(e) => return Err(e),
         };
@@ -553,6 +564,7 @@ impl<T: Target> Run<'_, T> {
                         Ok(Err(TargetError::Journal(why))) => {
                             return Err(EngineError::Journal(why));
                         }
+                        Ok(Err(TargetError::Gone(why))) => return Ok(StepResult::Gone(why)),
                         Ok(Err(why)) => return Ok(StepResult::Failed(error_chain(&why))),
                         Err(_) => {
                             return Ok(StepResult::Failed(format!(

@@ -75,6 +75,10 @@ pub enum TargetError {
     /// The engine could not journal a change: nothing more may change.
     #[error("journal: {0}")]
     Journal(String),
+    /// What the rollout changes was deleted by someone else mid-rollout (a Kubernetes
+    /// Deployment): there is nothing to roll back; the target has removed what it made.
+    #[error("{0}")]
+    Gone(String),
 }
 
 pub type Result<T, E = TargetError> = std::result::Result<T, E>;

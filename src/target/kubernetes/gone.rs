@@ -41,13 +41,13 @@ impl Kubernetes {
         );
         match self.remove_made().await {
             Ok(made) if made.is_empty() => {
-                TargetError::Failed(format!("{deleted}; nothing of rollgate's was left"))
+                TargetError::Gone(format!("{deleted}; nothing of rollgate's was left"))
             }
-            Ok(made) => TargetError::Failed(format!(
+            Ok(made) => TargetError::Gone(format!(
                 "{deleted}; rollgate deleted what it had made for it: {}",
                 made.join(", ")
             )),
-            Err(e) => TargetError::Failed(format!(
+            Err(e) => TargetError::Gone(format!(
                 "{deleted}; deleting what rollgate had made for it failed: {}",
                 crate::error_chain(&e)
             )),

@@ -272,13 +272,22 @@ impl Kubernetes {
                     still_since = tokio::time::Instant::now();
                     going_before = going;
                 }
+                // Going back, the new set only shrinks: its refusals are no longer the point.
                 let refused = std::iter::once(new)
+                    .filter(|_| forward)
                     .chain(olds.iter().copied())
                     .find_map(|rs| Some((rs.name_any(), replica_failure(rs)?)));
                 match &refused {
                     Some((rs, why)) => {
                         if said.as_deref() != Some(why.as_str()) {
-                            eprintln!("warning: ReplicaSet {rs} cannot create pods: {why}");
+                            let waiting = match going {
+                                0 => String::new(),
+                                n => format!(
+                                    " (waiting while {n} pod{} of the rollout go away)",
+                                    if n == 1 { "" } else { "s" }
+                                ),
+                            };
+                            eprintln!("warning: ReplicaSet {rs} cannot create pods: {why}{waiting}");
                             said = Some(why.clone());
                         }
                         if going == 0 && still_since.elapsed() >= REFUSED_GRACE {
