@@ -217,7 +217,8 @@ impl<T: Target> Run<'_, T> {
     }
 
     fn deadline(&self) -> Duration {
-        Duration::from_secs(self.manifest.rollout.spec.progress_deadline_seconds)
+        let manifest = Duration::from_secs(self.manifest.rollout.spec.progress_deadline_seconds);
+        self.target.progress_deadline(manifest)
     }
 
     /// Journals a target's change report before the target acts on it (its [`Report`]). Acting without a journal

@@ -166,6 +166,11 @@ pub trait Target: Sync {
     fn metric_labels(&self) -> Vec<(&'static str, String)> {
         Vec::new()
     }
+    /// The progress deadline of a step, given the manifest's: a Deployment's own
+    /// progressDeadlineSeconds where the manifest leaves it at the default (known once `size` ran).
+    fn progress_deadline(&self, manifest: Duration) -> Duration {
+        manifest
+    }
     /// Every instance, in the target's natural order.
     fn instances(&self) -> impl Future<Output = Result<Vec<Instance>>> + Send;
     /// Makes `version` available everywhere ahead of the waves, without touching what runs.
@@ -223,6 +228,13 @@ impl Target for AnyTarget {
         match self {
             AnyTarget::Hosts(t) => t.metric_labels(),
             AnyTarget::Kubernetes(t) => t.metric_labels(),
+        }
+    }
+
+    fn progress_deadline(&self, manifest: Duration) -> Duration {
+        match self {
+            AnyTarget::Hosts(t) => t.progress_deadline(manifest),
+            AnyTarget::Kubernetes(t) => t.progress_deadline(manifest),
         }
     }
 

@@ -9,7 +9,9 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 
 use crate::cli::CliError;
 use crate::spec::{InputError, KubernetesTarget, Manifest, Sources};
-use crate::target::kubernetes::{Kubernetes, deployment_problem, pod_security_warnings};
+use crate::target::kubernetes::{
+    Kubernetes, deployment_problem, deployment_settings, pod_security_warnings,
+};
 
 /// How long `validate` and `plan` wait for the cluster to read a live template.
 const LIVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,7 +51,18 @@ pub async fn check(
             // The live Deployment decides which container `image:` replaces, and whether its
             // strategy (Recreate) lets rollgate roll it.
             Some((field, why)) => Err(m.sources.error(field, format!("{at}: {why}")).into()),
-            None => report(findings_live(&at, &d.spec.unwrap_or_default().template), strict),
+            None => {
+                // Which of the Deployment's own settings apply (the manifest leaves the default).
+                let spec = &m.rollout.spec;
+                let min_ready = m.strategy.min_ready_seconds();
+                for applies in deployment_settings(spec.progress_deadline_seconds, min_ready, &d) {
+                    eprintln!("note: {at}: {applies}");
+                }
+                report(
+                    findings_live(&at, &d.spec.unwrap_or_default().template),
+                    strict,
+                )
+            }
         },
         Ok(Ok(None)) => {
             eprintln!("note: pod security not checked: {at} does not exist");

@@ -28,6 +28,7 @@ mod hand_over;
 mod pod_security;
 mod reach;
 mod restore;
+mod settings;
 mod sizes;
 mod traffic;
 mod view;
@@ -50,6 +51,7 @@ pub use crate::kube::FIELD_MANAGER;
 pub use access::required_access;
 pub use hand_over::{container_problem, deployment_problem, manifest_template};
 pub use pod_security::{SecurityWarning, pod_security_warnings};
+pub use settings::deployment_settings;
 pub use view::{image_tag, pod_failure, template_version};
 
 use reach::Reach;
@@ -99,6 +101,8 @@ pub struct Kubernetes {
     /// The widest maxSurge and maxUnavailable of the steps this process ran: a rollback keeps
     /// within them.
     bounds: std::sync::Mutex<Option<(u32, u32)>>,
+    /// The Deployment's own progressDeadlineSeconds and minReadySeconds, once read.
+    own: std::sync::OnceLock<settings::Own>,
 }
 
 impl Kubernetes {
@@ -146,6 +150,7 @@ impl Kubernetes {
             access: tokio::sync::OnceCell::new(),
             selector: std::sync::OnceLock::new(),
             bounds: std::sync::Mutex::default(),
+            own: std::sync::OnceLock::new(),
         })
     }
 
@@ -177,7 +182,10 @@ impl Target for Kubernetes {
             .await
             .map_err(|e| self.fail("reading it", e))?;
         match d {
-            Some(d) => Ok(Self::n_of(&d)),
+            Some(d) => {
+                let _ = self.own.set(settings::Own::of(&d));
+                Ok(Self::n_of(&d))
+            }
             // Deleted during a rollout (`abort`, `resume`): what rollgate made for it goes too.
             None if self.rollout_made().await? => Err(self.deployment_gone().await),
             None => Err(self.fail("reading it", "not found: it does not exist")),
@@ -195,6 +203,13 @@ impl Target for Kubernetes {
 
     fn metric_labels(&self) -> Vec<(&'static str, String)> {
         vec![("namespace", self.namespace().to_string())]
+    }
+
+    fn progress_deadline(&self, manifest: Duration) -> Duration {
+        match self.own.get() {
+            Some(own) => own.progress_deadline(manifest),
+            None => manifest,
+        }
     }
 
     async fn instances(&self) -> Result<Vec<Instance>> {

@@ -85,12 +85,7 @@ async fn a_deployment_deleted_mid_step_leaves_nothing_of_rollgates() {
         return;
     };
     // New pods turn Ready only after 30 s: the first step is still waiting when it is deleted.
-    kube_bed::template_file(
-        bed.dir.path(),
-        "2",
-        &[],
-        &[(READY_DELAY_ANNOTATION, "30s")],
-    );
+    kube_bed::template_file(bed.dir.path(), "2", &[], &[(READY_DELAY_ANNOTATION, "30s")]);
     let rollout = bed.rollout(
         "web.yaml",
         "2",
@@ -99,16 +94,13 @@ async fn a_deployment_deleted_mid_step_leaves_nothing_of_rollgates() {
     );
     let started = Instant::now();
     let args = ["apply", "-f", rollout.to_str().unwrap()];
-    let (out, deleted_at) = tokio::join!(
-        bed.rollgate(&args),
-        async {
-            held_set(&bed).await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            bed.kubectl(&["delete", "deployment/web", "--wait=false"])
-                .await;
-            started.elapsed()
-        }
-    );
+    let (out, deleted_at) = tokio::join!(bed.rollgate(&args), async {
+        held_set(&bed).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        bed.kubectl(&["delete", "deployment/web", "--wait=false"])
+            .await;
+        started.elapsed()
+    });
     let took = started.elapsed() - deleted_at;
     let text = text(&out);
     assert_eq!(out.status.code(), Some(1), "the rollout fails: {text}");
@@ -301,7 +293,12 @@ async fn a_recreate_deployment_is_refused_by_validate_and_apply() {
     let Some(bed) = Bed::with("recreate", web).await else {
         return;
     };
-    let sets_before: Vec<String> = bed.replica_sets().await.iter().map(|r| r.name_any()).collect();
+    let sets_before: Vec<String> = bed
+        .replica_sets()
+        .await
+        .iter()
+        .map(|r| r.name_any())
+        .collect();
     let rollout = bed.rollout(
         "web.yaml",
         "2",
@@ -327,11 +324,95 @@ async fn a_recreate_deployment_is_refused_by_validate_and_apply() {
     kube_bed::assert_at_rest(&bed).await;
     let d = bed.deployment().await;
     assert!(
-        !d.annotations().keys().any(|k| k.starts_with("rollgate.dev/")),
+        !d.annotations()
+            .keys()
+            .any(|k| k.starts_with("rollgate.dev/")),
         "annotated: {:?}",
         d.annotations()
     );
-    let sets_after: Vec<String> = bed.replica_sets().await.iter().map(|r| r.name_any()).collect();
+    let sets_after: Vec<String> = bed
+        .replica_sets()
+        .await
+        .iter()
+        .map(|r| r.name_any())
+        .collect();
     assert_eq!(sets_after, sets_before, "no ReplicaSet made");
+    bed.finish().await;
+}
+
+/// Issue 16: the Deployment's own minReadySeconds and progressDeadlineSeconds were ignored
+/// (podinfo's 3 s: four waves in 4.1 s). Where the rollout manifest leaves them at their defaults
+/// they apply, and `plan` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deployments_min_ready_and_progress_deadline_apply_when_the_manifest_leaves_them() {
+    const N: i32 = 2;
+    let mut web = kube_bed::deployment(N, "1", "0");
+    if let Some(s) = web.spec.as_mut() {
+        s.min_ready_seconds = Some(3);
+        s.progress_deadline_seconds = Some(8);
+    }
+    let Some(bed) = Bed::with("own-settings", web).await else {
+        return;
+    };
+    let rest = "  strategy:\n    rolling: {maxSurge: 1, maxUnavailable: 0}\n";
+    let rollout = bed.rollout("web.yaml", "2", &format!("image: \"{}\"", image("2")), rest);
+    let out = bed
+        .rollgate(&["plan", "-f", rollout.to_str().unwrap(), "--replicas", "2"])
+        .await;
+    let said = text(&out);
+    assert!(out.status.success(), "plan: {said}");
+    assert!(
+        said.contains("minReadySeconds 3 (the Deployment's")
+            && said.contains("progressDeadlineSeconds 8 (the Deployment's"),
+        "plan says which settings apply: {said}"
+    );
+    // Two waves, each new pod held 3 s after Ready before it counts as available.
+    let started = Instant::now();
+    let out = bed
+        .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
+        .await;
+    let rolled = started.elapsed();
+    assert!(out.status.success(), "apply: {}", text(&out));
+    assert!(
+        rolled >= Duration::from_secs(6),
+        "two waves in {rolled:?}: the Deployment's minReadySeconds 3 was skipped"
+    );
+    bed.wait_deployment("version 2 at N", |d| {
+        kube_bed::rolled_out(d, N, &image("2"))
+    })
+    .await;
+    // A version that never turns Ready fails at the Deployment's 8 s, not the default 600 s.
+    kube_bed::template_file(
+        bed.dir.path(),
+        "3",
+        &[(crate::cluster::NEVER_READY_LABEL, "true")],
+        &[],
+    );
+    let rollout = bed.rollout(
+        "web.yaml",
+        "3",
+        "manifest: deployment-3.yaml",
+        &format!("{rest}  rollback: {{auto: true}}\n"),
+    );
+    let started = Instant::now();
+    let out = bed
+        .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
+        .await;
+    let took = started.elapsed();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "rolled back: {said}");
+    assert!(
+        said.contains("progressDeadlineSeconds (8s)"),
+        "the Deployment's deadline applied: {said}"
+    );
+    assert!(took < Duration::from_secs(60), "failed after {took:?}");
+    bed.wait_deployment("back on version 2", |d| {
+        kube_bed::rolled_out(d, N, &image("2"))
+    })
+    .await;
+    kube_bed::assert_at_rest(&bed).await;
+    println!(
+        "bounds: N=2 with the Deployment's minReadySeconds 3 rolled in {rolled:?}; its progressDeadlineSeconds 8 failed a never-ready version in {took:?}"
+    );
     bed.finish().await;
 }

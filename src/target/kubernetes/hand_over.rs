@@ -84,7 +84,11 @@ fn rolling_bound(d: &Deployment, n: u32, surge: bool) -> u32 {
         IntOrString::String(s) => {
             let percent: u64 = s.trim_end_matches('%').trim().parse().unwrap_or(0);
             let of_n = percent * u64::from(n);
-            let resolved = if surge { of_n.div_ceil(100) } else { of_n / 100 };
+            let resolved = if surge {
+                of_n.div_ceil(100)
+            } else {
+                of_n / 100
+            };
             u32::try_from(resolved).unwrap_or(u32::MAX)
         }
     }
@@ -101,7 +105,10 @@ fn is_recreate(d: &Deployment) -> bool {
 /// `plan` and `apply` on the live Deployment.
 pub fn deployment_problem(k: &KubernetesTarget, d: &Deployment) -> Option<(&'static str, String)> {
     if is_recreate(d) {
-        return Some(("spec.target.kubernetes.deployment", recreate_refusal(&k.deployment)));
+        return Some((
+            "spec.target.kubernetes.deployment",
+            recreate_refusal(&k.deployment),
+        ));
     }
     let t = &d.spec.as_ref()?.template;
     container_problem(k, t)
@@ -646,7 +653,10 @@ impl Kubernetes {
             },
             spec: Some(ReplicaSetSpec {
                 replicas: Some(0),
-                min_ready_seconds: Some(self.min_ready_seconds),
+                // The manifest's, or where it leaves it at 0, the Deployment's own.
+                min_ready_seconds: Some(
+                    super::settings::Own::of(d).min_ready(self.min_ready_seconds),
+                ),
                 selector,
                 template: Some(template),
             }),
@@ -739,9 +749,15 @@ mod tests {
         assert_eq!(max_surge(&d("{rollingUpdate: {maxSurge: \"25%\"}}"), 6), 2);
         assert_eq!(max_surge(&d("{}"), 3), 1);
         assert_eq!(max_surge(&d("{type: Recreate}"), 3), 0);
-        assert_eq!(max_unavailable(&d("{rollingUpdate: {maxUnavailable: \"25%\"}}"), 6), 1);
+        assert_eq!(
+            max_unavailable(&d("{rollingUpdate: {maxUnavailable: \"25%\"}}"), 6),
+            1
+        );
         assert_eq!(max_unavailable(&d("{}"), 3), 0);
-        assert_eq!(max_unavailable(&d("{rollingUpdate: {maxUnavailable: 2}}"), 8), 2);
+        assert_eq!(
+            max_unavailable(&d("{rollingUpdate: {maxUnavailable: 2}}"), 8),
+            2
+        );
         let s = settled(&d("{rollingUpdate: {maxSurge: 1}}"), 3);
         assert_eq!(s[DESIRED_REPLICAS], "3");
         assert_eq!(s[MAX_REPLICAS], "4");

@@ -8,9 +8,9 @@ use kube::ResourceExt;
 use kube::api::{DeleteParams, Patch};
 
 use super::hand_over::{max_surge, max_unavailable, settled};
+use super::reach::{PATIENCE_OUTSIDE_STEPS, params};
 use super::sizes::Way;
 use super::view::View;
-use super::reach::{PATIENCE_OUTSIDE_STEPS, params};
 use super::view::{controller_uid, lent, rs_version, template_version};
 use super::{HASH_LABEL, HPA_ANNOTATION, Kubernetes, PAUSED_ANNOTATION, REPLICAS_ANNOTATION};
 use crate::plan::{Step, StepKind};
@@ -156,8 +156,7 @@ impl Kubernetes {
         let back = match held {
             Some(from) => {
                 let step = bounded(n, 0, "rollback");
-                self.converge(&step, &from, deadline, sink, Way::Back)
-                    .await
+                self.converge(&step, &from, deadline, sink, Way::Back).await
             }
             None => Ok(()),
         };

@@ -287,7 +287,9 @@ impl Kubernetes {
                                     if n == 1 { "" } else { "s" }
                                 ),
                             };
-                            eprintln!("warning: ReplicaSet {rs} cannot create pods: {why}{waiting}");
+                            eprintln!(
+                                "warning: ReplicaSet {rs} cannot create pods: {why}{waiting}"
+                            );
                             said = Some(why.clone());
                         }
                         if going == 0 && still_since.elapsed() >= REFUSED_GRACE {
