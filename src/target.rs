@@ -75,6 +75,10 @@ pub enum TargetError {
     /// The engine could not journal a change: nothing more may change.
     #[error("journal: {0}")]
     Journal(String),
+    /// What the rollout changes was deleted by someone else mid-rollout (a Kubernetes
+    /// Deployment): there is nothing to roll back; the target has removed what it made.
+    #[error("{0}")]
+    Gone(String),
 }
 
 pub type Result<T, E = TargetError> = std::result::Result<T, E>;
@@ -166,6 +170,11 @@ pub trait Target: Sync {
     fn metric_labels(&self) -> Vec<(&'static str, String)> {
         Vec::new()
     }
+    /// The progress deadline of a step, given the manifest's: a Deployment's own
+    /// progressDeadlineSeconds where the manifest leaves it at the default (known once `size` ran).
+    fn progress_deadline(&self, manifest: Duration) -> Duration {
+        manifest
+    }
     /// Every instance, in the target's natural order.
     fn instances(&self) -> impl Future<Output = Result<Vec<Instance>>> + Send;
     /// Makes `version` available everywhere ahead of the waves, without touching what runs.
@@ -223,6 +232,13 @@ impl Target for AnyTarget {
         match self {
             AnyTarget::Hosts(t) => t.metric_labels(),
             AnyTarget::Kubernetes(t) => t.metric_labels(),
+        }
+    }
+
+    fn progress_deadline(&self, manifest: Duration) -> Duration {
+        match self {
+            AnyTarget::Hosts(t) => t.progress_deadline(manifest),
+            AnyTarget::Kubernetes(t) => t.progress_deadline(manifest),
         }
     }
 

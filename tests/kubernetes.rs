@@ -16,6 +16,7 @@ mod kubernetes {
     mod after_kubectl;
     mod bench;
     mod blue_green;
+    mod bounds;
     mod canary;
     mod failures;
     mod faults;

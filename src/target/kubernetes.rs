@@ -23,11 +23,13 @@
 //! access reviews), `pod_security` (the recommended securityContext), `probe` (checks on pods).
 
 mod access;
+mod gone;
 mod hand_over;
 mod pod_security;
 mod probe;
 mod reach;
 mod restore;
+mod settings;
 mod sizes;
 mod traffic;
 mod view;
@@ -48,8 +50,9 @@ use crate::spec::{Check, KubernetesTarget};
 
 pub use crate::kube::FIELD_MANAGER;
 pub use access::required_access;
-pub use hand_over::{container_problem, manifest_template};
+pub use hand_over::{container_problem, deployment_problem, manifest_template};
 pub use pod_security::{SecurityWarning, pod_security_warnings};
+pub use settings::deployment_settings;
 pub use view::{image_tag, pod_failure, template_version};
 
 use reach::Reach;
@@ -99,6 +102,11 @@ pub struct Kubernetes {
     access: tokio::sync::OnceCell<()>,
     /// The Deployment's selector, once read (immutable in apps/v1).
     selector: std::sync::OnceLock<Selector>,
+    /// The widest maxSurge and maxUnavailable of the steps this process ran: a rollback keeps
+    /// within them.
+    bounds: std::sync::Mutex<Option<(u32, u32)>>,
+    /// The Deployment's own progressDeadlineSeconds and minReadySeconds, once read.
+    own: std::sync::OnceLock<settings::Own>,
 }
 
 impl Kubernetes {
@@ -146,6 +154,8 @@ impl Kubernetes {
             held_name: std::sync::Mutex::default(),
             access: tokio::sync::OnceCell::new(),
             selector: std::sync::OnceLock::new(),
+            bounds: std::sync::Mutex::default(),
+            own: std::sync::OnceLock::new(),
         })
     }
 
@@ -184,10 +194,18 @@ impl Target for Kubernetes {
         self.access.get_or_try_init(|| self.check_access()).await?;
         let d = self
             .reach
-            .call(|| self.deployments.get(self.name()))
+            .call(|| self.deployments.get_opt(self.name()))
             .await
             .map_err(|e| self.fail("reading it", e))?;
-        Ok(Self::n_of(&d))
+        match d {
+            Some(d) => {
+                let _ = self.own.set(settings::Own::of(&d));
+                Ok(Self::n_of(&d))
+            }
+            // Deleted during a rollout (`abort`, `resume`): what rollgate made for it goes too.
+            None if self.rollout_made().await? => Err(self.deployment_gone().await),
+            None => Err(self.fail("reading it", "not found: it does not exist")),
+        }
     }
 
     fn capacity(&self) -> crate::plan::Capacity {
@@ -201,6 +219,13 @@ impl Target for Kubernetes {
 
     fn metric_labels(&self) -> Vec<(&'static str, String)> {
         vec![("namespace", self.namespace().to_string())]
+    }
+
+    fn progress_deadline(&self, manifest: Duration) -> Duration {
+        match self.own.get() {
+            Some(own) => own.progress_deadline(manifest),
+            None => manifest,
+        }
     }
 
     async fn instances(&self) -> Result<Vec<Instance>> {

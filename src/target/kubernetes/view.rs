@@ -260,12 +260,19 @@ impl Kubernetes {
 
     /// The Deployment's pod template as the cluster holds it; `None` when there is no Deployment.
     pub async fn live_template(&self) -> Result<Option<PodTemplateSpec>> {
-        let d = self
-            .deployments
+        Ok(self
+            .live_deployment()
+            .await?
+            .and_then(|d| d.spec)
+            .map(|s| s.template))
+    }
+
+    /// The Deployment as the cluster holds it; `None` when there is none.
+    pub async fn live_deployment(&self) -> Result<Option<Deployment>> {
+        self.deployments
             .get_opt(self.name())
             .await
-            .map_err(|e| self.fail("reading it", e))?;
-        Ok(d.and_then(|d| d.spec).map(|s| s.template))
+            .map_err(|e| self.fail("reading it", e))
     }
 
     /// Starts the watches on first use and returns once both have listed.
@@ -440,17 +447,23 @@ impl Kubernetes {
         let done = async {
             loop {
                 changes.borrow_and_update();
-                if cache.deployment.state().iter().any(|d| cond(d)) {
-                    return true;
+                let watched = cache.deployment.state();
+                if watched.iter().any(|d| cond(d)) {
+                    return Some(true);
+                }
+                // Deleted by someone else (the watch sees it go, the API server confirms).
+                if watched.is_empty() && self.deployment_deleted().await.unwrap_or(false) {
+                    return None;
                 }
                 if changes.changed().await.is_err() {
-                    return false;
+                    return Some(false);
                 }
             }
         };
         match tokio::time::timeout(deadline, done).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(self.fail(what, "the watch ended")),
+            Ok(Some(true)) => Ok(()),
+            Ok(None) => Err(self.deployment_gone().await),
+            Ok(Some(false)) => Err(self.fail(what, "the watch ended")),
             Err(_) => Err(self.fail(
                 what,
                 format!(
