@@ -133,6 +133,8 @@ enum StepResult {
     Done,
     Pause(String),
     Failed(String),
+    /// The target was deleted by someone else: the rollout fails with nothing to roll back.
+    Gone(String),
 }
 
 impl<'a, T: Target> Run<'a, T> {
@@ -215,7 +217,8 @@ impl<T: Target> Run<'_, T> {
     }
 
     fn deadline(&self) -> Duration {
-        Duration::from_secs(self.manifest.rollout.spec.progress_deadline_seconds)
+        let manifest = Duration::from_secs(self.manifest.rollout.spec.progress_deadline_seconds);
+        self.target.progress_deadline(manifest)
     }
 
     /// Journals a target's change report before the target acts on it (its [`Report`]). Acting without a journal
@@ -403,6 +406,14 @@ impl<T: Target> Run<'_, T> {
                     return Ok(RunOutcome::Paused(reason));
                 }
                 StepResult::Failed(reason) => return self.on_failure(i, reason).await,
+                StepResult::Gone(reason) => {
+                    self.log(Event::Finished {
+                        rollout: self.rollout.clone(),
+                        outcome: Outcome::Failed,
+                        detail: reason.clone(),
+                    })?;
+                    return Ok(RunOutcome::Failed(reason));
+                }
             }
             i += 1;
         }
@@ -521,6 +532,7 @@ impl<T: Target> Run<'_, T> {
         };
         let result = match stepped {
             Ok(r) => r,
+            Err(EngineError::Target(TargetError::Gone(why))) => StepResult::Gone(why),
             Err(EngineError::Target(e)) => StepResult::Failed(error_chain(&e)),
             Err(e) => return Err(e),
         };
@@ -553,6 +565,7 @@ impl<T: Target> Run<'_, T> {
                         Ok(Err(TargetError::Journal(why))) => {
                             return Err(EngineError::Journal(why));
                         }
+                        Ok(Err(TargetError::Gone(why))) => return Ok(StepResult::Gone(why)),
                         Ok(Err(why)) => return Ok(StepResult::Failed(error_chain(&why))),
                         Err(_) => {
                             return Ok(StepResult::Failed(format!(

@@ -4,13 +4,32 @@ pub mod condition;
 pub mod metrics;
 pub mod run;
 
-use crate::spec::Check;
+use crate::spec::{Check, HttpProbe};
 
 /// The result of one probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
     Pass,
     Fail(String),
+}
+
+impl Probe {
+    /// The verdict on one answer to an `http` check (`what` names the request): the status must
+    /// be `expectStatus`, and the body contain `bodyContains`.
+    pub fn of_http_answer(what: &str, status: u16, body: &str, h: &HttpProbe) -> Probe {
+        if status != h.expect_status {
+            Probe::Fail(format!(
+                "{what}: status {status}, expected {}",
+                h.expect_status
+            ))
+        } else if let Some(want) = &h.body_contains
+            && !body.contains(want.as_str())
+        {
+            Probe::Fail(format!("{what}: body lacks {want:?}"))
+        } else {
+            Probe::Pass
+        }
+    }
 }
 
 /// Where a gate stands after some probes.

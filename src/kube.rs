@@ -77,6 +77,15 @@ impl Kube {
             .map_err(|e| KubeError::Config(format!("kubernetes client: {}", chain(&e))))
     }
 
+    /// A client that sends each request once, without kube's retries of 429, 503 and 504: for
+    /// health probes through the API server, where a 503 may be the pod's own answer.
+    pub fn unretried(&self) -> Result<Client> {
+        let mut config = self.config.clone();
+        config.default_retry = false;
+        Client::try_from(config)
+            .map_err(|e| KubeError::Config(format!("kubernetes client: {}", chain(&e))))
+    }
+
     /// A client whose writes go out only while this process holds the app's Lease.
     pub fn fenced(&self) -> Result<Client> {
         let builder = kube::client::ClientBuilder::try_from(self.config.clone())

@@ -1,5 +1,6 @@
 //! The rollout manifest: its serde model, loading with overlays and presets, and validation.
 
+pub mod on_pod;
 pub mod quantity;
 mod resolve;
 pub mod source;
@@ -559,7 +560,8 @@ pub enum RunOn {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpProbe {
-    /// `{host}` and `{instance}` are replaced by rollgate, `{port}` by the agent (the slot port).
+    /// `{host}` and `{instance}` are replaced by rollgate, `{port}` by the agent (the slot port);
+    /// on a Kubernetes pod with `runOn: host`, see `spec::on_pod`.
     pub url: String,
     #[serde(default = "ok_status")]
     pub expect_status: u16,
@@ -722,6 +724,13 @@ impl Manifest {
     /// Relative paths in the manifest are relative to its folder; the journal keeps them absolute so
     /// that `resume` and `rollback` work from any directory.
     fn absolutize(&mut self, base: &Path) {
+        // `-f web.yaml` has the empty path as its parent, which `absolute` refuses: that is the
+        // current directory (issue 15 §5: the paths stayed relative, and `rollback` failed).
+        let base = if base.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            base
+        };
         let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {

@@ -75,6 +75,10 @@ pub enum TargetError {
     /// The engine could not journal a change: nothing more may change.
     #[error("journal: {0}")]
     Journal(String),
+    /// What the rollout changes was deleted by someone else mid-rollout (a Kubernetes
+    /// Deployment): there is nothing to roll back; the target has removed what it made.
+    #[error("{0}")]
+    Gone(String),
 }
 
 pub type Result<T, E = TargetError> = std::result::Result<T, E>;
@@ -88,11 +92,12 @@ pub enum AnyTarget {
 }
 
 impl AnyTarget {
-    /// The target `m` names, decided once. A Kubernetes target gets its client from `client`
-    /// (called only for one; its writes go out only while this process holds the app's Lease).
+    /// The target `m` names, decided once. A Kubernetes target gets its clients from `clients`
+    /// (called only for one): the client for everything, whose writes go out only while this
+    /// process holds the app's Lease, and one that sends each request once, for probes.
     pub async fn for_manifest<E: From<TargetError>>(
         m: &Manifest,
-        client: impl AsyncFnOnce() -> std::result::Result<kube::Client, E>,
+        clients: impl AsyncFnOnce() -> std::result::Result<(kube::Client, kube::Client), E>,
     ) -> std::result::Result<AnyTarget, E> {
         match &m.rollout.spec.target {
             TargetSpec::Hosts(h) => {
@@ -112,14 +117,17 @@ impl AnyTarget {
                     .map(std::path::Path::to_path_buf)
                     .unwrap_or_default();
                 let blue_green = matches!(m.strategy, crate::spec::Strategy::BlueGreen(_));
-                let client = client().await?;
-                Ok(AnyTarget::Kubernetes(kubernetes::Kubernetes::with_client(
-                    k,
-                    &base,
-                    m.strategy.min_ready_seconds(),
-                    blue_green,
-                    client,
-                )?))
+                let (client, probes) = clients().await?;
+                Ok(AnyTarget::Kubernetes(
+                    kubernetes::Kubernetes::with_client(
+                        k,
+                        &base,
+                        m.strategy.min_ready_seconds(),
+                        blue_green,
+                        client,
+                    )?
+                    .probing_pods(&m.rollout.spec.checks, probes),
+                ))
             }
         }
     }
@@ -161,6 +169,11 @@ pub trait Target: Sync {
     /// Labels a metric query may use besides the rollout's own (`namespace` on Kubernetes).
     fn metric_labels(&self) -> Vec<(&'static str, String)> {
         Vec::new()
+    }
+    /// The progress deadline of a step, given the manifest's: a Deployment's own
+    /// progressDeadlineSeconds where the manifest leaves it at the default (known once `size` ran).
+    fn progress_deadline(&self, manifest: Duration) -> Duration {
+        manifest
     }
     /// Every instance, in the target's natural order.
     fn instances(&self) -> impl Future<Output = Result<Vec<Instance>>> + Send;
@@ -219,6 +232,13 @@ impl Target for AnyTarget {
         match self {
             AnyTarget::Hosts(t) => t.metric_labels(),
             AnyTarget::Kubernetes(t) => t.metric_labels(),
+        }
+    }
+
+    fn progress_deadline(&self, manifest: Duration) -> Duration {
+        match self {
+            AnyTarget::Hosts(t) => t.progress_deadline(manifest),
+            AnyTarget::Kubernetes(t) => t.progress_deadline(manifest),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The `rollgate` command line, run as a real process: validate, plan, and every kind of bad input.
 
 mod cli {
+    mod agreement;
     mod bad_input;
     mod history;
     mod plan;

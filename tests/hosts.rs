@@ -17,6 +17,7 @@ mod prometheus;
 mod running;
 
 mod hosts {
+    mod agent_health;
     mod approvals;
     mod blue_green;
     mod demo;
@@ -33,5 +34,6 @@ mod hosts {
     mod netns_lock;
     mod netns_rollback;
     mod netns_rolling;
+    mod relative_manifest;
     mod webhooks;
 }

@@ -16,6 +16,7 @@ mod kubernetes {
     mod after_kubectl;
     mod bench;
     mod blue_green;
+    mod bounds;
     mod canary;
     mod failures;
     mod faults;
@@ -23,6 +24,7 @@ mod kubernetes {
     mod interrupted;
     mod metrics;
     mod pod_security;
+    mod probes;
     mod rbac;
     mod rollback;
     mod rolling;

@@ -134,7 +134,14 @@ pub struct HealthConfig {
     /// How long an activation waits for running and healthy.
     #[serde(default = "default_start_timeout")]
     pub start_timeout: Dur,
+    /// Consecutive failed checks, once the service has answered, that fail an activation
+    /// without waiting out `startTimeout`.
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
 }
+
+/// The most `failureThreshold` may be: past it, `startTimeout` is the bound that matters.
+pub const MAX_FAILURE_THRESHOLD: u32 = 1000;
 
 fn default_check_timeout() -> Dur {
     Dur(Duration::from_secs(2))
@@ -144,6 +151,9 @@ fn default_check_interval() -> Dur {
 }
 fn default_start_timeout() -> Dur {
     Dur(Duration::from_secs(60))
+}
+fn default_failure_threshold() -> u32 {
+    3
 }
 
 /// Size-rotated stdout/stderr logs of the supervisor.
@@ -414,6 +424,17 @@ fn validate(config: &AgentConfig) -> std::result::Result<(), (String, String)> {
                 ));
             }
         }
+        if let Some(h) = &s.health
+            && !(1..=MAX_FAILURE_THRESHOLD).contains(&h.failure_threshold)
+        {
+            return Err(at(
+                "health.failureThreshold",
+                format!(
+                    "expected 1 to {MAX_FAILURE_THRESHOLD} consecutive failures, got {}",
+                    h.failure_threshold
+                ),
+            ));
+        }
         s.recovery
             .validate()
             .map_err(|e| at("recovery", e.to_string()))?;
@@ -464,6 +485,40 @@ mod tests {
         let h = web.health.as_ref().unwrap();
         assert_eq!(h.timeout.0, Duration::from_secs(1));
         assert!(matches!(h.check, CheckSpec::Http { status: 200, .. }));
+        assert_eq!(h.failure_threshold, 3, "failureThreshold defaults to 3");
+    }
+
+    #[test]
+    fn failure_threshold_is_one_to_a_thousand() {
+        let set = |n: &str| {
+            GOOD.replace(
+                "timeout: 1s}",
+                &format!("timeout: 1s, failureThreshold: {n}}}"),
+            )
+        };
+        let c = parse(Path::new("a.yaml"), &set("5")).unwrap();
+        assert_eq!(
+            c.service("web")
+                .unwrap()
+                .health
+                .as_ref()
+                .unwrap()
+                .failure_threshold,
+            5
+        );
+        for bad in ["0", "1001"] {
+            let e = parse(Path::new("a.yaml"), &set(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("a.yaml:7:") && e.contains("services[0].health.failureThreshold"),
+                "{bad}: {e}"
+            );
+        }
+        let e = parse(Path::new("a.yaml"), &set("-1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("a.yaml:7:"), "{e}");
     }
 
     #[test]

@@ -22,19 +22,56 @@ pub struct CommandContext {
 
 /// Runs `check` once; never takes longer than `timeout`.
 pub async fn run(check: &CheckSpec, timeout: Duration, ctx: &CommandContext) -> HealthReport {
+    run_answered(check, timeout, ctx).await.0
+}
+
+/// A failed probe, and whether the service answered it: an HTTP status, a command that ran and
+/// exited. A refused connection or a timeout is not an answer; a starting service gives those.
+struct Failed {
+    detail: String,
+    answered: bool,
+}
+
+impl Failed {
+    fn answer(detail: String) -> Self {
+        Failed {
+            detail,
+            answered: true,
+        }
+    }
+    fn silence(detail: String) -> Self {
+        Failed {
+            detail,
+            answered: false,
+        }
+    }
+}
+
+/// [`run`], and whether the service answered (a pass always is an answer). An activation counts
+/// failures towards `failureThreshold` only once its service has answered once.
+pub async fn run_answered(
+    check: &CheckSpec,
+    timeout: Duration,
+    ctx: &CommandContext,
+) -> (HealthReport, bool) {
     let started = Instant::now();
     let result = tokio::time::timeout(timeout, probe(check, ctx)).await;
-    let (healthy, detail) = match result {
-        Ok(Ok(detail)) => (true, detail),
-        Ok(Err(detail)) => (false, detail),
-        Err(_) => (false, format!("timed out after {} ms", timeout.as_millis())),
+    let (healthy, detail, answered) = match result {
+        Ok(Ok(detail)) => (true, detail, true),
+        Ok(Err(f)) => (false, f.detail, f.answered),
+        Err(_) => (
+            false,
+            format!("timed out after {} ms", timeout.as_millis()),
+            false,
+        ),
     };
-    HealthReport {
+    let report = HealthReport {
         healthy,
         detail,
         at_unix_ms: now_unix_ms(),
         elapsed_ms: started.elapsed().as_millis() as u64,
-    }
+    };
+    (report, answered)
 }
 
 /// Whether an HTTP answer passes: the status matches and the body contains the text.
@@ -85,26 +122,35 @@ async fn capped_body(mut resp: reqwest::Response) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
-async fn probe(check: &CheckSpec, ctx: &CommandContext) -> Result<String, String> {
+async fn probe(check: &CheckSpec, ctx: &CommandContext) -> Result<String, Failed> {
     match check {
         CheckSpec::Http {
             url,
             status,
             body_contains,
         } => {
-            let resp = http_client()?
+            let resp = http_client()
+                .map_err(Failed::answer)?
                 .get(url)
                 .send()
                 .await
-                .map_err(|e| format!("GET {url}: {}", crate::error_chain(&e)))?;
+                .map_err(|e| {
+                    let detail = format!("GET {url}: {}", crate::error_chain(&e));
+                    // Refused, or no answer yet: a service still starting looks like this.
+                    if e.is_connect() || e.is_timeout() {
+                        Failed::silence(detail)
+                    } else {
+                        Failed::answer(detail)
+                    }
+                })?;
             let code = resp.status().as_u16();
             let body = capped_body(resp).await;
-            http_verdict(*status, body_contains.as_deref(), code, &body)
+            http_verdict(*status, body_contains.as_deref(), code, &body).map_err(Failed::answer)
         }
         CheckSpec::Tcp { address } => tokio::net::TcpStream::connect(address.as_str())
             .await
             .map(|_| format!("connected to {address}"))
-            .map_err(|e| format!("connect {address}: {e}")),
+            .map_err(|e| Failed::silence(format!("connect {address}: {e}"))),
         CheckSpec::Command { program, args } => {
             let cwd = if ctx.cwd.as_os_str().is_empty() {
                 Path::new(".")
@@ -118,10 +164,10 @@ async fn probe(check: &CheckSpec, ctx: &CommandContext) -> Result<String, String
                 ctx.user.as_deref(),
                 &ctx.env,
             )
-            .map_err(|e| format!("running {program}: {e}"))?
+            .map_err(|e| Failed::answer(format!("running {program}: {e}")))?
             .output()
             .await
-            .map_err(|e| format!("running {program}: {e}"))?;
+            .map_err(|e| Failed::answer(format!("running {program}: {e}")))?;
             let stderr: String = String::from_utf8_lossy(&out.stderr)
                 .chars()
                 .take(200)
@@ -129,7 +175,10 @@ async fn probe(check: &CheckSpec, ctx: &CommandContext) -> Result<String, String
             if out.status.success() {
                 Ok(format!("{program} exited 0"))
             } else {
-                Err(format!("{program} exited with {}: {stderr}", out.status))
+                Err(Failed::answer(format!(
+                    "{program} exited with {}: {stderr}",
+                    out.status
+                )))
             }
         }
     }
@@ -146,6 +195,52 @@ mod tests {
         let e = http_verdict(200, None, 500, "boom").unwrap_err();
         assert!(e.contains("HTTP 500 (expected 200)"), "{e}");
         assert!(http_verdict(200, Some("ready"), 200, "starting").is_err());
+    }
+
+    /// A failure counts towards `failureThreshold` only when the service answered it: an HTTP
+    /// status or a command's exit, not a refused connection (a service still starting).
+    #[tokio::test]
+    async fn a_failure_is_an_answer_or_silence() {
+        let ctx = CommandContext::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf).await;
+            conn.write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 4\r\nconnection: close\r\n\r\nboom")
+                .await
+                .unwrap();
+        });
+        let http = |port: u16| CheckSpec::Http {
+            url: format!("http://127.0.0.1:{port}/health"),
+            status: 200,
+            body_contains: None,
+        };
+        let (r, answered) = run_answered(&http(addr.port()), Duration::from_secs(5), &ctx).await;
+        assert!(!r.healthy && answered, "a 500 is an answer: {r:?}");
+        server.await.unwrap();
+        // Nothing listens there any more: refused, not an answer.
+        let (r, answered) = run_answered(&http(addr.port()), Duration::from_secs(5), &ctx).await;
+        assert!(!r.healthy && !answered, "a refusal is silence: {r:?}");
+        let tcp = CheckSpec::Tcp {
+            address: addr.to_string(),
+        };
+        let (r, answered) = run_answered(&tcp, Duration::from_secs(5), &ctx).await;
+        assert!(!r.healthy && !answered, "{r:?}");
+        #[cfg(unix)]
+        {
+            let failing = CheckSpec::Command {
+                program: "/bin/false".into(),
+                args: vec![],
+            };
+            let (r, answered) = run_answered(&failing, Duration::from_secs(5), &ctx).await;
+            assert!(
+                !r.healthy && answered,
+                "a failing command is an answer: {r:?}"
+            );
+        }
     }
 
     #[tokio::test]

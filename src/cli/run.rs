@@ -199,7 +199,14 @@ async fn finish(held: Hold, result: Result<u8, CliError>) -> Result<u8, CliError
 /// The target a manifest names, connected lazily (Kubernetes reads its kubeconfig here; its
 /// writes go out only while this process holds the app's Lease).
 async fn target_for(m: &Manifest, env: &Env) -> Result<AnyTarget, CliError> {
-    AnyTarget::for_manifest(m, async || kube(env).await?.fenced().map_err(failed)).await
+    AnyTarget::for_manifest(m, async || {
+        let kube = kube(env).await?;
+        Ok((
+            kube.fenced().map_err(failed)?,
+            kube.unretried().map_err(failed)?,
+        ))
+    })
+    .await
 }
 
 /// The plan for the target as it is now (its size read from the target).

@@ -9,7 +9,9 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 
 use crate::cli::CliError;
 use crate::spec::{InputError, KubernetesTarget, Manifest, Sources};
-use crate::target::kubernetes::{Kubernetes, container_problem, pod_security_warnings};
+use crate::target::kubernetes::{
+    Kubernetes, deployment_problem, deployment_settings, pod_security_warnings,
+};
 
 /// How long `validate` and `plan` wait for the cluster to read a live template.
 const LIVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,10 +47,22 @@ pub async fn check(
     }
     let at = format!("deployment {}/{}", k.namespace, k.deployment);
     match tokio::time::timeout(LIVE_TIMEOUT, live_template(k, client)).await {
-        Ok(Ok(Some(t))) => match container_problem(k, &t) {
-            // The live template decides which container `image:` replaces.
+        Ok(Ok(Some(d))) => match deployment_problem(k, &d) {
+            // The live Deployment decides which container `image:` replaces, and whether its
+            // strategy (Recreate) lets rollgate roll it.
             Some((field, why)) => Err(m.sources.error(field, format!("{at}: {why}")).into()),
-            None => report(findings_live(&at, &t), strict),
+            None => {
+                // Which of the Deployment's own settings apply (the manifest leaves the default).
+                let spec = &m.rollout.spec;
+                let min_ready = m.strategy.min_ready_seconds();
+                for applies in deployment_settings(spec.progress_deadline_seconds, min_ready, &d) {
+                    eprintln!("note: {at}: {applies}");
+                }
+                report(
+                    findings_live(&at, &d.spec.unwrap_or_default().template),
+                    strict,
+                )
+            }
         },
         Ok(Ok(None)) => {
             eprintln!("note: pod security not checked: {at} does not exist");
@@ -70,19 +84,19 @@ pub async fn check(
     }
 }
 
-/// The Deployment's pod template as the cluster has it, through `client` (else the kubeconfig's
-/// current context).
+/// The Deployment as the cluster has it, through `client` (else the kubeconfig's current
+/// context).
 async fn live_template(
     k: &KubernetesTarget,
     client: Option<kube::Client>,
-) -> Result<Option<PodTemplateSpec>, String> {
+) -> Result<Option<Deployment>, String> {
     let target = match client {
         Some(client) => Kubernetes::with_client(k, Path::new("."), 0, false, client),
         None => Kubernetes::new(k, Path::new("."), 0, false).await,
     }
     .map_err(|e| crate::error_chain(&e))?;
     target
-        .live_template()
+        .live_deployment()
         .await
         .map_err(|e| crate::error_chain(&e))
 }

@@ -88,18 +88,7 @@ pub async fn cli_probe(
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let body = resp.text().await.unwrap_or_default();
-                if status != h.expect_status {
-                    Probe::Fail(format!(
-                        "GET {url}: status {status}, expected {}",
-                        h.expect_status
-                    ))
-                } else if let Some(want) = &h.body_contains
-                    && !body.contains(want.as_str())
-                {
-                    Probe::Fail(format!("GET {url}: body lacks {want:?}"))
-                } else {
-                    Probe::Pass
-                }
+                Probe::of_http_answer(&format!("GET {url}"), status, &body, h)
             }
             Err(e) => Probe::Fail(format!("GET {url}: {e}")),
         };

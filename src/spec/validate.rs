@@ -144,6 +144,13 @@ impl Manifest {
                     "is empty: expected a program and its arguments",
                 ));
             }
+            // A pod has no agent: what cannot reach it through the API server is refused here,
+            // never passed unprobed.
+            if matches!(r.spec.target, TargetSpec::Kubernetes(_))
+                && let Some((field, why)) = on_pod::refusal(c)
+            {
+                return Err(s.error(&format!("{at}.{field}"), why));
+            }
             if c.success_threshold == 0 || c.count == 0 {
                 return Err(s.error(&at, "count and successThreshold must be at least 1"));
             }
@@ -196,10 +203,31 @@ impl Manifest {
             }
             Ok(())
         };
+        // Hosts with one slot replace in place: no surge, so no blue-green and no maxUnavailable
+        // 0. `plan` refuses these too; here `validate` refuses them first, as `apply` would.
+        let in_place = self
+            .rollout
+            .spec
+            .target
+            .hosts()
+            .is_some_and(|h| h.slots_per_host < 2);
+        let check_in_place = |unavailable: IntOrPercent, at: &str| {
+            if in_place && unavailable.is_zero() {
+                return Err(s.error(
+                    &format!("{at}.maxUnavailable"),
+                    "is 0, but hosts with slotsPerHost: 1 are replaced in place: set maxUnavailable to at least 1, or use slotsPerHost: 2",
+                ));
+            }
+            Ok(())
+        };
         match &self.strategy {
-            Strategy::Rolling(r) => check_bounds(r.max_surge, r.max_unavailable, &at("rolling"), s),
+            Strategy::Rolling(r) => {
+                check_bounds(r.max_surge, r.max_unavailable, &at("rolling"), s)?;
+                check_in_place(r.max_unavailable, &at("rolling"))
+            }
             Strategy::Canary(c) => {
                 check_bounds(c.max_surge, c.max_unavailable, &at("canary"), s)?;
+                check_in_place(c.max_unavailable, &at("canary"))?;
                 if c.steps.is_empty() {
                     return Err(s.error(
                         &at("canary.steps"),
@@ -270,6 +298,12 @@ impl Manifest {
                 Ok(())
             }
             Strategy::BlueGreen(b) => {
+                if in_place {
+                    return Err(s.error(
+                        &at("blueGreen"),
+                        "needs room for both versions at once: use slotsPerHost: 2 on a host fleet",
+                    ));
+                }
                 if let Some(a) = &b.pre_promotion_analysis {
                     check_analysis(a, at("blueGreen.prePromotionAnalysis"))?;
                 }

@@ -280,7 +280,9 @@ impl Hosts {
             ),
             version: version.to_string(),
             slot,
-            timeout_ms: Some(deadline.as_millis() as u64),
+            // The agent's own `health.startTimeout` and `failureThreshold` decide how long a
+            // start may take; the step's deadline still bounds the wait here.
+            timeout_ms: None,
         };
         let op = client
             .activate(&self.service, &req)
@@ -455,7 +457,9 @@ fn client_auth(auth: Option<&AgentAuth>) -> Result<ClientAuth> {
     };
     let mut out = match (&a.ca, &a.cert, &a.key) {
         (Some(ca), Some(cert), Some(key)) => {
-            ClientAuth::mtls_files(ca, cert, key).map_err(|e| TargetError::Setup(e.to_string()))?
+            // The whole chain: "reading client credentials from X" alone hides which I/O error it was.
+            ClientAuth::mtls_files(ca, cert, key)
+                .map_err(|e| TargetError::Setup(crate::error_chain(&e)))?
         }
         (Some(ca), None, None) => ClientAuth {
             ca_pem: Some(

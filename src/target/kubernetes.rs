@@ -20,13 +20,16 @@
 //! The `impl` is split by concern, one file each: `reach` (requests, retries, the API server's
 //! reachability), `view` (the watched cache and what it derives), `sizes` (a step's counts),
 //! `hand_over` (prepare, hand-over), `restore`, `traffic` (blue-green Services), `access` (the
-//! access reviews), `pod_security` (the recommended securityContext).
+//! access reviews), `pod_security` (the recommended securityContext), `probe` (checks on pods).
 
 mod access;
+mod gone;
 mod hand_over;
 mod pod_security;
+mod probe;
 mod reach;
 mod restore;
+mod settings;
 mod sizes;
 mod traffic;
 mod view;
@@ -47,8 +50,9 @@ use crate::spec::{Check, KubernetesTarget};
 
 pub use crate::kube::FIELD_MANAGER;
 pub use access::required_access;
-pub use hand_over::{container_problem, manifest_template};
+pub use hand_over::{container_problem, deployment_problem, manifest_template};
 pub use pod_security::{SecurityWarning, pod_security_warnings};
+pub use settings::deployment_settings;
 pub use view::{image_tag, pod_failure, template_version};
 
 use reach::Reach;
@@ -84,6 +88,9 @@ pub struct Kubernetes {
     services: Api<Service>,
     /// Blue-green: `<deployment>-active` and `<deployment>-preview` are pinned by pod-template-hash.
     blue_green: bool,
+    /// For `runOn: host` checks, which probe pods through the API server (`get pods/proxy`): a
+    /// client that sends each request once. `None` when the rollout has no such check.
+    pod_prober: Option<Client>,
     http: reqwest::Client,
     /// ReplicaSets and pods of the Deployment, watched from first use to the end of the process.
     cache: tokio::sync::OnceCell<Cache>,
@@ -95,6 +102,11 @@ pub struct Kubernetes {
     access: tokio::sync::OnceCell<()>,
     /// The Deployment's selector, once read (immutable in apps/v1).
     selector: std::sync::OnceLock<Selector>,
+    /// The widest maxSurge and maxUnavailable of the steps this process ran: a rollback keeps
+    /// within them.
+    bounds: std::sync::Mutex<Option<(u32, u32)>>,
+    /// The Deployment's own progressDeadlineSeconds and minReadySeconds, once read.
+    own: std::sync::OnceLock<settings::Own>,
 }
 
 impl Kubernetes {
@@ -135,13 +147,27 @@ impl Kubernetes {
             config_maps: Api::namespaced(client.clone(), ns),
             services: Api::namespaced(client, ns),
             blue_green,
+            pod_prober: None,
             http,
             cache: tokio::sync::OnceCell::new(),
             reach: Arc::default(),
             held_name: std::sync::Mutex::default(),
             access: tokio::sync::OnceCell::new(),
             selector: std::sync::OnceLock::new(),
+            bounds: std::sync::Mutex::default(),
+            own: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The same, probing pods for `checks` with `client` (one that does not retry): a `runOn:
+    /// host` http check goes through the API server's pod proxy, which the access review then
+    /// asks for.
+    pub fn probing_pods(mut self, checks: &[Check], client: Client) -> Self {
+        self.pod_prober = checks
+            .iter()
+            .any(crate::spec::on_pod::through_proxy)
+            .then_some(client);
+        self
     }
 
     fn name(&self) -> &str {
@@ -168,10 +194,18 @@ impl Target for Kubernetes {
         self.access.get_or_try_init(|| self.check_access()).await?;
         let d = self
             .reach
-            .call(|| self.deployments.get(self.name()))
+            .call(|| self.deployments.get_opt(self.name()))
             .await
             .map_err(|e| self.fail("reading it", e))?;
-        Ok(Self::n_of(&d))
+        match d {
+            Some(d) => {
+                let _ = self.own.set(settings::Own::of(&d));
+                Ok(Self::n_of(&d))
+            }
+            // Deleted during a rollout (`abort`, `resume`): what rollgate made for it goes too.
+            None if self.rollout_made().await? => Err(self.deployment_gone().await),
+            None => Err(self.fail("reading it", "not found: it does not exist")),
+        }
     }
 
     fn capacity(&self) -> crate::plan::Capacity {
@@ -185,6 +219,13 @@ impl Target for Kubernetes {
 
     fn metric_labels(&self) -> Vec<(&'static str, String)> {
         vec![("namespace", self.namespace().to_string())]
+    }
+
+    fn progress_deadline(&self, manifest: Duration) -> Duration {
+        match self.own.get() {
+            Some(own) => own.progress_deadline(manifest),
+            None => manifest,
+        }
     }
 
     async fn instances(&self) -> Result<Vec<Instance>> {

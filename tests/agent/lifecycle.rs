@@ -255,10 +255,18 @@ async fn activation_fails_with_the_reason_and_slow_starts_succeed() {
         assert_succeeded(&stage(&c, v, &tar_gz(&[("bin/web", 0o755, s)])).await);
     }
 
+    // Issue 15 §4: a service that answers 500 fails after failureThreshold (3) checks 100 ms
+    // apart, not when startTimeout (4 s) runs out.
     let op = activate(&c, "a-sick", "sick", 0).await;
     assert_eq!(op.state, OperationState::Failed);
+    let took = op.finished_unix_ms.unwrap() - op.created_unix_ms;
     let err = op.error.unwrap();
-    assert!(err.contains("HTTP 500"), "{err}");
+    assert!(
+        err.contains("HTTP 500")
+            && err.contains("3 consecutive failed checks (failureThreshold 3)"),
+        "{err}"
+    );
+    assert!(took < 2500, "failed after {took} ms: {err}");
 
     let op = activate(&c, "a-crash", "crash", 0).await;
     assert_eq!(op.state, OperationState::Failed);

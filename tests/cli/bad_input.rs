@@ -196,3 +196,49 @@ fn condition_typo_is_located_at_the_character() {
         "error: web.yaml:16:32: spec.checks[0].successCondition: \"result = 1\": \"=\" is not an operator: write \"==\""
     );
 }
+
+/// A pod has no agent: a check that cannot reach it through the API server is refused by
+/// `validate` and `plan` alike (issue 15: it used to pass without probing anything).
+#[test]
+fn a_check_that_cannot_run_on_a_pod() {
+    let text = format!(
+        "{BASE}  checks:\n    - name: smoke\n      command: {{run: [sh, -c, \"curl -f localhost/health\"]}}\n"
+    );
+    let expected = "error: web.yaml:15:7: spec.checks[0].command: a command check cannot run on a pod with runOn: host: pods have no agent, and rollgate reaches them only through the API server's pod proxy, which carries HTTP; expected runOn: cli (the command runs where rollgate runs, with {host} the pod's IP) or an http check";
+    assert_eq!(error_for(&text), expected);
+    let dir = workdir(&[("web.yaml", &text)]);
+    let run = rollgate(dir.path(), &["validate", "-f", "web.yaml"], &[]);
+    assert_eq!(
+        (run.code, run.stderr.trim_end()),
+        (2, expected),
+        "validate says what plan says"
+    );
+    let tcp = text.replace(
+        "command: {run: [sh, -c, \"curl -f localhost/health\"]}",
+        "tcp: {address: \"127.0.0.1:8080\"}",
+    );
+    assert!(
+        error_for(&tcp).starts_with(
+            "error: web.yaml:15:7: spec.checks[0].tcp: a tcp check cannot run on a pod with runOn: host"
+        ),
+        "{}",
+        error_for(&tcp)
+    );
+    let elsewhere = text.replace(
+        "command: {run: [sh, -c, \"curl -f localhost/health\"]}",
+        "http: {url: \"http://web.default.svc/health\"}",
+    );
+    assert_eq!(
+        error_for(&elsewhere),
+        "error: web.yaml:15:19: spec.checks[0].http.url: \"http://web.default.svc/health\": its host \"web.default.svc\" is not the pod: a runOn: host check on a Kubernetes target goes to each pod through the API server's pod proxy, so the host must be 127.0.0.1, localhost or {host}; to probe another address use runOn: cli"
+    );
+    // From the CLI, both run.
+    for ok in [
+        text.replace("- name: smoke\n", "- name: smoke\n      runOn: cli\n"),
+        elsewhere.replace("- name: smoke\n", "- name: smoke\n      runOn: cli\n"),
+    ] {
+        let dir = workdir(&[("web.yaml", &ok)]);
+        let run = rollgate(dir.path(), &["validate", "-f", "web.yaml"], &[]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+}

@@ -168,20 +168,28 @@ async fn rollgate_as(bed: &Bed, kubeconfig: &Path, args: &[&str]) -> std::proces
 
 async fn client_for(kubeconfig: &Path) -> Client {
     let k = Kubeconfig::read_from(kubeconfig).expect("reading the kubeconfig");
-    let config = Config::from_custom_kubeconfig(k, &KubeConfigOptions::default())
+    let mut config = Config::from_custom_kubeconfig(k, &KubeConfigOptions::default())
         .await
         .expect("loading the kubeconfig");
+    // Each request once, as rollgate's probes send them: a 503 from the pod proxy is an answer.
+    config.default_retry = false;
     Client::try_from(config).expect("a client")
 }
 
 /// Whether the client's user may `verb` `resource` in `ns`, as the API server says now.
 async fn may(client: &Client, ns: Option<&str>, group: &str, resource: &str, verb: &str) -> bool {
     let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    // `pods/proxy` is resource `pods`, subresource `proxy`.
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((r, sub)) => (r, Some(sub.to_string())),
+        None => (resource, None),
+    };
     let review = SelfSubjectAccessReview {
         spec: SelfSubjectAccessReviewSpec {
             resource_attributes: Some(ResourceAttributes {
                 group: Some(group.into()),
                 resource: Some(resource.into()),
+                subresource,
                 verb: Some(verb.into()),
                 namespace: ns.map(str::to_string),
                 ..ResourceAttributes::default()
@@ -353,7 +361,7 @@ async fn the_role_grants_little_more_and_every_verb_it_checks_is_needed() {
 
     // The Role holds nothing beyond what a rollout checks.
     let needed: BTreeSet<(String, String, String)> =
-        rollgate::target::kubernetes::required_access(true)
+        rollgate::target::kubernetes::required_access(true, true)
             .into_iter()
             .map(|(g, r, v)| (g.into(), r.into(), v.into()))
             .collect();
@@ -377,7 +385,7 @@ async fn the_role_grants_little_more_and_every_verb_it_checks_is_needed() {
 
     // Refused: other namespaces, anything cluster-wide, Secrets, making or removing workloads.
     let ns = bed.ns.as_str();
-    let refused: [(Option<&str>, &str, &str, &str); 12] = [
+    let refused: [(Option<&str>, &str, &str, &str); 14] = [
         (Some(other.ns.as_str()), "apps", "deployments", "get"),
         (Some(other.ns.as_str()), "apps", "deployments", "patch"),
         (None, "apps", "deployments", "list"),
@@ -390,6 +398,9 @@ async fn the_role_grants_little_more_and_every_verb_it_checks_is_needed() {
         (Some(ns), "apps", "deployments", "delete"),
         (Some(ns), "rbac.authorization.k8s.io", "roles", "update"),
         (Some(ns), "", "serviceaccounts", "impersonate"),
+        // Probes only read through the pod proxy, and never run commands in a pod.
+        (Some(ns), "", "pods/proxy", "create"),
+        (Some(ns), "", "pods/exec", "create"),
     ];
     for (in_ns, group, resource, verb) in refused {
         assert!(
@@ -397,7 +408,7 @@ async fn the_role_grants_little_more_and_every_verb_it_checks_is_needed() {
             "the ServiceAccount may {verb} {resource} in {in_ns:?}"
         );
     }
-    for (group, resource, verb) in rollgate::target::kubernetes::required_access(true) {
+    for (group, resource, verb) in rollgate::target::kubernetes::required_access(true, true) {
         assert!(
             may(&sa, Some(ns), group, resource, verb).await,
             "{verb} {resource}"
@@ -431,13 +442,52 @@ async fn the_role_grants_little_more_and_every_verb_it_checks_is_needed() {
         "the other namespace's Deployment is untouched"
     );
 
-    // Each verb a rollout checks, taken away in turn: rollgate names it and changes nothing.
+    // The pod proxy as rollgate's `runOn: host` checks use it: the Role's `get pods/proxy` lets
+    // the request through to the pod (which, a kwok fake, may not answer: anything but 403).
+    let pod = bed
+        .pods
+        .list(&Default::default())
+        .await
+        .expect("listing pods")
+        .items
+        .into_iter()
+        .next()
+        .expect("a pod of web");
+    let request = kube::core::Request::new(
+        Api::<k8s_openapi::api::core::v1::Pod>::namespaced(sa.clone(), ns).resource_url(),
+    )
+    .get_subresource("proxy/health", &format!("{}:9", pod.name_any()))
+    .expect("a proxy request");
+    let started = std::time::Instant::now();
+    let answer = sa
+        .send(request.map(kube::client::Body::from))
+        .await
+        .expect("an answer from the API server");
+    assert_ne!(
+        answer.status().as_u16(),
+        403,
+        "get pods/proxy is what a probe through the pod proxy needs"
+    );
+    eprintln!(
+        "pod proxy as the ServiceAccount: {} in {:?}",
+        answer.status(),
+        started.elapsed()
+    );
+
+    // Each verb a rollout checks, taken away in turn: rollgate names it and changes nothing. The
+    // rollout is blue-green with a `runOn: host` check, so it needs every verb there is.
     services(&bed).await;
+    let plain = bed.rollout(
+        "plain.yaml",
+        "2",
+        &format!("image: \"{}\"", image("2")),
+        "  strategy:\n    blueGreen: {autoPromotionEnabled: true, scaleDownDelaySeconds: 1}\n",
+    );
     let rollout = bed.rollout(
         "web.yaml",
         "2",
         &format!("image: \"{}\"", image("2")),
-        "  strategy:\n    blueGreen: {autoPromotionEnabled: true, scaleDownDelaySeconds: 1}\n",
+        "  strategy:\n    blueGreen: {autoPromotionEnabled: true, scaleDownDelaySeconds: 1}\n  checks:\n    - {name: smoke, http: {url: \"http://127.0.0.1:8080/health\"}}\n",
     );
     let roles: Api<Role> = Api::namespaced(bed.client.clone(), ns);
     let full = role().rules.unwrap_or_default();
@@ -450,7 +500,7 @@ async fn the_role_grants_little_more_and_every_verb_it_checks_is_needed() {
         .map(|r| r.name_any())
         .collect();
     let mut refusals = 0;
-    for (group, resource, verb) in rollgate::target::kubernetes::required_access(true) {
+    for (group, resource, verb) in rollgate::target::kubernetes::required_access(true, true) {
         let mut rules = full.clone();
         for r in &mut rules {
             if r.api_groups.iter().flatten().any(|g| g == group)
@@ -523,11 +573,12 @@ async fn the_role_grants_little_more_and_every_verb_it_checks_is_needed() {
     );
     assert_eq!(
         refusals,
-        rollgate::target::kubernetes::required_access(true).len(),
+        rollgate::target::kubernetes::required_access(true, true).len(),
         "every verb a blue-green rollout checks was taken away once"
     );
 
-    // The full Role back: the same rollout goes through.
+    // The full Role back: the rollout goes through (without the check, which a kwok pod cannot
+    // answer here; tests/kubernetes/probes.rs runs such checks against a real server).
     roles
         .patch(
             "rollgate",
@@ -536,15 +587,10 @@ async fn the_role_grants_little_more_and_every_verb_it_checks_is_needed() {
         )
         .await
         .expect("restoring the Role");
-    for access in rollgate::target::kubernetes::required_access(true) {
+    for access in rollgate::target::kubernetes::required_access(true, true) {
         until_may(&sa, ns, access, true).await;
     }
-    let out = rollgate_as(
-        &bed,
-        &kubeconfig,
-        &["apply", "-f", rollout.to_str().unwrap()],
-    )
-    .await;
+    let out = rollgate_as(&bed, &kubeconfig, &["apply", "-f", plain.to_str().unwrap()]).await;
     assert!(out.status.success(), "with the full Role");
     bed.wait_deployment("version 2 rolled out", |d| {
         kube_bed::rolled_out(d, 2, &image("2"))

@@ -29,6 +29,10 @@ pub const APP: &str = "web";
 /// Zones, round robin over the hosts: host1 a, host2 b, host3 c, host4 a, ...
 pub const ZONES: [&str; 3] = ["a", "b", "c"];
 
+/// The agents' readiness check: `/` (which every demo version serves), so a version whose
+/// `/health` fails is the manifest's gate's to catch.
+pub const DEFAULT_AGENT_HEALTH: &str = "{type: http, url: \"http://127.0.0.1:{port}/\", timeout: 1s, interval: 100ms, startTimeout: 5s}";
+
 /// One host of the fleet.
 pub struct FleetHost {
     /// Its name in manifests: `host1`, `host2`, ...
@@ -73,6 +77,8 @@ pub struct Fleet {
     /// The services every agent runs: [`APP`], then the extra apps of [`Fleet::start_apps`], each
     /// on ports of its own (app `k`'s slot `s` on `8080 + 10 k + s`).
     pub apps: Vec<String>,
+    /// The `health:` block of every agent's services (YAML flow mapping).
+    pub agent_health: String,
     demo: PathBuf,
     // Dropped in this order: the LAN (every process in it) before the files.
     pub lan: Lan,
@@ -110,6 +116,16 @@ impl Fleet {
     /// Like [`start_with_slots`](Self::start_with_slots), every agent also running the services
     /// `extra` (each its own app, on its own ports).
     pub fn start_apps(n: usize, slots: u16, extra: &[&str]) -> Fleet {
+        Self::start_full(n, slots, extra, DEFAULT_AGENT_HEALTH)
+    }
+
+    /// Like [`start`](Self::start), the agents' services with `health` as their `health:` block
+    /// (a YAML flow mapping) instead of [`DEFAULT_AGENT_HEALTH`].
+    pub fn start_with_agent_health(n: usize, health: &str) -> Fleet {
+        Self::start_full(n, 1, &[], health)
+    }
+
+    fn start_full(n: usize, slots: u16, extra: &[&str], health: &str) -> Fleet {
         assert!((1..=8).contains(&slots), "1 to 8 slots");
         let lan = Lan::new(n);
         let tmp = tempfile::Builder::new()
@@ -142,6 +158,7 @@ impl Fleet {
                 .chain(extra.iter().copied())
                 .map(String::from)
                 .collect(),
+            agent_health: health.to_string(),
             pki,
             dir,
             demo,
@@ -169,7 +186,8 @@ impl Fleet {
         );
         for (k, app) in self.apps.iter().enumerate() {
             config.push_str(&format!(
-                "  - name: {app}\n    command: bin/web\n    args: [\"--listen\", \"0.0.0.0:{{port}}\"]\n    ports: [{ports}]\n    stopTimeout: 3s\n    health: {{type: http, url: \"http://127.0.0.1:{{port}}/\", timeout: 1s, interval: 100ms, startTimeout: 5s}}\n",
+                "  - name: {app}\n    command: bin/web\n    args: [\"--listen\", \"0.0.0.0:{{port}}\"]\n    ports: [{ports}]\n    stopTimeout: 3s\n    health: {health}\n",
+                health = self.agent_health,
                 ports = (0..self.slots)
                     .map(|s| (SERVICE_PORT + 10 * k as u16 + s).to_string())
                     .collect::<Vec<_>>()

@@ -3,6 +3,10 @@
 use super::*;
 
 impl Agent {
+    /// Waits until `slot` runs and passes its check. Fails when the service exits, after
+    /// `failureThreshold` consecutive failed checks once the service has answered one (an HTTP
+    /// status, a command's exit; a refused connection before that is a service still starting),
+    /// or at `timeout`.
     pub(super) async fn wait_ready(
         &self,
         svc: &Service,
@@ -10,13 +14,15 @@ impl Agent {
         timeout: Duration,
     ) -> std::result::Result<(), String> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let interval = svc
+        let (interval, threshold) = svc
             .config
             .health
             .as_ref()
-            .map(|h| h.interval.0)
-            .unwrap_or(Duration::from_millis(250));
+            .map(|h| (h.interval.0, h.failure_threshold))
+            .unwrap_or((Duration::from_millis(250), 0));
         let mut last = "not started yet".to_string();
+        // Consecutive failures since the service first answered; `None` until it has.
+        let mut failures: Option<u32> = None;
         loop {
             let o = self
                 .backends
@@ -25,9 +31,19 @@ impl Agent {
             match o.state {
                 RunState::Running => match svc.config.health {
                     Some(_) => {
-                        let report = self.check_slot(svc, slot).await;
+                        let (report, answered) = self.check_slot_answered(svc, slot).await;
                         if report.healthy {
                             return Ok(());
+                        }
+                        if answered || failures.is_some() {
+                            let n = failures.unwrap_or(0) + 1;
+                            if n >= threshold {
+                                return Err(format!(
+                                    "unhealthy: {n} consecutive failed checks (failureThreshold {threshold}); last: {}",
+                                    report.detail
+                                ));
+                            }
+                            failures = Some(n);
                         }
                         last = format!("unhealthy: {}", report.detail);
                     }
@@ -62,30 +78,38 @@ impl Agent {
     }
 
     pub(super) async fn check_slot(&self, svc: &Service, slot: u32) -> HealthReport {
-        let report = match &svc.config.health {
+        self.check_slot_answered(svc, slot).await.0
+    }
+
+    /// [`Agent::check_slot`], and whether the service answered the check.
+    async fn check_slot_answered(&self, svc: &Service, slot: u32) -> (HealthReport, bool) {
+        let (report, answered) = match &svc.config.health {
             Some(h) => {
                 let version = lock(&svc.desired).slots[slot as usize]
                     .active
                     .clone()
                     .unwrap_or_default();
                 let check = self.expand_check(svc, slot, &version, &h.check);
-                health::run(
+                health::run_answered(
                     &check,
                     h.timeout.0,
                     &self.check_context(svc, slot, &version),
                 )
                 .await
             }
-            None => HealthReport {
-                healthy: true,
-                detail: "no health check configured".into(),
-                at_unix_ms: now_unix_ms(),
-                elapsed_ms: 0,
-            },
+            None => (
+                HealthReport {
+                    healthy: true,
+                    detail: "no health check configured".into(),
+                    at_unix_ms: now_unix_ms(),
+                    elapsed_ms: 0,
+                },
+                true,
+            ),
         };
         lock(&svc.health)[slot as usize] = Some(report.clone());
         self.bump();
-        report
+        (report, answered)
     }
 
     /// Runs the service's check (or an ad-hoc one) now.

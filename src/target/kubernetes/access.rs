@@ -16,15 +16,21 @@ impl Kubernetes {
         let reviews: Api<SelfSubjectAccessReview> =
             Api::all(self.deployments.clone().into_client());
         let ns = &self.spec.namespace;
-        let asks = required_access(self.blue_green)
+        let asks = required_access(self.blue_green, self.pod_prober.is_some())
             .into_iter()
             .map(|(group, resource, verb)| {
                 let reviews = reviews.clone();
+                // `pods/proxy` is resource `pods`, subresource `proxy`.
+                let (main, sub) = match resource.split_once('/') {
+                    Some((main, sub)) => (main, Some(sub.to_string())),
+                    None => (resource, None),
+                };
                 let review = SelfSubjectAccessReview {
                     spec: SelfSubjectAccessReviewSpec {
                         resource_attributes: Some(ResourceAttributes {
                             group: Some(group.into()),
-                            resource: Some(resource.into()),
+                            resource: Some(main.into()),
+                            subresource: sub,
                             verb: Some(verb.into()),
                             namespace: Some(ns.clone()),
                             ..ResourceAttributes::default()
@@ -68,8 +74,12 @@ impl Kubernetes {
 }
 
 /// What a rollout asks of the API server, as (API group, resource, verb). The Role in
-/// `manifests/kubernetes/rbac.yaml` grants these; blue-green also points Services.
-pub fn required_access(blue_green: bool) -> Vec<(&'static str, &'static str, &'static str)> {
+/// `manifests/kubernetes/rbac.yaml` grants these; blue-green also points Services, and a
+/// `runOn: host` check (`probes_pods`) reads pods through the API server's pod proxy.
+pub fn required_access(
+    blue_green: bool,
+    probes_pods: bool,
+) -> Vec<(&'static str, &'static str, &'static str)> {
     let mut out = Vec::new();
     let mut grant = |group: &'static str, resource: &'static str, verbs: &[&'static str]| {
         out.extend(verbs.iter().map(|verb| (group, resource, *verb)));
@@ -101,6 +111,9 @@ pub fn required_access(blue_green: bool) -> Vec<(&'static str, &'static str, &'s
     grant("autoscaling", "horizontalpodautoscalers", &["list"]);
     if blue_green {
         grant("", "services", &["get", "patch"]);
+    }
+    if probes_pods {
+        grant("", "pods/proxy", &["get"]);
     }
     out
 }

@@ -59,22 +59,65 @@ pub(super) fn settled(d: &Deployment, n: u32) -> serde_json::Value {
 
 /// The Deployment's maxSurge at `n` pods, resolved as its controller does: a percentage rounds up,
 /// 25% when unset, none for Recreate.
-fn max_surge(d: &Deployment, n: u32) -> u32 {
+pub(super) fn max_surge(d: &Deployment, n: u32) -> u32 {
+    rolling_bound(d, n, true)
+}
+
+/// The Deployment's maxUnavailable at `n` pods, resolved as its controller does: a percentage
+/// rounds down, 25% when unset, none for Recreate.
+pub(super) fn max_unavailable(d: &Deployment, n: u32) -> u32 {
+    rolling_bound(d, n, false)
+}
+
+fn rolling_bound(d: &Deployment, n: u32, surge: bool) -> u32 {
     let strategy = d.spec.as_ref().and_then(|s| s.strategy.as_ref());
-    if strategy.and_then(|s| s.type_.as_deref()) == Some("Recreate") {
+    if is_recreate(d) {
         return 0;
     }
-    let surge = strategy
-        .and_then(|s| s.rolling_update.as_ref())
-        .and_then(|r| r.max_surge.clone())
-        .unwrap_or(IntOrString::String("25%".into()));
-    match surge {
+    let rolling = strategy.and_then(|s| s.rolling_update.as_ref());
+    let bound = match surge {
+        true => rolling.and_then(|r| r.max_surge.clone()),
+        false => rolling.and_then(|r| r.max_unavailable.clone()),
+    };
+    match bound.unwrap_or(IntOrString::String("25%".into())) {
         IntOrString::Int(i) => i.max(0) as u32,
         IntOrString::String(s) => {
             let percent: u64 = s.trim_end_matches('%').trim().parse().unwrap_or(0);
-            u32::try_from((percent * u64::from(n)).div_ceil(100)).unwrap_or(u32::MAX)
+            let of_n = percent * u64::from(n);
+            let resolved = if surge {
+                of_n.div_ceil(100)
+            } else {
+                of_n / 100
+            };
+            u32::try_from(resolved).unwrap_or(u32::MAX)
         }
     }
+}
+
+fn is_recreate(d: &Deployment) -> bool {
+    let strategy = d.spec.as_ref().and_then(|s| s.strategy.as_ref());
+    strategy.and_then(|s| s.type_.as_deref()) == Some("Recreate")
+}
+
+/// Why rollgate refuses to roll Deployment `d` (the field and the reason), if it does: its
+/// `strategy: Recreate` (old and new pods must never run side by side, which every rollgate
+/// strategy does), or an `image:` target that cannot name its container. Pure, for `validate`,
+/// `plan` and `apply` on the live Deployment.
+pub fn deployment_problem(k: &KubernetesTarget, d: &Deployment) -> Option<(&'static str, String)> {
+    if is_recreate(d) {
+        return Some((
+            "spec.target.kubernetes.deployment",
+            recreate_refusal(&k.deployment),
+        ));
+    }
+    let t = &d.spec.as_ref()?.template;
+    container_problem(k, t)
+}
+
+fn recreate_refusal(name: &str) -> String {
+    format!(
+        "its strategy is Recreate: old and new pods must never run side by side, and every rollgate strategy runs them side by side; nothing was changed. To roll it with rollgate, give it a RollingUpdate strategy first (kubectl patch deployment {name} -p '{{\"spec\":{{\"strategy\":{{\"type\":\"RollingUpdate\"}}}}}}'); to keep Recreate, roll it with kubectl (kubectl set image deployment/{name} ...)"
+    )
 }
 
 impl Kubernetes {
@@ -451,6 +494,9 @@ impl Kubernetes {
         if view.held(version, container).is_some() || current.as_deref() == Some(version) {
             return Ok(()); // prepared already, or nothing to prepare
         }
+        if is_recreate(d) {
+            return Err(self.fail("prepare", recreate_refusal(self.name())));
+        }
         let active = view
             .owned_by(&view.uid)
             .filter(|rs| replicas(rs) > 0)
@@ -607,7 +653,10 @@ impl Kubernetes {
             },
             spec: Some(ReplicaSetSpec {
                 replicas: Some(0),
-                min_ready_seconds: Some(self.min_ready_seconds),
+                // The manifest's, or where it leaves it at 0, the Deployment's own.
+                min_ready_seconds: Some(
+                    super::settings::Own::of(d).min_ready(self.min_ready_seconds),
+                ),
                 selector,
                 template: Some(template),
             }),
@@ -700,6 +749,15 @@ mod tests {
         assert_eq!(max_surge(&d("{rollingUpdate: {maxSurge: \"25%\"}}"), 6), 2);
         assert_eq!(max_surge(&d("{}"), 3), 1);
         assert_eq!(max_surge(&d("{type: Recreate}"), 3), 0);
+        assert_eq!(
+            max_unavailable(&d("{rollingUpdate: {maxUnavailable: \"25%\"}}"), 6),
+            1
+        );
+        assert_eq!(max_unavailable(&d("{}"), 3), 0);
+        assert_eq!(
+            max_unavailable(&d("{rollingUpdate: {maxUnavailable: 2}}"), 8),
+            2
+        );
         let s = settled(&d("{rollingUpdate: {maxSurge: 1}}"), 3);
         assert_eq!(s[DESIRED_REPLICAS], "3");
         assert_eq!(s[MAX_REPLICAS], "4");

@@ -7,8 +7,10 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::ResourceExt;
 use kube::api::{DeleteParams, Patch};
 
-use super::hand_over::settled;
+use super::hand_over::{max_surge, max_unavailable, settled};
 use super::reach::{PATIENCE_OUTSIDE_STEPS, params};
+use super::sizes::Way;
+use super::view::View;
 use super::view::{controller_uid, lent, rs_version, template_version};
 use super::{HASH_LABEL, HPA_ANNOTATION, Kubernetes, PAUSED_ANNOTATION, REPLICAS_ANNOTATION};
 use crate::plan::{Step, StepKind};
@@ -49,6 +51,59 @@ impl Kubernetes {
         Ok(())
     }
 
+    /// Deletes the ReplicaSets the holder holds (not the lent ones: they are the Deployment's).
+    async fn delete_held(&self, view: &View) -> Result<()> {
+        let Some(holder) = view.holder_uid() else {
+            return Ok(());
+        };
+        for rs in view.owned_by(holder).filter(|rs| !lent(rs)) {
+            let (name, dp) = (rs.name_any(), DeleteParams::background());
+            match self
+                .reach
+                .call(|| self.replica_sets.delete(&name, &dp))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(self.fail("removing the new ReplicaSet", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// A rollback of a Deployment someone deleted: nothing to restore; what rollgate made for
+    /// it is deleted, and the reason is reported and returned.
+    async fn gone_back(&self, version: &str, sink: Sink<'_>) -> TargetError {
+        let why = self.deployment_gone().await;
+        let reported = sink
+            .report(Change::Changed {
+                instance: self.name().into(),
+                version: version.into(),
+                ok: false,
+                detail: why.to_string(),
+            })
+            .await;
+        match reported {
+            Ok(()) => why,
+            Err(e) => e,
+        }
+    }
+
+    /// maxSurge and maxUnavailable of a rollback at `n`: the rollout's own when this process ran
+    /// its steps, else the Deployment's (as its controller resolves them).
+    fn rollback_bounds(&self, d: &Deployment, n: u32) -> (u32, u32) {
+        let (surge, unavailable) = self
+            .bounds
+            .lock()
+            .expect("bounds lock")
+            .unwrap_or_else(|| (max_surge(d, n), max_unavailable(d, n)));
+        // Both zero cannot move; the Deployment API refuses that too.
+        match (surge, unavailable) {
+            (0, 0) => (0, 1),
+            b => b,
+        }
+    }
+
     /// Puts every pod back on `version` (the stable ReplicaSet) and removes what the rollout made.
     pub(super) async fn restore_stable(
         &self,
@@ -59,6 +114,9 @@ impl Kubernetes {
         // The way back to safety waits longer for an API server that is away.
         self.reach
             .set_patience(deadline.max(PATIENCE_OUTSIDE_STEPS), false);
+        if self.deployment_deleted().await? {
+            return Err(self.gone_back(version, sink).await);
+        }
         let view = self.view().await?;
         let d = &view.deployment;
         let hpa = d.annotations().contains_key(HPA_ANNOTATION);
@@ -70,20 +128,49 @@ impl Kubernetes {
             .spec
             .as_ref()
             .and_then(|s| template_version(&s.template, self.container()));
+        // Within the rollout's bounds (or, in another process, the Deployment's own).
+        let (surge, unavailable) = self.rollback_bounds(d, n);
+        let bounded = |old: u32, new: u32, note: &str| {
+            let mut step = Step::hold(StepKind::Scale, old, new, note);
+            step.min_available = n.saturating_sub(unavailable);
+            step.max_total = n + surge;
+            step
+        };
         if current.as_deref() != Some(version) {
-            // Already handed over: go back the way a rollout goes, all at once.
+            // Already handed over: go back the way a rollout goes.
             self.prepare(version).await?;
-            let mut step = Step::hold(StepKind::Scale, 0, n, "restore");
-            step.min_available = n;
-            step.max_total = 2 * n;
+            let step = bounded(0, n, "restore");
             return self.scale(&step, version, deadline, sink).await;
         }
-        // The stable ReplicaSet is the Deployment's own: back to N at once, then the new one goes.
+        // The stable ReplicaSet is the Deployment's own: it grows back to N as the new pods go
+        // (the failed ones at once), never above N + maxSurge.
         sink.report(Change::Changing {
             instance: self.name().into(),
             version: version.into(),
         })
         .await?;
+        let held = view
+            .holder_uid()
+            .and_then(|h| view.owned_by(h).find(|rs| !lent(rs)))
+            .and_then(|rs| rs_version(rs, self.container()));
+        let back = match held {
+            Some(from) => {
+                let step = bounded(n, 0, "rollback");
+                self.converge(&step, &from, deadline, sink, Way::Back).await
+            }
+            None => Ok(()),
+        };
+        if let Err(e) = &back {
+            if self.deployment_deleted().await? {
+                return Err(self.gone_back(version, sink).await);
+            }
+            // Stuck within the bounds: the new pods go at once, to make room for the stable ones.
+            eprintln!(
+                "warning: rolling back within the rollout's bounds: {}; removing the new pods at once",
+                crate::error_chain(e)
+            );
+            self.delete_held(&view).await?;
+        }
         if hpa {
             // Beside an HPA, the lent ReplicaSets go back: the paused Deployment scales its one
             // active ReplicaSet to spec.replicas, the HPA's count.
@@ -112,20 +199,8 @@ impl Kubernetes {
                 self.pin(&self.active_service(), stable.as_deref()).await?;
             }
         }
-        if let Some(holder) = view.holder_uid() {
-            // Not the lent ones: they are the Deployment's again.
-            for rs in view.owned_by(holder).filter(|rs| !lent(rs)) {
-                let (name, dp) = (rs.name_any(), DeleteParams::background());
-                match self
-                    .reach
-                    .call(|| self.replica_sets.delete(&name, &dp))
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => return Err(self.fail("removing the new ReplicaSet", e)),
-                }
-            }
+        if view.holder_uid().is_some() {
+            self.delete_held(&view).await?;
             self.delete_holder().await?;
         }
         // A ReplicaSet rollgate made that someone else took out of the holder (the holder deleted

@@ -55,17 +55,23 @@ struct Counts {
 /// The next sizes of (old, new) towards `step`, within its bounds: first remove what keeps
 /// `min_available` ready, then add what stays within `max_total`. Pure.
 fn next_sizes(step: &Step, c: Counts) -> (u32, u32) {
-    let shrink = |current: u32, target: u32, other_available: u32| {
+    // Unavailable pods go first and cost no availability (the ReplicaSet controller deletes
+    // not-ready pods first): a set keeps only the available pods `min_available` needs.
+    let shrink = |current: u32, target: u32, available: u32, other_available: u32| {
         if target >= current {
             current
         } else {
             target
-                .max(step.min_available.saturating_sub(other_available))
+                .max(
+                    step.min_available
+                        .saturating_sub(other_available)
+                        .min(available),
+                )
                 .min(current)
         }
     };
-    let old = shrink(c.old, step.old, c.new_available);
-    let new = shrink(c.new, step.new, c.old_available);
+    let old = shrink(c.old, step.old, c.old_available, c.new_available);
+    let new = shrink(c.new, step.new, c.new_available, c.old_available);
     let grow = |current: u32, target: u32, room: u32| {
         if target <= current {
             current
@@ -84,28 +90,88 @@ fn next_sizes(step: &Step, c: Counts) -> (u32, u32) {
     (old, new)
 }
 
+/// Which way a converge goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Way {
+    /// A step of the rollout: a new pod that fails fails the step, and changes are reported.
+    Forward,
+    /// Back to the stable set (a rollback): the new pods' failures are why it runs, and the
+    /// restore reports for itself.
+    Back,
+}
+
+/// How long a ReplicaSet may fail to create pods (a quota, a LimitRange) while nothing of the
+/// rollout is going away to make room, before the step fails: time for the quota controller to
+/// count pods that went, and for the ReplicaSet controller to try again.
+const REFUSED_GRACE: Duration = Duration::from_secs(10);
+
+/// Why a ReplicaSet cannot create its pods: its `ReplicaFailure` condition (the quota or
+/// LimitRange that refused them, in the API server's words).
+fn replica_failure(rs: &ReplicaSet) -> Option<String> {
+    rs.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+        .map(|c| {
+            let reason = c.reason.as_deref().unwrap_or("ReplicaFailure");
+            match c.message.as_deref() {
+                Some(m) => format!("{reason}: {m}"),
+                None => reason.to_string(),
+            }
+        })
+}
+
 impl Kubernetes {
-    /// Moves towards `step`'s counts on every watch event until they hold, a pod fails, or nothing
-    /// progresses for `deadline`.
-    async fn converge(
+    /// Moves towards `step`'s counts on every watch event until they hold, a pod fails (going
+    /// forward), a ReplicaSet cannot create pods and nothing can make room, the Deployment is
+    /// deleted, or nothing progresses for `deadline`.
+    pub(super) async fn converge(
         &self,
         step: &Step,
         version: &str,
         deadline: Duration,
         sink: Sink<'_>,
+        way: Way,
     ) -> Result<()> {
         let cache = self.cache().await?;
         let mut changes = cache.changes.clone();
         let holder = self.holder_name();
         let container = self.container();
+        let forward = way == Way::Forward;
         let mut last: Option<Counts> = None;
         let mut last_progress = tokio::time::Instant::now();
         let mut old_set: Option<u32> = None;
         let mut new_set: Option<u32> = None;
         let mut first: Option<Counts> = None;
         let mut announced: Option<String> = None;
+        // A refusal to create pods: said once when it begins; since when nothing moved.
+        let mut said: Option<String> = None;
+        let mut going_before = 0usize;
+        let mut still_since = tokio::time::Instant::now();
         loop {
             changes.borrow_and_update();
+            // The Deployment deleted (the watch sees it go, the API server confirms).
+            let watched_gone = cache
+                .deployment
+                .state()
+                .iter()
+                .all(|d| d.metadata.deletion_timestamp.is_some());
+            if watched_gone && self.deployment_deleted().await? {
+                let why = self.deployment_gone().await;
+                if forward {
+                    let instance = self.held_name.lock().expect("held lock").clone();
+                    sink.report(Change::Changed {
+                        instance: instance.unwrap_or_else(|| self.name().into()),
+                        version: version.into(),
+                        ok: false,
+                        detail: why.to_string(),
+                    })
+                    .await?;
+                }
+                return Err(why);
+            }
             let all = cache.sets.state();
             // The view's held and stable sets, in the watched copy (which has no holder ConfigMap:
             // its uid is the one the held ReplicaSets name).
@@ -126,6 +192,9 @@ impl Kubernetes {
                 let there = view
                     .held(version, container)
                     .is_some_and(|rs| rs.metadata.deletion_timestamp.is_none());
+                if !there && !forward {
+                    return Ok(()); // nothing new left to scale down
+                }
                 if !there {
                     let why = self.missing_held(&view, version);
                     let instance = self.held_name.lock().expect("held lock").clone();
@@ -139,6 +208,7 @@ impl Kubernetes {
                     return Err(TargetError::Failed(why));
                 }
             }
+            let mut wake = last_progress + deadline;
             if let Some(new) = held {
                 let new_name = new.name_any();
                 self.held_name
@@ -160,15 +230,28 @@ impl Kubernetes {
                     new_available: available(new),
                     new_live: pods_left(new),
                 };
+                let uids: Vec<&str> = olds
+                    .iter()
+                    .filter_map(|rs| rs.metadata.uid.as_deref())
+                    .chain([new_uid.as_str()])
+                    .collect();
+                let pods = cache.pods.state();
+                let ours = |p: &&std::sync::Arc<k8s_openapi::api::core::v1::Pod>| {
+                    p.metadata
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .any(|o| uids.contains(&o.uid.as_str()))
+                };
                 // A new pod that crashed or cannot pull its image will not get better by waiting.
-                for p in cache.pods.state() {
-                    let ours = p
+                for p in pods.iter().filter(|_| forward) {
+                    let of_new = p
                         .metadata
                         .owner_references
                         .iter()
                         .flatten()
                         .any(|o| o.uid == new_uid);
-                    if ours && let Some(why) = pod_failure(&p) {
+                    if of_new && let Some(why) = pod_failure(p) {
                         let why = format!("pod {} of {version}: {why}", p.name_any());
                         sink.report(Change::Changed {
                             instance: new_name.clone(),
@@ -183,6 +266,59 @@ impl Kubernetes {
                 if last != Some(c) {
                     last = Some(c);
                     last_progress = tokio::time::Instant::now();
+                    wake = last_progress + deadline;
+                }
+                // Pods the ReplicaSets cannot create (a quota or LimitRange refused them): said at
+                // once; waited for only while pods of the rollout are going away to make room.
+                let going = pods
+                    .iter()
+                    .filter(ours)
+                    .filter(|p| p.metadata.deletion_timestamp.is_some())
+                    .count();
+                if last_progress > still_since || going != going_before {
+                    still_since = tokio::time::Instant::now();
+                    going_before = going;
+                }
+                // Going back, the new set only shrinks: its refusals are no longer the point.
+                let refused = std::iter::once(new)
+                    .filter(|_| forward)
+                    .chain(olds.iter().copied())
+                    .find_map(|rs| Some((rs.name_any(), replica_failure(rs)?)));
+                match &refused {
+                    Some((rs, why)) => {
+                        if said.as_deref() != Some(why.as_str()) {
+                            let waiting = match going {
+                                0 => String::new(),
+                                n => format!(
+                                    " (waiting while {n} pod{} of the rollout go away)",
+                                    if n == 1 { "" } else { "s" }
+                                ),
+                            };
+                            eprintln!(
+                                "warning: ReplicaSet {rs} cannot create pods: {why}{waiting}"
+                            );
+                            said = Some(why.clone());
+                        }
+                        if going == 0 && still_since.elapsed() >= REFUSED_GRACE {
+                            let why = format!(
+                                "ReplicaSet {rs} cannot create pods, and nothing of the rollout is going away to make room: {why}"
+                            );
+                            if forward {
+                                sink.report(Change::Changed {
+                                    instance: new_name.clone(),
+                                    version: version.into(),
+                                    ok: false,
+                                    detail: why.clone(),
+                                })
+                                .await?;
+                            }
+                            return Err(TargetError::Failed(why));
+                        }
+                        if going == 0 {
+                            wake = wake.min(still_since + REFUSED_GRACE);
+                        }
+                    }
+                    None => said = None,
                 }
                 // An old set that grows (a restore) must be available too; one that shrinks must
                 // have let its pods go, so that a pause shows the step's counts and the next step
@@ -233,7 +369,7 @@ impl Kubernetes {
                     old_set = Some(old);
                 }
                 if new_size != c.new && new_set != Some(new_size) {
-                    if announced.is_none() {
+                    if announced.is_none() && forward {
                         sink.report(Change::Changing {
                             instance: new_name.clone(),
                             version: version.into(),
@@ -250,7 +386,7 @@ impl Kubernetes {
                     new_set = Some(new_size);
                 }
             }
-            match tokio::time::timeout_at(last_progress + deadline, changes.changed()).await {
+            match tokio::time::timeout_at(wake, changes.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => {
                     return Err(TargetError::Failed(format!(
@@ -258,21 +394,38 @@ impl Kubernetes {
                         self.name()
                     )));
                 }
+                Err(_) if tokio::time::Instant::now() < last_progress + deadline => {}
                 Err(_) => {
-                    let c = last.map_or(0, |c| c.new_available);
+                    let refused = said
+                        .as_deref()
+                        .map_or_else(String::new, |why| format!(" (pods refused: {why})"));
+                    let where_ = match way {
+                        Way::Forward => format!(
+                            "{} of {} pods of {version} available",
+                            last.map_or(0, |c| c.new_available),
+                            step.new
+                        ),
+                        Way::Back => format!(
+                            "{} of {} stable pods available, {} of {version} left",
+                            last.map_or(0, |c| c.old_available),
+                            step.old,
+                            last.map_or(0, |c| c.new)
+                        ),
+                    };
                     let why = format!(
-                        "no progress within progressDeadlineSeconds ({}s): {c} of {} pods of {version} available{}",
+                        "no progress within progressDeadlineSeconds ({}s): {where_}{refused}{}",
                         deadline.as_secs(),
-                        step.new,
                         self.outage_note()
                     );
-                    sink.report(Change::Changed {
-                        instance: announced.unwrap_or_else(|| self.name().into()),
-                        version: version.into(),
-                        ok: false,
-                        detail: why.clone(),
-                    })
-                    .await?;
+                    if forward {
+                        sink.report(Change::Changed {
+                            instance: announced.unwrap_or_else(|| self.name().into()),
+                            version: version.into(),
+                            ok: false,
+                            detail: why.clone(),
+                        })
+                        .await?;
+                    }
                     return Err(TargetError::Failed(why));
                 }
             }
@@ -315,7 +468,16 @@ impl Kubernetes {
             (step.clone(), planned)
         };
         let step = &step;
-        self.converge(step, version, deadline, sink).await?;
+        {
+            let mut bounds = self.bounds.lock().expect("bounds lock");
+            let (surge, unavailable) = bounds.unwrap_or_default();
+            *bounds = Some((
+                surge.max(step.max_total.saturating_sub(n)),
+                unavailable.max(n.saturating_sub(step.min_available)),
+            ));
+        }
+        self.converge(step, version, deadline, sink, Way::Forward)
+            .await?;
         if step.old == 0 && step.new >= n {
             self.hand_over(version, n, deadline).await?;
         }
@@ -369,6 +531,18 @@ mod tests {
         // The old set has not shrunk yet: no room.
         assert_eq!(next_sizes(&s, counts(10, 10, 3, 3)), (7, 3));
         assert_eq!(next_sizes(&s, counts(7, 7, 3, 3)), (7, 6));
+    }
+
+    #[test]
+    fn a_rollback_drops_failed_pods_first_and_stays_within_max_total() {
+        // Issue 16, bug 9: N=4, surge 1, canary at (2, 2) whose new pods crashed.
+        let s = step(4, 0, 4, 5);
+        assert_eq!(next_sizes(&s, counts(2, 2, 2, 0)), (3, 0));
+        assert_eq!(next_sizes(&s, counts(3, 2, 0, 0)), (4, 0));
+        // Healthy new pods (an abort) go only as stable ones become available.
+        assert_eq!(next_sizes(&s, counts(2, 2, 2, 2)), (3, 2));
+        assert_eq!(next_sizes(&s, counts(3, 3, 2, 2)), (3, 1));
+        assert_eq!(next_sizes(&s, counts(3, 3, 1, 1)), (4, 1));
     }
 
     #[test]

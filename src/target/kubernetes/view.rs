@@ -17,8 +17,6 @@ use super::{
     HASH_LABEL, IMAGE_ANNOTATION, Kubernetes, LENT_ANNOTATION, REPLICAS_ANNOTATION,
     VERSION_ANNOTATION,
 };
-use crate::health::Probe;
-use crate::spec::{Check, RunOn};
 use crate::target::{Instance, Result};
 
 /// Watched copies of the Deployment's ReplicaSets and pods: a step reads them without a request.
@@ -262,12 +260,19 @@ impl Kubernetes {
 
     /// The Deployment's pod template as the cluster holds it; `None` when there is no Deployment.
     pub async fn live_template(&self) -> Result<Option<PodTemplateSpec>> {
-        let d = self
-            .deployments
+        Ok(self
+            .live_deployment()
+            .await?
+            .and_then(|d| d.spec)
+            .map(|s| s.template))
+    }
+
+    /// The Deployment as the cluster holds it; `None` when there is none.
+    pub async fn live_deployment(&self) -> Result<Option<Deployment>> {
+        self.deployments
             .get_opt(self.name())
             .await
-            .map_err(|e| self.fail("reading it", e))?;
-        Ok(d.and_then(|d| d.spec).map(|s| s.template))
+            .map_err(|e| self.fail("reading it", e))
     }
 
     /// Starts the watches on first use and returns once both have listed.
@@ -442,17 +447,23 @@ impl Kubernetes {
         let done = async {
             loop {
                 changes.borrow_and_update();
-                if cache.deployment.state().iter().any(|d| cond(d)) {
-                    return true;
+                let watched = cache.deployment.state();
+                if watched.iter().any(|d| cond(d)) {
+                    return Some(true);
+                }
+                // Deleted by someone else (the watch sees it go, the API server confirms).
+                if watched.is_empty() && self.deployment_deleted().await.unwrap_or(false) {
+                    return None;
                 }
                 if changes.changed().await.is_err() {
-                    return false;
+                    return Some(false);
                 }
             }
         };
         match tokio::time::timeout(deadline, done).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(self.fail(what, "the watch ended")),
+            Ok(Some(true)) => Ok(()),
+            Ok(None) => Err(self.deployment_gone().await),
+            Ok(Some(false)) => Err(self.fail(what, "the watch ended")),
             Err(_) => Err(self.fail(
                 what,
                 format!(
@@ -493,33 +504,6 @@ impl Kubernetes {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
-    }
-
-    /// One `runOn: cli` probe of a pod, at its IP from the watched copy.
-    pub(super) async fn probe_pod(&self, check: &Check, instance: &str) -> Probe {
-        if check.run_on != RunOn::Cli {
-            return Probe::Pass; // host-side checks need an agent; pods have none
-        }
-        // From the watched copy: no request, and no failed probe while the API server restarts.
-        let cache = match self.cache().await {
-            Ok(cache) => cache,
-            Err(e) => return Probe::Fail(format!("pod {instance}: {e}")),
-        };
-        let pod = cache
-            .pods
-            .state()
-            .into_iter()
-            .find(|p| p.name_any() == instance);
-        let Some(pod) = pod else {
-            return Probe::Fail(format!("pod {instance} is gone"));
-        };
-        let ip = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.clone())
-            .unwrap_or_default();
-        let fill = |s: &str| s.replace("{host}", &ip).replace("{instance}", instance);
-        crate::health::run::cli_probe(&self.http, check, &fill, check.timeout.0).await
     }
 }
 
