@@ -743,13 +743,7 @@ impl Manifest {
         {
             *m = base.join(m.as_str()).display().to_string();
         }
-        if let Strategy::Canary(c) = &mut self.strategy {
-            for step in &mut c.steps {
-                if let Some(a) = step.pause.as_mut().and_then(|p| p.approvers.as_mut()) {
-                    fix(&mut a.ca);
-                }
-            }
-        }
+        self.absolutize_approver_cas(&base);
         if let Some(h) = self.rollout.spec.target.hosts_mut() {
             if let Some(a) = &mut h.artifact
                 && let Some(f) = &mut a.file

@@ -40,9 +40,15 @@ fn load(key: &Path, cert: &Path) -> Result<Signer, CliError> {
     .map_err(|e| InputError::general(e.to_string()).into())
 }
 
-/// Signs `actor`'s approval of `step` of rollout `id`, when there is a signer.
-pub(crate) fn sign(signer: Option<&Signer>, app: &str, id: &str, step: usize, actor: &mut Actor) {
-    if let Some(signer) = signer {
+/// Signs `actor`'s approval of `step` of rollout `id`, when `args` name an approver's files.
+pub(crate) fn sign(
+    args: &SignerArgs,
+    app: &str,
+    id: &str,
+    step: usize,
+    actor: &mut Actor,
+) -> Result<(), CliError> {
+    if let Some(signer) = signer(args)? {
         let claim = Claim {
             app,
             rollout: id,
@@ -50,11 +56,15 @@ pub(crate) fn sign(signer: Option<&Signer>, app: &str, id: &str, step: usize, ac
         };
         actor.signed = Some(signer.sign(claim, "approve", now_ms()));
     }
+    Ok(())
 }
 
 /// ", signed as NAME" for a signed promotion.
-pub(crate) fn signed_as(signer: Option<&Signer>) -> String {
-    signer.map_or(String::new(), |s| format!(", signed as {}", s.subject()))
+pub(crate) fn signed_as(actor: &Actor) -> String {
+    actor
+        .signed
+        .as_ref()
+        .map_or(String::new(), |s| format!(", signed as {}", s.subject))
 }
 
 /// Who starts rollout `id` of `m`: the environment's names, the subject of the client certificate
@@ -149,9 +159,26 @@ pub(crate) fn refused_lines(r: &RolloutSummary, step: usize) -> String {
         .collect()
 }
 
+/// Checks every rollout's approvals for `history`; with `verify`, prints the verdicts and returns
+/// the exit code instead.
+pub(crate) fn check_history(
+    store: &Store,
+    app: &str,
+    all: &mut [RolloutSummary],
+    verify: bool,
+) -> Option<u8> {
+    if verify {
+        return Some(verify_history(store, app, all));
+    }
+    for r in all.iter_mut() {
+        let _ = check_stored(store, app, r);
+    }
+    None
+}
+
 /// `history --verify`: re-verifies every signed record (and every approval a rule requires to be
 /// signed) and names each that fails; exit 1 when any does.
-pub(crate) fn verify_history(store: &Store, app: &str, all: &mut [RolloutSummary]) -> u8 {
+fn verify_history(store: &Store, app: &str, all: &mut [RolloutSummary]) -> u8 {
     let (mut ok, mut failed) = (0, 0);
     for r in all.iter_mut() {
         if let Err(why) = check_stored(store, app, r) {

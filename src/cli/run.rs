@@ -519,7 +519,6 @@ async fn promote_locked(
 ) -> Result<u8, CliError> {
     let app = &args.app.app;
     let mut actor = Actor::from_env();
-    let signer = approve::signer(&args.signer)?;
     let records = local_records(env, app, remote)?;
     let (last, _) = last_rollout(env, app, &records, remote)?;
     if last.outcome.is_some() || last.paused.is_none() {
@@ -528,7 +527,7 @@ async fn promote_locked(
         )));
     }
     let step = last.steps.last().map_or(0, |s| s.step);
-    approve::sign(signer.as_ref(), app, &last.id, step, &mut actor);
+    approve::sign(&args.signer, app, &last.id, step, &mut actor)?;
     env.store
         .journal(app)
         .and_then(|mut j| {
@@ -541,10 +540,7 @@ async fn promote_locked(
         })
         .map_err(failed)?;
     held.changed();
-    println!(
-        "{app}: promoted by {actor}{}",
-        approve::signed_as(signer.as_ref())
-    );
+    println!("{app}: promoted by {actor}{}", approve::signed_as(&actor));
     let course = if args.full {
         Course::StraightToLast
     } else {
@@ -772,11 +768,8 @@ async fn history_cmd(h: &HistoryArgs, env: &Env) -> Result<u8, CliError> {
     let args = &h.app;
     let remote = env.remote_for_app(&args.app).await?;
     let mut all = history(&records(env, &args.app, remote.as_ref()).await?);
-    if h.verify {
-        return Ok(approve::verify_history(&env.store, &args.app, &mut all));
-    }
-    for r in &mut all {
-        let _ = approve::check_stored(&env.store, &args.app, r);
+    if let Some(code) = approve::check_history(&env.store, &args.app, &mut all, h.verify) {
+        return Ok(code);
     }
     if all.is_empty() {
         let place = match &remote {

@@ -3,6 +3,19 @@
 use super::*;
 
 impl Manifest {
+    /// The `approvers` CA paths, absolute like every path the journal keeps.
+    pub(super) fn absolutize_approver_cas(&mut self, base: &Path) {
+        if let Strategy::Canary(c) = &mut self.strategy {
+            for step in &mut c.steps {
+                if let Some(a) = step.pause.as_mut().and_then(|p| p.approvers.as_mut())
+                    && a.ca.is_relative()
+                {
+                    a.ca = base.join(&a.ca);
+                }
+            }
+        }
+    }
+
     /// An `approvers` block needs approvals and a readable CA certificate: a gate that cannot be
     /// passed is an error here, not a rollout that waits forever.
     pub(super) fn check_approver_cas(&self, base: &Path) -> Result<(), InputError> {

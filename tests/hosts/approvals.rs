@@ -393,11 +393,24 @@ async fn signed_approvals_count_certificates_not_names() {
     assert!(out.contains("claims subject \"bob\""), "{out}");
 
     // bob, with his own certificate: two distinct approvers, the rollout goes on.
-    let (code, out) = promote("bob", Some(files(&pki, "approver-bob")))
-        .await
-        .unwrap();
+    // (With the flags this time; the others used the variables naming the files.)
+    let (key, cert) = files(&pki, "approver-bob");
+    let (key, cert) = (key.display().to_string(), cert.display().to_string());
+    let (code, out) = run(
+        "bob",
+        None,
+        s(&[
+            "promote", "web", "-o", "plain", "--key", &key, "--cert", &cert,
+        ]),
+    )
+    .await
+    .unwrap();
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("signed as bob"), "{out}");
+    assert!(
+        !out.contains("PRIVATE KEY"),
+        "the key is never printed: {out}"
+    );
     let (_, out) = run("ana", None, s(&["status", "web"])).await.unwrap();
     assert_eq!(hosts_on(&out, "2.0.0"), 3, "{out}");
 
