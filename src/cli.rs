@@ -1,6 +1,7 @@
 //! Command-line arguments (clap) and the dispatch to `run` (commands) and `demo`; `output` prints.
 
 pub mod demo;
+pub mod inspect;
 pub mod output;
 pub mod run;
 pub mod security;
@@ -172,7 +173,7 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// The live state of an app's rollout.
     Status(StatusArgs),
-    /// The audit trail of an app's rollouts.
+    /// The audit trail of an app's rollouts (`-o json`: one JSON array of them).
     History(AppArgs),
     /// Certificates for mTLS between rollgate and its agents.
     #[command(subcommand)]
@@ -195,7 +196,7 @@ pub enum Progress {
     /// Progress bars on a terminal, plain lines otherwise.
     Auto,
     Plain,
-    /// One JSON event per line.
+    /// JSON only on stdout, one object a line (`history`: one array); messages go to stderr.
     Json,
 }
 
@@ -234,6 +235,9 @@ pub struct StatusArgs {
     /// Keep printing as the rollout changes.
     #[arg(long)]
     pub watch: bool,
+    /// `json`: one object a line (each update, with `--watch`).
+    #[arg(short = 'o', long, value_enum, default_value_t = Progress::Auto)]
+    pub output: Progress,
 }
 
 #[derive(Debug, Subcommand)]
@@ -288,8 +292,8 @@ pub struct InputArgs {
 pub struct PlanArgs {
     #[command(flatten)]
     pub input: InputArgs,
-    /// Instance count for a Kubernetes target, without asking the cluster.
-    #[arg(long, value_name = "N")]
+    /// Instance count for a Kubernetes target, without asking the cluster (at most 1000000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::plan::MAX_INSTANCES)))]
     pub replicas: Option<u32>,
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
     pub output: Format,
