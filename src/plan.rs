@@ -548,6 +548,51 @@ mod tests {
         assert_eq!(*c.last().unwrap(), (0, 10));
     }
 
+    /// Regression (issue 20): `--replicas 3435973837` and `maxSurge: 4294967295` wrapped around in
+    /// the bounds line; now they are input errors naming the field, and sums saturate.
+    #[test]
+    fn absurd_counts_are_refused_and_sums_never_wrap() {
+        let huge = IntOrPercent::Int(u32::MAX);
+        let err = plan(&rolling(huge, IntOrPercent::Int(0)), 10, Capacity::Elastic).unwrap_err();
+        assert_eq!(err.path, "spec.strategy.rolling.maxSurge");
+        assert!(err.message.contains("at most 1000000"), "{err}");
+        let err = plan(
+            &rolling(IntOrPercent::Int(1), IntOrPercent::Int(1_000_001)),
+            10,
+            Capacity::Elastic,
+        )
+        .unwrap_err();
+        assert_eq!(err.path, "spec.strategy.rolling.maxUnavailable");
+        let one = IntOrPercent::Int(1);
+        let err = plan(&rolling(one, one), 3_435_973_837, Capacity::Elastic).unwrap_err();
+        assert_eq!(err.path, "spec.target");
+        let err = plan(
+            &rolling(IntOrPercent::Percent(u32::MAX), one),
+            MAX_INSTANCES,
+            Capacity::Elastic,
+        )
+        .unwrap_err();
+        assert!(err.message.contains("resolves to"), "{err}");
+        // The largest accepted values plan without wrapping.
+        let max = IntOrPercent::Int(MAX_INSTANCES);
+        let p = plan(&rolling(max, max), MAX_INSTANCES, Capacity::Elastic).unwrap();
+        assert_eq!(counts(&p), vec![(0, MAX_INSTANCES)]);
+        assert_eq!(p.steps[0].max_total, 2 * MAX_INSTANCES);
+        // The step arithmetic itself saturates, whatever it is given.
+        let mut out = Vec::new();
+        let b = Bounds {
+            max_surge: u32::MAX,
+            max_unavailable: u32::MAX,
+        };
+        transition(u32::MAX, b, (u32::MAX, 0), (0, u32::MAX), None, &mut out);
+        assert_eq!(out.last().map(|s| (s.old, s.new)), Some((0, u32::MAX)));
+        assert!(out.iter().all(|s| s.max_total == u32::MAX));
+        assert_eq!(
+            Step::hold(StepKind::Pause, u32::MAX, 5, "").max_total,
+            u32::MAX
+        );
+    }
+
     #[test]
     fn zero_instances_is_one_empty_step() {
         let p = plan(

@@ -638,6 +638,7 @@ async fn check_health(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     /// The routes of an agent with one service and no auth, over a fresh data dir.
     async fn app(dir: &Path) -> Router {
