@@ -3,6 +3,7 @@
 mod cli {
     mod bad_input;
     mod history;
+    mod limits;
     mod plan;
     mod pod_security;
     mod support;
