@@ -6,5 +6,6 @@ mod cli {
     mod limits;
     mod plan;
     mod pod_security;
+    mod streams;
     mod support;
 }
