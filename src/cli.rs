@@ -1,6 +1,7 @@
 //! Command-line arguments (clap) and the dispatch to `run` (commands) and `demo`; `output` prints.
 
 pub mod demo;
+pub mod generate;
 pub mod inspect;
 pub mod output;
 pub mod run;
@@ -180,6 +181,13 @@ pub enum Command {
     Pki(PkiCommand),
     /// A real local rollout: agents on loopback, v1 -> v2 by canary, then a bad v3 rolled back.
     Demo(DemoArgs),
+    /// Print shell completions: `rollgate completion bash > /etc/bash_completion.d/rollgate`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `rollgate man > rollgate.1`.
+    Man,
 }
 
 #[derive(Debug, Args)]

@@ -2,6 +2,7 @@
 
 mod cli {
     mod bad_input;
+    mod generate;
     mod history;
     mod limits;
     mod plan;

@@ -28,6 +28,8 @@ pub fn command(
         Command::Validate(args) => validate(&args),
         Command::Plan(args) => plan_cmd(&args),
         Command::Pki(cmd) => pki(cmd),
+        Command::Completion { shell } => crate::cli::generate::completion(shell),
+        Command::Man => crate::cli::generate::man(),
         other => {
             let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
             let env = Env::new(Store::open_default(), context, namespace);
@@ -47,9 +49,12 @@ async fn run_async(command: Command, env: &Env) -> Result<u8, CliError> {
         Command::Rollback(args) => rollback(&args, env).await,
         Command::Status(args) => crate::cli::inspect::status(&args, env).await,
         Command::History(args) => crate::cli::inspect::history_cmd(&args, env).await,
-        Command::Validate(_) | Command::Plan(_) | Command::Pki(_) | Command::Demo(_) => {
-            unreachable!("handled before")
-        }
+        Command::Validate(_)
+        | Command::Plan(_)
+        | Command::Pki(_)
+        | Command::Demo(_)
+        | Command::Completion { .. }
+        | Command::Man => unreachable!("handled before"),
     }
 }
 
