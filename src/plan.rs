@@ -299,8 +299,12 @@ pub fn transition(
         let start_total = old.saturating_add(new);
         // What this step creates: towards the target, at most one wave, and never so much that the
         // removals it needs would go below the floor.
-        let missing = to.0.saturating_sub(old).saturating_add(to.1.saturating_sub(new));
-        let removable = old.saturating_sub(to.0).saturating_add(new.saturating_sub(to.1));
+        let missing =
+            to.0.saturating_sub(old)
+                .saturating_add(to.1.saturating_sub(new));
+        let removable = old
+            .saturating_sub(to.0)
+            .saturating_add(new.saturating_sub(to.1));
         let room = cap.saturating_sub(start_total);
         let create = missing
             .min(wave)
@@ -333,9 +337,7 @@ pub fn transition(
             kind: StepKind::Scale,
             old: old_c,
             new: new_c,
-            min_available: old_a
-                .saturating_add(new_a)
-                .min(old_c.saturating_add(new_c)),
+            min_available: old_a.saturating_add(new_a).min(old_c.saturating_add(new_c)),
             max_total: start_total.max(total_b),
             weight,
             duration_seconds: None,

@@ -47,7 +47,13 @@ enum Command {
     /// source, the certificates and key.
     CheckConfig {
         /// Config file(s); later ones overlay earlier ones (`-f`/`--file` also work).
-        #[arg(short = 'c', long = "config", short_alias = 'f', alias = "file", required = true)]
+        #[arg(
+            short = 'c',
+            long = "config",
+            short_alias = 'f',
+            alias = "file",
+            required = true
+        )]
         files: Vec<PathBuf>,
         /// Also read `<file>.<env>.yaml` overlays.
         #[arg(long)]

@@ -362,7 +362,9 @@ pub fn outcome_code(outcome: &RunOutcome, app: &str, started: Instant, mode: Pro
             exit::PAUSED,
         ),
         RunOutcome::Interrupted => (
-            format!("{app}: interrupted; the rollout is paused (`rollgate resume {app}` continues)"),
+            format!(
+                "{app}: interrupted; the rollout is paused (`rollgate resume {app}` continues)"
+            ),
             exit::INTERRUPTED,
         ),
     };

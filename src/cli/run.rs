@@ -154,7 +154,11 @@ fn overrides(m: &mut Manifest, env: &Env) -> Result<(), CliError> {
 
 /// The app's journal: this machine's, merged (in memory) with the cluster's for a Kubernetes
 /// target. A cluster that cannot be read leaves this machine's, with a warning.
-pub(crate) async fn records(env: &Env, app: &str, remote: Option<&Remote>) -> Result<Vec<Record>, CliError> {
+pub(crate) async fn records(
+    env: &Env,
+    app: &str,
+    remote: Option<&Remote>,
+) -> Result<Vec<Record>, CliError> {
     if let Some(r) = remote {
         match r.records(&env.store).await {
             Ok(Some(records)) => return Ok(records),
@@ -633,7 +637,10 @@ async fn abort_locked(
         .await
         .map_err(failed)?;
     reporter.finish();
-    say(args.output, &format!("{}: aborted and rolled back", args.app));
+    say(
+        args.output,
+        &format!("{}: aborted and rolled back", args.app),
+    );
     // The abort did what was asked: it succeeded (the rollout's own outcome is `aborted`).
     Ok(exit::OK)
 }

@@ -9,7 +9,14 @@ fn completions_for_every_shell_and_bash_accepts_its_script() {
         let run = rollgate(dir.path(), &["completion", shell], &[]);
         assert_eq!(run.code, 0, "{shell}: {}", run.stderr);
         // Every subcommand is completed.
-        for sub in ["apply", "status", "history", "rollback", "completion", "man"] {
+        for sub in [
+            "apply",
+            "status",
+            "history",
+            "rollback",
+            "completion",
+            "man",
+        ] {
             assert!(run.stdout.contains(sub), "{shell} completion lacks {sub}");
         }
         if shell == "bash" {
@@ -41,7 +48,11 @@ fn the_man_page_is_roff_naming_every_command() {
     let dir = workdir(&[]);
     let run = rollgate(dir.path(), &["man"], &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.starts_with(".ie"), "{}", &run.stdout[..200.min(run.stdout.len())]);
+    assert!(
+        run.stdout.starts_with(".ie"),
+        "{}",
+        &run.stdout[..200.min(run.stdout.len())]
+    );
     assert!(run.stdout.contains(".TH rollgate 1"), "{}", run.stdout);
     for sub in ["apply", "status", "history", "rollback", "completion"] {
         assert!(run.stdout.contains(sub), "the man page lacks {sub}");

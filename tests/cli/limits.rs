@@ -37,7 +37,10 @@ fn a_bound_over_a_million_is_an_input_error_at_its_field() {
         run.stderr.trim_end(),
         "error: web.yaml:11:17: spec.strategy.rolling.maxSurge: 4294967295 is too large: at most 1000000 instances"
     );
-    let run = plan(&BASE.replace("maxSurge: 1", "maxSurge: \"4000000000%\""), "1000");
+    let run = plan(
+        &BASE.replace("maxSurge: 1", "maxSurge: \"4000000000%\""),
+        "1000",
+    );
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(
         run.stderr
@@ -74,8 +77,8 @@ fn manifests_and_agent_configs_over_4_mib_are_refused_naming_the_file() {
     let run = rollgate(dir.path(), &["validate", "-f", "web.yaml"], &[]);
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(
-        run.stderr
-            .starts_with("error: web.yaml: is 5242") && run.stderr.contains("over the limit of 4194304 (4 MiB)"),
+        run.stderr.starts_with("error: web.yaml: is 5242")
+            && run.stderr.contains("over the limit of 4194304 (4 MiB)"),
         "{}",
         run.stderr
     );
@@ -200,10 +203,15 @@ fn spring_defaults_and_quoted_versions() {
         "version: \"${ROLLGATE_TEST_UNSET:2.0.0-rc:1}\"",
     );
     let dir = workdir(&[("web.yaml", &text)]);
-    let run = rollgate(dir.path(), &["plan", "-f", "web.yaml", "--replicas", "2"], &[]);
+    let run = rollgate(
+        dir.path(),
+        &["plan", "-f", "web.yaml", "--replicas", "2"],
+        &[],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
-        run.stdout.starts_with("rollout web to version 2.0.0-rc:1\n"),
+        run.stdout
+            .starts_with("rollout web to version 2.0.0-rc:1\n"),
         "{}",
         run.stdout
     );

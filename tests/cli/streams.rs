@@ -89,7 +89,12 @@ async fn json_output_exit_codes_and_closed_pipes() {
     let m2 = write(
         dir.path(),
         "v2.yaml",
-        &manifest(&fleet, "2.0.0", &v2, "        - setWeight: 50\n        - pause: {}\n"),
+        &manifest(
+            &fleet,
+            "2.0.0",
+            &v2,
+            "        - setWeight: 50\n        - pause: {}\n",
+        ),
     );
     let m3 = write(dir.path(), "v3.yaml", &manifest(&fleet, "3.0.0", &v3, all));
     let run = |args: Vec<String>| {
@@ -118,13 +123,18 @@ async fn json_output_exit_codes_and_closed_pipes() {
     assert_eq!(status.len(), 1, "{}", out.stdout);
     assert_eq!(status[0]["state"], "succeeded");
     assert_eq!(status[0]["rollout"]["to"], "1.0.0");
-    assert_eq!(status[0]["instances"][0]["version"], "1.0.0", "{}", out.stdout);
+    assert_eq!(
+        status[0]["instances"][0]["version"], "1.0.0",
+        "{}",
+        out.stdout
+    );
 
     // `pause` with nothing running says so and exits 1.
     let out = run(args(&["pause", "web"])).await.unwrap();
     assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
     assert!(
-        out.stderr.contains("no rollout is running; nothing to pause"),
+        out.stderr
+            .contains("no rollout is running; nothing to pause"),
         "{}",
         out.stderr
     );
@@ -151,11 +161,17 @@ async fn json_output_exit_codes_and_closed_pipes() {
     assert_eq!(out.code, 0, "a successful abort exits 0: {}", out.stderr);
     let events = json_lines(&out);
     assert!(
-        events.iter().any(|e| e["event"] == "finished" && e["outcome"] == "aborted"),
+        events
+            .iter()
+            .any(|e| e["event"] == "finished" && e["outcome"] == "aborted"),
         "{}",
         out.stdout
     );
-    assert!(out.stderr.contains("aborted and rolled back"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("aborted and rolled back"),
+        "{}",
+        out.stderr
+    );
     let out = run(args(&["status", "web"])).await.unwrap();
     assert_eq!(out.code, 1, "aborted: {}", out.stdout);
 
@@ -189,9 +205,10 @@ async fn json_output_exit_codes_and_closed_pipes() {
         vec!["status", "web", "-o", "json"],
     ] {
         let state = state.clone();
-        let (code, stderr) = tokio::task::spawn_blocking(move || rollgate_closed_stdout(&state, &cmd))
-            .await
-            .unwrap();
+        let (code, stderr) =
+            tokio::task::spawn_blocking(move || rollgate_closed_stdout(&state, &cmd))
+                .await
+                .unwrap();
         assert_eq!(code, 0, "{stderr}");
         assert_eq!(stderr, "", "quietly");
     }

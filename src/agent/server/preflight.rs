@@ -115,4 +115,3 @@ pub(super) async fn prepare(config: &AgentConfig, listen: &str) -> Result<Prepar
         tls,
     })
 }
-
