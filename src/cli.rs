@@ -2,7 +2,10 @@
 
 pub mod approve;
 pub mod demo;
+pub mod generate;
+pub mod inspect;
 pub mod output;
+pub mod pki;
 pub mod run;
 pub mod security;
 
@@ -173,13 +176,20 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// The live state of an app's rollout.
     Status(StatusArgs),
-    /// The audit trail of an app's rollouts.
+    /// The audit trail of an app's rollouts (`-o json`: one JSON array of them).
     History(HistoryArgs),
     /// Certificates for mTLS between rollgate and its agents.
     #[command(subcommand)]
     Pki(PkiCommand),
     /// A real local rollout: agents on loopback, v1 -> v2 by canary, then a bad v3 rolled back.
     Demo(DemoArgs),
+    /// Print shell completions: `rollgate completion bash > /etc/bash_completion.d/rollgate`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `rollgate man > rollgate.1`.
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -196,7 +206,7 @@ pub enum Progress {
     /// Progress bars on a terminal, plain lines otherwise.
     Auto,
     Plain,
-    /// One JSON event per line.
+    /// JSON only on stdout, one object a line (`history`: one array); messages go to stderr.
     Json,
 }
 
@@ -257,6 +267,9 @@ pub struct StatusArgs {
     /// Keep printing as the rollout changes.
     #[arg(long)]
     pub watch: bool,
+    /// `json`: one object a line (each update, with `--watch`).
+    #[arg(short = 'o', long, value_enum, default_value_t = Progress::Auto)]
+    pub output: Progress,
 }
 
 #[derive(Debug, Subcommand)]
@@ -318,8 +331,8 @@ pub struct InputArgs {
 pub struct PlanArgs {
     #[command(flatten)]
     pub input: InputArgs,
-    /// Instance count for a Kubernetes target, without asking the cluster.
-    #[arg(long, value_name = "N")]
+    /// Instance count for a Kubernetes target, without asking the cluster (at most 1000000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::plan::MAX_INSTANCES)))]
     pub replicas: Option<u32>,
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
     pub output: Format,

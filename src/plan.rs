@@ -12,6 +12,11 @@ use serde::Serialize;
 use crate::spec::{IntOrPercent, Rounding, Strategy};
 use crate::strategy;
 
+/// The most instances (N) a plan is made for, and the largest count a bound may resolve to.
+/// Beyond it a value is a typo, not a fleet; it also keeps every sum of counts far from
+/// overflowing, though the planner saturates all the same.
+pub const MAX_INSTANCES: u32 = 1_000_000;
+
 /// How the target can hold instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Capacity {
@@ -88,8 +93,8 @@ impl Step {
             kind,
             old,
             new,
-            min_available: old + new,
-            max_total: old + new,
+            min_available: old.saturating_add(new),
+            max_total: old.saturating_add(new),
             weight: None,
             duration_seconds: None,
             manual: false,
@@ -151,6 +156,22 @@ pub fn resolve_bounds(
     path: &str,
     notes: &mut Vec<String>,
 ) -> Result<Bounds> {
+    for (field, bound, rounding) in [
+        ("maxSurge", surge, Rounding::Up),
+        ("maxUnavailable", unavailable, Rounding::Down),
+    ] {
+        let resolved = bound.resolve(n, rounding);
+        if resolved > MAX_INSTANCES {
+            let how = match bound {
+                IntOrPercent::Int(_) => String::new(),
+                IntOrPercent::Percent(_) => format!(" (resolves to {resolved} of {n})"),
+            };
+            return Err(PlanError {
+                path: format!("{path}.{field}"),
+                message: format!("{bound}{how} is too large: at most {MAX_INSTANCES} instances"),
+            });
+        }
+    }
     let (mut max_surge, max_unavailable) = resolve_fenceposts(surge, unavailable, n);
     let mut max_unavailable = max_unavailable.min(n);
     match capacity {
@@ -190,6 +211,12 @@ pub fn resolve_bounds(
 
 /// Plans `strategy` for `n` instances on a target with `capacity`.
 pub fn plan(strategy: &Strategy, n: u32, capacity: Capacity) -> Result<Plan> {
+    if n > MAX_INSTANCES {
+        return Err(PlanError {
+            path: "spec.target".into(),
+            message: format!("{n} instances is too many: at most {MAX_INSTANCES}"),
+        });
+    }
     let mut notes = Vec::new();
     let (bounds, min_ready_seconds, steps) = match strategy {
         Strategy::Rolling(r) => {
@@ -225,6 +252,15 @@ pub fn plan(strategy: &Strategy, n: u32, capacity: Capacity) -> Result<Plan> {
                     message:
                         "needs room for both versions at once: use slotsPerHost: 2 on a host fleet"
                             .into(),
+                });
+            }
+            if bg.preview_replica_count > MAX_INSTANCES {
+                return Err(PlanError {
+                    path: "spec.strategy.blueGreen.previewReplicaCount".into(),
+                    message: format!(
+                        "{} is too large: at most {MAX_INSTANCES}",
+                        bg.preview_replica_count
+                    ),
                 });
             }
             let b = Bounds {
@@ -264,18 +300,22 @@ pub fn transition(
     let floor = n.saturating_sub(bounds.max_unavailable);
     let cap = n.saturating_add(bounds.max_surge);
     let wave = cap - floor;
-    let target_total = to.0 + to.1;
+    let target_total = to.0.saturating_add(to.1);
     let (mut old, mut new) = from;
     while (old, new) != to {
-        let start_total = old + new;
+        let start_total = old.saturating_add(new);
         // What this step creates: towards the target, at most one wave, and never so much that the
         // removals it needs would go below the floor.
-        let missing = to.0.saturating_sub(old) + to.1.saturating_sub(new);
-        let removable = old.saturating_sub(to.0) + new.saturating_sub(to.1);
+        let missing =
+            to.0.saturating_sub(old)
+                .saturating_add(to.1.saturating_sub(new));
+        let removable = old
+            .saturating_sub(to.0)
+            .saturating_add(new.saturating_sub(to.1));
         let room = cap.saturating_sub(start_total);
         let create = missing
             .min(wave)
-            .min(room + removable.min(start_total.saturating_sub(floor)));
+            .min(room.saturating_add(removable.min(start_total.saturating_sub(floor))));
         // Phase A: remove, while everything is ready, only what the surge room cannot hold.
         let mut cut = create.saturating_sub(room);
         let cut_old = old.saturating_sub(to.0).min(cut);
@@ -285,11 +325,12 @@ pub fn transition(
         // Phase B: create, new instances first.
         let add_new = to.1.saturating_sub(new_a).min(create);
         let add_old = to.0.saturating_sub(old_a).min(create - add_new);
-        let (old_b, new_b) = (old_a + add_old, new_a + add_new);
+        let (old_b, new_b) = (old_a.saturating_add(add_old), new_a.saturating_add(add_new));
         // Phase C: once created instances are ready, remove the rest while availability and the
         // target's total allow.
-        let keep = floor.max(target_total.min(old_b + new_b));
-        let mut room = (old_b + new_b).saturating_sub(keep);
+        let total_b = old_b.saturating_add(new_b);
+        let keep = floor.max(target_total.min(total_b));
+        let mut room = total_b.saturating_sub(keep);
         let cut_old = old_b.saturating_sub(to.0).min(room);
         room -= cut_old;
         let cut_new = new_b.saturating_sub(to.1).min(room);
@@ -303,8 +344,8 @@ pub fn transition(
             kind: StepKind::Scale,
             old: old_c,
             new: new_c,
-            min_available: (old_a + new_a).min(old_c + new_c),
-            max_total: start_total.max(old_b + new_b),
+            min_available: old_a.saturating_add(new_a).min(old_c.saturating_add(new_c)),
+            max_total: start_total.max(total_b),
             weight,
             duration_seconds: None,
             manual: false,
@@ -516,6 +557,51 @@ mod tests {
         assert!(p.steps[1].manual);
         assert!(c.contains(&(5, 5)));
         assert_eq!(*c.last().unwrap(), (0, 10));
+    }
+
+    /// Regression (issue 20): `--replicas 3435973837` and `maxSurge: 4294967295` wrapped around in
+    /// the bounds line; now they are input errors naming the field, and sums saturate.
+    #[test]
+    fn absurd_counts_are_refused_and_sums_never_wrap() {
+        let huge = IntOrPercent::Int(u32::MAX);
+        let err = plan(&rolling(huge, IntOrPercent::Int(0)), 10, Capacity::Elastic).unwrap_err();
+        assert_eq!(err.path, "spec.strategy.rolling.maxSurge");
+        assert!(err.message.contains("at most 1000000"), "{err}");
+        let err = plan(
+            &rolling(IntOrPercent::Int(1), IntOrPercent::Int(1_000_001)),
+            10,
+            Capacity::Elastic,
+        )
+        .unwrap_err();
+        assert_eq!(err.path, "spec.strategy.rolling.maxUnavailable");
+        let one = IntOrPercent::Int(1);
+        let err = plan(&rolling(one, one), 3_435_973_837, Capacity::Elastic).unwrap_err();
+        assert_eq!(err.path, "spec.target");
+        let err = plan(
+            &rolling(IntOrPercent::Percent(u32::MAX), one),
+            MAX_INSTANCES,
+            Capacity::Elastic,
+        )
+        .unwrap_err();
+        assert!(err.message.contains("resolves to"), "{err}");
+        // The largest accepted values plan without wrapping.
+        let max = IntOrPercent::Int(MAX_INSTANCES);
+        let p = plan(&rolling(max, max), MAX_INSTANCES, Capacity::Elastic).unwrap();
+        assert_eq!(counts(&p), vec![(0, MAX_INSTANCES)]);
+        assert_eq!(p.steps[0].max_total, 2 * MAX_INSTANCES);
+        // The step arithmetic itself saturates, whatever it is given.
+        let mut out = Vec::new();
+        let b = Bounds {
+            max_surge: u32::MAX,
+            max_unavailable: u32::MAX,
+        };
+        transition(u32::MAX, b, (u32::MAX, 0), (0, u32::MAX), None, &mut out);
+        assert_eq!(out.last().map(|s| (s.old, s.new)), Some((0, u32::MAX)));
+        assert!(out.iter().all(|s| s.max_total == u32::MAX));
+        assert_eq!(
+            Step::hold(StepKind::Pause, u32::MAX, 5, "").max_total,
+            u32::MAX
+        );
     }
 
     #[test]

@@ -3,8 +3,11 @@
 mod cli {
     mod agreement;
     mod bad_input;
+    mod generate;
     mod history;
+    mod limits;
     mod plan;
     mod pod_security;
+    mod streams;
     mod support;
 }

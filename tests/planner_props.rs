@@ -1,7 +1,7 @@
 //! Property tests of the planner's invariants over N in 0..=1000 and every form of the bounds.
 
 use proptest::prelude::*;
-use rollgate::plan::{Capacity, Plan, StepKind, plan, resolve_bounds};
+use rollgate::plan::{Capacity, MAX_INSTANCES, Plan, StepKind, plan, resolve_bounds};
 use rollgate::spec::{
     CanarySpec, CanaryStep, IntOrPercent, PauseSpec, RollingSpec, Strategy as Rollout,
 };
@@ -64,8 +64,75 @@ fn check_invariants(n: u32, p: &Plan, monotonic: bool) -> Result<(), TestCaseErr
     Ok(())
 }
 
+/// Any bound at all, up to u32::MAX as an integer or a percentage.
+fn any_bound() -> impl Strategy<Value = IntOrPercent> {
+    prop_oneof![
+        bound(),
+        any::<u32>().prop_map(IntOrPercent::Int),
+        any::<u32>().prop_map(IntOrPercent::Percent),
+        (MAX_INSTANCES - 2..=MAX_INSTANCES + 2).prop_map(IntOrPercent::Int),
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Regression (issue 20): huge N and bounds wrapped around. Either the plan is refused, naming
+    /// N (`spec.target`) or the bound, or every count in it is what u64 arithmetic says.
+    #[test]
+    fn huge_values_are_refused_or_never_wrap(
+        n in prop_oneof![0u32..=20, any::<u32>(), MAX_INSTANCES - 2..=MAX_INSTANCES + 2],
+        surge in any_bound(),
+        unavailable in any_bound(),
+        blue_green in any::<bool>(),
+        cap in capacity(),
+    ) {
+        prop_assume!(!(surge.is_zero() && unavailable.is_zero()));
+        let strategy = if blue_green {
+            Rollout::BlueGreen(rollgate::spec::BlueGreenSpec {
+                auto_promotion_enabled: true,
+                auto_promotion_seconds: 0,
+                preview_replica_count: 0,
+                scale_down_delay_seconds: 0,
+                min_ready_seconds: 0,
+                pre_promotion_analysis: None,
+                post_promotion_analysis: None,
+            })
+        } else {
+            Rollout::Rolling(RollingSpec { max_surge: surge, max_unavailable: unavailable, min_ready_seconds: 0 })
+        };
+        if n > MAX_INSTANCES {
+            let err = plan(&strategy, n, cap).unwrap_err();
+            prop_assert_eq!(err.path, "spec.target");
+            return Ok(());
+        }
+        let mut notes = vec![];
+        let bounds = resolve_bounds(surge, unavailable, n, cap, "x", &mut notes);
+        if !blue_green {
+            match &bounds {
+                Err(e) => {
+                    let err = plan(&strategy, n, cap).unwrap_err();
+                    prop_assert_eq!(err.path, e.path.replacen('x', "spec.strategy.rolling", 1));
+                    return Ok(());
+                }
+                // A long plan (one instance a step over a large fleet) is the slow kind, not the
+                // kind that wraps: skipped to keep each case quick.
+                Ok(b) if n.div_ceil((b.max_surge + b.max_unavailable).max(1)) > 5_000 => return Ok(()),
+                Ok(_) => {}
+            }
+        }
+        let Ok(p) = plan(&strategy, n, cap) else {
+            return Ok(());
+        };
+        let n64 = u64::from(n);
+        for step in &p.steps {
+            prop_assert!(u64::from(step.old) + u64::from(step.new) <= u64::from(step.max_total));
+            prop_assert!(u64::from(step.max_total) <= n64 + u64::from(p.max_surge), "{:?}", step);
+            prop_assert!(u64::from(step.max_total) <= 2 * n64, "{:?}", step);
+            prop_assert!(step.old <= n && step.new <= n, "{:?}", step);
+        }
+        prop_assert!(p.max_surge <= MAX_INSTANCES && p.max_unavailable <= n);
+    }
 
     #[test]
     fn rolling_keeps_bounds_in_the_fewest_steps(n in 0u32..=1000, surge in surge_bound(), unavailable in bound(), cap in capacity()) {

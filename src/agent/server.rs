@@ -20,7 +20,7 @@
 //! 503 `shutting_down`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,8 +29,6 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -41,12 +39,15 @@ use super::api::{
     self, ActivateRequest, ApiError, HealthCheckRequest, PruneRequest, RollbackRequest,
     ServiceList, SlotRequest, StageRequest, UploadParams, WaitQuery,
 };
-use super::config::{AgentConfig, TokenConfig};
+use super::config::AgentConfig;
 use super::manager::{Agent, ManagerError};
 use crate::error_chain;
 
 mod admission;
 mod client_usage;
+mod preflight;
+
+use preflight::{Prepared, prepare};
 
 use admission::{ConnAuth, Gate};
 
@@ -118,96 +119,21 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read_token(config: &Option<TokenConfig>) -> Result<Option<Arc<str>>> {
-    let Some(tc) = config else { return Ok(None) };
-    let token = if let Some(file) = &tc.file {
-        std::fs::read_to_string(file).map_err(|_| ServerError::Token(file.display().to_string()))?
-    } else if let Some(var) = &tc.env {
-        std::env::var(var).map_err(|_| ServerError::Token(format!("environment variable {var}")))?
-    } else {
-        return Ok(None);
-    };
-    let token = token.trim();
-    if token.len() < 16 {
-        return Err(ServerError::Token(
-            "token source (it must be at least 16 characters)".into(),
-        ));
-    }
-    Ok(Some(Arc::from(token)))
-}
-
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
-        .map_err(|source| ServerError::Pem {
-            what: "certificates",
-            path: path.to_path_buf(),
-            source,
-        })
-}
-
-fn tls_config(config: &AgentConfig) -> Result<Option<tokio_rustls::TlsAcceptor>> {
-    let Some(tls) = &config.tls else {
-        return Ok(None);
-    };
-    let certs = load_certs(&tls.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|source| ServerError::Pem {
-        what: "private key",
-        path: tls.key.clone(),
-        source,
-    })?;
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(ServerError::Tls)?;
-    let builder = match &tls.client_ca {
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in load_certs(ca)? {
-                roots.add(cert).map_err(ServerError::Tls)?;
-            }
-            // Unauthenticated handshakes are let through so that a caller without a
-            // certificate gets a clear 401 instead of a TLS alert; a certificate that is
-            // presented must chain to the pinned CA or the handshake fails.
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider(),
-            )
-            .allow_unauthenticated()
-            .build()
-            .map_err(ServerError::Verifier)?;
-            // A certificate without any extended key usage passes webpki for every purpose;
-            // a client certificate must say it is one (SECURITY.md).
-            builder
-                .with_client_cert_verifier(Arc::new(client_usage::RequireClientAuthUsage(verifier)))
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut server = builder
-        .with_single_cert(certs, key)
-        .map_err(ServerError::Tls)?;
-    server.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(server))))
-}
-
 impl Server {
+    /// What `rollgate-agent check-config` runs: every check of [`Server::bind`] but the bind.
+    pub async fn check(config: &AgentConfig, listen: &str) -> Result<SocketAddr> {
+        Ok(prepare(config, listen).await?.addr)
+    }
+
     /// Checks the security policy, loads TLS material and binds `listen` (port 0 is fine).
     pub async fn bind(agent: Arc<Agent>, listen: &str) -> Result<Server> {
         let config = agent.config().clone();
-        let addr: SocketAddr = tokio::net::lookup_host(listen)
-            .await
-            .ok()
-            .and_then(|mut it| it.next())
-            .ok_or_else(|| ServerError::BadListen(listen.to_string()))?;
-        let token = read_token(&config.token)?;
-        let mtls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-        let authenticated = config.tls.is_some() && (mtls || token.is_some());
-        if !addr.ip().is_loopback() && !authenticated {
-            return Err(ServerError::InsecureListen { addr });
-        }
-        if config.tls.is_none() && token.is_none() {
-            tracing::warn!(%addr, "no TLS and no token: any local process can drive this agent");
-        }
-        let tls = tls_config(&config)?;
+        let Prepared {
+            addr,
+            token,
+            mtls,
+            tls,
+        } = prepare(&config, listen).await?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind {
@@ -712,6 +638,7 @@ async fn check_health(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     /// The routes of an agent with one service and no auth, over a fresh data dir.
     async fn app(dir: &Path) -> Router {

@@ -42,10 +42,18 @@ enum LogFormat {
 enum Command {
     /// Run the agent in the foreground.
     Run(RunArgs),
-    /// Validate a configuration; errors name file:line:column and the field.
+    /// Check a configuration as `run` does, short of binding the port: the fields (errors name
+    /// file:line:column and the field), the listen address and its authentication, the token
+    /// source, the certificates and key.
     CheckConfig {
-        /// Config file(s); later ones overlay earlier ones.
-        #[arg(short = 'f', long = "file", required = true)]
+        /// Config file(s); later ones overlay earlier ones (`-f`/`--file` also work).
+        #[arg(
+            short = 'c',
+            long = "config",
+            short_alias = 'f',
+            alias = "file",
+            required = true
+        )]
         files: Vec<PathBuf>,
         /// Also read `<file>.<env>.yaml` overlays.
         #[arg(long)]
@@ -138,7 +146,7 @@ fn main() -> ExitCode {
         );
     init_logging(cli.log_format, &cli.log_level, as_windows_service);
     match cli.command {
-        Command::CheckConfig { files, env } => match config::load(&files, env.as_deref()) {
+        Command::CheckConfig { files, env } => match check_config(&files, env.as_deref()) {
             Ok(c) => {
                 println!(
                     "{}: ok ({} service(s), listen {})",
@@ -153,7 +161,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {e:#}");
                 ExitCode::from(2)
             }
         },
@@ -175,6 +183,17 @@ fn main() -> ExitCode {
             ServiceAction::Uninstall { unit_dir } => report(uninstall(&unit_dir)),
         },
     }
+}
+
+/// Loads a configuration and runs every check `run` runs before it binds.
+fn check_config(files: &[PathBuf], env: Option<&str>) -> anyhow::Result<config::AgentConfig> {
+    let c = config::load(files, env)?;
+    let checked = runtime()?.block_on(rollgate::agent::server::Server::check(&c, &c.listen));
+    checked?;
+    if c.data_dir.exists() && !c.data_dir.is_dir() {
+        anyhow::bail!("dataDir {} is not a directory", c.data_dir.display());
+    }
+    Ok(c)
 }
 
 fn report(r: anyhow::Result<()>) -> ExitCode {

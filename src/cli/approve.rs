@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::approval::{Check, Claim, Rule, Signer};
-use crate::cli::{CliError, SignerArgs, exit};
+use crate::cli::{CliError, Progress, SignerArgs, exit};
 use crate::plan::Plan;
 use crate::spec::{InputError, Manifest};
 use crate::state::{Actor, RolloutSummary, Store, now_ms};
@@ -59,12 +59,12 @@ pub(crate) fn sign(
     Ok(())
 }
 
-/// ", signed as NAME" for a signed promotion.
-pub(crate) fn signed_as(actor: &Actor) -> String {
-    actor
-        .signed
-        .as_ref()
-        .map_or(String::new(), |s| format!(", signed as {}", s.subject))
+/// "APP: promoted by ACTOR[, signed as NAME]".
+pub(crate) fn promoted(app: &str, actor: &Actor) -> String {
+    match &actor.signed {
+        Some(s) => format!("{app}: promoted by {actor}, signed as {}", s.subject),
+        None => format!("{app}: promoted by {actor}"),
+    }
 }
 
 /// Who starts rollout `id` of `m`: the environment's names, the subject of the client certificate
@@ -143,20 +143,18 @@ pub(crate) fn check_stored(store: &Store, app: &str, r: &mut RolloutSummary) -> 
     Ok(())
 }
 
-/// Lines naming the refused approvals of `step`, for a paused rollout.
-pub(crate) fn refused_lines(r: &RolloutSummary, step: usize) -> String {
-    r.approvals
-        .iter()
-        .filter(|a| a.step == step)
-        .filter_map(|a| match &a.verification {
-            Check::Refused { reason } => Some(format!(
-                "  refused: the approval by {} at {} (not counted): {reason}\n",
-                a.actor,
-                crate::cli::output::utc(a.at_ms)
-            )),
-            _ => None,
-        })
-        .collect()
+/// Names the refused approvals of `step`, for a paused rollout.
+pub(crate) fn say_refused(mode: Progress, r: &RolloutSummary, step: usize) {
+    for a in r.approvals.iter().filter(|a| a.step == step) {
+        if let Check::Refused { reason } = &a.verification {
+            let at = crate::cli::output::utc(a.at_ms);
+            let line = format!(
+                "  refused: the approval by {} at {at} (not counted): {reason}",
+                a.actor
+            );
+            crate::cli::output::say(mode, &line);
+        }
+    }
 }
 
 /// Checks every rollout's approvals for `history`; with `verify`, prints the verdicts and returns
@@ -182,7 +180,7 @@ fn verify_history(store: &Store, app: &str, all: &mut [RolloutSummary]) -> u8 {
     let (mut ok, mut failed) = (0, 0);
     for r in all.iter_mut() {
         if let Err(why) = check_stored(store, app, r) {
-            println!("FAILED {}: cannot verify: {why}", r.id);
+            line(format!("FAILED {}: cannot verify: {why}", r.id));
             failed += 1;
             continue;
         }
@@ -205,19 +203,19 @@ fn verify_history(store: &Store, app: &str, all: &mut [RolloutSummary]) -> u8 {
             match ca.map(|ca| crate::approval::verify(&ca, claim, "start", signed)) {
                 Some(Ok(subject)) => {
                     ok += 1;
-                    println!("ok     {}: started by {subject} (signed)", r.id);
+                    line(format!("ok     {}: started by {subject} (signed)", r.id));
                 }
                 Some(Err(why)) => {
                     failed += 1;
-                    println!(
+                    line(format!(
                         "FAILED {}: the start signed as {}: {why}",
                         r.id, signed.subject
-                    );
+                    ));
                 }
-                None => println!(
+                None => line(format!(
                     "-      {}: the start is signed by {}, but no approvers CA is named to check it",
                     r.id, signed.subject
-                ),
+                )),
             }
         }
         for a in &r.approvals {
@@ -228,23 +226,28 @@ fn verify_history(store: &Store, app: &str, all: &mut [RolloutSummary]) -> u8 {
                     fingerprint,
                 } => {
                     ok += 1;
-                    println!(
+                    line(format!(
                         "ok     {at}: approved by {subject} (certificate sha256 {})",
                         &fingerprint[..16.min(fingerprint.len())]
-                    );
+                    ));
                 }
                 Check::Refused { reason } => {
                     failed += 1;
-                    println!("FAILED {at}: the approval by {}: {reason}", a.actor);
+                    line(format!(
+                        "FAILED {at}: the approval by {}: {reason}",
+                        a.actor
+                    ));
                 }
-                Check::Unverified => println!(
+                Check::Unverified => line(format!(
                     "-      {at}: approved by {} (unverified: no approvers rule)",
                     a.actor
-                ),
+                )),
             }
         }
     }
-    println!("{app}: {ok} signed records verified, {failed} failed");
+    line(format!(
+        "{app}: {ok} signed records verified, {failed} failed"
+    ));
     if failed > 0 { exit::FAILED } else { exit::OK }
 }
 
@@ -256,4 +259,9 @@ fn first_ca(m: &Manifest) -> Option<String> {
         .iter()
         .find_map(|s| s.pause.as_ref()?.approvers.as_ref())
         .and_then(|a| std::fs::read_to_string(&a.ca).ok())
+}
+
+/// One line of stdout (a closed pipe is not an error worth a message).
+fn line(text: String) {
+    crate::cli::output::out(&(text + "\n"));
 }

@@ -262,10 +262,13 @@ pub async fn run(args: &DemoArgs) -> Result<u8, CliError> {
     }
     std::fs::create_dir_all(&dir).map_err(fail("creating the demo dir"))?;
     let dir = std::path::absolute(&dir).map_err(fail("creating the demo dir"))?;
-    println!("demo: working in {}", dir.display());
+    let say = |line: &str| crate::cli::output::say(args.output, line);
+    say(&format!("demo: working in {}", dir.display()));
     let n = args.hosts.clamp(1, 32);
     let fleet = LocalFleet::start(&dir, n, 1).await?;
-    println!("demo: {n} agents up on loopback, mTLS with a fresh CA");
+    say(&format!(
+        "demo: {n} agents up on loopback, mTLS with a fresh CA"
+    ));
     let hosts_yaml = fleet.hosts_yaml("        ");
     let auth_yaml = fleet.auth_yaml();
 
@@ -303,40 +306,37 @@ pub async fn run(args: &DemoArgs) -> Result<u8, CliError> {
     ];
     let mut ok = true;
     for (title, version, artifact, strategy, expected) in stages {
-        println!("\n== {title}");
+        say(&format!("\n== {title}"));
         let path = dir.join(format!("web-{version}.yaml"));
         std::fs::write(&path, manifest(version, artifact, strategy))
             .map_err(fail("writing a manifest"))?;
         let m = Manifest::load(&[path], None)?;
         let code = apply_manifest(&m, args.output, &store).await?;
         if code != expected {
-            println!("demo: expected exit code {expected}, got {code}");
+            say(&format!("demo: expected exit code {expected}, got {code}"));
             ok = false;
             break;
         }
     }
-    println!(
+    say(&format!(
         "\n== history (ROLLGATE_STATE={} rollgate history web)",
         store_root(&dir).display()
-    );
+    ));
     for r in crate::state::history(
         &store
             .read("web")
             .map_err(|e| CliError::Failed(e.to_string()))?,
     ) {
-        print!(
-            "{}",
-            crate::cli::output::summary(&r, &crate::cli::output::Running::Unknown)
-        );
+        say(crate::cli::output::summary(&r, &crate::cli::output::Running::Unknown).trim_end());
     }
-    println!(
+    say(&format!(
         "\ndemo: {}; stopping the agents",
         if ok {
             "done: v2 serves everywhere, v3 was rolled back"
         } else {
             "FAILED"
         }
-    );
+    ));
     Ok(if ok { exit::OK } else { exit::FAILED })
 }
 

@@ -10,6 +10,49 @@ use crate::state::{Event, Record};
 
 use crate::plan::{Plan, StepKind};
 
+/// Set once a write to stdout found it closed (`| head -1`): later output is dropped.
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes `text` to stdout. A closed pipe is not an error: the command goes on (a rollout is never
+/// stopped halfway by its reader going away) and exits with its usual code; any other write error
+/// is dropped the same way, as there is nowhere left to report it.
+pub fn out(text: &str) {
+    if STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    if stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        STDOUT_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Whether stdout was found closed.
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A line for people: on stdout, or on stderr when stdout carries JSON (`-o json`), so that
+/// stdout holds one JSON object a line and nothing else.
+pub fn say(mode: Progress, line: &str) {
+    if mode == Progress::Json {
+        eprintln!("{line}");
+    } else {
+        out(&format!("{line}\n"));
+    }
+}
+
+/// One JSON value on one line of stdout.
+pub fn json_line(value: &impl serde::Serialize) {
+    out(&format!(
+        "{}\n",
+        serde_json::to_string(value).expect("output serializes")
+    ));
+}
+
 /// The plan as a table with its resolved bounds.
 pub fn plan_table(app: &str, version: &str, strategy_source: &str, plan: &Plan) -> String {
     let mut out = String::new();
@@ -22,7 +65,7 @@ pub fn plan_table(app: &str, version: &str, strategy_source: &str, plan: &Plan) 
     let _ = writeln!(
         out,
         "bounds: at most {} instances, at least {} ready at every moment",
-        plan.replicas + plan.max_surge,
+        plan.replicas.saturating_add(plan.max_surge),
         plan.replicas.saturating_sub(plan.max_unavailable)
     );
     let _ = writeln!(out);
@@ -284,12 +327,7 @@ impl Reporter {
 
     pub fn record(&self, r: &Record) {
         if self.mode == Progress::Json {
-            // A closed pipe (`-o json | head`) must not stop a rollout halfway: output is best effort.
-            let _ = writeln!(
-                std::io::stdout().lock(),
-                "{}",
-                serde_json::to_string(r).expect("records serialize")
-            );
+            json_line(r);
             return;
         }
         let line = describe(&r.event);
@@ -303,9 +341,7 @@ impl Reporter {
                     bar.println(line);
                 }
             }
-            None => {
-                let _ = writeln!(std::io::stdout().lock(), "{line}");
-            }
+            None => out(&format!("{line}\n")),
         }
     }
 
@@ -316,35 +352,34 @@ impl Reporter {
     }
 }
 
-/// Prints how a run ended and returns its exit code.
-pub fn outcome_code(outcome: &RunOutcome, app: &str, started: Instant) -> u8 {
+/// Prints how a run ended (for people: on stderr under `-o json`) and returns its exit code.
+pub fn outcome_code(outcome: &RunOutcome, app: &str, started: Instant, mode: Progress) -> u8 {
     let took = started.elapsed().as_secs_f64();
-    match outcome {
-        RunOutcome::Succeeded => {
-            println!("{app}: succeeded in {took:.1}s");
-            exit::OK
-        }
-        RunOutcome::RolledBack(why) => {
-            println!("{app}: rolled back in {took:.1}s: {why}");
-            exit::FAILED
-        }
-        RunOutcome::Failed(why) => {
-            println!("{app}: failed after {took:.1}s: {why}");
-            exit::FAILED
-        }
-        RunOutcome::Paused(why) => {
-            println!(
+    let (line, code) = match outcome {
+        RunOutcome::Succeeded => (format!("{app}: succeeded in {took:.1}s"), exit::OK),
+        RunOutcome::RolledBack(why) => (
+            format!("{app}: rolled back in {took:.1}s: {why}"),
+            exit::FAILED,
+        ),
+        RunOutcome::Failed(why) => (
+            format!("{app}: failed after {took:.1}s: {why}"),
+            exit::FAILED,
+        ),
+        RunOutcome::Paused(why) => (
+            format!(
                 "{app}: paused: {why} (continue with `rollgate promote {app}`, or `rollgate abort {app}`)"
-            );
-            exit::PAUSED
-        }
-        RunOutcome::Interrupted => {
-            println!(
+            ),
+            exit::PAUSED,
+        ),
+        RunOutcome::Interrupted => (
+            format!(
                 "{app}: interrupted; the rollout is paused (`rollgate resume {app}` continues)"
-            );
-            exit::INTERRUPTED
-        }
-    }
+            ),
+            exit::INTERRUPTED,
+        ),
+    };
+    say(mode, &line);
+    code
 }
 
 #[cfg(test)]

@@ -1,12 +1,11 @@
 //! Executes parsed commands: loads inputs, calls the library, prints, and picks the exit code.
 
-use std::io::Write;
 use std::time::Instant;
 
-use crate::cli::output::Reporter;
+use crate::cli::output::{Reporter, say};
 use crate::cli::{
-    AppArgs, ApplyArgs, CliError, Command, Format, HistoryArgs, InputArgs, PkiCommand, PlanArgs,
-    Progress, PromoteArgs, RollbackArgs, StatusArgs, approve, exit, failed, output,
+    AppArgs, ApplyArgs, CliError, Command, Format, InputArgs, PlanArgs, Progress, PromoteArgs,
+    RollbackArgs, approve, exit, failed, output,
 };
 use crate::engine::{Course, Run, current_version};
 use crate::error_chain;
@@ -28,7 +27,9 @@ pub fn command(
     match command {
         Command::Validate(args) => validate(&args),
         Command::Plan(args) => plan_cmd(&args),
-        Command::Pki(cmd) => pki(cmd),
+        Command::Pki(cmd) => crate::cli::pki::command(cmd),
+        Command::Completion { shell } => crate::cli::generate::completion(shell),
+        Command::Man => crate::cli::generate::man(),
         other => {
             let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
             let env = Env::new(Store::open_default(), context, namespace);
@@ -42,21 +43,18 @@ async fn run_async(command: Command, env: &Env) -> Result<u8, CliError> {
         Command::Apply(args) => apply(&args, env).await,
         Command::Resume(args) => resume(&args, None, env).await,
         Command::Promote(args) => promote(&args, env).await,
-        Command::Pause(args) => {
-            let remote = env.remote_for_app(&args.app).await?;
-            control(&args, remote.as_ref(), env, |actor| Control::Pause {
-                actor,
-            })
-            .await
-        }
+        Command::Pause(args) => pause(&args, env).await,
         Command::Abort(args) => abort(&args, env).await,
         Command::Retry(args) => retry(&args, env).await,
         Command::Rollback(args) => rollback(&args, env).await,
-        Command::Status(args) => status(&args, env).await,
-        Command::History(args) => history_cmd(&args, env).await,
-        Command::Validate(_) | Command::Plan(_) | Command::Pki(_) | Command::Demo(_) => {
-            unreachable!("handled before")
-        }
+        Command::Status(args) => crate::cli::inspect::status(&args, env).await,
+        Command::History(args) => crate::cli::inspect::history_cmd(&args, env).await,
+        Command::Validate(_)
+        | Command::Plan(_)
+        | Command::Pki(_)
+        | Command::Demo(_)
+        | Command::Completion { .. }
+        | Command::Man => unreachable!("handled before"),
     }
 }
 
@@ -73,13 +71,13 @@ fn validate(args: &InputArgs) -> Result<u8, CliError> {
         .iter()
         .map(|s| s.file.display().to_string())
         .collect();
-    println!(
-        "{}: valid ({} strategy from {}; read {})",
+    output::out(&format!(
+        "{}: valid ({} strategy from {}; read {})\n",
         m.name(),
         m.strategy.name(),
         m.strategy_source,
         files.join(", ")
-    );
+    ));
     Ok(exit::OK)
 }
 
@@ -100,47 +98,7 @@ fn plan_cmd(args: &PlanArgs) -> Result<u8, CliError> {
         Format::Json => serde_json::to_string_pretty(&p).expect("a plan always serializes") + "\n",
         Format::Yaml => serde_yaml::to_string(&p).expect("a plan always serializes"),
     };
-    // A closed pipe (`| head`) is not an error worth a message.
-    let _ = std::io::stdout().lock().write_all(text.as_bytes());
-    Ok(exit::OK)
-}
-
-fn pki(cmd: PkiCommand) -> Result<u8, CliError> {
-    match cmd {
-        PkiCommand::Init { dir } => {
-            let issued = crate::pki::init(&dir).map_err(failed)?;
-            println!(
-                "CA written: {} (key {})",
-                issued.cert.display(),
-                issued.key.display()
-            );
-        }
-        PkiCommand::Issue {
-            dir,
-            agent,
-            client,
-            approver,
-            force,
-        } => {
-            let existing = if force {
-                crate::pki::Existing::Replace
-            } else {
-                crate::pki::Existing::Refuse
-            };
-            let issued = match (agent, client, approver) {
-                (Some(host), ..) => crate::pki::issue_agent_with(&dir, &host, existing),
-                (None, Some(name), _) => crate::pki::issue_client_with(&dir, &name, existing),
-                (None, None, Some(name)) => crate::pki::issue_approver_with(&dir, &name, existing),
-                (None, None, None) => unreachable!("clap requires one"),
-            }
-            .map_err(failed)?;
-            println!(
-                "certificate: {}\nkey: {}",
-                issued.cert.display(),
-                issued.key.display()
-            );
-        }
-    }
+    output::out(&text);
     Ok(exit::OK)
 }
 
@@ -159,7 +117,11 @@ fn overrides(m: &mut Manifest, env: &Env) -> Result<(), CliError> {
 
 /// The app's journal: this machine's, merged (in memory) with the cluster's for a Kubernetes
 /// target. A cluster that cannot be read leaves this machine's, with a warning.
-async fn records(env: &Env, app: &str, remote: Option<&Remote>) -> Result<Vec<Record>, CliError> {
+pub(crate) async fn records(
+    env: &Env,
+    app: &str,
+    remote: Option<&Remote>,
+) -> Result<Vec<Record>, CliError> {
     if let Some(r) = remote {
         match r.records(&env.store).await {
             Ok(Some(records)) => return Ok(records),
@@ -198,7 +160,7 @@ async fn finish(held: Hold, result: Result<u8, CliError>) -> Result<u8, CliError
 
 /// The target a manifest names, connected lazily (Kubernetes reads its kubeconfig here; its
 /// writes go out only while this process holds the app's Lease).
-async fn target_for(m: &Manifest, env: &Env) -> Result<AnyTarget, CliError> {
+pub(crate) async fn target_for(m: &Manifest, env: &Env) -> Result<AnyTarget, CliError> {
     AnyTarget::for_manifest(m, async || {
         let kube = kube(env).await?;
         Ok((
@@ -250,7 +212,7 @@ async fn drive(
                 .await
             {
                 reporter.finish();
-                println!("{}: held, nothing changed: {why}", m.name());
+                say(mode, &format!("{}: held, nothing changed: {why}", m.name()));
                 return Ok(exit::PAUSED);
             }
             let actor = approve::starter(m, id)?;
@@ -276,6 +238,7 @@ async fn drive(
         &outcome.map_err(failed)?,
         m.name(),
         started,
+        mode,
     ))
 }
 
@@ -338,9 +301,12 @@ async fn apply_locked(
         .iter()
         .all(|i| i.version.as_deref() == Some(version.as_str()))
     {
-        println!(
-            "{}: every instance already runs {version}; nothing to do",
-            m.name()
+        say(
+            mode,
+            &format!(
+                "{}: every instance already runs {version}; nothing to do",
+                m.name()
+            ),
         );
         return Ok(exit::OK);
     }
@@ -377,7 +343,7 @@ fn no_rollouts(env: &Env, app: &str, remote: Option<&Remote>) -> CliError {
 }
 
 /// The last rollout in `records` and its stored manifest (with `--namespace` applied).
-fn last_rollout(
+pub(crate) fn last_rollout(
     env: &Env,
     app: &str,
     records: &[Record],
@@ -416,9 +382,12 @@ async fn resume_locked(
     let records = local_records(env, &args.app, remote)?;
     let (mut last, m) = last_rollout(env, &args.app, &records, remote)?;
     if let Some(outcome) = last.outcome {
-        println!(
-            "{}: the last rollout ({}) already {outcome}; nothing to resume",
-            args.app, last.id
+        say(
+            args.output,
+            &format!(
+                "{}: the last rollout ({}) already {outcome}; nothing to resume",
+                args.app, last.id
+            ),
         );
         return Ok(if outcome == Outcome::Succeeded {
             exit::OK
@@ -437,13 +406,16 @@ async fn resume_locked(
             approvals,
             needed,
         } => {
-            println!(
-                "{}: paused at step {} ({reason}); {approvals} of {needed} approvals so far: `rollgate promote {}`",
-                args.app,
-                step + 1,
-                args.app
+            say(
+                args.output,
+                &format!(
+                    "{}: paused at step {} ({reason}); {approvals} of {needed} approvals so far: `rollgate promote {}`",
+                    args.app,
+                    step + 1,
+                    args.app
+                ),
             );
-            print!("{}", approve::refused_lines(&last, step));
+            approve::say_refused(args.output, &last, step);
             return Ok(exit::PAUSED);
         }
         // A rollback that was cut short is finished first.
@@ -466,7 +438,7 @@ async fn resume_locked(
                 .await
                 .map_err(failed)?;
             reporter.finish();
-            println!("{}: rollback completed", args.app);
+            say(args.output, &format!("{}: rollback completed", args.app));
             return Ok(exit::FAILED);
         }
     };
@@ -501,7 +473,10 @@ async fn promote(args: &PromoteArgs, env: &Env) -> Result<u8, CliError> {
             )
             .await
             .map_err(failed)?;
-            println!("{app}: promotion sent to the running rollout");
+            say(
+                args.app.output,
+                &format!("{app}: promotion sent to the running rollout"),
+            );
             return Ok(exit::OK);
         }
         Err(e) => return Err(e.into()),
@@ -540,7 +515,7 @@ async fn promote_locked(
         })
         .map_err(failed)?;
     held.changed();
-    println!("{app}: promoted by {actor}{}", approve::signed_as(&actor));
+    say(args.app.output, &approve::promoted(app, &actor));
     let course = if args.full {
         Course::StraightToLast
     } else {
@@ -558,11 +533,32 @@ async fn control(
     env.send(&args.app, remote, &make(Actor::from_env()))
         .await
         .map_err(failed)?;
-    println!(
-        "{}: request sent; the running rollout acts on it after its current step",
-        args.app
+    say(
+        args.output,
+        &format!(
+            "{}: request sent; the running rollout acts on it after its current step",
+            args.app
+        ),
     );
     Ok(exit::OK)
+}
+
+/// Asks the running rollout to pause; with nothing running there is nothing to pause (exit 1).
+async fn pause(args: &AppArgs, env: &Env) -> Result<u8, CliError> {
+    let remote = env.remote_for_app(&args.app).await?;
+    match Hold::take(&env.store, &args.app, remote.as_ref()).await {
+        Err(e) if e.is_locked() => {
+            control(args, remote.as_ref(), env, |actor| Control::Pause { actor }).await
+        }
+        Err(e) => Err(e.into()),
+        Ok(held) => {
+            let nothing = Err(CliError::Failed(format!(
+                "{}: no rollout is running; nothing to pause",
+                args.app
+            )));
+            finish(held, nothing).await
+        }
+    }
 }
 
 async fn abort(args: &AppArgs, env: &Env) -> Result<u8, CliError> {
@@ -614,8 +610,12 @@ async fn abort_locked(
         .await
         .map_err(failed)?;
     reporter.finish();
-    println!("{}: aborted and rolled back", args.app);
-    Ok(exit::FAILED)
+    say(
+        args.output,
+        &format!("{}: aborted and rolled back", args.app),
+    );
+    // The abort did what was asked: it succeeded (the rollout's own outcome is `aborted`).
+    Ok(exit::OK)
 }
 
 async fn retry(args: &AppArgs, env: &Env) -> Result<u8, CliError> {
@@ -651,6 +651,25 @@ async fn rollback(args: &RollbackArgs, env: &Env) -> Result<u8, CliError> {
             "{app}: no completed rollout to roll back"
         )));
     };
+    if let Some(v) = &args.to {
+        let deployed = all.iter().any(|r| {
+            r.from.as_deref() == Some(v.as_str())
+                || (r.to == *v && r.outcome == Some(Outcome::Succeeded))
+        });
+        // Compacted rollouts are only counted: a version deployed before them is not known here.
+        if !deployed && env.store.compacted(app).ok().flatten().is_none() {
+            let mut known: Vec<&str> = all
+                .iter()
+                .flat_map(|r| r.from.as_deref().into_iter().chain([r.to.as_str()]))
+                .collect();
+            known.sort_unstable();
+            known.dedup();
+            return Err(CliError::Failed(format!(
+                "{app}: version {v} was never deployed (the journal knows {})",
+                known.join(", ")
+            )));
+        }
+    }
     let to = match (&args.to, &last.from) {
         (Some(v), _) => v.clone(),
         (None, Some(v)) => v.clone(),
@@ -735,7 +754,7 @@ async fn rollback_locked(
 
 /// Whether the app's last rollout, if unfinished, is being run: from the local lock (team state
 /// keeps its lock in the cluster, where this does not look).
-fn running<T>(env: &Env, app: &str, remote: Option<&T>) -> output::Running {
+pub(crate) fn running<T>(env: &Env, app: &str, remote: Option<&T>) -> output::Running {
     if remote.is_some() {
         return output::Running::Unknown;
     }
@@ -743,55 +762,4 @@ fn running<T>(env: &Env, app: &str, remote: Option<&T>) -> output::Running {
         Some(holder) => output::Running::By(holder),
         None => output::Running::Interrupted,
     }
-}
-
-async fn status(args: &StatusArgs, env: &Env) -> Result<u8, CliError> {
-    let remote = env.remote_for_app(&args.app).await?;
-    loop {
-        let records = records(env, &args.app, remote.as_ref()).await?;
-        let (mut last, m) = last_rollout(env, &args.app, &records, remote.as_ref())?;
-        let _ = approve::check_stored(&env.store, &args.app, &mut last);
-        let running = running(env, &args.app, remote.as_ref());
-        print!("{}", output::summary(&last, &running));
-        if let Ok(target) = target_for(&m, env).await {
-            print!("{}", output::instances(&target.instances().await));
-        }
-        if !args.watch || last.outcome.is_some() {
-            return Ok(exit::OK);
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        println!();
-    }
-}
-
-async fn history_cmd(h: &HistoryArgs, env: &Env) -> Result<u8, CliError> {
-    let args = &h.app;
-    let remote = env.remote_for_app(&args.app).await?;
-    let mut all = history(&records(env, &args.app, remote.as_ref()).await?);
-    if let Some(code) = approve::check_history(&env.store, &args.app, &mut all, h.verify) {
-        return Ok(code);
-    }
-    if all.is_empty() {
-        let place = match &remote {
-            Some(r) => format!(
-                "{} nor in the cluster ({})",
-                env.store.app_dir(&args.app).display(),
-                r.describe()
-            ),
-            None => env.store.app_dir(&args.app).display().to_string(),
-        };
-        println!("{}: no rollouts recorded in {place}", args.app);
-        return Ok(exit::OK);
-    }
-    if args.output == Progress::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&all).expect("history serializes")
-        );
-        return Ok(exit::OK);
-    }
-    let compacted = env.store.compacted(&args.app).ok().flatten();
-    let running = running(env, &args.app, remote.as_ref());
-    print!("{}", output::history(&all, compacted.as_ref(), &running));
-    Ok(exit::OK)
 }

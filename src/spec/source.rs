@@ -4,14 +4,14 @@
 //! to record the line and column of every field path. Errors found later (by serde or by validation)
 //! name a field path, and [`Sources::locate`] turns that path back into `file:line:column`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::Marker;
+use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 /// An error in user input: where it is, which field, and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,24 +101,12 @@ impl Sources {
         }
         let mut out = Sources::default();
         for file in files {
-            let text = std::fs::read_to_string(file).map_err(|e| InputError {
-                file: Some(file.clone()),
-                line: 0,
-                column: 0,
-                path: String::new(),
-                message: format!("cannot read: {e}"),
-            })?;
+            let text = read_input(file)?;
             out.files.push(Source::parse(file, &text, Some(vars))?);
             if let Some(env) = env {
                 let overlay = overlay_path(file, env);
                 if overlay.exists() {
-                    let text = std::fs::read_to_string(&overlay).map_err(|e| InputError {
-                        file: Some(overlay.clone()),
-                        line: 0,
-                        column: 0,
-                        path: String::new(),
-                        message: format!("cannot read: {e}"),
-                    })?;
+                    let text = read_input(&overlay)?;
                     out.files.push(Source::parse(&overlay, &text, Some(vars))?);
                 }
             }
@@ -138,13 +126,7 @@ impl Sources {
     /// Reads one file as written, without `${VAR}` expansion (a Kubernetes manifest, which rollgate
     /// does not template), remembering where each field is.
     pub fn read_literal(file: &Path) -> Result<Self, InputError> {
-        let text = std::fs::read_to_string(file).map_err(|e| InputError {
-            file: Some(file.to_path_buf()),
-            line: 0,
-            column: 0,
-            path: String::new(),
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = read_input(file)?;
         Ok(Sources {
             files: vec![Source::parse(file, &text, None)?],
         })
@@ -218,6 +200,48 @@ impl Sources {
     }
 }
 
+/// The largest manifest or agent config read: far above any real one (the shipped ones are a few
+/// KiB), and small enough that parsing it twice stays quick and small.
+pub const MAX_INPUT_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Reads an input file of at most [`MAX_INPUT_BYTES`]; an error names the file.
+pub fn read_input(file: &Path) -> Result<String, InputError> {
+    use std::io::Read;
+    let err = |message: String| InputError {
+        file: Some(file.to_path_buf()),
+        line: 0,
+        column: 0,
+        path: String::new(),
+        message,
+    };
+    let too_large = |size: String| {
+        err(format!(
+            "is {size} bytes, over the limit of {MAX_INPUT_BYTES} (4 MiB) for a manifest or an agent config"
+        ))
+    };
+    let f = std::fs::File::open(file).map_err(|e| err(format!("cannot read: {e}")))?;
+    if let Ok(meta) = f.metadata()
+        && meta.is_file()
+        && meta.len() > MAX_INPUT_BYTES
+    {
+        return Err(too_large(meta.len().to_string()));
+    }
+    // A pipe or a growing file has no length to trust: read one byte past the limit at most.
+    let mut bytes = Vec::new();
+    f.take(MAX_INPUT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > MAX_INPUT_BYTES {
+        return Err(too_large(format!("more than {MAX_INPUT_BYTES}")));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        err(format!(
+            "cannot read: not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
 /// `web.yaml` with env `prod` -> `web.prod.yaml`.
 pub fn overlay_path(file: &Path, env: &str) -> PathBuf {
     let stem = file
@@ -271,6 +295,7 @@ impl Source {
             ));
         }
         let positions = index.positions;
+        let quoted = index.quoted;
         let mut source = Source {
             file: file.to_path_buf(),
             value: Value::Null,
@@ -281,7 +306,7 @@ impl Source {
             return Ok(source);
         };
         let mut path = String::new();
-        expand_vars(&mut value, &mut path, vars).map_err(|(path, message)| {
+        expand_vars(&mut value, &mut path, vars, &quoted).map_err(|(path, message)| {
             let pos = source.positions.get(&path).copied();
             InputError {
                 file: Some(file.to_path_buf()),
@@ -333,16 +358,22 @@ fn merge(into: &mut Value, from: &Value) {
     }
 }
 
-/// Expands `${VAR}` and `${VAR:-default}` in every string scalar. `$${` stays a literal `${`.
-/// A value that is exactly one `${...}` is re-read as YAML, so `replicas: ${N}` stays a number.
+/// Expands `${VAR}`, `${VAR:-default}` and `${VAR:default}` in every string scalar. `$${` stays a
+/// literal `${`. A plain (unquoted) value that is exactly one `${...}` is re-read as YAML, so
+/// `replicas: ${N}` stays a number; a quoted one (`version: "${VERSION}"`) stays a string, as
+/// written (`quoted` holds the paths of quoted scalars).
 fn expand_vars(
     value: &mut Value,
     path: &mut String,
     vars: Vars<'_>,
+    quoted: &HashSet<String>,
 ) -> Result<(), (String, String)> {
     match value {
         Value::String(s) if s.contains('$') => {
-            let whole = s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1;
+            let whole = s.starts_with("${")
+                && s.ends_with('}')
+                && s.matches("${").count() == 1
+                && !quoted.contains(path.as_str());
             let expanded = expand_str(s, vars).map_err(|m| (path.clone(), m))?;
             *value = if whole {
                 match serde_yaml::from_str::<Value>(&expanded) {
@@ -357,7 +388,7 @@ fn expand_vars(
             for (i, item) in items.iter_mut().enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{i}]"));
-                expand_vars(item, path, vars)?;
+                expand_vars(item, path, vars, quoted)?;
                 path.truncate(len);
             }
         }
@@ -365,11 +396,11 @@ fn expand_vars(
             for (k, v) in map.iter_mut() {
                 let len = path.len();
                 push_key(path, &key_text(k));
-                expand_vars(v, path, vars)?;
+                expand_vars(v, path, vars, quoted)?;
                 path.truncate(len);
             }
         }
-        Value::Tagged(t) => expand_vars(&mut t.value, path, vars)?,
+        Value::Tagged(t) => expand_vars(&mut t.value, path, vars, quoted)?,
         _ => {}
     }
     Ok(())
@@ -390,13 +421,17 @@ pub fn expand_str(s: &str, vars: Vars<'_>) -> Result<String, String> {
                 .find('}')
                 .ok_or_else(|| format!("unterminated \"${{\" in {s:?}: expected \"${{NAME}}\""))?;
             let inner = &body[..end];
-            let (name, default) = match inner.find(":-") {
-                Some(j) => (&inner[..j], Some(&inner[j + 2..])),
+            // The first `:-` or `:` ends the name (`${DB_URL:jdbc:h2:mem:testdb}`, Spring's form).
+            let (name, default) = match inner.find(':') {
+                Some(j) => {
+                    let rest = &inner[j + 1..];
+                    (&inner[..j], Some(rest.strip_prefix('-').unwrap_or(rest)))
+                }
                 None => (inner, None),
             };
             if !valid_var_name(name) {
                 return Err(format!(
-                    "\"${{{inner}}}\" is not a variable reference: expected \"${{NAME}}\" or \"${{NAME:-default}}\""
+                    "\"${{{inner}}}\" is not a variable reference: expected \"${{NAME}}\", \"${{NAME:-default}}\" or \"${{NAME:default}}\""
                 ));
             }
             match (vars(name), default) {
@@ -448,6 +483,8 @@ fn push_key(path: &mut String, key: &str) {
 #[derive(Default)]
 struct PositionIndex {
     positions: HashMap<String, Pos>,
+    /// Paths of scalar values written quoted (or as block scalars): strings whatever they hold.
+    quoted: HashSet<String>,
     stack: Vec<Frame>,
     path: String,
     done: bool,
@@ -517,7 +554,7 @@ impl MarkedEventReceiver for PositionIndex {
             return;
         }
         match ev {
-            Event::Scalar(text, ..) => {
+            Event::Scalar(text, style, ..) => {
                 if let Some(Frame::Map {
                     key: key @ None,
                     base,
@@ -534,7 +571,9 @@ impl MarkedEventReceiver for PositionIndex {
                     self.positions.insert(format!("{}#key", self.path), pos);
                     return;
                 }
-                self.enter_value(mark, false);
+                if self.enter_value(mark, false) && style != TScalarStyle::Plain {
+                    self.quoted.insert(self.path.clone());
+                }
                 self.leave_value();
             }
             Event::Alias(_) => {
@@ -660,6 +699,65 @@ mod tests {
             .unwrap();
         assert_eq!(s.merged()["n"], Value::from(5));
         assert_eq!(s.merged()["s"], Value::from("x5"));
+    }
+
+    #[test]
+    fn spring_style_defaults_split_at_the_first_colon() {
+        let vars = |n: &str| (n == "SET").then(|| "yes".to_string());
+        assert_eq!(
+            expand_str("${DB_URL:jdbc:h2:mem:testdb}", &vars).unwrap(),
+            "jdbc:h2:mem:testdb"
+        );
+        assert_eq!(expand_str("${DB_PASS:}", &vars).unwrap(), "");
+        assert_eq!(expand_str("${DB_PASS:-}", &vars).unwrap(), "");
+        assert_eq!(expand_str("${X:-a:-b}", &vars).unwrap(), "a:-b");
+        assert_eq!(expand_str("${X:a-b}", &vars).unwrap(), "a-b");
+        assert_eq!(expand_str("${SET:no}", &vars).unwrap(), "yes");
+        assert!(
+            expand_str("${:x}", &vars)
+                .unwrap_err()
+                .contains("${NAME:default}")
+        );
+    }
+
+    /// Regression (issue 16, bug 7): `version: "${VERSION}"` lost its quotes after expansion.
+    #[test]
+    fn quoted_vars_stay_strings() {
+        let vars = |n: &str| match n {
+            "VERSION" => Some("3.20".to_string()),
+            "DAY" => Some("20261202".to_string()),
+            _ => None,
+        };
+        let text = "a: \"${VERSION}\"\nb: '${DAY}'\nc: ${DAY}\nl:\n  - \"${DAY}\"\n  - ${DAY}\nd: |\n  ${DAY}\n";
+        let s = Sources::from_texts(&[(Path::new("t.yaml"), text)], &vars).unwrap();
+        let m = s.merged();
+        assert_eq!(m["a"], Value::from("3.20"));
+        assert_eq!(m["b"], Value::from("20261202"));
+        assert_eq!(m["c"], Value::from(20261202));
+        assert_eq!(m["l"][0], Value::from("20261202"));
+        assert_eq!(m["l"][1], Value::from(20261202));
+        assert_eq!(m["d"], Value::from("20261202\n"));
+    }
+
+    #[test]
+    fn inputs_over_4_mib_are_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.yaml");
+        let line = "# padding padding padding padding padding padding padding padding\n";
+        let mut text = String::from("a: 1\n");
+        while text.len() as u64 <= MAX_INPUT_BYTES {
+            text.push_str(line);
+        }
+        std::fs::write(&big, &text).unwrap();
+        let err = Sources::read(std::slice::from_ref(&big), None, &no_vars).unwrap_err();
+        assert_eq!(err.file.as_deref(), Some(big.as_path()));
+        assert!(err.message.contains("over the limit of 4194304"), "{err}");
+        // Just under the limit reads.
+        text.truncate(MAX_INPUT_BYTES as usize - 1);
+        let cut = text.rfind('\n').unwrap();
+        text.truncate(cut + 1);
+        std::fs::write(&big, &text).unwrap();
+        assert!(Sources::read(&[big], None, &no_vars).is_ok());
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub fn steps(n: u32, spec: &BlueGreenSpec) -> Vec<Step> {
     };
     let mut out = Vec::new();
     out.push(Step {
-        max_total: n + preview,
+        max_total: n.saturating_add(preview),
         min_available: n,
         ..Step::hold(
             StepKind::Scale,
@@ -38,8 +38,8 @@ pub fn steps(n: u32, spec: &BlueGreenSpec) -> Vec<Step> {
     out.push(promote);
     if preview < n {
         out.push(Step {
-            max_total: 2 * n,
-            min_available: n + preview,
+            max_total: n.saturating_mul(2),
+            min_available: n.saturating_add(preview),
             ..Step::hold(StepKind::Scale, n, n, "scale the new set to full size")
         });
     }
@@ -58,7 +58,7 @@ pub fn steps(n: u32, spec: &BlueGreenSpec) -> Vec<Step> {
         min_available: n,
         ..Step::hold(StepKind::Scale, 0, n, "")
     };
-    down.max_total = 2 * n;
+    down.max_total = n.saturating_mul(2);
     down.duration_seconds = Some(spec.scale_down_delay_seconds);
     down.note = format!(
         "scale down the old set after {}s",

@@ -109,7 +109,7 @@ async fn two_approvals_then_rollback_from_disk() {
     let (code, out) = run("ana", vec!["status".into(), "web".into()])
         .await
         .unwrap();
-    assert_eq!(code, 0, "{out}");
+    assert_eq!(code, 3, "status exits 3 while paused: {out}");
     assert_eq!(
         hosts_on(&out, "2.0.0"),
         1,

@@ -41,7 +41,7 @@ async fn abort_at_a_pause_restores_the_deployment() {
     let observer = bed.observe().await;
     let out = bed.rollgate(&["abort", "web"]).await;
     let (_, pods) = observer.stop().await;
-    assert_eq!(out.status.code(), Some(1), "an abort exits 1");
+    assert_eq!(out.status.code(), Some(0), "a successful abort exits 0");
     assert!(kube_bed::stdout(&out).contains("aborted"));
     bed.wait_deployment("version 1 back at N", |d| {
         kube_bed::rolled_out(d, N, &image("1"))

@@ -568,7 +568,7 @@ async fn the_role_grants_little_more_and_every_verb_it_checks_is_needed() {
     }
     let history = rollgate_as(&bed, &kubeconfig, &["history", "web"]).await;
     assert!(
-        String::from_utf8_lossy(&history.stdout).contains("no rollouts recorded"),
+        String::from_utf8_lossy(&history.stderr).contains("no rollouts recorded"),
         "a refused rollout leaves no journal"
     );
     assert_eq!(

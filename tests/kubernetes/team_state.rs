@@ -256,7 +256,11 @@ async fn a_canary_paused_on_one_machine_is_seen_and_promoted_from_another() {
 
     // Machine two never ran web: status and history come from the cluster.
     let out = two.run(&["status", "web", "-n", &ns]).await;
-    assert!(out.status.success(), "status from machine two");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "status from machine two: paused"
+    );
     let text = kube_bed::stdout(&out);
     assert!(text.contains("paused"), "{text}");
     assert!(text.contains("by ana@"), "{text}");
@@ -779,12 +783,13 @@ async fn namespace_and_context_flags_choose_where_rollgate_acts() {
     assert!(seen.iter().all(|r| r["outcome"] == "succeeded"), "{seen:?}");
     // The first namespace holds no state of web: a machine that ran it elsewhere says so too.
     let out = two.run(&["history", "web", "-n", &bed.ns]).await;
-    assert!(out.status.success());
-    assert!(
-        kube_bed::stdout(&out).contains("no rollouts recorded"),
-        "{}",
-        kube_bed::stdout(&out)
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "history of an app with no rollouts exits 1"
     );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no rollouts recorded"), "{stderr}");
     let namespaces: Api<Namespace> = Api::all(bed.client.clone());
     let _ = namespaces.delete(&other, &Default::default()).await;
     bed.finish().await;
