@@ -403,7 +403,7 @@ cmd_up() {
     --node-lease-duration-seconds=40 \
     --node-ip=127.0.0.1 \
     --node-port="$KWOK_PORT" \
-    --cidr=10.0.0.0/16 \
+    --cidr=198.18.0.0/16 \
     --server-address="127.0.0.1:$KWOK_PORT" \
     --tls-cert-file="$PKI/admin.crt" \
     --tls-private-key-file="$PKI/admin.key"
@@ -476,6 +476,11 @@ cmd_down() {
     sleep 0.5
     left=$(leftovers)
     [[ -z $left ]] || die "processes still running: $left"
+  fi
+  # tests/kubernetes/probes.rs routes kwok's pod IPs (the --cidr above, RFC 2544's benchmarking
+  # range, so no real network is shadowed) to lo while the cluster runs; down takes it away.
+  if [ "$(id -u)" = 0 ] && ip route show table local 2>/dev/null | grep -q '^local 198\.18\.0\.0/16 dev lo'; then
+    ip route del local 198.18.0.0/16 dev lo table local 2>/dev/null || true
   fi
   log "down: no control-plane process left"
 }

@@ -4,8 +4,8 @@
 //!
 //! kwok's pods are fakes with IPs from kwok's `--cidr` (tests/cluster/cluster.sh). For the API
 //! server's proxy to reach a real server there, the test routes that range to the loopback
-//! interface (`ip route replace local CIDR dev lo`, idempotent, left in place: other tests run
-//! beside this one) and starts nginx on 0.0.0.0. So every pod IP answers, and which pod was
+//! interface (`ip route replace local CIDR dev lo`, idempotent; other tests run beside this one,
+//! so `cluster.sh down` takes it away) and starts nginx on 0.0.0.0. So every pod IP answers, and which pod was
 //! probed shows in nginx's log as the address the request came to. Needs root and nginx; skips,
 //! saying so, without them.
 
