@@ -18,6 +18,9 @@ export ROLLGATE_GIT_COMMIT
 version=$(cargo metadata --no-deps --format-version 1 --locked |
   sed -n 's/.*"name":"rollgate","version":"\([^"]*\)".*/\1/p')
 rm -f "$out"/rollgate_*.deb "$out"/rollgate-*-windows-*.zip "$out/SHA256SUMS"
+# The completions and the man page come from the binary itself (assets of the .deb).
+cargo build --release --locked --bins
+packaging/generate.sh target/release/rollgate target/release/generated
 cargo deb --locked -o "$out/" "$@"
 (cd "$out" && sha256sum rollgate_"$version"-*.deb >SHA256SUMS)
 

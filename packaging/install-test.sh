@@ -64,9 +64,18 @@ unshare --net sh -c '
 step "docs"
 for f in copyright CHANGELOG.md; do [ -f "/usr/share/doc/rollgate/$f" ] || fail "no /usr/share/doc/rollgate/$f"; done
 
+step "completions and the man page"
+generated="/usr/share/bash-completion/completions/rollgate /usr/share/zsh/vendor-completions/_rollgate /usr/share/fish/vendor_completions.d/rollgate.fish /usr/share/man/man1/rollgate.1.gz"
+for f in $generated; do [ -s "$f" ] || fail "no $f"; done
+bash -n /usr/share/bash-completion/completions/rollgate || fail "the bash completion does not parse"
+grep -q 'complete .*rollgate' /usr/share/bash-completion/completions/rollgate || fail "the bash completion registers nothing"
+zcat /usr/share/man/man1/rollgate.1.gz | grep -q '^\.TH rollgate 1' || fail "the man page has no .TH rollgate 1 header"
+echo "completions (bash, zsh, fish) and rollgate.1.gz installed"
+
 step "dpkg -r"
 dpkg -r rollgate
 [ ! -e /usr/bin/rollgate ] && [ ! -e /usr/bin/rollgate-agent ] && [ ! -e "$unit" ] || fail "remove left binaries or unit"
+for f in $generated; do [ ! -e "$f" ] || fail "remove left $f"; done
 [ -f /etc/rollgate/agent.yaml ] || fail "remove deleted the config"
 
 step "dpkg --purge"

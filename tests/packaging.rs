@@ -99,6 +99,20 @@ fn deb_installs_runs_removes_and_purges() {
         bin.display()
     );
 
+    // The completions and the man page, from this build's rollgate, where the .deb's assets name
+    // them (cargo-deb reads target/release/ as the profile's directory, target/debug/ here).
+    let generated = bin.with_file_name("generated");
+    let out = Command::new(repo().join("packaging/generate.sh"))
+        .arg(env!("CARGO_BIN_EXE_rollgate"))
+        .arg(&generated)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "packaging/generate.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let work = tempfile::tempdir().unwrap();
     let t = Instant::now();
     let out = Command::new("cargo")
