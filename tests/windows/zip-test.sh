@@ -3,7 +3,7 @@
 # rollgate.exe makes the CA and the agent's and a client's certificates; its agent.yaml copied to
 # C:\ProgramData\rollgate (its port changed to a free one: the test's only edit); then the two
 # commands of its README.txt, run as written; then the agent answers on loopback to the client
-# certificate (GET /host) and refuses a client without one. Uninstall leaves nothing running.
+# certificate (GET /v1/host) and refuses a client without one. Uninstall leaves nothing running.
 #
 # Usage: tests/windows/zip-test.sh ZIP PROCESSPRNG_DLL
 # Run by tests/windows/run.sh (the DLL is Wine-only test scaffolding, see wine-processprng/).
@@ -111,12 +111,12 @@ step "the agent answers on loopback, only to a client certificate of the CA"
 body=""
 for _ in $(seq 1 60); do
   body=$(curl -fsS --cacert "$PKI/ca.pem" --cert "$PKI/client-ci.pem" --key "$PKI/client-ci-key.pem" \
-    "https://127.0.0.1:$port/host" 2>/dev/null) && break
+    "https://127.0.0.1:$port/v1/host" 2>/dev/null) && break
   sleep 0.5
 done
-[ -n "$body" ] || fail "no answer from https://127.0.0.1:$port/host"
-echo "GET /host: $body"
-if curl -fsS --cacert "$PKI/ca.pem" "https://127.0.0.1:$port/host" >/dev/null 2>&1; then
+[ -n "$body" ] || fail "no answer from https://127.0.0.1:$port/v1/host"
+echo "GET /v1/host: $body"
+if curl -fsS --cacert "$PKI/ca.pem" "https://127.0.0.1:$port/v1/host" >/dev/null 2>&1; then
   fail "the agent answered a client without a certificate"
 fi
 echo "without a client certificate: refused"
