@@ -189,7 +189,7 @@ $4
       failureLimit: 0
       timeout: 1s
   rollback: {auto: true}
-  progressDeadlineSeconds: 30
+  progressDeadlineSeconds: 90
 EOF
 }
 INSTALL='    rolling: {maxSurge: 0, maxUnavailable: "100%"}'
