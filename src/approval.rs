@@ -342,35 +342,18 @@ pub fn check(app: &str, r: &mut RolloutSummary, rule_for: &dyn Fn(usize) -> Opti
     }
 }
 
-/// Reads one DER TLV from `input`: (tag, contents, rest).
-fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (first as usize, rest)
-    } else {
-        let n = (first & 0x7f) as usize;
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n].iter().fold(0usize, |a, b| (a << 8) | *b as usize);
-        (len, &rest[n..])
-    };
-    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-}
-
 /// The first common name (2.5.4.3) in a Name's contents (a sequence of sets of attributes).
 fn common_name(mut name: &[u8]) -> Option<String> {
-    while let Some((0x31, set, rest)) = tlv(name) {
+    while let Some((0x31, set, rest)) = crate::pki::tlv(name) {
         name = rest;
         let mut attrs = set;
-        while let Some((0x30, attr, rest)) = tlv(attrs) {
+        while let Some((0x30, attr, rest)) = crate::pki::tlv(attrs) {
             attrs = rest;
-            let (0x06, oid, value) = tlv(attr)? else {
+            let (0x06, oid, value) = crate::pki::tlv(attr)? else {
                 continue;
             };
             if oid == [0x55, 0x04, 0x03] {
-                let (_, text, _) = tlv(value)?;
+                let (_, text, _) = crate::pki::tlv(value)?;
                 return String::from_utf8(text.to_vec()).ok();
             }
         }

@@ -301,6 +301,24 @@ pub fn issue_approver_with(dir: &Path, name: &str, existing: Existing) -> Result
     )
 }
 
+/// One DER element of a certificate: (tag, contents, rest), or `None` when `der` is cut short
+/// or its length takes more than four bytes. Read by the approval and client-usage checks.
+pub(crate) fn tlv(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |a, b| (a << 8) | *b as usize);
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,59 +66,42 @@ const EKU: &[u8] = &[0x55, 0x1d, 0x25];
 /// `1.3.6.1.5.5.7.3.2`, TLS client authentication.
 const CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
 
-/// One DER element: (tag, contents, rest).
-fn tlv(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = der.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (first as usize, rest)
-    } else {
-        let n = (first & 0x7f) as usize;
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n].iter().fold(0usize, |a, b| (a << 8) | *b as usize);
-        (len, &rest[n..])
-    };
-    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-}
-
 /// Whether the certificate's extended key usage extension lists `clientAuth`. The certificate
 /// has already been verified as signed by the pinned CA; this only reads it.
 pub(super) fn has_client_auth_usage(cert: &[u8]) -> bool {
-    let Some((0x30, certificate, _)) = tlv(cert) else {
+    let Some((0x30, certificate, _)) = crate::pki::tlv(cert) else {
         return false;
     };
-    let Some((0x30, mut tbs, _)) = tlv(certificate) else {
+    let Some((0x30, mut tbs, _)) = crate::pki::tlv(certificate) else {
         return false;
     };
     // Skip to the explicit [3] extensions, the last field of a v3 TBSCertificate.
-    while let Some((tag, body, rest)) = tlv(tbs) {
+    while let Some((tag, body, rest)) = crate::pki::tlv(tbs) {
         tbs = rest;
         if tag != 0xa3 {
             continue;
         }
-        let Some((0x30, mut exts, _)) = tlv(body) else {
+        let Some((0x30, mut exts, _)) = crate::pki::tlv(body) else {
             return false;
         };
-        while let Some((_, ext, rest)) = tlv(exts) {
+        while let Some((_, ext, rest)) = crate::pki::tlv(exts) {
             exts = rest;
-            let Some((0x06, oid, mut fields)) = tlv(ext) else {
+            let Some((0x06, oid, mut fields)) = crate::pki::tlv(ext) else {
                 continue;
             };
             if oid != EKU {
                 continue;
             }
             // An optional `critical` BOOLEAN, then the OCTET STRING holding the usages.
-            while let Some((tag, value, rest)) = tlv(fields) {
+            while let Some((tag, value, rest)) = crate::pki::tlv(fields) {
                 fields = rest;
                 if tag != 0x04 {
                     continue;
                 }
-                let Some((0x30, mut usages, _)) = tlv(value) else {
+                let Some((0x30, mut usages, _)) = crate::pki::tlv(value) else {
                     return false;
                 };
-                while let Some((tag, usage, rest)) = tlv(usages) {
+                while let Some((tag, usage, rest)) = crate::pki::tlv(usages) {
                     usages = rest;
                     if tag == 0x06 && usage == CLIENT_AUTH {
                         return true;
