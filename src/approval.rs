@@ -252,7 +252,7 @@ pub fn verify(
 }
 
 /// Who may approve a pause: certificates from `ca` with the approver usage, named in `allowed`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ApproversSpec {
     /// The CA certificate (PEM), relative to the manifest's folder.

@@ -7,6 +7,7 @@ pub mod inspect;
 pub mod output;
 pub mod pki;
 pub mod run;
+pub mod schema;
 pub mod security;
 
 use std::path::PathBuf;
@@ -190,6 +191,11 @@ pub enum Command {
     },
     /// Print the man page (roff): `rollgate man > rollgate.1`.
     Man,
+    /// Print a JSON Schema (for editors: README "Editor support").
+    Schema {
+        #[arg(value_enum, default_value_t = SchemaKind::Manifest)]
+        kind: SchemaKind,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -336,6 +342,17 @@ pub struct PlanArgs {
     pub replicas: Option<u32>,
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
     pub output: Format,
+}
+
+/// Which document `rollgate schema` describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchemaKind {
+    /// A rollout manifest (`-f` files).
+    Manifest,
+    /// A strategy preset file (`strategy.ref`).
+    Strategy,
+    /// The agent's configuration (`rollgate-agent run -c`).
+    AgentConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -8,6 +8,7 @@ mod cli {
     mod limits;
     mod plan;
     mod pod_security;
+    mod schema;
     mod streams;
     mod support;
 }

@@ -30,6 +30,7 @@ pub fn command(
         Command::Pki(cmd) => crate::cli::pki::command(cmd),
         Command::Completion { shell } => crate::cli::generate::completion(shell),
         Command::Man => crate::cli::generate::man(),
+        Command::Schema { kind } => crate::cli::schema::command(kind),
         other => {
             let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
             let env = Env::new(Store::open_default(), context, namespace);
@@ -54,7 +55,8 @@ async fn run_async(command: Command, env: &Env) -> Result<u8, CliError> {
         | Command::Pki(_)
         | Command::Demo(_)
         | Command::Completion { .. }
-        | Command::Man => unreachable!("handled before"),
+        | Command::Man
+        | Command::Schema { .. } => unreachable!("handled before"),
     }
 }
 
