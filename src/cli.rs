@@ -2,8 +2,10 @@
 
 pub mod approve;
 pub mod demo;
+pub mod dry_run;
 pub mod generate;
 pub mod inspect;
+pub mod list;
 pub mod output;
 pub mod pki;
 pub mod run;
@@ -177,6 +179,12 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// The live state of an app's rollout.
     Status(StatusArgs),
+    /// Every app this machine's state dir knows: its version, its last rollout's outcome and when.
+    List {
+        /// `json`: one object a line.
+        #[arg(short = 'o', long, value_enum, default_value_t = Progress::Auto)]
+        output: Progress,
+    },
     /// The audit trail of an app's rollouts (`-o json`: one JSON array of them).
     History(HistoryArgs),
     /// Certificates for mTLS between rollgate and its agents.
@@ -204,6 +212,10 @@ pub struct ApplyArgs {
     pub input: InputArgs,
     #[arg(short = 'o', long, value_enum, default_value_t = Progress::Auto)]
     pub output: Progress,
+    /// Check everything short of changing anything (agents, versions or artifacts, access on
+    /// Kubernetes) and print the plan; nothing is journaled. Exit codes as `apply`.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// How progress is shown.

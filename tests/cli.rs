@@ -3,6 +3,7 @@
 mod cli {
     mod agreement;
     mod bad_input;
+    mod dry_run;
     mod generate;
     mod history;
     mod limits;

@@ -31,6 +31,7 @@ pub fn command(
         Command::Completion { shell } => crate::cli::generate::completion(shell),
         Command::Man => crate::cli::generate::man(),
         Command::Schema { kind } => crate::cli::schema::command(kind),
+        Command::List { output } => crate::cli::list::list(output, &Store::open_default()),
         other => {
             let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
             let env = Env::new(Store::open_default(), context, namespace);
@@ -56,7 +57,8 @@ async fn run_async(command: Command, env: &Env) -> Result<u8, CliError> {
         | Command::Demo(_)
         | Command::Completion { .. }
         | Command::Man
-        | Command::Schema { .. } => unreachable!("handled before"),
+        | Command::Schema { .. }
+        | Command::List { .. } => unreachable!("handled before"),
     }
 }
 
@@ -174,7 +176,7 @@ pub(crate) async fn target_for(m: &Manifest, env: &Env) -> Result<AnyTarget, Cli
 }
 
 /// The plan for the target as it is now (its size read from the target).
-async fn plan_for(m: &Manifest, target: &AnyTarget) -> Result<plan::Plan, CliError> {
+pub(crate) async fn plan_for(m: &Manifest, target: &AnyTarget) -> Result<plan::Plan, CliError> {
     let n = target.size().await.map_err(failed)?;
     Ok(plan::plan(&m.strategy, n, target.capacity())
         .map_err(|e| m.sources.error(&e.path, e.message))?)
@@ -254,6 +256,9 @@ async fn apply(args: &ApplyArgs, env: &Env) -> Result<u8, CliError> {
         _ => None,
     };
     crate::cli::security::check(&m, args.input.strict, client).await?;
+    if args.dry_run {
+        return crate::cli::dry_run::dry_run(&m, args.output, env).await;
+    }
     apply_with(&m, args.output, env).await
 }
 
