@@ -1,6 +1,7 @@
 //! Command-line arguments (clap) and the dispatch to `run` (commands) and `demo`; `output` prints.
 
 pub mod approve;
+pub mod artifact;
 pub mod demo;
 pub mod dry_run;
 pub mod generate;
@@ -199,6 +200,9 @@ pub enum Command {
     },
     /// Print the man page (roff): `rollgate man > rollgate.1`.
     Man,
+    /// Build artifacts for host fleets (README "Artifacts").
+    #[command(subcommand)]
+    Artifact(ArtifactCommand),
     /// Print a JSON Schema (for editors: README "Editor support").
     Schema {
         #[arg(value_enum, default_value_t = SchemaKind::Manifest)]
@@ -354,6 +358,18 @@ pub struct PlanArgs {
     pub replicas: Option<u32>,
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
     pub output: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArtifactCommand {
+    /// Pack DIR's contents (the version dir: bin/..., config) into a .tar.gz; prints its sha256.
+    Pack {
+        /// The folder whose contents become the version dir on each host.
+        dir: PathBuf,
+        /// The archive to write, e.g. `web-2.0.0.tar.gz`.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+    },
 }
 
 /// Which document `rollgate schema` describes.

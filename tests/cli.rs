@@ -2,6 +2,7 @@
 
 mod cli {
     mod agreement;
+    mod artifact;
     mod bad_input;
     mod dry_run;
     mod generate;

@@ -31,6 +31,9 @@ pub fn command(
         Command::Completion { shell } => crate::cli::generate::completion(shell),
         Command::Man => crate::cli::generate::man(),
         Command::Schema { kind } => crate::cli::schema::command(kind),
+        Command::Artifact(crate::cli::ArtifactCommand::Pack { dir, output }) => {
+            crate::cli::artifact::pack(&dir, &output)
+        }
         Command::List { output } => crate::cli::list::list(output, &Store::open_default()),
         other => {
             let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
@@ -58,7 +61,8 @@ async fn run_async(command: Command, env: &Env) -> Result<u8, CliError> {
         | Command::Completion { .. }
         | Command::Man
         | Command::Schema { .. }
-        | Command::List { .. } => unreachable!("handled before"),
+        | Command::List { .. }
+        | Command::Artifact(_) => unreachable!("handled before"),
     }
 }
 
