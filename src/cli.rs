@@ -332,6 +332,9 @@ pub struct DemoArgs {
     /// How many local hosts (agents).
     #[arg(long, default_value_t = 4)]
     pub hosts: usize,
+    /// Keep the demo's files (agents, artifacts, manifests, journal) instead of removing them.
+    #[arg(long)]
+    pub keep: bool,
     #[arg(short = 'o', long, value_enum, default_value_t = Progress::Auto)]
     pub output: Progress,
 }
