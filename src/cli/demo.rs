@@ -364,7 +364,7 @@ async fn stages(args: &DemoArgs, dir: &Path, demo_bin: &Path) -> Result<u8, CliE
     }
     say(&format!(
         "\n== history (ROLLGATE_STATE={} rollgate history web)",
-        store_root(&dir).display()
+        store_root(dir).display()
     ));
     for r in crate::state::history(
         &store
