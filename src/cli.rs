@@ -321,6 +321,14 @@ pub enum PkiCommand {
         /// Replace an existing certificate and key of that name.
         #[arg(long)]
         force: bool,
+        /// Valid for this many days from now (default: until January 1st, three years on).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=36500))]
+        days: Option<u32>,
+    },
+    /// List the certificates in DIR with their expiry; exit 1 if any expires within 30 days.
+    Check {
+        #[arg(default_value = "pki")]
+        dir: PathBuf,
     },
 }
 
