@@ -8,6 +8,7 @@ mod cli {
     mod generate;
     mod history;
     mod limits;
+    mod overlays;
     mod pki_expiry;
     mod plan;
     mod pod_security;
