@@ -8,6 +8,7 @@ pub mod output;
 pub mod pki;
 pub mod run;
 pub mod security;
+pub mod watch;
 
 use std::path::PathBuf;
 
@@ -264,12 +265,20 @@ pub struct RollbackArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     pub app: String,
-    /// Keep printing as the rollout changes.
-    #[arg(long)]
+    /// Follow the rollout until it ends (exit with its state's code) or pauses (exit 3): redrawn in
+    /// place on a terminal, a line per change otherwise (or with `-o plain`).
+    #[arg(short = 'w', long)]
     pub watch: bool,
+    /// With `--watch`: give up after DUR (`90s`, `5m`), exit 1.
+    #[arg(long, value_name = "DUR", requires = "watch", value_parser = parse_dur)]
+    pub timeout: Option<crate::spec::Dur>,
     /// `json`: one object a line (each update, with `--watch`).
     #[arg(short = 'o', long, value_enum, default_value_t = Progress::Auto)]
     pub output: Progress,
+}
+
+fn parse_dur(s: &str) -> Result<crate::spec::Dur, String> {
+    crate::spec::Dur::parse(s)
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,4 +10,5 @@ mod cli {
     mod pod_security;
     mod streams;
     mod support;
+    mod watch;
 }
