@@ -5,6 +5,7 @@ mod cli {
     mod bad_input;
     mod generate;
     mod history;
+    mod hosts_defaults;
     mod limits;
     mod plan;
     mod pod_security;

@@ -59,7 +59,19 @@ async fn run_async(command: Command, env: &Env) -> Result<u8, CliError> {
 }
 
 fn load(input: &InputArgs) -> Result<Manifest, InputError> {
-    Manifest::load(&input.files, input.env.as_deref())
+    let m = Manifest::load(&input.files, input.env.as_deref())?;
+    warn_insecure(&m);
+    Ok(m)
+}
+
+/// `auth: {insecure: true}` is said on stderr by every command that loads the manifest, once.
+pub(crate) fn warn_insecure(m: &Manifest) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Some(warning) = m.insecure_warning()
+        && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        eprintln!("{warning}");
+    }
 }
 
 fn validate(args: &InputArgs) -> Result<u8, CliError> {
@@ -359,6 +371,7 @@ pub(crate) fn last_rollout(
         .join("rollouts")
         .join(format!("{}.json", last.id));
     let mut m = Manifest::from_resolved(rollout, &origin)?;
+    warn_insecure(&m);
     overrides(&mut m, env)?;
     Ok((last, m))
 }
