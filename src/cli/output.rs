@@ -53,14 +53,26 @@ pub fn json_line(value: &impl serde::Serialize) {
     ));
 }
 
-/// The plan as a table with its resolved bounds.
-pub fn plan_table(app: &str, version: &str, strategy_source: &str, plan: &Plan) -> String {
+/// The plan as a table with its resolved bounds. Consecutive steps of the same kind and note are
+/// one row (`6-10`, the counts once the last is done); `hosts`, for a host fleet, lists each
+/// step's hosts (labelled with their zone) under its row.
+pub fn plan_table(
+    app: &str,
+    version: &str,
+    strategy_source: &str,
+    plan: &Plan,
+    hosts: Option<&[Vec<String>]>,
+) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "rollout {app} to version {version}");
+    let surge = match &plan.unusable_surge {
+        Some(asked) => format!("{asked} (not usable with one slot per host)"),
+        None => plan.max_surge.to_string(),
+    };
     let _ = writeln!(
         out,
-        "strategy {} ({strategy_source}), {} instances, maxSurge {}, maxUnavailable {}, minReadySeconds {}",
-        plan.strategy, plan.replicas, plan.max_surge, plan.max_unavailable, plan.min_ready_seconds
+        "strategy {} ({strategy_source}), {} instances, maxSurge {surge}, maxUnavailable {}, minReadySeconds {}",
+        plan.strategy, plan.replicas, plan.max_unavailable, plan.min_ready_seconds
     );
     let _ = writeln!(
         out,
@@ -71,10 +83,30 @@ pub fn plan_table(app: &str, version: &str, strategy_source: &str, plan: &Plan) 
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:>4}  {:<9} {:>8} {:>8} {:>13} {:>9}  NOTE",
+        "{:>5}  {:<9} {:>8} {:>8} {:>13} {:>9}  NOTE",
         "STEP", "KIND", "OLD", "NEW", "MIN-AVAILABLE", "MAX-TOTAL"
     );
-    for (i, s) in plan.steps.iter().enumerate() {
+    let mut i = 0;
+    while i < plan.steps.len() {
+        let s = &plan.steps[i];
+        let same = |t: &crate::plan::Step| {
+            t.kind == s.kind
+                && t.note == s.note
+                && t.manual == s.manual
+                && t.duration_seconds == s.duration_seconds
+                && t.approvals == s.approvals
+        };
+        let mut j = i;
+        while j + 1 < plan.steps.len() && same(&plan.steps[j + 1]) {
+            j += 1;
+        }
+        let rows = &plan.steps[i..=j];
+        let last = &plan.steps[j];
+        let step = if i == j {
+            (i + 1).to_string()
+        } else {
+            format!("{}-{}", i + 1, j + 1)
+        };
         let kind = match s.kind {
             StepKind::Scale => "scale",
             StepKind::Pause => "pause",
@@ -84,15 +116,24 @@ pub fn plan_table(app: &str, version: &str, strategy_source: &str, plan: &Plan) 
         };
         let _ = writeln!(
             out,
-            "{:>4}  {:<9} {:>8} {:>8} {:>13} {:>9}  {}",
-            i + 1,
-            kind,
-            s.old,
-            s.new,
-            s.min_available,
-            s.max_total,
+            "{step:>5}  {kind:<9} {:>8} {:>8} {:>13} {:>9}  {}",
+            last.old,
+            last.new,
+            rows.iter().map(|r| r.min_available).min().unwrap_or(0),
+            rows.iter().map(|r| r.max_total).max().unwrap_or(0),
             s.note
         );
+        if let Some(hosts) = hosts {
+            let waves: Vec<String> = hosts[i..=j.min(hosts.len().saturating_sub(1))]
+                .iter()
+                .filter(|w| !w.is_empty())
+                .map(|w| w.join(", "))
+                .collect();
+            if !waves.is_empty() {
+                let _ = writeln!(out, "{:>7}hosts: {}", "", waves.join(" | "));
+            }
+        }
+        i = j + 1;
     }
     for note in &plan.notes {
         let _ = writeln!(out, "\nnote: {note}");

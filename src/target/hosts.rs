@@ -12,7 +12,7 @@ mod waves;
 
 use view::HostView;
 use waves::split_by_zone_wants;
-pub use waves::{capacity, split_by_zone, wave_order};
+pub use waves::{capacity, split_by_zone, step_hosts, wave_order};
 
 use super::{Change, Instance, Result, Sink, Target, TargetError};
 use crate::agent::api::{
