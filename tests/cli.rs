@@ -7,6 +7,7 @@ mod cli {
     mod history;
     mod hosts_defaults;
     mod limits;
+    mod outputs;
     mod plan;
     mod pod_security;
     mod streams;

@@ -67,11 +67,19 @@ pub async fn status(args: &StatusArgs, env: &Env) -> Result<u8, CliError> {
             .iter()
             .filter(|r| r.event.rollout() == last.id)
             .collect();
-        if args.output == Progress::Json {
-            let line = serde_json::to_string(&json_status(args, &last, &running, &instances))
-                .expect("status serializes");
+        if matches!(args.output, Progress::Json | Progress::Yaml) {
+            let value = json_status(args, &last, &running, &instances);
+            let line = serde_json::to_string(&value).expect("status serializes");
             if line != last_json {
-                out(&format!("{line}\n"));
+                if args.output == Progress::Json {
+                    out(&format!("{line}\n"));
+                } else {
+                    // One YAML document per update.
+                    out(&format!(
+                        "---\n{}",
+                        serde_yaml::to_string(&value).expect("status serializes")
+                    ));
+                }
                 last_json = line;
             }
         } else {
@@ -183,9 +191,16 @@ pub async fn history_cmd(h: &HistoryArgs, env: &Env) -> Result<u8, CliError> {
             args.app
         )));
     }
-    if args.output == Progress::Json {
-        json_line(&all);
-        return Ok(exit::OK);
+    match args.output {
+        Progress::Json => {
+            json_line(&all);
+            return Ok(exit::OK);
+        }
+        Progress::Yaml => {
+            out(&serde_yaml::to_string(&all).expect("history serializes"));
+            return Ok(exit::OK);
+        }
+        Progress::Auto | Progress::Plain => {}
     }
     let compacted = env.store.compacted(&args.app).ok().flatten();
     let running = running(env, &args.app, remote.as_ref());

@@ -5,7 +5,7 @@ use std::time::Instant;
 use crate::cli::output::{Reporter, say};
 use crate::cli::{
     AppArgs, ApplyArgs, CliError, Command, Format, InputArgs, PlanArgs, Progress, PromoteArgs,
-    RollbackArgs, approve, exit, failed, output,
+    RollbackArgs, ValidateArgs, approve, exit, failed, output,
 };
 use crate::engine::{Course, Run, current_version};
 use crate::error_chain;
@@ -74,22 +74,35 @@ pub(crate) fn warn_insecure(m: &Manifest) {
     }
 }
 
-fn validate(args: &InputArgs) -> Result<u8, CliError> {
-    let m = load(args)?;
-    crate::cli::security::check_blocking(&m, args.strict)?;
+fn validate(args: &ValidateArgs) -> Result<u8, CliError> {
+    let m = load(&args.input)?;
+    crate::cli::security::check_blocking(&m, args.input.strict)?;
     let files: Vec<String> = m
         .sources
         .files
         .iter()
         .map(|s| s.file.display().to_string())
         .collect();
-    output::out(&format!(
-        "{}: valid ({} strategy from {}; read {})\n",
-        m.name(),
-        m.strategy.name(),
-        m.strategy_source,
-        files.join(", ")
-    ));
+    let value = || {
+        serde_json::json!({
+            "app": m.name(),
+            "valid": true,
+            "strategy": m.strategy.name(),
+            "strategySource": m.strategy_source,
+            "files": files,
+        })
+    };
+    output::out(&match args.output {
+        Format::Table | Format::Plain => format!(
+            "{}: valid ({} strategy from {}; read {})\n",
+            m.name(),
+            m.strategy.name(),
+            m.strategy_source,
+            files.join(", ")
+        ),
+        Format::Json => format!("{}\n", value()),
+        Format::Yaml => serde_yaml::to_string(&value()).expect("serializes"),
+    });
     Ok(exit::OK)
 }
 
@@ -105,7 +118,7 @@ fn plan_cmd(args: &PlanArgs) -> Result<u8, CliError> {
     crate::cli::security::check_blocking(&m, args.input.strict)?;
     let hosts = plan_hosts(&m, &p);
     let text = match args.output {
-        Format::Table => output::plan_table(
+        Format::Table | Format::Plain => output::plan_table(
             m.name(),
             &m.rollout.spec.version,
             &m.strategy_source,
