@@ -10,6 +10,7 @@ mod cli {
     mod outputs;
     mod plan;
     mod pod_security;
+    mod readme;
     mod streams;
     mod support;
     mod watch;
