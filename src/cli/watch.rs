@@ -52,7 +52,7 @@ fn steps(f: &Frame<'_>) -> String {
             .collect(),
         _ => (0..r.steps_total)
             .map(|i| match r.steps.iter().find(|s| s.step == i) {
-                Some(s) => (s.kind.clone(), s.note.clone()),
+                Some(s) => (kind_word(s.kind).to_string(), s.note.clone()),
                 None => ("-".into(), String::new()),
             })
             .collect(),
