@@ -141,6 +141,50 @@ pub fn plan_table(
     out
 }
 
+/// A host fleet's hosts per step: labelled with their zone (`h1 (zone a)`) for the table, and by
+/// name for `-o json`.
+pub type StepHosts = (Vec<Vec<String>>, Vec<Vec<String>>);
+
+pub fn plan_hosts(m: &crate::spec::Manifest, p: &Plan) -> Option<StepHosts> {
+    let h = m.rollout.spec.target.hosts()?;
+    let first_group = match &m.strategy {
+        crate::spec::Strategy::Canary(c) => c.first_group.as_deref(),
+        _ => None,
+    };
+    let names = crate::target::hosts::step_hosts(h, first_group, &p.steps);
+    let label = h.spread_by.as_deref().unwrap_or("zone");
+    let labelled = names
+        .iter()
+        .map(|wave| {
+            wave.iter()
+                .map(|name| {
+                    match h
+                        .hosts
+                        .iter()
+                        .find(|x| &x.name == name)
+                        .and_then(|x| x.labels.get(label))
+                    {
+                        Some(zone) => format!("{name} ({label} {zone})"),
+                        None => name.clone(),
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    Some((labelled, names))
+}
+
+/// The plan's JSON contract, with `instances` on each step of a host fleet (a free field).
+pub fn plan_value(p: &Plan, hosts: Option<&StepHosts>) -> serde_json::Value {
+    let mut v = serde_json::to_value(p).expect("a plan always serializes");
+    if let (Some((_, names)), Some(steps)) = (hosts, v["steps"].as_array_mut()) {
+        for (step, wave) in steps.iter_mut().zip(names) {
+            step["instances"] = serde_json::json!(wave);
+        }
+    }
+    v
+}
+
 /// One line for a journal event.
 pub fn describe(e: &crate::state::Event) -> String {
     use crate::state::Event::*;

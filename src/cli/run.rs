@@ -118,7 +118,7 @@ fn plan_cmd(args: &PlanArgs) -> Result<u8, CliError> {
     let m = load(&args.input)?;
     let p = make_plan(&m, args.replicas)?;
     crate::cli::security::check_blocking(&m, args.input.strict)?;
-    let hosts = plan_hosts(&m, &p);
+    let hosts = output::plan_hosts(&m, &p);
     let text = match args.output {
         Format::Table | Format::Plain => output::plan_table(
             m.name(),
@@ -128,59 +128,15 @@ fn plan_cmd(args: &PlanArgs) -> Result<u8, CliError> {
             hosts.as_ref().map(|(labelled, _)| labelled.as_slice()),
         ),
         Format::Json => {
-            serde_json::to_string_pretty(&plan_value(&p, hosts.as_ref()))
+            serde_json::to_string_pretty(&output::plan_value(&p, hosts.as_ref()))
                 .expect("a plan always serializes")
                 + "\n"
         }
-        Format::Yaml => serde_yaml::to_string(&plan_value(&p, hosts.as_ref()))
+        Format::Yaml => serde_yaml::to_string(&output::plan_value(&p, hosts.as_ref()))
             .expect("a plan always serializes"),
     };
     output::out(&text);
     Ok(exit::OK)
-}
-
-/// A host fleet's hosts per step: labelled with their zone (`h1 (zone a)`) for the table, and by
-/// name for `-o json`.
-type StepHosts = (Vec<Vec<String>>, Vec<Vec<String>>);
-
-fn plan_hosts(m: &Manifest, p: &plan::Plan) -> Option<StepHosts> {
-    let h = m.rollout.spec.target.hosts()?;
-    let first_group = match &m.strategy {
-        crate::spec::Strategy::Canary(c) => c.first_group.as_deref(),
-        _ => None,
-    };
-    let names = crate::target::hosts::step_hosts(h, first_group, &p.steps);
-    let label = h.spread_by.as_deref().unwrap_or("zone");
-    let labelled = names
-        .iter()
-        .map(|wave| {
-            wave.iter()
-                .map(|name| {
-                    match h
-                        .hosts
-                        .iter()
-                        .find(|x| &x.name == name)
-                        .and_then(|x| x.labels.get(label))
-                    {
-                        Some(zone) => format!("{name} ({label} {zone})"),
-                        None => name.clone(),
-                    }
-                })
-                .collect()
-        })
-        .collect();
-    Some((labelled, names))
-}
-
-/// The plan's JSON contract, with `instances` on each step of a host fleet (a free field).
-fn plan_value(p: &plan::Plan, hosts: Option<&StepHosts>) -> serde_json::Value {
-    let mut v = serde_json::to_value(p).expect("a plan always serializes");
-    if let (Some((_, names)), Some(steps)) = (hosts, v["steps"].as_array_mut()) {
-        for (step, wave) in steps.iter_mut().zip(names) {
-            step["instances"] = serde_json::json!(wave);
-        }
-    }
-    v
 }
 
 /// Applies `--namespace` to a manifest's Kubernetes target.
