@@ -1,7 +1,7 @@
 //! `rollgate apply --dry-run`: every check `apply` makes before it takes the lock, and the plan,
 //! with nothing changed and nothing journaled.
 
-use crate::cli::output::{json_line, plan_table, say};
+use crate::cli::output::{json_line, plan_hosts, plan_table, plan_value, say};
 use crate::cli::run::{plan_for, target_for};
 use crate::cli::{CliError, Progress, exit, failed};
 use crate::hold::Env;
@@ -21,13 +21,14 @@ pub async fn dry_run(m: &Manifest, mode: Progress, env: &Env) -> Result<u8, CliE
             plan.replicas
         )],
     };
+    let hosts = plan_hosts(m, &plan);
     if mode == Progress::Json {
         json_line(&serde_json::json!({
             "app": m.name(),
             "version": version,
             "dryRun": true,
             "checks": checks,
-            "plan": plan,
+            "plan": plan_value(&plan, hosts.as_ref()),
         }));
     } else {
         for line in &checks {
@@ -35,7 +36,14 @@ pub async fn dry_run(m: &Manifest, mode: Progress, env: &Env) -> Result<u8, CliE
         }
         say(
             mode,
-            plan_table(m.name(), version, &m.strategy_source, &plan).trim_end(),
+            plan_table(
+                m.name(),
+                version,
+                &m.strategy_source,
+                &plan,
+                hosts.as_ref().map(|(labelled, _)| labelled.as_slice()),
+            )
+            .trim_end(),
         );
     }
     say(

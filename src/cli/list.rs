@@ -40,9 +40,16 @@ pub fn list(mode: Progress, store: &Store) -> Result<u8, CliError> {
             app,
         });
     }
-    if mode == Progress::Json {
-        rows.iter().for_each(json_line);
-        return Ok(exit::OK);
+    match mode {
+        Progress::Json => {
+            rows.iter().for_each(json_line);
+            return Ok(exit::OK);
+        }
+        Progress::Yaml => {
+            out(&serde_yaml::to_string(&rows).expect("rows serialize"));
+            return Ok(exit::OK);
+        }
+        Progress::Auto | Progress::Plain => {}
     }
     if rows.is_empty() {
         eprintln!("no apps in {}", store.root().display());
