@@ -1,0 +1,237 @@
+//! Team state for host fleets on a real three-member etcd cluster (`tests/cluster/etcd3.sh`):
+//! two machines (two state dirs, two host names; the second in a pid namespace of its own where a
+//! test needs it not to see the first's processes) drive one fleet of real agents through
+//! `ROLLGATE_STATE_URL`.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rollgate::state::Event;
+
+use crate::etcd3::Etcd3;
+use crate::fleet::{APP, Fleet, ROLLGATE, Running, text};
+use crate::netns::root_or_skip;
+
+/// One machine: its own state dir and host name, the etcd cluster's URL.
+struct Machine {
+    name: &'static str,
+    state: PathBuf,
+    dir: PathBuf,
+    url: String,
+    /// In a pid namespace of its own (`unshare`), as another machine is: it cannot judge the
+    /// other's processes dead, so it waits for their lease to end.
+    apart: bool,
+}
+
+impl Machine {
+    fn new(fleet: &Fleet, etcd: &Etcd3, name: &'static str, apart: bool) -> Machine {
+        Machine {
+            name,
+            state: fleet.dir.join(format!("state-{name}")),
+            dir: fleet.dir.clone(),
+            url: etcd.url.clone(),
+            apart,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = if self.apart {
+            let mut c = Command::new("unshare");
+            c.args(["--pid", "--fork", "--mount-proc", ROLLGATE]);
+            c
+        } else {
+            Command::new(ROLLGATE)
+        };
+        c.args(args)
+            .current_dir(&self.dir)
+            .env("ROLLGATE_STATE", &self.state)
+            .env("ROLLGATE_STATE_URL", &self.url)
+            .env("HOSTNAME", format!("machine-{}", self.name))
+            .env_remove("ROLLGATE_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run rollgate")
+    }
+
+    fn history(&self) -> Vec<serde_json::Value> {
+        let out = self.run(&["history", APP, "-o", "json"]);
+        assert_eq!(out.status.code(), Some(0), "history: {}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+const CANARY_MANUAL: &str = "    canary:\n      maxUnavailable: 1\n      steps:\n        - setWeight: 34\n        - pause: {}\n        - setWeight: 100\n";
+const CANARY_TIMED: &str = "    canary:\n      maxUnavailable: 1\n      steps:\n        - setWeight: 34\n        - pause: {duration: 6s}\n        - setWeight: 100\n";
+
+/// The journal keys etcd holds for the app.
+fn journal_keys(etcd: &Etcd3) -> usize {
+    etcd.keys(&format!("/rollgate/{APP}/journal/")).len()
+}
+
+#[test]
+fn etcd_a_pause_on_one_machine_is_promoted_from_another_and_a_second_apply_is_refused() {
+    if !root_or_skip("etcd_promote_from_another_machine") {
+        return;
+    }
+    let etcd = Etcd3::up(34400);
+    let fleet = Fleet::start(3);
+    fleet.install("1.0.0");
+    let one = Machine::new(&fleet, &etcd, "one", false);
+    let two = Machine::new(&fleet, &etcd, "two", false);
+
+    let v2 = fleet.artifact("2.0.0", "");
+    let m2 = fleet.manifest("2.0.0", &v2, CANARY_MANUAL, 10);
+    let out = one.run(&["apply", "-f", m2.to_str().unwrap(), "-o", "plain"]);
+    assert_eq!(out.status.code(), Some(3), "paused: {}", text(&out));
+    assert!(journal_keys(&etcd) > 0, "the journal is in etcd");
+    assert!(
+        etcd.keys(&format!("/rollgate/{APP}/lock")).is_empty(),
+        "a paused apply releases the lock"
+    );
+
+    // Machine two never ran the app: it finds the paused rollout in etcd and promotes it.
+    let started = Instant::now();
+    let out = two.run(&["promote", APP, "-o", "plain"]);
+    assert_eq!(out.status.code(), Some(0), "promote from two: {}", text(&out));
+    eprintln!("promote from machine two: {:?}", started.elapsed());
+    fleet.assert_serving("2.0.0");
+    for m in [&one, &two] {
+        let last = m.history().pop().unwrap();
+        assert_eq!(last["to"], "2.0.0", "{}: {last}", m.name);
+        assert_eq!(last["outcome"], "succeeded", "{}: {last}", m.name);
+        assert!(
+            last["approvals"].to_string().contains("machine-two"),
+            "{}: the approval names machine two: {last}",
+            m.name
+        );
+    }
+
+    // Two concurrent applies from two machines: the second is refused, naming the first.
+    let v3 = fleet.artifact("3.0.0", "");
+    let m3 = fleet.manifest("3.0.0", &v3, CANARY_TIMED, 10);
+    let mut run = Running::spawn(one.command(&["apply", "-f", m3.to_str().unwrap(), "-o", "json"]));
+    run.wait_for(
+        Duration::from_secs(60),
+        |e| matches!(e, Event::StepStarted { kind, .. } if kind == "pause"),
+    );
+    let holder = run.child.id();
+    let out = two.run(&["apply", "-f", m3.to_str().unwrap(), "-o", "plain"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr.contains("is locked by") && stderr.contains(&format!("pid {holder}")),
+        "the refusal names the holder (pid {holder}): {}",
+        text(&out)
+    );
+    assert!(stderr.contains("machine-one"), "{}", text(&out));
+    assert_eq!(run.finish(Duration::from_secs(90)), Some(0), "{}", run.output());
+    fleet.assert_serving("3.0.0");
+    let last = two.history().pop().unwrap();
+    assert_eq!((last["to"].as_str(), last["outcome"].as_str()), (Some("3.0.0"), Some("succeeded")));
+}
+
+#[test]
+fn etcd_a_killed_runner_is_resumed_from_another_machine_once_its_lease_ends() {
+    if !root_or_skip("etcd_killed_runner_resumed") {
+        return;
+    }
+    let etcd = Etcd3::up(34420);
+    let fleet = Fleet::start(3);
+    fleet.install("1.0.0");
+    let one = Machine::new(&fleet, &etcd, "one", false);
+    let two = Machine::new(&fleet, &etcd, "two", true);
+
+    let v2 = fleet.artifact("2.0.0", "");
+    let m2 = fleet.manifest("2.0.0", &v2, CANARY_TIMED, 10);
+    let mut run = Running::spawn(one.command(&["apply", "-f", m2.to_str().unwrap(), "-o", "json"]));
+    run.wait_for(
+        Duration::from_secs(60),
+        |e| matches!(e, Event::StepStarted { kind, .. } if kind == "pause"),
+    );
+    run.kill9();
+    let killed = Instant::now();
+
+    // At once, the lock is still held: refused, naming the dead runner and the lease's time left.
+    let out = two.run(&["resume", APP, "-o", "plain"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is locked by"), "{}", text(&out));
+
+    // Once the lease ends (15 s without renewal), machine two resumes and finishes.
+    let mut waited = 0;
+    let out = loop {
+        std::thread::sleep(Duration::from_secs(1));
+        waited += 1;
+        let out = two.run(&["resume", APP, "-o", "plain"]);
+        if out.status.code() != Some(1) || waited > 30 {
+            break out;
+        }
+    };
+    assert_eq!(out.status.code(), Some(0), "resume from two: {}", text(&out));
+    let after = killed.elapsed();
+    assert!(after >= Duration::from_secs(10), "not before the lease ended: {after:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("took over the lock from"),
+        "the takeover is said: {}",
+        text(&out)
+    );
+    fleet.assert_serving("2.0.0");
+    let last = one.history().pop().unwrap();
+    assert_eq!((last["to"].as_str(), last["outcome"].as_str()), (Some("2.0.0"), Some("succeeded")));
+}
+
+#[test]
+fn etcd_a_runner_frozen_past_its_lease_is_taken_over_and_writes_nothing_when_it_wakes() {
+    if !root_or_skip("etcd_frozen_runner") {
+        return;
+    }
+    let etcd = Etcd3::up(34440);
+    let fleet = Fleet::start(3);
+    fleet.install("1.0.0");
+    let one = Machine::new(&fleet, &etcd, "one", false);
+    let two = Machine::new(&fleet, &etcd, "two", true);
+
+    let v2 = fleet.artifact("2.0.0", "");
+    let m2 = fleet.manifest("2.0.0", &v2, CANARY_TIMED, 10);
+    let mut run = Running::spawn(one.command(&["apply", "-f", m2.to_str().unwrap(), "-o", "json"]));
+    run.wait_for(
+        Duration::from_secs(60),
+        |e| matches!(e, Event::StepStarted { kind, .. } if kind == "pause"),
+    );
+    let pid = nix::unistd::Pid::from_raw(run.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+
+    // Machine two takes over once the frozen runner's lease ends, and finishes the rollout.
+    let mut waited = 0;
+    let out = loop {
+        std::thread::sleep(Duration::from_secs(1));
+        waited += 1;
+        let out = two.run(&["resume", APP, "-o", "plain"]);
+        if out.status.code() != Some(1) || waited > 30 {
+            break out;
+        }
+    };
+    assert_eq!(out.status.code(), Some(0), "resume from two: {}", text(&out));
+    fleet.assert_serving("2.0.0");
+    let keys = etcd.keys(&format!("/rollgate/{APP}/journal/"));
+    let revision = etcd.revision();
+
+    // The frozen runner wakes: it stops, saying its lock is gone, and writes nothing to etcd
+    // (the store's revision does not move) nor to the fleet.
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let code = run.finish(Duration::from_secs(60));
+    assert_ne!(code, Some(0), "{}", run.output());
+    assert!(
+        run.output().contains("no longer this process's"),
+        "it says why it stopped: {}",
+        run.output()
+    );
+    assert_eq!(etcd.revision(), revision, "the woken runner wrote nothing to etcd");
+    assert_eq!(etcd.keys(&format!("/rollgate/{APP}/journal/")), keys);
+    fleet.assert_serving("2.0.0");
+    let last = two.history().pop().unwrap();
+    assert_eq!((last["to"].as_str(), last["outcome"].as_str()), (Some("2.0.0"), Some("succeeded")));
+}
