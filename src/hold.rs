@@ -104,11 +104,8 @@ impl Env {
         let Some(k) = m.rollout.spec.target.kubernetes() else {
             return self.etcd_for(m.name(), &m.rollout);
         };
-        Ok(Some(Team::Kubernetes(Remote::new(
-            self.kube().await?,
-            &k.namespace,
-            m.name(),
-        )?)))
+        let remote = Remote::new(self.kube().await?, &k.namespace, m.name())?;
+        Ok(Some(Team::Kubernetes(Box::new(remote))))
     }
 
     /// A host fleet's state on etcd: `--state`, else the manifest's `spec.state`.
@@ -145,7 +142,7 @@ impl Env {
             };
             let ns = self.namespace.as_ref().unwrap_or(&k.namespace);
             let remote = Remote::new(self.kube().await?, ns, app)?;
-            return Ok(Some(Team::Kubernetes(remote)));
+            return Ok(Some(Team::Kubernetes(Box::new(remote))));
         }
         match self.kube().await {
             Ok(kube) => {
@@ -153,7 +150,9 @@ impl Env {
                     .namespace
                     .as_deref()
                     .unwrap_or(kube.default_namespace());
-                Ok(Some(Team::Kubernetes(Remote::new(kube, ns, app)?)))
+                Ok(Some(Team::Kubernetes(Box::new(Remote::new(
+                    kube, ns, app,
+                )?))))
             }
             // No kubeconfig at all: a machine that drives host fleets only.
             Err(_) if self.context.is_none() && self.namespace.is_none() => Ok(None),

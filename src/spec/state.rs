@@ -136,7 +136,9 @@ impl EtcdSpec {
             key: None,
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').ok_or_else(|| bad("a query without '='"))?;
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| bad("a query without '='"))?;
             let v = std::path::absolute(v).unwrap_or_else(|_| PathBuf::from(v));
             match k {
                 "ca" => tls.ca = Some(v),
@@ -190,8 +192,8 @@ mod tests {
         assert!(s.tls.is_none());
         let s = EtcdSpec::from_url("etcd://a:2379").unwrap();
         assert_eq!(s.prefix, "/rollgate");
-        let s = EtcdSpec::from_url("etcd+https://a:2379/r?ca=/ca.pem&cert=/c.pem&key=/k.pem")
-            .unwrap();
+        let s =
+            EtcdSpec::from_url("etcd+https://a:2379/r?ca=/ca.pem&cert=/c.pem&key=/k.pem").unwrap();
         assert_eq!(s.endpoints, ["https://a:2379"]);
         let t = s.tls.unwrap();
         assert_eq!(t.ca.unwrap(), PathBuf::from("/ca.pem"));

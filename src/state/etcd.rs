@@ -214,12 +214,11 @@ impl Etcd {
                 })
             };
             if let Some(ca) = &tls.ca {
-                let cert = reqwest::Certificate::from_pem(&read(ca)?).map_err(|e| {
-                    EtcdError::Tls {
+                let cert =
+                    reqwest::Certificate::from_pem(&read(ca)?).map_err(|e| EtcdError::Tls {
                         path: ca.clone(),
                         why: format!("not a PEM certificate: {e}"),
-                    }
-                })?;
+                    })?;
                 builder = builder
                     .tls_built_in_root_certs(false)
                     .add_root_certificate(cert);
@@ -252,7 +251,11 @@ impl Etcd {
 
     /// POSTs `body` to `path`, trying each member once from the last one that answered: a member
     /// that is down, cut off or without a leader is skipped.
-    async fn call<T: serde::de::DeserializeOwned>(&self, path: &'static str, body: Value) -> Result<T> {
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &'static str,
+        body: Value,
+    ) -> Result<T> {
         let n = self.endpoints.len();
         let first = self.current.load(Ordering::Relaxed);
         let mut last = String::new();
@@ -293,7 +296,8 @@ impl Etcd {
 
     /// The pairs under `prefix` created after revision `after`.
     pub async fn range_since(&self, prefix: &str, after: i64) -> Result<(Vec<Kv>, i64)> {
-        let mut body = json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix))});
+        let mut body =
+            json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix))});
         if after > 0 {
             body["min_create_revision"] = json!((after + 1).to_string());
         }
@@ -309,7 +313,12 @@ impl Etcd {
         Ok(r.kvs.into_iter().next())
     }
 
-    pub async fn txn(&self, compare: Vec<Value>, success: Vec<Value>, failure: Vec<Value>) -> Result<TxnResponse> {
+    pub async fn txn(
+        &self,
+        compare: Vec<Value>,
+        success: Vec<Value>,
+        failure: Vec<Value>,
+    ) -> Result<TxnResponse> {
         self.call(
             "/v3/kv/txn",
             json!({"compare": compare, "success": success, "failure": failure}),
@@ -390,7 +399,10 @@ mod tests {
             r#"{"key":"L3QvYQ==","create_revision":"42","value":"eA==","lease":"7"}"#,
         )
         .unwrap();
-        assert_eq!((kv.key_str().as_str(), kv.create_revision, kv.lease), ("/t/a", 42, 7));
+        assert_eq!(
+            (kv.key_str().as_str(), kv.create_revision, kv.lease),
+            ("/t/a", 42, 7)
+        );
         assert_eq!(kv.value, b"x");
     }
 }

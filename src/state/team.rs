@@ -25,7 +25,8 @@ impl TeamError {
     pub fn is_locked(&self) -> bool {
         matches!(
             self,
-            TeamError::Cluster(ClusterError::Locked { .. }) | TeamError::Etcd(EtcdError::Locked { .. })
+            TeamError::Cluster(ClusterError::Locked { .. })
+                | TeamError::Etcd(EtcdError::Locked { .. })
         )
     }
 }
@@ -34,14 +35,14 @@ pub type Result<T, E = TeamError> = std::result::Result<T, E>;
 
 /// Where an app's team state lives.
 pub enum Team {
-    Kubernetes(mirror::Remote),
+    Kubernetes(Box<mirror::Remote>),
     Etcd(etcd::team::Remote),
 }
 
 impl Team {
     pub async fn acquire(&self, store: &Store, actor: &Actor) -> Result<Session> {
         Ok(match self {
-            Team::Kubernetes(r) => Session::Kubernetes(r.acquire(store, actor).await?),
+            Team::Kubernetes(r) => Session::Kubernetes(Box::new(r.acquire(store, actor).await?)),
             Team::Etcd(r) => Session::Etcd(r.acquire(store, actor).await?),
         })
     }
@@ -88,7 +89,7 @@ impl Team {
 
 /// A held team lock with its background tasks.
 pub enum Session {
-    Kubernetes(lease::Session),
+    Kubernetes(Box<lease::Session>),
     Etcd(etcd::team::Session),
 }
 
@@ -137,7 +138,7 @@ impl Session {
 
     pub async fn release(self) {
         match self {
-            Session::Kubernetes(s) => s.release().await,
+            Session::Kubernetes(s) => (*s).release().await,
             Session::Etcd(s) => s.release().await,
         }
     }

@@ -96,7 +96,12 @@ fn etcd_a_pause_on_one_machine_is_promoted_from_another_and_a_second_apply_is_re
     // Machine two never ran the app: it finds the paused rollout in etcd and promotes it.
     let started = Instant::now();
     let out = two.run(&["promote", APP, "-o", "plain"]);
-    assert_eq!(out.status.code(), Some(0), "promote from two: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "promote from two: {}",
+        text(&out)
+    );
     eprintln!("promote from machine two: {:?}", started.elapsed());
     fleet.assert_serving("2.0.0");
     for m in [&one, &two] {
@@ -128,10 +133,18 @@ fn etcd_a_pause_on_one_machine_is_promoted_from_another_and_a_second_apply_is_re
         text(&out)
     );
     assert!(stderr.contains("machine-one"), "{}", text(&out));
-    assert_eq!(run.finish(Duration::from_secs(90)), Some(0), "{}", run.output());
+    assert_eq!(
+        run.finish(Duration::from_secs(90)),
+        Some(0),
+        "{}",
+        run.output()
+    );
     fleet.assert_serving("3.0.0");
     let last = two.history().pop().unwrap();
-    assert_eq!((last["to"].as_str(), last["outcome"].as_str()), (Some("3.0.0"), Some("succeeded")));
+    assert_eq!(
+        (last["to"].as_str(), last["outcome"].as_str()),
+        (Some("3.0.0"), Some("succeeded"))
+    );
 }
 
 #[test]
@@ -158,7 +171,11 @@ fn etcd_a_killed_runner_is_resumed_from_another_machine_once_its_lease_ends() {
     // At once, the lock is still held: refused, naming the dead runner and the lease's time left.
     let out = two.run(&["resume", APP, "-o", "plain"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is locked by"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is locked by"),
+        "{}",
+        text(&out)
+    );
 
     // Once the lease ends (15 s without renewal), machine two resumes and finishes.
     let mut waited = 0;
@@ -170,9 +187,17 @@ fn etcd_a_killed_runner_is_resumed_from_another_machine_once_its_lease_ends() {
             break out;
         }
     };
-    assert_eq!(out.status.code(), Some(0), "resume from two: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "resume from two: {}",
+        text(&out)
+    );
     let after = killed.elapsed();
-    assert!(after >= Duration::from_secs(10), "not before the lease ended: {after:?}");
+    assert!(
+        after >= Duration::from_secs(10),
+        "not before the lease ended: {after:?}"
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("took over the lock from"),
         "the takeover is said: {}",
@@ -180,7 +205,10 @@ fn etcd_a_killed_runner_is_resumed_from_another_machine_once_its_lease_ends() {
     );
     fleet.assert_serving("2.0.0");
     let last = one.history().pop().unwrap();
-    assert_eq!((last["to"].as_str(), last["outcome"].as_str()), (Some("2.0.0"), Some("succeeded")));
+    assert_eq!(
+        (last["to"].as_str(), last["outcome"].as_str()),
+        (Some("2.0.0"), Some("succeeded"))
+    );
 }
 
 #[test]
@@ -214,7 +242,12 @@ fn etcd_a_runner_frozen_past_its_lease_is_taken_over_and_writes_nothing_when_it_
             break out;
         }
     };
-    assert_eq!(out.status.code(), Some(0), "resume from two: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "resume from two: {}",
+        text(&out)
+    );
     fleet.assert_serving("2.0.0");
     let keys = etcd.keys(&format!("/rollgate/{APP}/journal/"));
     let revision = etcd.revision();
@@ -229,9 +262,16 @@ fn etcd_a_runner_frozen_past_its_lease_is_taken_over_and_writes_nothing_when_it_
         "it says why it stopped: {}",
         run.output()
     );
-    assert_eq!(etcd.revision(), revision, "the woken runner wrote nothing to etcd");
+    assert_eq!(
+        etcd.revision(),
+        revision,
+        "the woken runner wrote nothing to etcd"
+    );
     assert_eq!(etcd.keys(&format!("/rollgate/{APP}/journal/")), keys);
     fleet.assert_serving("2.0.0");
     let last = two.history().pop().unwrap();
-    assert_eq!((last["to"].as_str(), last["outcome"].as_str()), (Some("2.0.0"), Some("succeeded")));
+    assert_eq!(
+        (last["to"].as_str(), last["outcome"].as_str()),
+        (Some("2.0.0"), Some("succeeded"))
+    );
 }

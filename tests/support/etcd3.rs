@@ -34,7 +34,11 @@ impl Etcd3 {
             endpoints: String::new(),
         };
         let out = etcd.script(&["up"]);
-        assert!(out.status.success(), "etcd3.sh up: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "etcd3.sh up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         etcd.endpoints = String::from_utf8_lossy(&etcd.script(&["endpoints"]).stdout)
             .trim()
             .to_string();

@@ -83,7 +83,11 @@ impl Remote {
 
     /// `etcd prefix /rollgate/web/`, for messages.
     pub fn describe(&self) -> String {
-        format!("etcd prefix {} at {}", self.keys.root, self.etcd.endpoints())
+        format!(
+            "etcd prefix {} at {}",
+            self.keys.root,
+            self.etcd.endpoints()
+        )
     }
 
     /// Everything under the app's prefix; `None` when there is nothing.
@@ -174,9 +178,7 @@ impl Remote {
 
     /// Adds a control request for whichever machine runs the rollout.
     pub async fn send_control(&self, control: &Control) -> Result<()> {
-        if self.etcd.get(&self.keys.holder()).await?.is_none()
-            && self.fetch().await?.is_none()
-        {
+        if self.etcd.get(&self.keys.holder()).await?.is_none() && self.fetch().await?.is_none() {
             return Err(EtcdError::NoState {
                 app: self.keys.app.clone(),
                 prefix: self.keys.root.clone(),
@@ -189,7 +191,9 @@ impl Remote {
             std::process::id()
         );
         let value = serde_json::to_string(control).expect("a control serializes");
-        self.etcd.txn(vec![], vec![op::put(&key, &value, 0)], vec![]).await?;
+        self.etcd
+            .txn(vec![], vec![op::put(&key, &value, 0)], vec![])
+            .await?;
         Ok(())
     }
 
