@@ -63,11 +63,14 @@ make_pki() {
   mkdir -p "$p"
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj "/CN=rollgate-etcd3 test CA" -keyout "$p/ca.key" -out "$p/ca.crt" 2>/dev/null
+  # The server certificate is also a client one: etcd's JSON gateway dials the member's own
+  # gRPC port with it, and --client-cert-auth checks it like any client's.
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' >"$p/server.ext"
+  printf 'extendedKeyUsage=clientAuth\n' >"$p/client.ext"
   local who
   for who in server client; do
     openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
       -subj "/CN=rollgate-etcd3 $who" -keyout "$p/$who.key" -out "$p/$who.csr" 2>/dev/null
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=%sAuth\n' "$who" >"$p/$who.ext"
     openssl x509 -req -in "$p/$who.csr" -CA "$p/ca.crt" -CAkey "$p/ca.key" -CAcreateserial \
       -days 2 -extfile "$p/$who.ext" -out "$p/$who.crt" 2>/dev/null
   done

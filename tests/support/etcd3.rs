@@ -13,6 +13,8 @@ pub struct Etcd3 {
     pub url: String,
     /// The client URLs, comma-separated.
     pub endpoints: String,
+    /// Client ports over TLS (`up --tls`): the CA and client certificate are in `pki()`.
+    pub tls: bool,
 }
 
 fn script() -> PathBuf {
@@ -22,6 +24,16 @@ fn script() -> PathBuf {
 impl Etcd3 {
     /// Starts members 0-2 with client ports `port`, `port+2`, `port+4` (peers one above each).
     pub fn up(port: u16) -> Etcd3 {
+        Self::start(port, false)
+    }
+
+    /// Like [`up`](Self::up), the client ports over TLS with client certificates required;
+    /// `url` is `etcd+https://...?ca=...&cert=...&key=...`.
+    pub fn up_tls(port: u16) -> Etcd3 {
+        Self::start(port, true)
+    }
+
+    fn start(port: u16, tls: bool) -> Etcd3 {
         let dir = std::env::temp_dir().join(format!("rollgate-etcd3-{port}"));
         let mut etcd = Etcd3 {
             dir,
@@ -32,13 +44,24 @@ impl Etcd3 {
                 port + 4
             ),
             endpoints: String::new(),
+            tls,
         };
-        let out = etcd.script(&["up"]);
+        let out = etcd.script(if tls { &["up", "--tls"] } else { &["up"] });
         assert!(
             out.status.success(),
             "etcd3.sh up: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if tls {
+            let pki = etcd.pki();
+            etcd.url = format!(
+                "{}?ca={}&cert={}&key={}",
+                etcd.url.replace("etcd://", "etcd+https://"),
+                pki.join("ca.crt").display(),
+                pki.join("client.crt").display(),
+                pki.join("client.key").display()
+            );
+        }
         etcd.endpoints = String::from_utf8_lossy(&etcd.script(&["endpoints"]).stdout)
             .trim()
             .to_string();
@@ -54,15 +77,47 @@ impl Etcd3 {
             .expect("run tests/cluster/etcd3.sh")
     }
 
+    pub fn pki(&self) -> PathBuf {
+        self.dir.join("pki")
+    }
+
     /// A member's client URL.
     pub fn endpoint(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.port + 2 * i as u16)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port + 2 * i as u16)
+    }
+
+    /// The member that leads now (`etcd3.sh leader`).
+    pub fn leader(&self) -> usize {
+        let out = self.script(&["leader"]);
+        assert!(
+            out.status.success(),
+            "etcd3.sh leader: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+
+    /// SIGKILLs member `i`.
+    pub fn kill(&self, i: usize) {
+        let out = self.script(&["kill", &i.to_string()]);
+        assert!(out.status.success(), "etcd3.sh kill {i}");
     }
 
     /// POSTs `body` to the gateway `path` of member 0 (curl) and parses the answer.
     pub fn call(&self, path: &str, body: &str) -> serde_json::Value {
         for i in 0..3 {
-            let out = Command::new("curl")
+            let mut curl = Command::new("curl");
+            if self.tls {
+                let pki = self.pki();
+                curl.arg("--cacert")
+                    .arg(pki.join("ca.crt"))
+                    .arg("--cert")
+                    .arg(pki.join("client.crt"))
+                    .arg("--key")
+                    .arg(pki.join("client.key"));
+            }
+            let out = curl
                 .args(["-fsS", "--max-time", "3", "-d", body])
                 .arg(format!("{}{path}", self.endpoint(i)))
                 .output()
