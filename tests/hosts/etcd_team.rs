@@ -121,7 +121,7 @@ fn etcd_a_pause_on_one_machine_is_promoted_from_another_and_a_second_apply_is_re
     let mut run = Running::spawn(one.command(&["apply", "-f", m3.to_str().unwrap(), "-o", "json"]));
     run.wait_for(
         Duration::from_secs(60),
-        |e| matches!(e, Event::StepStarted { kind, .. } if kind == "pause"),
+        |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
     );
     let holder = run.child.id();
     let out = two.run(&["apply", "-f", m3.to_str().unwrap(), "-o", "plain"]);
@@ -163,7 +163,7 @@ fn etcd_a_killed_runner_is_resumed_from_another_machine_once_its_lease_ends() {
     let mut run = Running::spawn(one.command(&["apply", "-f", m2.to_str().unwrap(), "-o", "json"]));
     run.wait_for(
         Duration::from_secs(60),
-        |e| matches!(e, Event::StepStarted { kind, .. } if kind == "pause"),
+        |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
     );
     run.kill9();
     let killed = Instant::now();
@@ -227,7 +227,7 @@ fn etcd_a_runner_frozen_past_its_lease_is_taken_over_and_writes_nothing_when_it_
     let mut run = Running::spawn(one.command(&["apply", "-f", m2.to_str().unwrap(), "-o", "json"]));
     run.wait_for(
         Duration::from_secs(60),
-        |e| matches!(e, Event::StepStarted { kind, .. } if kind == "pause"),
+        |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
     );
     let pid = nix::unistd::Pid::from_raw(run.child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
@@ -292,7 +292,7 @@ fn etcd_over_tls_a_rollout_rides_out_its_leader_killed_and_loses_no_record() {
     let mut run = Running::spawn(one.command(&["apply", "-f", m2.to_str().unwrap(), "-o", "json"]));
     let started = run.wait_for(
         Duration::from_secs(60),
-        |e| matches!(e, Event::StepStarted { kind, .. } if kind == "pause"),
+        |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
     );
     let leader = etcd.leader();
     etcd.kill(leader);
