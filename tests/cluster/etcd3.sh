@@ -9,6 +9,8 @@
 #   etcd3.sh endpoints       the client URLs, comma-separated
 #   etcd3.sh kill N          SIGKILL member N (fault tests)
 #   etcd3.sh start N         start member N again, on its existing data dir
+#   etcd3.sh kill-all        SIGKILL every member (the whole cluster down)
+#   etcd3.sh start-all       start every stopped member again, and wait until all are healthy
 #   etcd3.sh leader          the index of the current leader
 #
 # The etcd binary is cluster.sh's (built from Go modules into ~/.cache/rollgate/kube/<version>/):
@@ -172,6 +174,12 @@ case ${1:-} in
   kill) alive "$2" && kill -KILL "$(pid_of "$2")" ;;
   start) start_member "$2"; deadline=$((SECONDS + 30))
     until healthy "$2" >/dev/null 2>&1; do ((SECONDS < deadline)) || die "member $2 not healthy"; sleep 0.2; done ;;
+  kill-all) for i in "${MEMBERS[@]}"; do alive "$i" && kill -KILL "$(pid_of "$i")"; done; true ;;
+  start-all) for i in "${MEMBERS[@]}"; do alive "$i" || start_member "$i"; done
+    deadline=$((SECONDS + 30))
+    for i in "${MEMBERS[@]}"; do
+      until healthy "$i" >/dev/null 2>&1; do ((SECONDS < deadline)) || die "member $i not healthy"; sleep 0.2; done
+    done ;;
   leader) cmd_leader ;;
-  *) die "usage: $0 up [--tls]|down|status|endpoints|kill N|start N|leader" ;;
+  *) die "usage: $0 up [--tls]|down|status|endpoints|kill N|start N|kill-all|start-all|leader" ;;
 esac

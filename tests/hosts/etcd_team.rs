@@ -378,3 +378,76 @@ fn etcd_costs_of_the_lock_a_step_and_the_release() {
         assert!(etcd.keys(&format!("/rollgate/{APP}/lock")).is_empty(), "released");
     });
 }
+
+#[test]
+fn etcd_the_whole_cluster_down_past_the_write_window_stops_the_run_and_resume_finishes_it() {
+    if !root_or_skip("etcd_cluster_down") {
+        return;
+    }
+    let etcd = Etcd3::up(34500);
+    let fleet = Fleet::start(3);
+    fleet.install("1.0.0");
+    let one = Machine::new(&fleet, &etcd, "one", false);
+
+    let v2 = fleet.artifact("2.0.0", "");
+    // A pause longer than the write window: etcd is gone while the run waits.
+    let m2 = fleet.manifest(
+        "2.0.0",
+        &v2,
+        &CANARY_TIMED.replace("duration: 6s", "duration: 30s"),
+        10,
+    );
+    let mut run = Running::spawn(one.command(&["apply", "-f", m2.to_str().unwrap(), "-o", "json"]));
+    let started = run.wait_for(
+        Duration::from_secs(60),
+        |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
+    );
+    etcd.must("kill-all");
+    let down = Instant::now();
+    let code = run.finish(Duration::from_secs(60));
+    let stopped_after = down.elapsed();
+    assert_eq!(code, Some(1), "{}", run.output());
+    assert!(
+        run.output().contains("is no longer this process's")
+            && run.output().contains("nothing more was written"),
+        "a clear message: {}",
+        run.output()
+    );
+    assert!(
+        stopped_after < Duration::from_secs(25),
+        "stopped within the write window, not at the pause's end: {stopped_after:?}"
+    );
+    assert!(
+        !run.records
+            .iter()
+            .any(|r| matches!(r.event, Event::StepStarted { step, .. } if step > 1)),
+        "no step began without etcd: {}",
+        run.describe()
+    );
+    assert!(
+        fleet.agent_versions().contains(&Some("1.0.0".into())),
+        "the rollout did not go on: {:?}",
+        fleet.agent_versions()
+    );
+
+    // etcd back: `resume` on the same machine (the dead runner's lock is freed at once) finishes,
+    // and etcd holds the whole rollout as the local journal does.
+    etcd.must("start-all");
+    let out = one.run(&["resume", APP, "-o", "plain"]);
+    assert_eq!(out.status.code(), Some(0), "resume: {}", text(&out));
+    fleet.assert_serving("2.0.0");
+    let id = started.event.rollout().to_string();
+    let local: Vec<String> = rollgate::state::Store::at(&one.state)
+        .read(APP)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event.rollout() == id)
+        .map(|r| serde_json::to_string(&r).unwrap())
+        .collect();
+    let stored: Vec<String> = etcd
+        .keys(&format!("/rollgate/{APP}/journal/{id}/"))
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(stored, local, "no record lost");
+}

@@ -98,6 +98,16 @@ impl Etcd3 {
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
     }
 
+    /// Runs `etcd3.sh CMD` (`kill-all`, `start-all`, ...) and asserts it succeeded.
+    pub fn must(&self, cmd: &str) {
+        let out = self.script(&[cmd]);
+        assert!(
+            out.status.success(),
+            "etcd3.sh {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// SIGKILLs member `i`.
     pub fn kill(&self, i: usize) {
         let out = self.script(&["kill", &i.to_string()]);
