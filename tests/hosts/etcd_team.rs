@@ -145,6 +145,22 @@ fn etcd_a_pause_on_one_machine_is_promoted_from_another_and_a_second_apply_is_re
         (last["to"].as_str(), last["outcome"].as_str()),
         (Some("3.0.0"), Some("succeeded"))
     );
+
+    // `rollback` from machine two, which never ran 3.0.0: the previous version is back, and
+    // machine one's history shows it.
+    let out = two.run(&["rollback", APP, "-o", "plain"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "rollback from two: {}",
+        text(&out)
+    );
+    fleet.assert_serving("2.0.0");
+    let last = one.history().pop().unwrap();
+    assert_eq!(
+        (last["to"].as_str(), last["outcome"].as_str()),
+        (Some("2.0.0"), Some("succeeded"))
+    );
 }
 
 #[test]
