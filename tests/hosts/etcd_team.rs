@@ -77,7 +77,9 @@ fn etcd_a_pause_on_one_machine_is_promoted_from_another_and_a_second_apply_is_re
     if !root_or_skip("etcd_promote_from_another_machine") {
         return;
     }
-    let etcd = Etcd3::up(34400);
+    let Some(etcd) = Etcd3::up(34400) else {
+        return;
+    };
     let fleet = Fleet::start(3);
     fleet.install("1.0.0");
     let one = Machine::new(&fleet, &etcd, "one", false);
@@ -168,7 +170,9 @@ fn etcd_a_killed_runner_is_resumed_from_another_machine_once_its_lease_ends() {
     if !root_or_skip("etcd_killed_runner_resumed") {
         return;
     }
-    let etcd = Etcd3::up(34420);
+    let Some(etcd) = Etcd3::up(34420) else {
+        return;
+    };
     let fleet = Fleet::start(3);
     fleet.install("1.0.0");
     let one = Machine::new(&fleet, &etcd, "one", false);
@@ -232,7 +236,9 @@ fn etcd_a_runner_frozen_past_its_lease_is_taken_over_and_writes_nothing_when_it_
     if !root_or_skip("etcd_frozen_runner") {
         return;
     }
-    let etcd = Etcd3::up(34440);
+    let Some(etcd) = Etcd3::up(34440) else {
+        return;
+    };
     let fleet = Fleet::start(3);
     fleet.install("1.0.0");
     let one = Machine::new(&fleet, &etcd, "one", false);
@@ -297,7 +303,9 @@ fn etcd_over_tls_a_rollout_rides_out_its_leader_killed_and_loses_no_record() {
     if !root_or_skip("etcd_tls_leader_killed") {
         return;
     }
-    let etcd = Etcd3::up_tls(34460);
+    let Some(etcd) = Etcd3::up_tls(34460) else {
+        return;
+    };
     let fleet = Fleet::start(3);
     fleet.install("1.0.0");
     let one = Machine::new(&fleet, &etcd, "one", false);
@@ -349,7 +357,9 @@ fn etcd_over_tls_a_rollout_rides_out_its_leader_killed_and_loses_no_record() {
 fn etcd_costs_of_the_lock_a_step_and_the_release() {
     use rollgate::spec::state::EtcdSpec;
     use rollgate::state::{Actor, Event, Store};
-    let etcd = Etcd3::up(34480);
+    let Some(etcd) = Etcd3::up(34480) else {
+        return;
+    };
     let spec = EtcdSpec::from_url(&etcd.url).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::at(dir.path());
@@ -400,7 +410,9 @@ fn etcd_the_whole_cluster_down_past_the_write_window_stops_the_run_and_resume_fi
     if !root_or_skip("etcd_cluster_down") {
         return;
     }
-    let etcd = Etcd3::up(34500);
+    let Some(etcd) = Etcd3::up(34500) else {
+        return;
+    };
     let fleet = Fleet::start(3);
     fleet.install("1.0.0");
     let one = Machine::new(&fleet, &etcd, "one", false);
