@@ -92,6 +92,9 @@ pub fn start(
     let (shared2, app2) = (shared.clone(), app.to_string());
     let thread = std::thread::Builder::new()
         .name(format!("dashboard {app}"))
+        // The CLI runs a rollout on the main thread's 8 MiB; a debug build's rollout future
+        // overflows a spawned thread's default 2 MiB.
+        .stack_size(32 << 20)
         .spawn(move || {
             let result = tokio::runtime::Runtime::new()
                 .map_err(|e| crate::cli::CliError::Failed(format!("a tokio runtime: {e}")))

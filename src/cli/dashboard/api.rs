@@ -385,9 +385,7 @@ async fn action(
             return error(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "the body at line {} column {}: {e}; expected {{\"action\": \"promote|pause|resume|abort|rollback\", \"full\": false}}",
-                    e.line(),
-                    e.column()
+                    "the request body: {e}; expected {{\"action\": \"promote|pause|resume|abort|rollback\", \"full\": false}}"
                 ),
             );
         }

@@ -97,7 +97,7 @@ function renderActions(v, payload) {
     pause: v.state === "inProgress" && !!payload.running,
     resume: unfinished && v.state !== "paused" && !payload.running,
     abort: unfinished,
-    rollback: v.state === "succeeded",
+    rollback: !!v.rollout && !!v.rollout.outcome,
   };
   for (const [action, on] of Object.entries(enable)) {
     const b = document.getElementById("act-" + action);
