@@ -326,7 +326,12 @@ pub struct DemoArgs {
     #[arg(long)]
     pub dashboard: bool,
     /// Where `--dashboard` serves (loopback only).
-    #[arg(long, default_value = "127.0.0.1:7900", value_name = "ADDR", requires = "dashboard")]
+    #[arg(
+        long,
+        default_value = "127.0.0.1:7900",
+        value_name = "ADDR",
+        requires = "dashboard"
+    )]
     pub dashboard_listen: String,
 }
 

@@ -5,5 +5,6 @@ mod dashboard {
     mod api;
     mod browser;
     mod demo;
+    mod load;
     mod support;
 }

@@ -37,7 +37,9 @@ async fn posts_need_the_page_token_this_origin_a_known_app_and_json_and_change_n
     let served = Served::start(dir.path());
     let response = reqwest::get(&served.url).await.unwrap();
     // The browser is told to load nothing from anywhere else, and not to be framed.
-    let csp = response.headers()["content-security-policy"].to_str().unwrap();
+    let csp = response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap();
     assert!(csp.starts_with("default-src 'self';"), "{csp}");
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
     let page = response.text().await.unwrap();
@@ -65,7 +67,10 @@ async fn posts_need_the_page_token_this_origin_a_known_app_and_json_and_change_n
     assert_eq!(status, 404, "{body}");
     let (status, body) = post(&actions, Some(&token), &[], "{\"action\": ").await;
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("expected"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("expected"),
+        "{body}"
+    );
     let (status, body) = post(&actions, Some(&token), &[], r#"{"action":"deploy"}"#).await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("deploy"), "{body}");
@@ -95,12 +100,7 @@ async fn posts_need_the_page_token_this_origin_a_known_app_and_json_and_change_n
     let view_url = format!("{}api/apps/web", served.url);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let v: serde_json::Value = reqwest::get(&view_url)
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: serde_json::Value = reqwest::get(&view_url).await.unwrap().json().await.unwrap();
         if v["action"]["state"] != "running" {
             assert_eq!(v["action"]["action"], "pause", "{v}");
             assert_eq!(v["action"]["code"], 1, "{v}");
@@ -158,14 +158,20 @@ async fn a_record_appended_to_the_journal_reaches_the_live_view_within_a_second(
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
     let took = appended.elapsed();
-    assert!(took < Duration::from_secs(1), "the view came after {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "the view came after {took:?}"
+    );
     assert!(text.contains("\"switching\""), "{text}");
     println!("journal append -> live view: {took:?}");
 }
 
 #[test]
 fn a_listen_address_off_loopback_or_malformed_is_a_usage_error() {
-    for (listen, says) in [("0.0.0.0:7900", "loopback"), ("nowhere", "IP address and port")] {
+    for (listen, says) in [
+        ("0.0.0.0:7900", "loopback"),
+        ("nowhere", "IP address and port"),
+    ] {
         let out = Command::new(ROLLGATE)
             .args(["dashboard", "--listen", listen])
             .env("ROLLGATE_STATE", "/nonexistent")

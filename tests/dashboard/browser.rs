@@ -15,13 +15,16 @@ use super::support::{ROLLGATE, Served, interrupt_and_wait};
 
 /// chromedriver and chromium, or why the test cannot run. Without them and without root (which
 /// tests/run.sh needs to install them) the test is skipped; as root their absence is a failure.
-fn browser() -> Option<(PathBuf, PathBuf)> {
+pub(super) fn browser() -> Option<(PathBuf, PathBuf)> {
     let find = |name: &str| {
         std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
             .unwrap_or_default()
             .into_iter()
-            .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/lib/chromium")])
+            .chain([
+                PathBuf::from("/usr/bin"),
+                PathBuf::from("/usr/lib/chromium"),
+            ])
             .map(|d| d.join(name))
             .find(|p| p.is_file())
     };
@@ -49,7 +52,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Driver(Option<Child>);
+pub(super) struct Driver(Option<Child>);
 
 impl Drop for Driver {
     fn drop(&mut self) {
@@ -59,7 +62,7 @@ impl Drop for Driver {
     }
 }
 
-async fn connect(driver: &Path, chromium: &Path) -> (Driver, Client) {
+pub(super) async fn connect(driver: &Path, chromium: &Path) -> (Driver, Client) {
     let port = free_port();
     let child = Command::new(driver)
         .arg(format!("--port={port}"))
@@ -122,7 +125,10 @@ async fn until(client: &Client, what: &str, ok: impl Fn(&Value) -> bool) -> Valu
         if ok(&p) {
             return p;
         }
-        assert!(Instant::now() < deadline, "the page never showed {what}: {p:#}");
+        assert!(
+            Instant::now() < deadline,
+            "the page never showed {what}: {p:#}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -211,7 +217,10 @@ async fn a_real_rollout_shown_promoted_and_rolled_back_in_headless_chromium() {
     .await;
     assert_eq!(p["instances"]["host4"][2], "a", "{p:#}");
     assert_eq!(p["instances"]["host2"][2], "b", "{p:#}");
-    assert!(!p["promote"].as_bool().unwrap(), "nothing to promote: {p:#}");
+    assert!(
+        !p["promote"].as_bool().unwrap(),
+        "nothing to promote: {p:#}"
+    );
     screenshot(&client, "1-v1-installed.png").await;
 
     // The canary's first step puts v2 on host1 (the internal ring), then waits for a promote.
@@ -229,7 +238,11 @@ async fn a_real_rollout_shown_promoted_and_rolled_back_in_headless_chromium() {
             })
             .collect()
     };
-    assert_eq!(versions(&p), expected(&["host2", "host3", "host4"]), "{p:#}");
+    assert_eq!(
+        versions(&p),
+        expected(&["host2", "host3", "host4"]),
+        "{p:#}"
+    );
     assert_eq!(p["steps"][0], "done", "{p:#}");
     assert_eq!(p["steps"][1], "paused", "{p:#}");
     assert_eq!(p["steps"][2], "pending", "{p:#}");
@@ -252,7 +265,10 @@ async fn a_real_rollout_shown_promoted_and_rolled_back_in_headless_chromium() {
         p["steps"].as_array().unwrap().iter().all(|s| s == "done"),
         "{p:#}"
     );
-    assert!(p["action"].as_str().unwrap().starts_with("promote: ok"), "{p:#}");
+    assert!(
+        p["action"].as_str().unwrap().starts_with("promote: ok"),
+        "{p:#}"
+    );
     screenshot(&client, "3-v2-promoted.png").await;
 
     // A bad v3: the agents start it (its /health answers), but every answer of `/` is a 500, so
@@ -273,7 +289,9 @@ async fn a_real_rollout_shown_promoted_and_rolled_back_in_headless_chromium() {
         .filter_map(Value::as_str)
         .collect();
     assert!(
-        gates.iter().any(|g| g.contains("health") && g.contains("FAILED")),
+        gates
+            .iter()
+            .any(|g| g.contains("health") && g.contains("FAILED")),
         "{p:#}"
     );
     assert!(
@@ -302,7 +320,10 @@ async fn a_real_rollout_shown_promoted_and_rolled_back_in_headless_chromium() {
         .collect();
     assert!(loaded.len() >= 4, "{loaded:?}");
     for url in &loaded {
-        assert!(url.starts_with(&served.url), "{url} is not the dashboard's: {loaded:?}");
+        assert!(
+            url.starts_with(&served.url),
+            "{url} is not the dashboard's: {loaded:?}"
+        );
     }
     for own in ["app.js", "style.css", "api/apps", "api/apps/web/actions"] {
         assert!(

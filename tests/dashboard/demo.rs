@@ -63,5 +63,8 @@ async fn demo_with_dashboard_prints_its_url_and_serves_until_interrupted() {
     assert_eq!(view["view"]["history"].as_array().unwrap().len(), 3);
     let status = interrupt_and_wait(child);
     assert_eq!(status.code(), Some(0));
-    assert!(reqwest::get(&url).await.is_err(), "still serving after Ctrl-C");
+    assert!(
+        reqwest::get(&url).await.is_err(),
+        "still serving after Ctrl-C"
+    );
 }

@@ -99,15 +99,23 @@ fn token() -> Result<String, CliError> {
     let mut bytes = [0u8; 32];
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
-        .map_err(|_| CliError::Failed("dashboard: no system randomness for the CSRF token".into()))?;
+        .map_err(|_| {
+            CliError::Failed("dashboard: no system randomness for the CSRF token".into())
+        })?;
     Ok(hex::encode(bytes))
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/", get(index))
-        .route("/app.js", get(|| asset("text/javascript; charset=utf-8", SCRIPT)))
-        .route("/style.css", get(|| asset("text/css; charset=utf-8", STYLE)))
+        .route(
+            "/app.js",
+            get(|| asset("text/javascript; charset=utf-8", SCRIPT)),
+        )
+        .route(
+            "/style.css",
+            get(|| asset("text/css; charset=utf-8", STYLE)),
+        )
         .route("/api/apps", get(apps))
         .route("/api/apps/{app}", get(app_view))
         .route("/api/apps/{app}/events", get(events))
@@ -136,10 +144,13 @@ async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
         );
     }
     if request.method() == axum::http::Method::POST {
-        if let Some(origin) = headers.get(header::ORIGIN) {
-            if origin.to_str().ok() != Some(format!("http://{host}").as_str()) {
-                return error(StatusCode::FORBIDDEN, "the request's Origin is another site");
-            }
+        if let Some(origin) = headers.get(header::ORIGIN)
+            && origin.to_str().ok() != Some(format!("http://{host}").as_str())
+        {
+            return error(
+                StatusCode::FORBIDDEN,
+                "the request's Origin is another site",
+            );
         }
         let sent = headers
             .get("x-csrf-token")
@@ -198,20 +209,20 @@ async fn apps(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 /// The app named in a path, if the state dir has it (an unknown or malformed name is a 404).
-fn known(shared: &Shared, app: &str) -> Result<(), Response> {
+fn known(shared: &Shared, app: &str) -> Result<(), Box<Response>> {
     if shared.apps().iter().any(|a| a == app) {
         Ok(())
     } else {
-        Err(error(
+        Err(Box::new(error(
             StatusCode::NOT_FOUND,
             format!("no app {app:?} in {}", shared.store.app_dir("").display()),
-        ))
+        )))
     }
 }
 
 async fn app_view(State(shared): State<Arc<Shared>>, Path(app): Path<String>) -> Response {
     if let Err(r) = known(&shared, &app) {
-        return r;
+        return *r;
     }
     match payload(&shared, &app, &mut None) {
         Ok((body, _)) => Json(body).into_response(),
@@ -226,10 +237,7 @@ fn payload(
     app: &str,
     cache: &mut Option<(String, Layout)>,
 ) -> Result<(Value, Vec<Record>), String> {
-    let records = shared
-        .store
-        .read(app)
-        .map_err(|e| crate::error_chain(&e))?;
+    let records = shared.store.read(app).map_err(|e| crate::error_chain(&e))?;
     let last_id = history(&records).pop().map(|r| r.id);
     let layout = match (cache.as_ref(), &last_id) {
         (Some((id, layout)), Some(last)) if id == last => layout.clone(),
@@ -260,7 +268,10 @@ pub(super) fn layout(store: &Store, app: &str, id: &str) -> Layout {
     let Ok(rollout) = store.load_manifest(app, id) else {
         return Layout::default();
     };
-    let origin = store.app_dir(app).join("rollouts").join(format!("{id}.json"));
+    let origin = store
+        .app_dir(app)
+        .join("rollouts")
+        .join(format!("{id}.json"));
     let Ok(m) = Manifest::from_resolved(rollout, &origin) else {
         return Layout::default();
     };
@@ -309,7 +320,7 @@ struct Watch {
 /// and `record` for each appended journal record (the lines `apply -o json` prints).
 async fn events(State(shared): State<Arc<Shared>>, Path(app): Path<String>) -> Response {
     if let Err(r) = known(&shared, &app) {
-        return r;
+        return *r;
     }
     let watch = Watch {
         shared,
@@ -377,7 +388,7 @@ async fn action(
     body: Bytes,
 ) -> Response {
     if let Err(r) = known(&shared, &app) {
-        return r;
+        return *r;
     }
     let request: actions::ActionRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,

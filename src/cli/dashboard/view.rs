@@ -113,7 +113,9 @@ pub fn view(app: &str, records: &[Record], layout: &Layout) -> AppView {
     AppView {
         app: app.to_string(),
         state: state_word(last.as_ref()),
-        steps: last.as_ref().map_or_else(Vec::new, |r| steps(r, records, layout)),
+        steps: last
+            .as_ref()
+            .map_or_else(Vec::new, |r| steps(r, records, layout)),
         zones: zones(records, layout, last.as_ref()),
         gates: records
             .iter()
@@ -164,16 +166,16 @@ fn steps(r: &RolloutSummary, records: &[Record], layout: &Layout) -> Vec<StepVie
     }
     let failed_step = records
         .iter()
+        .rev()
         .filter(|x| x.event.rollout() == r.id)
-        .filter_map(|x| match &x.event {
+        .find_map(|x| match &x.event {
             Event::Gate {
                 step,
                 passed: false,
                 ..
             } => Some(*step),
             _ => None,
-        })
-        .last();
+        });
     let current = r.steps.last().map(|s| s.step);
     planned
         .into_iter()
@@ -245,8 +247,7 @@ fn zones(records: &[Record], layout: &Layout, last: Option<&RolloutSummary>) -> 
     // Hosts the journal never saw change run what the last rollout started from.
     let before = last.and_then(|r| r.from.clone());
     let mut out: Vec<ZoneView> = Vec::new();
-    let mut place = |zone: &str, inst: InstanceView| match out.iter_mut().find(|z| z.zone == zone)
-    {
+    let mut place = |zone: &str, inst: InstanceView| match out.iter_mut().find(|z| z.zone == zone) {
         Some(z) => z.instances.push(inst),
         None => out.push(ZoneView {
             zone: zone.to_string(),
@@ -352,7 +353,9 @@ mod tests {
         }
     }
 
-    fn zone_versions(v: &AppView) -> Vec<(String, Vec<(String, Option<String>, &'static str)>)> {
+    type Seen = (String, Option<String>, &'static str);
+
+    fn zone_versions(v: &AppView) -> Vec<(String, Vec<Seen>)> {
         v.zones
             .iter()
             .map(|z| {
@@ -481,8 +484,14 @@ mod tests {
         ];
         let v = view("web", &records, &Layout::default());
         assert_eq!(v.steps.len(), 2);
-        assert_eq!((v.steps[0].kind.as_str(), v.steps[0].state), ("scale", "current"));
-        assert_eq!((v.steps[1].kind.as_str(), v.steps[1].state), ("step", "pending"));
+        assert_eq!(
+            (v.steps[0].kind.as_str(), v.steps[0].state),
+            ("scale", "current")
+        );
+        assert_eq!(
+            (v.steps[1].kind.as_str(), v.steps[1].state),
+            ("step", "pending")
+        );
         assert_eq!(v.zones.len(), 1);
         assert_eq!(v.zones[0].zone, NO_ZONE);
         assert_eq!(v.records, 3);
@@ -496,6 +505,10 @@ mod tests {
         assert!(v.rollout.is_none());
         // Its hosts are listed, versions unknown.
         assert_eq!(v.zones.iter().map(|z| z.instances.len()).sum::<usize>(), 4);
-        assert!(v.zones.iter().all(|z| z.instances.iter().all(|i| i.state == "unknown")));
+        assert!(
+            v.zones
+                .iter()
+                .all(|z| z.instances.iter().all(|i| i.state == "unknown"))
+        );
     }
 }
