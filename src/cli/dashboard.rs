@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::cli::{CliError, DashboardArgs, exit};
+use crate::hold::Env;
 use crate::spec::InputError;
 use crate::state::Store;
 
@@ -84,32 +85,48 @@ pub async fn start(listen: &str, store: Store) -> Result<Served, CliError> {
 }
 
 /// `rollgate dashboard`: serves until Ctrl-C / SIGTERM.
-pub async fn run(args: &DashboardArgs, store: Store) -> Result<u8, CliError> {
-    let served = start(&args.listen, store).await?;
+pub async fn run(args: &DashboardArgs, env: &Env) -> Result<u8, CliError> {
+    if env.context.is_some() || env.namespace.is_some() {
+        return Err(InputError::general(
+            "--context/--namespace: the dashboard shows this machine's state dir only; team state in the cluster is not shown yet",
+        )
+        .into());
+    }
+    let served = start(&args.listen, env.store.clone()).await?;
+    let interrupted = interrupted();
     // The URL on stdout (alone, first) so scripts can read it; the rest goes to stderr.
     crate::cli::output::out(&format!("{}\n", served.url));
     eprintln!("dashboard: serving on loopback; Ctrl-C stops it");
-    wait_for_interrupt().await;
+    interrupted.await;
     eprintln!("dashboard: stopping (a running action pauses after its current step)");
     served.stop().await?;
     Ok(exit::OK)
 }
 
-/// Resolves on the first Ctrl-C or SIGTERM.
-pub async fn wait_for_interrupt() {
+/// Resolves on the first Ctrl-C or SIGTERM. The handlers are installed when this is called (not
+/// when first awaited), so call it before telling anyone to press Ctrl-C.
+pub fn interrupted() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let int = signal(SignalKind::interrupt()).ok();
+        let term = signal(SignalKind::terminate()).ok();
+        async move {
+            match (int, term) {
+                (Some(mut int), Some(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

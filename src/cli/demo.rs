@@ -346,11 +346,12 @@ pub async fn run(args: &DemoArgs) -> Result<u8, CliError> {
     ));
     if let Some(served) = dashboard {
         drop(fleet);
+        let interrupted = crate::cli::dashboard::interrupted();
         say(&format!(
             "demo: agents stopped; the dashboard still serves {} until Ctrl-C",
             served.url
         ));
-        crate::cli::dashboard::wait_for_interrupt().await;
+        interrupted.await;
         served.stop().await?;
     }
     Ok(if ok { exit::OK } else { exit::FAILED })

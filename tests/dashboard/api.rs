@@ -167,18 +167,136 @@ async fn a_record_appended_to_the_journal_reaches_the_live_view_within_a_second(
 }
 
 #[test]
-fn a_listen_address_off_loopback_or_malformed_is_a_usage_error() {
-    for (listen, says) in [
-        ("0.0.0.0:7900", "loopback"),
-        ("nowhere", "IP address and port"),
+fn a_listen_address_off_loopback_or_malformed_or_a_cluster_flag_is_a_usage_error() {
+    for (args, says) in [
+        (["--listen", "0.0.0.0:7900"], "loopback"),
+        (["--listen", "nowhere"], "IP address and port"),
+        (["--context", "prod"], "this machine's state dir only"),
     ] {
         let out = Command::new(ROLLGATE)
-            .args(["dashboard", "--listen", listen])
+            .arg("dashboard")
+            .args(args)
             .env("ROLLGATE_STATE", "/nonexistent")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{listen}: {stderr}");
-        assert!(stderr.contains(says) && stderr.contains(listen), "{stderr}");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(says) && stderr.contains(args[0]),
+            "{stderr}"
+        );
     }
+}
+
+/// A pause whose approvals must be signed is never approved from the page: the answer is the CLI
+/// command to run, and nothing is journaled.
+#[tokio::test]
+async fn a_pause_needing_signed_approvals_answers_with_the_cli_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = rollgate::pki::init(&dir.path().join("team-pki")).unwrap();
+    let hosts: String = (1..=4)
+        .map(|i| {
+            format!(
+                "        - {{name: host{i}, address: \"127.0.0.1:{}\"}}\n",
+                9000 + i
+            )
+        })
+        .collect();
+    let yaml = format!(
+        "apiVersion: rollgate.dev/v1\nkind: Rollout\nmetadata:\n  name: web\nspec:\n  version: \"2.0.0\"\n  target:\n    hosts:\n      hosts:\n{hosts}  strategy:\n    canary:\n      maxUnavailable: 1\n      steps:\n        - setWeight: 25\n        - pause: {{approvals: 1, approvers: {{ca: \"{}\", allowed: [alice]}}}}\n        - setWeight: 100\n",
+        ca.cert.display()
+    );
+    let path = dir.path().join("web.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let m = rollgate::spec::Manifest::load(&[path], None).unwrap();
+    let (n, capacity) = rollgate::target::offline_size(&m.rollout.spec.target, None).unwrap();
+    let plan = rollgate::plan::plan(&m.strategy, n, capacity).unwrap();
+    let pause = plan
+        .steps
+        .iter()
+        .position(|s| s.approvers.is_some())
+        .unwrap();
+    let state = dir.path().join("state");
+    let store = rollgate::state::Store::at(&state);
+    let id = "web-1";
+    store.save_manifest("web", id, &m.resolved()).unwrap();
+    store
+        .journal("web")
+        .unwrap()
+        .append_all([
+            Event::Started {
+                rollout: id.into(),
+                from: Some("1.0.0".into()),
+                to: "2.0.0".into(),
+                strategy: "canary".into(),
+                actor: super::support::actor(),
+                steps: plan.steps.len(),
+            },
+            Event::StepStarted {
+                rollout: id.into(),
+                step: pause,
+                kind: "pause".into(),
+                note: "approvals".into(),
+            },
+            Event::Paused {
+                rollout: id.into(),
+                step: pause,
+                reason: "waiting for 1 approval".into(),
+            },
+        ])
+        .unwrap();
+    let served = Served::start(&state);
+    let page = reqwest::get(&served.url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let actions = format!("{}api/apps/web/actions", served.url);
+    let (status, body) = post(&actions, Some(&csrf(&page)), &[], r#"{"action":"promote"}"#).await;
+    assert_eq!(status, 409, "{body}");
+    let cli = body["cli"].as_str().unwrap();
+    assert!(
+        cli.starts_with(&format!(
+            "ROLLGATE_STATE={} rollgate promote web --key ",
+            state.display()
+        )),
+        "{cli}"
+    );
+    assert!(cli.contains(" --cert "), "{cli}");
+    // The view marks the step as needing signatures; nothing was journaled or sent.
+    let v: serde_json::Value = reqwest::get(format!("{}api/apps/web", served.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["view"]["steps"][pause]["signed"], true, "{v}");
+    assert_eq!(v["view"]["steps"][pause]["state"], "paused", "{v}");
+    assert_eq!(store.read("web").unwrap().len(), 3);
+    assert_eq!(store.control_count("web"), 0);
+}
+
+/// `rollgate dashboard` as the README shows it: 127.0.0.1:7900 (when that port is free here).
+#[test]
+fn the_default_address_is_loopback_port_7900() {
+    if std::net::TcpListener::bind("127.0.0.1:7900").is_err() {
+        println!("SKIP: 127.0.0.1:7900 is taken here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(ROLLGATE)
+        .arg("dashboard")
+        .env("ROLLGATE_STATE", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "http://127.0.0.1:7900/\n");
+    assert!(super::support::interrupt_and_wait(child).success());
 }
