@@ -887,7 +887,7 @@ fn store(rows: &mut Vec<Row>) {
             rollout: id.clone(),
             from: Some("1".into()),
             to: "2".into(),
-            strategy: "rolling".into(),
+            strategy: rollgate::state::StrategyKind::Rolling,
             actor: actor.clone(),
             steps: 4,
         })
@@ -896,7 +896,7 @@ fn store(rows: &mut Vec<Row>) {
             j.append(Event::StepStarted {
                 rollout: id.clone(),
                 step,
-                kind: "scale".into(),
+                kind: rollgate::plan::StepKind::Scale,
                 note: "replace a wave".into(),
             })
             .unwrap();

@@ -14,7 +14,9 @@ use crate::kube::Kube;
 use crate::plan;
 use crate::spec::{InputError, Manifest, Rollout};
 use crate::state::mirror::Remote;
-use crate::state::{Actor, Control, Event, Outcome, Record, RolloutSummary, Store, history};
+use crate::state::{
+    Actor, Control, Event, Outcome, Record, RolloutSummary, Store, StrategyKind, history,
+};
 use crate::target::AnyTarget;
 use crate::target::Target;
 
@@ -181,7 +183,7 @@ async fn plan_for(m: &Manifest, target: &AnyTarget) -> Result<plan::Plan, CliErr
 
 /// Where a run starts: a new rollout (with its Started event), or a step of an existing one.
 enum Start {
-    New { label: String },
+    New { strategy: StrategyKind },
     At { step: usize, course: Course },
 }
 
@@ -206,7 +208,7 @@ async fn drive(
     run.interrupts = crate::cli::install_interrupts();
     run.team = held.team();
     let (step, course) = match start {
-        Start::New { label } => {
+        Start::New { strategy } => {
             // confirm-rollout: a non-2xx answer holds the rollout before anything is recorded or changed.
             if let Err(why) = run
                 .hooks(crate::spec::HookType::ConfirmRollout, None, "")
@@ -224,7 +226,7 @@ async fn drive(
                 rollout: id.to_string(),
                 from,
                 to: m.rollout.spec.version.clone(),
-                strategy: label,
+                strategy,
                 actor,
                 steps: plan.steps.len(),
             })
@@ -321,7 +323,7 @@ async fn apply_locked(
         from,
         mode,
         Start::New {
-            label: m.strategy.name().into(),
+            strategy: (&m.strategy).into(),
         },
         held,
     )
@@ -646,7 +648,7 @@ async fn rollback(args: &RollbackArgs, env: &Env) -> Result<u8, CliError> {
     let Some(last) = all
         .iter()
         .rev()
-        .find(|r| r.outcome == Some(Outcome::Succeeded) && r.strategy != "rollback")
+        .find(|r| r.outcome == Some(Outcome::Succeeded) && r.strategy != StrategyKind::Rollback)
     else {
         return Err(CliError::Failed(format!(
             "{app}: no completed rollout to roll back"
@@ -746,7 +748,7 @@ async fn rollback_locked(
         from,
         args.app.output,
         Start::New {
-            label: "rollback".into(),
+            strategy: StrategyKind::Rollback,
         },
         held,
     )
