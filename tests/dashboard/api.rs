@@ -228,14 +228,14 @@ async fn a_pause_needing_signed_approvals_answers_with_the_cli_command() {
                 rollout: id.into(),
                 from: Some("1.0.0".into()),
                 to: "2.0.0".into(),
-                strategy: "canary".into(),
+                strategy: rollgate::state::StrategyKind::Canary,
                 actor: super::support::actor(),
                 steps: plan.steps.len(),
             },
             Event::StepStarted {
                 rollout: id.into(),
                 step: pause,
-                kind: "pause".into(),
+                kind: rollgate::plan::StepKind::Pause,
                 note: "approvals".into(),
             },
             Event::Paused {

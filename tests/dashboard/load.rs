@@ -48,14 +48,14 @@ async fn load_a_thousand_instances_update_in_the_page_within_a_second() {
             rollout: id.into(),
             from: Some("1".into()),
             to: "2".into(),
-            strategy: "rolling".into(),
+            strategy: rollgate::state::StrategyKind::Rolling,
             actor: actor(),
             steps: 10,
         },
         Event::StepStarted {
             rollout: id.into(),
             step: 0,
-            kind: "scale".into(),
+            kind: rollgate::plan::StepKind::Scale,
             note: "replace a wave".into(),
         },
     ];

@@ -104,14 +104,14 @@ pub fn started_rollout(state: &Path) -> Store {
                 rollout: id.into(),
                 from: Some("1.0.0".into()),
                 to: "2.0.0".into(),
-                strategy: "rolling".into(),
+                strategy: rollgate::state::StrategyKind::Rolling,
                 actor: actor(),
                 steps: 2,
             },
             Event::StepStarted {
                 rollout: id.into(),
                 step: 0,
-                kind: "scale".into(),
+                kind: rollgate::plan::StepKind::Scale,
                 note: "replace a wave".into(),
             },
             Event::InstanceChanged {

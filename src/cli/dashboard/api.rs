@@ -292,10 +292,7 @@ pub(super) fn layout(store: &Store, app: &str, id: &str) -> Layout {
             plan.steps
                 .iter()
                 .map(|s| PlannedStep {
-                    kind: serde_json::to_value(s.kind)
-                        .ok()
-                        .and_then(|v| v.as_str().map(String::from))
-                        .unwrap_or_default(),
+                    kind: s.kind.as_str().to_string(),
                     note: s.note.clone(),
                     manual: s.manual,
                     signed: s.approvers.is_some(),

@@ -160,7 +160,7 @@ fn steps(r: &RolloutSummary, records: &[Record], layout: &Layout) -> Vec<StepVie
     };
     for s in &r.steps {
         if let Some(p) = planned.get_mut(s.step) {
-            p.kind.clone_from(&s.kind);
+            p.kind = s.kind.as_str().to_string();
             p.note.clone_from(&s.note);
         }
     }
@@ -294,7 +294,7 @@ mod tests {
             rollout: id.into(),
             from: from.map(Into::into),
             to: to.into(),
-            strategy: "canary".into(),
+            strategy: crate::state::StrategyKind::Canary,
             actor: Actor {
                 user: "ana".into(),
                 host: "box".into(),
@@ -310,7 +310,7 @@ mod tests {
         Event::StepStarted {
             rollout: id.into(),
             step,
-            kind: kind.into(),
+            kind: serde_json::from_value(serde_json::json!(kind)).unwrap(),
             note: format!("note {step}"),
         }
     }
