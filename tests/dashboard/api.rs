@@ -272,6 +272,12 @@ async fn a_pause_needing_signed_approvals_answers_with_the_cli_command() {
         .await
         .unwrap();
     assert_eq!(v["view"]["steps"][pause]["signed"], true, "{v}");
+    assert_eq!(v["view"]["steps"][pause]["approvalsNeeded"], 1, "{v}");
+    assert_eq!(
+        v["view"]["steps"][pause]["approvedBy"],
+        serde_json::json!([]),
+        "{v}"
+    );
     assert_eq!(v["view"]["steps"][pause]["state"], "paused", "{v}");
     assert_eq!(store.read("web").unwrap().len(), 3);
     assert_eq!(store.control_count("web"), 0);

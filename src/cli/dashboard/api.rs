@@ -296,6 +296,7 @@ pub(super) fn layout(store: &Store, app: &str, id: &str) -> Layout {
                     note: s.note.clone(),
                     manual: s.manual,
                     signed: s.approvers.is_some(),
+                    approvals: s.approvals,
                 })
                 .collect()
         });

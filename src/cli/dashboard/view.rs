@@ -25,6 +25,8 @@ pub struct PlannedStep {
     pub manual: bool,
     /// Approvals must be signed with an approver certificate (never from the page).
     pub signed: bool,
+    /// How many people must approve a manual pause (0: one `promote`).
+    pub approvals: u32,
 }
 
 /// One app as the page shows it.
@@ -52,6 +54,9 @@ pub struct StepView {
     pub note: String,
     pub manual: bool,
     pub signed: bool,
+    /// Approvals a manual pause needs, and who approved it so far (unverified names included).
+    pub approvals_needed: u32,
+    pub approved_by: Vec<String>,
     /// `pending`, `current`, `paused`, `done`, `failed` or `skipped`.
     pub state: &'static str,
     pub millis: Option<u64>,
@@ -155,6 +160,7 @@ fn steps(r: &RolloutSummary, records: &[Record], layout: &Layout) -> Vec<StepVie
                 note: String::new(),
                 manual: false,
                 signed: false,
+                approvals: 0,
             })
             .collect()
     };
@@ -203,6 +209,13 @@ fn steps(r: &RolloutSummary, records: &[Record], layout: &Layout) -> Vec<StepVie
                 note: p.note,
                 manual: p.manual,
                 signed: p.signed,
+                approvals_needed: p.approvals,
+                approved_by: r
+                    .approvals
+                    .iter()
+                    .filter(|a| a.step == index)
+                    .map(|a| a.actor.user.clone())
+                    .collect(),
                 state,
                 millis,
             }
@@ -295,14 +308,18 @@ mod tests {
             from: from.map(Into::into),
             to: to.into(),
             strategy: crate::state::StrategyKind::Canary,
-            actor: Actor {
-                user: "ana".into(),
-                host: "box".into(),
-                ci: None,
-                client: None,
-                signed: None,
-            },
+            actor: ana(),
             steps,
+        }
+    }
+
+    fn ana() -> Actor {
+        Actor {
+            user: "ana".into(),
+            host: "box".into(),
+            ci: None,
+            client: None,
+            signed: None,
         }
     }
 
@@ -339,6 +356,7 @@ mod tests {
             note: String::new(),
             manual,
             signed: false,
+            approvals: if manual { 2 } else { 0 },
         };
         Layout {
             steps: vec![
@@ -396,12 +414,25 @@ mod tests {
                     reason: "waiting".into(),
                 },
             ),
+            // One of two approvals so far.
+            rec(
+                9,
+                Event::Promoted {
+                    rollout: r.into(),
+                    step: 1,
+                    actor: ana(),
+                    full: false,
+                },
+            ),
         ];
         let v = view("web", &records, &layout());
         assert_eq!(v.state, "paused");
         let states: Vec<_> = v.steps.iter().map(|s| s.state).collect();
         assert_eq!(states, ["done", "paused", "pending"]);
         assert!(v.steps[1].manual);
+        assert_eq!(v.steps[1].approvals_needed, 2);
+        assert_eq!(v.steps[1].approved_by, ["ana"]);
+        assert!(v.steps[0].approved_by.is_empty());
         assert_eq!(v.steps[0].millis, Some(40));
         let s = |v: &str| Some(v.to_string());
         assert_eq!(

@@ -113,7 +113,10 @@ function renderSteps(v) {
   document.getElementById("steps").replaceChildren(...v.steps.map(s =>
     el("li", { class: s.state, "data-step": s.index, title: s.note },
       el("div", { class: "kind" }, (s.index + 1) + ". " + s.kind + (s.manual ? " (manual)" : "") + (s.signed ? " \u270e" : "")),
-      el("div", { class: "muted" }, s.state + (s.millis != null ? " \u00b7 " + (s.millis / 1000).toFixed(1) + " s" : "")))));
+      el("div", { class: "muted" }, s.state + (s.millis != null ? " \u00b7 " + (s.millis / 1000).toFixed(1) + " s" : "")),
+      s.manual && (s.approvalsNeeded > 1 || s.approvedBy.length)
+        ? el("div", { class: "approvals" }, "approved " + s.approvedBy.length + " of " + Math.max(s.approvalsNeeded, 1) + (s.approvedBy.length ? ": " + s.approvedBy.join(", ") : ""))
+        : "")));
 }
 
 function renderZones(v) {
