@@ -86,9 +86,9 @@ pub async fn start(listen: &str, store: Store) -> Result<Served, CliError> {
 
 /// `rollgate dashboard`: serves until Ctrl-C / SIGTERM.
 pub async fn run(args: &DashboardArgs, env: &Env) -> Result<u8, CliError> {
-    if env.context.is_some() || env.namespace.is_some() {
+    if env.context.is_some() || env.namespace.is_some() || env.state.is_some() {
         return Err(InputError::general(
-            "--context/--namespace: the dashboard shows this machine's state dir only; team state in the cluster is not shown yet",
+            "--context/--namespace/--state (ROLLGATE_STATE_URL): the dashboard shows this machine's state dir only; team state in a cluster or on etcd is not shown yet",
         )
         .into());
     }

@@ -172,6 +172,10 @@ fn a_listen_address_off_loopback_or_malformed_or_a_cluster_flag_is_a_usage_error
         (["--listen", "0.0.0.0:7900"], "loopback"),
         (["--listen", "nowhere"], "IP address and port"),
         (["--context", "prod"], "this machine's state dir only"),
+        (
+            ["--state", "etcd://127.0.0.1:1/x"],
+            "this machine's state dir only",
+        ),
     ] {
         let out = Command::new(ROLLGATE)
             .arg("dashboard")
@@ -294,6 +298,7 @@ fn the_default_address_is_loopback_port_7900() {
     let mut child = Command::new(ROLLGATE)
         .arg("dashboard")
         .env("ROLLGATE_STATE", dir.path())
+        .env_remove("ROLLGATE_STATE_URL")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -23,6 +23,7 @@ impl Served {
         let mut child = Command::new(ROLLGATE)
             .args(["dashboard", "--listen", "127.0.0.1:0"])
             .env("ROLLGATE_STATE", state)
+            .env_remove("ROLLGATE_STATE_URL")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
