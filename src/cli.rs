@@ -2,6 +2,7 @@
 
 pub mod approve;
 pub mod artifact;
+pub mod dashboard;
 pub mod demo;
 pub mod dry_run;
 pub mod generate;
@@ -200,6 +201,8 @@ pub enum Command {
     },
     /// The audit trail of an app's rollouts (`-o json`: one JSON array of them).
     History(HistoryArgs),
+    /// A live web view of this machine's rollouts, with promote/pause/resume/abort/rollback.
+    Dashboard(DashboardArgs),
     /// Certificates for mTLS between rollgate and its agents.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -380,6 +383,13 @@ pub enum PkiCommand {
 }
 
 #[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Where to serve: a loopback address and port (port 0 picks a free one; the URL is printed).
+    #[arg(long, default_value = "127.0.0.1:7900", value_name = "ADDR")]
+    pub listen: String,
+}
+
+#[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Where the demo keeps its agents, artifacts and state (default: a new temporary dir).
     #[arg(long)]
@@ -392,6 +402,17 @@ pub struct DemoArgs {
     pub keep: bool,
     #[arg(short = 'o', long, value_enum, default_value_t = Progress::Auto)]
     pub output: Progress,
+    /// Serve `rollgate dashboard` of the demo's state while it runs, and after it until Ctrl-C.
+    #[arg(long)]
+    pub dashboard: bool,
+    /// Where `--dashboard` serves (loopback only).
+    #[arg(
+        long,
+        default_value = "127.0.0.1:7900",
+        value_name = "ADDR",
+        requires = "dashboard"
+    )]
+    pub dashboard_listen: String,
 }
 
 #[derive(Debug, Args)]
