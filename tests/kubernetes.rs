@@ -14,6 +14,7 @@ mod prometheus;
 /// rollgate itself on the cluster: the real binary, watched through ReplicaSets and pods.
 mod kubernetes {
     mod after_kubectl;
+    mod approvals;
     mod bench;
     mod blue_green;
     mod bounds;

@@ -24,6 +24,10 @@ pub struct Actor {
     pub client: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed: Option<crate::approval::Signed>,
+    /// On a Kubernetes target: the user the API server authenticated (`SelfSubjectReview`), with
+    /// the proof when an approval rule needs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<crate::approval::kube::KubeIdentity>,
 }
 
 impl Actor {
@@ -68,12 +72,20 @@ impl Actor {
             ci,
             client: None,
             signed: None,
+            kubernetes: None,
         }
     }
 }
 
 impl std::fmt::Display for Actor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(k) = &self.kubernetes {
+            write!(f, "{} (as {}@{})", k.username, self.user, self.host)?;
+            if let Some(ci) = &self.ci {
+                write!(f, " ({ci})")?;
+            }
+            return Ok(());
+        }
         write!(f, "{}@{}", self.user, self.host)?;
         if let Some(ci) = &self.ci {
             write!(f, " ({ci})")?;
@@ -260,6 +272,7 @@ mod tests {
             ci: None,
             client: None,
             signed: None,
+            kubernetes: None,
         };
         let r = || "r".to_string();
         let all = [

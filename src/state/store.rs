@@ -538,6 +538,7 @@ mod tests {
             ci: None,
             client: None,
             signed: None,
+            kubernetes: None,
         }
     }
 
