@@ -8,6 +8,7 @@ pub mod output;
 pub mod pki;
 pub mod run;
 pub mod security;
+pub mod watch;
 
 use std::path::PathBuf;
 
@@ -178,6 +179,8 @@ pub enum Command {
     Status(StatusArgs),
     /// The audit trail of an app's rollouts (`-o json`: one JSON array of them).
     History(HistoryArgs),
+    /// While a rollout waits at a pause: watch the new version's pods, roll back if they fail.
+    Watch(AppArgs),
     /// Certificates for mTLS between rollgate and its agents.
     #[command(subcommand)]
     Pki(PkiCommand),

@@ -24,6 +24,7 @@ mod kubernetes {
     mod hpa;
     mod interrupted;
     mod metrics;
+    mod pause_watch;
     mod pod_security;
     mod probes;
     mod rbac;

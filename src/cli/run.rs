@@ -49,6 +49,7 @@ async fn run_async(command: Command, env: &Env) -> Result<u8, CliError> {
         Command::Rollback(args) => rollback(&args, env).await,
         Command::Status(args) => crate::cli::inspect::status(&args, env).await,
         Command::History(args) => crate::cli::inspect::history_cmd(&args, env).await,
+        Command::Watch(args) => crate::cli::watch::watch(&args, env).await,
         Command::Validate(_)
         | Command::Plan(_)
         | Command::Pki(_)
@@ -137,7 +138,11 @@ pub(crate) async fn records(
 
 /// The local journal (pulled from the cluster under the lock), for a Kubernetes target only the
 /// rollouts in its namespace.
-fn local_records(env: &Env, app: &str, remote: Option<&Remote>) -> Result<Vec<Record>, CliError> {
+pub(crate) fn local_records(
+    env: &Env,
+    app: &str,
+    remote: Option<&Remote>,
+) -> Result<Vec<Record>, CliError> {
     let records = env.store.read(app).map_err(failed)?;
     Ok(match remote {
         Some(r) => r.scope(&env.store, records),
@@ -151,7 +156,7 @@ async fn kube(env: &Env) -> Result<&Kube, CliError> {
 }
 
 /// Releases the hold whatever the command's result, and reports the first error.
-async fn finish(held: Hold, result: Result<u8, CliError>) -> Result<u8, CliError> {
+pub(crate) async fn finish(held: Hold, result: Result<u8, CliError>) -> Result<u8, CliError> {
     let released = held.release().await;
     let code = result?;
     released.map_err(failed)?;
@@ -172,7 +177,7 @@ pub(crate) async fn target_for(m: &Manifest, env: &Env) -> Result<AnyTarget, Cli
 }
 
 /// The plan for the target as it is now (its size read from the target).
-async fn plan_for(m: &Manifest, target: &AnyTarget) -> Result<plan::Plan, CliError> {
+pub(crate) async fn plan_for(m: &Manifest, target: &AnyTarget) -> Result<plan::Plan, CliError> {
     let n = target.size().await.map_err(failed)?;
     Ok(plan::plan(&m.strategy, n, target.capacity())
         .map_err(|e| m.sources.error(&e.path, e.message))?)
