@@ -888,7 +888,7 @@ fn store(rows: &mut Vec<Row>) {
             rollout: id.clone(),
             from: Some("1".into()),
             to: "2".into(),
-            strategy: "rolling".into(),
+            strategy: rollgate::state::StrategyKind::Rolling,
             actor: actor.clone(),
             steps: 4,
         })
@@ -897,7 +897,7 @@ fn store(rows: &mut Vec<Row>) {
             j.append(Event::StepStarted {
                 rollout: id.clone(),
                 step,
-                kind: "scale".into(),
+                kind: rollgate::plan::StepKind::Scale,
                 note: "replace a wave".into(),
             })
             .unwrap();

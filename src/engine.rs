@@ -13,7 +13,7 @@ use futures_util::future::BoxFuture;
 
 use crate::health::Verdict;
 use crate::plan::{Plan, Step, StepKind};
-use crate::spec::{AutoRollback, Check, Manifest, Strategy};
+use crate::spec::{AutoRollback, Check, Manifest};
 use crate::state::{Actor, Control, Event, Journal, Outcome, Record, Store};
 use crate::target::{Change, Instance, Report, Target, TargetError};
 
@@ -301,38 +301,10 @@ impl<T: Target> Run<'_, T> {
         outcome
     }
 
-    /// The plan step from which background analysis runs, and its checks, if the strategy has one.
-    /// It starts with the first plan step at the weight in force at `startingStep`.
-    fn background_plan(&self) -> Option<(usize, Vec<Check>)> {
-        let Strategy::Canary(c) = &self.manifest.strategy else {
-            return None;
-        };
-        let bg = c.analysis.as_ref()?;
-        let weight = c.steps[..=bg.starting_step.min(c.steps.len().saturating_sub(1))]
-            .iter()
-            .filter_map(|s| s.set_weight)
-            .next_back()
-            .unwrap_or(0);
-        let start = self
-            .plan
-            .steps
-            .iter()
-            .position(|s| s.weight.unwrap_or(0) >= weight)
-            .unwrap_or(0);
-        let checks = self
-            .manifest
-            .rollout
-            .spec
-            .checks
-            .iter()
-            .filter(|x| bg.checks.contains(&x.name))
-            .cloned()
-            .collect();
-        Some((start, checks))
-    }
-
     async fn execute_steps(&mut self, from_step: usize, course: Course) -> Result<RunOutcome> {
-        let background = self.background_plan();
+        let background = self
+            .plan
+            .background_checks(&self.manifest.rollout.spec.checks);
         let mut running: Option<Background> = None;
         let outcome = self
             .execute_with_background(from_step, course, background.as_ref(), &mut running)
@@ -376,14 +348,14 @@ impl<T: Target> Run<'_, T> {
                 *running = None;
                 return self.background_ended(i, verdict).await;
             }
-            if let Some(outcome) = self.before_step(i, &steps).await? {
+            if let Some(outcome) = self.before_step(i).await? {
                 return Ok(outcome);
             }
             let step = &steps[i];
             self.log(Event::StepStarted {
                 rollout: self.rollout.clone(),
                 step: i,
-                kind: kind_name(step),
+                kind: step.kind,
                 note: step.note.clone(),
             })?;
             // Another machine sees that this step began before anything of it changes.
@@ -472,7 +444,7 @@ impl<T: Target> Run<'_, T> {
     /// What stops a run before step `i` begins: a lost Lease, a control request, Ctrl-C, or a
     /// webhook that says no (`pre-rollout` before the first step, `confirm-promotion` before going
     /// to everyone).
-    async fn before_step(&mut self, i: usize, steps: &[Step]) -> Result<Option<RunOutcome>> {
+    async fn before_step(&mut self, i: usize) -> Result<Option<RunOutcome>> {
         self.checkpoint().await?;
         if let Some(control) = self.take_control() {
             return self.finish_control(control, i).await.map(Some);
@@ -498,11 +470,7 @@ impl<T: Target> Run<'_, T> {
             return Ok(Some(RunOutcome::Failed(why)));
         }
         // Going to everyone: the blue-green switch, or a canary's last step.
-        let promotion = steps[i].kind == StepKind::Switch
-            || (i > 0
-                && i + 1 == steps.len()
-                && matches!(self.manifest.strategy, Strategy::Canary(_)));
-        if promotion
+        if self.plan.promotes_at(i)
             && let Err(why) = self
                 .hooks(crate::spec::HookType::ConfirmPromotion, Some(i), "")
                 .await
@@ -581,38 +549,19 @@ impl<T: Target> Run<'_, T> {
                     // minReadySeconds is a hold the user asked for, not a poll.
                     tokio::time::sleep(Duration::from_secs(min_ready)).await;
                 }
-                // Checks named by an analysis step (or the background analysis) run only there; the
-                // rest gate every step.
-                let background: &[String] = match &self.manifest.strategy {
-                    Strategy::Canary(c) => c.analysis.as_ref().map_or(&[], |a| a.checks.as_slice()),
-                    _ => &[],
-                };
-                let named: std::collections::HashSet<&str> = self
-                    .plan
-                    .steps
-                    .iter()
-                    .flat_map(|s| s.checks.iter().map(String::as_str))
-                    .chain(background.iter().map(String::as_str))
-                    .collect();
                 let checks: Vec<Check> = self
-                    .manifest
-                    .rollout
-                    .spec
-                    .checks
-                    .iter()
-                    .filter(|c| !named.contains(c.name.as_str()))
+                    .plan
+                    .checks_for(idx, &self.manifest.rollout.spec.checks)
+                    .into_iter()
                     .cloned()
                     .collect();
                 self.gate(idx, &checks).await
             }
             StepKind::Analysis => {
                 let checks: Vec<Check> = self
-                    .manifest
-                    .rollout
-                    .spec
-                    .checks
-                    .iter()
-                    .filter(|c| step.checks.is_empty() || step.checks.contains(&c.name))
+                    .plan
+                    .checks_for(idx, &self.manifest.rollout.spec.checks)
+                    .into_iter()
                     .cloned()
                     .collect();
                 self.gate(idx, &checks).await
@@ -747,13 +696,6 @@ impl<T: Target> Run<'_, T> {
                 },
             })
     }
-}
-
-fn kind_name(step: &Step) -> String {
-    serde_json::to_value(step.kind)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
 }
 
 pub use crate::error_chain;

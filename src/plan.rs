@@ -3,8 +3,10 @@
 //! Pure and total: no I/O, no clock, no async. Every step records the counts of old and new instances
 //! once it is done, and the bounds that hold while it runs, so the plan can be checked before it runs.
 
+mod checks;
 mod rollback;
 
+pub use checks::Background;
 pub use rollback::rollback_strategy;
 
 use serde::Serialize;
@@ -36,14 +38,34 @@ pub struct Bounds {
     pub max_unavailable: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum StepKind {
+    #[default]
     Scale,
     Pause,
     Analysis,
     Promote,
     Switch,
+}
+
+impl StepKind {
+    /// The name the journal and `-o json` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Scale => "scale",
+            StepKind::Pause => "pause",
+            StepKind::Analysis => "analysis",
+            StepKind::Promote => "promote",
+            StepKind::Switch => "switch",
+        }
+    }
+}
+
+impl std::fmt::Display for StepKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One step of a plan.
@@ -117,6 +139,9 @@ pub struct Plan {
     pub max_unavailable: u32,
     pub min_ready_seconds: u64,
     pub steps: Vec<Step>,
+    /// A canary's background analysis: its checks and the step it starts at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub background: Option<Background>,
     /// Things the user should know about how the bounds were applied.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
@@ -270,6 +295,10 @@ pub fn plan(strategy: &Strategy, n: u32, capacity: Capacity) -> Result<Plan> {
             (b, bg.min_ready_seconds, strategy::blue_green::steps(n, bg))
         }
     };
+    let background = match strategy {
+        Strategy::Canary(c) => checks::background(c, &steps),
+        _ => None,
+    };
     Ok(Plan {
         replicas: n,
         strategy: strategy.name(),
@@ -277,6 +306,7 @@ pub fn plan(strategy: &Strategy, n: u32, capacity: Capacity) -> Result<Plan> {
         max_unavailable: bounds.max_unavailable,
         min_ready_seconds,
         steps,
+        background,
         notes,
     })
 }

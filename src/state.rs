@@ -18,6 +18,6 @@ pub mod lease;
 pub mod mirror;
 mod store;
 
-pub use event::{Actor, Control, Event, Outcome, Record, now_ms};
+pub use event::{Actor, Control, Event, Outcome, Record, StrategyKind, now_ms};
 pub use history::{Approval, Compacted, RolloutSummary, StepSummary, history};
 pub use store::{Journal, LOCAL_KEEP_ROLLOUTS, Lock, Result, StateError, Store};

@@ -14,7 +14,9 @@ use crate::kube::Kube;
 use crate::plan;
 use crate::spec::{InputError, Manifest, Rollout};
 use crate::state::mirror::Remote;
-use crate::state::{Actor, Control, Event, Outcome, Record, RolloutSummary, Store, history};
+use crate::state::{
+    Actor, Control, Event, Outcome, Record, RolloutSummary, Store, StrategyKind, history,
+};
 use crate::target::AnyTarget;
 use crate::target::Target;
 
@@ -185,7 +187,7 @@ pub(crate) async fn plan_for(m: &Manifest, target: &AnyTarget) -> Result<plan::P
 
 /// Where a run starts: a new rollout (with its Started event), or a step of an existing one.
 enum Start {
-    New { label: String },
+    New { strategy: StrategyKind },
     At { step: usize, course: Course },
 }
 
@@ -211,7 +213,7 @@ async fn drive(
     run.interrupts = crate::cli::install_interrupts();
     run.team = held.team();
     let (step, course) = match start {
-        Start::New { label } => {
+        Start::New { strategy } => {
             // confirm-rollout: a non-2xx answer holds the rollout before anything is recorded or changed.
             if let Err(why) = run
                 .hooks(crate::spec::HookType::ConfirmRollout, None, "")
@@ -229,7 +231,7 @@ async fn drive(
                 rollout: id.to_string(),
                 from,
                 to: m.rollout.spec.version.clone(),
-                strategy: label,
+                strategy,
                 actor,
                 steps: plan.steps.len(),
             })
@@ -326,7 +328,7 @@ async fn apply_locked(
         from,
         mode,
         Start::New {
-            label: m.strategy.name().into(),
+            strategy: (&m.strategy).into(),
         },
         held,
     )
@@ -655,7 +657,7 @@ async fn rollback(args: &RollbackArgs, env: &Env) -> Result<u8, CliError> {
     let Some(last) = all
         .iter()
         .rev()
-        .find(|r| r.outcome == Some(Outcome::Succeeded) && r.strategy != "rollback")
+        .find(|r| r.outcome == Some(Outcome::Succeeded) && r.strategy != StrategyKind::Rollback)
     else {
         return Err(CliError::Failed(format!(
             "{app}: no completed rollout to roll back"
@@ -755,7 +757,7 @@ async fn rollback_locked(
         from,
         args.app.output,
         Start::New {
-            label: "rollback".into(),
+            strategy: StrategyKind::Rollback,
         },
         held,
     )

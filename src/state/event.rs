@@ -10,6 +10,45 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What a rollout ran: one of the manifest's strategies, or a one-command rollback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum StrategyKind {
+    #[default]
+    Rolling,
+    Canary,
+    BlueGreen,
+    Rollback,
+}
+
+impl StrategyKind {
+    /// The name the journal and `-o json` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StrategyKind::Rolling => "rolling",
+            StrategyKind::Canary => "canary",
+            StrategyKind::BlueGreen => "blueGreen",
+            StrategyKind::Rollback => "rollback",
+        }
+    }
+}
+
+impl From<&crate::spec::Strategy> for StrategyKind {
+    fn from(s: &crate::spec::Strategy) -> Self {
+        match s {
+            crate::spec::Strategy::Rolling(_) => StrategyKind::Rolling,
+            crate::spec::Strategy::Canary(_) => StrategyKind::Canary,
+            crate::spec::Strategy::BlueGreen(_) => StrategyKind::BlueGreen,
+        }
+    }
+}
+
+impl std::fmt::Display for StrategyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Who is acting: the OS user, the host, and a CI identity when one is found. These names come
 /// from the environment and are display hints only; `signed` (an approver certificate's signature)
 /// and `client` (the subject of the CLI's client certificate) are what identify a person.
@@ -103,7 +142,7 @@ pub enum Event {
         rollout: String,
         from: Option<String>,
         to: String,
-        strategy: String,
+        strategy: StrategyKind,
         actor: Actor,
         steps: usize,
     },
@@ -111,7 +150,7 @@ pub enum Event {
     StepStarted {
         rollout: String,
         step: usize,
-        kind: String,
+        kind: crate::plan::StepKind,
         note: String,
     },
     #[serde(rename_all = "camelCase")]
@@ -280,14 +319,14 @@ mod tests {
                 rollout: r(),
                 from: None,
                 to: r(),
-                strategy: r(),
+                strategy: StrategyKind::Canary,
                 actor: actor.clone(),
                 steps: 1,
             },
             Event::StepStarted {
                 rollout: r(),
                 step: 0,
-                kind: r(),
+                kind: crate::plan::StepKind::Scale,
                 note: r(),
             },
             Event::InstanceChanging {
@@ -340,5 +379,44 @@ mod tests {
             let json = serde_json::to_value(e).unwrap();
             assert_eq!(json["event"].as_str(), Some(e.kind()), "{e:?}");
         }
+    }
+
+    #[test]
+    fn strategy_and_step_kinds_read_the_names_journals_already_hold() {
+        let started = r#"{"atMs":1,"event":"started","rollout":"r1","from":null,"to":"2",
+            "strategy":"blueGreen","actor":{"user":"u","host":"h"},"steps":3}"#;
+        let r: Record = serde_json::from_str(started).unwrap();
+        assert!(matches!(
+            r.event,
+            Event::Started {
+                strategy: StrategyKind::BlueGreen,
+                ..
+            }
+        ));
+        for (name, kind) in [
+            ("scale", crate::plan::StepKind::Scale),
+            ("pause", crate::plan::StepKind::Pause),
+            ("analysis", crate::plan::StepKind::Analysis),
+            ("promote", crate::plan::StepKind::Promote),
+            ("switch", crate::plan::StepKind::Switch),
+        ] {
+            let line = format!(
+                r#"{{"atMs":1,"event":"stepStarted","rollout":"r","step":0,"kind":"{name}","note":""}}"#
+            );
+            let r: Record = serde_json::from_str(&line).unwrap();
+            assert!(matches!(r.event, Event::StepStarted { kind: k, .. } if k == kind));
+            assert_eq!(serde_json::to_value(kind).unwrap(), name);
+            assert_eq!(kind.as_str(), name);
+        }
+        for k in [
+            StrategyKind::Rolling,
+            StrategyKind::Canary,
+            StrategyKind::BlueGreen,
+            StrategyKind::Rollback,
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+        let unknown = started.replace("blueGreen", "recreate");
+        assert!(serde_json::from_str::<Record>(&unknown).is_err());
     }
 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Actor, Event, Outcome, Record};
+use super::{Actor, Event, Outcome, Record, StrategyKind};
 
 /// What compaction folded away: counts of the rollouts whose records are gone, by outcome.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,7 +46,7 @@ pub struct RolloutSummary {
     pub finished_ms: Option<u64>,
     pub from: Option<String>,
     pub to: String,
-    pub strategy: String,
+    pub strategy: StrategyKind,
     pub actor: Option<Actor>,
     pub steps_total: usize,
     pub steps: Vec<StepSummary>,
@@ -92,7 +92,7 @@ impl RolloutSummary {
 #[serde(rename_all = "camelCase")]
 pub struct StepSummary {
     pub step: usize,
-    pub kind: String,
+    pub kind: crate::plan::StepKind,
     pub note: String,
     pub millis: Option<u64>,
     pub gates: Vec<String>,
@@ -116,7 +116,7 @@ pub fn history(records: &[Record]) -> Vec<RolloutSummary> {
                 started_ms: r.at_ms,
                 from: from.clone(),
                 to: to.clone(),
-                strategy: strategy.clone(),
+                strategy: *strategy,
                 actor: Some(actor.clone()),
                 steps_total: *steps,
                 ..Default::default()
@@ -131,7 +131,7 @@ pub fn history(records: &[Record]) -> Vec<RolloutSummary> {
                     out[i].paused = None;
                     out[i].steps.push(StepSummary {
                         step: *step,
-                        kind: kind.clone(),
+                        kind: *kind,
                         note: note.clone(),
                         ..Default::default()
                     });
@@ -249,7 +249,7 @@ mod tests {
             rollout: "r1".into(),
             from: Some("1".into()),
             to: "2".into(),
-            strategy: "canary".into(),
+            strategy: StrategyKind::Canary,
             actor: actor(),
             steps: 2,
         })
@@ -257,7 +257,7 @@ mod tests {
         j.append(Event::StepStarted {
             rollout: "r1".into(),
             step: 0,
-            kind: "scale".into(),
+            kind: crate::plan::StepKind::Scale,
             note: "w".into(),
         })
         .unwrap();

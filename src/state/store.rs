@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::event::RecordRef;
-use super::{Actor, Compacted, Control, Event, Outcome, Record, history, now_ms};
+use super::{Actor, Compacted, Control, Event, Outcome, Record, StrategyKind, history, now_ms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -168,11 +168,9 @@ impl Store {
             .rev()
             .take(keep)
             .chain(all.iter().filter(|r| r.outcome.is_none()))
-            .chain(
-                all.iter()
-                    .rev()
-                    .find(|r| r.outcome == Some(Outcome::Succeeded) && r.strategy != "rollback"),
-            )
+            .chain(all.iter().rev().find(|r| {
+                r.outcome == Some(Outcome::Succeeded) && r.strategy != StrategyKind::Rollback
+            }))
             .map(|r| r.id.as_str())
             .collect();
         let mut summary = header.unwrap_or_default();
@@ -611,7 +609,7 @@ mod tests {
                 rollout: id.into(),
                 from: Some("1".into()),
                 to: "2".into(),
-                strategy: "rolling".into(),
+                strategy: StrategyKind::Rolling,
                 actor: actor(),
                 steps: 1,
             },
@@ -652,7 +650,7 @@ mod tests {
             rollout: "r10".into(),
             from: Some("1".into()),
             to: "2".into(),
-            strategy: "rolling".into(),
+            strategy: StrategyKind::Rolling,
             actor: actor(),
             steps: 1,
         })

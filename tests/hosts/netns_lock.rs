@@ -35,7 +35,7 @@ fn netns_second_concurrent_rollout_is_refused_by_the_lock() {
         Running::spawn(fleet.rollgate(&["apply", "-f", first.to_str().unwrap(), "-o", "json"]));
     run.wait_for(
         Duration::from_secs(60),
-        |e| matches!(e, Event::StepStarted { kind, .. } if kind == "pause"),
+        |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
     );
     let holder_pid = run.child.id();
 
