@@ -114,3 +114,49 @@ async fn a_healthy_canary_is_watched_until_promoted() {
     assert_eq!(out.status.code(), Some(1), "not paused: nothing to watch");
     bed.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_that_starts_failing_during_the_pause_rolls_back_at_its_interval() {
+    let Some(bed) = Bed::new("pausewatch-check", N, "1", "0").await else {
+        return;
+    };
+    let flag = bed.path("broken");
+    let rest = format!(
+        "{STEPS}  checks:\n    - {{name: smoke, command: {{run: [sh, -c, \"test ! -e {}\"]}}, runOn: cli, interval: 500ms, failureLimit: 1}}\n",
+        flag.display()
+    );
+    let rollout = bed.rollout(
+        "web.yaml",
+        "2",
+        &format!("image: \"{}\"", image("2")),
+        &rest,
+    );
+    let out = bed
+        .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
+        .await;
+    assert_eq!(out.status.code(), Some(3), "the check passed; paused");
+    let breaks = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        std::fs::write(&flag, "").expect("breaking the check");
+        Instant::now()
+    };
+    let (out, broke_at) = tokio::join!(bed.rollgate(&["watch", APP]), breaks);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "rolled back: {text}");
+    assert!(
+        text.contains("failed while paused at step 2: check smoke failed on web-")
+            && text.contains("2 probes in a row (failureLimit 1)"),
+        "the check and its limit are named: {text}"
+    );
+    assert!(
+        broke_at.elapsed() < Duration::from_secs(30),
+        "noticed within a few intervals: {:?}",
+        broke_at.elapsed()
+    );
+    bed.wait_deployment("version 1 back", |d| {
+        kube_bed::rolled_out(d, N, &image("1"))
+    })
+    .await;
+    kube_bed::assert_at_rest(&bed).await;
+    bed.finish().await;
+}
