@@ -118,16 +118,12 @@ impl Actor {
 
 impl std::fmt::Display for Actor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if let Some(k) = &self.kubernetes {
-            write!(f, "{} (as {}@{})", k.username, self.user, self.host)?;
-            if let Some(ci) = &self.ci {
-                write!(f, " ({ci})")?;
-            }
-            return Ok(());
-        }
         write!(f, "{}@{}", self.user, self.host)?;
         if let Some(ci) = &self.ci {
             write!(f, " ({ci})")?;
+        }
+        if let Some(k) = &self.kubernetes {
+            write!(f, " (Kubernetes user {})", k.username)?;
         }
         Ok(())
     }
