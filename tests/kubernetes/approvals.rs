@@ -298,6 +298,30 @@ async fn two_rbac_approvers_promote_a_third_and_the_starter_and_a_forgery_do_not
         text.contains("REFUSED"),
         "the refused approvals stay visible: {text}"
     );
+    // The JSON audit trail carries each identity as the API server stated it, with its proof.
+    let out = rollgate_as(
+        &bed,
+        "history",
+        &admin,
+        &["-n", &bed.ns, "history", "-o", "json", APP],
+    )
+    .await;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("history JSON");
+    let r = &json[0];
+    assert!(
+        r["actor"]["kubernetes"]["proof"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("rollgate-start-")),
+        "the start is proven: {r}"
+    );
+    let verified: Vec<&str> = r["approvals"]
+        .as_array()
+        .expect("approvals")
+        .iter()
+        .filter(|a| a["verification"]["status"] == "kubernetes")
+        .filter_map(|a| a["verification"]["username"].as_str())
+        .collect();
+    assert_eq!(verified, [user("alice"), user("bob")], "{r}");
     let out = rollgate_as(
         &bed,
         "history",
