@@ -5,6 +5,7 @@ pub mod demo;
 pub mod generate;
 pub mod inspect;
 pub mod output;
+pub mod pause_watch;
 pub mod pki;
 pub mod run;
 pub mod security;
@@ -20,12 +21,9 @@ use crate::spec::InputError;
 
 /// Runs a command and returns the process exit code. Errors are printed here.
 pub fn run(cli: Cli) -> u8 {
-    let result = match cli.command {
-        Command::Demo(args) => match tokio::runtime::Runtime::new() {
-            Ok(runtime) => runtime.block_on(demo::run(&args)),
-            Err(e) => Err(CliError::Failed(format!("starting a tokio runtime: {e}"))),
-        },
-        command => run::command(command, cli.context, cli.namespace),
+    let result = match check_output(&cli.command) {
+        Err(e) => Err(e),
+        Ok(()) => dispatch(cli),
     };
     match result {
         Ok(code) => code,
@@ -33,6 +31,16 @@ pub fn run(cli: Cli) -> u8 {
             eprintln!("error: {e}");
             e.code()
         }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<u8, CliError> {
+    match cli.command {
+        Command::Demo(args) => match tokio::runtime::Runtime::new() {
+            Ok(runtime) => runtime.block_on(demo::run(&args)),
+            Err(e) => Err(CliError::Failed(format!("starting a tokio runtime: {e}"))),
+        },
+        command => run::command(command, cli.context, cli.namespace),
     }
 }
 
@@ -158,7 +166,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check manifests without changing anything.
-    Validate(InputArgs),
+    Validate(ValidateArgs),
     /// Show the steps a rollout would take, offline.
     Plan(PlanArgs),
     /// Run a rollout.
@@ -203,14 +211,41 @@ pub struct ApplyArgs {
     pub output: Progress,
 }
 
-/// How progress is shown.
+/// `-o` on the commands that stream a rollout or read its state: the same four words as `plan`'s
+/// and `validate`'s [`Format`] (README "Conventions").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Progress {
-    /// Progress bars on a terminal, plain lines otherwise.
+    /// For people: progress bars (and `status --watch` redraws) on a terminal, plain lines
+    /// otherwise. `auto` is the same.
+    #[value(name = "table", alias = "auto")]
     Auto,
+    /// Plain lines, never a progress bar or a redraw.
     Plain,
     /// JSON only on stdout, one object a line (`history`: one array); messages go to stderr.
     Json,
+    /// `status`, `history`: YAML. The commands that stream a rollout refuse it (use `json`).
+    Yaml,
+}
+
+/// Refuses `-o yaml` on the commands that stream journal records: they print JSON lines.
+fn check_output(command: &Command) -> Result<(), CliError> {
+    let (name, output) = match command {
+        Command::Apply(a) => ("apply", a.output),
+        Command::Resume(a) | Command::Pause(a) | Command::Abort(a) | Command::Retry(a) => {
+            ("this command", a.output)
+        }
+        Command::Promote(p) => ("promote", p.app.output),
+        Command::Rollback(r) => ("rollback", r.app.output),
+        Command::Demo(d) => ("demo", d.output),
+        _ => return Ok(()),
+    };
+    if output == Progress::Yaml {
+        return Err(InputError::general(format!(
+            "-o yaml: {name} streams the rollout's journal records as they happen; expected -o table, plain or json (one JSON object a line)"
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -267,12 +302,20 @@ pub struct RollbackArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     pub app: String,
-    /// Keep printing as the rollout changes.
-    #[arg(long)]
+    /// Follow the rollout until it ends (exit with its state's code) or pauses (exit 3): redrawn in
+    /// place on a terminal, a line per change otherwise (or with `-o plain`).
+    #[arg(short = 'w', long)]
     pub watch: bool,
+    /// With `--watch`: give up after DUR (`90s`, `5m`), exit 1.
+    #[arg(long, value_name = "DUR", requires = "watch", value_parser = parse_dur)]
+    pub timeout: Option<crate::spec::Dur>,
     /// `json`: one object a line (each update, with `--watch`).
     #[arg(short = 'o', long, value_enum, default_value_t = Progress::Auto)]
     pub output: Progress,
+}
+
+fn parse_dur(s: &str) -> Result<crate::spec::Dur, String> {
+    crate::spec::Dur::parse(s)
 }
 
 #[derive(Debug, Subcommand)]
@@ -341,9 +384,23 @@ pub struct PlanArgs {
     pub output: Format,
 }
 
+/// `-o` on `plan` and `validate`: the same four words as [`Progress`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
+    /// For people (`auto` is the same).
+    #[value(alias = "auto")]
     Table,
     Json,
     Yaml,
+    /// As `table`: these commands draw nothing on a terminal that a pipe would not get.
+    Plain,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// `json` / `yaml`: `app`, `valid`, `strategy`, `strategySource`, `files`.
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
 }

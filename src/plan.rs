@@ -145,6 +145,9 @@ pub struct Plan {
     /// Things the user should know about how the bounds were applied.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The manifest's maxSurge when hosts replaced in place cannot use it (the header says so).
+    #[serde(skip)]
+    pub unusable_surge: Option<String>,
 }
 
 /// A plan that cannot be made; `path` is the manifest field to blame.
@@ -209,7 +212,7 @@ pub fn resolve_bounds(
                 });
             }
             let ignored = if max_surge > 0 {
-                format!(", and maxSurge ({surge}) does not apply")
+                format!(", and maxSurge {surge} is not usable with one slot per host")
             } else {
                 String::new()
             };
@@ -295,11 +298,20 @@ pub fn plan(strategy: &Strategy, n: u32, capacity: Capacity) -> Result<Plan> {
             (b, bg.min_ready_seconds, strategy::blue_green::steps(n, bg))
         }
     };
+    let requested = match strategy {
+        Strategy::Rolling(r) => Some(r.max_surge),
+        Strategy::Canary(c) => Some(c.max_surge),
+        Strategy::BlueGreen(_) => None,
+    };
+    let unusable_surge = requested
+        .filter(|s| capacity == Capacity::InPlace && s.resolve(n, Rounding::Up) > 0)
+        .map(|s| s.to_string());
     let background = match strategy {
         Strategy::Canary(c) => checks::background(c, &steps),
         _ => None,
     };
     Ok(Plan {
+        unusable_surge,
         replicas: n,
         strategy: strategy.name(),
         max_surge: bounds.max_surge,
@@ -526,6 +538,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.max_surge, 0);
+        assert_eq!(p.unusable_surge.as_deref(), Some("25%"));
         assert_eq!(counts(&p), vec![(4, 2), (2, 4), (0, 6)]);
         assert!(
             p.steps
@@ -535,7 +548,7 @@ mod tests {
         assert!(p.notes[0].contains("replaced in place"), "{:?}", p.notes);
         assert!(p.notes[0].contains("remove-first"), "{:?}", p.notes);
         assert!(
-            p.notes[0].contains("maxSurge (25%) does not apply"),
+            p.notes[0].contains("maxSurge 25% is not usable with one slot per host"),
             "{:?}",
             p.notes
         );

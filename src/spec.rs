@@ -245,8 +245,9 @@ pub struct HostsTarget {
     /// A label (usually `zone`) whose values must never be down at the same time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spread_by: Option<String>,
-    /// The service, by the name it has in each agent's configuration.
-    #[serde(default = "default_service")]
+    /// The service, by the name it has in each agent's configuration; `metadata.name` when not set
+    /// (filled in at load, so a stored manifest always names it).
+    #[serde(default)]
     pub service: String,
     /// Where the new version comes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -277,10 +278,6 @@ fn ten_seconds() -> Dur {
     Dur(std::time::Duration::from_secs(10))
 }
 
-fn default_service() -> String {
-    "app".into()
-}
-
 /// The artifact of the new version: a local file streamed to each agent, or a URL the agents fetch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -308,6 +305,10 @@ pub struct AgentAuth {
     pub token_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_env: Option<String>,
+    /// No authentication and plain HTTP, said out loud: for a lab. Required for a non-loopback
+    /// agent address without credentials; every run warns.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 fn one() -> u32 {
@@ -685,7 +686,12 @@ impl Manifest {
     }
 
     pub fn from_sources(sources: Sources, vars: source::Vars<'_>) -> Result<Self, InputError> {
-        let rollout: Rollout = sources.deserialize()?;
+        let mut rollout: Rollout = sources.deserialize()?;
+        if let Some(h) = rollout.spec.target.hosts_mut()
+            && h.service.is_empty()
+        {
+            h.service = rollout.metadata.name.clone();
+        }
         if rollout.api_version != API_VERSION {
             return Err(sources.error(
                 "apiVersion",
@@ -719,6 +725,22 @@ impl Manifest {
 
     pub fn name(&self) -> &str {
         &self.rollout.metadata.name
+    }
+
+    /// The warning every command that loads a hosts manifest with `auth: {insecure: true}` prints.
+    pub fn insecure_warning(&self) -> Option<String> {
+        let h = self.rollout.spec.target.hosts()?;
+        h.auth.as_ref().filter(|a| a.insecure).map(|_| {
+            format!(
+                "warning: {}: spec.target.hosts.auth.insecure: rollgate talks to the agents of {} over plain HTTP, unauthenticated (a lab only)",
+                self.sources
+                    .files
+                    .first()
+                    .map(|f| f.file.display().to_string())
+                    .unwrap_or_default(),
+                self.name()
+            )
+        })
     }
 
     /// Relative paths in the manifest are relative to its folder; the journal keeps them absolute so

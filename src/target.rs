@@ -65,6 +65,14 @@ pub enum TargetError {
         #[source]
         source: crate::agent::client::ClientError,
     },
+    /// The agent answered 404 for the manifest's service (issue 20: this was "agent unreachable").
+    #[error("{instance}: agent at {address} has no service {service:?} (it has: {})", if has.is_empty() { "none".to_string() } else { has.join(", ") })]
+    NoService {
+        instance: String,
+        address: String,
+        service: String,
+        has: Vec<String>,
+    },
     #[error("{instance}: {message}")]
     Rejected { instance: String, message: String },
     #[error("target setup: {0}")]

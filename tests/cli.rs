@@ -5,9 +5,13 @@ mod cli {
     mod bad_input;
     mod generate;
     mod history;
+    mod hosts_defaults;
     mod limits;
+    mod outputs;
     mod plan;
     mod pod_security;
+    mod readme;
     mod streams;
     mod support;
+    mod watch;
 }

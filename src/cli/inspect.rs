@@ -1,11 +1,13 @@
 //! `status` and `history`: read an app's journal and its instances, print, and exit with its state.
 
+use std::io::IsTerminal;
+
 use crate::cli::output::{self, Running, json_line, out};
 use crate::cli::run::{last_rollout, records, running, target_for};
-use crate::cli::{CliError, HistoryArgs, Progress, StatusArgs, approve, exit};
+use crate::cli::{CliError, HistoryArgs, Progress, StatusArgs, approve, exit, watch};
 use crate::hold::Env;
-use crate::state::{Outcome, RolloutSummary, history};
-use crate::target::Target;
+use crate::state::{Outcome, Record, RolloutSummary, history};
+use crate::target::{AnyTarget, Target};
 
 /// The exit code that tells a rollout's state: 0 succeeded or in progress, 1 failed, rolled back
 /// or aborted, 3 paused.
@@ -31,52 +33,140 @@ fn state_word(r: &RolloutSummary, running: &Running) -> &'static str {
     }
 }
 
+/// `status`: the last rollout and its instances; with `--watch`, as steps and an instance grid
+/// followed until it ends or pauses (redrawn in place on a terminal, a line per journal record
+/// otherwise), and the process exits with the state's code (or 1 when `--timeout` runs out first).
 pub async fn status(args: &StatusArgs, env: &Env) -> Result<u8, CliError> {
     let remote = env.remote_for_app(&args.app).await?;
-    let mut first = true;
+    let deadline = args.timeout.map(|d| tokio::time::Instant::now() + d.0);
+    let redraw = args.watch && args.output == Progress::Auto && std::io::stdout().is_terminal();
+    let mut screen = watch::Screen::default();
+    let mut shown: Option<usize> = None;
+    let mut last_json = String::new();
+    let mut target: Option<(AnyTarget, Option<crate::plan::Plan>)> = None;
+    let mut interrupted_polls = 0;
     loop {
         let records = records(env, &args.app, remote.as_ref()).await?;
         let (mut last, m) = last_rollout(env, &args.app, &records, remote.as_ref())?;
         approve::check_kube_history(env, &args.app, std::slice::from_mut(&mut last)).await;
         let _ = approve::check_stored(&env.store, &args.app, &mut last);
         let running = running(env, &args.app, remote.as_ref());
-        let instances = match target_for(&m, env).await {
-            Ok(target) => Some(target.instances().await),
-            Err(_) => None,
-        };
-        if args.output == Progress::Json {
-            let instances = match &instances {
-                Some(Ok(list)) => serde_json::json!(
-                    list.iter()
-                        .map(|i| serde_json::json!({"name": i.name, "version": i.version}))
-                        .collect::<Vec<_>>()
-                ),
-                Some(Err(e)) => serde_json::json!({"error": crate::error_chain(e)}),
-                None => serde_json::Value::Null,
+        if target.is_none()
+            && let Ok(t) = target_for(&m, env).await
+        {
+            let plan = match t.size().await {
+                Ok(n) => crate::plan::plan(&m.strategy, n, t.capacity()).ok(),
+                Err(_) => None,
             };
-            json_line(&serde_json::json!({
-                "app": args.app,
-                "state": state_word(&last, &running),
-                "exitCode": state_code(&last),
-                "rollout": last,
-                "instances": instances,
-            }));
-        } else {
-            if !first {
-                out("\n");
-            }
-            out(&output::summary(&last, &running));
-            if let Some(instances) = &instances {
-                out(&output::instances(instances));
-            }
+            target = Some((t, plan));
         }
-        first = false;
+        let instances = match &target {
+            Some((t, _)) => Some(t.instances().await),
+            None => None,
+        };
+        let mine: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.event.rollout() == last.id)
+            .collect();
+        if matches!(args.output, Progress::Json | Progress::Yaml) {
+            let value = json_status(args, &last, &running, &instances);
+            let line = serde_json::to_string(&value).expect("status serializes");
+            if line != last_json {
+                if args.output == Progress::Json {
+                    out(&format!("{line}\n"));
+                } else {
+                    // One YAML document per update.
+                    out(&format!(
+                        "---\n{}",
+                        serde_yaml::to_string(&value).expect("status serializes")
+                    ));
+                }
+                last_json = line;
+            }
+        } else {
+            let frame = watch::Frame {
+                rollout: &last,
+                running: &running,
+                plan: target.as_ref().and_then(|(_, p)| p.as_ref()),
+                manifest: &m,
+                records: &mine,
+                instances: instances.as_ref(),
+            };
+            match shown {
+                // One-shot `status` keeps its line-per-instance form, which scripts read.
+                _ if !args.watch => {
+                    out(&output::summary(&last, &running));
+                    if let Some(instances) = &instances {
+                        out(&output::instances(instances));
+                    }
+                }
+                _ if redraw => screen.draw(&watch::render(&frame)),
+                None => out(&watch::render(&frame)),
+                Some(n) => {
+                    for r in mine.iter().skip(n) {
+                        out(&format!("{}\n", output::describe(&r.event)));
+                    }
+                }
+            }
+            shown = Some(mine.len());
+        }
+        interrupted_polls = match running {
+            Running::Interrupted if last.outcome.is_none() => interrupted_polls + 1,
+            _ => 0,
+        };
         // A closed stdout (`status web | head -1`) ends a watch: nobody reads it any more.
-        if !args.watch || last.outcome.is_some() || output::stdout_closed() {
+        if !args.watch || last.outcome.is_some() || last.paused.is_some() || output::stdout_closed()
+        {
             return Ok(state_code(&last));
         }
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        if interrupted_polls >= 2 {
+            eprintln!(
+                "{}: no process is running the rollout; `rollgate resume {}` continues it",
+                args.app, args.app
+            );
+            return Ok(exit::PAUSED);
+        }
+        let mut wait = std::time::Duration::from_millis(500);
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                eprintln!(
+                    "error: {}: timed out after {} waiting for the rollout to end (it is {})",
+                    args.app,
+                    args.timeout.map(|d| d.to_string()).unwrap_or_default(),
+                    state_word(&last, &running)
+                );
+                return Ok(exit::FAILED);
+            }
+            wait = wait.min(left);
+        }
+        tokio::time::sleep(wait).await;
     }
+}
+
+/// `status -o json`: one object.
+fn json_status(
+    args: &StatusArgs,
+    last: &RolloutSummary,
+    running: &Running,
+    instances: &Option<crate::target::Result<Vec<crate::target::Instance>>>,
+) -> serde_json::Value {
+    let instances = match instances {
+        Some(Ok(list)) => serde_json::json!(
+            list.iter()
+                .map(|i| serde_json::json!({"name": i.name, "version": i.version}))
+                .collect::<Vec<_>>()
+        ),
+        Some(Err(e)) => serde_json::json!({"error": crate::error_chain(e)}),
+        None => serde_json::Value::Null,
+    };
+    serde_json::json!({
+        "app": args.app,
+        "state": state_word(last, running),
+        "exitCode": state_code(last),
+        "rollout": last,
+        "instances": instances,
+    })
 }
 
 /// `history`: every rollout, oldest first; `-o json` prints them as one JSON array; `--verify`
@@ -103,9 +193,16 @@ pub async fn history_cmd(h: &HistoryArgs, env: &Env) -> Result<u8, CliError> {
             args.app
         )));
     }
-    if args.output == Progress::Json {
-        json_line(&all);
-        return Ok(exit::OK);
+    match args.output {
+        Progress::Json => {
+            json_line(&all);
+            return Ok(exit::OK);
+        }
+        Progress::Yaml => {
+            out(&serde_yaml::to_string(&all).expect("history serializes"));
+            return Ok(exit::OK);
+        }
+        Progress::Auto | Progress::Plain => {}
     }
     let compacted = env.store.compacted(&args.app).ok().flatten();
     let running = running(env, &args.app, remote.as_ref());

@@ -53,14 +53,26 @@ pub fn json_line(value: &impl serde::Serialize) {
     ));
 }
 
-/// The plan as a table with its resolved bounds.
-pub fn plan_table(app: &str, version: &str, strategy_source: &str, plan: &Plan) -> String {
+/// The plan as a table with its resolved bounds. Consecutive steps of the same kind and note are
+/// one row (`6-10`, the counts once the last is done); `hosts`, for a host fleet, lists each
+/// step's hosts (labelled with their zone) under its row.
+pub fn plan_table(
+    app: &str,
+    version: &str,
+    strategy_source: &str,
+    plan: &Plan,
+    hosts: Option<&[Vec<String>]>,
+) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "rollout {app} to version {version}");
+    let surge = match &plan.unusable_surge {
+        Some(asked) => format!("{asked} (not usable with one slot per host)"),
+        None => plan.max_surge.to_string(),
+    };
     let _ = writeln!(
         out,
-        "strategy {} ({strategy_source}), {} instances, maxSurge {}, maxUnavailable {}, minReadySeconds {}",
-        plan.strategy, plan.replicas, plan.max_surge, plan.max_unavailable, plan.min_ready_seconds
+        "strategy {} ({strategy_source}), {} instances, maxSurge {surge}, maxUnavailable {}, minReadySeconds {}",
+        plan.strategy, plan.replicas, plan.max_unavailable, plan.min_ready_seconds
     );
     let _ = writeln!(
         out,
@@ -71,10 +83,30 @@ pub fn plan_table(app: &str, version: &str, strategy_source: &str, plan: &Plan) 
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:>4}  {:<9} {:>8} {:>8} {:>13} {:>9}  NOTE",
+        "{:>5}  {:<9} {:>8} {:>8} {:>13} {:>9}  NOTE",
         "STEP", "KIND", "OLD", "NEW", "MIN-AVAILABLE", "MAX-TOTAL"
     );
-    for (i, s) in plan.steps.iter().enumerate() {
+    let mut i = 0;
+    while i < plan.steps.len() {
+        let s = &plan.steps[i];
+        let same = |t: &crate::plan::Step| {
+            t.kind == s.kind
+                && t.note == s.note
+                && t.manual == s.manual
+                && t.duration_seconds == s.duration_seconds
+                && t.approvals == s.approvals
+        };
+        let mut j = i;
+        while j + 1 < plan.steps.len() && same(&plan.steps[j + 1]) {
+            j += 1;
+        }
+        let rows = &plan.steps[i..=j];
+        let last = &plan.steps[j];
+        let step = if i == j {
+            (i + 1).to_string()
+        } else {
+            format!("{}-{}", i + 1, j + 1)
+        };
         let kind = match s.kind {
             StepKind::Scale => "scale",
             StepKind::Pause => "pause",
@@ -84,20 +116,73 @@ pub fn plan_table(app: &str, version: &str, strategy_source: &str, plan: &Plan) 
         };
         let _ = writeln!(
             out,
-            "{:>4}  {:<9} {:>8} {:>8} {:>13} {:>9}  {}",
-            i + 1,
-            kind,
-            s.old,
-            s.new,
-            s.min_available,
-            s.max_total,
+            "{step:>5}  {kind:<9} {:>8} {:>8} {:>13} {:>9}  {}",
+            last.old,
+            last.new,
+            rows.iter().map(|r| r.min_available).min().unwrap_or(0),
+            rows.iter().map(|r| r.max_total).max().unwrap_or(0),
             s.note
         );
+        if let Some(hosts) = hosts {
+            let waves: Vec<String> = hosts[i..=j.min(hosts.len().saturating_sub(1))]
+                .iter()
+                .filter(|w| !w.is_empty())
+                .map(|w| w.join(", "))
+                .collect();
+            if !waves.is_empty() {
+                let _ = writeln!(out, "{:>7}hosts: {}", "", waves.join(" | "));
+            }
+        }
+        i = j + 1;
     }
     for note in &plan.notes {
         let _ = writeln!(out, "\nnote: {note}");
     }
     out
+}
+
+/// A host fleet's hosts per step: labelled with their zone (`h1 (zone a)`) for the table, and by
+/// name for `-o json`.
+pub type StepHosts = (Vec<Vec<String>>, Vec<Vec<String>>);
+
+pub fn plan_hosts(m: &crate::spec::Manifest, p: &Plan) -> Option<StepHosts> {
+    let h = m.rollout.spec.target.hosts()?;
+    let first_group = match &m.strategy {
+        crate::spec::Strategy::Canary(c) => c.first_group.as_deref(),
+        _ => None,
+    };
+    let names = crate::target::hosts::step_hosts(h, first_group, &p.steps);
+    let label = h.spread_by.as_deref().unwrap_or("zone");
+    let labelled = names
+        .iter()
+        .map(|wave| {
+            wave.iter()
+                .map(|name| {
+                    match h
+                        .hosts
+                        .iter()
+                        .find(|x| &x.name == name)
+                        .and_then(|x| x.labels.get(label))
+                    {
+                        Some(zone) => format!("{name} ({label} {zone})"),
+                        None => name.clone(),
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    Some((labelled, names))
+}
+
+/// The plan's JSON contract, with `instances` on each step of a host fleet (a free field).
+pub fn plan_value(p: &Plan, hosts: Option<&StepHosts>) -> serde_json::Value {
+    let mut v = serde_json::to_value(p).expect("a plan always serializes");
+    if let (Some((_, names)), Some(steps)) = (hosts, v["steps"].as_array_mut()) {
+        for (step, wave) in steps.iter_mut().zip(names) {
+            step["instances"] = serde_json::json!(wave);
+        }
+    }
+    v
 }
 
 /// One line for a journal event.

@@ -5,7 +5,7 @@ use std::time::Instant;
 use crate::cli::output::{Reporter, say};
 use crate::cli::{
     AppArgs, ApplyArgs, CliError, Command, Format, InputArgs, PlanArgs, Progress, PromoteArgs,
-    RollbackArgs, approve, exit, failed, output,
+    RollbackArgs, ValidateArgs, approve, exit, failed, output,
 };
 use crate::engine::{Course, Run, current_version};
 use crate::error_chain;
@@ -51,7 +51,7 @@ async fn run_async(command: Command, env: &Env) -> Result<u8, CliError> {
         Command::Rollback(args) => rollback(&args, env).await,
         Command::Status(args) => crate::cli::inspect::status(&args, env).await,
         Command::History(args) => crate::cli::inspect::history_cmd(&args, env).await,
-        Command::Watch(args) => crate::cli::watch::watch(&args, env).await,
+        Command::Watch(args) => crate::cli::pause_watch::watch(&args, env).await,
         Command::Validate(_)
         | Command::Plan(_)
         | Command::Pki(_)
@@ -62,25 +62,50 @@ async fn run_async(command: Command, env: &Env) -> Result<u8, CliError> {
 }
 
 fn load(input: &InputArgs) -> Result<Manifest, InputError> {
-    Manifest::load(&input.files, input.env.as_deref())
+    let m = Manifest::load(&input.files, input.env.as_deref())?;
+    warn_insecure(&m);
+    Ok(m)
 }
 
-fn validate(args: &InputArgs) -> Result<u8, CliError> {
-    let m = load(args)?;
-    crate::cli::security::check_blocking(&m, args.strict)?;
+/// `auth: {insecure: true}` is said on stderr by every command that loads the manifest, once.
+pub(crate) fn warn_insecure(m: &Manifest) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Some(warning) = m.insecure_warning()
+        && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        eprintln!("{warning}");
+    }
+}
+
+fn validate(args: &ValidateArgs) -> Result<u8, CliError> {
+    let m = load(&args.input)?;
+    crate::cli::security::check_blocking(&m, args.input.strict)?;
     let files: Vec<String> = m
         .sources
         .files
         .iter()
         .map(|s| s.file.display().to_string())
         .collect();
-    output::out(&format!(
-        "{}: valid ({} strategy from {}; read {})\n",
-        m.name(),
-        m.strategy.name(),
-        m.strategy_source,
-        files.join(", ")
-    ));
+    let value = || {
+        serde_json::json!({
+            "app": m.name(),
+            "valid": true,
+            "strategy": m.strategy.name(),
+            "strategySource": m.strategy_source,
+            "files": files,
+        })
+    };
+    output::out(&match args.output {
+        Format::Table | Format::Plain => format!(
+            "{}: valid ({} strategy from {}; read {})\n",
+            m.name(),
+            m.strategy.name(),
+            m.strategy_source,
+            files.join(", ")
+        ),
+        Format::Json => format!("{}\n", value()),
+        Format::Yaml => serde_yaml::to_string(&value()).expect("serializes"),
+    });
     Ok(exit::OK)
 }
 
@@ -94,12 +119,22 @@ fn plan_cmd(args: &PlanArgs) -> Result<u8, CliError> {
     let m = load(&args.input)?;
     let p = make_plan(&m, args.replicas)?;
     crate::cli::security::check_blocking(&m, args.input.strict)?;
+    let hosts = output::plan_hosts(&m, &p);
     let text = match args.output {
-        Format::Table => {
-            output::plan_table(m.name(), &m.rollout.spec.version, &m.strategy_source, &p)
+        Format::Table | Format::Plain => output::plan_table(
+            m.name(),
+            &m.rollout.spec.version,
+            &m.strategy_source,
+            &p,
+            hosts.as_ref().map(|(labelled, _)| labelled.as_slice()),
+        ),
+        Format::Json => {
+            serde_json::to_string_pretty(&output::plan_value(&p, hosts.as_ref()))
+                .expect("a plan always serializes")
+                + "\n"
         }
-        Format::Json => serde_json::to_string_pretty(&p).expect("a plan always serializes") + "\n",
-        Format::Yaml => serde_yaml::to_string(&p).expect("a plan always serializes"),
+        Format::Yaml => serde_yaml::to_string(&output::plan_value(&p, hosts.as_ref()))
+            .expect("a plan always serializes"),
     };
     output::out(&text);
     Ok(exit::OK)
@@ -367,6 +402,7 @@ pub(crate) fn last_rollout(
         .join("rollouts")
         .join(format!("{}.json", last.id));
     let mut m = Manifest::from_resolved(rollout, &origin)?;
+    warn_insecure(&m);
     overrides(&mut m, env)?;
     Ok((last, m))
 }

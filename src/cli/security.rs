@@ -70,7 +70,8 @@ pub async fn check(
         }
         Ok(Err(why)) => {
             eprintln!(
-                "note: pod security not checked: the template of {at} is read from the cluster: {why}"
+                "note: pod security not checked: {at} not read ({})",
+                short_reason(&why)
             );
             Ok(())
         }
@@ -82,6 +83,19 @@ pub async fn check(
             Ok(())
         }
     }
+}
+
+/// Why the cluster could not be read, in a few words: the innermost cause of a long chain.
+fn short_reason(why: &str) -> String {
+    if why.contains("failed to infer config") {
+        return "no kubeconfig: set KUBECONFIG or --context".into();
+    }
+    let last = why.rsplit(": ").next().unwrap_or(why).trim();
+    let mut short: String = last.chars().take(60).collect();
+    if short.len() < last.len() {
+        short.push('…');
+    }
+    format!("cluster unreachable: {short}")
 }
 
 /// The Deployment as the cluster has it, through `client` (else the kubeconfig's current

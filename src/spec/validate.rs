@@ -417,6 +417,52 @@ fn validate_hosts(h: &HostsTarget, s: &Sources) -> Result<(), InputError> {
             ));
         }
     }
+    // No credentials is said out loud (issue 20): `auth: {insecure: true}`, and only for a lab.
+    match &h.auth {
+        Some(a)
+            if a.insecure
+                && (a.ca.is_some()
+                    || a.cert.is_some()
+                    || a.key.is_some()
+                    || a.token_file.is_some()
+                    || a.token_env.is_some()) =>
+        {
+            return Err(s.error(
+                "spec.target.hosts.auth.insecure",
+                "true beside credentials: expected either ca, cert and key (or ca with tokenFile/tokenEnv), or insecure: true alone",
+            ));
+        }
+        Some(a)
+            if !a.insecure
+                && a.ca.is_none()
+                && a.cert.is_none()
+                && a.key.is_none()
+                && a.token_file.is_none()
+                && a.token_env.is_none() =>
+        {
+            return Err(s.error(
+                "spec.target.hosts.auth",
+                "has no credentials: expected ca, cert and key (mTLS), ca with tokenFile or tokenEnv, or insecure: true for a lab",
+            ));
+        }
+        None => {
+            if let Some((i, host)) = h
+                .hosts
+                .iter()
+                .enumerate()
+                .find(|(_, host)| !crate::agent::api::is_loopback_address(&host.address))
+            {
+                return Err(s.error(
+                    &format!("spec.target.hosts.hosts[{i}].address"),
+                    format!(
+                        "{:?} is not a loopback address and spec.target.hosts has no auth: rollgate would talk to its agent over plain HTTP, unauthenticated; expected auth (ca, cert and key from `rollgate pki`, or ca with tokenFile/tokenEnv), or auth: {{insecure: true}} for a lab",
+                        host.address
+                    ),
+                ));
+            }
+        }
+        _ => {}
+    }
     // A bearer token without a CA would go over plain HTTP (issue 17, W6).
     if let Some(a) = &h.auth
         && a.ca.is_none()

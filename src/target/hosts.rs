@@ -12,7 +12,7 @@ mod waves;
 
 use view::HostView;
 use waves::split_by_zone_wants;
-pub use waves::{capacity, split_by_zone, wave_order};
+pub use waves::{capacity, split_by_zone, step_hosts, wave_order};
 
 use super::{Change, Instance, Result, Sink, Target, TargetError};
 use crate::agent::api::{
@@ -125,6 +125,28 @@ impl Hosts {
             .ok_or_else(|| TargetError::Setup(format!("no host named {name}")))
     }
 
+    /// The agent's status of the manifest's service; a 404 names the services the agent has.
+    async fn service_of(&self, name: &str) -> Result<crate::agent::api::ServiceStatus> {
+        let client = self.client(name)?;
+        let unreachable = |source| TargetError::AgentUnreachable {
+            instance: name.to_string(),
+            source,
+        };
+        match client.service(&self.service).await {
+            Ok(status) => Ok(status),
+            Err(e) if e.status() == Some(404) => {
+                let has = client.services().await.map_err(unreachable)?;
+                Err(TargetError::NoService {
+                    instance: name.to_string(),
+                    address: self.address(name).to_string(),
+                    service: self.service.clone(),
+                    has: has.into_iter().map(|s| s.name).collect(),
+                })
+            }
+            Err(e) => Err(unreachable(e)),
+        }
+    }
+
     fn address(&self, name: &str) -> &str {
         self.clients
             .iter()
@@ -142,7 +164,7 @@ impl Hosts {
             instance: name.to_string(),
             source,
         };
-        let status = client.service(&self.service).await.map_err(unreachable)?;
+        let status = self.service_of(name).await?;
         if status.versions.iter().any(|v| v.version == version) {
             return Ok(()); // already on disk: never download twice
         }

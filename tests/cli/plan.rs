@@ -229,9 +229,20 @@ fn table_shows_counts_and_bounds() {
         "{}",
         run.stdout
     );
+    // Six identical waves are one row, each wave's host kept (issue 20).
     assert_eq!(
         run.stdout.lines().filter(|l| l.contains(" scale ")).count(),
-        6
+        1,
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("  1-6  scale  "), "{}", run.stdout);
+    assert!(
+        run.stdout.contains(
+            "hosts: h1 (zone a) | h2 (zone a) | h3 (zone b) | h4 (zone b) | h5 (zone c) | h6 (zone c)"
+        ),
+        "{}",
+        run.stdout
     );
 }
 
@@ -256,4 +267,68 @@ fn large_plans_are_complete() {
     assert_eq!(plan["maxSurge"], 1000);
     assert_eq!(plan["steps"].as_array().unwrap().len(), 100);
     check_contract("100k", &plan);
+}
+
+/// Issue 20, "plans people can read": a hosts plan names each wave's hosts and zone (`-o json`:
+/// `instances` per step), identical consecutive rows are one, and the header agrees with the notes.
+#[test]
+fn a_hosts_plan_names_its_hosts_merges_repeats_and_never_contradicts_itself() {
+    let run = rollgate(&repo(), &["plan", "-f", "manifests/hosts/canary.yaml"], &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let t = &run.stdout;
+    assert!(
+        t.contains("maxSurge 1 (not usable with one slot per host)"),
+        "the header says what the note says: {t}"
+    );
+    assert!(
+        t.contains("maxSurge 1 is not usable with one slot per host"),
+        "{t}"
+    );
+    // The internal ring first (h1), then zone by zone.
+    assert!(
+        t.contains("    1  scale            3        1             3         4  canary weight 25%\n       hosts: h1 (zone a)\n"),
+        "{t}"
+    );
+    assert!(
+        t.contains("  5-6  scale            0        4             3         4  canary weight 100%\n       hosts: h3 (zone b) | h4 (zone b)\n"),
+        "two identical rows merged, each wave's hosts kept: {t}"
+    );
+    assert_eq!(t.matches("canary weight 100%").count(), 1, "{t}");
+
+    let run = rollgate(
+        &repo(),
+        &["plan", "-f", "manifests/hosts/canary.yaml", "-o", "json"],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let plan: Value = serde_json::from_str(&run.stdout).unwrap();
+    check_contract("canary.yaml", &plan);
+    let instances: Vec<Value> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["instances"].clone())
+        .collect();
+    assert_eq!(
+        instances,
+        vec![
+            serde_json::json!(["h1"]),
+            serde_json::json!([]),
+            serde_json::json!(["h2"]),
+            serde_json::json!([]),
+            serde_json::json!(["h3"]),
+            serde_json::json!(["h4"]),
+        ],
+        "every step, unmerged, with its hosts: {}",
+        run.stdout
+    );
+    // A Kubernetes plan has no `instances`: the contract is unchanged.
+    let dir = workdir(&[("web.yaml", BASE)]);
+    let run = rollgate(
+        dir.path(),
+        &["plan", "-f", "web.yaml", "--replicas", "4", "-o", "json"],
+        &[("KUBECONFIG", "/nonexistent/kubeconfig")],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.stdout.contains("instances"), "{}", run.stdout);
 }

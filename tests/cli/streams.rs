@@ -129,6 +129,19 @@ async fn json_output_exit_codes_and_closed_pipes() {
         out.stdout
     );
 
+    // `-o yaml` says the same as `-o json` (issue 20: one `-o` on every command).
+    let out = run(args(&["status", "web", "-o", "yaml"])).await.unwrap();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let y: serde_json::Value = serde_yaml::from_str(&out.stdout).unwrap();
+    assert_eq!(y["state"], "succeeded", "{}", out.stdout);
+    assert_eq!(y["instances"], status[0]["instances"]);
+    let json = run(args(&["history", "web", "-o", "json"])).await.unwrap();
+    let yaml = run(args(&["history", "web", "-o", "yaml"])).await.unwrap();
+    assert_eq!(yaml.code, 0, "{}", yaml.stderr);
+    let j: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let y: serde_json::Value = serde_yaml::from_str(&yaml.stdout).unwrap();
+    assert_eq!(j, y);
+
     // `pause` with nothing running says so and exits 1.
     let out = run(args(&["pause", "web"])).await.unwrap();
     assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);

@@ -93,6 +93,28 @@ async fn good_version_rolls_within_bounds_and_the_deployment_adopts_it() {
         "the template records the version"
     );
 
+    // `status --watch` of the finished rollout: its steps, then the pods by ReplicaSet (issue 21),
+    // and the state's exit code at once.
+    let out = bed
+        .rollgate(&["status", APP, "--watch", "--timeout", "30s"])
+        .await;
+    assert_eq!(out.status.code(), Some(0));
+    let text = kube_bed::stdout(&out);
+    assert!(text.contains("STEPS\n  ✔  1 scale"), "{text}");
+    let rs_name = new[0].name_any();
+    let group = text
+        .lines()
+        .find(|l| {
+            l.trim_start()
+                .starts_with(&format!("ReplicaSet {rs_name} (2)"))
+        })
+        .unwrap_or_else(|| panic!("a row for ReplicaSet {rs_name}: {text}"));
+    assert_eq!(
+        group.matches(&format!("{rs_name}-")).count(),
+        N as usize,
+        "its {N} pods on the row: {group}"
+    );
+
     // kubectl still understands the Deployment: history has both revisions, and undo works.
     let history = bed
         .cluster

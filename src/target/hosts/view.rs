@@ -78,13 +78,7 @@ impl HostView {
 
 impl Hosts {
     pub(super) async fn view(&self, name: &str) -> Result<HostView> {
-        let client = self.client(name)?;
-        let status = client.service(&self.service).await.map_err(|source| {
-            TargetError::AgentUnreachable {
-                instance: name.to_string(),
-                source,
-            }
-        })?;
+        let status = self.service_of(name).await?;
         let slots = status
             .slots
             .iter()

@@ -29,6 +29,37 @@ pub fn wave_order(spec: &HostsTarget, first_group: Option<&str>) -> Vec<String> 
     hosts.into_iter().map(|h| h.name.clone()).collect()
 }
 
+/// The hosts each step changes, in wave order: the first `new` hosts run the new version and the
+/// last `old` keep the old one (as `scale` applies a step), so a step changes those that start the
+/// new version and those that stop the old one. Pure: `plan` shows it.
+pub fn step_hosts(
+    spec: &HostsTarget,
+    first_group: Option<&str>,
+    steps: &[crate::plan::Step],
+) -> Vec<Vec<String>> {
+    let order = wave_order(spec, first_group);
+    let n = order.len();
+    let (mut new_before, mut old_before) = (0usize, n);
+    steps
+        .iter()
+        .map(|s| {
+            let (new, old) = (s.new as usize, s.old as usize);
+            let changed = order
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| {
+                    let starts = *i < new && *i >= new_before;
+                    let stops = *i < n.saturating_sub(old) && *i >= n.saturating_sub(old_before);
+                    starts || stops
+                })
+                .map(|(_, h)| h.clone())
+                .collect();
+            (new_before, old_before) = (new, old);
+            changed
+        })
+        .collect()
+}
+
 /// [`split_by_zone`] for hosts with what each must end with.
 pub(super) fn split_by_zone_wants(
     spec: &HostsTarget,
@@ -88,6 +119,22 @@ mod tests {
 spreadBy: zone",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn each_step_names_the_hosts_it_changes() {
+        let step = |old, new| crate::plan::Step::hold(crate::plan::StepKind::Scale, old, new, "");
+        let steps = [step(3, 1), step(2, 2), step(2, 2), step(0, 4)];
+        let hosts = step_hosts(&fleet(), Some("internal"), &steps);
+        assert_eq!(
+            hosts,
+            vec![
+                vec!["h2".to_string()],
+                vec!["h4".to_string()],
+                vec![],
+                vec!["h1".to_string(), "h3".to_string()],
+            ]
+        );
     }
 
     #[test]
