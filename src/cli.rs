@@ -40,7 +40,7 @@ fn dispatch(cli: Cli) -> Result<u8, CliError> {
             Ok(runtime) => runtime.block_on(demo::run(&args)),
             Err(e) => Err(CliError::Failed(format!("starting a tokio runtime: {e}"))),
         },
-        command => run::command(command, cli.context, cli.namespace),
+        command => run::command(command, cli.context, cli.namespace, cli.state),
     }
 }
 
@@ -161,6 +161,10 @@ pub struct Cli {
     /// where its state is looked up (default: the manifest's, else the context's, else `default`).
     #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
     pub namespace: Option<String>,
+    /// Host fleets: the team state on etcd, over the manifest's `spec.state`:
+    /// `etcd://HOST:PORT[,HOST:PORT...]/PREFIX`, or `etcd+https://...?ca=FILE&cert=FILE&key=FILE`.
+    #[arg(long, global = true, value_name = "URL", env = "ROLLGATE_STATE_URL")]
+    pub state: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -95,7 +95,7 @@ pub struct Run<'a, T: Target> {
     /// Set when background analysis has reached a verdict, so long pauses end early.
     pub background_done: Arc<std::sync::atomic::AtomicBool>,
     /// The in-cluster state of a Kubernetes target: its journal mirror and Lease.
-    pub team: Option<&'a crate::state::lease::Session>,
+    pub team: Option<&'a crate::state::team::Session>,
 }
 
 impl<T: Target> Report for Run<'_, T> {

@@ -4,8 +4,10 @@ use crate::engine::Course;
 use crate::kube::{Kube, KubeError};
 use crate::plan::Plan;
 use crate::spec::Manifest;
-use crate::state::lease::Session;
+use crate::spec::state::EtcdSpec;
+use crate::state::etcd::EtcdError;
 use crate::state::mirror::{ClusterError, Remote};
+use crate::state::team::{Session, Team, TeamError};
 use crate::state::{Actor, Control, Lock, RolloutSummary, StateError, Store, history};
 
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +18,8 @@ pub enum HoldError {
     Kube(#[from] KubeError),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
     /// A flag that does not apply to the app's target (`--context` on a host fleet).
     #[error("{0}")]
     Usage(String),
@@ -28,18 +32,30 @@ impl HoldError {
             self,
             HoldError::State(StateError::Locked { .. })
                 | HoldError::Cluster(ClusterError::Locked { .. })
+                | HoldError::Etcd(EtcdError::Locked { .. })
         )
+    }
+}
+
+impl From<TeamError> for HoldError {
+    fn from(e: TeamError) -> Self {
+        match e {
+            TeamError::Cluster(e) => HoldError::Cluster(e),
+            TeamError::Etcd(e) => HoldError::Etcd(e),
+        }
     }
 }
 
 pub type Result<T, E = HoldError> = std::result::Result<T, E>;
 
 /// Where commands find an app's state: the state dir, and the kubeconfig (read on first use) at
-/// `context`, with `namespace` over the manifest's.
+/// `context`, with `namespace` over the manifest's; for host fleets, `state` (`--state`) over the
+/// manifest's `spec.state`.
 pub struct Env {
     pub store: Store,
     pub context: Option<String>,
     pub namespace: Option<String>,
+    pub state: Option<EtcdSpec>,
     kube: tokio::sync::OnceCell<Kube>,
 }
 
@@ -49,6 +65,7 @@ impl Env {
             store,
             context,
             namespace,
+            state: None,
             kube: tokio::sync::OnceCell::new(),
         }
     }
@@ -74,38 +91,58 @@ impl Env {
 
     /// Hands a control request to the running rollout: through the cluster for a Kubernetes target
     /// (it may run on another machine), else through the local state dir.
-    pub async fn send(&self, app: &str, remote: Option<&Remote>, control: &Control) -> Result<()> {
+    pub async fn send(&self, app: &str, remote: Option<&Team>, control: &Control) -> Result<()> {
         match remote {
             Some(r) => Ok(r.send_control(control).await?),
             None => Ok(self.store.send_control(app, control)?),
         }
     }
 
-    /// The cluster state of a manifest's app, for a Kubernetes target.
-    pub async fn remote_for_manifest(&self, m: &Manifest) -> Result<Option<Remote>> {
+    /// The team state of a manifest's app: in the cluster for a Kubernetes target; on etcd for a
+    /// host fleet with `--state` or `spec.state`; else none (this machine's state dir).
+    pub async fn remote_for_manifest(&self, m: &Manifest) -> Result<Option<Team>> {
         let Some(k) = m.rollout.spec.target.kubernetes() else {
+            return self.etcd_for(m.name(), &m.rollout);
+        };
+        let remote = Remote::new(self.kube().await?, &k.namespace, m.name())?;
+        Ok(Some(Team::Kubernetes(Box::new(remote))))
+    }
+
+    /// A host fleet's state on etcd: `--state`, else the manifest's `spec.state`.
+    fn etcd_for(&self, app: &str, rollout: &crate::spec::Rollout) -> Result<Option<Team>> {
+        let spec = self
+            .state
+            .as_ref()
+            .or(rollout.spec.state.as_ref().map(|s| &s.etcd));
+        let Some(spec) = spec else {
             return Ok(None);
         };
-        Ok(Some(Remote::new(
-            self.kube().await?,
-            &k.namespace,
-            m.name(),
-        )?))
+        let remote = crate::state::etcd::team::Remote::new(spec, app)?;
+        Ok(Some(Team::Etcd(remote)))
     }
 
     /// The cluster state of an app named on the command line: in the namespace of its last rollout
     /// here (or `--namespace`) when that targeted Kubernetes; when this machine never ran it, in
     /// `--namespace`, else the kubeconfig context's namespace, if there is a kubeconfig.
-    pub async fn remote_for_app(&self, app: &str) -> Result<Option<Remote>> {
+    ///
+    /// With `--state` (`ROLLGATE_STATE_URL`), on that etcd cluster; else, when this machine last
+    /// ran the app on a host fleet whose manifest has `spec.state`, there.
+    pub async fn remote_for_app(&self, app: &str) -> Result<Option<Team>> {
+        if let Some(spec) = &self.state {
+            self.hosts_only(app)?;
+            let remote = crate::state::etcd::team::Remote::new(spec, app)?;
+            return Ok(Some(Team::Etcd(remote)));
+        }
         let local = self.store.read(app)?;
         if let Some(last) = history(&local).pop() {
             let rollout = self.store.load_manifest(app, &last.id)?;
             let Some(k) = rollout.spec.target.kubernetes() else {
                 self.hosts_only(app)?;
-                return Ok(None);
+                return self.etcd_for(app, &rollout);
             };
             let ns = self.namespace.as_ref().unwrap_or(&k.namespace);
-            return Ok(Some(Remote::new(self.kube().await?, ns, app)?));
+            let remote = Remote::new(self.kube().await?, ns, app)?;
+            return Ok(Some(Team::Kubernetes(Box::new(remote))));
         }
         match self.kube().await {
             Ok(kube) => {
@@ -113,7 +150,9 @@ impl Env {
                     .namespace
                     .as_deref()
                     .unwrap_or(kube.default_namespace());
-                Ok(Some(Remote::new(kube, ns, app)?))
+                Ok(Some(Team::Kubernetes(Box::new(Remote::new(
+                    kube, ns, app,
+                )?))))
             }
             // No kubeconfig at all: a machine that drives host fleets only.
             Err(_) if self.context.is_none() && self.namespace.is_none() => Ok(None),
@@ -122,17 +161,18 @@ impl Env {
     }
 }
 
-/// An app's lock: the local lock file and, for a Kubernetes target, the Lease with the journal
-/// mirror. `release` must be called: it flushes the mirror and frees the Lease at once.
+/// An app's lock: the local lock file and, with team state (a Kubernetes target, or a host fleet
+/// on etcd), the team lock with the journal mirror. `release` must be called: it flushes the
+/// mirror and frees the team lock at once.
 pub struct Hold {
     _local: Lock,
     team: Option<Session>,
 }
 
 impl Hold {
-    /// Takes the app's lock here and, for a Kubernetes target, its Lease; then brings the
-    /// cluster's journal into the local one.
-    pub async fn take(store: &Store, app: &str, remote: Option<&Remote>) -> Result<Hold> {
+    /// Takes the app's lock here and, with team state, the team lock; then brings the team's
+    /// journal into the local one.
+    pub async fn take(store: &Store, app: &str, remote: Option<&Team>) -> Result<Hold> {
         let actor = Actor::from_env();
         let local = store.lock(app, &actor)?;
         let Some(remote) = remote else {
@@ -142,7 +182,7 @@ impl Hold {
             });
         };
         let session = remote.acquire(store, &actor).await?;
-        if let Some(note) = &session.took_over {
+        if let Some(note) = session.took_over() {
             eprintln!("warning: {app}: {note}");
         }
         if let Err(e) = remote.pull(store).await {
@@ -155,7 +195,7 @@ impl Hold {
         })
     }
 
-    /// The in-cluster half of the hold, for a Kubernetes target.
+    /// The team half of the hold, with team state.
     pub fn team(&self) -> Option<&Session> {
         self.team.as_ref()
     }
@@ -168,7 +208,7 @@ impl Hold {
     }
 
     /// Flushes the mirror and frees the Lease (and the local lock).
-    pub async fn release(self) -> Result<(), ClusterError> {
+    pub async fn release(self) -> Result<(), TeamError> {
         let Some(team) = self.team else {
             return Ok(());
         };

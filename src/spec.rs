@@ -4,6 +4,7 @@ pub mod on_pod;
 pub mod quantity;
 mod resolve;
 pub mod source;
+pub mod state;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -73,6 +74,9 @@ pub struct RolloutSpec {
     /// Where events are sent; never blocks or fails a rollout.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notifications: Vec<Notification>,
+    /// Host fleets: the team state's store (etcd); without it, this machine's state dir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<state::StateSpec>,
 }
 
 /// A lifecycle webhook: JSON POSTed at one point of the rollout.
@@ -766,6 +770,9 @@ impl Manifest {
             *m = base.join(m.as_str()).display().to_string();
         }
         self.absolutize_approver_cas(&base);
+        if let Some(st) = &mut self.rollout.spec.state {
+            st.etcd.absolutize(&base);
+        }
         if let Some(h) = self.rollout.spec.target.hosts_mut() {
             if let Some(a) = &mut h.artifact
                 && let Some(f) = &mut a.file

@@ -10,13 +10,16 @@
 //! In files of one concern each: `event` (what is journaled), `store` (the files, the lock,
 //! compaction), `history` (the journal folded per rollout); and for a Kubernetes target the team
 //! state in the cluster: `mirror` (the journal's copy in a ConfigMap, control requests) and `lease`
-//! (the app's lock as a Lease).
+//! (the app's lock as a Lease); for a host fleet with `spec.state`, the same on etcd (`etcd`); and
+//! `team`, the one face of both that the engine and the CLI use.
 
+pub mod etcd;
 mod event;
 mod history;
 pub mod lease;
 pub mod mirror;
 mod store;
+pub mod team;
 
 pub use event::{Actor, Control, Event, Outcome, Record, StrategyKind, now_ms};
 pub use history::{Approval, Compacted, RolloutSummary, StepSummary, history};

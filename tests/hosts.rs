@@ -5,6 +5,8 @@
 
 #[path = "support/availability.rs"]
 mod availability;
+#[path = "support/etcd3.rs"]
+mod etcd3;
 #[path = "support/faults.rs"]
 mod faults;
 #[path = "support/fleet.rs"]
@@ -21,6 +23,7 @@ mod hosts {
     mod approvals;
     mod blue_green;
     mod demo;
+    mod etcd_team;
     mod faults_agent_killed;
     mod faults_cli_killed;
     mod faults_disk;

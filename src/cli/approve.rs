@@ -9,7 +9,7 @@ use crate::hold::Env;
 use crate::kube::identity;
 use crate::plan::Plan;
 use crate::spec::{InputError, Manifest};
-use crate::state::mirror::Remote;
+use crate::state::team::Team;
 use crate::state::{Actor, RolloutSummary, Store, now_ms};
 
 /// Environment variables naming the approver's files (never their contents).
@@ -72,9 +72,9 @@ pub(crate) fn promoted(app: &str, actor: &Actor) -> String {
 
 /// Who acts: the environment's names and, on a Kubernetes target (`remote`), the user the API
 /// server authenticated. A cluster that cannot say leaves the names, with a warning.
-pub(crate) async fn actor(env: &Env, remote: Option<&Remote>) -> Actor {
+pub(crate) async fn actor(env: &Env, remote: Option<&Team>) -> Actor {
     let mut actor = Actor::from_env();
-    if remote.is_some() {
+    if let Some(Team::Kubernetes(_)) = remote {
         match kube_client(env).await {
             Ok(client) => match identity::who_am_i(&client).await {
                 Ok(who) => actor.kubernetes = Some(who),

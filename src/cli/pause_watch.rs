@@ -17,7 +17,7 @@ use crate::engine::Run;
 use crate::health::Probe;
 use crate::hold::{Env, Hold};
 use crate::spec::Check;
-use crate::state::mirror::Remote;
+use crate::state::team::Team;
 use crate::state::{Outcome, Record, RolloutSummary};
 use crate::target::{AnyTarget, Target};
 
@@ -148,7 +148,7 @@ async fn watch_checks(target: &AnyTarget, checks: &[Check], version: &str) -> St
 async fn roll_back(
     args: &AppArgs,
     env: &Env,
-    remote: Option<&Remote>,
+    remote: Option<&Team>,
     held: &Hold,
     id: &str,
     step: usize,

@@ -13,7 +13,7 @@ use crate::hold::{Env, Hold, ResumePoint, resume_point};
 use crate::kube::Kube;
 use crate::plan;
 use crate::spec::{InputError, Manifest, Rollout};
-use crate::state::mirror::Remote;
+use crate::state::team::Team;
 use crate::state::{
     Actor, Control, Event, Outcome, Record, RolloutSummary, Store, StrategyKind, history,
 };
@@ -25,6 +25,7 @@ pub fn command(
     command: Command,
     context: Option<String>,
     namespace: Option<String>,
+    state: Option<String>,
 ) -> Result<u8, CliError> {
     match command {
         Command::Validate(args) => validate(&args),
@@ -34,7 +35,10 @@ pub fn command(
         Command::Man => crate::cli::generate::man(),
         other => {
             let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
-            let env = Env::new(Store::open_default(), context, namespace);
+            let mut env = Env::new(Store::open_default(), context, namespace);
+            env.state = state
+                .map(|url| crate::spec::state::EtcdSpec::from_url(&url))
+                .transpose()?;
             runtime.block_on(run_async(other, &env))
         }
     }
@@ -158,7 +162,7 @@ fn overrides(m: &mut Manifest, env: &Env) -> Result<(), CliError> {
 pub(crate) async fn records(
     env: &Env,
     app: &str,
-    remote: Option<&Remote>,
+    remote: Option<&Team>,
 ) -> Result<Vec<Record>, CliError> {
     if let Some(r) = remote {
         match r.records(&env.store).await {
@@ -178,7 +182,7 @@ pub(crate) async fn records(
 pub(crate) fn local_records(
     env: &Env,
     app: &str,
-    remote: Option<&Remote>,
+    remote: Option<&Team>,
 ) -> Result<Vec<Record>, CliError> {
     let records = env.store.read(app).map_err(failed)?;
     Ok(match remote {
@@ -371,7 +375,7 @@ async fn apply_locked(
 }
 
 /// Says an app has no rollouts, here or in the cluster.
-fn no_rollouts(env: &Env, app: &str, remote: Option<&Remote>) -> CliError {
+fn no_rollouts(env: &Env, app: &str, remote: Option<&Team>) -> CliError {
     let mut text = format!(
         "{app} has no rollouts in {}",
         env.store.app_dir(app).display()
@@ -390,7 +394,7 @@ pub(crate) fn last_rollout(
     env: &Env,
     app: &str,
     records: &[Record],
-    remote: Option<&Remote>,
+    remote: Option<&Team>,
 ) -> Result<(RolloutSummary, Manifest), CliError> {
     let Some(last) = history(records).pop() else {
         return Err(no_rollouts(env, app, remote));
@@ -419,7 +423,7 @@ async fn resume_locked(
     args: &AppArgs,
     promoted: Option<Course>,
     env: &Env,
-    remote: Option<&Remote>,
+    remote: Option<&Team>,
     held: &Hold,
 ) -> Result<u8, CliError> {
     let store = &env.store;
@@ -533,7 +537,7 @@ async fn promote(args: &PromoteArgs, env: &Env) -> Result<u8, CliError> {
 async fn promote_locked(
     args: &PromoteArgs,
     env: &Env,
-    remote: Option<&Remote>,
+    remote: Option<&Team>,
     held: &Hold,
 ) -> Result<u8, CliError> {
     let app = &args.app.app;
@@ -574,7 +578,7 @@ async fn promote_locked(
 
 async fn control(
     args: &AppArgs,
-    remote: Option<&Remote>,
+    remote: Option<&Team>,
     env: &Env,
     make: impl FnOnce(Actor) -> Control,
 ) -> Result<u8, CliError> {
@@ -626,7 +630,7 @@ async fn abort(args: &AppArgs, env: &Env) -> Result<u8, CliError> {
 async fn abort_locked(
     args: &AppArgs,
     env: &Env,
-    remote: Option<&Remote>,
+    remote: Option<&Team>,
     held: &Hold,
 ) -> Result<u8, CliError> {
     let actor = approve::actor(env, remote).await;

@@ -114,6 +114,8 @@ impl Manifest {
             }
             TargetSpec::Hosts(h) => validate_hosts(h, s)?,
         }
+        let hosts = matches!(r.spec.target, TargetSpec::Hosts(_));
+        super::state::validate(r.spec.state.as_ref(), hosts, s)?;
         let mut names = std::collections::HashSet::new();
         for (i, c) in r.spec.checks.iter().enumerate() {
             let at = format!("spec.checks[{i}]");

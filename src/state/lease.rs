@@ -164,7 +164,7 @@ impl Remote {
 /// (`/proc/sys/kernel/random/boot_id`, 12 hex digits) and this pid namespace (its inode), e.g.
 /// `1c2f3e4d5a6b.4026531836`. A Lease holder names it, so that a process of the same boot and pid
 /// namespace can be known dead; containers on one host share the boot but not the pid namespace.
-fn boot_id() -> Option<String> {
+pub(crate) fn boot_id() -> Option<String> {
     let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let hex: String = id
         .chars()
@@ -184,7 +184,7 @@ fn boot_id() -> Option<String> {
 /// that no longer runs: its Lease may be taken at once, as a local lock left by a dead process is.
 /// A holder from another machine, boot or container (or without a boot) is never judged here: its
 /// Lease must expire.
-fn holder_gone(holder: &str) -> bool {
+pub(crate) fn holder_gone(holder: &str) -> bool {
     let Some(ours) = boot_id() else {
         return false;
     };

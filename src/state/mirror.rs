@@ -550,7 +550,7 @@ fn in_namespace(store: &Store, app: &str, namespace: &str, records: Vec<Record>)
 }
 
 /// Records grouped by rollout, the groups in the order their rollouts started.
-fn blocks(records: &[Record]) -> Vec<(String, Vec<Record>)> {
+pub(crate) fn blocks(records: &[Record]) -> Vec<(String, Vec<Record>)> {
     let mut out: Vec<(String, Vec<Record>)> = Vec::new();
     for r in records {
         let id = r.event.rollout();

@@ -244,6 +244,57 @@ fn a_check_that_cannot_run_on_a_pod() {
 }
 
 #[test]
+fn team_state_on_etcd() {
+    let hosts = BASE
+        .replace(
+            "    kubernetes: {namespace: default, deployment: web}",
+            "    hosts: {hosts: [{name: h1, address: \"127.0.0.1:7443\"}]}",
+        )
+        .replace("maxUnavailable: 0", "maxUnavailable: 1");
+    let e = error_for(&format!("{hosts}  state: {{etcd: {{endpoints: []}}}}\n"));
+    assert_eq!(
+        e,
+        "error: web.yaml:13:18: spec.state.etcd.endpoints: is empty: expected one or more client URLs (http://host:2379 or https://host:2379)"
+    );
+    let e = error_for(&format!(
+        "{hosts}  state:\n    etcd:\n      endpoints: [\"https://e1:2379\", \"e2:2379\"]\n"
+    ));
+    assert_eq!(
+        e,
+        "error: web.yaml:15:38: spec.state.etcd.endpoints[1]: \"e2:2379\": expected a client URL such as https://etcd-1:2379"
+    );
+    let e = error_for(&format!(
+        "{hosts}  state: {{etcd: {{endpoints: [\"https://e1:2379\"], tls: {{cert: c.pem}}}}}}\n"
+    ));
+    assert!(
+        e.starts_with("error: web.yaml:13:")
+            && e.contains("spec.state.etcd.tls: has one of cert and key"),
+        "{e}"
+    );
+    let e = error_for(&format!(
+        "{BASE}  state: {{etcd: {{endpoints: [\"http://e1:2379\"]}}}}\n"
+    ));
+    assert!(
+        e.starts_with("error: web.yaml:13:3: spec.state: applies to hosts targets"),
+        "{e}"
+    );
+    // The flag (or ROLLGATE_STATE_URL) is checked before anything is read or changed.
+    let dir = workdir(&[]);
+    let run = rollgate(
+        dir.path(),
+        &["status", "web"],
+        &[("ROLLGATE_STATE_URL", "http://e1:2379")],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .starts_with("error: --state \"http://e1:2379\": unknown scheme: expected etcd://"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn approvers_name_one_kind_of_identity() {
     let canary = |approvers: &str| {
         BASE.replace(

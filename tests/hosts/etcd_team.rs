@@ -1,0 +1,481 @@
+//! Team state for host fleets on a real three-member etcd cluster (`tests/cluster/etcd3.sh`):
+//! two machines (two state dirs, two host names; the second in a pid namespace of its own where a
+//! test needs it not to see the first's processes) drive one fleet of real agents through
+//! `ROLLGATE_STATE_URL`.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rollgate::state::Event;
+
+use crate::etcd3::Etcd3;
+use crate::fleet::{APP, Fleet, ROLLGATE, Running, text};
+use crate::netns::root_or_skip;
+
+/// One machine: its own state dir and host name, the etcd cluster's URL.
+struct Machine {
+    name: &'static str,
+    state: PathBuf,
+    dir: PathBuf,
+    url: String,
+    /// In a pid namespace of its own (`unshare`), as another machine is: it cannot judge the
+    /// other's processes dead, so it waits for their lease to end.
+    apart: bool,
+}
+
+impl Machine {
+    fn new(fleet: &Fleet, etcd: &Etcd3, name: &'static str, apart: bool) -> Machine {
+        Machine {
+            name,
+            state: fleet.dir.join(format!("state-{name}")),
+            dir: fleet.dir.clone(),
+            url: etcd.url.clone(),
+            apart,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = if self.apart {
+            let mut c = Command::new("unshare");
+            c.args(["--pid", "--fork", "--mount-proc", ROLLGATE]);
+            c
+        } else {
+            Command::new(ROLLGATE)
+        };
+        c.args(args)
+            .current_dir(&self.dir)
+            .env("ROLLGATE_STATE", &self.state)
+            .env("ROLLGATE_STATE_URL", &self.url)
+            .env("HOSTNAME", format!("machine-{}", self.name))
+            .env_remove("ROLLGATE_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run rollgate")
+    }
+
+    fn history(&self) -> Vec<serde_json::Value> {
+        let out = self.run(&["history", APP, "-o", "json"]);
+        assert_eq!(out.status.code(), Some(0), "history: {}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+const CANARY_MANUAL: &str = "    canary:\n      maxUnavailable: 1\n      steps:\n        - setWeight: 34\n        - pause: {}\n        - setWeight: 100\n";
+const CANARY_TIMED: &str = "    canary:\n      maxUnavailable: 1\n      steps:\n        - setWeight: 34\n        - pause: {duration: 6s}\n        - setWeight: 100\n";
+
+/// The journal keys etcd holds for the app.
+fn journal_keys(etcd: &Etcd3) -> usize {
+    etcd.keys(&format!("/rollgate/{APP}/journal/")).len()
+}
+
+#[test]
+fn etcd_a_pause_on_one_machine_is_promoted_from_another_and_a_second_apply_is_refused() {
+    if !root_or_skip("etcd_promote_from_another_machine") {
+        return;
+    }
+    let Some(etcd) = Etcd3::up(34400) else {
+        return;
+    };
+    let fleet = Fleet::start(3);
+    fleet.install("1.0.0");
+    let one = Machine::new(&fleet, &etcd, "one", false);
+    let two = Machine::new(&fleet, &etcd, "two", false);
+
+    let v2 = fleet.artifact("2.0.0", "");
+    let m2 = fleet.manifest("2.0.0", &v2, CANARY_MANUAL, 10);
+    let out = one.run(&["apply", "-f", m2.to_str().unwrap(), "-o", "plain"]);
+    assert_eq!(out.status.code(), Some(3), "paused: {}", text(&out));
+    assert!(journal_keys(&etcd) > 0, "the journal is in etcd");
+    assert!(
+        etcd.keys(&format!("/rollgate/{APP}/lock")).is_empty(),
+        "a paused apply releases the lock"
+    );
+
+    // Machine two never ran the app: it finds the paused rollout in etcd and promotes it.
+    let started = Instant::now();
+    let out = two.run(&["promote", APP, "-o", "plain"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "promote from two: {}",
+        text(&out)
+    );
+    eprintln!("promote from machine two: {:?}", started.elapsed());
+    fleet.assert_serving("2.0.0");
+    for m in [&one, &two] {
+        let last = m.history().pop().unwrap();
+        assert_eq!(last["to"], "2.0.0", "{}: {last}", m.name);
+        assert_eq!(last["outcome"], "succeeded", "{}: {last}", m.name);
+        assert!(
+            last["approvals"].to_string().contains("machine-two"),
+            "{}: the approval names machine two: {last}",
+            m.name
+        );
+    }
+
+    // Two concurrent applies from two machines: the second is refused, naming the first.
+    let v3 = fleet.artifact("3.0.0", "");
+    let m3 = fleet.manifest("3.0.0", &v3, CANARY_TIMED, 10);
+    let mut run = Running::spawn(one.command(&["apply", "-f", m3.to_str().unwrap(), "-o", "json"]));
+    run.wait_for(
+        Duration::from_secs(60),
+        |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
+    );
+    let holder = run.child.id();
+    let out = two.run(&["apply", "-f", m3.to_str().unwrap(), "-o", "plain"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr.contains("is locked by") && stderr.contains(&format!("pid {holder}")),
+        "the refusal names the holder (pid {holder}): {}",
+        text(&out)
+    );
+    assert!(stderr.contains("machine-one"), "{}", text(&out));
+    assert_eq!(
+        run.finish(Duration::from_secs(90)),
+        Some(0),
+        "{}",
+        run.output()
+    );
+    fleet.assert_serving("3.0.0");
+    let last = two.history().pop().unwrap();
+    assert_eq!(
+        (last["to"].as_str(), last["outcome"].as_str()),
+        (Some("3.0.0"), Some("succeeded"))
+    );
+
+    // `rollback` from machine two, which never ran 3.0.0: the previous version is back, and
+    // machine one's history shows it.
+    let out = two.run(&["rollback", APP, "-o", "plain"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "rollback from two: {}",
+        text(&out)
+    );
+    fleet.assert_serving("2.0.0");
+    let last = one.history().pop().unwrap();
+    assert_eq!(
+        (last["to"].as_str(), last["outcome"].as_str()),
+        (Some("2.0.0"), Some("succeeded"))
+    );
+}
+
+#[test]
+fn etcd_a_killed_runner_is_resumed_from_another_machine_once_its_lease_ends() {
+    if !root_or_skip("etcd_killed_runner_resumed") {
+        return;
+    }
+    let Some(etcd) = Etcd3::up(34420) else {
+        return;
+    };
+    let fleet = Fleet::start(3);
+    fleet.install("1.0.0");
+    let one = Machine::new(&fleet, &etcd, "one", false);
+    let two = Machine::new(&fleet, &etcd, "two", true);
+
+    let v2 = fleet.artifact("2.0.0", "");
+    let m2 = fleet.manifest("2.0.0", &v2, CANARY_TIMED, 10);
+    let mut run = Running::spawn(one.command(&["apply", "-f", m2.to_str().unwrap(), "-o", "json"]));
+    run.wait_for(
+        Duration::from_secs(60),
+        |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
+    );
+    run.kill9();
+    let killed = Instant::now();
+
+    // At once, the lock is still held: refused, naming the dead runner and the lease's time left.
+    let out = two.run(&["resume", APP, "-o", "plain"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is locked by"),
+        "{}",
+        text(&out)
+    );
+
+    // Once the lease ends (15 s without renewal), machine two resumes and finishes.
+    let mut waited = 0;
+    let out = loop {
+        std::thread::sleep(Duration::from_secs(1));
+        waited += 1;
+        let out = two.run(&["resume", APP, "-o", "plain"]);
+        if out.status.code() != Some(1) || waited > 30 {
+            break out;
+        }
+    };
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "resume from two: {}",
+        text(&out)
+    );
+    let after = killed.elapsed();
+    assert!(
+        after >= Duration::from_secs(10),
+        "not before the lease ended: {after:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("took over the lock from"),
+        "the takeover is said: {}",
+        text(&out)
+    );
+    fleet.assert_serving("2.0.0");
+    let last = one.history().pop().unwrap();
+    assert_eq!(
+        (last["to"].as_str(), last["outcome"].as_str()),
+        (Some("2.0.0"), Some("succeeded"))
+    );
+}
+
+#[test]
+fn etcd_a_runner_frozen_past_its_lease_is_taken_over_and_writes_nothing_when_it_wakes() {
+    if !root_or_skip("etcd_frozen_runner") {
+        return;
+    }
+    let Some(etcd) = Etcd3::up(34440) else {
+        return;
+    };
+    let fleet = Fleet::start(3);
+    fleet.install("1.0.0");
+    let one = Machine::new(&fleet, &etcd, "one", false);
+    let two = Machine::new(&fleet, &etcd, "two", true);
+
+    let v2 = fleet.artifact("2.0.0", "");
+    let m2 = fleet.manifest("2.0.0", &v2, CANARY_TIMED, 10);
+    let mut run = Running::spawn(one.command(&["apply", "-f", m2.to_str().unwrap(), "-o", "json"]));
+    run.wait_for(
+        Duration::from_secs(60),
+        |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
+    );
+    let pid = nix::unistd::Pid::from_raw(run.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+
+    // Machine two takes over once the frozen runner's lease ends, and finishes the rollout.
+    let mut waited = 0;
+    let out = loop {
+        std::thread::sleep(Duration::from_secs(1));
+        waited += 1;
+        let out = two.run(&["resume", APP, "-o", "plain"]);
+        if out.status.code() != Some(1) || waited > 30 {
+            break out;
+        }
+    };
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "resume from two: {}",
+        text(&out)
+    );
+    fleet.assert_serving("2.0.0");
+    let keys = etcd.keys(&format!("/rollgate/{APP}/journal/"));
+    let revision = etcd.revision();
+
+    // The frozen runner wakes: it stops, saying its lock is gone, and writes nothing to etcd
+    // (the store's revision does not move) nor to the fleet.
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let code = run.finish(Duration::from_secs(60));
+    assert_ne!(code, Some(0), "{}", run.output());
+    assert!(
+        run.output().contains("no longer this process's"),
+        "it says why it stopped: {}",
+        run.output()
+    );
+    assert_eq!(
+        etcd.revision(),
+        revision,
+        "the woken runner wrote nothing to etcd"
+    );
+    assert_eq!(etcd.keys(&format!("/rollgate/{APP}/journal/")), keys);
+    fleet.assert_serving("2.0.0");
+    let last = two.history().pop().unwrap();
+    assert_eq!(
+        (last["to"].as_str(), last["outcome"].as_str()),
+        (Some("2.0.0"), Some("succeeded"))
+    );
+}
+
+#[test]
+fn etcd_over_tls_a_rollout_rides_out_its_leader_killed_and_loses_no_record() {
+    if !root_or_skip("etcd_tls_leader_killed") {
+        return;
+    }
+    let Some(etcd) = Etcd3::up_tls(34460) else {
+        return;
+    };
+    let fleet = Fleet::start(3);
+    fleet.install("1.0.0");
+    let one = Machine::new(&fleet, &etcd, "one", false);
+    let two = Machine::new(&fleet, &etcd, "two", false);
+
+    let v2 = fleet.artifact("2.0.0", "");
+    let m2 = fleet.manifest("2.0.0", &v2, CANARY_TIMED, 10);
+    let mut run = Running::spawn(one.command(&["apply", "-f", m2.to_str().unwrap(), "-o", "json"]));
+    let started = run.wait_for(
+        Duration::from_secs(60),
+        |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
+    );
+    let leader = etcd.leader();
+    etcd.kill(leader);
+    assert_eq!(
+        run.finish(Duration::from_secs(90)),
+        Some(0),
+        "{}",
+        run.output()
+    );
+    fleet.assert_serving("2.0.0");
+
+    // Every record of the rollout is in etcd (two members left), in order, as this machine wrote it.
+    let id = started.event.rollout().to_string();
+    let local: Vec<String> = rollgate::state::Store::at(&one.state)
+        .read(APP)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event.rollout() == id)
+        .map(|r| serde_json::to_string(&r).unwrap())
+        .collect();
+    let stored: Vec<String> = etcd
+        .keys(&format!("/rollgate/{APP}/journal/{id}/"))
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert!(local.len() > 5, "{local:?}");
+    assert_eq!(stored, local, "no record lost, none out of order");
+    let last = two.history().pop().unwrap();
+    assert_eq!(
+        (last["to"].as_str(), last["outcome"].as_str()),
+        (Some("2.0.0"), Some("succeeded"))
+    );
+}
+
+/// The team state's costs on loopback, through the library (no fleet): taking the lock, one
+/// step's records appended and awaited (as the engine does at each step boundary), the release.
+#[test]
+fn etcd_costs_of_the_lock_a_step_and_the_release() {
+    use rollgate::spec::state::EtcdSpec;
+    use rollgate::state::{Actor, Event, Store};
+    let Some(etcd) = Etcd3::up(34480) else {
+        return;
+    };
+    let spec = EtcdSpec::from_url(&etcd.url).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::at(dir.path());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let remote = rollgate::state::etcd::team::Remote::new(&spec, APP).unwrap();
+        let t = Instant::now();
+        let session = remote.acquire(&store, &Actor::from_env()).await.unwrap();
+        let lock = t.elapsed();
+        let mut steps = Vec::new();
+        for step in 0..20 {
+            let t = Instant::now();
+            let mut journal = store.journal(APP).unwrap();
+            for event in [
+                Event::StepDone {
+                    rollout: "r1".into(),
+                    step,
+                    millis: 1,
+                },
+                Event::StepDone {
+                    rollout: "r1".into(),
+                    step,
+                    millis: 2,
+                },
+            ] {
+                journal.append(event).unwrap();
+                session.changed();
+            }
+            session.flush().await.unwrap();
+            steps.push(t.elapsed());
+        }
+        let t = Instant::now();
+        session.release().await;
+        let release = t.elapsed();
+        steps.sort();
+        eprintln!(
+            "etcd team state on loopback (3 members): lock {lock:?}, step (2 records appended and awaited) median {:?} max {:?}, release {release:?}",
+            steps[steps.len() / 2],
+            steps[steps.len() - 1]
+        );
+        assert_eq!(etcd.keys(&format!("/rollgate/{APP}/journal/r1/")).len(), 40);
+        assert!(etcd.keys(&format!("/rollgate/{APP}/lock")).is_empty(), "released");
+    });
+}
+
+#[test]
+fn etcd_the_whole_cluster_down_past_the_write_window_stops_the_run_and_resume_finishes_it() {
+    if !root_or_skip("etcd_cluster_down") {
+        return;
+    }
+    let Some(etcd) = Etcd3::up(34500) else {
+        return;
+    };
+    let fleet = Fleet::start(3);
+    fleet.install("1.0.0");
+    let one = Machine::new(&fleet, &etcd, "one", false);
+
+    let v2 = fleet.artifact("2.0.0", "");
+    // A pause longer than the write window: etcd is gone while the run waits.
+    let m2 = fleet.manifest(
+        "2.0.0",
+        &v2,
+        &CANARY_TIMED.replace("duration: 6s", "duration: 30s"),
+        10,
+    );
+    let mut run = Running::spawn(one.command(&["apply", "-f", m2.to_str().unwrap(), "-o", "json"]));
+    let started = run.wait_for(
+        Duration::from_secs(60),
+        |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
+    );
+    etcd.must("kill-all");
+    let down = Instant::now();
+    let code = run.finish(Duration::from_secs(60));
+    let stopped_after = down.elapsed();
+    assert_eq!(code, Some(1), "{}", run.output());
+    assert!(
+        run.output().contains("is no longer this process's")
+            && run.output().contains("nothing more was written"),
+        "a clear message: {}",
+        run.output()
+    );
+    assert!(
+        stopped_after < Duration::from_secs(25),
+        "stopped within the write window, not at the pause's end: {stopped_after:?}"
+    );
+    assert!(
+        !run.records
+            .iter()
+            .any(|r| matches!(r.event, Event::StepStarted { step, .. } if step > 1)),
+        "no step began without etcd: {}",
+        run.describe()
+    );
+    assert!(
+        fleet.agent_versions().contains(&Some("1.0.0".into())),
+        "the rollout did not go on: {:?}",
+        fleet.agent_versions()
+    );
+
+    // etcd back: `resume` on the same machine (the dead runner's lock is freed at once) finishes,
+    // and etcd holds the whole rollout as the local journal does.
+    etcd.must("start-all");
+    let out = one.run(&["resume", APP, "-o", "plain"]);
+    assert_eq!(out.status.code(), Some(0), "resume: {}", text(&out));
+    fleet.assert_serving("2.0.0");
+    let id = started.event.rollout().to_string();
+    let local: Vec<String> = rollgate::state::Store::at(&one.state)
+        .read(APP)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event.rollout() == id)
+        .map(|r| serde_json::to_string(&r).unwrap())
+        .collect();
+    let stored: Vec<String> = etcd
+        .keys(&format!("/rollgate/{APP}/journal/{id}/"))
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(stored, local, "no record lost");
+}

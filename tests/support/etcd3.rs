@@ -1,0 +1,206 @@
+//! A three-member etcd cluster on loopback for one test (`tests/cluster/etcd3.sh`), on ports and
+//! a data dir of its own, stopped when dropped.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub struct Etcd3 {
+    dir: PathBuf,
+    port: u16,
+    /// `etcd://127.0.0.1:P0,127.0.0.1:P1,127.0.0.1:P2/rollgate` for `ROLLGATE_STATE_URL`.
+    pub url: String,
+    /// The client URLs, comma-separated.
+    pub endpoints: String,
+    /// Client ports over TLS (`up --tls`): the CA and client certificate are in `pki()`.
+    pub tls: bool,
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/etcd3.sh")
+}
+
+/// Whether etcd is built (`cluster.sh build`'s cache, or `ROLLGATE_ETCD_BIN`) or can be (Go).
+fn available() -> bool {
+    let cached = std::env::var_os("ROLLGATE_ETCD_BIN")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+            let version = std::env::var("ROLLGATE_KUBE_VERSION").unwrap_or("v1.36.3".into());
+            Some(cache.join("rollgate/kube").join(version).join("etcd"))
+        })
+        .is_some_and(|p| p.exists());
+    let go = Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if cached || go {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "no etcd binary and no Go to build it (tests/cluster/cluster.sh build)"
+    );
+    eprintln!("skipped: no etcd binary and no Go to build it (tests/cluster/cluster.sh build)");
+    false
+}
+
+impl Etcd3 {
+    /// Starts members 0-2 with client ports `port`, `port+2`, `port+4` (peers one above each).
+    /// `None` (after saying why) only when etcd cannot exist here: no cached binary and no Go to
+    /// build it; under CI (`CI` set) that fails the test instead.
+    pub fn up(port: u16) -> Option<Etcd3> {
+        available().then(|| Self::start(port, false))
+    }
+
+    /// Like [`up`](Self::up), the client ports over TLS with client certificates required;
+    /// `url` is `etcd+https://...?ca=...&cert=...&key=...`.
+    pub fn up_tls(port: u16) -> Option<Etcd3> {
+        available().then(|| Self::start(port, true))
+    }
+
+    fn start(port: u16, tls: bool) -> Etcd3 {
+        let dir = std::env::temp_dir().join(format!("rollgate-etcd3-{port}"));
+        let mut etcd = Etcd3 {
+            dir,
+            port,
+            url: format!(
+                "etcd://127.0.0.1:{port},127.0.0.1:{},127.0.0.1:{}/rollgate",
+                port + 2,
+                port + 4
+            ),
+            endpoints: String::new(),
+            tls,
+        };
+        let out = etcd.script(if tls { &["up", "--tls"] } else { &["up"] });
+        assert!(
+            out.status.success(),
+            "etcd3.sh up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if tls {
+            let pki = etcd.pki();
+            etcd.url = format!(
+                "{}?ca={}&cert={}&key={}",
+                etcd.url.replace("etcd://", "etcd+https://"),
+                pki.join("ca.crt").display(),
+                pki.join("client.crt").display(),
+                pki.join("client.key").display()
+            );
+        }
+        etcd.endpoints = String::from_utf8_lossy(&etcd.script(&["endpoints"]).stdout)
+            .trim()
+            .to_string();
+        etcd
+    }
+
+    pub fn script(&self, args: &[&str]) -> std::process::Output {
+        Command::new(script())
+            .args(args)
+            .env("ROLLGATE_ETCD3_PORT", self.port.to_string())
+            .env("ROLLGATE_ETCD3_DIR", &self.dir)
+            .output()
+            .expect("run tests/cluster/etcd3.sh")
+    }
+
+    pub fn pki(&self) -> PathBuf {
+        self.dir.join("pki")
+    }
+
+    /// A member's client URL.
+    pub fn endpoint(&self, i: usize) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port + 2 * i as u16)
+    }
+
+    /// The member that leads now (`etcd3.sh leader`).
+    pub fn leader(&self) -> usize {
+        let out = self.script(&["leader"]);
+        assert!(
+            out.status.success(),
+            "etcd3.sh leader: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+
+    /// Runs `etcd3.sh CMD` (`kill-all`, `start-all`, ...) and asserts it succeeded.
+    pub fn must(&self, cmd: &str) {
+        let out = self.script(&[cmd]);
+        assert!(
+            out.status.success(),
+            "etcd3.sh {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// SIGKILLs member `i`.
+    pub fn kill(&self, i: usize) {
+        let out = self.script(&["kill", &i.to_string()]);
+        assert!(out.status.success(), "etcd3.sh kill {i}");
+    }
+
+    /// POSTs `body` to the gateway `path` of member 0 (curl) and parses the answer.
+    pub fn call(&self, path: &str, body: &str) -> serde_json::Value {
+        for i in 0..3 {
+            let mut curl = Command::new("curl");
+            if self.tls {
+                let pki = self.pki();
+                curl.arg("--cacert")
+                    .arg(pki.join("ca.crt"))
+                    .arg("--cert")
+                    .arg(pki.join("client.crt"))
+                    .arg("--key")
+                    .arg(pki.join("client.key"));
+            }
+            let out = curl
+                .args(["-fsS", "--max-time", "3", "-d", body])
+                .arg(format!("{}{path}", self.endpoint(i)))
+                .output()
+                .expect("run curl");
+            if out.status.success() {
+                return serde_json::from_slice(&out.stdout).expect("etcd answers JSON");
+            }
+        }
+        panic!("no etcd member answered {path}");
+    }
+
+    /// The store's revision: it moves on every write anywhere in the cluster.
+    pub fn revision(&self) -> i64 {
+        let v = self.call("/v3/kv/range", r#"{"key":"AA=="}"#);
+        v["header"]["revision"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// The keys (and values) under `prefix`, in key order.
+    pub fn keys(&self, prefix: &str) -> Vec<(String, String)> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut end = prefix.as_bytes().to_vec();
+        *end.last_mut().unwrap() += 1;
+        let body = serde_json::json!({"key": b64.encode(prefix), "range_end": b64.encode(end)});
+        let v = self.call("/v3/kv/range", &body.to_string());
+        v["kvs"]
+            .as_array()
+            .map(|kvs| {
+                kvs.iter()
+                    .map(|kv| {
+                        let get = |f: &str| {
+                            String::from_utf8(b64.decode(kv[f].as_str().unwrap_or("")).unwrap())
+                                .unwrap()
+                        };
+                        (get("key"), get("value"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Etcd3 {
+    fn drop(&mut self) {
+        let _ = self.script(&["down"]);
+    }
+}
