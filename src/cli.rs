@@ -1,6 +1,7 @@
 //! Command-line arguments (clap) and the dispatch to `run` (commands) and `demo`; `output` prints.
 
 pub mod approve;
+pub mod dashboard;
 pub mod demo;
 pub mod generate;
 pub mod inspect;
@@ -193,6 +194,8 @@ pub enum Command {
     History(HistoryArgs),
     /// While a rollout waits at a pause: watch the new version's pods, roll back if they fail.
     Watch(AppArgs),
+    /// A live web view of this machine's rollouts, with promote/pause/resume/abort/rollback.
+    Dashboard(DashboardArgs),
     /// Certificates for mTLS between rollgate and its agents.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -353,6 +356,13 @@ pub enum PkiCommand {
 }
 
 #[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Where to serve: a loopback address and port (port 0 picks a free one; the URL is printed).
+    #[arg(long, default_value = "127.0.0.1:7900", value_name = "ADDR")]
+    pub listen: String,
+}
+
+#[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Where the demo keeps its agents, artifacts and state (default: a new temporary dir).
     #[arg(long)]
@@ -362,6 +372,17 @@ pub struct DemoArgs {
     pub hosts: usize,
     #[arg(short = 'o', long, value_enum, default_value_t = Progress::Auto)]
     pub output: Progress,
+    /// Serve `rollgate dashboard` of the demo's state while it runs, and after it until Ctrl-C.
+    #[arg(long)]
+    pub dashboard: bool,
+    /// Where `--dashboard` serves (loopback only).
+    #[arg(
+        long,
+        default_value = "127.0.0.1:7900",
+        value_name = "ADDR",
+        requires = "dashboard"
+    )]
+    pub dashboard_listen: String,
 }
 
 #[derive(Debug, Args)]

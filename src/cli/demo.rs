@@ -279,6 +279,13 @@ pub async fn run(args: &DemoArgs) -> Result<u8, CliError> {
     let v3 = package(&artifacts, &demo_bin, "3.0.0", "--health-status 500")?;
 
     let store = Store::at(dir.join("state"));
+    let dashboard = if args.dashboard {
+        let served = crate::cli::dashboard::start(&args.dashboard_listen, store.clone()).await?;
+        say(&format!("demo: dashboard on {}", served.url));
+        Some(served)
+    } else {
+        None
+    };
     let manifest = |version: &str, artifact: &Path, strategy: &str| {
         format!(
             "apiVersion: rollgate.dev/v1\nkind: Rollout\nmetadata:\n  name: web\nspec:\n  version: \"{version}\"\n  target:\n    hosts:\n      service: web\n      spreadBy: zone\n      artifact: {{file: \"{artifact}\"}}\n      auth: {auth_yaml}\n      hosts:\n{hosts_yaml}  strategy:\n{strategy}  checks:\n    - name: health\n      http: {{url: \"http://127.0.0.1:{{port}}/health\"}}\n      interval: 200ms\n      count: 3\n      successThreshold: 2\n      failureLimit: 0\n      timeout: 1s\n  rollback: {{auto: true}}\n  progressDeadlineSeconds: 8\n",
@@ -337,6 +344,16 @@ pub async fn run(args: &DemoArgs) -> Result<u8, CliError> {
             "FAILED"
         }
     ));
+    if let Some(served) = dashboard {
+        drop(fleet);
+        let interrupted = crate::cli::dashboard::interrupted();
+        say(&format!(
+            "demo: agents stopped; the dashboard still serves {} until Ctrl-C",
+            served.url
+        ));
+        interrupted.await;
+        served.stop().await?;
+    }
     Ok(if ok { exit::OK } else { exit::FAILED })
 }
 

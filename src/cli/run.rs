@@ -44,7 +44,7 @@ pub fn command(
     }
 }
 
-async fn run_async(command: Command, env: &Env) -> Result<u8, CliError> {
+pub(crate) async fn run_async(command: Command, env: &Env) -> Result<u8, CliError> {
     match command {
         Command::Apply(args) => apply(&args, env).await,
         Command::Resume(args) => resume(&args, None, env).await,
@@ -56,6 +56,7 @@ async fn run_async(command: Command, env: &Env) -> Result<u8, CliError> {
         Command::Status(args) => crate::cli::inspect::status(&args, env).await,
         Command::History(args) => crate::cli::inspect::history_cmd(&args, env).await,
         Command::Watch(args) => crate::cli::pause_watch::watch(&args, env).await,
+        Command::Dashboard(args) => crate::cli::dashboard::run(&args, env).await,
         Command::Validate(_)
         | Command::Plan(_)
         | Command::Pki(_)

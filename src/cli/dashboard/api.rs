@@ -1,0 +1,406 @@
+//! The dashboard's HTTP surface: the embedded page, JSON views, server-sent events, and the guard
+//! every request passes (loopback `Host`; for POSTs the CSRF token and `Origin`).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::Stream;
+use serde_json::{Value, json};
+
+use super::actions::{self, ActionStatus};
+use super::view::{self, Layout, NO_ZONE, PlannedStep};
+use crate::cli::CliError;
+use crate::spec::Manifest;
+use crate::state::{Actor, Record, Store, history};
+
+/// How often a live view looks at the journal for appended records.
+pub const POLL: Duration = Duration::from_millis(200);
+
+const INDEX: &str = include_str!("assets/index.html");
+const SCRIPT: &str = include_str!("assets/app.js");
+const STYLE: &str = include_str!("assets/style.css");
+
+/// What every handler shares: the state dir, the token, the actions started here.
+pub struct Shared {
+    pub store: Store,
+    csrf: String,
+    /// `Host` values the server answers to: its own loopback address under its names.
+    hosts: Vec<String>,
+    pub(super) actions: Mutex<BTreeMap<String, ActionStatus>>,
+    pub(super) threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Bumped when an action changes, so live views send it.
+    pub(super) generation: AtomicU64,
+    stopped: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Shared {
+    pub fn new(
+        store: Store,
+        bound: SocketAddr,
+        stopped: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Self, CliError> {
+        let port = bound.port();
+        let mut hosts = vec![bound.to_string(), format!("localhost:{port}")];
+        if bound.is_ipv4() {
+            hosts.push(format!("[::1]:{port}"));
+        } else {
+            hosts.push(format!("127.0.0.1:{port}"));
+        }
+        Ok(Shared {
+            store,
+            csrf: token()?,
+            hosts,
+            actions: Mutex::new(BTreeMap::new()),
+            threads: Mutex::new(Vec::new()),
+            generation: AtomicU64::new(0),
+            stopped,
+        })
+    }
+
+    /// Waits for every action thread this dashboard started.
+    pub fn join_actions(&self) {
+        let threads = std::mem::take(&mut *self.threads.lock().expect("threads lock"));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    /// The apps in the state dir, by name.
+    fn apps(&self) -> Vec<String> {
+        let root = self.store.app_dir("");
+        let Ok(dir) = std::fs::read_dir(&root) else {
+            return Vec::new();
+        };
+        let mut apps: Vec<String> = dir
+            .filter_map(Result::ok)
+            .filter(|e| e.path().join("journal.jsonl").is_file())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        apps.sort();
+        apps
+    }
+}
+
+/// 32 random bytes, hex.
+fn token() -> Result<String, CliError> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| {
+            CliError::Failed("dashboard: no system randomness for the CSRF token".into())
+        })?;
+    Ok(hex::encode(bytes))
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route(
+            "/app.js",
+            get(|| asset("text/javascript; charset=utf-8", SCRIPT)),
+        )
+        .route(
+            "/style.css",
+            get(|| asset("text/css; charset=utf-8", STYLE)),
+        )
+        .route("/api/apps", get(apps))
+        .route("/api/apps/{app}", get(app_view))
+        .route("/api/apps/{app}/events", get(events))
+        .route("/api/apps/{app}/actions", post(action))
+        .layer(middleware::from_fn_with_state(shared.clone(), guard))
+        .with_state(shared)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+/// Every request: `Host` must be this server's loopback address (a page from another site that
+/// re-resolves its name to 127.0.0.1 sends its own name). POSTs also need the page's CSRF token
+/// and, when the browser sends one, this server's `Origin`.
+async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !shared.hosts.iter().any(|h| h == host) {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("Host {host:?} is not this dashboard's address"),
+        );
+    }
+    if request.method() == axum::http::Method::POST {
+        if let Some(origin) = headers.get(header::ORIGIN)
+            && origin.to_str().ok() != Some(format!("http://{host}").as_str())
+        {
+            return error(
+                StatusCode::FORBIDDEN,
+                "the request's Origin is another site",
+            );
+        }
+        let sent = headers
+            .get("x-csrf-token")
+            .map(HeaderValue::as_bytes)
+            .unwrap_or_default();
+        if !same(sent, shared.csrf.as_bytes()) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "missing or wrong X-CSRF-Token (reload the page)",
+            );
+        }
+    }
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    // The page loads nothing from anywhere else, and no other site may frame it.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Constant-time equality.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn index(State(shared): State<Arc<Shared>>) -> Response {
+    let page = INDEX.replace("{{CSRF}}", &shared.csrf);
+    asset("text/html; charset=utf-8", page).await
+}
+
+async fn asset(content_type: &'static str, body: impl Into<String>) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body.into()).into_response()
+}
+
+async fn apps(State(shared): State<Arc<Shared>>) -> Response {
+    let list: Vec<Value> = shared
+        .apps()
+        .into_iter()
+        .map(|app| {
+            let records = shared.store.read(&app).unwrap_or_default();
+            let last = history(&records).pop();
+            json!({"app": app, "state": view::state_word(last.as_ref()), "rollout": last})
+        })
+        .collect();
+    Json(json!({"apps": list})).into_response()
+}
+
+/// The app named in a path, if the state dir has it (an unknown or malformed name is a 404).
+fn known(shared: &Shared, app: &str) -> Result<(), Box<Response>> {
+    if shared.apps().iter().any(|a| a == app) {
+        Ok(())
+    } else {
+        Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            format!("no app {app:?} in {}", shared.store.app_dir("").display()),
+        )))
+    }
+}
+
+async fn app_view(State(shared): State<Arc<Shared>>, Path(app): Path<String>) -> Response {
+    if let Err(r) = known(&shared, &app) {
+        return *r;
+    }
+    match payload(&shared, &app, &mut None) {
+        Ok((body, _)) => Json(body).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// The view of `app` with the action started here, the lock's holder, and the records; `cache`
+/// keeps the layout of the last rollout across calls.
+fn payload(
+    shared: &Shared,
+    app: &str,
+    cache: &mut Option<(String, Layout)>,
+) -> Result<(Value, Vec<Record>), String> {
+    let records = shared.store.read(app).map_err(|e| crate::error_chain(&e))?;
+    let last_id = history(&records).pop().map(|r| r.id);
+    let layout = match (cache.as_ref(), &last_id) {
+        (Some((id, layout)), Some(last)) if id == last => layout.clone(),
+        (_, Some(last)) => {
+            let layout = layout(&shared.store, app, last);
+            *cache = Some((last.clone(), layout.clone()));
+            layout
+        }
+        (_, None) => Layout::default(),
+    };
+    let v = view::view(app, &records, &layout);
+    let action = shared
+        .actions
+        .lock()
+        .expect("actions lock")
+        .get(app)
+        .cloned();
+    let running = shared.store.holder(app, &Actor::from_env().host);
+    Ok((
+        json!({"view": v, "action": action, "running": running}),
+        records,
+    ))
+}
+
+/// The planned steps and the hosts (with zones) of rollout `id`'s stored manifest; empty when it
+/// cannot be planned offline (a Kubernetes target is sized by its cluster).
+pub(super) fn layout(store: &Store, app: &str, id: &str) -> Layout {
+    let Ok(rollout) = store.load_manifest(app, id) else {
+        return Layout::default();
+    };
+    let origin = store
+        .app_dir(app)
+        .join("rollouts")
+        .join(format!("{id}.json"));
+    let Ok(m) = Manifest::from_resolved(rollout, &origin) else {
+        return Layout::default();
+    };
+    let hosts = m.rollout.spec.target.hosts().map_or_else(Vec::new, |h| {
+        let key = h.spread_by.as_deref().unwrap_or("zone");
+        h.hosts
+            .iter()
+            .map(|host| {
+                let zone = host.labels.get(key).map_or(NO_ZONE, String::as_str);
+                (host.name.clone(), zone.to_string())
+            })
+            .collect()
+    });
+    let steps = crate::target::offline_size(&m.rollout.spec.target, None)
+        .ok()
+        .and_then(|(n, capacity)| crate::plan::plan(&m.strategy, n, capacity).ok())
+        .map_or_else(Vec::new, |plan| {
+            plan.steps
+                .iter()
+                .map(|s| PlannedStep {
+                    kind: s.kind.as_str().to_string(),
+                    note: s.note.clone(),
+                    manual: s.manual,
+                    signed: s.approvers.is_some(),
+                    approvals: s.approvals,
+                })
+                .collect()
+        });
+    Layout { steps, hosts }
+}
+
+/// What a live view remembers between two looks at the journal.
+struct Watch {
+    shared: Arc<Shared>,
+    app: String,
+    /// (length, modified) of the journal, and the action generation, when last sent.
+    seen: Option<(u64, Option<SystemTime>, u64)>,
+    sent_records: usize,
+    cache: Option<(String, Layout)>,
+    queue: std::collections::VecDeque<SseEvent>,
+}
+
+/// Server-sent events: `view` (the whole picture) whenever the journal grows or an action changes,
+/// and `record` for each appended journal record (the lines `apply -o json` prints).
+async fn events(State(shared): State<Arc<Shared>>, Path(app): Path<String>) -> Response {
+    if let Err(r) = known(&shared, &app) {
+        return *r;
+    }
+    let watch = Watch {
+        shared,
+        app,
+        seen: None,
+        sent_records: 0,
+        cache: None,
+        queue: Default::default(),
+    };
+    Sse::new(stream(watch))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn stream(watch: Watch) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    futures_util::stream::unfold(watch, |mut w| async move {
+        loop {
+            if let Some(e) = w.queue.pop_front() {
+                return Some((Ok(e), w));
+            }
+            if *w.shared.stopped.borrow() {
+                return None;
+            }
+            let path = w.shared.store.app_dir(&w.app).join("journal.jsonl");
+            let meta = std::fs::metadata(&path).ok();
+            let now = (
+                meta.as_ref().map_or(0, std::fs::Metadata::len),
+                meta.and_then(|m| m.modified().ok()),
+                w.shared.generation.load(Ordering::SeqCst),
+            );
+            if w.seen != Some(now) {
+                w.seen = Some(now);
+                if let Ok((body, records)) = payload(&w.shared, &w.app, &mut w.cache) {
+                    // A compacted journal starts over: its records were sent already.
+                    let from = if records.len() < w.sent_records {
+                        records.len()
+                    } else {
+                        w.sent_records
+                    };
+                    for r in &records[from..] {
+                        if let Ok(e) = SseEvent::default().event("record").json_data(r) {
+                            w.queue.push_back(e);
+                        }
+                    }
+                    w.sent_records = records.len();
+                    if let Ok(e) = SseEvent::default().event("view").json_data(&body) {
+                        w.queue.push_back(e);
+                    }
+                    continue;
+                }
+            }
+            let mut stopped = w.shared.stopped.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+        }
+    })
+}
+
+async fn action(
+    State(shared): State<Arc<Shared>>,
+    Path(app): Path<String>,
+    _headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = known(&shared, &app) {
+        return *r;
+    }
+    let request: actions::ActionRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the request body: {e}; expected {{\"action\": \"promote|pause|resume|abort|rollback\", \"full\": false}}"
+                ),
+            );
+        }
+    };
+    match actions::start(&shared, &app, request) {
+        Ok(status) => (StatusCode::ACCEPTED, Json(status)).into_response(),
+        Err(actions::Refused { status, body }) => (status, Json(body)).into_response(),
+    }
+}
