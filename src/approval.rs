@@ -256,7 +256,7 @@ pub fn verify(
 /// Who may approve a pause: certificates from `ca` with the approver usage, or (`kubernetes`)
 /// users as the API server authenticates them; either named in `allowed` (or, for Kubernetes
 /// users, members of `groups`).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ApproversSpec {
     /// The CA certificate (PEM), relative to the manifest's folder.

@@ -1,14 +1,18 @@
 //! Command-line arguments (clap) and the dispatch to `run` (commands) and `demo`; `output` prints.
 
 pub mod approve;
+pub mod artifact;
 pub mod dashboard;
 pub mod demo;
+pub mod dry_run;
 pub mod generate;
 pub mod inspect;
+pub mod list;
 pub mod output;
 pub mod pause_watch;
 pub mod pki;
 pub mod run;
+pub mod schema;
 pub mod security;
 pub mod watch;
 
@@ -190,6 +194,12 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// The live state of an app's rollout.
     Status(StatusArgs),
+    /// Every app this machine's state dir knows: its version, its last rollout's outcome and when.
+    List {
+        /// `json`: one object a line; `yaml`: one list.
+        #[arg(short = 'o', long, value_enum, default_value_t = Progress::Auto)]
+        output: Progress,
+    },
     /// The audit trail of an app's rollouts (`-o json`: one JSON array of them).
     History(HistoryArgs),
     /// While a rollout waits at a pause: watch the new version's pods, roll back if they fail.
@@ -208,6 +218,14 @@ pub enum Command {
     },
     /// Print the man page (roff): `rollgate man > rollgate.1`.
     Man,
+    /// Build artifacts for host fleets (README "Artifacts").
+    #[command(subcommand)]
+    Artifact(ArtifactCommand),
+    /// Print a JSON Schema (for editors: README "Editor support").
+    Schema {
+        #[arg(value_enum, default_value_t = SchemaKind::Manifest)]
+        kind: SchemaKind,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +234,10 @@ pub struct ApplyArgs {
     pub input: InputArgs,
     #[arg(short = 'o', long, value_enum, default_value_t = Progress::Auto)]
     pub output: Progress,
+    /// Check everything short of changing anything (agents, versions or artifacts, access on
+    /// Kubernetes) and print the plan; nothing is journaled. Exit codes as `apply`.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `-o` on the commands that stream a rollout or read its state: the same four words as `plan`'s
@@ -352,6 +374,14 @@ pub enum PkiCommand {
         /// Replace an existing certificate and key of that name.
         #[arg(long)]
         force: bool,
+        /// Valid for this many days from now (default: until January 1st, three years on).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=36500))]
+        days: Option<u32>,
+    },
+    /// List the certificates in DIR with their expiry; exit 1 if any expires within 30 days.
+    Check {
+        #[arg(default_value = "pki")]
+        dir: PathBuf,
     },
 }
 
@@ -370,6 +400,9 @@ pub struct DemoArgs {
     /// How many local hosts (agents).
     #[arg(long, default_value_t = 4)]
     pub hosts: usize,
+    /// Keep the demo's files (agents, artifacts, manifests, journal) instead of removing them.
+    #[arg(long)]
+    pub keep: bool,
     #[arg(short = 'o', long, value_enum, default_value_t = Progress::Auto)]
     pub output: Progress,
     /// Serve `rollgate dashboard` of the demo's state while it runs, and after it until Ctrl-C.
@@ -407,6 +440,29 @@ pub struct PlanArgs {
     pub replicas: Option<u32>,
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
     pub output: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArtifactCommand {
+    /// Pack DIR's contents (the version dir: bin/..., config) into a .tar.gz; prints its sha256.
+    Pack {
+        /// The folder whose contents become the version dir on each host.
+        dir: PathBuf,
+        /// The archive to write, e.g. `web-2.0.0.tar.gz`.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+    },
+}
+
+/// Which document `rollgate schema` describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchemaKind {
+    /// A rollout manifest (`-f` files).
+    Manifest,
+    /// A strategy preset file (`strategy.ref`).
+    Strategy,
+    /// The agent's configuration (`rollgate-agent run -c`).
+    AgentConfig,
 }
 
 /// `-o` on `plan` and `validate`: the same four words as [`Progress`].

@@ -4,6 +4,8 @@
 //! `rollgate pki init` then `rollgate pki issue --agent HOST` / `--client NAME` / `--approver NAME`
 //! write PEM files into one directory; private keys are created with mode 0600.
 
+pub mod expiry;
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -191,6 +193,7 @@ fn issue(
     sans: Vec<SanType>,
     eku: Usage,
     existing: Existing,
+    days: Option<u32>,
 ) -> Result<Issued> {
     let cert_path = dir.join(format!("{file_stem}.pem"));
     let key_path = dir.join(format!("{file_stem}-key.pem"));
@@ -221,7 +224,15 @@ fn issue(
     params.use_authority_key_identifier_extension = true;
     let year = this_year();
     params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
-    params.not_after = rcgen::date_time_ymd(year + 3, 1, 1);
+    params.not_after = match days {
+        Some(days) => {
+            rcgen::date_time_ymd(1970, 1, 1)
+                + std::time::Duration::from_secs(
+                    (expiry::now() as u64).saturating_add(u64::from(days) * 86_400),
+                )
+        }
+        None => rcgen::date_time_ymd(year + 3, 1, 1),
+    };
     let cert = params.signed_by(&key, &ca)?;
     write_file(&key_path, key.serialize_pem().as_bytes(), true)?;
     write_file(&cert_path, cert.pem().as_bytes(), false)?;
@@ -240,6 +251,16 @@ pub fn issue_agent(dir: &Path, host: &str) -> Result<Issued> {
 
 /// [`issue_agent`], replacing existing files when asked to.
 pub fn issue_agent_with(dir: &Path, host: &str, existing: Existing) -> Result<Issued> {
+    issue_agent_for(dir, host, existing, None)
+}
+
+/// [`issue_agent_with`], valid for `days` from now (default: until January 1st in three years).
+pub fn issue_agent_for(
+    dir: &Path,
+    host: &str,
+    existing: Existing,
+    days: Option<u32>,
+) -> Result<Issued> {
     check_name(host)?;
     let mut sans = Vec::new();
     match host.parse::<IpAddr>() {
@@ -260,6 +281,7 @@ pub fn issue_agent_with(dir: &Path, host: &str, existing: Existing) -> Result<Is
         sans,
         Usage::Tls(ExtendedKeyUsagePurpose::ServerAuth),
         existing,
+        days,
     )
 }
 
@@ -271,6 +293,16 @@ pub fn issue_client(dir: &Path, name: &str) -> Result<Issued> {
 
 /// [`issue_client`], replacing existing files when asked to.
 pub fn issue_client_with(dir: &Path, name: &str, existing: Existing) -> Result<Issued> {
+    issue_client_for(dir, name, existing, None)
+}
+
+/// [`issue_client_with`], valid for `days` from now.
+pub fn issue_client_for(
+    dir: &Path,
+    name: &str,
+    existing: Existing,
+    days: Option<u32>,
+) -> Result<Issued> {
     check_name(name)?;
     issue(
         dir,
@@ -279,6 +311,7 @@ pub fn issue_client_with(dir: &Path, name: &str, existing: Existing) -> Result<I
         Vec::new(),
         Usage::Tls(ExtendedKeyUsagePurpose::ClientAuth),
         existing,
+        days,
     )
 }
 
@@ -290,6 +323,16 @@ pub fn issue_approver(dir: &Path, name: &str) -> Result<Issued> {
 
 /// [`issue_approver`], replacing existing files when asked to.
 pub fn issue_approver_with(dir: &Path, name: &str, existing: Existing) -> Result<Issued> {
+    issue_approver_for(dir, name, existing, None)
+}
+
+/// [`issue_approver_with`], valid for `days` from now.
+pub fn issue_approver_for(
+    dir: &Path,
+    name: &str,
+    existing: Existing,
+    days: Option<u32>,
+) -> Result<Issued> {
     check_name(name)?;
     issue(
         dir,
@@ -298,6 +341,7 @@ pub fn issue_approver_with(dir: &Path, name: &str, existing: Existing) -> Result
         Vec::new(),
         Usage::Approver,
         existing,
+        days,
     )
 }
 

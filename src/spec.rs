@@ -1,5 +1,6 @@
 //! The rollout manifest: its serde model, loading with overlays and presets, and validation.
 
+mod auto_rollback;
 pub mod on_pod;
 pub mod quantity;
 mod resolve;
@@ -10,6 +11,7 @@ mod validate;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use crate::approval::ApproversSpec;
@@ -37,16 +39,18 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("blue-green", include_str!("../strategies/blue-green.yaml")),
 ];
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Rollout {
+    #[schemars(extend("const" = API_VERSION))]
     pub api_version: String,
+    #[schemars(extend("const" = "Rollout"))]
     pub kind: String,
     pub metadata: Metadata,
     pub spec: RolloutSpec,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Metadata {
     /// The application's name: history, locks and `rollback` key on it.
@@ -55,7 +59,7 @@ pub struct Metadata {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RolloutSpec {
     pub version: String,
@@ -80,7 +84,7 @@ pub struct RolloutSpec {
 }
 
 /// A lifecycle webhook: JSON POSTed at one point of the rollout.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Webhook {
     pub name: String,
@@ -98,7 +102,7 @@ fn two() -> u32 {
     2
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum HookType {
     /// Before anything changes; a non-2xx answer holds the rollout (exit code 3, nothing changed).
@@ -115,7 +119,7 @@ pub enum HookType {
     Event,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Notification {
     pub url: String,
@@ -128,7 +132,7 @@ pub struct Notification {
     pub timeout: Dur,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum NotificationFormat {
     #[default]
@@ -180,8 +184,25 @@ impl TargetSpec {
     }
 }
 
+impl JsonSchema for TargetSpec {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TargetSpec".into()
+    }
+
+    /// [`TargetFields`] with exactly one key, as `TryFrom` demands.
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let fields = generator.subschema_for::<TargetFields>();
+        schemars::json_schema!({
+            "description": "What the rollout deploys to: exactly one of kubernetes, hosts",
+            "allOf": [fields],
+            "minProperties": 1,
+            "maxProperties": 1
+        })
+    }
+}
+
 /// The manifest's shape of [`TargetSpec`]: one key naming the target.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct TargetFields {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -220,7 +241,7 @@ impl From<TargetSpec> for TargetFields {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct KubernetesTarget {
     #[serde(default = "default_namespace")]
@@ -240,7 +261,7 @@ fn default_namespace() -> String {
     "default".into()
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HostsTarget {
     #[serde(default = "one")]
@@ -267,8 +288,9 @@ pub struct HostsTarget {
 /// A traffic switch hook: a command (given the active set as JSON on stdin and as
 /// `ROLLGATE_ACTIVE=ip:port,...`) or an HTTP webhook (the JSON as a POST body). Non-zero exit or a
 /// non-2xx answer fails the switch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(extend("oneOf" = [{"required": ["command"]}, {"required": ["webhook"]}]))]
 pub struct TrafficSwitch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
@@ -283,7 +305,7 @@ fn ten_seconds() -> Dur {
 }
 
 /// The artifact of the new version: a local file streamed to each agent, or a URL the agents fetch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ArtifactSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -296,7 +318,7 @@ pub struct ArtifactSpec {
 }
 
 /// mTLS files (the default) or a bearer token read from a file or an environment variable.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AgentAuth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -319,7 +341,7 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Host {
     pub name: String,
@@ -331,8 +353,9 @@ pub struct Host {
 }
 
 /// Exactly one of the fields is set.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
 pub struct StrategySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolling: Option<RollingSpec>,
@@ -344,7 +367,7 @@ pub struct StrategySpec {
     pub reference: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RollingSpec {
     #[serde(default = "quarter")]
@@ -359,7 +382,7 @@ fn quarter() -> IntOrPercent {
     IntOrPercent::Percent(25)
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CanarySpec {
     #[serde(default = "one_instance")]
@@ -377,7 +400,7 @@ pub struct CanarySpec {
     pub analysis: Option<BackgroundAnalysis>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BackgroundAnalysis {
     /// Names of metric checks in `spec.checks`.
@@ -396,8 +419,9 @@ fn zero_instances() -> IntOrPercent {
 }
 
 /// Exactly one of the fields is set.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
 pub struct CanaryStep {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set_weight: Option<u32>,
@@ -407,7 +431,7 @@ pub struct CanaryStep {
     pub analysis: Option<AnalysisSpec>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PauseSpec {
     /// Without a duration the pause lasts until `rollgate promote`.
@@ -428,7 +452,7 @@ fn is_zero(v: &u32) -> bool {
     *v == 0
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AnalysisSpec {
     /// Names from `spec.checks`; empty means all of them.
@@ -436,7 +460,7 @@ pub struct AnalysisSpec {
     pub checks: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BlueGreenSpec {
     #[serde(default)]
@@ -461,8 +485,9 @@ fn thirty() -> u64 {
 }
 
 /// A health gate.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(extend("oneOf" = [{"required": ["http"]}, {"required": ["tcp"]}, {"required": ["command"]}, {"required": ["prometheus"]}, {"required": ["web"]}]))]
 pub struct Check {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -522,7 +547,7 @@ impl Check {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PrometheusProbe {
     pub address: String,
@@ -531,7 +556,7 @@ pub struct PrometheusProbe {
     pub query: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WebProbe {
     pub url: String,
@@ -554,7 +579,7 @@ fn two_seconds() -> Dur {
     Dur(std::time::Duration::from_secs(2))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum RunOn {
     #[default]
@@ -562,7 +587,7 @@ pub enum RunOn {
     Cli,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpProbe {
     /// `{host}` and `{instance}` are replaced by rollgate, `{port}` by the agent (the slot port);
@@ -578,13 +603,13 @@ fn ok_status() -> u16 {
     200
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TcpProbe {
     pub address: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CommandProbe {
     pub run: Vec<String>,
@@ -598,43 +623,12 @@ pub enum AutoRollback {
     Pause,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RollbackSpec {
     #[serde(default, with = "auto_rollback")]
+    #[schemars(schema_with = "auto_rollback::schema")]
     pub auto: AutoRollback,
-}
-
-mod auto_rollback {
-    use super::AutoRollback;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &AutoRollback, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            AutoRollback::Yes => s.serialize_bool(true),
-            AutoRollback::No => s.serialize_bool(false),
-            AutoRollback::Pause => s.serialize_str("pause"),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<AutoRollback, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            B(bool),
-            S(String),
-        }
-        match Raw::deserialize(d)
-            .map_err(|_| serde::de::Error::custom("expected true, false or \"pause\""))?
-        {
-            Raw::B(true) => Ok(AutoRollback::Yes),
-            Raw::B(false) => Ok(AutoRollback::No),
-            Raw::S(s) if s == "pause" => Ok(AutoRollback::Pause),
-            Raw::S(s) => Err(serde::de::Error::custom(format!(
-                "{s:?}: expected true, false or \"pause\""
-            ))),
-        }
-    }
 }
 
 /// A strategy with its `ref` resolved.

@@ -19,6 +19,7 @@ mod kubernetes {
     mod blue_green;
     mod bounds;
     mod canary;
+    mod dry_run;
     mod failures;
     mod faults;
     mod hpa;

@@ -15,7 +15,9 @@ pub const AUTHORIZATION: &str = "authorization";
 pub const MAX_WAIT_MS: u64 = 120_000;
 
 /// Which service backend runs a service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendKind {
     /// The agent starts and restarts the process itself (every OS; the default).
@@ -252,7 +254,7 @@ pub struct SlotRequest {
 }
 
 /// A health check definition; `{port}`, `{slot}` and `{version}` are expanded per slot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum CheckSpec {
     /// HTTP GET; healthy when the status matches and the body contains `bodyContains`.

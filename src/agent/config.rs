@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::api::{self, BackendKind, CheckSpec};
@@ -24,7 +25,7 @@ pub enum ConfigError {
 pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
 
 /// TLS for the listener. With `clientCa`, callers must present a certificate it signed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert: PathBuf,
@@ -34,7 +35,7 @@ pub struct TlsConfig {
 }
 
 /// Where the bearer token is read from; the token itself never appears in the config.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,7 +46,7 @@ pub struct TokenConfig {
 }
 
 /// Request size limits, and how long and how many connections the listener keeps.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Limits {
     #[serde(default = "default_json_body")]
@@ -122,7 +123,7 @@ impl Default for Limits {
 }
 
 /// A service's health check and how activation waits on it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthConfig {
     #[serde(flatten)]
@@ -157,7 +158,7 @@ fn default_failure_threshold() -> u32 {
 }
 
 /// Size-rotated stdout/stderr logs of the supervisor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LogConfig {
     #[serde(default = "default_log_bytes")]
@@ -183,7 +184,7 @@ impl Default for LogConfig {
 }
 
 /// Windows SCM start type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum StartType {
     #[default]
@@ -197,7 +198,7 @@ pub enum StartType {
 ///
 /// `command` is relative to the version dir; in `args`, `env` values and the health check,
 /// `{port}`, `{slot}`, `{version}` and `{dir}` are replaced per slot at start.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceConfig {
     pub name: String,
@@ -239,7 +240,7 @@ pub struct ServiceConfig {
 /// ```yaml
 /// sandbox: {readWritePaths: [/var/www], capabilities: [CAP_NET_BIND_SERVICE], umask: "0022"}
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SandboxConfig {
     /// Writable paths besides the data dir (`ReadWritePaths=`).
@@ -295,7 +296,7 @@ impl ServiceConfig {
 ///     health: {type: http, url: "http://127.0.0.1:{port}/health", timeout: 2s}
 ///     recovery: {restart: on-failure, actions: [{restart: 0s}, {restart: 10s}]}
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AgentConfig {
     #[serde(default = "default_listen")]

@@ -4,12 +4,13 @@
 
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::config::Dur;
 
 /// When a stopped process is started again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     No,
@@ -21,8 +22,9 @@ pub enum RestartPolicy {
 }
 
 /// What to do on the n-th consecutive failure: exactly one of `restart` or `run`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
 pub struct RecoveryAction {
     /// Restart after this delay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,7 +56,7 @@ impl RecoveryAction {
 ///   throttle: 1500ms          # a run shorter than this is a rapid crash: back off
 ///   maxBackoff: 60s
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Recovery {
     #[serde(default)]

@@ -260,12 +260,56 @@ pub async fn run(args: &DemoArgs) -> Result<u8, CliError> {
             dir.display()
         )));
     }
+    let created = !dir.exists();
     std::fs::create_dir_all(&dir).map_err(fail("creating the demo dir"))?;
     let dir = std::path::absolute(&dir).map_err(fail("creating the demo dir"))?;
+    // The agents (and their services) are stopped when `stages` returns: then the files can go.
+    let result = stages(args, &dir, &demo_bin).await;
+    let say = |line: &str| crate::cli::output::say(args.output, line);
+    if args.keep {
+        say(&format!(
+            "demo: its files are in {} (agents under host*/, artifacts/, the journal in state/)",
+            dir.display()
+        ));
+    } else {
+        let removed = remove_demo_files(&dir, created, args.hosts.clamp(1, 32));
+        say(&format!(
+            "demo: removed its files from {}{} (--keep keeps them)",
+            dir.display(),
+            removed
+                .err()
+                .map(|e| format!(" except: {e}"))
+                .unwrap_or_default()
+        ));
+    }
+    result
+}
+
+/// Removes what the demo wrote: all of `dir` when the demo created it, else only its own entries.
+fn remove_demo_files(dir: &Path, created: bool, hosts: usize) -> std::io::Result<()> {
+    if created {
+        return std::fs::remove_dir_all(dir);
+    }
+    let mut names: Vec<String> = ["pki", "artifacts", "state"].map(String::from).to_vec();
+    names.extend((1..=hosts).map(|i| format!("host{i}")));
+    names.extend(["1.0.0", "2.0.0", "3.0.0"].map(|v| format!("web-{v}.yaml")));
+    for name in names {
+        let path = dir.join(name);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path)?,
+            Ok(_) => std::fs::remove_file(&path)?,
+            Err(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// The demo's rollouts in `dir`, with its agents; they stop when this returns.
+async fn stages(args: &DemoArgs, dir: &Path, demo_bin: &Path) -> Result<u8, CliError> {
     let say = |line: &str| crate::cli::output::say(args.output, line);
     say(&format!("demo: working in {}", dir.display()));
     let n = args.hosts.clamp(1, 32);
-    let fleet = LocalFleet::start(&dir, n, 1).await?;
+    let fleet = LocalFleet::start(dir, n, 1).await?;
     say(&format!(
         "demo: {n} agents up on loopback, mTLS with a fresh CA"
     ));
@@ -274,9 +318,9 @@ pub async fn run(args: &DemoArgs) -> Result<u8, CliError> {
 
     let artifacts = dir.join("artifacts");
     std::fs::create_dir_all(&artifacts).map_err(fail("creating the artifacts dir"))?;
-    let v1 = package(&artifacts, &demo_bin, "1.0.0", "")?;
-    let v2 = package(&artifacts, &demo_bin, "2.0.0", "")?;
-    let v3 = package(&artifacts, &demo_bin, "3.0.0", "--health-status 500")?;
+    let v1 = package(&artifacts, demo_bin, "1.0.0", "")?;
+    let v2 = package(&artifacts, demo_bin, "2.0.0", "")?;
+    let v3 = package(&artifacts, demo_bin, "3.0.0", "--health-status 500")?;
 
     let store = Store::at(dir.join("state"));
     let dashboard = if args.dashboard {
@@ -327,7 +371,7 @@ pub async fn run(args: &DemoArgs) -> Result<u8, CliError> {
     }
     say(&format!(
         "\n== history (ROLLGATE_STATE={} rollgate history web)",
-        store_root(&dir).display()
+        store_root(dir).display()
     ));
     for r in crate::state::history(
         &store

@@ -33,6 +33,11 @@ pub fn command(
         Command::Pki(cmd) => crate::cli::pki::command(cmd),
         Command::Completion { shell } => crate::cli::generate::completion(shell),
         Command::Man => crate::cli::generate::man(),
+        Command::Schema { kind } => crate::cli::schema::command(kind),
+        Command::Artifact(crate::cli::ArtifactCommand::Pack { dir, output }) => {
+            crate::cli::artifact::pack(&dir, &output)
+        }
+        Command::List { output } => crate::cli::list::list(output, &Store::open_default()),
         other => {
             let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
             let mut env = Env::new(Store::open_default(), context, namespace);
@@ -62,7 +67,10 @@ pub(crate) async fn run_async(command: Command, env: &Env) -> Result<u8, CliErro
         | Command::Pki(_)
         | Command::Demo(_)
         | Command::Completion { .. }
-        | Command::Man => unreachable!("handled before"),
+        | Command::Man
+        | Command::Schema { .. }
+        | Command::List { .. }
+        | Command::Artifact(_) => unreachable!("handled before"),
     }
 }
 
@@ -300,6 +308,9 @@ async fn apply(args: &ApplyArgs, env: &Env) -> Result<u8, CliError> {
         _ => None,
     };
     crate::cli::security::check(&m, args.input.strict, client).await?;
+    if args.dry_run {
+        return crate::cli::dry_run::dry_run(&m, args.output, env).await;
+    }
     apply_with(&m, args.output, env).await
 }
 

@@ -111,6 +111,23 @@ impl<'de> Deserialize<'de> for IntOrPercent {
     }
 }
 
+impl schemars::JsonSchema for IntOrPercent {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IntOrPercent".into()
+    }
+
+    /// What [`IntOrPercent::deserialize`] accepts: a count, or digits then `%` and nothing else.
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A count of instances, or a percentage like \"25%\"",
+            "oneOf": [
+                {"type": "integer", "minimum": 0, "maximum": u32::MAX},
+                {"type": "string", "pattern": "^[0-9]+%$"}
+            ]
+        })
+    }
+}
+
 /// A duration written like `500ms`, `30s`, `5m`, `1h30m` or `1d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Dur(pub Duration);
@@ -216,6 +233,23 @@ impl<'de> Deserialize<'de> for Dur {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+impl schemars::JsonSchema for Dur {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    /// What [`Dur::parse`] accepts (it trims spaces), or a bare `0`.
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration: a number with a unit (ms, s, m, h, d), repeated: \"500ms\", \"30s\", \"1h30m\"",
+            "oneOf": [
+                {"type": "string", "pattern": "^\\s*([0-9]+(ms|s|m|h|d))+\\s*$"},
+                {"type": "integer", "const": 0}
+            ]
+        })
     }
 }
 

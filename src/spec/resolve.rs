@@ -43,9 +43,11 @@ pub(super) fn resolve_strategy(
         ));
     }
     let file_name = format!("{name}.yaml");
+    // Next to the first manifest (or in a `strategies/` folder beside it), never the current
+    // directory: the same manifest resolves the same way wherever rollgate runs (issue 20).
     let candidates = [
         base_dir.join(&file_name),
-        PathBuf::from("strategies").join(&file_name),
+        base_dir.join("strategies").join(&file_name),
     ];
     // A manifest named like a preset (blue-green.yaml) must not be read as its own preset.
     let inputs: Vec<PathBuf> = sources

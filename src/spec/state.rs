@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{InputError, Sources};
 
 /// `spec.state`: the team state's store. Without it, a host fleet's state is this machine's.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StateSpec {
     pub etcd: EtcdSpec,
@@ -16,7 +16,7 @@ pub struct StateSpec {
 
 /// An etcd v3 cluster: its client URLs, the key prefix under which rollgate keeps its keys, and
 /// TLS for the client port.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EtcdSpec {
     pub endpoints: Vec<String>,
@@ -28,7 +28,7 @@ pub struct EtcdSpec {
 
 /// The CA that signed the members' certificates, and this machine's client certificate and key
 /// (for `--client-cert-auth`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EtcdTls {
     #[serde(default, skip_serializing_if = "Option::is_none")]

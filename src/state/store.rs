@@ -71,6 +71,29 @@ impl Store {
         self.root.join(app)
     }
 
+    /// Where the state dir is.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The apps with a journal here, by name; none when the state dir does not exist yet.
+    pub fn apps(&self) -> Result<Vec<String>> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&self.root)(e)),
+        };
+        let mut apps = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io(&self.root))?;
+            if entry.path().join("journal.jsonl").is_file() {
+                apps.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        apps.sort();
+        Ok(apps)
+    }
+
     fn ensure(&self, app: &str) -> Result<PathBuf> {
         let dir = self.app_dir(app);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;

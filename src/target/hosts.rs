@@ -6,6 +6,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use sha2::{Digest, Sha256};
 
+mod preflight;
 mod traffic;
 mod view;
 mod waves;

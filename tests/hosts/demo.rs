@@ -7,7 +7,7 @@ fn demo_rolls_v2_out_and_rolls_bad_v3_back() {
     let dir = tempfile::tempdir().unwrap();
     let demo_dir = dir.path().join("demo");
     let out = Command::new(env!("CARGO_BIN_EXE_rollgate"))
-        .args(["demo", "--hosts", "4", "-o", "plain", "--dir"])
+        .args(["demo", "--hosts", "4", "-o", "plain", "--keep", "--dir"])
         .arg(&demo_dir)
         .env_remove("ROLLGATE_STATE")
         .output()
@@ -19,6 +19,25 @@ fn demo_rolls_v2_out_and_rolls_bad_v3_back() {
         Some(0),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
+    // It says where its files are, and kept them.
+    assert!(
+        stdout.contains(&format!("demo: its files are in {}", demo_dir.display())),
+        "{stdout}"
+    );
+
+    // The demo's manifests are valid against `rollgate schema` (tests/cli/schema.rs has the rest).
+    let schema = Command::new(env!("CARGO_BIN_EXE_rollgate"))
+        .arg("schema")
+        .output()
+        .unwrap();
+    let schema: serde_json::Value = serde_json::from_slice(&schema.stdout).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    for v in ["1.0.0", "2.0.0", "3.0.0"] {
+        let text = std::fs::read_to_string(demo_dir.join(format!("web-{v}.yaml"))).unwrap();
+        let doc: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+        let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+        assert_eq!(errors, Vec::<String>::new(), "web-{v}.yaml");
+    }
 
     // The journal, read back through `rollgate history`, tells the three outcomes.
     let out = Command::new(env!("CARGO_BIN_EXE_rollgate"))
@@ -60,4 +79,37 @@ fn demo_rolls_v2_out_and_rolls_bad_v3_back() {
         "left behind: {}",
         String::from_utf8_lossy(&ps.stdout)
     );
+}
+
+/// Without `--keep` the demo removes what it wrote, and says so; a `--dir` that held other files
+/// keeps them.
+#[test]
+fn demo_removes_its_files_unless_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mine.txt"), "not the demo's").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rollgate"))
+        .args(["demo", "--hosts", "1", "-o", "plain", "--dir"])
+        .arg(dir.path())
+        .env_remove("ROLLGATE_STATE")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "demo: removed its files from {} (--keep keeps them)",
+            dir.path().display()
+        )),
+        "{stdout}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["mine.txt".to_string()]);
 }

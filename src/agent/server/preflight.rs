@@ -39,11 +39,29 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
         })
 }
 
+/// Logs a warning when the agent's own certificate has fewer than 30 days left (or has expired):
+/// callers will refuse it then, and nothing else says so in advance.
+fn warn_if_expiring(path: &Path, certs: &[CertificateDer<'_>]) {
+    use crate::pki::expiry;
+    let Some(at) = certs.first().and_then(|c| expiry::not_after(c)) else {
+        return;
+    };
+    let left = expiry::days_left(at, expiry::now());
+    if left < expiry::WARN_DAYS {
+        tracing::warn!(
+            cert = %path.display(),
+            days_left = left,
+            "the agent's certificate expires in {left} days: reissue it (`rollgate pki issue --agent HOST --force`)"
+        );
+    }
+}
+
 fn tls_config(config: &AgentConfig) -> Result<Option<tokio_rustls::TlsAcceptor>> {
     let Some(tls) = &config.tls else {
         return Ok(None);
     };
     let certs = load_certs(&tls.cert)?;
+    warn_if_expiring(&tls.cert, &certs);
     let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|source| ServerError::Pem {
         what: "private key",
         path: tls.key.clone(),
