@@ -860,6 +860,7 @@ fn store(rows: &mut Vec<Row>) {
         ci: None,
         client: None,
         signed: None,
+        kubernetes: None,
     };
     let bytes = |dir: &Path| -> u64 {
         let mut total = 0;

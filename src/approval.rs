@@ -4,6 +4,8 @@
 //! An approver certificate carries its own extended key usage, [`APPROVER_EKU`], and only that,
 //! so an agent's server certificate or the CLI's client certificate cannot approve.
 
+pub mod kube;
+
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -251,15 +253,29 @@ pub fn verify(
         })
 }
 
-/// Who may approve a pause: certificates from `ca` with the approver usage, named in `allowed`.
+/// Who may approve a pause: certificates from `ca` with the approver usage, or (`kubernetes`)
+/// users as the API server authenticates them; either named in `allowed` (or, for Kubernetes
+/// users, members of `groups`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ApproversSpec {
     /// The CA certificate (PEM), relative to the manifest's folder.
-    pub ca: PathBuf,
-    /// Certificate subjects (common names) that may approve; empty means any approver of the CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// Approvers are Kubernetes users, proven by the API server (a Kubernetes target only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kubernetes: bool,
+    /// With `kubernetes`: an approver also needs the RBAC verb `approve` on
+    /// `rollouts.rollgate.dev` named after the app, in the target's namespace.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rbac: bool,
+    /// Certificate subjects (common names), or Kubernetes usernames, that may approve; with
+    /// `groups` empty too, any approver of the CA (or any Kubernetes user) may.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed: Vec<String>,
+    /// With `kubernetes`: Kubernetes groups whose members may approve.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 /// How an approval in the journal was verified.
@@ -273,6 +289,13 @@ pub enum Check {
     Verified {
         subject: String,
         fingerprint: String,
+    },
+    /// Made by an allowed Kubernetes user, as the API server's proof says.
+    #[serde(rename_all = "camelCase")]
+    Kubernetes {
+        username: String,
+        groups: Vec<String>,
+        proof: String,
     },
     /// Not counted, and why.
     Refused { reason: String },
@@ -301,8 +324,27 @@ pub fn starters(r: &RolloutSummary) -> Vec<String> {
 /// `verification`. Under a rule, only a signed approval from an allowed approver certificate who
 /// did not start the rollout (with two or more approvals, unless allowed) is counted.
 pub fn check(app: &str, r: &mut RolloutSummary, rule_for: &dyn Fn(usize) -> Option<Rule>) {
+    check_with(app, r, rule_for, None);
+}
+
+/// The cluster's side of a Kubernetes rule: the target's namespace and the proofs read there.
+#[derive(Debug, Clone, Copy)]
+pub struct KubeSide<'a> {
+    pub namespace: &'a str,
+    pub evidence: &'a kube::Evidence,
+}
+
+/// [`check`], with the proofs of Kubernetes identities (`kube`) for steps whose rule names
+/// Kubernetes users: without them, such approvals are refused.
+pub fn check_with(
+    app: &str,
+    r: &mut RolloutSummary,
+    rule_for: &dyn Fn(usize) -> Option<Rule>,
+    kube: Option<KubeSide<'_>>,
+) {
     let starters = starters(r);
     let id = r.id.clone();
+    let starter = kube_starter(app, r, kube);
     for a in &mut r.approvals {
         let Some(rule) = rule_for(a.step) else {
             a.verification = Check::Unverified;
@@ -313,6 +355,12 @@ pub fn check(app: &str, r: &mut RolloutSummary, rule_for: &dyn Fn(usize) -> Opti
             rollout: &id,
             step: a.step,
         };
+        if rule.approvers.kubernetes {
+            a.verification =
+                kube_verdict(claim, a.actor.kubernetes.as_ref(), &rule, kube, &starter)
+                    .unwrap_or_else(|reason| Check::Refused { reason });
+            continue;
+        }
         let verdict = match (&a.actor.signed, &rule.ca_pem) {
             (None, _) => Err(format!(
                 "not signed (the name {:?} from the environment is not an identity)",
@@ -340,6 +388,77 @@ pub fn check(app: &str, r: &mut RolloutSummary, rule_for: &dyn Fn(usize) -> Opti
         };
         a.verification = verdict.unwrap_or_else(|reason| Check::Refused { reason });
     }
+}
+
+/// Who started rollout `r` as the API server proves it (`Ok(None)`: the start carries no Kubernetes
+/// identity), or why its proof fails.
+fn kube_starter(
+    app: &str,
+    r: &RolloutSummary,
+    kube: Option<KubeSide<'_>>,
+) -> Result<Option<String>, String> {
+    let who = r.actor.as_ref().and_then(|a| a.kubernetes.as_ref());
+    let (Some(who), Some(side)) = (who, kube) else {
+        return Ok(None);
+    };
+    let claim = Claim {
+        app,
+        rollout: &r.id,
+        step: 0,
+    };
+    kube::verify(side.namespace, claim, "start", Some(who), side.evidence)
+        .map(|p| Some(p.username.clone()))
+}
+
+/// An approval under a rule naming Kubernetes users: proven by the API server, allowed by name,
+/// group or RBAC as the rule says, and not the starter's own when two or more are needed.
+fn kube_verdict(
+    claim: Claim<'_>,
+    who: Option<&kube::KubeIdentity>,
+    rule: &Rule,
+    side: Option<KubeSide<'_>>,
+    starter: &Result<Option<String>, String>,
+) -> Result<Check, String> {
+    let side = side.ok_or("Kubernetes identities are verified only against the cluster")?;
+    let proof = kube::verify(side.namespace, claim, "approve", who, side.evidence)?;
+    let user = &proof.username;
+    let a = &rule.approvers;
+    let named = a.allowed.contains(user) || proof.groups.iter().any(|g| a.groups.contains(g));
+    let open = a.allowed.is_empty() && a.groups.is_empty();
+    if !open && !named {
+        return Err(format!(
+            "{user} is not in approvers.allowed and in none of approvers.groups"
+        ));
+    }
+    if a.rbac {
+        match &proof.may_approve {
+            Some(Ok(())) => {}
+            Some(Err(why)) => return Err(why.clone()),
+            None => return Err(format!("{user}'s RBAC verb `approve` was not checked")),
+        }
+    }
+    if rule.approvals >= 2 && !rule.allow_self_approval {
+        match starter {
+            Ok(Some(s)) if s == user => {
+                return Err(format!(
+                    "{user} started this rollout and cannot approve it (allowSelfApproval: false)"
+                ));
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(
+                    "the start of this rollout carries no proven Kubernetes identity, so self-approval cannot be ruled out"
+                        .into(),
+                );
+            }
+            Err(why) => return Err(format!("the start of this rollout: {why}")),
+        }
+    }
+    Ok(Check::Kubernetes {
+        username: user.clone(),
+        groups: proof.groups.clone(),
+        proof: who.and_then(|w| w.proof.clone()).unwrap_or_default(),
+    })
 }
 
 /// The first common name (2.5.4.3) in a Name's contents (a sequence of sets of attributes).

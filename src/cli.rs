@@ -9,6 +9,7 @@ pub mod generate;
 pub mod inspect;
 pub mod list;
 pub mod output;
+pub mod pause_watch;
 pub mod pki;
 pub mod run;
 pub mod schema;
@@ -201,6 +202,8 @@ pub enum Command {
     },
     /// The audit trail of an app's rollouts (`-o json`: one JSON array of them).
     History(HistoryArgs),
+    /// While a rollout waits at a pause: watch the new version's pods, roll back if they fail.
+    Watch(AppArgs),
     /// A live web view of this machine's rollouts, with promote/pause/resume/abort/rollback.
     Dashboard(DashboardArgs),
     /// Certificates for mTLS between rollgate and its agents.

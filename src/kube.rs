@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use kube::Client;
 
+pub mod identity;
+
 /// The field manager of every write.
 pub const FIELD_MANAGER: &str = "rollgate";
 /// How long after the start of its last successful renewal a holder still writes: the Lease

@@ -212,6 +212,21 @@ pub trait Target: Sync {
         instance: &str,
         version: &str,
     ) -> impl Future<Output = Probe> + Send;
+    /// Why the instances running `version` are failing now, while a rollout waits at a manual
+    /// pause (`rollgate watch`); with `wait`, after the next change the target sees (or a short
+    /// while). Targets that cannot tell say `None` after a short wait.
+    fn failing(
+        &self,
+        _version: &str,
+        wait: bool,
+    ) -> impl Future<Output = Result<Option<String>>> + Send {
+        async move {
+            if wait {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Ok(None)
+        }
+    }
 }
 
 impl Target for AnyTarget {
@@ -295,6 +310,13 @@ impl Target for AnyTarget {
         match self {
             AnyTarget::Hosts(t) => t.probe(check, instance, version).await,
             AnyTarget::Kubernetes(t) => t.probe(check, instance, version).await,
+        }
+    }
+
+    async fn failing(&self, version: &str, wait: bool) -> Result<Option<String>> {
+        match self {
+            AnyTarget::Hosts(t) => t.failing(version, wait).await,
+            AnyTarget::Kubernetes(t) => t.failing(version, wait).await,
         }
     }
 }

@@ -14,6 +14,7 @@ mod prometheus;
 /// rollgate itself on the cluster: the real binary, watched through ReplicaSets and pods.
 mod kubernetes {
     mod after_kubectl;
+    mod approvals;
     mod bench;
     mod blue_green;
     mod bounds;
@@ -24,6 +25,7 @@ mod kubernetes {
     mod hpa;
     mod interrupted;
     mod metrics;
+    mod pause_watch;
     mod pod_security;
     mod probes;
     mod rbac;

@@ -3,10 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::approval::{Check, Claim, Rule, Signer};
+use crate::approval::{Check, Claim, KubeSide, Rule, Signer};
 use crate::cli::{CliError, Progress, SignerArgs, exit};
+use crate::hold::Env;
+use crate::kube::identity;
 use crate::plan::Plan;
 use crate::spec::{InputError, Manifest};
+use crate::state::team::Team;
 use crate::state::{Actor, RolloutSummary, Store, now_ms};
 
 /// Environment variables naming the approver's files (never their contents).
@@ -67,11 +70,174 @@ pub(crate) fn promoted(app: &str, actor: &Actor) -> String {
     }
 }
 
+/// Who acts: the environment's names and, on a Kubernetes target (`remote`), the user the API
+/// server authenticated. A cluster that cannot say leaves the names, with a warning.
+pub(crate) async fn actor(env: &Env, remote: Option<&Team>) -> Actor {
+    let mut actor = Actor::from_env();
+    if let Some(Team::Kubernetes(_)) = remote {
+        match kube_client(env).await {
+            Ok(client) => match identity::who_am_i(&client).await {
+                Ok(who) => actor.kubernetes = Some(who),
+                Err(e) => eprintln!("warning: {}", crate::error_chain(&e)),
+            },
+            Err(e) => eprintln!("warning: {e}"),
+        }
+    }
+    actor
+}
+
+async fn kube_client(env: &Env) -> Result<kube::Client, CliError> {
+    let kube = env.kube().await.map_err(CliError::from)?;
+    kube.client().map_err(crate::cli::failed)
+}
+
+/// Whether a step of `plan` takes its approvals from Kubernetes users.
+fn kube_rule(plan: &Plan, step: usize) -> Option<&crate::spec::ApproversSpec> {
+    plan.steps
+        .get(step)?
+        .approvers
+        .as_ref()
+        .filter(|a| a.kubernetes)
+}
+
+/// For a step whose rule names Kubernetes users: checks the RBAC verb when the rule asks (refused,
+/// naming it, before anything is recorded) and has the API server prove the approver's identity.
+pub(crate) async fn prove_approval(
+    env: &Env,
+    plan: &Plan,
+    m: &Manifest,
+    id: &str,
+    step: usize,
+    actor: &mut Actor,
+) -> Result<(), CliError> {
+    let (Some(rule), Some(k)) = (kube_rule(plan, step), m.rollout.spec.target.kubernetes()) else {
+        return Ok(());
+    };
+    let client = kube_client(env).await?;
+    let mut who = match actor.kubernetes.take() {
+        Some(who) => who,
+        None => identity::who_am_i(&client)
+            .await
+            .map_err(crate::cli::failed)?,
+    };
+    if rule.rbac {
+        identity::may_approve(&client, &who, &k.namespace, m.name())
+            .await
+            .map_err(crate::cli::failed)?;
+    }
+    let claim = Claim {
+        app: m.name(),
+        rollout: id,
+        step,
+    };
+    identity::prove(&client, &mut who, &k.namespace, claim, "approve")
+        .await
+        .map_err(crate::cli::failed)?;
+    actor.kubernetes = Some(who);
+    Ok(())
+}
+
+/// Checks a rollout's approvals under `plan`'s rules, reading the proofs of Kubernetes identities
+/// from the cluster when a rule names Kubernetes users.
+pub(crate) async fn check_live(
+    env: &Env,
+    m: &Manifest,
+    plan: &Plan,
+    r: &mut RolloutSummary,
+) -> Result<(), CliError> {
+    let rules = rules(plan);
+    let kube_steps = (0..plan.steps.len()).any(|i| kube_rule(plan, i).is_some());
+    let Some(k) = m.rollout.spec.target.kubernetes().filter(|_| kube_steps) else {
+        crate::approval::check(m.name(), r, &rules);
+        return Ok(());
+    };
+    let rbac = (0..plan.steps.len()).any(|i| kube_rule(plan, i).is_some_and(|a| a.rbac));
+    let proofs: Vec<String> = r
+        .actor
+        .iter()
+        .chain(r.approvals.iter().map(|a| &a.actor))
+        .filter_map(|a| a.kubernetes.as_ref()?.proof.clone())
+        .collect();
+    let client = kube_client(env).await?;
+    let evidence = identity::evidence(&client, &k.namespace, m.name(), &proofs, rbac).await;
+    let side = KubeSide {
+        namespace: &k.namespace,
+        evidence: &evidence,
+    };
+    crate::approval::check_with(m.name(), r, &rules, Some(side));
+    Ok(())
+}
+
+/// `status` and `history` of a Kubernetes app whose rules name Kubernetes users: each rollout's
+/// approvals checked against the cluster's proofs (planned at the Deployment's size now).
+pub(crate) async fn check_kube_history(env: &Env, app: &str, all: &mut [RolloutSummary]) {
+    for r in all.iter_mut() {
+        if r.approvals.is_empty() {
+            continue;
+        }
+        let Ok(rollout) = env.store.load_manifest(app, &r.id) else {
+            continue;
+        };
+        if rollout.spec.target.kubernetes().is_none() {
+            continue;
+        }
+        let origin = env
+            .store
+            .app_dir(app)
+            .join("rollouts")
+            .join(format!("{}.json", r.id));
+        let Ok(mut m) = Manifest::from_resolved(rollout, &origin) else {
+            continue;
+        };
+        if let (Some(ns), Some(k)) = (&env.namespace, m.rollout.spec.target.kubernetes_mut()) {
+            k.namespace.clone_from(ns);
+        }
+        let Ok(target) = crate::cli::run::target_for(&m, env).await else {
+            continue;
+        };
+        let Ok(n) = crate::target::Target::size(&target).await else {
+            continue;
+        };
+        let Ok(plan) = crate::plan::plan(&m.strategy, n, crate::target::Target::capacity(&target))
+        else {
+            continue;
+        };
+        let _ = check_live(env, &m, &plan, r).await;
+    }
+}
+
 /// Who starts rollout `id` of `m`: the environment's names, the subject of the client certificate
 /// the CLI uses for a host fleet, and, when `ROLLGATE_APPROVER_KEY`/`_CERT` name an approver
-/// certificate, its signature on the start.
-pub(crate) fn starter(m: &Manifest, id: &str) -> Result<Actor, CliError> {
+/// certificate, its signature on the start. On a Kubernetes target, the user the API server
+/// authenticated, proven when a step's approvals come from Kubernetes users.
+pub(crate) async fn starter(
+    m: &Manifest,
+    id: &str,
+    env: &Env,
+    plan: &Plan,
+) -> Result<Actor, CliError> {
     let mut actor = Actor::from_env();
+    let proven = (0..plan.steps.len()).any(|i| kube_rule(plan, i).is_some());
+    if let Some(k) = m.rollout.spec.target.kubernetes() {
+        let client = kube_client(env).await?;
+        match identity::who_am_i(&client).await {
+            Ok(mut who) => {
+                if proven {
+                    let claim = Claim {
+                        app: m.name(),
+                        rollout: id,
+                        step: 0,
+                    };
+                    identity::prove(&client, &mut who, &k.namespace, claim, "start")
+                        .await
+                        .map_err(crate::cli::failed)?;
+                }
+                actor.kubernetes = Some(who);
+            }
+            Err(e) if proven => return Err(crate::cli::failed(e)),
+            Err(e) => eprintln!("warning: {}", crate::error_chain(&e)),
+        }
+    }
     actor.client = m
         .rollout
         .spec
@@ -106,12 +272,11 @@ pub(crate) fn rules(plan: &Plan) -> impl Fn(usize) -> Option<Rule> + '_ {
     |step| {
         let s = plan.steps.get(step)?;
         let approvers = s.approvers.clone()?;
-        let ca_pem = std::fs::read_to_string(&approvers.ca).map_err(|e| {
-            format!(
-                "the approvers CA {} cannot be read: {e}",
-                approvers.ca.display()
-            )
-        });
+        let ca_pem = match &approvers.ca {
+            Some(ca) => std::fs::read_to_string(ca)
+                .map_err(|e| format!("the approvers CA {} cannot be read: {e}", ca.display())),
+            None => Err("the rule names no approvers CA".to_string()),
+        };
         Some(Rule {
             approvers,
             ca_pem,
@@ -231,6 +396,14 @@ fn verify_history(store: &Store, app: &str, all: &mut [RolloutSummary]) -> u8 {
                         &fingerprint[..16.min(fingerprint.len())]
                     ));
                 }
+                Check::Kubernetes {
+                    username, proof, ..
+                } => {
+                    ok += 1;
+                    line(format!(
+                        "ok     {at}: approved by {username} (Kubernetes user, proof {proof})"
+                    ));
+                }
                 Check::Refused { reason } => {
                     failed += 1;
                     line(format!(
@@ -257,8 +430,8 @@ fn first_ca(m: &Manifest) -> Option<String> {
     };
     c.steps
         .iter()
-        .find_map(|s| s.pause.as_ref()?.approvers.as_ref())
-        .and_then(|a| std::fs::read_to_string(&a.ca).ok())
+        .find_map(|s| s.pause.as_ref()?.approvers.as_ref()?.ca.as_ref())
+        .and_then(|ca| std::fs::read_to_string(ca).ok())
 }
 
 /// One line of stdout (a closed pipe is not an error worth a message).

@@ -48,6 +48,7 @@ pub async fn status(args: &StatusArgs, env: &Env) -> Result<u8, CliError> {
     loop {
         let records = records(env, &args.app, remote.as_ref()).await?;
         let (mut last, m) = last_rollout(env, &args.app, &records, remote.as_ref())?;
+        approve::check_kube_history(env, &args.app, std::slice::from_mut(&mut last)).await;
         let _ = approve::check_stored(&env.store, &args.app, &mut last);
         let running = running(env, &args.app, remote.as_ref());
         if target.is_none()
@@ -174,6 +175,7 @@ pub async fn history_cmd(h: &HistoryArgs, env: &Env) -> Result<u8, CliError> {
     let args = &h.app;
     let remote = env.remote_for_app(&args.app).await?;
     let mut all = history(&records(env, &args.app, remote.as_ref()).await?);
+    approve::check_kube_history(env, &args.app, &mut all).await;
     if let Some(code) = approve::check_history(&env.store, &args.app, &mut all, h.verify) {
         return Ok(code);
     }

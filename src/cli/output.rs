@@ -306,6 +306,9 @@ pub fn summary(r: &crate::state::RolloutSummary, running: &Running) -> String {
                 crate::approval::Check::Verified { subject, .. } => {
                     format!("{subject} (step {}, signed)", a.step + 1)
                 }
+                crate::approval::Check::Kubernetes { username, .. } => {
+                    format!("{username} (step {}, Kubernetes user)", a.step + 1)
+                }
                 crate::approval::Check::Refused { reason } => {
                     format!("{} (step {}, REFUSED: {reason})", a.actor, a.step + 1)
                 }

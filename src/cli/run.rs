@@ -60,6 +60,7 @@ pub(crate) async fn run_async(command: Command, env: &Env) -> Result<u8, CliErro
         Command::Rollback(args) => rollback(&args, env).await,
         Command::Status(args) => crate::cli::inspect::status(&args, env).await,
         Command::History(args) => crate::cli::inspect::history_cmd(&args, env).await,
+        Command::Watch(args) => crate::cli::pause_watch::watch(&args, env).await,
         Command::Dashboard(args) => crate::cli::dashboard::run(&args, env).await,
         Command::Validate(_)
         | Command::Plan(_)
@@ -187,7 +188,11 @@ pub(crate) async fn records(
 
 /// The local journal (pulled from the cluster under the lock), for a Kubernetes target only the
 /// rollouts in its namespace.
-fn local_records(env: &Env, app: &str, remote: Option<&Team>) -> Result<Vec<Record>, CliError> {
+pub(crate) fn local_records(
+    env: &Env,
+    app: &str,
+    remote: Option<&Team>,
+) -> Result<Vec<Record>, CliError> {
     let records = env.store.read(app).map_err(failed)?;
     Ok(match remote {
         Some(r) => r.scope(&env.store, records),
@@ -201,7 +206,7 @@ async fn kube(env: &Env) -> Result<&Kube, CliError> {
 }
 
 /// Releases the hold whatever the command's result, and reports the first error.
-async fn finish(held: Hold, result: Result<u8, CliError>) -> Result<u8, CliError> {
+pub(crate) async fn finish(held: Hold, result: Result<u8, CliError>) -> Result<u8, CliError> {
     let released = held.release().await;
     let code = result?;
     released.map_err(failed)?;
@@ -239,13 +244,14 @@ enum Start {
 async fn drive(
     m: &Manifest,
     target: &AnyTarget,
-    store: &Store,
+    env: &Env,
     id: &str,
     from: Option<String>,
     mode: Progress,
     start: Start,
     held: &Hold,
 ) -> Result<u8, CliError> {
+    let store = &env.store;
     let started = Instant::now();
     let plan = plan_for(m, target).await?;
     let reporter = Reporter::new(mode, plan.steps.len());
@@ -265,7 +271,7 @@ async fn drive(
                 say(mode, &format!("{}: held, nothing changed: {why}", m.name()));
                 return Ok(exit::PAUSED);
             }
-            let actor = approve::starter(m, id)?;
+            let actor = approve::starter(m, id, env, &plan).await?;
             store
                 .save_manifest(m.name(), id, &m.resolved())
                 .map_err(failed)?;
@@ -368,7 +374,7 @@ async fn apply_locked(
     drive(
         m,
         target,
-        &env.store,
+        env,
         &id,
         from,
         mode,
@@ -451,7 +457,7 @@ async fn resume_locked(
     }
     let target = target_for(&m, env).await?;
     let plan = plan_for(&m, &target).await?;
-    crate::approval::check(&args.app, &mut last, &approve::rules(&plan));
+    approve::check_live(env, &m, &plan, &mut last).await?;
     let (step, course) = match resume_point(&last, &plan, promoted) {
         ResumePoint::At { step, course } => (step, course),
         ResumePoint::AwaitingApprovals {
@@ -500,7 +506,7 @@ async fn resume_locked(
     drive(
         &m,
         &target,
-        store,
+        env,
         &last.id,
         last.from.clone(),
         args.output,
@@ -516,7 +522,7 @@ async fn promote(args: &PromoteArgs, env: &Env) -> Result<u8, CliError> {
     // While a rollout runs, it owns the journal: hand it the promotion as a control request.
     let held = match Hold::take(&env.store, app, remote.as_ref()).await {
         Err(e) if e.is_locked() => {
-            let actor = Actor::from_env();
+            let actor = approve::actor(env, remote.as_ref()).await;
             env.send(
                 app,
                 remote.as_ref(),
@@ -547,9 +553,9 @@ async fn promote_locked(
     held: &Hold,
 ) -> Result<u8, CliError> {
     let app = &args.app.app;
-    let mut actor = Actor::from_env();
+    let mut actor = approve::actor(env, remote).await;
     let records = local_records(env, app, remote)?;
-    let (last, _) = last_rollout(env, app, &records, remote)?;
+    let (last, m) = last_rollout(env, app, &records, remote)?;
     if last.outcome.is_some() || last.paused.is_none() {
         return Err(CliError::Failed(format!(
             "{app}: no paused rollout to promote"
@@ -557,6 +563,10 @@ async fn promote_locked(
     }
     let step = last.steps.last().map_or(0, |s| s.step);
     approve::sign(&args.signer, app, &last.id, step, &mut actor)?;
+    if m.rollout.spec.target.kubernetes().is_some() {
+        let plan = plan_for(&m, &target_for(&m, env).await?).await?;
+        approve::prove_approval(env, &plan, &m, &last.id, step, &mut actor).await?;
+    }
     env.store
         .journal(app)
         .and_then(|mut j| {
@@ -584,7 +594,7 @@ async fn control(
     env: &Env,
     make: impl FnOnce(Actor) -> Control,
 ) -> Result<u8, CliError> {
-    env.send(&args.app, remote, &make(Actor::from_env()))
+    env.send(&args.app, remote, &make(approve::actor(env, remote).await))
         .await
         .map_err(failed)?;
     say(
@@ -635,7 +645,7 @@ async fn abort_locked(
     remote: Option<&Team>,
     held: &Hold,
 ) -> Result<u8, CliError> {
-    let actor = Actor::from_env();
+    let actor = approve::actor(env, remote).await;
     let records = local_records(env, &args.app, remote)?;
     let (last, m) = last_rollout(env, &args.app, &records, remote)?;
     if let Some(outcome) = last.outcome {
@@ -794,7 +804,7 @@ async fn rollback_locked(
     drive(
         m,
         target,
-        &env.store,
+        env,
         &id,
         from,
         args.app.output,

@@ -7,10 +7,14 @@ impl Manifest {
     pub(super) fn absolutize_approver_cas(&mut self, base: &Path) {
         if let Strategy::Canary(c) = &mut self.strategy {
             for step in &mut c.steps {
-                if let Some(a) = step.pause.as_mut().and_then(|p| p.approvers.as_mut())
-                    && a.ca.is_relative()
+                if let Some(ca) = step
+                    .pause
+                    .as_mut()
+                    .and_then(|p| p.approvers.as_mut())
+                    .and_then(|a| a.ca.as_mut())
+                    && ca.is_relative()
                 {
-                    a.ca = base.join(&a.ca);
+                    *ca = base.join(&*ca);
                 }
             }
         }
@@ -42,7 +46,27 @@ impl Manifest {
                     "needs approvals: 1 or more (a pause nobody has to approve checks no signatures)",
                 ));
             }
-            let file = base.join(&a.ca);
+            let kube_target = self.rollout.spec.target.kubernetes().is_some();
+            let wrong = match (&a.ca, a.kubernetes) {
+                (Some(_), true) => Some(
+                    "names both `ca` and `kubernetes: true`: approvers are either certificate holders or Kubernetes users",
+                ),
+                (None, false) => Some(
+                    "needs `ca` (approver certificates) or `kubernetes: true` (Kubernetes users)",
+                ),
+                (None, true) if !kube_target => {
+                    Some("`kubernetes: true` needs a kubernetes target")
+                }
+                (Some(_), false) if a.rbac || !a.groups.is_empty() => Some(
+                    "`rbac` and `groups` apply to Kubernetes users (`kubernetes: true`), not certificates",
+                ),
+                _ => None,
+            };
+            if let Some(why) = wrong {
+                return Err(self.sources.error(&format!("{path}.approvers"), why));
+            }
+            let Some(ca) = &a.ca else { continue };
+            let file = base.join(ca);
             let ok = std::fs::read_to_string(&file)
                 .map_err(|e| e.to_string())
                 .and_then(|pem| {

@@ -63,6 +63,10 @@ pub struct Actor {
     pub client: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed: Option<crate::approval::Signed>,
+    /// On a Kubernetes target: the user the API server authenticated (`SelfSubjectReview`), with
+    /// the proof when an approval rule needs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<crate::approval::kube::KubeIdentity>,
 }
 
 impl Actor {
@@ -107,6 +111,7 @@ impl Actor {
             ci,
             client: None,
             signed: None,
+            kubernetes: None,
         }
     }
 }
@@ -116,6 +121,9 @@ impl std::fmt::Display for Actor {
         write!(f, "{}@{}", self.user, self.host)?;
         if let Some(ci) = &self.ci {
             write!(f, " ({ci})")?;
+        }
+        if let Some(k) = &self.kubernetes {
+            write!(f, " (Kubernetes user {})", k.username)?;
         }
         Ok(())
     }
@@ -299,6 +307,7 @@ mod tests {
             ci: None,
             client: None,
             signed: None,
+            kubernetes: None,
         };
         let r = || "r".to_string();
         let all = [

@@ -80,6 +80,7 @@ impl RolloutSummary {
             .filter(|a| a.step == step)
             .filter_map(|a| match &a.verification {
                 Check::Verified { subject, .. } => Some(subject.as_str()),
+                Check::Kubernetes { username, .. } => Some(username.as_str()),
                 Check::Unverified => Some(a.actor.user.as_str()),
                 Check::Refused { .. } => None,
             })
@@ -235,6 +236,7 @@ mod tests {
             ci: None,
             client: None,
             signed: None,
+            kubernetes: None,
         }
     }
 

@@ -25,6 +25,7 @@
 mod access;
 mod gone;
 mod hand_over;
+mod paused;
 mod pod_security;
 mod probe;
 mod reach;
@@ -260,5 +261,9 @@ impl Target for Kubernetes {
 
     async fn probe(&self, check: &Check, instance: &str, _version: &str) -> Probe {
         self.probe_pod(check, instance).await
+    }
+
+    async fn failing(&self, version: &str, wait: bool) -> Result<Option<String>> {
+        self.failing_now(version, wait).await
     }
 }

@@ -293,3 +293,52 @@ fn team_state_on_etcd() {
         run.stderr
     );
 }
+
+#[test]
+fn approvers_name_one_kind_of_identity() {
+    let canary = |approvers: &str| {
+        BASE.replace(
+            "    rolling:\n      maxSurge: 1\n      maxUnavailable: 0\n",
+            &format!(
+                "    canary:\n      steps:\n        - setWeight: 50\n        - pause: {{approvals: 2, approvers: {approvers}}}\n"
+            ),
+        )
+    };
+    let e = error_for(&canary("{allowed: [alice]}"));
+    assert!(
+        e.starts_with("error: web.yaml:")
+            && e.contains("spec.strategy.canary.steps[1].pause.approvers: needs `ca` (approver certificates) or `kubernetes: true` (Kubernetes users)"),
+        "{e}"
+    );
+    let e = error_for(&canary("{ca: ca.pem, rbac: true}"));
+    assert!(
+        e.contains("names both `ca` and `kubernetes: true`")
+            || e.contains("`rbac` and `groups` apply to Kubernetes users"),
+        "{e}"
+    );
+    let e = error_for(&canary("{ca: ca.pem, kubernetes: true}"));
+    assert!(e.contains("names both `ca` and `kubernetes: true`"), "{e}");
+    // A host fleet has no API server to ask.
+    let hosts = canary("{kubernetes: true}")
+        .replace("    canary:\n", "    canary:\n      maxUnavailable: 1\n")
+        .replace(
+        "kubernetes: {namespace: default, deployment: web}",
+        "hosts: {hosts: [{name: h1, address: \"127.0.0.1:7443\"}, {name: h2, address: \"127.0.0.1:7444\"}]}",
+    );
+    let dir = workdir(&[("web.yaml", &hosts)]);
+    let run = rollgate(dir.path(), &["validate", "-f", "web.yaml"], &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("`kubernetes: true` needs a kubernetes target"),
+        "{}",
+        run.stderr
+    );
+    // Valid: Kubernetes users, by RBAC and group.
+    let dir = workdir(&[(
+        "web.yaml",
+        &canary("{kubernetes: true, rbac: true, groups: [release-managers]}"),
+    )]);
+    let run = rollgate(dir.path(), &["validate", "-f", "web.yaml"], &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}

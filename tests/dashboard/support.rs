@@ -91,6 +91,7 @@ pub fn actor() -> Actor {
         ci: None,
         client: None,
         signed: None,
+        kubernetes: None,
     }
 }
 

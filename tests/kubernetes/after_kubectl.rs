@@ -389,3 +389,115 @@ async fn after_kubectl_set_image_the_running_image_is_the_version() {
     kube_bed::assert_at_rest(&bed).await;
     bed.finish().await;
 }
+
+/// Issue 16, bug 4: `rollback` restored the wrong image when several ReplicaSets carried the same
+/// `rollgate.dev/version` (after `kubectl set image`, the template keeps rollgate's annotation, so
+/// the 5 and the 7-hotfix ReplicaSets both said 5). After 5, kubectl's 7-hotfix and rollgate's 8,
+/// `rollback` puts back 7-hotfix, what ran before 8, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_restores_the_image_that_ran_when_replica_sets_share_a_version_annotation() {
+    let Some(bed) = Bed::new("rollback-same-annotation", N, "1", "0").await else {
+        return;
+    };
+    let rest = "  strategy:\n    rolling: {maxSurge: 1, maxUnavailable: 0}\n  progressDeadlineSeconds: 60\n";
+    let five = bed.rollout(
+        "web5.yaml",
+        "5",
+        &format!("image: \"{}\"", image("5")),
+        rest,
+    );
+    let out = bed.rollgate(&["apply", "-f", five.to_str().unwrap()]).await;
+    assert!(out.status.success(), "rollgate apply 5");
+    bed.kubectl(&[
+        "set",
+        "image",
+        "deployment/web",
+        &format!("web={}", image("7-hotfix")),
+    ])
+    .await;
+    bed.wait_deployment("kubectl set image 7-hotfix rolled out", |d| {
+        kube_bed::rolled_out(d, N, &image("7-hotfix"))
+    })
+    .await;
+    let eight = bed.rollout(
+        "web8.yaml",
+        "8",
+        &format!("image: \"{}\"", image("8")),
+        rest,
+    );
+    let out = bed
+        .rollgate(&["apply", "-f", eight.to_str().unwrap()])
+        .await;
+    assert!(out.status.success(), "rollgate apply 8");
+    let text = kube_bed::stdout(&out);
+    assert!(
+        text.contains("from 7-hotfix to 8"),
+        "8 replaced 7-hotfix: {text}"
+    );
+    // Two ReplicaSets of the Deployment carry version 5 in their template: the premise of the bug.
+    let fives = bed
+        .replica_sets()
+        .await
+        .iter()
+        .filter(|rs| {
+            rs.spec
+                .as_ref()
+                .and_then(|s| s.template.as_ref())
+                .and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get("rollgate.dev/version"))
+                .map(String::as_str)
+                == Some("5")
+        })
+        .count();
+    assert!(
+        fives >= 2,
+        "two ReplicaSets annotated 5 (the 5 and the 7-hotfix): {fives}"
+    );
+
+    let out = bed.rollgate(&["rollback", "web"]).await;
+    let text = kube_bed::stdout(&out);
+    assert!(out.status.success(), "rollback: {text}");
+    assert!(
+        text.contains("from 8 to 7-hotfix"),
+        "the rollback names 7-hotfix: {text}"
+    );
+    bed.wait_deployment("7-hotfix back on every pod", |d| {
+        kube_bed::rolled_out(d, N, &image("7-hotfix"))
+    })
+    .await;
+    for p in bed
+        .pods
+        .list(&Default::default())
+        .await
+        .expect("listing pods")
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        assert_eq!(
+            kube_bed::pod_image(p),
+            Some(image("7-hotfix").as_str()),
+            "every pod runs 7-hotfix"
+        );
+    }
+    kube_bed::assert_at_rest(&bed).await;
+    let status = kube_bed::stdout(&bed.rollgate(&["status", "web"]).await);
+    assert!(
+        status.contains("7-hotfix"),
+        "status tells the truth: {status}"
+    );
+    // And the controller rolls out the next change itself.
+    bed.kubectl(&[
+        "set",
+        "image",
+        "deployment/web",
+        &format!("web={}", image("9")),
+    ])
+    .await;
+    bed.wait_deployment("kubectl set image 9 rolled out", |d| {
+        kube_bed::rolled_out(d, N, &image("9"))
+    })
+    .await;
+    bed.finish().await;
+}

@@ -1,11 +1,13 @@
 //! Issue 16, the rest: the Deployment deleted mid-rollout (bug 8), a rollback within the rollout's
-//! bounds under a real pod ResourceQuota (bug 9), a quota that forbids the surge pods, and
+//! bounds under a real pod ResourceQuota (bug 9), a quota or a LimitRange that forbids the new pods, and
 //! `strategy: Recreate`. Each ends with nothing of rollgate's left behind.
 
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota, ResourceQuotaSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LimitRange, LimitRangeItem, LimitRangeSpec, Pod, ResourceQuota, ResourceQuotaSpec,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::runtime::wait::await_condition;
@@ -278,6 +280,71 @@ async fn a_quota_that_forbids_the_surge_fails_the_step_at_once_and_says_why() {
     .await;
     kube_bed::assert_at_rest(&bed).await;
     println!("bounds: a quota that forbids the surge failed the rollout in {took:?}");
+    bed.finish().await;
+}
+
+/// Issue 16: a LimitRange that forbids the new pods (the new template's memory limit is over its
+/// maximum). The held ReplicaSet says `FailedCreate: ... forbidden: maximum memory usage per
+/// Container is 64Mi` at once; the step fails at once with that reason (the deadline is 180 s),
+/// the rollback puts version 1 back, and the Deployment is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_range_that_forbids_the_new_pods_fails_the_step_at_once_and_says_why() {
+    const N: i32 = 3;
+    let Some(bed) = Bed::new("surge-limitrange", N, "1", "0").await else {
+        return;
+    };
+    let limits: Api<LimitRange> = Api::namespaced(bed.client.clone(), &bed.ns);
+    let range = LimitRange {
+        metadata: ObjectMeta {
+            name: Some("memory".into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LimitRangeSpec {
+            limits: vec![LimitRangeItem {
+                type_: "Container".into(),
+                max: Some([("memory".to_string(), Quantity("64Mi".into()))].into()),
+                ..LimitRangeItem::default()
+            }],
+        }),
+    };
+    limits
+        .create(&PostParams::default(), &range)
+        .await
+        .expect("creating the LimitRange");
+    let template = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata:\n      labels: {{app: web}}\n    spec:\n      containers: [{{name: web, image: \"{}\", resources: {{limits: {{memory: 128Mi}}}}}}]\n",
+        image("2")
+    );
+    std::fs::write(bed.path("deployment-2.yaml"), template).expect("writing the template");
+    let rollout = bed.rollout(
+        "web.yaml",
+        "2",
+        "manifest: deployment-2.yaml",
+        "  strategy:\n    rolling: {maxSurge: 1, maxUnavailable: 0}\n  progressDeadlineSeconds: 180\n  rollback: {auto: true}\n",
+    );
+    let started = Instant::now();
+    let out = bed
+        .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
+        .await;
+    let took = started.elapsed();
+    let text = text(&out);
+    assert_eq!(out.status.code(), Some(1), "failed and rolled back: {text}");
+    assert!(
+        text.contains("maximum memory usage per Container is 64Mi"),
+        "the reason is the LimitRange's: {text}"
+    );
+    assert_no_debug_text(&text);
+    assert!(
+        took < Duration::from_secs(60),
+        "failed after {took:?}, not at once (the deadline is 180 s)"
+    );
+    assert!(kube_bed::stdout(&out).contains("rolled back"), "{text}");
+    bed.wait_deployment("still version 1 at N", |d| {
+        kube_bed::rolled_out(d, N, &image("1"))
+    })
+    .await;
+    kube_bed::assert_at_rest(&bed).await;
+    println!("bounds: a LimitRange that forbids the new pods failed the rollout in {took:?}");
     bed.finish().await;
 }
 

@@ -320,6 +320,7 @@ mod tests {
             ci: None,
             client: None,
             signed: None,
+            kubernetes: None,
         }
     }
 

@@ -8,6 +8,7 @@ fn actor() -> Actor {
         ci: None,
         client: None,
         signed: None,
+        kubernetes: None,
     }
 }
 
