@@ -11,6 +11,7 @@ pub mod list;
 pub mod output;
 pub mod pause_watch;
 pub mod pki;
+mod rollback;
 pub mod run;
 pub mod schema;
 pub mod security;

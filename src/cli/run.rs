@@ -5,7 +5,7 @@ use std::time::Instant;
 use crate::cli::output::{Reporter, say};
 use crate::cli::{
     AppArgs, ApplyArgs, CliError, Command, Format, InputArgs, PlanArgs, Progress, PromoteArgs,
-    RollbackArgs, ValidateArgs, approve, exit, failed, output,
+    ValidateArgs, approve, exit, failed, output,
 };
 use crate::engine::{Course, Run, current_version};
 use crate::error_chain;
@@ -57,7 +57,7 @@ pub(crate) async fn run_async(command: Command, env: &Env) -> Result<u8, CliErro
         Command::Pause(args) => pause(&args, env).await,
         Command::Abort(args) => abort(&args, env).await,
         Command::Retry(args) => retry(&args, env).await,
-        Command::Rollback(args) => rollback(&args, env).await,
+        Command::Rollback(args) => crate::cli::rollback::rollback(&args, env).await,
         Command::Status(args) => crate::cli::inspect::status(&args, env).await,
         Command::History(args) => crate::cli::inspect::history_cmd(&args, env).await,
         Command::Watch(args) => crate::cli::pause_watch::watch(&args, env).await,
@@ -154,7 +154,7 @@ fn plan_cmd(args: &PlanArgs) -> Result<u8, CliError> {
 }
 
 /// Applies `--namespace` to a manifest's Kubernetes target.
-fn overrides(m: &mut Manifest, env: &Env) -> Result<(), CliError> {
+pub(super) fn overrides(m: &mut Manifest, env: &Env) -> Result<(), CliError> {
     match m.rollout.spec.target.kubernetes_mut() {
         Some(k) => {
             if let Some(ns) = &env.namespace {
@@ -234,14 +234,14 @@ pub(crate) async fn plan_for(m: &Manifest, target: &AnyTarget) -> Result<plan::P
 }
 
 /// Where a run starts: a new rollout (with its Started event), or a step of an existing one.
-enum Start {
+pub(super) enum Start {
     New { strategy: StrategyKind },
     At { step: usize, course: Course },
 }
 
 /// Runs (or continues) rollout `id` of `m` under the app's lock, reporting as `mode` says.
 #[allow(clippy::too_many_arguments)]
-async fn drive(
+pub(super) async fn drive(
     m: &Manifest,
     target: &AnyTarget,
     env: &Env,
@@ -697,123 +697,6 @@ async fn retry(args: &AppArgs, env: &Env) -> Result<u8, CliError> {
         ))),
         Some(_) => apply_with(&m, args.output, env).await,
     }
-}
-
-/// One-command rollback: the version before the last successful rollout, from the versions kept on
-/// disk, as a health-gated rolling update in waves of maxUnavailable (or all at once with `--fast`).
-async fn rollback(args: &RollbackArgs, env: &Env) -> Result<u8, CliError> {
-    let app = &args.app.app;
-    let store = &env.store;
-    let remote = env.remote_for_app(app).await?;
-    let all = history(&records(env, app, remote.as_ref()).await?);
-    let Some(last) = all
-        .iter()
-        .rev()
-        .find(|r| r.outcome == Some(Outcome::Succeeded) && r.strategy != StrategyKind::Rollback)
-    else {
-        return Err(CliError::Failed(format!(
-            "{app}: no completed rollout to roll back"
-        )));
-    };
-    if let Some(v) = &args.to {
-        let deployed = all.iter().any(|r| {
-            r.from.as_deref() == Some(v.as_str())
-                || (r.to == *v && r.outcome == Some(Outcome::Succeeded))
-        });
-        // Compacted rollouts are only counted: a version deployed before them is not known here.
-        if !deployed && env.store.compacted(app).ok().flatten().is_none() {
-            let mut known: Vec<&str> = all
-                .iter()
-                .flat_map(|r| r.from.as_deref().into_iter().chain([r.to.as_str()]))
-                .collect();
-            known.sort_unstable();
-            known.dedup();
-            return Err(CliError::Failed(format!(
-                "{app}: version {v} was never deployed (the journal knows {})",
-                known.join(", ")
-            )));
-        }
-    }
-    let to = match (&args.to, &last.from) {
-        (Some(v), _) => v.clone(),
-        (None, Some(v)) => v.clone(),
-        (None, None) => {
-            return Err(CliError::Failed(format!(
-                "{app}: the last rollout had no earlier version; pass --to VERSION"
-            )));
-        }
-    };
-    let mut stored = store.load_manifest(app, &last.id).map_err(failed)?;
-    if let Some(h) = stored.spec.target.hosts_mut() {
-        // Only what is already on disk: a rollback never reads or downloads an artifact.
-        h.artifact = None;
-    }
-    let mut original = Manifest::from_resolved(stored, &store.app_dir(app))?;
-    overrides(&mut original, env)?;
-    let original_target = target_for(&original, env).await?;
-    let unavailable = if args.fast {
-        crate::spec::IntOrPercent::Percent(100)
-    } else {
-        crate::spec::IntOrPercent::Int(
-            plan_for(&original, &original_target)
-                .await?
-                .max_unavailable
-                .max(1),
-        )
-    };
-    let mut rollout = original.resolved();
-    rollout.spec.version = to.clone();
-    rollout.spec.strategy =
-        plan::rollback_strategy(&original.strategy, original_target.capacity(), unavailable);
-    if let Some(h) = rollout.spec.target.hosts_mut() {
-        // Only what is already on disk: a rollback never downloads.
-        h.artifact = None;
-    }
-    let m = Manifest::from_resolved(rollout, &store.app_dir(app))?;
-    let target = target_for(&m, env).await?;
-    let held = Hold::take(&env.store, app, remote.as_ref()).await?;
-    let result = rollback_locked(args, env, &m, &target, &to, &held).await;
-    finish(held, result).await
-}
-
-async fn rollback_locked(
-    args: &RollbackArgs,
-    env: &Env,
-    m: &Manifest,
-    target: &AnyTarget,
-    to: &str,
-    held: &Hold,
-) -> Result<u8, CliError> {
-    let app = &args.app.app;
-    let instances = target.instances().await.map_err(failed)?;
-    let missing: Vec<&str> = instances
-        .iter()
-        .filter(|i| !i.installed.iter().any(|v| v == to))
-        .map(|i| i.name.as_str())
-        .collect();
-    if !missing.is_empty() {
-        return Err(CliError::Failed(format!(
-            "{app}: version {to} is no longer on {}; roll forward with apply instead",
-            missing.join(", ")
-        )));
-    }
-    let from = instances
-        .iter()
-        .find_map(|i| i.version.clone().filter(|v| *v != to));
-    let id = format!("{app}-{}", crate::state::now_ms());
-    drive(
-        m,
-        target,
-        env,
-        &id,
-        from,
-        args.app.output,
-        Start::New {
-            strategy: StrategyKind::Rollback,
-        },
-        held,
-    )
-    .await
 }
 
 /// Whether the app's last rollout, if unfinished, is being run: from the local lock (team state
