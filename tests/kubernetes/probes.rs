@@ -53,7 +53,8 @@ fn can_run() -> Option<&'static str> {
 }
 
 /// Routes kwok's pod CIDR to the loopback interface, so that every pod IP is this machine's.
-fn route_pod_ips_here() {
+/// Also used by `rbac`: without it the API server's proxy dials out of the machine.
+pub(crate) fn route_pod_ips_here() {
     let cidr = pod_cidr();
     let out = std::process::Command::new("ip")
         .args(["route", "replace", "local", &cidr, "dev", "lo"])
