@@ -196,8 +196,10 @@ mod tests {
             EtcdSpec::from_url("etcd+https://a:2379/r?ca=/ca.pem&cert=/c.pem&key=/k.pem").unwrap();
         assert_eq!(s.endpoints, ["https://a:2379"]);
         let t = s.tls.unwrap();
-        assert_eq!(t.ca.unwrap(), PathBuf::from("/ca.pem"));
-        assert_eq!(t.key.unwrap(), PathBuf::from("/k.pem"));
+        // Absolute as the platform reads it: `/ca.pem` is `Z:\ca.pem` under Wine.
+        let abs = |p: &str| std::path::absolute(p).unwrap();
+        assert_eq!(t.ca.unwrap(), abs("/ca.pem"));
+        assert_eq!(t.key.unwrap(), abs("/k.pem"));
     }
 
     #[test]
