@@ -10,15 +10,14 @@
 //! `promote` and `abort` from anywhere work as before. It takes the app's lock (and Lease) only to
 //! roll back, and then only if the rollout is still paused at the same step.
 
-use crate::cli::output::{Reporter, say};
-use crate::cli::run::{finish, last_rollout, local_records, plan_for, records, target_for};
+use crate::cli::output::say;
+use crate::cli::run::{finish, last_rollout, local_records, records, roll_back_here, target_for};
 use crate::cli::{AppArgs, CliError, exit, failed};
-use crate::engine::Run;
 use crate::health::Probe;
 use crate::hold::{Env, Hold};
 use crate::spec::Check;
 use crate::state::team::Team;
-use crate::state::{Outcome, Record, RolloutSummary};
+use crate::state::{Outcome, RolloutSummary};
 use crate::target::{AnyTarget, Target};
 
 use std::collections::BTreeMap;
@@ -164,26 +163,17 @@ async fn roll_back(
         );
         return Ok(exit::OK);
     }
-    let target = target_for(&m, env).await?;
-    let plan = plan_for(&m, &target).await?;
-    let reporter = Reporter::new(args.output, plan.steps.len());
-    let on_record = |r: &Record| reporter.record(r);
-    let mut run = Run::new(
-        &target,
-        &m,
-        &plan,
-        &env.store,
-        &last.id,
-        last.from.clone(),
-        &on_record,
-    )
-    .map_err(failed)?;
-    run.team = held.team();
     let reason = format!("failed while paused at step {}: {why}", step + 1);
-    run.roll_back_and_finish(&reason, Outcome::RolledBack)
-        .await
-        .map_err(failed)?;
-    reporter.finish();
+    roll_back_here(
+        env,
+        &m,
+        &last,
+        held,
+        args.output,
+        &reason,
+        Outcome::RolledBack,
+    )
+    .await?;
     say(args.output, &format!("{app}: rolled back: {reason}"));
     Ok(exit::FAILED)
 }

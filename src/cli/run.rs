@@ -638,6 +638,39 @@ async fn abort(args: &AppArgs, env: &Env) -> Result<u8, CliError> {
     finish(held, result).await
 }
 
+/// Rolls the unfinished rollout `last` back from this process (which holds it) and ends it with
+/// `outcome`: `abort`, and `watch` when a paused rollout fails.
+pub(crate) async fn roll_back_here(
+    env: &Env,
+    m: &Manifest,
+    last: &RolloutSummary,
+    held: &Hold,
+    output: Progress,
+    reason: &str,
+    outcome: Outcome,
+) -> Result<(), CliError> {
+    let target = target_for(m, env).await?;
+    let plan = plan_for(m, &target).await?;
+    let reporter = Reporter::new(output, plan.steps.len());
+    let on_record = |r: &Record| reporter.record(r);
+    let mut run = Run::new(
+        &target,
+        m,
+        &plan,
+        &env.store,
+        &last.id,
+        last.from.clone(),
+        &on_record,
+    )
+    .map_err(failed)?;
+    run.team = held.team();
+    run.roll_back_and_finish(reason, outcome)
+        .await
+        .map_err(failed)?;
+    reporter.finish();
+    Ok(())
+}
+
 /// Nothing runs: roll the paused rollout back here.
 async fn abort_locked(
     args: &AppArgs,
@@ -654,26 +687,8 @@ async fn abort_locked(
             args.app
         )));
     }
-    let target = target_for(&m, env).await?;
-    let plan = plan_for(&m, &target).await?;
-    let reporter = Reporter::new(args.output, plan.steps.len());
-    let on_record = |r: &Record| reporter.record(r);
-    let mut run = Run::new(
-        &target,
-        &m,
-        &plan,
-        &env.store,
-        &last.id,
-        last.from.clone(),
-        &on_record,
-    )
-    .map_err(failed)?;
-    run.team = held.team();
     let reason = format!("aborted by {actor}");
-    run.roll_back_and_finish(&reason, Outcome::Aborted)
-        .await
-        .map_err(failed)?;
-    reporter.finish();
+    roll_back_here(env, &m, &last, held, args.output, &reason, Outcome::Aborted).await?;
     say(
         args.output,
         &format!("{}: aborted and rolled back", args.app),
