@@ -132,10 +132,10 @@ impl Fence {
     /// `Ok` when a write may go out now, else why not.
     pub fn check(&self) -> std::result::Result<(), String> {
         match &*self.0.lock().expect("fence lock") {
-            Gate::Shut => Err("this process does not hold the app's Lease".into()),
+            Gate::Shut => Err("this process does not hold the app's team-state lock".into()),
             Gate::Until(deadline) if Instant::now() < *deadline => Ok(()),
             Gate::Until(_) => Err(format!(
-                "the Lease was not renewed for {}s, so another machine may have taken it over",
+                "the app's team-state lock (a Kubernetes Lease or an etcd lease) was not renewed for {}s, so another machine may have taken it over",
                 WRITE_WINDOW.as_secs()
             )),
             Gate::Lost(why) => Err(why.clone()),
