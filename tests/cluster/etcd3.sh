@@ -15,15 +15,17 @@
 #
 # The etcd binary is cluster.sh's (built from Go modules into ~/.cache/rollgate/kube/<version>/):
 # ROLLGATE_ETCD_BIN overrides it; when neither exists, `cluster.sh build` builds it.
-# ROLLGATE_ETCD3_PORT (default 34379) is member 0's client port; member i listens on
-# PORT+2i (client) and PORT+2i+1 (peer). ROLLGATE_ETCD3_DIR (default /tmp/rollgate-etcd3).
+# ROLLGATE_ETCD3_PORT (default 24379) is member 0's client port; member i listens on
+# PORT+2i (client) and PORT+2i+1 (peer). Keep ports below the kernel's ephemeral range
+# (32768-60999): there an outgoing connection can hold one, and etcd fails to bind.
+# ROLLGATE_ETCD3_DIR (default /tmp/rollgate-etcd3).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 KUBE_VERSION=${ROLLGATE_KUBE_VERSION:-v1.36.3}
 CACHE_ROOT=${XDG_CACHE_HOME:-$HOME/.cache}/rollgate/kube
 ETCD=${ROLLGATE_ETCD_BIN:-$CACHE_ROOT/$KUBE_VERSION/etcd}
-BASE=${ROLLGATE_ETCD3_PORT:-34379}
+BASE=${ROLLGATE_ETCD3_PORT:-24379}
 DIR=${ROLLGATE_ETCD3_DIR:-/tmp/rollgate-etcd3}
 MEMBERS=(0 1 2)
 

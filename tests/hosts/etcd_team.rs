@@ -77,7 +77,7 @@ fn etcd_a_pause_on_one_machine_is_promoted_from_another_and_a_second_apply_is_re
     if !root_or_skip("etcd_promote_from_another_machine") {
         return;
     }
-    let Some(etcd) = Etcd3::up(34400) else {
+    let Some(etcd) = Etcd3::up(24400) else {
         return;
     };
     let fleet = Fleet::start(3);
@@ -170,7 +170,7 @@ fn etcd_a_killed_runner_is_resumed_from_another_machine_once_its_lease_ends() {
     if !root_or_skip("etcd_killed_runner_resumed") {
         return;
     }
-    let Some(etcd) = Etcd3::up(34420) else {
+    let Some(etcd) = Etcd3::up(24420) else {
         return;
     };
     let fleet = Fleet::start(3);
@@ -236,7 +236,7 @@ fn etcd_a_runner_frozen_past_its_lease_is_taken_over_and_writes_nothing_when_it_
     if !root_or_skip("etcd_frozen_runner") {
         return;
     }
-    let Some(etcd) = Etcd3::up(34440) else {
+    let Some(etcd) = Etcd3::up(24440) else {
         return;
     };
     let fleet = Fleet::start(3);
@@ -303,7 +303,7 @@ fn etcd_over_tls_a_rollout_rides_out_its_leader_killed_and_loses_no_record() {
     if !root_or_skip("etcd_tls_leader_killed") {
         return;
     }
-    let Some(etcd) = Etcd3::up_tls(34460) else {
+    let Some(etcd) = Etcd3::up_tls(24460) else {
         return;
     };
     let fleet = Fleet::start(3);
@@ -357,7 +357,7 @@ fn etcd_over_tls_a_rollout_rides_out_its_leader_killed_and_loses_no_record() {
 fn etcd_costs_of_the_lock_a_step_and_the_release() {
     use rollgate::spec::state::EtcdSpec;
     use rollgate::state::{Actor, Event, Store};
-    let Some(etcd) = Etcd3::up(34480) else {
+    let Some(etcd) = Etcd3::up(24480) else {
         return;
     };
     let spec = EtcdSpec::from_url(&etcd.url).unwrap();
@@ -410,7 +410,7 @@ fn etcd_the_whole_cluster_down_past_the_write_window_stops_the_run_and_resume_fi
     if !root_or_skip("etcd_cluster_down") {
         return;
     }
-    let Some(etcd) = Etcd3::up(34500) else {
+    let Some(etcd) = Etcd3::up(24500) else {
         return;
     };
     let fleet = Fleet::start(3);
