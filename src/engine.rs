@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use crate::health::Verdict;
 use crate::plan::{Plan, Step, StepKind};
 use crate::spec::{AutoRollback, Check, Manifest};
-use crate::state::{Actor, Control, Event, Journal, Outcome, Record, Store};
+use crate::state::{Actor, Control, ControlKind, Event, Journal, Outcome, Record, Store};
 use crate::target::{Change, Instance, Report, Target, TargetError};
 
 /// How long a change waits for the cluster's journal (team state) to have it before it is made.
@@ -612,11 +612,23 @@ impl<T: Target> Run<'_, T> {
         match control {
             Control::Abort { actor } => {
                 let reason = format!("aborted by {actor}");
+                self.log(Event::Controlled {
+                    rollout: self.rollout.clone(),
+                    step,
+                    action: ControlKind::Abort,
+                    actor,
+                })?;
                 self.roll_back_and_finish(&reason, Outcome::Aborted).await?;
                 Ok(RunOutcome::RolledBack(reason))
             }
             Control::Pause { actor } => {
                 let reason = format!("paused by {actor}");
+                self.log(Event::Controlled {
+                    rollout: self.rollout.clone(),
+                    step,
+                    action: ControlKind::Pause,
+                    actor,
+                })?;
                 self.log(Event::Paused {
                     rollout: self.rollout.clone(),
                     step,

@@ -167,6 +167,9 @@ impl Env {
 pub struct Hold {
     _local: Lock,
     team: Option<Session>,
+    /// Control requests already in the local file when the lock was taken: the ones after are
+    /// for the run this hold starts, however long it takes to begin.
+    controls_at_lock: usize,
 }
 
 impl Hold {
@@ -175,10 +178,12 @@ impl Hold {
     pub async fn take(store: &Store, app: &str, remote: Option<&Team>) -> Result<Hold> {
         let actor = Actor::from_env();
         let local = store.lock(app, &actor)?;
+        let controls_at_lock = local.controls_at_lock();
         let Some(remote) = remote else {
             return Ok(Hold {
                 _local: local,
                 team: None,
+                controls_at_lock,
             });
         };
         let session = remote.acquire(store, &actor).await?;
@@ -192,7 +197,14 @@ impl Hold {
         Ok(Hold {
             _local: local,
             team: Some(session),
+            controls_at_lock,
         })
+    }
+
+    /// How many control requests the run under this hold has seen before it starts: those sent
+    /// before the lock was taken were for an earlier run.
+    pub fn controls_seen(&self) -> usize {
+        self.controls_at_lock
     }
 
     /// The team half of the hold, with team state.

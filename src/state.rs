@@ -21,6 +21,6 @@ pub mod mirror;
 mod store;
 pub mod team;
 
-pub use event::{Actor, Control, Event, Outcome, Record, StrategyKind, now_ms};
+pub use event::{Actor, Control, ControlKind, Event, Outcome, Record, StrategyKind, now_ms};
 pub use history::{Approval, Compacted, RolloutSummary, StepSummary, history};
 pub use store::{Journal, LOCAL_KEEP_ROLLOUTS, Lock, Result, StateError, Store};

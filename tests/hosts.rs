@@ -22,6 +22,7 @@ mod hosts {
     mod agent_health;
     mod approvals;
     mod blue_green;
+    mod controls;
     mod demo;
     mod etcd_team;
     mod faults_agent_killed;

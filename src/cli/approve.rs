@@ -86,6 +86,39 @@ pub(crate) async fn actor(env: &Env, remote: Option<&Team>) -> Actor {
     actor
 }
 
+/// Who acts on `m`'s last rollout (a resume, or an abort that runs here): the environment's names,
+/// the user the API server authenticated on a Kubernetes target, the subject of the client
+/// certificate the CLI reaches a host fleet with. A cluster that cannot say leaves the names, with a
+/// warning.
+pub(crate) async fn actor_of(env: &Env, m: &Manifest) -> Actor {
+    let mut actor = Actor::from_env();
+    if m.rollout.spec.target.kubernetes().is_some() {
+        match kube_client(env).await {
+            Ok(client) => match identity::who_am_i(&client).await {
+                Ok(who) => actor.kubernetes = Some(who),
+                Err(e) => eprintln!("warning: {}", crate::error_chain(&e)),
+            },
+            Err(e) => eprintln!("warning: {e}"),
+        }
+    }
+    actor.client = client_subject(m);
+    actor
+}
+
+/// The subject of the client certificate `m`'s host fleet is reached with, if any.
+fn client_subject(m: &Manifest) -> Option<String> {
+    let cert = m
+        .rollout
+        .spec
+        .target
+        .hosts()?
+        .auth
+        .as_ref()?
+        .cert
+        .as_ref()?;
+    crate::approval::cert_subject(&std::fs::read_to_string(cert).ok()?)
+}
+
 async fn kube_client(env: &Env) -> Result<kube::Client, CliError> {
     let kube = env.kube().await.map_err(CliError::from)?;
     kube.client().map_err(crate::cli::failed)
@@ -238,15 +271,7 @@ pub(crate) async fn starter(
             Err(e) => eprintln!("warning: {}", crate::error_chain(&e)),
         }
     }
-    actor.client = m
-        .rollout
-        .spec
-        .target
-        .hosts()
-        .and_then(|h| h.auth.as_ref())
-        .and_then(|a| a.cert.as_ref())
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|pem| crate::approval::cert_subject(&pem));
+    actor.client = client_subject(m);
     let from_env = |k: &str| {
         std::env::var_os(k)
             .filter(|v| !v.is_empty())

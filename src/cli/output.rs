@@ -234,6 +234,12 @@ pub fn describe(e: &crate::state::Event) -> String {
         Promoted { actor, full, .. } => {
             format!("promoted by {actor}{}", if *full { " (full)" } else { "" })
         }
+        Controlled {
+            action,
+            step,
+            actor,
+            ..
+        } => format!("{action} at step {} by {actor}", step + 1),
         RollbackStarted { reason, to, .. } => format!("rolling back to {to}: {reason}"),
         Finished {
             outcome, detail, ..
@@ -315,6 +321,17 @@ pub fn summary(r: &crate::state::RolloutSummary, running: &Running) -> String {
             })
             .collect();
         let _ = writeln!(out, "  approved by: {}", who.join(", "));
+    }
+    for c in &r.controls {
+        let _ = writeln!(
+            out,
+            "  {} at step {} by {} [{}] at {}",
+            c.action,
+            c.step + 1,
+            c.actor,
+            c.actor.verified_as(),
+            utc(c.at_ms)
+        );
     }
     if let Some(rb) = &r.rollback {
         let _ = writeln!(out, "  rollback {rb}");

@@ -15,7 +15,8 @@ use crate::plan;
 use crate::spec::{InputError, Manifest, Rollout};
 use crate::state::team::Team;
 use crate::state::{
-    Actor, Control, Event, Outcome, Record, RolloutSummary, Store, StrategyKind, history,
+    Actor, Control, ControlKind, Event, Outcome, Record, RolloutSummary, Store, StrategyKind,
+    history,
 };
 use crate::target::AnyTarget;
 use crate::target::Target;
@@ -260,6 +261,7 @@ pub(super) async fn drive(
         Run::new(target, m, &plan, store, id, from.clone(), &on_record).map_err(failed)?;
     run.interrupts = crate::cli::install_interrupts();
     run.team = held.team();
+    run.controls_seen = held.controls_seen();
     let (step, course) = match start {
         Start::New { strategy } => {
             // confirm-rollout: a non-2xx answer holds the rollout before anything is recorded or changed.
@@ -494,6 +496,7 @@ async fn resume_locked(
             .map_err(failed)?;
             run.interrupts = crate::cli::install_interrupts();
             run.team = held.team();
+            run.controls_seen = held.controls_seen();
             run.roll_back_and_finish(&reason, Outcome::RolledBack)
                 .await
                 .map_err(failed)?;
@@ -502,6 +505,19 @@ async fn resume_locked(
             return Ok(exit::FAILED);
         }
     };
+    if promoted.is_none() {
+        // A promote records its approver; a plain resume records who resumed.
+        let actor = approve::actor_of(env, &m).await;
+        record_control(
+            env,
+            &args.app,
+            &last.id,
+            step,
+            ControlKind::Resume,
+            actor,
+            held,
+        )?;
+    }
     let start = Start::At { step, course };
     drive(
         &m,
@@ -594,7 +610,17 @@ async fn control(
     env: &Env,
     make: impl FnOnce(Actor) -> Control,
 ) -> Result<u8, CliError> {
-    env.send(&args.app, remote, &make(approve::actor(env, remote).await))
+    // The last rollout's manifest says how this machine reaches the target, so how far the
+    // sender's identity can be proven; without one, the environment's names and the cluster's.
+    let last = match records(env, &args.app, remote).await {
+        Ok(records) => last_rollout(env, &args.app, &records, remote).ok(),
+        Err(_) => None,
+    };
+    let actor = match last {
+        Some((_, m)) => approve::actor_of(env, &m).await,
+        None => approve::actor(env, remote).await,
+    };
+    env.send(&args.app, remote, &make(actor))
         .await
         .map_err(failed)?;
     say(
@@ -664,6 +690,7 @@ pub(crate) async fn roll_back_here(
     )
     .map_err(failed)?;
     run.team = held.team();
+    run.controls_seen = held.controls_seen();
     run.roll_back_and_finish(reason, outcome)
         .await
         .map_err(failed)?;
@@ -678,7 +705,6 @@ async fn abort_locked(
     remote: Option<&Team>,
     held: &Hold,
 ) -> Result<u8, CliError> {
-    let actor = approve::actor(env, remote).await;
     let records = local_records(env, &args.app, remote)?;
     let (last, m) = last_rollout(env, &args.app, &records, remote)?;
     if let Some(outcome) = last.outcome {
@@ -687,7 +713,18 @@ async fn abort_locked(
             args.app
         )));
     }
+    let actor = approve::actor_of(env, &m).await;
     let reason = format!("aborted by {actor}");
+    let step = last.steps.last().map_or(0, |s| s.step);
+    record_control(
+        env,
+        &args.app,
+        &last.id,
+        step,
+        ControlKind::Abort,
+        actor,
+        held,
+    )?;
     roll_back_here(env, &m, &last, held, args.output, &reason, Outcome::Aborted).await?;
     say(
         args.output,
@@ -695,6 +732,31 @@ async fn abort_locked(
     );
     // The abort did what was asked: it succeeded (the rollout's own outcome is `aborted`).
     Ok(exit::OK)
+}
+
+/// Journals that `actor` paused, resumed or aborted rollout `id` at `step`, before it takes effect.
+fn record_control(
+    env: &Env,
+    app: &str,
+    id: &str,
+    step: usize,
+    action: ControlKind,
+    actor: Actor,
+    held: &Hold,
+) -> Result<(), CliError> {
+    env.store
+        .journal(app)
+        .and_then(|mut j| {
+            j.append(Event::Controlled {
+                rollout: id.to_string(),
+                step,
+                action,
+                actor,
+            })
+        })
+        .map_err(failed)?;
+    held.changed();
+    Ok(())
 }
 
 async fn retry(args: &AppArgs, env: &Env) -> Result<u8, CliError> {

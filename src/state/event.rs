@@ -116,6 +116,23 @@ impl Actor {
     }
 }
 
+impl Actor {
+    /// How far this actor's identity is proven: the Kubernetes user the API server authenticated,
+    /// the approver certificate that signed, the CLI's client certificate, or none (names from the
+    /// environment only).
+    pub fn verified_as(&self) -> String {
+        if let Some(k) = &self.kubernetes {
+            format!("Kubernetes user {}", k.username)
+        } else if let Some(s) = &self.signed {
+            format!("signed by certificate {} ({})", s.subject, s.fingerprint)
+        } else if let Some(c) = &self.client {
+            format!("client certificate {c}")
+        } else {
+            "unverified: a name from the environment".into()
+        }
+    }
+}
+
 impl std::fmt::Display for Actor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}@{}", self.user, self.host)?;
@@ -190,6 +207,15 @@ pub enum Event {
         actor: Actor,
         full: bool,
     },
+    /// A person paused, resumed or aborted the rollout (approvals are `Promoted`): who, verified
+    /// as far as the target allows, and at which step.
+    #[serde(rename_all = "camelCase")]
+    Controlled {
+        rollout: String,
+        step: usize,
+        action: ControlKind,
+        actor: Actor,
+    },
     #[serde(rename_all = "camelCase")]
     RollbackStarted {
         rollout: String,
@@ -216,6 +242,7 @@ impl Event {
             Event::StepDone { .. } => "stepDone",
             Event::Paused { .. } => "paused",
             Event::Promoted { .. } => "promoted",
+            Event::Controlled { .. } => "controlled",
             Event::RollbackStarted { .. } => "rollbackStarted",
             Event::Finished { .. } => "finished",
         }
@@ -242,6 +269,7 @@ impl Event {
             | Event::StepDone { rollout, .. }
             | Event::Paused { rollout, .. }
             | Event::Promoted { rollout, .. }
+            | Event::Controlled { rollout, .. }
             | Event::RollbackStarted { rollout, .. }
             | Event::Finished { rollout, .. } => rollout,
         }
@@ -264,6 +292,25 @@ impl std::fmt::Display for Outcome {
             Outcome::RolledBack => "rolled back",
             Outcome::Failed => "failed",
             Outcome::Aborted => "aborted",
+        })
+    }
+}
+
+/// What a person asked of a rollout, other than an approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ControlKind {
+    Pause,
+    Resume,
+    Abort,
+}
+
+impl std::fmt::Display for ControlKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ControlKind::Pause => "paused",
+            ControlKind::Resume => "resumed",
+            ControlKind::Abort => "aborted",
         })
     }
 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Actor, Event, Outcome, Record, StrategyKind};
+use super::{Actor, ControlKind, Event, Outcome, Record, StrategyKind};
 
 /// What compaction folded away: counts of the rollouts whose records are gone, by outcome.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +56,8 @@ pub struct RolloutSummary {
     pub rollback: Option<String>,
     /// Who promoted, at which step.
     pub approvals: Vec<Approval>,
+    /// Who paused, resumed or aborted, at which step, in order.
+    pub controls: Vec<ControlEntry>,
     /// Instance -> version it was last seen changing to, and whether that worked.
     pub instances: Vec<(String, String, bool)>,
 }
@@ -68,6 +70,16 @@ pub struct Approval {
     pub at_ms: u64,
     /// How the approval was verified; `unverified` until [`crate::approval::check`] looks.
     pub verification: crate::approval::Check,
+}
+
+/// A pause, resume or abort a person asked for.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlEntry {
+    pub action: ControlKind,
+    pub step: usize,
+    pub actor: Actor,
+    pub at_ms: u64,
 }
 
 impl RolloutSummary {
@@ -195,6 +207,21 @@ pub fn history(records: &[Record]) -> Vec<RolloutSummary> {
                         actor: actor.clone(),
                         at_ms: r.at_ms,
                         verification: Default::default(),
+                    });
+                }
+            }
+            Event::Controlled {
+                rollout,
+                step,
+                action,
+                actor,
+            } => {
+                if let Some(i) = find(&mut out, rollout) {
+                    out[i].controls.push(ControlEntry {
+                        action: *action,
+                        step: *step,
+                        actor: actor.clone(),
+                        at_ms: r.at_ms,
                     });
                 }
             }

@@ -107,11 +107,18 @@ impl Store {
         let holder = format!("{actor} pid {} since {}", std::process::id(), now_ms());
         match OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(mut f) => {
+                // Counted before anything slow (the fsyncs, the compaction): whoever sees this
+                // lock and sends a request afterwards is talking to this holder's run.
+                let controls_at_lock = self.control_count(app);
+                let lock = Lock {
+                    path: path.clone(),
+                    controls: dir.join("control.jsonl"),
+                    controls_at_lock,
+                };
                 f.write_all(holder.as_bytes())
                     .and_then(|()| f.sync_all())
                     .map_err(io(&path))?;
                 sync_dir(&dir);
-                let lock = Lock { path };
                 // The lock holder is the only writer: the one moment a rewrite is safe.
                 if let Err(e) = self.compact(app, LOCAL_KEEP_ROLLOUTS) {
                     tracing::warn!(app, error = %e, "journal compaction skipped");
@@ -172,8 +179,8 @@ impl Store {
     /// Rewrites the app's journal when it holds more than `2 * keep` finished rollouts: it keeps
     /// every record of the last `keep` finished rollouts, of any unfinished one, and of the last
     /// successful one (what `rollgate rollback` returns from); the rest are folded into a
-    /// [`Compacted`] header line and their stored manifests deleted. `control.jsonl` keeps its last
-    /// `keep` requests. Each file is replaced atomically (temp, fsync, rename, dir fsync), so a
+    /// [`Compacted`] header line and their stored manifests deleted (`control.jsonl` is trimmed
+    /// when the lock is released: see [`Lock`]). Each file is replaced atomically (temp, fsync, rename, dir fsync), so a
     /// crash leaves the old file or the new one. Call it only while holding the app's lock.
     pub fn compact(&self, app: &str, keep: usize) -> Result<Option<Compacted>> {
         let dir = self.app_dir(app);
@@ -225,15 +232,6 @@ impl Store {
                 }
             }
             sync_dir(&rollouts);
-        }
-        let controls = dir.join("control.jsonl");
-        if let Ok(text) = std::fs::read_to_string(&controls) {
-            let all: Vec<&str> = text.lines().collect();
-            if all.len() > keep {
-                let mut rest = all[all.len() - keep..].join("\n");
-                rest.push('\n');
-                replace(&controls, rest.as_bytes())?;
-            }
         }
         Ok(Some(summary))
     }
@@ -502,10 +500,32 @@ fn read_records(path: &Path) -> Result<Vec<Record>> {
 #[derive(Debug)]
 pub struct Lock {
     path: PathBuf,
+    controls: PathBuf,
+    controls_at_lock: usize,
+}
+
+impl Lock {
+    /// How many control requests `control.jsonl` held when the lock was taken: the ones after
+    /// are for the run under this lock, however long it takes to start.
+    pub fn controls_at_lock(&self) -> usize {
+        self.controls_at_lock
+    }
 }
 
 impl Drop for Lock {
+    /// Trims `control.jsonl` to its last [`LOCAL_KEEP_ROLLOUTS`] requests (the run is over: the
+    /// file's line numbers no longer matter), then frees the lock.
     fn drop(&mut self) {
+        if let Ok(text) = std::fs::read_to_string(&self.controls) {
+            let all: Vec<&str> = text.lines().collect();
+            if all.len() > LOCAL_KEEP_ROLLOUTS {
+                let mut rest = all[all.len() - LOCAL_KEEP_ROLLOUTS..].join("\n");
+                rest.push('\n');
+                if let Err(e) = replace(&self.controls, rest.as_bytes()) {
+                    tracing::warn!(error = %e, "control requests not trimmed");
+                }
+            }
+        }
         let _ = std::fs::remove_file(&self.path);
     }
 }

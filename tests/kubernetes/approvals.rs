@@ -341,3 +341,138 @@ async fn two_rbac_approvers_promote_a_third_and_the_starter_and_a_forgery_do_not
     );
     bed.finish().await;
 }
+
+/// The real `rollgate` as a person, left running: `rollgate_as` for a command that waits.
+fn spawn_as(bed: &Bed, who: &str, kubeconfig: &Path, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_rollgate"))
+        .args(args)
+        .current_dir(bed.dir.path())
+        .env("KUBECONFIG", kubeconfig)
+        .env("ROLLGATE_STATE", bed.path(&format!("state-{who}")))
+        .env("ROLLGATE_USER", "same-name")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("running rollgate")
+}
+
+/// Sends `verb` as a person until a running rollout takes it, for up to 90 s.
+async fn send_to_running(bed: &Bed, who: &str, kubeconfig: &Path, verb: &str) {
+    let end = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = rollgate_as(bed, who, kubeconfig, &[verb, APP]).await;
+        if out.status.success() && stdout(&out).contains("request sent") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "{verb} never reached the running rollout"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn last_rollout(bed: &Bed, admin: &Path) -> serde_json::Value {
+    let out = rollgate_as(
+        bed,
+        "history",
+        admin,
+        &["-n", &bed.ns, "history", "-o", "json", APP],
+    )
+    .await;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("history JSON");
+    json.as_array()
+        .and_then(|a| a.last())
+        .cloned()
+        .expect("a rollout")
+}
+
+/// Pause, resume and abort from three machines: each journaled with the user the API server
+/// authenticated, however alike the environment's names are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_and_abort_record_the_kubernetes_user_who_gave_them() {
+    let Some(bed) = Bed::new("controls", N, "1", "0").await else {
+        return;
+    };
+    let rbac = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/kubernetes/rbac.yaml"),
+    )
+    .expect("rbac.yaml")
+    .replace("namespace: default", &format!("namespace: {}", bed.ns));
+    kubectl(&bed, &["apply", "-f", "-"], Some(&rbac)).await;
+    let bob = person(&bed, "bob", false).await;
+    let carol = person(&bed, "carol", false).await;
+    let admin = bed.cluster.kubeconfig().to_path_buf();
+    let user = |name: &str| format!("system:serviceaccount:{}:{name}", bed.ns);
+
+    let rollout = bed.rollout(
+        "web.yaml",
+        "2",
+        &format!("image: \"{}\"", image("2")),
+        "  strategy:\n    canary: {maxSurge: 1, maxUnavailable: 0, steps: [{setWeight: 25}, {pause: {duration: 90s}}, {setWeight: 100}]}\n  progressDeadlineSeconds: 60\n",
+    );
+    let rollout = rollout.to_str().unwrap();
+
+    // The admin starts it; carol pauses it from her machine while it runs.
+    let apply = spawn_as(&bed, "admin", &admin, &["apply", "-f", rollout]);
+    send_to_running(&bed, "carol", &carol, "pause").await;
+    let out = tokio::time::timeout(Duration::from_secs(120), apply.wait_with_output())
+        .await
+        .expect("the apply stops within 120 s")
+        .expect("apply");
+    assert_eq!(out.status.code(), Some(3), "the apply stops paused");
+
+    // Bob resumes it from his; once that is journaled, carol aborts it.
+    let resume = spawn_as(&bed, "bob", &bob, &["resume", APP]);
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while last_rollout(&bed, &admin).await["controls"]
+        .as_array()
+        .map_or(0, Vec::len)
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < end,
+            "bob's resume was never journaled"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    send_to_running(&bed, "carol", &carol, "abort").await;
+    let out = tokio::time::timeout(Duration::from_secs(120), resume.wait_with_output())
+        .await
+        .expect("the resume stops within 120 s")
+        .expect("resume");
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "an aborted resume is no success"
+    );
+
+    let r = last_rollout(&bed, &admin).await;
+    assert_eq!(r["outcome"], "aborted", "{r}");
+    let controls: Vec<(&str, &str)> = r["controls"]
+        .as_array()
+        .expect("controls")
+        .iter()
+        .map(|c| {
+            (
+                c["action"].as_str().unwrap_or("-"),
+                c["actor"]["kubernetes"]["username"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        controls,
+        [
+            ("pause", user("carol").as_str()),
+            ("resume", user("bob").as_str()),
+            ("abort", user("carol").as_str())
+        ],
+        "{r}"
+    );
+    bed.wait_deployment("version 1 back", |d| {
+        kube_bed::rolled_out(d, N, &image("1"))
+    })
+    .await;
+    bed.finish().await;
+}

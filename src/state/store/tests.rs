@@ -174,7 +174,11 @@ fn compaction_keeps_the_last_rollouts_byte_for_byte_and_counts_the_rest() {
         manifests,
         ["r0.json", "r6.json", "r7.json", "r8.json", "r9.json"]
     );
-    assert_eq!(store.control_count("web"), 4);
+    assert_eq!(
+        store.control_count("web"),
+        5,
+        "requests are trimmed when a lock is released, not by compaction"
+    );
     // A second compaction adds to the first one's counts.
     let mut j = store.journal("web").unwrap();
     for i in 11..16 {
@@ -249,4 +253,36 @@ fn a_lock_of_a_dead_process_is_taken_over() {
     std::fs::create_dir_all(dir.path().join("web")).unwrap();
     std::fs::write(dir.path().join("web/lock"), "ana@box pid 4000000 since 1").unwrap();
     store.lock("web", &actor()).unwrap();
+}
+
+/// A run counts as its own every request sent after its lock was taken, and the request file is
+/// trimmed only when the lock is freed.
+#[test]
+fn requests_after_the_lock_are_the_runs_and_release_trims_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::at(dir.path());
+    let pause = || Control::Pause { actor: actor() };
+    for _ in 0..3 {
+        store.send_control("web", &pause()).unwrap();
+    }
+    let lock = store.lock("web", &actor()).unwrap();
+    assert_eq!(
+        lock.controls_at_lock(),
+        3,
+        "the three earlier ones are seen"
+    );
+    for _ in 0..LOCAL_KEEP_ROLLOUTS {
+        store.send_control("web", &pause()).unwrap();
+    }
+    assert_eq!(
+        store.controls("web", lock.controls_at_lock()).len(),
+        LOCAL_KEEP_ROLLOUTS,
+        "every request after the lock is the run's"
+    );
+    drop(lock);
+    assert_eq!(store.control_count("web"), LOCAL_KEEP_ROLLOUTS);
+    assert_eq!(
+        store.lock("web", &actor()).unwrap().controls_at_lock(),
+        LOCAL_KEEP_ROLLOUTS
+    );
 }

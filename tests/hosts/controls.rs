@@ -1,0 +1,161 @@
+//! Every control names who gave it (issue 19): a pause sent to the running rollout, a resume, and
+//! an abort are journaled with the actor and how far its identity is proven (here: the subject of
+//! the client certificate the CLI reaches the fleet with), and `history` shows them in order.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rollgate::cli::demo::{LocalFleet, package_demo};
+
+fn rollgate(state: &Path, user: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rollgate"));
+    c.env("ROLLGATE_STATE", state).env("ROLLGATE_USER", user);
+    c
+}
+
+fn run(state: &Path, user: &str, args: &[&str]) -> (i32, String) {
+    let out = rollgate(state, user).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn last_rollout(state: &Path) -> serde_json::Value {
+    let (code, out) = run(state, "auditor", &["history", "web", "-o", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let all: serde_json::Value = serde_json::from_str(&out).unwrap();
+    all.as_array().unwrap().last().unwrap().clone()
+}
+
+/// Sends `verb` as `user` until a running rollout takes it ("request sent"), for up to 60 s.
+fn send_to_running(state: &Path, user: &str, verb: &str) {
+    let start = Instant::now();
+    let mut tries = Vec::new();
+    loop {
+        let (code, out) = run(state, user, &[verb, "web", "-o", "plain"]);
+        tries.push(format!("{:?} exit {code}: {}", start.elapsed(), out.trim()));
+        if code == 0 && out.contains("request sent") {
+            eprintln!("{user}: {verb}: {}", tries.join("\n"));
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{verb} never reached a running rollout: {}",
+            tries.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_and_abort_each_name_who_gave_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = LocalFleet::start(dir.path(), 3, 1).await.unwrap();
+    let artifacts = dir.path().join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let state = dir.path().join("state");
+    let manifest = |version: &str, steps: &str| {
+        let artifact = package_demo(&artifacts, version, "").unwrap();
+        let path = dir.path().join(format!("v{version}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: rollgate.dev/v1\nkind: Rollout\nmetadata: {{name: web}}\nspec:\n  version: \"{version}\"\n  target:\n    hosts:\n      service: web\n      artifact: {{file: \"{}\"}}\n      auth: {}\n      hosts:\n{}  strategy:\n    canary:\n      maxUnavailable: 1\n      steps:\n{steps}  progressDeadlineSeconds: 20\n",
+                artifact.display(),
+                fleet.auth_yaml(),
+                fleet.hosts_yaml("        "),
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let v1 = manifest("1.0.0", "        - setWeight: 100\n");
+    let (code, out) = run(&state, "ana", &["apply", "-o", "plain", "-f", &v1]);
+    assert_eq!(code, 0, "{out}");
+
+    // v2 soaks a minute after a third of the fleet: long enough for the controls to reach it.
+    let v2 = manifest(
+        "2.0.0",
+        "        - setWeight: 34\n        - pause: {duration: 60s}\n        - setWeight: 100\n",
+    );
+    let apply = rollgate(&state, "ana")
+        .args(["apply", "-o", "plain", "-f", &v2])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // ben pauses it while it runs.
+    send_to_running(&state, "ben", "pause");
+    let out = apply.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the apply stops paused: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // cy resumes it; once the resume is journaled, ana aborts it while it soaks again.
+    let resume = rollgate(&state, "cy")
+        .args(["resume", "web", "-o", "plain"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    while last_rollout(&state)["controls"].as_array().unwrap().len() < 2 {
+        assert!(Instant::now() < end, "the resume was never journaled");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    send_to_running(&state, "ana", "abort");
+    let out = resume.wait_with_output().unwrap();
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "the aborted resume does not report success"
+    );
+
+    let r = last_rollout(&state);
+    assert_eq!(r["outcome"], "aborted", "{r}");
+    let controls: Vec<(String, String, String)> = r["controls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["action"].as_str().unwrap().to_string(),
+                c["actor"]["user"].as_str().unwrap().to_string(),
+                c["actor"]["client"].as_str().unwrap_or("-").to_string(),
+            )
+        })
+        .collect();
+    let want = |a: &str, u: &str| (a.to_string(), u.to_string(), "demo".to_string());
+    assert_eq!(
+        controls,
+        [
+            want("pause", "ben"),
+            want("resume", "cy"),
+            want("abort", "ana")
+        ],
+        "{r}"
+    );
+
+    // The text history says who, and how far each identity is proven.
+    let (code, out) = run(&state, "auditor", &["history", "web"]);
+    assert_eq!(code, 0, "{out}");
+    // (Which step each control met depends on timing: the lines are matched without it.)
+    for (action, who) in [("paused", "ben"), ("resumed", "cy"), ("aborted", "ana")] {
+        assert!(
+            out.lines().any(
+                |l| l.trim_start().starts_with(&format!("{action} at step "))
+                    && l.contains(&format!(" by {who}@"))
+                    && l.contains("[client certificate demo]")
+            ),
+            "history shows that {who} {action}, proven by the client certificate: {out}"
+        );
+    }
+}
