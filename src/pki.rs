@@ -378,6 +378,7 @@ mod tests {
         );
         assert!(matches!(init(dir.path()), Err(PkiError::CaExists(_))));
         let agent = issue_agent(dir.path(), "127.0.0.1").unwrap();
+        assert!(agent.key.is_file() && agent.cert.is_file());
         let client = issue_client(dir.path(), "ci").unwrap();
         assert!(client.cert.ends_with("client-ci.pem"));
         #[cfg(unix)]

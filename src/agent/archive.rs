@@ -696,6 +696,12 @@ mod tests {
         });
         let (dir, r) = unpack_bytes(&bytes);
         r.unwrap();
+        for name in ["bin/suid", "bin/sgid"] {
+            assert!(
+                dir.path().join("out").join(name).is_file(),
+                "{name} unpacked"
+            );
+        }
         #[cfg(unix)]
         for (name, want) in [("bin/suid", 0o755), ("bin/sgid", 0o711)] {
             use std::os::unix::fs::PermissionsExt;

@@ -88,7 +88,13 @@ async fn pause_resume_and_abort_each_name_who_gave_them() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // ben pauses it while it runs.
+    // Once it has started (a `pause` before that would take the free lock to look, and could
+    // make the apply find the app locked), ben pauses it.
+    let end = Instant::now() + Duration::from_secs(30);
+    while last_rollout(&state)["to"] != "2.0.0" {
+        assert!(Instant::now() < end, "the v2 apply never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     send_to_running(&state, "ben", "pause");
     let out = apply.wait_with_output().unwrap();
     assert_eq!(

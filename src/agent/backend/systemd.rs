@@ -458,6 +458,7 @@ mod tests {
         assert!(unit.find("OnFailure=").unwrap() < unit.find("[Service]").unwrap());
     }
 
+    #[cfg(unix)]
     fn agent_config(yaml: &str) -> AgentConfig {
         crate::agent::config::parse(Path::new("/etc/rollgate/agent.yaml"), yaml).unwrap()
     }
