@@ -23,7 +23,10 @@ mod hosts {
     mod approvals;
     mod blue_green;
     mod demo;
+    mod etcd_faults;
+    mod etcd_load;
     mod etcd_team;
+    mod etcd_verbs;
     mod faults_agent_killed;
     mod faults_cli_killed;
     mod faults_disk;

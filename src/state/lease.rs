@@ -19,7 +19,7 @@ use super::mirror::{
     push_loop,
 };
 use super::{Actor, Store};
-use crate::kube::{Fence, WRITE_WINDOW, chain};
+use crate::kube::{Fence, RENEW_RETRY, WRITE_WINDOW, chain};
 
 /// The Lease's duration: another machine takes over a Lease not renewed for this long.
 pub const LEASE_SECONDS: i32 = 15;
@@ -381,8 +381,10 @@ async fn renew(leases: &Api<Lease>, name: &str, identity: &str) -> Result<Renewa
 }
 
 async fn renew_loop(shared: Arc<Shared>, leases: Api<Lease>, name: String) {
+    let mut wait = RENEW_EVERY;
     loop {
-        tokio::time::sleep(RENEW_EVERY).await;
+        tokio::time::sleep(wait).await;
+        wait = RENEW_EVERY;
         let started = Instant::now();
         match renew(&leases, &name, &shared.identity).await {
             Ok(Renewal::Renewed(lease)) => {
@@ -394,12 +396,16 @@ async fn renew_loop(shared: Arc<Shared>, leases: Api<Lease>, name: String) {
                 shared.fence.lose(why);
                 return;
             }
-            // Transient: the fence closes by itself if renewals keep failing.
-            Err(e) => eprintln!(
-                "warning: renewing the lock on {}: {}",
-                shared.app,
-                chain(&e)
-            ),
+            // Transient: the fence closes by itself if renewals keep failing; until then, try
+            // again soon (the window runs from the last success).
+            Err(e) => {
+                eprintln!(
+                    "warning: renewing the lock on {}: {}",
+                    shared.app,
+                    chain(&e)
+                );
+                wait = RENEW_RETRY;
+            }
         }
     }
 }

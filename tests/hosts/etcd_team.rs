@@ -3,72 +3,23 @@
 //! test needs it not to see the first's processes) drive one fleet of real agents through
 //! `ROLLGATE_STATE_URL`.
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rollgate::state::Event;
 
-use crate::etcd3::Etcd3;
-use crate::fleet::{APP, Fleet, ROLLGATE, Running, text};
+use crate::etcd3::{Etcd3, Machine, lost, unknown};
+use crate::faults;
+use crate::fleet::{APP, Fleet, Running, text};
 use crate::netns::root_or_skip;
 
-/// One machine: its own state dir and host name, the etcd cluster's URL.
-struct Machine {
-    name: &'static str,
-    state: PathBuf,
-    dir: PathBuf,
-    url: String,
-    /// In a pid namespace of its own (`unshare`), as another machine is: it cannot judge the
-    /// other's processes dead, so it waits for their lease to end.
-    apart: bool,
-}
+pub(super) const CANARY_MANUAL: &str = "    canary:\n      maxUnavailable: 1\n      steps:\n        - setWeight: 34\n        - pause: {}\n        - setWeight: 100\n";
+pub(super) const CANARY_TIMED: &str = "    canary:\n      maxUnavailable: 1\n      steps:\n        - setWeight: 34\n        - pause: {duration: 6s}\n        - setWeight: 100\n";
 
-impl Machine {
-    fn new(fleet: &Fleet, etcd: &Etcd3, name: &'static str, apart: bool) -> Machine {
-        Machine {
-            name,
-            state: fleet.dir.join(format!("state-{name}")),
-            dir: fleet.dir.clone(),
-            url: etcd.url.clone(),
-            apart,
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = if self.apart {
-            let mut c = Command::new("unshare");
-            c.args(["--pid", "--fork", "--mount-proc", ROLLGATE]);
-            c
-        } else {
-            Command::new(ROLLGATE)
-        };
-        c.args(args)
-            .current_dir(&self.dir)
-            .env("ROLLGATE_STATE", &self.state)
-            .env("ROLLGATE_STATE_URL", &self.url)
-            .env("HOSTNAME", format!("machine-{}", self.name))
-            .env_remove("ROLLGATE_LOG")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run rollgate")
-    }
-
-    fn history(&self) -> Vec<serde_json::Value> {
-        let out = self.run(&["history", APP, "-o", "json"]);
-        assert_eq!(out.status.code(), Some(0), "history: {}", text(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
-
-const CANARY_MANUAL: &str = "    canary:\n      maxUnavailable: 1\n      steps:\n        - setWeight: 34\n        - pause: {}\n        - setWeight: 100\n";
-const CANARY_TIMED: &str = "    canary:\n      maxUnavailable: 1\n      steps:\n        - setWeight: 34\n        - pause: {duration: 6s}\n        - setWeight: 100\n";
+/// The fault matrix's test bed of the etcd tests.
+pub(super) const BED: &str = "etcd, 3 members on loopback; netns hosts";
 
 /// The journal keys etcd holds for the app.
-fn journal_keys(etcd: &Etcd3) -> usize {
+pub(super) fn journal_keys(etcd: &Etcd3) -> usize {
     etcd.keys(&format!("/rollgate/{APP}/journal/")).len()
 }
 
@@ -329,19 +280,16 @@ fn etcd_over_tls_a_rollout_rides_out_its_leader_killed_and_loses_no_record() {
     fleet.assert_serving("2.0.0");
 
     // Every record of the rollout is in etcd (two members left), in order, as this machine wrote it.
-    let id = started.event.rollout().to_string();
-    let local: Vec<String> = rollgate::state::Store::at(&one.state)
-        .read(APP)
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.event.rollout() == id)
-        .map(|r| serde_json::to_string(&r).unwrap())
-        .collect();
-    let stored: Vec<String> = etcd
-        .keys(&format!("/rollgate/{APP}/journal/{id}/"))
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
+    let id = started.event.rollout();
+    let local = one.journal_of(APP, id);
+    let stored = etcd.journal_of(APP, id);
+    faults::record(faults::Case {
+        bed: BED,
+        fault: "the etcd leader SIGKILLed during a canary's timed pause (TLS client ports)",
+        outcome: "ridden out, completed",
+        lost: lost(&local, &stored),
+        unknown: unknown(&fleet, "2.0.0"),
+    });
     assert!(local.len() > 5, "{local:?}");
     assert_eq!(stored, local, "no record lost, none out of order");
     let last = two.history().pop().unwrap();
@@ -464,18 +412,15 @@ fn etcd_the_whole_cluster_down_past_the_write_window_stops_the_run_and_resume_fi
     let out = one.run(&["resume", APP, "-o", "plain"]);
     assert_eq!(out.status.code(), Some(0), "resume: {}", text(&out));
     fleet.assert_serving("2.0.0");
-    let id = started.event.rollout().to_string();
-    let local: Vec<String> = rollgate::state::Store::at(&one.state)
-        .read(APP)
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.event.rollout() == id)
-        .map(|r| serde_json::to_string(&r).unwrap())
-        .collect();
-    let stored: Vec<String> = etcd
-        .keys(&format!("/rollgate/{APP}/journal/{id}/"))
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
+    let id = started.event.rollout();
+    let local = one.journal_of(APP, id);
+    let stored = etcd.journal_of(APP, id);
+    faults::record(faults::Case {
+        bed: BED,
+        fault: "the whole etcd cluster SIGKILLed during a 30 s pause, for longer than the 10 s write window",
+        outcome: "stopped with exit 1 before the next step; resumed once etcd was back, completed",
+        lost: lost(&local, &stored),
+        unknown: unknown(&fleet, "2.0.0"),
+    });
     assert_eq!(stored, local, "no record lost");
 }

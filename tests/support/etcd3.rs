@@ -4,7 +4,9 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
+
+use crate::fleet::{Fleet, ROLLGATE, text};
 
 pub struct Etcd3 {
     dir: PathBuf,
@@ -143,6 +145,18 @@ impl Etcd3 {
         assert!(out.status.success(), "etcd3.sh kill {i}");
     }
 
+    /// SIGSTOPs member `i`: frozen, it answers neither its peers nor clients (one member of
+    /// three cut off), until [`cont`](Self::cont).
+    pub fn stop(&self, i: usize) {
+        let out = self.script(&["stop", &i.to_string()]);
+        assert!(out.status.success(), "etcd3.sh stop {i}");
+    }
+
+    pub fn cont(&self, i: usize) {
+        let out = self.script(&["cont", &i.to_string()]);
+        assert!(out.status.success(), "etcd3.sh cont {i}");
+    }
+
     /// POSTs `body` to the gateway `path` of member 0 (curl) and parses the answer.
     pub fn call(&self, path: &str, body: &str) -> serde_json::Value {
         for i in 0..3 {
@@ -174,6 +188,14 @@ impl Etcd3 {
         v["header"]["revision"].as_str().unwrap().parse().unwrap()
     }
 
+    /// The records etcd holds for rollout `id` of `app` (JSON), in order.
+    pub fn journal_of(&self, app: &str, id: &str) -> Vec<String> {
+        self.keys(&format!("/rollgate/{app}/journal/{id}/"))
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect()
+    }
+
     /// The keys (and values) under `prefix`, in key order.
     pub fn keys(&self, prefix: &str) -> Vec<(String, String)> {
         use base64::Engine as _;
@@ -202,5 +224,94 @@ impl Etcd3 {
 impl Drop for Etcd3 {
     fn drop(&mut self) {
         let _ = self.script(&["down"]);
+    }
+}
+
+/// Local records (of the machine that wrote them) that etcd does not hold at their place: the
+/// fault matrix's `lost`.
+pub fn lost(local: &[String], stored: &[String]) -> u32 {
+    local
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| stored.get(*i) != Some(r))
+        .count() as u32
+}
+
+/// Hosts whose agent's active version or whose service's answer is not `version`: the fault
+/// matrix's `unknown` once a rollout has ended on `version`.
+pub fn unknown(fleet: &Fleet, version: &str) -> u32 {
+    let active = fleet.agent_versions();
+    let served = fleet.served_versions();
+    active
+        .iter()
+        .zip(&served)
+        .filter(|(a, s)| a.as_deref() != Some(version) || s.as_deref() != Ok(version))
+        .count() as u32
+}
+
+/// One machine of a team: its own state dir and host name, the etcd cluster's URL.
+pub struct Machine {
+    pub name: &'static str,
+    pub state: PathBuf,
+    dir: PathBuf,
+    url: String,
+    /// In a pid namespace of its own (`unshare`), as another machine is: it cannot judge the
+    /// other's processes dead, so it waits for their lease to end.
+    apart: bool,
+}
+
+impl Machine {
+    pub fn new(fleet: &Fleet, etcd: &Etcd3, name: &'static str, apart: bool) -> Machine {
+        Machine {
+            name,
+            state: fleet.dir.join(format!("state-{name}")),
+            dir: fleet.dir.clone(),
+            url: etcd.url.clone(),
+            apart,
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = if self.apart {
+            let mut c = Command::new("unshare");
+            c.args(["--pid", "--fork", "--mount-proc", ROLLGATE]);
+            c
+        } else {
+            Command::new(ROLLGATE)
+        };
+        c.args(args)
+            .current_dir(&self.dir)
+            .env("ROLLGATE_STATE", &self.state)
+            .env("ROLLGATE_STATE_URL", &self.url)
+            .env("HOSTNAME", format!("machine-{}", self.name))
+            .env_remove("ROLLGATE_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run rollgate")
+    }
+
+    /// `history APP -o json` on this machine (from etcd), its rollouts oldest first.
+    pub fn history_of(&self, app: &str) -> Vec<serde_json::Value> {
+        let out = self.run(&["history", app, "-o", "json"]);
+        assert_eq!(out.status.code(), Some(0), "history: {}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The records of rollout `id` of `app` in this machine's local journal (JSON), in order.
+    pub fn journal_of(&self, app: &str, id: &str) -> Vec<String> {
+        rollgate::state::Store::at(&self.state)
+            .read(app)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.event.rollout() == id)
+            .map(|r| serde_json::to_string(&r).unwrap())
+            .collect()
+    }
+
+    pub fn history(&self) -> Vec<serde_json::Value> {
+        self.history_of(crate::fleet::APP)
     }
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Etcd, EtcdError, Kv, LEASE_SECONDS, Result, op};
-use crate::kube::{Fence, WRITE_WINDOW, chain};
+use crate::kube::{Fence, RENEW_RETRY, WRITE_WINDOW, chain};
 use crate::spec::state::EtcdSpec;
 use crate::state::lease::{boot_id, holder_gone};
 use crate::state::mirror::{MIRRORED_ROLLOUTS, blocks, merge};
@@ -413,8 +413,10 @@ impl Drop for Session {
 }
 
 async fn renew_loop(shared: Arc<Shared>, etcd: Etcd) {
+    let mut wait = RENEW_EVERY;
     loop {
-        tokio::time::sleep(RENEW_EVERY).await;
+        tokio::time::sleep(wait).await;
+        wait = RENEW_EVERY;
         let started = Instant::now();
         match etcd.keep_alive(shared.lease).await {
             Ok(ttl) if ttl > 0 => shared.fence.open_until(started + WRITE_WINDOW),
@@ -424,12 +426,16 @@ async fn renew_loop(shared: Arc<Shared>, etcd: Etcd) {
                 ));
                 return;
             }
-            // Transient: the fence closes by itself if renewals keep failing.
-            Err(e) => eprintln!(
-                "warning: renewing the lock on {}: {}",
-                shared.keys.app,
-                chain(&e)
-            ),
+            // Transient: the fence closes by itself if renewals keep failing; until then, try
+            // again soon (the window runs from the last success).
+            Err(e) => {
+                eprintln!(
+                    "warning: renewing the lock on {}: {}",
+                    shared.keys.app,
+                    chain(&e)
+                );
+                wait = RENEW_RETRY;
+            }
         }
     }
 }
