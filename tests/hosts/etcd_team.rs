@@ -9,7 +9,7 @@ use rollgate::state::Event;
 
 use crate::etcd3::{Etcd3, Machine, lost, unknown};
 use crate::faults;
-use crate::fleet::{APP, Fleet, Running, text};
+use crate::fleet::{APP, Fleet, text};
 use crate::netns::root_or_skip;
 
 pub(super) const CANARY_MANUAL: &str = "    canary:\n      maxUnavailable: 1\n      steps:\n        - setWeight: 34\n        - pause: {}\n        - setWeight: 100\n";
@@ -71,7 +71,7 @@ fn etcd_a_pause_on_one_machine_is_promoted_from_another_and_a_second_apply_is_re
     // Two concurrent applies from two machines: the second is refused, naming the first.
     let v3 = fleet.artifact("3.0.0", "");
     let m3 = fleet.manifest("3.0.0", &v3, CANARY_TIMED, 10);
-    let mut run = Running::spawn(one.command(&["apply", "-f", m3.to_str().unwrap(), "-o", "json"]));
+    let mut run = one.apply(&m3);
     run.wait_for(
         Duration::from_secs(60),
         |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
@@ -131,7 +131,7 @@ fn etcd_a_killed_runner_is_resumed_from_another_machine_once_its_lease_ends() {
 
     let v2 = fleet.artifact("2.0.0", "");
     let m2 = fleet.manifest("2.0.0", &v2, CANARY_TIMED, 10);
-    let mut run = Running::spawn(one.command(&["apply", "-f", m2.to_str().unwrap(), "-o", "json"]));
+    let mut run = one.apply(&m2);
     run.wait_for(
         Duration::from_secs(60),
         |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
@@ -149,15 +149,7 @@ fn etcd_a_killed_runner_is_resumed_from_another_machine_once_its_lease_ends() {
     );
 
     // Once the lease ends (15 s without renewal), machine two resumes and finishes.
-    let mut waited = 0;
-    let out = loop {
-        std::thread::sleep(Duration::from_secs(1));
-        waited += 1;
-        let out = two.run(&["resume", APP, "-o", "plain"]);
-        if out.status.code() != Some(1) || waited > 30 {
-            break out;
-        }
-    };
+    let out = two.resume_when_free();
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -197,7 +189,7 @@ fn etcd_a_runner_frozen_past_its_lease_is_taken_over_and_writes_nothing_when_it_
 
     let v2 = fleet.artifact("2.0.0", "");
     let m2 = fleet.manifest("2.0.0", &v2, CANARY_TIMED, 10);
-    let mut run = Running::spawn(one.command(&["apply", "-f", m2.to_str().unwrap(), "-o", "json"]));
+    let mut run = one.apply(&m2);
     run.wait_for(
         Duration::from_secs(60),
         |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
@@ -206,15 +198,7 @@ fn etcd_a_runner_frozen_past_its_lease_is_taken_over_and_writes_nothing_when_it_
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
 
     // Machine two takes over once the frozen runner's lease ends, and finishes the rollout.
-    let mut waited = 0;
-    let out = loop {
-        std::thread::sleep(Duration::from_secs(1));
-        waited += 1;
-        let out = two.run(&["resume", APP, "-o", "plain"]);
-        if out.status.code() != Some(1) || waited > 30 {
-            break out;
-        }
-    };
+    let out = two.resume_when_free();
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -264,7 +248,7 @@ fn etcd_over_tls_a_rollout_rides_out_its_leader_killed_and_loses_no_record() {
 
     let v2 = fleet.artifact("2.0.0", "");
     let m2 = fleet.manifest("2.0.0", &v2, CANARY_TIMED, 10);
-    let mut run = Running::spawn(one.command(&["apply", "-f", m2.to_str().unwrap(), "-o", "json"]));
+    let mut run = one.apply(&m2);
     let started = run.wait_for(
         Duration::from_secs(60),
         |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
@@ -313,7 +297,10 @@ fn etcd_costs_of_the_lock_a_step_and_the_release() {
     let store = Store::at(dir.path());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let remote = rollgate::state::etcd::team::Remote::new(&spec, APP).unwrap();
+        // Through `Team`, the face the engine and the CLI use.
+        let remote = rollgate::state::team::Team::Etcd(
+            rollgate::state::etcd::team::Remote::new(&spec, APP).unwrap(),
+        );
         let t = Instant::now();
         let session = remote.acquire(&store, &Actor::from_env()).await.unwrap();
         let lock = t.elapsed();
@@ -373,7 +360,7 @@ fn etcd_the_whole_cluster_down_past_the_write_window_stops_the_run_and_resume_fi
         &CANARY_TIMED.replace("duration: 6s", "duration: 30s"),
         10,
     );
-    let mut run = Running::spawn(one.command(&["apply", "-f", m2.to_str().unwrap(), "-o", "json"]));
+    let mut run = one.apply(&m2);
     let started = run.wait_for(
         Duration::from_secs(60),
         |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),

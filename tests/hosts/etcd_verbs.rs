@@ -6,20 +6,14 @@ use std::time::Duration;
 use rollgate::state::Event;
 
 use super::etcd_team::CANARY_TIMED;
-use crate::etcd3::{Etcd3, Machine};
-use crate::fleet::{Fleet, Running, text};
-use crate::netns::root_or_skip;
+use crate::etcd3::{Machine, bed};
+use crate::fleet::text;
 
 #[test]
 fn etcd_paused_from_another_machine_aborted_there_and_a_failure_retried_from_the_first() {
-    if !root_or_skip("etcd_pause_abort_retry") {
-        return;
-    }
-    let Some(etcd) = Etcd3::up(24560) else {
+    let Some((etcd, fleet)) = bed("etcd_pause_abort_retry", 24560) else {
         return;
     };
-    let fleet = Fleet::start(3);
-    fleet.install("1.0.0");
     let one = Machine::new(&fleet, &etcd, "one", false);
     let two = Machine::new(&fleet, &etcd, "two", true);
 
@@ -27,7 +21,7 @@ fn etcd_paused_from_another_machine_aborted_there_and_a_failure_retried_from_the
     let v2 = fleet.artifact("2.0.0", "");
     let long = CANARY_TIMED.replace("duration: 6s", "duration: 60s");
     let m2 = fleet.manifest("2.0.0", &v2, &long, 10);
-    let mut run = Running::spawn(one.command(&["apply", "-f", m2.to_str().unwrap(), "-o", "json"]));
+    let mut run = one.apply(&m2);
     run.wait_for(
         Duration::from_secs(60),
         |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),

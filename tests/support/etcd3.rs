@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use crate::fleet::{Fleet, ROLLGATE, text};
+use crate::running::Running;
 
 pub struct Etcd3 {
     dir: PathBuf,
@@ -227,6 +228,18 @@ impl Drop for Etcd3 {
     }
 }
 
+/// The bed of a host-fleet test on etcd: a three-member cluster on `port` and three hosts
+/// serving 1.0.0. `None` (after saying why) where the test cannot run: not root, or no etcd.
+pub fn bed(test: &str, port: u16) -> Option<(Etcd3, Fleet)> {
+    if !crate::netns::root_or_skip(test) {
+        return None;
+    }
+    let etcd = Etcd3::up(port)?;
+    let fleet = Fleet::start(3);
+    fleet.install("1.0.0");
+    Some((etcd, fleet))
+}
+
 /// Local records (of the machine that wrote them) that etcd does not hold at their place: the
 /// fault matrix's `lost`.
 pub fn lost(local: &[String], stored: &[String]) -> u32 {
@@ -291,6 +304,25 @@ impl Machine {
 
     pub fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("run rollgate")
+    }
+
+    /// `apply -f MANIFEST -o json` on this machine, in the background.
+    pub fn apply(&self, manifest: &Path) -> Running {
+        Running::spawn(self.command(&["apply", "-f", manifest.to_str().unwrap(), "-o", "json"]))
+    }
+
+    /// `resume APP` once the app's lock is free (another machine's lease ended): tried every
+    /// second while it is refused (exit 1), for at most 30 s.
+    pub fn resume_when_free(&self) -> Output {
+        let mut waited = 0;
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            waited += 1;
+            let out = self.run(&["resume", crate::fleet::APP, "-o", "plain"]);
+            if out.status.code() != Some(1) || waited > 30 {
+                return out;
+            }
+        }
     }
 
     /// `history APP -o json` on this machine (from etcd), its rollouts oldest first.
