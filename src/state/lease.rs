@@ -1,7 +1,9 @@
 //! The app's lock in the cluster: the Lease `rollgate-<app>`, taken (or taken over once expired),
-//! renewed, and released; while it is held, the [`Fence`](crate::kube::Fence) lets this process's writes out only within
-//! [`WRITE_WINDOW`] of the start of the last successful renewal, so a process frozen past its Lease
-//! writes nothing when it wakes, not even before its renewal task has run.
+//! renewed, and released; while it is held, the [`Fence`](crate::kube::Fence) lets this process's
+//! writes out only within [`WRITE_WINDOW`] of the start of the last successful renewal, so a
+//! process frozen past its Lease writes nothing when it wakes, not even before its renewal task
+//! has run. What does not depend on the store (the fence's upkeep, the mirror's pushes, `flush`)
+//! is [`Held`]'s.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

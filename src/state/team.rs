@@ -7,6 +7,7 @@
 //! `changed` after each local append, `flush` at each step boundary (fails once the lock is lost
 //! or the store has refused writes for the write window); `lost` says, in memory, that the lock
 //! is no longer this process's, after which nothing more is written; `release` frees the lock.
+//! The part of a session that does not depend on the store is one type, [`Held`].
 
 mod held;
 

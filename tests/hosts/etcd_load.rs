@@ -43,7 +43,9 @@ fn round(
         })
         .collect();
     let mut most = 0;
-    while runs.iter_mut().any(|(_, r)| r.child.try_wait().unwrap().is_none())
+    while runs
+        .iter_mut()
+        .any(|(_, r)| r.child.try_wait().unwrap().is_none())
         && started.elapsed() < Duration::from_secs(100)
     {
         let locks = etcd
@@ -149,7 +151,11 @@ fn etcd_load_20_apps_rolled_at_once_by_4_runners_each_journal_only_its_own() {
             assert!(rollout.starts_with(&format!("{app}-")), "{key}: {value}");
             seen.insert(rollout);
         }
-        assert_eq!(seen, ids.iter().cloned().collect(), "{app}'s rollouts in etcd");
+        assert_eq!(
+            seen,
+            ids.iter().cloned().collect(),
+            "{app}'s rollouts in etcd"
+        );
         for id in &ids {
             assert_eq!(
                 etcd.journal_of(app, id),
@@ -166,7 +172,10 @@ fn etcd_load_20_apps_rolled_at_once_by_4_runners_each_journal_only_its_own() {
             .collect();
         assert_eq!(
             shown,
-            [(ids[0].as_str(), "succeeded"), (ids[1].as_str(), "succeeded")],
+            [
+                (ids[0].as_str(), "succeeded"),
+                (ids[1].as_str(), "succeeded")
+            ],
             "{app}'s history from {}",
             other.name
         );

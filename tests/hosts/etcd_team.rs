@@ -5,11 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use rollgate::state::Event;
+use rollgate::state::{Event, Record};
 
-use crate::etcd3::{Etcd3, Machine, lost, unknown};
+use crate::etcd3::{Etcd3, Machine, bed, lost, unknown};
 use crate::faults;
-use crate::fleet::{APP, Fleet, text};
+use crate::fleet::{APP, Fleet, Running, text};
 use crate::netns::root_or_skip;
 
 pub(super) const CANARY_MANUAL: &str = "    canary:\n      maxUnavailable: 1\n      steps:\n        - setWeight: 34\n        - pause: {}\n        - setWeight: 100\n";
@@ -18,6 +18,19 @@ pub(super) const CANARY_TIMED: &str = "    canary:\n      maxUnavailable: 1\n   
 /// The fault matrix's test bed of the etcd tests.
 pub(super) const BED: &str = "etcd, 3 members on loopback; netns hosts";
 
+/// Machine one's rollout of 2.0.0 (`strategy`, with a pause), once it has reached its pause:
+/// the run and the pause's `stepStarted` record.
+pub(super) fn at_pause(fleet: &Fleet, one: &Machine, strategy: &str) -> (Running, Record) {
+    let v2 = fleet.artifact("2.0.0", "");
+    let m2 = fleet.manifest("2.0.0", &v2, strategy, 10);
+    let mut run = one.apply(&m2);
+    let started = run.wait_for(
+        Duration::from_secs(60),
+        |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
+    );
+    (run, started)
+}
+
 /// The journal keys etcd holds for the app.
 pub(super) fn journal_keys(etcd: &Etcd3) -> usize {
     etcd.keys(&format!("/rollgate/{APP}/journal/")).len()
@@ -25,14 +38,9 @@ pub(super) fn journal_keys(etcd: &Etcd3) -> usize {
 
 #[test]
 fn etcd_a_pause_on_one_machine_is_promoted_from_another_and_a_second_apply_is_refused() {
-    if !root_or_skip("etcd_promote_from_another_machine") {
-        return;
-    }
-    let Some(etcd) = Etcd3::up(24400) else {
+    let Some((etcd, fleet)) = bed("etcd_promote_from_another_machine", 24400) else {
         return;
     };
-    let fleet = Fleet::start(3);
-    fleet.install("1.0.0");
     let one = Machine::new(&fleet, &etcd, "one", false);
     let two = Machine::new(&fleet, &etcd, "two", false);
 
@@ -93,11 +101,7 @@ fn etcd_a_pause_on_one_machine_is_promoted_from_another_and_a_second_apply_is_re
         run.output()
     );
     fleet.assert_serving("3.0.0");
-    let last = two.history().pop().unwrap();
-    assert_eq!(
-        (last["to"].as_str(), last["outcome"].as_str()),
-        (Some("3.0.0"), Some("succeeded"))
-    );
+    two.assert_last("3.0.0", "succeeded");
 
     // `rollback` from machine two, which never ran 3.0.0: the previous version is back, and
     // machine one's history shows it.
@@ -109,33 +113,18 @@ fn etcd_a_pause_on_one_machine_is_promoted_from_another_and_a_second_apply_is_re
         text(&out)
     );
     fleet.assert_serving("2.0.0");
-    let last = one.history().pop().unwrap();
-    assert_eq!(
-        (last["to"].as_str(), last["outcome"].as_str()),
-        (Some("2.0.0"), Some("succeeded"))
-    );
+    one.assert_last("2.0.0", "succeeded");
 }
 
 #[test]
 fn etcd_a_killed_runner_is_resumed_from_another_machine_once_its_lease_ends() {
-    if !root_or_skip("etcd_killed_runner_resumed") {
-        return;
-    }
-    let Some(etcd) = Etcd3::up(24420) else {
+    let Some((etcd, fleet)) = bed("etcd_killed_runner_resumed", 24420) else {
         return;
     };
-    let fleet = Fleet::start(3);
-    fleet.install("1.0.0");
     let one = Machine::new(&fleet, &etcd, "one", false);
     let two = Machine::new(&fleet, &etcd, "two", true);
 
-    let v2 = fleet.artifact("2.0.0", "");
-    let m2 = fleet.manifest("2.0.0", &v2, CANARY_TIMED, 10);
-    let mut run = one.apply(&m2);
-    run.wait_for(
-        Duration::from_secs(60),
-        |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
-    );
+    let (mut run, _) = at_pause(&fleet, &one, CANARY_TIMED);
     run.kill9();
     let killed = Instant::now();
 
@@ -167,33 +156,18 @@ fn etcd_a_killed_runner_is_resumed_from_another_machine_once_its_lease_ends() {
         text(&out)
     );
     fleet.assert_serving("2.0.0");
-    let last = one.history().pop().unwrap();
-    assert_eq!(
-        (last["to"].as_str(), last["outcome"].as_str()),
-        (Some("2.0.0"), Some("succeeded"))
-    );
+    one.assert_last("2.0.0", "succeeded");
 }
 
 #[test]
 fn etcd_a_runner_frozen_past_its_lease_is_taken_over_and_writes_nothing_when_it_wakes() {
-    if !root_or_skip("etcd_frozen_runner") {
-        return;
-    }
-    let Some(etcd) = Etcd3::up(24440) else {
+    let Some((etcd, fleet)) = bed("etcd_frozen_runner", 24440) else {
         return;
     };
-    let fleet = Fleet::start(3);
-    fleet.install("1.0.0");
     let one = Machine::new(&fleet, &etcd, "one", false);
     let two = Machine::new(&fleet, &etcd, "two", true);
 
-    let v2 = fleet.artifact("2.0.0", "");
-    let m2 = fleet.manifest("2.0.0", &v2, CANARY_TIMED, 10);
-    let mut run = one.apply(&m2);
-    run.wait_for(
-        Duration::from_secs(60),
-        |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
-    );
+    let (mut run, _) = at_pause(&fleet, &one, CANARY_TIMED);
     let pid = nix::unistd::Pid::from_raw(run.child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
 
@@ -226,11 +200,7 @@ fn etcd_a_runner_frozen_past_its_lease_is_taken_over_and_writes_nothing_when_it_
     );
     assert_eq!(etcd.keys(&format!("/rollgate/{APP}/journal/")), keys);
     fleet.assert_serving("2.0.0");
-    let last = two.history().pop().unwrap();
-    assert_eq!(
-        (last["to"].as_str(), last["outcome"].as_str()),
-        (Some("2.0.0"), Some("succeeded"))
-    );
+    two.assert_last("2.0.0", "succeeded");
 }
 
 #[test]
@@ -246,13 +216,7 @@ fn etcd_over_tls_a_rollout_rides_out_its_leader_killed_and_loses_no_record() {
     let one = Machine::new(&fleet, &etcd, "one", false);
     let two = Machine::new(&fleet, &etcd, "two", false);
 
-    let v2 = fleet.artifact("2.0.0", "");
-    let m2 = fleet.manifest("2.0.0", &v2, CANARY_TIMED, 10);
-    let mut run = one.apply(&m2);
-    let started = run.wait_for(
-        Duration::from_secs(60),
-        |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
-    );
+    let (mut run, started) = at_pause(&fleet, &one, CANARY_TIMED);
     let leader = etcd.leader();
     etcd.kill(leader);
     assert_eq!(
@@ -276,11 +240,7 @@ fn etcd_over_tls_a_rollout_rides_out_its_leader_killed_and_loses_no_record() {
     });
     assert!(local.len() > 5, "{local:?}");
     assert_eq!(stored, local, "no record lost, none out of order");
-    let last = two.history().pop().unwrap();
-    assert_eq!(
-        (last["to"].as_str(), last["outcome"].as_str()),
-        (Some("2.0.0"), Some("succeeded"))
-    );
+    two.assert_last("2.0.0", "succeeded");
 }
 
 /// The team state's costs on loopback, through the library (no fleet): taking the lock, one
@@ -342,29 +302,14 @@ fn etcd_costs_of_the_lock_a_step_and_the_release() {
 
 #[test]
 fn etcd_the_whole_cluster_down_past_the_write_window_stops_the_run_and_resume_finishes_it() {
-    if !root_or_skip("etcd_cluster_down") {
-        return;
-    }
-    let Some(etcd) = Etcd3::up(24500) else {
+    let Some((etcd, fleet)) = bed("etcd_cluster_down", 24500) else {
         return;
     };
-    let fleet = Fleet::start(3);
-    fleet.install("1.0.0");
     let one = Machine::new(&fleet, &etcd, "one", false);
 
-    let v2 = fleet.artifact("2.0.0", "");
     // A pause longer than the write window: etcd is gone while the run waits.
-    let m2 = fleet.manifest(
-        "2.0.0",
-        &v2,
-        &CANARY_TIMED.replace("duration: 6s", "duration: 30s"),
-        10,
-    );
-    let mut run = one.apply(&m2);
-    let started = run.wait_for(
-        Duration::from_secs(60),
-        |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
-    );
+    let long = CANARY_TIMED.replace("duration: 6s", "duration: 30s");
+    let (mut run, started) = at_pause(&fleet, &one, &long);
     etcd.must("kill-all");
     let down = Instant::now();
     let code = run.finish(Duration::from_secs(60));

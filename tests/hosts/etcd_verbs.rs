@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rollgate::state::Event;
 
-use super::etcd_team::CANARY_TIMED;
+use super::etcd_team::{CANARY_TIMED, at_pause};
 use crate::etcd3::{Machine, bed};
 use crate::fleet::text;
 
@@ -18,14 +18,8 @@ fn etcd_paused_from_another_machine_aborted_there_and_a_failure_retried_from_the
     let two = Machine::new(&fleet, &etcd, "two", true);
 
     // Machine one runs a canary with a one-minute pause; machine two asks it to pause.
-    let v2 = fleet.artifact("2.0.0", "");
     let long = CANARY_TIMED.replace("duration: 6s", "duration: 60s");
-    let m2 = fleet.manifest("2.0.0", &v2, &long, 10);
-    let mut run = one.apply(&m2);
-    run.wait_for(
-        Duration::from_secs(60),
-        |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
-    );
+    let (mut run, _) = at_pause(&fleet, &one, &long);
     let out = two.run(&["pause", "web", "-o", "plain"]);
     assert_eq!(out.status.code(), Some(0), "pause from two: {}", text(&out));
     assert!(text(&out).contains("request sent"), "{}", text(&out));
@@ -52,7 +46,11 @@ fn etcd_paused_from_another_machine_aborted_there_and_a_failure_retried_from_the
     // history (from etcd) says so.
     let out = two.run(&["abort", "web", "-o", "plain"]);
     assert_eq!(out.status.code(), Some(0), "abort from two: {}", text(&out));
-    assert!(text(&out).contains("aborted and rolled back"), "{}", text(&out));
+    assert!(
+        text(&out).contains("aborted and rolled back"),
+        "{}",
+        text(&out)
+    );
     fleet.assert_serving("1.0.0");
     let last = one.history().pop().unwrap();
     assert_eq!(last["to"], "2.0.0", "{last}");
@@ -98,7 +96,10 @@ fn etcd_paused_from_another_machine_aborted_there_and_a_failure_retried_from_the
         (Some("3.0.0"), Some("succeeded")),
         "{last}"
     );
-    assert_ne!(last["id"], failed["id"], "the retry is a rollout of its own");
+    assert_ne!(
+        last["id"], failed["id"],
+        "the retry is a rollout of its own"
+    );
     assert_eq!(h[h.len() - 2]["id"], failed["id"], "after the failed one");
     // Retrying a success is refused, from either machine.
     let out = two.run(&["retry", "web", "-o", "plain"]);

@@ -197,6 +197,39 @@ impl Etcd3 {
             .collect()
     }
 
+    /// Waits (at most 10 s) until the lease that `key` is attached to is kept alive: its TTL, read
+    /// every 100 ms, goes up. A fault injected then begins right after a renewal.
+    pub fn await_keep_alive(&self, key: &str) {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let got = self.call(
+            "/v3/kv/range",
+            &serde_json::json!({"key": b64.encode(key)}).to_string(),
+        );
+        let lease = got["kvs"][0]["lease"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} is on a lease: {got}"))
+            .to_string();
+        let ttl = || {
+            let v = self.call(
+                "/v3/lease/timetolive",
+                &serde_json::json!({ "ID": lease }).to_string(),
+            );
+            v["TTL"].as_str().unwrap_or("-1").parse::<i64>().unwrap()
+        };
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut last = ttl();
+        while std::time::Instant::now() < end {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let now = ttl();
+            if now > last {
+                return;
+            }
+            last = now;
+        }
+        panic!("the lease of {key} was not kept alive within 10 s");
+    }
+
     /// The keys (and values) under `prefix`, in key order.
     pub fn keys(&self, prefix: &str) -> Vec<(String, String)> {
         use base64::Engine as _;
@@ -341,6 +374,17 @@ impl Machine {
             .filter(|r| r.event.rollout() == id)
             .map(|r| serde_json::to_string(&r).unwrap())
             .collect()
+    }
+
+    /// The app's last rollout, as this machine's `history` shows it, went to `to` with `outcome`.
+    pub fn assert_last(&self, to: &str, outcome: &str) {
+        let last = self.history().pop().unwrap();
+        assert_eq!(
+            (last["to"].as_str(), last["outcome"].as_str()),
+            (Some(to), Some(outcome)),
+            "{}: {last}",
+            self.name
+        );
     }
 
     pub fn history(&self) -> Vec<serde_json::Value> {

@@ -153,19 +153,27 @@ impl Held {
     /// renewal that succeeds; ends once the lock is someone else's.
     pub(crate) async fn renew_loop(&self, app: &str, every: Duration, mut lock: impl Renew) {
         let mut wait = every;
+        let mut failing = false;
         loop {
             tokio::time::sleep(wait).await;
             wait = every;
             let started = Instant::now();
             match lock.renew().await {
-                Ok(None) => self.fence.open_until(started + WRITE_WINDOW),
+                Ok(None) => {
+                    self.fence.open_until(started + WRITE_WINDOW);
+                    failing = false;
+                }
                 Ok(Some(why)) => {
                     self.fence.lose(why);
                     return;
                 }
-                // Transient: the fence closes by itself if renewals keep failing.
+                // Transient: the fence closes by itself if renewals keep failing. Said once a
+                // streak, not at every retry.
                 Err(e) => {
-                    eprintln!("warning: renewing the lock on {app}: {e}");
+                    if !failing {
+                        eprintln!("warning: renewing the lock on {app}: {e} (trying again)");
+                    }
+                    failing = true;
                     wait = RENEW_RETRY;
                 }
             }
