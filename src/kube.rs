@@ -16,6 +16,10 @@ pub const FIELD_MANAGER: &str = "rollgate";
 /// How long after the start of its last successful renewal a holder still writes: the Lease
 /// duration less 5 s for clock skew between machines and request latency.
 pub const WRITE_WINDOW: Duration = Duration::from_secs(10);
+/// How soon a holder tries again after a failed renewal. Not its usual period: the window runs
+/// from the last success, so a failure followed by a full period would close the fence, if only
+/// for a moment, even when the store came back at once.
+pub const RENEW_RETRY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {

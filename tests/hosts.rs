@@ -24,7 +24,10 @@ mod hosts {
     mod blue_green;
     mod controls;
     mod demo;
+    mod etcd_faults;
+    mod etcd_load;
     mod etcd_team;
+    mod etcd_verbs;
     mod faults_agent_killed;
     mod faults_cli_killed;
     mod faults_disk;

@@ -1,10 +1,11 @@
 //! The app's lock in the cluster: the Lease `rollgate-<app>`, taken (or taken over once expired),
-//! renewed, and released; while it is held, the [`Fence`] lets this process's writes out only within
-//! [`WRITE_WINDOW`] of the start of the last successful renewal, so a process frozen past its Lease
-//! writes nothing when it wakes, not even before its renewal task has run.
+//! renewed, and released; while it is held, the [`Fence`](crate::kube::Fence) lets this process's
+//! writes out only within [`WRITE_WINDOW`] of the start of the last successful renewal, so a
+//! process frozen past its Lease writes nothing when it wakes, not even before its renewal task
+//! has run. What does not depend on the store (the fence's upkeep, the mirror's pushes, `flush`)
+//! is [`Held`]'s.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,8 +19,9 @@ use super::mirror::{
     ClusterError, Remote, Result, control_loop, is_already_exists, is_conflict, labels, params,
     push_loop,
 };
+use super::team::{Held, Renew, Tasks, Unflushed};
 use super::{Actor, Store};
-use crate::kube::{Fence, WRITE_WINDOW, chain};
+use crate::kube::{WRITE_WINDOW, chain};
 
 /// The Lease's duration: another machine takes over a Lease not renewed for this long.
 pub const LEASE_SECONDS: i32 = 15;
@@ -42,19 +44,20 @@ impl Remote {
             Some(mirror) => mirror.controls.last().map_or(0, |c| c.seq),
             None => 0,
         };
-        let (pushed, _) = tokio::sync::watch::channel(0);
         let shared = Arc::new(Shared {
             app: self.app.clone(),
             namespace: self.namespace.clone(),
             identity,
-            fence: self.fence.clone(),
-            written: AtomicU64::new(0),
-            wake: tokio::sync::Notify::new(),
-            pushed,
-            push_error: Mutex::new(None),
+            held: Held::new(
+                self.fence.clone(),
+                format!(
+                    "the lock on {} (Lease {}/{})",
+                    self.app, self.namespace, self.name
+                ),
+            ),
             lease: Mutex::new((lease.metadata.uid.clone(), lease.metadata.resource_version)),
         });
-        let tasks = vec![
+        let tasks = Tasks::new(vec![
             tokio::spawn(renew_loop(
                 shared.clone(),
                 self.leases.clone(),
@@ -73,7 +76,7 @@ impl Remote {
                 self.name.clone(),
                 seen,
             )),
-        ];
+        ]);
         Ok(Session {
             shared,
             tasks,
@@ -226,13 +229,8 @@ pub(super) struct Shared {
     pub(super) app: String,
     pub(super) namespace: String,
     pub(super) identity: String,
-    pub(super) fence: Fence,
-    /// Bumped after each local append.
-    pub(super) written: AtomicU64,
-    pub(super) wake: tokio::sync::Notify,
-    /// The last `written` value mirrored to the cluster.
-    pub(super) pushed: tokio::sync::watch::Sender<u64>,
-    pub(super) push_error: Mutex<Option<String>>,
+    /// The fence, the renewal and the mirror's pushes.
+    pub(super) held: Held,
     /// The Lease's uid and resourceVersion as last written by this process.
     pub(super) lease: Mutex<(Option<String>, Option<String>)>,
 }
@@ -240,7 +238,7 @@ pub(super) struct Shared {
 /// A held Lease with its background tasks: renewal, the journal mirror, control requests.
 pub struct Session {
     shared: Arc<Shared>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Tasks,
     leases: Api<Lease>,
     name: String,
     namespace: String,
@@ -249,77 +247,29 @@ pub struct Session {
 }
 
 impl Session {
-    /// Why this process may no longer act for the app, if it may not.
-    pub fn lost(&self) -> Option<String> {
-        self.shared.fence.check().err().map(|why| {
-            format!(
-                "the lock on {} (Lease {}/{}) is no longer this process's: {why}; nothing more was written",
-                self.shared.app, self.namespace, self.name
-            )
-        })
+    pub(crate) fn held(&self) -> &Held {
+        &self.shared.held
     }
 
-    /// Resolves once [`Session::lost`] would say so (it looks four times a second: the check is
-    /// in memory).
-    pub async fn wait_lost(&self) -> String {
-        loop {
-            if let Some(why) = self.lost() {
-                return why;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    /// Says the local journal grew: the mirror task pushes it.
-    pub fn changed(&self) {
-        self.shared.written.fetch_add(1, Ordering::SeqCst);
-        self.shared.wake.notify_one();
-    }
-
-    /// Waits until everything journaled so far is in the cluster; fails when the Lease is lost, or
-    /// when writing the ConfigMap has kept failing for [`WRITE_WINDOW`] (a rollout must not go on
-    /// where other machines cannot see it).
+    /// Waits until everything journaled so far is in the cluster ([`Held::flush`]).
     pub async fn flush(&self) -> Result<()> {
-        let target = self.shared.written.load(Ordering::SeqCst);
-        let mut pushed = self.shared.pushed.subscribe();
-        let started = Instant::now();
-        loop {
-            if *pushed.borrow_and_update() >= target {
-                return Ok(());
-            }
-            if let Some(why) = self.lost() {
-                return Err(ClusterError::Lost(why));
-            }
-            if started.elapsed() > WRITE_WINDOW
-                && let Some(why) = self.push_error()
-            {
-                return Err(ClusterError::Mirror {
-                    namespace: self.namespace.clone(),
-                    name: self.name.clone(),
-                    why,
-                });
-            }
-            // Woken by the push, or after a quarter second to look at the fence again.
-            let _ = tokio::time::timeout(Duration::from_millis(250), pushed.changed()).await;
-        }
-    }
-
-    /// The last error of the mirror task, if its last push failed.
-    pub fn push_error(&self) -> Option<String> {
-        self.shared.push_error.lock().expect("push error").clone()
+        self.shared.held.flush().await.map_err(|e| match e {
+            Unflushed::Lost(why) => ClusterError::Lost(why),
+            Unflushed::Failing(why) => ClusterError::Mirror {
+                namespace: self.namespace.clone(),
+                name: self.name.clone(),
+                why,
+            },
+        })
     }
 
     /// Stops the tasks and deletes the Lease, only if it is still this process's (preconditions
     /// on its uid and resourceVersion).
     pub async fn release(mut self) {
-        for task in self.tasks.drain(..) {
-            task.abort();
-            let _ = task.await;
-        }
-        if self.shared.fence.is_lost() {
+        self.tasks.stop().await;
+        if !self.shared.held.shut() {
             return;
         }
-        self.shared.fence.shut();
         for _ in 0..3 {
             let (uid, resource_version) = self.shared.lease.lock().expect("lease").clone();
             let params = DeleteParams {
@@ -348,14 +298,6 @@ impl Session {
     }
 }
 
-impl Drop for Session {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
 enum Renewal {
     Renewed(Box<Lease>),
     Lost(String),
@@ -380,28 +322,35 @@ async fn renew(leases: &Api<Lease>, name: &str, identity: &str) -> Result<Renewa
     }
 }
 
-async fn renew_loop(shared: Arc<Shared>, leases: Api<Lease>, name: String) {
-    loop {
-        tokio::time::sleep(RENEW_EVERY).await;
-        let started = Instant::now();
-        match renew(&leases, &name, &shared.identity).await {
+/// The Lease renewed (and its uid and resourceVersion kept for the release).
+struct Renewer {
+    shared: Arc<Shared>,
+    leases: Api<Lease>,
+    name: String,
+}
+
+impl Renew for Renewer {
+    async fn renew(&mut self) -> std::result::Result<Option<String>, String> {
+        match renew(&self.leases, &self.name, &self.shared.identity).await {
             Ok(Renewal::Renewed(lease)) => {
-                *shared.lease.lock().expect("lease") =
+                *self.shared.lease.lock().expect("lease") =
                     (lease.metadata.uid, lease.metadata.resource_version);
-                shared.fence.open_until(started + WRITE_WINDOW);
+                Ok(None)
             }
-            Ok(Renewal::Lost(why)) => {
-                shared.fence.lose(why);
-                return;
-            }
-            // Transient: the fence closes by itself if renewals keep failing.
-            Err(e) => eprintln!(
-                "warning: renewing the lock on {}: {}",
-                shared.app,
-                chain(&e)
-            ),
+            Ok(Renewal::Lost(why)) => Ok(Some(why)),
+            Err(e) => Err(chain(&e)),
         }
     }
+}
+
+async fn renew_loop(shared: Arc<Shared>, leases: Api<Lease>, name: String) {
+    let app = shared.app.clone();
+    let renewer = Renewer {
+        shared: shared.clone(),
+        leases,
+        name,
+    };
+    shared.held.renew_loop(&app, RENEW_EVERY, renewer).await;
 }
 
 #[cfg(test)]

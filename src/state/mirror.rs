@@ -10,8 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -22,6 +20,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde::{Deserialize, Serialize};
 
 use super::lease::{LEASE_SECONDS, Shared};
+use super::team::Push;
 use super::{Control, Record, StateError, Store};
 use crate::kube::{FIELD_MANAGER, Fence, Kube, KubeError, chain};
 
@@ -347,47 +346,47 @@ impl Remote {
     }
 }
 
+/// The local journal's last rollouts written into the ConfigMap.
+struct Mirroring {
+    app: String,
+    namespace: String,
+    store: Store,
+    config_maps: Api<ConfigMap>,
+    name: String,
+    /// The ConfigMap as last written (read again after a failure).
+    last: Option<ConfigMap>,
+}
+
+impl Push for Mirroring {
+    async fn push(&mut self) -> std::result::Result<(), String> {
+        push(
+            &self.app,
+            &self.namespace,
+            &self.store,
+            &self.config_maps,
+            &self.name,
+            &mut self.last,
+        )
+        .await
+        .map_err(|e| chain(&e))
+    }
+}
+
 pub(super) async fn push_loop(
     shared: Arc<Shared>,
     store: Store,
     config_maps: Api<ConfigMap>,
     name: String,
 ) {
-    let mut last: Option<ConfigMap> = None;
-    loop {
-        shared.wake.notified().await;
-        let version = shared.written.load(Ordering::SeqCst);
-        loop {
-            if shared.fence.is_lost() {
-                return;
-            }
-            let result = match shared.fence.check() {
-                Err(why) => Err(why),
-                Ok(()) => push(
-                    &shared.app,
-                    &shared.namespace,
-                    &store,
-                    &config_maps,
-                    &name,
-                    &mut last,
-                )
-                .await
-                .map_err(|e| chain(&e)),
-            };
-            match result {
-                Ok(()) => {
-                    *shared.push_error.lock().expect("push error") = None;
-                    shared.pushed.send_replace(version);
-                    break;
-                }
-                Err(why) => {
-                    *shared.push_error.lock().expect("push error") = Some(why);
-                    last = None;
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
-    }
+    let mirroring = Mirroring {
+        app: shared.app.clone(),
+        namespace: shared.namespace.clone(),
+        store,
+        config_maps,
+        name,
+        last: None,
+    };
+    shared.held.push_loop(mirroring).await;
 }
 
 /// Writes the local journal's last rollouts into the ConfigMap, keeping its control requests.

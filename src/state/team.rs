@@ -7,6 +7,11 @@
 //! `changed` after each local append, `flush` at each step boundary (fails once the lock is lost
 //! or the store has refused writes for the write window); `lost` says, in memory, that the lock
 //! is no longer this process's, after which nothing more is written; `release` frees the lock.
+//! The part of a session that does not depend on the store is one type, [`Held`].
+
+mod held;
+
+pub(crate) use held::{Held, Push, Renew, Tasks, Unflushed};
 
 use super::etcd::EtcdError;
 use super::mirror::ClusterError;
@@ -101,25 +106,23 @@ impl Session {
         }
     }
 
-    pub fn lost(&self) -> Option<String> {
+    fn held(&self) -> &Held {
         match self {
-            Session::Kubernetes(s) => s.lost(),
-            Session::Etcd(s) => s.lost(),
+            Session::Kubernetes(s) => s.held(),
+            Session::Etcd(s) => s.held(),
         }
+    }
+
+    pub fn lost(&self) -> Option<String> {
+        self.held().lost()
     }
 
     pub async fn wait_lost(&self) -> String {
-        match self {
-            Session::Kubernetes(s) => s.wait_lost().await,
-            Session::Etcd(s) => s.wait_lost().await,
-        }
+        self.held().wait_lost().await
     }
 
     pub fn changed(&self) {
-        match self {
-            Session::Kubernetes(s) => s.changed(),
-            Session::Etcd(s) => s.changed(),
-        }
+        self.held().changed()
     }
 
     pub async fn flush(&self) -> Result<()> {
@@ -130,10 +133,7 @@ impl Session {
     }
 
     pub fn push_error(&self) -> Option<String> {
-        match self {
-            Session::Kubernetes(s) => s.push_error(),
-            Session::Etcd(s) => s.push_error(),
-        }
+        self.held().push_error()
     }
 
     pub async fn release(self) {

@@ -9,6 +9,9 @@
 #   etcd3.sh endpoints       the client URLs, comma-separated
 #   etcd3.sh kill N          SIGKILL member N (fault tests)
 #   etcd3.sh start N         start member N again, on its existing data dir
+#   etcd3.sh stop N          SIGSTOP member N: it answers neither peers nor clients (a minority
+#                            cut off), while its connections stay open
+#   etcd3.sh cont N          SIGCONT member N
 #   etcd3.sh kill-all        SIGKILL every member (the whole cluster down)
 #   etcd3.sh start-all       start every stopped member again, and wait until all are healthy
 #   etcd3.sh leader          the index of the current leader
@@ -134,6 +137,7 @@ cmd_down() {
   for i in "${MEMBERS[@]}"; do
     if alive "$i"; then
       pids+=("$(pid_of "$i")")
+      kill -CONT "${pids[-1]}" 2>/dev/null || true
       kill -TERM "${pids[-1]}" 2>/dev/null || true
     fi
   done
@@ -176,6 +180,8 @@ case ${1:-} in
   kill) alive "$2" && kill -KILL "$(pid_of "$2")" ;;
   start) start_member "$2"; deadline=$((SECONDS + 30))
     until healthy "$2" >/dev/null 2>&1; do ((SECONDS < deadline)) || die "member $2 not healthy"; sleep 0.2; done ;;
+  stop) alive "$2" && kill -STOP "$(pid_of "$2")" ;;
+  cont) alive "$2" && kill -CONT "$(pid_of "$2")" ;;
   kill-all) for i in "${MEMBERS[@]}"; do alive "$i" && kill -KILL "$(pid_of "$i")"; done; true ;;
   start-all) for i in "${MEMBERS[@]}"; do alive "$i" || start_member "$i"; done
     deadline=$((SECONDS + 30))
@@ -183,5 +189,5 @@ case ${1:-} in
       until healthy "$i" >/dev/null 2>&1; do ((SECONDS < deadline)) || die "member $i not healthy"; sleep 0.2; done
     done ;;
   leader) cmd_leader ;;
-  *) die "usage: $0 up [--tls]|down|status|endpoints|kill N|start N|kill-all|start-all|leader" ;;
+  *) die "usage: $0 up [--tls]|down|status|endpoints|kill N|start N|stop N|cont N|kill-all|start-all|leader" ;;
 esac

@@ -3,85 +3,44 @@
 //! test needs it not to see the first's processes) drive one fleet of real agents through
 //! `ROLLGATE_STATE_URL`.
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rollgate::state::Event;
+use rollgate::state::{Event, Record};
 
-use crate::etcd3::Etcd3;
-use crate::fleet::{APP, Fleet, ROLLGATE, Running, text};
+use crate::etcd3::{Etcd3, Machine, bed, lost, unknown};
+use crate::faults;
+use crate::fleet::{APP, Fleet, Running, text};
 use crate::netns::root_or_skip;
 
-/// One machine: its own state dir and host name, the etcd cluster's URL.
-struct Machine {
-    name: &'static str,
-    state: PathBuf,
-    dir: PathBuf,
-    url: String,
-    /// In a pid namespace of its own (`unshare`), as another machine is: it cannot judge the
-    /// other's processes dead, so it waits for their lease to end.
-    apart: bool,
+pub(super) const CANARY_MANUAL: &str = "    canary:\n      maxUnavailable: 1\n      steps:\n        - setWeight: 34\n        - pause: {}\n        - setWeight: 100\n";
+pub(super) const CANARY_TIMED: &str = "    canary:\n      maxUnavailable: 1\n      steps:\n        - setWeight: 34\n        - pause: {duration: 6s}\n        - setWeight: 100\n";
+
+/// The fault matrix's test bed of the etcd tests.
+pub(super) const BED: &str = "etcd, 3 members on loopback; netns hosts";
+
+/// Machine one's rollout of 2.0.0 (`strategy`, with a pause), once it has reached its pause:
+/// the run and the pause's `stepStarted` record.
+pub(super) fn at_pause(fleet: &Fleet, one: &Machine, strategy: &str) -> (Running, Record) {
+    let v2 = fleet.artifact("2.0.0", "");
+    let m2 = fleet.manifest("2.0.0", &v2, strategy, 10);
+    let mut run = one.apply(&m2);
+    let started = run.wait_for(
+        Duration::from_secs(60),
+        |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
+    );
+    (run, started)
 }
-
-impl Machine {
-    fn new(fleet: &Fleet, etcd: &Etcd3, name: &'static str, apart: bool) -> Machine {
-        Machine {
-            name,
-            state: fleet.dir.join(format!("state-{name}")),
-            dir: fleet.dir.clone(),
-            url: etcd.url.clone(),
-            apart,
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = if self.apart {
-            let mut c = Command::new("unshare");
-            c.args(["--pid", "--fork", "--mount-proc", ROLLGATE]);
-            c
-        } else {
-            Command::new(ROLLGATE)
-        };
-        c.args(args)
-            .current_dir(&self.dir)
-            .env("ROLLGATE_STATE", &self.state)
-            .env("ROLLGATE_STATE_URL", &self.url)
-            .env("HOSTNAME", format!("machine-{}", self.name))
-            .env_remove("ROLLGATE_LOG")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run rollgate")
-    }
-
-    fn history(&self) -> Vec<serde_json::Value> {
-        let out = self.run(&["history", APP, "-o", "json"]);
-        assert_eq!(out.status.code(), Some(0), "history: {}", text(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
-
-const CANARY_MANUAL: &str = "    canary:\n      maxUnavailable: 1\n      steps:\n        - setWeight: 34\n        - pause: {}\n        - setWeight: 100\n";
-const CANARY_TIMED: &str = "    canary:\n      maxUnavailable: 1\n      steps:\n        - setWeight: 34\n        - pause: {duration: 6s}\n        - setWeight: 100\n";
 
 /// The journal keys etcd holds for the app.
-fn journal_keys(etcd: &Etcd3) -> usize {
+pub(super) fn journal_keys(etcd: &Etcd3) -> usize {
     etcd.keys(&format!("/rollgate/{APP}/journal/")).len()
 }
 
 #[test]
 fn etcd_a_pause_on_one_machine_is_promoted_from_another_and_a_second_apply_is_refused() {
-    if !root_or_skip("etcd_promote_from_another_machine") {
-        return;
-    }
-    let Some(etcd) = Etcd3::up(24400) else {
+    let Some((etcd, fleet)) = bed("etcd_promote_from_another_machine", 24400) else {
         return;
     };
-    let fleet = Fleet::start(3);
-    fleet.install("1.0.0");
     let one = Machine::new(&fleet, &etcd, "one", false);
     let two = Machine::new(&fleet, &etcd, "two", false);
 
@@ -120,7 +79,7 @@ fn etcd_a_pause_on_one_machine_is_promoted_from_another_and_a_second_apply_is_re
     // Two concurrent applies from two machines: the second is refused, naming the first.
     let v3 = fleet.artifact("3.0.0", "");
     let m3 = fleet.manifest("3.0.0", &v3, CANARY_TIMED, 10);
-    let mut run = Running::spawn(one.command(&["apply", "-f", m3.to_str().unwrap(), "-o", "json"]));
+    let mut run = one.apply(&m3);
     run.wait_for(
         Duration::from_secs(60),
         |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
@@ -142,11 +101,7 @@ fn etcd_a_pause_on_one_machine_is_promoted_from_another_and_a_second_apply_is_re
         run.output()
     );
     fleet.assert_serving("3.0.0");
-    let last = two.history().pop().unwrap();
-    assert_eq!(
-        (last["to"].as_str(), last["outcome"].as_str()),
-        (Some("3.0.0"), Some("succeeded"))
-    );
+    two.assert_last("3.0.0", "succeeded");
 
     // `rollback` from machine two, which never ran 3.0.0: the previous version is back, and
     // machine one's history shows it.
@@ -158,33 +113,18 @@ fn etcd_a_pause_on_one_machine_is_promoted_from_another_and_a_second_apply_is_re
         text(&out)
     );
     fleet.assert_serving("2.0.0");
-    let last = one.history().pop().unwrap();
-    assert_eq!(
-        (last["to"].as_str(), last["outcome"].as_str()),
-        (Some("2.0.0"), Some("succeeded"))
-    );
+    one.assert_last("2.0.0", "succeeded");
 }
 
 #[test]
 fn etcd_a_killed_runner_is_resumed_from_another_machine_once_its_lease_ends() {
-    if !root_or_skip("etcd_killed_runner_resumed") {
-        return;
-    }
-    let Some(etcd) = Etcd3::up(24420) else {
+    let Some((etcd, fleet)) = bed("etcd_killed_runner_resumed", 24420) else {
         return;
     };
-    let fleet = Fleet::start(3);
-    fleet.install("1.0.0");
     let one = Machine::new(&fleet, &etcd, "one", false);
     let two = Machine::new(&fleet, &etcd, "two", true);
 
-    let v2 = fleet.artifact("2.0.0", "");
-    let m2 = fleet.manifest("2.0.0", &v2, CANARY_TIMED, 10);
-    let mut run = Running::spawn(one.command(&["apply", "-f", m2.to_str().unwrap(), "-o", "json"]));
-    run.wait_for(
-        Duration::from_secs(60),
-        |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
-    );
+    let (mut run, _) = at_pause(&fleet, &one, CANARY_TIMED);
     run.kill9();
     let killed = Instant::now();
 
@@ -198,15 +138,7 @@ fn etcd_a_killed_runner_is_resumed_from_another_machine_once_its_lease_ends() {
     );
 
     // Once the lease ends (15 s without renewal), machine two resumes and finishes.
-    let mut waited = 0;
-    let out = loop {
-        std::thread::sleep(Duration::from_secs(1));
-        waited += 1;
-        let out = two.run(&["resume", APP, "-o", "plain"]);
-        if out.status.code() != Some(1) || waited > 30 {
-            break out;
-        }
-    };
+    let out = two.resume_when_free();
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -224,46 +156,23 @@ fn etcd_a_killed_runner_is_resumed_from_another_machine_once_its_lease_ends() {
         text(&out)
     );
     fleet.assert_serving("2.0.0");
-    let last = one.history().pop().unwrap();
-    assert_eq!(
-        (last["to"].as_str(), last["outcome"].as_str()),
-        (Some("2.0.0"), Some("succeeded"))
-    );
+    one.assert_last("2.0.0", "succeeded");
 }
 
 #[test]
 fn etcd_a_runner_frozen_past_its_lease_is_taken_over_and_writes_nothing_when_it_wakes() {
-    if !root_or_skip("etcd_frozen_runner") {
-        return;
-    }
-    let Some(etcd) = Etcd3::up(24440) else {
+    let Some((etcd, fleet)) = bed("etcd_frozen_runner", 24440) else {
         return;
     };
-    let fleet = Fleet::start(3);
-    fleet.install("1.0.0");
     let one = Machine::new(&fleet, &etcd, "one", false);
     let two = Machine::new(&fleet, &etcd, "two", true);
 
-    let v2 = fleet.artifact("2.0.0", "");
-    let m2 = fleet.manifest("2.0.0", &v2, CANARY_TIMED, 10);
-    let mut run = Running::spawn(one.command(&["apply", "-f", m2.to_str().unwrap(), "-o", "json"]));
-    run.wait_for(
-        Duration::from_secs(60),
-        |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
-    );
+    let (mut run, _) = at_pause(&fleet, &one, CANARY_TIMED);
     let pid = nix::unistd::Pid::from_raw(run.child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
 
     // Machine two takes over once the frozen runner's lease ends, and finishes the rollout.
-    let mut waited = 0;
-    let out = loop {
-        std::thread::sleep(Duration::from_secs(1));
-        waited += 1;
-        let out = two.run(&["resume", APP, "-o", "plain"]);
-        if out.status.code() != Some(1) || waited > 30 {
-            break out;
-        }
-    };
+    let out = two.resume_when_free();
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -291,11 +200,7 @@ fn etcd_a_runner_frozen_past_its_lease_is_taken_over_and_writes_nothing_when_it_
     );
     assert_eq!(etcd.keys(&format!("/rollgate/{APP}/journal/")), keys);
     fleet.assert_serving("2.0.0");
-    let last = two.history().pop().unwrap();
-    assert_eq!(
-        (last["to"].as_str(), last["outcome"].as_str()),
-        (Some("2.0.0"), Some("succeeded"))
-    );
+    two.assert_last("2.0.0", "succeeded");
 }
 
 #[test]
@@ -311,13 +216,7 @@ fn etcd_over_tls_a_rollout_rides_out_its_leader_killed_and_loses_no_record() {
     let one = Machine::new(&fleet, &etcd, "one", false);
     let two = Machine::new(&fleet, &etcd, "two", false);
 
-    let v2 = fleet.artifact("2.0.0", "");
-    let m2 = fleet.manifest("2.0.0", &v2, CANARY_TIMED, 10);
-    let mut run = Running::spawn(one.command(&["apply", "-f", m2.to_str().unwrap(), "-o", "json"]));
-    let started = run.wait_for(
-        Duration::from_secs(60),
-        |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
-    );
+    let (mut run, started) = at_pause(&fleet, &one, CANARY_TIMED);
     let leader = etcd.leader();
     etcd.kill(leader);
     assert_eq!(
@@ -329,26 +228,19 @@ fn etcd_over_tls_a_rollout_rides_out_its_leader_killed_and_loses_no_record() {
     fleet.assert_serving("2.0.0");
 
     // Every record of the rollout is in etcd (two members left), in order, as this machine wrote it.
-    let id = started.event.rollout().to_string();
-    let local: Vec<String> = rollgate::state::Store::at(&one.state)
-        .read(APP)
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.event.rollout() == id)
-        .map(|r| serde_json::to_string(&r).unwrap())
-        .collect();
-    let stored: Vec<String> = etcd
-        .keys(&format!("/rollgate/{APP}/journal/{id}/"))
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
+    let id = started.event.rollout();
+    let local = one.journal_of(APP, id);
+    let stored = etcd.journal_of(APP, id);
+    faults::record(faults::Case {
+        bed: BED,
+        fault: "the etcd leader SIGKILLed during a canary's timed pause (TLS client ports)",
+        outcome: "ridden out, completed",
+        lost: lost(&local, &stored),
+        unknown: unknown(&fleet, "2.0.0"),
+    });
     assert!(local.len() > 5, "{local:?}");
     assert_eq!(stored, local, "no record lost, none out of order");
-    let last = two.history().pop().unwrap();
-    assert_eq!(
-        (last["to"].as_str(), last["outcome"].as_str()),
-        (Some("2.0.0"), Some("succeeded"))
-    );
+    two.assert_last("2.0.0", "succeeded");
 }
 
 /// The team state's costs on loopback, through the library (no fleet): taking the lock, one
@@ -365,7 +257,10 @@ fn etcd_costs_of_the_lock_a_step_and_the_release() {
     let store = Store::at(dir.path());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let remote = rollgate::state::etcd::team::Remote::new(&spec, APP).unwrap();
+        // Through `Team`, the face the engine and the CLI use.
+        let remote = rollgate::state::team::Team::Etcd(
+            rollgate::state::etcd::team::Remote::new(&spec, APP).unwrap(),
+        );
         let t = Instant::now();
         let session = remote.acquire(&store, &Actor::from_env()).await.unwrap();
         let lock = t.elapsed();
@@ -407,29 +302,14 @@ fn etcd_costs_of_the_lock_a_step_and_the_release() {
 
 #[test]
 fn etcd_the_whole_cluster_down_past_the_write_window_stops_the_run_and_resume_finishes_it() {
-    if !root_or_skip("etcd_cluster_down") {
-        return;
-    }
-    let Some(etcd) = Etcd3::up(24500) else {
+    let Some((etcd, fleet)) = bed("etcd_cluster_down", 24500) else {
         return;
     };
-    let fleet = Fleet::start(3);
-    fleet.install("1.0.0");
     let one = Machine::new(&fleet, &etcd, "one", false);
 
-    let v2 = fleet.artifact("2.0.0", "");
     // A pause longer than the write window: etcd is gone while the run waits.
-    let m2 = fleet.manifest(
-        "2.0.0",
-        &v2,
-        &CANARY_TIMED.replace("duration: 6s", "duration: 30s"),
-        10,
-    );
-    let mut run = Running::spawn(one.command(&["apply", "-f", m2.to_str().unwrap(), "-o", "json"]));
-    let started = run.wait_for(
-        Duration::from_secs(60),
-        |e| matches!(e, Event::StepStarted { kind, .. } if *kind == rollgate::plan::StepKind::Pause),
-    );
+    let long = CANARY_TIMED.replace("duration: 6s", "duration: 30s");
+    let (mut run, started) = at_pause(&fleet, &one, &long);
     etcd.must("kill-all");
     let down = Instant::now();
     let code = run.finish(Duration::from_secs(60));
@@ -464,18 +344,15 @@ fn etcd_the_whole_cluster_down_past_the_write_window_stops_the_run_and_resume_fi
     let out = one.run(&["resume", APP, "-o", "plain"]);
     assert_eq!(out.status.code(), Some(0), "resume: {}", text(&out));
     fleet.assert_serving("2.0.0");
-    let id = started.event.rollout().to_string();
-    let local: Vec<String> = rollgate::state::Store::at(&one.state)
-        .read(APP)
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.event.rollout() == id)
-        .map(|r| serde_json::to_string(&r).unwrap())
-        .collect();
-    let stored: Vec<String> = etcd
-        .keys(&format!("/rollgate/{APP}/journal/{id}/"))
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
+    let id = started.event.rollout();
+    let local = one.journal_of(APP, id);
+    let stored = etcd.journal_of(APP, id);
+    faults::record(faults::Case {
+        bed: BED,
+        fault: "the whole etcd cluster SIGKILLed during a 30 s pause, for longer than the 10 s write window",
+        outcome: "stopped with exit 1 before the next step; resumed once etcd was back, completed",
+        lost: lost(&local, &stored),
+        unknown: unknown(&fleet, "2.0.0"),
+    });
     assert_eq!(stored, local, "no record lost");
 }

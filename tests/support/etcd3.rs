@@ -4,7 +4,10 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
+
+use crate::fleet::{Fleet, ROLLGATE, text};
+use crate::running::Running;
 
 pub struct Etcd3 {
     dir: PathBuf,
@@ -143,6 +146,18 @@ impl Etcd3 {
         assert!(out.status.success(), "etcd3.sh kill {i}");
     }
 
+    /// SIGSTOPs member `i`: frozen, it answers neither its peers nor clients (one member of
+    /// three cut off), until [`cont`](Self::cont).
+    pub fn stop(&self, i: usize) {
+        let out = self.script(&["stop", &i.to_string()]);
+        assert!(out.status.success(), "etcd3.sh stop {i}");
+    }
+
+    pub fn cont(&self, i: usize) {
+        let out = self.script(&["cont", &i.to_string()]);
+        assert!(out.status.success(), "etcd3.sh cont {i}");
+    }
+
     /// POSTs `body` to the gateway `path` of member 0 (curl) and parses the answer.
     pub fn call(&self, path: &str, body: &str) -> serde_json::Value {
         for i in 0..3 {
@@ -174,6 +189,47 @@ impl Etcd3 {
         v["header"]["revision"].as_str().unwrap().parse().unwrap()
     }
 
+    /// The records etcd holds for rollout `id` of `app` (JSON), in order.
+    pub fn journal_of(&self, app: &str, id: &str) -> Vec<String> {
+        self.keys(&format!("/rollgate/{app}/journal/{id}/"))
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    /// Waits (at most 10 s) until the lease that `key` is attached to is kept alive: its TTL, read
+    /// every 100 ms, goes up. A fault injected then begins right after a renewal.
+    pub fn await_keep_alive(&self, key: &str) {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let got = self.call(
+            "/v3/kv/range",
+            &serde_json::json!({"key": b64.encode(key)}).to_string(),
+        );
+        let lease = got["kvs"][0]["lease"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} is on a lease: {got}"))
+            .to_string();
+        let ttl = || {
+            let v = self.call(
+                "/v3/lease/timetolive",
+                &serde_json::json!({ "ID": lease }).to_string(),
+            );
+            v["TTL"].as_str().unwrap_or("-1").parse::<i64>().unwrap()
+        };
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut last = ttl();
+        while std::time::Instant::now() < end {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let now = ttl();
+            if now > last {
+                return;
+            }
+            last = now;
+        }
+        panic!("the lease of {key} was not kept alive within 10 s");
+    }
+
     /// The keys (and values) under `prefix`, in key order.
     pub fn keys(&self, prefix: &str) -> Vec<(String, String)> {
         use base64::Engine as _;
@@ -202,5 +258,136 @@ impl Etcd3 {
 impl Drop for Etcd3 {
     fn drop(&mut self) {
         let _ = self.script(&["down"]);
+    }
+}
+
+/// The bed of a host-fleet test on etcd: a three-member cluster on `port` and three hosts
+/// serving 1.0.0. `None` (after saying why) where the test cannot run: not root, or no etcd.
+pub fn bed(test: &str, port: u16) -> Option<(Etcd3, Fleet)> {
+    if !crate::netns::root_or_skip(test) {
+        return None;
+    }
+    let etcd = Etcd3::up(port)?;
+    let fleet = Fleet::start(3);
+    fleet.install("1.0.0");
+    Some((etcd, fleet))
+}
+
+/// Local records (of the machine that wrote them) that etcd does not hold at their place: the
+/// fault matrix's `lost`.
+pub fn lost(local: &[String], stored: &[String]) -> u32 {
+    local
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| stored.get(*i) != Some(r))
+        .count() as u32
+}
+
+/// Hosts whose agent's active version or whose service's answer is not `version`: the fault
+/// matrix's `unknown` once a rollout has ended on `version`.
+pub fn unknown(fleet: &Fleet, version: &str) -> u32 {
+    let active = fleet.agent_versions();
+    let served = fleet.served_versions();
+    active
+        .iter()
+        .zip(&served)
+        .filter(|(a, s)| a.as_deref() != Some(version) || s.as_deref() != Ok(version))
+        .count() as u32
+}
+
+/// One machine of a team: its own state dir and host name, the etcd cluster's URL.
+pub struct Machine {
+    pub name: &'static str,
+    pub state: PathBuf,
+    dir: PathBuf,
+    url: String,
+    /// In a pid namespace of its own (`unshare`), as another machine is: it cannot judge the
+    /// other's processes dead, so it waits for their lease to end.
+    apart: bool,
+}
+
+impl Machine {
+    pub fn new(fleet: &Fleet, etcd: &Etcd3, name: &'static str, apart: bool) -> Machine {
+        Machine {
+            name,
+            state: fleet.dir.join(format!("state-{name}")),
+            dir: fleet.dir.clone(),
+            url: etcd.url.clone(),
+            apart,
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = if self.apart {
+            let mut c = Command::new("unshare");
+            c.args(["--pid", "--fork", "--mount-proc", ROLLGATE]);
+            c
+        } else {
+            Command::new(ROLLGATE)
+        };
+        c.args(args)
+            .current_dir(&self.dir)
+            .env("ROLLGATE_STATE", &self.state)
+            .env("ROLLGATE_STATE_URL", &self.url)
+            .env("HOSTNAME", format!("machine-{}", self.name))
+            .env_remove("ROLLGATE_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run rollgate")
+    }
+
+    /// `apply -f MANIFEST -o json` on this machine, in the background.
+    pub fn apply(&self, manifest: &Path) -> Running {
+        Running::spawn(self.command(&["apply", "-f", manifest.to_str().unwrap(), "-o", "json"]))
+    }
+
+    /// `resume APP` once the app's lock is free (another machine's lease ended): tried every
+    /// second while it is refused (exit 1), for at most 30 s.
+    pub fn resume_when_free(&self) -> Output {
+        let mut waited = 0;
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            waited += 1;
+            let out = self.run(&["resume", crate::fleet::APP, "-o", "plain"]);
+            if out.status.code() != Some(1) || waited > 30 {
+                return out;
+            }
+        }
+    }
+
+    /// `history APP -o json` on this machine (from etcd), its rollouts oldest first.
+    pub fn history_of(&self, app: &str) -> Vec<serde_json::Value> {
+        let out = self.run(&["history", app, "-o", "json"]);
+        assert_eq!(out.status.code(), Some(0), "history: {}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The records of rollout `id` of `app` in this machine's local journal (JSON), in order.
+    pub fn journal_of(&self, app: &str, id: &str) -> Vec<String> {
+        rollgate::state::Store::at(&self.state)
+            .read(app)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.event.rollout() == id)
+            .map(|r| serde_json::to_string(&r).unwrap())
+            .collect()
+    }
+
+    /// The app's last rollout, as this machine's `history` shows it, went to `to` with `outcome`.
+    pub fn assert_last(&self, to: &str, outcome: &str) {
+        let last = self.history().pop().unwrap();
+        assert_eq!(
+            (last["to"].as_str(), last["outcome"].as_str()),
+            (Some(to), Some(outcome)),
+            "{}: {last}",
+            self.name
+        );
+    }
+
+    pub fn history(&self) -> Vec<serde_json::Value> {
+        self.history_of(crate::fleet::APP)
     }
 }

@@ -10,8 +10,7 @@
 //! it at each step boundary.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Etcd, EtcdError, Kv, LEASE_SECONDS, Result, op};
@@ -19,6 +18,7 @@ use crate::kube::{Fence, WRITE_WINDOW, chain};
 use crate::spec::state::EtcdSpec;
 use crate::state::lease::{boot_id, holder_gone};
 use crate::state::mirror::{MIRRORED_ROLLOUTS, blocks, merge};
+use crate::state::team::{Held, Push, Renew, Tasks, Unflushed};
 use crate::state::{Actor, Control, Record, Store};
 
 /// How often the holder renews its lease.
@@ -231,18 +231,16 @@ impl Remote {
                 self.keys.app
             )));
         }
-        let (pushed, _) = tokio::sync::watch::channel(0);
         let shared = Arc::new(Shared {
             keys: self.keys.clone(),
             lease,
             lock_rev,
-            fence,
-            written: AtomicU64::new(0),
-            wake: tokio::sync::Notify::new(),
-            pushed,
-            push_error: Mutex::new(None),
+            held: Held::new(
+                fence,
+                format!("the lock on {} (etcd key {lock})", self.keys.app),
+            ),
         });
-        let tasks = vec![
+        let tasks = Tasks::new(vec![
             tokio::spawn(renew_loop(shared.clone(), self.etcd.clone())),
             tokio::spawn(push_loop(shared.clone(), store.clone(), self.etcd.clone())),
             tokio::spawn(control_loop(
@@ -251,7 +249,7 @@ impl Remote {
                 self.etcd.clone(),
                 written.revision(),
             )),
-        ];
+        ]);
         Ok(Session {
             shared,
             tasks,
@@ -307,86 +305,40 @@ struct Shared {
     lease: i64,
     /// The lock key's create_revision: every journal write compares it.
     lock_rev: i64,
-    fence: Fence,
-    written: AtomicU64,
-    wake: tokio::sync::Notify,
-    pushed: tokio::sync::watch::Sender<u64>,
-    push_error: Mutex<Option<String>>,
+    /// The fence, the keep-alive and the journal's appends.
+    held: Held,
 }
 
 /// A held lock with its background tasks: keep-alive, journal appends, control requests.
 pub struct Session {
     shared: Arc<Shared>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Tasks,
     etcd: Etcd,
     /// Set when the lock was taken from a holder whose lease ended without a release.
     pub took_over: Option<String>,
 }
 
 impl Session {
-    /// Why this process may no longer act for the app, if it may not.
-    pub fn lost(&self) -> Option<String> {
-        self.shared.fence.check().err().map(|why| {
-            format!(
-                "the lock on {} (etcd key {}) is no longer this process's: {why}; nothing more was written",
-                self.shared.keys.app,
-                self.shared.keys.lock()
-            )
-        })
+    pub(crate) fn held(&self) -> &Held {
+        &self.shared.held
     }
 
-    pub async fn wait_lost(&self) -> String {
-        loop {
-            if let Some(why) = self.lost() {
-                return why;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    pub fn changed(&self) {
-        self.shared.written.fetch_add(1, Ordering::SeqCst);
-        self.shared.wake.notify_one();
-    }
-
-    /// Waits until everything journaled so far is in etcd; fails when the lock is lost, or when
-    /// appending has kept failing for [`WRITE_WINDOW`].
+    /// Waits until everything journaled so far is in etcd ([`Held::flush`]).
     pub async fn flush(&self) -> Result<()> {
-        let target = self.shared.written.load(Ordering::SeqCst);
-        let mut pushed = self.shared.pushed.subscribe();
-        let started = Instant::now();
-        loop {
-            if *pushed.borrow_and_update() >= target {
-                return Ok(());
-            }
-            if let Some(why) = self.lost() {
-                return Err(EtcdError::Lost(why));
-            }
-            if started.elapsed() > WRITE_WINDOW
-                && let Some(why) = self.push_error()
-            {
-                return Err(EtcdError::Mirror(why));
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(250), pushed.changed()).await;
-        }
-    }
-
-    pub fn push_error(&self) -> Option<String> {
-        self.shared.push_error.lock().expect("push error").clone()
+        self.shared.held.flush().await.map_err(|e| match e {
+            Unflushed::Lost(why) => EtcdError::Lost(why),
+            Unflushed::Failing(why) => EtcdError::Mirror(why),
+        })
     }
 
     /// Stops the tasks; if the lock is still this process's, deletes `holder` and the control
     /// requests in a transaction fenced on the lock key, then revokes the lease (the lock key goes
     /// with it).
     pub async fn release(mut self) {
-        for task in self.tasks.drain(..) {
-            task.abort();
-            let _ = task.await;
-        }
-        if self.shared.fence.is_lost() {
+        self.tasks.stop().await;
+        if !self.shared.held.shut() {
             return;
         }
-        self.shared.fence.shut();
         let keys = &self.shared.keys;
         let _ = self
             .etcd
@@ -404,66 +356,60 @@ impl Session {
     }
 }
 
-impl Drop for Session {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
+/// The lease kept alive.
+struct KeepAlive {
+    etcd: Etcd,
+    lease: i64,
+}
+
+impl Renew for KeepAlive {
+    async fn renew(&mut self) -> std::result::Result<Option<String>, String> {
+        match self.etcd.keep_alive(self.lease).await {
+            Ok(ttl) if ttl > 0 => Ok(None),
+            Ok(_) => Ok(Some(format!(
+                "its etcd lease ended (not renewed for {LEASE_SECONDS}s)"
+            ))),
+            Err(e) => Err(chain(&e)),
         }
     }
 }
 
 async fn renew_loop(shared: Arc<Shared>, etcd: Etcd) {
-    loop {
-        tokio::time::sleep(RENEW_EVERY).await;
-        let started = Instant::now();
-        match etcd.keep_alive(shared.lease).await {
-            Ok(ttl) if ttl > 0 => shared.fence.open_until(started + WRITE_WINDOW),
-            Ok(_) => {
-                shared.fence.lose(format!(
-                    "its etcd lease ended (not renewed for {LEASE_SECONDS}s)"
-                ));
-                return;
-            }
-            // Transient: the fence closes by itself if renewals keep failing.
-            Err(e) => eprintln!(
-                "warning: renewing the lock on {}: {}",
-                shared.keys.app,
-                chain(&e)
-            ),
-        }
+    let lease = KeepAlive {
+        etcd,
+        lease: shared.lease,
+    };
+    shared
+        .held
+        .renew_loop(&shared.keys.app, RENEW_EVERY, lease)
+        .await;
+}
+
+/// The local records etcd lacks, appended.
+struct Appending {
+    shared: Arc<Shared>,
+    store: Store,
+    etcd: Etcd,
+    /// Records etcd holds per rollout; read again after any failure.
+    known: Option<BTreeMap<String, usize>>,
+}
+
+impl Push for Appending {
+    async fn push(&mut self) -> std::result::Result<(), String> {
+        push(&self.shared, &self.store, &self.etcd, &mut self.known)
+            .await
+            .map_err(|e| chain(&e))
     }
 }
 
 async fn push_loop(shared: Arc<Shared>, store: Store, etcd: Etcd) {
-    // Records etcd holds per rollout; read again after any failure.
-    let mut known: Option<BTreeMap<String, usize>> = None;
-    loop {
-        shared.wake.notified().await;
-        let version = shared.written.load(Ordering::SeqCst);
-        loop {
-            if shared.fence.is_lost() {
-                return;
-            }
-            let result = match shared.fence.check() {
-                Err(why) => Err(why),
-                Ok(()) => push(&shared, &store, &etcd, &mut known)
-                    .await
-                    .map_err(|e| chain(&e)),
-            };
-            match result {
-                Ok(()) => {
-                    *shared.push_error.lock().expect("push error") = None;
-                    shared.pushed.send_replace(version);
-                    break;
-                }
-                Err(why) => {
-                    *shared.push_error.lock().expect("push error") = Some(why);
-                    known = None;
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
-    }
+    let appending = Appending {
+        shared: shared.clone(),
+        store,
+        etcd,
+        known: None,
+    };
+    shared.held.push_loop(appending).await;
 }
 
 /// How many records etcd holds for each rollout.
@@ -541,7 +487,7 @@ async fn push(
                 ),
                 None => format!("etcd key {} is gone (its lease ended)", keys.lock()),
             };
-            shared.fence.lose(why.clone());
+            shared.held.fence().lose(why.clone());
             return Err(EtcdError::Lost(why));
         }
     }
