@@ -262,8 +262,9 @@ fn payload(
     ))
 }
 
-/// The planned steps and the hosts (with zones) of rollout `id`'s stored manifest; empty when it
-/// cannot be planned offline (a Kubernetes target is sized by its cluster).
+/// The planned steps, the hosts (with zones) or the Deployment, and the metric checks' success
+/// conditions of rollout `id`'s stored manifest; no steps when it cannot be planned offline (a
+/// Kubernetes target is sized by its cluster).
 pub(super) fn layout(store: &Store, app: &str, id: &str) -> Layout {
     let Ok(rollout) = store.load_manifest(app, id) else {
         return Layout::default();
@@ -300,7 +301,25 @@ pub(super) fn layout(store: &Store, app: &str, id: &str) -> Layout {
                 })
                 .collect()
         });
-    Layout { steps, hosts }
+    let conditions = m
+        .rollout
+        .spec
+        .checks
+        .iter()
+        .filter(|c| c.is_metric())
+        .filter_map(|c| Some((c.name.clone(), c.success_condition.clone()?)))
+        .collect();
+    Layout {
+        steps,
+        hosts,
+        deployment: m
+            .rollout
+            .spec
+            .target
+            .kubernetes()
+            .map(|k| k.deployment.clone()),
+        conditions,
+    }
 }
 
 /// What a live view remembers between two looks at the journal.

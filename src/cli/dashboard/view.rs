@@ -5,15 +5,19 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::state::{Event, Outcome, Record, RolloutSummary, history};
+use crate::state::{Event, Outcome, Record, RolloutSummary, Sample, history};
 
-/// What the journal does not say, read from the last rollout's stored manifest: its planned steps
-/// and its hosts with their zones.
+/// What the journal does not say, read from the last rollout's stored manifest: its planned steps,
+/// its hosts with their zones (or its Deployment), and its checks' conditions.
 #[derive(Debug, Clone, Default)]
 pub struct Layout {
     pub steps: Vec<PlannedStep>,
     /// (instance, zone), in the manifest's order.
     pub hosts: Vec<(String, String)>,
+    /// A Kubernetes target: its Deployment (the grid is then by ReplicaSet, see [`replica_sets`]).
+    pub deployment: Option<String>,
+    /// Each check's `successCondition` (metric checks only), by name.
+    pub conditions: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -65,7 +69,12 @@ pub struct StepView {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ZoneView {
+    /// The zone (hosts), or the ReplicaSet's name (pods).
     pub zone: String,
+    /// `zone`, `replicaSet`, or `stable` (the Deployment's own ReplicaSets, not named by the journal).
+    pub kind: &'static str,
+    /// A ReplicaSet's version.
+    pub version: Option<String>,
     pub instances: Vec<InstanceView>,
 }
 
@@ -90,6 +99,11 @@ pub struct GateView {
     pub passed: bool,
     pub detail: String,
     pub at_ms: u64,
+    /// A metric check's measurements, oldest first.
+    pub measurements: Vec<Sample>,
+    /// The success condition as a line on the chart, when it is one: (comparison, value).
+    pub threshold: Option<(&'static str, f64)>,
+    pub condition: Option<String>,
 }
 
 /// Where instances not named by the layout (pods, or hosts of an older manifest) are grouped.
@@ -121,7 +135,10 @@ pub fn view(app: &str, records: &[Record], layout: &Layout) -> AppView {
         steps: last
             .as_ref()
             .map_or_else(Vec::new, |r| steps(r, records, layout)),
-        zones: zones(records, layout, last.as_ref()),
+        zones: match &layout.deployment {
+            Some(deployment) => replica_sets(records, deployment, last.as_ref()),
+            None => zones(records, layout, last.as_ref()),
+        },
         gates: records
             .iter()
             .filter(|r| Some(r.event.rollout()) == id)
@@ -131,14 +148,24 @@ pub fn view(app: &str, records: &[Record], layout: &Layout) -> AppView {
                     check,
                     passed,
                     detail,
+                    measurements,
                     ..
-                } => Some(GateView {
-                    step: *step,
-                    check: check.clone(),
-                    passed: *passed,
-                    detail: detail.clone(),
-                    at_ms: r.at_ms,
-                }),
+                } => {
+                    let condition = layout.conditions.get(check).cloned();
+                    Some(GateView {
+                        step: *step,
+                        check: check.clone(),
+                        passed: *passed,
+                        detail: detail.clone(),
+                        at_ms: r.at_ms,
+                        measurements: measurements.clone(),
+                        threshold: condition
+                            .as_deref()
+                            .and_then(|c| crate::health::condition::parse(c).ok())
+                            .and_then(|e| crate::health::condition::threshold(&e)),
+                        condition,
+                    })
+                }
                 _ => None,
             })
             .collect(),
@@ -264,6 +291,8 @@ fn zones(records: &[Record], layout: &Layout, last: Option<&RolloutSummary>) -> 
         Some(z) => z.instances.push(inst),
         None => out.push(ZoneView {
             zone: zone.to_string(),
+            kind: "zone",
+            version: None,
             instances: vec![inst],
         }),
     };
@@ -277,6 +306,142 @@ fn zones(records: &[Record], layout: &Layout, last: Option<&RolloutSummary>) -> 
         place(NO_ZONE, inst);
     }
     out
+}
+
+/// The pods of a Kubernetes rollout, by ReplicaSet, as far as the journal knows them. The journal
+/// names no pod: a Kubernetes target journals each ReplicaSet it grows (its name, its version, and
+/// on arrival how many of its pods are available and how many stable ones are left), and the
+/// Deployment itself when a rollback restores it. So each ReplicaSet the last rollout changed is a
+/// group with one cell per available pod, and the stable pods are a group under the Deployment's
+/// name with the rollout's `from` version and the last stable count recorded.
+fn replica_sets(
+    records: &[Record],
+    deployment: &str,
+    last: Option<&RolloutSummary>,
+) -> Vec<ZoneView> {
+    let Some(last) = last else {
+        return Vec::new();
+    };
+    // (name, version, state, detail, pods available), in order of first appearance.
+    let mut sets: Vec<(String, String, &'static str, String, Option<u32>)> = Vec::new();
+    let mut stable: Option<u32> = None;
+    for r in records.iter().filter(|r| r.event.rollout() == last.id) {
+        let (instance, version, state, detail) = match &r.event {
+            Event::InstanceChanging {
+                instance, version, ..
+            } => (instance, version, "switching", ""),
+            Event::InstanceChanged {
+                instance,
+                version,
+                ok,
+                detail,
+                ..
+            } => (
+                instance,
+                version,
+                if *ok { "healthy" } else { "failed" },
+                detail.as_str(),
+            ),
+            _ => continue,
+        };
+        let counts = pod_counts(detail);
+        if let Some((_, Some(old))) = counts {
+            stable = Some(old);
+        }
+        let i = match sets.iter().position(|s| &s.0 == instance) {
+            Some(i) => i,
+            None => {
+                sets.push((
+                    instance.clone(),
+                    version.clone(),
+                    state,
+                    String::new(),
+                    None,
+                ));
+                sets.len() - 1
+            }
+        };
+        let s = &mut sets[i];
+        s.1.clone_from(version);
+        s.2 = state;
+        s.3 = detail.to_string();
+        if let Some((new, _)) = counts {
+            s.4 = Some(new);
+        }
+    }
+    let cells = |name: &str, version: Option<&str>, state: &'static str, detail: &str, n: u32| {
+        (1..=n.max(1))
+            .map(|k| InstanceView {
+                name: format!("{name}/{k}"),
+                version: (state != "switching" || n > 0)
+                    .then(|| version.map(str::to_string))
+                    .flatten(),
+                target: (state == "switching")
+                    .then(|| version.map(str::to_string))
+                    .flatten(),
+                state,
+                detail: detail.to_string(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut out = Vec::new();
+    // The stable pods, unless the Deployment itself is in the journal (a rollback restored it).
+    if !sets.iter().any(|s| s.0 == deployment) && stable != Some(0) {
+        let state = if last.from.is_some() {
+            "healthy"
+        } else {
+            "unknown"
+        };
+        out.push(ZoneView {
+            zone: deployment.to_string(),
+            kind: "stable",
+            version: last.from.clone(),
+            instances: match stable {
+                Some(n) => cells(deployment, last.from.as_deref(), state, "stable", n),
+                None => cells(
+                    deployment,
+                    last.from.as_deref(),
+                    state,
+                    "stable, count unknown",
+                    1,
+                ),
+            },
+        });
+    }
+    // A rollback that restored the Deployment scaled the new sets down: the healthy ones are gone.
+    let restored = sets.iter().any(|s| s.0 == deployment && s.2 == "healthy");
+    for (name, version, state, detail, pods) in sets {
+        let gone = restored && name != deployment;
+        if state == "healthy" && (pods == Some(0) || gone) {
+            continue;
+        }
+        out.push(ZoneView {
+            instances: cells(&name, Some(&version), state, &detail, pods.unwrap_or(0)),
+            kind: if name == deployment {
+                "stable"
+            } else {
+                "replicaSet"
+            },
+            zone: name,
+            version: Some(version),
+        });
+    }
+    out
+}
+
+/// The pod counts in a Kubernetes target's instance detail: `N of V available` and, while stable
+/// pods are left, `, M old` (written by `target/kubernetes/sizes.rs` and `restore.rs`).
+pub fn pod_counts(detail: &str) -> Option<(u32, Option<u32>)> {
+    let (new, rest) = detail.split_once(" of ")?;
+    let new = new.parse().ok()?;
+    let old = rest
+        .rsplit_once(" available, ")
+        .and_then(|(_, old)| old.strip_suffix(" old"))
+        .and_then(|n| n.parse().ok());
+    if !rest.contains(" available") {
+        return None;
+    }
+    Some((new, old))
 }
 
 fn unknown(name: &str, version: Option<String>) -> InstanceView {
@@ -369,6 +534,7 @@ mod tests {
                 .iter()
                 .map(|(h, z)| (h.to_string(), z.to_string()))
                 .collect(),
+            ..Layout::default()
         }
     }
 
@@ -469,6 +635,7 @@ mod tests {
                     check: "health".into(),
                     passed: false,
                     detail: "500".into(),
+                    measurements: vec![],
                 },
             ),
             rec(
@@ -542,5 +709,144 @@ mod tests {
                 .iter()
                 .all(|z| z.instances.iter().all(|i| i.state == "unknown"))
         );
+    }
+
+    fn k8s_layout() -> Layout {
+        Layout {
+            deployment: Some("web".into()),
+            conditions: [("errors".to_string(), "result[0] <= 0.05".to_string())].into(),
+            ..Layout::default()
+        }
+    }
+
+    fn groups(v: &AppView) -> Vec<(String, Option<String>, Vec<&'static str>)> {
+        v.zones
+            .iter()
+            .map(|z| {
+                assert_eq!(z.kind == "stable", z.zone == "web", "{z:?}");
+                (
+                    z.zone.clone(),
+                    z.version.clone(),
+                    z.instances.iter().map(|i| i.state).collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn changed_detail(id: &str, instance: &str, version: &str, detail: &str) -> Event {
+        Event::InstanceChanged {
+            rollout: id.into(),
+            instance: instance.into(),
+            version: version.into(),
+            ok: true,
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn pods_are_grouped_by_replica_set_with_the_counts_the_kubernetes_target_journals() {
+        let r = "web-4";
+        // As target/kubernetes/sizes.rs journals a canary's first step: the new ReplicaSet, then
+        // how many of its pods are available and how many stable ones are left.
+        let mut records = vec![
+            rec(1, started(r, Some("v1"), "v2", 3)),
+            rec(2, step(r, 0, "scale")),
+            rec(3, changing(r, "web-7d9f6c5b8", "v2")),
+        ];
+        let v = view("web", &records, &k8s_layout());
+        assert_eq!(
+            groups(&v),
+            [
+                ("web".into(), Some("v1".into()), vec!["healthy"]),
+                ("web-7d9f6c5b8".into(), Some("v2".into()), vec!["switching"]),
+            ]
+        );
+        assert_eq!(v.zones[0].instances[0].detail, "stable, count unknown");
+        records.push(rec(
+            4,
+            changed_detail(r, "web-7d9f6c5b8", "v2", "1 of v2 available, 3 old"),
+        ));
+        let v = view("web", &records, &k8s_layout());
+        assert_eq!(
+            groups(&v),
+            [
+                ("web".into(), Some("v1".into()), vec!["healthy"; 3]),
+                ("web-7d9f6c5b8".into(), Some("v2".into()), vec!["healthy"]),
+            ]
+        );
+        // Promoted to all four: no stable pod is left.
+        records.push(rec(
+            5,
+            changed_detail(r, "web-7d9f6c5b8", "v2", "4 of v2 available, 0 old"),
+        ));
+        let v = view("web", &records, &k8s_layout());
+        assert_eq!(
+            groups(&v),
+            [(
+                "web-7d9f6c5b8".into(),
+                Some("v2".into()),
+                vec!["healthy"; 4]
+            )]
+        );
+        assert_eq!(v.zones[0].instances[3].name, "web-7d9f6c5b8/4");
+    }
+
+    #[test]
+    fn a_restored_deployment_replaces_the_new_replica_sets_pods() {
+        let r = "web-5";
+        let records = vec![
+            rec(1, started(r, Some("v1"), "v3", 3)),
+            rec(2, step(r, 0, "scale")),
+            rec(3, changing(r, "web-55c8", "v3")),
+            rec(
+                4,
+                changed_detail(r, "web-55c8", "v3", "1 of v3 available, 3 old"),
+            ),
+            rec(5, changing(r, "web", "v1")),
+            rec(6, changed_detail(r, "web", "v1", "4 of v1 available")),
+        ];
+        let v = view("web", &records, &k8s_layout());
+        assert_eq!(
+            groups(&v),
+            [("web".into(), Some("v1".into()), vec!["healthy"; 4])]
+        );
+    }
+
+    #[test]
+    fn pod_counts_reads_both_details_the_kubernetes_target_writes() {
+        assert_eq!(pod_counts("2 of v2 available, 1 old"), Some((2, Some(1))));
+        assert_eq!(pod_counts("4 of 1.0.0 available"), Some((4, None)));
+        assert_eq!(pod_counts("pod web-1 of v2: CrashLoopBackOff"), None);
+        assert_eq!(pod_counts(""), None);
+    }
+
+    #[test]
+    fn a_metric_gate_carries_its_measurements_and_the_success_condition_as_a_line() {
+        let r = "web-6";
+        let sample = |at_ms, value| Sample {
+            at_ms,
+            value: Some(value),
+            outcome: "success".into(),
+        };
+        let records = vec![
+            rec(1, started(r, Some("v1"), "v2", 3)),
+            rec(2, step(r, 0, "scale")),
+            rec(
+                3,
+                Event::Gate {
+                    rollout: r.into(),
+                    step: 0,
+                    check: "errors".into(),
+                    passed: true,
+                    detail: "on the rollout".into(),
+                    measurements: vec![sample(10, 0.01), sample(20, 0.02), sample(30, 0.0)],
+                },
+            ),
+        ];
+        let v = view("web", &records, &k8s_layout());
+        assert_eq!(v.gates.len(), 1);
+        assert_eq!(v.gates[0].measurements.len(), 3);
+        assert_eq!(v.gates[0].threshold, Some(("<=", 0.05)));
+        assert_eq!(v.gates[0].condition.as_deref(), Some("result[0] <= 0.05"));
     }
 }
