@@ -1,0 +1,142 @@
+//! The dashboard's grid for pods, against a real canary on the cluster: its groups are the
+//! ReplicaSets the cluster has, with as many pods of each version as are Ready there.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use kube::ResourceExt;
+use serde_json::Value;
+
+use crate::kube_bed::{self, Bed, image};
+
+const N: i32 = 4;
+
+/// `rollgate dashboard` on a free loopback port over the bed's state dir; it is interrupted
+/// (SIGINT, as Ctrl-C) when dropped.
+struct Dashboard {
+    url: String,
+    child: std::process::Child,
+}
+
+impl Dashboard {
+    fn start(bed: &Bed) -> Dashboard {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rollgate"))
+            .args(["dashboard", "--listen", "127.0.0.1:0"])
+            .env("ROLLGATE_STATE", bed.path("state"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("rollgate dashboard starts");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .expect("the dashboard prints its URL");
+        Dashboard {
+            url: first.trim().to_string(),
+            child,
+        }
+    }
+
+    async fn view(&self) -> Value {
+        let body: Value = reqwest::get(format!("{}api/apps/web", self.url))
+            .await
+            .expect("GET /api/apps/web")
+            .json()
+            .await
+            .expect("JSON");
+        body["view"].clone()
+    }
+}
+
+impl Drop for Dashboard {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+/// (group kind, name, version, pods) of each group the dashboard shows.
+fn groups(view: &Value) -> Vec<(String, String, String, usize)> {
+    view["zones"]
+        .as_array()
+        .expect("zones")
+        .iter()
+        .map(|z| {
+            (
+                z["kind"].as_str().unwrap().to_string(),
+                z["zone"].as_str().unwrap().to_string(),
+                z["version"].as_str().unwrap_or("").to_string(),
+                z["instances"].as_array().unwrap().len(),
+            )
+        })
+        .collect()
+}
+
+/// Ready pods of version 1 and of version 2, as the cluster has them.
+async fn ready(bed: &Bed) -> (usize, usize) {
+    let pods = bed.pods.list(&Default::default()).await.expect("pods");
+    let of = |v: &str| {
+        pods.items
+            .iter()
+            .filter(|p| kube_bed::is_ready(p) && kube_bed::pod_image(p) == Some(image(v).as_str()))
+            .count()
+    };
+    (of("1"), of("2"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_groups_a_canarys_pods_by_replica_set_as_the_cluster_has_them() {
+    let Some(bed) = Bed::new("dashboard", N, "25%", "0").await else {
+        return;
+    };
+    let rollout = bed.rollout(
+        "web.yaml",
+        "2",
+        &format!("image: \"{}\"", image("2")),
+        "  strategy:\n    canary: {maxSurge: 1, maxUnavailable: 0, steps: [{setWeight: 25}, {pause: {}}]}\n  progressDeadlineSeconds: 60\n",
+    );
+    let rollout = rollout.to_str().unwrap();
+    let out = bed.rollgate(&["apply", "-f", rollout]).await;
+    assert_eq!(out.status.code(), Some(3), "paused at 25%");
+    let dashboard = Dashboard::start(&bed);
+
+    // Paused: the stable pods under the Deployment, the canary's under its ReplicaSet, which is
+    // one the cluster has, each group as many pods as are Ready.
+    let (old, new) = ready(&bed).await;
+    assert_eq!((old, new), (3, 1), "the cluster at 25%");
+    let view = dashboard.view().await;
+    let g = groups(&view);
+    assert_eq!(g.len(), 2, "{view:#}");
+    assert_eq!((g[0].0.as_str(), g[0].1.as_str()), ("stable", "web"));
+    assert_eq!((g[0].2.as_str(), g[0].3), ("1", old), "{view:#}");
+    assert_eq!(g[1].0, "replicaSet");
+    assert_eq!((g[1].2.as_str(), g[1].3), ("2", new), "{view:#}");
+    let names: Vec<String> = bed
+        .replica_sets()
+        .await
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    assert!(names.contains(&g[1].1), "{} is not among {names:?}", g[1].1);
+
+    // Promoted: every pod in the new ReplicaSet, the stable group gone.
+    let out = bed.rollgate(&["promote", "web"]).await;
+    assert!(out.status.success(), "promoted to the end");
+    bed.wait_deployment("version 2 rolled out", |d| {
+        kube_bed::rolled_out(d, N, &image("2"))
+    })
+    .await;
+    let view = dashboard.view().await;
+    let g = groups(&view);
+    assert_eq!(g.len(), 1, "{view:#}");
+    assert_eq!(
+        (g[0].0.as_str(), g[0].2.as_str(), g[0].3),
+        ("replicaSet", "2", N as usize),
+        "{view:#}"
+    );
+    drop(dashboard);
+    bed.finish().await;
+}
