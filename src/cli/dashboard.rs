@@ -8,6 +8,7 @@
 
 mod actions;
 mod api;
+mod cluster;
 pub mod view;
 
 use std::net::SocketAddr;
@@ -58,6 +59,15 @@ pub fn listen_addr(listen: &str) -> Result<SocketAddr, InputError> {
 
 /// Binds `listen` and serves the dashboard of `store` in the background.
 pub async fn start(listen: &str, store: Store) -> Result<Served, CliError> {
+    start_with(listen, store, None).await
+}
+
+/// [`start`], with the apps whose team state is in `cluster` listed too.
+async fn start_with(
+    listen: &str,
+    store: Store,
+    cluster: Option<cluster::Cluster>,
+) -> Result<Served, CliError> {
     let addr = listen_addr(listen)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -66,7 +76,7 @@ pub async fn start(listen: &str, store: Store) -> Result<Served, CliError> {
         .local_addr()
         .map_err(|e| CliError::Failed(format!("dashboard: {e}")))?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let shared = Arc::new(api::Shared::new(store, bound, stopped.clone())?);
+    let shared = Arc::new(api::Shared::new(store, bound, stopped.clone(), cluster)?);
     let router = api::router(shared.clone());
     let mut stopped_rx = stopped;
     let task = tokio::spawn(async move {
@@ -86,16 +96,25 @@ pub async fn start(listen: &str, store: Store) -> Result<Served, CliError> {
 
 /// `rollgate dashboard`: serves until Ctrl-C / SIGTERM.
 pub async fn run(args: &DashboardArgs, env: &Env) -> Result<u8, CliError> {
-    if env.context.is_some() || env.namespace.is_some() || env.state.is_some() {
+    if env.state.is_some() {
         return Err(InputError::general(
-            "--context/--namespace/--state (ROLLGATE_STATE_URL): the dashboard shows this machine's state dir only; team state in a cluster or on etcd is not shown yet",
+            "--state (ROLLGATE_STATE_URL): the dashboard shows this machine's state dir and, with --context/--namespace, a cluster's team state; team state on etcd is not shown yet",
         )
         .into());
     }
-    let served = start(&args.listen, env.store.clone()).await?;
+    let cluster = if env.context.is_some() || env.namespace.is_some() {
+        Some(cluster::Cluster::connect(env).await?)
+    } else {
+        None
+    };
+    let namespace = cluster.as_ref().map(|c| c.namespace.clone());
+    let served = start_with(&args.listen, env.store.clone(), cluster).await?;
     let interrupted = interrupted();
     // The URL on stdout (alone, first) so scripts can read it; the rest goes to stderr.
     crate::cli::output::out(&format!("{}\n", served.url));
+    if let Some(ns) = namespace {
+        eprintln!("dashboard: showing the team state of namespace {ns} too (read only)");
+    }
     eprintln!("dashboard: serving on loopback; Ctrl-C stops it");
     interrupted.await;
     eprintln!("dashboard: stopping (a running action pauses after its current step)");

@@ -1,5 +1,6 @@
-//! The dashboard's grid for pods, against a real canary on the cluster: its groups are the
-//! ReplicaSets the cluster has, with as many pods of each version as are Ready there.
+//! The dashboard against a real canary on the cluster: its grid for pods groups them by the
+//! ReplicaSets the cluster has, with as many pods of each version as are Ready there; and with
+//! `--namespace`, another machine lists the app from its team state in the cluster, read only.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -19,10 +20,12 @@ struct Dashboard {
 }
 
 impl Dashboard {
-    fn start(bed: &Bed) -> Dashboard {
+    fn start(bed: &Bed, state: &str, flags: &[&str]) -> Dashboard {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rollgate"))
             .args(["dashboard", "--listen", "127.0.0.1:0"])
-            .env("ROLLGATE_STATE", bed.path("state"))
+            .args(flags)
+            .env("ROLLGATE_STATE", bed.path(state))
+            .env("KUBECONFIG", bed.cluster.kubeconfig())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -101,7 +104,7 @@ async fn the_dashboard_groups_a_canarys_pods_by_replica_set_as_the_cluster_has_t
     let rollout = rollout.to_str().unwrap();
     let out = bed.rollgate(&["apply", "-f", rollout]).await;
     assert_eq!(out.status.code(), Some(3), "paused at 25%");
-    let dashboard = Dashboard::start(&bed);
+    let dashboard = Dashboard::start(&bed, "state", &[]);
 
     // Paused: the stable pods under the Deployment, the canary's under its ReplicaSet, which is
     // one the cluster has, each group as many pods as are Ready.
@@ -138,5 +141,61 @@ async fn the_dashboard_groups_a_canarys_pods_by_replica_set_as_the_cluster_has_t
         "{view:#}"
     );
     drop(dashboard);
+
+    // Another machine (an empty state dir) with --namespace: the app is listed from the team
+    // state in the cluster and shown read only; an action is refused with the command to run.
+    let other = Dashboard::start(&bed, "other-state", &["--namespace", &bed.ns]);
+    let http = reqwest::Client::new();
+    let apps: Value = http
+        .get(format!("{}api/apps", other.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(apps["namespace"], bed.ns.as_str(), "{apps:#}");
+    assert_eq!(apps["apps"][0]["app"], "web", "{apps:#}");
+    assert_eq!(apps["apps"][0]["source"], "cluster", "{apps:#}");
+    assert_eq!(apps["apps"][0]["state"], "succeeded", "{apps:#}");
+    let body: Value = http
+        .get(format!("{}api/apps/web", other.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["cluster"]["namespace"], bed.ns.as_str(), "{body:#}");
+    assert_eq!(body["view"]["rollout"]["to"], "2", "{body:#}");
+    assert_eq!(
+        groups(&body["view"]),
+        g,
+        "the same picture from the cluster"
+    );
+    let page = http
+        .get(&other.url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let at = page.find("name=\"csrf-token\" content=\"").unwrap() + 27;
+    let refused = http
+        .post(format!("{}api/apps/web/actions", other.url))
+        .header("x-csrf-token", &page[at..at + 64])
+        .json(&serde_json::json!({"action": "rollback"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 409);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(
+        refused["cli"],
+        format!("rollgate rollback web --namespace {}", bed.ns).as_str(),
+        "{refused:#}"
+    );
+    drop(other);
     bed.finish().await;
 }

@@ -23,6 +23,19 @@ pub enum Action {
     Rollback,
 }
 
+impl Action {
+    /// The CLI command of the same name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Promote => "promote",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Abort => "abort",
+            Action::Rollback => "rollback",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ActionRequest {

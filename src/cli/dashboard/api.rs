@@ -20,6 +20,7 @@ use futures_util::Stream;
 use serde_json::{Value, json};
 
 use super::actions::{self, ActionStatus};
+use super::cluster::Cluster;
 use super::view::{self, Layout, NO_ZONE, PlannedStep};
 use crate::cli::CliError;
 use crate::spec::Manifest;
@@ -27,6 +28,9 @@ use crate::state::{Actor, Record, Store, history};
 
 /// How often a live view looks at the journal for appended records.
 pub const POLL: Duration = Duration::from_millis(200);
+
+/// How often a live view of an app whose team state is in the cluster reads its ConfigMap.
+pub const CLUSTER_POLL: Duration = Duration::from_secs(1);
 
 const INDEX: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/app.js");
@@ -43,6 +47,8 @@ pub struct Shared {
     /// Bumped when an action changes, so live views send it.
     pub(super) generation: AtomicU64,
     stopped: tokio::sync::watch::Receiver<bool>,
+    /// With `--context`/`--namespace`: the namespace whose team state is listed too (read only).
+    pub(super) cluster: Option<Cluster>,
 }
 
 impl Shared {
@@ -50,6 +56,7 @@ impl Shared {
         store: Store,
         bound: SocketAddr,
         stopped: tokio::sync::watch::Receiver<bool>,
+        cluster: Option<Cluster>,
     ) -> Result<Self, CliError> {
         let port = bound.port();
         let mut hosts = vec![bound.to_string(), format!("localhost:{port}")];
@@ -66,6 +73,7 @@ impl Shared {
             threads: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
             stopped,
+            cluster,
         })
     }
 
@@ -74,6 +82,28 @@ impl Shared {
         let threads = std::mem::take(&mut *self.threads.lock().expect("threads lock"));
         for t in threads {
             let _ = t.join();
+        }
+    }
+
+    /// The apps whose team state is in the cluster (none without `--context`/`--namespace`, or
+    /// when the cluster cannot be read now).
+    async fn cluster_apps(&self) -> Vec<String> {
+        match &self.cluster {
+            Some(c) => c.apps().await.unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Whether `app` is shown from the cluster's team state.
+    pub(super) async fn in_cluster(&self, app: &str) -> bool {
+        self.cluster_apps().await.iter().any(|a| a == app)
+    }
+
+    /// `app`'s journal: the cluster's team state merged with this machine's, or the state dir's.
+    async fn records(&self, app: &str) -> Result<Vec<Record>, String> {
+        match &self.cluster {
+            Some(c) if self.in_cluster(app).await => c.records(&self.store, app).await,
+            _ => self.store.read(app).map_err(|e| crate::error_chain(&e)),
         }
     }
 
@@ -195,50 +225,68 @@ async fn asset(content_type: &'static str, body: impl Into<String>) -> Response 
     ([(header::CONTENT_TYPE, content_type)], body.into()).into_response()
 }
 
+/// The apps: the state dir's and, with `--context`/`--namespace`, the cluster's (`source`
+/// `cluster`: shown from the team state there, read only).
 async fn apps(State(shared): State<Arc<Shared>>) -> Response {
-    let list: Vec<Value> = shared
+    let cluster = shared.cluster_apps().await;
+    let mut all: Vec<(String, &str)> = shared
         .apps()
         .into_iter()
-        .map(|app| {
-            let records = shared.store.read(&app).unwrap_or_default();
-            let last = history(&records).pop();
-            json!({"app": app, "state": view::state_word(last.as_ref()), "rollout": last})
-        })
+        .filter(|a| !cluster.contains(a))
+        .map(|a| (a, "local"))
+        .chain(cluster.iter().map(|a| (a.clone(), "cluster")))
         .collect();
-    Json(json!({"apps": list})).into_response()
+    all.sort();
+    let mut list = Vec::new();
+    for (app, source) in all {
+        let records = shared.records(&app).await.unwrap_or_default();
+        let last = history(&records).pop();
+        list.push(json!({"app": app, "source": source, "state": view::state_word(last.as_ref()), "rollout": last}));
+    }
+    let namespace = shared.cluster.as_ref().map(|c| c.namespace.clone());
+    Json(json!({"apps": list, "namespace": namespace})).into_response()
 }
 
-/// The app named in a path, if the state dir has it (an unknown or malformed name is a 404).
-fn known(shared: &Shared, app: &str) -> Result<(), Box<Response>> {
-    if shared.apps().iter().any(|a| a == app) {
+/// The app named in a path, if the state dir (or the cluster) has it (an unknown or malformed
+/// name is a 404).
+async fn known(shared: &Shared, app: &str) -> Result<(), Box<Response>> {
+    if shared.apps().iter().any(|a| a == app) || shared.in_cluster(app).await {
         Ok(())
     } else {
+        let mut places = shared.store.app_dir("").display().to_string();
+        if let Some(c) = &shared.cluster {
+            places.push_str(&format!(" or in namespace {}", c.namespace));
+        }
         Err(Box::new(error(
             StatusCode::NOT_FOUND,
-            format!("no app {app:?} in {}", shared.store.app_dir("").display()),
+            format!("no app {app:?} in {places}"),
         )))
     }
 }
 
 async fn app_view(State(shared): State<Arc<Shared>>, Path(app): Path<String>) -> Response {
-    if let Err(r) = known(&shared, &app) {
+    if let Err(r) = known(&shared, &app).await {
         return *r;
     }
-    match payload(&shared, &app, &mut None) {
-        Ok((body, _)) => Json(body).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    }
+    let records = match shared.records(&app).await {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, e),
+    };
+    let remote = shared.in_cluster(&app).await;
+    Json(payload(&shared, &app, &records, remote, &mut None)).into_response()
 }
 
-/// The view of `app` with the action started here, the lock's holder, and the records; `cache`
-/// keeps the layout of the last rollout across calls.
+/// The view of `app` made from `records`, with the action started here and the lock's holder
+/// (for an app shown from the cluster: the namespace, and no actions); `cache` keeps the layout of
+/// the last rollout across calls.
 fn payload(
     shared: &Shared,
     app: &str,
+    records: &[Record],
+    remote: bool,
     cache: &mut Option<(String, Layout)>,
-) -> Result<(Value, Vec<Record>), String> {
-    let records = shared.store.read(app).map_err(|e| crate::error_chain(&e))?;
-    let last_id = history(&records).pop().map(|r| r.id);
+) -> Value {
+    let last_id = history(records).pop().map(|r| r.id);
     let layout = match (cache.as_ref(), &last_id) {
         (Some((id, layout)), Some(last)) if id == last => layout.clone(),
         (_, Some(last)) => {
@@ -248,7 +296,13 @@ fn payload(
         }
         (_, None) => Layout::default(),
     };
-    let v = view::view(app, &records, &layout);
+    let v = view::view(app, records, &layout);
+    if remote && let Some(c) = &shared.cluster {
+        return json!({"view": v, "action": null, "running": null, "cluster": {
+            "namespace": c.namespace,
+            "promote": c.command("promote", app),
+        }});
+    }
     let action = shared
         .actions
         .lock()
@@ -256,10 +310,7 @@ fn payload(
         .get(app)
         .cloned();
     let running = shared.store.holder(app, &Actor::from_env().host);
-    Ok((
-        json!({"view": v, "action": action, "running": running}),
-        records,
-    ))
+    json!({"view": v, "action": action, "running": running})
 }
 
 /// The planned steps, the hosts (with zones) or the Deployment, and the metric checks' success
@@ -325,6 +376,8 @@ pub(super) fn layout(store: &Store, app: &str, id: &str) -> Layout {
 /// What a live view remembers between two looks at the journal.
 struct Watch {
     shared: Arc<Shared>,
+    /// Shown from the cluster's team state: read every [`CLUSTER_POLL`].
+    remote: bool,
     app: String,
     /// (length, modified) of the journal, and the action generation, when last sent.
     seen: Option<(u64, Option<SystemTime>, u64)>,
@@ -336,10 +389,12 @@ struct Watch {
 /// Server-sent events: `view` (the whole picture) whenever the journal grows or an action changes,
 /// and `record` for each appended journal record (the lines `apply -o json` prints).
 async fn events(State(shared): State<Arc<Shared>>, Path(app): Path<String>) -> Response {
-    if let Err(r) = known(&shared, &app) {
+    if let Err(r) = known(&shared, &app).await {
         return *r;
     }
+    let remote = shared.in_cluster(&app).await;
     let watch = Watch {
+        remote,
         shared,
         app,
         seen: None,
@@ -361,16 +416,35 @@ fn stream(watch: Watch) -> impl Stream<Item = Result<SseEvent, Infallible>> {
             if *w.shared.stopped.borrow() {
                 return None;
             }
-            let path = w.shared.store.app_dir(&w.app).join("journal.jsonl");
-            let meta = std::fs::metadata(&path).ok();
-            let now = (
-                meta.as_ref().map_or(0, std::fs::Metadata::len),
-                meta.and_then(|m| m.modified().ok()),
-                w.shared.generation.load(Ordering::SeqCst),
-            );
-            if w.seen != Some(now) {
-                w.seen = Some(now);
-                if let Ok((body, records)) = payload(&w.shared, &w.app, &mut w.cache) {
+            let generation = w.shared.generation.load(Ordering::SeqCst);
+            let (now, remote_records) = if w.remote {
+                // The cluster's records, read each poll: the view is sent when they change.
+                match w.shared.records(&w.app).await {
+                    Ok(records) => {
+                        let last = records.last().map_or(0, |r| r.at_ms);
+                        let n = records.len() as u64;
+                        (Some((n, None, last)), Some(records))
+                    }
+                    Err(_) => (w.seen, None),
+                }
+            } else {
+                let path = w.shared.store.app_dir(&w.app).join("journal.jsonl");
+                let meta = std::fs::metadata(&path).ok();
+                let now = (
+                    meta.as_ref().map_or(0, std::fs::Metadata::len),
+                    meta.and_then(|m| m.modified().ok()),
+                    generation,
+                );
+                (Some(now), None)
+            };
+            if w.seen != now {
+                w.seen = now;
+                let records = match remote_records {
+                    Some(r) => Ok(r),
+                    None => w.shared.records(&w.app).await,
+                };
+                if let Ok(records) = records {
+                    let body = payload(&w.shared, &w.app, &records, w.remote, &mut w.cache);
                     // A compacted journal starts over: its records were sent already.
                     let from = if records.len() < w.sent_records {
                         records.len()
@@ -390,8 +464,9 @@ fn stream(watch: Watch) -> impl Stream<Item = Result<SseEvent, Infallible>> {
                 }
             }
             let mut stopped = w.shared.stopped.clone();
+            let poll = if w.remote { CLUSTER_POLL } else { POLL };
             tokio::select! {
-                _ = tokio::time::sleep(POLL) => {}
+                _ = tokio::time::sleep(poll) => {}
                 _ = stopped.wait_for(|s| *s) => {}
             }
         }
@@ -404,7 +479,7 @@ async fn action(
     _headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = known(&shared, &app) {
+    if let Err(r) = known(&shared, &app).await {
         return *r;
     }
     let request: actions::ActionRequest = match serde_json::from_slice(&body) {
@@ -418,6 +493,18 @@ async fn action(
             );
         }
     };
+    if let Some(c) = &shared.cluster
+        && shared.in_cluster(&app).await
+    {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({
+                "error": format!("{app}'s team state is in namespace {}: the dashboard shows it read only; act from a terminal", c.namespace),
+                "cli": c.command(request.action.as_str(), &app),
+            })),
+        )
+            .into_response();
+    }
     match actions::start(&shared, &app, request) {
         Ok(status) => (StatusCode::ACCEPTED, Json(status)).into_response(),
         Err(actions::Refused { status, body }) => (status, Json(body)).into_response(),

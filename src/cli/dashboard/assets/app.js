@@ -42,7 +42,8 @@ async function loadApps() {
   const r = await fetch("/api/apps");
   const { apps } = await r.json();
   const nav = document.getElementById("apps");
-  nav.replaceChildren(...apps.map(a => el("a", { href: "#" + encodeURIComponent(a.app), "data-app": a.app }, a.app)));
+  nav.replaceChildren(...apps.map(a => el("a", { href: "#" + encodeURIComponent(a.app), "data-app": a.app, "data-source": a.source,
+    title: a.source === "cluster" ? "team state in the cluster (read only)" : "this machine's state dir" }, a.app + (a.source === "cluster" ? " \u2601" : ""))));
   const wanted = decodeURIComponent(location.hash.slice(1));
   const pick = apps.some(a => a.app === wanted) ? wanted : (apps[0] && apps[0].app);
   if (pick) select(pick);
@@ -90,6 +91,16 @@ function render(payload) {
 function renderActions(v, payload) {
   const section = document.getElementById("actions");
   section.hidden = !v.rollout;
+  const remote = document.getElementById("read-only");
+  remote.hidden = !payload.cluster;
+  if (payload.cluster) {
+    // Team state in the cluster: shown read only; the page says which command acts on it.
+    remote.textContent = "Read only: this app's team state is in namespace " + payload.cluster.namespace
+      + ". Act from a terminal, e.g. " + payload.cluster.promote;
+    for (const b of document.querySelectorAll("#actions button")) { b.hidden = true; b.disabled = true; }
+    document.getElementById("action-status").textContent = "";
+    return;
+  }
   const unfinished = v.rollout && !v.rollout.outcome;
   const busy = payload.action && payload.action.state === "running";
   const enable = {
