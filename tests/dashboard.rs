@@ -11,4 +11,5 @@ mod dashboard {
     mod demo;
     mod load;
     mod support;
+    mod tls;
 }

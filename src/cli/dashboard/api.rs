@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use super::actions::{self, ActionStatus};
 use super::cluster::Cluster;
+use super::tls::{Auth, Peer};
 use super::view::{self, Layout, NO_ZONE, PlannedStep};
 use crate::cli::CliError;
 use crate::spec::Manifest;
@@ -49,6 +50,8 @@ pub struct Shared {
     stopped: tokio::sync::watch::Receiver<bool>,
     /// With `--context`/`--namespace`: the namespace whose team state is listed too (read only).
     pub(super) cluster: Option<Cluster>,
+    /// Over HTTPS: who may come in (any `Host`: the certificate names the server).
+    auth: Option<Auth>,
 }
 
 impl Shared {
@@ -57,6 +60,7 @@ impl Shared {
         bound: SocketAddr,
         stopped: tokio::sync::watch::Receiver<bool>,
         cluster: Option<Cluster>,
+        auth: Option<Auth>,
     ) -> Result<Self, CliError> {
         let port = bound.port();
         let mut hosts = vec![bound.to_string(), format!("localhost:{port}")];
@@ -74,6 +78,7 @@ impl Shared {
             generation: AtomicU64::new(0),
             stopped,
             cluster,
+            auth,
         })
     }
 
@@ -158,8 +163,9 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
-/// Every request: `Host` must be this server's loopback address (a page from another site that
-/// re-resolves its name to 127.0.0.1 sends its own name). POSTs also need the page's CSRF token
+/// Every request: on loopback, `Host` must be this server's loopback address (a page from another
+/// site that re-resolves its name to 127.0.0.1 sends its own name); over HTTPS, the client must
+/// have shown a certificate of the CA or send the token. POSTs also need the page's CSRF token
 /// and, when the browser sends one, this server's `Origin`.
 async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
     let headers = request.headers();
@@ -167,15 +173,42 @@ async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    if !shared.hosts.iter().any(|h| h == host) {
-        return error(
-            StatusCode::FORBIDDEN,
-            format!("Host {host:?} is not this dashboard's address"),
-        );
-    }
+    let scheme = match &shared.auth {
+        None if !shared.hosts.iter().any(|h| h == host) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!("Host {host:?} is not this dashboard's address"),
+            );
+        }
+        None => "http",
+        Some(auth) => {
+            let cert = request
+                .extensions()
+                .get::<Peer>()
+                .is_some_and(|p| p.client_cert);
+            if !(cert && auth.client_certs) && !bearer(headers, auth) {
+                let mut r = error(
+                    StatusCode::UNAUTHORIZED,
+                    match (auth.client_certs, auth.token.is_some()) {
+                        (true, true) => {
+                            "a client certificate of the dashboard's CA or `Authorization: Bearer <token>` is needed"
+                        }
+                        (true, false) => "a client certificate of the dashboard's CA is needed",
+                        _ => "`Authorization: Bearer <token>` is needed",
+                    },
+                );
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"rollgate dashboard\""),
+                );
+                return r;
+            }
+            "https"
+        }
+    };
     if request.method() == axum::http::Method::POST {
         if let Some(origin) = headers.get(header::ORIGIN)
-            && origin.to_str().ok() != Some(format!("http://{host}").as_str())
+            && origin.to_str().ok() != Some(format!("{scheme}://{host}").as_str())
         {
             return error(
                 StatusCode::FORBIDDEN,
@@ -209,6 +242,17 @@ async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// Whether the request carries the token (`Authorization: Bearer`), compared in constant time.
+fn bearer(headers: &HeaderMap, auth: &Auth) -> bool {
+    let Some(token) = &auth.token else {
+        return false;
+    };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|sent| same(sent, token.as_bytes()))
 }
 
 /// Constant-time equality.
