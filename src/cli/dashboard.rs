@@ -137,7 +137,10 @@ pub async fn run(args: &DashboardArgs, env: &Env) -> Result<u8, CliError> {
     if addr.ip().is_loopback() {
         eprintln!("dashboard: serving on loopback; Ctrl-C stops it");
     } else {
-        eprintln!("dashboard: serving HTTPS on {addr} to authenticated clients; Ctrl-C stops it");
+        eprintln!(
+            "dashboard: serving HTTPS at {} to authenticated clients; Ctrl-C stops it",
+            served.url
+        );
     }
     interrupted.await;
     eprintln!("dashboard: stopping (a running action pauses after its current step)");

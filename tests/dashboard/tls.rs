@@ -152,7 +152,7 @@ async fn off_loopback_it_serves_https_only_to_a_client_certificate_or_the_token(
     );
     drop(served);
     let log = std::fs::read_to_string(dir.path().join("dashboard.err")).unwrap();
-    assert!(log.contains("serving HTTPS on 0.0.0.0:"), "{log}");
+    assert!(log.contains("serving HTTPS at https://0.0.0.0:"), "{log}");
     assert!(!log.contains(TOKEN), "the token is never printed: {log}");
 
     // Client certificates only (no token): a client without one fails the handshake.
@@ -236,4 +236,102 @@ fn off_loopback_without_tls_and_client_authentication_it_does_not_start() {
             String::from_utf8_lossy(&out.stdout)
         );
     }
+}
+
+/// The README's commands for a dashboard off loopback, run as written (the port made free): the
+/// PKI, the server and client certificates, the dashboard; a browser's client certificate gets
+/// the page, a client without one does not.
+#[tokio::test]
+async fn the_readme_https_example_runs_as_written() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let intro = "the token suits scripts and the JSON API:";
+    let block = readme[readme.find(intro).expect("the README's HTTPS example") + intro.len()..]
+        .split("```")
+        .nth(1)
+        .unwrap()
+        .trim_start_matches("sh\n");
+    let lines: Vec<String> = block
+        .replace("\\\n", " ")
+        .lines()
+        .map(|l| l.split(" # ").next().unwrap().trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |line: &str| -> Vec<String> {
+        line.split_whitespace()
+            .skip(1)
+            .map(|w| w.replace("0.0.0.0:7900", "0.0.0.0:0"))
+            .collect()
+    };
+    let ok = |args: &[String]| {
+        let out = Command::new(ROLLGATE)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // The CA, as the README's Hosts section makes it.
+    ok(&["pki", "init", "--dir", "pki"].map(String::from));
+    ok(&run(&lines[0]));
+    ok(&run(&lines[1]));
+    let mut child = Command::new(ROLLGATE)
+        .args(run(&lines[2]))
+        .current_dir(dir.path())
+        .env("ROLLGATE_STATE", dir.path().join("state"))
+        .env_remove("ROLLGATE_DASHBOARD_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut url)
+        .unwrap();
+    let port: u16 = url
+        .trim()
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let guard = Tls {
+        port,
+        child: Some(child),
+    };
+    let pki_dir = dir.path().join("pki");
+    let ana = pki::Issued {
+        cert: pki_dir.join("client-ana.pem"),
+        key: pki_dir.join("client-ana-key.pem"),
+    };
+    // The certificate names dash.example.com: resolve it to this machine.
+    let at = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let url = format!("https://dash.example.com:{port}/");
+    let named = |id: Option<&pki::Issued>| {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(pki_dir.join("ca.pem")).unwrap())
+            .unwrap();
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(ca)
+            .resolve("dash.example.com", at);
+        if let Some(id) = id {
+            let mut pem = std::fs::read(&id.cert).unwrap();
+            pem.extend(std::fs::read(&id.key).unwrap());
+            b = b.identity(reqwest::Identity::from_pem(&pem).unwrap());
+        }
+        b.build().unwrap()
+    };
+    let page = named(Some(&ana)).get(&url).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("rollgate dashboard"));
+    let r = status(named(None).get(&url)).await;
+    assert!(r.is_err(), "without a client certificate: {r:?}");
+    drop(guard);
 }
