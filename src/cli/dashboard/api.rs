@@ -186,7 +186,8 @@ async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
                 .extensions()
                 .get::<Peer>()
                 .is_some_and(|p| p.client_cert);
-            if !(cert && auth.client_certs) && !bearer(headers, auth) {
+            let authenticated = (cert && auth.client_certs) || bearer(headers, auth);
+            if !authenticated {
                 let mut r = error(
                     StatusCode::UNAUTHORIZED,
                     match (auth.client_certs, auth.token.is_some()) {
