@@ -61,6 +61,70 @@ impl Drop for Dashboard {
     }
 }
 
+/// The page in a headless Chromium (Debian's, as tests/dashboard drives it), when installed:
+/// what its instance grid and action bar show, with a screenshot under `target/`.
+async fn in_chromium(url: &str, screenshot: &str) -> Option<Value> {
+    let driver = std::path::PathBuf::from("/usr/bin/chromedriver");
+    let chromium = std::path::PathBuf::from("/usr/bin/chromium");
+    if !driver.is_file() || !chromium.is_file() {
+        eprintln!("SKIP the page in Chromium: chromium and chromium-driver are not installed");
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(&driver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let caps = serde_json::json!({"goog:chromeOptions": {"binary": chromium,
+        "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,900", "--no-proxy-server"]}});
+    let caps = caps.as_object().unwrap().clone();
+    let mut client = None;
+    for _ in 0..150 {
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        if let Ok(c) = fantoccini::ClientBuilder::new(connector)
+            .capabilities(caps.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+        {
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let client = client.expect("chromedriver answers");
+    client.goto(&format!("{url}#web")).await.unwrap();
+    let read = r##"
+      const zones = [...document.querySelectorAll(".zone")];
+      return zones.length && document.body.dataset.records ? {
+        groups: zones.map(z => [z.dataset.kind, z.dataset.zone, z.querySelector("h3").textContent, z.querySelectorAll(".inst").length]),
+        buttons: [...document.querySelectorAll("#actions button")].filter(b => !b.hidden).map(b => b.id),
+        readOnly: document.getElementById("read-only").hidden ? null : document.getElementById("read-only").textContent,
+        nav: [...document.querySelectorAll("nav a")].map(a => [a.dataset.app, a.dataset.source]),
+      } : null;"##;
+    let mut shown = Value::Null;
+    for _ in 0..150 {
+        shown = client.execute(read, vec![]).await.unwrap();
+        if !shown.is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(screenshot), client.screenshot().await.unwrap()).unwrap();
+    client.close().await.unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!shown.is_null(), "the page never drew its grid");
+    Some(shown)
+}
+
 /// (group kind, name, version, pods) of each group the dashboard shows.
 fn groups(view: &Value) -> Vec<(String, String, String, usize)> {
     view["zones"]
@@ -124,6 +188,30 @@ async fn the_dashboard_groups_a_canarys_pods_by_replica_set_as_the_cluster_has_t
         .map(ResourceExt::name_any)
         .collect();
     assert!(names.contains(&g[1].1), "{} is not among {names:?}", g[1].1);
+    // The page draws the same groups, headed by their ReplicaSet and version.
+    if let Some(page) = in_chromium(&dashboard.url, "7-kubernetes-replica-sets.png").await {
+        let groups = page["groups"].as_array().unwrap();
+        assert_eq!(groups.len(), 2, "{page:#}");
+        assert_eq!(groups[0][0], "stable", "{page:#}");
+        assert_eq!(
+            groups[0][2], "stable ReplicaSet of web (1) · 3 pods",
+            "{page:#}"
+        );
+        assert_eq!(groups[0][3], 3, "{page:#}");
+        assert_eq!(groups[1][1], g[1].1.as_str(), "{page:#}");
+        assert_eq!(
+            groups[1][2],
+            format!("ReplicaSet {} (2) · 1 pod", g[1].1).as_str(),
+            "{page:#}"
+        );
+        assert_eq!(groups[1][3], 1, "{page:#}");
+        assert!(page["readOnly"].is_null(), "{page:#}");
+        assert_eq!(
+            page["buttons"],
+            serde_json::json!(["act-promote", "act-abort"]),
+            "{page:#}"
+        );
+    }
 
     // Promoted: every pod in the new ReplicaSet, the stable group gone.
     let out = bed.rollgate(&["promote", "web"]).await;
@@ -196,6 +284,17 @@ async fn the_dashboard_groups_a_canarys_pods_by_replica_set_as_the_cluster_has_t
         format!("rollgate rollback web --namespace {}", bed.ns).as_str(),
         "{refused:#}"
     );
+    // The page: the app marked as the cluster's, no buttons, the command to run instead.
+    if let Some(page) = in_chromium(&other.url, "8-kubernetes-team-state-read-only.png").await {
+        assert_eq!(
+            page["nav"],
+            serde_json::json!([["web", "cluster"]]),
+            "{page:#}"
+        );
+        assert_eq!(page["buttons"], serde_json::json!([]), "{page:#}");
+        let note = page["readOnly"].as_str().unwrap_or_default();
+        assert!(note.contains(&format!("namespace {}", bed.ns)), "{page:#}");
+    }
     drop(other);
     bed.finish().await;
 }
