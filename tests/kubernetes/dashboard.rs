@@ -175,6 +175,46 @@ async fn the_dashboard_groups_a_canarys_pods_by_replica_set_as_the_cluster_has_t
     let (old, new) = ready(&bed).await;
     assert_eq!((old, new), (3, 1), "the cluster at 25%");
     let view = dashboard.view().await;
+    // The plan's row: a Kubernetes target is sized by its cluster, and the dashboard finds the
+    // size whose plan has the counts the journal recorded; its steps are `plan`'s for that size.
+    let out = bed
+        .rollgate(&[
+            "plan",
+            "-f",
+            rollout,
+            "--replicas",
+            &N.to_string(),
+            "-o",
+            "json",
+        ])
+        .await;
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    let planned: Vec<(String, String, bool)> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["kind"].as_str().unwrap().to_string(),
+                s["note"].as_str().unwrap().to_string(),
+                s["manual"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    let shown: Vec<(String, String, bool)> = view["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["kind"].as_str().unwrap().to_string(),
+                s["note"].as_str().unwrap().to_string(),
+                s["manual"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(shown, planned, "{view:#}");
+    assert!(shown.iter().any(|s| s.0 == "pause" && s.2), "{shown:?}");
     let g = groups(&view);
     assert_eq!(g.len(), 2, "{view:#}");
     assert_eq!((g[0].0.as_str(), g[0].1.as_str()), ("stable", "web"));

@@ -185,7 +185,7 @@ fn needs_signature(shared: &Shared, app: &str) -> Option<String> {
     let last = history(&records).pop()?;
     last.paused.as_ref()?;
     let step = last.steps.last()?.step;
-    let planned = layout(&shared.store, app, &last.id);
+    let planned = layout(&shared.store, app, &last.id, &records);
     if !planned.steps.get(step)?.signed {
         return None;
     }

@@ -333,9 +333,14 @@ fn payload(
 ) -> Value {
     let last_id = history(records).pop().map(|r| r.id);
     let layout = match (cache.as_ref(), &last_id) {
-        (Some((id, layout)), Some(last)) if id == last => layout.clone(),
+        // A Kubernetes plan found from the journal's counts once there are some.
+        (Some((id, layout)), Some(last))
+            if id == last && (!layout.steps.is_empty() || layout.deployment.is_none()) =>
+        {
+            layout.clone()
+        }
         (_, Some(last)) => {
-            let layout = layout(&shared.store, app, last);
+            let layout = layout(&shared.store, app, last, records);
             *cache = Some((last.clone(), layout.clone()));
             layout
         }
@@ -361,7 +366,7 @@ fn payload(
 /// The planned steps, the hosts (with zones) or the Deployment, and the metric checks' success
 /// conditions of rollout `id`'s stored manifest; no steps when it cannot be planned offline (a
 /// Kubernetes target is sized by its cluster).
-pub(super) fn layout(store: &Store, app: &str, id: &str) -> Layout {
+pub(super) fn layout(store: &Store, app: &str, id: &str, records: &[Record]) -> Layout {
     let Ok(rollout) = store.load_manifest(app, id) else {
         return Layout::default();
     };
@@ -382,21 +387,47 @@ pub(super) fn layout(store: &Store, app: &str, id: &str) -> Layout {
             })
             .collect()
     });
-    let steps = crate::target::offline_size(&m.rollout.spec.target, None)
-        .ok()
-        .and_then(|(n, capacity)| crate::plan::plan(&m.strategy, n, capacity).ok())
-        .map_or_else(Vec::new, |plan| {
-            plan.steps
+    // A Kubernetes target is sized by its cluster: the size whose plan has the journal's counts.
+    let plan = match m.rollout.spec.target.kubernetes() {
+        None => crate::target::offline_size(&m.rollout.spec.target, None)
+            .ok()
+            .and_then(|(n, capacity)| crate::plan::plan(&m.strategy, n, capacity).ok()),
+        Some(_) => {
+            let (total, counts) = view::recorded_counts(records, id);
+            let most = counts
                 .iter()
-                .map(|s| PlannedStep {
-                    kind: s.kind.as_str().to_string(),
-                    note: s.note.clone(),
-                    manual: s.manual,
-                    signed: s.approvers.is_some(),
-                    approvals: s.approvals,
+                .map(|&(_, old, new)| old + new)
+                .max()
+                .unwrap_or(0);
+            (1..=most.saturating_mul(2).saturating_add(2))
+                .filter(|_| !counts.is_empty())
+                .filter_map(|n| {
+                    let (n, capacity) =
+                        crate::target::offline_size(&m.rollout.spec.target, Some(n)).ok()?;
+                    crate::plan::plan(&m.strategy, n, capacity).ok()
                 })
-                .collect()
-        });
+                .find(|plan| {
+                    plan.steps.len() == total
+                        && counts.iter().all(|&(step, old, new)| {
+                            plan.steps
+                                .get(step)
+                                .is_some_and(|s| (s.old, s.new) == (old, new))
+                        })
+                })
+        }
+    };
+    let steps = plan.map_or_else(Vec::new, |plan| {
+        plan.steps
+            .iter()
+            .map(|s| PlannedStep {
+                kind: s.kind.as_str().to_string(),
+                note: s.note.clone(),
+                manual: s.manual,
+                signed: s.approvers.is_some(),
+                approvals: s.approvals,
+            })
+            .collect()
+    });
     let conditions = m
         .rollout
         .spec

@@ -8,8 +8,8 @@ use serde::Serialize;
 use crate::state::{Event, Outcome, Record, RolloutSummary, Sample, history};
 
 mod pods;
-pub use pods::pod_counts;
 use pods::replica_sets;
+pub use pods::{pod_counts, recorded_counts};
 
 /// What the journal does not say, read from the last rollout's stored manifest: its planned steps,
 /// its hosts with their zones (or its Deployment), and its checks' conditions.
@@ -677,6 +677,34 @@ mod tests {
         assert_eq!(
             groups(&v),
             [("web".into(), Some("v1".into()), vec!["healthy"; 4])]
+        );
+    }
+
+    #[test]
+    fn recorded_counts_are_the_steps_pod_counts_of_the_rollout() {
+        let r = "web-7";
+        let records = vec![
+            rec(1, started(r, Some("v1"), "v2", 4)),
+            rec(2, step(r, 0, "scale")),
+            rec(3, changing(r, "web-9f", "v2")),
+            rec(
+                4,
+                changed_detail(r, "web-9f", "v2", "1 of v2 available, 3 old"),
+            ),
+            rec(5, step(r, 1, "pause")),
+            rec(6, step(r, 2, "scale")),
+            rec(
+                7,
+                changed_detail(r, "web-9f", "v2", "2 of v2 available, 2 old"),
+            ),
+            rec(
+                8,
+                changed_detail("other-1", "web-9f", "v2", "4 of v2 available, 0 old"),
+            ),
+        ];
+        assert_eq!(
+            recorded_counts(&records, r),
+            (4, vec![(0, 3, 1), (2, 2, 2)])
         );
     }
 

@@ -138,3 +138,27 @@ pub fn pod_counts(detail: &str) -> Option<(u32, Option<u32>)> {
     }
     Some((new, old))
 }
+
+/// The steps a Kubernetes rollout's journal says it planned, and the (step, old, new) pod counts it
+/// recorded when a step's ReplicaSets arrived: what its plan must agree with.
+pub fn recorded_counts(records: &[Record], rollout: &str) -> (usize, Vec<(usize, u32, u32)>) {
+    let mut total = 0;
+    let mut step = None;
+    let mut counts = Vec::new();
+    for r in records.iter().filter(|r| r.event.rollout() == rollout) {
+        match &r.event {
+            Event::Started { steps, .. } => total = *steps,
+            Event::StepStarted { step: s, .. } => step = Some(*s),
+            Event::RollbackStarted { .. } => step = None,
+            Event::InstanceChanged {
+                ok: true, detail, ..
+            } => {
+                if let (Some(s), Some((new, Some(old)))) = (step, pod_counts(detail)) {
+                    counts.push((s, old, new));
+                }
+            }
+            _ => {}
+        }
+    }
+    (total, counts)
+}
