@@ -12,6 +12,7 @@
 mod actions;
 mod api;
 mod cluster;
+mod login;
 mod tls;
 pub mod view;
 

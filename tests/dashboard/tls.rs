@@ -135,6 +135,56 @@ async fn off_loopback_it_serves_https_only_to_a_client_certificate_or_the_token(
         status(anonymous.get(served.url("/api/apps")).bearer_auth(TOKEN)).await,
         Ok(200)
     );
+    // A browser signs in with the token once: `/` sends it to `/login`, whose POST sets a session
+    // cookie (not the token) that lets it in.
+    let browser = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let to_login = browser
+        .get(served.url("/"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(to_login.status(), 303);
+    assert_eq!(to_login.headers()["location"], "/login");
+    let login = browser.get(served.url("/login")).send().await.unwrap();
+    assert_eq!(login.status(), 200);
+    let csrf = super::support::csrf(&login.text().await.unwrap());
+    let sign_in = |token: &str| {
+        browser
+            .post(served.url("/login"))
+            .header("x-csrf-token", &csrf)
+            .json(&serde_json::json!({ "token": token }))
+            .send()
+    };
+    assert_eq!(sign_in("not-the-token-at-all").await.unwrap().status(), 401);
+    let signed = sign_in(TOKEN).await.unwrap();
+    assert_eq!(signed.status(), 204);
+    let cookie = signed.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.starts_with("rollgate-session=")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("Secure"),
+        "{cookie}"
+    );
+    assert!(
+        !cookie.contains(TOKEN),
+        "the cookie is not the token: {cookie}"
+    );
+    let session = cookie.split(';').next().unwrap().to_string();
+    let with_session = browser
+        .get(served.url("/api/apps"))
+        .header("cookie", &session);
+    assert_eq!(status(with_session).await, Ok(200));
+    let forged = browser
+        .get(served.url("/api/apps"))
+        .header("cookie", format!("rollgate-session={TOKEN}"));
+    assert_eq!(status(forged).await, Ok(401));
+
     // With a client certificate of the CA: served, no token needed.
     let with_cert = client(&ca, Some(&ana));
     assert_eq!(
@@ -245,7 +295,7 @@ fn off_loopback_without_tls_and_client_authentication_it_does_not_start() {
 async fn the_readme_https_example_runs_as_written() {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let intro = "the token suits scripts and the JSON API:";
+    let intro = "Served to client certificates of the PKI:";
     let block = readme[readme.find(intro).expect("the README's HTTPS example") + intro.len()..]
         .split("```")
         .nth(1)

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use super::actions::{self, ActionStatus};
 use super::cluster::Cluster;
+use super::login;
 use super::tls::{Auth, Peer};
 use super::view::{self, Layout, NO_ZONE, PlannedStep};
 use crate::cli::CliError;
@@ -52,6 +53,8 @@ pub struct Shared {
     pub(super) cluster: Option<Cluster>,
     /// Over HTTPS: who may come in (any `Host`: the certificate names the server).
     auth: Option<Auth>,
+    /// The value of the session cookie `/login` sets for the token (random per process).
+    session: String,
 }
 
 impl Shared {
@@ -79,7 +82,21 @@ impl Shared {
             stopped,
             cluster,
             auth,
+            session: token()?,
         })
+    }
+
+    pub(super) fn csrf(&self) -> &str {
+        &self.csrf
+    }
+
+    pub(super) fn session(&self) -> &str {
+        &self.session
+    }
+
+    /// The bearer token, when this dashboard takes one.
+    pub(super) fn token(&self) -> Option<&str> {
+        self.auth.as_ref().and_then(|a| a.token.as_deref())
     }
 
     /// Waits for every action thread this dashboard started.
@@ -151,6 +168,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/style.css",
             get(|| asset("text/css; charset=utf-8", STYLE)),
         )
+        .route("/login", get(login::page).post(login::sign_in))
+        .route(
+            "/login.js",
+            get(|| asset("text/javascript; charset=utf-8", login::SCRIPT)),
+        )
         .route("/api/apps", get(apps))
         .route("/api/apps/{app}", get(app_view))
         .route("/api/apps/{app}/events", get(events))
@@ -159,7 +181,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
@@ -186,7 +208,26 @@ async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
                 .extensions()
                 .get::<Peer>()
                 .is_some_and(|p| p.client_cert);
-            let authenticated = (cert && auth.client_certs) || bearer(headers, auth);
+            let authenticated = (cert && auth.client_certs)
+                || bearer(headers, auth)
+                || (auth.token.is_some() && login::has_session(headers, &shared.session))
+                || login::open(request.uri().path());
+            // A browser without a session is sent to sign in with the token.
+            let html = headers
+                .get(header::ACCEPT)
+                .and_then(|a| a.to_str().ok())
+                .is_some_and(|a| a.contains("text/html"));
+            if !authenticated
+                && html
+                && auth.token.is_some()
+                && request.method() == axum::http::Method::GET
+            {
+                return (
+                    StatusCode::SEE_OTHER,
+                    [(header::LOCATION, HeaderValue::from_static("/login"))],
+                )
+                    .into_response();
+            }
             if !authenticated {
                 let mut r = error(
                     StatusCode::UNAUTHORIZED,
@@ -257,7 +298,7 @@ fn bearer(headers: &HeaderMap, auth: &Auth) -> bool {
 }
 
 /// Constant-time equality.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -266,7 +307,7 @@ async fn index(State(shared): State<Arc<Shared>>) -> Response {
     asset("text/html; charset=utf-8", page).await
 }
 
-async fn asset(content_type: &'static str, body: impl Into<String>) -> Response {
+pub(super) async fn asset(content_type: &'static str, body: impl Into<String>) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body.into()).into_response()
 }
 
