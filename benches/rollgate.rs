@@ -922,6 +922,7 @@ fn store(rows: &mut Vec<Row>) {
                 check: "health".into(),
                 passed: true,
                 detail: "on h0".into(),
+                measurements: vec![],
             })
             .unwrap();
             j.append(Event::StepDone {

@@ -388,9 +388,24 @@ pub enum PkiCommand {
 
 #[derive(Debug, Args)]
 pub struct DashboardArgs {
-    /// Where to serve: a loopback address and port (port 0 picks a free one; the URL is printed).
+    /// Where to serve: an address and port (port 0 picks a free one; the URL is printed). Off
+    /// loopback it needs --tls-cert/--tls-key and --client-ca or a token.
     #[arg(long, default_value = "127.0.0.1:7900", value_name = "ADDR")]
     pub listen: String,
+    /// Serve HTTPS with this certificate (PEM), e.g. from `rollgate pki issue --agent HOST`.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Accept client certificates issued by this CA (PEM; the PKI's ca.pem, certificates from
+    /// `rollgate pki issue --client NAME`). Needs --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// Accept `Authorization: Bearer TOKEN` with the token in this file (else
+    /// ROLLGATE_DASHBOARD_TOKEN). Needs --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

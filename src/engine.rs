@@ -126,8 +126,8 @@ impl Report for Counting<'_> {
     }
 }
 
-/// Background analysis in flight: the first check to reach a verdict, with its name.
-type Background = tokio::task::JoinHandle<(String, Verdict)>;
+/// Background analysis in flight: the first check to reach a verdict, with its name and measurements.
+type Background = tokio::task::JoinHandle<(String, Verdict, Vec<crate::state::Sample>)>;
 
 enum StepResult {
     Done,
@@ -343,7 +343,11 @@ impl<T: Target> Run<'_, T> {
                 && task.is_finished()
             {
                 let verdict = task.await.unwrap_or_else(|e| {
-                    ("background analysis".into(), Verdict::Fail(e.to_string()))
+                    (
+                        "background analysis".into(),
+                        Verdict::Fail(e.to_string()),
+                        Vec::new(),
+                    )
                 });
                 *running = None;
                 return self.background_ended(i, verdict).await;
@@ -413,7 +417,7 @@ impl<T: Target> Run<'_, T> {
     async fn background_ended(
         &mut self,
         i: usize,
-        (name, verdict): (String, Verdict),
+        (name, verdict, measurements): (String, Verdict, Vec<crate::state::Sample>),
     ) -> Result<RunOutcome> {
         let detail = match &verdict {
             Verdict::Fail(why) | Verdict::Inconclusive(why) => why.clone(),
@@ -425,6 +429,7 @@ impl<T: Target> Run<'_, T> {
             check: name.clone(),
             passed: false,
             detail: format!("in the background: {detail}"),
+            measurements,
         })?;
         if matches!(verdict, Verdict::Inconclusive(_)) {
             let reason = format!(

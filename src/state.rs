@@ -21,6 +21,8 @@ pub mod mirror;
 mod store;
 pub mod team;
 
-pub use event::{Actor, Control, ControlKind, Event, Outcome, Record, StrategyKind, now_ms};
+pub use event::{
+    Actor, Control, ControlKind, Event, Outcome, Record, SAMPLES_KEPT, Sample, StrategyKind, now_ms,
+};
 pub use history::{Approval, Compacted, RolloutSummary, StepSummary, history};
 pub use store::{Journal, LOCAL_KEEP_ROLLOUTS, Lock, Result, StateError, Store};

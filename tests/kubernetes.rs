@@ -19,6 +19,7 @@ mod kubernetes {
     mod blue_green;
     mod bounds;
     mod canary;
+    mod dashboard;
     mod dry_run;
     mod failures;
     mod faults;

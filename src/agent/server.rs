@@ -44,7 +44,7 @@ use super::manager::{Agent, ManagerError};
 use crate::error_chain;
 
 mod admission;
-mod client_usage;
+pub(crate) mod client_usage;
 mod preflight;
 
 use preflight::{Prepared, prepare};

@@ -25,11 +25,12 @@ impl<T: Target> Run<'_, T> {
             .collect();
         for check in checks {
             // A metric check measures the whole rollout once; a probe runs against each new instance.
+            let samples = crate::health::run::Samples::default();
             let verdicts: Vec<(String, Verdict)> = if check.is_metric() {
                 let vars = self.metric_vars(&instances);
                 vec![(
                     "the rollout".to_string(),
-                    crate::health::run::metric(&self.http, check, &vars).await,
+                    crate::health::run::metric(&self.http, check, &vars, &samples).await,
                 )]
             } else {
                 let target = self.target;
@@ -55,6 +56,7 @@ impl<T: Target> Run<'_, T> {
                     check: check.name.clone(),
                     passed,
                     detail: detail.clone(),
+                    measurements: samples.lock().expect("samples lock").clone(),
                 })?;
                 match verdict {
                     Verdict::Pass => {}

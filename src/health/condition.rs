@@ -341,6 +341,56 @@ impl Parser<'_> {
     }
 }
 
+/// The line a chart of the measurements can draw for a condition that compares the plotted value
+/// (`result`, or `result[0]`) with a number: the comparison (`<`, `<=`, `>`, `>=`, `==`) read with
+/// the value on the left, and the number. Any other condition has no single line.
+pub fn threshold(e: &Expr) -> Option<(&'static str, f64)> {
+    let Expr::Bin(op, l, r) = e else {
+        return None;
+    };
+    let num = |e: &Expr| match e {
+        Expr::Num(n) => Some(*n),
+        Expr::Neg(inner) => match inner.as_ref() {
+            Expr::Num(n) => Some(-*n),
+            _ => None,
+        },
+        _ => None,
+    };
+    let plotted = |e: &Expr| matches!(e, Expr::Result | Expr::Index(0));
+    let word = |op: Op, flipped: bool| match (op, flipped) {
+        (Op::Lt, false) | (Op::Gt, true) => Some("<"),
+        (Op::Le, false) | (Op::Ge, true) => Some("<="),
+        (Op::Gt, false) | (Op::Lt, true) => Some(">"),
+        (Op::Ge, false) | (Op::Le, true) => Some(">="),
+        (Op::Eq, _) => Some("=="),
+        _ => None,
+    };
+    if plotted(l) {
+        Some((word(*op, false)?, num(r)?))
+    } else if plotted(r) {
+        Some((word(*op, true)?, num(l)?))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod threshold_tests {
+    use super::*;
+
+    #[test]
+    fn a_comparison_of_the_plotted_value_with_a_number_is_a_line() {
+        let t = |s: &str| threshold(&parse(s).unwrap());
+        assert_eq!(t("result[0] <= 0.05"), Some(("<=", 0.05)));
+        assert_eq!(t("result > 10"), Some((">", 10.0)));
+        assert_eq!(t("0.99 <= result[0]"), Some((">=", 0.99)));
+        assert_eq!(t("result[0] > -1"), Some((">", -1.0)));
+        assert_eq!(t("result[1] < 3"), None);
+        assert_eq!(t("result[0] < 3 && result[0] > 1"), None);
+        assert_eq!(t("len(result) == 2"), None);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

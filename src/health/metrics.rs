@@ -146,6 +146,23 @@ pub async fn measure(
     check: &Check,
     vars: &BTreeMap<String, String>,
 ) -> Measurement {
+    measure_value(http, check, vars).await.1
+}
+
+/// The number a measurement is drawn as: a scalar, or a vector's first element.
+pub fn plotted(value: &Value) -> Option<f64> {
+    match value {
+        Value::Scalar(s) => Some(*s),
+        Value::Vector(v) => v.first().copied(),
+    }
+}
+
+/// One measurement, with the number it is drawn as (none when the query gave none).
+pub async fn measure_value(
+    http: &reqwest::Client,
+    check: &Check,
+    vars: &BTreeMap<String, String>,
+) -> (Option<f64>, Measurement) {
     let timeout = check.timeout.0;
     let value = if let Some(p) = &check.prometheus {
         prometheus(
@@ -161,8 +178,8 @@ pub async fn measure(
         Err("not a metric check".to_string())
     };
     match value {
-        Ok(v) => judge(check, &v),
-        Err(e) => Measurement::Error(e),
+        Ok(v) => (plotted(&v).filter(|x| x.is_finite()), judge(check, &v)),
+        Err(e) => (None, Measurement::Error(e)),
     }
 }
 

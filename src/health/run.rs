@@ -2,11 +2,13 @@
 //! rollgate makes itself (`runOn: cli`) for every target.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::metrics::{Measurement, MetricGate, measure};
+use super::metrics::{Measurement, MetricGate, measure_value};
 use super::{Gate, Probe, Verdict};
 use crate::spec::Check;
+use crate::state::{SAMPLES_KEPT, Sample, now_ms};
 
 /// A gate: observations in, a verdict out (pure).
 pub trait Observe {
@@ -46,22 +48,46 @@ pub async fn until_verdict<G: Observe, F: Future<Output = G::Observation>>(
     }
 }
 
-/// Measures a metric check every `interval` until its limits give a verdict.
+/// A metric check's measurements so far, kept for its gate record (the last [`SAMPLES_KEPT`]).
+pub type Samples = Arc<Mutex<Vec<Sample>>>;
+
+/// Measures a metric check every `interval` until its limits give a verdict; each measurement is
+/// added to `samples`.
 pub async fn metric(
     http: &reqwest::Client,
     check: &Check,
     vars: &BTreeMap<String, String>,
+    samples: &Samples,
 ) -> Verdict {
-    until_verdict(MetricGate::new(check), check, || measure(http, check, vars)).await
+    let next = || async {
+        let (value, m) = measure_value(http, check, vars).await;
+        let outcome = match &m {
+            Measurement::Success(_) => "success",
+            Measurement::Failure(_) => "failure",
+            Measurement::Inconclusive(_) => "inconclusive",
+            Measurement::Error(_) => "error",
+        };
+        let mut kept = samples.lock().expect("samples lock");
+        if kept.len() >= SAMPLES_KEPT {
+            kept.remove(0);
+        }
+        kept.push(Sample {
+            at_ms: now_ms(),
+            value,
+            outcome: outcome.into(),
+        });
+        m
+    };
+    until_verdict(MetricGate::new(check), check, next).await
 }
 
 /// Background analysis: every check measured at its interval for as long as the rollout runs; the
-/// first check to fail or to become inconclusive ends it with its verdict.
+/// first check to fail or to become inconclusive ends it with its verdict and its measurements.
 pub async fn background(
     http: &reqwest::Client,
     checks: &[Check],
     vars: &BTreeMap<String, String>,
-) -> (String, Verdict) {
+) -> (String, Verdict, Vec<Sample>) {
     if checks.is_empty() {
         return std::future::pending().await;
     }
@@ -69,7 +95,10 @@ pub async fn background(
         Box::pin(async move {
             let mut endless = c.clone();
             endless.count = u32::MAX;
-            (c.name.clone(), metric(http, &endless, vars).await)
+            let samples = Samples::default();
+            let verdict = metric(http, &endless, vars, &samples).await;
+            let samples = std::mem::take(&mut *samples.lock().expect("samples lock"));
+            (c.name.clone(), verdict, samples)
         })
     });
     futures_util::future::select_all(runs).await.0

@@ -146,6 +146,22 @@ impl std::fmt::Display for Actor {
     }
 }
 
+/// How many measurements a gate record keeps (the last ones): background analysis measures for as
+/// long as a rollout runs, and the record must stay small.
+pub const SAMPLES_KEPT: usize = 60;
+
+/// One measurement of a metric check: when, the value (a scalar, or a vector's first element;
+/// none when the query gave no number), and how it was judged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sample {
+    pub at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// `success`, `failure`, `inconclusive` or `error`.
+    pub outcome: String,
+}
+
 /// One journal record. Records are only appended, each fsynced before the action it announces.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "camelCase")]
@@ -187,6 +203,9 @@ pub enum Event {
         check: String,
         passed: bool,
         detail: String,
+        /// A metric check's measurements, oldest first (the last [`SAMPLES_KEPT`]); none for probes.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        measurements: Vec<Sample>,
     },
     #[serde(rename_all = "camelCase")]
     StepDone {
@@ -390,6 +409,7 @@ mod tests {
                 check: r(),
                 passed: true,
                 detail: r(),
+                measurements: vec![],
             },
             Event::StepDone {
                 rollout: r(),

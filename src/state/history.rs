@@ -294,6 +294,7 @@ mod tests {
             check: "health".into(),
             passed: false,
             detail: "500".into(),
+            measurements: vec![],
         })
         .unwrap();
         j.append(Event::RollbackStarted {

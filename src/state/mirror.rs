@@ -154,6 +154,32 @@ pub(super) fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.is_not_found())
 }
 
+/// The apps whose team state is in `namespace`: the names on rollgate's ConfigMaps there (read
+/// only; sorted).
+pub async fn apps(kube: &Kube, namespace: &str) -> Result<Vec<String>> {
+    let maps: Api<ConfigMap> = Api::namespaced(kube.client()?, namespace);
+    let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+    let list = maps
+        .list_metadata(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| ClusterError::Api {
+            action: "listing",
+            kind: "ConfigMaps",
+            namespace: namespace.to_string(),
+            name: format!("-l {selector}"),
+            source: Box::new(e),
+        })?;
+    let mut apps: Vec<String> = list
+        .items
+        .iter()
+        .filter_map(|cm| cm.metadata.labels.as_ref()?.get(APP_LABEL).cloned())
+        .filter(|app| !app.is_empty())
+        .collect();
+    apps.sort();
+    apps.dedup();
+    Ok(apps)
+}
+
 impl Remote {
     /// The ConfigMap and Lease `rollgate-<app>` in `namespace`.
     pub fn new(kube: &Kube, namespace: &str, app: &str) -> Result<Remote> {

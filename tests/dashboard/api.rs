@@ -167,20 +167,29 @@ async fn a_record_appended_to_the_journal_reaches_the_live_view_within_a_second(
 }
 
 #[test]
-fn a_listen_address_off_loopback_or_malformed_or_a_cluster_flag_is_a_usage_error() {
+fn a_listen_address_off_loopback_or_malformed_or_an_unknown_context_or_etcd_is_a_usage_error() {
+    // A kubeconfig with one context, `test`.
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:1\"}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: test, context: {cluster: c, user: u}}]\ncurrent-context: test\n",
+    )
+    .unwrap();
     for (args, says) in [
         (["--listen", "0.0.0.0:7900"], "loopback"),
         (["--listen", "nowhere"], "IP address and port"),
-        (["--context", "prod"], "this machine's state dir only"),
+        (["--context", "prod"], "no such context (it has: test)"),
         (
             ["--state", "etcd://127.0.0.1:1/x"],
-            "this machine's state dir only",
+            "team state on etcd is not shown",
         ),
     ] {
         let out = Command::new(ROLLGATE)
             .arg("dashboard")
             .args(args)
             .env("ROLLGATE_STATE", "/nonexistent")
+            .env("KUBECONFIG", &kubeconfig)
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

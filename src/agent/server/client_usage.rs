@@ -10,7 +10,7 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, 
 
 /// Wraps the webpki verifier; refuses an end-entity certificate without `clientAuth` usage.
 #[derive(Debug)]
-pub(super) struct RequireClientAuthUsage(pub(super) Arc<dyn ClientCertVerifier>);
+pub(crate) struct RequireClientAuthUsage(pub(crate) Arc<dyn ClientCertVerifier>);
 
 impl ClientCertVerifier for RequireClientAuthUsage {
     fn offer_client_auth(&self) -> bool {

@@ -23,6 +23,19 @@ pub enum Action {
     Rollback,
 }
 
+impl Action {
+    /// The CLI command of the same name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Promote => "promote",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Abort => "abort",
+            Action::Rollback => "rollback",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ActionRequest {
@@ -172,7 +185,7 @@ fn needs_signature(shared: &Shared, app: &str) -> Option<String> {
     let last = history(&records).pop()?;
     last.paused.as_ref()?;
     let step = last.steps.last()?.step;
-    let planned = layout(&shared.store, app, &last.id);
+    let planned = layout(&shared.store, app, &last.id, &records);
     if !planned.steps.get(step)?.signed {
         return None;
     }

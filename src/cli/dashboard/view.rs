@@ -5,15 +5,23 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::state::{Event, Outcome, Record, RolloutSummary, history};
+use crate::state::{Event, Outcome, Record, RolloutSummary, Sample, history};
 
-/// What the journal does not say, read from the last rollout's stored manifest: its planned steps
-/// and its hosts with their zones.
+mod pods;
+use pods::replica_sets;
+pub use pods::{pod_counts, recorded_counts};
+
+/// What the journal does not say, read from the last rollout's stored manifest: its planned steps,
+/// its hosts with their zones (or its Deployment), and its checks' conditions.
 #[derive(Debug, Clone, Default)]
 pub struct Layout {
     pub steps: Vec<PlannedStep>,
     /// (instance, zone), in the manifest's order.
     pub hosts: Vec<(String, String)>,
+    /// A Kubernetes target: its Deployment (the grid is then by ReplicaSet, see [`replica_sets`]).
+    pub deployment: Option<String>,
+    /// Each check's `successCondition` (metric checks only), by name.
+    pub conditions: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -65,7 +73,12 @@ pub struct StepView {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ZoneView {
+    /// The zone (hosts), or the ReplicaSet's name (pods).
     pub zone: String,
+    /// `zone`, `replicaSet`, or `stable` (the Deployment's own ReplicaSets, not named by the journal).
+    pub kind: &'static str,
+    /// A ReplicaSet's version.
+    pub version: Option<String>,
     pub instances: Vec<InstanceView>,
 }
 
@@ -90,6 +103,11 @@ pub struct GateView {
     pub passed: bool,
     pub detail: String,
     pub at_ms: u64,
+    /// A metric check's measurements, oldest first.
+    pub measurements: Vec<Sample>,
+    /// The success condition as a line on the chart, when it is one: (comparison, value).
+    pub threshold: Option<(&'static str, f64)>,
+    pub condition: Option<String>,
 }
 
 /// Where instances not named by the layout (pods, or hosts of an older manifest) are grouped.
@@ -121,7 +139,10 @@ pub fn view(app: &str, records: &[Record], layout: &Layout) -> AppView {
         steps: last
             .as_ref()
             .map_or_else(Vec::new, |r| steps(r, records, layout)),
-        zones: zones(records, layout, last.as_ref()),
+        zones: match &layout.deployment {
+            Some(deployment) => replica_sets(records, deployment, last.as_ref()),
+            None => zones(records, layout, last.as_ref()),
+        },
         gates: records
             .iter()
             .filter(|r| Some(r.event.rollout()) == id)
@@ -131,14 +152,24 @@ pub fn view(app: &str, records: &[Record], layout: &Layout) -> AppView {
                     check,
                     passed,
                     detail,
+                    measurements,
                     ..
-                } => Some(GateView {
-                    step: *step,
-                    check: check.clone(),
-                    passed: *passed,
-                    detail: detail.clone(),
-                    at_ms: r.at_ms,
-                }),
+                } => {
+                    let condition = layout.conditions.get(check).cloned();
+                    Some(GateView {
+                        step: *step,
+                        check: check.clone(),
+                        passed: *passed,
+                        detail: detail.clone(),
+                        at_ms: r.at_ms,
+                        measurements: measurements.clone(),
+                        threshold: condition
+                            .as_deref()
+                            .and_then(|c| crate::health::condition::parse(c).ok())
+                            .and_then(|e| crate::health::condition::threshold(&e)),
+                        condition,
+                    })
+                }
                 _ => None,
             })
             .collect(),
@@ -264,6 +295,8 @@ fn zones(records: &[Record], layout: &Layout, last: Option<&RolloutSummary>) -> 
         Some(z) => z.instances.push(inst),
         None => out.push(ZoneView {
             zone: zone.to_string(),
+            kind: "zone",
+            version: None,
             instances: vec![inst],
         }),
     };
@@ -369,6 +402,7 @@ mod tests {
                 .iter()
                 .map(|(h, z)| (h.to_string(), z.to_string()))
                 .collect(),
+            ..Layout::default()
         }
     }
 
@@ -469,6 +503,7 @@ mod tests {
                     check: "health".into(),
                     passed: false,
                     detail: "500".into(),
+                    measurements: vec![],
                 },
             ),
             rec(
@@ -542,5 +577,172 @@ mod tests {
                 .iter()
                 .all(|z| z.instances.iter().all(|i| i.state == "unknown"))
         );
+    }
+
+    fn k8s_layout() -> Layout {
+        Layout {
+            deployment: Some("web".into()),
+            conditions: [("errors".to_string(), "result[0] <= 0.05".to_string())].into(),
+            ..Layout::default()
+        }
+    }
+
+    fn groups(v: &AppView) -> Vec<(String, Option<String>, Vec<&'static str>)> {
+        v.zones
+            .iter()
+            .map(|z| {
+                assert_eq!(z.kind == "stable", z.zone == "web", "{z:?}");
+                (
+                    z.zone.clone(),
+                    z.version.clone(),
+                    z.instances.iter().map(|i| i.state).collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn changed_detail(id: &str, instance: &str, version: &str, detail: &str) -> Event {
+        Event::InstanceChanged {
+            rollout: id.into(),
+            instance: instance.into(),
+            version: version.into(),
+            ok: true,
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn pods_are_grouped_by_replica_set_with_the_counts_the_kubernetes_target_journals() {
+        let r = "web-4";
+        // As target/kubernetes/sizes.rs journals a canary's first step: the new ReplicaSet, then
+        // how many of its pods are available and how many stable ones are left.
+        let mut records = vec![
+            rec(1, started(r, Some("v1"), "v2", 3)),
+            rec(2, step(r, 0, "scale")),
+            rec(3, changing(r, "web-7d9f6c5b8", "v2")),
+        ];
+        let v = view("web", &records, &k8s_layout());
+        assert_eq!(
+            groups(&v),
+            [
+                ("web".into(), Some("v1".into()), vec!["healthy"]),
+                ("web-7d9f6c5b8".into(), Some("v2".into()), vec!["switching"]),
+            ]
+        );
+        assert_eq!(v.zones[0].instances[0].detail, "stable, count unknown");
+        records.push(rec(
+            4,
+            changed_detail(r, "web-7d9f6c5b8", "v2", "1 of v2 available, 3 old"),
+        ));
+        let v = view("web", &records, &k8s_layout());
+        assert_eq!(
+            groups(&v),
+            [
+                ("web".into(), Some("v1".into()), vec!["healthy"; 3]),
+                ("web-7d9f6c5b8".into(), Some("v2".into()), vec!["healthy"]),
+            ]
+        );
+        // Promoted to all four: no stable pod is left.
+        records.push(rec(
+            5,
+            changed_detail(r, "web-7d9f6c5b8", "v2", "4 of v2 available, 0 old"),
+        ));
+        let v = view("web", &records, &k8s_layout());
+        assert_eq!(
+            groups(&v),
+            [(
+                "web-7d9f6c5b8".into(),
+                Some("v2".into()),
+                vec!["healthy"; 4]
+            )]
+        );
+        assert_eq!(v.zones[0].instances[3].name, "web-7d9f6c5b8/4");
+    }
+
+    #[test]
+    fn a_restored_deployment_replaces_the_new_replica_sets_pods() {
+        let r = "web-5";
+        let records = vec![
+            rec(1, started(r, Some("v1"), "v3", 3)),
+            rec(2, step(r, 0, "scale")),
+            rec(3, changing(r, "web-55c8", "v3")),
+            rec(
+                4,
+                changed_detail(r, "web-55c8", "v3", "1 of v3 available, 3 old"),
+            ),
+            rec(5, changing(r, "web", "v1")),
+            rec(6, changed_detail(r, "web", "v1", "4 of v1 available")),
+        ];
+        let v = view("web", &records, &k8s_layout());
+        assert_eq!(
+            groups(&v),
+            [("web".into(), Some("v1".into()), vec!["healthy"; 4])]
+        );
+    }
+
+    #[test]
+    fn recorded_counts_are_the_steps_pod_counts_of_the_rollout() {
+        let r = "web-7";
+        let records = vec![
+            rec(1, started(r, Some("v1"), "v2", 4)),
+            rec(2, step(r, 0, "scale")),
+            rec(3, changing(r, "web-9f", "v2")),
+            rec(
+                4,
+                changed_detail(r, "web-9f", "v2", "1 of v2 available, 3 old"),
+            ),
+            rec(5, step(r, 1, "pause")),
+            rec(6, step(r, 2, "scale")),
+            rec(
+                7,
+                changed_detail(r, "web-9f", "v2", "2 of v2 available, 2 old"),
+            ),
+            rec(
+                8,
+                changed_detail("other-1", "web-9f", "v2", "4 of v2 available, 0 old"),
+            ),
+        ];
+        assert_eq!(
+            recorded_counts(&records, r),
+            (4, vec![(0, 3, 1), (2, 2, 2)])
+        );
+    }
+
+    #[test]
+    fn pod_counts_reads_both_details_the_kubernetes_target_writes() {
+        assert_eq!(pod_counts("2 of v2 available, 1 old"), Some((2, Some(1))));
+        assert_eq!(pod_counts("4 of 1.0.0 available"), Some((4, None)));
+        assert_eq!(pod_counts("pod web-1 of v2: CrashLoopBackOff"), None);
+        assert_eq!(pod_counts(""), None);
+    }
+
+    #[test]
+    fn a_metric_gate_carries_its_measurements_and_the_success_condition_as_a_line() {
+        let r = "web-6";
+        let sample = |at_ms, value| Sample {
+            at_ms,
+            value: Some(value),
+            outcome: "success".into(),
+        };
+        let records = vec![
+            rec(1, started(r, Some("v1"), "v2", 3)),
+            rec(2, step(r, 0, "scale")),
+            rec(
+                3,
+                Event::Gate {
+                    rollout: r.into(),
+                    step: 0,
+                    check: "errors".into(),
+                    passed: true,
+                    detail: "on the rollout".into(),
+                    measurements: vec![sample(10, 0.01), sample(20, 0.02), sample(30, 0.0)],
+                },
+            ),
+        ];
+        let v = view("web", &records, &k8s_layout());
+        assert_eq!(v.gates.len(), 1);
+        assert_eq!(v.gates[0].measurements.len(), 3);
+        assert_eq!(v.gates[0].threshold, Some(("<=", 0.05)));
+        assert_eq!(v.gates[0].condition.as_deref(), Some("result[0] <= 0.05"));
     }
 }

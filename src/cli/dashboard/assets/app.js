@@ -42,7 +42,8 @@ async function loadApps() {
   const r = await fetch("/api/apps");
   const { apps } = await r.json();
   const nav = document.getElementById("apps");
-  nav.replaceChildren(...apps.map(a => el("a", { href: "#" + encodeURIComponent(a.app), "data-app": a.app }, a.app)));
+  nav.replaceChildren(...apps.map(a => el("a", { href: "#" + encodeURIComponent(a.app), "data-app": a.app, "data-source": a.source,
+    title: a.source === "cluster" ? "team state in the cluster (read only)" : "this machine's state dir" }, a.app + (a.source === "cluster" ? " \u2601" : ""))));
   const wanted = decodeURIComponent(location.hash.slice(1));
   const pick = apps.some(a => a.app === wanted) ? wanted : (apps[0] && apps[0].app);
   if (pick) select(pick);
@@ -90,6 +91,16 @@ function render(payload) {
 function renderActions(v, payload) {
   const section = document.getElementById("actions");
   section.hidden = !v.rollout;
+  const remote = document.getElementById("read-only");
+  remote.hidden = !payload.cluster;
+  if (payload.cluster) {
+    // Team state in the cluster: shown read only; the page says which command acts on it.
+    remote.textContent = "Read only: this app's team state is in namespace " + payload.cluster.namespace
+      + ". Act from a terminal, e.g. " + payload.cluster.promote;
+    for (const b of document.querySelectorAll("#actions button")) { b.hidden = true; b.disabled = true; }
+    document.getElementById("action-status").textContent = "";
+    return;
+  }
   const unfinished = v.rollout && !v.rollout.outcome;
   const busy = payload.action && payload.action.state === "running";
   const enable = {
@@ -124,8 +135,10 @@ function renderZones(v) {
   const zones = document.getElementById("zones");
   zones.classList.toggle("many", total > 120);
   const versions = new Set();
-  zones.replaceChildren(...v.zones.map(z => el("div", { class: "zone", "data-zone": z.zone },
-    el("h3", {}, "zone " + z.zone + " (" + z.instances.length + ")"),
+  zones.replaceChildren(...v.zones.map(z => el("div", { class: "zone", "data-zone": z.zone, "data-kind": z.kind },
+    el("h3", {}, z.kind === "zone" ? "zone " + z.zone + " (" + z.instances.length + ")"
+      : (z.kind === "stable" ? "stable ReplicaSet of " : "ReplicaSet ") + z.zone + (z.version ? " (" + z.version + ")" : "")
+        + " \u00b7 " + z.instances.length + " pod" + (z.instances.length === 1 ? "" : "s")),
     el("div", { class: "grid" }, z.instances.map(i => {
       versions.add(i.version);
       const label = i.state === "switching" ? (i.version || "?") + "\u2192" + i.target : (i.version || "?");
@@ -144,10 +157,56 @@ function renderZones(v) {
 }
 
 function renderGates(v) {
-  document.querySelector("#gates tbody").replaceChildren(...v.gates.map(g =>
-    el("tr", { class: "gate" }, el("td", {}, g.step + 1), el("td", {}, g.check),
+  document.querySelector("#gates tbody").replaceChildren(...v.gates.flatMap(g => {
+    const row = el("tr", { class: "gate" }, el("td", {}, g.step + 1), el("td", {}, g.check),
       el("td", { class: g.passed ? "passed" : "failed" }, g.passed ? "passed" : "FAILED"),
-      el("td", {}, g.detail), el("td", {}, time(g.atMs)))));
+      el("td", {}, g.detail), el("td", {}, time(g.atMs)));
+    if (!g.measurements || !g.measurements.length) return [row];
+    return [row, el("tr", { class: "chart-row" }, el("td", {}), el("td", { colspan: 4 }, chart(g)))];
+  }));
+}
+
+// A metric check's measurements as an inline SVG: one dot a measurement (red when it failed), a
+// line through them, and the success condition as a dashed line when it compares the value with a
+// number.
+function chart(g) {
+  const W = 360, H = 110, L = 44, R = 8, T = 8, B = 18;
+  const svg = (tag, attrs, ...children) => {
+    const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+    for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    return e;
+  };
+  const pts = g.measurements.filter(m => typeof m.value === "number");
+  const ys = pts.map(m => m.value).concat(g.threshold ? [g.threshold[1]] : []);
+  let lo = Math.min(...ys, 0), hi = Math.max(...ys);
+  if (!(hi > lo)) hi = lo + 1;
+  const pad = (hi - lo) * 0.1;
+  lo -= lo < 0 ? pad : 0; hi += pad;
+  const t0 = g.measurements[0].atMs, t1 = g.measurements[g.measurements.length - 1].atMs;
+  const x = t => L + (t1 > t0 ? (t - t0) / (t1 - t0) : 0.5) * (W - L - R);
+  const y = val => T + (1 - (val - lo) / (hi - lo)) * (H - T - B);
+  const fmt = n => Math.abs(n) >= 1000 || (n !== 0 && Math.abs(n) < 0.01) ? n.toExponential(1) : String(+n.toFixed(3));
+  const parts = [
+    svg("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" }),
+    svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" }),
+    svg("text", { x: L - 4, y: T + 8, class: "tick", "text-anchor": "end" }, fmt(hi)),
+    svg("text", { x: L - 4, y: H - B, class: "tick", "text-anchor": "end" }, fmt(lo)),
+    svg("text", { x: W - R, y: H - 4, class: "tick", "text-anchor": "end" }, ((t1 - t0) / 1000).toFixed(1) + " s"),
+  ];
+  if (g.threshold) {
+    const [op, val] = g.threshold;
+    parts.push(svg("line", { x1: L, y1: y(val), x2: W - R, y2: y(val), class: "threshold", "data-op": op, "data-value": val },
+      svg("title", {}, "success: " + (g.condition || op + " " + val))));
+    parts.push(svg("text", { x: W - R - 2, y: y(val) - 3, class: "tick threshold-label", "text-anchor": "end" }, op + " " + fmt(val)));
+  }
+  if (pts.length > 1) parts.push(svg("polyline", { class: "series", points: pts.map(m => x(m.atMs) + "," + y(m.value)).join(" ") }));
+  for (const m of pts) {
+    parts.push(svg("circle", { cx: x(m.atMs), cy: y(m.value), r: 3, class: "point " + m.outcome, "data-value": m.value },
+      svg("title", {}, time(m.atMs) + ": " + m.value + " (" + m.outcome + ")")));
+  }
+  return svg("svg", { class: "chart", "data-check": g.check, "data-points": pts.length, "data-measurements": g.measurements.length,
+    width: W, height: H, viewBox: "0 0 " + W + " " + H, role: "img", "aria-label": g.check + " measurements" }, ...parts);
 }
 
 function renderHistory(v) {
