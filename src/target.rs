@@ -125,6 +125,13 @@ impl AnyTarget {
                     .map(std::path::Path::to_path_buf)
                     .unwrap_or_default();
                 let blue_green = matches!(m.strategy, crate::spec::Strategy::BlueGreen(_));
+                let gateway = match &m.strategy {
+                    crate::spec::Strategy::Canary(c) => c
+                        .traffic_routing
+                        .as_ref()
+                        .and_then(|t| t.gateway_api.as_ref()),
+                    _ => None,
+                };
                 let (client, probes) = clients().await?;
                 Ok(AnyTarget::Kubernetes(
                     kubernetes::Kubernetes::with_client(
@@ -134,7 +141,8 @@ impl AnyTarget {
                         blue_green,
                         client,
                     )?
-                    .probing_pods(&m.rollout.spec.checks, probes),
+                    .probing_pods(&m.rollout.spec.checks, probes)
+                    .routing_traffic(gateway),
                 ))
             }
         }

@@ -187,7 +187,7 @@ proptest! {
             }
         }
         let strategy = Rollout::Canary(CanarySpec {
-            max_surge: surge, max_unavailable: unavailable, min_ready_seconds: 0, first_group: None, steps, analysis: None,
+            max_surge: surge, max_unavailable: unavailable, min_ready_seconds: 0, first_group: None, steps, analysis: None, traffic_routing: None,
         });
         let Ok(p) = plan(&strategy, n, cap) else {
             prop_assert!(cap == Capacity::InPlace && unavailable.is_zero());
@@ -247,7 +247,7 @@ proptest! {
             })
             .collect();
         let strategy = Rollout::Canary(CanarySpec {
-            max_surge: surge, max_unavailable: unavailable, min_ready_seconds: 0, first_group: None, steps, analysis: None,
+            max_surge: surge, max_unavailable: unavailable, min_ready_seconds: 0, first_group: None, steps, analysis: None, traffic_routing: None,
         });
         let Ok(p) = plan(&strategy, n, cap) else {
             prop_assert!(cap == Capacity::InPlace && unavailable.is_zero());

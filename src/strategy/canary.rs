@@ -2,6 +2,7 @@
 
 use crate::plan::{Bounds, Step, StepKind, transition};
 use crate::spec::CanaryStep;
+use crate::spec::traffic::Scale;
 
 /// Stable and canary counts that `weight` percent of `n` settles at, as Argo Rollouts' basic canary
 /// (`approximateWeightedCanaryStableReplicaCounts`) computes them: the canary count is ⌈n·w/100⌉ or
@@ -60,68 +61,97 @@ fn delta(w: u64, (canary, total): (u64, u64)) -> f64 {
     ((canary * 100) as f64 / total as f64 - w as f64).abs()
 }
 
-/// The steps of a canary. With `forward_only` (host fleets, whose hosts are never switched back to
-/// the stable version mid-rollout) counts never move back: a lower weight after a higher one keeps
-/// the current split, and a note says so.
+/// How a canary's steps are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Mode {
+    /// Host fleets, whose hosts are never switched back to the stable version mid-rollout: counts
+    /// never move back; a lower weight after a higher one keeps the current split, and a note says so.
+    pub forward_only: bool,
+    /// `trafficRouting`: a router splits traffic by each setWeight, and the counts follow the
+    /// weight or a `setCanaryScale`.
+    pub routed: bool,
+}
+
+/// Stable and canary counts under a `setCanaryScale`: a fixed count or a percentage of N for the
+/// canary, the stable version at N as far as maxSurge allows (the router, not the counts, splits
+/// traffic); or the weight's counts, as without a router.
+pub fn counts_for_scale(n: u32, weight: u32, max_surge: u32, scale: Scale) -> (u32, u32) {
+    let canary = match scale {
+        Scale::MatchTrafficWeight => return counts_for_weight(n, weight, max_surge),
+        Scale::Replicas(r) => r.min(n),
+        Scale::Percent(p) => (u64::from(n) * u64::from(p.min(100))).div_ceil(100) as u32,
+    };
+    let stable = n.min(n.saturating_add(max_surge).saturating_sub(canary));
+    // The stable Service keeps an instance while it has a share of traffic.
+    if stable == 0 && weight < 100 && n > 0 {
+        return (1, n - 1);
+    }
+    (stable, canary)
+}
+
+/// The steps of a canary (see [`Mode`]).
 pub fn steps(
     n: u32,
     bounds: Bounds,
     spec: &[CanaryStep],
-    forward_only: bool,
+    mode: Mode,
     notes: &mut Vec<String>,
 ) -> Vec<Step> {
     let mut out = Vec::new();
     let mut at = (n, 0);
     let mut weight = 0;
+    let mut scale = Scale::MatchTrafficWeight;
     let mut held = Vec::new();
     for step in spec {
-        if let Some(w) = step.set_weight {
-            weight = w;
-            let mut to = counts_for_weight(n, w, bounds.max_surge);
-            if forward_only && (to.0 > at.0 || to.1 < at.1) {
-                held.push(format!("{w}%"));
-                to = (to.0.min(at.0), to.1.max(at.1));
+        let w = match (step.set_weight, step.set_canary_scale) {
+            (Some(w), _) => w,
+            (None, Some(s)) if mode.routed => {
+                scale = s.scale();
+                weight
             }
-            let before = out.len();
-            transition(n, bounds, at, to, Some(w), &mut out);
-            if out.len() == before {
-                let mut hold = Step::hold(
-                    StepKind::Scale,
-                    at.0,
-                    at.1,
-                    format!("canary weight {w}% (no change in counts)"),
-                );
-                hold.weight = Some(w);
-                out.push(hold);
+            _ => {
+                push_hold(step, at, weight, &mut out);
+                continue;
             }
-            at = to;
-        } else if let Some(p) = &step.pause {
-            let mut s = Step::hold(StepKind::Pause, at.0, at.1, "");
-            s.weight = Some(weight);
-            s.approvals = p.approvals;
-            s.approvers = p.approvers.clone();
-            s.allow_self_approval = p.allow_self_approval;
-            match p.duration {
-                Some(d) if p.approvals == 0 => {
-                    s.duration_seconds = Some(d.0.as_secs());
-                    s.note = format!("pause {d}");
-                }
-                _ => {
-                    s.manual = true;
-                    s.duration_seconds = p.duration.map(|d| d.0.as_secs());
-                    s.note = match p.approvals {
-                        0 => "pause until promoted".into(),
-                        k => format!("pause until {k} people approve"),
-                    };
-                }
-            }
-            out.push(s);
-        } else if let Some(a) = &step.analysis {
-            let mut s = Step::hold(StepKind::Analysis, at.0, at.1, "analysis");
-            s.weight = Some(weight);
-            s.checks = a.checks.clone();
-            out.push(s);
+        };
+        let routes = step.set_weight.is_some() && mode.routed;
+        weight = w;
+        let mut to = counts_for_scale(n, w, bounds.max_surge, scale);
+        if mode.forward_only && (to.0 > at.0 || to.1 < at.1) {
+            held.push(format!("{w}%"));
+            to = (to.0.min(at.0), to.1.max(at.1));
         }
+        let before = out.len();
+        transition(n, bounds, at, to, Some(w), &mut out);
+        if out.len() == before && (routes || !mode.routed) {
+            let what = if mode.routed {
+                "no change in replicas"
+            } else {
+                "no change in counts"
+            };
+            let mut hold = Step::hold(
+                StepKind::Scale,
+                at.0,
+                at.1,
+                format!("canary weight {w}% ({what})"),
+            );
+            hold.weight = Some(w);
+            out.push(hold);
+        }
+        if mode.routed && out.len() > before {
+            for s in &mut out[before..] {
+                s.note = match routes {
+                    true => format!("canary {} replicas, traffic {w}% after", s.new),
+                    false => format!("canary scale: {} replicas", s.new),
+                };
+            }
+            if routes {
+                let last = out.last_mut().expect("a step was pushed");
+                last.traffic_weight = Some(w);
+                last.note = format!("traffic {w}% to canary ({} replicas)", last.new);
+            }
+        }
+        at = to;
     }
     if !held.is_empty() {
         notes.push(format!(
@@ -135,8 +165,50 @@ pub fn steps(
         if out.len() == before {
             out.push(Step::hold(StepKind::Scale, 0, n, "all new"));
         }
+        if mode.routed {
+            let last = out.last_mut().expect("a step was pushed");
+            last.traffic_weight = Some(100);
+            last.weight = Some(100);
+            last.note = "traffic 100% to canary, then all new".into();
+        }
+    } else if mode.routed
+        && let Some(last) = out.last_mut()
+        && last.traffic_weight.is_none()
+    {
+        last.traffic_weight = Some(100);
     }
     out
+}
+
+/// A pause or analysis step at the counts `at` and the weight in force.
+fn push_hold(step: &CanaryStep, at: (u32, u32), weight: u32, out: &mut Vec<Step>) {
+    if let Some(p) = &step.pause {
+        let mut s = Step::hold(StepKind::Pause, at.0, at.1, "");
+        s.weight = Some(weight);
+        s.approvals = p.approvals;
+        s.approvers = p.approvers.clone();
+        s.allow_self_approval = p.allow_self_approval;
+        match p.duration {
+            Some(d) if p.approvals == 0 => {
+                s.duration_seconds = Some(d.0.as_secs());
+                s.note = format!("pause {d}");
+            }
+            _ => {
+                s.manual = true;
+                s.duration_seconds = p.duration.map(|d| d.0.as_secs());
+                s.note = match p.approvals {
+                    0 => "pause until promoted".into(),
+                    k => format!("pause until {k} people approve"),
+                };
+            }
+        }
+        out.push(s);
+    } else if let Some(a) = &step.analysis {
+        let mut s = Step::hold(StepKind::Analysis, at.0, at.1, "analysis");
+        s.weight = Some(weight);
+        s.checks = a.checks.clone();
+        out.push(s);
+    }
 }
 
 #[cfg(test)]
@@ -192,7 +264,7 @@ mod tests {
         };
         let plan = [spec(50), pause.clone(), spec(25), pause, spec(0)];
         let mut notes = Vec::new();
-        let steps = steps(10, bounds, &plan, false, &mut notes);
+        let steps = steps(10, bounds, &plan, Mode::default(), &mut notes);
         assert!(notes.is_empty());
         let at = |steps: &[Step], w: u32| {
             let s = steps
@@ -211,7 +283,11 @@ mod tests {
         );
         assert!(!steps.iter().any(|s| s.note.contains("no change")));
         // Hosts hold the split instead, and the plan says so.
-        let held = super::steps(10, bounds, &plan, true, &mut notes);
+        let hosts = Mode {
+            forward_only: true,
+            routed: false,
+        };
+        let held = super::steps(10, bounds, &plan, hosts, &mut notes);
         assert_eq!(at(&held, 25), (5, 5), "{held:#?}");
         assert_eq!(at(&held, 0), (5, 5), "{held:#?}");
         assert!(notes[0].contains("at 25%, 0%"), "{notes:?}");

@@ -16,7 +16,11 @@ impl Kubernetes {
         let reviews: Api<SelfSubjectAccessReview> =
             Api::all(self.deployments.clone().into_client());
         let ns = &self.spec.namespace;
-        let asks = required_access(self.blue_green, self.pod_prober.is_some())
+        let asks = required_access_routed(
+            self.blue_green,
+            self.pod_prober.is_some(),
+            self.gateway.is_some(),
+        )
             .into_iter()
             .map(|(group, resource, verb)| {
                 let reviews = reviews.clone();
@@ -80,6 +84,16 @@ pub fn required_access(
     blue_green: bool,
     probes_pods: bool,
 ) -> Vec<(&'static str, &'static str, &'static str)> {
+    required_access_routed(blue_green, probes_pods, false)
+}
+
+/// [`required_access`], and with `gateway` (a canary with `trafficRouting.gatewayAPI`) the
+/// HTTPRoutes it weights (get, and patch at the resourceVersion read) and the Services it pins.
+pub fn required_access_routed(
+    blue_green: bool,
+    probes_pods: bool,
+    gateway: bool,
+) -> Vec<(&'static str, &'static str, &'static str)> {
     let mut out = Vec::new();
     let mut grant = |group: &'static str, resource: &'static str, verbs: &[&'static str]| {
         out.extend(verbs.iter().map(|verb| (group, resource, *verb)));
@@ -109,8 +123,11 @@ pub fn required_access(
         &["get", "create", "update", "delete"],
     );
     grant("autoscaling", "horizontalpodautoscalers", &["list"]);
-    if blue_green {
+    if blue_green || gateway {
         grant("", "services", &["get", "patch"]);
+    }
+    if gateway {
+        grant("gateway.networking.k8s.io", "httproutes", &["get", "patch"]);
     }
     if probes_pods {
         grant("", "pods/proxy", &["get"]);
