@@ -360,7 +360,7 @@ impl Check {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PrometheusProbe {
     pub address: String,
-    /// `{{app}}`, `{{version}}`, `{{canary_version}}`, `{{stable_version}}`, `{{namespace}}` and
+    /// `{{app}}`, `{{version}}`, `{{canary_version}}`, `{{canary_weight}}`, `{{stable_version}}`, `{{namespace}}` and
     /// `{{hosts}}` are replaced before the query runs.
     pub query: String,
 }

@@ -113,7 +113,16 @@ impl AnyTarget {
                     crate::spec::Strategy::Canary(c) => c.first_group.as_deref(),
                     _ => None,
                 };
-                Ok(AnyTarget::Hosts(hosts::Hosts::new(h, first_group)?))
+                let weighted = match &m.strategy {
+                    crate::spec::Strategy::Canary(c) => c
+                        .traffic_routing
+                        .as_ref()
+                        .is_some_and(|t| t.traffic_switch),
+                    _ => false,
+                };
+                Ok(AnyTarget::Hosts(
+                    hosts::Hosts::new(h, first_group)?.weighted(weighted),
+                ))
             }
             TargetSpec::Kubernetes(k) => {
                 // A relative `manifest:` path starts at the folder of the first manifest file.

@@ -103,6 +103,25 @@ impl Kubernetes {
         Ok(canary_share(&serde_json::to_value(&route).unwrap_or_default(), g))
     }
 
+    /// Every route's canary share now (`None`: a route that names neither Service), for `status`.
+    pub async fn route_weights(&self) -> Result<Vec<(String, Option<u32>)>> {
+        let Some(g) = &self.gateway else {
+            return Ok(Vec::new());
+        };
+        let api = self.http_routes();
+        let mut out = Vec::new();
+        for name in g.routes() {
+            let route = self
+                .reach
+                .call(|| api.get(&name))
+                .await
+                .map_err(|e| self.fail(&format!("reading HTTPRoute {name}"), e))?;
+            let value = serde_json::to_value(&route).unwrap_or_default();
+            out.push((name, canary_share(&value, g)));
+        }
+        Ok(out)
+    }
+
     /// Writes `canary` percent to every route (a merge patch of its rules at the resourceVersion
     /// read, read again on a conflict). The journal has it already: the step that sets it is journaled as started.
     pub(super) async fn set_weights(&self, canary: u32) -> Result<()> {
