@@ -166,6 +166,9 @@ pub fn steps(
             out.push(Step::hold(StepKind::Scale, 0, n, "all new"));
         }
         if mode.routed {
+            for s in &mut out[before..] {
+                s.note = format!("canary {} replicas, traffic {weight}% until the last", s.new);
+            }
             let last = out.last_mut().expect("a step was pushed");
             last.traffic_weight = Some(100);
             last.weight = Some(100);
