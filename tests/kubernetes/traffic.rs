@@ -391,3 +391,73 @@ async fn a_failed_check_puts_all_traffic_on_stable_before_scaling_the_canary_dow
     )
     .await;
 }
+
+/// The access review asks for the HTTPRoute verbs only when a manifest uses gatewayAPI: the
+/// ServiceAccount of rbac.yaml without its optional `rollgate-traffic` binding is refused before
+/// anything changes, naming the verb; with it, the canary runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_review_asks_for_httproutes_only_when_a_manifest_routes() {
+    use super::rbac::{client_for, kubectl, rollgate_as, service_account, until_may};
+    let Some(bed) = Bed::new("traffic-rbac", 2, "25%", "0").await else {
+        return;
+    };
+    set_up(&bed).await;
+    let (kubeconfig, _) = service_account(&bed).await;
+    let sa = client_for(&kubeconfig).await;
+    kubectl(
+        &bed,
+        &["-n", &bed.ns, "delete", "rolebinding", "rollgate-traffic"],
+        None,
+    )
+    .await;
+    let patch = ("gateway.networking.k8s.io", "httproutes", "patch");
+    until_may(&sa, &bed.ns, patch, false).await;
+    let routed = bed.rollout(
+        "routed.yaml",
+        "2",
+        &format!("image: \"{}\"", image("2")),
+        &format!(
+            "  strategy:\n    canary:\n      maxSurge: 1\n      maxUnavailable: 0\n{ROUTING}      steps: [{{setWeight: 10}}, {{pause: {{}}}}]\n  progressDeadlineSeconds: 60\n"
+        ),
+    );
+    let before = bed.deployment().await;
+    let out = rollgate_as(&bed, &kubeconfig, &["apply", "-f", routed.to_str().unwrap()]).await;
+    assert_ne!(out.status.code(), Some(0));
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    for verb in ["get httproutes.gateway.networking.k8s.io", "patch httproutes.gateway.networking.k8s.io"] {
+        assert!(said.contains(verb), "names {verb}: {said}");
+    }
+    assert_eq!(
+        bed.deployment().await.metadata.resource_version,
+        before.metadata.resource_version,
+        "nothing changed"
+    );
+    assert_eq!(now(&bed).await, (1, 0), "the route untouched");
+
+    // A manifest without gatewayAPI does not ask for them (a plain canary to the same point).
+    let plain = bed.rollout(
+        "plain.yaml",
+        "2",
+        &format!("image: \"{}\"", image("2")),
+        "  strategy:\n    canary: {maxSurge: 1, maxUnavailable: 0, steps: [{setWeight: 50}, {pause: {}}]}\n  progressDeadlineSeconds: 60\n",
+    );
+    let out = rollgate_as(&bed, &kubeconfig, &["apply", "-f", plain.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(3), "a plain canary runs with the base Role");
+    let out = rollgate_as(&bed, &kubeconfig, &["abort", "web"]).await;
+    assert!(out.status.code().is_some());
+    bed.wait_deployment("version 1 at N", |d| {
+        kube_bed::rolled_out(d, 2, &image("1"))
+    })
+    .await;
+
+    // The optional binding back: the routed canary goes through.
+    service_account(&bed).await;
+    until_may(&sa, &bed.ns, patch, true).await;
+    let out = rollgate_as(&bed, &kubeconfig, &["apply", "-f", routed.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(3), "paused at 10%");
+    assert_eq!(now(&bed).await, (90, 10));
+    let out = rollgate_as(&bed, &kubeconfig, &["abort", "web"]).await;
+    assert!(out.status.code().is_some());
+    assert_eq!(now(&bed).await, (100, 0));
+    bed.finish().await;
+}
