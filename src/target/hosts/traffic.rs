@@ -59,7 +59,8 @@ impl Hosts {
         version: &str,
         weight: u32,
     ) -> std::result::Result<(), String> {
-        let serving = self.serving().await;
+        let mut serving = self.serving().await;
+        serving.sort_by(|a, b| a.0.cmp(&b.0));
         let others = serving.iter().filter(|(v, _)| v != version).count() as u32;
         let mut weights = Vec::new();
         let mut active = Vec::new();
