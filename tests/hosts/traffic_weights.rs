@@ -103,6 +103,62 @@ fn version_of(addr: std::net::SocketAddr) -> Result<String, String> {
     }
 }
 
+/// Requests through nginx, one after another, until stopped: how many answered, the failures, and
+/// how many reached version 2 after `mark`.
+struct Load {
+    stop: Arc<AtomicBool>,
+    mark: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    v2_after_mark: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Load {
+    fn start(addr: std::net::SocketAddr) -> Load {
+        let (stop, mark) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (ok, v2_after_mark) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let thread = {
+            let (stop, mark, ok, v2) = (stop.clone(), mark.clone(), ok.clone(), v2_after_mark.clone());
+            std::thread::spawn(move || {
+                let mut errors = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    match version_of(addr) {
+                        Ok(v) => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                            if mark.load(Ordering::SeqCst) && v == "2.0.0" {
+                                v2.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        Err(e) => errors.push(e),
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                errors
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        Load {
+            stop,
+            mark,
+            ok,
+            v2_after_mark,
+            thread,
+        }
+    }
+
+    /// (answered, failures, answers from version 2 after the mark).
+    fn stop(self) -> (u64, Vec<String>, u64) {
+        std::thread::sleep(Duration::from_millis(300));
+        self.stop.store(true, Ordering::SeqCst);
+        let errors = self.thread.join().unwrap();
+        (
+            self.ok.load(Ordering::SeqCst),
+            errors,
+            self.v2_after_mark.load(Ordering::SeqCst),
+        )
+    }
+}
+
 #[test]
 fn netns_nginx_weighted_canary_splits_10_percent_and_aborts_under_load_without_a_failure() {
     if !root_or_skip("netns_nginx_weighted_canary") {
@@ -147,10 +203,20 @@ fn netns_nginx_weighted_canary_splits_10_percent_and_aborts_under_load_without_a
             .unwrap()
     };
 
+    // To 10% under load: the canary host leaves the upstream before it is replaced in place.
+    let load = Load::start(lb.addr());
     let out = rollgate(&["apply", "-f", manifest.to_str().unwrap(), "-o", "plain"]);
+    let (answered, errors, _) = load.stop();
     assert_eq!(out.status.code(), Some(3), "paused at 10%: {}", text(&out));
+    eprintln!("traffic_weights: to 10% under load: {answered} requests, {} failed", errors.len());
+    assert!(errors.is_empty(), "failed requests on the way to 10%: {errors:?}");
+    assert!(answered > 50, "the load ran");
     let told = std::fs::read_to_string(&weights_log).unwrap();
-    assert_eq!(told.lines().last(), Some("1.0.0=90,2.0.0=10"), "{told}");
+    assert_eq!(
+        told.lines().collect::<Vec<_>>(),
+        ["1.0.0=100,2.0.0=0", "1.0.0=90,2.0.0=10"],
+        "the canary host drained, replaced, then given 10%"
+    );
     let upstreams = std::fs::read_to_string(lb.prefix.join("upstreams.conf")).unwrap();
     assert_eq!(
         upstreams.matches("weight=3000;").count(),
@@ -185,64 +251,32 @@ fn netns_nginx_weighted_canary_splits_10_percent_and_aborts_under_load_without_a
     );
 
     // An abort under load: all traffic to the stable hosts first, then the canary host goes back.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let after_abort = Arc::new(AtomicU64::new(0));
-    let aborted = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        let (after_abort, aborted, addr) = (after_abort.clone(), aborted.clone(), lb.addr());
-        std::thread::spawn(move || {
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::SeqCst) {
-                match version_of(addr) {
-                    Ok(v) => {
-                        ok.fetch_add(1, Ordering::SeqCst);
-                        if aborted.load(Ordering::SeqCst) && v == "2.0.0" {
-                            after_abort.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                    Err(e) => {
-                        failed.fetch_add(1, Ordering::SeqCst);
-                        errors.push(e);
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            errors
-        })
-    };
-    std::thread::sleep(Duration::from_millis(500));
+    let load = Load::start(lb.addr());
     let started = Instant::now();
     let out = rollgate(&["abort", APP]);
     let took = started.elapsed();
-    aborted.store(true, Ordering::SeqCst);
+    load.mark.store(true, Ordering::SeqCst);
     assert!(
         out.status.code().is_some_and(|c| c != 2),
         "abort: {}",
         text(&out)
     );
-    std::thread::sleep(Duration::from_millis(1500));
-    stop.store(true, Ordering::SeqCst);
-    let errors = load.join().unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let (answered, errors, late) = load.stop();
     let told = std::fs::read_to_string(&weights_log).unwrap();
     eprintln!(
-        "traffic_weights: abort in {:.1}s under load: {} requests, {} failed; hook told:\n{told}",
+        "traffic_weights: abort in {:.1}s under load: {answered} requests, {} failed; hook told:\n{told}",
         took.as_secs_f64(),
-        ok.load(Ordering::SeqCst),
-        failed.load(Ordering::SeqCst)
+        errors.len()
     );
     assert!(errors.is_empty(), "failed requests: {errors:?}");
-    assert!(ok.load(Ordering::SeqCst) > 100, "the load ran");
-    assert_eq!(
-        after_abort.load(Ordering::SeqCst),
-        0,
-        "no request reached version 2 after the abort"
-    );
+    assert!(answered > 100, "the load ran");
+    assert_eq!(late, 0, "no request reached version 2 after the abort");
     let lines: Vec<&str> = told.lines().collect();
     assert_eq!(
         lines,
         [
+            "1.0.0=100,2.0.0=0",
             "1.0.0=90,2.0.0=10",
             "1.0.0=100,2.0.0=0",
             "1.0.0=100"

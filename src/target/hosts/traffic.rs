@@ -59,7 +59,22 @@ impl Hosts {
         version: &str,
         weight: u32,
     ) -> std::result::Result<(), String> {
+        self.call_weights_hook_without(version, weight, &[]).await
+    }
+
+    /// [`call_weights_hook`](Self::call_weights_hook), leaving out the instances of `draining`
+    /// hosts (about to be changed: the balancer stops sending to them first).
+    async fn call_weights_hook_without(
+        &self,
+        version: &str,
+        weight: u32,
+        draining: &[String],
+    ) -> std::result::Result<(), String> {
         let mut serving = self.serving().await;
+        for (_, instances) in &mut serving {
+            instances.retain(|(host, _)| !draining.contains(host));
+        }
+        serving.retain(|(_, instances)| !instances.is_empty());
         serving.sort_by(|a, b| a.0.cmp(&b.0));
         let others = serving.iter().filter(|(v, _)| v != version).count() as u32;
         let mut weights = Vec::new();
@@ -123,8 +138,13 @@ impl Hosts {
             .weighted
             .as_ref()
             .map_or(0, |l| *l.lock().expect("weight lock"));
-        if step.traffic_first(current) {
-            self.call_weights_hook(version, w)
+        // Hosts this step changes leave the balancer first (one slot per host is replaced in
+        // place), at the weight in force or, when it goes first, the step's.
+        let draining = self.changing(step, version).await?;
+        let first = step.traffic_first(current);
+        if first || !draining.is_empty() {
+            let w = if first { w } else { current };
+            self.call_weights_hook_without(version, w, &draining)
                 .await
                 .map_err(|e| TargetError::Failed(format!("traffic switch: {e}")))?;
         }
@@ -132,6 +152,23 @@ impl Hosts {
         self.call_weights_hook(version, w)
             .await
             .map_err(|e| TargetError::Failed(format!("traffic switch: {e}")))
+    }
+
+    /// The hosts `step` changes: those that start `version` or stop another version (the same
+    /// choice as the step's own, first `new` hosts in wave order new, last `old` hosts old).
+    async fn changing(&self, step: &Step, version: &str) -> Result<Vec<String>> {
+        let views = self.views().await?;
+        let n = views.len();
+        Ok(views
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, view))| {
+                let new = *i < step.new as usize;
+                let keep_old = *i >= n.saturating_sub(step.old as usize);
+                (new && !view.runs(version)) || (!keep_old && view.runs_other(version))
+            })
+            .map(|(_, (name, _))| name.clone())
+            .collect())
     }
 
     pub(super) async fn call_switch_hook(&self, version: &str) -> std::result::Result<(), String> {
