@@ -182,3 +182,48 @@ pub(super) fn check(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::spec::Manifest;
+
+    fn load(target: &str, canary: &str) -> Result<Manifest, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: rollgate.dev/v1\nkind: Rollout\nmetadata: {{name: web}}\nspec:\n  version: \"2\"\n  target:\n{target}  strategy:\n    canary:\n      maxUnavailable: 1\n{canary}"
+            ),
+        )
+        .unwrap();
+        Manifest::load(&[path], None).map_err(|e| e.to_string())
+    }
+
+    const KUBE: &str = "    kubernetes: {deployment: web, image: \"web:2\"}\n";
+    const HOSTS: &str = "    hosts:\n      hosts: [{name: h1, address: \"127.0.0.1:7443\"}, {name: h2, address: \"127.0.0.1:7444\"}]\n";
+
+    #[test]
+    fn gateway_api_needs_a_kubernetes_target_a_route_and_two_services() {
+        let ok = "      trafficRouting: {gatewayAPI: {httpRoute: web, stableService: a, canaryService: b}}\n      steps: [{setWeight: 5}]\n";
+        load(KUBE, ok).unwrap();
+        let err = load(HOSTS, ok).unwrap_err();
+        assert!(err.contains("trafficRouting.gatewayAPI") && err.contains("kubernetes"), "{err}");
+        let err = load(KUBE, "      trafficRouting: {gatewayAPI: {stableService: a, canaryService: b}}\n      steps: [{setWeight: 5}]\n").unwrap_err();
+        assert!(err.contains("names no route"), "{err}");
+        let err = load(KUBE, "      trafficRouting: {gatewayAPI: {httpRoute: web, stableService: a, canaryService: a}}\n      steps: [{setWeight: 5}]\n").unwrap_err();
+        assert!(err.contains("canaryService") && err.contains("m.yaml:"), "{err}");
+    }
+
+    #[test]
+    fn traffic_switch_needs_the_hosts_hook_and_a_scale_needs_a_router() {
+        let err = load(HOSTS, "      trafficRouting: {trafficSwitch: true}\n      steps: [{setWeight: 5}]\n").unwrap_err();
+        assert!(err.contains("spec.target.hosts.trafficSwitch"), "{err}");
+        let hooked = format!("{HOSTS}      trafficSwitch: {{command: [/bin/true]}}\n");
+        load(&hooked, "      trafficRouting: {trafficSwitch: true}\n      steps: [{setCanaryScale: {replicas: 1}}, {setWeight: 5}]\n").unwrap();
+        let err = load(KUBE, "      steps: [{setCanaryScale: {replicas: 1}}, {setWeight: 5}]\n").unwrap_err();
+        assert!(err.contains("steps[0].setCanaryScale") && err.contains("needs canary.trafficRouting"), "{err}");
+        let err = load(&hooked, "      trafficRouting: {trafficSwitch: true}\n      steps: [{setCanaryScale: {replicas: 1, weight: 5}}]\n").unwrap_err();
+        assert!(err.contains("exactly one of replicas"), "{err}");
+    }
+}

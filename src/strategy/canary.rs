@@ -296,3 +296,110 @@ mod tests {
         assert!(notes[0].contains("at 25%, 0%"), "{notes:?}");
     }
 }
+
+#[cfg(test)]
+mod routed {
+    use super::*;
+    use crate::spec::CanaryScale;
+
+    fn weight(w: u32) -> CanaryStep {
+        CanaryStep {
+            set_weight: Some(w),
+            ..Default::default()
+        }
+    }
+
+    fn scale(s: CanaryScale) -> CanaryStep {
+        CanaryStep {
+            set_canary_scale: Some(s),
+            ..Default::default()
+        }
+    }
+
+    const ROUTED: Mode = Mode {
+        forward_only: false,
+        routed: true,
+    };
+
+    fn surge(s: u32) -> Bounds {
+        Bounds {
+            max_surge: s,
+            max_unavailable: 0,
+        }
+    }
+
+    /// (weight set, old, new) of every step that sets the router.
+    fn traffic(steps: &[Step]) -> Vec<(u32, u32, u32)> {
+        steps
+            .iter()
+            .filter_map(|s| s.traffic_weight.map(|w| (w, s.old, s.new)))
+            .collect()
+    }
+
+    #[test]
+    fn each_set_weight_sets_the_router_once_on_its_last_step() {
+        let spec = [weight(1), weight(10), weight(50)];
+        let steps = steps(10, surge(1), &spec, ROUTED, &mut Vec::new());
+        assert_eq!(
+            traffic(&steps),
+            [(1, 10, 1), (10, 9, 1), (50, 5, 5), (100, 0, 10)],
+            "{steps:#?}"
+        );
+        // Without a router no step sets one.
+        let plain = super::steps(10, surge(1), &spec, Mode::default(), &mut Vec::new());
+        assert!(traffic(&plain).is_empty());
+    }
+
+    #[test]
+    fn a_canary_scale_fixes_the_replicas_whatever_the_weight() {
+        let one = CanaryScale {
+            replicas: Some(1),
+            ..Default::default()
+        };
+        let spec = [scale(one), weight(5), weight(40), weight(90)];
+        let steps = steps(10, surge(1), &spec, ROUTED, &mut Vec::new());
+        // The stable version stays at N (maxSurge 1 makes room for the one canary).
+        assert_eq!(
+            traffic(&steps),
+            [(5, 10, 1), (40, 10, 1), (90, 10, 1), (100, 0, 10)],
+            "{steps:#?}"
+        );
+        // A percentage of N, rounded up; the stable version gives way beyond maxSurge.
+        let fifth = CanaryScale {
+            weight: Some(15),
+            ..Default::default()
+        };
+        let steps = super::steps(10, surge(1), &[scale(fifth), weight(50)], ROUTED, &mut Vec::new());
+        assert_eq!(traffic(&steps)[0], (50, 9, 2), "{steps:#?}");
+        // matchTrafficWeight goes back to the weight's counts.
+        let back = CanaryScale {
+            match_traffic_weight: true,
+            ..Default::default()
+        };
+        let steps = super::steps(
+            10,
+            surge(1),
+            &[scale(one), weight(50), scale(back)],
+            ROUTED,
+            &mut Vec::new(),
+        );
+        let after: Vec<_> = steps.iter().map(|s| (s.old, s.new)).collect();
+        assert!(after.contains(&(5, 5)), "{after:?}");
+        assert_eq!(traffic(&steps)[0], (50, 10, 1));
+    }
+
+    #[test]
+    fn the_router_moves_first_when_the_canary_shrinks_or_the_stable_is_gone() {
+        let steps = steps(4, surge(1), &[weight(50), weight(25)], ROUTED, &mut Vec::new());
+        let t: Vec<&Step> = steps.iter().filter(|s| s.traffic_weight.is_some()).collect();
+        assert!(!t[0].traffic_first(0), "up: after the pods");
+        assert!(t[1].traffic_first(50), "down: before the pods go");
+        assert!(t[2].traffic_first(25), "the last stable pods go: before");
+        // A scale that leaves the stable version without an instance below 100% is never planned.
+        let all = CanaryScale {
+            replicas: Some(4),
+            ..Default::default()
+        };
+        assert_eq!(counts_for_scale(4, 50, 0, all.scale()), (1, 3));
+    }
+}
