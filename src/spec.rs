@@ -20,10 +20,10 @@ pub use crate::approval::ApproversSpec;
 
 pub use quantity::{Dur, IntOrPercent, Rounding};
 pub use source::{InputError, Sources};
-pub use traffic::{CanaryScale, GatewayApi, TrafficRouting};
 pub use target::{
     AgentAuth, ArtifactSpec, Host, HostsTarget, KubernetesTarget, TargetSpec, TrafficSwitch,
 };
+pub use traffic::{CanaryScale, GatewayApi, TrafficRouting};
 
 pub const API_VERSION: &str = "rollgate.dev/v1";
 

@@ -114,10 +114,9 @@ impl AnyTarget {
                     _ => None,
                 };
                 let weighted = match &m.strategy {
-                    crate::spec::Strategy::Canary(c) => c
-                        .traffic_routing
-                        .as_ref()
-                        .is_some_and(|t| t.traffic_switch),
+                    crate::spec::Strategy::Canary(c) => {
+                        c.traffic_routing.as_ref().is_some_and(|t| t.traffic_switch)
+                    }
                     _ => false,
                 };
                 Ok(AnyTarget::Hosts(

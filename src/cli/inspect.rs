@@ -176,7 +176,9 @@ async fn traffic(
     }
     let plan = plan.as_ref()?;
     let w = match last.outcome {
-        Some(crate::state::Outcome::Succeeded) => return Some(format!("traffic: all to {}", last.to)),
+        Some(crate::state::Outcome::Succeeded) => {
+            return Some(format!("traffic: all to {}", last.to));
+        }
         Some(_) => 0,
         None => last
             .steps

@@ -63,11 +63,7 @@ pub struct CanaryScale {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u32>,
     /// A percentage of N, rounded up (Argo's `weight`; `percent` is accepted too).
-    #[serde(
-        default,
-        alias = "percent",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, alias = "percent", skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
     /// Back to the default: canary instances follow the traffic weight.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -208,21 +204,38 @@ mod tests {
         let ok = "      trafficRouting: {gatewayAPI: {httpRoute: web, stableService: a, canaryService: b}}\n      steps: [{setWeight: 5}]\n";
         load(KUBE, ok).unwrap();
         let err = load(HOSTS, ok).unwrap_err();
-        assert!(err.contains("trafficRouting.gatewayAPI") && err.contains("kubernetes"), "{err}");
+        assert!(
+            err.contains("trafficRouting.gatewayAPI") && err.contains("kubernetes"),
+            "{err}"
+        );
         let err = load(KUBE, "      trafficRouting: {gatewayAPI: {stableService: a, canaryService: b}}\n      steps: [{setWeight: 5}]\n").unwrap_err();
         assert!(err.contains("names no route"), "{err}");
         let err = load(KUBE, "      trafficRouting: {gatewayAPI: {httpRoute: web, stableService: a, canaryService: a}}\n      steps: [{setWeight: 5}]\n").unwrap_err();
-        assert!(err.contains("canaryService") && err.contains("m.yaml:"), "{err}");
+        assert!(
+            err.contains("canaryService") && err.contains("m.yaml:"),
+            "{err}"
+        );
     }
 
     #[test]
     fn traffic_switch_needs_the_hosts_hook_and_a_scale_needs_a_router() {
-        let err = load(HOSTS, "      trafficRouting: {trafficSwitch: true}\n      steps: [{setWeight: 5}]\n").unwrap_err();
+        let err = load(
+            HOSTS,
+            "      trafficRouting: {trafficSwitch: true}\n      steps: [{setWeight: 5}]\n",
+        )
+        .unwrap_err();
         assert!(err.contains("spec.target.hosts.trafficSwitch"), "{err}");
         let hooked = format!("{HOSTS}      trafficSwitch: {{command: [/bin/true]}}\n");
         load(&hooked, "      trafficRouting: {trafficSwitch: true}\n      steps: [{setCanaryScale: {replicas: 1}}, {setWeight: 5}]\n").unwrap();
-        let err = load(KUBE, "      steps: [{setCanaryScale: {replicas: 1}}, {setWeight: 5}]\n").unwrap_err();
-        assert!(err.contains("steps[0].setCanaryScale") && err.contains("needs canary.trafficRouting"), "{err}");
+        let err = load(
+            KUBE,
+            "      steps: [{setCanaryScale: {replicas: 1}}, {setWeight: 5}]\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("steps[0].setCanaryScale") && err.contains("needs canary.trafficRouting"),
+            "{err}"
+        );
         let err = load(&hooked, "      trafficRouting: {trafficSwitch: true}\n      steps: [{setCanaryScale: {replicas: 1, weight: 5}}]\n").unwrap_err();
         assert!(err.contains("exactly one of replicas"), "{err}");
     }

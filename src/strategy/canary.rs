@@ -167,7 +167,10 @@ pub fn steps(
         }
         if mode.routed {
             for s in &mut out[before..] {
-                s.note = format!("canary {} replicas, traffic {weight}% until the last", s.new);
+                s.note = format!(
+                    "canary {} replicas, traffic {weight}% until the last",
+                    s.new
+                );
             }
             let last = out.last_mut().expect("a step was pushed");
             last.traffic_weight = Some(100);
@@ -369,7 +372,13 @@ mod routed {
             weight: Some(15),
             ..Default::default()
         };
-        let steps = super::steps(10, surge(1), &[scale(fifth), weight(50)], ROUTED, &mut Vec::new());
+        let steps = super::steps(
+            10,
+            surge(1),
+            &[scale(fifth), weight(50)],
+            ROUTED,
+            &mut Vec::new(),
+        );
         assert_eq!(traffic(&steps)[0], (50, 9, 2), "{steps:#?}");
         // matchTrafficWeight goes back to the weight's counts.
         let back = CanaryScale {
@@ -390,8 +399,17 @@ mod routed {
 
     #[test]
     fn the_router_moves_first_when_the_canary_shrinks_or_the_stable_is_gone() {
-        let steps = steps(4, surge(1), &[weight(50), weight(25)], ROUTED, &mut Vec::new());
-        let t: Vec<&Step> = steps.iter().filter(|s| s.traffic_weight.is_some()).collect();
+        let steps = steps(
+            4,
+            surge(1),
+            &[weight(50), weight(25)],
+            ROUTED,
+            &mut Vec::new(),
+        );
+        let t: Vec<&Step> = steps
+            .iter()
+            .filter(|s| s.traffic_weight.is_some())
+            .collect();
         assert!(!t[0].traffic_first(0), "up: after the pods");
         assert!(t[1].traffic_first(50), "down: before the pods go");
         assert!(t[2].traffic_first(25), "the last stable pods go: before");

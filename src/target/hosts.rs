@@ -672,12 +672,7 @@ impl Hosts {
     }
 
     /// Puts every host back on `version`, its traffic switched back once the old version runs.
-    async fn restore_hosts(
-        &self,
-        version: &str,
-        deadline: Duration,
-        sink: Sink<'_>,
-    ) -> Result<()> {
+    async fn restore_hosts(&self, version: &str, deadline: Duration, sink: Sink<'_>) -> Result<()> {
         // Every reachable host is restored even when some are not; those are reported and fail the
         // restore, so the journal and `resume` know which hosts still need it.
         let mut unreachable = Vec::new();

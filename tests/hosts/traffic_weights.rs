@@ -115,10 +115,18 @@ struct Load {
 
 impl Load {
     fn start(addr: std::net::SocketAddr) -> Load {
-        let (stop, mark) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (stop, mark) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
         let (ok, v2_after_mark) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let thread = {
-            let (stop, mark, ok, v2) = (stop.clone(), mark.clone(), ok.clone(), v2_after_mark.clone());
+            let (stop, mark, ok, v2) = (
+                stop.clone(),
+                mark.clone(),
+                ok.clone(),
+                v2_after_mark.clone(),
+            );
             std::thread::spawn(move || {
                 let mut errors = Vec::new();
                 while !stop.load(Ordering::SeqCst) {
@@ -168,7 +176,9 @@ fn netns_nginx_weighted_canary_splits_10_percent_and_aborts_under_load_without_a
         program(&["/usr/sbin/nginx", "/usr/bin/nginx"]),
         program(&["/usr/bin/jq", "/usr/local/bin/jq"]),
     ) else {
-        eprintln!("skipped: nginx or jq is not installed (tests/run.sh installs both from Debian's packages)");
+        eprintln!(
+            "skipped: nginx or jq is not installed (tests/run.sh installs both from Debian's packages)"
+        );
         return;
     };
     let fleet = Fleet::start(N);
@@ -208,8 +218,14 @@ fn netns_nginx_weighted_canary_splits_10_percent_and_aborts_under_load_without_a
     let out = rollgate(&["apply", "-f", manifest.to_str().unwrap(), "-o", "plain"]);
     let (answered, errors, _) = load.stop();
     assert_eq!(out.status.code(), Some(3), "paused at 10%: {}", text(&out));
-    eprintln!("traffic_weights: to 10% under load: {answered} requests, {} failed", errors.len());
-    assert!(errors.is_empty(), "failed requests on the way to 10%: {errors:?}");
+    eprintln!(
+        "traffic_weights: to 10% under load: {answered} requests, {} failed",
+        errors.len()
+    );
+    assert!(
+        errors.is_empty(),
+        "failed requests on the way to 10%: {errors:?}"
+    );
     assert!(answered > 50, "the load ran");
     let told = std::fs::read_to_string(&weights_log).unwrap();
     assert_eq!(
@@ -244,7 +260,9 @@ fn netns_nginx_weighted_canary_splits_10_percent_and_aborts_under_load_without_a
         }
     }
     let share = canary as f64 * 100.0 / REQUESTS as f64;
-    eprintln!("traffic_weights: canary served {canary} of {REQUESTS} requests ({share:.1}%) at setWeight 10 on 1 of {N} hosts");
+    eprintln!(
+        "traffic_weights: canary served {canary} of {REQUESTS} requests ({share:.1}%) at setWeight 10 on 1 of {N} hosts"
+    );
     assert!(
         (8.0..=12.0).contains(&share),
         "canary share {share:.1}% at 10% weight"

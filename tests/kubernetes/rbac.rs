@@ -144,7 +144,11 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The real `rollgate` with the ServiceAccount's kubeconfig.
-pub(super) async fn rollgate_as(bed: &Bed, kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+pub(super) async fn rollgate_as(
+    bed: &Bed,
+    kubeconfig: &Path,
+    args: &[&str],
+) -> std::process::Output {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rollgate"))
         .args(args)
         .current_dir(bed.dir.path())
@@ -207,7 +211,12 @@ async fn may(client: &Client, ns: Option<&str>, group: &str, resource: &str, ver
 }
 
 /// Waits until the authorizer has the Role as changed (RBAC is applied from a watch, not at once).
-pub(super) async fn until_may(client: &Client, ns: &str, access: (&str, &str, &str), allowed: bool) {
+pub(super) async fn until_may(
+    client: &Client,
+    ns: &str,
+    access: (&str, &str, &str),
+    allowed: bool,
+) {
     let (group, resource, verb) = access;
     let settled = async {
         while may(client, Some(ns), group, resource, verb).await != allowed {

@@ -157,7 +157,11 @@ fn watch_route(bed: &Bed) -> (Seen, tokio::task::JoinHandle<()>) {
             if let Ok(watcher::Event::Apply(r) | watcher::Event::InitApply(r)) = e {
                 let (split, other) = weights(&r);
                 assert_eq!(other, 3, "the other rule keeps its weight");
-                let rv = r.resource_version().unwrap_or_default().parse().unwrap_or(0);
+                let rv = r
+                    .resource_version()
+                    .unwrap_or_default()
+                    .parse()
+                    .unwrap_or(0);
                 let mut seen = into.lock().unwrap();
                 if seen.last().map(|(s, _)| *s) != Some(split) {
                     seen.push((split, rv));
@@ -187,7 +191,11 @@ fn watch_canary(bed: &Bed) -> (Arc<Mutex<Vec<(i32, u64)>>>, tokio::task::JoinHan
                     true => 0,
                     false => rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
                 };
-                let rv = rs.resource_version().unwrap_or_default().parse().unwrap_or(0);
+                let rv = rs
+                    .resource_version()
+                    .unwrap_or_default()
+                    .parse()
+                    .unwrap_or(0);
                 let mut seen = into.lock().unwrap();
                 if seen.last().map(|(x, _)| *x) != Some(n) {
                     seen.push((n, rv));
@@ -369,11 +377,7 @@ async fn abort_puts_all_traffic_on_stable_before_scaling_the_canary_down() {
         assert_eq!(out.status.code(), Some(3), "paused at the manual pause");
         assert_eq!(now(bed).await, (90, 10));
         let out = bed.rollgate(&["abort", "web"]).await;
-        assert!(
-            out.status.code().is_some(),
-            "abort ran: {:?}",
-            out.status
-        );
+        assert!(out.status.code().is_some(), "abort ran: {:?}", out.status);
     })
     .await;
 }
@@ -421,10 +425,18 @@ async fn the_access_review_asks_for_httproutes_only_when_a_manifest_routes() {
         ),
     );
     let before = bed.deployment().await;
-    let out = rollgate_as(&bed, &kubeconfig, &["apply", "-f", routed.to_str().unwrap()]).await;
+    let out = rollgate_as(
+        &bed,
+        &kubeconfig,
+        &["apply", "-f", routed.to_str().unwrap()],
+    )
+    .await;
     assert_ne!(out.status.code(), Some(0));
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
-    for verb in ["get httproutes.gateway.networking.k8s.io", "patch httproutes.gateway.networking.k8s.io"] {
+    for verb in [
+        "get httproutes.gateway.networking.k8s.io",
+        "patch httproutes.gateway.networking.k8s.io",
+    ] {
         assert!(said.contains(verb), "names {verb}: {said}");
     }
     assert_eq!(
@@ -442,7 +454,11 @@ async fn the_access_review_asks_for_httproutes_only_when_a_manifest_routes() {
         "  strategy:\n    canary: {maxSurge: 1, maxUnavailable: 0, steps: [{setWeight: 50}, {pause: {}}]}\n  progressDeadlineSeconds: 60\n",
     );
     let out = rollgate_as(&bed, &kubeconfig, &["apply", "-f", plain.to_str().unwrap()]).await;
-    assert_eq!(out.status.code(), Some(3), "a plain canary runs with the base Role");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a plain canary runs with the base Role"
+    );
     let out = rollgate_as(&bed, &kubeconfig, &["abort", "web"]).await;
     assert!(out.status.code().is_some());
     bed.wait_deployment("version 1 at N", |d| {
@@ -453,7 +469,12 @@ async fn the_access_review_asks_for_httproutes_only_when_a_manifest_routes() {
     // The optional binding back: the routed canary goes through.
     service_account(&bed).await;
     until_may(&sa, &bed.ns, patch, true).await;
-    let out = rollgate_as(&bed, &kubeconfig, &["apply", "-f", routed.to_str().unwrap()]).await;
+    let out = rollgate_as(
+        &bed,
+        &kubeconfig,
+        &["apply", "-f", routed.to_str().unwrap()],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(3), "paused at 10%");
     assert_eq!(now(&bed).await, (90, 10));
     let out = rollgate_as(&bed, &kubeconfig, &["abort", "web"]).await;

@@ -87,7 +87,12 @@ impl Hosts {
                 false => {
                     let share = (100 - weight) / others.max(1);
                     let first = serving.iter().find(|(x, _)| x != version).map(|(x, _)| x);
-                    share + if first == Some(v) { (100 - weight) % others.max(1) } else { 0 }
+                    share
+                        + if first == Some(v) {
+                            (100 - weight) % others.max(1)
+                        } else {
+                            0
+                        }
                 }
             };
             let list: Vec<serde_json::Value> = instances
@@ -103,7 +108,8 @@ impl Hosts {
         if !serving.iter().any(|(v, _)| v == version) {
             // The version has no instance yet: the hook hears its weight all the same.
             env.push(format!("{version}={weight}"));
-            weights.push(serde_json::json!({"version": version, "weight": weight, "instances": []}));
+            weights
+                .push(serde_json::json!({"version": version, "weight": weight, "instances": []}));
         }
         if let Some(lock) = &self.weighted {
             *lock.lock().expect("weight lock") = weight;

@@ -21,33 +21,33 @@ impl Kubernetes {
             self.pod_prober.is_some(),
             self.gateway.is_some(),
         )
-            .into_iter()
-            .map(|(group, resource, verb)| {
-                let reviews = reviews.clone();
-                // `pods/proxy` is resource `pods`, subresource `proxy`.
-                let (main, sub) = match resource.split_once('/') {
-                    Some((main, sub)) => (main, Some(sub.to_string())),
-                    None => (resource, None),
-                };
-                let review = SelfSubjectAccessReview {
-                    spec: SelfSubjectAccessReviewSpec {
-                        resource_attributes: Some(ResourceAttributes {
-                            group: Some(group.into()),
-                            resource: Some(main.into()),
-                            subresource: sub,
-                            verb: Some(verb.into()),
-                            namespace: Some(ns.clone()),
-                            ..ResourceAttributes::default()
-                        }),
-                        ..SelfSubjectAccessReviewSpec::default()
-                    },
-                    ..SelfSubjectAccessReview::default()
-                };
-                async move {
-                    let answer = reviews.create(&PostParams::default(), &review).await;
-                    (group, resource, verb, answer)
-                }
-            });
+        .into_iter()
+        .map(|(group, resource, verb)| {
+            let reviews = reviews.clone();
+            // `pods/proxy` is resource `pods`, subresource `proxy`.
+            let (main, sub) = match resource.split_once('/') {
+                Some((main, sub)) => (main, Some(sub.to_string())),
+                None => (resource, None),
+            };
+            let review = SelfSubjectAccessReview {
+                spec: SelfSubjectAccessReviewSpec {
+                    resource_attributes: Some(ResourceAttributes {
+                        group: Some(group.into()),
+                        resource: Some(main.into()),
+                        subresource: sub,
+                        verb: Some(verb.into()),
+                        namespace: Some(ns.clone()),
+                        ..ResourceAttributes::default()
+                    }),
+                    ..SelfSubjectAccessReviewSpec::default()
+                },
+                ..SelfSubjectAccessReview::default()
+            };
+            async move {
+                let answer = reviews.create(&PostParams::default(), &review).await;
+                (group, resource, verb, answer)
+            }
+        });
         let mut denied = Vec::new();
         for (group, resource, verb, answer) in futures_util::future::join_all(asks).await {
             match answer {

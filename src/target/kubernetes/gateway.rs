@@ -72,7 +72,11 @@ pub fn with_weights(
         (true, true) => Ok(()),
         (s, _) => Err(format!(
             "has no backendRef naming Service {:?}: each route must name both stableService and canaryService",
-            if s { &g.canary_service } else { &g.stable_service }
+            if s {
+                &g.canary_service
+            } else {
+                &g.stable_service
+            }
         )),
     }
 }
@@ -100,7 +104,10 @@ impl Kubernetes {
             .call(|| api.get(&name))
             .await
             .map_err(|e| self.fail(&format!("reading HTTPRoute {name}"), e))?;
-        Ok(canary_share(&serde_json::to_value(&route).unwrap_or_default(), g))
+        Ok(canary_share(
+            &serde_json::to_value(&route).unwrap_or_default(),
+            g,
+        ))
     }
 
     /// Every route's canary share now (`None`: a route that names neither Service), for `status`.
@@ -276,7 +283,8 @@ mod tests {
 
     #[test]
     fn a_route_without_the_canary_service_is_refused() {
-        let mut r = serde_json::json!({"spec": {"rules": [{"backendRefs": [{"name": "web-stable"}]}]}});
+        let mut r =
+            serde_json::json!({"spec": {"rules": [{"backendRefs": [{"name": "web-stable"}]}]}});
         let err = with_weights(&mut r, &gateway(), 10).unwrap_err();
         assert!(err.contains("\"web-canary\""), "{err}");
     }
