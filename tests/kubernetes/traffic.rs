@@ -172,9 +172,11 @@ fn watch_route(bed: &Bed) -> (Seen, tokio::task::JoinHandle<()>) {
     (seen, task)
 }
 
-/// The canary ReplicaSet's spec.replicas over time, with resourceVersions.
-fn watch_canary(bed: &Bed) -> (Arc<Mutex<Vec<(i32, u64)>>>, tokio::task::JoinHandle<()>) {
-    let seen: Arc<Mutex<Vec<(i32, u64)>>> = Arc::default();
+/// The canary ReplicaSet's spec.replicas over time (0 once deleted), with resourceVersions.
+type Sizes = Arc<Mutex<Vec<(i32, u64)>>>;
+
+fn watch_canary(bed: &Bed) -> (Sizes, tokio::task::JoinHandle<()>) {
+    let seen: Sizes = Arc::default();
     let api = bed.replica_sets.clone();
     let into = seen.clone();
     let canary = image("2");
