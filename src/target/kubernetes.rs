@@ -246,6 +246,7 @@ impl Target for Kubernetes {
     }
 
     async fn prepare(&self, version: &str) -> Result<()> {
+        self.check_routes().await?;
         self.prepare_held(version).await?;
         if self.blue_green {
             self.pin_preview(version).await?;

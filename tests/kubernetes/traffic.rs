@@ -484,3 +484,54 @@ async fn the_access_review_asks_for_httproutes_only_when_a_manifest_routes() {
     assert_eq!(now(&bed).await, (100, 0));
     bed.finish().await;
 }
+
+/// A route that does not name the canary Service, or a route that is missing, is refused before
+/// anything changes, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_without_the_canary_service_is_refused_before_anything_changes() {
+    let Some(bed) = Bed::new("traffic-refused", 2, "25%", "0").await else {
+        return;
+    };
+    set_up(&bed).await;
+    for (routing, named) in [
+        (
+            "gatewayAPI: {httpRoute: web, stableService: web-stable, canaryService: web-gone}",
+            "no backendRef naming Service \"web-gone\"",
+        ),
+        (
+            "gatewayAPI: {httpRoutes: [web, missing], stableService: web-stable, canaryService: web-canary}",
+            "HTTPRoute missing",
+        ),
+    ] {
+        let rollout = bed.rollout(
+            "web.yaml",
+            "2",
+            &format!("image: \"{}\"", image("2")),
+            &format!(
+                "  strategy:\n    canary:\n      maxUnavailable: 1\n      trafficRouting: {{{routing}}}\n      steps: [{{setWeight: 10}}, {{pause: {{}}}}]\n"
+            ),
+        );
+        let before = bed.deployment().await;
+        let out = bed
+            .rollgate(&["apply", "-f", rollout.to_str().unwrap()])
+            .await;
+        assert_eq!(out.status.code(), Some(1), "refused");
+        let said = format!(
+            "{}{}",
+            kube_bed::stdout(&out),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            said.contains(named) && said.contains("nothing was changed"),
+            "{said}"
+        );
+        assert_eq!(
+            bed.deployment().await.metadata.resource_version,
+            before.metadata.resource_version,
+            "the Deployment untouched"
+        );
+        assert_eq!(bed.replica_sets().await.len(), 1, "no ReplicaSet made");
+        assert_eq!(now(&bed).await, (1, 0), "the route untouched");
+    }
+    bed.finish().await;
+}

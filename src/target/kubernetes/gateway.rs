@@ -163,12 +163,30 @@ impl Kubernetes {
         Ok(())
     }
 
-    /// Pins the stable Service to the stable pods and the canary Service to `version`'s: each
-    /// must exist (a route weight to a Service that is not there sends traffic nowhere).
-    pub(super) async fn pin_canary(&self, version: &str) -> Result<()> {
+    /// Before anything changes: both Services exist (a weight to a Service that is not there
+    /// sends traffic nowhere) and every route names both.
+    pub(super) async fn check_routes(&self) -> Result<()> {
         let Some(g) = &self.gateway else {
             return Ok(());
         };
+        let api = self.http_routes();
+        for name in g.routes() {
+            let route = self
+                .reach
+                .call(|| api.get_opt(&name))
+                .await
+                .map_err(|e| self.fail(&format!("reading HTTPRoute {name}"), e))?
+                .ok_or_else(|| {
+                    TargetError::Failed(format!(
+                        "HTTPRoute {name} (strategy.canary.trafficRouting.gatewayAPI) not found in namespace {}; nothing was changed",
+                        self.namespace()
+                    ))
+                })?;
+            let mut value = serde_json::to_value(&route).unwrap_or_default();
+            with_weights(&mut value, g, 0).map_err(|why| {
+                TargetError::Failed(format!("HTTPRoute {name} {why}; nothing was changed"))
+            })?;
+        }
         for service in [&g.stable_service, &g.canary_service] {
             let found = self
                 .reach
@@ -177,11 +195,19 @@ impl Kubernetes {
                 .map_err(|e| self.fail(&format!("reading Service {service}"), e))?;
             if found.is_none() {
                 return Err(TargetError::Failed(format!(
-                    "Service {service} (strategy.canary.trafficRouting.gatewayAPI) not found in namespace {}",
+                    "Service {service} (strategy.canary.trafficRouting.gatewayAPI) not found in namespace {}; nothing was changed",
                     self.namespace()
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// Pins the stable Service to the stable pods and the canary Service to `version`'s.
+    pub(super) async fn pin_canary(&self, version: &str) -> Result<()> {
+        let Some(g) = &self.gateway else {
+            return Ok(());
+        };
         let view = self.view().await?;
         let hash = |rs: &ReplicaSet| rs.labels().get(HASH_LABEL).cloned();
         let stable = view.stable().find(|rs| replicas(rs) > 0).and_then(hash);
