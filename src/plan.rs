@@ -323,6 +323,19 @@ pub fn plan(strategy: &Strategy, n: u32, capacity: Capacity) -> Result<Plan> {
             (b, bg.min_ready_seconds, strategy::blue_green::steps(n, bg))
         }
     };
+    if let Some(s) = steps.iter().filter(|_| n > 0).find(|s| {
+        s.traffic_weight
+            .is_some_and(|w| (w < 100 && s.old == 0) || (w > 0 && s.new == 0))
+    }) {
+        let w = s.traffic_weight.unwrap_or(0);
+        return Err(PlanError {
+            path: "spec.strategy.canary.steps".into(),
+            message: format!(
+                "setWeight {w} sends traffic to a version with no instance ({} stable, {} canary of {n}): raise maxSurge, or setCanaryScale",
+                s.old, s.new
+            ),
+        });
+    }
     let requested = match strategy {
         Strategy::Rolling(r) => Some(r.max_surge),
         Strategy::Canary(c) => Some(c.max_surge),

@@ -177,11 +177,6 @@ pub fn steps(
             last.weight = Some(100);
             last.note = "traffic 100% to canary, then all new".into();
         }
-    } else if mode.routed
-        && let Some(last) = out.last_mut()
-        && last.traffic_weight.is_none()
-    {
-        last.traffic_weight = Some(100);
     }
     out
 }

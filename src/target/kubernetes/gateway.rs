@@ -240,12 +240,14 @@ impl Kubernetes {
         deadline: std::time::Duration,
         sink: Sink<'_>,
     ) -> Result<()> {
-        let Some(w) = step.traffic_weight.filter(|_| self.gateway.is_some()) else {
+        if self.gateway.is_none() {
             return self.scale_step(step, version, deadline, sink).await;
+        }
+        let first = match step.traffic_weight {
+            Some(_) => step.traffic_first(self.canary_weight().await?.unwrap_or(0)),
+            None => false,
         };
-        let current = self.canary_weight().await?.unwrap_or(0);
-        let first = step.traffic_first(current);
-        if first {
+        if let Some(w) = step.traffic_weight.filter(|_| first) {
             self.set_weights(w).await?;
         }
         self.scale_step(step, version, deadline, sink).await?;
@@ -253,7 +255,7 @@ impl Kubernetes {
             // Everything is new and handed over: both Services may select every pod again.
             return self.unpin_canary().await;
         }
-        if !first {
+        if let Some(w) = step.traffic_weight.filter(|_| !first) {
             self.set_weights(w).await?;
         }
         Ok(())
