@@ -69,7 +69,10 @@ pub async fn status(args: &StatusArgs, env: &Env) -> Result<u8, CliError> {
             .filter(|r| r.event.rollout() == last.id)
             .collect();
         if matches!(args.output, Progress::Json | Progress::Yaml) {
-            let value = json_status(args, &last, &running, &instances);
+            let mut value = json_status(args, &last, &running, &instances);
+            if let Some(line) = traffic(&target, &last, &m).await {
+                value["traffic"] = line.trim_start_matches("traffic: ").into();
+            }
             let line = serde_json::to_string(&value).expect("status serializes");
             if line != last_json {
                 if args.output == Progress::Json {

@@ -291,6 +291,9 @@ async fn weighted_canary_writes_1_10_50_keeps_them_through_pauses_and_rests_at_1
         status.contains("httproute/web stable 99% canary 1%"),
         "{status}"
     );
+    let json = bed.rollgate(&["status", "web", "-o", "json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("status JSON");
+    assert_eq!(json["traffic"], "httproute/web stable 99% canary 1%");
     // Kept through the pause.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(now(&bed).await, (99, 1), "1% kept through the pause");
