@@ -337,7 +337,7 @@ impl<T: Target> Run<'_, T> {
                 && i >= *start
                 && running.is_none()
             {
-                *running = Some(self.start_background(checks.clone()).await?);
+                *running = Some(self.start_background(checks.clone(), i).await?);
             }
             if let Some(task) = running.as_mut()
                 && task.is_finished()
@@ -402,8 +402,8 @@ impl<T: Target> Run<'_, T> {
     }
 
     /// Starts background analysis of `checks`; it sets `background_done` when it has a verdict.
-    async fn start_background(&self, checks: Vec<Check>) -> Result<Background> {
-        let vars = self.metric_vars(&self.target.instances().await?);
+    async fn start_background(&self, checks: Vec<Check>, i: usize) -> Result<Background> {
+        let vars = self.metric_vars(&self.target.instances().await?, i);
         let (http, done) = (self.http.clone(), self.background_done.clone());
         Ok(tokio::spawn(async move {
             let verdict = crate::health::run::background(&http, &checks, &vars).await;

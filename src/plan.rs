@@ -84,6 +84,10 @@ pub struct Step {
     /// The canary weight this step works towards, in percent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+    /// With `trafficRouting`: the canary's share of traffic the router gets at this step, in
+    /// percent (the stable version gets the rest). See [`Step::traffic_first`] for when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_weight: Option<u32>,
     /// A timed pause, or the wait before an automatic promotion or a delayed scale-down.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_seconds: Option<u64>,
@@ -118,6 +122,7 @@ impl Step {
             min_available: old.saturating_add(new),
             max_total: old.saturating_add(new),
             weight: None,
+            traffic_weight: None,
             duration_seconds: None,
             manual: false,
             approvals: 0,
@@ -126,6 +131,17 @@ impl Step {
             checks: Vec::new(),
             note: note.into(),
         }
+    }
+}
+
+impl Step {
+    /// Whether the router's weight changes before the step's instances do: when it lowers the
+    /// canary's share (traffic leaves instances before they go) or leaves no stable instance (the
+    /// stable Service's last pods are going). Otherwise the weight follows once the step's new
+    /// instances are ready, so traffic never reaches instances that are not there yet.
+    pub fn traffic_first(&self, current: u32) -> bool {
+        self.traffic_weight
+            .is_some_and(|w| w < current || self.old == 0)
     }
 }
 
@@ -270,7 +286,16 @@ pub fn plan(strategy: &Strategy, n: u32, capacity: Capacity) -> Result<Plan> {
             (
                 b,
                 c.min_ready_seconds,
-                strategy::canary::steps(n, b, &c.steps, capacity != Capacity::Elastic, &mut notes),
+                strategy::canary::steps(
+                    n,
+                    b,
+                    &c.steps,
+                    strategy::canary::Mode {
+                        forward_only: capacity != Capacity::Elastic,
+                        routed: c.traffic_routing.is_some(),
+                    },
+                    &mut notes,
+                ),
             )
         }
         Strategy::BlueGreen(bg) => {
@@ -298,6 +323,19 @@ pub fn plan(strategy: &Strategy, n: u32, capacity: Capacity) -> Result<Plan> {
             (b, bg.min_ready_seconds, strategy::blue_green::steps(n, bg))
         }
     };
+    if let Some(s) = steps.iter().filter(|_| n > 0).find(|s| {
+        s.traffic_weight
+            .is_some_and(|w| (w < 100 && s.old == 0) || (w > 0 && s.new == 0))
+    }) {
+        let w = s.traffic_weight.unwrap_or(0);
+        return Err(PlanError {
+            path: "spec.strategy.canary.steps".into(),
+            message: format!(
+                "setWeight {w} sends traffic to a version with no instance ({} stable, {} canary of {n}): raise maxSurge, or setCanaryScale",
+                s.old, s.new
+            ),
+        });
+    }
     let requested = match strategy {
         Strategy::Rolling(r) => Some(r.max_surge),
         Strategy::Canary(c) => Some(c.max_surge),
@@ -389,6 +427,7 @@ pub fn transition(
             min_available: old_a.saturating_add(new_a).min(old_c.saturating_add(new_c)),
             max_total: start_total.max(total_b),
             weight,
+            traffic_weight: None,
             duration_seconds: None,
             manual: false,
             approvals: 0,
@@ -592,6 +631,7 @@ mod tests {
             first_group: None,
             steps,
             analysis: None,
+            traffic_routing: None,
         });
         let p = plan(&c, 10, Capacity::Elastic).unwrap();
         let c = counts(&p);

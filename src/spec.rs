@@ -7,6 +7,7 @@ mod resolve;
 pub mod source;
 pub mod state;
 mod target;
+pub mod traffic;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ pub use source::{InputError, Sources};
 pub use target::{
     AgentAuth, ArtifactSpec, Host, HostsTarget, KubernetesTarget, TargetSpec, TrafficSwitch,
 };
+pub use traffic::{CanaryScale, GatewayApi, TrafficRouting};
 
 pub const API_VERSION: &str = "rollgate.dev/v1";
 
@@ -198,6 +200,10 @@ pub struct CanarySpec {
     /// Metric checks that run in the background for the rest of the rollout from `startingStep`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<BackgroundAnalysis>,
+    /// Traffic split by weight through a router (README "Traffic-weighted canary"), not only by
+    /// replica counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_routing: Option<TrafficRouting>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
@@ -229,6 +235,9 @@ pub struct CanaryStep {
     pub pause: Option<PauseSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisSpec>,
+    /// With `trafficRouting`: how many canary instances run from here on (Argo's setCanaryScale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_canary_scale: Option<CanaryScale>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
@@ -351,7 +360,7 @@ impl Check {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PrometheusProbe {
     pub address: String,
-    /// `{{app}}`, `{{version}}`, `{{canary_version}}`, `{{stable_version}}`, `{{namespace}}` and
+    /// `{{app}}`, `{{version}}`, `{{canary_version}}`, `{{canary_weight}}`, `{{stable_version}}`, `{{namespace}}` and
     /// `{{hosts}}` are replaced before the query runs.
     pub query: String,
 }

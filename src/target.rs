@@ -113,7 +113,15 @@ impl AnyTarget {
                     crate::spec::Strategy::Canary(c) => c.first_group.as_deref(),
                     _ => None,
                 };
-                Ok(AnyTarget::Hosts(hosts::Hosts::new(h, first_group)?))
+                let weighted = match &m.strategy {
+                    crate::spec::Strategy::Canary(c) => {
+                        c.traffic_routing.as_ref().is_some_and(|t| t.traffic_switch)
+                    }
+                    _ => false,
+                };
+                Ok(AnyTarget::Hosts(
+                    hosts::Hosts::new(h, first_group)?.weighted(weighted),
+                ))
             }
             TargetSpec::Kubernetes(k) => {
                 // A relative `manifest:` path starts at the folder of the first manifest file.
@@ -125,6 +133,13 @@ impl AnyTarget {
                     .map(std::path::Path::to_path_buf)
                     .unwrap_or_default();
                 let blue_green = matches!(m.strategy, crate::spec::Strategy::BlueGreen(_));
+                let gateway = match &m.strategy {
+                    crate::spec::Strategy::Canary(c) => c
+                        .traffic_routing
+                        .as_ref()
+                        .and_then(|t| t.gateway_api.as_ref()),
+                    _ => None,
+                };
                 let (client, probes) = clients().await?;
                 Ok(AnyTarget::Kubernetes(
                     kubernetes::Kubernetes::with_client(
@@ -134,7 +149,8 @@ impl AnyTarget {
                         blue_green,
                         client,
                     )?
-                    .probing_pods(&m.rollout.spec.checks, probes),
+                    .probing_pods(&m.rollout.spec.checks, probes)
+                    .routing_traffic(gateway),
                 ))
             }
         }

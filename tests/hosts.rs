@@ -42,5 +42,6 @@ mod hosts {
     mod netns_rollback;
     mod netns_rolling;
     mod relative_manifest;
+    mod traffic_weights;
     mod webhooks;
 }

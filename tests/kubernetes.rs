@@ -33,6 +33,7 @@ mod kubernetes {
     mod rollback;
     mod rolling;
     mod team_state;
+    mod traffic;
 }
 
 mod smoke {

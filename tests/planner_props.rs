@@ -3,7 +3,8 @@
 use proptest::prelude::*;
 use rollgate::plan::{Capacity, MAX_INSTANCES, Plan, StepKind, plan, resolve_bounds};
 use rollgate::spec::{
-    CanarySpec, CanaryStep, IntOrPercent, PauseSpec, RollingSpec, Strategy as Rollout,
+    CanaryScale, CanarySpec, CanaryStep, IntOrPercent, PauseSpec, RollingSpec, Strategy as Rollout,
+    TrafficRouting,
 };
 use rollgate::strategy::canary::counts_for_weight;
 
@@ -187,7 +188,7 @@ proptest! {
             }
         }
         let strategy = Rollout::Canary(CanarySpec {
-            max_surge: surge, max_unavailable: unavailable, min_ready_seconds: 0, first_group: None, steps, analysis: None,
+            max_surge: surge, max_unavailable: unavailable, min_ready_seconds: 0, first_group: None, steps, analysis: None, traffic_routing: None,
         });
         let Ok(p) = plan(&strategy, n, cap) else {
             prop_assert!(cap == Capacity::InPlace && unavailable.is_zero());
@@ -228,6 +229,64 @@ proptest! {
         }
     }
 
+    /// A traffic-weighted canary (issue 24): the same bounds, whatever the weights and canary
+    /// scales, in any order; each setWeight sets the router exactly once, in the order written,
+    /// on a step whose counts keep a stable instance while the stable version has traffic; the
+    /// last step sends everything to the canary.
+    #[test]
+    fn routed_canary_keeps_bounds_and_sets_each_weight_once(
+        n in 1u32..=500,
+        surge in surge_bound(),
+        unavailable in bound(),
+        script in prop::collection::vec((0u32..=100, prop::option::of(0u32..=3)), 1..8),
+        cap in capacity(),
+    ) {
+        prop_assume!(!(surge.is_zero() && unavailable.is_zero()));
+        let mut steps = Vec::new();
+        let mut weights = Vec::new();
+        for (w, scale) in &script {
+            if let Some(k) = scale {
+                let s = match k {
+                    0 => CanaryScale { replicas: Some(w * n / 100), ..Default::default() },
+                    1 => CanaryScale { weight: Some(*w), ..Default::default() },
+                    _ => CanaryScale { match_traffic_weight: true, ..Default::default() },
+                };
+                steps.push(CanaryStep { set_canary_scale: Some(s), ..Default::default() });
+            }
+            steps.push(CanaryStep { set_weight: Some(*w), ..Default::default() });
+            weights.push(*w);
+        }
+        let strategy = Rollout::Canary(CanarySpec {
+            max_surge: surge, max_unavailable: unavailable, min_ready_seconds: 0, first_group: None, steps, analysis: None,
+            traffic_routing: Some(TrafficRouting { traffic_switch: true, ..Default::default() }),
+        });
+        let p = match plan(&strategy, n, cap) {
+            Ok(p) => p,
+            Err(e) if e.message.contains("no instance") => {
+                // Refused only where bounds or a scale leave a version with traffic no instance.
+                prop_assert!(n == 1 || script.iter().any(|(_, s)| s.is_some()) || cap != Capacity::Elastic, "{}", e);
+                return Ok(());
+            }
+            Err(e) => {
+                prop_assert!(cap == Capacity::InPlace && unavailable.is_zero(), "{}", e);
+                return Ok(());
+            }
+        };
+        check_invariants(n, &p, cap != Capacity::Elastic)?;
+        // In order; a weight written twice in a row (100, then 100 at the end) is one change.
+        let mut set: Vec<u32> = p.steps.iter().filter_map(|s| s.traffic_weight).collect();
+        set.dedup();
+        let mut want = weights.clone();
+        want.push(100);
+        want.dedup();
+        prop_assert_eq!(&set, &want, "{:#?}", p.steps);
+        for s in p.steps.iter().filter(|s| s.traffic_weight.is_some_and(|w| w < 100)) {
+            prop_assert!(s.old >= 1, "traffic to a stable version with no instance: {:?}", s);
+        }
+        let last = p.steps.last().unwrap();
+        prop_assert_eq!((last.old, last.new, last.traffic_weight), (0, n, Some(100)));
+    }
+
     #[test]
     fn canary_weights_in_any_order_settle_where_argo_does(
         n in 0u32..=300,
@@ -247,7 +306,7 @@ proptest! {
             })
             .collect();
         let strategy = Rollout::Canary(CanarySpec {
-            max_surge: surge, max_unavailable: unavailable, min_ready_seconds: 0, first_group: None, steps, analysis: None,
+            max_surge: surge, max_unavailable: unavailable, min_ready_seconds: 0, first_group: None, steps, analysis: None, traffic_routing: None,
         });
         let Ok(p) = plan(&strategy, n, cap) else {
             prop_assert!(cap == Capacity::InPlace && unavailable.is_zero());

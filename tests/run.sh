@@ -9,7 +9,7 @@ log() { printf '\n== %s\n' "$*"; }
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
-  for pkg in iproute2:ip nginx:nginx prometheus:prometheus curl:curl openssl:openssl nftables:nft util-linux:unshare systemd:systemctl chromium:chromium chromium-driver:chromedriver; do
+  for pkg in iproute2:ip nginx:nginx jq:jq prometheus:prometheus curl:curl openssl:openssl nftables:nft util-linux:unshare systemd:systemctl chromium:chromium chromium-driver:chromedriver; do
     command -v "${pkg#*:}" >/dev/null || [ -x "/usr/sbin/${pkg#*:}" ] || need+=("${pkg%%:*}")
   done
   if [ ${#need[@]} -gt 0 ]; then

@@ -69,7 +69,10 @@ pub async fn status(args: &StatusArgs, env: &Env) -> Result<u8, CliError> {
             .filter(|r| r.event.rollout() == last.id)
             .collect();
         if matches!(args.output, Progress::Json | Progress::Yaml) {
-            let value = json_status(args, &last, &running, &instances);
+            let mut value = json_status(args, &last, &running, &instances);
+            if let Some(line) = traffic(&target, &last, &m).await {
+                value["traffic"] = line.trim_start_matches("traffic: ").into();
+            }
             let line = serde_json::to_string(&value).expect("status serializes");
             if line != last_json {
                 if args.output == Progress::Json {
@@ -96,6 +99,9 @@ pub async fn status(args: &StatusArgs, env: &Env) -> Result<u8, CliError> {
                 // One-shot `status` keeps its line-per-instance form, which scripts read.
                 _ if !args.watch => {
                     out(&output::summary(&last, &running));
+                    if let Some(line) = traffic(&target, &last, &m).await {
+                        out(&format!("{line}\n"));
+                    }
                     if let Some(instances) = &instances {
                         out(&output::instances(instances));
                     }
@@ -142,6 +148,53 @@ pub async fn status(args: &StatusArgs, env: &Env) -> Result<u8, CliError> {
         }
         tokio::time::sleep(wait).await;
     }
+}
+
+/// A traffic-weighted canary's split now: read from the HTTPRoutes on Kubernetes; on hosts, what
+/// the journal's last finished step gave the `trafficSwitch` hook (which keeps no state to read).
+async fn traffic(
+    target: &Option<(AnyTarget, Option<crate::plan::Plan>)>,
+    last: &crate::state::RolloutSummary,
+    m: &crate::spec::Manifest,
+) -> Option<String> {
+    let crate::spec::Strategy::Canary(c) = &m.strategy else {
+        return None;
+    };
+    c.traffic_routing.as_ref()?;
+    let (t, plan) = target.as_ref()?;
+    if let AnyTarget::Kubernetes(k) = t {
+        return Some(match k.route_weights().await {
+            Ok(routes) => {
+                let each: Vec<String> = routes
+                    .iter()
+                    .map(|(name, w)| match w {
+                        Some(w) => format!("httproute/{name} stable {}% canary {w}%", 100 - w),
+                        None => format!("httproute/{name} names neither Service"),
+                    })
+                    .collect();
+                format!("traffic: {}", each.join(", "))
+            }
+            Err(e) => format!("traffic: unknown ({})", crate::error_chain(&e)),
+        });
+    }
+    let plan = plan.as_ref()?;
+    let w = match last.outcome {
+        Some(crate::state::Outcome::Succeeded) => {
+            return Some(format!("traffic: all to {}", last.to));
+        }
+        Some(_) => 0,
+        None => last
+            .steps
+            .iter()
+            .filter(|s| s.millis.is_some())
+            .filter_map(|s| plan.steps.get(s.step).and_then(|p| p.traffic_weight))
+            .next_back()
+            .unwrap_or(0),
+    };
+    Some(format!(
+        "traffic: stable {}% canary {w}% (as the trafficSwitch hook was last told)",
+        100 - w
+    ))
 }
 
 /// `status -o json`: one object.

@@ -81,10 +81,19 @@ pub fn plan_table(
         plan.replicas.saturating_sub(plan.max_unavailable)
     );
     let _ = writeln!(out);
+    // A traffic-weighted canary: the router's split (stable/canary) in force after each row.
+    let routed = plan.steps.iter().any(|s| s.traffic_weight.is_some());
+    let mut split = 0;
     let _ = writeln!(
         out,
-        "{:>5}  {:<9} {:>8} {:>8} {:>13} {:>9}  NOTE",
-        "STEP", "KIND", "OLD", "NEW", "MIN-AVAILABLE", "MAX-TOTAL"
+        "{:>5}  {:<9} {:>8} {:>8} {:>13} {:>9}  {}NOTE",
+        "STEP",
+        "KIND",
+        "OLD",
+        "NEW",
+        "MIN-AVAILABLE",
+        "MAX-TOTAL",
+        if routed { "TRAFFIC  " } else { "" }
     );
     let mut i = 0;
     while i < plan.steps.len() {
@@ -114,9 +123,16 @@ pub fn plan_table(
             StepKind::Promote => "promote",
             StepKind::Switch => "switch",
         };
+        if let Some(w) = rows.iter().rev().find_map(|r| r.traffic_weight) {
+            split = w;
+        }
+        let traffic = match routed {
+            true => format!("{:<9}", format!("{}/{split}", 100 - split)),
+            false => String::new(),
+        };
         let _ = writeln!(
             out,
-            "{step:>5}  {kind:<9} {:>8} {:>8} {:>13} {:>9}  {}",
+            "{step:>5}  {kind:<9} {:>8} {:>8} {:>13} {:>9}  {traffic}{}",
             last.old,
             last.new,
             rows.iter().map(|r| r.min_available).min().unwrap_or(0),
@@ -134,6 +150,12 @@ pub fn plan_table(
             }
         }
         i = j + 1;
+    }
+    if routed {
+        let _ = writeln!(
+            out,
+            "\nTRAFFIC is the router's split, stable/canary percent, once the row is done (trafficRouting)"
+        );
     }
     for note in &plan.notes {
         let _ = writeln!(out, "\nnote: {note}");

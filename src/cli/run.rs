@@ -94,6 +94,13 @@ pub(crate) fn warn_insecure(m: &Manifest) {
 fn validate(args: &ValidateArgs) -> Result<u8, CliError> {
     let m = load(&args.input)?;
     crate::cli::security::check_blocking(&m, args.input.strict)?;
+    // A traffic-weighted canary on hosts: whether each weight has an instance of both versions
+    // depends on the fleet's size, which the manifest gives; `plan` refuses what this would pass.
+    if m.rollout.spec.target.hosts().is_some()
+        && matches!(&m.strategy, crate::spec::Strategy::Canary(c) if c.traffic_routing.is_some())
+    {
+        make_plan(&m, None)?;
+    }
     let files: Vec<String> = m
         .sources
         .files

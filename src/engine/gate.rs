@@ -27,7 +27,7 @@ impl<T: Target> Run<'_, T> {
             // A metric check measures the whole rollout once; a probe runs against each new instance.
             let samples = crate::health::run::Samples::default();
             let verdicts: Vec<(String, Verdict)> = if check.is_metric() {
-                let vars = self.metric_vars(&instances);
+                let vars = self.metric_vars(&instances, idx);
                 vec![(
                     "the rollout".to_string(),
                     crate::health::run::metric(&self.http, check, &vars, &samples).await,
@@ -82,7 +82,17 @@ impl<T: Target> Run<'_, T> {
     pub(super) fn metric_vars(
         &self,
         instances: &[Instance],
+        idx: usize,
     ) -> std::collections::BTreeMap<String, String> {
+        // The canary's share of traffic at step `idx`: the router's (trafficRouting), else the
+        // canary weight the step's counts follow; empty outside a canary.
+        let upto = &self.plan.steps[..(idx + 1).min(self.plan.steps.len())];
+        let routed = self.plan.steps.iter().any(|s| s.traffic_weight.is_some());
+        let weight = upto
+            .iter()
+            .filter_map(|s| if routed { s.traffic_weight } else { s.weight })
+            .next_back()
+            .map_or_else(String::new, |w| w.to_string());
         let version = self.version().to_string();
         let stable = self.from.clone().unwrap_or_default();
         let hosts: Vec<&str> = instances.iter().map(|i| i.name.as_str()).collect();
@@ -91,6 +101,7 @@ impl<T: Target> Run<'_, T> {
             ("version", version.clone()),
             ("canary_version", version),
             ("stable_version", stable),
+            ("canary_weight", weight),
             // Empty unless the target names one: a query may use ${namespace} on any target.
             ("namespace", String::new()),
             ("hosts", hosts.join("|")),

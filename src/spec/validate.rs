@@ -279,11 +279,13 @@ impl Manifest {
                         step.set_weight.is_some(),
                         step.pause.is_some(),
                         step.analysis.is_some(),
+                        step.set_canary_scale.is_some(),
                     ];
                     if set.iter().filter(|b| **b).count() != 1 {
-                        return Err(
-                            s.error(&path, "expected exactly one of setWeight, pause, analysis")
-                        );
+                        return Err(s.error(
+                            &path,
+                            "expected exactly one of setWeight, pause, analysis, setCanaryScale",
+                        ));
                     }
                     if let Some(w) = step.set_weight
                         && w > 100
@@ -326,6 +328,7 @@ impl Manifest {
                         }
                     }
                 }
+                traffic::check(c, &self.rollout.spec.target, s, &at)?;
                 if let (Some(group), Some(h)) = (&c.first_group, self.rollout.spec.target.hosts())
                     && !h.hosts.iter().any(|host| host.groups.contains(group))
                 {

@@ -2,6 +2,7 @@
 
 use crate::plan::{Bounds, Step, StepKind, transition};
 use crate::spec::CanaryStep;
+use crate::spec::traffic::Scale;
 
 /// Stable and canary counts that `weight` percent of `n` settles at, as Argo Rollouts' basic canary
 /// (`approximateWeightedCanaryStableReplicaCounts`) computes them: the canary count is ⌈n·w/100⌉ or
@@ -60,68 +61,97 @@ fn delta(w: u64, (canary, total): (u64, u64)) -> f64 {
     ((canary * 100) as f64 / total as f64 - w as f64).abs()
 }
 
-/// The steps of a canary. With `forward_only` (host fleets, whose hosts are never switched back to
-/// the stable version mid-rollout) counts never move back: a lower weight after a higher one keeps
-/// the current split, and a note says so.
+/// How a canary's steps are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Mode {
+    /// Host fleets, whose hosts are never switched back to the stable version mid-rollout: counts
+    /// never move back; a lower weight after a higher one keeps the current split, and a note says so.
+    pub forward_only: bool,
+    /// `trafficRouting`: a router splits traffic by each setWeight, and the counts follow the
+    /// weight or a `setCanaryScale`.
+    pub routed: bool,
+}
+
+/// Stable and canary counts under a `setCanaryScale`: a fixed count or a percentage of N for the
+/// canary, the stable version at N as far as maxSurge allows (the router, not the counts, splits
+/// traffic); or the weight's counts, as without a router.
+pub fn counts_for_scale(n: u32, weight: u32, max_surge: u32, scale: Scale) -> (u32, u32) {
+    let canary = match scale {
+        Scale::MatchTrafficWeight => return counts_for_weight(n, weight, max_surge),
+        Scale::Replicas(r) => r.min(n),
+        Scale::Percent(p) => (u64::from(n) * u64::from(p.min(100))).div_ceil(100) as u32,
+    };
+    let stable = n.min(n.saturating_add(max_surge).saturating_sub(canary));
+    // The stable Service keeps an instance while it has a share of traffic.
+    if stable == 0 && weight < 100 && n > 0 {
+        return (1, n - 1);
+    }
+    (stable, canary)
+}
+
+/// The steps of a canary (see [`Mode`]).
 pub fn steps(
     n: u32,
     bounds: Bounds,
     spec: &[CanaryStep],
-    forward_only: bool,
+    mode: Mode,
     notes: &mut Vec<String>,
 ) -> Vec<Step> {
     let mut out = Vec::new();
     let mut at = (n, 0);
     let mut weight = 0;
+    let mut scale = Scale::MatchTrafficWeight;
     let mut held = Vec::new();
     for step in spec {
-        if let Some(w) = step.set_weight {
-            weight = w;
-            let mut to = counts_for_weight(n, w, bounds.max_surge);
-            if forward_only && (to.0 > at.0 || to.1 < at.1) {
-                held.push(format!("{w}%"));
-                to = (to.0.min(at.0), to.1.max(at.1));
+        let w = match (step.set_weight, step.set_canary_scale) {
+            (Some(w), _) => w,
+            (None, Some(s)) if mode.routed => {
+                scale = s.scale();
+                weight
             }
-            let before = out.len();
-            transition(n, bounds, at, to, Some(w), &mut out);
-            if out.len() == before {
-                let mut hold = Step::hold(
-                    StepKind::Scale,
-                    at.0,
-                    at.1,
-                    format!("canary weight {w}% (no change in counts)"),
-                );
-                hold.weight = Some(w);
-                out.push(hold);
+            _ => {
+                push_hold(step, at, weight, &mut out);
+                continue;
             }
-            at = to;
-        } else if let Some(p) = &step.pause {
-            let mut s = Step::hold(StepKind::Pause, at.0, at.1, "");
-            s.weight = Some(weight);
-            s.approvals = p.approvals;
-            s.approvers = p.approvers.clone();
-            s.allow_self_approval = p.allow_self_approval;
-            match p.duration {
-                Some(d) if p.approvals == 0 => {
-                    s.duration_seconds = Some(d.0.as_secs());
-                    s.note = format!("pause {d}");
-                }
-                _ => {
-                    s.manual = true;
-                    s.duration_seconds = p.duration.map(|d| d.0.as_secs());
-                    s.note = match p.approvals {
-                        0 => "pause until promoted".into(),
-                        k => format!("pause until {k} people approve"),
-                    };
-                }
-            }
-            out.push(s);
-        } else if let Some(a) = &step.analysis {
-            let mut s = Step::hold(StepKind::Analysis, at.0, at.1, "analysis");
-            s.weight = Some(weight);
-            s.checks = a.checks.clone();
-            out.push(s);
+        };
+        let routes = step.set_weight.is_some() && mode.routed;
+        weight = w;
+        let mut to = counts_for_scale(n, w, bounds.max_surge, scale);
+        if mode.forward_only && (to.0 > at.0 || to.1 < at.1) {
+            held.push(format!("{w}%"));
+            to = (to.0.min(at.0), to.1.max(at.1));
         }
+        let before = out.len();
+        transition(n, bounds, at, to, Some(w), &mut out);
+        if out.len() == before && (routes || !mode.routed) {
+            let what = if mode.routed {
+                "no change in replicas"
+            } else {
+                "no change in counts"
+            };
+            let mut hold = Step::hold(
+                StepKind::Scale,
+                at.0,
+                at.1,
+                format!("canary weight {w}% ({what})"),
+            );
+            hold.weight = Some(w);
+            out.push(hold);
+        }
+        if mode.routed && out.len() > before {
+            for s in &mut out[before..] {
+                s.note = match routes {
+                    true => format!("canary {} replicas, traffic {w}% after", s.new),
+                    false => format!("canary scale: {} replicas", s.new),
+                };
+            }
+            if routes {
+                let last = out.last_mut().expect("a step was pushed");
+                last.traffic_weight = Some(w);
+                last.note = format!("traffic {w}% to canary ({} replicas)", last.new);
+            }
+        }
+        at = to;
     }
     if !held.is_empty() {
         notes.push(format!(
@@ -135,8 +165,51 @@ pub fn steps(
         if out.len() == before {
             out.push(Step::hold(StepKind::Scale, 0, n, "all new"));
         }
+        if mode.routed {
+            for s in &mut out[before..] {
+                s.note = format!(
+                    "canary {} replicas, traffic {weight}% until the last",
+                    s.new
+                );
+            }
+            let last = out.last_mut().expect("a step was pushed");
+            last.traffic_weight = Some(100);
+            last.weight = Some(100);
+            last.note = "traffic 100% to canary, then all new".into();
+        }
     }
     out
+}
+
+/// A pause or analysis step at the counts `at` and the weight in force.
+fn push_hold(step: &CanaryStep, at: (u32, u32), weight: u32, out: &mut Vec<Step>) {
+    if let Some(p) = &step.pause {
+        let mut s = Step::hold(StepKind::Pause, at.0, at.1, "");
+        s.weight = Some(weight);
+        s.approvals = p.approvals;
+        s.approvers = p.approvers.clone();
+        s.allow_self_approval = p.allow_self_approval;
+        match p.duration {
+            Some(d) if p.approvals == 0 => {
+                s.duration_seconds = Some(d.0.as_secs());
+                s.note = format!("pause {d}");
+            }
+            _ => {
+                s.manual = true;
+                s.duration_seconds = p.duration.map(|d| d.0.as_secs());
+                s.note = match p.approvals {
+                    0 => "pause until promoted".into(),
+                    k => format!("pause until {k} people approve"),
+                };
+            }
+        }
+        out.push(s);
+    } else if let Some(a) = &step.analysis {
+        let mut s = Step::hold(StepKind::Analysis, at.0, at.1, "analysis");
+        s.weight = Some(weight);
+        s.checks = a.checks.clone();
+        out.push(s);
+    }
 }
 
 #[cfg(test)]
@@ -192,7 +265,7 @@ mod tests {
         };
         let plan = [spec(50), pause.clone(), spec(25), pause, spec(0)];
         let mut notes = Vec::new();
-        let steps = steps(10, bounds, &plan, false, &mut notes);
+        let steps = steps(10, bounds, &plan, Mode::default(), &mut notes);
         assert!(notes.is_empty());
         let at = |steps: &[Step], w: u32| {
             let s = steps
@@ -211,9 +284,135 @@ mod tests {
         );
         assert!(!steps.iter().any(|s| s.note.contains("no change")));
         // Hosts hold the split instead, and the plan says so.
-        let held = super::steps(10, bounds, &plan, true, &mut notes);
+        let hosts = Mode {
+            forward_only: true,
+            routed: false,
+        };
+        let held = super::steps(10, bounds, &plan, hosts, &mut notes);
         assert_eq!(at(&held, 25), (5, 5), "{held:#?}");
         assert_eq!(at(&held, 0), (5, 5), "{held:#?}");
         assert!(notes[0].contains("at 25%, 0%"), "{notes:?}");
+    }
+}
+
+#[cfg(test)]
+mod routed {
+    use super::*;
+    use crate::spec::CanaryScale;
+
+    fn weight(w: u32) -> CanaryStep {
+        CanaryStep {
+            set_weight: Some(w),
+            ..Default::default()
+        }
+    }
+
+    fn scale(s: CanaryScale) -> CanaryStep {
+        CanaryStep {
+            set_canary_scale: Some(s),
+            ..Default::default()
+        }
+    }
+
+    const ROUTED: Mode = Mode {
+        forward_only: false,
+        routed: true,
+    };
+
+    fn surge(s: u32) -> Bounds {
+        Bounds {
+            max_surge: s,
+            max_unavailable: 0,
+        }
+    }
+
+    /// (weight set, old, new) of every step that sets the router.
+    fn traffic(steps: &[Step]) -> Vec<(u32, u32, u32)> {
+        steps
+            .iter()
+            .filter_map(|s| s.traffic_weight.map(|w| (w, s.old, s.new)))
+            .collect()
+    }
+
+    #[test]
+    fn each_set_weight_sets_the_router_once_on_its_last_step() {
+        let spec = [weight(1), weight(10), weight(50)];
+        let steps = steps(10, surge(1), &spec, ROUTED, &mut Vec::new());
+        assert_eq!(
+            traffic(&steps),
+            [(1, 10, 1), (10, 9, 1), (50, 5, 5), (100, 0, 10)],
+            "{steps:#?}"
+        );
+        // Without a router no step sets one.
+        let plain = super::steps(10, surge(1), &spec, Mode::default(), &mut Vec::new());
+        assert!(traffic(&plain).is_empty());
+    }
+
+    #[test]
+    fn a_canary_scale_fixes_the_replicas_whatever_the_weight() {
+        let one = CanaryScale {
+            replicas: Some(1),
+            ..Default::default()
+        };
+        let spec = [scale(one), weight(5), weight(40), weight(90)];
+        let steps = steps(10, surge(1), &spec, ROUTED, &mut Vec::new());
+        // The stable version stays at N (maxSurge 1 makes room for the one canary).
+        assert_eq!(
+            traffic(&steps),
+            [(5, 10, 1), (40, 10, 1), (90, 10, 1), (100, 0, 10)],
+            "{steps:#?}"
+        );
+        // A percentage of N, rounded up; the stable version gives way beyond maxSurge.
+        let fifth = CanaryScale {
+            weight: Some(15),
+            ..Default::default()
+        };
+        let steps = super::steps(
+            10,
+            surge(1),
+            &[scale(fifth), weight(50)],
+            ROUTED,
+            &mut Vec::new(),
+        );
+        assert_eq!(traffic(&steps)[0], (50, 9, 2), "{steps:#?}");
+        // matchTrafficWeight goes back to the weight's counts.
+        let back = CanaryScale {
+            match_traffic_weight: true,
+            ..Default::default()
+        };
+        let steps = super::steps(
+            10,
+            surge(1),
+            &[scale(one), weight(50), scale(back)],
+            ROUTED,
+            &mut Vec::new(),
+        );
+        let after: Vec<_> = steps.iter().map(|s| (s.old, s.new)).collect();
+        assert!(after.contains(&(5, 5)), "{after:?}");
+        assert_eq!(traffic(&steps)[0], (50, 10, 1));
+    }
+
+    #[test]
+    fn the_router_moves_first_when_the_canary_shrinks_or_the_stable_is_gone() {
+        let steps = steps(
+            4,
+            surge(1),
+            &[weight(50), weight(25)],
+            ROUTED,
+            &mut Vec::new(),
+        );
+        let t: Vec<&Step> = steps
+            .iter()
+            .filter(|s| s.traffic_weight.is_some())
+            .collect();
+        assert!(!t[0].traffic_first(0), "up: after the pods");
+        assert!(t[1].traffic_first(50), "down: before the pods go");
+        assert!(t[2].traffic_first(25), "the last stable pods go: before");
+        // A scale that leaves the stable version without an instance below 100% is never planned.
+        let all = CanaryScale {
+            replicas: Some(4),
+            ..Default::default()
+        };
+        assert_eq!(counts_for_scale(4, 50, 0, all.scale()), (1, 3));
     }
 }

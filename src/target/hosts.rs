@@ -42,6 +42,9 @@ pub struct Hosts {
     /// Salts staging request ids: a retry within this run is a replay, while a later run (a
     /// `resume` after a crash) asks afresh instead of being answered with an earlier, failed try.
     run_salt: String,
+    /// A traffic-weighted canary (`trafficRouting.trafficSwitch`): the hook gets weights per version,
+    /// and the canary's share it was last given.
+    weighted: Option<std::sync::Mutex<u32>>,
 }
 
 enum Artifact {
@@ -115,7 +118,14 @@ impl Hosts {
             artifact,
             http,
             run_salt: format!("{:x}", crate::state::now_ms()),
+            weighted: None,
         })
+    }
+
+    /// The same, telling the `trafficSwitch` hook the weight of each version at every canary step.
+    pub fn weighted(mut self, weighted: bool) -> Self {
+        self.weighted = weighted.then(|| std::sync::Mutex::new(0));
+        self
     }
 
     fn client(&self, name: &str) -> Result<&AgentClient> {
@@ -541,104 +551,17 @@ impl Target for Hosts {
         deadline: Duration,
         sink: Sink<'_>,
     ) -> Result<()> {
-        // The first `new` hosts in wave order run `version`; the last `old` hosts keep the old one.
-        let views = self.views().await?;
-        let n = self.order.len();
-        let running: usize = views.iter().map(|(_, v)| v.running().count()).sum();
-        // Room for extra instances during the step (two slots per host): beyond it, stop old first.
-        let mut room = (step.max_total as usize).saturating_sub(running);
-        let mut todo = Vec::new();
-        for (i, (name, view)) in views.iter().enumerate() {
-            let new = i < step.new as usize;
-            let keep_old = i >= n.saturating_sub(step.old as usize);
-            let start = new && !view.runs(version);
-            let stop = !keep_old && view.runs_other(version);
-            if !start && !stop {
-                continue;
-            }
-            let stop_first = start && room == 0;
-            if start && !stop_first {
-                room -= 1;
-            }
-            todo.push((
-                name.clone(),
-                Want {
-                    new,
-                    keep_old,
-                    stop_first,
-                },
-            ));
-        }
-        // Hosts of later parts are untouched by earlier ones, so these views stay true for them.
-        let known: std::collections::HashMap<String, HostView> = views.into_iter().collect();
-        for part in split_by_zone_wants(&self.spec, &todo) {
-            self.converge_all(&part, &known, version, deadline, sink)
-                .await?;
-        }
-        Ok(())
+        self.scale_weighted(step, version, deadline, sink).await
     }
 
     async fn restore(&self, version: &str, deadline: Duration, sink: Sink<'_>) -> Result<()> {
-        // Every reachable host is restored even when some are not; those are reported and fail the
-        // restore, so the journal and `resume` know which hosts still need it.
-        let mut unreachable = Vec::new();
-        let mut back = Vec::new();
-        let mut known = std::collections::HashMap::new();
-        for (name, view) in self.views_each(deadline).await {
-            match view {
-                Ok(v) if v.runs(version) && !v.runs_other(version) => {}
-                Ok(v) => {
-                    back.push((
-                        name.clone(),
-                        Want {
-                            new: true,
-                            keep_old: true,
-                            stop_first: false,
-                        },
-                    ));
-                    known.insert(name, v);
-                }
-                Err(e) => {
-                    let detail = crate::error_chain(&e);
-                    sink.report(Change::Changing {
-                        instance: name.clone(),
-                        version: version.to_string(),
-                    })
-                    .await?;
-                    sink.report(Change::Changed {
-                        instance: name.clone(),
-                        version: version.to_string(),
-                        ok: false,
-                        detail: detail.clone(),
-                    })
-                    .await?;
-                    unreachable.push(detail);
-                }
-            }
+        // A weighted canary: all traffic to the stable hosts before any host changes.
+        if self.weighted.is_some() {
+            self.call_weights_hook(version, 100)
+                .await
+                .map_err(TargetError::Failed)?;
         }
-        // Old version up first, then traffic back to it, then the new one stopped.
-        let converged = self
-            .converge_all(&back, &known, version, deadline, sink)
-            .await;
-        self.call_switch_hook(version)
-            .await
-            .map_err(TargetError::Failed)?;
-        let salt = format!("{:x}", crate::state::now_ms());
-        for (name, view) in self.views_each(deadline).await {
-            if let Ok(view) = view
-                && view.runs(version)
-                && view.runs_other(version)
-            {
-                self.stop_others(&name, &view, version, deadline, &salt)
-                    .await?;
-            }
-        }
-        converged?;
-        if unreachable.is_empty() {
-            Ok(())
-        } else {
-            Err(TargetError::Failed(unreachable.join("; ")))
-        }
+        self.restore_hosts(version, deadline, sink).await
     }
 
     async fn switch_traffic(&self, version: &str) -> Result<()> {
@@ -699,6 +622,119 @@ impl Target for Hosts {
         };
         crate::faults::point("probe", instance);
         probe
+    }
+}
+
+impl Hosts {
+    /// Brings the fleet to the step's counts (the router's weight aside).
+    pub(super) async fn scale_hosts(
+        &self,
+        step: &Step,
+        version: &str,
+        deadline: Duration,
+        sink: Sink<'_>,
+    ) -> Result<()> {
+        // The first `new` hosts in wave order run `version`; the last `old` hosts keep the old one.
+        let views = self.views().await?;
+        let n = self.order.len();
+        let running: usize = views.iter().map(|(_, v)| v.running().count()).sum();
+        // Room for extra instances during the step (two slots per host): beyond it, stop old first.
+        let mut room = (step.max_total as usize).saturating_sub(running);
+        let mut todo = Vec::new();
+        for (i, (name, view)) in views.iter().enumerate() {
+            let new = i < step.new as usize;
+            let keep_old = i >= n.saturating_sub(step.old as usize);
+            let start = new && !view.runs(version);
+            let stop = !keep_old && view.runs_other(version);
+            if !start && !stop {
+                continue;
+            }
+            let stop_first = start && room == 0;
+            if start && !stop_first {
+                room -= 1;
+            }
+            todo.push((
+                name.clone(),
+                Want {
+                    new,
+                    keep_old,
+                    stop_first,
+                },
+            ));
+        }
+        // Hosts of later parts are untouched by earlier ones, so these views stay true for them.
+        let known: std::collections::HashMap<String, HostView> = views.into_iter().collect();
+        for part in split_by_zone_wants(&self.spec, &todo) {
+            self.converge_all(&part, &known, version, deadline, sink)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Puts every host back on `version`, its traffic switched back once the old version runs.
+    async fn restore_hosts(&self, version: &str, deadline: Duration, sink: Sink<'_>) -> Result<()> {
+        // Every reachable host is restored even when some are not; those are reported and fail the
+        // restore, so the journal and `resume` know which hosts still need it.
+        let mut unreachable = Vec::new();
+        let mut back = Vec::new();
+        let mut known = std::collections::HashMap::new();
+        for (name, view) in self.views_each(deadline).await {
+            match view {
+                Ok(v) if v.runs(version) && !v.runs_other(version) => {}
+                Ok(v) => {
+                    back.push((
+                        name.clone(),
+                        Want {
+                            new: true,
+                            keep_old: true,
+                            stop_first: false,
+                        },
+                    ));
+                    known.insert(name, v);
+                }
+                Err(e) => {
+                    let detail = crate::error_chain(&e);
+                    sink.report(Change::Changing {
+                        instance: name.clone(),
+                        version: version.to_string(),
+                    })
+                    .await?;
+                    sink.report(Change::Changed {
+                        instance: name.clone(),
+                        version: version.to_string(),
+                        ok: false,
+                        detail: detail.clone(),
+                    })
+                    .await?;
+                    unreachable.push(detail);
+                }
+            }
+        }
+        // Old version up first, then traffic back to it, then the new one stopped.
+        let converged = self
+            .converge_all(&back, &known, version, deadline, sink)
+            .await;
+        match self.weighted {
+            Some(_) => self.call_weights_hook(version, 100).await,
+            None => self.call_switch_hook(version).await,
+        }
+        .map_err(TargetError::Failed)?;
+        let salt = format!("{:x}", crate::state::now_ms());
+        for (name, view) in self.views_each(deadline).await {
+            if let Ok(view) = view
+                && view.runs(version)
+                && view.runs_other(version)
+            {
+                self.stop_others(&name, &view, version, deadline, &salt)
+                    .await?;
+            }
+        }
+        converged?;
+        if unreachable.is_empty() {
+            Ok(())
+        } else {
+            Err(TargetError::Failed(unreachable.join("; ")))
+        }
     }
 }
 

@@ -19,10 +19,12 @@
 //!
 //! The `impl` is split by concern, one file each: `reach` (requests, retries, the API server's
 //! reachability), `view` (the watched cache and what it derives), `sizes` (a step's counts),
-//! `hand_over` (prepare, hand-over), `restore`, `traffic` (blue-green Services), `access` (the
+//! `hand_over` (prepare, hand-over), `restore`, `traffic` (blue-green Services), `gateway`
+//! (a traffic-weighted canary's HTTPRoutes and Services), `access` (the
 //! access reviews), `pod_security` (the recommended securityContext), `probe` (checks on pods).
 
 mod access;
+mod gateway;
 mod gone;
 mod hand_over;
 mod paused;
@@ -50,7 +52,8 @@ use crate::plan::Step;
 use crate::spec::{Check, KubernetesTarget};
 
 pub use crate::kube::FIELD_MANAGER;
-pub use access::required_access;
+pub use access::{required_access, required_access_routed};
+pub use gateway::{canary_share, http_route_resource, with_weights};
 pub use hand_over::{container_problem, deployment_problem, manifest_template};
 pub use pod_security::{SecurityWarning, pod_security_warnings};
 pub use settings::deployment_settings;
@@ -89,6 +92,8 @@ pub struct Kubernetes {
     services: Api<Service>,
     /// Blue-green: `<deployment>-active` and `<deployment>-preview` are pinned by pod-template-hash.
     blue_green: bool,
+    /// A traffic-weighted canary: the HTTPRoutes and Services it weights.
+    gateway: Option<crate::spec::GatewayApi>,
     /// For `runOn: host` checks, which probe pods through the API server (`get pods/proxy`): a
     /// client that sends each request once. `None` when the rollout has no such check.
     pod_prober: Option<Client>,
@@ -148,6 +153,7 @@ impl Kubernetes {
             config_maps: Api::namespaced(client.clone(), ns),
             services: Api::namespaced(client, ns),
             blue_green,
+            gateway: None,
             pod_prober: None,
             http,
             cache: tokio::sync::OnceCell::new(),
@@ -168,6 +174,12 @@ impl Kubernetes {
             .iter()
             .any(crate::spec::on_pod::through_proxy)
             .then_some(client);
+        self
+    }
+
+    /// The same, weighting traffic through the Gateway API (`strategy.canary.trafficRouting`).
+    pub fn routing_traffic(mut self, gateway: Option<&crate::spec::GatewayApi>) -> Self {
+        self.gateway = gateway.cloned();
         self
     }
 
@@ -234,11 +246,12 @@ impl Target for Kubernetes {
     }
 
     async fn prepare(&self, version: &str) -> Result<()> {
+        self.check_routes().await?;
         self.prepare_held(version).await?;
         if self.blue_green {
             self.pin_preview(version).await?;
         }
-        Ok(())
+        self.pin_canary(version).await
     }
 
     async fn scale(
@@ -248,11 +261,11 @@ impl Target for Kubernetes {
         deadline: Duration,
         sink: Sink<'_>,
     ) -> Result<()> {
-        self.scale_step(step, version, deadline, sink).await
+        self.scale_routed(step, version, deadline, sink).await
     }
 
     async fn restore(&self, version: &str, deadline: Duration, sink: Sink<'_>) -> Result<()> {
-        self.restore_stable(version, deadline, sink).await
+        self.restore_routed(version, deadline, sink).await
     }
 
     async fn switch_traffic(&self, version: &str) -> Result<()> {

@@ -178,6 +178,10 @@ fn validate_refuses_what_in_place_hosts_cannot_do() {
             "hosts-slots1-canary-unavailable-0.yaml",
             format!("hosts-slots1-canary-unavailable-0.yaml:15:23: spec.strategy.canary.maxUnavailable: {IN_PLACE}"),
         ),
+        (
+            "hosts-weighted-one-host.yaml",
+            "hosts-weighted-one-host.yaml:16:7: spec.strategy.canary.steps: setWeight 50 sends traffic to a version with no instance (0 stable, 1 canary of 1): raise maxSurge, or setCanaryScale".to_string(),
+        ),
     ] {
         for command in ["validate", "plan"] {
             let run = rollgate(&corpus, &[command, "-f", file], &[]);

@@ -54,7 +54,7 @@ fn grants(rules: &[PolicyRule]) -> BTreeSet<(String, String, String)> {
     out
 }
 
-async fn kubectl(bed: &Bed, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+pub(super) async fn kubectl(bed: &Bed, args: &[&str], stdin: Option<&str>) -> std::process::Output {
     let mut cmd = bed.cluster.kubectl();
     cmd.args(args)
         .stdin(std::process::Stdio::piped())
@@ -85,7 +85,7 @@ async fn kubectl(bed: &Bed, args: &[&str], stdin: Option<&str>) -> std::process:
 /// Applies rbac.yaml in the bed's namespace, mints a token for its ServiceAccount and writes a
 /// kubeconfig holding only that token (and the cluster's address and CA). Returns its path and
 /// the token.
-async fn service_account(bed: &Bed) -> (PathBuf, String) {
+pub(super) async fn service_account(bed: &Bed) -> (PathBuf, String) {
     let text = rbac_yaml().replace("namespace: default", &format!("namespace: {}", bed.ns));
     kubectl(bed, &["apply", "-f", "-"], Some(&text)).await;
     let token = kubectl(
@@ -144,7 +144,11 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The real `rollgate` with the ServiceAccount's kubeconfig.
-async fn rollgate_as(bed: &Bed, kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+pub(super) async fn rollgate_as(
+    bed: &Bed,
+    kubeconfig: &Path,
+    args: &[&str],
+) -> std::process::Output {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rollgate"))
         .args(args)
         .current_dir(bed.dir.path())
@@ -166,7 +170,7 @@ async fn rollgate_as(bed: &Bed, kubeconfig: &Path, args: &[&str]) -> std::proces
     out
 }
 
-async fn client_for(kubeconfig: &Path) -> Client {
+pub(super) async fn client_for(kubeconfig: &Path) -> Client {
     let k = Kubeconfig::read_from(kubeconfig).expect("reading the kubeconfig");
     let mut config = Config::from_custom_kubeconfig(k, &KubeConfigOptions::default())
         .await
@@ -207,7 +211,12 @@ async fn may(client: &Client, ns: Option<&str>, group: &str, resource: &str, ver
 }
 
 /// Waits until the authorizer has the Role as changed (RBAC is applied from a watch, not at once).
-async fn until_may(client: &Client, ns: &str, access: (&str, &str, &str), allowed: bool) {
+pub(super) async fn until_may(
+    client: &Client,
+    ns: &str,
+    access: (&str, &str, &str),
+    allowed: bool,
+) {
     let (group, resource, verb) = access;
     let settled = async {
         while may(client, Some(ns), group, resource, verb).await != allowed {

@@ -16,34 +16,38 @@ impl Kubernetes {
         let reviews: Api<SelfSubjectAccessReview> =
             Api::all(self.deployments.clone().into_client());
         let ns = &self.spec.namespace;
-        let asks = required_access(self.blue_green, self.pod_prober.is_some())
-            .into_iter()
-            .map(|(group, resource, verb)| {
-                let reviews = reviews.clone();
-                // `pods/proxy` is resource `pods`, subresource `proxy`.
-                let (main, sub) = match resource.split_once('/') {
-                    Some((main, sub)) => (main, Some(sub.to_string())),
-                    None => (resource, None),
-                };
-                let review = SelfSubjectAccessReview {
-                    spec: SelfSubjectAccessReviewSpec {
-                        resource_attributes: Some(ResourceAttributes {
-                            group: Some(group.into()),
-                            resource: Some(main.into()),
-                            subresource: sub,
-                            verb: Some(verb.into()),
-                            namespace: Some(ns.clone()),
-                            ..ResourceAttributes::default()
-                        }),
-                        ..SelfSubjectAccessReviewSpec::default()
-                    },
-                    ..SelfSubjectAccessReview::default()
-                };
-                async move {
-                    let answer = reviews.create(&PostParams::default(), &review).await;
-                    (group, resource, verb, answer)
-                }
-            });
+        let asks = required_access_routed(
+            self.blue_green,
+            self.pod_prober.is_some(),
+            self.gateway.is_some(),
+        )
+        .into_iter()
+        .map(|(group, resource, verb)| {
+            let reviews = reviews.clone();
+            // `pods/proxy` is resource `pods`, subresource `proxy`.
+            let (main, sub) = match resource.split_once('/') {
+                Some((main, sub)) => (main, Some(sub.to_string())),
+                None => (resource, None),
+            };
+            let review = SelfSubjectAccessReview {
+                spec: SelfSubjectAccessReviewSpec {
+                    resource_attributes: Some(ResourceAttributes {
+                        group: Some(group.into()),
+                        resource: Some(main.into()),
+                        subresource: sub,
+                        verb: Some(verb.into()),
+                        namespace: Some(ns.clone()),
+                        ..ResourceAttributes::default()
+                    }),
+                    ..SelfSubjectAccessReviewSpec::default()
+                },
+                ..SelfSubjectAccessReview::default()
+            };
+            async move {
+                let answer = reviews.create(&PostParams::default(), &review).await;
+                (group, resource, verb, answer)
+            }
+        });
         let mut denied = Vec::new();
         for (group, resource, verb, answer) in futures_util::future::join_all(asks).await {
             match answer {
@@ -80,6 +84,16 @@ pub fn required_access(
     blue_green: bool,
     probes_pods: bool,
 ) -> Vec<(&'static str, &'static str, &'static str)> {
+    required_access_routed(blue_green, probes_pods, false)
+}
+
+/// [`required_access`], and with `gateway` (a canary with `trafficRouting.gatewayAPI`) the
+/// HTTPRoutes it weights (get, and patch at the resourceVersion read) and the Services it pins.
+pub fn required_access_routed(
+    blue_green: bool,
+    probes_pods: bool,
+    gateway: bool,
+) -> Vec<(&'static str, &'static str, &'static str)> {
     let mut out = Vec::new();
     let mut grant = |group: &'static str, resource: &'static str, verbs: &[&'static str]| {
         out.extend(verbs.iter().map(|verb| (group, resource, *verb)));
@@ -109,8 +123,11 @@ pub fn required_access(
         &["get", "create", "update", "delete"],
     );
     grant("autoscaling", "horizontalpodautoscalers", &["list"]);
-    if blue_green {
+    if blue_green || gateway {
         grant("", "services", &["get", "patch"]);
+    }
+    if gateway {
+        grant("gateway.networking.k8s.io", "httproutes", &["get", "patch"]);
     }
     if probes_pods {
         grant("", "pods/proxy", &["get"]);
