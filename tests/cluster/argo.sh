@@ -119,8 +119,11 @@ cmd_identity() {
     mkdir -p "$dir"
     openssl req -new -newkey rsa:2048 -nodes -subj "/CN=$name" \
       -keyout "$dir/key.pem" -out "$dir/csr.pem" 2>/dev/null
+    # X.509 v3 with extensions: rustls (rollgate's client) refuses v1.
+    printf '%s\n' 'basicConstraints=critical,CA:FALSE' \
+      'keyUsage=critical,digitalSignature,keyEncipherment' 'extendedKeyUsage=clientAuth' >"$dir/ext"
     openssl x509 -req -days 3650 -in "$dir/csr.pem" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" \
-      -CAcreateserial -out "$dir/cert.pem" 2>/dev/null
+      -CAcreateserial -extfile "$dir/ext" -out "$dir/cert.pem" 2>/dev/null
     sed -e "s|client-certificate: .*|client-certificate: $dir/cert.pem|" \
       -e "s|client-key: .*|client-key: $dir/key.pem|" "$KUBECONFIG_PATH" >"$config.tmp"
     mv "$config.tmp" "$config"
@@ -163,7 +166,12 @@ cmd_up() {
   for crd in "$src"/manifests/crds/*-crd.yaml; do
     kubectl apply --server-side --force-conflicts -f "$crd" >/dev/null
   done
-  kubectl wait --for=condition=Established crd/rollouts.argoproj.io --timeout=30s >/dev/null
+  local i established='{.status.conditions[?(@.type=="Established")].status}'
+  for i in $(seq 150); do
+    [[ $(kubectl get crd rollouts.argoproj.io -o "jsonpath=$established") == True ]] && break
+    ((i < 150)) || die "Argo's Rollout CRD not Established after 30s"
+    sleep 0.2
+  done
   log "installed Argo's CRDs ($(ls "$src"/manifests/crds/*-crd.yaml | wc -l) files)"
   local config
   config=$(cmd_identity rollgate-argo)
