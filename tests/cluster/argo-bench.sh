@@ -201,6 +201,8 @@ run_argo() {
   kubectl delete namespace "$ns" --wait=false >/dev/null
 }
 
+ver() { awk '$1 == "require" && $2 == "github.com/argoproj/argo-rollouts" { print $3 }' "$HERE/argo/go.mod"; }
+
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 log "N=$N, $RUNS runs, rollgate $("$ROLLGATE" --version 2>/dev/null || echo "$ROLLGATE"), load average $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -225,11 +227,15 @@ done
 col() { awk -v c="$1" '{ print $c }' "$WORK/results" | median; }
 ratio() { awk -v a="$1" -v b="$2" '{ printf "%.3f\n", $a / $b }' "$WORK/results" | median; }
 range() { awk -v a="$1" -v b="$2" '{ printf "%.2f\n", $a / $b }' "$WORK/results" | sort -g | sed -n '1p;$p' | paste -sd- -; }
+verdict() { if awk -v r="$1" -v t="$2" "BEGIN { exit !(r $3 t) }"; then echo pass; else echo FAIL; fi; }
+wall=$(ratio 1 5)
+req=$(ratio 2 6)
+same=$(awk '$3 != $7 { d++ } END { print d + 0 }' "$WORK/results")
+what="N=$N, canary 20/50/100 by replicas, 25%/0, ready after 1 s, $RUNS runs"
 echo
-echo "| figure (N=$N, canary 20/50/100, 25%/0, ready after 1 s; medians of $RUNS runs) | rollgate | Argo Rollouts | ratio (median of same-run ratios) |"
-echo "| --- | --- | --- | --- |"
-echo "| wall, new image to all new and available | $(col 1) ms | $(col 5) ms | $(ratio 1 5) ($(range 1 5)) |"
-echo "| API requests in that time | $(col 2) | $(col 6) | $(ratio 2 6) ($(range 2 6)) |"
-echo "| pods created | $(col 3) | $(col 7) | - |"
-echo "| peak pods | $(col 4) | $(col 8) | - |"
+echo "| figure | rollgate | Argo Rollouts | ratio (median of same-run ratios) | target | pass |"
+echo "| --- | --- | --- | --- | --- | --- |"
+echo "| vs Argo Rollouts $(ver): wall, new image to all new and available ($what) | $(col 1) ms | $(col 5) ms | $wall ($(range 1 5)) | ≤ 1.00 | $(verdict "$wall" 1.00 '<=') |"
+echo "| vs Argo Rollouts: API requests in that time (apiserver, by FlowSchema) | $(col 2) | $(col 6) | $req ($(range 2 6)) | < 1.00 | $(verdict "$req" 1.00 '<') |"
+echo "| vs Argo Rollouts: pods created, peak pods | $(col 3), $(col 4) | $(col 7), $(col 8) | - | created equal | $(verdict "$same" 0 '==') |"
 rm -rf "$WORK"
