@@ -874,16 +874,27 @@ fn argo_rows(rows: &mut Vec<Row>) {
         .output()
         .expect("running bash");
     if !cluster_was_up {
-        let _ = Command::new("bash").arg(dir.join("cluster.sh")).arg("down").status();
+        let _ = Command::new("bash")
+            .arg(dir.join("cluster.sh"))
+            .arg("down")
+            .status();
     } else if !argo_was_up {
-        let _ = Command::new("bash").arg(dir.join("argo.sh")).arg("down").status();
+        let _ = Command::new("bash")
+            .arg(dir.join("argo.sh"))
+            .arg("down")
+            .status();
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let found: Vec<Row> = text
         .lines()
         .filter(|l| l.starts_with("| vs Argo"))
         .filter_map(|l| {
-            let cells: Vec<&str> = l.trim().trim_matches('|').split(" | ").map(str::trim).collect();
+            let cells: Vec<&str> = l
+                .trim()
+                .trim_matches('|')
+                .split(" | ")
+                .map(str::trim)
+                .collect();
             let [figure, measured, baseline, ratio, target, pass] = cells[..] else {
                 return None;
             };
@@ -892,7 +903,14 @@ fn argo_rows(rows: &mut Vec<Row>) {
                 "FAIL" => Some(false),
                 _ => None,
             };
-            Some(row(format!("Kubernetes {figure}"), measured, baseline, ratio, target, pass))
+            Some(row(
+                format!("Kubernetes {figure}"),
+                measured,
+                baseline,
+                ratio,
+                target,
+                pass,
+            ))
         })
         .collect();
     if !out.status.success() || found.is_empty() {
