@@ -94,7 +94,9 @@ fresh_ns() {
 
 # Watches pods of namespace $1 into file $2: "EVENT NAME IMAGE" lines.
 watch_pods() {
-  kubectl -n "$1" get pods -w --output-watch-events \
+  # The binary itself, not the kubectl function: a background function is a
+  # subshell, and killing it would leave its kubectl running.
+  "$KUBE_BIN/kubectl" -n "$1" get pods -w --output-watch-events \
     -o 'custom-columns=E:.type,N:.object.metadata.name,I:.object.spec.containers[0].image' \
     --no-headers >"$2" 2>/dev/null &
   WATCHERS+=($!)
@@ -176,7 +178,7 @@ run_argo() {
   done
   old=$hash
   watch_pods "$ns" "$out.pods"
-  kubectl -n "$ns" get rollout web -w -o "$fields" >"$out.status" 2>/dev/null &
+  "$KUBE_BIN/kubectl" -n "$ns" get rollout web -w -o "$fields" >"$out.status" 2>/dev/null &
   WATCHERS+=($!)
   sleep 0.5
   local r0 r1 t0 t1
