@@ -4,6 +4,8 @@
 //! `cargo bench --bench rollgate` runs them all, the Kubernetes ones on the test control plane of
 //! `tests/cluster` (brought up if it is not, and taken down after).
 //! `ROLLGATE_BENCH=planner,store,hosts,fanout,recovery,agent,agentcpu,kubernetes` picks some; `ROLLGATE_BENCH_SIZES=8,32,64` sets the fleet sizes of the rollout benchmark.
+//! `ROLLGATE_BENCH=argo` (not in the default run: it builds Argo Rollouts from Go modules on first
+//! use, about 5 min) compares rollgate's canary with Argo Rollouts' on the same cluster.
 //! `ROLLGATE_BENCH_DETAIL=1` adds a per-wave breakdown, the fan-out latency deciles and the
 //! moment the fan-out wave was issued; `ROLLGATE_BENCH_PERF=FILE` records each timed CLI run with
 //! `perf record -a` (wall-clock timestamps) for `perf report -i FILE --time START,END`.
@@ -794,6 +796,9 @@ fn main() {
     if want("kubernetes") {
         kubernetes_rows(&mut rows);
     }
+    if want("argo") {
+        argo_rows(&mut rows);
+    }
     print_table(&rows);
 }
 
@@ -843,6 +848,82 @@ fn kubernetes_rows(rows: &mut Vec<Row>) {
             None,
         )),
     }
+}
+
+/// rollgate's canary against Argo Rollouts' on the test cluster, in the same run:
+/// `tests/cluster/argo-bench.sh` (see its header) with this build's `rollgate`, which starts the
+/// cluster and Argo's controller if they do not run (building the controller on a cold cache) and
+/// prints the rows. What this started, it stops again after.
+fn argo_rows(rows: &mut Vec<Row>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster");
+    let running = |script: &str, what: &str| {
+        Command::new("bash")
+            .arg(dir.join(script))
+            .arg("status")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(what))
+    };
+    let cluster_was_up = running("cluster.sh", "kube-apiserver: running");
+    let argo_was_up = running("argo.sh", "rollouts-controller: running");
+    let runs = std::env::var("ROLLGATE_BENCH_RUNS").unwrap_or_else(|_| "3".into());
+    let out = Command::new("bash")
+        .arg(dir.join("argo-bench.sh"))
+        .env("ROLLGATE_BIN", rollgate())
+        .env("ROLLGATE_ARGO_BENCH_RUNS", runs)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("running bash");
+    if !cluster_was_up {
+        let _ = Command::new("bash")
+            .arg(dir.join("cluster.sh"))
+            .arg("down")
+            .status();
+    } else if !argo_was_up {
+        let _ = Command::new("bash")
+            .arg(dir.join("argo.sh"))
+            .arg("down")
+            .status();
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let found: Vec<Row> = text
+        .lines()
+        .filter(|l| l.starts_with("| vs Argo"))
+        .filter_map(|l| {
+            let cells: Vec<&str> = l
+                .trim()
+                .trim_matches('|')
+                .split(" | ")
+                .map(str::trim)
+                .collect();
+            let [figure, measured, baseline, ratio, target, pass] = cells[..] else {
+                return None;
+            };
+            let pass = match pass {
+                "pass" => Some(true),
+                "FAIL" => Some(false),
+                _ => None,
+            };
+            Some(row(
+                format!("Kubernetes {figure}"),
+                measured,
+                baseline,
+                ratio,
+                target,
+                pass,
+            ))
+        })
+        .collect();
+    if !out.status.success() || found.is_empty() {
+        rows.push(row(
+            "Kubernetes vs Argo Rollouts",
+            format!("not measured: tests/cluster/argo-bench.sh {}", out.status),
+            "-",
+            "-",
+            "-",
+            Some(false),
+        ));
+    }
+    rows.extend(found);
 }
 
 /// The state store under 200 rollouts of one app: each "rollout" takes the lock (which compacts),

@@ -12,6 +12,9 @@
 #   cluster.sh extra-apiserver start|kill|stop|pid PORT
 #                      a second kube-apiserver on the same etcd, for fault
 #                      tests that take a client's apiserver away
+#   cluster.sh argo up|down|build|status|identity NAME
+#                      Argo Rollouts' controller on this cluster, the
+#                      benchmarks' peer (argo.sh; never built by CI)
 #
 # See README.md beside this file for the knobs, the test controls and the
 # measured figures.
@@ -424,6 +427,8 @@ cmd_up() {
 # controllers together (nothing depends on them), then the apiserver, then
 # etcd. TERM first; KILL whatever still runs 10 s later.
 stop_all() {
+  # Argo Rollouts' controller (argo.sh), if it runs, goes first.
+  if [[ -s $PIDS/rollouts-controller.pid ]]; then "$HERE/argo.sh" down || true; fi
   stop_group kwok kube-scheduler kube-controller-manager
   stop_group kube-apiserver
   stop_group etcd
@@ -592,7 +597,8 @@ main() {
     env) cmd_env ;;
     status) cmd_status ;;
     extra-apiserver) cmd_extra_apiserver "${@:2}" ;;
-    *) die "usage: $0 build|up|down|env|status|extra-apiserver" ;;
+    argo) exec "$HERE/argo.sh" "${@:2}" ;;
+    *) die "usage: $0 build|up|down|env|status|extra-apiserver|argo" ;;
   esac
 }
 
