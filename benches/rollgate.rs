@@ -6,6 +6,11 @@
 //! `ROLLGATE_BENCH=planner,store,hosts,fanout,recovery,agent,agentcpu,kubernetes` picks some; `ROLLGATE_BENCH_SIZES=8,32,64` sets the fleet sizes of the rollout benchmark.
 //! `ROLLGATE_BENCH=argo` (not in the default run: it builds Argo Rollouts from Go modules on first
 //! use, about 5 min) compares rollgate's canary with Argo Rollouts' on the same cluster.
+//! `ROLLGATE_BENCH=pods` (not in the default run: about 15 min) times `rollgate apply` against
+//! kubectl at 20, 200 and 1,000 pods (`ROLLGATE_BENCH_PODS`) with rollgate's cost per pod;
+//! `ROLLGATE_BENCH=agents` (not in the default run: about 15 min) the fan-out at 200, 500 and
+//! 1,000 agents (`ROLLGATE_BENCH_AGENTS`) with the CLI's cost per host. Both write a chart to
+//! `target/bench/` (or `ROLLGATE_BENCH_CHARTS`).
 //! `ROLLGATE_BENCH_DETAIL=1` adds a per-wave breakdown, the fan-out latency deciles and the
 //! moment the fan-out wave was issued; `ROLLGATE_BENCH_PERF=FILE` records each timed CLI run with
 //! `perf record -a` (wall-clock timestamps) for `perf report -i FILE --time START,END`.
@@ -29,6 +34,15 @@ mod kube_bed;
 #[allow(dead_code)]
 #[path = "../tests/kubernetes/bench.rs"]
 mod kubernetes_bench;
+// Issue 23 §2 and §3: a thousand pods, a thousand agents (not in the default run).
+#[path = "rollgate/chart.rs"]
+mod chart;
+#[path = "rollgate/cli_cost.rs"]
+mod cli_cost;
+#[path = "rollgate/scale_agents.rs"]
+mod scale_agents;
+#[path = "rollgate/scale_pods.rs"]
+mod scale_pods;
 
 struct Row {
     figure: String,
@@ -798,6 +812,12 @@ fn main() {
     }
     if want("argo") {
         argo_rows(&mut rows);
+    }
+    if want("pods") {
+        scale_pods::rows(&mut rows);
+    }
+    if want("agents") {
+        scale_agents::run(&mut rows, &runtime);
     }
     print_table(&rows);
 }
