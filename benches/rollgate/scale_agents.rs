@@ -66,15 +66,22 @@ fn size(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
-/// RSS (MiB) of each agent's demo service (its children), from /proc.
+/// RSS (MiB) of each agent's demo service (its children, spawned from any of its threads).
 fn demo_rss(agents: &[u32]) -> Vec<f64> {
     agents
         .iter()
         .flat_map(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                .unwrap_or_default()
-                .split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok())
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .flat_map(|task| {
+                    std::fs::read_to_string(task.path().join("children"))
+                        .unwrap_or_default()
+                        .split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok())
+                        .collect::<Vec<_>>()
+                })
                 .collect::<Vec<_>>()
         })
         .map(|p| crate::vm(p, "VmRSS:"))
