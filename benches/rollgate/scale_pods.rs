@@ -295,6 +295,9 @@ async fn rollgate_run(n: i32, run: usize, config: &Path) -> Option<(Cost, f64, u
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
