@@ -273,7 +273,7 @@ async fn rollgate_run(n: i32, run: usize, config: &Path) -> Option<(Cost, f64, u
         r.path("state"),
         config.to_path_buf(),
     );
-    let (cost, code, _) = tokio::task::spawn_blocking(move || {
+    let (cost, code, stdout) = tokio::task::spawn_blocking(move || {
         cli_cost::run(
             crate::rollgate(),
             &["apply", "-o", "json", "-f", rollout.to_str().unwrap()],
@@ -290,8 +290,35 @@ async fn rollgate_run(n: i32, run: usize, config: &Path) -> Option<(Cost, f64, u
     let events = counter.stop();
     let requests = requests(&r, "rollgate-scale").await - r0;
     assert_eq!(code, Some(0), "rollgate apply at N={n}");
+    println!("pods N={n} run {run}: rollgate's steps {}", steps(&stdout));
     finish(r).await;
     Some((cost, requests, events))
+}
+
+/// Each step's time (ms) from its start to its last pod ready (`instanceChanged`) and to its end,
+/// from the `-o json` records: where a rollout's time went.
+fn steps(records: &str) -> String {
+    let mut out = Vec::new();
+    let (mut start, mut ready) = (None, None);
+    for r in records
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        let at = r["atMs"].as_u64().unwrap_or(0);
+        match r["event"].as_str() {
+            Some("stepStarted") => start = Some(at),
+            Some("instanceChanged") => ready = Some(at),
+            Some("stepDone") => {
+                let s = start.unwrap_or(at);
+                out.push(match ready.take() {
+                    Some(c) => format!("{}+{}", c - s, at - c),
+                    None => format!("{}", at - s),
+                });
+            }
+            _ => {}
+        }
+    }
+    out.join(", ")
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
