@@ -89,7 +89,12 @@ pub fn run(
     };
     let stdout = std::fs::read_to_string(out_file.path()).unwrap_or_default();
     if code != Some(0) {
-        eprintln!("{program} {args:?} exited {code:?}:\n{stderr}");
+        let tail: Vec<&str> = stdout.lines().rev().take(20).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        eprintln!(
+            "{program} {args:?} exited {code:?}:\n{stderr}\nlast lines of its output:\n{}",
+            tail.join("\n")
+        );
     }
     (cost, code, stdout)
 }
