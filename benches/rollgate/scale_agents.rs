@@ -100,7 +100,10 @@ pub async fn one(n: usize) -> Figures {
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
     let dir = tempfile::tempdir().unwrap();
-    println!("agents N={n}: load {} before the fleet starts", cli_cost::load());
+    println!(
+        "agents N={n}: load {} before the fleet starts",
+        cli_cost::load()
+    );
     let started = Instant::now();
     let fleet = LocalFleet::start_tuned(dir.path(), n, 1, Duration::from_millis(health))
         .await
@@ -254,17 +257,31 @@ pub fn rows(all: &[Figures]) -> Vec<crate::Row> {
             (n >= 1000).then_some(f.cli_rss_mib <= 150.0),
         ));
         rows.push(crate::row(
-            format!("fan-out N={n}: wave issued → agent acknowledged, p50 / p99 (median of 3 rollouts)"),
+            format!(
+                "fan-out N={n}: wave issued → agent acknowledged, p50 / p99 (median of 3 rollouts)"
+            ),
             format!("{:.0} / {:.0} ms", f.p50, f.p99),
-            format!("{:.0} / {:.0} ms: no-op request to all at once", f.floor_p50, f.floor_p99),
-            format!("{:.2} / {:.2}", f.p50 / f.floor_p50.max(1.0), f.p99 / f.floor_p99.max(1.0)),
+            format!(
+                "{:.0} / {:.0} ms: no-op request to all at once",
+                f.floor_p50, f.floor_p99
+            ),
+            format!(
+                "{:.2} / {:.2}",
+                f.p50 / f.floor_p50.max(1.0),
+                f.p99 / f.floor_p99.max(1.0)
+            ),
             "-",
             None,
         ));
         rows.push(crate::row(
-            format!("fan-out N={n}: whole-fleet rollout, first step → done (CLI wall with staging)"),
+            format!(
+                "fan-out N={n}: whole-fleet rollout, first step → done (CLI wall with staging)"
+            ),
             format!("{:.2} s ({:.2} s)", f.rollout, f.wall),
-            format!("{:.2} s: floor p99 + slowest agent's activation", f.rollout_floor),
+            format!(
+                "{:.2} s: floor p99 + slowest agent's activation",
+                f.rollout_floor
+            ),
             format!("{:.2}", f.rollout / f.rollout_floor),
             "-",
             None,
@@ -272,7 +289,9 @@ pub fn rows(all: &[Figures]) -> Vec<crate::Row> {
         let flat = |now: f64, then: f64| now <= 1.10 * then;
         let later = n > first.n;
         rows.push(crate::row(
-            format!("fan-out N={n}: CLI cost per host (CPU, peak RSS, fds held at once, journal bytes)"),
+            format!(
+                "fan-out N={n}: CLI cost per host (CPU, peak RSS, fds held at once, journal bytes)"
+            ),
             format!(
                 "{:.2} ms, {:.0} KiB, {:.2} fds, {:.0} B",
                 f.cpu_ms_per_host,
@@ -281,12 +300,23 @@ pub fn rows(all: &[Figures]) -> Vec<crate::Row> {
                 f.journal_per_host
             ),
             if later {
-                format!("N={}: {:.2} ms, {:.0} KiB, {:.2} fds, {:.0} B", first.n, first.cpu_ms_per_host, first.rss_kib_per_host, first.fds / first.n as f64, first.journal_per_host)
+                format!(
+                    "N={}: {:.2} ms, {:.0} KiB, {:.2} fds, {:.0} B",
+                    first.n,
+                    first.cpu_ms_per_host,
+                    first.rss_kib_per_host,
+                    first.fds / first.n as f64,
+                    first.journal_per_host
+                )
             } else {
                 "-".into()
             },
             "-",
-            if later { format!("≤ 1.10 × at N={}", first.n) } else { "-".into() },
+            if later {
+                format!("≤ 1.10 × at N={}", first.n)
+            } else {
+                "-".into()
+            },
             later.then(|| {
                 flat(f.cpu_ms_per_host, first.cpu_ms_per_host)
                     && flat(f.rss_kib_per_host, first.rss_kib_per_host)
@@ -295,8 +325,13 @@ pub fn rows(all: &[Figures]) -> Vec<crate::Row> {
             }),
         ));
         rows.push(crate::row(
-            format!("fan-out N={n}: each agent (idle RSS; CPU per rollout) and its demo service (RSS)"),
-            format!("{:.1} MiB; {:.1} ms; {:.1} MiB", f.agent_rss_mib, f.agent_cpu_ms, f.demo_rss_mib),
+            format!(
+                "fan-out N={n}: each agent (idle RSS; CPU per rollout) and its demo service (RSS)"
+            ),
+            format!(
+                "{:.1} MiB; {:.1} ms; {:.1} MiB",
+                f.agent_rss_mib, f.agent_cpu_ms, f.demo_rss_mib
+            ),
             "-",
             "-",
             "-",
@@ -318,19 +353,22 @@ pub fn run(rows_out: &mut Vec<crate::Row>, runtime: &tokio::runtime::Runtime) {
         all.push(runtime.block_on(one(n)));
     }
     rows_out.extend(rows(&all));
-    let series = |f: fn(&Figures) -> f64| {
-        all.iter()
-            .map(|x| (x.n as f64, f(x)))
-            .collect::<Vec<_>>()
-    };
+    let series =
+        |f: fn(&Figures) -> f64| all.iter().map(|x| (x.n as f64, f(x))).collect::<Vec<_>>();
     crate::chart::write(
         "agents.svg",
         "rollgate fan-out: the CLI's cost per host as N grows",
         "agents (N)",
         &[
             ("CLI CPU ms per host", series(|f| f.cpu_ms_per_host)),
-            ("CLI peak RSS KiB per host / 100", series(|f| f.rss_kib_per_host / 100.0)),
-            ("journal bytes per host / 100", series(|f| f.journal_per_host / 100.0)),
+            (
+                "CLI peak RSS KiB per host / 100",
+                series(|f| f.rss_kib_per_host / 100.0),
+            ),
+            (
+                "journal bytes per host / 100",
+                series(|f| f.journal_per_host / 100.0),
+            ),
         ],
     );
 }
