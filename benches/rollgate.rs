@@ -6,9 +6,9 @@
 //! `ROLLGATE_BENCH=planner,store,hosts,fanout,recovery,agent,agentcpu,kubernetes` picks some; `ROLLGATE_BENCH_SIZES=8,32,64` sets the fleet sizes of the rollout benchmark.
 //! `ROLLGATE_BENCH=argo` (not in the default run: it builds Argo Rollouts from Go modules on first
 //! use, about 5 min) compares rollgate's canary with Argo Rollouts' on the same cluster.
-//! `ROLLGATE_BENCH=pods` (not in the default run: about 15 min) times `rollgate apply` against
+//! `ROLLGATE_BENCH=pods` (not in the default run: about 8 min) times `rollgate apply` against
 //! kubectl at 20, 200 and 1,000 pods (`ROLLGATE_BENCH_PODS`) with rollgate's cost per pod;
-//! `ROLLGATE_BENCH=agents` (not in the default run: about 15 min) the fan-out at 200, 500 and
+//! `ROLLGATE_BENCH=agents` (not in the default run: about 4 min) the fan-out at 200, 500 and
 //! 1,000 agents (`ROLLGATE_BENCH_AGENTS`) with the CLI's cost per host. Both write a chart to
 //! `target/bench/` (or `ROLLGATE_BENCH_CHARTS`).
 //! `ROLLGATE_BENCH_DETAIL=1` adds a per-wave breakdown, the fan-out latency deciles and the
