@@ -5,8 +5,7 @@
 use std::collections::BTreeMap;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
-use kube::api::{ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::Service;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio::sync::oneshot;
@@ -15,27 +14,6 @@ use crate::kube_bed::{self, APP, Bed, image};
 
 const N: i32 = 4;
 const PREVIEW: i32 = 2;
-
-async fn service(api: &Api<Service>, name: &str) {
-    let svc = Service {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(ServiceSpec {
-            selector: Some([("app".to_string(), APP.to_string())].into()),
-            ports: Some(vec![ServicePort {
-                port: 80,
-                ..ServicePort::default()
-            }]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    };
-    api.create(&PostParams::default(), &svc)
-        .await
-        .expect("creating a Service");
-}
 
 fn selector(svc: &Service) -> BTreeMap<String, String> {
     svc.spec
@@ -50,8 +28,8 @@ async fn blue_green_previews_then_switches_the_active_service_in_one_patch() {
         return;
     };
     let services: Api<Service> = Api::namespaced(bed.client.clone(), &bed.ns);
-    service(&services, "web-active").await;
-    service(&services, "web-preview").await;
+    kube_bed::service(&services, "web-active").await;
+    kube_bed::service(&services, "web-preview").await;
     let stable_hash = bed.replica_sets().await[0]
         .labels()
         .get("pod-template-hash")
@@ -165,8 +143,8 @@ async fn blue_green_preview_that_never_gets_ready_rolls_back_and_unpins() {
         return;
     };
     let services: Api<Service> = Api::namespaced(bed.client.clone(), &bed.ns);
-    service(&services, "web-active").await;
-    service(&services, "web-preview").await;
+    kube_bed::service(&services, "web-active").await;
+    kube_bed::service(&services, "web-preview").await;
     let before = bed.deployment().await;
     let sets_before: Vec<String> = bed
         .replica_sets()

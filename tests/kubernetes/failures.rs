@@ -5,8 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
-use kube::api::{ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::Service;
 use kube::{Api, ResourceExt};
 
 use crate::cluster::{FAIL_AFTER_ANNOTATION, NEVER_READY_LABEL};
@@ -18,24 +17,7 @@ const N: i32 = 4;
 async fn services(bed: &Bed) -> Api<Service> {
     let api: Api<Service> = Api::namespaced(bed.client.clone(), &bed.ns);
     for name in ["web-active", "web-preview"] {
-        let svc = Service {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..ObjectMeta::default()
-            },
-            spec: Some(ServiceSpec {
-                selector: Some([("app".to_string(), APP.to_string())].into()),
-                ports: Some(vec![ServicePort {
-                    port: 80,
-                    ..ServicePort::default()
-                }]),
-                ..ServiceSpec::default()
-            }),
-            ..Service::default()
-        };
-        api.create(&PostParams::default(), &svc)
-            .await
-            .expect("creating a Service");
+        kube_bed::service(&api, name).await;
     }
     api
 }

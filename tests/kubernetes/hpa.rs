@@ -15,7 +15,7 @@ use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
     MetricTarget, ResourceMetricSource,
 };
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::Service;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
@@ -290,25 +290,7 @@ async fn blue_green_beside_an_hpa_previews_switches_and_ends_at_its_count() {
     hpa(&bed, 1).await;
     let services: Api<Service> = Api::namespaced(bed.client.clone(), &bed.ns);
     for name in ["web-active", "web-preview"] {
-        let svc = Service {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..ObjectMeta::default()
-            },
-            spec: Some(ServiceSpec {
-                selector: Some([("app".to_string(), APP.to_string())].into()),
-                ports: Some(vec![ServicePort {
-                    port: 80,
-                    ..ServicePort::default()
-                }]),
-                ..ServiceSpec::default()
-            }),
-            ..Service::default()
-        };
-        services
-            .create(&PostParams::default(), &svc)
-            .await
-            .expect("creating a Service");
+        kube_bed::service(&services, name).await;
     }
     let stable_hash = bed.replica_sets().await[0].labels()["pod-template-hash"].clone();
     let (stop, replicas_seen) = watch_replicas(&bed).await;

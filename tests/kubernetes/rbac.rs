@@ -12,14 +12,14 @@ use std::time::Duration;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role};
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 use tokio::io::AsyncWriteExt;
 
-use crate::kube_bed::{self, APP, Bed, image};
+use crate::kube_bed::{self, Bed, image};
 
 const N: i32 = 4;
 
@@ -231,24 +231,7 @@ pub(super) async fn until_may(
 async fn services(bed: &Bed) {
     let api: Api<Service> = Api::namespaced(bed.client.clone(), &bed.ns);
     for name in ["web-active", "web-preview"] {
-        let svc = Service {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..ObjectMeta::default()
-            },
-            spec: Some(ServiceSpec {
-                selector: Some([("app".to_string(), APP.to_string())].into()),
-                ports: Some(vec![ServicePort {
-                    port: 80,
-                    ..ServicePort::default()
-                }]),
-                ..ServiceSpec::default()
-            }),
-            ..Service::default()
-        };
-        api.create(&PostParams::default(), &svc)
-            .await
-            .expect("creating a Service");
+        kube_bed::service(&api, name).await;
     }
 }
 

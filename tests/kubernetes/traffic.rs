@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DynamicObject, ObjectMeta, PostParams};
+use kube::api::{DynamicObject, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio::sync::OnceCell;
 
-use crate::kube_bed::{self, APP, Bed, image};
+use crate::kube_bed::{self, Bed, image};
 
 /// The Gateway API release whose standard-channel HTTPRoute CRD the tests install.
 const GATEWAY_API: &str = "v1.2.1";
@@ -84,25 +84,7 @@ async fn set_up(bed: &Bed) {
     install_crd(&bed.client).await;
     let services: Api<Service> = Api::namespaced(bed.client.clone(), &bed.ns);
     for name in ["web-stable", "web-canary", "other"] {
-        let svc = Service {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..ObjectMeta::default()
-            },
-            spec: Some(ServiceSpec {
-                selector: Some([("app".to_string(), APP.to_string())].into()),
-                ports: Some(vec![ServicePort {
-                    port: 80,
-                    ..ServicePort::default()
-                }]),
-                ..ServiceSpec::default()
-            }),
-            ..Service::default()
-        };
-        services
-            .create(&PostParams::default(), &svc)
-            .await
-            .expect("creating a Service");
+        kube_bed::service(&services, name).await;
     }
     let route: DynamicObject = serde_json::from_value(serde_json::json!({
         "apiVersion": "gateway.networking.k8s.io/v1",
