@@ -5,8 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use fantoccini::Client;
@@ -16,7 +14,7 @@ use serde_json::Value;
 
 use super::browser::{browser, connect};
 use super::support::{ROLLGATE, Served};
-use crate::prometheus::{Prometheus, prometheus_bin};
+use crate::prometheus::{Load, Prometheus, prometheus_bin};
 
 /// The charts the page draws: check, dots (value, class, cy), threshold (op, value, y).
 const READ_CHARTS: &str = r##"
@@ -104,23 +102,7 @@ async fn a_metric_gates_measurements_are_charted_with_the_success_condition_as_a
     std::fs::create_dir_all(&artifacts).unwrap();
     let state = dir.path().join("state");
     // Traffic to every instance, so the counters move.
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (stop, targets) = (stop.clone(), targets.clone());
-        tokio::spawn(async move {
-            let http = reqwest::Client::new();
-            while !stop.load(Ordering::SeqCst) {
-                for t in &targets {
-                    let _ = http
-                        .get(format!("http://{t}/"))
-                        .timeout(Duration::from_secs(1))
-                        .send()
-                        .await;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
+    let load = Load::start(&targets);
     let manifest = |version: &str, flags: &str, strategy: &str| -> PathBuf {
         let artifact = package_demo(&artifacts, version, flags).unwrap();
         let text = format!(
@@ -206,8 +188,7 @@ async fn a_metric_gates_measurements_are_charted_with_the_success_condition_as_a
     )
     .unwrap();
 
-    stop.store(true, Ordering::SeqCst);
-    let _ = load.await;
+    load.stop().await;
     client.close().await.unwrap();
     assert!(served.stop().success());
     drop(fleet);

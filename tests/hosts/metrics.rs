@@ -4,13 +4,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rollgate::cli::demo::{LocalFleet, package_demo};
 
-use crate::prometheus::{Prometheus, prometheus_bin};
+use crate::prometheus::{Load, Prometheus, prometheus_bin};
 
 fn manifest(fleet: &LocalFleet, version: &str, artifact: &Path, check: &str) -> String {
     format!(
@@ -67,23 +65,7 @@ async fn metric_gates_with_a_real_prometheus() {
     let state = dir.path().join("state");
 
     // Traffic to every instance, so the counters move.
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (stop, targets) = (stop.clone(), targets.clone());
-        tokio::spawn(async move {
-            let http = reqwest::Client::new();
-            while !stop.load(Ordering::SeqCst) {
-                for t in &targets {
-                    let _ = http
-                        .get(format!("http://{t}/"))
-                        .timeout(Duration::from_secs(1))
-                        .send()
-                        .await;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
+    let load = Load::start(&targets);
     let run = |file: PathBuf| {
         let state = state.clone();
         tokio::task::spawn_blocking(move || apply(&state, &file))
@@ -220,7 +202,6 @@ async fn metric_gates_with_a_real_prometheus() {
         "{out}"
     );
 
-    stop.store(true, Ordering::SeqCst);
-    load.await.unwrap();
+    load.stop().await;
     drop(fleet);
 }

@@ -1,8 +1,12 @@
 //! A real Prometheus (Debian's package) for tests: started on a free loopback port, scraping the
 //! given targets every second, stopped on drop.
 
+#![allow(dead_code)] // each test binary uses a different part of this module
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub fn prometheus_bin() -> Option<PathBuf> {
@@ -84,5 +88,37 @@ impl Prometheus {
 impl Drop for Prometheus {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Traffic to every target (a GET of `/` each, every 10 ms) until stopped, so counters move.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    pub fn start(targets: &[String]) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, targets) = (stop.clone(), targets.to_vec());
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            while !flag.load(Ordering::SeqCst) {
+                for t in &targets {
+                    let _ = http
+                        .get(format!("http://{t}/"))
+                        .timeout(Duration::from_secs(1))
+                        .send()
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        Load { stop, task }
+    }
+
+    pub async fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("the load task");
     }
 }
