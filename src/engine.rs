@@ -91,7 +91,7 @@ pub struct Run<'a, T: Target> {
     /// For metric checks, webhooks and notifications.
     pub http: reqwest::Client,
     /// Notifications and event webhooks in flight; drained (bounded) when the run ends.
-    pub pending: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    pub outbox: Mutex<announce::Outbox>,
     /// Set when background analysis has reached a verdict, so long pauses end early.
     pub background_done: Arc<std::sync::atomic::AtomicBool>,
     /// The in-cluster state of a Kubernetes target: its journal mirror and Lease.
@@ -149,6 +149,7 @@ impl<'a, T: Target> Run<'a, T> {
         from: Option<String>,
         on_record: &'a (dyn Fn(&Record) + Sync),
     ) -> Result<Self> {
+        let http = reqwest::Client::new();
         Ok(Run {
             target,
             manifest,
@@ -161,8 +162,8 @@ impl<'a, T: Target> Run<'a, T> {
             interrupts: Interrupts::default(),
             on_record,
             controls_seen: store.control_count(manifest.name()),
-            http: reqwest::Client::new(),
-            pending: Mutex::default(),
+            http: http.clone(),
+            outbox: Mutex::new(announce::Outbox::new(http)),
             background_done: Arc::default(),
             team: None,
         })

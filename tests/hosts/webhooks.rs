@@ -12,7 +12,10 @@ use rollgate::cli::demo::{LocalFleet, package_demo};
 
 type Calls = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
 
-/// Records every POST; `/fail*` answers 500, `/slow*` answers after 30 s, the rest 200.
+/// Records every POST; `/fail*` answers 500, `/slow*` answers after 30 s, the rest 200. A
+/// `stepPassed` notification is recorded only after 1.5 s (longer than the post-rollout hook's
+/// timeout that comes before `succeeded`), so a sender that does not keep a receiver's events in
+/// order is caught.
 async fn receiver() -> (String, Calls) {
     let calls: Calls = Arc::default();
     let recorded = calls.clone();
@@ -20,7 +23,11 @@ async fn receiver() -> (String, Calls) {
         let recorded = recorded.clone();
         async move {
             let path = uri.path().to_string();
-            let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            let json: serde_json::Value =
+                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            if path == "/notify" && json["event"] == "stepPassed" {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
             recorded.lock().unwrap().push((path.clone(), json));
             if path.starts_with("/slow") {
                 tokio::time::sleep(Duration::from_secs(30)).await;
