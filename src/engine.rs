@@ -530,9 +530,12 @@ impl<T: Target> Run<'_, T> {
                 {
                     // progressDeadlineSeconds bounds the step: no progress by then fails it.
                     let deadline = self.deadline();
+                    let end = self
+                        .plan
+                        .step_end(idx, &self.manifest.rollout.spec.checks);
                     let scaled = tokio::time::timeout(
                         deadline + Duration::from_secs(5),
-                        self.target.scale(step, &version, deadline, &sink),
+                        self.target.scale(step, &version, end, deadline, &sink),
                     );
                     match scaled.await {
                         Ok(Ok(())) => {}

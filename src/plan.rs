@@ -6,7 +6,7 @@
 mod checks;
 mod rollback;
 
-pub use checks::Background;
+pub use checks::{Background, StepEnd};
 pub use rollback::rollback_strategy;
 
 use serde::Serialize;

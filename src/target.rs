@@ -6,7 +6,7 @@ pub mod kubernetes;
 use std::time::Duration;
 
 use crate::health::Probe;
-use crate::plan::{Capacity, Step};
+use crate::plan::{Capacity, Step, StepEnd};
 use crate::spec::{Check, Manifest, TargetSpec};
 
 /// One instance as the target sees it.
@@ -204,11 +204,13 @@ pub trait Target: Sync {
     /// Makes `version` available everywhere ahead of the waves, without touching what runs.
     fn prepare(&self, version: &str) -> impl Future<Output = Result<()>> + Send;
     /// Brings the target to the step's counts of old and new (`version`) instances and waits until
-    /// the changed ones are ready. `Err` carries the reason the step failed.
+    /// the changed ones are ready, or with [`StepEnd::Requested`] until the counts are set, if the
+    /// target can let the next step begin before then. `Err` carries the reason the step failed.
     fn scale(
         &self,
         step: &Step,
         version: &str,
+        end: StepEnd,
         deadline: Duration,
         sink: Sink<'_>,
     ) -> impl Future<Output = Result<()>> + Send;
@@ -299,12 +301,13 @@ impl Target for AnyTarget {
         &self,
         step: &Step,
         version: &str,
+        end: StepEnd,
         deadline: Duration,
         sink: Sink<'_>,
     ) -> Result<()> {
         match self {
-            AnyTarget::Hosts(t) => t.scale(step, version, deadline, sink).await,
-            AnyTarget::Kubernetes(t) => t.scale(step, version, deadline, sink).await,
+            AnyTarget::Hosts(t) => t.scale(step, version, end, deadline, sink).await,
+            AnyTarget::Kubernetes(t) => t.scale(step, version, end, deadline, sink).await,
         }
     }
 

@@ -102,6 +102,7 @@ impl Target for Fleet {
         &self,
         step: &Step,
         version: &str,
+        _end: crate::plan::StepEnd,
         _deadline: Duration,
         sink: Sink<'_>,
     ) -> crate::target::Result<()> {

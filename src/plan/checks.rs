@@ -36,7 +36,41 @@ pub(super) fn background(canary: &CanarySpec, steps: &[Step]) -> Option<Backgrou
     })
 }
 
+/// When a scale step is done, and so when the next one may begin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepEnd {
+    /// When its changed instances are ready and the instances it removes are gone.
+    Ready,
+    /// When its counts are set, within its bounds: the next step's changes begin while its new
+    /// instances come up, as a Deployment's own rolling update overlaps its pods. A target whose
+    /// changes are not counts (a host fleet's) treats it as `Ready`.
+    Requested,
+}
+
 impl Plan {
+    /// When step `index` (of a run gated by `all`) is done: `Requested` only for a scale step that
+    /// nothing gates or watches (no check, no traffic weight, no hold, no approval) followed by
+    /// another such scale step, so the waves of a rollout without checks overlap as Kubernetes'
+    /// do. The last scale step, and any step before a pause, analysis, switch or promotion, is
+    /// done only when `Ready`.
+    pub fn step_end(&self, index: usize, all: &[Check]) -> StepEnd {
+        let (Some(step), Some(next)) = (self.steps.get(index), self.steps.get(index + 1)) else {
+            return StepEnd::Ready;
+        };
+        let plain = |s: &Step| {
+            s.kind == StepKind::Scale
+                && s.traffic_weight.is_none()
+                && s.duration_seconds.is_none()
+                && !s.manual
+                && s.approvals == 0
+        };
+        if plain(step) && plain(next) && self.checks_for(index, all).is_empty() {
+            StepEnd::Requested
+        } else {
+            StepEnd::Ready
+        }
+    }
+
     /// The checks of `all` that gate step `index`: an analysis step's own (all of them when it names
     /// none); for any other step, those no analysis step and no background analysis names.
     pub fn checks_for<'a>(&self, index: usize, all: &'a [Check]) -> Vec<&'a Check> {
@@ -151,5 +185,66 @@ mod tests {
         let s = Strategy::Rolling(serde_yaml::from_str("{maxUnavailable: 1}").unwrap());
         let p = plan(&s, 3, Capacity::Elastic).unwrap();
         assert!((0..p.steps.len()).all(|i| !p.promotes_at(i)));
+    }
+
+    #[test]
+    fn only_ungated_scale_steps_before_another_scale_step_end_when_requested() {
+        use crate::plan::{StepEnd, StepKind};
+        let rolling = Strategy::Rolling(
+            serde_yaml::from_str("{maxSurge: '25%', maxUnavailable: 0}").unwrap(),
+        );
+        let p = plan(&rolling, 20, Capacity::Elastic).unwrap();
+        let last = p.steps.len() - 1;
+        assert!(last >= 2, "{:?}", p.steps);
+        let ends = |all: &[Check]| -> Vec<StepEnd> {
+            (0..p.steps.len()).map(|i| p.step_end(i, all)).collect()
+        };
+        // No checks: every wave but the last overlaps the next.
+        let free = ends(&[]);
+        assert!(free[..last].iter().all(|e| *e == StepEnd::Requested));
+        assert_eq!(free[last], StepEnd::Ready);
+        // A check gates every scale step: none overlaps.
+        assert!(ends(&[check("ready")]).iter().all(|e| *e == StepEnd::Ready));
+
+        // A canary: a pause, an analysis step, a traffic weight or a check-gated step waits.
+        let s = canary(
+            "{steps: [{setWeight: 20}, {setWeight: 40}, {pause: {}}, {setWeight: 60}, \
+             {analysis: {checks: [deep]}}, {setWeight: 80}, {setWeight: 100}]}",
+        );
+        let p = plan(&s, 10, Capacity::Elastic).unwrap();
+        let all = [check("deep")];
+        let kinds: Vec<(StepKind, Option<u32>, StepEnd)> = (0..p.steps.len())
+            .map(|i| (p.steps[i].kind, p.steps[i].weight, p.step_end(i, &all)))
+            .collect();
+        for (i, (kind, _, end)) in kinds.iter().enumerate() {
+            let next = kinds.get(i + 1).map(|k| k.0);
+            let expected = if *kind == StepKind::Scale && next == Some(StepKind::Scale) {
+                StepEnd::Requested
+            } else {
+                StepEnd::Ready
+            };
+            assert_eq!(*end, expected, "step {i} of {kinds:?}");
+        }
+        assert!(kinds.iter().any(|k| k.2 == StepEnd::Requested), "{kinds:?}");
+        let s = canary(
+            "{steps: [{setWeight: 20}, {setWeight: 50}, {setWeight: 100}], \
+             trafficRouting: {gatewayAPI: {httpRoute: r, stableService: s, canaryService: c}}}",
+        );
+        let p = plan(&s, 10, Capacity::Elastic).unwrap();
+        for (i, step) in p.steps.iter().enumerate() {
+            let weighted = |j: usize| p.steps.get(j).is_none_or(|s| s.traffic_weight.is_some());
+            if weighted(i) || weighted(i + 1) {
+                assert_eq!(
+                    p.step_end(i, &[]),
+                    StepEnd::Ready,
+                    "a router's weight waits for its pods: step {i} {step:?}"
+                );
+            }
+        }
+        assert!(
+            (0..p.steps.len()).any(|i| p.step_end(i, &[]) == StepEnd::Requested),
+            "the replicas between two weights overlap: {:?}",
+            p.steps
+        );
     }
 }

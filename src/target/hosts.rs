@@ -23,7 +23,7 @@ use crate::agent::api::{
 use crate::agent::client::{AgentClient, ClientAuth};
 use crate::health::Probe;
 use crate::health::run::cli_probe;
-use crate::plan::Step;
+use crate::plan::{Step, StepEnd};
 use crate::spec::{AgentAuth, Check, HostsTarget, RunOn};
 
 /// How long one call to an agent rides out network trouble (a host briefly cut off, lost packets)
@@ -544,10 +544,12 @@ impl Target for Hosts {
         results.into_iter().collect()
     }
 
+    /// A host changes in place and is done when healthy: every step ends `Ready`.
     async fn scale(
         &self,
         step: &Step,
         version: &str,
+        _end: StepEnd,
         deadline: Duration,
         sink: Sink<'_>,
     ) -> Result<()> {

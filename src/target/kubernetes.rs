@@ -48,7 +48,7 @@ use kube::{Api, Client};
 
 use super::{Instance, Result, Sink, Target, TargetError};
 use crate::health::Probe;
-use crate::plan::Step;
+use crate::plan::{Step, StepEnd};
 use crate::spec::{Check, KubernetesTarget};
 
 pub use crate::kube::FIELD_MANAGER;
@@ -258,10 +258,11 @@ impl Target for Kubernetes {
         &self,
         step: &Step,
         version: &str,
+        end: StepEnd,
         deadline: Duration,
         sink: Sink<'_>,
     ) -> Result<()> {
-        self.scale_routed(step, version, deadline, sink).await
+        self.scale_routed(step, version, end, deadline, sink).await
     }
 
     async fn restore(&self, version: &str, deadline: Duration, sink: Sink<'_>) -> Result<()> {

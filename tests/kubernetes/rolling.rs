@@ -174,3 +174,98 @@ async fn good_version_rolls_within_bounds_and_the_deployment_adopts_it() {
     let _ = d.name_any();
     bed.finish().await;
 }
+
+/// Milliseconds since the epoch, as the journal's `atMs`.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Without checks nothing looks at a wave once it is up, so its step ends when its counts are set
+/// and the next wave starts as pods become available, as the Deployment controller's own rolling
+/// update does: the first step is done before the first wave's pods are available (each is Ready
+/// 1 s after it starts), while the bounds still hold throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_checks_the_waves_overlap_within_the_bounds() {
+    use futures_util::StreamExt;
+    use kube::runtime::watcher;
+
+    let Some(bed) = Bed::new("rolling-overlap", N, "25%", "0").await else {
+        return;
+    };
+    let rollout = bed.rollout(
+        "web.yaml",
+        "2",
+        &format!("image: \"{}\"", image("2")),
+        "  strategy:\n    rolling: {maxSurge: \"25%\", maxUnavailable: 0}\n  progressDeadlineSeconds: 60\n",
+    );
+    // When the new ReplicaSet first has a whole wave (maxSurge) available, by the test's own watch.
+    let (first_wave_tx, first_wave_rx) = tokio::sync::oneshot::channel::<u64>();
+    let sets = bed.replica_sets.clone();
+    let watching = tokio::spawn(async move {
+        let mut first_wave_tx = Some(first_wave_tx);
+        let mut events = watcher(sets, watcher::Config::default()).boxed();
+        while let Some(event) = events.next().await {
+            let rs = match event {
+                Ok(watcher::Event::Apply(rs) | watcher::Event::InitApply(rs)) => rs,
+                _ => continue,
+            };
+            let of_new = rs
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.as_ref())
+                .and_then(kube_bed::template_image)
+                == Some(image("2").as_str());
+            let available = rs
+                .status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0);
+            if of_new
+                && available >= SURGE
+                && let Some(tx) = first_wave_tx.take()
+            {
+                let _ = tx.send(now_ms());
+            }
+        }
+    });
+    let observer = bed.observe().await;
+    let out = bed
+        .rollgate(&["apply", "-o", "json", "-f", rollout.to_str().unwrap()])
+        .await;
+    assert!(out.status.success(), "rollgate apply failed");
+    let (sets, pods) = observer.stop().await;
+    let first_wave = first_wave_rx.await.expect("the first wave became available");
+    watching.abort();
+    let records: Vec<serde_json::Value> = kube_bed::stdout(&out)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let step_done = |step: u64| {
+        records
+            .iter()
+            .find(|r| r["event"] == "stepDone" && r["step"] == step)
+            .and_then(|r| r["atMs"].as_u64())
+            .unwrap_or_else(|| panic!("a stepDone record of step {step}: {records:?}"))
+    };
+    assert!(
+        step_done(0) < first_wave,
+        "step 1 ended at {} ms, after its wave was available at {first_wave} ms: it waited",
+        step_done(0)
+    );
+    assert!(
+        sets.max_replicas_sum <= N + SURGE,
+        "more than N + maxSurge pods asked for: {sets:?}"
+    );
+    let min_ready = pods.min_ready.expect("pods were observed");
+    assert!(
+        min_ready >= N,
+        "{min_ready} pods Ready at one point, fewer than N - 0: {pods:?}"
+    );
+    let created = pods.pods_by_image.get(&image("2")).map_or(0, |s| s.len());
+    assert_eq!(created, N as usize, "every new pod created once: {pods:?}");
+    kube_bed::assert_at_rest(&bed).await;
+    bed.finish().await;
+}

@@ -237,11 +237,12 @@ impl Kubernetes {
         &self,
         step: &Step,
         version: &str,
+        end: crate::plan::StepEnd,
         deadline: std::time::Duration,
         sink: Sink<'_>,
     ) -> Result<()> {
         if self.gateway.is_none() {
-            return self.scale_step(step, version, deadline, sink).await;
+            return self.scale_step(step, version, end, deadline, sink).await;
         }
         let first = match step.traffic_weight {
             Some(_) => step.traffic_first(self.canary_weight().await?.unwrap_or(0)),
@@ -250,7 +251,7 @@ impl Kubernetes {
         if let Some(w) = step.traffic_weight.filter(|_| first) {
             self.set_weights(w).await?;
         }
-        self.scale_step(step, version, deadline, sink).await?;
+        self.scale_step(step, version, end, deadline, sink).await?;
         if step.old == 0 {
             // Everything is new and handed over: both Services may select every pod again.
             return self.unpin_canary().await;

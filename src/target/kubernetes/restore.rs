@@ -13,7 +13,7 @@ use super::sizes::Way;
 use super::view::View;
 use super::view::{controller_uid, lent, rs_version, template_version};
 use super::{HASH_LABEL, HPA_ANNOTATION, Kubernetes, PAUSED_ANNOTATION, REPLICAS_ANNOTATION};
-use crate::plan::{Step, StepKind};
+use crate::plan::{Step, StepEnd, StepKind};
 use crate::target::{Change, Result, Sink, Target, TargetError};
 
 impl Kubernetes {
@@ -140,7 +140,7 @@ impl Kubernetes {
             // Already handed over: go back the way a rollout goes.
             self.prepare(version).await?;
             let step = bounded(0, n, "restore");
-            return self.scale(&step, version, deadline, sink).await;
+            return self.scale(&step, version, StepEnd::Ready, deadline, sink).await;
         }
         // The stable ReplicaSet is the Deployment's own: it grows back to N as the new pods go
         // (the failed ones at once), never above N + maxSurge.

@@ -12,7 +12,7 @@ use super::view::{
     available, held_in, holder_uid_in, lent, pod_failure, pods_left, replicas, stable_in,
 };
 use super::{HPA_ANNOTATION, Kubernetes};
-use crate::plan::Step;
+use crate::plan::{Step, StepEnd};
 use crate::target::{Change, Result, Sink, TargetError};
 
 /// A step of a plan made for `planned` instances, sized for `now` (an HPA changed the count):
@@ -95,6 +95,9 @@ fn next_sizes(step: &Step, c: Counts) -> (u32, u32) {
 pub(super) enum Way {
     /// A step of the rollout: a new pod that fails fails the step, and changes are reported.
     Forward,
+    /// A step of the rollout that is done once its counts are set ([`StepEnd::Requested`]): the
+    /// next step moves on from there as pods become available.
+    Ahead,
     /// Back to the stable set (a rollback): the new pods' failures are why it runs, and the
     /// restore reports for itself.
     Back,
@@ -139,7 +142,7 @@ impl Kubernetes {
         let mut changes = cache.changes.clone();
         let holder = self.holder_name();
         let container = self.container();
-        let forward = way == Way::Forward;
+        let forward = way != Way::Back;
         let mut last: Option<Counts> = None;
         let mut last_progress = tokio::time::Instant::now();
         let mut old_set: Option<u32> = None;
@@ -329,6 +332,23 @@ impl Kubernetes {
                     && (!old_grew || c.old_available >= step.old);
                 let new_ready =
                     c.new == step.new && c.new_live <= step.new && c.new_available >= step.new;
+                // Ahead: the counts are set (the sets' own controllers make the pods), and an old
+                // set shrank only as far as the new pods already available allowed.
+                if way == Way::Ahead && c.new == step.new && c.old == step.old {
+                    if announced.is_some() {
+                        sink.report(Change::Changed {
+                            instance: new_name.clone(),
+                            version: version.into(),
+                            ok: true,
+                            detail: format!(
+                                "{} of {version} set ({} available), {} old; the next step goes on",
+                                c.new, c.new_available, c.old
+                            ),
+                        })
+                        .await?;
+                    }
+                    return Ok(());
+                }
                 if new_ready && old_ready {
                     if announced.is_some() {
                         sink.report(Change::Changed {
@@ -400,7 +420,7 @@ impl Kubernetes {
                         .as_deref()
                         .map_or_else(String::new, |why| format!(" (pods refused: {why})"));
                     let where_ = match way {
-                        Way::Forward => format!(
+                        Way::Forward | Way::Ahead => format!(
                             "{} of {} pods of {version} available",
                             last.map_or(0, |c| c.new_available),
                             step.new
@@ -438,6 +458,7 @@ impl Kubernetes {
         &self,
         step: &Step,
         version: &str,
+        end: StepEnd,
         deadline: Duration,
         sink: Sink<'_>,
     ) -> Result<()> {
@@ -476,8 +497,11 @@ impl Kubernetes {
                 unavailable.max(n.saturating_sub(step.min_available)),
             ));
         }
-        self.converge(step, version, deadline, sink, Way::Forward)
-            .await?;
+        let way = match end {
+            StepEnd::Ready => Way::Forward,
+            StepEnd::Requested => Way::Ahead,
+        };
+        self.converge(step, version, deadline, sink, way).await?;
         if step.old == 0 && step.new >= n {
             self.hand_over(version, n, deadline).await?;
         }
