@@ -241,8 +241,15 @@ impl<T: Target> Run<'_, T> {
             // The cluster's journal learns of a change before the target makes it, so a machine
             // that resumes after a crash knows every change this one began. For a moment only:
             // with the API server away the change goes on (its own retries and deadline apply)
-            // and the mirror catches up, or the run stops at its next check.
-            let _ = tokio::time::timeout(MIRROR_WAIT, team.flush()).await;
+            // and the mirror catches up, or the run stops at its next check. A change's outcome
+            // needs no wait: it goes out with the step's end (a resume redoes a change whose
+            // outcome it lacks).
+            let begins = events
+                .iter()
+                .any(|e| matches!(e, Event::InstanceChanging { .. }));
+            if begins {
+                let _ = tokio::time::timeout(MIRROR_WAIT, team.flush()).await;
+            }
         }
         for event in events {
             self.announce(&event);
@@ -530,9 +537,7 @@ impl<T: Target> Run<'_, T> {
                 {
                     // progressDeadlineSeconds bounds the step: no progress by then fails it.
                     let deadline = self.deadline();
-                    let end = self
-                        .plan
-                        .step_end(idx, &self.manifest.rollout.spec.checks);
+                    let end = self.plan.step_end(idx, &self.manifest.rollout.spec.checks);
                     let scaled = tokio::time::timeout(
                         deadline + Duration::from_secs(5),
                         self.target.scale(step, &version, end, deadline, &sink),

@@ -204,8 +204,8 @@ pub trait Target: Sync {
     /// Makes `version` available everywhere ahead of the waves, without touching what runs.
     fn prepare(&self, version: &str) -> impl Future<Output = Result<()>> + Send;
     /// Brings the target to the step's counts of old and new (`version`) instances and waits until
-    /// the changed ones are ready, or with [`StepEnd::Requested`] until the counts are set, if the
-    /// target can let the next step begin before then. `Err` carries the reason the step failed.
+    /// the changed ones are ready, or with [`StepEnd::Requested`] until the new ones are asked
+    /// for, if the target can let the next step begin before then. `Err` carries the reason the step failed.
     fn scale(
         &self,
         step: &Step,

@@ -41,9 +41,10 @@ pub(super) fn background(canary: &CanarySpec, steps: &[Step]) -> Option<Backgrou
 pub enum StepEnd {
     /// When its changed instances are ready and the instances it removes are gone.
     Ready,
-    /// When its counts are set, within its bounds: the next step's changes begin while its new
-    /// instances come up, as a Deployment's own rolling update overlaps its pods. A target whose
-    /// changes are not counts (a host fleet's) treats it as `Ready`.
+    /// When its new instances are asked for: the next step's changes begin while they come up
+    /// (the instances it removes go as they become ready, within the step's bounds), as a
+    /// Deployment's own rolling update overlaps its pods. A target whose changes are not counts
+    /// (a host fleet's) treats it as `Ready`.
     Requested,
 }
 

@@ -183,10 +183,10 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// Without checks nothing looks at a wave once it is up, so its step ends when its counts are set
-/// and the next wave starts as pods become available, as the Deployment controller's own rolling
-/// update does: the first step is done before the first wave's pods are available (each is Ready
-/// 1 s after it starts), while the bounds still hold throughout.
+/// Without checks nothing looks at a wave once it is up, so its step ends when its pods are asked
+/// for and the next wave grows as pods become available, as the Deployment controller's own
+/// rolling update does: the first step is done before the first wave's pods are available (each
+/// is Ready 1 s after it starts), while the bounds still hold throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_checks_the_waves_overlap_within_the_bounds() {
     use futures_util::StreamExt;
@@ -237,7 +237,9 @@ async fn without_checks_the_waves_overlap_within_the_bounds() {
         .await;
     assert!(out.status.success(), "rollgate apply failed");
     let (sets, pods) = observer.stop().await;
-    let first_wave = first_wave_rx.await.expect("the first wave became available");
+    let first_wave = first_wave_rx
+        .await
+        .expect("the first wave became available");
     watching.abort();
     let records: Vec<serde_json::Value> = kube_bed::stdout(&out)
         .lines()

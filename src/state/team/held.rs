@@ -12,6 +12,9 @@ use crate::kube::{Fence, RENEW_RETRY, WRITE_WINDOW};
 const LOOK_EVERY: Duration = Duration::from_millis(250);
 /// How soon a failed push is tried again.
 const PUSH_RETRY: Duration = Duration::from_millis(500);
+/// How long records that nothing waits for gather before they are pushed together; a
+/// [`Held::flush`] pushes at once.
+const GATHER: Duration = Duration::from_secs(1);
 
 /// One renewal of the lock, as a store makes it.
 pub(crate) trait Renew: Send {
@@ -41,6 +44,8 @@ pub(crate) struct Held {
     /// Bumped after each local append.
     written: AtomicU64,
     wake: tokio::sync::Notify,
+    /// Rung by a flush that waits: the push goes out without gathering.
+    urgent: tokio::sync::Notify,
     /// The last `written` value pushed to the store.
     pushed: tokio::sync::watch::Sender<u64>,
     push_error: Mutex<Option<String>>,
@@ -55,6 +60,7 @@ impl Held {
             lock,
             written: AtomicU64::new(0),
             wake: tokio::sync::Notify::new(),
+            urgent: tokio::sync::Notify::new(),
             pushed,
             push_error: Mutex::new(None),
         }
@@ -96,6 +102,9 @@ impl Held {
     pub(crate) async fn flush(&self) -> Result<(), Unflushed> {
         let target = self.written.load(Ordering::SeqCst);
         let mut pushed = self.pushed.subscribe();
+        if *pushed.borrow() < target {
+            self.urgent.notify_one();
+        }
         let started = Instant::now();
         loop {
             if *pushed.borrow_and_update() >= target {
@@ -119,11 +128,15 @@ impl Held {
         self.push_error.lock().expect("push error").clone()
     }
 
-    /// The push task: after each [`changed`](Held::changed), pushes until a push succeeds (every
+    /// The push task: after each [`changed`](Held::changed) (gathering changes for up to
+    /// `GATHER` unless a flush waits), pushes until a push succeeds (every
     /// half second while it fails, or while the fence is closed); ends once the lock is lost.
     pub(crate) async fn push_loop(&self, mut store: impl Push) {
         loop {
             self.wake.notified().await;
+            // Records nothing waits for go out together, one write for the lot: after `GATHER`,
+            // or at once when a flush waits (a step boundary, a change about to be made).
+            let _ = tokio::time::timeout(GATHER, self.urgent.notified()).await;
             let version = self.written.load(Ordering::SeqCst);
             loop {
                 if self.fence.is_lost() {

@@ -140,7 +140,9 @@ impl Kubernetes {
             // Already handed over: go back the way a rollout goes.
             self.prepare(version).await?;
             let step = bounded(0, n, "restore");
-            return self.scale(&step, version, StepEnd::Ready, deadline, sink).await;
+            return self
+                .scale(&step, version, StepEnd::Ready, deadline, sink)
+                .await;
         }
         // The stable ReplicaSet is the Deployment's own: it grows back to N as the new pods go
         // (the failed ones at once), never above N + maxSurge.

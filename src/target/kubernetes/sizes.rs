@@ -95,8 +95,8 @@ fn next_sizes(step: &Step, c: Counts) -> (u32, u32) {
 pub(super) enum Way {
     /// A step of the rollout: a new pod that fails fails the step, and changes are reported.
     Forward,
-    /// A step of the rollout that is done once its counts are set ([`StepEnd::Requested`]): the
-    /// next step moves on from there as pods become available.
+    /// A step of the rollout that is done once its new pods are asked for
+    /// ([`StepEnd::Requested`]): the next step moves on from there as pods become available.
     Ahead,
     /// Back to the stable set (a rollback): the new pods' failures are why it runs, and the
     /// restore reports for itself.
@@ -332,16 +332,18 @@ impl Kubernetes {
                     && (!old_grew || c.old_available >= step.old);
                 let new_ready =
                     c.new == step.new && c.new_live <= step.new && c.new_available >= step.new;
-                // Ahead: the counts are set (the sets' own controllers make the pods), and an old
-                // set shrank only as far as the new pods already available allowed.
-                if way == Way::Ahead && c.new == step.new && c.old == step.old {
+                // Ahead: the step's new pods are asked for (their set's controller makes them); the
+                // old sets shrink as they become available, on into the next step, so the waves
+                // overlap pod by pod as a Deployment's own rolling update does. An old set that
+                // must grow (a restore) is never passed over.
+                if way == Way::Ahead && c.new == step.new && c.old >= step.old {
                     if announced.is_some() {
                         sink.report(Change::Changed {
                             instance: new_name.clone(),
                             version: version.into(),
                             ok: true,
                             detail: format!(
-                                "{} of {version} set ({} available), {} old; the next step goes on",
+                                "{} pods of {version} asked for ({} available), {} old; the next step goes on",
                                 c.new, c.new_available, c.old
                             ),
                         })
