@@ -1,7 +1,8 @@
 //! Access: whether the kubeconfig's user may do what a rollout does, asked before anything changes.
 
 use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    ResourceAttributes, ResourceRule, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    SelfSubjectRulesReview, SelfSubjectRulesReviewSpec,
 };
 use kube::Api;
 use kube::api::PostParams;
@@ -10,44 +11,61 @@ use super::Kubernetes;
 use crate::target::Result;
 
 impl Kubernetes {
-    /// Asks the API server (one SelfSubjectAccessReview per verb, which any user may make) whether
-    /// the kubeconfig's user may do everything a rollout does, and names each verb it may not.
+    /// Asks the API server whether the kubeconfig's user may do everything a rollout does, and
+    /// names each verb it may not: one SelfSubjectRulesReview (which any user may make) for the
+    /// namespace's rules, then one SelfSubjectAccessReview for each verb those rules do not grant
+    /// (the rules review may be incomplete, as with a webhook authorizer: the access review is the
+    /// authority).
     pub(super) async fn check_access(&self) -> Result<()> {
-        let reviews: Api<SelfSubjectAccessReview> =
-            Api::all(self.deployments.clone().into_client());
+        let client = self.deployments.clone().into_client();
         let ns = &self.spec.namespace;
-        let asks = required_access_routed(
+        let required = required_access_routed(
             self.blue_green,
             self.pod_prober.is_some(),
             self.gateway.is_some(),
-        )
-        .into_iter()
-        .map(|(group, resource, verb)| {
-            let reviews = reviews.clone();
-            // `pods/proxy` is resource `pods`, subresource `proxy`.
-            let (main, sub) = match resource.split_once('/') {
-                Some((main, sub)) => (main, Some(sub.to_string())),
-                None => (resource, None),
-            };
-            let review = SelfSubjectAccessReview {
-                spec: SelfSubjectAccessReviewSpec {
-                    resource_attributes: Some(ResourceAttributes {
-                        group: Some(group.into()),
-                        resource: Some(main.into()),
-                        subresource: sub,
-                        verb: Some(verb.into()),
-                        namespace: Some(ns.clone()),
-                        ..ResourceAttributes::default()
-                    }),
-                    ..SelfSubjectAccessReviewSpec::default()
-                },
-                ..SelfSubjectAccessReview::default()
-            };
-            async move {
-                let answer = reviews.create(&PostParams::default(), &review).await;
-                (group, resource, verb, answer)
-            }
-        });
+        );
+        let rules: Api<SelfSubjectRulesReview> = Api::all(client.clone());
+        let review = SelfSubjectRulesReview {
+            spec: SelfSubjectRulesReviewSpec {
+                namespace: Some(ns.clone()),
+            },
+            ..SelfSubjectRulesReview::default()
+        };
+        let granted_by_rules = match rules.create(&PostParams::default(), &review).await {
+            Ok(r) => r.status.map(|s| s.resource_rules).unwrap_or_default(),
+            // A server that answers no rules review: every verb is asked about on its own.
+            Err(_) => Vec::new(),
+        };
+        let reviews: Api<SelfSubjectAccessReview> = Api::all(client);
+        let asks = required
+            .into_iter()
+            .filter(|(group, resource, verb)| !granted(&granted_by_rules, group, resource, verb))
+            .map(|(group, resource, verb)| {
+                let reviews = reviews.clone();
+                // `pods/proxy` is resource `pods`, subresource `proxy`.
+                let (main, sub) = match resource.split_once('/') {
+                    Some((main, sub)) => (main, Some(sub.to_string())),
+                    None => (resource, None),
+                };
+                let review = SelfSubjectAccessReview {
+                    spec: SelfSubjectAccessReviewSpec {
+                        resource_attributes: Some(ResourceAttributes {
+                            group: Some(group.into()),
+                            resource: Some(main.into()),
+                            subresource: sub,
+                            verb: Some(verb.into()),
+                            namespace: Some(ns.clone()),
+                            ..ResourceAttributes::default()
+                        }),
+                        ..SelfSubjectAccessReviewSpec::default()
+                    },
+                    ..SelfSubjectAccessReview::default()
+                };
+                async move {
+                    let answer = reviews.create(&PostParams::default(), &review).await;
+                    (group, resource, verb, answer)
+                }
+            });
         let mut denied = Vec::new();
         for (group, resource, verb, answer) in futures_util::future::join_all(asks).await {
             match answer {
@@ -75,6 +93,27 @@ impl Kubernetes {
             ),
         ))
     }
+}
+
+/// Whether `rules` (a rules review's) grant `verb` on `resource` (`pods/proxy` for a
+/// subresource) of API group `group`, as RBAC matches them: `*` for any group, resource or verb,
+/// `*/proxy` for a subresource of any resource. A rule limited to some resourceNames is not
+/// counted (a rollout also lists, watches and creates). Pure.
+fn granted(rules: &[ResourceRule], group: &str, resource: &str, verb: &str) -> bool {
+    let sub = resource.split_once('/').map(|(_, sub)| sub);
+    rules.iter().any(|r| {
+        let any_of = |list: &Option<Vec<String>>, want: &str| {
+            list.iter().flatten().any(|x| x == "*" || x == want)
+        };
+        r.resource_names.as_ref().is_none_or(Vec::is_empty)
+            && r.verbs.iter().any(|v| v == "*" || v == verb)
+            && any_of(&r.api_groups, group)
+            && r.resources.iter().flatten().any(|x| {
+                x == "*"
+                    || x == resource
+                    || sub.is_some_and(|sub| x.strip_prefix("*/") == Some(sub))
+            })
+    })
 }
 
 /// What a rollout asks of the API server, as (API group, resource, verb). The Role in
@@ -133,4 +172,59 @@ pub fn required_access_routed(
         grant("", "pods/proxy", &["get"]);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(groups: &[&str], resources: &[&str], verbs: &[&str], names: &[&str]) -> ResourceRule {
+        let list = |x: &[&str]| Some(x.iter().map(|s| s.to_string()).collect());
+        ResourceRule {
+            api_groups: list(groups),
+            resources: list(resources),
+            verbs: verbs.iter().map(|s| s.to_string()).collect(),
+            resource_names: if names.is_empty() { None } else { list(names) },
+        }
+    }
+
+    #[test]
+    fn rules_grant_as_rbac_matches_them() {
+        let role = [
+            rule(
+                &["apps"],
+                &["deployments", "replicasets"],
+                &["get", "patch"],
+                &[],
+            ),
+            rule(&[""], &["pods"], &["*"], &[]),
+            rule(&[""], &["configmaps"], &["get"], &["rollgate-web"]),
+            rule(&["*"], &["*/proxy"], &["get"], &[]),
+        ];
+        assert!(granted(&role, "apps", "replicasets", "patch"));
+        assert!(!granted(&role, "apps", "replicasets", "delete"), "verb");
+        assert!(!granted(&role, "", "deployments", "get"), "group");
+        assert!(granted(&role, "", "pods", "watch"), "any verb");
+        assert!(
+            granted(&role, "", "pods/proxy", "get"),
+            "any resource's subresource"
+        );
+        assert!(!granted(&role, "", "pods/proxy", "create"));
+        assert!(
+            !granted(&role, "", "configmaps", "get"),
+            "a rule for some names only is asked about on its own"
+        );
+        let pods_only = [rule(&[""], &["pods"], &["get"], &[])];
+        assert!(
+            !granted(&pods_only, "", "pods/proxy", "get"),
+            "a resource is not its subresource"
+        );
+        let admin = [rule(&["*"], &["*"], &["*"], &[])];
+        assert!(
+            required_access_routed(true, true, true)
+                .iter()
+                .all(|(g, r, v)| granted(&admin, g, r, v))
+        );
+        assert!(!granted(&[], "", "pods", "get"));
+    }
 }
