@@ -197,8 +197,9 @@ impl<T: Target> Run<'_, T> {
         }
     }
 
-    /// At a step boundary: stop if the Lease is gone, and wait until the cluster has the journal,
-    /// so another machine never sees less than the last completed step.
+    /// When a run stops (done, paused, failed): stop if the Lease is gone, and wait until the
+    /// team's store has the journal, so another machine never sees less than where it stopped.
+    /// Between steps the push of a step's first change does this (see `journal_change`).
     async fn checkpoint(&self) -> Result<()> {
         self.still_held()?;
         if let Some(team) = self.team {
@@ -370,8 +371,11 @@ impl<T: Target> Run<'_, T> {
                 kind: step.kind,
                 note: step.note.clone(),
             })?;
-            // Another machine sees that this step began before anything of it changes.
-            self.checkpoint().await?;
+            // Another machine sees that this step began, and that the last one ended, before
+            // anything of it changes: the step's first change waits for its push (see
+            // `journal_change`), and a step that changes nothing is pushed within a second.
+            // The lock is looked at here.
+            self.still_held()?;
             let started = Instant::now();
             match self.run_step_held(i, step).await? {
                 StepResult::Done => {
@@ -458,7 +462,7 @@ impl<T: Target> Run<'_, T> {
     /// webhook that says no (`pre-rollout` before the first step, `confirm-promotion` before going
     /// to everyone).
     async fn before_step(&mut self, i: usize) -> Result<Option<RunOutcome>> {
-        self.checkpoint().await?;
+        self.still_held()?;
         if let Some(control) = self.take_control() {
             return self.finish_control(control, i).await.map(Some);
         }
