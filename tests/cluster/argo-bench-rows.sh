@@ -42,7 +42,7 @@ ARGO_FIELDS='jsonpath={.status.phase} {.status.updatedReplicas} {.status.availab
 # all and its pod hash stable, and that hash is not $2.
 argo_healthy() {
   local phase up av all hash stable
-  read -r phase up av all hash stable < <(field "$1" rollout/web "$ARGO_FIELDS") || true
+  read -r phase up av all hash stable < <(kubectl -n "$1" get rollout web -o "$ARGO_FIELDS") || true
   [[ $phase == Healthy && $up == "$N" && $av == "$N" && $all == "$N" && $hash == "$stable" && $hash != "$2" ]] &&
     echo "$hash"
 }

@@ -75,10 +75,6 @@ ROLLGATE=${ROLLGATE_BIN:-$REPO/target/release/rollgate}
 STATE_DIR=${ROLLGATE_CLUSTER_DIR:-/tmp/rollgate-cluster}
 PKI=$STATE_DIR/pki
 BENCH_LABEL=rollgate.dev/bench
-BENCH_NODES=0
-((N > 20)) && BENCH_NODES=2
-# Waits scale with N (kwok starts pods fast; the controllers pace them).
-LONG=$((120 + N))
 
 log() { printf 'argo-bench: %s\n' "$*" >&2; }
 WATCHERS=()
@@ -96,6 +92,10 @@ for row in "${ROW_LIST[@]}"; do
   [[ $row =~ ^(canary|bluegreen|abort|failing)$ ]] ||
     die "ROLLGATE_ARGO_BENCH_ROWS: unknown row '$row' (canary, bluegreen, abort, failing)"
 done
+BENCH_NODES=0
+if ((N > 20)); then BENCH_NODES=2; fi
+# Waits scale with N (kwok starts pods fast; the controllers pace them).
+LONG=$((120 + N))
 [[ -x $ROLLGATE ]] || die "no rollgate binary at $ROLLGATE (cargo build --release, or set ROLLGATE_BIN)"
 "$HERE/argo.sh" up
 KUBE_BIN=$(awk -F= '/ROLLGATE_KUBE_BIN=/ { print $2 }' <("$HERE/cluster.sh" env))
@@ -237,7 +237,7 @@ alone_at() {
         if ($4 == old && $5 == "True") { st[p] = "o"; ok++ }
         else if ($4 == new) { st[p] = "n"; live++ }
       }
-      if (ts >= t0 && seen && ok >= n && live == 0) { print ts; exit }
+      if (ts >= t0 && seen && ok >= n && live == 0) { printf "%.0f\n", ts; exit }
     }' "$1"
 }
 
@@ -246,7 +246,7 @@ alone_at() {
 # pod-template-hash, rollgate's; 5: rollouts-pod-template-hash, Argo's).
 pinned_at() {
   awk -v t0="$2" -v h="$3" -v c="$4" '
-    $3 == "web-active" && int($1 / 1000) >= t0 && $c == h { print int($1 / 1000); exit }' "$1"
+    $3 == "web-active" && int($1 / 1000) >= t0 && $c == h { printf "%.0f\n", int($1 / 1000); exit }' "$1"
 }
 
 # Runs "$@" every 0.1 s until it prints something, and prints that; dies
@@ -294,7 +294,8 @@ ratio_of() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 # At exit: the watches a failed row left (those still running kubectl), and
 # the bench-only nodes.
 cleanup() {
-  local p
+  local rc=$? p
+  ((rc == 0)) || log "failed (exit $rc); files in $WORK"
   for p in $(cat "$WORK/watchers" 2>/dev/null); do
     [[ $(readlink "/proc/$p/exe" 2>/dev/null) == "$KUBE_BIN/kubectl" ]] && kill "$p" 2>/dev/null
   done
