@@ -145,7 +145,7 @@ table_canary() {
   local req same
   req=$(ratio 2 6 canary)
   same=$(awk '$3 != $7 { d++ } END { print d + 0 }' "$WORK/results-canary")
-  time_row 1 5 canary "vs Argo Rollouts $(ver): canary, wall, new image to all new and available (setWeight 20/50/100 by replicas, 25%/0, $at)"
+  time_row 1 5 canary "vs Argo Rollouts $(ver): canary, wall, new image to all new and available (setWeight 20/50/100 by replicas, 25%/0, $AT)"
   echo "| vs Argo Rollouts: canary, API requests in that time (apiserver, by FlowSchema) | $(col 2 canary) | $(col 6 canary) | $req ($(range 2 6 canary)) | < 1.00 | $(verdict "$req" 1.00 '<') |"
   echo "| vs Argo Rollouts: canary, pods created, peak pods | $(col 3 canary), $(col 4 canary) | $(col 7 canary), $(col 8 canary) | - | created equal | $(verdict "$same" 0 '==') |"
 }
@@ -234,7 +234,7 @@ report_bluegreen() {
 }
 
 table_bluegreen() {
-  time_row 1 3 bluegreen "vs Argo Rollouts: blue-green switch, promotion command to the active Service selecting only the new pods (preview at N, $at)"
+  time_row 1 3 bluegreen "vs Argo Rollouts: blue-green switch, promotion command to the active Service selecting only the new pods (preview at N, $AT)"
   time_row 2 4 bluegreen "vs Argo Rollouts: blue-green rollback after the switch completed, rollback command to the active Service selecting only the old pods (old set up from 0 first)"
 }
 
@@ -311,8 +311,9 @@ failing_time() {
 rollgate_failing() {
   local code=0
   rg apply -o plain -f "$OUT.yaml" >"$OUT.log" 2>&1 || code=$?
-  ((code == 1)) && grep -q "rolled back" "$OUT.log" ||
+  if ((code != 1)) || ! grep -q "rolled back" "$OUT.log"; then
     die "rollgate apply: exit $code, not 1 with a rollback; log: $OUT.log"
+  fi
 }
 
 run_rollgate_failing() {

@@ -96,6 +96,8 @@ BENCH_NODES=0
 if ((N > 20)); then BENCH_NODES=2; fi
 # Waits scale with N (kwok starts pods fast; the controllers pace them).
 LONG=$((120 + N))
+# The conditions every row shares, for the table.
+AT="N=$N, ready after 1 s, $RUNS runs"
 [[ -x $ROLLGATE ]] || die "no rollgate binary at $ROLLGATE (cargo build --release, or set ROLLGATE_BIN)"
 "$HERE/argo.sh" up
 KUBE_BIN=$(awk -F= '/ROLLGATE_KUBE_BIN=/ { print $2 }' <("$HERE/cluster.sh" env))
@@ -158,7 +160,8 @@ EOF
 }
 
 fresh_ns() {
-  local ns=$1-$(date +%s%N | tail -c 7)
+  local ns
+  ns=$1-$(date +%s%N | tail -c 7)
   kubectl create namespace "$ns" >/dev/null
   local i
   for i in $(seq 100); do
@@ -296,9 +299,9 @@ ratio_of() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 cleanup() {
   local rc=$? p
   ((rc == 0)) || log "failed (exit $rc); files in $WORK"
-  for p in $(cat "$WORK/watchers" 2>/dev/null); do
+  while read -r p; do
     [[ $(readlink "/proc/$p/exe" 2>/dev/null) == "$KUBE_BIN/kubectl" ]] && kill "$p" 2>/dev/null
-  done
+  done < <(cat "$WORK/watchers" 2>/dev/null)
   if ((BENCH_NODES)); then bench_nodes delete || true; fi
 }
 trap cleanup EXIT
@@ -337,7 +340,6 @@ time_row() {
   echo "| $4 | $(col "$1" "$3") ms | $(col "$2" "$3") ms | $r ($(range "$1" "$2" "$3")) | ≤ 1.00 | $(verdict "$r" 1.00 '<=') |"
 }
 
-at="N=$N, ready after 1 s, $RUNS runs"
 echo
 echo "| figure | rollgate | Argo Rollouts | ratio (median of same-run ratios) | target | pass |"
 echo "| --- | --- | --- | --- | --- | --- |"
