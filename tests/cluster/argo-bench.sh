@@ -5,7 +5,8 @@
 #   tests/cluster/argo-bench.sh          # ROLLGATE_BIN=path/to/rollgate (default target/release/rollgate)
 #
 # Knobs: ROLLGATE_ARGO_BENCH_N (pods, 20), ROLLGATE_ARGO_BENCH_RUNS (3),
-# ROLLGATE_ARGO_BENCH_ROWS (canary,bluegreen,abort,failing: all by default).
+# ROLLGATE_ARGO_BENCH_ROWS (canary,bluegreen,abort,failing: all by default),
+# ROLLGATE_ARGO_BENCH_KEEP=1 (keep the scratch dir: manifests, logs, watches).
 #
 # Each run of each row makes two fresh namespaces with the same pod template
 # at N replicas of version 1 (kwok pods, each Ready exactly 1 s after it is
@@ -106,7 +107,8 @@ kubectl() { "$KUBE_BIN/kubectl" "$@"; }
 RG_CONFIG=$(KUBE_BIN=$KUBE_BIN "$HERE/argo.sh" identity rollgate-bench)
 APISERVER=$(awk '/server:/ { print $2; exit }' "$KUBECONFIG")
 
-# Scratch: manifests, logs, watch files; removed when the run succeeds.
+# Scratch: manifests, logs, watch files; removed when the run succeeds
+# (unless ROLLGATE_ARGO_BENCH_KEEP=1).
 WORK=$(mktemp -d /tmp/argo-bench.XXXXXX)
 
 now_ms() { date +%s%3N; }
@@ -344,4 +346,4 @@ echo
 echo "| figure | rollgate | Argo Rollouts | ratio (median of same-run ratios) | target | pass |"
 echo "| --- | --- | --- | --- | --- | --- |"
 for row in "${ROW_LIST[@]}"; do "table_$row"; done
-rm -rf "$WORK"
+if [[ ${ROLLGATE_ARGO_BENCH_KEEP:-} == 1 ]]; then log "scratch kept: $WORK"; else rm -rf "$WORK"; fi
