@@ -5,7 +5,9 @@
 //! `tests/cluster` (brought up if it is not, and taken down after).
 //! `ROLLGATE_BENCH=planner,store,hosts,fanout,recovery,agent,agentcpu,kubernetes` picks some; `ROLLGATE_BENCH_SIZES=8,32,64` sets the fleet sizes of the rollout benchmark.
 //! `ROLLGATE_BENCH=argo` (not in the default run: it builds Argo Rollouts from Go modules on first
-//! use, about 5 min) compares rollgate's canary with Argo Rollouts' on the same cluster.
+//! use, about 5 min) compares rollgate with Argo Rollouts on the same cluster: a canary, a
+//! blue-green switch and rollback, an abort at a pause, a failing canary
+//! (`ROLLGATE_ARGO_BENCH_ROWS`, `ROLLGATE_ARGO_BENCH_N`: see `tests/cluster/argo-bench.sh`).
 //! `ROLLGATE_BENCH=pods` (not in the default run: about 8 min) times `rollgate apply` against
 //! kubectl at 20, 200 and 1,000 pods (`ROLLGATE_BENCH_PODS`) with rollgate's cost per pod;
 //! `ROLLGATE_BENCH=agents` (not in the default run: about 4 min) the fan-out at 200, 500 and
@@ -870,7 +872,8 @@ fn kubernetes_rows(rows: &mut Vec<Row>) {
     }
 }
 
-/// rollgate's canary against Argo Rollouts' on the test cluster, in the same run:
+/// rollgate against Argo Rollouts on the test cluster, in the same run (the rows it picks by
+/// `ROLLGATE_ARGO_BENCH_ROWS`, inherited from this process's environment):
 /// `tests/cluster/argo-bench.sh` (see its header) with this build's `rollgate`, which starts the
 /// cluster and Argo's controller if they do not run (building the controller on a cold cache) and
 /// prints the rows. What this started, it stops again after.

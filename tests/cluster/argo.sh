@@ -168,7 +168,7 @@ cmd_up() {
   done
   local i established='{.status.conditions[?(@.type=="Established")].status}'
   for i in $(seq 150); do
-    [[ $(kubectl get crd rollouts.argoproj.io -o "jsonpath=$established") == True ]] && break
+    [[ $(kubectl get crd rollouts.argoproj.io -o "jsonpath=$established" 2>/dev/null) == True ]] && break
     ((i < 150)) || die "Argo's Rollout CRD not Established after 30s"
     sleep 0.2
   done
