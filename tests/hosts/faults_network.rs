@@ -246,5 +246,7 @@ fn faults_lossy_slow_links_still_complete_without_false_failures() {
         run.output()
     );
     assert!(failed.is_empty(), "no false failure: {failed:?}");
-    fleet.assert_serving("3.0.0");
+    // Still through the impaired links: a probe whose packets are lost is tried again (CI once saw
+    // one host's GET time out, EAGAIN, after a rollout that had passed).
+    fleet.assert_serving_through_loss("3.0.0", Duration::from_secs(30));
 }

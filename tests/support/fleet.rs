@@ -433,6 +433,31 @@ impl Fleet {
         assert_eq!(self.served_versions(), want, "GET /version on each host");
     }
 
+    /// [`assert_serving`](Self::assert_serving) over links that lose packets: a GET whose packets
+    /// are lost past its 2 s timeout is tried again, for `within` in all; what is compared at the
+    /// end is the last answer of each host (a host that serves another version never passes).
+    pub fn assert_serving_through_loss(&self, version: &str, within: Duration) {
+        let end = Instant::now() + within;
+        let want: Vec<Result<String, String>> = vec![Ok(version.to_string()); self.hosts.len()];
+        let mut served = self.served_versions();
+        while served != want && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(100));
+            for (i, answer) in served.iter_mut().enumerate() {
+                if answer.is_err() {
+                    *answer = http_get(
+                        self.hosts[i].service_addr(),
+                        "/version",
+                        Duration::from_secs(2),
+                    )
+                    .map(|r| r.1);
+                }
+            }
+        }
+        assert_eq!(served, want, "GET /version on each host (links impaired)");
+        let want: Vec<Option<String>> = vec![Some(version.to_string()); self.hosts.len()];
+        assert_eq!(self.agent_versions(), want, "agents' active versions");
+    }
+
     /// Waits (bounded) until every host serves `version`, e.g. after an agent restarted its service.
     pub fn wait_serving(&self, version: &str, within: Duration) {
         let end = Instant::now() + within;
