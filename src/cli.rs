@@ -239,6 +239,12 @@ pub struct ApplyArgs {
     /// Kubernetes) and print the plan; nothing is journaled. Exit codes as `apply`.
     #[arg(long)]
     pub dry_run: bool,
+    /// At a pause that one `promote` ends, keep running (and holding the app's lock) until a
+    /// `promote` or `abort` from anywhere, acted on at once; instead of exit 3. A pause that needs
+    /// several or signed approvals still ends with exit 3; Ctrl-C while waiting leaves it paused
+    /// (exit 3).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub wait: bool,
 }
 
 /// `-o` on the commands that stream a rollout or read its state: the same four words as `plan`'s

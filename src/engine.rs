@@ -2,6 +2,7 @@
 
 mod announce;
 mod gate;
+mod wait;
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -96,6 +97,9 @@ pub struct Run<'a, T: Target> {
     pub background_done: Arc<std::sync::atomic::AtomicBool>,
     /// The in-cluster state of a Kubernetes target: its journal mirror and Lease.
     pub team: Option<&'a crate::state::team::Session>,
+    /// `apply --wait`: at a pause that one `promote` ends, keep the lock and wait for a promote
+    /// or abort request instead of ending the run.
+    pub wait_at_pauses: bool,
 }
 
 impl<T: Target> Report for Run<'_, T> {
@@ -166,6 +170,7 @@ impl<'a, T: Target> Run<'a, T> {
             outbox: Mutex::new(announce::Outbox::new(http)),
             background_done: Arc::default(),
             team: None,
+            wait_at_pauses: false,
         })
     }
 }
@@ -391,7 +396,19 @@ impl<T: Target> Run<'_, T> {
                         step: i,
                         reason: reason.clone(),
                     })?;
-                    return Ok(RunOutcome::Paused(reason));
+                    if !(self.wait_at_pauses && wait::waits_at(step)) {
+                        return Ok(RunOutcome::Paused(reason));
+                    }
+                    // Others see the pause before anyone is asked to end it.
+                    self.checkpoint().await?;
+                    match self.wait_at_pause(i, &reason).await? {
+                        wait::Waited::Promoted { full: true } => {
+                            i = (steps.len() - 1).max(i + 1);
+                            continue;
+                        }
+                        wait::Waited::Promoted { full: false } => {}
+                        wait::Waited::Ended(outcome) => return Ok(outcome),
+                    }
                 }
                 StepResult::Failed(reason) => return self.on_failure(i, reason).await,
                 StepResult::Gone(reason) => {

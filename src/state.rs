@@ -18,7 +18,7 @@ mod event;
 mod history;
 pub mod lease;
 pub mod mirror;
-mod store;
+pub(crate) mod store;
 pub mod team;
 
 pub use event::{

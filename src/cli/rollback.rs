@@ -120,6 +120,7 @@ async fn rollback_locked(
         args.app.output,
         Start::New {
             strategy: StrategyKind::Rollback,
+            wait: false,
         },
         held,
     )

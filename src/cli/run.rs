@@ -243,7 +243,8 @@ pub(crate) async fn plan_for(m: &Manifest, target: &AnyTarget) -> Result<plan::P
 
 /// Where a run starts: a new rollout (with its Started event), or a step of an existing one.
 pub(super) enum Start {
-    New { strategy: StrategyKind },
+    /// `wait`: `apply --wait` (the run waits at a pause that one `promote` ends).
+    New { strategy: StrategyKind, wait: bool },
     At { step: usize, course: Course },
 }
 
@@ -270,7 +271,8 @@ pub(super) async fn drive(
     run.team = held.team();
     run.controls_seen = held.controls_seen();
     let (step, course) = match start {
-        Start::New { strategy } => {
+        Start::New { strategy, wait } => {
+            run.wait_at_pauses = wait;
             // confirm-rollout: a non-2xx answer holds the rollout before anything is recorded or changed.
             if let Err(why) = run
                 .hooks(crate::spec::HookType::ConfirmRollout, None, "")
@@ -320,7 +322,7 @@ async fn apply(args: &ApplyArgs, env: &Env) -> Result<u8, CliError> {
     if args.dry_run {
         return crate::cli::dry_run::dry_run(&m, args.output, env).await;
     }
-    apply_with(&m, args.output, env).await
+    apply_with(&m, args.output, env, args.wait).await
 }
 
 /// A manifest that names no namespace gets the kubeconfig context's (else `default`), as kubectl.
@@ -344,15 +346,20 @@ async fn context_namespace(m: &mut Manifest, env: &Env) -> Result<(), CliError> 
 }
 
 pub async fn apply_manifest(m: &Manifest, mode: Progress, store: &Store) -> Result<u8, CliError> {
-    apply_with(m, mode, &Env::new(store.clone(), None, None)).await
+    apply_with(m, mode, &Env::new(store.clone(), None, None), false).await
 }
 
-async fn apply_with(m: &Manifest, mode: Progress, env: &Env) -> Result<u8, CliError> {
+async fn apply_with(
+    m: &Manifest,
+    mode: Progress,
+    env: &Env,
+    wait: bool,
+) -> Result<u8, CliError> {
     let target = target_for(m, env).await?;
     plan_for(m, &target).await?;
     let remote = env.remote_for_manifest(m).await?;
     let held = Hold::take(&env.store, m.name(), remote.as_ref()).await?;
-    let result = apply_locked(m, mode, env, &target, &held).await;
+    let result = apply_locked(m, mode, env, &target, &held, wait).await;
     finish(held, result).await
 }
 
@@ -362,6 +369,7 @@ async fn apply_locked(
     env: &Env,
     target: &AnyTarget,
     held: &Hold,
+    wait: bool,
 ) -> Result<u8, CliError> {
     let instances = target.instances().await.map_err(failed)?;
     let version = &m.rollout.spec.version;
@@ -389,6 +397,7 @@ async fn apply_locked(
         mode,
         Start::New {
             strategy: (&m.strategy).into(),
+            wait,
         },
         held,
     )
@@ -779,7 +788,7 @@ async fn retry(args: &AppArgs, env: &Env) -> Result<u8, CliError> {
             "{}: the last rollout is unfinished; use `rollgate resume {}`",
             args.app, args.app
         ))),
-        Some(_) => apply_with(&m, args.output, env).await,
+        Some(_) => apply_with(&m, args.output, env, false).await,
     }
 }
 

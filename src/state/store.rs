@@ -36,6 +36,13 @@ pub enum StateError {
 
 pub type Result<T, E = StateError> = std::result::Result<T, E>;
 
+/// Rung each time this process appends a control request (a team-state loop copying one from
+/// the cluster or etcd), so a run waiting at a pause acts on it at once.
+pub fn controls_sent() -> &'static tokio::sync::Notify {
+    static SENT: tokio::sync::Notify = tokio::sync::Notify::const_new();
+    &SENT
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
     move |source| StateError::Io {
         path: path.display().to_string(),
@@ -307,7 +314,9 @@ impl Store {
         line.push('\n');
         f.write_all(line.as_bytes())
             .and_then(|()| f.sync_all())
-            .map_err(io(&path))
+            .map_err(io(&path))?;
+        controls_sent().notify_waiters();
+        Ok(())
     }
 
     /// Control requests from index `from` on.

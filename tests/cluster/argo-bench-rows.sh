@@ -185,21 +185,42 @@ bluegreen_times() {
 
 rollgate_promote() { rg promote web >>"$OUT.log" 2>&1 || die "rollgate promote failed; log: $OUT.log"; }
 rollgate_rollback() { rg rollback web >>"$OUT.log" 2>&1 || die "rollgate rollback failed; log: $OUT.log"; }
-# Prints something once rollgate's Deployment in $1 is all new and nothing else runs.
+# Prints something once rollgate's Deployment in $1 is all new, nothing else
+# runs and the waiting apply ($APPLY) has exited.
 rollgate_done() {
-  kubectl -n "$1" rollout status deployment/web --timeout=1s >/dev/null && settled "$1" "$N" "$N" "$N"
+  ! kill -0 "$APPLY" 2>/dev/null &&
+    kubectl -n "$1" rollout status deployment/web --timeout=1s >/dev/null && settled "$1" "$N" "$N" "$N"
+}
+
+# `rollgate apply --wait -f $OUT.yaml` in the background, as $APPLY (the
+# peer of Argo's running controller: it waits at the pause and acts on the
+# command's request); returns once the journal says it is paused.
+rollgate_waiting() {
+  rg apply --wait -o plain -f "$OUT.yaml" >"$OUT.log" 2>&1 &
+  APPLY=$!
+  poll "$LONG" "rollgate apply --wait paused ($OUT.log)" rollgate_paused >/dev/null
+}
+rollgate_paused() {
+  kill -0 "$APPLY" 2>/dev/null || die "rollgate apply --wait exited before its pause; log: $OUT.log"
+  rg status web -o json | grep -o '"paused":"' | head -1
+}
+# The waiting apply's exit code is $1, else the run dies.
+rollgate_exited() {
+  local code=0
+  wait "$APPLY" || code=$?
+  ((code == $1)) || die "rollgate apply --wait: exit $code, not $1; log: $OUT.log"
 }
 
 run_rollgate_bluegreen() {
-  local ns OUT=$WORK/rollgate-bluegreen-$1 STATE=$WORK/rollgate-bluegreen-$1.state code=0
+  local ns OUT=$WORK/rollgate-bluegreen-$1 STATE=$WORK/rollgate-bluegreen-$1.state APPLY
   ns=$(fresh_ns rg-argo-bench-rollgate)
   services "$ns"
   rollgate_v1 "$ns"
   rollgate_manifest "$ns" "image: \"$(image 2)\"" "  strategy:" \
     "    blueGreen: {autoPromotionEnabled: false, scaleDownDelaySeconds: 1}" >"$OUT.yaml"
-  rg apply -o plain -f "$OUT.yaml" >"$OUT.log" 2>&1 || code=$?
-  ((code == 3)) || die "rollgate apply: exit $code, not 3 (paused for promotion); log: $OUT.log"
+  rollgate_waiting
   bluegreen_times "$ns" "$OUT" 4 rollgate_promote rollgate_rollback rollgate_done
+  rollgate_exited 0
   drop_ns "$ns"
 }
 
@@ -259,13 +280,13 @@ abort_time() {
 rollgate_abort() { rg abort web >>"$OUT.log" 2>&1 || log "  rollgate abort: exit $? (log: $OUT.log)"; }
 
 run_rollgate_abort() {
-  local ns OUT=$WORK/rollgate-abort-$1 STATE=$WORK/rollgate-abort-$1.state code=0
+  local ns OUT=$WORK/rollgate-abort-$1 STATE=$WORK/rollgate-abort-$1.state APPLY
   ns=$(fresh_ns rg-argo-bench-rollgate)
   rollgate_v1 "$ns"
   rollgate_manifest "$ns" "image: \"$(image 2)\"" "  strategy:" "$PAUSED" >"$OUT.yaml"
-  rg apply -o plain -f "$OUT.yaml" >"$OUT.log" 2>&1 || code=$?
-  ((code == 3)) || die "rollgate apply: exit $code, not 3 (paused); log: $OUT.log"
+  rollgate_waiting
   abort_time "$ns" "$OUT" rollgate_abort
+  rollgate_exited 1
   drop_ns "$ns"
 }
 

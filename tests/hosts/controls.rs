@@ -165,3 +165,98 @@ async fn pause_resume_and_abort_each_name_who_gave_them() {
         );
     }
 }
+
+/// `apply --wait` (issue 23): at a manual pause the run keeps going, holding the lock, and acts at
+/// once on a `promote` from another process (the rollout completes, exit 0, the promoter
+/// recorded), then, in a second rollout, on an `abort` (rolled back, exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_wait_acts_on_a_promote_or_an_abort_from_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = LocalFleet::start(dir.path(), 3, 1).await.unwrap();
+    let artifacts = dir.path().join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let state = dir.path().join("state");
+    let manifest = |version: &str, steps: &str| {
+        let artifact = package_demo(&artifacts, version, "").unwrap();
+        let path = dir.path().join(format!("v{version}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: rollgate.dev/v1\nkind: Rollout\nmetadata: {{name: web}}\nspec:\n  version: \"{version}\"\n  target:\n    hosts:\n      service: web\n      artifact: {{file: \"{}\"}}\n      auth: {}\n      hosts:\n{}  strategy:\n    canary:\n      maxUnavailable: 1\n      steps:\n{steps}  progressDeadlineSeconds: 20\n",
+                artifact.display(),
+                fleet.auth_yaml(),
+                fleet.hosts_yaml("        "),
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let (code, out) = run(
+        &state,
+        "ana",
+        &["apply", "-o", "plain", "-f", &manifest("1.0.0", "        - setWeight: 100\n")],
+    );
+    assert_eq!(code, 0, "{out}");
+    let paused = "        - setWeight: 34\n        - pause: {}\n        - setWeight: 100\n";
+
+    // Waits until the apply of `version` is paused, then has `who` send `verb`; returns the
+    // apply's exit code and output, and how long it ran after the request was sent.
+    let waited = |version: &str, who: &str, verb: &str| {
+        let path = manifest(version, paused);
+        let apply = rollgate(&state, "ana")
+            .args(["apply", "--wait", "-o", "plain", "-f", &path])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = last_rollout(&state);
+            if r["to"] == version && r["paused"].is_string() {
+                break;
+            }
+            assert!(Instant::now() < end, "the apply of {version} never paused: {r}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Still running: it waits instead of ending with exit 3.
+        std::thread::sleep(Duration::from_millis(500));
+        let (code, out) = run(&state, who, &[verb, "web", "-o", "plain"]);
+        assert_eq!(code, 0, "{verb} reaches the waiting apply: {out}");
+        assert!(out.contains("sent"), "{verb} is a request to the running rollout: {out}");
+        let sent = Instant::now();
+        let mut apply = apply;
+        while apply.try_wait().unwrap().is_none() {
+            if sent.elapsed() > Duration::from_secs(60) {
+                apply.kill().unwrap();
+                panic!("the apply did not act on the {verb} within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = apply.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text, sent.elapsed())
+    };
+
+    let (code, text, after) = waited("2.0.0", "ben", "promote");
+    assert_eq!(code, Some(0), "promoted, the apply completes the rollout: {text}");
+    assert!(after < Duration::from_secs(20), "acted on at once: {after:?}");
+    let r = last_rollout(&state);
+    assert_eq!(r["outcome"], "succeeded", "{r}");
+    let approvals = r["approvals"].as_array().unwrap();
+    assert_eq!(approvals.len(), 1, "{r}");
+    assert_eq!(approvals[0]["actor"]["user"], "ben", "the promoter is recorded: {r}");
+    assert_eq!(approvals[0]["step"], 1, "at the pause: {r}");
+
+    let (code, text, _) = waited("3.0.0", "cy", "abort");
+    assert_eq!(code, Some(1), "aborted, the apply rolls back: {text}");
+    let r = last_rollout(&state);
+    assert_eq!(r["outcome"], "aborted", "{r}");
+    assert_eq!(r["controls"][0]["actor"]["user"], "cy", "{r}");
+    for i in r["instances"].as_array().unwrap() {
+        assert_eq!(i[1], "2.0.0", "every instance back on 2.0.0: {r}");
+    }
+}
