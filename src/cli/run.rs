@@ -244,8 +244,14 @@ pub(crate) async fn plan_for(m: &Manifest, target: &AnyTarget) -> Result<plan::P
 /// Where a run starts: a new rollout (with its Started event), or a step of an existing one.
 pub(super) enum Start {
     /// `wait`: `apply --wait` (the run waits at a pause that one `promote` ends).
-    New { strategy: StrategyKind, wait: bool },
-    At { step: usize, course: Course },
+    New {
+        strategy: StrategyKind,
+        wait: bool,
+    },
+    At {
+        step: usize,
+        course: Course,
+    },
 }
 
 /// Runs (or continues) rollout `id` of `m` under the app's lock, reporting as `mode` says.
@@ -349,12 +355,7 @@ pub async fn apply_manifest(m: &Manifest, mode: Progress, store: &Store) -> Resu
     apply_with(m, mode, &Env::new(store.clone(), None, None), false).await
 }
 
-async fn apply_with(
-    m: &Manifest,
-    mode: Progress,
-    env: &Env,
-    wait: bool,
-) -> Result<u8, CliError> {
+async fn apply_with(m: &Manifest, mode: Progress, env: &Env, wait: bool) -> Result<u8, CliError> {
     let target = target_for(m, env).await?;
     plan_for(m, &target).await?;
     let remote = env.remote_for_manifest(m).await?;

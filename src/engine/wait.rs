@@ -91,8 +91,14 @@ mod tests {
         };
         assert!(waits_at(&pause(0, false)));
         assert!(waits_at(&pause(1, false)));
-        assert!(!waits_at(&pause(2, false)), "several approvals: promote counts them");
-        assert!(!waits_at(&pause(1, true)), "signed approvals: promote verifies them");
+        assert!(
+            !waits_at(&pause(2, false)),
+            "several approvals: promote counts them"
+        );
+        assert!(
+            !waits_at(&pause(1, true)),
+            "signed approvals: promote verifies them"
+        );
         let timed = Step::hold(StepKind::Pause, 3, 1, "soak");
         assert!(!waits_at(&timed), "a timed pause ends by itself");
     }

@@ -194,7 +194,13 @@ async fn apply_wait_acts_on_a_promote_or_an_abort_from_another_process() {
     let (code, out) = run(
         &state,
         "ana",
-        &["apply", "-o", "plain", "-f", &manifest("1.0.0", "        - setWeight: 100\n")],
+        &[
+            "apply",
+            "-o",
+            "plain",
+            "-f",
+            &manifest("1.0.0", "        - setWeight: 100\n"),
+        ],
     );
     assert_eq!(code, 0, "{out}");
     let paused = "        - setWeight: 34\n        - pause: {}\n        - setWeight: 100\n";
@@ -215,14 +221,20 @@ async fn apply_wait_acts_on_a_promote_or_an_abort_from_another_process() {
             if r["to"] == version && r["paused"].is_string() {
                 break;
             }
-            assert!(Instant::now() < end, "the apply of {version} never paused: {r}");
+            assert!(
+                Instant::now() < end,
+                "the apply of {version} never paused: {r}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         // Still running: it waits instead of ending with exit 3.
         std::thread::sleep(Duration::from_millis(500));
         let (code, out) = run(&state, who, &[verb, "web", "-o", "plain"]);
         assert_eq!(code, 0, "{verb} reaches the waiting apply: {out}");
-        assert!(out.contains("sent"), "{verb} is a request to the running rollout: {out}");
+        assert!(
+            out.contains("sent"),
+            "{verb} is a request to the running rollout: {out}"
+        );
         let sent = Instant::now();
         let mut apply = apply;
         while apply.try_wait().unwrap().is_none() {
@@ -242,13 +254,23 @@ async fn apply_wait_acts_on_a_promote_or_an_abort_from_another_process() {
     };
 
     let (code, text, after) = waited("2.0.0", "ben", "promote");
-    assert_eq!(code, Some(0), "promoted, the apply completes the rollout: {text}");
-    assert!(after < Duration::from_secs(20), "acted on at once: {after:?}");
+    assert_eq!(
+        code,
+        Some(0),
+        "promoted, the apply completes the rollout: {text}"
+    );
+    assert!(
+        after < Duration::from_secs(20),
+        "acted on at once: {after:?}"
+    );
     let r = last_rollout(&state);
     assert_eq!(r["outcome"], "succeeded", "{r}");
     let approvals = r["approvals"].as_array().unwrap();
     assert_eq!(approvals.len(), 1, "{r}");
-    assert_eq!(approvals[0]["actor"]["user"], "ben", "the promoter is recorded: {r}");
+    assert_eq!(
+        approvals[0]["actor"]["user"], "ben",
+        "the promoter is recorded: {r}"
+    );
     assert_eq!(approvals[0]["step"], 1, "at the pause: {r}");
 
     let (code, text, _) = waited("3.0.0", "cy", "abort");

@@ -160,3 +160,67 @@ async fn a_check_that_starts_failing_during_the_pause_rolls_back_at_its_interval
     kube_bed::assert_at_rest(&bed).await;
     bed.finish().await;
 }
+
+/// Polls `status -o json` until the last rollout to `version` is paused.
+async fn until_paused(bed: &Bed, version: &str) {
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = bed.rollgate(&["status", APP, "-o", "json"]).await;
+        let text = stdout(&out);
+        if let Ok(r) = serde_json::from_str::<serde_json::Value>(&text)
+            && r["rollout"]["to"] == version
+            && r["rollout"]["paused"].is_string()
+        {
+            return;
+        }
+        assert!(Instant::now() < end, "never paused: {text}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `apply --wait` (issue 23) through the team state: the apply keeps running at the pause, a
+/// `promote` from another process reaches it through the ConfigMap and it completes the rollout
+/// (exit 0); the next rollout's waiting apply rolls back on an `abort` (exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_wait_acts_on_a_promote_and_an_abort_sent_through_the_cluster() {
+    let Some(bed) = Bed::new("applywait", N, "1", "0").await else {
+        return;
+    };
+    for (version, verb, code) in [("2", "promote", 0), ("3", "abort", 1)] {
+        let rollout = bed.rollout(
+            &format!("web-{version}.yaml"),
+            version,
+            &format!("image: \"{}\"", image(version)),
+            STEPS,
+        );
+        let path = rollout.to_str().unwrap();
+        let send = async {
+            until_paused(&bed, version).await;
+            // Still running: the apply waits instead of ending with exit 3.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            (bed.rollgate(&[verb, APP]).await, Instant::now())
+        };
+        let args = ["apply", "--wait", "-f", path];
+        let (applied, (sent, sent_at)) = tokio::join!(bed.rollgate(&args), send);
+        assert!(
+            stdout(&sent).contains("sent"),
+            "{verb} went to the running apply: {}",
+            stdout(&sent)
+        );
+        assert_eq!(
+            applied.status.code(),
+            Some(code),
+            "{verb}: {}",
+            stdout(&applied)
+        );
+        assert!(sent_at.elapsed() < Duration::from_secs(30));
+    }
+    bed.wait_deployment("version 2 back on every pod after the abort", |d| {
+        kube_bed::rolled_out(d, N, &image("2"))
+    })
+    .await;
+    let history = stdout(&bed.rollgate(&["history", APP]).await);
+    assert!(history.contains("aborted"), "{history}");
+    kube_bed::assert_at_rest(&bed).await;
+    bed.finish().await;
+}
