@@ -39,6 +39,7 @@ impl<T: Target> Run<'_, T> {
             woken.as_mut().enable();
             self.still_held()?;
             let controls = self.store.controls(self.app(), self.controls_seen);
+            tracing::debug!(new = controls.len(), "control requests looked at");
             self.controls_seen += controls.len();
             for control in controls {
                 match control {

@@ -40,10 +40,14 @@ impl Remote {
         let started = Instant::now();
         let (lease, took_over) = self.take_lease(&identity).await?;
         self.fence.open_until(started + WRITE_WINDOW);
-        let seen = match self.fetch().await? {
+        // Read once under the Lease: for the control requests already sent, for the pull that
+        // follows, and as the base of the first push (a write in between makes it read again).
+        let cm = self.read().await?;
+        let seen = match self.parse_opt(cm.as_ref())? {
             Some(mirror) => mirror.controls.last().map_or(0, |c| c.seq),
             None => 0,
         };
+        *self.read_at_lock.lock().expect("read lock") = Some(cm.clone());
         let shared = Arc::new(Shared {
             app: self.app.clone(),
             namespace: self.namespace.clone(),
@@ -68,6 +72,7 @@ impl Remote {
                 store.clone(),
                 self.fenced_maps.clone(),
                 self.name.clone(),
+                cm,
             )),
             tokio::spawn(control_loop(
                 shared.clone(),

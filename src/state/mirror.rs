@@ -125,6 +125,9 @@ pub struct Remote {
     pub(super) fenced_maps: Api<ConfigMap>,
     pub(super) leases: Api<Lease>,
     pub(super) fence: Fence,
+    /// The ConfigMap as read when the Lease was taken (`None` inside: it did not exist), for the
+    /// pull that follows: one read, not two.
+    pub(super) read_at_lock: std::sync::Mutex<Option<Option<ConfigMap>>>,
 }
 
 pub(super) fn params() -> PostParams {
@@ -192,6 +195,7 @@ impl Remote {
             fenced_maps: Api::namespaced(kube.fenced()?, namespace),
             leases: Api::namespaced(client, namespace),
             fence: kube.fence().clone(),
+            read_at_lock: std::sync::Mutex::default(),
         })
     }
 
@@ -221,12 +225,20 @@ impl Remote {
 
     /// What the cluster holds for the app; `None` when it never ran in this namespace.
     pub async fn fetch(&self) -> Result<Option<Mirror>> {
-        let cm = self
-            .config_maps
+        let cm = self.read().await?;
+        cm.map(|cm| self.parse(&cm)).transpose()
+    }
+
+    /// The app's ConfigMap, if there is one.
+    pub(super) async fn read(&self) -> Result<Option<ConfigMap>> {
+        self.config_maps
             .get_opt(&self.name)
             .await
-            .map_err(|e| self.api_error("reading", "ConfigMap", e))?;
-        cm.map(|cm| self.parse(&cm)).transpose()
+            .map_err(|e| self.api_error("reading", "ConfigMap", e))
+    }
+
+    pub(super) fn parse_opt(&self, cm: Option<&ConfigMap>) -> Result<Option<Mirror>> {
+        cm.map(|cm| self.parse(cm)).transpose()
     }
 
     fn parse(&self, cm: &ConfigMap) -> Result<Mirror> {
@@ -288,7 +300,12 @@ impl Remote {
     /// and its Lease. Local records the cluster contradicts are kept aside, in
     /// `journal.discarded-<ms>.jsonl`. Returns whether the cluster had state for the app.
     pub async fn pull(&self, store: &Store) -> Result<bool> {
-        let Some(mirror) = self.fetch().await? else {
+        let at_lock = self.read_at_lock.lock().expect("read lock").take();
+        let mirror = match at_lock {
+            Some(cm) => self.parse_opt(cm.as_ref())?,
+            None => self.fetch().await?,
+        };
+        let Some(mirror) = mirror else {
             return Ok(false);
         };
         self.save_manifests(store, &mirror)?;
@@ -403,6 +420,7 @@ pub(super) async fn push_loop(
     store: Store,
     config_maps: Api<ConfigMap>,
     name: String,
+    last: Option<ConfigMap>,
 ) {
     let mirroring = Mirroring {
         app: shared.app.clone(),
@@ -410,7 +428,7 @@ pub(super) async fn push_loop(
         store,
         config_maps,
         name,
-        last: None,
+        last,
     };
     shared.held.push_loop(mirroring).await;
 }
@@ -546,6 +564,7 @@ pub(super) async fn control_loop(
         {
             if sent.seq > seen {
                 seen = sent.seq;
+                tracing::debug!(seq = sent.seq, "a control request from the cluster");
                 if let Err(e) = store.send_control(&shared.app, &sent.control) {
                     eprintln!("warning: {}", chain(&e));
                 }

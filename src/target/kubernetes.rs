@@ -203,13 +203,14 @@ impl Kubernetes {
 
 impl Target for Kubernetes {
     async fn size(&self) -> Result<u32> {
-        // Before anything reads or changes the Deployment: the first thing every command asks.
-        self.access.get_or_try_init(|| self.check_access()).await?;
-        let d = self
-            .reach
-            .call(|| self.deployments.get_opt(self.name()))
-            .await
-            .map_err(|e| self.fail("reading it", e))?;
+        // Before anything changes the Deployment: the first thing every command asks. The read
+        // goes beside it (a read changes nothing; a refusal is still said first).
+        let (access, d) = tokio::join!(
+            self.access.get_or_try_init(|| self.check_access()),
+            self.reach.call(|| self.deployments.get_opt(self.name()))
+        );
+        access?;
+        let d = d.map_err(|e| self.fail("reading it", e))?;
         match d {
             Some(d) => {
                 let _ = self.own.set(settings::Own::of(&d));

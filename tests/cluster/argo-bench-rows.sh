@@ -202,7 +202,8 @@ rollgate_waiting() {
 }
 rollgate_paused() {
   kill -0 "$APPLY" 2>/dev/null || die "rollgate apply --wait exited before its pause; log: $OUT.log"
-  rg status web -o json | grep -o '"paused":"' | head -1
+  # (status exits 3 while paused: its code is not the point)
+  { rg status web -o json || true; } | grep -o '"paused":"' | head -1
 }
 # The waiting apply's exit code is $1, else the run dies.
 rollgate_exited() {

@@ -10,6 +10,26 @@ use kube::api::PostParams;
 use super::Kubernetes;
 use crate::target::Result;
 
+/// How long a granted review stands for this process.
+const GRANTED_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn granted_reviews() -> &'static std::sync::Mutex<Vec<(String, std::time::Instant)>> {
+    static GRANTED: std::sync::Mutex<Vec<(String, std::time::Instant)>> =
+        std::sync::Mutex::new(Vec::new());
+    &GRANTED
+}
+
+fn recently_granted(key: &str) -> bool {
+    let mut all = granted_reviews().lock().expect("access cache lock");
+    all.retain(|(_, at)| at.elapsed() < GRANTED_FOR);
+    all.iter().any(|(k, _)| k == key)
+}
+
+fn remember_granted(key: String) {
+    let mut all = granted_reviews().lock().expect("access cache lock");
+    all.push((key, std::time::Instant::now()));
+}
+
 impl Kubernetes {
     /// Asks the API server whether the kubeconfig's user may do everything a rollout does, and
     /// names each verb it may not: one SelfSubjectRulesReview (which any user may make) for the
@@ -17,13 +37,29 @@ impl Kubernetes {
     /// (the rules review may be incomplete, as with a webhook authorizer: the access review is the
     /// authority).
     pub(super) async fn check_access(&self) -> Result<()> {
-        let client = self.deployments.clone().into_client();
         let ns = &self.spec.namespace;
         let required = required_access_routed(
             self.blue_green,
             self.pod_prober.is_some(),
             self.gateway.is_some(),
         );
+        // A command that makes a second target for the same Deployment (`rollback`: the last
+        // rollout's and its own) asks once.
+        let key = format!("{ns} {required:?}");
+        if recently_granted(&key) {
+            return Ok(());
+        }
+        self.review_access(ns, required).await?;
+        remember_granted(key);
+        Ok(())
+    }
+
+    async fn review_access(
+        &self,
+        ns: &String,
+        required: Vec<(&'static str, &'static str, &'static str)>,
+    ) -> Result<()> {
+        let client = self.deployments.clone().into_client();
         let rules: Api<SelfSubjectRulesReview> = Api::all(client.clone());
         let review = SelfSubjectRulesReview {
             spec: SelfSubjectRulesReviewSpec {
