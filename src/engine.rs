@@ -378,9 +378,12 @@ impl<T: Target> Run<'_, T> {
             })?;
             // Another machine sees that this step began, and that the last one ended, before
             // anything of it changes: the step's first change waits for its push (see
-            // `journal_change`), and a step that changes nothing is pushed within a second.
-            // The lock is looked at here.
+            // `journal_change`). The boundary goes out at once without waiting, so a crash
+            // while the step waits for pods loses none of it. The lock is looked at here.
             self.still_held()?;
+            if let Some(team) = self.team {
+                team.push_soon();
+            }
             let started = Instant::now();
             match self.run_step_held(i, step).await? {
                 StepResult::Done => {

@@ -125,6 +125,11 @@ impl Session {
         self.held().changed()
     }
 
+    /// Pushes what was journaled so far at once (not gathered), without waiting for it.
+    pub fn push_soon(&self) {
+        self.held().push_soon()
+    }
+
     pub async fn flush(&self) -> Result<()> {
         match self {
             Session::Kubernetes(s) => Ok(s.flush().await?),

@@ -96,6 +96,11 @@ impl Held {
         self.wake.notify_one();
     }
 
+    /// Has what was journaled so far pushed at once, without gathering and without waiting.
+    pub(crate) fn push_soon(&self) {
+        self.urgent.notify_one();
+    }
+
     /// Waits until everything journaled so far is in the store; fails when the lock is lost, or
     /// when pushing has kept failing for [`WRITE_WINDOW`] (a rollout must not go on where other
     /// machines cannot see it).
