@@ -2,6 +2,7 @@
 
 pub mod approve;
 pub mod artifact;
+mod controls;
 pub mod dashboard;
 pub mod demo;
 pub mod dry_run;

@@ -10,8 +10,9 @@
 //! `promote` and `abort` from anywhere work as before. It takes the app's lock (and Lease) only to
 //! roll back, and then only if the rollout is still paused at the same step.
 
+use crate::cli::controls::roll_back_here;
 use crate::cli::output::say;
-use crate::cli::run::{finish, last_rollout, local_records, records, roll_back_here, target_for};
+use crate::cli::run::{finish, last_rollout, local_records, records, target_for};
 use crate::cli::{AppArgs, CliError, exit, failed};
 use crate::health::Probe;
 use crate::hold::{Env, Hold};

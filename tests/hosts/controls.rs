@@ -51,6 +51,24 @@ fn send_to_running(state: &Path, user: &str, verb: &str) {
     }
 }
 
+/// A canary manifest of `version` (its demo artifact packaged into `artifacts`) for `fleet`, with
+/// `steps` (YAML list items); returns its path.
+fn canary(dir: &Path, fleet: &LocalFleet, artifacts: &Path, version: &str, steps: &str) -> String {
+    let artifact = package_demo(artifacts, version, "").unwrap();
+    let path = dir.join(format!("v{version}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: rollgate.dev/v1\nkind: Rollout\nmetadata: {{name: web}}\nspec:\n  version: \"{version}\"\n  target:\n    hosts:\n      service: web\n      artifact: {{file: \"{}\"}}\n      auth: {}\n      hosts:\n{}  strategy:\n    canary:\n      maxUnavailable: 1\n      steps:\n{steps}  progressDeadlineSeconds: 20\n",
+            artifact.display(),
+            fleet.auth_yaml(),
+            fleet.hosts_yaml("        "),
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_resume_and_abort_each_name_who_gave_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -58,21 +76,8 @@ async fn pause_resume_and_abort_each_name_who_gave_them() {
     let artifacts = dir.path().join("artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let state = dir.path().join("state");
-    let manifest = |version: &str, steps: &str| {
-        let artifact = package_demo(&artifacts, version, "").unwrap();
-        let path = dir.path().join(format!("v{version}.yaml"));
-        std::fs::write(
-            &path,
-            format!(
-                "apiVersion: rollgate.dev/v1\nkind: Rollout\nmetadata: {{name: web}}\nspec:\n  version: \"{version}\"\n  target:\n    hosts:\n      service: web\n      artifact: {{file: \"{}\"}}\n      auth: {}\n      hosts:\n{}  strategy:\n    canary:\n      maxUnavailable: 1\n      steps:\n{steps}  progressDeadlineSeconds: 20\n",
-                artifact.display(),
-                fleet.auth_yaml(),
-                fleet.hosts_yaml("        "),
-            ),
-        )
-        .unwrap();
-        path.display().to_string()
-    };
+    let manifest =
+        |version: &str, steps: &str| canary(dir.path(), &fleet, &artifacts, version, steps);
     let v1 = manifest("1.0.0", "        - setWeight: 100\n");
     let (code, out) = run(&state, "ana", &["apply", "-o", "plain", "-f", &v1]);
     assert_eq!(code, 0, "{out}");
@@ -176,21 +181,8 @@ async fn apply_wait_acts_on_a_promote_or_an_abort_from_another_process() {
     let artifacts = dir.path().join("artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let state = dir.path().join("state");
-    let manifest = |version: &str, steps: &str| {
-        let artifact = package_demo(&artifacts, version, "").unwrap();
-        let path = dir.path().join(format!("v{version}.yaml"));
-        std::fs::write(
-            &path,
-            format!(
-                "apiVersion: rollgate.dev/v1\nkind: Rollout\nmetadata: {{name: web}}\nspec:\n  version: \"{version}\"\n  target:\n    hosts:\n      service: web\n      artifact: {{file: \"{}\"}}\n      auth: {}\n      hosts:\n{}  strategy:\n    canary:\n      maxUnavailable: 1\n      steps:\n{steps}  progressDeadlineSeconds: 20\n",
-                artifact.display(),
-                fleet.auth_yaml(),
-                fleet.hosts_yaml("        "),
-            ),
-        )
-        .unwrap();
-        path.display().to_string()
-    };
+    let manifest =
+        |version: &str, steps: &str| canary(dir.path(), &fleet, &artifacts, version, steps);
     let (code, out) = run(
         &state,
         "ana",
