@@ -257,8 +257,14 @@ async fn a_real_rollout_shown_promoted_and_rolled_back_in_headless_chromium() {
         .await
         .unwrap();
     client.accept_alert().await.unwrap();
-    let p = until(&client, "v2 everywhere after the promote", |p| {
-        p["state"] == "succeeded" && all_on(p, "2.0.0")
+    // The journal's `succeeded` reaches the page a moment before the action's own end (the
+    // action's thread returns after the rollout has written it): wait for both.
+    let p = until(&client, "v2 everywhere and the promote ended ok", |p| {
+        p["state"] == "succeeded"
+            && all_on(p, "2.0.0")
+            && p["action"]
+                .as_str()
+                .is_some_and(|a| !a.ends_with(": running"))
     })
     .await;
     assert!(
