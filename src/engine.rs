@@ -378,8 +378,9 @@ impl<T: Target> Run<'_, T> {
             })?;
             // Another machine sees that this step began, and that the last one ended, before
             // anything of it changes: the step's first change waits for its push (see
-            // `journal_change`). The boundary goes out at once without waiting, so a crash
-            // while the step waits for pods loses none of it. The lock is looked at here.
+            // `journal_change`). The boundary goes out within 50 ms without waiting (with that
+            // change when it comes sooner), so a crash while the step waits for pods loses none
+            // of it. The lock is looked at here.
             self.still_held()?;
             if let Some(team) = self.team {
                 team.push_soon();

@@ -155,6 +155,14 @@ impl AnyTarget {
             }
         }
     }
+
+    /// Starts what later looks at the target will read from (a Deployment's watches), beside other
+    /// work such as taking the app's lock; reads only. A failure is said again by that look.
+    pub async fn warm(&self) {
+        if let AnyTarget::Kubernetes(t) = self {
+            t.start_watching().await;
+        }
+    }
 }
 
 /// N and capacity of a target as its manifest gives them, for planning without reaching it: a

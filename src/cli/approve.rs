@@ -239,23 +239,39 @@ pub(crate) async fn check_kube_history(env: &Env, app: &str, all: &mut [RolloutS
     }
 }
 
+/// The API server's answer to who the CLI's user is, asked ahead of [`starter`] (beside the
+/// run's first reads); `None` off Kubernetes.
+pub(crate) type AskedUser =
+    Option<Result<Result<crate::approval::kube::KubeIdentity, identity::IdentityError>, CliError>>;
+
+/// Asks the API server who the CLI's user is, on a Kubernetes target: for [`starter`].
+pub(crate) async fn ask_user(m: &Manifest, env: &Env) -> AskedUser {
+    m.rollout.spec.target.kubernetes()?;
+    Some(match kube_client(env).await {
+        Ok(client) => Ok(identity::who_am_i(&client).await),
+        Err(e) => Err(e),
+    })
+}
+
 /// Who starts rollout `id` of `m`: the environment's names, the subject of the client certificate
 /// the CLI uses for a host fleet, and, when `ROLLGATE_APPROVER_KEY`/`_CERT` name an approver
 /// certificate, its signature on the start. On a Kubernetes target, the user the API server
-/// authenticated, proven when a step's approvals come from Kubernetes users.
+/// authenticated (`asked`, from [`ask_user`]), proven when a step's approvals come from
+/// Kubernetes users.
 pub(crate) async fn starter(
     m: &Manifest,
     id: &str,
     env: &Env,
     plan: &Plan,
+    asked: AskedUser,
 ) -> Result<Actor, CliError> {
     let mut actor = Actor::from_env();
     let proven = (0..plan.steps.len()).any(|i| kube_rule(plan, i).is_some());
-    if let Some(k) = m.rollout.spec.target.kubernetes() {
-        let client = kube_client(env).await?;
-        match identity::who_am_i(&client).await {
+    if let (Some(k), Some(asked)) = (m.rollout.spec.target.kubernetes(), asked) {
+        match asked? {
             Ok(mut who) => {
                 if proven {
+                    let client = kube_client(env).await?;
                     let claim = Claim {
                         app: m.name(),
                         rollout: id,

@@ -1,7 +1,7 @@
 //! `rollgate rollback APP`: the one-command rollback, a health-gated rollout back to the version
 //! before the last successful one, from the versions kept on disk.
 
-use crate::cli::run::{Start, drive, finish, overrides, plan_for, records, target_for};
+use crate::cli::run::{Start, beside, drive, finish, overrides, plan_for, records, target_for};
 use crate::cli::{CliError, RollbackArgs, failed};
 use crate::hold::{Env, Hold};
 use crate::plan;
@@ -81,7 +81,8 @@ pub(super) async fn rollback(args: &RollbackArgs, env: &Env) -> Result<u8, CliEr
     }
     let m = Manifest::from_resolved(rollout, &store.app_dir(app))?;
     let target = target_for(&m, env).await?;
-    let held = Hold::take(&env.store, app, remote.as_ref()).await?;
+    // The target's watches start while the lock is taken; what they show is read under it.
+    let held = beside(Hold::take(&env.store, app, remote.as_ref()), target.warm()).await?;
     let result = rollback_locked(args, env, &m, &target, &to, &held).await;
     finish(held, result).await
 }
@@ -95,7 +96,9 @@ async fn rollback_locked(
     held: &Hold,
 ) -> Result<u8, CliError> {
     let app = &args.app.app;
-    let instances = target.instances().await.map_err(failed)?;
+    let (instances, asked) =
+        tokio::join!(target.instances(), crate::cli::approve::ask_user(m, env));
+    let instances = instances.map_err(failed)?;
     let missing: Vec<&str> = instances
         .iter()
         .filter(|i| !i.installed.iter().any(|v| v == to))
@@ -121,6 +124,7 @@ async fn rollback_locked(
         Start::New {
             strategy: StrategyKind::Rollback,
             wait: false,
+            asked,
         },
         held,
     )

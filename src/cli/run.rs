@@ -233,6 +233,27 @@ pub(crate) async fn target_for(m: &Manifest, env: &Env) -> Result<AnyTarget, Cli
     .await
 }
 
+/// `main` with `side` beside it: `main`'s error at once (`side` dropped), else its value once
+/// `side` is done too.
+pub(super) async fn beside<T, E>(
+    main: impl Future<Output = Result<T, E>>,
+    side: impl Future<Output = ()>,
+) -> Result<T, E> {
+    let mut main = std::pin::pin!(main);
+    let mut side = std::pin::pin!(side);
+    let mut side_done = false;
+    let value = loop {
+        tokio::select! {
+            value = &mut main => break value?,
+            () = &mut side, if !side_done => side_done = true,
+        }
+    };
+    if !side_done {
+        side.await;
+    }
+    Ok(value)
+}
+
 /// The plan for the target as it is now (its size read from the target).
 pub(crate) async fn plan_for(m: &Manifest, target: &AnyTarget) -> Result<plan::Plan, CliError> {
     let n = target.size().await.map_err(failed)?;
@@ -242,10 +263,13 @@ pub(crate) async fn plan_for(m: &Manifest, target: &AnyTarget) -> Result<plan::P
 
 /// Where a run starts: a new rollout (with its Started event), or a step of an existing one.
 pub(super) enum Start {
-    /// `wait`: `apply --wait` (the run waits at a pause that one `promote` ends).
+    /// `wait`: `apply --wait` (the run waits at a pause that one `promote` ends); `asked`: who
+    /// starts it, as the API server said ([`approve::ask_user`], asked beside the target's
+    /// first look).
     New {
         strategy: StrategyKind,
         wait: bool,
+        asked: approve::AskedUser,
     },
     At {
         step: usize,
@@ -276,7 +300,11 @@ pub(super) async fn drive(
     run.team = held.team();
     run.controls_seen = held.controls_seen();
     let (step, course) = match start {
-        Start::New { strategy, wait } => {
+        Start::New {
+            strategy,
+            wait,
+            asked,
+        } => {
             run.wait_at_pauses = wait;
             // confirm-rollout: a non-2xx answer holds the rollout before anything is recorded or changed.
             if let Err(why) = run
@@ -287,7 +315,7 @@ pub(super) async fn drive(
                 say(mode, &format!("{}: held, nothing changed: {why}", m.name()));
                 return Ok(exit::PAUSED);
             }
-            let actor = approve::starter(m, id, env, &plan).await?;
+            let actor = approve::starter(m, id, env, &plan, asked).await?;
             store
                 .save_manifest(m.name(), id, &m.resolved())
                 .map_err(failed)?;
@@ -358,7 +386,12 @@ async fn apply_with(m: &Manifest, mode: Progress, env: &Env, wait: bool) -> Resu
     let target = target_for(m, env).await?;
     plan_for(m, &target).await?;
     let remote = env.remote_for_manifest(m).await?;
-    let held = Hold::take(&env.store, m.name(), remote.as_ref()).await?;
+    // The target's watches start while the lock is taken; what they show is read under it.
+    let held = beside(
+        Hold::take(&env.store, m.name(), remote.as_ref()),
+        target.warm(),
+    )
+    .await?;
     let result = apply_locked(m, mode, env, &target, &held, wait).await;
     finish(held, result).await
 }
@@ -371,7 +404,8 @@ async fn apply_locked(
     held: &Hold,
     wait: bool,
 ) -> Result<u8, CliError> {
-    let instances = target.instances().await.map_err(failed)?;
+    let (instances, asked) = tokio::join!(target.instances(), approve::ask_user(m, env));
+    let instances = instances.map_err(failed)?;
     let version = &m.rollout.spec.version;
     if instances
         .iter()
@@ -398,6 +432,7 @@ async fn apply_locked(
         Start::New {
             strategy: (&m.strategy).into(),
             wait,
+            asked,
         },
         held,
     )
@@ -574,5 +609,28 @@ pub(crate) fn running<T>(env: &Env, app: &str, remote: Option<&T>) -> output::Ru
     match env.store.holder(app, &Actor::from_env().host) {
         Some(holder) => output::Running::By(holder),
         None => output::Running::Interrupted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::beside;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[tokio::test]
+    async fn beside_says_the_main_error_at_once_and_otherwise_waits_for_the_side() {
+        // The side never ends: an error of the main work does not wait for it.
+        let failed: Result<(), &str> =
+            beside(async { Err("locked") }, std::future::pending()).await;
+        assert_eq!(failed, Err("locked"));
+        // The main work ends first: its value comes once the side has ended too.
+        let side_ended = AtomicBool::new(false);
+        let value: Result<u8, ()> = beside(async { Ok(7) }, async {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            side_ended.store(true, Ordering::SeqCst);
+        })
+        .await;
+        assert_eq!(value, Ok(7));
+        assert!(side_ended.load(Ordering::SeqCst));
     }
 }

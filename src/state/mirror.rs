@@ -396,8 +396,9 @@ struct Mirroring {
     store: Store,
     config_maps: Api<ConfigMap>,
     name: String,
-    /// The ConfigMap as last written (read again after a failure).
-    last: Option<ConfigMap>,
+    /// The ConfigMap as last written or read (`Some(None)`: known to be absent), `None` when it
+    /// must be read again (after a failure).
+    last: Option<Option<ConfigMap>>,
 }
 
 impl Push for Mirroring {
@@ -422,6 +423,8 @@ pub(super) async fn push_loop(
     name: String,
     last: Option<ConfigMap>,
 ) {
+    // The read under the Lease: a ConfigMap that was absent then is created without reading.
+    let last = Some(last);
     let mirroring = Mirroring {
         app: shared.app.clone(),
         namespace: shared.namespace.clone(),
@@ -440,7 +443,7 @@ async fn push(
     store: &Store,
     config_maps: &Api<ConfigMap>,
     name: &str,
-    last: &mut Option<ConfigMap>,
+    last: &mut Option<Option<ConfigMap>>,
 ) -> Result<(), ClusterError> {
     let records = in_namespace(store, app, namespace, store.read(app)?);
     let data = mirror_data(store, app, &records)?;
@@ -453,7 +456,7 @@ async fn push(
     };
     for _ in 0..10 {
         let current = match last.take() {
-            Some(cm) => Some(cm),
+            Some(known) => known,
             None => config_maps
                 .get_opt(name)
                 .await
@@ -491,7 +494,7 @@ async fn push(
                 }
             }
         };
-        *last = Some(written.map_err(|e| api("writing", e))?);
+        *last = Some(Some(written.map_err(|e| api("writing", e))?));
         return Ok(());
     }
     Err(ClusterError::Busy(format!(

@@ -125,7 +125,8 @@ impl Session {
         self.held().changed()
     }
 
-    /// Pushes what was journaled so far at once (not gathered), without waiting for it.
+    /// Pushes what was journaled so far within 50 ms (with a flush that comes sooner), without
+    /// waiting for it.
     pub fn push_soon(&self) {
         self.held().push_soon()
     }

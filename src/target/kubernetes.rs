@@ -108,6 +108,9 @@ pub struct Kubernetes {
     access: tokio::sync::OnceCell<()>,
     /// The Deployment's selector, once read (immutable in apps/v1).
     selector: std::sync::OnceLock<Selector>,
+    /// The Deployment as `size` last read it, taken by the watches' start for its selector and
+    /// uid (one read fewer).
+    size_read: std::sync::Mutex<Option<Deployment>>,
     /// The widest maxSurge and maxUnavailable of the steps this process ran: a rollback keeps
     /// within them.
     bounds: std::sync::Mutex<Option<(u32, u32)>>,
@@ -161,6 +164,7 @@ impl Kubernetes {
             held_name: std::sync::Mutex::default(),
             access: tokio::sync::OnceCell::new(),
             selector: std::sync::OnceLock::new(),
+            size_read: std::sync::Mutex::default(),
             bounds: std::sync::Mutex::default(),
             own: std::sync::OnceLock::new(),
         })
@@ -203,6 +207,15 @@ impl Kubernetes {
 
 impl Target for Kubernetes {
     async fn size(&self) -> Result<u32> {
+        // Once the run's watch is up, its copy is as recent as a read (any copy gives N: see
+        // `n_of`); the access was asked before the watch started.
+        if let Some(d) = self
+            .cache
+            .get()
+            .and_then(|c| c.deployment.state().first().cloned())
+        {
+            return Ok(Self::n_of(&d));
+        }
         // Before anything changes the Deployment: the first thing every command asks. The read
         // goes beside it (a read changes nothing; a refusal is still said first).
         let (access, d) = tokio::join!(
@@ -214,7 +227,9 @@ impl Target for Kubernetes {
         match d {
             Some(d) => {
                 let _ = self.own.set(settings::Own::of(&d));
-                Ok(Self::n_of(&d))
+                let n = Self::n_of(&d);
+                *self.size_read.lock().expect("size read lock") = Some(d);
+                Ok(n)
             }
             // Deleted during a rollout (`abort`, `resume`): what rollgate made for it goes too.
             None if self.rollout_made().await? => Err(self.deployment_gone().await),

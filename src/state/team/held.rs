@@ -15,6 +15,9 @@ const PUSH_RETRY: Duration = Duration::from_millis(500);
 /// How long records that nothing waits for gather before they are pushed together; a
 /// [`Held::flush`] pushes at once.
 const GATHER: Duration = Duration::from_secs(1);
+/// How long a [`Held::push_soon`] waits for a flush to push with: a step's first change
+/// usually follows its start within milliseconds, and both go out in one write.
+const SOON: Duration = Duration::from_millis(50);
 
 /// One renewal of the lock, as a store makes it.
 pub(crate) trait Renew: Send {
@@ -46,6 +49,8 @@ pub(crate) struct Held {
     wake: tokio::sync::Notify,
     /// Rung by a flush that waits: the push goes out without gathering.
     urgent: tokio::sync::Notify,
+    /// Rung by [`Held::push_soon`]: the push goes out within [`SOON`].
+    soon: tokio::sync::Notify,
     /// The last `written` value pushed to the store.
     pushed: tokio::sync::watch::Sender<u64>,
     push_error: Mutex<Option<String>>,
@@ -61,6 +66,7 @@ impl Held {
             written: AtomicU64::new(0),
             wake: tokio::sync::Notify::new(),
             urgent: tokio::sync::Notify::new(),
+            soon: tokio::sync::Notify::new(),
             pushed,
             push_error: Mutex::new(None),
         }
@@ -96,9 +102,10 @@ impl Held {
         self.wake.notify_one();
     }
 
-    /// Has what was journaled so far pushed at once, without gathering and without waiting.
+    /// Has what was journaled so far pushed within [`SOON`] (with a flush that comes sooner),
+    /// without waiting.
     pub(crate) fn push_soon(&self) {
-        self.urgent.notify_one();
+        self.soon.notify_one();
     }
 
     /// Waits until everything journaled so far is in the store; fails when the lock is lost, or
@@ -140,8 +147,17 @@ impl Held {
         loop {
             self.wake.notified().await;
             // Records nothing waits for go out together, one write for the lot: after `GATHER`,
-            // or at once when a flush waits (a step boundary, a change about to be made).
-            let _ = tokio::time::timeout(GATHER, self.urgent.notified()).await;
+            // within `SOON` of a step boundary, or at once when a flush waits (a change about to
+            // be made, a run stopping).
+            let gathered = async {
+                tokio::select! {
+                    () = self.urgent.notified() => {}
+                    () = self.soon.notified() => {
+                        let _ = tokio::time::timeout(SOON, self.urgent.notified()).await;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(GATHER, gathered).await;
             let version = self.written.load(Ordering::SeqCst);
             loop {
                 if self.fence.is_lost() {

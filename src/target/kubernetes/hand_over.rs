@@ -191,24 +191,34 @@ impl Kubernetes {
     }
 
     /// Replaces the Deployment's template exactly (a merge patch would keep stale keys), with
-    /// `replicas`, still paused, and without the N annotation. Retries a write that races.
-    /// `read` is a recent copy to try first (one round trip fewer when nothing changed since).
+    /// `replicas`, still paused, and without the N annotation. `read` is a recent copy: the
+    /// rollout's annotations it has are removed by one JSON patch, which, unlike a replace of
+    /// that copy, neither conflicts with the status its controller wrote since nor writes back
+    /// any other field. A patch refused (an annotation gone meanwhile) reads and replaces,
+    /// retrying a write that races.
     async fn set_template(
         &self,
         template: PodTemplateSpec,
         replicas: u32,
-        mut read: Option<Deployment>,
+        read: &Deployment,
     ) -> Result<Deployment> {
+        let (pp, patch) = (params(), template_patch(read, &template, replicas));
+        match self
+            .reach
+            .call(|| self.deployments.patch(self.name(), &pp, &patch))
+            .await
+        {
+            Ok(d) => return Ok(d),
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => {}
+            Err(e) => return Err(self.fail("setting its template", e)),
+        }
         let mut attempts = 0;
         loop {
-            let mut d = match read.take() {
-                Some(d) => d,
-                None => self
-                    .reach
-                    .call(|| self.deployments.get(self.name()))
-                    .await
-                    .map_err(|e| self.fail("reading it", e))?,
-            };
+            let mut d = self
+                .reach
+                .call(|| self.deployments.get(self.name()))
+                .await
+                .map_err(|e| self.fail("reading it", e))?;
             if let Some(a) = d.metadata.annotations.as_mut() {
                 a.remove(REPLICAS_ANNOTATION);
                 a.remove(HPA_ANNOTATION);
@@ -362,7 +372,7 @@ impl Kubernetes {
             labels.remove(HASH_LABEL);
         }
         let generation = self
-            .set_template(template, n, Some(view.deployment.clone()))
+            .set_template(template, n, &view.deployment)
             .await?
             .metadata
             .generation;
@@ -484,7 +494,9 @@ impl Kubernetes {
     /// Pauses the Deployment, records N, and holds a ReplicaSet of `version`: an existing one of
     /// the Deployment's (a rollback), or a new one of the new template.
     pub(super) async fn prepare_held(&self, version: &str) -> Result<()> {
-        let view = self.view().await?;
+        // The autoscaler is asked beside the view (its answer counts only for a first prepare).
+        let (view, hpa) = tokio::join!(self.view(), self.autoscaler());
+        let view = view?;
         let d = &view.deployment;
         let container = self.container();
         let current = d
@@ -528,7 +540,7 @@ impl Kubernetes {
             None => Some(self.labelled_template(&view, version)?),
         };
         let n = Self::n_of(d);
-        let hpa = self.autoscaler().await?;
+        let hpa = hpa?;
         // Paused, the Deployment only ever scales its one active ReplicaSet to spec.replicas.
         self.patch_deployment(serde_json::json!({
             "metadata": {"annotations": {
@@ -689,6 +701,30 @@ impl Kubernetes {
     }
 }
 
+/// The JSON patch that gives `d` exactly `template`, `replicas` and `paused: true`, and removes
+/// the rollout's annotations `d` has (`add` replaces a member that exists).
+fn template_patch(d: &Deployment, template: &PodTemplateSpec, replicas: u32) -> Patch<()> {
+    let pointer = |key: &str| {
+        format!(
+            "/metadata/annotations/{}",
+            key.replace('~', "~0").replace('/', "~1")
+        )
+    };
+    let mut ops = vec![
+        serde_json::json!({"op": "add", "path": "/spec/template", "value": template}),
+        serde_json::json!({"op": "add", "path": "/spec/replicas", "value": replicas}),
+        serde_json::json!({"op": "add", "path": "/spec/paused", "value": true}),
+    ];
+    for key in [REPLICAS_ANNOTATION, HPA_ANNOTATION, PAUSED_ANNOTATION] {
+        if d.annotations().contains_key(key) {
+            ops.push(serde_json::json!({"op": "remove", "path": pointer(key)}));
+        }
+    }
+    Patch::Json(
+        serde_json::from_value(serde_json::Value::Array(ops)).expect("a JSON patch's operations"),
+    )
+}
+
 /// Why `spec.target.kubernetes` cannot name the container its `image:` replaces in `t` (the field
 /// and the reason, naming the containers there are), if it cannot: pure, for `validate` and `plan`
 /// on the live template. Native sidecars (init containers that keep running) can be named.
@@ -762,5 +798,52 @@ mod tests {
         assert_eq!(s[DESIRED_REPLICAS], "3");
         assert_eq!(s[MAX_REPLICAS], "4");
         assert!(s[REPLICAS_ANNOTATION].is_null());
+    }
+
+    #[test]
+    fn the_template_patch_sets_exactly_the_new_template_and_leaves_the_rest() {
+        let paused: Deployment = serde_yaml::from_str(
+            "metadata: {name: web, labels: {team: a}, annotations: {rollgate.dev/replicas: \"4\", owner: x}}
+spec:
+  replicas: 3
+  paused: true
+  minReadySeconds: 5
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web, stale: yes}}
+    spec: {containers: [{name: web, image: r/web:1, env: [{name: OLD, value: \"1\"}]}]}
+status: {replicas: 7, observedGeneration: 9}",
+        )
+        .unwrap();
+        let template: PodTemplateSpec = serde_yaml::from_str(
+            "metadata: {labels: {app: web}}\nspec: {containers: [{name: web, image: r/web:2}]}",
+        )
+        .unwrap();
+        let Patch::Json(patch) = template_patch(&paused, &template, 4) else {
+            panic!("not a JSON patch");
+        };
+        let mut doc = serde_json::to_value(&paused).unwrap();
+        json_patch::patch(&mut doc, &patch).unwrap();
+        let after: Deployment = serde_json::from_value(doc).unwrap();
+        let spec = after.spec.as_ref().unwrap();
+        // Exactly the new template: the label and env var only the old one had are gone.
+        assert_eq!(spec.template, template);
+        assert_eq!(spec.replicas, Some(4));
+        assert_eq!(spec.paused, Some(true));
+        // The rollout's annotation goes; everything else is as it was.
+        let annotations = after.metadata.annotations.clone().unwrap();
+        assert!(!annotations.contains_key(REPLICAS_ANNOTATION));
+        assert_eq!(annotations["owner"], "x");
+        assert_eq!(after.metadata.labels, paused.metadata.labels);
+        assert_eq!(spec.min_ready_seconds, Some(5));
+        assert_eq!(after.status, paused.status);
+        // A copy without the annotations removes none (a remove of a missing one is refused).
+        let mut bare = paused.clone();
+        bare.metadata.annotations = None;
+        let Patch::Json(patch) = template_patch(&bare, &template, 4) else {
+            panic!("not a JSON patch");
+        };
+        let mut doc = serde_json::to_value(&bare).unwrap();
+        json_patch::patch(&mut doc, &patch).unwrap();
     }
 }

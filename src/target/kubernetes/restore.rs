@@ -114,10 +114,12 @@ impl Kubernetes {
         // The way back to safety waits longer for an API server that is away.
         self.reach
             .set_patience(deadline.max(PATIENCE_OUTSIDE_STEPS), false);
-        if self.deployment_deleted().await? {
+        // Both reads at once; a Deployment deleted is said as such (its view fails).
+        let (deleted, view) = tokio::join!(self.deployment_deleted(), self.view());
+        if deleted? {
             return Err(self.gone_back(version, sink).await);
         }
-        let view = self.view().await?;
+        let view = view?;
         let d = &view.deployment;
         let hpa = d.annotations().contains_key(HPA_ANNOTATION);
         let n = match hpa {

@@ -275,15 +275,25 @@ impl Kubernetes {
             .map_err(|e| self.fail("reading it", e))
     }
 
+    /// Starts the watches ahead of their first use (an error is met again by that use).
+    pub async fn start_watching(&self) {
+        let _ = self.cache().await;
+    }
+
     /// Starts the watches on first use and returns once both have listed.
     pub(super) async fn cache(&self) -> Result<&Cache> {
         self.cache
             .get_or_try_init(|| async {
-                let d = self
-                    .reach
-                    .call(|| self.deployments.get(self.name()))
-                    .await
-                    .map_err(|e| self.fail("reading it", e))?;
+                // Its selector (immutable) and uid: from `size`'s read when it made one.
+                let earlier = self.size_read.lock().expect("size read lock").take();
+                let d = match earlier {
+                    Some(d) => d,
+                    None => self
+                        .reach
+                        .call(|| self.deployments.get(self.name()))
+                        .await
+                        .map_err(|e| self.fail("reading it", e))?,
+                };
                 let selector = self.selector_of(&d)?;
                 let config = watcher::Config::default().labels_from(&selector);
                 let (deployment, deployment_w) = reflector::store::<Deployment>();
