@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use kube::Client;
 
+pub mod client;
 pub mod identity;
 
 /// The field manager of every write.
@@ -36,6 +37,28 @@ pub type Result<T, E = KubeError> = std::result::Result<T, E>;
 pub struct Kube {
     config: kube::Config,
     fence: Fence,
+    /// Each kind of client, made once: its clones share one pool of connections, so a command's
+    /// later requests reuse the TLS connections its first ones opened.
+    clients: Arc<Clients>,
+}
+
+#[derive(Default)]
+struct Clients {
+    plain: std::sync::OnceLock<Client>,
+    unretried: std::sync::OnceLock<Client>,
+    fenced: std::sync::OnceLock<Client>,
+}
+
+/// The client in `slot`, made by `make` the first time.
+fn made_once(
+    slot: &std::sync::OnceLock<Client>,
+    make: impl FnOnce() -> Result<Client>,
+) -> Result<Client> {
+    if let Some(c) = slot.get() {
+        return Ok(c.clone());
+    }
+    let c = make()?;
+    Ok(slot.get_or_init(|| c).clone())
 }
 
 impl Kube {
@@ -69,6 +92,7 @@ impl Kube {
         Ok(Kube {
             config,
             fence: Fence::default(),
+            clients: Arc::default(),
         })
     }
 
@@ -79,24 +103,32 @@ impl Kube {
 
     /// A client for reads, the Lease, and control requests (which any machine may send).
     pub fn client(&self) -> Result<Client> {
-        Client::try_from(self.config.clone())
-            .map_err(|e| KubeError::Config(format!("kubernetes client: {}", chain(&e))))
+        made_once(&self.clients.plain, || {
+            client::builder(&self.config)
+                .map(|b| b.build())
+                .map_err(|e| KubeError::Config(format!("kubernetes client: {}", chain(&e))))
+        })
     }
 
     /// A client that sends each request once, without kube's retries of 429, 503 and 504: for
     /// health probes through the API server, where a 503 may be the pod's own answer.
     pub fn unretried(&self) -> Result<Client> {
-        let mut config = self.config.clone();
-        config.default_retry = false;
-        Client::try_from(config)
-            .map_err(|e| KubeError::Config(format!("kubernetes client: {}", chain(&e))))
+        made_once(&self.clients.unretried, || {
+            let mut config = self.config.clone();
+            config.default_retry = false;
+            client::builder(&config)
+                .map(|b| b.build())
+                .map_err(|e| KubeError::Config(format!("kubernetes client: {}", chain(&e))))
+        })
     }
 
     /// A client whose writes go out only while this process holds the app's Lease.
     pub fn fenced(&self) -> Result<Client> {
-        let builder = kube::client::ClientBuilder::try_from(self.config.clone())
-            .map_err(|e| KubeError::Config(format!("kubernetes client: {}", chain(&e))))?;
-        Ok(builder.with_layer(&FenceLayer(self.fence.clone())).build())
+        made_once(&self.clients.fenced, || {
+            let builder = client::builder(&self.config)
+                .map_err(|e| KubeError::Config(format!("kubernetes client: {}", chain(&e))))?;
+            Ok(builder.with_layer(&FenceLayer(self.fence.clone())).build())
+        })
     }
 
     pub fn fence(&self) -> &Fence {

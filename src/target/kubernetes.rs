@@ -108,9 +108,9 @@ pub struct Kubernetes {
     access: tokio::sync::OnceCell<()>,
     /// The Deployment's selector, once read (immutable in apps/v1).
     selector: std::sync::OnceLock<Selector>,
-    /// The Deployment as `size` last read it, taken by the watches' start for its selector and
-    /// uid (one read fewer).
-    size_read: std::sync::Mutex<Option<Deployment>>,
+    /// The Deployment as `size` last read it, and when: taken by the watches' start, for its
+    /// selector and uid, when it is recent (one read fewer).
+    size_read: std::sync::Mutex<Option<(std::time::Instant, Deployment)>>,
     /// The widest maxSurge and maxUnavailable of the steps this process ran: a rollback keeps
     /// within them.
     bounds: std::sync::Mutex<Option<(u32, u32)>>,
@@ -228,7 +228,8 @@ impl Target for Kubernetes {
             Some(d) => {
                 let _ = self.own.set(settings::Own::of(&d));
                 let n = Self::n_of(&d);
-                *self.size_read.lock().expect("size read lock") = Some(d);
+                *self.size_read.lock().expect("size read lock") =
+                    Some((std::time::Instant::now(), d));
                 Ok(n)
             }
             // Deleted during a rollout (`abort`, `resume`): what rollgate made for it goes too.

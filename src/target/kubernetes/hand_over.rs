@@ -406,8 +406,7 @@ impl Kubernetes {
         )?;
         if self.blue_green {
             // One ReplicaSet is left: the Services select the app's pods as the user wrote them.
-            self.pin(&self.active_service(), None).await?;
-            self.pin(&self.preview_service(), None).await?;
+            self.unpin_both().await?;
         }
         self.wait_rolled_out(n, unpaused.metadata.generation, deadline)
             .await

@@ -243,8 +243,7 @@ impl Kubernetes {
         // What the controller copied from the paused Deployment, or scaled while it was paused.
         self.settle(view.owned_by(&view.uid), d, n).await?;
         if self.blue_green {
-            self.pin(&self.active_service(), None).await?;
-            self.pin(&self.preview_service(), None).await?;
+            self.unpin_both().await?;
         }
         let (ok, detail) = match waited {
             Ok(()) => (true, format!("{n} of {version} available")),

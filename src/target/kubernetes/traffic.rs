@@ -48,17 +48,29 @@ impl Kubernetes {
 
     /// Active stays on the stable pods, preview shows the new ones, each by its hash.
     pub(super) async fn pin_preview(&self, version: &str) -> Result<()> {
-        let view = self.view().await?;
+        let active = self.active_service();
+        let (view, pinned) = futures_util::try_join!(self.view(), self.pinned(&active))?;
         let hash = |rs: &ReplicaSet| rs.labels().get(HASH_LABEL).cloned();
         let stable = view.stable().find(|rs| replicas(rs) > 0).and_then(hash);
         let new = view.held(version, self.container()).and_then(hash);
         if let (Some(stable), Some(new)) = (stable, new) {
-            if self.pinned(&self.active_service()).await?.is_none() {
-                self.pin(&self.active_service(), Some(&stable)).await?;
-            }
-            self.pin(&self.preview_service(), Some(&new)).await?;
+            // Two Services, two patches at once.
+            let pin_active = async {
+                match pinned {
+                    None => self.pin(&active, Some(&stable)).await,
+                    Some(_) => Ok(()),
+                }
+            };
+            let preview = self.preview_service();
+            futures_util::try_join!(pin_active, self.pin(&preview, Some(&new)))?;
         }
         Ok(())
+    }
+
+    /// Both Services back to every pod of the app (at rest), in two patches at once.
+    pub(super) async fn unpin_both(&self) -> Result<()> {
+        let (active, preview) = (self.active_service(), self.preview_service());
+        futures_util::try_join!(self.pin(&active, None), self.pin(&preview, None)).map(drop)
     }
 
     /// The blue-green switch: the active Service to the running ReplicaSet of `version`.

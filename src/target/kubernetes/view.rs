@@ -237,6 +237,9 @@ pub fn pod_failure(p: &Pod) -> Option<String> {
     None
 }
 
+/// How recent `size`'s read must be for the watches to start from it.
+const SIZE_READ_FRESH: Duration = Duration::from_secs(5);
+
 impl Kubernetes {
     /// The HorizontalPodAutoscaler (autoscaling/v2) that scales the Deployment, if any.
     pub(super) async fn autoscaler(&self) -> Result<Option<String>> {
@@ -284,8 +287,15 @@ impl Kubernetes {
     pub(super) async fn cache(&self) -> Result<&Cache> {
         self.cache
             .get_or_try_init(|| async {
-                // Its selector (immutable) and uid: from `size`'s read when it made one.
-                let earlier = self.size_read.lock().expect("size read lock").take();
+                // Its selector (immutable) and uid: from `size`'s read when it made one just now
+                // (a Deployment deleted and made again since would have another uid).
+                let earlier = self
+                    .size_read
+                    .lock()
+                    .expect("size read lock")
+                    .take()
+                    .filter(|(at, _)| at.elapsed() < SIZE_READ_FRESH)
+                    .map(|(_, d)| d);
                 let d = match earlier {
                     Some(d) => d,
                     None => self
