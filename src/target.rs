@@ -156,6 +156,14 @@ impl AnyTarget {
         }
     }
 
+    /// A Deployment just read elsewhere in this command (the pod-security check): the target's
+    /// first look at it, instead of reading it again.
+    pub fn seed(&self, d: k8s_openapi::api::apps::v1::Deployment) {
+        if let AnyTarget::Kubernetes(t) = self {
+            t.seed(d);
+        }
+    }
+
     /// Starts what later looks at the target will read from (a Deployment's watches), beside other
     /// work such as taking the app's lock; reads only. A failure is said again by that look.
     pub async fn warm(&self) {

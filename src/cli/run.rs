@@ -351,11 +351,11 @@ async fn apply(args: &ApplyArgs, env: &Env) -> Result<u8, CliError> {
         Some(k) if k.manifest.is_none() => Some(kube(env).await?.client().map_err(failed)?),
         _ => None,
     };
-    crate::cli::security::check(&m, args.input.strict, client).await?;
+    let live = crate::cli::security::check(&m, args.input.strict, client).await?;
     if args.dry_run {
         return crate::cli::dry_run::dry_run(&m, args.output, env).await;
     }
-    apply_with(&m, args.output, env, args.wait).await
+    apply_with(&m, args.output, env, args.wait, live).await
 }
 
 /// A manifest that names no namespace gets the kubeconfig context's (else `default`), as kubectl.
@@ -379,11 +379,22 @@ async fn context_namespace(m: &mut Manifest, env: &Env) -> Result<(), CliError> 
 }
 
 pub async fn apply_manifest(m: &Manifest, mode: Progress, store: &Store) -> Result<u8, CliError> {
-    apply_with(m, mode, &Env::new(store.clone(), None, None), false).await
+    apply_with(m, mode, &Env::new(store.clone(), None, None), false, None).await
 }
 
-async fn apply_with(m: &Manifest, mode: Progress, env: &Env, wait: bool) -> Result<u8, CliError> {
+/// `live`: the Deployment as the pod-security check just read it, if it did (the target's
+/// first look, one read fewer).
+async fn apply_with(
+    m: &Manifest,
+    mode: Progress,
+    env: &Env,
+    wait: bool,
+    live: Option<k8s_openapi::api::apps::v1::Deployment>,
+) -> Result<u8, CliError> {
     let target = target_for(m, env).await?;
+    if let Some(d) = live {
+        target.seed(d);
+    }
     plan_for(m, &target).await?;
     let remote = env.remote_for_manifest(m).await?;
     // The target's watches start while the lock is taken; what they show is read under it.
@@ -596,7 +607,7 @@ async fn retry(args: &AppArgs, env: &Env) -> Result<u8, CliError> {
             "{}: the last rollout is unfinished; use `rollgate resume {}`",
             args.app, args.app
         ))),
-        Some(_) => apply_with(&m, args.output, env, false).await,
+        Some(_) => apply_with(&m, args.output, env, false, None).await,
     }
 }
 

@@ -30,20 +30,21 @@ pub fn check_blocking(m: &Manifest, strict: bool) -> Result<(), CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::Failed(format!("starting a tokio runtime: {e}")))?;
-    runtime.block_on(check(m, strict, None))
+    runtime.block_on(check(m, strict, None)).map(drop)
 }
 
 /// The checks of `apply`: the template that would be rolled out, from the file or the cluster.
+/// Returns the live Deployment when it was read (the rollout's first look at it).
 pub async fn check(
     m: &Manifest,
     strict: bool,
     client: Option<kube::Client>,
-) -> Result<(), CliError> {
+) -> Result<Option<Deployment>, CliError> {
     let Some(k) = m.rollout.spec.target.kubernetes() else {
-        return Ok(());
+        return Ok(None);
     };
     if k.manifest.is_some() {
-        return report(findings_in_file(m, k)?, strict);
+        return report(findings_in_file(m, k)?, strict).map(|()| None);
     }
     let at = format!("deployment {}/{}", k.namespace, k.deployment);
     match tokio::time::timeout(LIVE_TIMEOUT, live_template(k, client)).await {
@@ -58,29 +59,31 @@ pub async fn check(
                 for applies in deployment_settings(spec.progress_deadline_seconds, min_ready, &d) {
                     eprintln!("note: {at}: {applies}");
                 }
+                let template = d.spec.as_ref().map(|s| &s.template);
                 report(
-                    findings_live(&at, &d.spec.unwrap_or_default().template),
+                    findings_live(&at, template.unwrap_or(&PodTemplateSpec::default())),
                     strict,
-                )
+                )?;
+                Ok(Some(d))
             }
         },
         Ok(Ok(None)) => {
             eprintln!("note: pod security not checked: {at} does not exist");
-            Ok(())
+            Ok(None)
         }
         Ok(Err(why)) => {
             eprintln!(
                 "note: pod security not checked: {at} not read ({})",
                 short_reason(&why)
             );
-            Ok(())
+            Ok(None)
         }
         Err(_) => {
             eprintln!(
                 "note: pod security not checked: the template of {at} is read from the cluster, which did not answer within {}s",
                 LIVE_TIMEOUT.as_secs()
             );
-            Ok(())
+            Ok(None)
         }
     }
 }

@@ -108,8 +108,8 @@ pub struct Kubernetes {
     access: tokio::sync::OnceCell<()>,
     /// The Deployment's selector, once read (immutable in apps/v1).
     selector: std::sync::OnceLock<Selector>,
-    /// The Deployment as `size` last read it, and when: taken by the watches' start, for its
-    /// selector and uid, when it is recent (one read fewer).
+    /// The Deployment as `size` (or the command before it, see `seed`) last read it, and when:
+    /// `size`'s answer, and the watches' selector and uid, while it is recent (a read fewer each).
     size_read: std::sync::Mutex<Option<(std::time::Instant, Deployment)>>,
     /// The widest maxSurge and maxUnavailable of the steps this process ran: a rollback keeps
     /// within them.
@@ -217,19 +217,29 @@ impl Target for Kubernetes {
             return Ok(Self::n_of(&d));
         }
         // Before anything changes the Deployment: the first thing every command asks. The read
-        // goes beside it (a read changes nothing; a refusal is still said first).
-        let (access, d) = tokio::join!(
-            self.access.get_or_try_init(|| self.check_access()),
-            self.reach.call(|| self.deployments.get_opt(self.name()))
-        );
+        // goes beside it (a read changes nothing; a refusal is still said first), unless the
+        // command has just made one.
+        let recent = self.recent_read();
+        let recent_at = recent.as_ref().map(|(at, _)| *at);
+        let read = async {
+            match recent {
+                Some((_, d)) => Ok(Some(d)),
+                None => {
+                    self.reach
+                        .call(|| self.deployments.get_opt(self.name()))
+                        .await
+                }
+            }
+        };
+        let (access, d) = tokio::join!(self.access.get_or_try_init(|| self.check_access()), read);
         access?;
         let d = d.map_err(|e| self.fail("reading it", e))?;
         match d {
             Some(d) => {
                 let _ = self.own.set(settings::Own::of(&d));
                 let n = Self::n_of(&d);
-                *self.size_read.lock().expect("size read lock") =
-                    Some((std::time::Instant::now(), d));
+                let at = recent_at.unwrap_or_else(std::time::Instant::now);
+                *self.size_read.lock().expect("size read lock") = Some((at, d));
                 Ok(n)
             }
             // Deleted during a rollout (`abort`, `resume`): what rollgate made for it goes too.

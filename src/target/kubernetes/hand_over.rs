@@ -540,19 +540,38 @@ impl Kubernetes {
         };
         let n = Self::n_of(d);
         let hpa = hpa?;
-        // Paused, the Deployment only ever scales its one active ReplicaSet to spec.replicas.
-        self.patch_deployment(serde_json::json!({
+        // Paused, the Deployment only ever scales its one active ReplicaSet to spec.replicas. The
+        // holder ConfigMap is made beside the pause (it holds nothing yet).
+        let pause = self.patch_deployment(serde_json::json!({
             "metadata": {"annotations": {
                 REPLICAS_ANNOTATION: n.to_string(),
                 HPA_ANNOTATION: hpa,
                 PAUSED_ANNOTATION: was_paused.then_some("true"),
             }},
             "spec": {"paused": true},
-        }))
-        .await?;
-        let held = self
-            .hold(&view, version, hpa.is_some(), reuse, template)
-            .await;
+        }));
+        let (paused, holder) = tokio::join!(pause, self.ensure_holder(&view));
+        let held = match (paused, holder) {
+            (Err(e), holder) => {
+                // Nothing else changed: a holder made beside the refused pause goes again.
+                if holder.is_ok()
+                    && view.holder.is_none()
+                    && let Err(undo) = self.delete_holder().await
+                {
+                    eprintln!(
+                        "warning: removing the rollout holder after `{}`: {}",
+                        crate::error_chain(&e),
+                        crate::error_chain(&undo)
+                    );
+                }
+                return Err(e);
+            }
+            (Ok(_), Err(e)) => Err(e),
+            (Ok(_), Ok(holder)) => {
+                self.hold(&view, &holder, version, hpa.is_some(), reuse, template)
+                    .await
+            }
+        };
         if let Err(e) = &held {
             // Nothing ran yet: the Deployment goes back to how prepare found it.
             if let Err(undo) = self.undo_prepare().await {
@@ -618,23 +637,23 @@ impl Kubernetes {
     async fn hold(
         &self,
         view: &View,
+        holder: &ConfigMap,
         version: &str,
         hpa: bool,
         reuse: Option<ReplicaSet>,
         template: Option<(PodTemplateSpec, String)>,
     ) -> Result<()> {
         let d = &view.deployment;
-        let holder = self.ensure_holder(view).await?;
         if hpa {
             // The HPA keeps spec.replicas. Lent to the holder, the stable ReplicaSets are scaled by
             // rollgate alone: the Deployment controller, owning none, scales none.
             for rs in view.owned_by(&view.uid) {
-                self.give(rs, self.holder_ref(&holder), true).await?;
+                self.give(rs, self.holder_ref(holder), true).await?;
             }
         }
         if let Some(rs) = reuse {
             *self.held_name.lock().expect("held lock") = Some(rs.name_any());
-            return self.give(&rs, self.holder_ref(&holder), false).await;
+            return self.give(&rs, self.holder_ref(holder), false).await;
         }
         let Some((mut template, hash)) = template else {
             return Ok(());
@@ -659,7 +678,7 @@ impl Kubernetes {
                 name: Some(format!("{}-{hash}", self.name())),
                 labels: Some(labels),
                 annotations: Some([(VERSION_ANNOTATION.to_string(), version.to_string())].into()),
-                owner_references: Some(vec![self.holder_ref(&holder)]),
+                owner_references: Some(vec![self.holder_ref(holder)]),
                 ..ObjectMeta::default()
             },
             spec: Some(ReplicaSetSpec {
@@ -693,7 +712,7 @@ impl Kubernetes {
                     .call(|| self.replica_sets.get(&name))
                     .await
                     .map_err(|e| self.fail("reading the new ReplicaSet", e))?;
-                self.give(&existing, self.holder_ref(&holder), false).await
+                self.give(&existing, self.holder_ref(holder), false).await
             }
             Err(e) => Err(self.fail("creating the new ReplicaSet", e)),
         }

@@ -237,10 +237,24 @@ pub fn pod_failure(p: &Pod) -> Option<String> {
     None
 }
 
-/// How recent `size`'s read must be for the watches to start from it.
-const SIZE_READ_FRESH: Duration = Duration::from_secs(5);
+/// How recent a read of the Deployment must be for `size` and the watches' start to use it.
+const READ_FRESH: Duration = Duration::from_secs(5);
 
 impl Kubernetes {
+    /// The Deployment as this command has just read it elsewhere (the pod-security check).
+    pub fn seed(&self, d: Deployment) {
+        *self.size_read.lock().expect("size read lock") = Some((std::time::Instant::now(), d));
+    }
+
+    /// The last read of the Deployment, if it is recent, and when it was made.
+    pub(super) fn recent_read(&self) -> Option<(std::time::Instant, Deployment)> {
+        self.size_read
+            .lock()
+            .expect("size read lock")
+            .clone()
+            .filter(|(at, _)| at.elapsed() < READ_FRESH)
+    }
+
     /// The HorizontalPodAutoscaler (autoscaling/v2) that scales the Deployment, if any.
     pub(super) async fn autoscaler(&self) -> Result<Option<String>> {
         let hpas: Api<HorizontalPodAutoscaler> =
@@ -289,13 +303,7 @@ impl Kubernetes {
             .get_or_try_init(|| async {
                 // Its selector (immutable) and uid: from `size`'s read when it made one just now
                 // (a Deployment deleted and made again since would have another uid).
-                let earlier = self
-                    .size_read
-                    .lock()
-                    .expect("size read lock")
-                    .take()
-                    .filter(|(at, _)| at.elapsed() < SIZE_READ_FRESH)
-                    .map(|(_, d)| d);
+                let earlier = self.recent_read().map(|(_, d)| d);
                 let d = match earlier {
                     Some(d) => d,
                     None => self
