@@ -208,12 +208,13 @@ impl Kubernetes {
 impl Target for Kubernetes {
     async fn size(&self) -> Result<u32> {
         // Once the run's watch is up, its copy is as recent as a read (any copy gives N: see
-        // `n_of`); the access was asked before the watch started.
+        // `n_of`). The access is asked all the same (answered from memory once granted).
         if let Some(d) = self
             .cache
             .get()
             .and_then(|c| c.deployment.state().first().cloned())
         {
+            self.access.get_or_try_init(|| self.check_access()).await?;
             return Ok(Self::n_of(&d));
         }
         // Before anything changes the Deployment: the first thing every command asks. The read
