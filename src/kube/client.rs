@@ -3,7 +3,8 @@
 //! (`TCP_NODELAY`, as client-go's do). Without it the first request on a new connection waited for
 //! the API server's delayed acknowledgement of the TLS handshake's last flight (Nagle's
 //! algorithm): about 40 ms each time a burst of concurrent requests opened connections, several
-//! times in the first quarter second of every command.
+//! times in the first quarter second of every command. kube-rs knows (kube-rs/kube#2056, open):
+//! once its `Config` can ask for `TCP_NODELAY`, this module goes.
 
 use std::time::Duration;
 
