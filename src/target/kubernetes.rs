@@ -29,6 +29,7 @@ mod gone;
 mod hand_over;
 mod paused;
 mod pod_security;
+mod prepare;
 mod probe;
 mod reach;
 mod restore;

@@ -476,11 +476,7 @@ impl Kubernetes {
             .map(|d| Deployment::clone(d));
         let d = match watched {
             Some(d) => d,
-            None => self
-                .reach
-                .call(|| self.deployments.get(self.name()))
-                .await
-                .map_err(|e| self.fail("reading it", e))?,
+            None => self.read_deployment().await?,
         };
         let planned = Self::n_of(&d);
         // Beside an HPA, N is its count at the step boundary: the step is sized for it.

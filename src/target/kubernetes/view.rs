@@ -284,6 +284,15 @@ impl Kubernetes {
             .map(|s| s.template))
     }
 
+    /// The Deployment as the cluster holds it now (a request that keeps trying while the API
+    /// server is away, as every step's requests do).
+    pub(super) async fn read_deployment(&self) -> Result<Deployment> {
+        self.reach
+            .call(|| self.deployments.get(self.name()))
+            .await
+            .map_err(|e| self.fail("reading it", e))
+    }
+
     /// The Deployment as the cluster holds it; `None` when there is none.
     pub async fn live_deployment(&self) -> Result<Option<Deployment>> {
         self.deployments
@@ -306,11 +315,7 @@ impl Kubernetes {
                 let earlier = self.recent_read().map(|(_, d)| d);
                 let d = match earlier {
                     Some(d) => d,
-                    None => self
-                        .reach
-                        .call(|| self.deployments.get(self.name()))
-                        .await
-                        .map_err(|e| self.fail("reading it", e))?,
+                    None => self.read_deployment().await?,
                 };
                 let selector = self.selector_of(&d)?;
                 let config = watcher::Config::default().labels_from(&selector);
@@ -377,12 +382,7 @@ impl Kubernetes {
         // The three reads go out together once the selector is known (it is immutable in
         // apps/v1): one round trip instead of three.
         let holder_name = self.holder_name();
-        let read = async {
-            self.reach
-                .call(|| self.deployments.get(self.name()))
-                .await
-                .map_err(|e| self.fail("reading it", e))
-        };
+        let read = self.read_deployment();
         let read_holder = async {
             self.reach
                 .call(|| self.config_maps.get_opt(&holder_name))
