@@ -154,8 +154,13 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v[i.min(v.len() - 1)]
 }
 
+/// The `rollgate` binary the bench runs: this tree's, or `ROLLGATE_BIN` (another build, to compare
+/// two commits on one machine; or a wrapper that profiles it).
 fn rollgate() -> &'static str {
-    env!("CARGO_BIN_EXE_rollgate")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("ROLLGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_rollgate").into())
+    })
 }
 
 fn planner(rows: &mut Vec<Row>) {

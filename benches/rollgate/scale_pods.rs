@@ -332,10 +332,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Runs every N; `None` when there is no cluster here. The rows, and the medians per N for the
 /// chart: (N, rollgate wall, kubectl wall, CPU ms per pod, requests per pod, events per pod).
 pub async fn run(sizes: &[i32], runs: usize) -> Option<(Vec<crate::Row>, Vec<[f64; 6]>)> {
+    // A namespace on the suite's own nodes, to reach the cluster with (and bring it up first).
+    let probe = Bed::new("bench-pods-nodes", 1, "25%", "0").await?;
     let rollgate_config = identity("rollgate-scale");
     let kubectl_config = identity("kubectl-scale");
-    // A namespace on the suite's own nodes, to reach the cluster with.
-    let probe = Bed::new("bench-pods-nodes", 1, "25%", "0").await?;
     nodes(&probe, true).await;
     let mut rows = Vec::new();
     let mut chart = Vec::new();
