@@ -28,6 +28,7 @@ mod gateway;
 mod gone;
 mod hand_over;
 mod paused;
+mod pod_facts;
 mod pod_security;
 mod prepare;
 mod probe;

@@ -8,9 +8,7 @@ use kube::ResourceExt;
 use kube::api::Patch;
 
 use super::reach::params;
-use super::view::{
-    available, held_in, holder_uid_in, lent, pod_failure, pods_left, replicas, stable_in,
-};
+use super::view::{available, held_in, holder_uid_in, lent, pods_left, replicas, stable_in};
 use super::{HPA_ANNOTATION, Kubernetes};
 use crate::plan::{Step, StepEnd};
 use crate::target::{Change, Result, Sink, TargetError};
@@ -139,7 +137,7 @@ impl Kubernetes {
         way: Way,
     ) -> Result<()> {
         let cache = self.cache().await?;
-        let mut changes = cache.changes.clone();
+        let mut changes = cache.moves.clone();
         let holder = self.holder_name();
         let container = self.container();
         let forward = way != Way::Back;
@@ -238,33 +236,24 @@ impl Kubernetes {
                     .filter_map(|rs| rs.metadata.uid.as_deref())
                     .chain([new_uid.as_str()])
                     .collect();
-                let pods = cache.pods.state();
-                let ours = |p: &&std::sync::Arc<k8s_openapi::api::core::v1::Pod>| {
-                    p.metadata
-                        .owner_references
-                        .iter()
-                        .flatten()
-                        .any(|o| uids.contains(&o.uid.as_str()))
+                // The few pods that failed or are going away (not every pod, on every event).
+                let (failed, going) = {
+                    let facts = cache.pod_facts.lock().expect("pod facts lock");
+                    let failed = facts
+                        .failed_of(&new_uid)
+                        .map(|(pod, why)| format!("pod {pod} of {version}: {why}"));
+                    (failed, facts.going_of(&uids))
                 };
                 // A new pod that crashed or cannot pull its image will not get better by waiting.
-                for p in pods.iter().filter(|_| forward) {
-                    let of_new = p
-                        .metadata
-                        .owner_references
-                        .iter()
-                        .flatten()
-                        .any(|o| o.uid == new_uid);
-                    if of_new && let Some(why) = pod_failure(p) {
-                        let why = format!("pod {} of {version}: {why}", p.name_any());
-                        sink.report(Change::Changed {
-                            instance: new_name.clone(),
-                            version: version.into(),
-                            ok: false,
-                            detail: why.clone(),
-                        })
-                        .await?;
-                        return Err(TargetError::Failed(why));
-                    }
+                if let Some(why) = failed.filter(|_| forward) {
+                    sink.report(Change::Changed {
+                        instance: new_name.clone(),
+                        version: version.into(),
+                        ok: false,
+                        detail: why.clone(),
+                    })
+                    .await?;
+                    return Err(TargetError::Failed(why));
                 }
                 if last != Some(c) {
                     last = Some(c);
@@ -273,11 +262,6 @@ impl Kubernetes {
                 }
                 // Pods the ReplicaSets cannot create (a quota or LimitRange refused them): said at
                 // once; waited for only while pods of the rollout are going away to make room.
-                let going = pods
-                    .iter()
-                    .filter(ours)
-                    .filter(|p| p.metadata.deletion_timestamp.is_some())
-                    .count();
                 if last_progress > still_since || going != going_before {
                     still_since = tokio::time::Instant::now();
                     going_before = going;

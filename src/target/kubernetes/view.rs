@@ -1,6 +1,7 @@
 //! View: the Deployment, its ReplicaSets and pods as the cluster holds them (watched, or read at
 //! once), and what is derived from them: N, versions, the held and the stable ReplicaSets.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -12,6 +13,7 @@ use kube::core::Selector;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, ResourceExt};
 
+use super::pod_facts::PodFacts;
 use super::reach::{RETRY_FIRST, WatchRetry};
 use super::{
     HASH_LABEL, IMAGE_ANNOTATION, Kubernetes, LENT_ANNOTATION, REPLICAS_ANNOTATION,
@@ -28,6 +30,11 @@ pub(super) struct Cache {
     pub(super) pods: reflector::Store<Pod>,
     /// Bumped on every watch event.
     pub(super) changes: tokio::sync::watch::Receiver<u64>,
+    /// The pods that failed or are going away, folded from the pod watch's events.
+    pub(super) pod_facts: Arc<Mutex<PodFacts>>,
+    /// Bumped on every event of the Deployment and its ReplicaSets, and on a pod's only when it
+    /// changed `pod_facts`: what a step's counts and its pod checks depend on.
+    pub(super) moves: tokio::sync::watch::Receiver<u64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -324,21 +331,25 @@ impl Kubernetes {
                 let (pods, pods_w) = reflector::store::<Pod>();
                 let by_name =
                     watcher::Config::default().fields(&format!("metadata.name={}", self.name()));
+                // Each event: whether it may move a step (see `Cache::moves`).
                 let deployment_events =
                     reflector(deployment_w, watcher(self.deployments.clone(), by_name))
                         .backoff(WatchRetry(RETRY_FIRST))
-                        .map(|e| e.map(drop))
+                        .map(|e| e.map(|_| true))
                         .boxed();
                 let set_events =
                     reflector(sets_w, watcher(self.replica_sets.clone(), config.clone()))
                         .backoff(WatchRetry(RETRY_FIRST))
-                        .map(|e| e.map(drop))
+                        .map(|e| e.map(|_| true))
                         .boxed();
+                let pod_facts = Arc::new(Mutex::new(PodFacts::default()));
+                let facts = pod_facts.clone();
                 let pod_events = reflector(pods_w, watcher(self.pods.clone(), config))
                     .backoff(WatchRetry(RETRY_FIRST))
-                    .map(|e| e.map(drop))
+                    .map(move |e| e.map(|e| facts.lock().expect("pod facts lock").fold(&e)))
                     .boxed();
                 let (tx, changes) = tokio::sync::watch::channel(0u64);
+                let (moved, moves) = tokio::sync::watch::channel(0u64);
                 let reach = self.reach.clone();
                 let task = tokio::spawn(async move {
                     // An error is retried (the watcher lists again) after a backoff; the store
@@ -350,9 +361,12 @@ impl Kubernetes {
                     ]);
                     while let Some(event) = events.next().await {
                         match event {
-                            Ok(()) => {
+                            Ok(moves) => {
                                 reach.regained();
                                 tx.send_modify(|n| *n += 1);
+                                if moves {
+                                    moved.send_modify(|n| *n += 1);
+                                }
                             }
                             Err(e) => reach.lost(&e),
                         }
@@ -372,6 +386,8 @@ impl Kubernetes {
                     sets,
                     pods,
                     changes,
+                    pod_facts,
+                    moves,
                     task,
                 })
             })
