@@ -28,6 +28,9 @@ fn commands(text: &str) -> Vec<Vec<String>> {
             continue;
         }
         let line = line.split(" # ").next().unwrap().trim();
+        if line.starts_with('#') {
+            continue; // a comment line (`#   ROLLGATE_BIN=PATH  time another rollgate build`)
+        }
         if let Some(head) = line.strip_suffix('\\') {
             continued.push_str(head);
             continue;
