@@ -15,7 +15,9 @@
 //!   kubectl each run as an identity of their own: `tests/cluster/argo.sh identity`); watch
 //!   events: what rollgate's three watches (its Deployment by name, its ReplicaSets and pods by
 //!   selector) deliver, counted by the same three watches opened by the bench just before
-//!   rollgate starts and closed when it exits.
+//!   rollgate starts and closed when it exits. The same three watches are open through kubectl's
+//!   run too (the same load on the API server and on this machine for both; the count printed
+//!   for kubectl is the churn of the same objects under its rollout).
 //!
 //! `ROLLGATE_BENCH_RUNS` runs at each N (3 by default); medians, and the median of same-run ratios.
 
@@ -45,6 +47,7 @@ pub struct Run {
     pub rollgate_requests: f64,
     pub kubectl_requests: f64,
     pub events: u64,
+    pub kubectl_events: u64,
 }
 
 fn kubectl_bin(bed: &Bed) -> PathBuf {
@@ -231,11 +234,12 @@ where
     })
 }
 
-async fn kubectl_run(n: i32, run: usize, config: &Path) -> Option<(f64, f64)> {
+async fn kubectl_run(n: i32, run: usize, config: &Path) -> Option<(f64, f64, u64)> {
     let k = bed(&format!("bench-pods{n}-kubectl-{run}"), n).await?;
     let bin = kubectl_bin(&k);
     let deploy = format!("deployment/{APP}");
     let image2 = format!("{APP}={}", image("2"));
+    let counter = EventCount::start(&k).await;
     let r0 = requests(&k, "kubectl-scale").await;
     let started = Instant::now();
     for args in [
@@ -253,9 +257,10 @@ async fn kubectl_run(n: i32, run: usize, config: &Path) -> Option<(f64, f64)> {
         assert!(out.status.success(), "kubectl {args:?}");
     }
     let wall = started.elapsed().as_secs_f64();
+    let events = counter.stop();
     let requests = requests(&k, "kubectl-scale").await - r0;
     finish(k).await;
-    Some((wall, requests))
+    Some((wall, requests, events))
 }
 
 async fn rollgate_run(n: i32, run: usize, config: &Path) -> Option<(Cost, f64, u64)> {
@@ -354,12 +359,13 @@ pub async fn run(sizes: &[i32], runs: usize) -> Option<(Vec<crate::Row>, Vec<[f6
             let one = Run {
                 kubectl: k.0,
                 kubectl_requests: k.1,
+                kubectl_events: k.2,
                 rollgate: r.0,
                 rollgate_requests: r.1,
                 events: r.2,
             };
             println!(
-                "pods N={n} run {run} (load {load}): rollgate {:.2} s, CPU {:.2} s, RSS {:.1} MiB, fds {}, {} requests, {} watch events; kubectl {:.2} s, {} requests; ratio {:.3}",
+                "pods N={n} run {run} (load {load}): rollgate {:.2} s, CPU {:.2} s, RSS {:.1} MiB, fds {}, {} requests, {} watch events; kubectl {:.2} s, {} requests, {} watch events; ratio {:.3}",
                 one.rollgate.wall,
                 one.rollgate.cpu,
                 one.rollgate.rss_kib as f64 / 1024.0,
@@ -368,6 +374,7 @@ pub async fn run(sizes: &[i32], runs: usize) -> Option<(Vec<crate::Row>, Vec<[f6
                 one.events,
                 one.kubectl,
                 one.kubectl_requests,
+                one.kubectl_events,
                 one.rollgate.wall / one.kubectl
             );
             all.push(one);

@@ -59,13 +59,17 @@ impl Remote {
                     self.app, self.namespace, self.name
                 ),
             ),
-            lease: Mutex::new((lease.metadata.uid.clone(), lease.metadata.resource_version)),
+            lease: Mutex::new((
+                lease.metadata.uid.clone(),
+                lease.metadata.resource_version.clone(),
+            )),
         });
         let tasks = Tasks::new(vec![
             tokio::spawn(renew_loop(
                 shared.clone(),
                 self.leases.clone(),
                 self.name.clone(),
+                lease,
             )),
             tokio::spawn(push_loop(
                 shared.clone(),
@@ -308,10 +312,23 @@ enum Renewal {
     Lost(String),
 }
 
-async fn renew(leases: &Api<Lease>, name: &str, identity: &str) -> Result<Renewal, kube::Error> {
+/// Renews the Lease: a replace of `last` (this process's last write of it, so no read first),
+/// guarded by its resourceVersion; when that conflicts (or nothing was written yet), the Lease is
+/// read, checked to be still this process's, and replaced again.
+async fn renew(
+    leases: &Api<Lease>,
+    name: &str,
+    identity: &str,
+    last: Option<Lease>,
+) -> Result<Renewal, kube::Error> {
+    let mut known = last;
     loop {
-        let Some(mut lease) = leases.get_opt(name).await? else {
-            return Ok(Renewal::Lost("the Lease was deleted".into()));
+        let mut lease = match known.take() {
+            Some(lease) => lease,
+            None => match leases.get_opt(name).await? {
+                Some(lease) => lease,
+                None => return Ok(Renewal::Lost("the Lease was deleted".into())),
+            },
         };
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         let holder = spec.holder_identity.clone().unwrap_or_default();
@@ -332,14 +349,26 @@ struct Renewer {
     shared: Arc<Shared>,
     leases: Api<Lease>,
     name: String,
+    /// The Lease as this process last wrote it.
+    last: Option<Lease>,
 }
 
 impl Renew for Renewer {
     async fn renew(&mut self) -> std::result::Result<Option<String>, String> {
-        match renew(&self.leases, &self.name, &self.shared.identity).await {
+        match renew(
+            &self.leases,
+            &self.name,
+            &self.shared.identity,
+            self.last.take(),
+        )
+        .await
+        {
             Ok(Renewal::Renewed(lease)) => {
-                *self.shared.lease.lock().expect("lease") =
-                    (lease.metadata.uid, lease.metadata.resource_version);
+                *self.shared.lease.lock().expect("lease") = (
+                    lease.metadata.uid.clone(),
+                    lease.metadata.resource_version.clone(),
+                );
+                self.last = Some(*lease);
                 Ok(None)
             }
             Ok(Renewal::Lost(why)) => Ok(Some(why)),
@@ -348,12 +377,13 @@ impl Renew for Renewer {
     }
 }
 
-async fn renew_loop(shared: Arc<Shared>, leases: Api<Lease>, name: String) {
+async fn renew_loop(shared: Arc<Shared>, leases: Api<Lease>, name: String, taken: Lease) {
     let app = shared.app.clone();
     let renewer = Renewer {
         shared: shared.clone(),
         leases,
         name,
+        last: Some(taken),
     };
     shared.held.renew_loop(&app, RENEW_EVERY, renewer).await;
 }

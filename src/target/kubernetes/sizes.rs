@@ -101,6 +101,11 @@ pub(super) enum Way {
     Back,
 }
 
+/// How long a shrink of the old sets that nothing waits for is held back, so that the pods that
+/// become available meanwhile leave together: the last shrink of a step, and any that makes room
+/// for the new set, go at once. At 20 pods the old set went in 18 writes, one pod at a time.
+const GATHER_SHRINK: Duration = Duration::from_millis(200);
+
 /// How long a ReplicaSet may fail to create pods (a quota, a LimitRange) while nothing of the
 /// rollout is going away to make room, before the step fails: time for the quota controller to
 /// count pods that went, and for the ReplicaSet controller to try again.
@@ -151,6 +156,8 @@ impl Kubernetes {
         let mut said: Option<String> = None;
         let mut going_before = 0usize;
         let mut still_since = tokio::time::Instant::now();
+        // Since when a shrink that nothing waits for has been held back.
+        let mut shrink_since: Option<tokio::time::Instant> = None;
         loop {
             changes.borrow_and_update();
             // The Deployment deleted (the watch sees it go, the API server confirms).
@@ -348,7 +355,28 @@ impl Kubernetes {
                     return Ok(());
                 }
                 let (old, new_size) = next_sizes(step, c);
-                if old != c.old && old_set != Some(old) {
+                // A shrink of the old sets that nothing waits for (the new set is at the step's
+                // count, and this is not the shrink that ends the step) gathers the pods that
+                // become available within `GATHER_SHRINK` into one write instead of one each.
+                let idle_shrink = old < c.old && old > step.old && c.new >= step.new;
+                let gather_until = match (idle_shrink, shrink_since) {
+                    (false, _) => {
+                        shrink_since = None;
+                        None
+                    }
+                    (true, Some(since)) => Some(since + GATHER_SHRINK),
+                    (true, None) => {
+                        let now = tokio::time::Instant::now();
+                        shrink_since = Some(now);
+                        Some(now + GATHER_SHRINK)
+                    }
+                };
+                let gathering = gather_until.filter(|until| tokio::time::Instant::now() < *until);
+                if let Some(until) = gathering {
+                    wake = wake.min(until);
+                }
+                if old != c.old && old_set != Some(old) && gathering.is_none() {
+                    shrink_since = None;
                     let lent_sets: Vec<_> = olds.iter().filter(|rs| lent(rs)).collect();
                     match lent_sets
                         .iter()

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodTemplateSpec};
-use kube::api::ListParams;
+use kube::api::{ListParams, ObjectMeta};
 use kube::core::Selector;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, ResourceExt};
@@ -392,6 +392,46 @@ impl Kubernetes {
                 })
             })
             .await
+    }
+
+    /// The view from the run's watch, without a request: the watched Deployment and ReplicaSets,
+    /// and the holder as the ReplicaSets it controls name it (its uid is all a view uses of it).
+    /// `None` when the watch has no Deployment, or it is not the one the watch began with.
+    pub(super) async fn watched_view(&self) -> Result<Option<View>> {
+        let cache = self.cache().await?;
+        let Some(deployment) = cache
+            .deployment
+            .state()
+            .first()
+            .map(|d| Deployment::clone(d))
+        else {
+            return Ok(None);
+        };
+        if deployment.metadata.uid.as_deref() != Some(cache.uid.as_str()) {
+            return Ok(None);
+        }
+        let sets: Vec<ReplicaSet> = cache
+            .sets
+            .state()
+            .iter()
+            .map(|rs| ReplicaSet::clone(rs))
+            .collect();
+        let holder = holder_uid_in(&sets, &self.holder_name()).map(|uid| ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(self.holder_name()),
+                uid: Some(uid),
+                ..ObjectMeta::default()
+            },
+            ..ConfigMap::default()
+        });
+        let selector = self.selector_of(&deployment)?;
+        Ok(Some(View {
+            deployment,
+            uid: cache.uid.clone(),
+            selector,
+            holder,
+            sets,
+        }))
     }
 
     pub(super) async fn view(&self) -> Result<View> {
