@@ -344,7 +344,14 @@ impl Kubernetes {
                         .boxed();
                 let pod_facts = Arc::new(Mutex::new(PodFacts::default()));
                 let facts = pod_facts.clone();
-                let pod_events = reflector(pods_w, watcher(self.pods.clone(), config))
+                // Pods from the API server's watch cache as it stands (resourceVersion 0, which
+                // kube sends only without a page size: the cache answers in one piece), not after
+                // it caught up with etcd: right after pods changed, that wait took 15-65 ms of a
+                // blue-green rollback's start, against 8 ms. Pods are only ever read here
+                // (rollgate writes none), and the watch brings every later change.
+                let mut from_cache = config.clone().any_semantic();
+                from_cache.page_size = None;
+                let pod_events = reflector(pods_w, watcher(self.pods.clone(), from_cache))
                     .backoff(WatchRetry(RETRY_FIRST))
                     .map(move |e| e.map(|e| facts.lock().expect("pod facts lock").fold(&e)))
                     .boxed();
