@@ -88,6 +88,13 @@ fn next_sizes(step: &Step, c: Counts) -> (u32, u32) {
     (old, new)
 }
 
+/// Whether shrinking the old sets to `old` is a shrink that nothing waits for: the new set is at
+/// the step's count already (no room is being made for it), and `old` is not the step's own count
+/// (not the shrink that ends it). Such a shrink may wait for more pods to become available. Pure.
+fn waits_for_nothing(step: &Step, c: Counts, old: u32) -> bool {
+    old < c.old && old > step.old && c.new >= step.new
+}
+
 /// Which way a converge goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Way {
@@ -358,7 +365,7 @@ impl Kubernetes {
                 // A shrink of the old sets that nothing waits for (the new set is at the step's
                 // count, and this is not the shrink that ends the step) gathers the pods that
                 // become available within `GATHER_SHRINK` into one write instead of one each.
-                let idle_shrink = old < c.old && old > step.old && c.new >= step.new;
+                let idle_shrink = waits_for_nothing(step, c, old);
                 let gather_until = match (idle_shrink, shrink_since) {
                     (false, _) => {
                         shrink_since = None;
@@ -577,6 +584,23 @@ mod tests {
         assert_eq!(next_sizes(&s, counts(2, 2, 2, 2)), (3, 2));
         assert_eq!(next_sizes(&s, counts(3, 3, 2, 2)), (3, 1));
         assert_eq!(next_sizes(&s, counts(3, 3, 1, 1)), (4, 1));
+    }
+
+    #[test]
+    fn only_a_shrink_that_nothing_waits_for_may_wait() {
+        // N=20, surge 5, unavailable 0: step to (10, 10), the new set asked for in full.
+        let s = step(10, 10, 20, 25);
+        // 3 new pods available: the old set may go to 17; nothing waits for that.
+        assert_eq!(next_sizes(&s, counts(20, 20, 10, 3)).0, 17);
+        assert!(waits_for_nothing(&s, counts(20, 20, 10, 3), 17));
+        // The shrink that ends the step goes at once.
+        assert!(!waits_for_nothing(&s, counts(17, 17, 10, 10), 10));
+        // A shrink that makes room for new pods goes at once.
+        let s = step(10, 10, 20, 25);
+        assert!(!waits_for_nothing(&s, counts(20, 20, 5, 5), 15));
+        // Growing, or standing still, is no shrink.
+        assert!(!waits_for_nothing(&s, counts(10, 10, 10, 10), 12));
+        assert!(!waits_for_nothing(&s, counts(17, 17, 10, 3), 17));
     }
 
     #[test]
