@@ -136,7 +136,34 @@ fn replica_failure(rs: &ReplicaSet) -> Option<String> {
         })
 }
 
+/// A step that fails: said as `instance`'s failed change to `version` when `report` (going back,
+/// the restore reports for itself), and given back as the step's error.
+async fn step_failed(
+    sink: Sink<'_>,
+    report: bool,
+    instance: String,
+    version: &str,
+    why: TargetError,
+) -> Result<TargetError> {
+    if report {
+        sink.report(Change::Changed {
+            instance,
+            version: version.into(),
+            ok: false,
+            detail: why.to_string(),
+        })
+        .await?;
+    }
+    Ok(why)
+}
+
 impl Kubernetes {
+    /// The held ReplicaSet's name once a step has seen it, else the Deployment's.
+    fn held_or_name(&self) -> String {
+        let held = self.held_name.lock().expect("held lock").clone();
+        held.unwrap_or_else(|| self.name().into())
+    }
+
     /// Moves towards `step`'s counts on every watch event until they hold, a pod fails (going
     /// forward), a ReplicaSet cannot create pods and nothing can make room, the Deployment is
     /// deleted, or nothing progresses for `deadline`.
@@ -175,17 +202,7 @@ impl Kubernetes {
                 .all(|d| d.metadata.deletion_timestamp.is_some());
             if watched_gone && self.deployment_deleted().await? {
                 let why = self.deployment_gone().await;
-                if forward {
-                    let instance = self.held_name.lock().expect("held lock").clone();
-                    sink.report(Change::Changed {
-                        instance: instance.unwrap_or_else(|| self.name().into()),
-                        version: version.into(),
-                        ok: false,
-                        detail: why.to_string(),
-                    })
-                    .await?;
-                }
-                return Err(why);
+                return Err(step_failed(sink, forward, self.held_or_name(), version, why).await?);
             }
             let all = cache.sets.state();
             // The view's held and stable sets, in the watched copy (which has no holder ConfigMap:
@@ -211,16 +228,8 @@ impl Kubernetes {
                     return Ok(()); // nothing new left to scale down
                 }
                 if !there {
-                    let why = self.missing_held(&view, version);
-                    let instance = self.held_name.lock().expect("held lock").clone();
-                    sink.report(Change::Changed {
-                        instance: instance.unwrap_or_else(|| self.name().into()),
-                        version: version.into(),
-                        ok: false,
-                        detail: why.clone(),
-                    })
-                    .await?;
-                    return Err(TargetError::Failed(why));
+                    let why = TargetError::Failed(self.missing_held(&view, version));
+                    return Err(step_failed(sink, true, self.held_or_name(), version, why).await?);
                 }
             }
             let mut wake = last_progress + deadline;
@@ -260,14 +269,8 @@ impl Kubernetes {
                 };
                 // A new pod that crashed or cannot pull its image will not get better by waiting.
                 if let Some(why) = failed.filter(|_| forward) {
-                    sink.report(Change::Changed {
-                        instance: new_name.clone(),
-                        version: version.into(),
-                        ok: false,
-                        detail: why.clone(),
-                    })
-                    .await?;
-                    return Err(TargetError::Failed(why));
+                    let why = TargetError::Failed(why);
+                    return Err(step_failed(sink, true, new_name, version, why).await?);
                 }
                 if last != Some(c) {
                     last = Some(c);
@@ -304,16 +307,8 @@ impl Kubernetes {
                             let why = format!(
                                 "ReplicaSet {rs} cannot create pods, and nothing of the rollout is going away to make room: {why}"
                             );
-                            if forward {
-                                sink.report(Change::Changed {
-                                    instance: new_name.clone(),
-                                    version: version.into(),
-                                    ok: false,
-                                    detail: why.clone(),
-                                })
-                                .await?;
-                            }
-                            return Err(TargetError::Failed(why));
+                            let why = TargetError::Failed(why);
+                            return Err(step_failed(sink, forward, new_name, version, why).await?);
                         }
                         if going == 0 {
                             wake = wake.min(still_since + REFUSED_GRACE);
@@ -458,16 +453,9 @@ impl Kubernetes {
                         deadline.as_secs(),
                         self.outage_note()
                     );
-                    if forward {
-                        sink.report(Change::Changed {
-                            instance: announced.unwrap_or_else(|| self.name().into()),
-                            version: version.into(),
-                            ok: false,
-                            detail: why.clone(),
-                        })
-                        .await?;
-                    }
-                    return Err(TargetError::Failed(why));
+                    let instance = announced.unwrap_or_else(|| self.name().into());
+                    let why = TargetError::Failed(why);
+                    return Err(step_failed(sink, forward, instance, version, why).await?);
                 }
             }
         }

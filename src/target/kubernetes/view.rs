@@ -349,7 +349,7 @@ impl Kubernetes {
                 // it caught up with etcd: right after pods changed, that wait took 15-65 ms of a
                 // blue-green rollback's start, against 8 ms. Pods are only ever read here
                 // (rollgate writes none), and the watch brings every later change.
-                let mut from_cache = config.clone().any_semantic();
+                let mut from_cache = config.any_semantic();
                 from_cache.page_size = None;
                 let pod_events = reflector(pods_w, watcher(self.pods.clone(), from_cache))
                     .backoff(WatchRetry(RETRY_FIRST))
