@@ -167,10 +167,15 @@ async fn requests(bed: &Bed, schema: &str) -> f64 {
         .sum()
 }
 
+/// One ReplicaSet event: ms since the watches listed, name, `spec.replicas`, available.
+type Seen = (u64, String, i32, i32);
+
 /// Counts the events of rollgate's three watches (not the initial lists) until dropped.
 struct EventCount {
     count: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Each ReplicaSet event.
+    sets: Arc<std::sync::Mutex<Vec<Seen>>>,
 }
 
 impl EventCount {
@@ -179,27 +184,79 @@ impl EventCount {
         let by_name = watcher::Config::default().fields(&format!("metadata.name={APP}"));
         let by_label = watcher::Config::default().labels(&format!("app={APP}"));
         let (tx, mut rx) = tokio::sync::mpsc::channel(3);
+        let sets = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let since = Arc::new(std::sync::Mutex::new(Instant::now()));
+        let (seen, at) = (sets.clone(), since.clone());
         let tasks = vec![
-            count_events(bed.deployments.clone(), by_name, count.clone(), tx.clone()),
+            count_events(
+                bed.deployments.clone(),
+                by_name,
+                count.clone(),
+                tx.clone(),
+                |_| {},
+            ),
             count_events::<ReplicaSet>(
                 bed.replica_sets.clone(),
                 by_label.clone(),
                 count.clone(),
                 tx.clone(),
+                move |rs| {
+                    let ms = at.lock().unwrap().elapsed().as_millis() as u64;
+                    let spec = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+                    let available = rs
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.available_replicas)
+                        .unwrap_or(0);
+                    let name = rs.metadata.name.clone().unwrap_or_default();
+                    seen.lock().unwrap().push((ms, name, spec, available));
+                },
             ),
-            count_events::<Pod>(bed.pods.clone(), by_label, count.clone(), tx),
+            count_events::<Pod>(bed.pods.clone(), by_label, count.clone(), tx, |_| {}),
         ];
         for _ in 0..3 {
             rx.recv().await;
         }
-        EventCount { count, tasks }
+        *since.lock().unwrap() = Instant::now();
+        sets.lock().unwrap().clear();
+        EventCount { count, tasks, sets }
     }
 
-    fn stop(self) -> u64 {
+    /// The events counted, and when (ms after the watches listed) the new ReplicaSet was asked for
+    /// and had available a quarter, half, three quarters and all of `n`, and the old one was
+    /// asked down to three quarters, half, a quarter and none: where a rollout's time went.
+    fn stop(self, n: i32) -> (u64, String) {
         for t in &self.tasks {
             t.abort();
         }
-        self.count.load(Ordering::Relaxed)
+        let sets = self.sets.lock().unwrap().clone();
+        let old = sets.iter().find(|s| s.3 == n).map(|s| s.1.clone());
+        let first = |f: &dyn Fn(&Seen) -> bool| {
+            sets.iter()
+                .find(|s| f(s))
+                .map_or("-".to_string(), |s| s.0.to_string())
+        };
+        let quarters = [n / 4, n / 2, 3 * n / 4, n];
+        let is_old = |s: &Seen| Some(&s.1) == old.as_ref();
+        let asked: Vec<String> = quarters
+            .iter()
+            .map(|q| first(&|s| !is_old(s) && s.2 >= *q))
+            .collect();
+        let available: Vec<String> = quarters
+            .iter()
+            .map(|q| first(&|s| !is_old(s) && s.3 >= *q))
+            .collect();
+        let down: Vec<String> = [3 * n / 4, n / 2, n / 4, 0]
+            .iter()
+            .map(|q| first(&|s| is_old(s) && s.2 <= *q))
+            .collect();
+        let trace = format!(
+            "new asked {}; new available {}; old asked down {}",
+            asked.join("/"),
+            available.join("/"),
+            down.join("/")
+        );
+        (self.count.load(Ordering::Relaxed), trace)
     }
 }
 
@@ -208,6 +265,7 @@ fn count_events<K>(
     config: watcher::Config,
     count: Arc<AtomicU64>,
     listed: tokio::sync::mpsc::Sender<()>,
+    each: impl Fn(&K) + Send + 'static,
 ) -> tokio::task::JoinHandle<()>
 where
     K: kube::Resource<DynamicType = ()>
@@ -225,7 +283,8 @@ where
                 Ok(watcher::Event::InitDone) => {
                     let _ = listed.send(()).await;
                 }
-                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+                Ok(watcher::Event::Apply(k) | watcher::Event::Delete(k)) => {
+                    each(&k);
                     count.fetch_add(1, Ordering::Relaxed);
                 }
                 _ => {}
@@ -257,7 +316,8 @@ async fn kubectl_run(n: i32, run: usize, config: &Path) -> Option<(f64, f64, u64
         assert!(out.status.success(), "kubectl {args:?}");
     }
     let wall = started.elapsed().as_secs_f64();
-    let events = counter.stop();
+    let (events, trace) = counter.stop(n);
+    println!("pods N={n} run {run}: kubectl's {trace}");
     let requests = requests(&k, "kubectl-scale").await - r0;
     finish(k).await;
     Some((wall, requests, events))
@@ -278,6 +338,7 @@ async fn rollgate_run(n: i32, run: usize, config: &Path) -> Option<(Cost, f64, u
         r.path("state"),
         config.to_path_buf(),
     );
+    let spawned = epoch_ms();
     let (cost, code, stdout) = tokio::task::spawn_blocking(move || {
         cli_cost::run(
             crate::rollgate(),
@@ -292,18 +353,31 @@ async fn rollgate_run(n: i32, run: usize, config: &Path) -> Option<(Cost, f64, u
     })
     .await
     .unwrap();
-    let events = counter.stop();
+    let exited = epoch_ms();
+    let (events, trace) = counter.stop(n);
+    println!("pods N={n} run {run}: rollgate's {trace}");
     let requests = requests(&r, "rollgate-scale").await - r0;
     assert_eq!(code, Some(0), "rollgate apply at N={n}");
-    println!("pods N={n} run {run}: rollgate's steps {}", steps(&stdout));
+    println!(
+        "pods N={n} run {run}: rollgate's steps {}",
+        steps(&stdout, spawned, exited)
+    );
     finish(r).await;
     Some((cost, requests, events))
 }
 
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Each step's time (ms) from its start to its last pod ready (`instanceChanged`) and to its end,
-/// from the `-o json` records: where a rollout's time went.
-fn steps(records: &str) -> String {
+/// from the `-o json` records, between the time from the process's start to the first step and
+/// from the last step's end to the process's exit: where a rollout's time went.
+fn steps(records: &str, spawned: u64, exited: u64) -> String {
     let mut out = Vec::new();
+    let (mut first, mut done) = (None, None);
     let (mut start, mut ready) = (None, None);
     for r in records
         .lines()
@@ -311,9 +385,13 @@ fn steps(records: &str) -> String {
     {
         let at = r["atMs"].as_u64().unwrap_or(0);
         match r["event"].as_str() {
-            Some("stepStarted") => start = Some(at),
+            Some("stepStarted") => {
+                start = Some(at);
+                first.get_or_insert(at);
+            }
             Some("instanceChanged") => ready = Some(at),
             Some("stepDone") => {
+                done = Some(at);
                 let s = start.unwrap_or(at);
                 out.push(match ready.take() {
                     Some(c) => format!("{}+{}", c - s, at - c),
@@ -323,7 +401,12 @@ fn steps(records: &str) -> String {
             _ => {}
         }
     }
-    out.join(", ")
+    format!(
+        "(start {} ms) {} (exit {} ms)",
+        first.map_or(0, |f| f.saturating_sub(spawned)),
+        out.join(", "),
+        done.map_or(0, |d| exited.saturating_sub(d))
+    )
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
