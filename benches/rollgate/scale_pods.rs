@@ -176,6 +176,9 @@ struct EventCount {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Each ReplicaSet event.
     sets: Arc<std::sync::Mutex<Vec<Seen>>>,
+    /// Each pod made after the watches listed (a new one, first seen unbound): when it was first
+    /// seen, first seen bound to a node, and first seen Ready.
+    pods: Arc<std::sync::Mutex<std::collections::HashMap<String, [Option<u64>; 3]>>>,
 }
 
 impl EventCount {
@@ -187,6 +190,8 @@ impl EventCount {
         let sets = Arc::new(std::sync::Mutex::new(Vec::new()));
         let since = Arc::new(std::sync::Mutex::new(Instant::now()));
         let (seen, at) = (sets.clone(), since.clone());
+        let pods = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let (pods_seen, pods_at) = (pods.clone(), since.clone());
         let tasks = vec![
             count_events(
                 bed.deployments.clone(),
@@ -212,14 +217,43 @@ impl EventCount {
                     seen.lock().unwrap().push((ms, name, spec, available));
                 },
             ),
-            count_events::<Pod>(bed.pods.clone(), by_label, count.clone(), tx, |_| {}),
+            count_events::<Pod>(bed.pods.clone(), by_label, count.clone(), tx, move |p| {
+                let ms = pods_at.lock().unwrap().elapsed().as_millis() as u64;
+                let bound = p.spec.as_ref().is_some_and(|s| s.node_name.is_some());
+                let ready = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                let name = p.metadata.name.clone().unwrap_or_default();
+                let mut seen = pods_seen.lock().unwrap();
+                // A new pod is first seen unbound; an old one (listed before) bound.
+                if !bound && !seen.contains_key(&name) {
+                    seen.insert(name.clone(), [Some(ms), None, None]);
+                }
+                let Some(times) = seen.get_mut(&name) else {
+                    return;
+                };
+                if bound {
+                    times[1].get_or_insert(ms);
+                }
+                if ready {
+                    times[2].get_or_insert(ms);
+                }
+            }),
         ];
         for _ in 0..3 {
             rx.recv().await;
         }
         *since.lock().unwrap() = Instant::now();
         sets.lock().unwrap().clear();
-        EventCount { count, tasks, sets }
+        pods.lock().unwrap().clear();
+        EventCount {
+            count,
+            tasks,
+            sets,
+            pods,
+        }
     }
 
     /// The events counted, and when (ms after the watches listed) the new ReplicaSet was asked for
@@ -250,9 +284,27 @@ impl EventCount {
             .iter()
             .map(|q| first(&|s| is_old(s) && s.2 <= *q))
             .collect();
+        // The new pods (every pod made since the watches listed): when each quarter was made,
+        // bound and Ready.
+        let pods = self.pods.lock().unwrap();
+        let made = |i: usize| -> String {
+            let mut at: Vec<u64> = pods.values().filter_map(|t| t[i]).collect();
+            at.sort_unstable();
+            quarters
+                .iter()
+                .map(|q| {
+                    at.get((*q as usize).saturating_sub(1))
+                        .map_or("-".to_string(), |t| t.to_string())
+                })
+                .collect::<Vec<_>>()
+                .join("/")
+        };
         let trace = format!(
-            "new asked {}; new available {}; old asked down {}",
+            "new asked {}; pods made {}, bound {}, Ready {}; new available {}; old asked down {}",
             asked.join("/"),
+            made(0),
+            made(1),
+            made(2),
             available.join("/"),
             down.join("/")
         );

@@ -38,6 +38,7 @@ mod settings;
 mod sizes;
 mod traffic;
 mod view;
+mod watched_pod;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -90,6 +91,8 @@ pub struct Kubernetes {
     deployments: Api<Deployment>,
     replica_sets: Api<ReplicaSet>,
     pods: Api<Pod>,
+    /// The same pods as the run's watch reads them (only the fields rollgate reads).
+    watched_pods: Api<watched_pod::WatchedPod>,
     config_maps: Api<ConfigMap>,
     services: Api<Service>,
     /// Blue-green: `<deployment>-active` and `<deployment>-preview` are pinned by pod-template-hash.
@@ -155,6 +158,7 @@ impl Kubernetes {
             deployments: Api::namespaced(client.clone(), ns),
             replica_sets: Api::namespaced(client.clone(), ns),
             pods: Api::namespaced(client.clone(), ns),
+            watched_pods: Api::namespaced(client.clone(), ns),
             config_maps: Api::namespaced(client.clone(), ns),
             services: Api::namespaced(client, ns),
             blue_green,

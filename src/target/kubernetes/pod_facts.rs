@@ -10,6 +10,7 @@ use kube::ResourceExt;
 use kube::runtime::watcher::Event;
 
 use super::view::pod_failure;
+use super::watched_pod::WatchedPod;
 
 /// One pod that a step must know about: it failed, or it is going away.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +55,7 @@ pub(super) struct PodFacts {
 
 impl PodFacts {
     /// Folds one watch event in; true when the facts changed (a step should look again).
-    pub(super) fn fold(&mut self, event: &Event<Pod>) -> bool {
+    pub(super) fn fold(&mut self, event: &Event<WatchedPod>) -> bool {
         match event {
             Event::Init => {
                 self.listing = Some(BTreeMap::new());
@@ -108,7 +109,11 @@ mod tests {
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 
-    fn pod(name: &str, owner: &str) -> Pod {
+    fn pod(name: &str, owner: &str) -> WatchedPod {
+        WatchedPod(plain(name, owner))
+    }
+
+    fn plain(name: &str, owner: &str) -> Pod {
         let mut p = Pod::default();
         p.metadata.name = Some(name.into());
         p.metadata.owner_references = Some(vec![OwnerReference {
@@ -119,8 +124,8 @@ mod tests {
         p
     }
 
-    fn crashing(name: &str, owner: &str) -> Pod {
-        let mut p = pod(name, owner);
+    fn crashing(name: &str, owner: &str) -> WatchedPod {
+        let mut p = plain(name, owner);
         p.status = Some(PodStatus {
             container_statuses: Some(vec![ContainerStatus {
                 name: "web".into(),
@@ -135,13 +140,13 @@ mod tests {
             }]),
             ..PodStatus::default()
         });
-        p
+        WatchedPod(p)
     }
 
-    fn going(name: &str, owner: &str) -> Pod {
-        let mut p = pod(name, owner);
+    fn going(name: &str, owner: &str) -> WatchedPod {
+        let mut p = plain(name, owner);
         p.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
-        p
+        WatchedPod(p)
     }
 
     #[test]

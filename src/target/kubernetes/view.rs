@@ -15,6 +15,7 @@ use kube::{Api, ResourceExt};
 
 use super::pod_facts::PodFacts;
 use super::reach::{RETRY_FIRST, WatchRetry};
+use super::watched_pod::WatchedPod;
 use super::{
     HASH_LABEL, IMAGE_ANNOTATION, Kubernetes, LENT_ANNOTATION, REPLICAS_ANNOTATION,
     VERSION_ANNOTATION,
@@ -27,7 +28,7 @@ pub(super) struct Cache {
     /// The Deployment itself: its status is what the hand-over waits on.
     pub(super) deployment: reflector::Store<Deployment>,
     pub(super) sets: reflector::Store<ReplicaSet>,
-    pub(super) pods: reflector::Store<Pod>,
+    pub(super) pods: reflector::Store<WatchedPod>,
     /// Bumped on every watch event.
     pub(super) changes: tokio::sync::watch::Receiver<u64>,
     /// The pods that failed or are going away, folded from the pod watch's events.
@@ -328,7 +329,7 @@ impl Kubernetes {
                 let config = watcher::Config::default().labels_from(&selector);
                 let (deployment, deployment_w) = reflector::store::<Deployment>();
                 let (sets, sets_w) = reflector::store::<ReplicaSet>();
-                let (pods, pods_w) = reflector::store::<Pod>();
+                let (pods, pods_w) = reflector::store::<WatchedPod>();
                 let by_name =
                     watcher::Config::default().fields(&format!("metadata.name={}", self.name()));
                 // Each event: whether it may move a step (see `Cache::moves`).
@@ -351,7 +352,7 @@ impl Kubernetes {
                 // (rollgate writes none), and the watch brings every later change.
                 let mut from_cache = config.any_semantic();
                 from_cache.page_size = None;
-                let pod_events = reflector(pods_w, watcher(self.pods.clone(), from_cache))
+                let pod_events = reflector(pods_w, watcher(self.watched_pods.clone(), from_cache))
                     .backoff(WatchRetry(RETRY_FIRST))
                     .map(move |e| e.map(|e| facts.lock().expect("pod facts lock").fold(&e)))
                     .boxed();
