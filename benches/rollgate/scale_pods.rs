@@ -20,6 +20,8 @@
 //!   for kubectl is the churn of the same objects under its rollout).
 //!
 //! `ROLLGATE_BENCH_RUNS` runs at each N (3 by default); medians, and the median of same-run ratios.
+//! `ROLLGATE_BENCH_KUBECTL_WATCHES=1` opens a second set of the three watches through kubectl's
+//! runs only: the load rollgate's own watches put on the control plane, given to kubectl too.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -351,6 +353,12 @@ async fn kubectl_run(n: i32, run: usize, config: &Path) -> Option<(f64, f64, u64
     let deploy = format!("deployment/{APP}");
     let image2 = format!("{APP}={}", image("2"));
     let counter = EventCount::start(&k).await;
+    // An experiment: the load of rollgate's own three watches (a second set of counting
+    // watches) through kubectl's run too, to tell their share of the difference.
+    let watches = match std::env::var_os("ROLLGATE_BENCH_KUBECTL_WATCHES") {
+        Some(_) => Some(EventCount::start(&k).await),
+        None => None,
+    };
     let r0 = requests(&k, "kubectl-scale").await;
     let started = Instant::now();
     for args in [
@@ -369,6 +377,9 @@ async fn kubectl_run(n: i32, run: usize, config: &Path) -> Option<(f64, f64, u64
     }
     let wall = started.elapsed().as_secs_f64();
     let (events, trace) = counter.stop(n);
+    if let Some(w) = watches {
+        w.stop(n);
+    }
     println!("pods N={n} run {run}: kubectl's {trace}");
     let requests = requests(&k, "kubectl-scale").await - r0;
     finish(k).await;

@@ -63,19 +63,34 @@ impl Prometheus {
             .spawn()
             .unwrap();
         // Owned at once, so a failed start still stops the process (Drop).
-        let prometheus = Prometheus {
+        let mut prometheus = Prometheus {
             child,
             address: format!("http://127.0.0.1:{port}"),
         };
-        for _ in 0..100 {
+        // Up to 60 s: on two cores beside the test cluster and another test, its start (the
+        // TSDB's first block and WAL) once took more than the 10 s this waited before.
+        let log = || std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
+        let tail = |log: String| -> String {
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
             if http_ok(port, "/-/ready") {
                 return prometheus;
             }
+            if let Ok(Some(status)) = prometheus.child.try_wait() {
+                panic!(
+                    "prometheus exited ({status}) before it was ready; its log:\n{}",
+                    tail(log())
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
+        // The temporary directory goes with the test: the log is printed, not pointed at.
         panic!(
-            "prometheus did not become ready; see {}",
-            dir.join("prometheus.log").display()
+            "prometheus was not ready within 60 s; its log:\n{}",
+            tail(log())
         );
     }
 
