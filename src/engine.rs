@@ -768,5 +768,18 @@ pub fn current_version(instances: &[Instance], target_version: &str) -> Option<S
     counts.into_iter().max_by_key(|(_, n)| *n).map(|(v, _)| v)
 }
 
+/// Whether a rollout to `version` has nothing to do: every instance runs it and the target, where
+/// it declares a version of its own (a Deployment's template), declares it. A fleet that shows no
+/// instance at all is not settled: nothing seen is not everything done.
+pub fn settled(instances: &[Instance], declared: Option<&str>, version: &str) -> bool {
+    let all_run = instances
+        .iter()
+        .all(|i| i.version.as_deref() == Some(version));
+    match declared {
+        Some(d) => d == version && all_run,
+        None => all_run && !instances.is_empty(),
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -217,6 +217,12 @@ pub trait Target: Sync {
     }
     /// Every instance, in the target's natural order.
     fn instances(&self) -> impl Future<Output = Result<Vec<Instance>>> + Send;
+    /// The version the target is declared to run, where it keeps one apart from what runs (a
+    /// Deployment's pod template, which holds even at zero pods); `None` for a fleet, whose
+    /// instances are all it has.
+    fn declared(&self) -> impl Future<Output = Result<Option<String>>> + Send {
+        async { Ok(None) }
+    }
     /// Makes `version` available everywhere ahead of the waves, without touching what runs.
     fn prepare(&self, version: &str) -> impl Future<Output = Result<()>> + Send;
     /// Brings the target to the step's counts of old and new (`version`) instances and waits until
@@ -303,6 +309,13 @@ impl Target for AnyTarget {
         match self {
             AnyTarget::Hosts(t) => t.instances().await,
             AnyTarget::Kubernetes(t) => t.instances().await,
+        }
+    }
+
+    async fn declared(&self) -> Result<Option<String>> {
+        match self {
+            AnyTarget::Hosts(t) => t.declared().await,
+            AnyTarget::Kubernetes(t) => t.declared().await,
         }
     }
 

@@ -34,6 +34,7 @@ mod kubernetes {
     mod rolling;
     mod team_state;
     mod traffic;
+    mod zero;
 }
 
 mod smoke {

@@ -7,7 +7,7 @@ use crate::cli::{
     AppArgs, ApplyArgs, CliError, Command, Format, InputArgs, PlanArgs, Progress, ValidateArgs,
     approve, exit, failed, output,
 };
-use crate::engine::{Course, Run, current_version};
+use crate::engine::{Course, Run, current_version, settled};
 use crate::error_chain;
 use crate::hold::{Env, Hold, ResumePoint, resume_point};
 use crate::kube::Kube;
@@ -415,23 +415,25 @@ async fn apply_locked(
     held: &Hold,
     wait: bool,
 ) -> Result<u8, CliError> {
-    let (instances, asked) = tokio::join!(target.instances(), approve::ask_user(m, env));
+    let (instances, declared, asked) = tokio::join!(
+        target.instances(),
+        target.declared(),
+        approve::ask_user(m, env)
+    );
     let instances = instances.map_err(failed)?;
+    let declared = declared.map_err(failed)?;
     let version = &m.rollout.spec.version;
-    if instances
-        .iter()
-        .all(|i| i.version.as_deref() == Some(version.as_str()))
-    {
-        say(
-            mode,
-            &format!(
-                "{}: every instance already runs {version}; nothing to do",
-                m.name()
-            ),
-        );
+    if settled(&instances, declared.as_deref(), version) {
+        let what = if instances.is_empty() {
+            format!("it already declares {version} and runs no instance")
+        } else {
+            format!("every instance already runs {version}")
+        };
+        say(mode, &format!("{}: {what}; nothing to do", m.name()));
         return Ok(exit::OK);
     }
-    let from = current_version(&instances, version);
+    // With no instance running the old version (a Deployment at zero pods), what it declares.
+    let from = current_version(&instances, version).or(declared.filter(|d| d.as_str() != version));
     let id = format!("{}-{}", m.name(), crate::state::now_ms());
     drive(
         m,

@@ -29,6 +29,22 @@ fn current_version_is_the_majority_old_version() {
     assert_eq!(current_version(&[inst("a", None, None)], "2"), None);
 }
 
+#[test]
+fn settled_only_when_what_runs_and_what_is_declared_agree() {
+    let two = [inst("a", Some("2"), None), inst("b", Some("2"), Some("1"))];
+    assert!(settled(&two, None, "2"));
+    assert!(settled(&two, Some("2"), "2"));
+    // Pods on 2, the Deployment's template still on 1: its controller would bring 1 back.
+    assert!(!settled(&two, Some("1"), "2"));
+    assert!(!settled(&[inst("a", Some("1"), None)], None, "2"));
+    assert!(!settled(&[inst("a", None, None)], None, "2"));
+    // Nothing seen is not everything done: a fleet with no instance, or a Deployment at zero
+    // pods whose template is another version.
+    assert!(!settled(&[], None, "2"));
+    assert!(!settled(&[], Some("1"), "2"));
+    assert!(settled(&[], Some("2"), "2"));
+}
+
 /// Instances in memory: a step sets the counts at once (the fake is for the loop's logic only).
 struct Fleet {
     instances: Mutex<Vec<Instance>>,

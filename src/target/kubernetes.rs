@@ -279,6 +279,10 @@ impl Target for Kubernetes {
         self.instances_now().await
     }
 
+    async fn declared(&self) -> Result<Option<String>> {
+        self.declared_now().await
+    }
+
     async fn prepare(&self, version: &str) -> Result<()> {
         self.check_routes().await?;
         self.prepare_held(version).await?;

@@ -567,6 +567,20 @@ impl Kubernetes {
         }
     }
 
+    /// The version of the Deployment's pod template, from the watched copy. While rollgate holds
+    /// a rollout, the template is still the stable one.
+    pub(super) async fn declared_now(&self) -> Result<Option<String>> {
+        let cache = self.cache().await?;
+        let deployment = cache.deployment.state().first().cloned();
+        let d = match deployment {
+            Some(d) => Deployment::clone(&d),
+            None => self.read_deployment().await?,
+        };
+        Ok(d.spec
+            .as_ref()
+            .and_then(|s| template_version(&s.template, self.container())))
+    }
+
     /// Every pod of the Deployment, from the watched copy, with the version it runs.
     pub(super) async fn instances_now(&self) -> Result<Vec<Instance>> {
         let cache = self.cache().await?;
