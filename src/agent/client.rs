@@ -140,6 +140,14 @@ pub struct AgentClient {
     retry_for: Duration,
 }
 
+/// How long a connection may wait unused in the pool. Under the agent's `headerReadTimeout`
+/// (10 s by default), after which the agent closes an idle connection: a connection the client
+/// keeps longer is one the agent may be closing as the next request goes out on it ("peer
+/// closed connection", seen at 1,000 agents when one host's staging and its wave were 15 s
+/// apart). The pool drops an expired connection when it is next asked for one, however late the
+/// agent's close has been read.
+const POOL_IDLE: Duration = Duration::from_secs(5);
+
 impl AgentClient {
     /// Builds a client for the agent at `base_url` (scheme, host and port; no path).
     pub fn new(base_url: &str, auth: &ClientAuth) -> Result<Self> {
@@ -154,7 +162,7 @@ impl AgentClient {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(30));
+            .pool_idle_timeout(POOL_IDLE);
         if let Some(ca) = &auth.ca_pem {
             let cert = reqwest::Certificate::from_pem(ca).map_err(ClientError::TlsSetup)?;
             builder = builder

@@ -39,7 +39,7 @@ pub fn command(
         }
         Command::List { output } => crate::cli::list::list(output, &Store::open_default()),
         other => {
-            let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+            let runtime = crate::cli::runtime().expect("a tokio runtime starts");
             let mut env = Env::new(Store::open_default(), context, namespace);
             env.state = state
                 .map(|url| crate::spec::state::EtcdSpec::from_url(&url))

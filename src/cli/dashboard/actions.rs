@@ -109,7 +109,7 @@ pub fn start(
         // overflows a spawned thread's default 2 MiB.
         .stack_size(32 << 20)
         .spawn(move || {
-            let result = tokio::runtime::Runtime::new()
+            let result = crate::cli::runtime()
                 .map_err(|e| crate::cli::CliError::Failed(format!("a tokio runtime: {e}")))
                 .and_then(|rt| {
                     let env = Env::new(shared2.store.clone(), None, None);
