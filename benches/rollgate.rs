@@ -187,8 +187,11 @@ fn planner(rows: &mut Vec<Row>) {
         for n in [1_000u32, 10_000, 100_000] {
             let runs: Vec<(f64, u64)> = (0..7)
                 .map(|_| {
+                    // The planner alone: with a kubeconfig `plan` also reads the Deployment
+                    // for its pod-security check (a round trip to whatever cluster it names).
                     let (t, rss, out) = timed(
                         Command::new(rollgate())
+                            .env_remove("KUBECONFIG")
                             .args(["plan", "-o", "json", "--replicas", &n.to_string(), "-f"])
                             .arg(file),
                     );
