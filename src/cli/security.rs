@@ -26,9 +26,7 @@ pub fn check_blocking(m: &Manifest, strict: bool) -> Result<(), CliError> {
     if k.manifest.is_some() {
         return report(findings_in_file(m, k)?, strict);
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    let runtime = crate::cli::runtime()
         .map_err(|e| CliError::Failed(format!("starting a tokio runtime: {e}")))?;
     runtime.block_on(check(m, strict, None)).map(drop)
 }

@@ -571,10 +571,10 @@ impl Kubernetes {
     /// a rollout, the template is still the stable one.
     pub(super) async fn declared_now(&self) -> Result<Option<String>> {
         let cache = self.cache().await?;
-        let deployment = cache.deployment.state().first().cloned();
-        let d = match deployment {
-            Some(d) => Deployment::clone(&d),
-            None => self.read_deployment().await?,
+        let watched = cache.deployment.state().first().cloned();
+        let d = match watched {
+            Some(d) => d,
+            None => Arc::new(self.read_deployment().await?),
         };
         Ok(d.spec
             .as_ref()
