@@ -28,6 +28,7 @@ mod kubernetes {
     mod metrics;
     mod pause_watch;
     mod pod_security;
+    mod pod_watch;
     mod probes;
     mod rbac;
     mod rollback;

@@ -30,6 +30,7 @@ mod hand_over;
 mod paused;
 mod pod_facts;
 mod pod_security;
+mod pod_watch;
 mod prepare;
 mod probe;
 mod reach;
@@ -59,6 +60,7 @@ pub use access::{required_access, required_access_routed};
 pub use gateway::{canary_share, http_route_resource, with_weights};
 pub use hand_over::{container_problem, deployment_problem, manifest_template};
 pub use pod_security::{SecurityWarning, pod_security_warnings};
+use pod_watch::names_every_pod;
 pub use settings::deployment_settings;
 pub use view::{image_tag, pod_failure, template_version};
 
@@ -121,6 +123,8 @@ pub struct Kubernetes {
     bounds: std::sync::Mutex<Option<(u32, u32)>>,
     /// The Deployment's own progressDeadlineSeconds and minReadySeconds, once read.
     own: std::sync::OnceLock<settings::Own>,
+    /// A metric check names every pod (`${hosts}`): the pod watch is never kept to the new pods.
+    names_every_pod: bool,
 }
 
 impl Kubernetes {
@@ -173,17 +177,19 @@ impl Kubernetes {
             size_read: std::sync::Mutex::default(),
             bounds: std::sync::Mutex::default(),
             own: std::sync::OnceLock::new(),
+            names_every_pod: false,
         })
     }
 
     /// The same, probing pods for `checks` with `client` (one that does not retry): a `runOn:
     /// host` http check goes through the API server's pod proxy, which the access review then
-    /// asks for.
+    /// asks for. A metric check that names every pod (`${hosts}`) keeps every pod watched.
     pub fn probing_pods(mut self, checks: &[Check], client: Client) -> Self {
         self.pod_prober = checks
             .iter()
             .any(crate::spec::on_pod::through_proxy)
             .then_some(client);
+        self.names_every_pod = names_every_pod(checks);
         self
     }
 

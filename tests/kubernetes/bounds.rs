@@ -163,7 +163,7 @@ async fn abort_after_the_deployment_was_deleted_at_a_pause_cleans_up() {
 
 /// A pod ResourceQuota of `pods` in the bed's namespace, once the quota controller has counted
 /// what runs (admission refuses every pod of a quota it has not counted yet).
-async fn pod_quota(bed: &Bed, pods: i32) -> Api<ResourceQuota> {
+pub(super) async fn pod_quota(bed: &Bed, pods: i32) -> Api<ResourceQuota> {
     let quotas: Api<ResourceQuota> = Api::namespaced(bed.client.clone(), &bed.ns);
     let q = ResourceQuota {
         metadata: ObjectMeta {

@@ -96,8 +96,14 @@ impl Bed {
 
     /// Runs the real `rollgate` with this cluster's kubeconfig and this test's state directory.
     pub async fn rollgate(&self, args: &[&str]) -> std::process::Output {
+        self.rollgate_env(args, &[]).await
+    }
+
+    /// The same with more environment (`RUST_LOG` for a diagnostic a test reads).
+    pub async fn rollgate_env(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rollgate"))
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(self.dir.path())
             .env("KUBECONFIG", self.cluster.kubeconfig())
             .env("ROLLGATE_STATE", self.path("state"))

@@ -7,6 +7,7 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::ResourceExt;
 use kube::api::Patch;
 
+use super::pod_watch::terminating;
 use super::reach::params;
 use super::view::{available, held_in, holder_uid_in, lent, pods_left, replicas, stable_in};
 use super::{HPA_ANNOTATION, Kubernetes};
@@ -259,13 +260,20 @@ impl Kubernetes {
                     .filter_map(|rs| rs.metadata.uid.as_deref())
                     .chain([new_uid.as_str()])
                     .collect();
-                // The few pods that failed or are going away (not every pod, on every event).
+                if forward {
+                    self.keep_pods_to(cache, new, &olds);
+                }
+                // The few pods that failed or are going away (not every pod, on every event); the
+                // ReplicaSets count their own going away where they report it (the pod watch may
+                // be kept to the new pods).
                 let (failed, going) = {
                     let facts = cache.pod_facts.lock().expect("pod facts lock");
                     let failed = facts
                         .failed_of(&new_uid)
                         .map(|(pod, why)| format!("pod {pod} of {version}: {why}"));
-                    (failed, facts.going_of(&uids))
+                    let going = terminating(olds.iter().copied().chain([new]))
+                        .unwrap_or_else(|| facts.going_of(&uids));
+                    (failed, going)
                 };
                 // A new pod that crashed or cannot pull its image will not get better by waiting.
                 if let Some(why) = failed.filter(|_| forward) {

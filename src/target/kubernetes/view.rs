@@ -36,6 +36,9 @@ pub(super) struct Cache {
     /// Bumped on every event of the Deployment and its ReplicaSets, and on a pod's only when it
     /// changed `pod_facts`: what a step's counts and its pod checks depend on.
     pub(super) moves: tokio::sync::watch::Receiver<u64>,
+    /// The pod-template-hash the pod watch is kept to, once a step keeps it to the new pods
+    /// (`pod_watch`).
+    pub(super) narrow: tokio::sync::watch::Sender<Option<String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -352,7 +355,10 @@ impl Kubernetes {
                 // (rollgate writes none), and the watch brings every later change.
                 let mut from_cache = config.any_semantic();
                 from_cache.page_size = None;
-                let pod_events = reflector(pods_w, watcher(self.watched_pods.clone(), from_cache))
+                let (narrow, narrowed) = tokio::sync::watch::channel(None);
+                let pod_watch =
+                    super::pod_watch::pods(self.watched_pods.clone(), from_cache, narrowed);
+                let pod_events = reflector(pods_w, pod_watch)
                     .backoff(WatchRetry(RETRY_FIRST))
                     .map(move |e| e.map(|e| facts.lock().expect("pod facts lock").fold(&e)))
                     .boxed();
@@ -396,6 +402,7 @@ impl Kubernetes {
                     changes,
                     pod_facts,
                     moves,
+                    narrow,
                     task,
                 })
             })
