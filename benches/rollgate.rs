@@ -41,6 +41,8 @@ mod kubernetes_bench;
 mod chart;
 #[path = "rollgate/cli_cost.rs"]
 mod cli_cost;
+#[path = "rollgate/plane_cpu.rs"]
+mod plane_cpu;
 #[path = "rollgate/scale_agents.rs"]
 mod scale_agents;
 #[path = "rollgate/scale_pods.rs"]

@@ -140,8 +140,8 @@ fn identity(name: &str) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
-/// Requests of FlowSchema `schema` the apiserver has dispatched so far.
-async fn requests(bed: &Bed, schema: &str) -> f64 {
+/// The apiserver's metrics, as text.
+async fn metrics(bed: &Bed) -> String {
     let pki = bed.cluster.kubeconfig().parent().unwrap().join("pki");
     let server = std::fs::read_to_string(bed.cluster.kubeconfig())
         .unwrap_or_default()
@@ -159,14 +159,62 @@ async fn requests(bed: &Bed, schema: &str) -> f64 {
         .output()
         .await
         .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Requests of FlowSchema `schema` the apiserver has dispatched so far.
+async fn requests(bed: &Bed, schema: &str) -> f64 {
     let needle = format!("flow_schema=\"{schema}\"");
-    String::from_utf8_lossy(&out.stdout)
+    metrics(bed)
+        .await
         .lines()
         .filter(|l| {
             l.starts_with("apiserver_flowcontrol_dispatched_requests_total{") && l.contains(&needle)
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The writes the apiserver has served so far, from every client (the controllers' too), by
+/// resource (and subresource): `apiserver_request_total` of POST, PUT, PATCH, DELETE and APPLY.
+async fn writes(bed: &Bed) -> std::collections::BTreeMap<String, f64> {
+    let label = |l: &str, name: &str| -> Option<String> {
+        let start = l.find(&format!("{name}=\""))? + name.len() + 2;
+        Some(l[start..].split('"').next()?.to_string())
+    };
+    let mut out = std::collections::BTreeMap::new();
+    for l in metrics(bed).await.lines() {
+        if !l.starts_with("apiserver_request_total{") {
+            continue;
+        }
+        let verb = label(l, "verb").unwrap_or_default();
+        if !matches!(verb.as_str(), "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY") {
+            continue;
+        }
+        let mut what = label(l, "resource").unwrap_or_default();
+        if let Some(sub) = label(l, "subresource").filter(|s| !s.is_empty()) {
+            what = format!("{what}/{sub}");
+        }
+        let n = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+        *out.entry(what).or_insert(0.0) += n.unwrap_or(0.0);
+    }
+    out
+}
+
+/// The writes between two readings of [`writes`], the busiest first, in a line.
+fn writes_since(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+) -> String {
+    let mut d: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v >= 1.0)
+        .collect();
+    d.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = d.iter().map(|(_, v)| v).sum();
+    let each: Vec<String> = d.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
+    format!("apiserver writes {total:.0} ({})", each.join(", "))
 }
 
 /// One ReplicaSet event: ms since the watches listed, name, `spec.replicas`, available.
@@ -360,6 +408,8 @@ async fn kubectl_run(n: i32, run: usize, config: &Path) -> Option<(f64, f64, u64
         None => None,
     };
     let r0 = requests(&k, "kubectl-scale").await;
+    let w0 = writes(&k).await;
+    let plane = crate::plane_cpu::Snapshot::take();
     let started = Instant::now();
     for args in [
         vec!["set", "image", deploy.as_str(), image2.as_str()],
@@ -376,11 +426,14 @@ async fn kubectl_run(n: i32, run: usize, config: &Path) -> Option<(f64, f64, u64
         assert!(out.status.success(), "kubectl {args:?}");
     }
     let wall = started.elapsed().as_secs_f64();
+    let plane = plane.since();
     let (events, trace) = counter.stop(n);
     if let Some(w) = watches {
         w.stop(n);
     }
     println!("pods N={n} run {run}: kubectl's {trace}");
+    let w = writes_since(&w0, &writes(&k).await);
+    println!("pods N={n} run {run}: kubectl's run: {plane}; {w}");
     let requests = requests(&k, "kubectl-scale").await - r0;
     finish(k).await;
     Some((wall, requests, events))
@@ -401,7 +454,9 @@ async fn rollgate_run(n: i32, run: usize, config: &Path) -> Option<(Cost, f64, u
         r.path("state"),
         config.to_path_buf(),
     );
+    let w0 = writes(&r).await;
     let spawned = epoch_ms();
+    let plane = crate::plane_cpu::Snapshot::take();
     let (cost, code, stdout) = tokio::task::spawn_blocking(move || {
         cli_cost::run(
             crate::rollgate(),
@@ -417,8 +472,11 @@ async fn rollgate_run(n: i32, run: usize, config: &Path) -> Option<(Cost, f64, u
     .await
     .unwrap();
     let exited = epoch_ms();
+    let plane = plane.since();
     let (events, trace) = counter.stop(n);
     println!("pods N={n} run {run}: rollgate's {trace}");
+    let w = writes_since(&w0, &writes(&r).await);
+    println!("pods N={n} run {run}: rollgate's run: {plane}; {w}");
     let requests = requests(&r, "rollgate-scale").await - r0;
     assert_eq!(code, Some(0), "rollgate apply at N={n}");
     println!(
