@@ -18,7 +18,8 @@
 //!   `pod-template-hash`), adopts it as its new ReplicaSet, and creates no pod.
 //!
 //! The `impl` is split by concern, one file each: `reach` (requests, retries, the API server's
-//! reachability), `view` (the watched cache and what it derives), `sizes` (a step's counts),
+//! reachability), `view` (the watched cache and what it derives), `pod_watch` (the pod watch, kept
+//! to the new ReplicaSet's pods once a step moves forward), `sizes` (a step's counts),
 //! `hand_over` (prepare, hand-over), `restore`, `traffic` (blue-green Services), `gateway`
 //! (a traffic-weighted canary's HTTPRoutes and Services), `access` (the
 //! access reviews), `pod_security` (the recommended securityContext), `probe` (checks on pods).
@@ -123,7 +124,7 @@ pub struct Kubernetes {
     bounds: std::sync::Mutex<Option<(u32, u32)>>,
     /// The Deployment's own progressDeadlineSeconds and minReadySeconds, once read.
     own: std::sync::OnceLock<settings::Own>,
-    /// A metric check names every pod (`${hosts}`): the pod watch is never kept to the new pods.
+    /// A metric check names every pod (`{{hosts}}`): the pod watch is never kept to the new pods.
     names_every_pod: bool,
 }
 
@@ -183,7 +184,7 @@ impl Kubernetes {
 
     /// The same, probing pods for `checks` with `client` (one that does not retry): a `runOn:
     /// host` http check goes through the API server's pod proxy, which the access review then
-    /// asks for. A metric check that names every pod (`${hosts}`) keeps every pod watched.
+    /// asks for. A metric check that names every pod (`{{hosts}}`) keeps every pod watched.
     pub fn probing_pods(mut self, checks: &[Check], client: Client) -> Self {
         self.pod_prober = checks
             .iter()

@@ -10,7 +10,7 @@
 //!
 //! It stays wide when a step would read the old pods: the ReplicaSets do not report their
 //! terminating pods (`status.terminatingReplicas`, Kubernetes 1.35 and later; the quota wait counts
-//! them), or a metric check names every pod (`${hosts}`).
+//! them), or a metric check names every pod (`{{hosts}}`).
 
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
@@ -75,12 +75,12 @@ fn narrowed(selector: Option<&str>, hash: &str) -> String {
     }
 }
 
-/// Whether a metric check names every pod of the rollout (`${hosts}`): the pods must all be
+/// Whether a metric check names every pod of the rollout (`{{hosts}}`): the pods must all be
 /// watched to name them.
 pub(super) fn names_every_pod(checks: &[Check]) -> bool {
     checks.iter().filter(|c| c.is_metric()).any(|c| {
         serde_json::to_string(c)
-            .map(|s| s.contains("${hosts}"))
+            .map(|s| s.contains("{{hosts}}"))
             .unwrap_or(true)
     })
 }
@@ -165,7 +165,7 @@ mod tests {
             ))
             .unwrap()
         };
-        assert!(names_every_pod(&checks("sum(errors{pod=~\"${hosts}\"})")));
-        assert!(!names_every_pod(&checks("sum(errors{app=\"${app}\"})")));
+        assert!(names_every_pod(&checks("sum(errors{pod=~\"{{hosts}}\"})")));
+        assert!(!names_every_pod(&checks("sum(errors{app=\"{{app}}\"})")));
     }
 }

@@ -46,7 +46,10 @@ impl Drop for Cache {
     fn drop(&mut self) {
         self.task.abort();
         // `RUST_LOG=rollgate=debug`: what the watches cost this command (list items included).
-        tracing::debug!(events = *self.changes.borrow(), "the run's watches delivered");
+        tracing::debug!(
+            events = *self.changes.borrow(),
+            "the run's watches delivered"
+        );
     }
 }
 
