@@ -102,7 +102,7 @@ impl<T: Target> Run<'_, T> {
             ("canary_version", version),
             ("stable_version", stable),
             ("canary_weight", weight),
-            // Empty unless the target names one: a query may use ${namespace} on any target.
+            // Empty unless the target names one: a query may use {{namespace}} on any target.
             ("namespace", String::new()),
             ("hosts", hosts.join("|")),
         ]
