@@ -19,7 +19,7 @@ use crate::kube_bed::{self, Bed, image};
 
 const N: i32 = 4;
 
-fn nginx() -> Option<&'static str> {
+pub(super) fn nginx() -> Option<&'static str> {
     ["/usr/sbin/nginx", "/usr/bin/nginx"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -67,16 +67,17 @@ pub(crate) fn route_pod_ips_here() {
     );
 }
 
-/// A real nginx on 0.0.0.0:`port`: `/health` answers 200 "ok", `/broken` 500. Its log line per
-/// request: the address the request came to (the pod's IP), the URI and the status.
-struct Nginx {
+/// A real nginx on 0.0.0.0:`port`: `/health` answers 200 "ok", `/broken` 500, `/metric` the JSON
+/// `{"n": 1}` (for a `web` metric check). Its log line per request: the address the request came
+/// to (the pod's IP), the URI and the status.
+pub(super) struct Nginx {
     child: tokio::process::Child,
     log: PathBuf,
-    port: u16,
+    pub(super) port: u16,
 }
 
 impl Nginx {
-    async fn start(nginx: &str, dir: &Path) -> Nginx {
+    pub(super) async fn start(nginx: &str, dir: &Path) -> Nginx {
         let port = std::net::TcpListener::bind("0.0.0.0:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -86,7 +87,7 @@ impl Nginx {
         let log = p.join("access.log");
         let d = p.display();
         let conf = format!(
-            "user root;\ndaemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 64; }}\nhttp {{\n  log_format probes '$server_addr $request_uri $status';\n  access_log {log} probes;\n  client_body_temp_path {d}/tmp/body;\n  proxy_temp_path {d}/tmp/proxy;\n  fastcgi_temp_path {d}/tmp/fastcgi;\n  uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n  server {{\n    listen 0.0.0.0:{port};\n    location = /health {{ return 200 \"ok\\n\"; }}\n    location = /broken {{ return 500 \"broken\\n\"; }}\n  }}\n}}\n",
+            "user root;\ndaemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 64; }}\nhttp {{\n  log_format probes '$server_addr $request_uri $status';\n  access_log {log} probes;\n  client_body_temp_path {d}/tmp/body;\n  proxy_temp_path {d}/tmp/proxy;\n  fastcgi_temp_path {d}/tmp/fastcgi;\n  uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n  server {{\n    listen 0.0.0.0:{port};\n    location = /health {{ return 200 \"ok\\n\"; }}\n    location = /broken {{ return 500 \"broken\\n\"; }}\n    location = /metric {{ default_type application/json; return 200 '{{\"n\": 1}}'; }}\n  }}\n}}\n",
             log = log.display()
         );
         std::fs::write(p.join("nginx.conf"), conf).expect("nginx.conf");
@@ -113,7 +114,7 @@ impl Nginx {
     }
 
     /// (address the request came to, URI, status) of every request so far.
-    fn requests(&self) -> Vec<(String, String, u16)> {
+    pub(super) fn requests(&self) -> Vec<(String, String, u16)> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
@@ -128,7 +129,7 @@ impl Nginx {
             .collect()
     }
 
-    async fn stop(mut self) {
+    pub(super) async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
 }
